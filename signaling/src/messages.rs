@@ -1,0 +1,229 @@
+use serde::{Deserialize, Serialize};
+
+/// Which of a participant's two peer connections a message is about.
+///
+/// Glare is impossible by design: on the `publisher` connection only the
+/// client offers; on the `subscriber` connection only the server offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerTarget {
+    Publisher,
+    Subscriber,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackKind {
+    Audio,
+    Video,
+}
+
+/// What a call token allows its holder to do in the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Permissions {
+    pub publish_audio: bool,
+    pub publish_video: bool,
+    pub subscribe: bool,
+}
+
+impl Permissions {
+    pub const ALL: Permissions = Permissions {
+        publish_audio: true,
+        publish_video: true,
+        subscribe: true,
+    };
+
+    pub fn may_publish(&self, kind: TrackKind) -> bool {
+        match kind {
+            TrackKind::Audio => self.publish_audio,
+            TrackKind::Video => self.publish_video,
+        }
+    }
+}
+
+/// A trickled ICE candidate, in the browser's `RTCIceCandidateInit` shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackInfo {
+    pub track_id: String,
+    pub participant_id: String,
+    pub kind: TrackKind,
+    pub muted: bool,
+    /// The codec the publisher negotiated, e.g. `"VP8"`, `"H264"`, `"opus"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantInfo {
+    pub participant_id: String,
+    pub user_id: String,
+    pub state: ParticipantState,
+    pub tracks: Vec<TrackInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParticipantState {
+    /// Joined; media flows when its peer connections are up.
+    Active,
+    /// Its network path or WebSocket broke; it keeps its place for the grace period.
+    Reconnecting,
+}
+
+/// Which subscriber-side m-line carries which room track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackMid {
+    pub mid: String,
+    pub track_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The participant sent `leave`.
+    Left,
+    /// The participant's path stayed broken past the grace period.
+    Timeout,
+    /// The same participant joined again on another WebSocket.
+    Replaced,
+    /// The server is shutting down.
+    ServerShutdown,
+}
+
+/// Every error a client can be sent, as a stable machine-readable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not valid JSON or not a known message.
+    BadMessage,
+    /// The frame exceeded the configured size limit.
+    MessageTooLarge,
+    /// The first message was not `join`, or `join` came twice.
+    NotJoined,
+    AlreadyJoined,
+    /// The client speaks a protocol version this server does not.
+    UnsupportedVersion,
+    /// The call token is missing, malformed, badly signed or for another audience.
+    InvalidToken,
+    TokenExpired,
+    /// The token does not allow this action (e.g. publishing video without publishVideo).
+    PermissionDenied,
+    /// The SDP could not be parsed or was refused by the media engine.
+    InvalidSdp,
+    /// A server-only action was asked of the client side (e.g. a client offer on the subscriber connection).
+    InvalidTarget,
+    InvalidCandidate,
+    UnknownTrack,
+    /// The room or participant limit was reached.
+    Capacity,
+    /// Too many messages in too short a time.
+    RateLimited,
+    Internal,
+}
+
+/// Messages a client sends. The first one on a connection must be `join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum ClientMessage {
+    Join {
+        protocol_version: u32,
+        token: String,
+        /// Subscribe to every track in the room as it is published (default true).
+        #[serde(default = "default_true")]
+        auto_subscribe: bool,
+        /// Resume an existing participant (after a WebSocket drop) instead of joining anew.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume_participant_id: Option<String>,
+    },
+    /// An SDP offer on the publisher connection: adds, changes or removes published tracks.
+    Publish { sdp: String },
+    /// Stop forwarding a published track now; the client renegotiates its publisher connection after.
+    Unpublish { track_id: String },
+    /// The answer to the server's `subscriberOffer`.
+    SubscriberAnswer { sdp: String },
+    Trickle {
+        target: PeerTarget,
+        candidate: IceCandidate,
+    },
+    Subscribe { track_ids: Vec<String> },
+    Unsubscribe { track_ids: Vec<String> },
+    Mute { track_id: String, muted: bool },
+    /// The client's network changed: the server sends a subscriber offer with new ICE credentials.
+    RestartIce,
+    Leave,
+    Ping { timestamp: u64 },
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Messages the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum ServerMessage {
+    Joined {
+        protocol_version: u32,
+        room_id: String,
+        participant_id: String,
+        user_id: String,
+        permissions: Permissions,
+        /// Everyone else already in the room, with their tracks.
+        participants: Vec<ParticipantInfo>,
+        /// Seconds a broken participant keeps its place.
+        reconnect_grace_seconds: u32,
+    },
+    /// The answer to the client's `publish` offer, with the tracks it created.
+    PublishAnswer { sdp: String, tracks: Vec<TrackInfo> },
+    /// An offer on the subscriber connection; `tracks` maps its m-lines to room tracks.
+    SubscriberOffer { sdp: String, tracks: Vec<TrackMid> },
+    Trickle {
+        target: PeerTarget,
+        candidate: IceCandidate,
+    },
+    ParticipantJoined { participant: ParticipantInfo },
+    ParticipantLeft {
+        participant_id: String,
+        reason: LeaveReason,
+    },
+    ParticipantStateChanged {
+        participant_id: String,
+        state: ParticipantState,
+    },
+    TrackPublished { track: TrackInfo },
+    TrackUnpublished { track_id: String, participant_id: String },
+    TrackMuted {
+        track_id: String,
+        participant_id: String,
+        muted: bool,
+    },
+    /// This connection's participant was removed from the room; the socket closes after.
+    Left { reason: LeaveReason },
+    Pong { timestamp: u64 },
+    Error { code: ErrorCode, message: String },
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
