@@ -1,1 +1,8 @@
+//! The media plane: a sans-IO SFU engine (`engine`) on str0m, and the tokio
+//! shell (`server`) that owns the UDP socket, the WebSocket sessions, the
+//! HTTP endpoints and the engine threads. `main.rs` composes them.
 
+pub mod engine;
+pub mod config;
+pub mod metrics;
+pub mod server;

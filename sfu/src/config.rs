@@ -1,0 +1,231 @@
+//! The server's configuration: one serde struct, every field defaulted (so
+//! `switchboard` runs with no file), loaded from an optional TOML file, then
+//! `SWITCHBOARD_*` environment variables, validated once at start.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP: the signaling WebSocket (`/v1/rtc`), `/metrics`, `/healthz`.
+    pub http_listen: SocketAddr,
+    /// The one UDP port all participants' media uses.
+    pub rtc_udp_bind: SocketAddr,
+    /// IPs announced as host candidates. Empty: the address of the default
+    /// route's interface (or 127.0.0.1 without one). Behind 1:1 NAT, list the
+    /// public IPs here.
+    pub announce_ips: Vec<IpAddr>,
+    /// Engine threads; rooms are sharded across them. 0: one per core.
+    pub engine_threads: usize,
+    /// Secret for HS256 call tokens. Empty: a random one per process (then
+    /// only this process's dev endpoint can mint tokens).
+    pub call_token_secret: String,
+    pub call_token_issuer: String,
+    /// Largest signaling frame accepted (group SDPs are large).
+    pub max_message_bytes: usize,
+    /// A participant whose path or WebSocket broke keeps its place this long.
+    pub reconnect_grace_seconds: u64,
+    pub keyframe_request_interval_ms: u64,
+    pub max_participants_per_room: usize,
+    pub max_tracks_per_participant: usize,
+    /// Messages per second a signaling connection may send (burst: twice that).
+    pub signaling_rate_per_second: u32,
+    /// Development only: `POST /dev/token` mints a call token for any room,
+    /// unauthenticated. Off unless set; call creation replaces it.
+    pub dev_token_endpoint: bool,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            http_listen: "0.0.0.0:7880".parse().expect("valid literal"),
+            rtc_udp_bind: "0.0.0.0:7882".parse().expect("valid literal"),
+            announce_ips: Vec::new(),
+            engine_threads: 0,
+            call_token_secret: String::new(),
+            call_token_issuer: "switchboard".into(),
+            max_message_bytes: signaling::DEFAULT_MAX_MESSAGE_BYTES,
+            reconnect_grace_seconds: 15,
+            keyframe_request_interval_ms: 500,
+            max_participants_per_room: 100,
+            max_tracks_per_participant: 8,
+            signaling_rate_per_second: 50,
+            dev_token_endpoint: false,
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("bad config file: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("bad environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// The file at `path` (if any), then the environment, then validation.
+    pub fn load(path: Option<&str>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_string(),
+                    source,
+                })?;
+                toml::from_str(&text)?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse().map_err(|e: T::Err| ConfigError::Env {
+                name: name.to_string(),
+                message: e.to_string(),
+            })
+        }
+        if let Some(v) = var("SWITCHBOARD_HTTP_LISTEN") {
+            self.http_listen = parse("SWITCHBOARD_HTTP_LISTEN", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_RTC_UDP_BIND") {
+            self.rtc_udp_bind = parse("SWITCHBOARD_RTC_UDP_BIND", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_ANNOUNCE_IPS") {
+            self.announce_ips = v
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| parse("SWITCHBOARD_ANNOUNCE_IPS", s.trim()))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = var("SWITCHBOARD_CALL_TOKEN_SECRET") {
+            self.call_token_secret = v;
+        }
+        if let Some(v) = var("SWITCHBOARD_DEV_TOKEN_ENDPOINT") {
+            self.dev_token_endpoint = parse("SWITCHBOARD_DEV_TOKEN_ENDPOINT", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_RECONNECT_GRACE_SECONDS") {
+            self.reconnect_grace_seconds = parse("SWITCHBOARD_RECONNECT_GRACE_SECONDS", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_ENGINE_THREADS") {
+            self.engine_threads = parse("SWITCHBOARD_ENGINE_THREADS", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_LOG_FORMAT") {
+            self.log_format = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_message_bytes < 16 * 1024 {
+            return Err(ConfigError::Invalid(
+                "max_message_bytes below 16 KiB cannot carry an SDP".into(),
+            ));
+        }
+        if !self.call_token_secret.is_empty() && self.call_token_secret.len() < 32 {
+            return Err(ConfigError::Invalid(
+                "call_token_secret must be at least 32 bytes".into(),
+            ));
+        }
+        if self.announce_ips.iter().any(|ip| ip.is_unspecified()) {
+            return Err(ConfigError::Invalid(
+                "announce_ips cannot hold 0.0.0.0 or ::".into(),
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid("log_format is text or json".into()));
+        }
+        if self.signaling_rate_per_second == 0 {
+            return Err(ConfigError::Invalid(
+                "signaling_rate_per_second must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn reconnect_grace(&self) -> Duration {
+        Duration::from_secs(self.reconnect_grace_seconds)
+    }
+
+    pub fn engine_threads(&self) -> usize {
+        match self.engine_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The announced IPs, or the default route's local address.
+    pub fn effective_announce_ips(&self) -> Vec<IpAddr> {
+        if !self.announce_ips.is_empty() {
+            return self.announce_ips.clone();
+        }
+        if !self.rtc_udp_bind.ip().is_unspecified() {
+            return vec![self.rtc_udp_bind.ip()];
+        }
+        vec![default_route_ip().unwrap_or(IpAddr::from([127, 0, 0, 1]))]
+    }
+}
+
+/// The local address the kernel would use for outside traffic. A UDP
+/// `connect` only picks a route; nothing is sent (192.0.2.1 is TEST-NET-1).
+fn default_route_ip() -> Option<IpAddr> {
+    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn env_overrides_and_is_checked() {
+        let mut c = Config::default();
+        c.apply_env(|n| (n == "SWITCHBOARD_ANNOUNCE_IPS").then(|| "10.0.0.1, 192.0.2.7".into()))
+            .unwrap();
+        assert_eq!(c.announce_ips.len(), 2);
+        let err = c
+            .apply_env(|n| (n == "SWITCHBOARD_HTTP_LISTEN").then(|| "nope".into()))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Env { .. }));
+    }
+
+    #[test]
+    fn short_secret_is_refused() {
+        let c = Config {
+            call_token_secret: "short".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(toml::from_str::<Config>("htp_listen = \"0.0.0.0:1\"").is_err());
+    }
+}

@@ -1,0 +1,45 @@
+//! One str0m `Rtc` (one of a participant's two peer connections) and what the
+//! engine remembers about it.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use signaling::PeerTarget;
+use str0m::{IceConnectionState, Rtc};
+
+pub struct Peer {
+    pub target: PeerTarget,
+    pub rtc: Rtc,
+    /// Local ICE ufrags in use (two during an ICE restart); STUN from a new
+    /// address is matched on them.
+    pub ufrags: Vec<String>,
+    /// The subscriber connection has had its first offer.
+    pub was_offered: bool,
+    /// Where str0m wants to be woken next; `None` while it needs no timer.
+    pub next_timeout: Option<Instant>,
+    pub ice: IceConnectionState,
+    /// Ever reached connected: a peer that never connected is not "reconnecting".
+    pub was_connected: bool,
+    /// Remote addresses this peer has received from (for the address map).
+    pub addresses: Vec<SocketAddr>,
+}
+
+impl Peer {
+    pub fn new(target: PeerTarget, rtc: Rtc) -> Peer {
+        Peer {
+            target,
+            rtc,
+            ufrags: Vec::new(),
+            was_offered: false,
+            next_timeout: None,
+            ice: IceConnectionState::New,
+            was_connected: false,
+            addresses: Vec::new(),
+        }
+    }
+
+    /// The path is broken now (it was up before).
+    pub fn is_broken(&self) -> bool {
+        self.was_connected && matches!(self.ice, IceConnectionState::Disconnected)
+    }
+}

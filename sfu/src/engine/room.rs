@@ -1,0 +1,68 @@
+//! Rooms and their published tracks.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use signaling::TrackKind;
+use str0m::media::Mid;
+
+use super::ParticipantKey;
+
+/// A published track, owned by one participant's publisher connection.
+pub struct Track {
+    pub key: u64,
+    pub id: String,
+    pub owner: ParticipantKey,
+    /// The m-line on the owner's publisher connection.
+    pub mid: Mid,
+    pub kind: TrackKind,
+    pub muted: bool,
+    pub codec: Option<String>,
+    /// Participants that receive it, in the order they subscribed.
+    pub subscribers: Vec<ParticipantKey>,
+    pub last_keyframe_request: Option<Instant>,
+    /// 1:1 fast path: set when the room has exactly two members and the other
+    /// one subscribes, so a packet goes straight to it without walking
+    /// `subscribers`. Kept current by [`Room::refresh_routes`].
+    pub direct: Option<ParticipantKey>,
+}
+
+pub struct Room {
+    pub members: Vec<ParticipantKey>,
+    pub tracks: HashMap<u64, Track>,
+}
+
+impl Room {
+    pub fn new() -> Room {
+        Room {
+            members: Vec::new(),
+            tracks: HashMap::new(),
+        }
+    }
+
+    /// Recomputes every track's fast-path target after members or
+    /// subscriptions changed. Switching path never touches a subscriber's
+    /// stream state, so 2 -> 3 -> 2 members does not freeze the pair.
+    pub fn refresh_routes(&mut self, fast_path: bool) {
+        let pair = fast_path && self.members.len() == 2;
+        let members = self.members.clone();
+        for track in self.tracks.values_mut() {
+            track.direct = if pair {
+                members
+                    .iter()
+                    .copied()
+                    .find(|m| *m != track.owner && track.subscribers.contains(m))
+            } else {
+                None
+            };
+        }
+    }
+
+    /// The other member when the room is a 1:1 call.
+    pub fn peer_of(&self, member: ParticipantKey) -> Option<ParticipantKey> {
+        if self.members.len() != 2 {
+            return None;
+        }
+        self.members.iter().copied().find(|m| *m != member)
+    }
+}

@@ -1,0 +1,117 @@
+//! Prometheus metrics, registered once and shared by the shell's tasks.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub rooms: IntGaugeVec,
+    pub participants: IntGaugeVec,
+    pub tracks: IntGaugeVec,
+    pub udp_packets_in: IntCounter,
+    pub udp_bytes_in: IntCounter,
+    pub udp_packets_out: IntCounter,
+    pub udp_bytes_out: IntCounter,
+    pub udp_dropped: IntCounterVec,
+    pub rtp_forwarded: IntCounter,
+    pub keyframe_requests: IntCounter,
+    pub ice_connected: IntCounter,
+    pub ice_failed: IntCounter,
+    pub join_to_first_forward: Histogram,
+    pub signaling_connections: IntGauge,
+    pub signaling_errors: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let shard_gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["shard"]).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let join_to_first_forward = Histogram::with_opts(
+            HistogramOpts::new(
+                "switchboard_join_to_first_forward_seconds",
+                "Time from join to the first media packet forwarded to the participant",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(join_to_first_forward.clone()))
+            .expect("unique metric");
+        let signaling_connections = IntGauge::new(
+            "switchboard_signaling_connections",
+            "Open signaling WebSockets",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(signaling_connections.clone()))
+            .expect("unique metric");
+        Metrics {
+            rooms: shard_gauge("switchboard_rooms", "Rooms with at least one participant"),
+            participants: shard_gauge("switchboard_participants", "Participants in rooms"),
+            tracks: shard_gauge("switchboard_tracks", "Published tracks"),
+            udp_packets_in: counter("switchboard_udp_packets_in_total", "Datagrams received"),
+            udp_bytes_in: counter("switchboard_udp_bytes_in_total", "Bytes received"),
+            udp_packets_out: counter("switchboard_udp_packets_out_total", "Datagrams sent"),
+            udp_bytes_out: counter("switchboard_udp_bytes_out_total", "Bytes sent"),
+            udp_dropped: counter_vec(
+                "switchboard_udp_dropped_total",
+                "Datagrams dropped before or in the engine",
+                "reason",
+            ),
+            rtp_forwarded: counter(
+                "switchboard_rtp_forwarded_total",
+                "RTP packets forwarded to subscribers",
+            ),
+            keyframe_requests: counter(
+                "switchboard_keyframe_requests_total",
+                "Keyframe requests sent to publishers",
+            ),
+            ice_connected: counter(
+                "switchboard_ice_connected_total",
+                "Peer connections whose ICE connected",
+            ),
+            ice_failed: counter(
+                "switchboard_ice_failed_total",
+                "Participants removed without a connection ever coming up",
+            ),
+            join_to_first_forward,
+            signaling_connections,
+            signaling_errors: counter_vec(
+                "switchboard_signaling_errors_total",
+                "Error messages sent to clients",
+                "code",
+            ),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,124 @@
+//! HTTP endpoints: the signaling WebSocket, metrics, health, and the
+//! development-only token endpoint.
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{State, rejection::JsonRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use control::call_token::CallGrant;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use signaling::Permissions;
+
+use super::AppState;
+use super::session::{self, Frame};
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/v1/rtc", get(rtc_socket))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }));
+    if state.config.dev_token_endpoint {
+        router = router.route("/dev/token", post(dev_token));
+    }
+    router.with_state(state)
+}
+
+async fn rtc_socket(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+    // Frames up to 4x our limit reach the session, which answers
+    // `message_too_large` and carries on; beyond that the socket closes (1009).
+    let hard_limit = state.config.max_message_bytes * 4;
+    ws.max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| serve_socket(socket, state))
+}
+
+async fn serve_socket(socket: WebSocket, state: AppState) {
+    let (sink, stream) = socket.split();
+    let stream = stream.map(|m| {
+        m.map(|m| match m {
+            Message::Text(t) => Frame::Text(t.to_string()),
+            Message::Close(_) => Frame::Close,
+            _ => Frame::Other,
+        })
+    });
+    let sink = sink.with(|text: String| async move { Ok::<_, axum::Error>(Message::text(text)) });
+    session::run(Box::pin(stream), Box::pin(sink), state).await;
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DevTokenRequest {
+    room: String,
+    user_id: String,
+    participant_id: Option<String>,
+    permissions: Option<Permissions>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DevTokenResponse {
+    token: String,
+    participant_id: String,
+}
+
+/// Development only (off unless configured): mints a call token for any room.
+async fn dev_token(
+    State(state): State<AppState>,
+    body: Result<Json<DevTokenRequest>, JsonRejection>,
+) -> Result<Json<DevTokenResponse>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let valid = |s: &str| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control);
+    if !valid(&req.room) || !valid(&req.user_id) {
+        return Err(ApiError::bad_request(
+            "room and userId must be 1-128 printable characters".into(),
+        ));
+    }
+    let participant_id = req
+        .participant_id
+        .filter(|p| valid(p))
+        .unwrap_or_else(|| format!("PA_{:016x}", rand::random::<u64>()));
+    let grant = CallGrant {
+        call_id: req.room,
+        user_id: req.user_id,
+        participant_id: participant_id.clone(),
+        permissions: req.permissions.unwrap_or(Permissions::ALL),
+    };
+    Ok(Json(DevTokenResponse {
+        token: state.tokens.mint(&grant),
+        participant_id,
+    }))
+}
+
+/// The JSON error body every endpoint uses: `{code, message}`.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,150 @@
+//! The tokio shell around the engines: it owns the UDP socket, the engine
+//! threads, the WebSocket sessions and the HTTP endpoints. Only this module
+//! touches sockets or reads the clock.
+
+mod http;
+mod session;
+mod shard;
+mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use control::call_token::CallTokens;
+use dashmap::DashMap;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+pub use shard::ShardHandle;
+
+/// Who owns a remote address or a local ufrag: the index of an engine shard.
+pub type RouteTable = Arc<Routes>;
+
+#[derive(Default)]
+pub struct Routes {
+    pub by_addr: DashMap<SocketAddr, usize>,
+    pub by_ufrag: DashMap<String, usize>,
+}
+
+/// Shared by every WebSocket session and HTTP handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub tokens: Arc<CallTokens>,
+    pub shards: Arc<Vec<ShardHandle>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A started server. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub udp_addr: SocketAddr,
+    pub announced: Vec<SocketAddr>,
+    pub state: AppState,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    http_task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("crypto: {0}")]
+    Crypto(String),
+}
+
+/// Binds everything and starts the engine threads and the HTTP server.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let secret = if config.call_token_secret.is_empty() {
+        // No configured secret: one nobody else knows, for this process only.
+        format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>())
+    } else {
+        config.call_token_secret.clone()
+    };
+    let tokens = Arc::new(CallTokens::new(
+        secret.as_bytes(),
+        config.call_token_issuer.clone(),
+        control::call_token::DEFAULT_TTL,
+    ));
+
+    let socket = udp::bind(config.rtc_udp_bind).map_err(|source| StartError::Bind {
+        addr: config.rtc_udp_bind,
+        source,
+    })?;
+    let udp_addr = socket.local_addr().map_err(|source| StartError::Bind {
+        addr: config.rtc_udp_bind,
+        source,
+    })?;
+    let announced: Vec<SocketAddr> = config
+        .effective_announce_ips()
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, udp_addr.port()))
+        .collect();
+
+    let routes: RouteTable = Arc::default();
+    let socket = Arc::new(socket);
+    let shards = shard::spawn_all(
+        &config,
+        &announced,
+        socket.clone(),
+        routes.clone(),
+        metrics.clone(),
+    )
+    .map_err(StartError::Crypto)?;
+    let shards = Arc::new(shards);
+    udp::spawn_receiver(socket, routes, shards.clone(), metrics.clone());
+
+    let listener = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.http_listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.http_listen,
+        source,
+    })?;
+    let state = AppState {
+        config,
+        tokens,
+        shards,
+        metrics,
+    };
+    let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let app = http::router(state.clone());
+    let http_task = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = shutdown_rx.wait_for(|stop| *stop).await;
+        });
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    Ok(Running {
+        http_addr,
+        udp_addr,
+        announced,
+        state,
+        shutdown,
+        http_task,
+    })
+}
+
+impl Running {
+    /// Stops accepting connections and stops the engines.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for shard in self.state.shards.iter() {
+            shard.stop();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.http_task).await;
+    }
+}

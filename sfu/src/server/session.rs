@@ -1,0 +1,297 @@
+//! One signaling WebSocket: the `join` handshake (version, call token), then
+//! client messages become engine commands and engine messages go out.
+//!
+//! Generic over the socket's `Stream`/`Sink` (axum's testing-websockets
+//! pattern), so the session logic does not depend on axum's WebSocket type.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use signaling::{ClientMessage, ErrorCode, ServerMessage, decode_client, encode};
+use tokio::sync::mpsc;
+
+use super::AppState;
+use super::shard::{SessionOut, ShardHandle};
+use crate::engine::{Command, ConnId};
+use control::call_token::TokenError;
+
+/// A connection must join this soon after it opens.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed joins tolerated on one connection before it is closed.
+const MAX_JOIN_ATTEMPTS: u32 = 5;
+
+/// A frame as the session sees it, whatever the WebSocket library.
+pub enum Frame {
+    Text(String),
+    /// Binary, ping, pong: not part of the protocol; ignored.
+    Other,
+    Close,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+pub async fn run<S, K, E>(mut stream: S, mut sink: K, state: AppState)
+where
+    S: Stream<Item = Result<Frame, E>> + Unpin,
+    K: Sink<String> + Unpin,
+{
+    let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+    state.metrics.signaling_connections.inc();
+    let _gauge = scopeguard(|| state.metrics.signaling_connections.dec());
+    let mut limiter = RateLimiter::new(state.config.signaling_rate_per_second);
+
+    let joined = tokio::time::timeout(
+        JOIN_TIMEOUT,
+        handshake(&mut stream, &mut sink, &state, &mut limiter),
+    )
+    .await;
+    let Ok(Some(join)) = joined else {
+        return;
+    };
+    let span = tracing::info_span!("session", call_id = %join.room, user_id = %join.user_id, participant = %join.participant_id);
+    let _enter = span.enter();
+    let shard = shard_for(&state.shards, &join.room);
+    let (outbox, mut inbox) = mpsc::unbounded_channel();
+    shard.attach(conn, outbox);
+    shard.command(conn, join.command);
+
+    let mut left = false;
+    loop {
+        tokio::select! {
+            out = inbox.recv() => match out {
+                Some(SessionOut::Message(message)) => {
+                    if sink.send(encode(&message)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(SessionOut::Close) | None => {
+                    left = true;
+                    break;
+                }
+            },
+            frame = stream.next() => match frame {
+                Some(Ok(Frame::Text(text))) => {
+                    if !limiter.allow(Instant::now()) {
+                        let e = ServerMessage::error(ErrorCode::RateLimited, "too many messages; slow down");
+                        if sink.send(encode(&e)).await.is_err() { break; }
+                        continue;
+                    }
+                    match to_command(&text, state.config.max_message_bytes) {
+                        Ok(Action::Command(command)) => shard.command(conn, command),
+                        Ok(Action::Reply(message)) | Err(message) => {
+                            if sink.send(encode(&message)).await.is_err() { break; }
+                        }
+                    }
+                }
+                Some(Ok(Frame::Other)) => {}
+                Some(Ok(Frame::Close)) | Some(Err(_)) | None => break,
+            },
+        }
+    }
+    if !left {
+        // Gone without `leave`: the participant keeps its place for the
+        // grace period and may resume on a new connection.
+        shard.command(conn, Command::Detach);
+    }
+    let _ = sink.close().await;
+}
+
+struct Joined {
+    room: String,
+    user_id: String,
+    participant_id: String,
+    command: Command,
+}
+
+/// Reads frames until a valid `join`; answers each bad one with a typed error.
+async fn handshake<S, K, E>(
+    stream: &mut S,
+    sink: &mut K,
+    state: &AppState,
+    limiter: &mut RateLimiter,
+) -> Option<Joined>
+where
+    S: Stream<Item = Result<Frame, E>> + Unpin,
+    K: Sink<String> + Unpin,
+{
+    let mut attempts = 0;
+    while attempts < MAX_JOIN_ATTEMPTS {
+        let text = match stream.next().await? {
+            Ok(Frame::Text(text)) => text,
+            Ok(Frame::Other) => continue,
+            Ok(Frame::Close) | Err(_) => return None,
+        };
+        attempts += 1;
+        if !limiter.allow(Instant::now()) {
+            continue;
+        }
+        match check_join(&text, state) {
+            Ok(joined) => return Some(joined),
+            Err(message) => {
+                if sink.send(encode(&message)).await.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
+fn check_join(text: &str, state: &AppState) -> Result<Joined, ServerMessage> {
+    let message = decode_client(text, state.config.max_message_bytes)
+        .map_err(|e| ServerMessage::error(e.code(), e.to_string()))?;
+    let ClientMessage::Join {
+        protocol_version,
+        token,
+        auto_subscribe,
+        resume_participant_id,
+    } = message
+    else {
+        return Err(ServerMessage::error(
+            ErrorCode::NotJoined,
+            "the first message must be join",
+        ));
+    };
+    if protocol_version != signaling::PROTOCOL_VERSION {
+        return Err(ServerMessage::error(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "this server speaks protocol version {}",
+                signaling::PROTOCOL_VERSION
+            ),
+        ));
+    }
+    let grant = state.tokens.verify(&token).map_err(|e| match e {
+        TokenError::Expired => ServerMessage::error(ErrorCode::TokenExpired, e.to_string()),
+        TokenError::Invalid(_) => ServerMessage::error(ErrorCode::InvalidToken, e.to_string()),
+    })?;
+    let command = match resume_participant_id {
+        Some(id) if id != grant.participant_id => {
+            return Err(ServerMessage::error(
+                ErrorCode::PermissionDenied,
+                "the token is for another participant",
+            ));
+        }
+        Some(_) => Command::Resume {
+            room: grant.call_id.clone(),
+            user_id: grant.user_id.clone(),
+            participant_id: grant.participant_id.clone(),
+        },
+        None => Command::Join {
+            room: grant.call_id.clone(),
+            user_id: grant.user_id.clone(),
+            participant_id: grant.participant_id.clone(),
+            permissions: grant.permissions,
+            auto_subscribe,
+        },
+    };
+    Ok(Joined {
+        room: grant.call_id,
+        user_id: grant.user_id,
+        participant_id: grant.participant_id,
+        command,
+    })
+}
+
+enum Action {
+    Command(Command),
+    /// Answered by the session itself (ping, a second join).
+    Reply(ServerMessage),
+}
+
+fn to_command(text: &str, limit: usize) -> Result<Action, ServerMessage> {
+    let message =
+        decode_client(text, limit).map_err(|e| ServerMessage::error(e.code(), e.to_string()))?;
+    let command = match message {
+        ClientMessage::Join { .. } => {
+            return Ok(Action::Reply(ServerMessage::error(
+                ErrorCode::AlreadyJoined,
+                "this connection already joined",
+            )));
+        }
+        ClientMessage::Ping { timestamp } => {
+            return Ok(Action::Reply(ServerMessage::Pong { timestamp }));
+        }
+        ClientMessage::Publish { sdp } => Command::Publish { sdp },
+        ClientMessage::Unpublish { track_id } => Command::Unpublish { track_id },
+        ClientMessage::SubscriberAnswer { sdp } => Command::SubscriberAnswer { sdp },
+        ClientMessage::Trickle { target, candidate } => Command::Trickle {
+            target,
+            candidate: candidate.candidate,
+        },
+        ClientMessage::Subscribe { track_ids } => Command::Subscribe { track_ids },
+        ClientMessage::Unsubscribe { track_ids } => Command::Unsubscribe { track_ids },
+        ClientMessage::Mute { track_id, muted } => Command::Mute { track_id, muted },
+        ClientMessage::RestartIce => Command::RestartIce,
+        ClientMessage::Leave => Command::Leave,
+    };
+    Ok(Action::Command(command))
+}
+
+/// Rooms live on one shard each, chosen by a hash of the room id.
+pub fn shard_for<'a>(shards: &'a [ShardHandle], room: &str) -> &'a ShardHandle {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    room.hash(&mut h);
+    &shards[(h.finish() % shards.len() as u64) as usize]
+}
+
+/// A token bucket: `rate` messages per second, bursts of twice that.
+struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: u32) -> RateLimiter {
+        let rate = f64::from(rate);
+        RateLimiter {
+            rate,
+            burst: rate * 2.0,
+            tokens: rate * 2.0,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_refills() {
+        let mut l = RateLimiter::new(10);
+        let t0 = l.last;
+        let allowed = (0..100).filter(|_| l.allow(t0)).count();
+        assert_eq!(allowed, 20);
+        assert!(l.allow(t0 + Duration::from_millis(150)));
+    }
+}

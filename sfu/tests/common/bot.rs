@@ -1,0 +1,294 @@
+//! A sans-IO str0m client speaking protocol v1: a publisher and a subscriber
+//! `Rtc`, synthetic media with a sequence in every payload, and a record of
+//! every packet received and from whom. Driven by the fake-clock harness
+//! (`sim.rs`) and by the real-socket runner (`live.rs`).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use signaling::{ClientMessage, IceCandidate, PeerTarget, ServerMessage, TrackInfo};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::RtpWrite;
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedPacket {
+    pub track_id: String,
+    pub from: String,
+    pub kind: MediaKind,
+    pub seq: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub payload: Vec<u8>,
+}
+
+pub struct Bot {
+    pub name: String,
+    pub publisher: Rtc,
+    pub subscriber: Rtc,
+    pub publisher_addr: SocketAddr,
+    pub subscriber_addr: SocketAddr,
+    pending_publish: Option<SdpPendingOffer>,
+    audio_mid: Option<Mid>,
+    video_mid: Option<Mid>,
+    pub outbox: VecDeque<ClientMessage>,
+    pub transmits: VecDeque<Transmit>,
+    pub participant_id: Option<String>,
+    track_owner: HashMap<String, String>,
+    mid_track: HashMap<Mid, String>,
+    pub received: Vec<ReceivedPacket>,
+    pub messages: Vec<ServerMessage>,
+    pub keyframe_requests: usize,
+    pub publisher_ice: IceConnectionState,
+    pub subscriber_ice: IceConnectionState,
+    sent: u64,
+    /// Trickle our host candidate instead of only listing it in the SDP.
+    pub trickle: bool,
+}
+
+fn rtc(addr: SocketAddr, now: Instant) -> Rtc {
+    let mut rtc = Rtc::builder()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(true)
+        .enable_h264(true)
+        .build(now);
+    rtc.add_local_candidate(Candidate::host(addr, "udp").expect("host candidate"));
+    rtc
+}
+
+impl Bot {
+    pub fn new(name: &str, publisher_addr: SocketAddr, subscriber_addr: SocketAddr, now: Instant) -> Bot {
+        Bot {
+            name: name.to_string(),
+            publisher: rtc(publisher_addr, now),
+            subscriber: rtc(subscriber_addr, now),
+            publisher_addr,
+            subscriber_addr,
+            pending_publish: None,
+            audio_mid: None,
+            video_mid: None,
+            outbox: VecDeque::new(),
+            transmits: VecDeque::new(),
+            participant_id: None,
+            track_owner: HashMap::new(),
+            mid_track: HashMap::new(),
+            received: Vec::new(),
+            messages: Vec::new(),
+            keyframe_requests: 0,
+            publisher_ice: IceConnectionState::New,
+            subscriber_ice: IceConnectionState::New,
+            sent: 0,
+            trickle: false,
+        }
+    }
+
+    /// Offers to publish one audio and one video track.
+    pub fn publish(&mut self) {
+        let mut api = self.publisher.sdp_api();
+        self.audio_mid = Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        self.video_mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        let (offer, pending) = api.apply().expect("an offer with two m-lines");
+        self.pending_publish = Some(pending);
+        self.outbox.push_back(ClientMessage::Publish {
+            sdp: offer.to_sdp_string(),
+        });
+    }
+
+    pub fn handle_message(&mut self, message: ServerMessage) {
+        match &message {
+            ServerMessage::Joined {
+                participant_id,
+                participants,
+                ..
+            } => {
+                self.participant_id = Some(participant_id.clone());
+                for p in participants {
+                    self.learn_tracks(&p.tracks);
+                }
+            }
+            ServerMessage::ParticipantJoined { participant } => self.learn_tracks(&participant.tracks),
+            ServerMessage::TrackPublished { track } => self.learn_tracks(std::slice::from_ref(track)),
+            ServerMessage::PublishAnswer { sdp, .. } => {
+                let answer = SdpAnswer::from_sdp_string(sdp).expect("server answer parses");
+                let pending = self.pending_publish.take().expect("a publish offer was pending");
+                self.publisher
+                    .sdp_api()
+                    .accept_answer(pending, answer)
+                    .expect("server answer accepted");
+                if self.trickle {
+                    self.trickle_host(PeerTarget::Publisher);
+                }
+            }
+            ServerMessage::SubscriberOffer { sdp, tracks } => {
+                for t in tracks {
+                    self.mid_track.insert(Mid::from(t.mid.as_str()), t.track_id.clone());
+                }
+                let offer = SdpOffer::from_sdp_string(sdp).expect("server offer parses");
+                let answer = self
+                    .subscriber
+                    .sdp_api()
+                    .accept_offer(offer)
+                    .expect("server offer accepted");
+                self.outbox.push_back(ClientMessage::SubscriberAnswer {
+                    sdp: answer.to_sdp_string(),
+                });
+                if self.trickle {
+                    self.trickle_host(PeerTarget::Subscriber);
+                }
+            }
+            _ => {}
+        }
+        self.messages.push(message);
+    }
+
+    fn trickle_host(&mut self, target: PeerTarget) {
+        let addr = match target {
+            PeerTarget::Publisher => self.publisher_addr,
+            PeerTarget::Subscriber => self.subscriber_addr,
+        };
+        let c = Candidate::host(addr, "udp").expect("host candidate");
+        self.outbox.push_back(ClientMessage::Trickle {
+            target,
+            candidate: IceCandidate {
+                candidate: c.to_sdp_string(),
+                sdp_mid: None,
+                sdp_m_line_index: Some(0),
+                username_fragment: None,
+            },
+        });
+    }
+
+    fn learn_tracks(&mut self, tracks: &[TrackInfo]) {
+        for t in tracks {
+            self.track_owner
+                .insert(t.track_id.clone(), t.participant_id.clone());
+        }
+    }
+
+    pub fn handle_datagram(&mut self, source: SocketAddr, destination: SocketAddr, bytes: &[u8], now: Instant) {
+        let rtc = if destination == self.publisher_addr {
+            &mut self.publisher
+        } else if destination == self.subscriber_addr {
+            &mut self.subscriber
+        } else {
+            return;
+        };
+        let Ok(contents) = bytes.try_into() else { return };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if rtc.accepts(&input) {
+            rtc.handle_input(input).expect("bot rtc input");
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.publisher.handle_input(Input::Timeout(now)).expect("timeout");
+        self.subscriber.handle_input(Input::Timeout(now)).expect("timeout");
+    }
+
+    /// Drains both connections; returns the earliest time either wants.
+    pub fn poll(&mut self) -> Instant {
+        let a = self.poll_one(true);
+        let b = self.poll_one(false);
+        a.min(b)
+    }
+
+    fn poll_one(&mut self, publisher: bool) -> Instant {
+        loop {
+            let rtc = if publisher { &mut self.publisher } else { &mut self.subscriber };
+            match rtc.poll_output().expect("bot poll") {
+                Output::Timeout(t) => return t,
+                Output::Transmit(t) => self.transmits.push_back(t),
+                Output::Event(e) => self.on_event(publisher, e),
+            }
+        }
+    }
+
+    fn on_event(&mut self, publisher: bool, event: Event) {
+        match event {
+            Event::IceConnectionStateChange(s) if publisher => self.publisher_ice = s,
+            Event::IceConnectionStateChange(s) => self.subscriber_ice = s,
+            Event::KeyframeRequest(_) if publisher => self.keyframe_requests += 1,
+            Event::RtpPacket(pkt) if !publisher => {
+                let mid = self
+                    .subscriber
+                    .direct_api()
+                    .stream_rx(&pkt.header.ssrc)
+                    .map(|s| s.mid());
+                let track_id = mid.and_then(|m| self.mid_track.get(&m)).cloned().unwrap_or_default();
+                let from = self.track_owner.get(&track_id).cloned().unwrap_or_default();
+                let kind = mid
+                    .and_then(|m| self.subscriber.media(m))
+                    .map(|m| m.kind())
+                    .unwrap_or(MediaKind::Audio);
+                self.received.push(ReceivedPacket {
+                    track_id,
+                    from,
+                    kind,
+                    seq: *pkt.seq_no,
+                    timestamp: pkt.header.timestamp,
+                    marker: pkt.header.marker,
+                    payload: pkt.payload.to_vec(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    pub fn publishing(&self) -> bool {
+        self.publisher.is_connected() && self.audio_mid.is_some()
+    }
+
+    /// Writes one audio and one video packet (call every 20 ms).
+    pub fn send_media(&mut self, now: Instant) {
+        if !self.publishing() {
+            return;
+        }
+        self.sent += 1;
+        let n = self.sent;
+        for (mid, codec, kind) in [
+            (self.audio_mid, Codec::Opus, "a"),
+            (self.video_mid, Codec::Vp8, "v"),
+        ] {
+            let Some(mid) = mid else { continue };
+            let Some(pt) = self
+                .publisher
+                .codec_config()
+                .find(|p| p.spec().codec == codec)
+                .map(|p| p.pt())
+            else {
+                continue;
+            };
+            let payload = format!("{}:{kind}:{n}", self.name).into_bytes();
+            let mut api = self.publisher.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+            let clock = if kind == "a" { 960 } else { 1800 };
+            tx.write_rtp(
+                RtpWrite::new(pt, n.into(), (n * clock) as u32, now, payload)
+                    .marker(kind == "v")
+                    .nackable(kind == "v"),
+            );
+        }
+    }
+
+    /// Packets received from the participant whose bot is `name`.
+    pub fn received_from(&self, participant_id: &str) -> usize {
+        self.received.iter().filter(|p| p.from == participant_id).count()
+    }
+}
+
+/// Fake clock tick used by the harness.
+pub const TICK: Duration = Duration::from_millis(5);

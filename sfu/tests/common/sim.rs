@@ -1,0 +1,203 @@
+//! A fake-clock, fake-network harness: one `Engine` and several `Bot`s,
+//! datagrams delivered in memory by address, time advanced in ticks.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sfu::engine::{Command, ConnId, Engine, EngineConfig, Event, Input, Output};
+use signaling::{ClientMessage, Permissions};
+
+use super::bot::{Bot, TICK};
+
+pub const SERVER: &str = "192.0.2.10:7882";
+
+pub struct Sim {
+    pub engine: Engine,
+    pub bots: Vec<Bot>,
+    pub now: Instant,
+    pub start: Instant,
+    pub events: Vec<Event>,
+    /// Bots whose datagrams are dropped (a broken path).
+    pub cut: Vec<usize>,
+    last_media: Instant,
+}
+
+pub fn engine_config() -> EngineConfig {
+    EngineConfig::new(vec![SERVER.parse().unwrap()])
+}
+
+impl Sim {
+    pub fn new(config: EngineConfig) -> Sim {
+        str0m::crypto::from_feature_flags().install_process_default();
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .unwrap();
+        let now = Instant::now();
+        Sim {
+            engine: Engine::new(config, cert, now),
+            bots: Vec::new(),
+            now,
+            start: now,
+            events: Vec::new(),
+            cut: Vec::new(),
+            last_media: now,
+        }
+    }
+
+    fn server(&self) -> SocketAddr {
+        SERVER.parse().unwrap()
+    }
+
+    pub fn conn(i: usize) -> ConnId {
+        ConnId(i as u64 + 1)
+    }
+
+    /// Adds a bot and joins it to `room` with full permissions.
+    pub fn join(&mut self, name: &str, room: &str) -> usize {
+        self.join_with(name, room, Permissions::ALL)
+    }
+
+    pub fn join_with(&mut self, name: &str, room: &str, permissions: Permissions) -> usize {
+        let i = self.bots.len();
+        let base = 10 + i as u8;
+        let bot = Bot::new(
+            name,
+            SocketAddr::from(([10, 0, 0, base], 5000)),
+            SocketAddr::from(([10, 0, 0, base], 5001)),
+            self.now,
+        );
+        self.bots.push(bot);
+        self.command(
+            i,
+            Command::Join {
+                room: room.to_string(),
+                user_id: format!("user-{name}"),
+                participant_id: format!("p-{name}"),
+                permissions,
+                auto_subscribe: true,
+            },
+        );
+        i
+    }
+
+    pub fn command(&mut self, i: usize, command: Command) {
+        self.engine
+            .handle_input(Input::Command(Sim::conn(i), command), self.now);
+        self.deliver();
+    }
+
+    /// Moves every queued message and datagram until nothing moves.
+    pub fn deliver(&mut self) {
+        let server = self.server();
+        for _ in 0..10_000 {
+            let mut moved = false;
+            loop {
+                match self.engine.poll_output() {
+                    Output::Timeout(_) => break,
+                    Output::Transmit(t) => {
+                        moved = true;
+                        let dest = t.destination;
+                        if let Some(i) = self.bot_at(dest) {
+                            if !self.cut.contains(&i) {
+                                let now = self.now;
+                                self.bots[i].handle_datagram(server, dest, &t.contents, now);
+                            }
+                        }
+                    }
+                    Output::Event(Event::Message { conn, message }) => {
+                        moved = true;
+                        let i = (conn.0 - 1) as usize;
+                        if let Some(bot) = self.bots.get_mut(i) {
+                            bot.handle_message(message);
+                        }
+                    }
+                    Output::Event(e) => self.events.push(e),
+                }
+            }
+            for i in 0..self.bots.len() {
+                self.bots[i].poll();
+                while let Some(message) = self.bots[i].outbox.pop_front() {
+                    moved = true;
+                    let command = to_command(message);
+                    self.engine
+                        .handle_input(Input::Command(Sim::conn(i), command), self.now);
+                }
+                while let Some(t) = self.bots[i].transmits.pop_front() {
+                    moved = true;
+                    if self.cut.contains(&i) {
+                        continue;
+                    }
+                    self.engine.handle_input(
+                        Input::Datagram {
+                            source: t.source,
+                            destination: server,
+                            contents: &t.contents,
+                        },
+                        self.now,
+                    );
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the simulation did not settle");
+    }
+
+    fn bot_at(&self, addr: SocketAddr) -> Option<usize> {
+        self.bots
+            .iter()
+            .position(|b| b.publisher_addr == addr || b.subscriber_addr == addr)
+    }
+
+    /// Advances fake time by `duration` in ticks; publishing bots send a
+    /// packet pair every 20 ms.
+    pub fn run_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            self.now += TICK;
+            let now = self.now;
+            self.engine.handle_input(Input::Timeout, now);
+            for bot in &mut self.bots {
+                bot.handle_timeout(now);
+            }
+            if now.duration_since(self.last_media) >= Duration::from_millis(20) {
+                self.last_media = now;
+                for bot in &mut self.bots {
+                    bot.send_media(now);
+                }
+            }
+            self.deliver();
+        }
+    }
+
+    /// Runs until every bot's two connections are up (bounded).
+    pub fn connect_all(&mut self) {
+        for _ in 0..400 {
+            if self.bots.iter().all(|b| b.publisher.is_connected() && b.subscriber.is_connected()) {
+                return;
+            }
+            self.run_for(TICK);
+        }
+        panic!("bots did not connect");
+    }
+}
+
+pub fn to_command(message: ClientMessage) -> Command {
+    match message {
+        ClientMessage::Publish { sdp } => Command::Publish { sdp },
+        ClientMessage::SubscriberAnswer { sdp } => Command::SubscriberAnswer { sdp },
+        ClientMessage::Trickle { target, candidate } => Command::Trickle {
+            target,
+            candidate: candidate.candidate,
+        },
+        ClientMessage::Subscribe { track_ids } => Command::Subscribe { track_ids },
+        ClientMessage::Unsubscribe { track_ids } => Command::Unsubscribe { track_ids },
+        ClientMessage::Unpublish { track_id } => Command::Unpublish { track_id },
+        ClientMessage::Mute { track_id, muted } => Command::Mute { track_id, muted },
+        ClientMessage::RestartIce => Command::RestartIce,
+        ClientMessage::Leave => Command::Leave,
+        other => panic!("bots do not send {other:?} through the engine"),
+    }
+}

@@ -1,0 +1,336 @@
+//! The SFU engine with a fake clock and no sockets: str0m bots join rooms,
+//! publish, subscribe, break and leave.
+
+mod common;
+
+use std::time::Duration;
+
+use common::sim::{Sim, engine_config};
+use sfu::engine::{Command, Event};
+use signaling::{ErrorCode, LeaveReason, ParticipantState, Permissions, ServerMessage};
+use str0m::media::MediaKind;
+
+fn pid(name: &str) -> String {
+    format!("p-{name}")
+}
+
+fn errors(sim: &Sim, bot: usize) -> Vec<ErrorCode> {
+    sim.bots[bot]
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Error { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect()
+}
+
+fn room_of_three() -> Sim {
+    let mut sim = Sim::new(engine_config());
+    for name in ["a", "b", "c"] {
+        let i = sim.join(name, "room-1");
+        sim.bots[i].publish();
+        sim.deliver();
+    }
+    sim.connect_all();
+    sim
+}
+
+#[test]
+fn three_participants_each_receive_the_others() {
+    let mut sim = room_of_three();
+    sim.run_for(Duration::from_secs(2));
+    for (i, me) in ["a", "b", "c"].iter().enumerate() {
+        for other in ["a", "b", "c"] {
+            let got = sim.bots[i].received_from(&pid(other));
+            if other == *me {
+                assert_eq!(got, 0, "{me} must not receive its own media");
+            } else {
+                assert!(got > 100, "{me} got {got} packets from {other}");
+            }
+        }
+        // Both kinds arrive, and each payload names its real sender.
+        let bot = &sim.bots[i];
+        for p in &bot.received {
+            let sender = p.from.trim_start_matches("p-");
+            assert!(String::from_utf8_lossy(&p.payload).starts_with(&format!("{sender}:")));
+        }
+        assert!(bot.received.iter().any(|p| p.kind == MediaKind::Video));
+        assert!(bot.received.iter().any(|p| p.kind == MediaKind::Audio));
+    }
+    assert_eq!(sim.engine.track_count(), 6);
+}
+
+/// The same packets through the 1:1 fast path and through the general
+/// fan-out yield the same stream at the subscriber.
+#[test]
+fn fast_path_and_fan_out_deliver_the_same_packets() {
+    let run = |fast_path: bool| {
+        let mut config = engine_config();
+        config.fast_path = fast_path;
+        let mut sim = Sim::new(config);
+        for name in ["a", "b"] {
+            let i = sim.join(name, "call");
+            sim.bots[i].publish();
+            sim.deliver();
+        }
+        sim.connect_all();
+        sim.run_for(Duration::from_secs(1));
+        let got: Vec<_> = sim.bots[1]
+            .received
+            .iter()
+            .map(|p| (p.kind, p.seq, p.timestamp, p.marker, p.payload.clone()))
+            .collect();
+        got
+    };
+    let fast = run(true);
+    let general = run(false);
+    assert!(fast.len() > 50, "only {} packets", fast.len());
+    assert_eq!(fast, general);
+}
+
+#[test]
+fn token_without_publish_video_cannot_publish_video() {
+    let mut sim = Sim::new(engine_config());
+    let audio_only = Permissions {
+        publish_audio: true,
+        publish_video: false,
+        subscribe: true,
+    };
+    let a = sim.join_with("a", "room", audio_only);
+    sim.bots[a].publish(); // offers audio and video
+    // The bot expects an answer; take the offer straight to the engine instead.
+    let offer = sim.bots[a].outbox.pop_front().unwrap();
+    let signaling::ClientMessage::Publish { sdp } = offer else {
+        panic!("expected a publish")
+    };
+    sim.command(a, Command::Publish { sdp });
+    assert_eq!(errors(&sim, a), vec![ErrorCode::PermissionDenied]);
+    assert_eq!(sim.engine.track_count(), 0);
+    assert!(!sim.bots[a].messages.iter().any(|m| matches!(m, ServerMessage::PublishAnswer { .. })));
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_changes_nothing() {
+    let mut sim = Sim::new(engine_config());
+    let a = sim.join("a", "room");
+    let before = (sim.engine.participant_count(), sim.engine.track_count());
+    sim.command(a, Command::Publish { sdp: "v=0\r\nnot sdp".into() });
+    sim.command(a, Command::SubscriberAnswer { sdp: "garbage".into() });
+    sim.command(a, Command::Subscribe { track_ids: vec!["TR_nope".into()] });
+    sim.command(a, Command::Unpublish { track_id: "TR_nope".into() });
+    sim.command(a, Command::Mute { track_id: "TR_nope".into(), muted: true });
+    sim.command(
+        a,
+        Command::Trickle {
+            target: signaling::PeerTarget::Publisher,
+            candidate: "candidate:garbage".into(),
+        },
+    );
+    // A command on a connection that never joined.
+    let stranger = 7;
+    sim.engine.handle_input(
+        sfu::engine::Input::Command(Sim::conn(stranger), Command::Leave),
+        sim.now,
+    );
+    sim.deliver();
+    assert_eq!(
+        errors(&sim, a),
+        vec![
+            ErrorCode::InvalidSdp,
+            ErrorCode::InvalidSdp,
+            ErrorCode::UnknownTrack,
+            ErrorCode::UnknownTrack,
+            ErrorCode::UnknownTrack,
+            ErrorCode::InvalidCandidate,
+        ]
+    );
+    assert_eq!((sim.engine.participant_count(), sim.engine.track_count()), before);
+}
+
+#[test]
+fn garbage_datagrams_are_dropped_and_media_keeps_flowing() {
+    let mut sim = Sim::new(engine_config());
+    for name in ["a", "b"] {
+        let i = sim.join(name, "call");
+        sim.bots[i].publish();
+        sim.deliver();
+    }
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(500));
+    let before = sim.bots[1].received_from(&pid("a"));
+    let server = common::sim::SERVER.parse().unwrap();
+    for n in 0..2_000u32 {
+        let garbage: Vec<u8> = (0..(n % 300)).map(|i| (i * 7 + n) as u8).collect();
+        let source = std::net::SocketAddr::from(([203, 0, 113, (n % 250) as u8], 4000 + (n % 1000) as u16));
+        sim.engine.handle_input(
+            sfu::engine::Input::Datagram { source, destination: server, contents: &garbage },
+            sim.now,
+        );
+    }
+    // Garbage from a participant's own address is refused by its Rtc, not fatal.
+    let a_addr = sim.bots[0].publisher_addr;
+    sim.engine.handle_input(
+        sfu::engine::Input::Datagram { source: a_addr, destination: server, contents: &[0x80, 0x60, 1, 2, 3] },
+        sim.now,
+    );
+    sim.deliver();
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.engine.stats().dropped_datagrams >= 1_900);
+    assert!(sim.bots[1].received_from(&pid("a")) > before + 20);
+}
+
+#[test]
+fn new_subscriber_gets_a_keyframe_request_sent_to_the_publisher() {
+    let mut sim = Sim::new(engine_config());
+    let a = sim.join("a", "room");
+    sim.bots[a].publish();
+    sim.deliver();
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(500));
+    let before = sim.bots[a].keyframe_requests;
+    sim.join("b", "room");
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(300));
+    assert!(sim.bots[a].keyframe_requests > before, "no PLI reached the publisher");
+    assert!(sim.bots[1].received_from(&pid("a")) > 0);
+}
+
+#[test]
+fn leave_is_immediate_and_the_room_forgets_everything() {
+    let mut sim = room_of_three();
+    sim.run_for(Duration::from_millis(300));
+    sim.command(0, Command::Leave);
+    let b = &sim.bots[1];
+    assert!(b.messages.iter().any(|m| matches!(m,
+        ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Left } if participant_id == "p-a")));
+    let unpublished = b
+        .messages
+        .iter()
+        .filter(|m| matches!(m, ServerMessage::TrackUnpublished { participant_id, .. } if participant_id == "p-a"))
+        .count();
+    assert_eq!(unpublished, 2);
+    assert!(sim.bots[0].messages.iter().any(|m| matches!(m, ServerMessage::Left { reason: LeaveReason::Left })));
+    assert_eq!(sim.engine.participant_count(), 2);
+    assert_eq!(sim.engine.track_count(), 4);
+
+    sim.command(1, Command::Leave);
+    sim.command(2, Command::Leave);
+    assert_eq!(sim.engine.room_count(), 0);
+    assert_eq!(sim.engine.participant_count(), 0);
+    // Every address and ufrag the shell was told about is taken back.
+    let learned = |e: &Event| matches!(e, Event::AddressLearned(_) | Event::UfragLearned(_));
+    let forgotten = |e: &Event| matches!(e, Event::AddressForgotten(_) | Event::UfragForgotten(_));
+    let l = sim.events.iter().filter(|e| learned(e)).count();
+    let f = sim.events.iter().filter(|e| forgotten(e)).count();
+    assert!(l > 0);
+    assert_eq!(l, f);
+}
+
+#[test]
+fn broken_path_is_reconnecting_then_recovers_then_times_out() {
+    let mut config = engine_config();
+    config.reconnect_grace = Duration::from_secs(15);
+    let mut sim = Sim::new(config);
+    for name in ["a", "b"] {
+        let i = sim.join(name, "call");
+        sim.bots[i].publish();
+        sim.deliver();
+    }
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(500));
+
+    let state_of_b = |sim: &Sim| {
+        sim.bots[0].messages.iter().rev().find_map(|m| match m {
+            ServerMessage::ParticipantStateChanged { participant_id, state } if participant_id == "p-b" => Some(*state),
+            _ => None,
+        })
+    };
+    // B's network breaks: after ICE notices, A sees B reconnecting.
+    sim.cut.push(1);
+    let mut waited = Duration::ZERO;
+    while state_of_b(&sim) != Some(ParticipantState::Reconnecting) {
+        sim.run_for(Duration::from_millis(250));
+        waited += Duration::from_millis(250);
+        assert!(waited < Duration::from_secs(40), "B never became reconnecting");
+    }
+    // It comes back within the grace period and continues.
+    sim.cut.clear();
+    let got = sim.bots[0].received_from(&pid("b"));
+    let mut waited = Duration::ZERO;
+    while state_of_b(&sim) != Some(ParticipantState::Active) {
+        sim.run_for(Duration::from_millis(250));
+        waited += Duration::from_millis(250);
+        assert!(waited < Duration::from_secs(10), "B never came back");
+    }
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.bots[0].received_from(&pid("b")) > got);
+    assert_eq!(sim.engine.participant_count(), 2);
+
+    // Broken again, for good: removed once the grace period ends.
+    sim.cut.push(1);
+    let mut waited = Duration::ZERO;
+    while sim.engine.participant_count() == 2 {
+        sim.run_for(Duration::from_millis(500));
+        waited += Duration::from_millis(500);
+        assert!(waited < Duration::from_secs(90), "B was never removed");
+    }
+    assert!(sim.bots[0].messages.iter().any(|m| matches!(m,
+        ServerMessage::ParticipantLeft { participant_id, reason: LeaveReason::Timeout } if participant_id == "p-b")));
+}
+
+#[test]
+fn websocket_drop_keeps_the_place_and_resume_restores_it() {
+    let mut sim = Sim::new(engine_config());
+    for name in ["a", "b"] {
+        let i = sim.join(name, "call");
+        sim.bots[i].publish();
+        sim.deliver();
+    }
+    sim.connect_all();
+    sim.command(1, Command::Detach);
+    assert!(sim.bots[0].messages.iter().any(|m| matches!(m,
+        ServerMessage::ParticipantStateChanged { state: ParticipantState::Reconnecting, .. })));
+    // Media keeps flowing: only the WebSocket went away.
+    let got = sim.bots[1].received_from(&pid("a"));
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.bots[1].received_from(&pid("a")) > got);
+    // Resume on the same connection slot (a new WebSocket in real life).
+    sim.command(
+        1,
+        Command::Resume { room: "call".into(), user_id: "user-b".into(), participant_id: "p-b".into() },
+    );
+    assert!(matches!(sim.bots[0].messages.last(),
+        Some(ServerMessage::ParticipantStateChanged { state: ParticipantState::Active, .. })));
+    assert_eq!(sim.engine.participant_count(), 2);
+}
+
+#[test]
+fn two_to_three_to_two_keeps_the_pair_stream_contiguous() {
+    let mut sim = Sim::new(engine_config());
+    for name in ["a", "b"] {
+        let i = sim.join(name, "room");
+        sim.bots[i].publish();
+        sim.deliver();
+    }
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(500));
+    let c = sim.join("c", "room");
+    sim.bots[c].publish();
+    sim.deliver();
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(500));
+    sim.command(c, Command::Leave);
+    sim.run_for(Duration::from_millis(500));
+
+    let video_from_a: Vec<u64> = sim.bots[1]
+        .received
+        .iter()
+        .filter(|p| p.from == "p-a" && p.kind == MediaKind::Video)
+        .map(|p| p.seq)
+        .collect();
+    assert!(video_from_a.len() > 60);
+    for pair in video_from_a.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "a gap or reset in a's video at b");
+    }
+}
