@@ -76,16 +76,21 @@ fn fast_path_and_fan_out_deliver_the_same_packets() {
         }
         sim.connect_all();
         sim.run_for(Duration::from_secs(1));
-        let got: Vec<_> = sim.bots[1]
-            .received
-            .iter()
-            .map(|p| (p.kind, p.seq, p.timestamp, p.marker, p.payload.clone()))
-            .collect();
-        got
+        // Order within each stream is the property; how audio and video
+        // interleave on the wire is the pacer's business.
+        let stream = |kind: MediaKind| -> Vec<_> {
+            sim.bots[1]
+                .received
+                .iter()
+                .filter(|p| p.kind == kind)
+                .map(|p| (p.seq, p.timestamp, p.marker, p.payload.clone()))
+                .collect()
+        };
+        (stream(MediaKind::Audio), stream(MediaKind::Video))
     };
     let fast = run(true);
     let general = run(false);
-    assert!(fast.len() > 50, "only {} packets", fast.len());
+    assert!(fast.0.len() > 40 && fast.1.len() > 40, "too few packets: {fast:?}");
     assert_eq!(fast, general);
 }
 
@@ -254,8 +259,11 @@ fn broken_path_is_reconnecting_then_recovers_then_times_out() {
         waited += Duration::from_millis(250);
         assert!(waited < Duration::from_secs(40), "B never became reconnecting");
     }
-    // It comes back within the grace period and continues.
+    // It comes back within the grace period (restarting ICE, as a client
+    // does when its network changes) and continues.
     sim.cut.clear();
+    sim.bots[1].restart_ice();
+    sim.deliver();
     let got = sim.bots[0].received_from(&pid("b"));
     let mut waited = Duration::ZERO;
     while state_of_b(&sim) != Some(ParticipantState::Active) {

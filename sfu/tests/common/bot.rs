@@ -248,6 +248,24 @@ impl Bot {
         }
     }
 
+    /// Both connections this bot uses are up (the publisher only once it publishes).
+    pub fn is_up(&self) -> bool {
+        self.subscriber.is_connected() && (self.audio_mid.is_none() || self.publisher.is_connected())
+    }
+
+    /// What a client does after its network changed: new ICE credentials on
+    /// the publisher connection (a new offer) and a subscriber restart.
+    pub fn restart_ice(&mut self) {
+        let mut api = self.publisher.sdp_api();
+        api.ice_restart(true);
+        let (offer, pending) = api.apply().expect("an ice restart offer");
+        self.pending_publish = Some(pending);
+        self.outbox.push_back(ClientMessage::Publish {
+            sdp: offer.to_sdp_string(),
+        });
+        self.outbox.push_back(ClientMessage::RestartIce);
+    }
+
     pub fn publishing(&self) -> bool {
         self.publisher.is_connected() && self.audio_mid.is_some()
     }

@@ -175,7 +175,7 @@ impl Sim {
     /// Runs until every bot's two connections are up (bounded).
     pub fn connect_all(&mut self) {
         for _ in 0..400 {
-            if self.bots.iter().all(|b| b.publisher.is_connected() && b.subscriber.is_connected()) {
+            if self.bots.iter().all(|b| b.is_up()) {
                 return;
             }
             self.run_for(TICK);
