@@ -18,7 +18,8 @@ use control::call_token::TokenError;
 
 /// A connection must join this soon after it opens.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Failed joins tolerated on one connection before it is closed.
+/// Failed `join`s (bad token or version) tolerated on one connection before
+/// it is closed; other bad frames are bounded by the rate limit and timeout.
 const MAX_JOIN_ATTEMPTS: u32 = 5;
 
 /// A frame as the session sees it, whatever the WebSocket library.
@@ -122,13 +123,24 @@ where
             Ok(Frame::Other) => continue,
             Ok(Frame::Close) | Err(_) => return None,
         };
-        attempts += 1;
         if !limiter.allow(Instant::now()) {
             continue;
         }
         match check_join(&text, state) {
             Ok(joined) => return Some(joined),
             Err(message) => {
+                if matches!(
+                    &message,
+                    ServerMessage::Error {
+                        code: ErrorCode::InvalidToken
+                            | ErrorCode::TokenExpired
+                            | ErrorCode::UnsupportedVersion
+                            | ErrorCode::PermissionDenied,
+                        ..
+                    }
+                ) {
+                    attempts += 1;
+                }
                 if sink.send(encode(&message)).await.is_err() {
                     return None;
                 }

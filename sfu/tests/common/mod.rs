@@ -2,3 +2,4 @@
 
 pub mod bot;
 pub mod sim;
+pub mod live;
