@@ -1,0 +1,132 @@
+// A minimal browser client for Switchboard signaling protocol v1: one
+// WebSocket, a publisher RTCPeerConnection (we offer) and a subscriber one
+// (the server offers). The Capacitor plugin's web implementation grows from
+// this; the browser tests drive it.
+
+export class SwitchboardClient extends EventTarget {
+  constructor(url, token) {
+    super();
+    this.url = url;
+    this.token = token;
+    this.participants = new Map(); // participantId -> info
+    this.trackOwner = new Map(); // trackId -> participantId
+    this.midTrack = new Map(); // subscriber mid -> trackId
+    this.remote = new Map(); // trackId -> { track, participantId, kind, stream }
+    this.waiters = [];
+    this.log = [];
+  }
+
+  async join() {
+    this.ws = new WebSocket(this.url);
+    await new Promise((resolve, reject) => {
+      this.ws.onopen = resolve;
+      this.ws.onerror = () => reject(new Error("websocket failed"));
+    });
+    this.ws.onmessage = (e) => this.onMessage(JSON.parse(e.data));
+    this.ws.onclose = () => this.dispatchEvent(new Event("closed"));
+    this.pub = this.newPc("publisher");
+    this.sub = this.newPc("subscriber");
+    this.sub.ontrack = (e) => this.onTrack(e);
+    this.send({ type: "join", protocolVersion: 1, token: this.token });
+    const joined = await this.next("joined");
+    this.participantId = joined.participantId;
+    for (const p of joined.participants) this.learnParticipant(p);
+    return joined;
+  }
+
+  newPc(target) {
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    pc.onicecandidate = (e) => {
+      if (e.candidate) {
+        this.send({ type: "trickle", target, candidate: e.candidate.toJSON() });
+      }
+    };
+    return pc;
+  }
+
+  send(message) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify(message));
+    }
+  }
+
+  // Resolves with the next message of `type` (or rejects on an error reply).
+  next(type, timeoutMs = 15000) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no ${type} in ${timeoutMs} ms`)), timeoutMs);
+      this.waiters.push({ type, resolve: (m) => { clearTimeout(timer); resolve(m); }, reject });
+    });
+  }
+
+  learnParticipant(p) {
+    this.participants.set(p.participantId, p);
+    for (const t of p.tracks) this.trackOwner.set(t.trackId, p.participantId);
+  }
+
+  async onMessage(m) {
+    this.log.push(m.type);
+    const i = this.waiters.findIndex((w) => w.type === m.type);
+    if (i >= 0) this.waiters.splice(i, 1)[0].resolve(m);
+    switch (m.type) {
+      case "participantJoined":
+        this.learnParticipant(m.participant);
+        break;
+      case "participantLeft":
+        this.participants.delete(m.participantId);
+        break;
+      case "trackPublished":
+        this.trackOwner.set(m.track.trackId, m.track.participantId);
+        break;
+      case "trackUnpublished":
+        this.remote.delete(m.trackId);
+        this.dispatchEvent(new CustomEvent("trackremoved", { detail: m }));
+        break;
+      case "subscriberOffer":
+        for (const t of m.tracks) this.midTrack.set(t.mid, t.trackId);
+        await this.sub.setRemoteDescription({ type: "offer", sdp: m.sdp });
+        await this.sub.setLocalDescription(await this.sub.createAnswer());
+        this.send({ type: "subscriberAnswer", sdp: this.sub.localDescription.sdp });
+        break;
+      case "error":
+        console.warn("switchboard error", m.code, m.message);
+        this.dispatchEvent(new CustomEvent("servererror", { detail: m }));
+        break;
+    }
+    this.dispatchEvent(new CustomEvent(m.type, { detail: m }));
+  }
+
+  onTrack(e) {
+    const mid = e.transceiver.mid;
+    const trackId = this.midTrack.get(mid);
+    const participantId = this.trackOwner.get(trackId);
+    const entry = { track: e.track, participantId, kind: e.track.kind, trackId, mid, stream: new MediaStream([e.track]) };
+    this.remote.set(trackId, entry);
+    this.dispatchEvent(new CustomEvent("remotetrack", { detail: entry }));
+  }
+
+  // Publishes the given tracks; `videoCodec` ("VP8" | "H264") is forced with
+  // setCodecPreferences when given.
+  async publish(tracks, videoCodec) {
+    for (const track of tracks) {
+      const tr = this.pub.addTransceiver(track, { direction: "sendonly" });
+      if (track.kind === "video" && videoCodec) {
+        const codecs = RTCRtpSender.getCapabilities("video").codecs.filter(
+          (c) => c.mimeType.toLowerCase() === `video/${videoCodec.toLowerCase()}`,
+        );
+        if (codecs.length === 0) throw new Error(`this browser cannot send ${videoCodec}`);
+        tr.setCodecPreferences(codecs);
+      }
+    }
+    await this.pub.setLocalDescription(await this.pub.createOffer());
+    this.send({ type: "publish", sdp: this.pub.localDescription.sdp });
+    const answer = await this.next("publishAnswer");
+    await this.pub.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    return answer.tracks;
+  }
+
+  leave() {
+    this.send({ type: "leave" });
+    this.pub.close();
+    this.sub.close();
+  }
+}

@@ -1,0 +1,331 @@
+// Headless Chromium against a real `switchboard` process.
+//
+//   node run.mjs <path-to-switchboard> <scenario>
+//
+// Starts the server (dev token endpoint on, short reconnect grace), serves
+// page.html + client.js on loopback, drives Chromium with playwright-core and
+// exits non-zero if the scenario's assertions fail. Every wait is bounded.
+// Run it inside `unshare -n` (the Rust test does) so every ICE candidate is
+// on 127.0.0.1.
+
+import { spawn } from "node:child_process";
+import { createServer } from "node:http";
+import { createSocket } from "node:dgram";
+import { readFile } from "node:fs/promises";
+import { createServer as createTcpServer } from "node:net";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const [, , serverBin, scenario] = process.argv;
+const GRACE_SECONDS = 3;
+
+const CHROMIUM_FLAGS = [
+  "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+  "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+  "--autoplay-policy=no-user-gesture-required",
+];
+
+function log(...args) {
+  console.log(`[${scenario}]`, ...args);
+}
+
+function check(condition, message) {
+  if (!condition) throw new Error(`assertion failed: ${message}`);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(what, fn, timeoutMs = 20000) {
+  const end = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < end) {
+    last = await fn();
+    if (last) return last;
+    await sleep(250);
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+async function freePort(kind) {
+  if (kind === "udp") {
+    const s = createSocket("udp4");
+    await new Promise((r) => s.bind(0, "127.0.0.1", r));
+    const port = s.address().port;
+    s.close();
+    return port;
+  }
+  const s = createTcpServer();
+  await new Promise((r) => s.listen(0, "127.0.0.1", r));
+  const port = s.address().port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+async function startSwitchboard() {
+  const httpPort = await freePort("tcp");
+  const udpPort = await freePort("udp");
+  const child = spawn(serverBin, [], {
+    env: {
+      ...process.env,
+      SWITCHBOARD_HTTP_LISTEN: `127.0.0.1:${httpPort}`,
+      SWITCHBOARD_RTC_UDP_BIND: `127.0.0.1:${udpPort}`,
+      SWITCHBOARD_ANNOUNCE_IPS: "127.0.0.1",
+      SWITCHBOARD_DEV_TOKEN_ENDPOINT: "true",
+      SWITCHBOARD_RECONNECT_GRACE_SECONDS: String(GRACE_SECONDS),
+      RUST_LOG: process.env.RUST_LOG || "warn",
+    },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  const base = `http://127.0.0.1:${httpPort}`;
+  await waitFor("switchboard /healthz", async () => {
+    try { return (await fetch(`${base}/healthz`)).ok; } catch { return false; }
+  }, 15000);
+  return { child, base, ws: `ws://127.0.0.1:${httpPort}/v1/rtc`, udpPort };
+}
+
+async function startStatic() {
+  const files = { "/page.html": "text/html", "/client.js": "text/javascript" };
+  const server = createServer(async (req, res) => {
+    const type = files[req.url];
+    if (!type) { res.writeHead(404); res.end(); return; }
+    res.writeHead(200, { "content-type": type });
+    res.end(await readFile(join(here, req.url.slice(1))));
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  return { server, base: `http://127.0.0.1:${server.address().port}` };
+}
+
+let sb, web, browser;
+const room = `room-${scenario}-${Date.now()}`;
+
+async function openPage(name, colour, { codec, roomId = room } = {}) {
+  const res = await fetch(`${sb.base}/dev/token`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ room: roomId, userId: name }),
+  });
+  check(res.ok, `dev token for ${name}: ${res.status}`);
+  const { token } = await res.json();
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on("pageerror", (e) => log(`${name} page error:`, e.message));
+  page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") log(`${name} console:`, m.text()); });
+  await page.goto(`${web.base}/page.html`);
+  const pid = await page.evaluate((o) => window.sb.start(o), { url: sb.ws, token, colour, codec });
+  return { name, colour, page, pid, context };
+}
+
+async function seesColours(viewer, others) {
+  const seen = await viewer.page.evaluate(() => window.sb.coloursSeen());
+  return others.every((o) => seen[o.pid] === o.colour) ? seen : false;
+}
+
+async function allSeeEachOther(pages, timeoutMs = 30000) {
+  for (const p of pages) {
+    const others = pages.filter((o) => o !== p);
+    await waitFor(`${p.name} to see ${others.map((o) => o.colour).join(", ")}`, () => seesColours(p, others), timeoutMs);
+  }
+}
+
+const inbound = (p) => p.page.evaluate(() => window.sb.inbound());
+const sum = (xs, f) => xs.reduce((s, x) => s + f(x), 0);
+
+async function framesFrom(viewer, from) {
+  return viewer.page.evaluate(async (pid) => {
+    const entry = [...window.client.remote.values()].find((e) => e.participantId === pid && e.kind === "video");
+    if (!entry) return -1;
+    const stats = await window.client.sub.getStats();
+    let frames = -1;
+    stats.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video" && s.mid === entry.mid) frames = s.framesDecoded || 0; });
+    return frames;
+  }, from.pid);
+}
+
+// ---- scenarios -------------------------------------------------------------
+
+async function twoPages(codec) {
+  const a = await openPage("alice", "red", { codec });
+  const b = await openPage("bob", "green", { codec });
+  await allSeeEachOther([a, b]);
+  for (const p of [a, b]) {
+    const before = await inbound(p);
+    await sleep(5000);
+    const after = await inbound(p);
+    const frames = sum(after.video, (v) => v.framesDecoded) - sum(before.video, (v) => v.framesDecoded);
+    const samples = sum(after.audio, (x) => x.totalSamplesReceived) - sum(before.audio, (x) => x.totalSamplesReceived);
+    const concealed = sum(after.audio, (x) => x.concealedSamples) - sum(before.audio, (x) => x.concealedSamples);
+    const ratio = samples > 0 ? concealed / samples : 1;
+    const codecs = after.video.map((v) => v.codec);
+    const sent = await p.page.evaluate(() => window.sb.outboundCodec());
+    log(JSON.stringify({ page: p.name, framesIn5s: frames, audioSamplesIn5s: samples, concealmentRatio: ratio, inboundCodecs: codecs, outboundCodec: sent }));
+    check(frames > 25, `${p.name} decoded only ${frames} frames in 5 s`);
+    check(samples > 48000 * 4, `${p.name} received only ${samples} audio samples in 5 s`);
+    check(ratio < 0.05, `${p.name} concealment ratio ${ratio}`);
+    check(codecs.length === 1 && codecs[0] === `video/${codec}`, `${p.name} decodes ${codecs}, wanted video/${codec}`);
+    check(sent === `video/${codec}`, `${p.name} sends ${sent}, wanted video/${codec}`);
+  }
+}
+
+async function fourThenLate() {
+  const colours = ["red", "green", "blue", "yellow"];
+  const pages = [];
+  for (const [i, c] of colours.entries()) pages.push(await openPage(`user${i}`, c));
+  await allSeeEachOther(pages, 45000);
+  const late = await openPage("late", "magenta");
+  await waitFor("the late joiner to see all four", () => seesColours(late, pages), 30000);
+  for (const p of pages) await waitFor(`${p.name} to see the late joiner`, () => seesColours(p, [late]), 20000);
+  const ttff = await late.page.evaluate(() => window.sb.firstFrameMs());
+  const values = Object.values(ttff).filter((v) => v !== null);
+  log(JSON.stringify({ lateJoinerTimeToFirstFrameMs: ttff, max: Math.max(...values) }));
+  check(values.length === 4, `late joiner has first frames from ${values.length} of 4`);
+}
+
+async function leaveAndKill() {
+  const a = await openPage("leaver", "red");
+  const b = await openPage("stayer", "green");
+  const c = await openPage("crasher", "blue");
+  await allSeeEachOther([a, b, c]);
+  // A leaves: the others lose its track at once.
+  const t0 = Date.now();
+  await a.page.evaluate(() => window.sb.leave());
+  await waitFor("the leaver's video to be removed", async () => {
+    const rb = await b.page.evaluate(() => window.sb.remoteParticipants());
+    const rc = await c.page.evaluate(() => window.sb.remoteParticipants());
+    return !rb.includes(a.pid) && !rc.includes(a.pid);
+  }, 5000);
+  log(JSON.stringify({ leaveRemovedAfterMs: Date.now() - t0 }));
+  // C's renderer crashes: no leave, no goodbye. B sees it reconnecting, then gone after the grace period.
+  const cdp = await c.context.newCDPSession(c.page);
+  const t1 = Date.now();
+  await cdp.send("Page.crash").catch(() => {});
+  await waitFor("the crashed page to be removed", async () => {
+    const l = await b.page.evaluate(() => window.client.log);
+    return l.filter((t) => t === "participantLeft").length >= 2;
+  }, (GRACE_SECONDS + 30) * 1000);
+  const removedAfter = Date.now() - t1;
+  const events = await b.page.evaluate(() => window.client.log);
+  log(JSON.stringify({ crashRemovedAfterMs: removedAfter, graceSeconds: GRACE_SECONDS }));
+  check(events.includes("participantStateChanged"), "the stayer never saw the crasher reconnecting");
+  check(removedAfter >= GRACE_SECONDS * 1000 - 500, `removed after ${removedAfter} ms, before the grace period`);
+  const remaining = await b.page.evaluate(() => window.sb.remoteParticipants());
+  check(remaining.length === 0, `the stayer still shows ${remaining}`);
+}
+
+// Samples `viewer`'s decoded frames from `from` while `during` runs; fails on
+// any 1.5 s window without a new frame.
+async function noFreeze(viewer, from, during) {
+  const samples = [];
+  let done = false;
+  const sampler = (async () => {
+    while (!done) {
+      samples.push([Date.now(), await framesFrom(viewer, from)]);
+      await sleep(200);
+    }
+  })();
+  await during();
+  await sleep(2000);
+  done = true;
+  await sampler;
+  let lastChange = samples[0][0];
+  let worst = 0;
+  for (let i = 1; i < samples.length; i++) {
+    if (samples[i][1] > samples[i - 1][1]) {
+      worst = Math.max(worst, samples[i][0] - lastChange);
+      lastChange = samples[i][0];
+    }
+  }
+  worst = Math.max(worst, samples[samples.length - 1][0] - lastChange);
+  const frames = samples[samples.length - 1][1] - samples[0][1];
+  return { worstGapMs: worst, frames };
+}
+
+async function twoThreeTwo() {
+  const a = await openPage("a", "red");
+  const b = await openPage("b", "green");
+  await allSeeEachOther([a, b]);
+  let c;
+  const result = await noFreeze(b, a, async () => {
+    await sleep(1500);
+    c = await openPage("c", "blue");
+    await allSeeEachOther([a, b, c]);
+    await sleep(1500);
+    await c.page.evaluate(() => window.sb.leave());
+    await waitFor("c to be gone", async () => !(await b.page.evaluate(() => window.sb.remoteParticipants())).includes(c.pid), 5000);
+  });
+  log(JSON.stringify(result));
+  check(result.frames > 50, `only ${result.frames} frames from a during 2->3->2`);
+  check(result.worstGapMs < 1500, `a's video froze for ${result.worstGapMs} ms at b`);
+  await allSeeEachOther([a, b]);
+}
+
+async function garbageFlood() {
+  const a = await openPage("a", "red");
+  const b = await openPage("b", "green");
+  await allSeeEachOther([a, b]);
+  const socket = createSocket("udp4");
+  let sent = 0;
+  const stopAt = Date.now() + 6000;
+  const flood = (async () => {
+    while (Date.now() < stopAt && sent < 200000) {
+      for (let i = 0; i < 200; i++, sent++) {
+        const buf = Buffer.alloc(1 + ((sent * 37) % 1100));
+        for (let j = 0; j < buf.length; j++) buf[j] = (j * 31 + sent) & 0xff;
+        socket.send(buf, sb.udpPort, "127.0.0.1");
+      }
+      await sleep(5);
+    }
+  })();
+  const before = await framesFrom(b, a);
+  await sleep(5000);
+  const after = await framesFrom(b, a);
+  await flood;
+  socket.close();
+  log(JSON.stringify({ garbageDatagrams: sent, framesDuringFlood: after - before }));
+  check(sent > 10000, `only ${sent} garbage datagrams sent`);
+  check(after - before > 25, `b decoded ${after - before} frames from a during the flood`);
+  await allSeeEachOther([a, b]);
+  const metrics = await (await fetch(`${sb.base}/metrics`)).text();
+  const dropped = metrics.split("\n").filter((l) => l.startsWith("switchboard_udp_dropped_total"));
+  log(dropped.join(" "));
+}
+
+const SCENARIOS = {
+  "two-pages-vp8": () => twoPages("VP8"),
+  "two-pages-h264": () => twoPages("H264"),
+  "four-then-late": fourThenLate,
+  "leave-and-kill": leaveAndKill,
+  "two-three-two": twoThreeTwo,
+  "garbage-flood": garbageFlood,
+};
+
+async function main() {
+  const run = SCENARIOS[scenario];
+  if (!serverBin || !run) {
+    console.error(`usage: node run.mjs <switchboard> <${Object.keys(SCENARIOS).join("|")}>`);
+    process.exit(2);
+  }
+  const hardStop = setTimeout(() => { console.error(`[${scenario}] hard timeout`); process.exit(3); }, 150000);
+  sb = await startSwitchboard();
+  web = await startStatic();
+  let failed = false;
+  try {
+    browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: CHROMIUM_FLAGS });
+    await run();
+    log("passed");
+  } catch (e) {
+    failed = true;
+    console.error(`[${scenario}] FAILED: ${e.stack || e}`);
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+    web.server.close();
+    sb.child.kill("SIGINT");
+    clearTimeout(hardStop);
+  }
+  process.exit(failed ? 1 : 0);
+}
+
+main();
