@@ -467,6 +467,23 @@ impl Engine {
                     self.forward(key, mid, params, &pkt, now);
                 }
             }
+            RtcEvent::Connected if target == PeerTarget::Subscriber => {
+                let open_video: Vec<u64> = self
+                    .participants
+                    .get(&key)
+                    .map(|p| {
+                        p.down
+                            .iter()
+                            .filter(|d| d.kind == TrackKind::Video)
+                            .filter(|d| matches!(d.state, DownState::Open(_)))
+                            .map(|d| d.track_key)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for track_key in open_video {
+                    self.request_keyframe(key, track_key, KeyframeRequestKind::Pli, now);
+                }
+            }
             RtcEvent::KeyframeRequest(req) if target == PeerTarget::Subscriber => {
                 let track = self
                     .participants
@@ -680,9 +697,11 @@ impl Engine {
             .last_keyframe_request
             .is_some_and(|t| now.saturating_duration_since(t) < self.config.keyframe_request_interval)
         {
+            tracing::debug!(track = %track.id, "keyframe request suppressed (rate limit)");
             return;
         }
         track.last_keyframe_request = Some(now);
+        tracing::debug!(track = %track.id, ?kind, "keyframe request to publisher");
         let (owner, mid) = (track.owner, track.mid);
         let Some(publisher) = self.participants.get_mut(&owner) else {
             return;
@@ -1044,9 +1063,17 @@ impl Engine {
             }
         }
         self.dirty.push((key, PeerTarget::Subscriber));
-        // New subscribers need a keyframe to start decoding.
-        for track_key in opened {
-            self.request_keyframe(key, track_key, KeyframeRequestKind::Pli, now);
+        // New subscribers need a keyframe to start decoding. Before the
+        // connection is up a keyframe would be wasted: that waits for
+        // `Connected` instead.
+        let connected = self
+            .participants
+            .get(&key)
+            .is_some_and(|p| p.subscriber.rtc.is_connected());
+        if connected {
+            for track_key in opened {
+                self.request_keyframe(key, track_key, KeyframeRequestKind::Pli, now);
+            }
         }
         self.negotiate_subscriber(key);
     }

@@ -14,6 +14,7 @@ export class SwitchboardClient extends EventTarget {
     this.remote = new Map(); // trackId -> { track, participantId, kind, stream }
     this.waiters = [];
     this.log = [];
+    this.timeline = []; // [what, ms since page load], for time-to-first-frame reports
   }
 
   async join() {
@@ -27,11 +28,35 @@ export class SwitchboardClient extends EventTarget {
     this.pub = this.newPc("publisher");
     this.sub = this.newPc("subscriber");
     this.sub.ontrack = (e) => this.onTrack(e);
+    for (const [name, pc] of [["publisher", this.pub], ["subscriber", this.sub]]) {
+      pc.onconnectionstatechange = () => this.timeline.push([`${name}:${pc.connectionState}`, Math.round(performance.now())]);
+    }
+    this.watchFirstMedia();
     this.send({ type: "join", protocolVersion: 1, token: this.token });
     const joined = await this.next("joined");
     this.participantId = joined.participantId;
     for (const p of joined.participants) this.learnParticipant(p);
     return joined;
+  }
+
+  // Notes in the timeline when the first video packet, keyframe and decoded
+  // frame arrive on the subscriber connection (polled every 50 ms, 20 s max).
+  watchFirstMedia() {
+    const seen = new Set();
+    const started = performance.now();
+    const timer = setInterval(async () => {
+      if (performance.now() - started > 20000 || seen.size === 3) return clearInterval(timer);
+      const stats = await this.sub.getStats();
+      stats.forEach((s) => {
+        if (s.type !== "inbound-rtp" || s.kind !== "video") return;
+        for (const [field, name] of [["packetsReceived", "firstVideoPacket"], ["keyFramesDecoded", "firstKeyframe"], ["framesDecoded", "firstFrameDecoded"]]) {
+          if (s[field] > 0 && !seen.has(name)) {
+            seen.add(name);
+            this.timeline.push([name, Math.round(performance.now())]);
+          }
+        }
+      });
+    }, 50);
   }
 
   newPc(target) {
@@ -65,6 +90,7 @@ export class SwitchboardClient extends EventTarget {
 
   async onMessage(m) {
     this.log.push(m.type);
+    this.timeline.push([m.type, Math.round(performance.now())]);
     const i = this.waiters.findIndex((w) => w.type === m.type);
     if (i >= 0) this.waiters.splice(i, 1)[0].resolve(m);
     switch (m.type) {

@@ -179,6 +179,7 @@ async function fourThenLate() {
   await waitFor("the late joiner to see all four", () => seesColours(late, pages), 30000);
   for (const p of pages) await waitFor(`${p.name} to see the late joiner`, () => seesColours(p, [late]), 20000);
   const ttff = await late.page.evaluate(() => window.sb.firstFrameMs());
+  log(JSON.stringify({ lateJoinerTimeline: await late.page.evaluate(() => window.client.timeline) }));
   const values = Object.values(ttff).filter((v) => v !== null);
   log(JSON.stringify({ lateJoinerTimeToFirstFrameMs: ttff, max: Math.max(...values) }));
   check(values.length === 4, `late joiner has first frames from ${values.length} of 4`);
@@ -201,7 +202,8 @@ async function leaveAndKill() {
   // C's renderer crashes: no leave, no goodbye. B sees it reconnecting, then gone after the grace period.
   const cdp = await c.context.newCDPSession(c.page);
   const t1 = Date.now();
-  await cdp.send("Page.crash").catch(() => {});
+  // Not awaited: the crashed renderer never answers.
+  cdp.send("Page.crash").catch(() => {});
   await waitFor("the crashed page to be removed", async () => {
     const l = await b.page.evaluate(() => window.client.log);
     return l.filter((t) => t === "participantLeft").length >= 2;
@@ -308,7 +310,11 @@ async function main() {
     console.error(`usage: node run.mjs <switchboard> <${Object.keys(SCENARIOS).join("|")}>`);
     process.exit(2);
   }
-  const hardStop = setTimeout(() => { console.error(`[${scenario}] hard timeout`); process.exit(3); }, 150000);
+  const hardStop = setTimeout(() => {
+    console.error(`[${scenario}] hard timeout`);
+    if (sb) sb.child.kill("SIGKILL");
+    process.exit(3);
+  }, 150000);
   sb = await startSwitchboard();
   web = await startStatic();
   let failed = false;
