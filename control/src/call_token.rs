@@ -147,7 +147,9 @@ impl CallTokens {
 }
 
 fn unix_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -155,7 +157,11 @@ mod tests {
     use super::*;
 
     fn tokens() -> CallTokens {
-        CallTokens::new(b"test-secret-of-32-bytes-at-least", "switchboard", DEFAULT_TTL)
+        CallTokens::new(
+            b"test-secret-of-32-bytes-at-least",
+            "switchboard",
+            DEFAULT_TTL,
+        )
     }
 
     fn grant() -> CallGrant {
@@ -181,7 +187,10 @@ mod tests {
     fn expired_token_is_refused() {
         let t = tokens();
         let old = SystemTime::now() - Duration::from_secs(600);
-        assert_eq!(t.verify(&t.mint_at(&grant(), old)), Err(TokenError::Expired));
+        assert_eq!(
+            t.verify(&t.mint_at(&grant(), old)),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -196,7 +205,11 @@ mod tests {
 
     #[test]
     fn other_secret_is_refused() {
-        let other = CallTokens::new(b"another-secret-another-secret!!!", "switchboard", DEFAULT_TTL);
+        let other = CallTokens::new(
+            b"another-secret-another-secret!!!",
+            "switchboard",
+            DEFAULT_TTL,
+        );
         assert_eq!(
             tokens().verify(&other.mint(&grant())),
             Err(TokenError::Invalid("bad signature"))

@@ -2,7 +2,7 @@
 //! shell (`server`) that owns the UDP socket, the WebSocket sessions, the
 //! HTTP endpoints and the engine threads. `main.rs` composes them.
 
-pub mod engine;
 pub mod config;
+pub mod engine;
 pub mod metrics;
 pub mod server;

@@ -25,7 +25,9 @@ async fn main() -> std::process::ExitCode {
     };
     init_logging(&config.log_format);
     if config.dev_token_endpoint {
-        tracing::warn!("POST /dev/token is enabled: anyone can mint call tokens. Development only.");
+        tracing::warn!(
+            "POST /dev/token is enabled: anyone can mint call tokens. Development only."
+        );
     }
     let running = match sfu::server::start(config).await {
         Ok(r) => r,
@@ -49,7 +51,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,str0m=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,str0m=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if format == "json" {
         builder.json().init();

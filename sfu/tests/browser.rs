@@ -20,7 +20,8 @@ fn scenario(name: &str) {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
-        dir.join("node_modules/playwright-core").exists() && Path::new("/usr/bin/chromium").exists(),
+        dir.join("node_modules/playwright-core").exists()
+            && Path::new("/usr/bin/chromium").exists(),
         "browser tests need Debian's chromium and `npm ci` in {}: run ./scripts/test",
         dir.display()
     );

@@ -90,7 +90,10 @@ fn fast_path_and_fan_out_deliver_the_same_packets() {
     };
     let fast = run(true);
     let general = run(false);
-    assert!(fast.0.len() > 40 && fast.1.len() > 40, "too few packets: {fast:?}");
+    assert!(
+        fast.0.len() > 40 && fast.1.len() > 40,
+        "too few packets: {fast:?}"
+    );
     assert_eq!(fast, general);
 }
 
@@ -112,7 +115,12 @@ fn token_without_publish_video_cannot_publish_video() {
     sim.command(a, Command::Publish { sdp });
     assert_eq!(errors(&sim, a), vec![ErrorCode::PermissionDenied]);
     assert_eq!(sim.engine.track_count(), 0);
-    assert!(!sim.bots[a].messages.iter().any(|m| matches!(m, ServerMessage::PublishAnswer { .. })));
+    assert!(
+        !sim.bots[a]
+            .messages
+            .iter()
+            .any(|m| matches!(m, ServerMessage::PublishAnswer { .. }))
+    );
 }
 
 #[test]
@@ -120,11 +128,37 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
     let mut sim = Sim::new(engine_config());
     let a = sim.join("a", "room");
     let before = (sim.engine.participant_count(), sim.engine.track_count());
-    sim.command(a, Command::Publish { sdp: "v=0\r\nnot sdp".into() });
-    sim.command(a, Command::SubscriberAnswer { sdp: "garbage".into() });
-    sim.command(a, Command::Subscribe { track_ids: vec!["TR_nope".into()] });
-    sim.command(a, Command::Unpublish { track_id: "TR_nope".into() });
-    sim.command(a, Command::Mute { track_id: "TR_nope".into(), muted: true });
+    sim.command(
+        a,
+        Command::Publish {
+            sdp: "v=0\r\nnot sdp".into(),
+        },
+    );
+    sim.command(
+        a,
+        Command::SubscriberAnswer {
+            sdp: "garbage".into(),
+        },
+    );
+    sim.command(
+        a,
+        Command::Subscribe {
+            track_ids: vec!["TR_nope".into()],
+        },
+    );
+    sim.command(
+        a,
+        Command::Unpublish {
+            track_id: "TR_nope".into(),
+        },
+    );
+    sim.command(
+        a,
+        Command::Mute {
+            track_id: "TR_nope".into(),
+            muted: true,
+        },
+    );
     sim.command(
         a,
         Command::Trickle {
@@ -150,7 +184,10 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
             ErrorCode::InvalidCandidate,
         ]
     );
-    assert_eq!((sim.engine.participant_count(), sim.engine.track_count()), before);
+    assert_eq!(
+        (sim.engine.participant_count(), sim.engine.track_count()),
+        before
+    );
 }
 
 #[test]
@@ -167,16 +204,25 @@ fn garbage_datagrams_are_dropped_and_media_keeps_flowing() {
     let server = common::sim::SERVER.parse().unwrap();
     for n in 0..2_000u32 {
         let garbage: Vec<u8> = (0..(n % 300)).map(|i| (i * 7 + n) as u8).collect();
-        let source = std::net::SocketAddr::from(([203, 0, 113, (n % 250) as u8], 4000 + (n % 1000) as u16));
+        let source =
+            std::net::SocketAddr::from(([203, 0, 113, (n % 250) as u8], 4000 + (n % 1000) as u16));
         sim.engine.handle_input(
-            sfu::engine::Input::Datagram { source, destination: server, contents: &garbage },
+            sfu::engine::Input::Datagram {
+                source,
+                destination: server,
+                contents: &garbage,
+            },
             sim.now,
         );
     }
     // Garbage from a participant's own address is refused by its Rtc, not fatal.
     let a_addr = sim.bots[0].publisher_addr;
     sim.engine.handle_input(
-        sfu::engine::Input::Datagram { source: a_addr, destination: server, contents: &[0x80, 0x60, 1, 2, 3] },
+        sfu::engine::Input::Datagram {
+            source: a_addr,
+            destination: server,
+            contents: &[0x80, 0x60, 1, 2, 3],
+        },
         sim.now,
     );
     sim.deliver();
@@ -197,7 +243,10 @@ fn new_subscriber_gets_a_keyframe_request_sent_to_the_publisher() {
     sim.join("b", "room");
     sim.connect_all();
     sim.run_for(Duration::from_millis(300));
-    assert!(sim.bots[a].keyframe_requests > before, "no PLI reached the publisher");
+    assert!(
+        sim.bots[a].keyframe_requests > before,
+        "no PLI reached the publisher"
+    );
     assert!(sim.bots[1].received_from(&pid("a")) > 0);
 }
 
@@ -215,7 +264,12 @@ fn leave_is_immediate_and_the_room_forgets_everything() {
         .filter(|m| matches!(m, ServerMessage::TrackUnpublished { participant_id, .. } if participant_id == "p-a"))
         .count();
     assert_eq!(unpublished, 2);
-    assert!(sim.bots[0].messages.iter().any(|m| matches!(m, ServerMessage::Left { reason: LeaveReason::Left })));
+    assert!(sim.bots[0].messages.iter().any(|m| matches!(
+        m,
+        ServerMessage::Left {
+            reason: LeaveReason::Left
+        }
+    )));
     assert_eq!(sim.engine.participant_count(), 2);
     assert_eq!(sim.engine.track_count(), 4);
 
@@ -247,7 +301,10 @@ fn broken_path_is_reconnecting_then_recovers_then_times_out() {
 
     let state_of_b = |sim: &Sim| {
         sim.bots[0].messages.iter().rev().find_map(|m| match m {
-            ServerMessage::ParticipantStateChanged { participant_id, state } if participant_id == "p-b" => Some(*state),
+            ServerMessage::ParticipantStateChanged {
+                participant_id,
+                state,
+            } if participant_id == "p-b" => Some(*state),
             _ => None,
         })
     };
@@ -257,7 +314,10 @@ fn broken_path_is_reconnecting_then_recovers_then_times_out() {
     while state_of_b(&sim) != Some(ParticipantState::Reconnecting) {
         sim.run_for(Duration::from_millis(250));
         waited += Duration::from_millis(250);
-        assert!(waited < Duration::from_secs(40), "B never became reconnecting");
+        assert!(
+            waited < Duration::from_secs(40),
+            "B never became reconnecting"
+        );
     }
     // It comes back within the grace period (restarting ICE, as a client
     // does when its network changes) and continues.
@@ -297,8 +357,13 @@ fn websocket_drop_keeps_the_place_and_resume_restores_it() {
     }
     sim.connect_all();
     sim.command(1, Command::Detach);
-    assert!(sim.bots[0].messages.iter().any(|m| matches!(m,
-        ServerMessage::ParticipantStateChanged { state: ParticipantState::Reconnecting, .. })));
+    assert!(sim.bots[0].messages.iter().any(|m| matches!(
+        m,
+        ServerMessage::ParticipantStateChanged {
+            state: ParticipantState::Reconnecting,
+            ..
+        }
+    )));
     // Media keeps flowing: only the WebSocket went away.
     let got = sim.bots[1].received_from(&pid("a"));
     sim.run_for(Duration::from_millis(500));
@@ -306,10 +371,19 @@ fn websocket_drop_keeps_the_place_and_resume_restores_it() {
     // Resume on the same connection slot (a new WebSocket in real life).
     sim.command(
         1,
-        Command::Resume { room: "call".into(), user_id: "user-b".into(), participant_id: "p-b".into() },
+        Command::Resume {
+            room: "call".into(),
+            user_id: "user-b".into(),
+            participant_id: "p-b".into(),
+        },
     );
-    assert!(matches!(sim.bots[0].messages.last(),
-        Some(ServerMessage::ParticipantStateChanged { state: ParticipantState::Active, .. })));
+    assert!(matches!(
+        sim.bots[0].messages.last(),
+        Some(ServerMessage::ParticipantStateChanged {
+            state: ParticipantState::Active,
+            ..
+        })
+    ));
     assert_eq!(sim.engine.participant_count(), 2);
 }
 

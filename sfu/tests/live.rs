@@ -72,7 +72,11 @@ async fn signaling_bad_input_gets_typed_errors() {
     };
     expect("not json".into(), ErrorCode::BadMessage).await;
     expect(r#"{"type":"dance"}"#.into(), ErrorCode::BadMessage).await;
-    expect(r#"{"type":"ping","timestamp":1}"#.into(), ErrorCode::NotJoined).await;
+    expect(
+        r#"{"type":"ping","timestamp":1}"#.into(),
+        ErrorCode::NotJoined,
+    )
+    .await;
     let huge = format!(r#"{{"type":"publish","sdp":"{}"}}"#, "x".repeat(300 * 1024));
     expect(huge, ErrorCode::MessageTooLarge).await;
     let join = |token: String, version: u32| {
@@ -84,15 +88,39 @@ async fn signaling_bad_input_gets_typed_errors() {
         })
     };
     let old = SystemTime::now() - Duration::from_secs(3600);
-    expect(join(tokens.mint_at(&grant("r", "a"), old), 1), ErrorCode::TokenExpired).await;
-    let forged = CallTokens::new(b"some-other-secret-some-other-secret", "switchboard", DEFAULT_TTL);
-    expect(join(forged.mint(&grant("r", "a")), 1), ErrorCode::InvalidToken).await;
-    expect(join(tokens.mint(&grant("r", "a")), 2), ErrorCode::UnsupportedVersion).await;
+    expect(
+        join(tokens.mint_at(&grant("r", "a"), old), 1),
+        ErrorCode::TokenExpired,
+    )
+    .await;
+    let forged = CallTokens::new(
+        b"some-other-secret-some-other-secret",
+        "switchboard",
+        DEFAULT_TTL,
+    );
+    expect(
+        join(forged.mint(&grant("r", "a")), 1),
+        ErrorCode::InvalidToken,
+    )
+    .await;
+    expect(
+        join(tokens.mint(&grant("r", "a")), 2),
+        ErrorCode::UnsupportedVersion,
+    )
+    .await;
     // Three failed joins so far; a valid one succeeds.
-    ws.send_raw(join(tokens.mint(&grant("r", "a")), 1)).await.unwrap();
-    assert!(matches!(ws.recv().await.unwrap(), ServerMessage::Joined { .. }));
+    ws.send_raw(join(tokens.mint(&grant("r", "a")), 1))
+        .await
+        .unwrap();
+    assert!(matches!(
+        ws.recv().await.unwrap(),
+        ServerMessage::Joined { .. }
+    ));
     // The join-time subscriber offer.
-    assert!(matches!(ws.recv().await.unwrap(), ServerMessage::SubscriberOffer { .. }));
+    assert!(matches!(
+        ws.recv().await.unwrap(),
+        ServerMessage::SubscriberOffer { .. }
+    ));
     let mut expect = async |text: String, code: ErrorCode| {
         ws.send_raw(text).await.unwrap();
         match ws.recv().await.unwrap() {
@@ -100,27 +128,51 @@ async fn signaling_bad_input_gets_typed_errors() {
             other => panic!("expected {code:?}, got {other:?}"),
         }
     };
-    expect(join(tokens.mint(&grant("r", "a")), 1), ErrorCode::AlreadyJoined).await;
-    expect(r#"{"type":"publish","sdp":"v=0 nonsense"}"#.into(), ErrorCode::InvalidSdp).await;
+    expect(
+        join(tokens.mint(&grant("r", "a")), 1),
+        ErrorCode::AlreadyJoined,
+    )
+    .await;
+    expect(
+        r#"{"type":"publish","sdp":"v=0 nonsense"}"#.into(),
+        ErrorCode::InvalidSdp,
+    )
+    .await;
     expect(
         r#"{"type":"trickle","target":"publisher","candidate":{"candidate":"candidate:x"}}"#.into(),
         ErrorCode::InvalidCandidate,
     )
     .await;
     // A track of another room is unknown here: a token scopes one call.
-    expect(r#"{"type":"subscribe","trackIds":["TR_0_1"]}"#.into(), ErrorCode::UnknownTrack).await;
-    ws.send(&ClientMessage::Ping { timestamp: 42 }).await.unwrap();
-    assert_eq!(ws.recv().await.unwrap(), ServerMessage::Pong { timestamp: 42 });
+    expect(
+        r#"{"type":"subscribe","trackIds":["TR_0_1"]}"#.into(),
+        ErrorCode::UnknownTrack,
+    )
+    .await;
+    ws.send(&ClientMessage::Ping { timestamp: 42 })
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.recv().await.unwrap(),
+        ServerMessage::Pong { timestamp: 42 }
+    );
     ws.send(&ClientMessage::Leave).await.unwrap();
-    assert!(matches!(ws.recv().await.unwrap(), ServerMessage::Left { .. }));
+    assert!(matches!(
+        ws.recv().await.unwrap(),
+        ServerMessage::Left { .. }
+    ));
     server.shutdown().await;
 }
 
 async fn reqwest_metrics(server: &sfu::server::Running) -> String {
     // A bare HTTP/1.0 GET keeps test dependencies down.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.http_addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).await.unwrap();
     body

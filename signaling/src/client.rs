@@ -6,7 +6,9 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-use crate::{ClientMessage, DEFAULT_MAX_MESSAGE_BYTES, DecodeError, ServerMessage, decode_server, encode};
+use crate::{
+    ClientMessage, DEFAULT_MAX_MESSAGE_BYTES, DecodeError, ServerMessage, decode_server, encode,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -139,7 +139,11 @@ pub enum ErrorCode {
 
 /// Messages a client sends. The first one on a connection must be `join`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum ClientMessage {
     Join {
         protocol_version: u32,
@@ -152,22 +156,37 @@ pub enum ClientMessage {
         resume_participant_id: Option<String>,
     },
     /// An SDP offer on the publisher connection: adds, changes or removes published tracks.
-    Publish { sdp: String },
+    Publish {
+        sdp: String,
+    },
     /// Stop forwarding a published track now; the client renegotiates its publisher connection after.
-    Unpublish { track_id: String },
+    Unpublish {
+        track_id: String,
+    },
     /// The answer to the server's `subscriberOffer`.
-    SubscriberAnswer { sdp: String },
+    SubscriberAnswer {
+        sdp: String,
+    },
     Trickle {
         target: PeerTarget,
         candidate: IceCandidate,
     },
-    Subscribe { track_ids: Vec<String> },
-    Unsubscribe { track_ids: Vec<String> },
-    Mute { track_id: String, muted: bool },
+    Subscribe {
+        track_ids: Vec<String>,
+    },
+    Unsubscribe {
+        track_ids: Vec<String>,
+    },
+    Mute {
+        track_id: String,
+        muted: bool,
+    },
     /// The client's network changed: the server sends a subscriber offer with new ICE credentials.
     RestartIce,
     Leave,
-    Ping { timestamp: u64 },
+    Ping {
+        timestamp: u64,
+    },
 }
 
 fn default_true() -> bool {
@@ -176,7 +195,11 @@ fn default_true() -> bool {
 
 /// Messages the server sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum ServerMessage {
     Joined {
         protocol_version: u32,
@@ -190,14 +213,22 @@ pub enum ServerMessage {
         reconnect_grace_seconds: u32,
     },
     /// The answer to the client's `publish` offer, with the tracks it created.
-    PublishAnswer { sdp: String, tracks: Vec<TrackInfo> },
+    PublishAnswer {
+        sdp: String,
+        tracks: Vec<TrackInfo>,
+    },
     /// An offer on the subscriber connection; `tracks` maps its m-lines to room tracks.
-    SubscriberOffer { sdp: String, tracks: Vec<TrackMid> },
+    SubscriberOffer {
+        sdp: String,
+        tracks: Vec<TrackMid>,
+    },
     Trickle {
         target: PeerTarget,
         candidate: IceCandidate,
     },
-    ParticipantJoined { participant: ParticipantInfo },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
     ParticipantLeft {
         participant_id: String,
         reason: LeaveReason,
@@ -206,17 +237,29 @@ pub enum ServerMessage {
         participant_id: String,
         state: ParticipantState,
     },
-    TrackPublished { track: TrackInfo },
-    TrackUnpublished { track_id: String, participant_id: String },
+    TrackPublished {
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        track_id: String,
+        participant_id: String,
+    },
     TrackMuted {
         track_id: String,
         participant_id: String,
         muted: bool,
     },
     /// This connection's participant was removed from the room; the socket closes after.
-    Left { reason: LeaveReason },
-    Pong { timestamp: u64 },
-    Error { code: ErrorCode, message: String },
+    Left {
+        reason: LeaveReason,
+    },
+    Pong {
+        timestamp: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl ServerMessage {

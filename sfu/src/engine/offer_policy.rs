@@ -16,12 +16,12 @@ pub struct OfferedSend {
 /// or sendonly, port not zero). Application and unknown sections are skipped.
 pub fn offered_sends(sdp: &str) -> Vec<OfferedSend> {
     let mut sends = Vec::new();
-    let mut sections = sdp.split("\nm=").skip(1).peekable();
+    let sections = sdp.split("\nm=").skip(1);
     if sdp.starts_with("m=") {
         // An offer with no session part is not valid SDP; str0m will refuse it.
         return sends;
     }
-    while let Some(section) = sections.next() {
+    for section in sections {
         let mut lines = section.lines();
         let Some(m_line) = lines.next() else { continue };
         let mut fields = m_line.split_whitespace();

@@ -7,9 +7,9 @@ use signaling::{ParticipantState, Permissions, TrackKind};
 use str0m::change::SdpPendingOffer;
 use str0m::media::Mid;
 
-use super::{ConnId, ParticipantKey};
 use super::peer::Peer;
 use super::rewrite::{PtMap, SeqRewriter};
+use super::{ConnId, ParticipantKey};
 
 /// Where one room track stands on a subscriber connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

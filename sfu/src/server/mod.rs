@@ -65,7 +65,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let secret = if config.call_token_secret.is_empty() {
         // No configured secret: one nobody else knows, for this process only.
-        format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>())
+        format!(
+            "{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        )
     } else {
         config.call_token_secret.clone()
     };

@@ -219,15 +219,13 @@ impl Shard {
         let deadline = loop {
             match self.engine.poll_output() {
                 Output::Timeout(t) => break t,
-                Output::Transmit(t) => {
-                    match self.socket.send_to(&t.contents, t.destination) {
-                        Ok(n) => {
-                            self.metrics.udp_packets_out.inc();
-                            self.metrics.udp_bytes_out.inc_by(n as u64);
-                        }
-                        Err(e) => tracing::debug!(destination = %t.destination, error = %e, "udp send"),
+                Output::Transmit(t) => match self.socket.send_to(&t.contents, t.destination) {
+                    Ok(n) => {
+                        self.metrics.udp_packets_out.inc();
+                        self.metrics.udp_bytes_out.inc_by(n as u64);
                     }
-                }
+                    Err(e) => tracing::debug!(destination = %t.destination, error = %e, "udp send"),
+                },
                 Output::Event(event) => self.on_event(event),
             }
         };
@@ -258,13 +256,17 @@ impl Shard {
                 self.routes.by_addr.insert(addr, self.index);
             }
             Event::AddressForgotten(addr) => {
-                self.routes.by_addr.remove_if(&addr, |_, s| *s == self.index);
+                self.routes
+                    .by_addr
+                    .remove_if(&addr, |_, s| *s == self.index);
             }
             Event::UfragLearned(ufrag) => {
                 self.routes.by_ufrag.insert(ufrag, self.index);
             }
             Event::UfragForgotten(ufrag) => {
-                self.routes.by_ufrag.remove_if(&ufrag, |_, s| *s == self.index);
+                self.routes
+                    .by_ufrag
+                    .remove_if(&ufrag, |_, s| *s == self.index);
             }
             Event::FirstForward(elapsed) => {
                 self.metrics
@@ -286,7 +288,8 @@ impl Shard {
         let stats = self.engine.stats();
         let last = std::mem::replace(&mut self.last_stats, stats);
         let m = &self.metrics;
-        m.rtp_forwarded.inc_by(stats.rtp_forwarded - last.rtp_forwarded);
+        m.rtp_forwarded
+            .inc_by(stats.rtp_forwarded - last.rtp_forwarded);
         m.keyframe_requests
             .inc_by(stats.keyframe_requests - last.keyframe_requests);
         m.udp_dropped

@@ -9,8 +9,8 @@ use std::time::Instant;
 use socket2::{Domain, Protocol, Socket, Type};
 use str0m::ice::StunMessage;
 
-use super::shard::{ShardHandle, ShardInput};
 use super::RouteTable;
+use super::shard::{ShardHandle, ShardInput};
 use crate::metrics::Metrics;
 
 /// Large kernel buffers: with the defaults a forwarding burst overflows them.
@@ -67,7 +67,10 @@ pub fn spawn_receiver(
                     at,
                 };
                 if !shards[shard].offer_datagram(input) {
-                    metrics.udp_dropped.with_label_values(&["engine_busy"]).inc();
+                    metrics
+                        .udp_dropped
+                        .with_label_values(&["engine_busy"])
+                        .inc();
                 }
             }
         })

@@ -63,7 +63,12 @@ fn rtc(addr: SocketAddr, now: Instant) -> Rtc {
 }
 
 impl Bot {
-    pub fn new(name: &str, publisher_addr: SocketAddr, subscriber_addr: SocketAddr, now: Instant) -> Bot {
+    pub fn new(
+        name: &str,
+        publisher_addr: SocketAddr,
+        subscriber_addr: SocketAddr,
+        now: Instant,
+    ) -> Bot {
         Bot {
             name: name.to_string(),
             publisher: rtc(publisher_addr, now),
@@ -91,8 +96,10 @@ impl Bot {
     /// Offers to publish one audio and one video track.
     pub fn publish(&mut self) {
         let mut api = self.publisher.sdp_api();
-        self.audio_mid = Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-        self.video_mid = Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        self.audio_mid =
+            Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        self.video_mid =
+            Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
         let (offer, pending) = api.apply().expect("an offer with two m-lines");
         self.pending_publish = Some(pending);
         self.outbox.push_back(ClientMessage::Publish {
@@ -112,11 +119,18 @@ impl Bot {
                     self.learn_tracks(&p.tracks);
                 }
             }
-            ServerMessage::ParticipantJoined { participant } => self.learn_tracks(&participant.tracks),
-            ServerMessage::TrackPublished { track } => self.learn_tracks(std::slice::from_ref(track)),
+            ServerMessage::ParticipantJoined { participant } => {
+                self.learn_tracks(&participant.tracks)
+            }
+            ServerMessage::TrackPublished { track } => {
+                self.learn_tracks(std::slice::from_ref(track))
+            }
             ServerMessage::PublishAnswer { sdp, .. } => {
                 let answer = SdpAnswer::from_sdp_string(sdp).expect("server answer parses");
-                let pending = self.pending_publish.take().expect("a publish offer was pending");
+                let pending = self
+                    .pending_publish
+                    .take()
+                    .expect("a publish offer was pending");
                 self.publisher
                     .sdp_api()
                     .accept_answer(pending, answer)
@@ -127,7 +141,8 @@ impl Bot {
             }
             ServerMessage::SubscriberOffer { sdp, tracks } => {
                 for t in tracks {
-                    self.mid_track.insert(Mid::from(t.mid.as_str()), t.track_id.clone());
+                    self.mid_track
+                        .insert(Mid::from(t.mid.as_str()), t.track_id.clone());
                 }
                 let offer = SdpOffer::from_sdp_string(sdp).expect("server offer parses");
                 let answer = self
@@ -171,7 +186,13 @@ impl Bot {
         }
     }
 
-    pub fn handle_datagram(&mut self, source: SocketAddr, destination: SocketAddr, bytes: &[u8], now: Instant) {
+    pub fn handle_datagram(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        bytes: &[u8],
+        now: Instant,
+    ) {
         let rtc = if destination == self.publisher_addr {
             &mut self.publisher
         } else if destination == self.subscriber_addr {
@@ -179,7 +200,9 @@ impl Bot {
         } else {
             return;
         };
-        let Ok(contents) = bytes.try_into() else { return };
+        let Ok(contents) = bytes.try_into() else {
+            return;
+        };
         let input = Input::Receive(
             now,
             Receive {
@@ -195,8 +218,12 @@ impl Bot {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.publisher.handle_input(Input::Timeout(now)).expect("timeout");
-        self.subscriber.handle_input(Input::Timeout(now)).expect("timeout");
+        self.publisher
+            .handle_input(Input::Timeout(now))
+            .expect("timeout");
+        self.subscriber
+            .handle_input(Input::Timeout(now))
+            .expect("timeout");
     }
 
     /// Drains both connections; returns the earliest time either wants.
@@ -208,7 +235,11 @@ impl Bot {
 
     fn poll_one(&mut self, publisher: bool) -> Instant {
         loop {
-            let rtc = if publisher { &mut self.publisher } else { &mut self.subscriber };
+            let rtc = if publisher {
+                &mut self.publisher
+            } else {
+                &mut self.subscriber
+            };
             match rtc.poll_output().expect("bot poll") {
                 Output::Timeout(t) => return t,
                 Output::Transmit(t) => self.transmits.push_back(t),
@@ -228,7 +259,10 @@ impl Bot {
                     .direct_api()
                     .stream_rx(&pkt.header.ssrc)
                     .map(|s| s.mid());
-                let track_id = mid.and_then(|m| self.mid_track.get(&m)).cloned().unwrap_or_default();
+                let track_id = mid
+                    .and_then(|m| self.mid_track.get(&m))
+                    .cloned()
+                    .unwrap_or_default();
                 let from = self.track_owner.get(&track_id).cloned().unwrap_or_default();
                 let kind = mid
                     .and_then(|m| self.subscriber.media(m))
@@ -250,7 +284,8 @@ impl Bot {
 
     /// Both connections this bot uses are up (the publisher only once it publishes).
     pub fn is_up(&self) -> bool {
-        self.subscriber.is_connected() && (self.audio_mid.is_none() || self.publisher.is_connected())
+        self.subscriber.is_connected()
+            && (self.audio_mid.is_none() || self.publisher.is_connected())
     }
 
     /// What a client does after its network changed: new ICE credentials on
@@ -292,7 +327,9 @@ impl Bot {
             };
             let payload = format!("{}:{kind}:{n}", self.name).into_bytes();
             let mut api = self.publisher.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else { continue };
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                continue;
+            };
             let clock = if kind == "a" { 960 } else { 1800 };
             tx.write_rtp(
                 RtpWrite::new(pt, n.into(), (n * clock) as u32, now, payload)
@@ -304,7 +341,10 @@ impl Bot {
 
     /// Packets received from the participant whose bot is `name`.
     pub fn received_from(&self, participant_id: &str) -> usize {
-        self.received.iter().filter(|p| p.from == participant_id).count()
+        self.received
+            .iter()
+            .filter(|p| p.from == participant_id)
+            .count()
     }
 }
 

@@ -39,7 +39,9 @@ pub async fn run_bot(name: &str, url: &str, token: String, duration: Duration) -
         sub_socket.local_addr().unwrap(),
         Instant::now(),
     );
-    let mut ws = SignalingClient::connect(url).await.expect("websocket connects");
+    let mut ws = SignalingClient::connect(url)
+        .await
+        .expect("websocket connects");
     ws.send(&ClientMessage::Join {
         protocol_version: signaling::PROTOCOL_VERSION,
         token,
@@ -61,7 +63,11 @@ pub async fn run_bot(name: &str, url: &str, token: String, duration: Duration) -
             ws.send(&m).await.unwrap();
         }
         while let Some(t) = bot.transmits.pop_front() {
-            let socket = if t.source == bot.publisher_addr { &pub_socket } else { &sub_socket };
+            let socket = if t.source == bot.publisher_addr {
+                &pub_socket
+            } else {
+                &sub_socket
+            };
             let _ = socket.send_to(&t.contents, t.destination).await;
         }
         let sleep_until = wake.min(end).max(Instant::now() + Duration::from_millis(1));

@@ -98,11 +98,11 @@ impl Sim {
                     Output::Transmit(t) => {
                         moved = true;
                         let dest = t.destination;
-                        if let Some(i) = self.bot_at(dest) {
-                            if !self.cut.contains(&i) {
-                                let now = self.now;
-                                self.bots[i].handle_datagram(server, dest, &t.contents, now);
-                            }
+                        if let Some(i) = self.bot_at(dest)
+                            && !self.cut.contains(&i)
+                        {
+                            let now = self.now;
+                            self.bots[i].handle_datagram(server, dest, &t.contents, now);
                         }
                     }
                     Output::Event(Event::Message { conn, message }) => {

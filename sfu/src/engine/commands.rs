@@ -1,0 +1,390 @@
+//! Commands from signaling sessions: join, resume, publish and the rest.
+//! Each validates fully before it changes anything, so bad input gets a typed
+//! error and leaves the room as it was.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn handle_command(&mut self, conn: ConnId, command: Command, now: Instant) {
+        let key = self.conns.get(&conn).copied();
+        match (command, key) {
+            (
+                Command::Join {
+                    room,
+                    user_id,
+                    participant_id,
+                    permissions,
+                    auto_subscribe,
+                },
+                None,
+            ) => self.join(
+                conn,
+                room,
+                user_id,
+                participant_id,
+                permissions,
+                auto_subscribe,
+                now,
+            ),
+            (
+                Command::Resume {
+                    room,
+                    user_id,
+                    participant_id,
+                },
+                None,
+            ) => self.resume(conn, &room, &user_id, &participant_id, now),
+            (Command::Join { .. } | Command::Resume { .. }, Some(_)) => self.error(
+                conn,
+                ErrorCode::AlreadyJoined,
+                "this connection already joined",
+            ),
+            (Command::Detach, None) => {}
+            (_, None) => self.error(conn, ErrorCode::NotJoined, "join first"),
+            (Command::Publish { sdp }, Some(key)) => self.publish(conn, key, &sdp, now),
+            (Command::Unpublish { track_id }, Some(key)) => self.unpublish(conn, key, &track_id),
+            (Command::SubscriberAnswer { sdp }, Some(key)) => {
+                self.subscriber_answer(conn, key, &sdp, now)
+            }
+            (Command::Trickle { target, candidate }, Some(key)) => {
+                self.trickle(conn, key, target, &candidate)
+            }
+            (Command::Subscribe { track_ids }, Some(key)) => self.subscribe(conn, key, &track_ids),
+            (Command::Unsubscribe { track_ids }, Some(key)) => {
+                self.unsubscribe(conn, key, &track_ids)
+            }
+            (Command::Mute { track_id, muted }, Some(key)) => {
+                self.mute(conn, key, &track_id, muted)
+            }
+            (Command::RestartIce, Some(key)) => {
+                if let Some(p) = self.participants.get_mut(&key) {
+                    p.ice_restart = true;
+                }
+                self.negotiate_subscriber(key);
+            }
+            (Command::Leave, Some(key)) => self.remove_participant(key, LeaveReason::Left, now),
+            (Command::Detach, Some(key)) => {
+                self.conns.remove(&conn);
+                if let Some(p) = self.participants.get_mut(&key)
+                    && p.conn == Some(conn)
+                {
+                    p.conn = None;
+                }
+                self.update_presence(key, now);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn join(
+        &mut self,
+        conn: ConnId,
+        room_id: String,
+        user_id: String,
+        participant_id: String,
+        permissions: Permissions,
+        auto_subscribe: bool,
+        now: Instant,
+    ) {
+        // The same participant joining again replaces its old session.
+        let existing = self.find_participant(&room_id, &participant_id);
+        let members = self.rooms.get(&room_id).map_or(0, |r| r.members.len());
+        if existing.is_none() && members >= self.config.max_participants_per_room {
+            self.error(conn, ErrorCode::Capacity, "the room is full");
+            return;
+        }
+        if let Some(old) = existing {
+            self.remove_participant(old, LeaveReason::Replaced, now);
+        }
+
+        let key = ParticipantKey(self.next_key);
+        self.next_key += 1;
+        let publisher = self.new_peer(key, PeerTarget::Publisher, now);
+        let subscriber = self.new_peer(key, PeerTarget::Subscriber, now);
+        let participant = Participant {
+            key,
+            id: participant_id.clone(),
+            user_id: user_id.clone(),
+            room: room_id.clone(),
+            permissions,
+            auto_subscribe,
+            conn: Some(conn),
+            publisher,
+            subscriber,
+            down: Vec::new(),
+            pending_offer: None,
+            pending_offer_message: None,
+            ice_restart: false,
+            state: ParticipantState::Active,
+            grace_deadline: None,
+            joined_at: now,
+            first_forward_recorded: false,
+        };
+        let info = participant_info(&participant, &[]);
+        self.participants.insert(key, participant);
+        self.conns.insert(conn, key);
+        let room = self.rooms.entry(room_id.clone()).or_insert_with(Room::new);
+        let others: Vec<ParticipantInfo> = room
+            .members
+            .iter()
+            .filter_map(|m| self.participants.get(m))
+            .map(|p| participant_info(p, &room_tracks_of(room, p)))
+            .collect();
+        room.members.push(key);
+        tracing::info!(participant = %participant_id, user = %user_id, room = %room_id, "joined");
+
+        self.send(
+            conn,
+            ServerMessage::Joined {
+                protocol_version: signaling::PROTOCOL_VERSION,
+                room_id: room_id.clone(),
+                participant_id,
+                user_id,
+                permissions,
+                participants: others,
+                reconnect_grace_seconds: self.config.reconnect_grace.as_secs() as u32,
+            },
+        );
+        self.broadcast(
+            &room_id,
+            Some(key),
+            ServerMessage::ParticipantJoined { participant: info },
+        );
+        if auto_subscribe && permissions.subscribe {
+            let existing: Vec<u64> = self
+                .rooms
+                .get(&room_id)
+                .map(|r| r.tracks.keys().copied().collect())
+                .unwrap_or_default();
+            for track_key in existing {
+                self.add_subscription(key, track_key);
+            }
+        }
+        if let Some(room) = self.rooms.get_mut(&room_id) {
+            room.refresh_routes(self.config.fast_path);
+        }
+        // Always offer at join: the subscriber connection comes up now (with
+        // a data channel if there is nothing to receive yet), so tracks
+        // published later start flowing without waiting for ICE and DTLS.
+        self.negotiate_subscriber(key);
+    }
+
+    pub(super) fn resume(
+        &mut self,
+        conn: ConnId,
+        room_id: &str,
+        user_id: &str,
+        participant_id: &str,
+        now: Instant,
+    ) {
+        let Some(key) = self.find_participant(room_id, participant_id) else {
+            self.error(conn, ErrorCode::NotJoined, "no such participant to resume");
+            return;
+        };
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if p.user_id != user_id {
+            self.error(
+                conn,
+                ErrorCode::PermissionDenied,
+                "participant belongs to another user",
+            );
+            return;
+        }
+        let old = p.conn.replace(conn);
+        let permissions = p.permissions;
+        let resend = p.pending_offer_message.clone();
+        self.conns.insert(conn, key);
+        if let Some(old) = old.filter(|o| *o != conn) {
+            self.conns.remove(&old);
+            self.send(
+                old,
+                ServerMessage::Left {
+                    reason: LeaveReason::Replaced,
+                },
+            );
+            self.outputs
+                .push_back(Output::Event(Event::ConnClosed { conn: old }));
+        }
+        let room = &self.rooms[room_id];
+        let others: Vec<ParticipantInfo> = room
+            .members
+            .iter()
+            .filter(|m| **m != key)
+            .filter_map(|m| self.participants.get(m))
+            .map(|p| participant_info(p, &room_tracks_of(room, p)))
+            .collect();
+        self.send(
+            conn,
+            ServerMessage::Joined {
+                protocol_version: signaling::PROTOCOL_VERSION,
+                room_id: room_id.to_string(),
+                participant_id: participant_id.to_string(),
+                user_id: user_id.to_string(),
+                permissions,
+                participants: others,
+                reconnect_grace_seconds: self.config.reconnect_grace.as_secs() as u32,
+            },
+        );
+        // An offer sent to the old socket may never have been seen.
+        if let Some(offer) = resend {
+            self.send(conn, offer);
+        }
+        tracing::info!(participant = %participant_id, room = %room_id, "resumed");
+        self.update_presence(key, now);
+    }
+
+    pub(super) fn publish(&mut self, conn: ConnId, key: ParticipantKey, sdp: &str, now: Instant) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let sends = offered_sends(sdp);
+        if let Some(refused) = sends.iter().find(|s| !p.permissions.may_publish(s.kind)) {
+            let message = format!(
+                "the call token does not allow publishing {:?}",
+                refused.kind
+            );
+            self.error(conn, ErrorCode::PermissionDenied, message);
+            return;
+        }
+        if sends.len() > self.config.max_tracks_per_participant {
+            let message = format!(
+                "at most {} published tracks",
+                self.config.max_tracks_per_participant
+            );
+            self.error(conn, ErrorCode::Capacity, message);
+            return;
+        }
+        let offer = match SdpOffer::from_sdp_string(sdp) {
+            Ok(offer) => offer,
+            Err(e) => {
+                self.error(
+                    conn,
+                    ErrorCode::InvalidSdp,
+                    format!("offer does not parse: {e}"),
+                );
+                return;
+            }
+        };
+        let answer = match p.publisher.rtc.sdp_api().accept_offer(offer) {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.error(conn, ErrorCode::InvalidSdp, format!("offer refused: {e}"));
+                return;
+            }
+        };
+        self.dirty.push((key, PeerTarget::Publisher));
+        // An offer that restarts ICE gives our side new credentials too.
+        self.refresh_ufrag(key, PeerTarget::Publisher);
+        // Drain now: MediaAdded creates the tracks the answer lists.
+        self.settle(now);
+        let tracks = self.tracks_of(key);
+        self.send(
+            conn,
+            ServerMessage::PublishAnswer {
+                sdp: answer.to_sdp_string(),
+                tracks,
+            },
+        );
+    }
+
+    pub(super) fn unpublish(&mut self, conn: ConnId, key: ParticipantKey, track_id: &str) {
+        match self.owned_track(key, track_id) {
+            Some(track_key) => self.remove_track(key, track_key),
+            None => self.error(
+                conn,
+                ErrorCode::UnknownTrack,
+                format!("you publish no track {track_id}"),
+            ),
+        }
+    }
+
+    pub(super) fn trickle(
+        &mut self,
+        conn: ConnId,
+        key: ParticipantKey,
+        target: PeerTarget,
+        candidate: &str,
+    ) {
+        let candidate = candidate.trim();
+        if candidate.is_empty() {
+            return; // end-of-candidates
+        }
+        let parsed = match Candidate::from_sdp_string(candidate) {
+            Ok(c) => c,
+            Err(e) => {
+                self.error(conn, ErrorCode::InvalidCandidate, format!("{e}"));
+                return;
+            }
+        };
+        if let Some(p) = self.participants.get_mut(&key) {
+            p.peer_mut(target).rtc.add_remote_candidate(parsed);
+            self.dirty.push((key, target));
+        }
+    }
+
+    pub(super) fn subscribe(&mut self, conn: ConnId, key: ParticipantKey, track_ids: &[String]) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        if !p.permissions.subscribe {
+            self.error(
+                conn,
+                ErrorCode::PermissionDenied,
+                "the call token does not allow subscribing",
+            );
+            return;
+        }
+        let Some(keys) = self.room_tracks_by_id(key, track_ids, conn) else {
+            return;
+        };
+        for track_key in keys {
+            self.add_subscription(key, track_key);
+        }
+        self.refresh_routes(key);
+        self.negotiate_subscriber(key);
+    }
+
+    pub(super) fn unsubscribe(&mut self, conn: ConnId, key: ParticipantKey, track_ids: &[String]) {
+        let Some(keys) = self.room_tracks_by_id(key, track_ids, conn) else {
+            return;
+        };
+        for track_key in keys {
+            self.drop_subscription(key, track_key);
+        }
+        self.refresh_routes(key);
+        self.negotiate_subscriber(key);
+    }
+
+    pub(super) fn mute(&mut self, conn: ConnId, key: ParticipantKey, track_id: &str, muted: bool) {
+        let Some(track_key) = self.owned_track(key, track_id) else {
+            self.error(
+                conn,
+                ErrorCode::UnknownTrack,
+                format!("you publish no track {track_id}"),
+            );
+            return;
+        };
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let (room_id, participant_id) = (p.room.clone(), p.id.clone());
+        if let Some(track) = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.tracks.get_mut(&track_key))
+        {
+            track.muted = muted;
+        }
+        self.broadcast(
+            &room_id,
+            Some(key),
+            ServerMessage::TrackMuted {
+                track_id: track_id.to_string(),
+                participant_id,
+                muted,
+            },
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! Forwarding: a publisher's RTP packet to each subscriber (or, on the 1:1
+//! fast path, to the one peer), keyframe requests back to publishers, and the
+//! 1:1 bandwidth-estimate feedback.
+
+use super::*;
+
+impl Engine {
+    pub(super) fn forward(
+        &mut self,
+        publisher: ParticipantKey,
+        mid: Mid,
+        params: Option<PayloadParams>,
+        pkt: &RtpPacket,
+        now: Instant,
+    ) {
+        let Some(track_key) = self.published_track(publisher, mid) else {
+            return;
+        };
+        let Some(p) = self.participants.get(&publisher) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&p.room) else {
+            return;
+        };
+        let Some(track) = room.tracks.get_mut(&track_key) else {
+            return;
+        };
+        if track.codec.is_none() {
+            track.codec = params.map(|c| c.spec().codec.to_string());
+        }
+        let Some(params) = params else { return };
+        let kind = track.kind;
+        if let Some(direct) = track.direct {
+            self.write_down(direct, track_key, kind, params, pkt, now);
+            return;
+        }
+        // Take the list out so subscribers can be borrowed mutably; put back after.
+        let subscribers = std::mem::take(&mut track.subscribers);
+        for sub in &subscribers {
+            self.write_down(*sub, track_key, kind, params, pkt, now);
+        }
+        if let Some(track) = self
+            .participants
+            .get(&publisher)
+            .and_then(|p| self.rooms.get_mut(&p.room))
+            .and_then(|r| r.tracks.get_mut(&track_key))
+        {
+            track.subscribers = subscribers;
+        }
+    }
+
+    pub(super) fn write_down(
+        &mut self,
+        subscriber: ParticipantKey,
+        track_key: u64,
+        kind: TrackKind,
+        params: PayloadParams,
+        pkt: &RtpPacket,
+        now: Instant,
+    ) {
+        let Some(sub) = self.participants.get_mut(&subscriber) else {
+            return;
+        };
+        let Some((down, mid)) = sub.down.iter_mut().find_map(|d| match d.state {
+            DownState::Open(mid) if d.track_key == track_key => Some((d, mid)),
+            _ => None,
+        }) else {
+            return;
+        };
+        let rtc = &mut sub.subscriber.rtc;
+        let pt = down.pts.map(pkt.header.payload_type, || {
+            let accepted = rtc.media(mid)?.remote_pts().to_vec();
+            resolve_pt(rtc.codec_config(), &accepted, params)
+        });
+        let Some(pt) = pt else {
+            return;
+        };
+        let Some(seq) = down.seq.rewrite(pkt.seq_no) else {
+            return;
+        };
+        let mut ext = pkt.header.ext_vals.clone();
+        // These name the publisher's m-line and transport; str0m writes the subscriber's.
+        ext.mid = None;
+        ext.rid = None;
+        ext.rid_repair = None;
+        ext.transport_cc = None;
+        let mut api = rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return;
+        };
+        tx.write_rtp(
+            RtpWrite::new(
+                pt,
+                seq,
+                pkt.header.timestamp,
+                pkt.timestamp,
+                pkt.payload.clone(),
+            )
+            .marker(pkt.header.marker)
+            .ext_vals(ext)
+            .nackable(kind == TrackKind::Video),
+        );
+        self.stats.rtp_forwarded += 1;
+        self.stats.rtp_forwarded_bytes += pkt.payload.len() as u64;
+        if !sub.first_forward_recorded {
+            sub.first_forward_recorded = true;
+            let elapsed = now.saturating_duration_since(sub.joined_at);
+            self.outputs
+                .push_back(Output::Event(Event::FirstForward(elapsed)));
+        }
+        self.dirty.push((subscriber, PeerTarget::Subscriber));
+    }
+
+    pub(super) fn published_track(&self, publisher: ParticipantKey, mid: Mid) -> Option<u64> {
+        let p = self.participants.get(&publisher)?;
+        let room = self.rooms.get(&p.room)?;
+        room.tracks
+            .values()
+            .find(|t| t.owner == publisher && t.mid == mid)
+            .map(|t| t.key)
+    }
+
+    /// Asks the publisher of a track for a keyframe, at most once per interval.
+    pub(super) fn request_keyframe(
+        &mut self,
+        requester: ParticipantKey,
+        track_key: u64,
+        kind: KeyframeRequestKind,
+        now: Instant,
+    ) {
+        let Some(room_id) = self.participants.get(&requester).map(|p| p.room.clone()) else {
+            return;
+        };
+        let Some(track) = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.tracks.get_mut(&track_key))
+        else {
+            return;
+        };
+        if track.kind != TrackKind::Video {
+            return;
+        }
+        if track.last_keyframe_request.is_some_and(|t| {
+            now.saturating_duration_since(t) < self.config.keyframe_request_interval
+        }) {
+            tracing::debug!(track = %track.id, "keyframe request suppressed (rate limit)");
+            return;
+        }
+        track.last_keyframe_request = Some(now);
+        tracing::debug!(track = %track.id, ?kind, "keyframe request to publisher");
+        let (owner, mid) = (track.owner, track.mid);
+        let Some(publisher) = self.participants.get_mut(&owner) else {
+            return;
+        };
+        if let Some(rx) = publisher
+            .publisher
+            .rtc
+            .direct_api()
+            .stream_rx_by_mid(mid, None)
+        {
+            rx.request_keyframe(kind);
+            self.stats.keyframe_requests += 1;
+            self.dirty.push((owner, PeerTarget::Publisher));
+        }
+    }
+
+    /// 1:1 fast path: what the subscriber's connection can take is what the
+    /// publisher should send, as if the call were direct (REMB to the sender).
+    pub(super) fn feed_back_estimate(&mut self, subscriber: ParticipantKey, estimate: Bitrate) {
+        let Some(room_id) = self.participants.get(&subscriber).map(|p| p.room.clone()) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&room_id) else {
+            return;
+        };
+        if !self.config.fast_path {
+            return;
+        }
+        let Some(other) = room.peer_of(subscriber) else {
+            return;
+        };
+        let mids: Vec<Mid> = room
+            .tracks
+            .values()
+            .filter(|t| {
+                t.owner == other && t.kind == TrackKind::Video && t.direct == Some(subscriber)
+            })
+            .map(|t| t.mid)
+            .collect();
+        let Some(publisher) = self.participants.get_mut(&other) else {
+            return;
+        };
+        for mid in mids {
+            if let Some(rx) = publisher
+                .publisher
+                .rtc
+                .direct_api()
+                .stream_rx_by_mid(mid, None)
+            {
+                rx.request_remb(estimate);
+            }
+        }
+        self.dirty.push((other, PeerTarget::Publisher));
+    }
+}

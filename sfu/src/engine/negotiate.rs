@@ -1,0 +1,295 @@
+//! Tracks, subscriptions and the subscriber connection's negotiation (the
+//! server is the only offerer there: one offer at a time, changes made
+//! meanwhile wait for the answer).
+
+use super::*;
+
+impl Engine {
+    pub(super) fn subscriber_answer(
+        &mut self,
+        conn: ConnId,
+        key: ParticipantKey,
+        sdp: &str,
+        now: Instant,
+    ) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if p.pending_offer.is_none() {
+            self.error(
+                conn,
+                ErrorCode::InvalidSdp,
+                "no subscriber offer is awaiting an answer",
+            );
+            return;
+        }
+        let answer = match SdpAnswer::from_sdp_string(sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                self.error(
+                    conn,
+                    ErrorCode::InvalidSdp,
+                    format!("answer does not parse: {e}"),
+                );
+                return;
+            }
+        };
+        let Some(pending) = p.pending_offer.take() else {
+            return;
+        };
+        p.pending_offer_message = None;
+        let result = p.subscriber.rtc.sdp_api().accept_answer(pending, answer);
+        let mut opened = Vec::new();
+        match result {
+            Ok(()) => {
+                for d in &mut p.down {
+                    if let DownState::Negotiating(mid) = d.state {
+                        d.state = DownState::Open(mid);
+                        opened.push(d.track_key);
+                    }
+                }
+                // Stopped m-lines are done; str0m may recycle them later.
+                p.down
+                    .retain(|d| !matches!(d.state, DownState::Stopping(_)));
+            }
+            Err(e) => {
+                // The offer is gone; what it carried goes into the next one.
+                for d in &mut p.down {
+                    d.state = match d.state {
+                        DownState::Negotiating(_) => DownState::ToOpen,
+                        DownState::Stopping(m) => DownState::ToStop(m),
+                        s => s,
+                    };
+                }
+                self.error(conn, ErrorCode::InvalidSdp, format!("answer refused: {e}"));
+            }
+        }
+        self.dirty.push((key, PeerTarget::Subscriber));
+        // New subscribers need a keyframe to start decoding. Before the
+        // connection is up a keyframe would be wasted: that waits for
+        // `Connected` instead.
+        let connected = self
+            .participants
+            .get(&key)
+            .is_some_and(|p| p.subscriber.rtc.is_connected());
+        if connected {
+            for track_key in opened {
+                self.request_keyframe(key, track_key, KeyframeRequestKind::Pli, now);
+            }
+        }
+        self.negotiate_subscriber(key);
+    }
+
+    pub(super) fn add_track(&mut self, owner: ParticipantKey, mid: Mid, kind: MediaKind) {
+        if self.published_track(owner, mid).is_some() {
+            return;
+        }
+        let Some(p) = self.participants.get(&owner) else {
+            return;
+        };
+        let kind = match kind {
+            MediaKind::Audio => TrackKind::Audio,
+            MediaKind::Video => TrackKind::Video,
+        };
+        let track_key = self.next_track;
+        self.next_track += 1;
+        let track = Track {
+            key: track_key,
+            id: format!("TR_{}_{track_key}", self.config.shard),
+            owner,
+            mid,
+            kind,
+            muted: false,
+            codec: None,
+            subscribers: Vec::new(),
+            last_keyframe_request: None,
+            direct: None,
+        };
+        let info = track_info(&track, &p.id);
+        let room_id = p.room.clone();
+        tracing::info!(participant = %p.id, room = %room_id, track = %track.id, ?kind, "track published");
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        room.tracks.insert(track_key, track);
+        let auto: Vec<ParticipantKey> = room
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != owner)
+            .filter(|m| {
+                self.participants
+                    .get(m)
+                    .is_some_and(|p| p.auto_subscribe && p.permissions.subscribe)
+            })
+            .collect();
+        self.broadcast(
+            &room_id,
+            Some(owner),
+            ServerMessage::TrackPublished { track: info },
+        );
+        for sub in &auto {
+            self.add_subscription(*sub, track_key);
+        }
+        if let Some(room) = self.rooms.get_mut(&room_id) {
+            room.refresh_routes(self.config.fast_path);
+        }
+        for sub in auto {
+            self.negotiate_subscriber(sub);
+        }
+    }
+
+    pub(super) fn remove_track(&mut self, owner: ParticipantKey, track_key: u64) {
+        let Some(p) = self.participants.get(&owner) else {
+            return;
+        };
+        let (room_id, participant_id) = (p.room.clone(), p.id.clone());
+        let Some(track) = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.tracks.remove(&track_key))
+        else {
+            return;
+        };
+        tracing::info!(participant = %participant_id, room = %room_id, track = %track.id, "track unpublished");
+        for sub in &track.subscribers {
+            self.drop_subscription(*sub, track_key);
+            self.negotiate_subscriber(*sub);
+        }
+        self.broadcast(
+            &room_id,
+            Some(owner),
+            ServerMessage::TrackUnpublished {
+                track_id: track.id,
+                participant_id,
+            },
+        );
+    }
+
+    pub(super) fn add_subscription(&mut self, subscriber: ParticipantKey, track_key: u64) {
+        let Some(p) = self.participants.get_mut(&subscriber) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&p.room) else {
+            return;
+        };
+        let Some(track) = room.tracks.get_mut(&track_key) else {
+            return;
+        };
+        if track.owner == subscriber || track.subscribers.contains(&subscriber) {
+            return;
+        }
+        track.subscribers.push(subscriber);
+        let publisher_id = self
+            .participants
+            .get(&track.owner)
+            .map(|o| o.id.clone())
+            .unwrap_or_default();
+        let Some(p) = self.participants.get_mut(&subscriber) else {
+            return;
+        };
+        p.down.push(DownTrack {
+            track_key,
+            track_id: track.id.clone(),
+            publisher_id,
+            kind: track.kind,
+            state: DownState::ToOpen,
+            seq: Default::default(),
+            pts: Default::default(),
+        });
+    }
+
+    pub(super) fn drop_subscription(&mut self, subscriber: ParticipantKey, track_key: u64) {
+        let Some(p) = self.participants.get_mut(&subscriber) else {
+            return;
+        };
+        if let Some(track) = self
+            .rooms
+            .get_mut(&p.room)
+            .and_then(|r| r.tracks.get_mut(&track_key))
+        {
+            track.subscribers.retain(|s| *s != subscriber);
+        }
+        if let Some(down) = p.down_by_track(track_key) {
+            down.state = match down.state {
+                DownState::ToOpen => {
+                    p.down.retain(|d| d.track_key != track_key);
+                    return;
+                }
+                DownState::Negotiating(m) | DownState::Open(m) => DownState::ToStop(m),
+                s => s,
+            };
+        }
+    }
+
+    /// Sends the next subscriber offer if something changed and no offer is
+    /// outstanding (one offer at a time; changes made meanwhile wait for it).
+    pub(super) fn negotiate_subscriber(&mut self, key: ParticipantKey) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if p.pending_offer.is_some() {
+            return;
+        }
+        let first = !p.subscriber.was_offered;
+        let mut api = p.subscriber.rtc.sdp_api();
+        if first {
+            api.add_channel("switchboard".to_string());
+        }
+        for d in &mut p.down {
+            match d.state {
+                DownState::ToOpen => {
+                    let kind = match d.kind {
+                        TrackKind::Audio => MediaKind::Audio,
+                        TrackKind::Video => MediaKind::Video,
+                    };
+                    let mid = api.add_media(
+                        kind,
+                        Direction::SendOnly,
+                        Some(d.publisher_id.clone()),
+                        Some(d.track_id.clone()),
+                        None,
+                    );
+                    d.state = DownState::Negotiating(mid);
+                }
+                DownState::ToStop(mid) => {
+                    api.stop_media(mid);
+                    d.state = DownState::Stopping(mid);
+                }
+                _ => {}
+            }
+        }
+        let restart = std::mem::take(&mut p.ice_restart);
+        if restart {
+            api.ice_restart(true);
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        p.subscriber.was_offered = true;
+        let tracks = p
+            .down
+            .iter()
+            .filter_map(|d| match d.state {
+                DownState::Negotiating(mid) | DownState::Open(mid) => Some(TrackMid {
+                    mid: mid.to_string(),
+                    track_id: d.track_id.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let message = ServerMessage::SubscriberOffer {
+            sdp: offer.to_sdp_string(),
+            tracks,
+        };
+        p.pending_offer = Some(pending);
+        p.pending_offer_message = Some(message.clone());
+        if let Some(conn) = p.conn {
+            self.send(conn, message);
+        }
+        self.dirty.push((key, PeerTarget::Subscriber));
+        if restart {
+            self.refresh_ufrag(key, PeerTarget::Subscriber);
+        }
+    }
+}
