@@ -126,8 +126,6 @@ pub enum ErrorCode {
     PermissionDenied,
     /// The SDP could not be parsed or was refused by the media engine.
     InvalidSdp,
-    /// A server-only action was asked of the client side (e.g. a client offer on the subscriber connection).
-    InvalidTarget,
     InvalidCandidate,
     UnknownTrack,
     /// The room or participant limit was reached.
