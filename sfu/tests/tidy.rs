@@ -5,7 +5,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -27,21 +30,43 @@ fn engine_touches_no_socket_clock_thread_or_lock() {
     rust_files(&root().join("sfu/src/engine"), &mut files);
     assert!(files.len() > 5);
     let forbidden = [
-        "tokio", "UdpSocket", "TcpStream", "Instant::now", "SystemTime::now",
-        "std::thread", "Mutex", "RwLock", "spawn(",
+        "tokio",
+        "UdpSocket",
+        "TcpStream",
+        "Instant::now",
+        "SystemTime::now",
+        "std::thread",
+        "Mutex",
+        "RwLock",
+        "spawn(",
     ];
     for file in files {
         let text = fs::read_to_string(&file).unwrap();
         for word in forbidden {
-            assert!(!text.contains(word), "{} uses {word}: the engine is sans-IO", file.display());
+            assert!(
+                !text.contains(word),
+                "{} uses {word}: the engine is sans-IO",
+                file.display()
+            );
         }
     }
 }
 
 #[test]
 fn every_crate_has_a_readme() {
-    for krate in ["signaling", "control", "turn", "sfu", "native", "loadtest", "deploy"] {
-        assert!(root().join(krate).join("README.md").exists(), "{krate}/README.md is missing");
+    for krate in [
+        "signaling",
+        "control",
+        "turn",
+        "sfu",
+        "native",
+        "loadtest",
+        "deploy",
+    ] {
+        assert!(
+            root().join(krate).join("README.md").exists(),
+            "{krate}/README.md is missing"
+        );
     }
     assert!(root().join("ARCHITECTURE.md").exists());
 }
@@ -54,13 +79,21 @@ fn no_utils_modules_and_no_ignored_or_should_panic_tests() {
     }
     for file in files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
-        assert!(!matches!(name.as_str(), "utils.rs" | "util.rs" | "helpers.rs"), "{}", file.display());
+        assert!(
+            !matches!(name.as_str(), "utils.rs" | "util.rs" | "helpers.rs"),
+            "{}",
+            file.display()
+        );
         if file.ends_with("tidy.rs") {
             continue;
         }
         let text = fs::read_to_string(&file).unwrap();
         for word in ["#[ignore", "#[should_panic"] {
-            assert!(!text.contains(word), "{} has {word}: assert the Err instead", file.display());
+            assert!(
+                !text.contains(word),
+                "{} has {word}: assert the Err instead",
+                file.display()
+            );
         }
     }
 }

@@ -38,16 +38,35 @@ fn every_documented_example_decodes_and_every_type_is_documented() {
     assert_eq!(
         client_types,
         want(&[
-            "join", "publish", "unpublish", "subscriberAnswer", "trickle", "subscribe",
-            "unsubscribe", "mute", "restartIce", "leave", "ping"
+            "join",
+            "publish",
+            "unpublish",
+            "subscriberAnswer",
+            "trickle",
+            "subscribe",
+            "unsubscribe",
+            "mute",
+            "restartIce",
+            "leave",
+            "ping"
         ])
     );
     assert_eq!(
         server_types,
         want(&[
-            "joined", "publishAnswer", "subscriberOffer", "trickle", "participantJoined",
-            "participantLeft", "participantStateChanged", "trackPublished",
-            "trackUnpublished", "trackMuted", "left", "pong", "error"
+            "joined",
+            "publishAnswer",
+            "subscriberOffer",
+            "trickle",
+            "participantJoined",
+            "participantLeft",
+            "participantStateChanged",
+            "trackPublished",
+            "trackUnpublished",
+            "trackMuted",
+            "left",
+            "pong",
+            "error"
         ])
     );
 }

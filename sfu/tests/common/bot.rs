@@ -339,6 +339,30 @@ impl Bot {
         }
     }
 
+    /// Writes one video packet with a payload of `len` bytes and returns the
+    /// encrypted datagrams it produced (benchmarks feed them to the engine).
+    pub fn video_datagrams(&mut self, now: Instant, len: usize) -> Vec<Transmit> {
+        self.sent += 1;
+        let n = self.sent;
+        let mid = self.video_mid.expect("published");
+        let pt = self
+            .publisher
+            .codec_config()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt())
+            .expect("vp8 negotiated");
+        let mut payload = vec![0u8; len];
+        payload[..8].copy_from_slice(&n.to_be_bytes());
+        let mut api = self.publisher.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None).expect("video stream");
+        tx.write_rtp(RtpWrite::new(pt, n.into(), (n * 3000) as u32, now, payload).marker(true));
+        self.publisher
+            .handle_input(Input::Timeout(now))
+            .expect("timeout");
+        let _ = self.poll_one(true);
+        self.transmits.drain(..).collect()
+    }
+
     /// Packets received from the participant whose bot is `name`.
     pub fn received_from(&self, participant_id: &str) -> usize {
         self.received

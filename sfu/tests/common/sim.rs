@@ -145,6 +145,17 @@ impl Sim {
         panic!("the simulation did not settle");
     }
 
+    /// Hands one engine transmit to the bot it is addressed to.
+    pub fn to_bot(&mut self, t: &str0m::net::Transmit) {
+        let server = self.server();
+        if let Some(i) = self.bot_at(t.destination)
+            && !self.cut.contains(&i)
+        {
+            let now = self.now;
+            self.bots[i].handle_datagram(server, t.destination, &t.contents, now);
+        }
+    }
+
     fn bot_at(&self, addr: SocketAddr) -> Option<usize> {
         self.bots
             .iter()
