@@ -131,7 +131,7 @@ impl Engine {
             .map(|p| participant_info(p, &room_tracks_of(room, p)))
             .collect();
         room.members.push(key);
-        tracing::info!(participant = %participant_id, user = %user_id, room = %room_id, "joined");
+        tracing::info!(participant = %participant_id, user = %user_id, call_id = %room_id, "joined");
 
         self.send(
             conn,
@@ -207,7 +207,10 @@ impl Engine {
             self.outputs
                 .push_back(Output::Event(Event::ConnClosed { conn: old }));
         }
-        let room = &self.rooms[room_id];
+        // find_participant found it in this room, so the room exists.
+        let Some(room) = self.rooms.get(room_id) else {
+            return;
+        };
         let others: Vec<ParticipantInfo> = room
             .members
             .iter()
@@ -231,7 +234,7 @@ impl Engine {
         if let Some(offer) = resend {
             self.send(conn, offer);
         }
-        tracing::info!(participant = %participant_id, room = %room_id, "resumed");
+        tracing::info!(participant = %participant_id, call_id = %room_id, "resumed");
         self.update_presence(key, now);
     }
 

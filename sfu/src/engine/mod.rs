@@ -329,7 +329,7 @@ impl Engine {
         };
         let peer = p.peer_mut(target);
         if let Err(e) = peer.rtc.handle_input(input) {
-            tracing::debug!(participant = %p.id, room = %p.room, error = %e, "input refused by rtc");
+            tracing::debug!(participant = %p.id, call_id = %p.room, error = %e, "input refused by rtc");
         }
         self.dirty.push((key, target));
     }
@@ -430,7 +430,7 @@ impl Engine {
                         events.push((e, extra));
                     }
                     Err(e) => {
-                        tracing::info!(participant = %p.id, room = %p.room, error = %e, "peer connection failed");
+                        tracing::info!(participant = %p.id, call_id = %p.room, error = %e, "peer connection failed");
                         peer.rtc.disconnect();
                     }
                 }
@@ -528,7 +528,7 @@ impl Engine {
             peer.was_connected = true;
             self.outputs.push_back(Output::Event(Event::IceConnected));
         }
-        tracing::debug!(participant = %p.id, room = %p.room, ?target, ?state, "ice state");
+        tracing::debug!(participant = %p.id, call_id = %p.room, ?target, ?state, "ice state");
         self.update_presence(key, now);
     }
 
@@ -551,7 +551,7 @@ impl Engine {
             ParticipantState::Reconnecting => Some(now + self.config.reconnect_grace),
             ParticipantState::Active => None,
         };
-        tracing::info!(participant = %p.id, room = %p.room, ?state, "participant presence");
+        tracing::info!(participant = %p.id, call_id = %p.room, ?state, "participant presence");
         let message = ServerMessage::ParticipantStateChanged {
             participant_id: p.id.clone(),
             state,
@@ -671,7 +671,7 @@ impl Engine {
                 self.rooms.remove(&room_id);
             }
         }
-        tracing::info!(participant = %participant_id, room = %room_id, ?reason, "left");
+        tracing::info!(participant = %participant_id, call_id = %room_id, ?reason, "left");
         self.broadcast(
             &room_id,
             None,

@@ -107,7 +107,7 @@ impl Engine {
         };
         let info = track_info(&track, &p.id);
         let room_id = p.room.clone();
-        tracing::info!(participant = %p.id, room = %room_id, track = %track.id, ?kind, "track published");
+        tracing::info!(participant = %p.id, call_id = %room_id, track = %track.id, ?kind, "track published");
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
         };
@@ -151,7 +151,7 @@ impl Engine {
         else {
             return;
         };
-        tracing::info!(participant = %participant_id, room = %room_id, track = %track.id, "track unpublished");
+        tracing::info!(participant = %participant_id, call_id = %room_id, track = %track.id, "track unpublished");
         for sub in &track.subscribers {
             self.drop_subscription(*sub, track_key);
             self.negotiate_subscriber(*sub);

@@ -43,6 +43,8 @@ pub struct Bot {
     pub received: Vec<ReceivedPacket>,
     pub messages: Vec<ServerMessage>,
     pub keyframe_requests: usize,
+    /// REMB estimates the server sent our publisher connection (bits/s).
+    pub remb: Vec<u64>,
     pub publisher_ice: IceConnectionState,
     pub subscriber_ice: IceConnectionState,
     sent: u64,
@@ -86,6 +88,7 @@ impl Bot {
             received: Vec::new(),
             messages: Vec::new(),
             keyframe_requests: 0,
+            remb: Vec::new(),
             publisher_ice: IceConnectionState::New,
             subscriber_ice: IceConnectionState::New,
             sent: 0,
@@ -253,6 +256,11 @@ impl Bot {
             Event::IceConnectionStateChange(s) if publisher => self.publisher_ice = s,
             Event::IceConnectionStateChange(s) => self.subscriber_ice = s,
             Event::KeyframeRequest(_) if publisher => self.keyframe_requests += 1,
+            Event::EgressBitrateEstimate(str0m::bwe::BweKind::Remb { estimate, .. })
+                if publisher =>
+            {
+                self.remb.push(estimate.as_u64())
+            }
             Event::RtpPacket(pkt) if !publisher => {
                 let mid = self
                     .subscriber
