@@ -83,7 +83,7 @@ fn bench_room(c: &mut Criterion, name: &str, size: usize, fast_path: bool) {
                 packets += inputs.len() as u64;
                 transmits += sent.len() as u64;
                 for t in &sent {
-                    sim.to_bot(t);
+                    sim.deliver_to_bot(t);
                 }
                 let now = sim.now;
                 for bot in &mut sim.bots {

@@ -146,7 +146,7 @@ impl Sim {
     }
 
     /// Hands one engine transmit to the bot it is addressed to.
-    pub fn to_bot(&mut self, t: &str0m::net::Transmit) {
+    pub fn deliver_to_bot(&mut self, t: &str0m::net::Transmit) {
         let server = self.server();
         if let Some(i) = self.bot_at(t.destination)
             && !self.cut.contains(&i)
