@@ -131,7 +131,7 @@ impl Engine {
             .map(|p| participant_info(p, &room_tracks_of(room, p)))
             .collect();
         room.members.push(key);
-        tracing::info!(participant = %participant_id, user = %user_id, call_id = %room_id, "joined");
+        tracing::info!(participant = %participant_id, user_id = %user_id, call_id = %room_id, "joined");
 
         self.send(
             conn,
@@ -234,7 +234,7 @@ impl Engine {
         if let Some(offer) = resend {
             self.send(conn, offer);
         }
-        tracing::info!(participant = %participant_id, call_id = %room_id, "resumed");
+        tracing::info!(participant = %participant_id, user_id = %user_id, call_id = %room_id, "resumed");
         self.update_presence(key, now);
     }
 

@@ -2,6 +2,7 @@
 //! fast path, to the one peer), keyframe requests back to publishers, and the
 //! 1:1 bandwidth-estimate feedback.
 
+use super::keyframe::starts_keyframe;
 use super::*;
 
 impl Engine {
@@ -75,6 +76,15 @@ impl Engine {
         let Some(pt) = pt else {
             return;
         };
+        if down.awaiting_keyframe {
+            if starts_keyframe(params.spec().codec, &pkt.payload) == Some(false) {
+                // Still waiting: ask again (rate-limited per track), in case
+                // the keyframe asked for at connect was lost.
+                self.request_keyframe(subscriber, track_key, KeyframeRequestKind::Pli, now);
+                return;
+            }
+            down.awaiting_keyframe = false;
+        }
         let Some(seq) = down.seq.rewrite(pkt.seq_no) else {
             return;
         };
@@ -144,11 +154,11 @@ impl Engine {
         if track.last_keyframe_request.is_some_and(|t| {
             now.saturating_duration_since(t) < self.config.keyframe_request_interval
         }) {
-            tracing::debug!(track = %track.id, "keyframe request suppressed (rate limit)");
+            tracing::debug!(call_id = %room_id, track = %track.id, "keyframe request suppressed (rate limit)");
             return;
         }
         track.last_keyframe_request = Some(now);
-        tracing::debug!(track = %track.id, ?kind, "keyframe request to publisher");
+        tracing::debug!(call_id = %room_id, track = %track.id, ?kind, "keyframe request to publisher");
         let (owner, mid) = (track.owner, track.mid);
         let Some(publisher) = self.participants.get_mut(&owner) else {
             return;

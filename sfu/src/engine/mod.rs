@@ -15,6 +15,7 @@
 
 mod commands;
 mod forward;
+mod keyframe;
 mod negotiate;
 mod offer_policy;
 mod participant;
@@ -329,7 +330,7 @@ impl Engine {
         };
         let peer = p.peer_mut(target);
         if let Err(e) = peer.rtc.handle_input(input) {
-            tracing::debug!(participant = %p.id, call_id = %p.room, error = %e, "input refused by rtc");
+            tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, error = %e, "input refused by rtc");
         }
         self.dirty.push((key, target));
     }
@@ -430,7 +431,7 @@ impl Engine {
                         events.push((e, extra));
                     }
                     Err(e) => {
-                        tracing::info!(participant = %p.id, call_id = %p.room, error = %e, "peer connection failed");
+                        tracing::info!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, error = %e, "peer connection failed");
                         peer.rtc.disconnect();
                     }
                 }
@@ -528,7 +529,7 @@ impl Engine {
             peer.was_connected = true;
             self.outputs.push_back(Output::Event(Event::IceConnected));
         }
-        tracing::debug!(participant = %p.id, call_id = %p.room, ?target, ?state, "ice state");
+        tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, ?target, ?state, "ice state");
         self.update_presence(key, now);
     }
 
@@ -551,7 +552,7 @@ impl Engine {
             ParticipantState::Reconnecting => Some(now + self.config.reconnect_grace),
             ParticipantState::Active => None,
         };
-        tracing::info!(participant = %p.id, call_id = %p.room, ?state, "participant presence");
+        tracing::info!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, ?state, "participant presence");
         let message = ServerMessage::ParticipantStateChanged {
             participant_id: p.id.clone(),
             state,

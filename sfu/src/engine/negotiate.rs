@@ -196,6 +196,7 @@ impl Engine {
             state: DownState::ToOpen,
             seq: Default::default(),
             pts: Default::default(),
+            awaiting_keyframe: track.kind == TrackKind::Video,
         });
     }
 

@@ -45,6 +45,9 @@ pub struct DownTrack {
     pub state: DownState,
     pub seq: SeqRewriter,
     pub pts: PtMap,
+    /// Video held back until a keyframe starts (set for every new video
+    /// subscription).
+    pub awaiting_keyframe: bool,
 }
 
 pub struct Participant {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use signaling::{ClientMessage, ErrorCode, ServerMessage, decode_client, encode};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::AppState;
 use super::shard::{SessionOut, ShardHandle};
@@ -39,7 +40,8 @@ where
 {
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     state.metrics.signaling_connections.inc();
-    let _gauge = scopeguard(|| state.metrics.signaling_connections.dec());
+    let metrics = state.metrics.clone();
+    let _gauge = scopeguard(move || metrics.signaling_connections.dec());
     let mut limiter = RateLimiter::new(state.config.signaling_rate_per_second);
 
     let joined = tokio::time::timeout(
@@ -51,11 +53,28 @@ where
         return;
     };
     let span = tracing::info_span!("session", call_id = %join.room, user_id = %join.user_id, participant = %join.participant_id);
-    let _enter = span.enter();
-    let shard = shard_for(&state.shards, &join.room);
+    serve_joined(conn, join.room, join.command, stream, sink, state, limiter)
+        .instrument(span)
+        .await;
+}
+
+/// After `join`: engine messages out, client messages in, until either ends.
+async fn serve_joined<S, K, E>(
+    conn: ConnId,
+    room: String,
+    join: Command,
+    mut stream: S,
+    mut sink: K,
+    state: AppState,
+    mut limiter: RateLimiter,
+) where
+    S: Stream<Item = Result<Frame, E>> + Unpin,
+    K: Sink<String> + Unpin,
+{
+    let shard = shard_for(&state.shards, &room);
     let (outbox, mut inbox) = mpsc::unbounded_channel();
     shard.attach(conn, outbox);
-    shard.command(conn, join.command);
+    shard.command(conn, join);
 
     let mut left = false;
     loop {

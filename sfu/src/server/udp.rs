@@ -37,13 +37,20 @@ pub fn spawn_receiver(
     std::thread::Builder::new()
         .name("udp-recv".into())
         .spawn(move || {
+            // Wake up now and then to notice a shutdown.
+            let _ = socket.set_read_timeout(Some(std::time::Duration::from_millis(250)));
             let mut buf = vec![0u8; MAX_DATAGRAM];
             loop {
                 let (n, source) = match socket.recv_from(&mut buf) {
                     Ok(r) => r,
                     Err(e) => {
-                        // ICMP errors surface here on some systems; keep going.
-                        tracing::debug!(error = %e, "udp recv");
+                        // Timeouts, and ICMP errors on some systems: keep going.
+                        if !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) {
+                            tracing::debug!(error = %e, "udp recv");
+                        }
                         if shards.iter().all(|s| s.is_stopped()) {
                             return;
                         }

@@ -176,7 +176,11 @@ async function fourThenLate() {
   for (const [i, c] of colours.entries()) pages.push(await openPage(`user${i}`, c));
   await allSeeEachOther(pages, 45000);
   const late = await openPage("late", "magenta");
-  await waitFor("the late joiner to see all four", () => seesColours(late, pages), 30000);
+  try {
+    await waitFor("the late joiner to see all four", () => seesColours(late, pages), 30000);
+  } finally {
+    log(JSON.stringify({ lateJoinerTimeline: await late.page.evaluate(() => window.client.timeline), inbound: await inbound(late) }));
+  }
   for (const p of pages) await waitFor(`${p.name} to see the late joiner`, () => seesColours(p, [late]), 20000);
   const ttff = await late.page.evaluate(() => window.sb.firstFrameMs());
   log(JSON.stringify({ lateJoinerTimeline: await late.page.evaluate(() => window.client.timeline) }));

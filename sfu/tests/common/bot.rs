@@ -43,6 +43,8 @@ pub struct Bot {
     pub received: Vec<ReceivedPacket>,
     pub messages: Vec<ServerMessage>,
     pub keyframe_requests: usize,
+    /// The next video packet starts a keyframe (at start and after a PLI).
+    keyframe_due: bool,
     /// REMB estimates the server sent our publisher connection (bits/s).
     pub remb: Vec<u64>,
     pub publisher_ice: IceConnectionState,
@@ -88,6 +90,7 @@ impl Bot {
             received: Vec::new(),
             messages: Vec::new(),
             keyframe_requests: 0,
+            keyframe_due: true,
             remb: Vec::new(),
             publisher_ice: IceConnectionState::New,
             subscriber_ice: IceConnectionState::New,
@@ -255,7 +258,10 @@ impl Bot {
         match event {
             Event::IceConnectionStateChange(s) if publisher => self.publisher_ice = s,
             Event::IceConnectionStateChange(s) => self.subscriber_ice = s,
-            Event::KeyframeRequest(_) if publisher => self.keyframe_requests += 1,
+            Event::KeyframeRequest(_) if publisher => {
+                self.keyframe_requests += 1;
+                self.keyframe_due = true;
+            }
             Event::EgressBitrateEstimate(str0m::bwe::BweKind::Remb { estimate, .. })
                 if publisher =>
             {
@@ -333,7 +339,14 @@ impl Bot {
             else {
                 continue;
             };
-            let payload = format!("{}:{kind}:{n}", self.name).into_bytes();
+            let mut payload = Vec::new();
+            if kind == "v" {
+                // A VP8 payload descriptor (S=1, PID=0) and the VP8 header's
+                // P bit: 0 starts a keyframe, 1 is an interframe.
+                let interframe = !std::mem::take(&mut self.keyframe_due) && n % 50 != 1;
+                payload.extend_from_slice(&[0x10, u8::from(interframe)]);
+            }
+            payload.extend_from_slice(format!("{}:{kind}:{n}", self.name).as_bytes());
             let mut api = self.publisher.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                 continue;
@@ -359,8 +372,12 @@ impl Bot {
             .find(|p| p.spec().codec == Codec::Vp8)
             .map(|p| p.pt())
             .expect("vp8 negotiated");
+        // An interframe (VP8 descriptor S=1 PID=0, P=1); the subscriber was
+        // started by the keyframes `send_media` sent while the call came up.
         let mut payload = vec![0u8; len];
-        payload[..8].copy_from_slice(&n.to_be_bytes());
+        payload[0] = 0x10;
+        payload[1] = 0x01;
+        payload[2..10].copy_from_slice(&n.to_be_bytes());
         let mut api = self.publisher.direct_api();
         let tx = api.stream_tx_by_mid(mid, None).expect("video stream");
         tx.write_rtp(RtpWrite::new(pt, n.into(), (n * 3000) as u32, now, payload).marker(true));
