@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::live::{flood_garbage, run_bot, start_server, ws_url};
+use common::live::{flood_garbage, http, run_bot, start_server, start_server_with, ws_url};
 use control::call_token::{CallGrant, CallTokens, DEFAULT_TTL};
 use signaling::client::SignalingClient;
 use signaling::{ClientMessage, ErrorCode, Permissions, ServerMessage};
@@ -165,17 +165,7 @@ async fn signaling_bad_input_gets_typed_errors() {
 }
 
 async fn reqwest_metrics(server: &sfu::server::Running) -> String {
-    // A bare HTTP/1.0 GET keeps test dependencies down.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.http_addr)
-        .await
-        .unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
+    http(server, "GET", "/metrics", "").await.1
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -183,4 +173,51 @@ fn metric(text: &str, name: &str) -> f64 {
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_token_endpoint_is_off_by_default_and_checks_its_input() {
+    let server = start_server().await;
+    let (status, _) = http(
+        &server,
+        "POST",
+        "/dev/token",
+        r#"{"room":"r","userId":"u"}"#,
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "the dev endpoint must be off unless configured"
+    );
+    server.shutdown().await;
+
+    let server = start_server_with(|c| c.dev_token_endpoint = true).await;
+    let (status, body) = http(
+        &server,
+        "POST",
+        "/dev/token",
+        r#"{"room":"r","userId":"u"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let grant = server
+        .state
+        .tokens
+        .verify(v["token"].as_str().unwrap())
+        .unwrap();
+    assert_eq!((grant.call_id.as_str(), grant.user_id.as_str()), ("r", "u"));
+    for bad in [
+        r#"{"room":"","userId":"u"}"#,
+        r#"not json"#,
+        r#"{"room":"r"}"#,
+        r#"{"room":"r","userId":"u","participantId":""}"#,
+    ] {
+        let (status, body) = http(&server, "POST", "/dev/token", bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["code"], "bad_request", "{body}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    server.shutdown().await;
 }

@@ -83,10 +83,15 @@ async fn dev_token(
             "room and userId must be 1-128 printable characters".into(),
         ));
     }
-    let participant_id = req
-        .participant_id
-        .filter(|p| valid(p))
-        .unwrap_or_else(|| format!("PA_{:016x}", rand::random::<u64>()));
+    let participant_id = match req.participant_id {
+        Some(p) if valid(&p) => p,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "participantId must be 1-128 printable characters".into(),
+            ));
+        }
+        None => format!("PA_{:016x}", rand::random::<u64>()),
+    };
     let grant = CallGrant {
         call_id: req.room,
         user_id: req.user_id,

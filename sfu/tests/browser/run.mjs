@@ -91,6 +91,7 @@ async function startStatic() {
   const files = { "/page.html": "text/html", "/client.js": "text/javascript" };
   const server = createServer(async (req, res) => {
     const type = files[req.url];
+    if (req.url === "/favicon.ico") { res.writeHead(204); res.end(); return; }
     if (!type) { res.writeHead(404); res.end(); return; }
     res.writeHead(200, { "content-type": type });
     res.end(await readFile(join(here, req.url.slice(1))));

@@ -13,7 +13,11 @@ use tokio::net::UdpSocket;
 use super::bot::Bot;
 
 pub async fn start_server() -> Running {
-    let config = Config {
+    start_server_with(|_| {}).await
+}
+
+pub async fn start_server_with(adjust: impl FnOnce(&mut Config)) -> Running {
+    let mut config = Config {
         http_listen: "127.0.0.1:0".parse().unwrap(),
         rtc_udp_bind: "127.0.0.1:0".parse().unwrap(),
         announce_ips: vec!["127.0.0.1".parse().unwrap()],
@@ -21,6 +25,7 @@ pub async fn start_server() -> Running {
         call_token_secret: "live-test-secret-live-test-secret".into(),
         ..Config::default()
     };
+    adjust(&mut config);
     sfu::server::start(config).await.expect("server starts")
 }
 
@@ -104,4 +109,29 @@ pub async fn flood_garbage(target: SocketAddr, count: usize) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+}
+
+/// A bare HTTP/1.0 request (keeps test dependencies down); returns status and body.
+pub async fn http(server: &Running, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
