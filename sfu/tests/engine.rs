@@ -26,14 +26,7 @@ fn errors(sim: &Sim, bot: usize) -> Vec<ErrorCode> {
 }
 
 fn room_of_three() -> Sim {
-    let mut sim = Sim::new(engine_config());
-    for name in ["a", "b", "c"] {
-        let i = sim.join(name, "room-1");
-        sim.bots[i].publish();
-        sim.deliver();
-    }
-    sim.connect_all();
-    sim
+    Sim::publishing(engine_config(), "room-1", &["a", "b", "c"])
 }
 
 #[test]
@@ -68,13 +61,7 @@ fn fast_path_and_fan_out_deliver_the_same_packets() {
     let run = |fast_path: bool| {
         let mut config = engine_config();
         config.fast_path = fast_path;
-        let mut sim = Sim::new(config);
-        for name in ["a", "b"] {
-            let i = sim.join(name, "call");
-            sim.bots[i].publish();
-            sim.deliver();
-        }
-        sim.connect_all();
+        let mut sim = Sim::publishing(config, "call", &["a", "b"]);
         sim.run_for(Duration::from_secs(1));
         // Order within each stream is the property; how audio and video
         // interleave on the wire is the pacer's business.
@@ -192,13 +179,7 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
 
 #[test]
 fn garbage_datagrams_are_dropped_and_media_keeps_flowing() {
-    let mut sim = Sim::new(engine_config());
-    for name in ["a", "b"] {
-        let i = sim.join(name, "call");
-        sim.bots[i].publish();
-        sim.deliver();
-    }
-    sim.connect_all();
+    let mut sim = Sim::publishing(engine_config(), "call", &["a", "b"]);
     sim.run_for(Duration::from_millis(500));
     let before = sim.bots[1].received_from(&pid("a"));
     let server = common::sim::SERVER.parse().unwrap();
@@ -234,9 +215,7 @@ fn garbage_datagrams_are_dropped_and_media_keeps_flowing() {
 #[test]
 fn new_subscriber_gets_a_keyframe_request_sent_to_the_publisher() {
     let mut sim = Sim::new(engine_config());
-    let a = sim.join("a", "room");
-    sim.bots[a].publish();
-    sim.deliver();
+    let a = sim.join_publishing("a", "room");
     sim.connect_all();
     sim.run_for(Duration::from_millis(500));
     let before = sim.bots[a].keyframe_requests;
@@ -290,13 +269,7 @@ fn leave_is_immediate_and_the_room_forgets_everything() {
 fn broken_path_is_reconnecting_then_recovers_then_times_out() {
     let mut config = engine_config();
     config.reconnect_grace = Duration::from_secs(15);
-    let mut sim = Sim::new(config);
-    for name in ["a", "b"] {
-        let i = sim.join(name, "call");
-        sim.bots[i].publish();
-        sim.deliver();
-    }
-    sim.connect_all();
+    let mut sim = Sim::publishing(config, "call", &["a", "b"]);
     sim.run_for(Duration::from_millis(500));
 
     let state_of_b = |sim: &Sim| {
@@ -349,13 +322,7 @@ fn broken_path_is_reconnecting_then_recovers_then_times_out() {
 
 #[test]
 fn websocket_drop_keeps_the_place_and_resume_restores_it() {
-    let mut sim = Sim::new(engine_config());
-    for name in ["a", "b"] {
-        let i = sim.join(name, "call");
-        sim.bots[i].publish();
-        sim.deliver();
-    }
-    sim.connect_all();
+    let mut sim = Sim::publishing(engine_config(), "call", &["a", "b"]);
     sim.command(1, Command::Detach);
     assert!(sim.bots[0].messages.iter().any(|m| matches!(
         m,
@@ -389,17 +356,9 @@ fn websocket_drop_keeps_the_place_and_resume_restores_it() {
 
 #[test]
 fn two_to_three_to_two_keeps_the_pair_stream_contiguous() {
-    let mut sim = Sim::new(engine_config());
-    for name in ["a", "b"] {
-        let i = sim.join(name, "room");
-        sim.bots[i].publish();
-        sim.deliver();
-    }
-    sim.connect_all();
+    let mut sim = Sim::publishing(engine_config(), "room", &["a", "b"]);
     sim.run_for(Duration::from_millis(500));
-    let c = sim.join("c", "room");
-    sim.bots[c].publish();
-    sim.deliver();
+    let c = sim.join_publishing("c", "room");
     sim.connect_all();
     sim.run_for(Duration::from_millis(500));
     sim.command(c, Command::Leave);
@@ -422,13 +381,7 @@ fn two_to_three_to_two_keeps_the_pair_stream_contiguous() {
 /// fast path is off and no single receiver speaks for the sender.
 #[test]
 fn one_to_one_feeds_the_receivers_estimate_back_to_the_sender() {
-    let mut sim = Sim::new(engine_config());
-    for name in ["a", "b"] {
-        let i = sim.join(name, "call");
-        sim.bots[i].publish();
-        sim.deliver();
-    }
-    sim.connect_all();
+    let mut sim = Sim::publishing(engine_config(), "call", &["a", "b"]);
     sim.run_for(Duration::from_secs(3));
     let remb = &sim.bots[0].remb;
     assert!(!remb.is_empty(), "a's publisher never got a REMB");
@@ -465,13 +418,7 @@ mod arbitrary_input {
             datagrams in prop::collection::vec(datagram(), 1..150),
             from_member in any::<bool>(),
         ) {
-            let mut sim = Sim::new(engine_config());
-            for name in ["a", "b"] {
-                let i = sim.join(name, "call");
-                sim.bots[i].publish();
-                sim.deliver();
-            }
-            sim.connect_all();
+            let mut sim = Sim::publishing(engine_config(), "call", &["a", "b"]);
             let server = common::sim::SERVER.parse().unwrap();
             let source = if from_member {
                 sim.bots[0].publisher_addr

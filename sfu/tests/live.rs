@@ -63,13 +63,7 @@ async fn signaling_bad_input_gets_typed_errors() {
     let server = start_server().await;
     let tokens = server.state.tokens.clone();
     let mut ws = SignalingClient::connect(&ws_url(&server)).await.unwrap();
-    let mut expect = async |text: String, code: ErrorCode| {
-        ws.send_raw(text).await.unwrap();
-        match ws.recv().await.unwrap() {
-            ServerMessage::Error { code: got, .. } => assert_eq!(got, code),
-            other => panic!("expected {code:?}, got {other:?}"),
-        }
-    };
+    let mut expect = async |text: String, code: ErrorCode| expect_error(&mut ws, text, code).await;
     expect("not json".into(), ErrorCode::BadMessage).await;
     expect(r#"{"type":"dance"}"#.into(), ErrorCode::BadMessage).await;
     expect(
@@ -121,13 +115,7 @@ async fn signaling_bad_input_gets_typed_errors() {
         ws.recv().await.unwrap(),
         ServerMessage::SubscriberOffer { .. }
     ));
-    let mut expect = async |text: String, code: ErrorCode| {
-        ws.send_raw(text).await.unwrap();
-        match ws.recv().await.unwrap() {
-            ServerMessage::Error { code: got, .. } => assert_eq!(got, code),
-            other => panic!("expected {code:?}, got {other:?}"),
-        }
-    };
+    let mut expect = async |text: String, code: ErrorCode| expect_error(&mut ws, text, code).await;
     expect(
         join(tokens.mint(&grant("r", "a")), 1),
         ErrorCode::AlreadyJoined,
@@ -162,6 +150,15 @@ async fn signaling_bad_input_gets_typed_errors() {
         ServerMessage::Left { .. }
     ));
     server.shutdown().await;
+}
+
+/// Sends `text` and asserts the reply is an error with `code`.
+async fn expect_error(ws: &mut SignalingClient, text: String, code: ErrorCode) {
+    ws.send_raw(text).await.unwrap();
+    match ws.recv().await.unwrap() {
+        ServerMessage::Error { code: got, .. } => assert_eq!(got, code),
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
 }
 
 async fn reqwest_metrics(server: &sfu::server::Running) -> String {

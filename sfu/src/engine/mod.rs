@@ -28,8 +28,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use signaling::{
-    ErrorCode, LeaveReason, ParticipantInfo, ParticipantState, PeerTarget, Permissions,
-    ServerMessage, TrackInfo, TrackKind, TrackMid,
+    ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, ParticipantState, PeerTarget,
+    Permissions, ServerMessage, TrackInfo, TrackKind, TrackMid,
 };
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
@@ -150,6 +150,28 @@ pub enum Command {
     Leave,
     /// The WebSocket closed without `leave`: the participant is reconnecting.
     Detach,
+}
+
+impl Command {
+    /// The engine command for a client message in a joined session; `None`
+    /// for the messages the session itself answers (`join`, `ping`).
+    pub fn from_client(message: ClientMessage) -> Option<Command> {
+        Some(match message {
+            ClientMessage::Join { .. } | ClientMessage::Ping { .. } => return None,
+            ClientMessage::Publish { sdp } => Command::Publish { sdp },
+            ClientMessage::Unpublish { track_id } => Command::Unpublish { track_id },
+            ClientMessage::SubscriberAnswer { sdp } => Command::SubscriberAnswer { sdp },
+            ClientMessage::Trickle { target, candidate } => Command::Trickle {
+                target,
+                candidate: candidate.candidate,
+            },
+            ClientMessage::Subscribe { track_ids } => Command::Subscribe { track_ids },
+            ClientMessage::Unsubscribe { track_ids } => Command::Unsubscribe { track_ids },
+            ClientMessage::Mute { track_id, muted } => Command::Mute { track_id, muted },
+            ClientMessage::RestartIce => Command::RestartIce,
+            ClientMessage::Leave => Command::Leave,
+        })
+    }
 }
 
 #[derive(Debug)]

@@ -234,30 +234,23 @@ enum Action {
 fn to_command(text: &str, limit: usize) -> Result<Action, ServerMessage> {
     let message =
         decode_client(text, limit).map_err(|e| ServerMessage::error(e.code(), e.to_string()))?;
-    let command = match message {
-        ClientMessage::Join { .. } => {
-            return Ok(Action::Reply(ServerMessage::error(
-                ErrorCode::AlreadyJoined,
-                "this connection already joined",
-            )));
-        }
-        ClientMessage::Ping { timestamp } => {
-            return Ok(Action::Reply(ServerMessage::Pong { timestamp }));
-        }
-        ClientMessage::Publish { sdp } => Command::Publish { sdp },
-        ClientMessage::Unpublish { track_id } => Command::Unpublish { track_id },
-        ClientMessage::SubscriberAnswer { sdp } => Command::SubscriberAnswer { sdp },
-        ClientMessage::Trickle { target, candidate } => Command::Trickle {
-            target,
-            candidate: candidate.candidate,
-        },
-        ClientMessage::Subscribe { track_ids } => Command::Subscribe { track_ids },
-        ClientMessage::Unsubscribe { track_ids } => Command::Unsubscribe { track_ids },
-        ClientMessage::Mute { track_id, muted } => Command::Mute { track_id, muted },
-        ClientMessage::RestartIce => Command::RestartIce,
-        ClientMessage::Leave => Command::Leave,
-    };
-    Ok(Action::Command(command))
+    match message {
+        ClientMessage::Join { .. } => Ok(Action::Reply(ServerMessage::error(
+            ErrorCode::AlreadyJoined,
+            "this connection already joined",
+        ))),
+        ClientMessage::Ping { timestamp } => Ok(Action::Reply(ServerMessage::Pong { timestamp })),
+        // Every other message maps to a command; the fallback cannot happen.
+        other => Ok(Command::from_client(other).map_or_else(
+            || {
+                Action::Reply(ServerMessage::error(
+                    ErrorCode::Internal,
+                    "unhandled message",
+                ))
+            },
+            Action::Command,
+        )),
+    }
 }
 
 /// Rooms live on one shard each, chosen by a hash of the room id.

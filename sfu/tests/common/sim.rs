@@ -81,6 +81,25 @@ impl Sim {
         i
     }
 
+    /// A room where each named bot joins and publishes audio and video, all
+    /// connected.
+    pub fn publishing(config: EngineConfig, room: &str, names: &[&str]) -> Sim {
+        let mut sim = Sim::new(config);
+        for name in names {
+            sim.join_publishing(name, room);
+        }
+        sim.connect_all();
+        sim
+    }
+
+    /// Joins a bot to `room` and has it publish audio and video.
+    pub fn join_publishing(&mut self, name: &str, room: &str) -> usize {
+        let i = self.join(name, room);
+        self.bots[i].publish();
+        self.deliver();
+        i
+    }
+
     pub fn command(&mut self, i: usize, command: Command) {
         self.engine
             .handle_input(Input::Command(Sim::conn(i), command), self.now);
@@ -196,19 +215,5 @@ impl Sim {
 }
 
 pub fn to_command(message: ClientMessage) -> Command {
-    match message {
-        ClientMessage::Publish { sdp } => Command::Publish { sdp },
-        ClientMessage::SubscriberAnswer { sdp } => Command::SubscriberAnswer { sdp },
-        ClientMessage::Trickle { target, candidate } => Command::Trickle {
-            target,
-            candidate: candidate.candidate,
-        },
-        ClientMessage::Subscribe { track_ids } => Command::Subscribe { track_ids },
-        ClientMessage::Unsubscribe { track_ids } => Command::Unsubscribe { track_ids },
-        ClientMessage::Unpublish { track_id } => Command::Unpublish { track_id },
-        ClientMessage::Mute { track_id, muted } => Command::Mute { track_id, muted },
-        ClientMessage::RestartIce => Command::RestartIce,
-        ClientMessage::Leave => Command::Leave,
-        other => panic!("bots do not send {other:?} through the engine"),
-    }
+    Command::from_client(message).expect("bots send join and ping only over a real socket")
 }
