@@ -1,5 +1,7 @@
-//! The call-control plane. So far: call tokens (`call_token`). The call state
-//! machine, device registry, push senders and the HTTP API come with their
-//! issues; nothing here pretends to do them yet.
+//! The call-control plane. So far: call tokens (`call_token`) and the pure
+//! call state machine (`call`). The store, device registry, ringing, push
+//! senders and the HTTP API come with their issues; nothing here pretends to
+//! do them yet, and `switchboard` does not mount call control.
 
+pub mod call;
 pub mod call_token;

@@ -1,0 +1,681 @@
+//! One call's state machine: the only place a call or participant changes
+//! state. Pure: inputs carry the wall-clock time (`UnixMillis`, since calls
+//! outlive a process and deadlines are persisted), outputs are effects for
+//! the shell (ring or stop ringing a device, tell the participants) and the
+//! next deadline. Nothing here touches a store, a socket or a clock.
+
+use std::fmt;
+
+/// Milliseconds since the Unix epoch, as given by the caller.
+pub type UnixMillis = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallType {
+    Audio,
+    Video,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    Created,
+    Ringing,
+    /// Someone accepted; waiting for media to connect.
+    Connecting,
+    Connected,
+    Ended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParticipantState {
+    Invited,
+    Ringing,
+    Accepted,
+    Declined,
+    Busy,
+    Left,
+    Missed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Host,
+    Member,
+}
+
+/// Why a call ended. Every ended call has exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Completed,
+    Declined,
+    Busy,
+    Timeout,
+    CallerCancelled,
+    AnsweredElsewhere,
+    DeclinedElsewhere,
+    NoDevices,
+    Failed,
+}
+
+/// Why a device stops ringing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    AnsweredElsewhere,
+    DeclinedElsewhere,
+    CallerCancelled,
+    /// Nobody answered in time: a missed call.
+    Missed,
+    /// The call ended for another reason (e.g. the other callee's decline).
+    CallEnded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingState {
+    /// Sent (over the WebSocket or a push), not yet acknowledged.
+    Sent,
+    /// The device acknowledged: its call UI is showing.
+    Acknowledged,
+    /// This device accepted the call (it holds it now).
+    Answered,
+    /// This device declined the call.
+    Declined,
+    /// Told to stop ringing, with the reason.
+    Stopped(StopReason),
+}
+
+impl RingState {
+    /// No longer ringing, for whatever reason.
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            RingState::Answered | RingState::Declined | RingState::Stopped(_)
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ring {
+    pub device_id: String,
+    pub state: RingState,
+    pub sent_at: UnixMillis,
+    pub acknowledged_at: Option<UnixMillis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Participant {
+    pub participant_id: String,
+    pub user_id: String,
+    pub role: Role,
+    pub state: ParticipantState,
+    /// The device that holds the call (the caller's, or the one that accepted).
+    pub device_id: Option<String>,
+    /// The participant is in the SFU room (possibly reconnecting).
+    pub in_media: bool,
+    pub rings: Vec<Ring>,
+}
+
+/// Timers the server owns, with the reasons for their defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// How long callees ring: long enough to find the phone, short enough not
+    /// to ring on after the caller gave up (mission 7.3: 30-45 s).
+    pub ring_ms: u64,
+    /// From accept to connected media (mission 7.3: 20 s).
+    pub connect_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            ring_ms: 40_000,
+            connect_ms: 20_000,
+        }
+    }
+}
+
+/// A callee as the caller of [`Call::create`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callee {
+    pub user_id: String,
+    pub participant_id: String,
+    /// The devices to ring (already bounded and ordered by the ringing policy).
+    pub devices: Vec<String>,
+    /// Already in a connected call.
+    pub busy: bool,
+}
+
+/// What happened, for the participants' devices (`call.*` events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    Ringing { user_id: String },
+    Accepted { user_id: String, device_id: String },
+    Declined { user_id: String },
+    Busy { user_id: String },
+    Missed { user_id: String },
+    Connected,
+    ParticipantLeft { user_id: String },
+    Ended { reason: EndReason },
+}
+
+/// What the shell must do after an input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Ring {
+        user_id: String,
+        device_id: String,
+    },
+    StopRing {
+        user_id: String,
+        device_id: String,
+        reason: StopReason,
+    },
+    /// Tell every participant's devices.
+    Event(CallEvent),
+}
+
+/// A request the machine refuses; nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    /// The user is not in this call (403).
+    NotParticipant,
+    /// Only the caller may cancel, only callees may accept or decline (403).
+    WrongRole,
+    /// The call already ended (409).
+    Ended,
+    /// Another device of this user answered first (409 answered_elsewhere).
+    AnsweredElsewhere,
+    /// The user already declined (409).
+    AlreadyDeclined,
+    /// Too late to cancel: someone answered; end the call instead (409).
+    AlreadyAnswered,
+    /// The device was not rung for this call (403).
+    UnknownDevice,
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            CallError::NotParticipant => "not a participant of this call",
+            CallError::WrongRole => "not allowed for your role in this call",
+            CallError::Ended => "the call has ended",
+            CallError::AnsweredElsewhere => "answered on another device",
+            CallError::AlreadyDeclined => "already declined",
+            CallError::AlreadyAnswered => "already answered: end the call instead",
+            CallError::UnknownDevice => "this device was not rung for the call",
+        };
+        f.write_str(s)
+    }
+}
+
+/// What an accepted `accept` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// This request won.
+    Now,
+    /// The same device had already accepted: a retry, nothing changed.
+    Already,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub call_id: String,
+    pub call_type: CallType,
+    pub state: CallState,
+    pub initiator_user_id: String,
+    pub participants: Vec<Participant>,
+    pub created_at: UnixMillis,
+    pub answered_at: Option<UnixMillis>,
+    pub connected_at: Option<UnixMillis>,
+    pub ended_at: Option<UnixMillis>,
+    pub end_reason: Option<EndReason>,
+    pub ring_deadline: Option<UnixMillis>,
+    pub connect_deadline: Option<UnixMillis>,
+    pub timeouts: Timeouts,
+}
+
+impl Call {
+    /// Creates a call and rings the callees' devices. A call nobody can be
+    /// rung for ends at once (`busy` or `no_devices`).
+    pub fn create(
+        call_id: String,
+        call_type: CallType,
+        caller: (String, String, String),
+        callees: Vec<Callee>,
+        timeouts: Timeouts,
+        now: UnixMillis,
+    ) -> (Call, Vec<Effect>) {
+        let (caller_user, caller_participant, caller_device) = caller;
+        let mut participants = vec![Participant {
+            participant_id: caller_participant,
+            user_id: caller_user.clone(),
+            role: Role::Host,
+            state: ParticipantState::Accepted,
+            device_id: Some(caller_device),
+            in_media: false,
+            rings: Vec::new(),
+        }];
+        let mut effects = Vec::new();
+        for callee in callees {
+            let state = if callee.busy {
+                ParticipantState::Busy
+            } else if callee.devices.is_empty() {
+                ParticipantState::Missed
+            } else {
+                ParticipantState::Ringing
+            };
+            let rings = if state == ParticipantState::Ringing {
+                callee
+                    .devices
+                    .iter()
+                    .map(|d| Ring {
+                        device_id: d.clone(),
+                        state: RingState::Sent,
+                        sent_at: now,
+                        acknowledged_at: None,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for ring in &rings {
+                effects.push(Effect::Ring {
+                    user_id: callee.user_id.clone(),
+                    device_id: ring.device_id.clone(),
+                });
+            }
+            match state {
+                ParticipantState::Busy => effects.push(Effect::Event(CallEvent::Busy {
+                    user_id: callee.user_id.clone(),
+                })),
+                ParticipantState::Ringing => effects.push(Effect::Event(CallEvent::Ringing {
+                    user_id: callee.user_id.clone(),
+                })),
+                _ => {}
+            }
+            participants.push(Participant {
+                participant_id: callee.participant_id,
+                user_id: callee.user_id,
+                role: Role::Member,
+                state,
+                device_id: None,
+                in_media: false,
+                rings,
+            });
+        }
+        let mut call = Call {
+            call_id,
+            call_type,
+            state: CallState::Created,
+            initiator_user_id: caller_user,
+            participants,
+            created_at: now,
+            answered_at: None,
+            connected_at: None,
+            ended_at: None,
+            end_reason: None,
+            ring_deadline: None,
+            connect_deadline: None,
+            timeouts,
+        };
+        let callees = || call.participants.iter().filter(|p| p.role == Role::Member);
+        if callees().any(|p| p.state == ParticipantState::Ringing) {
+            call.state = CallState::Ringing;
+            call.ring_deadline = Some(now + timeouts.ring_ms);
+        } else {
+            let reason = if callees().any(|p| p.state == ParticipantState::Busy) {
+                EndReason::Busy
+            } else {
+                EndReason::NoDevices
+            };
+            call.finish(reason, now, &mut effects);
+        }
+        (call, effects)
+    }
+
+    /// The earliest time [`Call::handle_timeout`] has something to do.
+    pub fn next_deadline(&self) -> Option<UnixMillis> {
+        match self.state {
+            CallState::Ringing => self.ring_deadline,
+            CallState::Connecting => {
+                // Callees still ringing in a group call time out too.
+                match (self.connect_deadline, self.ring_deadline) {
+                    (Some(c), Some(r)) if self.anyone_ringing() => Some(c.min(r)),
+                    (c, _) => c,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    pub fn participant(&self, user_id: &str) -> Option<&Participant> {
+        self.participants.iter().find(|p| p.user_id == user_id)
+    }
+
+    fn index_of(&self, user_id: &str) -> Result<usize, CallError> {
+        self.participants
+            .iter()
+            .position(|p| p.user_id == user_id)
+            .ok_or(CallError::NotParticipant)
+    }
+
+    fn anyone_ringing(&self) -> bool {
+        self.participants
+            .iter()
+            .any(|p| p.state == ParticipantState::Ringing)
+    }
+
+    /// The device acknowledged the ring: its call UI is showing.
+    pub fn acknowledge_ring(
+        &mut self,
+        user_id: &str,
+        device_id: &str,
+        now: UnixMillis,
+    ) -> Result<(), CallError> {
+        let i = self.index_of(user_id)?;
+        let ring = self.participants[i]
+            .rings
+            .iter_mut()
+            .find(|r| r.device_id == device_id)
+            .ok_or(CallError::UnknownDevice)?;
+        if ring.state == RingState::Sent {
+            ring.state = RingState::Acknowledged;
+            ring.acknowledged_at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// First accept wins. The same device accepting again is a retry.
+    pub fn accept(
+        &mut self,
+        user_id: &str,
+        device_id: &str,
+        now: UnixMillis,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Accepted, CallError> {
+        let i = self.index_of(user_id)?;
+        let p = &self.participants[i];
+        if p.role != Role::Member {
+            return Err(CallError::WrongRole);
+        }
+        match p.state {
+            ParticipantState::Accepted if p.device_id.as_deref() == Some(device_id) => {
+                return Ok(Accepted::Already);
+            }
+            ParticipantState::Accepted => return Err(CallError::AnsweredElsewhere),
+            ParticipantState::Declined => return Err(CallError::AlreadyDeclined),
+            _ => {}
+        }
+        if self.state == CallState::Ended {
+            return Err(CallError::Ended);
+        }
+        if p.state != ParticipantState::Ringing {
+            // Missed, busy or left: too late to pick up.
+            return Err(CallError::Ended);
+        }
+        if !p.rings.iter().any(|r| r.device_id == device_id) {
+            return Err(CallError::UnknownDevice);
+        }
+        let p = &mut self.participants[i];
+        p.state = ParticipantState::Accepted;
+        p.device_id = Some(device_id.to_string());
+        let user = p.user_id.clone();
+        mark_ring(p, device_id, RingState::Answered, now);
+        stop_rings(p, StopReason::AnsweredElsewhere, effects);
+        effects.push(Effect::Event(CallEvent::Accepted {
+            user_id: user,
+            device_id: device_id.to_string(),
+        }));
+        if self.state == CallState::Ringing {
+            self.state = CallState::Connecting;
+            self.answered_at = Some(now);
+            self.connect_deadline = Some(now + self.timeouts.connect_ms);
+        }
+        Ok(Accepted::Now)
+    }
+
+    pub fn decline(
+        &mut self,
+        user_id: &str,
+        device_id: &str,
+        now: UnixMillis,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), CallError> {
+        let i = self.index_of(user_id)?;
+        let p = &self.participants[i];
+        if p.role != Role::Member {
+            return Err(CallError::WrongRole);
+        }
+        match p.state {
+            ParticipantState::Declined => return Ok(()),
+            ParticipantState::Accepted => return Err(CallError::AlreadyAnswered),
+            _ => {}
+        }
+        if self.state == CallState::Ended || p.state != ParticipantState::Ringing {
+            return Err(CallError::Ended);
+        }
+        if !p.rings.iter().any(|r| r.device_id == device_id) {
+            return Err(CallError::UnknownDevice);
+        }
+        let p = &mut self.participants[i];
+        p.state = ParticipantState::Declined;
+        let user = p.user_id.clone();
+        mark_ring(p, device_id, RingState::Declined, now);
+        stop_rings(p, StopReason::DeclinedElsewhere, effects);
+        effects.push(Effect::Event(CallEvent::Declined { user_id: user }));
+        self.end_if_nobody_left(EndReason::Declined, now, effects);
+        Ok(())
+    }
+
+    /// The caller gives up before anyone answered.
+    pub fn cancel(
+        &mut self,
+        user_id: &str,
+        now: UnixMillis,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), CallError> {
+        let i = self.index_of(user_id)?;
+        if self.participants[i].role != Role::Host {
+            return Err(CallError::WrongRole);
+        }
+        match self.state {
+            CallState::Ended if self.end_reason == Some(EndReason::CallerCancelled) => Ok(()),
+            CallState::Ended => Err(CallError::Ended),
+            CallState::Created | CallState::Ringing => {
+                self.finish(EndReason::CallerCancelled, now, effects);
+                Ok(())
+            }
+            CallState::Connecting | CallState::Connected => Err(CallError::AlreadyAnswered),
+        }
+    }
+
+    /// A participant hangs up. The caller ending a ringing call cancels it; a
+    /// ringing callee ending it declines.
+    pub fn end(
+        &mut self,
+        user_id: &str,
+        now: UnixMillis,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), CallError> {
+        let i = self.index_of(user_id)?;
+        if self.state == CallState::Ended {
+            return Ok(()); // ending an ended call is a retry
+        }
+        let p = &self.participants[i];
+        match (p.role, p.state, self.state) {
+            (Role::Host, _, CallState::Ringing | CallState::Created) => {
+                self.finish(EndReason::CallerCancelled, now, effects);
+                Ok(())
+            }
+            (Role::Member, ParticipantState::Ringing, _) => {
+                let device = p
+                    .rings
+                    .first()
+                    .map(|r| r.device_id.clone())
+                    .unwrap_or_default();
+                self.decline(user_id, &device, now, effects)
+            }
+            (_, ParticipantState::Accepted, _) => {
+                self.leave(i, EndReason::Completed, now, effects);
+                Ok(())
+            }
+            // Declined, missed, busy or already left: nothing to end.
+            _ => Ok(()),
+        }
+    }
+
+    /// The SFU says this participant's media connected.
+    pub fn media_connected(&mut self, user_id: &str, now: UnixMillis, effects: &mut Vec<Effect>) {
+        let Ok(i) = self.index_of(user_id) else {
+            return;
+        };
+        if self.participants[i].state != ParticipantState::Accepted {
+            return;
+        }
+        self.participants[i].in_media = true;
+        let in_media = self
+            .participants
+            .iter()
+            .filter(|p| p.state == ParticipantState::Accepted && p.in_media)
+            .count();
+        if self.state == CallState::Connecting && in_media >= 2 {
+            self.state = CallState::Connected;
+            self.connected_at = Some(now);
+            self.connect_deadline = None;
+            effects.push(Effect::Event(CallEvent::Connected));
+        }
+    }
+
+    /// The SFU removed this participant (left, or its grace period ran out).
+    /// A participant merely reconnecting is not reported here: the call goes on.
+    pub fn media_left(&mut self, user_id: &str, now: UnixMillis, effects: &mut Vec<Effect>) {
+        let Ok(i) = self.index_of(user_id) else {
+            return;
+        };
+        if self.state == CallState::Ended
+            || self.participants[i].state != ParticipantState::Accepted
+        {
+            return;
+        }
+        if !self.participants[i].in_media {
+            return;
+        }
+        // Media lost before the call ever connected is a failure.
+        let reason = if self.state == CallState::Connected {
+            EndReason::Completed
+        } else {
+            EndReason::Failed
+        };
+        self.leave(i, reason, now, effects);
+    }
+
+    /// Participant `i` hangs up or drops; the call ends (with `reason`) when
+    /// all but one have left and nobody else is still being rung.
+    fn leave(&mut self, i: usize, reason: EndReason, now: UnixMillis, effects: &mut Vec<Effect>) {
+        let p = &mut self.participants[i];
+        p.state = ParticipantState::Left;
+        p.in_media = false;
+        let user = p.user_id.clone();
+        effects.push(Effect::Event(CallEvent::ParticipantLeft { user_id: user }));
+        let remaining = self
+            .participants
+            .iter()
+            .filter(|p| p.state == ParticipantState::Accepted)
+            .count();
+        let waiting_for_someone = remaining == 1 && self.anyone_ringing();
+        if remaining <= 1 && !waiting_for_someone {
+            self.finish(reason, now, effects);
+        }
+    }
+
+    /// Fires the ring and connect timers whose time has come.
+    pub fn handle_timeout(&mut self, now: UnixMillis, effects: &mut Vec<Effect>) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        if self.ring_deadline.is_some_and(|d| d <= now) && self.anyone_ringing() {
+            for p in &mut self.participants {
+                if p.state == ParticipantState::Ringing {
+                    p.state = ParticipantState::Missed;
+                    let user = p.user_id.clone();
+                    stop_rings(p, StopReason::Missed, effects);
+                    effects.push(Effect::Event(CallEvent::Missed { user_id: user }));
+                }
+            }
+            if self.state == CallState::Ringing {
+                self.finish(EndReason::Timeout, now, effects);
+                return;
+            }
+        }
+        if self.state == CallState::Connecting && self.connect_deadline.is_some_and(|d| d <= now) {
+            self.finish(EndReason::Failed, now, effects);
+        }
+    }
+
+    /// Ends the call if no callee is ringing or in it any more.
+    fn end_if_nobody_left(
+        &mut self,
+        reason: EndReason,
+        now: UnixMillis,
+        effects: &mut Vec<Effect>,
+    ) {
+        let callee_alive = self.participants.iter().any(|p| {
+            p.role == Role::Member
+                && matches!(
+                    p.state,
+                    ParticipantState::Ringing | ParticipantState::Accepted
+                )
+        });
+        if !callee_alive {
+            self.finish(reason, now, effects);
+        }
+    }
+
+    /// Ends the call: every ring stops, everyone still ringing missed it.
+    fn finish(&mut self, reason: EndReason, now: UnixMillis, effects: &mut Vec<Effect>) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        let stop = match reason {
+            EndReason::CallerCancelled => StopReason::CallerCancelled,
+            EndReason::Timeout => StopReason::Missed,
+            _ => StopReason::CallEnded,
+        };
+        for p in &mut self.participants {
+            stop_rings(p, stop, effects);
+            p.state = match p.state {
+                ParticipantState::Ringing | ParticipantState::Invited => ParticipantState::Missed,
+                ParticipantState::Accepted => ParticipantState::Left,
+                s => s,
+            };
+            p.in_media = false;
+        }
+        self.state = CallState::Ended;
+        self.end_reason = Some(reason);
+        self.ended_at = Some(now);
+        self.ring_deadline = None;
+        self.connect_deadline = None;
+        effects.push(Effect::Event(CallEvent::Ended { reason }));
+    }
+}
+
+/// Records what one device did with its ring.
+fn mark_ring(p: &mut Participant, device_id: &str, state: RingState, now: UnixMillis) {
+    if let Some(ring) = p.rings.iter_mut().find(|r| r.device_id == device_id) {
+        ring.state = state;
+        ring.acknowledged_at.get_or_insert(now);
+    }
+}
+
+/// Stops every ring of `p` still live, telling each device why.
+fn stop_rings(p: &mut Participant, reason: StopReason, effects: &mut Vec<Effect>) {
+    for ring in &mut p.rings {
+        if ring.state.is_done() {
+            continue;
+        }
+        ring.state = RingState::Stopped(reason);
+        effects.push(Effect::StopRing {
+            user_id: p.user_id.clone(),
+            device_id: ring.device_id.clone(),
+            reason,
+        });
+    }
+}

@@ -1,0 +1,414 @@
+//! The call state machine, with a fake clock: tables of requests and what
+//! they must do, then a proptest of random interleavings against invariants.
+
+use std::collections::HashMap;
+
+use control::call::*;
+
+const T0: UnixMillis = 1_764_000_000_000;
+
+fn callee(user: &str, devices: &[&str]) -> Callee {
+    Callee {
+        user_id: user.into(),
+        participant_id: format!("p-{user}"),
+        devices: devices.iter().map(|d| d.to_string()).collect(),
+        busy: false,
+    }
+}
+
+fn one_to_one(devices: &[&str]) -> (Call, Vec<Effect>) {
+    Call::create(
+        "call-1".into(),
+        CallType::Video,
+        ("alice".into(), "p-alice".into(), "alice-phone".into()),
+        vec![callee("bob", devices)],
+        Timeouts::default(),
+        T0,
+    )
+}
+
+fn stops(effects: &[Effect]) -> Vec<(String, StopReason)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::StopRing {
+                device_id, reason, ..
+            } => Some((device_id.clone(), *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn state_of(call: &Call, user: &str) -> ParticipantState {
+    call.participant(user).unwrap().state
+}
+
+#[test]
+fn create_rings_every_device_of_the_callee() {
+    let (call, effects) = one_to_one(&["bob-phone", "bob-tablet"]);
+    assert_eq!(call.state, CallState::Ringing);
+    assert_eq!(call.ring_deadline, Some(T0 + 40_000));
+    let rung: Vec<_> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Ring { device_id, .. } => Some(device_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rung, vec!["bob-phone", "bob-tablet"]);
+    assert_eq!(state_of(&call, "bob"), ParticipantState::Ringing);
+}
+
+#[test]
+fn first_accept_wins_and_the_other_devices_are_cancelled() {
+    let (mut call, _) = one_to_one(&["bob-phone", "bob-tablet", "bob-web"]);
+    let mut fx = Vec::new();
+    assert_eq!(
+        call.accept("bob", "bob-tablet", T0 + 3_000, &mut fx),
+        Ok(Accepted::Now)
+    );
+    assert_eq!(call.state, CallState::Connecting);
+    assert_eq!(call.connect_deadline, Some(T0 + 23_000));
+    assert_eq!(
+        stops(&fx),
+        vec![
+            ("bob-phone".into(), StopReason::AnsweredElsewhere),
+            ("bob-web".into(), StopReason::AnsweredElsewhere)
+        ]
+    );
+    let mut again = Vec::new();
+    assert_eq!(
+        call.accept("bob", "bob-tablet", T0 + 3_100, &mut again),
+        Ok(Accepted::Already)
+    );
+    assert!(again.is_empty());
+    assert_eq!(
+        call.accept("bob", "bob-phone", T0 + 3_100, &mut again),
+        Err(CallError::AnsweredElsewhere)
+    );
+    assert!(again.is_empty());
+}
+
+#[test]
+fn decline_ends_a_one_to_one_call_and_cancels_the_other_devices() {
+    let (mut call, _) = one_to_one(&["bob-phone", "bob-tablet"]);
+    let mut fx = Vec::new();
+    call.decline("bob", "bob-phone", T0 + 2_000, &mut fx)
+        .unwrap();
+    assert_eq!(call.state, CallState::Ended);
+    assert_eq!(call.end_reason, Some(EndReason::Declined));
+    assert_eq!(
+        stops(&fx),
+        vec![("bob-tablet".into(), StopReason::DeclinedElsewhere)]
+    );
+}
+
+#[test]
+fn caller_cancel_before_answer_and_not_after() {
+    let (mut call, _) = one_to_one(&["bob-phone"]);
+    let mut fx = Vec::new();
+    assert_eq!(call.cancel("bob", T0, &mut fx), Err(CallError::WrongRole));
+    call.cancel("alice", T0 + 1_000, &mut fx).unwrap();
+    assert_eq!(call.end_reason, Some(EndReason::CallerCancelled));
+    assert_eq!(state_of(&call, "bob"), ParticipantState::Missed);
+    assert_eq!(
+        stops(&fx),
+        vec![("bob-phone".into(), StopReason::CallerCancelled)]
+    );
+
+    let (mut call, _) = one_to_one(&["bob-phone"]);
+    call.accept("bob", "bob-phone", T0 + 1_000, &mut fx)
+        .unwrap();
+    assert_eq!(
+        call.cancel("alice", T0 + 2_000, &mut fx),
+        Err(CallError::AlreadyAnswered)
+    );
+    assert_eq!(call.state, CallState::Connecting);
+}
+
+#[test]
+fn nobody_answers_the_ring_times_out_as_missed() {
+    let (mut call, _) = one_to_one(&["bob-phone"]);
+    let mut fx = Vec::new();
+    call.handle_timeout(T0 + 39_999, &mut fx);
+    assert_eq!(call.state, CallState::Ringing);
+    call.handle_timeout(T0 + 40_000, &mut fx);
+    assert_eq!(call.end_reason, Some(EndReason::Timeout));
+    assert_eq!(state_of(&call, "bob"), ParticipantState::Missed);
+    assert_eq!(stops(&fx), vec![("bob-phone".into(), StopReason::Missed)]);
+    assert_eq!(call.next_deadline(), None);
+}
+
+#[test]
+fn media_must_connect_in_time_after_accept() {
+    let (mut call, _) = one_to_one(&["bob-phone"]);
+    let mut fx = Vec::new();
+    call.accept("bob", "bob-phone", T0 + 1_000, &mut fx)
+        .unwrap();
+    call.media_connected("alice", T0 + 1_500, &mut fx);
+    assert_eq!(call.next_deadline(), Some(T0 + 21_000));
+    call.handle_timeout(T0 + 21_000, &mut fx);
+    assert_eq!(call.end_reason, Some(EndReason::Failed));
+}
+
+#[test]
+fn connected_when_both_are_in_media_and_completed_when_one_leaves() {
+    let (mut call, _) = one_to_one(&["bob-phone"]);
+    let mut fx = Vec::new();
+    call.media_connected("alice", T0 + 100, &mut fx); // the caller joins at once
+    assert_eq!(call.state, CallState::Ringing);
+    call.accept("bob", "bob-phone", T0 + 1_000, &mut fx)
+        .unwrap();
+    call.media_connected("bob", T0 + 1_400, &mut fx);
+    assert_eq!(call.state, CallState::Connected);
+    assert_eq!(call.connected_at, Some(T0 + 1_400));
+    assert_eq!(call.next_deadline(), None, "a connected call has no timer");
+    call.media_left("bob", T0 + 60_000, &mut fx);
+    assert_eq!(call.end_reason, Some(EndReason::Completed));
+    assert_eq!(call.ended_at, Some(T0 + 60_000));
+}
+
+#[test]
+fn a_busy_callee_or_one_without_devices_ends_the_call_at_once() {
+    let mut busy = callee("bob", &["bob-phone"]);
+    busy.busy = true;
+    let (call, fx) = Call::create(
+        "c".into(),
+        CallType::Audio,
+        ("alice".into(), "p-a".into(), "d-a".into()),
+        vec![busy],
+        Timeouts::default(),
+        T0,
+    );
+    assert_eq!(call.end_reason, Some(EndReason::Busy));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Ring { .. })));
+
+    let (call, _) = one_to_one(&[]);
+    assert_eq!(call.end_reason, Some(EndReason::NoDevices));
+}
+
+#[test]
+fn group_call_goes_on_when_one_callee_declines() {
+    let (mut call, _) = Call::create(
+        "g".into(),
+        CallType::Video,
+        ("alice".into(), "p-a".into(), "d-a".into()),
+        vec![callee("bob", &["b1"]), callee("carol", &["c1"])],
+        Timeouts::default(),
+        T0,
+    );
+    let mut fx = Vec::new();
+    call.decline("bob", "b1", T0 + 1_000, &mut fx).unwrap();
+    assert_eq!(call.state, CallState::Ringing);
+    call.accept("carol", "c1", T0 + 2_000, &mut fx).unwrap();
+    assert_eq!(call.state, CallState::Connecting);
+}
+
+#[test]
+fn strangers_and_wrong_roles_are_refused_and_change_nothing() {
+    let (mut call, _) = one_to_one(&["bob-phone"]);
+    let before = call.clone();
+    let mut fx = Vec::new();
+    assert_eq!(
+        call.accept("mallory", "m", T0, &mut fx),
+        Err(CallError::NotParticipant)
+    );
+    assert_eq!(
+        call.accept("alice", "alice-phone", T0, &mut fx),
+        Err(CallError::WrongRole)
+    );
+    assert_eq!(
+        call.accept("bob", "not-rung", T0, &mut fx),
+        Err(CallError::UnknownDevice)
+    );
+    assert_eq!(
+        call.decline("alice", "alice-phone", T0, &mut fx),
+        Err(CallError::WrongRole)
+    );
+    assert_eq!(
+        call.end("mallory", T0, &mut fx),
+        Err(CallError::NotParticipant)
+    );
+    assert_eq!(
+        call.acknowledge_ring("bob", "nope", T0),
+        Err(CallError::UnknownDevice)
+    );
+    assert_eq!(call, before);
+    assert!(fx.is_empty());
+}
+
+mod interleavings {
+    use super::*;
+    use proptest::prelude::*;
+
+    const USERS: [&str; 3] = ["alice", "bob", "carol"];
+    const DEVICES: [&str; 3] = ["d0", "d1", "d2"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Accept(usize, usize),
+        Decline(usize, usize),
+        Cancel(usize),
+        End(usize),
+        Ack(usize, usize),
+        MediaConnected(usize),
+        MediaLeft(usize),
+        /// A participant in the SFU's reconnecting grace period: the machine
+        /// is not told, and the call must go on regardless.
+        Reconnecting,
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let u = 0..USERS.len();
+        let d = 0..DEVICES.len();
+        prop_oneof![
+            (u.clone(), d.clone()).prop_map(|(u, d)| Op::Accept(u, d)),
+            (u.clone(), d.clone()).prop_map(|(u, d)| Op::Decline(u, d)),
+            u.clone().prop_map(Op::Cancel),
+            u.clone().prop_map(Op::End),
+            (u.clone(), d).prop_map(|(u, d)| Op::Ack(u, d)),
+            u.clone().prop_map(Op::MediaConnected),
+            u.prop_map(Op::MediaLeft),
+            Just(Op::Reconnecting),
+            (0u64..30_000).prop_map(Op::Advance),
+        ]
+    }
+
+    /// Applies `op`; the result is compared when the op is replayed.
+    fn apply(call: &mut Call, op: &Op, now: &mut UnixMillis, fx: &mut Vec<Effect>) -> String {
+        let user = |i: usize| USERS[i];
+        let dev = |u: usize, d: usize| format!("{}-{}", USERS[u], DEVICES[d]);
+        match *op {
+            Op::Accept(u, d) => format!("{:?}", call.accept(user(u), &dev(u, d), *now, fx)),
+            Op::Decline(u, d) => format!("{:?}", call.decline(user(u), &dev(u, d), *now, fx)),
+            Op::Cancel(u) => format!("{:?}", call.cancel(user(u), *now, fx)),
+            Op::End(u) => format!("{:?}", call.end(user(u), *now, fx)),
+            Op::Ack(u, d) => format!("{:?}", call.acknowledge_ring(user(u), &dev(u, d), *now)),
+            Op::MediaConnected(u) => {
+                call.media_connected(user(u), *now, fx);
+                String::new()
+            }
+            Op::MediaLeft(u) => {
+                call.media_left(user(u), *now, fx);
+                String::new()
+            }
+            Op::Reconnecting => String::new(),
+            Op::Advance(ms) => {
+                *now += ms;
+                call.handle_timeout(*now, fx);
+                String::new()
+            }
+        }
+    }
+
+    fn check_invariants(call: &Call, stop_effects: &HashMap<(String, String), usize>) {
+        if call.state == CallState::Ended {
+            assert!(call.end_reason.is_some(), "ended without a reason");
+            assert!(call.ended_at.is_some());
+            assert_eq!(call.next_deadline(), None);
+        } else {
+            assert!(call.end_reason.is_none());
+        }
+        if call.state == CallState::Ringing {
+            assert!(call.ring_deadline.is_some(), "ringing with no timer");
+        }
+        for p in &call.participants {
+            let answered = p
+                .rings
+                .iter()
+                .filter(|r| r.state == RingState::Answered)
+                .count();
+            assert!(
+                answered <= 1,
+                "{} answered on {answered} devices",
+                p.user_id
+            );
+            if p.state == ParticipantState::Accepted && p.role == Role::Member {
+                let holder = p.device_id.as_deref().expect("accepted on a device");
+                assert!(
+                    p.rings
+                        .iter()
+                        .any(|r| r.device_id == holder && r.state == RingState::Answered)
+                );
+            }
+            if p.state != ParticipantState::Ringing {
+                for r in &p.rings {
+                    assert!(
+                        r.state.is_done(),
+                        "{} {} still ringing",
+                        p.user_id,
+                        r.device_id
+                    );
+                }
+            }
+            for r in &p.rings {
+                let told = stop_effects
+                    .get(&(p.user_id.clone(), r.device_id.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                let stopped = usize::from(matches!(r.state, RingState::Stopped(_)));
+                assert_eq!(
+                    told, stopped,
+                    "{} {}: {told} stop effects",
+                    p.user_id, r.device_id
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+        #[test]
+        fn random_interleavings_keep_every_invariant(
+            group in any::<bool>(),
+            ops in prop::collection::vec(op(), 1..40),
+        ) {
+            let mut callees = vec![callee("bob", &["bob-d0", "bob-d1", "bob-d2"])];
+            if group {
+                callees.push(callee("carol", &["carol-d0", "carol-d1"]));
+            }
+            let (mut call, effects) = Call::create(
+                "c".into(),
+                CallType::Video,
+                ("alice".into(), "p-alice".into(), "alice-d0".into()),
+                callees,
+                Timeouts::default(),
+                T0,
+            );
+            let mut now = T0;
+            let mut stop_effects: HashMap<(String, String), usize> = HashMap::new();
+            let count = |fx: &[Effect], stop_effects: &mut HashMap<(String, String), usize>| {
+                for e in fx {
+                    if let Effect::StopRing { user_id, device_id, .. } = e {
+                        *stop_effects.entry((user_id.clone(), device_id.clone())).or_default() += 1;
+                    }
+                }
+            };
+            count(&effects, &mut stop_effects);
+            check_invariants(&call, &stop_effects);
+            for op in &ops {
+                let before = call.clone();
+                let mut fx = Vec::new();
+                let result = apply(&mut call, op, &mut now, &mut fx);
+                count(&fx, &mut stop_effects);
+                check_invariants(&call, &stop_effects);
+                if before.state == CallState::Ended {
+                    prop_assert_eq!(&call, &before, "an ended call changed");
+                }
+                // A replayed request changes nothing and answers the same.
+                if !matches!(op, Op::Advance(_)) {
+                    let after = call.clone();
+                    let mut again = Vec::new();
+                    let mut t = now;
+                    let replayed = apply(&mut call, op, &mut t, &mut again);
+                    prop_assert_eq!(&call, &after, "replaying {:?} changed the call", op);
+                    prop_assert!(again.is_empty(), "replaying {:?} had effects {:?}", op, again);
+                    let same = replayed == result
+                        || (result == "Ok(Now)" && replayed == "Ok(Already)");
+                    prop_assert!(same, "replaying {:?}: {} then {}", op, result, replayed);
+                }
+            }
+        }
+    }
+}
