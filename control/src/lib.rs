@@ -1,8 +1,11 @@
 //! The call-control plane. So far: call tokens (`call_token`), API keys and
-//! user access tokens (`auth`) and the pure call state machine (`call`). The store, device registry, ringing, push
+//! user access tokens (`auth`), the pure call state machine (`call`), the
+//! device model (`device`) and the embedded store (`store`). The store, device registry, ringing, push
 //! senders and the HTTP API come with their issues; nothing here pretends to
 //! do them yet, and `switchboard` does not mount call control.
 
 pub mod auth;
 pub mod call;
 pub mod call_token;
+pub mod device;
+pub mod store;

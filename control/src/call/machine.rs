@@ -2,20 +2,25 @@
 //! state. Pure: inputs carry the wall-clock time (`UnixMillis`, since calls
 //! outlive a process and deadlines are persisted), outputs are effects for
 //! the shell (ring or stop ringing a device, tell the participants) and the
-//! next deadline. Nothing here touches a store, a socket or a clock.
+//! next deadline. Nothing here touches a store, a socket or a clock. The
+//! types derive serde because the store persists a call as it is here.
 
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch, as given by the caller.
 pub type UnixMillis = u64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CallType {
     Audio,
     Video,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CallState {
     Created,
     Ringing,
@@ -25,7 +30,8 @@ pub enum CallState {
     Ended,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ParticipantState {
     Invited,
     Ringing,
@@ -36,14 +42,16 @@ pub enum ParticipantState {
     Missed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     Host,
     Member,
 }
 
 /// Why a call ended. Every ended call has exactly one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EndReason {
     Completed,
     Declined,
@@ -57,7 +65,8 @@ pub enum EndReason {
 }
 
 /// Why a device stops ringing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StopReason {
     AnsweredElsewhere,
     DeclinedElsewhere,
@@ -68,7 +77,8 @@ pub enum StopReason {
     CallEnded,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RingState {
     /// Sent (over the WebSocket or a push), not yet acknowledged.
     Sent,
@@ -92,7 +102,7 @@ impl RingState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ring {
     pub device_id: String,
     pub state: RingState,
@@ -100,7 +110,7 @@ pub struct Ring {
     pub acknowledged_at: Option<UnixMillis>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participant {
     pub participant_id: String,
     pub user_id: String,
@@ -114,7 +124,7 @@ pub struct Participant {
 }
 
 /// Timers the server owns, with the reasons for their defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timeouts {
     /// How long callees ring: long enough to find the phone, short enough not
     /// to ring on after the caller gave up (mission 7.3: 30-45 s).
@@ -215,7 +225,7 @@ pub enum Accepted {
     Already,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Call {
     pub call_id: String,
     pub call_type: CallType,

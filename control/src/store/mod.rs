@@ -1,0 +1,85 @@
+//! Where call control keeps its state: devices, calls (each with a version
+//! for compare-and-set), and idempotency records. `SqliteStore` is the
+//! embedded default; the cluster issue adds Redis behind the same trait.
+//!
+//! Calls are written only through [`Store::update_call`], which succeeds only
+//! if nobody else wrote the call since it was read: two racing accepts cannot
+//! both win, whatever process they run in.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::call::{Call, UnixMillis};
+use crate::device::Device;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Backend(String),
+    #[error("stored record does not decode: {0}")]
+    Corrupt(String),
+}
+
+/// A call as read, with the version a write must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub version: u64,
+}
+
+/// The outcome of a request made with an `Idempotency-Key`, kept so a retry
+/// gets the same answer. Holds no tokens: a retry gets fresh ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub user_id: String,
+    pub key: String,
+    /// Hash of the request (method, path, body): the same key with another
+    /// request is refused (422).
+    pub request_hash: String,
+    pub status: u16,
+    /// The response body, without tokens.
+    pub body: String,
+    pub expires_at: UnixMillis,
+}
+
+pub trait Store: Send + Sync {
+    /// Registers or updates a device. Any push token it carries is taken off
+    /// other users' devices first (logout/login on one phone).
+    fn upsert_device(&self, device: &Device) -> Result<(), StoreError>;
+    fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool, StoreError>;
+    /// A user's devices, most recently seen first.
+    fn devices_of(&self, user_id: &str) -> Result<Vec<Device>, StoreError>;
+    fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError>;
+
+    fn insert_call(&self, call: &Call) -> Result<(), StoreError>;
+    fn get_call(&self, call_id: &str) -> Result<Option<Versioned<Call>>, StoreError>;
+    /// Writes `call` if its stored version is still `expected`; false if
+    /// someone else wrote it first (re-read and retry).
+    fn update_call(&self, call: &Call, expected: u64) -> Result<bool, StoreError>;
+    /// A user's calls, newest first, missed ones included.
+    fn calls_of(&self, user_id: &str, limit: usize) -> Result<Vec<Call>, StoreError>;
+    /// Calls not yet ended (recovery after a restart).
+    fn live_calls(&self) -> Result<Vec<Versioned<Call>>, StoreError>;
+
+    /// Stores the record unless a live one exists for (user, key); returns
+    /// the one that is stored now (the first writer's, when two race).
+    fn put_idempotency(
+        &self,
+        record: &IdempotencyRecord,
+        now: UnixMillis,
+    ) -> Result<IdempotencyRecord, StoreError>;
+    fn get_idempotency(
+        &self,
+        user_id: &str,
+        key: &str,
+        now: UnixMillis,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// Drops expired idempotency records; returns how many.
+    fn expire_idempotency(&self, now: UnixMillis) -> Result<usize, StoreError>;
+}

@@ -1,0 +1,374 @@
+//! The embedded store: one SQLite file in WAL mode. A call is stored whole
+//! (its JSON) with its state and version; participants are also indexed by
+//! user for "my calls" and busy checks.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{IdempotencyRecord, Store, StoreError, Versioned};
+use crate::call::{Call, CallState, UnixMillis};
+use crate::device::Device;
+
+pub struct SqliteStore {
+    // rusqlite connections are not Sync; calls are short and never held
+    // across an await (the API runs them on blocking threads).
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS devices (
+    user_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    apns_voip TEXT,
+    apns_alert TEXT,
+    fcm TEXT,
+    json TEXT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE INDEX IF NOT EXISTS devices_apns_voip ON devices(apns_voip);
+CREATE INDEX IF NOT EXISTS devices_apns_alert ON devices(apns_alert);
+CREATE INDEX IF NOT EXISTS devices_fcm ON devices(fcm);
+CREATE TABLE IF NOT EXISTS calls (
+    call_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_state ON calls(state);
+CREATE TABLE IF NOT EXISTS call_users (
+    call_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (call_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS call_users_user ON call_users(user_id, created_at);
+CREATE TABLE IF NOT EXISTS idempotency (
+    user_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, key)
+);
+";
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn state_name(state: CallState) -> &'static str {
+    match state {
+        CallState::Created => "created",
+        CallState::Ringing => "ringing",
+        CallState::Connecting => "connecting",
+        CallState::Connected => "connected",
+        CallState::Ended => "ended",
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> String {
+    // Plain data structs of strings, numbers and enums always serialize.
+    serde_json::to_string(value).expect("store records serialize")
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database (tests, benchmarks).
+    pub fn in_memory() -> Result<SqliteStore, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
+        // WAL: readers do not block the writer; NORMAL sync is durable
+        // across a process crash (kill -9), which is what recovery needs.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite itself consistent
+        // (statements are atomic), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Store for SqliteStore {
+    fn upsert_device(&self, device: &Device) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        for (column, token) in [
+            ("apns_voip", &device.push.apns_voip),
+            ("apns_alert", &device.push.apns_alert),
+            ("fcm", &device.push.fcm),
+        ] {
+            let Some(token) = token else { continue };
+            // The token moved to this device: no other device keeps it.
+            let sql = format!(
+                "UPDATE devices SET {column} = NULL, json = json_remove(json, '$.push.{json_key}')
+                 WHERE {column} = ?1 AND NOT (user_id = ?2 AND device_id = ?3)",
+                json_key = match column {
+                    "apns_voip" => "apnsVoip",
+                    "apns_alert" => "apnsAlert",
+                    _ => "fcm",
+                }
+            );
+            tx.execute(&sql, params![token, device.user_id, device.device_id])
+                .map_err(backend)?;
+        }
+        tx.execute(
+            "INSERT INTO devices (user_id, device_id, last_seen_at, apns_voip, apns_alert, fcm, json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (user_id, device_id) DO UPDATE SET
+               last_seen_at = excluded.last_seen_at, apns_voip = excluded.apns_voip,
+               apns_alert = excluded.apns_alert, fcm = excluded.fcm, json = excluded.json",
+            params![
+                device.user_id,
+                device.device_id,
+                device.last_seen_at as i64,
+                device.push.apns_voip,
+                device.push.apns_alert,
+                device.push.fcm,
+                encode(device)
+            ],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM devices WHERE user_id = ?1 AND device_id = ?2",
+                params![user_id, device_id],
+            )
+            .map_err(backend)?;
+        Ok(n == 1)
+    }
+
+    fn devices_of(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT json, last_seen_at FROM devices WHERE user_id = ?1
+                 ORDER BY last_seen_at DESC, device_id",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![user_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (json, seen) = row.map_err(backend)?;
+            let mut device: Device = decode(&json)?;
+            device.last_seen_at = seen as u64;
+            out.push(device);
+        }
+        Ok(out)
+    }
+
+    fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE devices SET last_seen_at = ?3 WHERE user_id = ?1 AND device_id = ?2",
+                params![user_id, device_id, now as i64],
+            )
+            .map_err(backend)?;
+        Ok(n == 1)
+    }
+
+    fn insert_call(&self, call: &Call) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        tx.execute(
+            "INSERT INTO calls (call_id, state, version, created_at, json) VALUES (?1, ?2, 1, ?3, ?4)",
+            params![call.call_id, state_name(call.state), call.created_at as i64, encode(call)],
+        )
+        .map_err(backend)?;
+        for p in &call.participants {
+            tx.execute(
+                "INSERT OR IGNORE INTO call_users (call_id, user_id, created_at) VALUES (?1, ?2, ?3)",
+                params![call.call_id, p.user_id, call.created_at as i64],
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn get_call(&self, call_id: &str) -> Result<Option<Versioned<Call>>, StoreError> {
+        let row: Option<(String, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT json, version FROM calls WHERE call_id = ?1",
+                params![call_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)?;
+        row.map(|(json, version)| {
+            Ok(Versioned {
+                value: decode(&json)?,
+                version: version as u64,
+            })
+        })
+        .transpose()
+    }
+
+    fn update_call(&self, call: &Call, expected: u64) -> Result<bool, StoreError> {
+        // Compare-and-set: the row count says whether our version was current.
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE calls SET json = ?1, state = ?2, version = version + 1
+                 WHERE call_id = ?3 AND version = ?4",
+                params![
+                    encode(call),
+                    state_name(call.state),
+                    call.call_id,
+                    expected as i64
+                ],
+            )
+            .map_err(backend)?;
+        Ok(n == 1)
+    }
+
+    fn calls_of(&self, user_id: &str, limit: usize) -> Result<Vec<Call>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT c.json FROM call_users u JOIN calls c ON c.call_id = u.call_id
+                 WHERE u.user_id = ?1 ORDER BY u.created_at DESC, c.call_id LIMIT ?2",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![user_id, limit as i64], |r| r.get::<_, String>(0))
+            .map_err(backend)?;
+        rows.map(|r| decode(&r.map_err(backend)?)).collect()
+    }
+
+    fn live_calls(&self) -> Result<Vec<Versioned<Call>>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT json, version FROM calls WHERE state != 'ended'")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (json, version) = row.map_err(backend)?;
+            out.push(Versioned {
+                value: decode(&json)?,
+                version: version as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    fn put_idempotency(
+        &self,
+        record: &IdempotencyRecord,
+        now: UnixMillis,
+    ) -> Result<IdempotencyRecord, StoreError> {
+        let conn = self.conn();
+        // An expired record for the key no longer binds it.
+        conn.execute(
+            "DELETE FROM idempotency WHERE user_id = ?1 AND key = ?2 AND expires_at <= ?3",
+            params![record.user_id, record.key, now as i64],
+        )
+        .map_err(backend)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO idempotency (user_id, key, request_hash, status, body, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                record.user_id,
+                record.key,
+                record.request_hash,
+                record.status,
+                record.body,
+                record.expires_at as i64
+            ],
+        )
+        .map_err(backend)?;
+        conn.query_row(
+            "SELECT request_hash, status, body, expires_at FROM idempotency WHERE user_id = ?1 AND key = ?2",
+            params![record.user_id, record.key],
+            |r| {
+                Ok(IdempotencyRecord {
+                    user_id: record.user_id.clone(),
+                    key: record.key.clone(),
+                    request_hash: r.get(0)?,
+                    status: r.get(1)?,
+                    body: r.get(2)?,
+                    expires_at: r.get::<_, i64>(3)? as u64,
+                })
+            },
+        )
+        .map_err(backend)
+    }
+
+    fn get_idempotency(
+        &self,
+        user_id: &str,
+        key: &str,
+        now: UnixMillis,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT request_hash, status, body, expires_at FROM idempotency
+                 WHERE user_id = ?1 AND key = ?2 AND expires_at > ?3",
+                params![user_id, key, now as i64],
+                |r| {
+                    Ok(IdempotencyRecord {
+                        user_id: user_id.to_string(),
+                        key: key.to_string(),
+                        request_hash: r.get(0)?,
+                        status: r.get(1)?,
+                        body: r.get(2)?,
+                        expires_at: r.get::<_, i64>(3)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(backend)
+    }
+
+    fn expire_idempotency(&self, now: UnixMillis) -> Result<usize, StoreError> {
+        self.conn()
+            .execute(
+                "DELETE FROM idempotency WHERE expires_at <= ?1",
+                params![now as i64],
+            )
+            .map_err(backend)
+    }
+}

@@ -1,0 +1,206 @@
+//! The embedded SQLite store, against a real SQLite (in memory and on disk).
+
+use control::call::*;
+use control::device::{ApnsEnvironment, Capabilities, Device, Platform, PushTokens};
+use control::store::{IdempotencyRecord, SqliteStore, Store};
+
+const T0: UnixMillis = 1_764_000_000_000;
+
+fn ios(device: &str, user: &str, voip: &str, seen: u64) -> Device {
+    Device {
+        device_id: device.into(),
+        user_id: user.into(),
+        platform: Platform::Ios,
+        push: PushTokens {
+            apns_voip: Some(voip.into()),
+            apns_alert: None,
+            fcm: None,
+        },
+        apns_environment: Some(ApnsEnvironment::Sandbox),
+        bundle_id: Some("com.example.app".into()),
+        app_version: None,
+        capabilities: Capabilities::default(),
+        last_seen_at: seen,
+    }
+}
+
+fn call(id: &str, caller: &str, callee: &str, at: UnixMillis) -> Call {
+    Call::create(
+        id.into(),
+        CallType::Audio,
+        (caller.into(), format!("p-{caller}"), format!("{caller}-d")),
+        vec![Callee {
+            user_id: callee.into(),
+            participant_id: format!("p-{callee}"),
+            devices: vec![format!("{callee}-d")],
+            busy: false,
+        }],
+        Timeouts::default(),
+        at,
+    )
+    .0
+}
+
+#[test]
+fn devices_list_most_recent_first_and_can_be_removed() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.upsert_device(&ios("old", "u", &"a1".repeat(32), T0))
+        .unwrap();
+    s.upsert_device(&ios("new", "u", &"b2".repeat(32), T0 + 10))
+        .unwrap();
+    s.upsert_device(&ios("other", "v", &"c3".repeat(32), T0 + 20))
+        .unwrap();
+    let ids = |s: &SqliteStore| {
+        s.devices_of("u")
+            .unwrap()
+            .into_iter()
+            .map(|d| d.device_id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&s), vec!["new", "old"]);
+    assert!(s.touch_device("u", "old", T0 + 99).unwrap());
+    assert_eq!(ids(&s), vec!["old", "new"]);
+    assert!(s.delete_device("u", "old").unwrap());
+    assert!(!s.delete_device("u", "old").unwrap());
+    assert!(
+        !s.delete_device("v", "new").unwrap(),
+        "one user cannot delete another's device"
+    );
+    assert_eq!(ids(&s), vec!["new"]);
+}
+
+#[test]
+fn a_push_token_moves_to_the_user_who_registers_it_last() {
+    let s = SqliteStore::in_memory().unwrap();
+    let token = "ab".repeat(32);
+    s.upsert_device(&ios("phone", "alice", &token, T0)).unwrap();
+    // Alice logs out, Bob logs in on the same phone: same VoIP token.
+    s.upsert_device(&ios("phone", "bob", &token, T0 + 1))
+        .unwrap();
+    let alice = s.devices_of("alice").unwrap();
+    assert_eq!(alice.len(), 1);
+    assert_eq!(
+        alice[0].push.apns_voip, None,
+        "alice's device must not keep bob's token"
+    );
+    assert_eq!(
+        s.devices_of("bob").unwrap()[0].push.apns_voip.as_deref(),
+        Some(token.as_str())
+    );
+    // Re-registering the same device keeps its own token.
+    s.upsert_device(&ios("phone", "bob", &token, T0 + 2))
+        .unwrap();
+    assert_eq!(
+        s.devices_of("bob").unwrap()[0].push.apns_voip.as_deref(),
+        Some(token.as_str())
+    );
+}
+
+#[test]
+fn call_updates_are_compare_and_set() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.insert_call(&call("c1", "alice", "bob", T0)).unwrap();
+    let read = s.get_call("c1").unwrap().unwrap();
+    assert_eq!(read.version, 1);
+    // Two writers read version 1; both try to accept on different devices.
+    let mut first = read.value.clone();
+    let mut second = read.value.clone();
+    let mut fx = Vec::new();
+    first.accept("bob", "bob-d", T0 + 1, &mut fx).unwrap();
+    second.decline("bob", "bob-d", T0 + 1, &mut fx).unwrap();
+    assert!(s.update_call(&first, read.version).unwrap());
+    assert!(
+        !s.update_call(&second, read.version).unwrap(),
+        "the stale writer must lose"
+    );
+    let now = s.get_call("c1").unwrap().unwrap();
+    assert_eq!(now.version, 2);
+    assert_eq!(now.value.state, CallState::Connecting);
+    assert!(s.get_call("nope").unwrap().is_none());
+}
+
+#[test]
+fn recent_calls_and_live_calls() {
+    let s = SqliteStore::in_memory().unwrap();
+    s.insert_call(&call("c1", "alice", "bob", T0)).unwrap();
+    s.insert_call(&call("c2", "carol", "bob", T0 + 5)).unwrap();
+    let mut ended = call("c3", "bob", "dave", T0 + 9);
+    ended.cancel("bob", T0 + 10, &mut Vec::new()).unwrap();
+    s.insert_call(&ended).unwrap();
+    let ids: Vec<String> = s
+        .calls_of("bob", 10)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.call_id)
+        .collect();
+    assert_eq!(ids, vec!["c3", "c2", "c1"]);
+    assert_eq!(s.calls_of("bob", 1).unwrap().len(), 1);
+    let mut live: Vec<String> = s
+        .live_calls()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.value.call_id)
+        .collect();
+    live.sort();
+    assert_eq!(live, vec!["c1", "c2"]);
+}
+
+#[test]
+fn idempotency_keeps_the_first_outcome_until_it_expires() {
+    let s = SqliteStore::in_memory().unwrap();
+    let record = |hash: &str, body: &str, expires_at| IdempotencyRecord {
+        user_id: "alice".into(),
+        key: "k".into(),
+        request_hash: hash.into(),
+        status: 201,
+        body: body.into(),
+        expires_at,
+    };
+    let first = s
+        .put_idempotency(&record("h1", "first", T0 + 1000), T0)
+        .unwrap();
+    assert_eq!(first.body, "first");
+    let second = s
+        .put_idempotency(&record("h2", "second", T0 + 1000), T0 + 1)
+        .unwrap();
+    assert_eq!(
+        (second.request_hash.as_str(), second.body.as_str()),
+        ("h1", "first")
+    );
+    assert!(s.get_idempotency("alice", "k", T0 + 2).unwrap().is_some());
+    assert!(
+        s.get_idempotency("bob", "k", T0 + 2).unwrap().is_none(),
+        "keys are per user"
+    );
+    assert!(
+        s.get_idempotency("alice", "k", T0 + 1000)
+            .unwrap()
+            .is_none(),
+        "expired"
+    );
+    let later = s
+        .put_idempotency(&record("h3", "later", T0 + 5000), T0 + 2000)
+        .unwrap();
+    assert_eq!(later.body, "later");
+    assert_eq!(s.expire_idempotency(T0 + 6000).unwrap(), 1);
+}
+
+#[test]
+fn everything_survives_reopening_the_file() {
+    let dir = std::env::temp_dir().join(format!("switchboard-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("control.db");
+    let _ = std::fs::remove_file(&path);
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.upsert_device(&ios("phone", "alice", &"ab".repeat(32), T0))
+            .unwrap();
+        s.insert_call(&call("c1", "alice", "bob", T0)).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.devices_of("alice").unwrap().len(), 1);
+    let c = s.get_call("c1").unwrap().unwrap();
+    assert_eq!(c.value, call("c1", "alice", "bob", T0));
+    drop(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
