@@ -4,8 +4,10 @@
 //! senders and the HTTP API come with their issues; nothing here pretends to
 //! do them yet, and `switchboard` does not mount call control.
 
+pub mod api;
 pub mod auth;
 pub mod call;
 pub mod call_token;
 pub mod device;
+pub mod service;
 pub mod store;

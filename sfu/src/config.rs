@@ -38,6 +38,16 @@ pub struct Config {
     pub dev_token_endpoint: bool,
     /// Log format: "text" or "json".
     pub log_format: String,
+    /// Where the embedded store keeps its file (`control.db`).
+    pub data_dir: std::path::PathBuf,
+    /// API keys of the app backends (`[[api_keys]] id, secret, revoked`).
+    pub api_keys: Vec<control::auth::ApiKey>,
+    /// How long callees ring.
+    pub ring_timeout_seconds: u64,
+    /// From accept to connected media.
+    pub connect_timeout_seconds: u64,
+    /// Devices rung per callee (most recently seen first).
+    pub max_ringing_devices: usize,
 }
 
 impl Default for Config {
@@ -57,6 +67,11 @@ impl Default for Config {
             signaling_rate_per_second: 50,
             dev_token_endpoint: false,
             log_format: "text".into(),
+            data_dir: "switchboard-data".into(),
+            api_keys: Vec::new(),
+            ring_timeout_seconds: 40,
+            connect_timeout_seconds: 20,
+            max_ringing_devices: control::service::DEFAULT_MAX_RINGING_DEVICES,
         }
     }
 }
@@ -132,6 +147,24 @@ impl Config {
         if let Some(v) = var("SWITCHBOARD_LOG_FORMAT") {
             self.log_format = v;
         }
+        if let Some(v) = var("SWITCHBOARD_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = var("SWITCHBOARD_RING_TIMEOUT_SECONDS") {
+            self.ring_timeout_seconds = parse("SWITCHBOARD_RING_TIMEOUT_SECONDS", &v)?;
+        }
+        // One key from the environment: "id:secret".
+        if let Some(v) = var("SWITCHBOARD_API_KEY") {
+            let (id, secret) = v.split_once(':').ok_or_else(|| ConfigError::Env {
+                name: "SWITCHBOARD_API_KEY".into(),
+                message: "expected id:secret".into(),
+            })?;
+            self.api_keys.push(control::auth::ApiKey {
+                id: id.into(),
+                secret: secret.into(),
+                revoked: false,
+            });
+        }
         Ok(())
     }
 
@@ -153,6 +186,20 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid("log_format is text or json".into()));
+        }
+        if self
+            .api_keys
+            .iter()
+            .any(|k| k.id.is_empty() || k.secret.len() < 32)
+        {
+            return Err(ConfigError::Invalid(
+                "every API key needs an id and a secret of at least 32 bytes".into(),
+            ));
+        }
+        if self.ring_timeout_seconds == 0 || self.connect_timeout_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "call timeouts must be positive".into(),
+            ));
         }
         if self.signaling_rate_per_second == 0 {
             return Err(ConfigError::Invalid(

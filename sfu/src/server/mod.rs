@@ -57,6 +57,8 @@ pub enum StartError {
     },
     #[error("crypto: {0}")]
     Crypto(String),
+    #[error("store: {0}")]
+    Store(String),
 }
 
 /// Binds everything and starts the engine threads and the HTTP server.
@@ -122,8 +124,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shards,
         metrics,
     };
+    let control = start_control(&state.config, state.tokens.clone())?;
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
-    let app = http::router(state.clone());
+    spawn_call_timers(control.service.clone(), shutdown_rx.clone());
+    let app = http::router(state.clone()).merge(control::api::router(control));
     let http_task = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = shutdown_rx.wait_for(|stop| *stop).await;
@@ -140,6 +144,60 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         http_task,
     })
+}
+
+/// Call control on the embedded store: auth, the call service, the API state.
+fn start_control(
+    config: &Config,
+    tokens: Arc<CallTokens>,
+) -> Result<control::api::ControlState, StartError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StartError::Store(format!("{}: {e}", config.data_dir.display())))?;
+    let store = control::store::SqliteStore::open(&config.data_dir.join("control.db"))
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    let service = control::service::CallService {
+        store: Arc::new(store),
+        ringer: Arc::new(control::service::LoggingRinger),
+        timeouts: control::call::Timeouts {
+            ring_ms: config.ring_timeout_seconds * 1000,
+            connect_ms: config.connect_timeout_seconds * 1000,
+        },
+        max_ringing_devices: config.max_ringing_devices,
+    };
+    Ok(control::api::ControlState {
+        auth: Arc::new(control::auth::Authenticator::new(
+            config.api_keys.clone(),
+            control::auth::DEFAULT_MAX_USER_TOKEN_TTL,
+        )),
+        service: Arc::new(service),
+        tokens,
+    })
+}
+
+/// The server owns the ring and connect timers: every 250 ms, due ones fire.
+fn spawn_call_timers(
+    service: Arc<control::service::CallService>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let service = service.clone();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            match tokio::task::spawn_blocking(move || service.fire_timers(now)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "call timers"),
+                Err(e) => tracing::error!(error = %e, "call timer task"),
+            }
+        }
+    });
 }
 
 impl Running {

@@ -12,6 +12,8 @@ import { spawn } from "node:child_process";
 import { createServer } from "node:http";
 import { createSocket } from "node:dgram";
 import { readFile } from "node:fs/promises";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { createServer as createTcpServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -76,6 +78,7 @@ async function startSwitchboard() {
       SWITCHBOARD_ANNOUNCE_IPS: "127.0.0.1",
       SWITCHBOARD_DEV_TOKEN_ENDPOINT: "true",
       SWITCHBOARD_RECONNECT_GRACE_SECONDS: String(GRACE_SECONDS),
+      SWITCHBOARD_DATA_DIR: mkdtempSync(join(tmpdir(), "switchboard-browser-")),
       RUST_LOG: process.env.RUST_LOG || "warn",
     },
     stdio: ["ignore", "inherit", "inherit"],

@@ -23,10 +23,46 @@ pub async fn start_server_with(adjust: impl FnOnce(&mut Config)) -> Running {
         announce_ips: vec!["127.0.0.1".parse().unwrap()],
         engine_threads: 2,
         call_token_secret: "live-test-secret-live-test-secret".into(),
+        data_dir: scratch_dir(),
+        api_keys: vec![control::auth::ApiKey {
+            id: API_KEY_ID.into(),
+            secret: API_KEY_SECRET.into(),
+            revoked: false,
+        }],
         ..Config::default()
     };
     adjust(&mut config);
     sfu::server::start(config).await.expect("server starts")
+}
+
+pub const API_KEY_ID: &str = "test-key";
+pub const API_KEY_SECRET: &str = "test-key-secret-test-key-secret-test";
+
+/// A fresh directory under the system temp dir for one server's store.
+pub fn scratch_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A user access token as the app backend would mint it.
+pub fn user_token(user: &str) -> String {
+    let key = control::auth::ApiKey {
+        id: API_KEY_ID.into(),
+        secret: API_KEY_SECRET.into(),
+        revoked: false,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    control::auth::mint_user_token(&key, user, Duration::from_secs(600), now)
 }
 
 pub fn ws_url(server: &Running) -> String {
@@ -113,12 +149,27 @@ pub async fn flood_garbage(target: SocketAddr, count: usize) {
 
 /// A bare HTTP/1.0 request (keeps test dependencies down); returns status and body.
 pub async fn http(server: &Running, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(server, method, path, &[], body).await
+}
+
+pub async fn http_with(
+    server: &Running,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(server.http_addr)
         .await
         .unwrap();
+    let extra: String = headers
+        .iter()
+        .filter(|(_, v)| !v.is_empty() && *v != "Bearer ")
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let request = format!(
-        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(request.as_bytes()).await.unwrap();

@@ -1,0 +1,448 @@
+//! The call-control HTTP API under `/v1`: devices and calls. Every endpoint
+//! authenticates (user token or API key); store and state-machine work runs
+//! on blocking threads.
+
+mod error;
+mod views;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{FromRef, FromRequestParts, Path, Query, State, rejection::JsonRejection};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+pub use error::ApiError;
+use views::{CallView, CallWithToken, DeviceRequest};
+
+use crate::auth::{Authenticator, Principal, valid_id};
+use crate::call::{Call, CallType, ParticipantState, Role, UnixMillis};
+use crate::call_token::{CallGrant, CallTokens};
+use crate::service::CallService;
+use crate::store::IdempotencyRecord;
+
+/// Idempotency records live this long: far longer than any client retries.
+const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+
+#[derive(Clone)]
+pub struct ControlState {
+    pub auth: Arc<Authenticator>,
+    pub service: Arc<CallService>,
+    pub tokens: Arc<CallTokens>,
+}
+
+pub fn router(state: ControlState) -> Router {
+    Router::new()
+        .route("/v1/devices", post(register_device).get(list_devices))
+        .route("/v1/devices/{device_id}", delete(delete_device))
+        .route("/v1/devices/{device_id}/heartbeat", post(heartbeat))
+        .route("/v1/calls", post(create_call).get(recent_calls))
+        .route("/v1/calls/{call_id}", get(get_call))
+        .route("/v1/calls/{call_id}/accept", post(accept))
+        .route("/v1/calls/{call_id}/decline", post(decline))
+        .route("/v1/calls/{call_id}/cancel", post(cancel))
+        .route("/v1/calls/{call_id}/end", post(end))
+        .route("/v1/calls/{call_id}/token", post(fresh_token))
+        .with_state(state)
+}
+
+fn now_ms() -> UnixMillis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The authenticated caller, as an extractor.
+pub struct Caller(pub Principal);
+
+impl<S> FromRequestParts<S> for Caller
+where
+    ControlState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Caller, ApiError> {
+        let state = ControlState::from_ref(state);
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let principal = state
+            .auth
+            .authenticate(header("authorization"), header("x-switchboard-user"))?;
+        Ok(Caller(principal))
+    }
+}
+
+/// Runs store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "blocking task failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })?
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+// ---- devices ----------------------------------------------------------------
+
+async fn register_device(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    req: Result<Json<DeviceRequest>, JsonRejection>,
+) -> Result<Json<crate::device::Device>, ApiError> {
+    let device = body(req)?.into_device(&caller.user_id, now_ms());
+    device.validate()?;
+    blocking(move || {
+        state.service.store.upsert_device(&device)?;
+        tracing::info!(user_id = %device.user_id, device_id = %device.device_id, platform = ?device.platform, "device registered");
+        Ok(Json(device))
+    })
+    .await
+}
+
+async fn list_devices(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+) -> Result<Json<Vec<crate::device::Device>>, ApiError> {
+    blocking(move || Ok(Json(state.service.store.devices_of(&caller.user_id)?))).await
+}
+
+async fn delete_device(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    Path(device_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        if state
+            .service
+            .store
+            .delete_device(&caller.user_id, &device_id)?
+        {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such device",
+            ))
+        }
+    })
+    .await
+}
+
+async fn heartbeat(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    Path(device_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        if state
+            .service
+            .store
+            .touch_device(&caller.user_id, &device_id, now_ms())?
+        {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such device",
+            ))
+        }
+    })
+    .await
+}
+
+// ---- calls --------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateCall {
+    callee_user_ids: Vec<String>,
+    #[serde(rename = "type")]
+    call_type: CallTypeName,
+    device_id: String,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum CallTypeName {
+    Audio,
+    Video,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DeviceBody {
+    device_id: String,
+}
+
+/// Checks an `Idempotency-Key` and reserves it for this request. Returns the
+/// record now stored for the key: ours, or the first request's.
+fn reserve_key(
+    state: &ControlState,
+    headers: &HeaderMap,
+    user_id: &str,
+    request: &str,
+    reservation: &str,
+) -> Result<Option<IdempotencyRecord>, ApiError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = key.to_str().ok().filter(|k| valid_id(k)).ok_or_else(|| {
+        ApiError::bad_request("Idempotency-Key must be 1-128 printable characters")
+    })?;
+    let now = now_ms();
+    let record = IdempotencyRecord {
+        user_id: user_id.to_string(),
+        key: key.to_string(),
+        request_hash: fingerprint(request),
+        status: 200,
+        body: reservation.to_string(),
+        expires_at: now + IDEMPOTENCY_TTL_MS,
+    };
+    let stored = state.service.store.put_idempotency(&record, now)?;
+    if stored.request_hash != record.request_hash {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request",
+        ));
+    }
+    Ok(Some(stored))
+}
+
+/// FNV-1a, 64 bit: stable across versions and restarts (records outlive both).
+fn fingerprint(request: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in request.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+async fn create_call(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    req: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<(StatusCode, Json<CallWithToken>), ApiError> {
+    let raw = body(req)?;
+    let req: CreateCall =
+        serde_json::from_value(raw.clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !valid_id(&req.device_id) || !req.callee_user_ids.iter().all(|u| valid_id(u)) {
+        return Err(ApiError::bad_request(
+            "ids must be 1-128 printable characters",
+        ));
+    }
+    blocking(move || {
+        let call_id = uuid::Uuid::new_v4().to_string();
+        let request = format!("POST /v1/calls {raw}");
+        let reserved = reserve_key(&state, &headers, &caller.user_id, &request, &call_id)?;
+        let call = match reserved {
+            // Another request with this key created (or is creating) the call.
+            Some(r) if r.body != call_id => wait_for_call(&state, &r.body)?,
+            _ => {
+                let call_type = match req.call_type {
+                    CallTypeName::Audio => CallType::Audio,
+                    CallTypeName::Video => CallType::Video,
+                };
+                let call = state.service.create(
+                    call_id,
+                    &caller.user_id,
+                    &req.device_id,
+                    &req.callee_user_ids,
+                    call_type,
+                    now_ms(),
+                )?;
+                tracing::info!(call_id = %call.call_id, user_id = %caller.user_id, device_id = %req.device_id, state = ?call.state, "call created");
+                call
+            }
+        };
+        Ok((StatusCode::CREATED, Json(with_token(&state, &call, &caller.user_id)?)))
+    })
+    .await
+}
+
+/// The call a concurrent request with the same key is creating.
+fn wait_for_call(state: &ControlState, call_id: &str) -> Result<Call, ApiError> {
+    for _ in 0..100 {
+        if let Some(c) = state.service.store.get_call(call_id)? {
+            return Ok(c.value);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "in_progress",
+        "a request with this Idempotency-Key is still in progress",
+    ))
+}
+
+/// The call as `user` may see it, with a fresh call token when the user is
+/// (or may become) in the call's room.
+fn with_token(state: &ControlState, call: &Call, user: &str) -> Result<CallWithToken, ApiError> {
+    let p = call.participant(user).ok_or_else(ApiError::not_found)?;
+    let in_room = matches!(p.state, ParticipantState::Accepted)
+        || (p.role == Role::Host && call.state != crate::call::CallState::Ended);
+    let call_token = in_room.then(|| {
+        state.tokens.mint(&CallGrant {
+            call_id: call.call_id.clone(),
+            user_id: user.to_string(),
+            participant_id: p.participant_id.clone(),
+            permissions: signaling::Permissions {
+                publish_audio: true,
+                publish_video: call.call_type == CallType::Video,
+                subscribe: true,
+            },
+        })
+    });
+    Ok(CallWithToken {
+        call: CallView::of(call),
+        call_token,
+        rtc_path: "/v1/rtc",
+    })
+}
+
+async fn get_call(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    Path(call_id): Path<String>,
+) -> Result<Json<CallView>, ApiError> {
+    blocking(move || {
+        let call = state
+            .service
+            .store
+            .get_call(&call_id)?
+            .ok_or_else(ApiError::not_found)?
+            .value;
+        call.participant(&caller.user_id)
+            .ok_or_else(ApiError::not_found)?;
+        Ok(Json(CallView::of(&call)))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct RecentQuery {
+    limit: Option<usize>,
+}
+
+async fn recent_calls(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    Query(q): Query<RecentQuery>,
+) -> Result<Json<Vec<CallView>>, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    blocking(move || {
+        let calls = state.service.store.calls_of(&caller.user_id, limit)?;
+        Ok(Json(calls.iter().map(CallView::of).collect()))
+    })
+    .await
+}
+
+/// Accept, decline, cancel, end: the same shape around one machine call.
+async fn call_action(
+    state: ControlState,
+    caller: Principal,
+    headers: HeaderMap,
+    call_id: String,
+    action: &'static str,
+    device: Option<String>,
+) -> Result<Json<CallWithToken>, ApiError> {
+    blocking(move || {
+        let request = format!("POST /v1/calls/{call_id}/{action} {device:?}");
+        reserve_key(&state, &headers, &caller.user_id, &request, "")?;
+        let now = now_ms();
+        let user = caller.user_id.as_str();
+        let device = device.unwrap_or_default();
+        let (call, ()) = state.service.update(&call_id, |c, fx| match action {
+            "accept" => c.accept(user, &device, now, fx).map(|_| ()),
+            "decline" => c.decline(user, &device, now, fx),
+            "cancel" => c.cancel(user, now, fx),
+            _ => c.end(user, now, fx),
+        })?;
+        tracing::info!(call_id = %call_id, user_id = %user, device_id = %device, action, state = ?call.state, "call action");
+        Ok(Json(with_token(&state, &call, user)?))
+    })
+    .await
+}
+
+async fn accept(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    Path(call_id): Path<String>,
+    req: Result<Json<DeviceBody>, JsonRejection>,
+) -> Result<Json<CallWithToken>, ApiError> {
+    let device = body(req)?.device_id;
+    call_action(state, caller, headers, call_id, "accept", Some(device)).await
+}
+
+async fn decline(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    Path(call_id): Path<String>,
+    req: Result<Json<DeviceBody>, JsonRejection>,
+) -> Result<Json<CallWithToken>, ApiError> {
+    let device = body(req)?.device_id;
+    call_action(state, caller, headers, call_id, "decline", Some(device)).await
+}
+
+async fn cancel(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    Path(call_id): Path<String>,
+) -> Result<Json<CallWithToken>, ApiError> {
+    call_action(state, caller, headers, call_id, "cancel", None).await
+}
+
+async fn end(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    Path(call_id): Path<String>,
+) -> Result<Json<CallWithToken>, ApiError> {
+    call_action(state, caller, headers, call_id, "end", None).await
+}
+
+/// A fresh call token for a participant who must rejoin the room.
+async fn fresh_token(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    Path(call_id): Path<String>,
+) -> Result<Json<CallWithToken>, ApiError> {
+    blocking(move || {
+        let call = state
+            .service
+            .store
+            .get_call(&call_id)?
+            .ok_or_else(ApiError::not_found)?
+            .value;
+        let view = with_token(&state, &call, &caller.user_id)?;
+        if view.call_token.is_none() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_in_call",
+                "only a participant in the call gets a call token",
+            ));
+        }
+        Ok(Json(view))
+    })
+    .await
+}

@@ -1,0 +1,190 @@
+//! Call operations over the store: read a call, run the state machine, write
+//! it back by compare-and-set (retrying on a lost race), and hand the effects
+//! to the ringer. Synchronous and clock-free: the caller passes `now`; the
+//! HTTP layer runs these on blocking threads.
+
+use std::sync::Arc;
+
+use crate::call::{Accepted, Call, CallError, CallType, Callee, Effect, Timeouts, UnixMillis};
+use crate::store::{Store, StoreError};
+
+/// How many devices of each callee ring (most recently seen first).
+pub const DEFAULT_MAX_RINGING_DEVICES: usize = 3;
+
+/// Lost compare-and-set races a request retries before giving up (each retry
+/// re-reads the call, so this only runs out under pathological contention).
+const MAX_CAS_RETRIES: usize = 16;
+
+/// Where ring, stop-ring and call events go (WebSocket and push senders).
+pub trait Ringer: Send + Sync {
+    fn deliver(&self, call: &Call, effects: &[Effect]);
+}
+
+/// A ringer that only logs (until the device WebSocket and push senders exist).
+pub struct LoggingRinger;
+
+impl Ringer for LoggingRinger {
+    fn deliver(&self, call: &Call, effects: &[Effect]) {
+        for effect in effects {
+            match effect {
+                Effect::Ring { user_id, device_id } => {
+                    tracing::info!(call_id = %call.call_id, %user_id, %device_id, "ring")
+                }
+                Effect::StopRing {
+                    user_id,
+                    device_id,
+                    reason,
+                } => {
+                    tracing::info!(call_id = %call.call_id, %user_id, %device_id, ?reason, "stop ring")
+                }
+                Effect::Event(event) => {
+                    tracing::info!(call_id = %call.call_id, ?event, "call event")
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Call(CallError),
+    #[error("no such call")]
+    NotFound,
+    #[error("the call is too contended; retry")]
+    Contended,
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<CallError> for ServiceError {
+    fn from(e: CallError) -> ServiceError {
+        ServiceError::Call(e)
+    }
+}
+
+pub struct CallService {
+    pub store: Arc<dyn Store>,
+    pub ringer: Arc<dyn Ringer>,
+    pub timeouts: Timeouts,
+    pub max_ringing_devices: usize,
+}
+
+impl CallService {
+    /// Creates a call from `caller` on `device_id` to `callees`.
+    pub fn create(
+        &self,
+        call_id: String,
+        caller: &str,
+        device_id: &str,
+        callees: &[String],
+        call_type: CallType,
+        now: UnixMillis,
+    ) -> Result<Call, ServiceError> {
+        if callees.is_empty() || callees.len() > 16 {
+            return Err(ServiceError::Invalid("1-16 callees"));
+        }
+        if callees.iter().any(|c| c == caller) {
+            return Err(ServiceError::Invalid("you cannot call yourself"));
+        }
+        let mut list = Vec::with_capacity(callees.len());
+        for user in callees {
+            let devices = self
+                .store
+                .devices_of(user)?
+                .into_iter()
+                .take(self.max_ringing_devices)
+                .map(|d| d.device_id)
+                .collect();
+            list.push(Callee {
+                user_id: user.clone(),
+                participant_id: participant_id(&call_id, user),
+                devices,
+                busy: self.in_connected_call(user)?,
+            });
+        }
+        let (call, effects) = Call::create(
+            call_id.clone(),
+            call_type,
+            (
+                caller.to_string(),
+                participant_id(&call_id, caller),
+                device_id.to_string(),
+            ),
+            list,
+            self.timeouts,
+            now,
+        );
+        self.store.insert_call(&call)?;
+        self.ringer.deliver(&call, &effects);
+        Ok(call)
+    }
+
+    fn in_connected_call(&self, user: &str) -> Result<bool, ServiceError> {
+        use crate::call::{CallState, ParticipantState};
+        Ok(self.store.calls_of(user, 20)?.iter().any(|c| {
+            c.state == CallState::Connected
+                && c.participant(user)
+                    .is_some_and(|p| p.state == ParticipantState::Accepted)
+        }))
+    }
+
+    /// Reads the call, applies `f`, writes by compare-and-set; on a lost race
+    /// re-reads and applies again. Effects go out only for the write that won.
+    pub fn update<T>(
+        &self,
+        call_id: &str,
+        mut f: impl FnMut(&mut Call, &mut Vec<Effect>) -> Result<T, CallError>,
+    ) -> Result<(Call, T), ServiceError> {
+        for _ in 0..MAX_CAS_RETRIES {
+            let read = self
+                .store
+                .get_call(call_id)?
+                .ok_or(ServiceError::NotFound)?;
+            let mut call = read.value.clone();
+            let mut effects = Vec::new();
+            let out = f(&mut call, &mut effects)?;
+            if call == read.value {
+                // Nothing changed (a retry, or a no-op): no write, no effects.
+                return Ok((call, out));
+            }
+            if self.store.update_call(&call, read.version)? {
+                self.ringer.deliver(&call, &effects);
+                return Ok((call, out));
+            }
+        }
+        Err(ServiceError::Contended)
+    }
+
+    pub fn accept(
+        &self,
+        call_id: &str,
+        user: &str,
+        device: &str,
+        now: UnixMillis,
+    ) -> Result<(Call, Accepted), ServiceError> {
+        self.update(call_id, |c, fx| c.accept(user, device, now, fx))
+    }
+
+    /// Fires due timers of every live call; returns how many calls changed.
+    pub fn fire_timers(&self, now: UnixMillis) -> Result<usize, ServiceError> {
+        let mut changed = 0;
+        for live in self.store.live_calls()? {
+            if live.value.next_deadline().is_some_and(|d| d <= now) {
+                let (call, ()) = self.update(&live.value.call_id, |c, fx| {
+                    c.handle_timeout(now, fx);
+                    Ok(())
+                })?;
+                changed += usize::from(call != live.value);
+            }
+        }
+        Ok(changed)
+    }
+}
+
+/// A fresh participant id; it is stored with the call, so a rejoin reads it.
+fn participant_id(_call_id: &str, _user_id: &str) -> String {
+    format!("PA_{}", uuid::Uuid::new_v4().simple())
+}

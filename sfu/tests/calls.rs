@@ -1,0 +1,313 @@
+//! Call control over real HTTP on the real server: who may do what, races
+//! between devices, and idempotent retries.
+
+mod common;
+
+use common::live::{API_KEY_ID, API_KEY_SECRET, http_with, start_server, user_token};
+use serde_json::{Value, json};
+use sfu::server::Running;
+
+async fn api(
+    server: &Running,
+    method: &str,
+    path: &str,
+    auth: &str,
+    extra: &[(&str, &str)],
+    body: Value,
+) -> (u16, Value) {
+    let auth = format!("Bearer {auth}");
+    let mut headers = vec![("Authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    let text = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, body) = http_with(server, method, path, &headers, &text).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+async fn register(server: &Running, user: &str, device: &str) {
+    let (status, body) = api(
+        server,
+        "POST",
+        "/v1/devices",
+        &user_token(user),
+        &[],
+        json!({"deviceId": device, "platform": "web"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn create(server: &Running, caller: &str, callee: &str, key: Option<&str>) -> (u16, Value) {
+    let mut extra = Vec::new();
+    if let Some(k) = key {
+        extra.push(("Idempotency-Key", k));
+    }
+    api(
+        server,
+        "POST",
+        "/v1/calls",
+        &user_token(caller),
+        &extra,
+        json!({"calleeUserIds": [callee], "type": "video", "deviceId": format!("{caller}-d")}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_ringing_devices_race_fifty_accepts_and_exactly_one_wins() {
+    let server = start_server().await;
+    for d in ["b1", "b2", "b3"] {
+        register(&server, "bob", d).await;
+    }
+    let (status, created) = create(&server, "alice", "bob", None).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["call"]["state"], "ringing");
+    assert!(
+        created["callToken"].is_string(),
+        "the caller gets a call token"
+    );
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+
+    let server = std::sync::Arc::new(server);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let server = server.clone();
+        let path = format!("/v1/calls/{call_id}/accept");
+        let device = ["b1", "b2", "b3"][i % 3];
+        tasks.push(tokio::spawn(async move {
+            let (status, body) = api(
+                &server,
+                "POST",
+                &path,
+                &user_token("bob"),
+                &[],
+                json!({"deviceId": device}),
+            )
+            .await;
+            (device, status, body)
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let winners: std::collections::BTreeSet<&str> = results
+        .iter()
+        .filter(|(_, s, _)| *s == 200)
+        .map(|(d, _, _)| *d)
+        .collect();
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let winner = *winners.iter().next().unwrap();
+    for (device, status, body) in &results {
+        if *device == winner {
+            assert_eq!(*status, 200, "{body}");
+            assert!(body["callToken"].is_string());
+        } else {
+            assert_eq!(*status, 409, "{body}");
+            assert_eq!(body["code"], "answered_elsewhere");
+        }
+    }
+    let (_, call) = api(
+        &server,
+        "GET",
+        &format!("/v1/calls/{call_id}"),
+        &user_token("alice"),
+        &[],
+        Value::Null,
+    )
+    .await;
+    assert_eq!(call["state"], "connecting");
+    let bob = call["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["userId"] == "bob")
+        .unwrap();
+    assert_eq!(bob["deviceId"], winner);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_creates_with_one_key_make_one_call() {
+    let server = std::sync::Arc::new(start_server().await);
+    register(&server, "bob", "b1").await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            create(&server, "alice", "bob", Some("retry-me")).await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        assert!(
+            body["callToken"].is_string(),
+            "every retry gets a fresh token"
+        );
+        ids.insert(body["call"]["callId"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let (_, recent) = api(
+        &server,
+        "GET",
+        "/v1/calls",
+        &user_token("alice"),
+        &[],
+        Value::Null,
+    )
+    .await;
+    assert_eq!(recent.as_array().unwrap().len(), 1);
+    // The same key with another body is refused.
+    let (status, body) = create(&server, "alice", "carol", Some("retry-me")).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "idempotency_key_reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_refuses_bad_credentials_and_strangers() {
+    let server = start_server().await;
+    register(&server, "bob", "b1").await;
+    let (_, created) = create(&server, "alice", "bob", None).await;
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let before = api(
+        &server,
+        "GET",
+        &format!("/v1/calls/{call_id}"),
+        &user_token("alice"),
+        &[],
+        Value::Null,
+    )
+    .await
+    .1;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key = control::auth::ApiKey {
+        id: API_KEY_ID.into(),
+        secret: API_KEY_SECRET.into(),
+        revoked: false,
+    };
+    let expired =
+        control::auth::mint_user_token(&key, "bob", std::time::Duration::from_secs(60), now - 3600);
+    let unknown_key = control::auth::mint_user_token(
+        &control::auth::ApiKey {
+            id: "nope".into(),
+            secret: API_KEY_SECRET.into(),
+            revoked: false,
+        },
+        "bob",
+        std::time::Duration::from_secs(60),
+        now,
+    );
+    let call_token = created["callToken"].as_str().unwrap().to_string();
+    let payload = user_token("bob").split('.').nth(1).unwrap().to_string();
+    let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIiwia2lkIjoidGVzdC1rZXkifQ.{payload}.");
+
+    let endpoints: Vec<(&str, String, Value)> = vec![
+        ("GET", "/v1/devices".into(), Value::Null),
+        (
+            "POST",
+            "/v1/devices".into(),
+            json!({"deviceId": "x", "platform": "web"}),
+        ),
+        (
+            "POST",
+            "/v1/calls".into(),
+            json!({"calleeUserIds": ["bob"], "type": "audio", "deviceId": "x"}),
+        ),
+        ("GET", "/v1/calls".into(), Value::Null),
+        ("GET", format!("/v1/calls/{call_id}"), Value::Null),
+        (
+            "POST",
+            format!("/v1/calls/{call_id}/accept"),
+            json!({"deviceId": "b1"}),
+        ),
+        (
+            "POST",
+            format!("/v1/calls/{call_id}/decline"),
+            json!({"deviceId": "b1"}),
+        ),
+        ("POST", format!("/v1/calls/{call_id}/cancel"), Value::Null),
+        ("POST", format!("/v1/calls/{call_id}/end"), Value::Null),
+        ("POST", format!("/v1/calls/{call_id}/token"), Value::Null),
+    ];
+    for (method, path, body) in &endpoints {
+        for (label, token) in [
+            ("no token", String::new()),
+            ("expired", expired.clone()),
+            ("unknown key", unknown_key.clone()),
+            ("alg none", alg_none.clone()),
+            ("call token", call_token.clone()),
+        ] {
+            let (status, reply) = api(&server, method, path, &token, &[], body.clone()).await;
+            assert_eq!(status, 401, "{method} {path} with {label}: {reply}");
+            assert!(reply["code"].is_string());
+        }
+    }
+    // A user not in the call sees no call and can change nothing.
+    for (method, path, body) in endpoints.iter().filter(|(_, p, _)| p.contains(&call_id)) {
+        let (status, reply) = api(
+            &server,
+            method,
+            path,
+            &user_token("mallory"),
+            &[],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 404, "{method} {path} as a stranger: {reply}");
+    }
+    let after = api(
+        &server,
+        "GET",
+        &format!("/v1/calls/{call_id}"),
+        &user_token("alice"),
+        &[],
+        Value::Null,
+    )
+    .await
+    .1;
+    assert_eq!(before, after, "refused requests changed the call");
+    // The backend with its API key, acting for bob, may act.
+    let basic = format!(
+        "Basic {}",
+        base64_encode(&format!("{API_KEY_ID}:{API_KEY_SECRET}"))
+    );
+    let (status, body) = http_with(
+        &server,
+        "POST",
+        &format!("/v1/calls/{call_id}/decline"),
+        &[
+            ("Authorization", basic.as_str()),
+            ("X-Switchboard-User", "bob"),
+        ],
+        &json!({"deviceId": "b1"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn base64_encode(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
