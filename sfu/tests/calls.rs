@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::live::{API_KEY_ID, API_KEY_SECRET, http_with, start_server, user_token};
+use common::live::{
+    API_KEY_ID, API_KEY_SECRET, http_with, run_bot, start_server, user_token, ws_url,
+};
 use serde_json::{Value, json};
 use sfu::server::Running;
 
@@ -310,4 +312,117 @@ fn base64_encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// Create -> ring two devices -> one accepts (the other is rung off) -> both
+/// join the SFU with their call tokens -> connected (from the SFU's signal) ->
+/// both leave -> ended, completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_connects_through_the_sfu_and_completes_when_they_leave() {
+    let server = start_server().await;
+    register(&server, "bob", "b1").await;
+    register(&server, "bob", "b2").await;
+    let (_, created) = create(&server, "alice", "bob", None).await;
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let (status, accepted) = api(
+        &server,
+        "POST",
+        &format!("/v1/calls/{call_id}/accept"),
+        &user_token("bob"),
+        &[("Idempotency-Key", "accept-1")],
+        json!({"deviceId": "b2"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{accepted}");
+    assert_eq!(accepted["call"]["state"], "connecting");
+    let url = ws_url(&server);
+    let alice_token = created["callToken"].as_str().unwrap().to_string();
+    let bob_token = accepted["callToken"].as_str().unwrap().to_string();
+    let (a, b) = tokio::join!(
+        run_bot(
+            "alice",
+            &url,
+            alice_token,
+            std::time::Duration::from_secs(3)
+        ),
+        run_bot("bob", &url, bob_token, std::time::Duration::from_secs(3)),
+    );
+    let bob_pid = b.participant_id.clone().unwrap();
+    assert!(
+        a.received_from(&bob_pid) > 20,
+        "alice got {} packets from bob",
+        a.received_from(&bob_pid)
+    );
+    let mut call = Value::Null;
+    for _ in 0..50 {
+        call = api(
+            &server,
+            "GET",
+            &format!("/v1/calls/{call_id}"),
+            &user_token("alice"),
+            &[],
+            Value::Null,
+        )
+        .await
+        .1;
+        if call["state"] == "ended" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(call["state"], "ended", "{call}");
+    assert_eq!(call["endReason"], "completed", "{call}");
+    assert!(
+        call["connectedAt"].is_u64(),
+        "the SFU never reported the call connected: {call}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_timeout_ends_the_call_as_missed() {
+    let server = common::live::start_server_with(|c| c.ring_timeout_seconds = 1).await;
+    register(&server, "bob", "b1").await;
+    let (_, created) = create(&server, "alice", "bob", None).await;
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let mut call = Value::Null;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        call = api(
+            &server,
+            "GET",
+            &format!("/v1/calls/{call_id}"),
+            &user_token("bob"),
+            &[],
+            Value::Null,
+        )
+        .await
+        .1;
+        if call["state"] == "ended" {
+            break;
+        }
+    }
+    assert_eq!(call["endReason"], "timeout", "{call}");
+    let bob = call["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["userId"] == "bob")
+        .unwrap()
+        .clone();
+    assert_eq!(bob["state"], "missed");
+    // Missed calls are in bob's history.
+    let (_, recent) = api(
+        &server,
+        "GET",
+        "/v1/calls",
+        &user_token("bob"),
+        &[],
+        Value::Null,
+    )
+    .await;
+    assert_eq!(recent[0]["callId"], call_id.as_str());
+    // No devices: the call ends at once.
+    let (status, none) = create(&server, "alice", "nobody", None).await;
+    assert_eq!(status, 201);
+    assert_eq!(none["call"]["endReason"], "no_devices", "{none}");
 }

@@ -63,6 +63,8 @@ pub struct CallView {
     #[serde(skip_serializing_if = "Option::is_none")]
     answered_at: Option<UnixMillis>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    connected_at: Option<UnixMillis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     ended_at: Option<UnixMillis>,
 }
 
@@ -88,6 +90,7 @@ impl CallView {
                 .collect(),
             created_at: call.created_at,
             answered_at: call.answered_at,
+            connected_at: call.connected_at,
             ended_at: call.ended_at,
         }
     }

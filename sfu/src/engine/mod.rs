@@ -202,6 +202,16 @@ pub enum Event {
     /// A subscriber got its first forwarded packet this long after joining.
     FirstForward(Duration),
     IceConnected,
+    /// A participant's media first connected (call control's "connected").
+    ParticipantConnected {
+        call_id: String,
+        user_id: String,
+    },
+    /// A participant left the room for good (left, or its grace ran out).
+    ParticipantRemoved {
+        call_id: String,
+        user_id: String,
+    },
     /// A participant was removed without its connections ever coming up.
     IceFailed,
 }
@@ -541,6 +551,7 @@ impl Engine {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
+        let first_for_participant = !p.publisher.was_connected && !p.subscriber.was_connected;
         let peer = p.peer_mut(target);
         peer.ice = state;
         if matches!(
@@ -550,6 +561,13 @@ impl Engine {
         {
             peer.was_connected = true;
             self.outputs.push_back(Output::Event(Event::IceConnected));
+            if first_for_participant {
+                self.outputs
+                    .push_back(Output::Event(Event::ParticipantConnected {
+                        call_id: p.room.clone(),
+                        user_id: p.user_id.clone(),
+                    }));
+            }
         }
         tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, ?target, ?state, "ice state");
         self.update_presence(key, now);
@@ -686,6 +704,13 @@ impl Engine {
         }
         if never_connected && reason == LeaveReason::Timeout {
             self.outputs.push_back(Output::Event(Event::IceFailed));
+        }
+        if reason != LeaveReason::Replaced {
+            self.outputs
+                .push_back(Output::Event(Event::ParticipantRemoved {
+                    call_id: room_id.clone(),
+                    user_id: p.user_id.clone(),
+                }));
         }
         if let Some(room) = self.rooms.get_mut(&room_id) {
             room.members.retain(|m| *m != key);

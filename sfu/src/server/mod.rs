@@ -97,12 +97,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let routes: RouteTable = Arc::default();
     let socket = Arc::new(socket);
+    let (media_signals, media_signals_rx) = tokio::sync::mpsc::unbounded_channel();
     let shards = shard::spawn_all(
         &config,
         &announced,
         socket.clone(),
         routes.clone(),
         metrics.clone(),
+        media_signals,
     )
     .map_err(StartError::Crypto)?;
     let shards = Arc::new(shards);
@@ -127,6 +129,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let control = start_control(&state.config, state.tokens.clone())?;
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
     spawn_call_timers(control.service.clone(), shutdown_rx.clone());
+    spawn_media_signals(control.service.clone(), media_signals_rx);
     let app = http::router(state.clone()).merge(control::api::router(control));
     let http_task = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -187,10 +190,7 @@ fn spawn_call_timers(
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             let service = service.clone();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let now = unix_millis();
             match tokio::task::spawn_blocking(move || service.fire_timers(now)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "call timers"),
@@ -198,6 +198,47 @@ fn spawn_call_timers(
             }
         }
     });
+}
+
+/// Media connected / left, from the engines into the call state machine.
+/// Rooms without a call (development tokens) are ignored.
+fn spawn_media_signals(
+    service: Arc<control::service::CallService>,
+    mut signals: tokio::sync::mpsc::UnboundedReceiver<shard::MediaSignal>,
+) {
+    tokio::spawn(async move {
+        while let Some(signal) = signals.recv().await {
+            let service = service.clone();
+            let now = unix_millis();
+            let _ = tokio::task::spawn_blocking(move || {
+                let (call_id, user_id, connected) = match signal {
+                    shard::MediaSignal::Connected { call_id, user_id } => (call_id, user_id, true),
+                    shard::MediaSignal::Left { call_id, user_id } => (call_id, user_id, false),
+                };
+                let result = service.update(&call_id, |c, fx| {
+                    if connected {
+                        c.media_connected(&user_id, now, fx);
+                    } else {
+                        c.media_left(&user_id, now, fx);
+                    }
+                    Ok(())
+                });
+                match result {
+                    Ok((call, ())) => tracing::info!(call_id = %call_id, user_id = %user_id, connected, state = ?call.state, "media signal"),
+                    Err(control::service::ServiceError::NotFound) => {}
+                    Err(e) => tracing::warn!(call_id = %call_id, user_id = %user_id, error = %e, "media signal"),
+                }
+            })
+            .await;
+        }
+    });
+}
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Running {

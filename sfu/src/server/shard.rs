@@ -88,6 +88,7 @@ pub fn spawn_all(
     socket: Arc<UdpSocket>,
     routes: RouteTable,
     metrics: Arc<Metrics>,
+    media_signals: UnboundedSender<MediaSignal>,
 ) -> Result<Vec<ShardHandle>, String> {
     static CRYPTO: std::sync::Once = std::sync::Once::new();
     CRYPTO.call_once(|| str0m::crypto::from_feature_flags().install_process_default());
@@ -122,6 +123,7 @@ pub fn spawn_all(
             queued_datagrams: handle.queued_datagrams.clone(),
             last_stats: EngineStats::default(),
             last_export: Instant::now(),
+            media_signals: media_signals.clone(),
         };
         std::thread::Builder::new()
             .name(format!("engine-{index}"))
@@ -142,6 +144,14 @@ struct Shard {
     queued_datagrams: Arc<AtomicUsize>,
     last_stats: EngineStats,
     last_export: Instant,
+    media_signals: UnboundedSender<MediaSignal>,
+}
+
+/// What call control hears from the media plane.
+#[derive(Debug)]
+pub enum MediaSignal {
+    Connected { call_id: String, user_id: String },
+    Left { call_id: String, user_id: String },
 }
 
 impl Shard {
@@ -274,6 +284,16 @@ impl Shard {
                     .observe(elapsed.as_secs_f64());
             }
             Event::IceConnected => self.metrics.ice_connected.inc(),
+            Event::ParticipantConnected { call_id, user_id } => {
+                let _ = self
+                    .media_signals
+                    .send(MediaSignal::Connected { call_id, user_id });
+            }
+            Event::ParticipantRemoved { call_id, user_id } => {
+                let _ = self
+                    .media_signals
+                    .send(MediaSignal::Left { call_id, user_id });
+            }
             Event::IceFailed => self.metrics.ice_failed.inc(),
         }
     }
