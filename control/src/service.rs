@@ -89,6 +89,16 @@ impl CallService {
         if callees.iter().any(|c| c == caller) {
             return Err(ServiceError::Invalid("you cannot call yourself"));
         }
+        // Crossed calls: the callee is already ringing the caller. One call
+        // results: the first one, answered by this attempt.
+        if let [callee] = callees
+            && let Some(crossed) = self.ringing_call_from(callee, caller)?
+        {
+            let (call, _) = self.update(&crossed, |c, fx| {
+                c.accept_crossed(caller, device_id, now, fx)
+            })?;
+            return Ok(call);
+        }
         let mut list = Vec::with_capacity(callees.len());
         for user in callees {
             let devices = self
@@ -120,6 +130,23 @@ impl CallService {
         self.store.insert_call(&call)?;
         self.ringer.deliver(&call, &effects);
         Ok(call)
+    }
+
+    /// A 1:1 call `from` started that is still ringing `to`.
+    fn ringing_call_from(&self, from: &str, to: &str) -> Result<Option<String>, ServiceError> {
+        use crate::call::{CallState, ParticipantState};
+        Ok(self
+            .store
+            .calls_of(to, 20)?
+            .into_iter()
+            .find(|c| {
+                c.state == CallState::Ringing
+                    && c.initiator_user_id == from
+                    && c.participants.len() == 2
+                    && c.participant(to)
+                        .is_some_and(|p| p.state == ParticipantState::Ringing)
+            })
+            .map(|c| c.call_id))
     }
 
     fn in_connected_call(&self, user: &str) -> Result<bool, ServiceError> {

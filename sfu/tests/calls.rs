@@ -238,6 +238,13 @@ async fn every_endpoint_refuses_bad_credentials_and_strangers() {
         ("POST", format!("/v1/calls/{call_id}/cancel"), Value::Null),
         ("POST", format!("/v1/calls/{call_id}/end"), Value::Null),
         ("POST", format!("/v1/calls/{call_id}/token"), Value::Null),
+        (
+            "POST",
+            format!("/v1/calls/{call_id}/ack"),
+            json!({"deviceId": "b1"}),
+        ),
+        ("DELETE", "/v1/devices/b1".into(), Value::Null),
+        ("POST", "/v1/devices/b1/heartbeat".into(), Value::Null),
     ];
     for (method, path, body) in &endpoints {
         for (label, token) in [
@@ -425,4 +432,54 @@ async fn ring_timeout_ends_the_call_as_missed() {
     let (status, none) = create(&server, "alice", "nobody", None).await;
     assert_eq!(status, 201);
     assert_eq!(none["call"]["endReason"], "no_devices", "{none}");
+}
+
+/// A calls B while B calls A: one call results, A's, answered by B's attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossed_calls_make_one_call() {
+    let server = start_server().await;
+    register(&server, "alice", "alice-d").await;
+    register(&server, "bob", "b1").await;
+    let (_, first) = create(&server, "alice", "bob", None).await;
+    let (status, second) = create(&server, "bob", "alice", None).await;
+    assert_eq!(status, 201, "{second}");
+    assert_eq!(
+        second["call"]["callId"], first["call"]["callId"],
+        "two calls were made"
+    );
+    assert_eq!(second["call"]["state"], "connecting");
+    assert!(second["callToken"].is_string());
+    let (_, recent) = api(
+        &server,
+        "GET",
+        "/v1/calls",
+        &user_token("bob"),
+        &[],
+        Value::Null,
+    )
+    .await;
+    assert_eq!(recent.as_array().unwrap().len(), 1);
+    // The ring acknowledgement ("call UI shown") on a ringing device.
+    let (_, third) = create(&server, "carol", "bob", None).await;
+    let id = third["call"]["callId"].as_str().unwrap();
+    let (status, body) = api(
+        &server,
+        "POST",
+        &format!("/v1/calls/{id}/ack"),
+        &user_token("bob"),
+        &[],
+        json!({"deviceId": "b1"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = api(
+        &server,
+        "POST",
+        &format!("/v1/calls/{id}/ack"),
+        &user_token("bob"),
+        &[],
+        json!({"deviceId": "zz"}),
+    )
+    .await;
+    assert_eq!(status, 403);
 }

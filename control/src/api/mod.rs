@@ -46,6 +46,7 @@ pub fn router(state: ControlState) -> Router {
         .route("/v1/calls/{call_id}/cancel", post(cancel))
         .route("/v1/calls/{call_id}/end", post(end))
         .route("/v1/calls/{call_id}/token", post(fresh_token))
+        .route("/v1/calls/{call_id}/ack", post(acknowledge))
         .with_state(state)
 }
 
@@ -371,6 +372,7 @@ async fn call_action(
         let device = device.unwrap_or_default();
         let (call, ()) = state.service.update(&call_id, |c, fx| match action {
             "accept" => c.accept(user, &device, now, fx).map(|_| ()),
+            "ack" => c.acknowledge_ring(user, &device, now),
             "decline" => c.decline(user, &device, now, fx),
             "cancel" => c.cancel(user, now, fx),
             _ => c.end(user, now, fx),
@@ -390,6 +392,18 @@ async fn accept(
 ) -> Result<Json<CallWithToken>, ApiError> {
     let device = body(req)?.device_id;
     call_action(state, caller, headers, call_id, "accept", Some(device)).await
+}
+
+/// The device shows the incoming call (its ring arrived): "call UI shown".
+async fn acknowledge(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    Path(call_id): Path<String>,
+    req: Result<Json<DeviceBody>, JsonRejection>,
+) -> Result<Json<CallWithToken>, ApiError> {
+    let device = body(req)?.device_id;
+    call_action(state, caller, headers, call_id, "ack", Some(device)).await
 }
 
 async fn decline(

@@ -442,6 +442,29 @@ impl Call {
         Ok(Accepted::Now)
     }
 
+    /// A calls B while B calls A: B's own call attempt answers A's call, on
+    /// the device B is calling from (which may not have been rung).
+    pub fn accept_crossed(
+        &mut self,
+        user_id: &str,
+        device_id: &str,
+        now: UnixMillis,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Accepted, CallError> {
+        let i = self.index_of(user_id)?;
+        let p = &mut self.participants[i];
+        if p.state == ParticipantState::Ringing && !p.rings.iter().any(|r| r.device_id == device_id)
+        {
+            p.rings.push(Ring {
+                device_id: device_id.to_string(),
+                state: RingState::Sent,
+                sent_at: now,
+                acknowledged_at: None,
+            });
+        }
+        self.accept(user_id, device_id, now, effects)
+    }
+
     pub fn decline(
         &mut self,
         user_id: &str,
