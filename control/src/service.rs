@@ -195,6 +195,21 @@ impl CallService {
         self.update(call_id, |c, fx| c.accept(user, device, now, fx))
     }
 
+    /// After a restart: the media plane is empty, so every live call is told
+    /// (connected ones get `grace_ms` to come back), then overdue timers
+    /// fire. Ringing and connecting calls keep their persisted deadlines.
+    pub fn recover(&self, now: UnixMillis, grace_ms: u64) -> Result<usize, ServiceError> {
+        let live = self.store.live_calls()?;
+        for call in &live {
+            self.update(&call.value.call_id, |c, _| {
+                c.media_restarted(now, grace_ms);
+                Ok(())
+            })?;
+        }
+        self.fire_timers(now)?;
+        Ok(live.len())
+    }
+
     /// Fires due timers of every live call; returns how many calls changed.
     pub fn fire_timers(&self, now: UnixMillis) -> Result<usize, ServiceError> {
         let mut changed = 0;

@@ -169,6 +169,35 @@ fn connected_when_both_are_in_media_and_completed_when_one_leaves() {
 }
 
 #[test]
+fn after_a_restart_a_connected_call_needs_its_participants_back() {
+    let connected = || {
+        let (mut call, _) = one_to_one(&["bob-phone"]);
+        let mut fx = Vec::new();
+        call.accept("bob", "bob-phone", T0, &mut fx).unwrap();
+        call.media_connected("alice", T0, &mut fx);
+        call.media_connected("bob", T0, &mut fx);
+        assert_eq!(call.state, CallState::Connected);
+        call
+    };
+    let mut fx = Vec::new();
+    // Both come back within the grace period: it stays connected.
+    let mut call = connected();
+    call.media_restarted(T0 + 10_000, 15_000);
+    assert_eq!(call.next_deadline(), Some(T0 + 25_000));
+    call.media_connected("alice", T0 + 12_000, &mut fx);
+    call.media_connected("bob", T0 + 13_000, &mut fx);
+    assert_eq!(call.next_deadline(), None);
+    call.handle_timeout(T0 + 30_000, &mut fx);
+    assert_eq!(call.state, CallState::Connected);
+    // Only one comes back: it fails at the end of the grace period.
+    let mut call = connected();
+    call.media_restarted(T0 + 10_000, 15_000);
+    call.media_connected("alice", T0 + 12_000, &mut fx);
+    call.handle_timeout(T0 + 25_000, &mut fx);
+    assert_eq!(call.end_reason, Some(EndReason::Failed));
+}
+
+#[test]
 fn a_busy_callee_or_one_without_devices_ends_the_call_at_once() {
     let mut busy = callee("bob", &["bob-phone"]);
     busy.busy = true;
@@ -253,6 +282,8 @@ mod interleavings {
         Ack(usize, usize),
         MediaConnected(usize),
         MediaLeft(usize),
+        /// The server restarted: rooms are empty; 5 s of grace.
+        Restarted,
         /// A participant in the SFU's reconnecting grace period: the machine
         /// is not told, and the call must go on regardless.
         Reconnecting,
@@ -271,6 +302,7 @@ mod interleavings {
             u.clone().prop_map(Op::MediaConnected),
             u.prop_map(Op::MediaLeft),
             Just(Op::Reconnecting),
+            Just(Op::Restarted),
             (0u64..30_000).prop_map(Op::Advance),
         ]
     }
@@ -294,6 +326,10 @@ mod interleavings {
                 String::new()
             }
             Op::Reconnecting => String::new(),
+            Op::Restarted => {
+                call.media_restarted(*now, 5_000);
+                String::new()
+            }
             Op::Advance(ms) => {
                 *now += ms;
                 call.handle_timeout(*now, fx);
@@ -397,7 +433,7 @@ mod interleavings {
                     prop_assert_eq!(&call, &before, "an ended call changed");
                 }
                 // A replayed request changes nothing and answers the same.
-                if !matches!(op, Op::Advance(_)) {
+                if !matches!(op, Op::Advance(_) | Op::Restarted) {
                     let after = call.clone();
                     let mut again = Vec::new();
                     let mut t = now;

@@ -150,6 +150,9 @@ impl Config {
         if let Some(v) = var("SWITCHBOARD_DATA_DIR") {
             self.data_dir = v.into();
         }
+        if let Some(v) = var("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS") {
+            self.connect_timeout_seconds = parse("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS", &v)?;
+        }
         if let Some(v) = var("SWITCHBOARD_RING_TIMEOUT_SECONDS") {
             self.ring_timeout_seconds = parse("SWITCHBOARD_RING_TIMEOUT_SECONDS", &v)?;
         }

@@ -345,6 +345,7 @@ impl Call {
     pub fn next_deadline(&self) -> Option<UnixMillis> {
         match self.state {
             CallState::Ringing => self.ring_deadline,
+            CallState::Connected => self.connect_deadline,
             CallState::Connecting => {
                 // Callees still ringing in a group call time out too.
                 match (self.connect_deadline, self.ring_deadline) {
@@ -564,17 +565,39 @@ impl Call {
             return;
         }
         self.participants[i].in_media = true;
-        let in_media = self
-            .participants
-            .iter()
-            .filter(|p| p.state == ParticipantState::Accepted && p.in_media)
-            .count();
+        let in_media = self.in_media_count();
+        if self.state == CallState::Connected && in_media >= 2 {
+            // Back after a restart: no more deadline.
+            self.connect_deadline = None;
+        }
         if self.state == CallState::Connecting && in_media >= 2 {
             self.state = CallState::Connected;
             self.connected_at = Some(now);
             self.connect_deadline = None;
             effects.push(Effect::Event(CallEvent::Connected));
         }
+    }
+
+    /// The media plane restarted (the server process did): nobody is in a
+    /// room any more. A connected call stays connected if at least two of its
+    /// participants are back in the room within `grace_ms`, else it fails.
+    pub fn media_restarted(&mut self, now: UnixMillis, grace_ms: u64) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        for p in &mut self.participants {
+            p.in_media = false;
+        }
+        if self.state == CallState::Connected {
+            self.connect_deadline = Some(now + grace_ms);
+        }
+    }
+
+    fn in_media_count(&self) -> usize {
+        self.participants
+            .iter()
+            .filter(|p| p.state == ParticipantState::Accepted && p.in_media)
+            .count()
     }
 
     /// The SFU removed this participant (left, or its grace period ran out).
@@ -638,8 +661,16 @@ impl Call {
                 return;
             }
         }
-        if self.state == CallState::Connecting && self.connect_deadline.is_some_and(|d| d <= now) {
-            self.finish(EndReason::Failed, now, effects);
+        if self.connect_deadline.is_some_and(|d| d <= now) {
+            match self.state {
+                CallState::Connecting => self.finish(EndReason::Failed, now, effects),
+                // After a restart: did they come back?
+                CallState::Connected if self.in_media_count() < 2 => {
+                    self.finish(EndReason::Failed, now, effects)
+                }
+                CallState::Connected => self.connect_deadline = None,
+                _ => {}
+            }
         }
     }
 

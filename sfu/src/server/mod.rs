@@ -127,6 +127,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics,
     };
     let control = start_control(&state.config, state.tokens.clone())?;
+    let recovered = control
+        .service
+        .recover(
+            unix_millis(),
+            state.config.reconnect_grace().as_millis() as u64,
+        )
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    if recovered > 0 {
+        tracing::info!(calls = recovered, "recovered live calls from the store");
+    }
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
     spawn_call_timers(control.service.clone(), shutdown_rx.clone());
     spawn_media_signals(control.service.clone(), media_signals_rx);

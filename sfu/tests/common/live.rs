@@ -71,6 +71,14 @@ pub fn ws_url(server: &Running) -> String {
 
 /// Joins with `token`, publishes, and runs for `duration`; returns the bot
 /// with everything it received.
+pub fn api_key() -> control::auth::ApiKey {
+    control::auth::ApiKey {
+        id: API_KEY_ID.into(),
+        secret: API_KEY_SECRET.into(),
+        revoked: false,
+    }
+}
+
 pub async fn run_bot(name: &str, url: &str, token: String, duration: Duration) -> Bot {
     let pub_socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let sub_socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -159,10 +167,19 @@ pub async fn http_with(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    request(server.http_addr, method, path, headers, body).await
+}
+
+/// One HTTP/1.0 request to `addr`.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server.http_addr)
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let extra: String = headers
         .iter()
         .filter(|(_, v)| !v.is_empty() && *v != "Bearer ")
