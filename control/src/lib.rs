@@ -9,5 +9,6 @@ pub mod auth;
 pub mod call;
 pub mod call_token;
 pub mod device;
+pub mod rate_limit;
 pub mod service;
 pub mod store;

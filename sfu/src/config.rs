@@ -48,6 +48,10 @@ pub struct Config {
     pub connect_timeout_seconds: u64,
     /// Devices rung per callee (most recently seen first).
     pub max_ringing_devices: usize,
+    /// Rate limits of the call API (429 with Retry-After beyond them).
+    pub call_creates_per_minute: u32,
+    pub calls_to_one_user_per_minute: u32,
+    pub api_requests_per_second: u32,
 }
 
 impl Default for Config {
@@ -72,6 +76,9 @@ impl Default for Config {
             ring_timeout_seconds: 40,
             connect_timeout_seconds: 20,
             max_ringing_devices: control::service::DEFAULT_MAX_RINGING_DEVICES,
+            call_creates_per_minute: 30,
+            calls_to_one_user_per_minute: 20,
+            api_requests_per_second: 20,
         }
     }
 }
@@ -198,6 +205,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "every API key needs an id and a secret of at least 32 bytes".into(),
             ));
+        }
+        if self.call_creates_per_minute == 0
+            || self.calls_to_one_user_per_minute == 0
+            || self.api_requests_per_second == 0
+        {
+            return Err(ConfigError::Invalid("rate limits must be positive".into()));
         }
         if self.ring_timeout_seconds == 0 || self.connect_timeout_seconds == 0 {
             return Err(ConfigError::Invalid(

@@ -483,3 +483,45 @@ async fn crossed_calls_make_one_call() {
     .await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_limits_is_429_with_retry_after() {
+    let server = common::live::start_server_with(|c| {
+        c.call_creates_per_minute = 2;
+        c.calls_to_one_user_per_minute = 3;
+        c.api_requests_per_second = 1_000;
+    })
+    .await;
+    register(&server, "bob", "b1").await;
+    for _ in 0..2 {
+        assert_eq!(create(&server, "alice", "bob", None).await.0, 201);
+    }
+    let auth = format!("Bearer {}", user_token("alice"));
+    let body = json!({"calleeUserIds": ["bob"], "type": "audio", "deviceId": "a"}).to_string();
+    let (status, raw) = common::live::request(
+        server.http_addr,
+        "POST",
+        "/v1/calls",
+        &[("Authorization", &auth)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 429, "{raw}");
+    let (_, full) = common::live::raw_request(
+        server.http_addr,
+        "POST",
+        "/v1/calls",
+        &[("Authorization", &auth)],
+        &body,
+    )
+    .await;
+    assert!(
+        full.to_ascii_lowercase().contains("retry-after: 30"),
+        "{full}"
+    );
+    // Someone else may still call; bob's ring limit (3/min) then stops them.
+    assert_eq!(create(&server, "carol", "bob", None).await.0, 201);
+    let (status, body) = create(&server, "dave", "bob", None).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "rate_limited");
+}

@@ -21,6 +21,7 @@ use views::{CallView, CallWithToken, DeviceRequest};
 use crate::auth::{Authenticator, Principal, valid_id};
 use crate::call::{Call, CallType, ParticipantState, Role, UnixMillis};
 use crate::call_token::{CallGrant, CallTokens};
+use crate::rate_limit::{Limiter, Rate};
 use crate::service::CallService;
 use crate::store::IdempotencyRecord;
 
@@ -32,6 +33,27 @@ pub struct ControlState {
     pub auth: Arc<Authenticator>,
     pub service: Arc<CallService>,
     pub tokens: Arc<CallTokens>,
+    pub limits: Arc<ApiLimits>,
+}
+
+/// The API's rate limits (each over 429 with `Retry-After`).
+pub struct ApiLimits {
+    /// Any request, per authenticated caller (key and user).
+    pub requests: Limiter,
+    /// Calls created per user.
+    pub creates: Limiter,
+    /// Calls ringing one callee (a flood of calls at one person).
+    pub rings: Limiter,
+}
+
+impl ApiLimits {
+    pub fn new(requests: Rate, creates: Rate, rings: Rate) -> ApiLimits {
+        ApiLimits {
+            requests: Limiter::new(requests),
+            creates: Limiter::new(creates),
+            rings: Limiter::new(rings),
+        }
+    }
 }
 
 pub fn router(state: ControlState) -> Router {
@@ -73,6 +95,12 @@ where
         let principal = state
             .auth
             .authenticate(header("authorization"), header("x-switchboard-user"))?;
+        let key = format!("{}/{}", principal.key_id, principal.user_id);
+        state
+            .limits
+            .requests
+            .check(&key, std::time::Instant::now())
+            .map_err(|wait| ApiError::rate_limited("requests", wait))?;
         Ok(Caller(principal))
     }
 }
@@ -248,6 +276,20 @@ async fn create_call(
         return Err(ApiError::bad_request(
             "ids must be 1-128 printable characters",
         ));
+    }
+    // Rate limits: calls this user creates, and calls ringing each callee.
+    let now = std::time::Instant::now();
+    state
+        .limits
+        .creates
+        .check(&caller.user_id, now)
+        .map_err(|wait| ApiError::rate_limited("calls created", wait))?;
+    for callee in &req.callee_user_ids {
+        state
+            .limits
+            .rings
+            .check(callee, now)
+            .map_err(|wait| ApiError::rate_limited("calls to this user", wait))?;
     }
     blocking(move || {
         let call_id = uuid::Uuid::new_v4().to_string();

@@ -184,6 +184,11 @@ fn start_control(
         )),
         service: Arc::new(service),
         tokens,
+        limits: Arc::new(control::api::ApiLimits::new(
+            control::rate_limit::Rate::per_second(config.api_requests_per_second),
+            control::rate_limit::Rate::per_minute(config.call_creates_per_minute),
+            control::rate_limit::Rate::per_minute(config.calls_to_one_user_per_minute),
+        )),
     })
 }
 

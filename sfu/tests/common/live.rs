@@ -24,6 +24,10 @@ pub async fn start_server_with(adjust: impl FnOnce(&mut Config)) -> Running {
         engine_threads: 2,
         call_token_secret: "live-test-secret-live-test-secret".into(),
         data_dir: scratch_dir(),
+        // The race tests send bursts of 50; the rate-limit test lowers these.
+        api_requests_per_second: 1_000,
+        call_creates_per_minute: 1_000,
+        calls_to_one_user_per_minute: 1_000,
         api_keys: vec![control::auth::ApiKey {
             id: API_KEY_ID.into(),
             secret: API_KEY_SECRET.into(),
@@ -170,8 +174,24 @@ pub async fn http_with(
     request(server.http_addr, method, path, headers, body).await
 }
 
-/// One HTTP/1.0 request to `addr`.
+/// One HTTP/1.0 request to `addr`: status and body.
 pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let (status, response) = raw_request(addr, method, path, headers, body).await;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// One HTTP/1.0 request to `addr`: status and the whole response.
+pub async fn raw_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -197,9 +217,5 @@ pub async fn request(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    (status, response)
 }
