@@ -36,6 +36,7 @@ fn service(path: &std::path::Path) -> CallService {
         store: Arc::new(store),
         // Logs nothing at bench time: no subscriber is installed.
         ringer: Arc::new(LoggingRinger),
+        metrics: None,
         timeouts: Timeouts::default(),
         max_ringing_devices: 3,
     }

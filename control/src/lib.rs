@@ -9,6 +9,7 @@ pub mod auth;
 pub mod call;
 pub mod call_token;
 pub mod device;
+pub mod metrics;
 pub mod rate_limit;
 pub mod service;
 pub mod store;

@@ -68,6 +68,7 @@ impl From<CallError> for ServiceError {
 pub struct CallService {
     pub store: Arc<dyn Store>,
     pub ringer: Arc<dyn Ringer>,
+    pub metrics: Option<Arc<crate::metrics::CallMetrics>>,
     pub timeouts: Timeouts,
     pub max_ringing_devices: usize,
 }
@@ -128,6 +129,9 @@ impl CallService {
             now,
         );
         self.store.insert_call(&call)?;
+        if let Some(m) = &self.metrics {
+            m.observe(None, &call);
+        }
         self.ringer.deliver(&call, &effects);
         Ok(call)
     }
@@ -178,6 +182,9 @@ impl CallService {
                 return Ok((call, out));
             }
             if self.store.update_call(&call, read.version)? {
+                if let Some(m) = &self.metrics {
+                    m.observe(Some(&read.value), &call);
+                }
                 self.ringer.deliver(&call, &effects);
                 return Ok((call, out));
             }

@@ -482,6 +482,11 @@ async fn crossed_calls_make_one_call() {
     )
     .await;
     assert_eq!(status, 403);
+    let (_, metrics) = common::live::http(&server, "GET", "/metrics", "").await;
+    assert!(
+        metrics.contains("switchboard_call_ring_to_ui_shown_seconds_count 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,7 +126,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shards,
         metrics,
     };
-    let control = start_control(&state.config, state.tokens.clone())?;
+    let call_metrics = control::metrics::CallMetrics::register(&state.metrics.registry)
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    let control = start_control(&state.config, state.tokens.clone(), call_metrics)?;
     let recovered = control
         .service
         .recover(
@@ -163,6 +165,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 fn start_control(
     config: &Config,
     tokens: Arc<CallTokens>,
+    metrics: control::metrics::CallMetrics,
 ) -> Result<control::api::ControlState, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Store(format!("{}: {e}", config.data_dir.display())))?;
@@ -171,6 +174,7 @@ fn start_control(
     let service = control::service::CallService {
         store: Arc::new(store),
         ringer: Arc::new(control::service::LoggingRinger),
+        metrics: Some(Arc::new(metrics)),
         timeouts: control::call::Timeouts {
             ring_ms: config.ring_timeout_seconds * 1000,
             connect_ms: config.connect_timeout_seconds * 1000,

@@ -1,0 +1,109 @@
+//! Call-control metrics, registered into the server's Prometheus registry.
+//! Observed from a call's state before and after each successful write, so
+//! every transition is counted exactly once, whichever request made it.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+
+use crate::call::{Call, CallState, RingState};
+
+pub struct CallMetrics {
+    pub created: IntCounterVec,
+    pub ended: IntCounterVec,
+    pub ring_to_answer: Histogram,
+    pub ring_to_ui_shown: Histogram,
+    pub duration: Histogram,
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+) -> prometheus::Result<Histogram> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl CallMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<CallMetrics> {
+        let created = IntCounterVec::new(
+            Opts::new("switchboard_calls_created_total", "Calls created, by type"),
+            &["type"],
+        )?;
+        registry.register(Box::new(created.clone()))?;
+        let ended = IntCounterVec::new(
+            Opts::new(
+                "switchboard_calls_ended_total",
+                "Calls ended, by end reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(ended.clone()))?;
+        let seconds = vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0];
+        Ok(CallMetrics {
+            created,
+            ended,
+            ring_to_answer: histogram(
+                registry,
+                "switchboard_call_ring_to_answer_seconds",
+                "From ringing to the first accept",
+                seconds.clone(),
+            )?,
+            ring_to_ui_shown: histogram(
+                registry,
+                "switchboard_call_ring_to_ui_shown_seconds",
+                "From a ring sent to the device acknowledging it (call UI shown)",
+                vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0],
+            )?,
+            duration: histogram(
+                registry,
+                "switchboard_call_duration_seconds",
+                "From connected to ended",
+                vec![10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0],
+            )?,
+        })
+    }
+
+    /// Counts what changed between two versions of one call.
+    pub fn observe(&self, before: Option<&Call>, after: &Call) {
+        let secs = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1000.0;
+        if before.is_none() {
+            self.created
+                .with_label_values(&[&format!("{:?}", after.call_type).to_lowercase()])
+                .inc();
+        }
+        let was = |f: &dyn Fn(&Call) -> bool| before.is_some_and(f);
+        if after.state == CallState::Ended && !was(&|c| c.state == CallState::Ended) {
+            if let Some(reason) = after.end_reason {
+                let label = serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                self.ended.with_label_values(&[&label]).inc();
+            }
+            if let (Some(c), Some(e)) = (after.connected_at, after.ended_at) {
+                self.duration.observe(secs(c, e));
+            }
+        }
+        if let Some(a) = after.answered_at
+            && !was(&|c| c.answered_at.is_some())
+        {
+            self.ring_to_answer.observe(secs(after.created_at, a));
+        }
+        for (i, p) in after.participants.iter().enumerate() {
+            for (j, ring) in p.rings.iter().enumerate() {
+                let acked_before = before
+                    .and_then(|b| b.participants.get(i))
+                    .and_then(|bp| bp.rings.get(j))
+                    .is_some_and(|r| r.acknowledged_at.is_some());
+                if let Some(at) = ring.acknowledged_at
+                    && !acked_before
+                    && ring.state != RingState::Sent
+                {
+                    self.ring_to_ui_shown.observe(secs(ring.sent_at, at));
+                }
+            }
+        }
+    }
+}
