@@ -460,6 +460,7 @@ async fn crossed_calls_make_one_call() {
     .await;
     assert_eq!(recent.as_array().unwrap().len(), 1);
     // The ring acknowledgement ("call UI shown") on a ringing device.
+    let shown_before = ui_shown_count(&server).await;
     let (_, third) = create(&server, "carol", "bob", None).await;
     let id = third["call"]["callId"].as_str().unwrap();
     let (status, body) = api(
@@ -482,11 +483,21 @@ async fn crossed_calls_make_one_call() {
     )
     .await;
     assert_eq!(status, 403);
-    let (_, metrics) = common::live::http(&server, "GET", "/metrics", "").await;
-    assert!(
-        metrics.contains("switchboard_call_ring_to_ui_shown_seconds_count 1"),
-        "{metrics}"
+    let shown = ui_shown_count(&server).await;
+    assert_eq!(
+        shown - shown_before,
+        1.0,
+        "the ack was not counted as call UI shown"
     );
+}
+
+async fn ui_shown_count(server: &Running) -> f64 {
+    let (_, metrics) = common::live::http(server, "GET", "/metrics", "").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_call_ring_to_ui_shown_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
