@@ -11,5 +11,6 @@ pub mod call_token;
 pub mod device;
 pub mod metrics;
 pub mod rate_limit;
+pub mod ringing;
 pub mod service;
 pub mod store;

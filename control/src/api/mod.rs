@@ -3,6 +3,7 @@
 //! on blocking threads.
 
 mod error;
+mod events;
 mod views;
 
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct ControlState {
     pub service: Arc<CallService>,
     pub tokens: Arc<CallTokens>,
     pub limits: Arc<ApiLimits>,
+    /// Delivers rings and events to devices' events sockets.
+    pub events: Arc<crate::ringing::HubRinger>,
 }
 
 /// The API's rate limits (each over 429 with `Retry-After`).
@@ -69,10 +72,11 @@ pub fn router(state: ControlState) -> Router {
         .route("/v1/calls/{call_id}/end", post(end))
         .route("/v1/calls/{call_id}/token", post(fresh_token))
         .route("/v1/calls/{call_id}/ack", post(acknowledge))
+        .route("/v1/events", get(events::events_socket))
         .with_state(state)
 }
 
-fn now_ms() -> UnixMillis {
+pub(crate) fn now_ms() -> UnixMillis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -63,6 +63,14 @@ pub enum StartError {
 
 /// Binds everything and starts the engine threads and the HTTP server.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with_push(config, Arc::new(control::ringing::LoggingPushSender)).await
+}
+
+/// [`start`], with the push sender given (tests record pushes).
+pub async fn start_with_push(
+    config: Config,
+    push: Arc<dyn control::ringing::PushSender>,
+) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let secret = if config.call_token_secret.is_empty() {
@@ -128,7 +136,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let call_metrics = control::metrics::CallMetrics::register(&state.metrics.registry)
         .map_err(|e| StartError::Store(e.to_string()))?;
-    let control = start_control(&state.config, state.tokens.clone(), call_metrics)?;
+    let control = start_control(&state.config, state.tokens.clone(), call_metrics, push)?;
     let recovered = control
         .service
         .recover(
@@ -141,6 +149,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
     spawn_call_timers(control.service.clone(), shutdown_rx.clone());
+    spawn_ack_checks(control.events.clone(), shutdown_rx.clone());
     spawn_media_signals(control.service.clone(), media_signals_rx);
     let app = http::router(state.clone()).merge(control::api::router(control));
     let http_task = tokio::spawn(async move {
@@ -166,14 +175,22 @@ fn start_control(
     config: &Config,
     tokens: Arc<CallTokens>,
     metrics: control::metrics::CallMetrics,
+    push: Arc<dyn control::ringing::PushSender>,
 ) -> Result<control::api::ControlState, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Store(format!("{}: {e}", config.data_dir.display())))?;
-    let store = control::store::SqliteStore::open(&config.data_dir.join("control.db"))
-        .map_err(|e| StartError::Store(e.to_string()))?;
+    let store: Arc<dyn control::store::Store> = Arc::new(
+        control::store::SqliteStore::open(&config.data_dir.join("control.db"))
+            .map_err(|e| StartError::Store(e.to_string()))?,
+    );
+    let events = Arc::new(control::ringing::HubRinger::new(
+        Arc::default(),
+        store.clone(),
+        push,
+    ));
     let service = control::service::CallService {
-        store: Arc::new(store),
-        ringer: Arc::new(control::service::LoggingRinger),
+        store,
+        ringer: events.clone(),
         metrics: Some(Arc::new(metrics)),
         timeouts: control::call::Timeouts {
             ring_ms: config.ring_timeout_seconds * 1000,
@@ -193,6 +210,7 @@ fn start_control(
             control::rate_limit::Rate::per_minute(config.call_creates_per_minute),
             control::rate_limit::Rate::per_minute(config.calls_to_one_user_per_minute),
         )),
+        events,
     })
 }
 
@@ -215,6 +233,26 @@ fn spawn_call_timers(
                 Ok(Err(e)) => tracing::warn!(error = %e, "call timers"),
                 Err(e) => tracing::error!(error = %e, "call timer task"),
             }
+        }
+    });
+}
+
+/// Rings not acknowledged in time fall back to push (checked every 100 ms).
+fn spawn_ack_checks(
+    events: Arc<control::ringing::HubRinger>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let events = events.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || events.check_acks(std::time::Instant::now()))
+                    .await;
         }
     });
 }

@@ -2,6 +2,7 @@
 //! the signaling WebSocket, for a bounded time.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sfu::config::Config;
@@ -17,6 +18,13 @@ pub async fn start_server() -> Running {
 }
 
 pub async fn start_server_with(adjust: impl FnOnce(&mut Config)) -> Running {
+    start_server_with_push(adjust, Arc::new(control::ringing::LoggingPushSender)).await
+}
+
+pub async fn start_server_with_push(
+    adjust: impl FnOnce(&mut Config),
+    push: Arc<dyn control::ringing::PushSender>,
+) -> Running {
     let mut config = Config {
         http_listen: "127.0.0.1:0".parse().unwrap(),
         rtc_udp_bind: "127.0.0.1:0".parse().unwrap(),
@@ -36,7 +44,9 @@ pub async fn start_server_with(adjust: impl FnOnce(&mut Config)) -> Running {
         ..Config::default()
     };
     adjust(&mut config);
-    sfu::server::start(config).await.expect("server starts")
+    sfu::server::start_with_push(config, push)
+        .await
+        .expect("server starts")
 }
 
 pub const API_KEY_ID: &str = "test-key";

@@ -1,0 +1,125 @@
+//! `GET /v1/events`: a device's events WebSocket. The first message
+//! authenticates (`{"type":"auth","token":"<user token>","deviceId":"..."}`,
+//! so no token sits in a URL or an access log); then the server sends
+//! `call.ringing`, `call.cancelled` and `call.event` messages, and the device
+//! acknowledges rings with `{"type":"ack","callId":"..."}`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+
+use super::{ControlState, now_ms};
+
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Device messages are tiny; anything larger is refused by the socket.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+#[derive(Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+enum DeviceMessage {
+    Auth { token: String, device_id: String },
+    Ack { call_id: String },
+}
+
+pub async fn events_socket(ws: WebSocketUpgrade, State(state): State<ControlState>) -> Response {
+    ws.max_message_size(MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| serve(socket, state))
+}
+
+fn error(code: &str, message: &str) -> Message {
+    Message::text(
+        serde_json::json!({"type": "error", "code": code, "message": message}).to_string(),
+    )
+}
+
+async fn serve(socket: WebSocket, state: ControlState) {
+    let (mut sink, mut stream) = socket.split();
+    // 1. Authenticate.
+    let first = tokio::time::timeout(AUTH_TIMEOUT, stream.next()).await;
+    let Ok(Some(Ok(Message::Text(text)))) = first else {
+        return;
+    };
+    let Ok(DeviceMessage::Auth { token, device_id }) = serde_json::from_str(&text) else {
+        let _ = sink
+            .send(error("not_authenticated", "the first message must be auth"))
+            .await;
+        return;
+    };
+    let user_id = match state.auth.verify_user_token(&token) {
+        Ok(p) => p.user_id,
+        Err(e) => {
+            let _ = sink.send(error("unauthorized", &e.to_string())).await;
+            return;
+        }
+    };
+    let store = state.service.store.clone();
+    let (user, device) = (user_id.clone(), device_id.clone());
+    let registered = tokio::task::spawn_blocking(move || {
+        store
+            .devices_of(&user)
+            .map(|ds| ds.iter().any(|d| d.device_id == device))
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    if !registered {
+        let _ = sink
+            .send(error("unknown_device", "register the device first"))
+            .await;
+        return;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    state.events.hub.connect(&user_id, &device_id, tx.clone());
+    tracing::info!(user_id = %user_id, device_id = %device_id, "device events connected");
+    let _ = sink
+        .send(Message::text(r#"{"type":"authenticated"}"#.to_string()))
+        .await;
+    // A device that connects while a call rings for it gets the ring.
+    {
+        let events = state.events.clone();
+        let (user, device) = (user_id.clone(), device_id.clone());
+        let _ = tokio::task::spawn_blocking(move || events.replay_rings(&user, &device)).await;
+    }
+    // 2. Relay.
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                let text = serde_json::to_string(&event).unwrap_or_default();
+                if sink.send(Message::text(text)).await.is_err() {
+                    break;
+                }
+            }
+            message = stream.next() => match message {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<DeviceMessage>(&text) {
+                    Ok(DeviceMessage::Ack { call_id }) => {
+                        let service = state.service.clone();
+                        let (user, device) = (user_id.clone(), device_id.clone());
+                        let now = now_ms();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            service.update(&call_id, |c, _| c.acknowledge_ring(&user, &device, now))
+                        })
+                        .await;
+                    }
+                    _ => {
+                        if sink.send(error("bad_message", "expected ack")).await.is_err() {
+                            break;
+                        }
+                    }
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    state.events.hub.disconnect(&user_id, &device_id, &tx);
+    tracing::info!(user_id = %user_id, device_id = %device_id, "device events disconnected");
+}

@@ -1,0 +1,284 @@
+//! Ringing devices: the `Ringer` that delivers a call's effects to devices.
+//!
+//! A device with an open events WebSocket gets `call.ringing` there and must
+//! acknowledge it within `ack_window` (default 1.5 s); a mobile device that
+//! does not (suspended apps keep sockets that look open), or has no socket,
+//! gets a push. Stop-rings go out as `call.cancelled` on the socket and, for
+//! mobile devices, as a regular (never VoIP) push. Call events go to every
+//! participant's connected devices.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::call::{Call, CallEvent, CallType, Effect, RingState, StopReason};
+use crate::device::Platform;
+use crate::service::Ringer;
+use crate::store::Store;
+
+/// How long a device has to acknowledge a ring before it is pushed.
+pub const DEFAULT_ACK_WINDOW: Duration = Duration::from_millis(1500);
+
+/// What a device's events WebSocket carries (JSON, camelCase, `type` tag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum DeviceEvent {
+    #[serde(rename = "call.ringing")]
+    Ringing {
+        call_id: String,
+        from_user_id: String,
+        #[serde(rename = "callType")]
+        call_type: CallType,
+        /// When the ring stops by itself (Unix ms): a late delivery is stale.
+        expires_at: u64,
+    },
+    #[serde(rename = "call.cancelled")]
+    Cancelled { call_id: String, reason: StopReason },
+    #[serde(rename = "call.event")]
+    Event { call_id: String, event: String },
+}
+
+/// A push the ringer wants sent (the push senders of issue #4 implement this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushRequest {
+    /// VoIP on iOS, high-priority data on Android.
+    Ring {
+        call_id: String,
+        user_id: String,
+        device_id: String,
+        from_user_id: String,
+        expires_at: u64,
+    },
+    /// A regular push: never VoIP (iOS kills apps that get VoIP pushes they
+    /// do not report to CallKit).
+    Cancel {
+        call_id: String,
+        user_id: String,
+        device_id: String,
+        reason: StopReason,
+    },
+}
+
+pub trait PushSender: Send + Sync {
+    fn send(&self, push: PushRequest);
+}
+
+/// Logs pushes (call id, user, device; never a token) until #4's senders exist.
+pub struct LoggingPushSender;
+
+impl PushSender for LoggingPushSender {
+    fn send(&self, push: PushRequest) {
+        tracing::info!(?push, "push (logging sender: not delivered)");
+    }
+}
+
+/// Devices with an open events socket.
+#[derive(Default)]
+pub struct DeviceHub {
+    sockets: DashMap<(String, String), UnboundedSender<DeviceEvent>>,
+}
+
+impl DeviceHub {
+    pub fn connect(&self, user_id: &str, device_id: &str, tx: UnboundedSender<DeviceEvent>) {
+        self.sockets
+            .insert((user_id.to_string(), device_id.to_string()), tx);
+    }
+
+    /// Forgets the socket, unless a newer one replaced it.
+    pub fn disconnect(&self, user_id: &str, device_id: &str, tx: &UnboundedSender<DeviceEvent>) {
+        self.sockets
+            .remove_if(&(user_id.to_string(), device_id.to_string()), |_, v| {
+                v.same_channel(tx)
+            });
+    }
+
+    fn send(&self, user_id: &str, device_id: &str, event: DeviceEvent) -> bool {
+        // Clone the sender out: never hold a DashMap ref while sending.
+        let tx = self
+            .sockets
+            .get(&(user_id.to_string(), device_id.to_string()))
+            .map(|r| r.value().clone());
+        tx.is_some_and(|tx| tx.send(event).is_ok())
+    }
+
+    fn devices_of(&self, user_id: &str) -> Vec<String> {
+        self.sockets
+            .iter()
+            .filter(|e| e.key().0 == user_id)
+            .map(|e| e.key().1.clone())
+            .collect()
+    }
+}
+
+pub struct HubRinger {
+    pub hub: Arc<DeviceHub>,
+    pub store: Arc<dyn Store>,
+    pub push: Arc<dyn PushSender>,
+    pub ack_window: Duration,
+    /// Rings waiting for their acknowledgement deadline (checked by `check_acks`).
+    pending: Mutex<Vec<PendingAck>>,
+}
+
+struct PendingAck {
+    call_id: String,
+    user_id: String,
+    device_id: String,
+    deadline: std::time::Instant,
+}
+
+impl HubRinger {
+    pub fn new(hub: Arc<DeviceHub>, store: Arc<dyn Store>, push: Arc<dyn PushSender>) -> HubRinger {
+        HubRinger {
+            hub,
+            store,
+            push,
+            ack_window: DEFAULT_ACK_WINDOW,
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn is_mobile(&self, user_id: &str, device_id: &str) -> bool {
+        self.store
+            .devices_of(user_id)
+            .ok()
+            .and_then(|ds| ds.into_iter().find(|d| d.device_id == device_id))
+            .is_some_and(|d| matches!(d.platform, Platform::Ios | Platform::Android))
+    }
+
+    fn ring_push(&self, call: &Call, user_id: &str, device_id: &str) {
+        if self.is_mobile(user_id, device_id) {
+            self.push.send(PushRequest::Ring {
+                call_id: call.call_id.clone(),
+                user_id: user_id.to_string(),
+                device_id: device_id.to_string(),
+                from_user_id: call.initiator_user_id.clone(),
+                expires_at: call.ring_deadline.unwrap_or(call.created_at),
+            });
+        }
+    }
+
+    /// Pushes rings whose acknowledgement window passed without an ack.
+    /// The shell calls this on a short timer.
+    pub fn check_acks(&self, now: std::time::Instant) {
+        let due: Vec<PendingAck> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let (due, keep) = pending.drain(..).partition(|p| p.deadline <= now);
+            *pending = keep;
+            due
+        };
+        for p in due {
+            let Ok(Some(call)) = self.store.get_call(&p.call_id) else {
+                continue;
+            };
+            let call = call.value;
+            let still_unacked = call.participant(&p.user_id).is_some_and(|part| {
+                part.rings
+                    .iter()
+                    .any(|r| r.device_id == p.device_id && r.state == RingState::Sent)
+            });
+            if still_unacked {
+                tracing::info!(call_id = %call.call_id, user_id = %p.user_id, device_id = %p.device_id, "ring not acknowledged: pushing");
+                self.ring_push(&call, &p.user_id, &p.device_id);
+            }
+        }
+    }
+
+    /// Rings this device for every live call ringing it (on connect).
+    pub fn replay_rings(&self, user_id: &str, device_id: &str) {
+        let Ok(calls) = self.store.calls_of(user_id, 20) else {
+            return;
+        };
+        for call in calls {
+            let ringing = call.participant(user_id).is_some_and(|p| {
+                p.rings.iter().any(|r| {
+                    r.device_id == device_id
+                        && matches!(r.state, RingState::Sent | RingState::Acknowledged)
+                })
+            });
+            if ringing && call.state != crate::call::CallState::Ended {
+                self.hub.send(user_id, device_id, ringing_event(&call));
+            }
+        }
+    }
+}
+
+fn ringing_event(call: &Call) -> DeviceEvent {
+    DeviceEvent::Ringing {
+        call_id: call.call_id.clone(),
+        from_user_id: call.initiator_user_id.clone(),
+        call_type: call.call_type,
+        expires_at: call.ring_deadline.unwrap_or(call.created_at),
+    }
+}
+
+fn event_name(event: &CallEvent) -> String {
+    let name = match event {
+        CallEvent::Ringing { .. } => "call.ringing",
+        CallEvent::Accepted { .. } => "call.accepted",
+        CallEvent::Declined { .. } => "call.declined",
+        CallEvent::Busy { .. } => "call.busy",
+        CallEvent::Missed { .. } => "call.timeout",
+        CallEvent::Connected => "call.connected",
+        CallEvent::ParticipantLeft { .. } => "call.participant_left",
+        CallEvent::Ended { .. } => "call.ended",
+    };
+    name.to_string()
+}
+
+impl Ringer for HubRinger {
+    fn deliver(&self, call: &Call, effects: &[Effect]) {
+        for effect in effects {
+            match effect {
+                Effect::Ring { user_id, device_id } => {
+                    if self.hub.send(user_id, device_id, ringing_event(call)) {
+                        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        pending.push(PendingAck {
+                            call_id: call.call_id.clone(),
+                            user_id: user_id.clone(),
+                            device_id: device_id.clone(),
+                            deadline: std::time::Instant::now() + self.ack_window,
+                        });
+                    } else {
+                        self.ring_push(call, user_id, device_id);
+                    }
+                }
+                Effect::StopRing {
+                    user_id,
+                    device_id,
+                    reason,
+                } => {
+                    let cancel = DeviceEvent::Cancelled {
+                        call_id: call.call_id.clone(),
+                        reason: *reason,
+                    };
+                    self.hub.send(user_id, device_id, cancel);
+                    if self.is_mobile(user_id, device_id) {
+                        self.push.send(PushRequest::Cancel {
+                            call_id: call.call_id.clone(),
+                            user_id: user_id.clone(),
+                            device_id: device_id.clone(),
+                            reason: *reason,
+                        });
+                    }
+                }
+                Effect::Event(event) => {
+                    for p in &call.participants {
+                        for device in self.hub.devices_of(&p.user_id) {
+                            self.hub.send(
+                                &p.user_id,
+                                &device,
+                                DeviceEvent::Event {
+                                    call_id: call.call_id.clone(),
+                                    event: event_name(event),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

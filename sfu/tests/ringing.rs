@@ -1,0 +1,191 @@
+//! Ringing over real WebSockets: devices with an events socket get the ring
+//! and acknowledge it; unacknowledged or unconnected mobile devices are
+//! pushed; when one device answers the others are rung off (socket and a
+//! regular push), and a device connecting mid-ring gets the ring.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::live::{http_with, start_server_with_push, user_token};
+use control::call::StopReason;
+use control::ringing::{PushRequest, PushSender};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sfu::server::Running;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Default)]
+struct RecordingPush(Mutex<Vec<PushRequest>>);
+
+impl PushSender for RecordingPush {
+    fn send(&self, push: PushRequest) {
+        self.0.lock().unwrap().push(push);
+    }
+}
+
+impl RecordingPush {
+    fn rings(&self, device: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| matches!(p, PushRequest::Ring { device_id, .. } if device_id == device))
+            .count()
+    }
+
+    fn cancels(&self, device: &str) -> Vec<StopReason> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|p| match p {
+                PushRequest::Cancel {
+                    device_id, reason, ..
+                } if device_id == device => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+async fn post(server: &Running, path: &str, user: &str, body: Value) -> (u16, Value) {
+    let auth = format!("Bearer {}", user_token(user));
+    let (status, text) = http_with(
+        server,
+        "POST",
+        path,
+        &[("Authorization", &auth)],
+        &body.to_string(),
+    )
+    .await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn events(server: &Running, user: &str, device: &str) -> Ws {
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/events", server.http_addr))
+            .await
+            .unwrap();
+    let auth = json!({"type": "auth", "token": user_token(user), "deviceId": device});
+    ws.send(Message::text(auth.to_string())).await.unwrap();
+    assert_eq!(next(&mut ws).await["type"], "authenticated");
+    ws
+}
+
+async fn next(ws: &mut Ws) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("an event in time");
+        if let Some(Ok(Message::Text(t))) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// The next event of `kind`, skipping call.event notices.
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    for _ in 0..20 {
+        let v = next(ws).await;
+        if v["type"] == kind {
+            return v;
+        }
+    }
+    panic!("no {kind}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_ring_ack_fall_back_to_push_and_are_rung_off() {
+    let push = Arc::new(RecordingPush::default());
+    let server = start_server_with_push(|_| {}, push.clone()).await;
+    let hex = "ab".repeat(32);
+    for device in [
+        json!({"deviceId": "b-web", "platform": "web"}),
+        json!({"deviceId": "b-ios", "platform": "ios", "push": {"apnsVoip": hex, "apnsAlert": hex},
+               "apnsEnvironment": "sandbox", "bundleId": "com.example.app"}),
+        json!({"deviceId": "b-android", "platform": "android",
+               "push": {"fcm": "fcm-token-fcm-token-fcm-token-fcm-token-1234"}}),
+    ] {
+        let (status, body) = post(&server, "/v1/devices", "bob", device).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut web = events(&server, "bob", "b-web").await;
+    let mut ios = events(&server, "bob", "b-ios").await;
+
+    let (_, created) = post(
+        &server,
+        "/v1/calls",
+        "alice",
+        json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "a1"}),
+    )
+    .await;
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    for ws in [&mut web, &mut ios] {
+        let ring = next_of(ws, "call.ringing").await;
+        assert_eq!(ring["callId"], call_id.as_str());
+        assert_eq!(ring["fromUserId"], "alice");
+    }
+    // The Android device has no socket: pushed at once.
+    assert_eq!(push.rings("b-android"), 1);
+    // The web device acknowledges; the iOS app's socket looks open but it never does.
+    web.send(Message::text(
+        json!({"type": "ack", "callId": call_id}).to_string(),
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    assert_eq!(
+        push.rings("b-ios"),
+        1,
+        "an unacknowledged ring falls back to push"
+    );
+    assert_eq!(push.rings("b-web"), 0, "web devices are never pushed");
+
+    // Bob answers on the web: the phone and the tablet are rung off.
+    let (status, body) = post(
+        &server,
+        &format!("/v1/calls/{call_id}/accept"),
+        "bob",
+        json!({"deviceId": "b-web"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cancel = next_of(&mut ios, "call.cancelled").await;
+    assert_eq!(cancel["reason"], "answered_elsewhere");
+    assert_eq!(push.cancels("b-ios"), vec![StopReason::AnsweredElsewhere]);
+    assert_eq!(
+        push.cancels("b-android"),
+        vec![StopReason::AnsweredElsewhere]
+    );
+    assert!(push.cancels("b-web").is_empty());
+
+    // A device that connects while a call rings for it gets the ring.
+    let (_, second) = post(
+        &server,
+        "/v1/calls",
+        "carol",
+        json!({"calleeUserIds": ["bob"], "type": "audio", "deviceId": "c1"}),
+    )
+    .await;
+    let mut android = events(&server, "bob", "b-android").await;
+    let ring = next_of(&mut android, "call.ringing").await;
+    assert_eq!(ring["callId"], second["call"]["callId"]);
+
+    // An unregistered device cannot listen.
+    let (mut stranger, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/events", server.http_addr))
+            .await
+            .unwrap();
+    let auth = json!({"type": "auth", "token": user_token("bob"), "deviceId": "nope"});
+    stranger
+        .send(Message::text(auth.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut stranger).await["code"], "unknown_device");
+}
