@@ -186,20 +186,36 @@ impl HubRinger {
         }
     }
 
-    /// Rings this device for every live call ringing it (on connect).
-    pub fn replay_rings(&self, user_id: &str, device_id: &str) {
+    /// On connect: the device gets the ring of every call ringing it, and
+    /// `call.ended` for calls that rang it and ended within the last ring
+    /// period (its app may still show them).
+    pub fn replay_rings(&self, user_id: &str, device_id: &str, now: crate::call::UnixMillis) {
         let Ok(calls) = self.store.calls_of(user_id, 20) else {
             return;
         };
         for call in calls {
-            let ringing = call.participant(user_id).is_some_and(|p| {
-                p.rings.iter().any(|r| {
-                    r.device_id == device_id
-                        && matches!(r.state, RingState::Sent | RingState::Acknowledged)
-                })
-            });
-            if ringing && call.state != crate::call::CallState::Ended {
+            let Some(ring) = call
+                .participant(user_id)
+                .and_then(|p| p.rings.iter().find(|r| r.device_id == device_id))
+            else {
+                continue;
+            };
+            let ended = call.state == crate::call::CallState::Ended;
+            if !ended && matches!(ring.state, RingState::Sent | RingState::Acknowledged) {
                 self.hub.send(user_id, device_id, ringing_event(&call));
+            }
+            let recently = call
+                .ended_at
+                .is_some_and(|at| now.saturating_sub(at) <= call.timeouts.ring_ms);
+            if ended && recently {
+                self.hub.send(
+                    user_id,
+                    device_id,
+                    DeviceEvent::Event {
+                        call_id: call.call_id.clone(),
+                        event: "call.ended".into(),
+                    },
+                );
             }
         }
     }

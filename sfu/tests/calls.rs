@@ -345,15 +345,39 @@ async fn a_call_connects_through_the_sfu_and_completes_when_they_leave() {
     let url = ws_url(&server);
     let alice_token = created["callToken"].as_str().unwrap().to_string();
     let bob_token = accepted["callToken"].as_str().unwrap().to_string();
-    let (a, b) = tokio::join!(
-        run_bot(
-            "alice",
-            &url,
-            alice_token,
-            std::time::Duration::from_secs(3)
-        ),
-        run_bot("bob", &url, bob_token, std::time::Duration::from_secs(3)),
+    // While they talk, carol calls bob: busy.
+    let busy = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let path = format!("/v1/calls/{call_id}");
+            let call = api(
+                &server,
+                "GET",
+                &path,
+                &user_token("alice"),
+                &[],
+                Value::Null,
+            )
+            .await
+            .1;
+            if call["state"] == "connected" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never connected: {call}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        create(&server, "carol", "bob", None).await.1
+    };
+    let talk = std::time::Duration::from_secs(4);
+    let (a, b, busy) = tokio::join!(
+        run_bot("alice", &url, alice_token, talk),
+        run_bot("bob", &url, bob_token, talk),
+        busy,
     );
+    assert_eq!(busy["call"]["endReason"], "busy", "{busy}");
     let bob_pid = b.participant_id.clone().unwrap();
     assert!(
         a.received_from(&bob_pid) > 20,

@@ -189,3 +189,85 @@ async fn devices_ring_ack_fall_back_to_push_and_are_rung_off() {
         .unwrap();
     assert_eq!(next(&mut stranger).await["code"], "unknown_device");
 }
+
+async fn call_id_of(created: &Value) -> String {
+    created["call"]["callId"].as_str().unwrap().to_string()
+}
+
+/// The unhappy paths over real sockets: decline, caller cancel, and a device
+/// that connects after its call ended (busy is in `calls.rs`, which has media).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decline_cancel_and_late_connect() {
+    let server = start_server_with_push(|_| {}, Arc::new(RecordingPush::default())).await;
+    for (user, device) in [("alice", "a1"), ("bob", "b1"), ("bob", "b2")] {
+        let (status, body) = post(
+            &server,
+            "/v1/devices",
+            user,
+            json!({"deviceId": device, "platform": "web"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut a1 = events(&server, "alice", "a1").await;
+    let mut b1 = events(&server, "bob", "b1").await;
+    let mut b2 = events(&server, "bob", "b2").await;
+    let call = |caller: &'static str, callee: &'static str| {
+        let body =
+            json!({"calleeUserIds": [callee], "type": "audio", "deviceId": format!("{caller}1")});
+        let server = &server;
+        async move { post(server, "/v1/calls", caller, body).await.1 }
+    };
+
+    // Decline on b1: b2 is rung off, the caller hears declined and ended.
+    let id = call_id_of(&call("alice", "bob").await).await;
+    next_of(&mut b1, "call.ringing").await;
+    next_of(&mut b2, "call.ringing").await;
+    let (status, _) = post(
+        &server,
+        &format!("/v1/calls/{id}/decline"),
+        "bob",
+        json!({"deviceId": "b1"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        next_of(&mut b2, "call.cancelled").await["reason"],
+        "declined_elsewhere"
+    );
+    let mut caller_events = Vec::new();
+    while caller_events.last().map(String::as_str) != Some("call.ended") {
+        let e = next_of(&mut a1, "call.event").await;
+        caller_events.push(e["event"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        caller_events,
+        vec!["call.ringing", "call.declined", "call.ended"]
+    );
+
+    // The caller cancels: every ringing device is told why.
+    let id = call_id_of(&call("alice", "bob").await).await;
+    next_of(&mut b1, "call.ringing").await;
+    next_of(&mut b2, "call.ringing").await;
+    let (status, _) = post(
+        &server,
+        &format!("/v1/calls/{id}/cancel"),
+        "alice",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        next_of(&mut b1, "call.cancelled").await["reason"],
+        "caller_cancelled"
+    );
+    assert_eq!(
+        next_of(&mut b2, "call.cancelled").await["reason"],
+        "caller_cancelled"
+    );
+
+    // A device that connects after its call ended hears that it ended.
+    let mut late = events(&server, "bob", "b2").await;
+    let ended = next_of(&mut late, "call.event").await;
+    assert_eq!(ended["event"], "call.ended");
+}

@@ -86,7 +86,8 @@ async fn serve(socket: WebSocket, state: ControlState) {
     {
         let events = state.events.clone();
         let (user, device) = (user_id.clone(), device_id.clone());
-        let _ = tokio::task::spawn_blocking(move || events.replay_rings(&user, &device)).await;
+        let now = now_ms();
+        let _ = tokio::task::spawn_blocking(move || events.replay_rings(&user, &device, now)).await;
     }
     // 2. Relay.
     loop {
