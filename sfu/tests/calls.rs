@@ -259,6 +259,50 @@ async fn every_endpoint_refuses_bad_credentials_and_strangers() {
             assert!(reply["code"].is_string());
         }
     }
+    // Unknown actions and bad queries get typed JSON errors too.
+    let alice = user_token("alice");
+    let (status, reply) = api(
+        &server,
+        "POST",
+        &format!("/v1/calls/{call_id}/dance"),
+        &alice,
+        &[],
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (404, Some("unknown_action")),
+        "{reply}"
+    );
+    let (status, reply) = api(
+        &server,
+        "GET",
+        "/v1/calls?limit=many",
+        &alice,
+        &[],
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (400, Some("bad_request")),
+        "{reply}"
+    );
+    let (status, reply) = api(
+        &server,
+        "POST",
+        &format!("/v1/calls/{call_id}/accept"),
+        &user_token("bob"),
+        &[],
+        json!({"nope": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (400, Some("bad_request")),
+        "{reply}"
+    );
     // A user not in the call sees no call and can change nothing.
     for (method, path, body) in endpoints.iter().filter(|(_, p, _)| p.contains(&call_id)) {
         let (status, reply) = api(

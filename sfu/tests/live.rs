@@ -102,7 +102,7 @@ async fn signaling_bad_input_gets_typed_errors() {
         ErrorCode::UnsupportedVersion,
     )
     .await;
-    // Three failed joins so far; a valid one succeeds.
+    // Four failed joins so far; a valid one succeeds.
     ws.send_raw(join(tokens.mint(&grant("r", "a")), 1))
         .await
         .unwrap();

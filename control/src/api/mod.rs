@@ -9,7 +9,8 @@ mod views;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{FromRef, FromRequestParts, Path, Query, State, rejection::JsonRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, post};
@@ -66,12 +67,8 @@ pub fn router(state: ControlState) -> Router {
         .route("/v1/devices/{device_id}/heartbeat", post(heartbeat))
         .route("/v1/calls", post(create_call).get(recent_calls))
         .route("/v1/calls/{call_id}", get(get_call))
-        .route("/v1/calls/{call_id}/accept", post(accept))
-        .route("/v1/calls/{call_id}/decline", post(decline))
-        .route("/v1/calls/{call_id}/cancel", post(cancel))
-        .route("/v1/calls/{call_id}/end", post(end))
         .route("/v1/calls/{call_id}/token", post(fresh_token))
-        .route("/v1/calls/{call_id}/ack", post(acknowledge))
+        .route("/v1/calls/{call_id}/{action}", post(call_action))
         .route("/v1/events", get(events::events_socket))
         .with_state(state)
 }
@@ -391,8 +388,9 @@ struct RecentQuery {
 async fn recent_calls(
     State(state): State<ControlState>,
     Caller(caller): Caller,
-    Query(q): Query<RecentQuery>,
+    query: Result<Query<RecentQuery>, QueryRejection>,
 ) -> Result<Json<Vec<CallView>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 200);
     blocking(move || {
         let calls = state.service.store.calls_of(&caller.user_id, limit)?;
@@ -401,84 +399,70 @@ async fn recent_calls(
     .await
 }
 
-/// Accept, decline, cancel, end: the same shape around one machine call.
+/// What a device or caller does to a call (`POST /v1/calls/{id}/{action}`).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum CallAction {
+    Accept,
+    Decline,
+    /// The ring arrived and the call UI shows ("call UI shown").
+    Ack,
+    Cancel,
+    End,
+}
+
+impl CallAction {
+    fn needs_device(self) -> bool {
+        matches!(
+            self,
+            CallAction::Accept | CallAction::Decline | CallAction::Ack
+        )
+    }
+}
+
+/// Accept, decline, ack, cancel, end: one read -> machine -> CAS write each.
 async fn call_action(
-    state: ControlState,
-    caller: Principal,
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
-    call_id: String,
-    action: &'static str,
-    device: Option<String>,
+    path: Result<Path<(String, CallAction)>, PathRejection>,
+    raw: axum::body::Bytes,
 ) -> Result<Json<CallWithToken>, ApiError> {
+    let Path((call_id, action)) = path.map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_action",
+            "actions are accept, decline, ack, cancel and end",
+        )
+    })?;
+    let device = if action.needs_device() {
+        let body: DeviceBody = serde_json::from_slice(&raw)
+            .map_err(|e| ApiError::bad_request(format!("expected {{\"deviceId\"}}: {e}")))?;
+        if !valid_id(&body.device_id) {
+            return Err(ApiError::bad_request(
+                "deviceId must be 1-128 printable characters",
+            ));
+        }
+        body.device_id
+    } else {
+        String::new()
+    };
     blocking(move || {
-        let request = format!("POST /v1/calls/{call_id}/{action} {device:?}");
+        let request = format!("POST /v1/calls/{call_id}/{action:?} {device}");
         reserve_key(&state, &headers, &caller.user_id, &request, "")?;
         let now = now_ms();
         let user = caller.user_id.as_str();
-        let device = device.unwrap_or_default();
         let (call, ()) = state.service.update(&call_id, |c, fx| match action {
-            "accept" => c.accept(user, &device, now, fx).map(|_| ()),
-            "ack" => c.acknowledge_ring(user, &device, now),
-            "decline" => c.decline(user, &device, now, fx),
-            "cancel" => c.cancel(user, now, fx),
-            _ => c.end(user, now, fx),
+            CallAction::Accept => c.accept(user, &device, now, fx).map(|_| ()),
+            CallAction::Decline => c.decline(user, &device, now, fx),
+            CallAction::Ack => c.acknowledge_ring(user, &device, now),
+            CallAction::Cancel => c.cancel(user, now, fx),
+            CallAction::End => c.end(user, now, fx),
         })?;
-        tracing::info!(call_id = %call_id, user_id = %user, device_id = %device, action, state = ?call.state, "call action");
+        tracing::info!(call_id = %call_id, user_id = %user, device_id = %device, ?action, state = ?call.state, "call action");
         Ok(Json(with_token(&state, &call, user)?))
     })
     .await
-}
-
-async fn accept(
-    State(state): State<ControlState>,
-    Caller(caller): Caller,
-    headers: HeaderMap,
-    Path(call_id): Path<String>,
-    req: Result<Json<DeviceBody>, JsonRejection>,
-) -> Result<Json<CallWithToken>, ApiError> {
-    let device = body(req)?.device_id;
-    call_action(state, caller, headers, call_id, "accept", Some(device)).await
-}
-
-/// The device shows the incoming call (its ring arrived): "call UI shown".
-async fn acknowledge(
-    State(state): State<ControlState>,
-    Caller(caller): Caller,
-    headers: HeaderMap,
-    Path(call_id): Path<String>,
-    req: Result<Json<DeviceBody>, JsonRejection>,
-) -> Result<Json<CallWithToken>, ApiError> {
-    let device = body(req)?.device_id;
-    call_action(state, caller, headers, call_id, "ack", Some(device)).await
-}
-
-async fn decline(
-    State(state): State<ControlState>,
-    Caller(caller): Caller,
-    headers: HeaderMap,
-    Path(call_id): Path<String>,
-    req: Result<Json<DeviceBody>, JsonRejection>,
-) -> Result<Json<CallWithToken>, ApiError> {
-    let device = body(req)?.device_id;
-    call_action(state, caller, headers, call_id, "decline", Some(device)).await
-}
-
-async fn cancel(
-    State(state): State<ControlState>,
-    Caller(caller): Caller,
-    headers: HeaderMap,
-    Path(call_id): Path<String>,
-) -> Result<Json<CallWithToken>, ApiError> {
-    call_action(state, caller, headers, call_id, "cancel", None).await
-}
-
-async fn end(
-    State(state): State<ControlState>,
-    Caller(caller): Caller,
-    headers: HeaderMap,
-    Path(call_id): Path<String>,
-) -> Result<Json<CallWithToken>, ApiError> {
-    call_action(state, caller, headers, call_id, "end", None).await
 }
 
 /// A fresh call token for a participant who must rejoin the room.
