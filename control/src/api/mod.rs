@@ -361,20 +361,25 @@ fn with_token(state: &ControlState, call: &Call, user: &str) -> Result<CallWithT
     })
 }
 
+/// The call, if `user` is in it; otherwise it does not exist for them (404).
+fn call_of(state: &ControlState, call_id: &str, user: &str) -> Result<Call, ApiError> {
+    let call = state
+        .service
+        .store
+        .get_call(call_id)?
+        .ok_or_else(ApiError::not_found)?
+        .value;
+    call.participant(user).ok_or_else(ApiError::not_found)?;
+    Ok(call)
+}
+
 async fn get_call(
     State(state): State<ControlState>,
     Caller(caller): Caller,
     Path(call_id): Path<String>,
 ) -> Result<Json<CallView>, ApiError> {
     blocking(move || {
-        let call = state
-            .service
-            .store
-            .get_call(&call_id)?
-            .ok_or_else(ApiError::not_found)?
-            .value;
-        call.participant(&caller.user_id)
-            .ok_or_else(ApiError::not_found)?;
+        let call = call_of(&state, &call_id, &caller.user_id)?;
         Ok(Json(CallView::of(&call)))
     })
     .await
@@ -472,12 +477,7 @@ async fn fresh_token(
     Path(call_id): Path<String>,
 ) -> Result<Json<CallWithToken>, ApiError> {
     blocking(move || {
-        let call = state
-            .service
-            .store
-            .get_call(&call_id)?
-            .ok_or_else(ApiError::not_found)?
-            .value;
+        let call = call_of(&state, &call_id, &caller.user_id)?;
         let view = with_token(&state, &call, &caller.user_id)?;
         if view.call_token.is_none() {
             return Err(ApiError::new(

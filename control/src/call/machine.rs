@@ -110,6 +110,17 @@ pub struct Ring {
     pub acknowledged_at: Option<UnixMillis>,
 }
 
+impl Ring {
+    fn sent(device_id: &str, now: UnixMillis) -> Ring {
+        Ring {
+            device_id: device_id.to_string(),
+            state: RingState::Sent,
+            sent_at: now,
+            acknowledged_at: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Participant {
     pub participant_id: String,
@@ -273,16 +284,7 @@ impl Call {
                 ParticipantState::Ringing
             };
             let rings = if state == ParticipantState::Ringing {
-                callee
-                    .devices
-                    .iter()
-                    .map(|d| Ring {
-                        device_id: d.clone(),
-                        state: RingState::Sent,
-                        sent_at: now,
-                        acknowledged_at: None,
-                    })
-                    .collect()
+                callee.devices.iter().map(|d| Ring::sent(d, now)).collect()
             } else {
                 Vec::new()
             };
@@ -456,12 +458,7 @@ impl Call {
         let p = &mut self.participants[i];
         if p.state == ParticipantState::Ringing && !p.rings.iter().any(|r| r.device_id == device_id)
         {
-            p.rings.push(Ring {
-                device_id: device_id.to_string(),
-                state: RingState::Sent,
-                sent_at: now,
-                acknowledged_at: None,
-            });
+            p.rings.push(Ring::sent(device_id, now));
         }
         self.accept(user_id, device_id, now, effects)
     }
