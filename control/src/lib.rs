@@ -10,6 +10,7 @@ pub mod call;
 pub mod call_token;
 pub mod device;
 pub mod metrics;
+pub mod push;
 pub mod rate_limit;
 pub mod ringing;
 pub mod service;

@@ -50,6 +50,10 @@ pub enum PushRequest {
         user_id: String,
         device_id: String,
         from_user_id: String,
+        call_type: CallType,
+        /// The ring attempt (when it was sent, Unix ms): one push per
+        /// (call, device, epoch) however often delivery is retried.
+        ring_epoch: u64,
         expires_at: u64,
     },
     /// A regular push: never VoIP (iOS kills apps that get VoIP pushes they
@@ -150,11 +154,17 @@ impl HubRinger {
 
     fn ring_push(&self, call: &Call, user_id: &str, device_id: &str) {
         if self.is_mobile(user_id, device_id) {
+            let ring_epoch = call
+                .participant(user_id)
+                .and_then(|p| p.rings.iter().find(|r| r.device_id == device_id))
+                .map_or(call.created_at, |r| r.sent_at);
             self.push.send(PushRequest::Ring {
                 call_id: call.call_id.clone(),
                 user_id: user_id.to_string(),
                 device_id: device_id.to_string(),
                 from_user_id: call.initiator_user_id.clone(),
+                call_type: call.call_type,
+                ring_epoch,
                 expires_at: call.ring_deadline.unwrap_or(call.created_at),
             });
         }

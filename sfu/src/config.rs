@@ -52,6 +52,11 @@ pub struct Config {
     pub call_creates_per_minute: u32,
     pub calls_to_one_user_per_minute: u32,
     pub api_requests_per_second: u32,
+    /// Send pushes as signed webhooks to the app's backend (which sends
+    /// APNs / FCM itself). Unset: pushes are only logged (APNs / FCM clients
+    /// are not built yet).
+    pub push_webhook_url: Option<String>,
+    pub push_webhook_secret: String,
 }
 
 impl Default for Config {
@@ -79,6 +84,8 @@ impl Default for Config {
             call_creates_per_minute: 30,
             calls_to_one_user_per_minute: 20,
             api_requests_per_second: 20,
+            push_webhook_url: None,
+            push_webhook_secret: String::new(),
         }
     }
 }
@@ -163,6 +170,12 @@ impl Config {
         if let Some(v) = var("SWITCHBOARD_RING_TIMEOUT_SECONDS") {
             self.ring_timeout_seconds = parse("SWITCHBOARD_RING_TIMEOUT_SECONDS", &v)?;
         }
+        if let Some(v) = var("SWITCHBOARD_PUSH_WEBHOOK_URL") {
+            self.push_webhook_url = Some(v);
+        }
+        if let Some(v) = var("SWITCHBOARD_PUSH_WEBHOOK_SECRET") {
+            self.push_webhook_secret = v;
+        }
         // One key from the environment: "id:secret".
         if let Some(v) = var("SWITCHBOARD_API_KEY") {
             let (id, secret) = v.split_once(':').ok_or_else(|| ConfigError::Env {
@@ -204,6 +217,20 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "every API key needs an id and a secret of at least 32 bytes".into(),
+            ));
+        }
+        if self.push_webhook_url.is_some() && self.push_webhook_secret.len() < 32 {
+            return Err(ConfigError::Invalid(
+                "push_webhook_secret must be at least 32 bytes".into(),
+            ));
+        }
+        if self
+            .push_webhook_url
+            .as_deref()
+            .is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://")))
+        {
+            return Err(ConfigError::Invalid(
+                "push_webhook_url must be http(s)".into(),
             ));
         }
         if self.call_creates_per_minute == 0

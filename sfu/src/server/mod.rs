@@ -63,13 +63,14 @@ pub enum StartError {
 
 /// Binds everything and starts the engine threads and the HTTP server.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    start_with_push(config, Arc::new(control::ringing::LoggingPushSender)).await
+    start_with_push(config, None).await
 }
 
-/// [`start`], with the push sender given (tests record pushes).
+/// [`start`], with the push sender given (tests record pushes); `None`: the
+/// configured one (the signed webhook, or logging only).
 pub async fn start_with_push(
     config: Config,
-    push: Arc<dyn control::ringing::PushSender>,
+    push: Option<Arc<dyn control::ringing::PushSender>>,
 ) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
@@ -175,7 +176,7 @@ fn start_control(
     config: &Config,
     tokens: Arc<CallTokens>,
     metrics: control::metrics::CallMetrics,
-    push: Arc<dyn control::ringing::PushSender>,
+    push: Option<Arc<dyn control::ringing::PushSender>>,
 ) -> Result<control::api::ControlState, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Store(format!("{}: {e}", config.data_dir.display())))?;
@@ -183,6 +184,19 @@ fn start_control(
         control::store::SqliteStore::open(&config.data_dir.join("control.db"))
             .map_err(|e| StartError::Store(e.to_string()))?,
     );
+    let push: Arc<dyn control::ringing::PushSender> = match (push, &config.push_webhook_url) {
+        (Some(push), _) => push,
+        (None, Some(url)) => Arc::new(control::push::webhook::WebhookSender::spawn(
+            control::push::webhook::WebhookConfig {
+                url: url.clone(),
+                secret: config.push_webhook_secret.clone(),
+                max_attempts: 5,
+                initial_backoff: Duration::from_millis(250),
+            },
+            store.clone(),
+        )),
+        (None, None) => Arc::new(control::ringing::LoggingPushSender),
+    };
     let events = Arc::new(control::ringing::HubRinger::new(
         Arc::default(),
         store.clone(),

@@ -44,7 +44,7 @@ pub async fn start_server_with_push(
         ..Config::default()
     };
     adjust(&mut config);
-    sfu::server::start_with_push(config, push)
+    sfu::server::start_with_push(config, Some(push))
         .await
         .expect("server starts")
 }

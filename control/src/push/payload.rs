@@ -1,0 +1,88 @@
+//! The standard push payloads (mission section 6.1): a wake and ring
+//! trigger, never signaling: no SDP, no ICE, no tokens.
+
+use serde::Serialize;
+
+use crate::call::{CallType, StopReason, UnixMillis};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all_fields = "camelCase")]
+pub enum PushPayload {
+    /// Ring this device (VoIP on iOS, high-priority data on Android).
+    #[serde(rename = "incoming_call")]
+    IncomingCall {
+        call_id: String,
+        from_user_id: String,
+        #[serde(rename = "type")]
+        call_type: CallType,
+        /// When the push was made (Unix ms).
+        timestamp: UnixMillis,
+        /// Seconds the ring has left: the app ignores the push after that.
+        ttl_seconds: u64,
+        /// Identifies this ring attempt: the same call and epoch twice is a
+        /// duplicate delivery, not a second call.
+        ring_epoch: u64,
+        /// When the ring stops (Unix ms).
+        expires_at: UnixMillis,
+        /// All media goes through the SFU; kept for clients of the mission's model.
+        mode_hint: &'static str,
+    },
+    /// Stop ringing (a regular push: never VoIP).
+    #[serde(rename = "call_cancelled")]
+    CallCancelled { call_id: String, reason: StopReason },
+}
+
+impl PushPayload {
+    pub fn incoming_call(
+        call_id: &str,
+        from_user_id: &str,
+        call_type: CallType,
+        ring_epoch: u64,
+        expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> PushPayload {
+        PushPayload::IncomingCall {
+            call_id: call_id.to_string(),
+            from_user_id: from_user_id.to_string(),
+            call_type,
+            timestamp: now,
+            ttl_seconds: expires_at.saturating_sub(now) / 1000,
+            ring_epoch,
+            expires_at,
+            mode_hint: "sfu",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incoming_call_has_the_documented_shape() {
+        let p = PushPayload::incoming_call(
+            "c1",
+            "alice",
+            CallType::Video,
+            7,
+            1_000_040_000,
+            1_000_002_000,
+        );
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({
+                "event": "incoming_call", "callId": "c1", "fromUserId": "alice", "type": "video",
+                "timestamp": 1_000_002_000u64, "ttlSeconds": 38, "ringEpoch": 7,
+                "expiresAt": 1_000_040_000u64, "modeHint": "sfu"
+            })
+        );
+        let c = PushPayload::CallCancelled {
+            call_id: "c1".into(),
+            reason: StopReason::AnsweredElsewhere,
+        };
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::json!({"event": "call_cancelled", "callId": "c1", "reason": "answered_elsewhere"})
+        );
+    }
+}
