@@ -155,19 +155,11 @@ async fn delete_device(
     Path(device_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || {
-        if state
+        let found = state
             .service
             .store
-            .delete_device(&caller.user_id, &device_id)?
-        {
-            Ok(StatusCode::NO_CONTENT)
-        } else {
-            Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such device",
-            ))
-        }
+            .delete_device(&caller.user_id, &device_id)?;
+        device_found(found)
     })
     .await
 }
@@ -178,21 +170,26 @@ async fn heartbeat(
     Path(device_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     blocking(move || {
-        if state
+        let found = state
             .service
             .store
-            .touch_device(&caller.user_id, &device_id, now_ms())?
-        {
-            Ok(StatusCode::NO_CONTENT)
-        } else {
-            Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such device",
-            ))
-        }
+            .touch_device(&caller.user_id, &device_id, now_ms())?;
+        device_found(found)
     })
     .await
+}
+
+/// 204 when the caller's device existed, else 404.
+fn device_found(found: bool) -> Result<StatusCode, ApiError> {
+    if found {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such device",
+        ))
+    }
 }
 
 // ---- calls --------------------------------------------------------------------
