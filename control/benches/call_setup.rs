@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use control::call::{Call, CallType, Callee, Timeouts};
 use control::device::{Capabilities, Device, Platform, PushTokens};
-use control::service::{CallService, LoggingRinger};
+use control::service::{CallService, LoggingRinger, NewCall};
 use control::store::{SqliteStore, Store};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -52,8 +52,15 @@ fn setups(c: &mut Criterion) {
             n += 1;
             let id = format!("call-{n}");
             let callees = ["bob".to_string()];
-            svc.create(id.clone(), "alice", "a1", &callees, CallType::Audio, T0 + n)
-                .unwrap();
+            let new = NewCall {
+                call_id: id.clone(),
+                caller: "alice",
+                device_id: "a1",
+                callees: &callees,
+                call_type: CallType::Audio,
+                caller_display: Default::default(),
+            };
+            svc.create(new, T0 + n).unwrap();
             svc.accept(&id, "bob", "b1", T0 + n).unwrap();
             svc.update(&id, |c, fx| c.end("alice", T0 + n, fx)).unwrap();
         })

@@ -14,7 +14,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::call::{Call, CallEvent, CallType, Effect, RingState, StopReason};
+use crate::call::{Call, CallEvent, CallType, CallerDisplay, Effect, RingState, StopReason};
 use crate::device::Platform;
 use crate::service::Ringer;
 use crate::store::Store;
@@ -41,7 +41,7 @@ pub enum DeviceEvent {
     Event { call_id: String, event: String },
 }
 
-/// A push the ringer wants sent (the push senders of issue #4 implement this).
+/// A push the ringer wants sent (`crate::push` delivers it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushRequest {
     /// VoIP on iOS, high-priority data on Android.
@@ -55,6 +55,7 @@ pub enum PushRequest {
         /// (call, device, epoch) however often delivery is retried.
         ring_epoch: u64,
         expires_at: u64,
+        caller_display: CallerDisplay,
     },
     /// A regular push: never VoIP (iOS kills apps that get VoIP pushes they
     /// do not report to CallKit).
@@ -70,7 +71,8 @@ pub trait PushSender: Send + Sync {
     fn send(&self, push: PushRequest);
 }
 
-/// Logs pushes (call id, user, device; never a token) until #4's senders exist.
+/// Logs pushes (call id, user, device; never a token): a deployment with no
+/// push provider configured.
 pub struct LoggingPushSender;
 
 impl PushSender for LoggingPushSender {
@@ -166,6 +168,7 @@ impl HubRinger {
                 call_type: call.call_type,
                 ring_epoch,
                 expires_at: call.ring_deadline.unwrap_or(call.created_at),
+                caller_display: call.caller_display.clone(),
             });
         }
     }

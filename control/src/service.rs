@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use crate::call::{Accepted, Call, CallError, CallType, Callee, Effect, Timeouts, UnixMillis};
+use crate::call::{
+    Accepted, Call, CallError, CallType, Callee, CallerDisplay, Effect, Timeouts, UnixMillis,
+};
 use crate::store::{Store, StoreError};
 
 /// How many devices of each callee ring (most recently seen first).
@@ -73,17 +75,26 @@ pub struct CallService {
     pub max_ringing_devices: usize,
 }
 
+/// A call to create: from `caller` on `device_id` to `callees`.
+pub struct NewCall<'a> {
+    pub call_id: String,
+    pub caller: &'a str,
+    pub device_id: &'a str,
+    pub callees: &'a [String],
+    pub call_type: CallType,
+    pub caller_display: CallerDisplay,
+}
+
 impl CallService {
-    /// Creates a call from `caller` on `device_id` to `callees`.
-    pub fn create(
-        &self,
-        call_id: String,
-        caller: &str,
-        device_id: &str,
-        callees: &[String],
-        call_type: CallType,
-        now: UnixMillis,
-    ) -> Result<Call, ServiceError> {
+    pub fn create(&self, new: NewCall<'_>, now: UnixMillis) -> Result<Call, ServiceError> {
+        let NewCall {
+            call_id,
+            caller,
+            device_id,
+            callees,
+            call_type,
+            caller_display,
+        } = new;
         if callees.is_empty() || callees.len() > 16 {
             return Err(ServiceError::Invalid("1-16 callees"));
         }
@@ -116,7 +127,7 @@ impl CallService {
                 busy: self.in_connected_call(user)?,
             });
         }
-        let (call, effects) = Call::create(
+        let (mut call, effects) = Call::create(
             call_id.clone(),
             call_type,
             (
@@ -128,6 +139,7 @@ impl CallService {
             self.timeouts,
             now,
         );
+        call.caller_display = caller_display;
         self.store.insert_call(&call)?;
         if let Some(m) = &self.metrics {
             m.observe(None, &call);

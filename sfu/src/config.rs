@@ -52,11 +52,60 @@ pub struct Config {
     pub call_creates_per_minute: u32,
     pub calls_to_one_user_per_minute: u32,
     pub api_requests_per_second: u32,
-    /// Send pushes as signed webhooks to the app's backend (which sends
-    /// APNs / FCM itself). Unset: pushes are only logged (APNs / FCM clients
-    /// are not built yet).
+    /// APNs token auth (`[apns]`): iOS devices are pushed directly.
+    pub apns: Option<ApnsSettings>,
+    /// FCM HTTP v1 (`[fcm]`): Android devices are pushed directly.
+    pub fcm: Option<FcmSettings>,
+    /// Pushes for platforms without their provider go as signed webhooks to
+    /// the app's backend (which sends APNs / FCM itself). No provider at
+    /// all: pushes are only logged.
     pub push_webhook_url: Option<String>,
     pub push_webhook_secret: String,
+    /// A PEM root certificate trusted for APNs / FCM besides the built-in
+    /// ones (an egress proxy's CA; tests point it at their fake servers').
+    pub push_extra_root_cert: Option<std::path::PathBuf>,
+    /// Pushes per device per minute; more are dropped and counted.
+    pub push_per_device_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsSettings {
+    /// The `.p8` key from the Apple developer account.
+    pub key_file: std::path::PathBuf,
+    pub key_id: String,
+    pub team_id: String,
+    /// The app's bundle id (VoIP topic: `<bundle_id>.voip`), for devices
+    /// that registered none.
+    pub bundle_id: String,
+    #[serde(default = "apns_production_url")]
+    pub production_url: String,
+    #[serde(default = "apns_sandbox_url")]
+    pub sandbox_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmSettings {
+    /// The service account's JSON key file (its `token_uri` is used).
+    pub service_account_file: std::path::PathBuf,
+    /// Defaults to the key file's `project_id`.
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default = "fcm_url")]
+    pub url: String,
+}
+
+fn apns_production_url() -> String {
+    control::push::apns::PRODUCTION_URL.into()
+}
+
+fn apns_sandbox_url() -> String {
+    control::push::apns::SANDBOX_URL.into()
+}
+
+fn fcm_url() -> String {
+    control::push::fcm::PRODUCTION_URL.into()
 }
 
 impl Default for Config {
@@ -84,8 +133,12 @@ impl Default for Config {
             call_creates_per_minute: 30,
             calls_to_one_user_per_minute: 20,
             api_requests_per_second: 20,
+            apns: None,
+            fcm: None,
             push_webhook_url: None,
             push_webhook_secret: String::new(),
+            push_extra_root_cert: None,
+            push_per_device_per_minute: 30,
         }
     }
 }
@@ -176,6 +229,30 @@ impl Config {
         if let Some(v) = var("SWITCHBOARD_PUSH_WEBHOOK_SECRET") {
             self.push_webhook_secret = v;
         }
+        // APNs from the environment: all four or none.
+        if let Some(key_file) = var("SWITCHBOARD_APNS_KEY_FILE") {
+            let need = |name: &str| {
+                var(name).ok_or_else(|| ConfigError::Env {
+                    name: name.into(),
+                    message: "required with SWITCHBOARD_APNS_KEY_FILE".into(),
+                })
+            };
+            self.apns = Some(ApnsSettings {
+                key_file: key_file.into(),
+                key_id: need("SWITCHBOARD_APNS_KEY_ID")?,
+                team_id: need("SWITCHBOARD_APNS_TEAM_ID")?,
+                bundle_id: need("SWITCHBOARD_APNS_BUNDLE_ID")?,
+                production_url: apns_production_url(),
+                sandbox_url: apns_sandbox_url(),
+            });
+        }
+        if let Some(v) = var("SWITCHBOARD_FCM_SERVICE_ACCOUNT_FILE") {
+            self.fcm = Some(FcmSettings {
+                service_account_file: v.into(),
+                project_id: var("SWITCHBOARD_FCM_PROJECT_ID"),
+                url: fcm_url(),
+            });
+        }
         // One key from the environment: "id:secret".
         if let Some(v) = var("SWITCHBOARD_API_KEY") {
             let (id, secret) = v.split_once(':').ok_or_else(|| ConfigError::Env {
@@ -233,9 +310,22 @@ impl Config {
                 "push_webhook_url must be http(s)".into(),
             ));
         }
+        let urls = self
+            .apns
+            .iter()
+            .flat_map(|a| [&a.production_url, &a.sandbox_url])
+            .chain(self.fcm.iter().map(|f| &f.url));
+        for url in urls {
+            if !url.starts_with("https://") {
+                return Err(ConfigError::Invalid(format!(
+                    "push provider URLs must be https: {url}"
+                )));
+            }
+        }
         if self.call_creates_per_minute == 0
             || self.calls_to_one_user_per_minute == 0
             || self.api_requests_per_second == 0
+            || self.push_per_device_per_minute == 0
         {
             return Err(ConfigError::Invalid("rate limits must be positive".into()));
         }

@@ -21,10 +21,10 @@ pub use error::ApiError;
 use views::{CallView, CallWithToken, DeviceRequest};
 
 use crate::auth::{Authenticator, Principal, valid_id};
-use crate::call::{Call, CallType, ParticipantState, Role, UnixMillis};
+use crate::call::{Call, CallType, CallerDisplay, ParticipantState, Role, UnixMillis};
 use crate::call_token::{CallGrant, CallTokens};
 use crate::rate_limit::{Limiter, Rate};
-use crate::service::CallService;
+use crate::service::{CallService, NewCall};
 use crate::store::IdempotencyRecord;
 
 /// Idempotency records live this long: far longer than any client retries.
@@ -201,6 +201,12 @@ struct CreateCall {
     #[serde(rename = "type")]
     call_type: CallTypeName,
     device_id: String,
+    /// Shown on the callees' incoming-call screens (push payload).
+    #[serde(default)]
+    caller_display_name: Option<String>,
+    /// An `https` URL of the caller's picture (push payload).
+    #[serde(default)]
+    caller_avatar_url: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -275,6 +281,20 @@ async fn create_call(
             "ids must be 1-128 printable characters",
         ));
     }
+    if let Some(name) = &req.caller_display_name
+        && (name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "callerDisplayName must be 1-64 printable characters",
+        ));
+    }
+    if let Some(url) = &req.caller_avatar_url
+        && (!url.starts_with("https://") || url.len() > 512 || url.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "callerAvatarUrl must be an https URL of at most 512 bytes",
+        ));
+    }
     // Rate limits: calls this user creates, and calls ringing each callee.
     let now = std::time::Instant::now();
     state
@@ -301,14 +321,18 @@ async fn create_call(
                     CallTypeName::Audio => CallType::Audio,
                     CallTypeName::Video => CallType::Video,
                 };
-                let call = state.service.create(
+                let new = NewCall {
                     call_id,
-                    &caller.user_id,
-                    &req.device_id,
-                    &req.callee_user_ids,
+                    caller: &caller.user_id,
+                    device_id: &req.device_id,
+                    callees: &req.callee_user_ids,
                     call_type,
-                    now_ms(),
-                )?;
+                    caller_display: CallerDisplay {
+                        display_name: req.caller_display_name,
+                        avatar_url: req.caller_avatar_url,
+                    },
+                };
+                let call = state.service.create(new, now_ms())?;
                 tracing::info!(call_id = %call.call_id, user_id = %caller.user_id, device_id = %req.device_id, state = ?call.state, "call created");
                 call
             }

@@ -251,6 +251,20 @@ pub struct Call {
     pub ring_deadline: Option<UnixMillis>,
     pub connect_deadline: Option<UnixMillis>,
     pub timeouts: Timeouts,
+    /// How callees' phones show the caller (push payload only).
+    #[serde(default)]
+    pub caller_display: CallerDisplay,
+}
+
+/// The caller as the callee's incoming-call UI shows it, as the caller's
+/// app gave it. Optional: the app falls back to its own contacts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallerDisplay {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
 }
 
 impl Call {
@@ -327,6 +341,7 @@ impl Call {
             ring_deadline: None,
             connect_deadline: None,
             timeouts,
+            caller_display: CallerDisplay::default(),
         };
         let callees = || call.participants.iter().filter(|p| p.role == Role::Member);
         if callees().any(|p| p.state == ParticipantState::Ringing) {

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::call::{CallType, StopReason, UnixMillis};
+use crate::call::{CallType, CallerDisplay, StopReason, UnixMillis};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all_fields = "camelCase")]
@@ -24,6 +24,9 @@ pub enum PushPayload {
         ring_epoch: u64,
         /// When the ring stops (Unix ms).
         expires_at: UnixMillis,
+        /// `callerDisplayName` and `callerAvatarUrl`, when the caller's app gave them.
+        #[serde(flatten)]
+        caller: CallerDisplay,
         /// All media goes through the SFU; kept for clients of the mission's model.
         mode_hint: &'static str,
     },
@@ -39,6 +42,7 @@ impl PushPayload {
         call_type: CallType,
         ring_epoch: u64,
         expires_at: UnixMillis,
+        caller: CallerDisplay,
         now: UnixMillis,
     ) -> PushPayload {
         PushPayload::IncomingCall {
@@ -49,6 +53,7 @@ impl PushPayload {
             ttl_seconds: expires_at.saturating_sub(now) / 1000,
             ring_epoch,
             expires_at,
+            caller,
             mode_hint: "sfu",
         }
     }
@@ -66,6 +71,7 @@ mod tests {
             CallType::Video,
             7,
             1_000_040_000,
+            CallerDisplay::default(),
             1_000_002_000,
         );
         assert_eq!(
@@ -76,6 +82,21 @@ mod tests {
                 "expiresAt": 1_000_040_000u64, "modeHint": "sfu"
             })
         );
+        let named = PushPayload::incoming_call(
+            "c1",
+            "alice",
+            CallType::Audio,
+            7,
+            1_000_040_000,
+            CallerDisplay {
+                display_name: Some("Alice A.".into()),
+                avatar_url: Some("https://example.com/a.png".into()),
+            },
+            1_000_002_000,
+        );
+        let named = serde_json::to_value(&named).unwrap();
+        assert_eq!(named["callerDisplayName"], "Alice A.");
+        assert_eq!(named["callerAvatarUrl"], "https://example.com/a.png");
         let c = PushPayload::CallCancelled {
             call_id: "c1".into(),
             reason: StopReason::AnsweredElsewhere,

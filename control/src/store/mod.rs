@@ -48,6 +48,10 @@ pub trait Store: Send + Sync {
     /// other users' devices first (logout/login on one phone).
     fn upsert_device(&self, device: &Device) -> Result<(), StoreError>;
     fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool, StoreError>;
+    /// Forgets a push token the provider said is dead (APNs 410, FCM
+    /// UNREGISTERED), on whichever device holds it. False if none did (the
+    /// device re-registered with a new token meanwhile).
+    fn remove_push_token(&self, token: &str) -> Result<bool, StoreError>;
     /// A user's devices, most recently seen first.
     fn devices_of(&self, user_id: &str) -> Result<Vec<Device>, StoreError>;
     fn touch_device(

@@ -114,25 +114,33 @@ impl SqliteStore {
     }
 }
 
+/// Token columns and their key in the device JSON.
+const TOKEN_COLUMNS: [(&str, &str); 3] = [
+    ("apns_voip", "apnsVoip"),
+    ("apns_alert", "apnsAlert"),
+    ("fcm", "fcm"),
+];
+
+fn token_of<'a>(push: &'a crate::device::PushTokens, column: &str) -> Option<&'a str> {
+    match column {
+        "apns_voip" => push.apns_voip.as_deref(),
+        "apns_alert" => push.apns_alert.as_deref(),
+        _ => push.fcm.as_deref(),
+    }
+}
+
 impl Store for SqliteStore {
     fn upsert_device(&self, device: &Device) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
-        for (column, token) in [
-            ("apns_voip", &device.push.apns_voip),
-            ("apns_alert", &device.push.apns_alert),
-            ("fcm", &device.push.fcm),
-        ] {
-            let Some(token) = token else { continue };
+        for (column, json_key) in TOKEN_COLUMNS {
+            let Some(token) = token_of(&device.push, column) else {
+                continue;
+            };
             // The token moved to this device: no other device keeps it.
             let sql = format!(
                 "UPDATE devices SET {column} = NULL, json = json_remove(json, '$.push.{json_key}')
-                 WHERE {column} = ?1 AND NOT (user_id = ?2 AND device_id = ?3)",
-                json_key = match column {
-                    "apns_voip" => "apnsVoip",
-                    "apns_alert" => "apnsAlert",
-                    _ => "fcm",
-                }
+                 WHERE {column} = ?1 AND NOT (user_id = ?2 AND device_id = ?3)"
             );
             tx.execute(&sql, params![token, device.user_id, device.device_id])
                 .map_err(backend)?;
@@ -155,6 +163,21 @@ impl Store for SqliteStore {
         )
         .map_err(backend)?;
         tx.commit().map_err(backend)
+    }
+
+    fn remove_push_token(&self, token: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        let mut removed = 0;
+        for (column, json_key) in TOKEN_COLUMNS {
+            let sql = format!(
+                "UPDATE devices SET {column} = NULL, json = json_remove(json, '$.push.{json_key}')
+                 WHERE {column} = ?1"
+            );
+            removed += tx.execute(&sql, params![token]).map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(removed > 0)
     }
 
     fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool, StoreError> {

@@ -59,6 +59,8 @@ pub enum StartError {
     Crypto(String),
     #[error("store: {0}")]
     Store(String),
+    #[error("push: {0}")]
+    Push(String),
 }
 
 /// Binds everything and starts the engine threads and the HTTP server.
@@ -137,7 +139,15 @@ pub async fn start_with_push(
     };
     let call_metrics = control::metrics::CallMetrics::register(&state.metrics.registry)
         .map_err(|e| StartError::Store(e.to_string()))?;
-    let control = start_control(&state.config, state.tokens.clone(), call_metrics, push)?;
+    let push_metrics = control::push::metrics::PushMetrics::register(&state.metrics.registry)
+        .map_err(|e| StartError::Push(e.to_string()))?;
+    let control = start_control(
+        &state.config,
+        state.tokens.clone(),
+        call_metrics,
+        push_metrics,
+        push,
+    )?;
     let recovered = control
         .service
         .recover(
@@ -176,6 +186,7 @@ fn start_control(
     config: &Config,
     tokens: Arc<CallTokens>,
     metrics: control::metrics::CallMetrics,
+    push_metrics: control::push::metrics::PushMetrics,
     push: Option<Arc<dyn control::ringing::PushSender>>,
 ) -> Result<control::api::ControlState, StartError> {
     std::fs::create_dir_all(&config.data_dir)
@@ -184,18 +195,9 @@ fn start_control(
         control::store::SqliteStore::open(&config.data_dir.join("control.db"))
             .map_err(|e| StartError::Store(e.to_string()))?,
     );
-    let push: Arc<dyn control::ringing::PushSender> = match (push, &config.push_webhook_url) {
-        (Some(push), _) => push,
-        (None, Some(url)) => Arc::new(control::push::webhook::WebhookSender::spawn(
-            control::push::webhook::WebhookConfig {
-                url: url.clone(),
-                secret: config.push_webhook_secret.clone(),
-                max_attempts: 5,
-                initial_backoff: Duration::from_millis(250),
-            },
-            store.clone(),
-        )),
-        (None, None) => Arc::new(control::ringing::LoggingPushSender),
+    let push: Arc<dyn control::ringing::PushSender> = match push {
+        Some(push) => push,
+        None => push_dispatcher(config, store.clone(), push_metrics)?,
     };
     let events = Arc::new(control::ringing::HubRinger::new(
         Arc::default(),
@@ -226,6 +228,66 @@ fn start_control(
         )),
         events,
     })
+}
+
+/// The push providers the config names, behind one dispatcher; none: pushes
+/// are logged.
+fn push_dispatcher(
+    config: &Config,
+    store: Arc<dyn control::store::Store>,
+    metrics: control::push::metrics::PushMetrics,
+) -> Result<Arc<dyn control::ringing::PushSender>, StartError> {
+    use control::push::{apns, dispatch, fcm, webhook};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| StartError::Push(format!("{}: {e}", path.display())))
+    };
+    let extra_root = config
+        .push_extra_root_cert
+        .as_deref()
+        .map(read)
+        .transpose()?;
+    let mut providers = dispatch::Providers::default();
+    if let Some(a) = &config.apns {
+        let client = apns::ApnsClient::new(apns::ApnsConfig {
+            key_pem: read(&a.key_file)?,
+            key_id: a.key_id.clone(),
+            team_id: a.team_id.clone(),
+            default_bundle_id: a.bundle_id.clone(),
+            production_url: a.production_url.clone(),
+            sandbox_url: a.sandbox_url.clone(),
+            extra_root_pem: extra_root.clone(),
+        });
+        providers.apns = Some(client.map_err(|e| StartError::Push(format!("APNs: {e}")))?);
+    }
+    if let Some(f) = &config.fcm {
+        let key = String::from_utf8(read(&f.service_account_file)?)
+            .map_err(|_| StartError::Push("FCM service account file is not UTF-8".into()))?;
+        let client = fcm::FcmClient::new(fcm::FcmConfig {
+            service_account_json: key,
+            project_id: f.project_id.clone(),
+            base_url: f.url.clone(),
+            extra_root_pem: extra_root.clone(),
+        });
+        providers.fcm = Some(client.map_err(|e| StartError::Push(format!("FCM: {e}")))?);
+    }
+    if let Some(url) = &config.push_webhook_url {
+        let client = webhook::WebhookClient::new(url.clone(), config.push_webhook_secret.clone());
+        providers.webhook =
+            Some(client.map_err(|e| StartError::Push(format!("push webhook: {e}")))?);
+    }
+    if providers.apns.is_none() && providers.fcm.is_none() && providers.webhook.is_none() {
+        return Ok(Arc::new(control::ringing::LoggingPushSender));
+    }
+    let dispatch_config = dispatch::DispatchConfig {
+        per_device: control::rate_limit::Rate::per_minute(config.push_per_device_per_minute),
+        ..Default::default()
+    };
+    Ok(Arc::new(dispatch::PushDispatcher::spawn(
+        providers,
+        dispatch_config,
+        store,
+        Some(Arc::new(metrics)),
+    )))
 }
 
 /// The server owns the ring and connect timers: every 250 ms, due ones fire.

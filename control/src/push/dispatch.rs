@@ -1,0 +1,418 @@
+//! The push delivery loop: the ringer's [`PushSender`], in front of the
+//! providers.
+//!
+//! `send` only queues, so the API never waits on a provider. Per push: one
+//! delivery per (call, device, kind, ring epoch) however often the ringer
+//! asks; a per-device rate limit; the device's token resolved from the
+//! registry (the VoIP token for iOS rings, the alert token for iOS cancels,
+//! the FCM token on Android); then attempts, concurrently with every other
+//! push. Transient failures are retried with exponential backoff and jitter,
+//! honouring `Retry-After`, and a ring only while it still rings. A token
+//! the provider calls dead is removed; no other answer touches the registry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::apns::ApnsClient;
+use super::fcm::FcmClient;
+use super::metrics::PushMetrics;
+use super::payload::PushPayload;
+use super::webhook::WebhookClient;
+use super::{Outcome, Outgoing, TokenKind, jitter_unit, unix_millis};
+use crate::call::{CallState, RingState, UnixMillis};
+use crate::device::{ApnsEnvironment, Device, Platform};
+use crate::rate_limit::{Limiter, Rate};
+use crate::ringing::{PushRequest, PushSender};
+use crate::store::Store;
+
+/// The providers this deployment uses. iOS goes to APNs when configured,
+/// Android to FCM; a platform without its provider goes to the webhook.
+#[derive(Default)]
+pub struct Providers {
+    pub apns: Option<ApnsClient>,
+    pub fcm: Option<FcmClient>,
+    pub webhook: Option<WebhookClient>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchConfig {
+    /// Attempts per push, the first included.
+    pub max_attempts: u32,
+    /// The first retry waits about this long; each later one twice as long.
+    pub initial_backoff: Duration,
+    /// Pushes per device; beyond it pushes are dropped (and counted).
+    pub per_device: Rate,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(250),
+            per_device: Rate::per_minute(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    Apns,
+    Fcm,
+    Webhook,
+}
+
+impl Provider {
+    fn label(self) -> &'static str {
+        match self {
+            Provider::Apns => "apns",
+            Provider::Fcm => "fcm",
+            Provider::Webhook => "webhook",
+        }
+    }
+}
+
+struct Dispatch {
+    providers: Providers,
+    config: DispatchConfig,
+    store: Arc<dyn Store>,
+    metrics: Option<Arc<PushMetrics>>,
+}
+
+/// Sends pushes through the configured providers. `send` only queues.
+pub struct PushDispatcher {
+    queue: mpsc::UnboundedSender<(PushRequest, Instant)>,
+}
+
+/// (call, device, kind, ring epoch): one delivery each.
+type DedupeKey = (String, String, &'static str, u64);
+/// Dedupe entries are kept this long (rings last under a few minutes).
+const DEDUPE_FOR: Duration = Duration::from_secs(3600);
+
+impl PushDispatcher {
+    /// Starts the delivery task on the current tokio runtime.
+    pub fn spawn(
+        providers: Providers,
+        config: DispatchConfig,
+        store: Arc<dyn Store>,
+        metrics: Option<Arc<PushMetrics>>,
+    ) -> PushDispatcher {
+        let (queue, mut rx) = mpsc::unbounded_channel::<(PushRequest, Instant)>();
+        let dispatch = Arc::new(Dispatch {
+            providers,
+            config,
+            store,
+            metrics,
+        });
+        tokio::spawn(async move {
+            let mut seen: HashMap<DedupeKey, Instant> = HashMap::new();
+            let limiter = Limiter::new(dispatch.config.per_device);
+            while let Some((push, queued_at)) = rx.recv().await {
+                let now = Instant::now();
+                if seen.len() > 10_000 {
+                    seen.retain(|_, at| now.duration_since(*at) < DEDUPE_FOR);
+                }
+                let key = dedupe_key(&push);
+                if seen.insert(key, now).is_some() {
+                    continue; // already delivered or on its way
+                }
+                let (user_id, device_id) = who(&push);
+                if limiter.check(&format!("{user_id}/{device_id}"), now).is_err() {
+                    tracing::warn!(call_id = %call_of(&push), user_id = %user_id, device_id = %device_id, "push rate limit for this device: dropped");
+                    dispatch.count_failed("none", "unknown", "rate_limited");
+                    continue;
+                }
+                let dispatch = dispatch.clone();
+                // Concurrent: one slow push never holds up the others.
+                tokio::spawn(async move { dispatch.deliver(push, queued_at).await });
+            }
+        });
+        PushDispatcher { queue }
+    }
+}
+
+impl PushSender for PushDispatcher {
+    fn send(&self, push: PushRequest) {
+        let _ = self.queue.send((push, Instant::now()));
+    }
+}
+
+fn dedupe_key(push: &PushRequest) -> DedupeKey {
+    match push {
+        PushRequest::Ring {
+            call_id,
+            device_id,
+            ring_epoch,
+            ..
+        } => (call_id.clone(), device_id.clone(), "ring", *ring_epoch),
+        PushRequest::Cancel {
+            call_id, device_id, ..
+        } => (call_id.clone(), device_id.clone(), "cancel", 0),
+    }
+}
+
+fn who(push: &PushRequest) -> (&str, &str) {
+    match push {
+        PushRequest::Ring {
+            user_id, device_id, ..
+        }
+        | PushRequest::Cancel {
+            user_id, device_id, ..
+        } => (user_id, device_id),
+    }
+}
+
+fn call_of(push: &PushRequest) -> &str {
+    match push {
+        PushRequest::Ring { call_id, .. } | PushRequest::Cancel { call_id, .. } => call_id,
+    }
+}
+
+fn platform_label(p: Platform) -> &'static str {
+    match p {
+        Platform::Ios => "ios",
+        Platform::Android => "android",
+        Platform::Web => "web",
+    }
+}
+
+/// The push as this device's token and payload, or why there is none.
+fn resolve(push: PushRequest, device: &Device, now: UnixMillis) -> Result<Outgoing, &'static str> {
+    let (call_id, payload, expires_at, is_ring) = match push {
+        PushRequest::Ring {
+            call_id,
+            from_user_id,
+            call_type,
+            ring_epoch,
+            expires_at,
+            caller_display,
+            ..
+        } => {
+            let payload = PushPayload::incoming_call(
+                &call_id,
+                &from_user_id,
+                call_type,
+                ring_epoch,
+                expires_at,
+                caller_display,
+                now,
+            );
+            (call_id, payload, Some(expires_at), true)
+        }
+        PushRequest::Cancel {
+            call_id, reason, ..
+        } => {
+            let payload = PushPayload::CallCancelled {
+                call_id: call_id.clone(),
+                reason,
+            };
+            (call_id, payload, None, false)
+        }
+    };
+    let (token_kind, token) = match (device.platform, is_ring) {
+        (Platform::Ios, true) => (TokenKind::ApnsVoip, &device.push.apns_voip),
+        // Never VoIP for a cancel: iOS kills apps that get VoIP pushes they
+        // do not report to CallKit.
+        (Platform::Ios, false) => (TokenKind::ApnsAlert, &device.push.apns_alert),
+        (Platform::Android, _) => (TokenKind::Fcm, &device.push.fcm),
+        (Platform::Web, _) => return Err("web_device"),
+    };
+    let token = token.clone().ok_or("no_token")?;
+    Ok(Outgoing {
+        call_id,
+        user_id: device.user_id.clone(),
+        device_id: device.device_id.clone(),
+        platform: device.platform,
+        token_kind,
+        token,
+        payload,
+        expires_at,
+        apns_environment: device
+            .apns_environment
+            .unwrap_or(ApnsEnvironment::Production),
+        bundle_id: device.bundle_id.clone(),
+    })
+}
+
+impl Dispatch {
+    fn provider_for(&self, platform: Platform) -> Option<Provider> {
+        match platform {
+            Platform::Ios if self.providers.apns.is_some() => Some(Provider::Apns),
+            Platform::Android if self.providers.fcm.is_some() => Some(Provider::Fcm),
+            _ if self.providers.webhook.is_some() => Some(Provider::Webhook),
+            _ => None,
+        }
+    }
+
+    async fn attempt(&self, provider: Provider, push: &Outgoing) -> Outcome {
+        let missing = Outcome::Rejected {
+            reason: "not_configured".into(),
+        };
+        match provider {
+            Provider::Apns => match &self.providers.apns {
+                Some(c) => c.send(push).await,
+                None => missing,
+            },
+            Provider::Fcm => match &self.providers.fcm {
+                Some(c) => c.send(push).await,
+                None => missing,
+            },
+            Provider::Webhook => match &self.providers.webhook {
+                Some(c) => c.send(push).await,
+                None => missing,
+            },
+        }
+    }
+
+    /// Runs a store call off the async threads (SQLite blocks).
+    async fn store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> T + Send + 'static,
+    ) -> Option<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&*store)).await.ok()
+    }
+
+    /// Whether this ring still rings this device (call not over, ring not
+    /// stopped, deadline not passed).
+    async fn ring_alive(&self, push: &Outgoing) -> bool {
+        if push.expires_at.is_some_and(|at| unix_millis() >= at) {
+            return false;
+        }
+        let (call_id, user_id, device_id) = (
+            push.call_id.clone(),
+            push.user_id.clone(),
+            push.device_id.clone(),
+        );
+        self.store(move |s| {
+            let Ok(Some(call)) = s.get_call(&call_id) else {
+                return false;
+            };
+            call.value.state != CallState::Ended
+                && call.value.participant(&user_id).is_some_and(|p| {
+                    p.rings.iter().any(|r| {
+                        r.device_id == device_id
+                            && matches!(r.state, RingState::Sent | RingState::Acknowledged)
+                    })
+                })
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    fn count_failed(&self, provider: &str, platform: &str, reason: &str) {
+        if let Some(m) = &self.metrics {
+            m.failed
+                .with_label_values(&[provider, platform, reason])
+                .inc();
+        }
+    }
+
+    async fn deliver(&self, push: PushRequest, queued_at: Instant) {
+        let call_id = call_of(&push).to_string();
+        let (user_id, device_id) = {
+            let (u, d) = who(&push);
+            (u.to_string(), d.to_string())
+        };
+        let lookup = (user_id.clone(), device_id.clone());
+        let device = self
+            .store(move |s| {
+                s.devices_of(&lookup.0)
+                    .ok()
+                    .and_then(|ds| ds.into_iter().find(|d| d.device_id == lookup.1))
+            })
+            .await
+            .flatten();
+        let Some(device) = device else {
+            tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, "push: device no longer registered");
+            self.count_failed("none", "unknown", "no_device");
+            return;
+        };
+        let platform = platform_label(device.platform);
+        let push = match resolve(push, &device, unix_millis()) {
+            Ok(p) => p,
+            Err(reason) => {
+                tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, reason, "push: nothing to send to");
+                self.count_failed("none", platform, reason);
+                return;
+            }
+        };
+        let Some(provider) = self.provider_for(device.platform) else {
+            tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, "push: no provider configured for this platform");
+            self.count_failed("none", platform, "no_provider");
+            return;
+        };
+        let kind = if push.is_ring() { "ring" } else { "cancel" };
+        let label = provider.label();
+        let mut backoff = self.config.initial_backoff;
+        for attempt in 1..=self.config.max_attempts {
+            if push.is_ring() && !self.ring_alive(&push).await {
+                tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, attempt, "ring over: push not sent");
+                self.count_failed(label, platform, "ring_over");
+                return;
+            }
+            if let Some(m) = &self.metrics {
+                m.sent.with_label_values(&[label, platform, kind]).inc();
+            }
+            let wait = match self.attempt(provider, &push).await {
+                Outcome::Delivered => {
+                    if let Some(m) = &self.metrics {
+                        m.delivered.with_label_values(&[label, platform, kind]).inc();
+                        m.latency
+                            .with_label_values(&[label])
+                            .observe(queued_at.elapsed().as_secs_f64());
+                    }
+                    tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, provider = label, kind, attempt, "push delivered");
+                    return;
+                }
+                Outcome::TokenGone { reason } => {
+                    let token = push.token.clone();
+                    let removed = self
+                        .store(move |s| s.remove_push_token(&token))
+                        .await
+                        .and_then(Result::ok)
+                        .unwrap_or(false);
+                    tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, provider = label, reason = %reason, removed, token_kind = push.token_kind.as_str(), "push token is dead: removed");
+                    if let Some(m) = &self.metrics {
+                        if removed {
+                            m.tokens_removed.with_label_values(&[label]).inc();
+                        }
+                    }
+                    self.count_failed(label, platform, &reason);
+                    return;
+                }
+                Outcome::Rejected { reason } => {
+                    tracing::warn!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, provider = label, reason = %reason, "push refused: a configuration or payload fault");
+                    self.count_failed(label, platform, &reason);
+                    return;
+                }
+                Outcome::Retry {
+                    reason,
+                    retry_after,
+                } => {
+                    if let Some(m) = &self.metrics {
+                        m.retried.with_label_values(&[label, &reason]).inc();
+                    }
+                    retry_after.unwrap_or(backoff.mul_f64(0.8 + 0.4 * jitter_unit()))
+                }
+            };
+            backoff *= 2;
+            if attempt == self.config.max_attempts {
+                break;
+            }
+            if push
+                .expires_at
+                .is_some_and(|at| unix_millis() + wait.as_millis() as u64 >= at)
+            {
+                tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, "ring ends before the retry: not retrying");
+                self.count_failed(label, platform, "ring_over");
+                return;
+            }
+            tokio::time::sleep(wait).await;
+        }
+        tracing::warn!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, provider = label, "push failed after every attempt");
+        self.count_failed(label, platform, "attempts_exhausted");
+    }
+}
