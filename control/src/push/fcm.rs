@@ -95,7 +95,7 @@ impl FcmClient {
         let token = match token {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(call_id = %push.call_id, user_id = %push.user_id, device_id = %push.device_id, platform = "android", error = %e, "FCM OAuth token");
+                tracing::warn!(call_id = %push.call_id, user_id = %push.user_id, device_id = %push.device_id, platform = "android", error = ?e, "FCM OAuth token");
                 return Outcome::Retry {
                     reason: "oauth".into(),
                     retry_after: None,

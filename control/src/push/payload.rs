@@ -24,9 +24,11 @@ pub enum PushPayload {
         ring_epoch: u64,
         /// When the ring stops (Unix ms).
         expires_at: UnixMillis,
-        /// `callerDisplayName` and `callerAvatarUrl`, when the caller's app gave them.
-        #[serde(flatten)]
-        caller: CallerDisplay,
+        /// As the caller's app gave them; absent otherwise.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        caller_display_name: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        caller_avatar_url: Option<String>,
         /// All media goes through the SFU; kept for clients of the mission's model.
         mode_hint: &'static str,
     },
@@ -53,7 +55,8 @@ impl PushPayload {
             ttl_seconds: expires_at.saturating_sub(now) / 1000,
             ring_epoch,
             expires_at,
-            caller,
+            caller_display_name: caller.display_name,
+            caller_avatar_url: caller.avatar_url,
             mode_hint: "sfu",
         }
     }

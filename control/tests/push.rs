@@ -1,0 +1,255 @@
+//! Push delivery end to end: the call service rings, the dispatcher pushes
+//! through the real APNs and FCM clients, and local stand-ins check what
+//! Apple and Google check (TLS, HTTP/2 only, provider / OAuth tokens,
+//! headers, payload schema) and answer with their real errors.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use control::call::{CallType, CallerDisplay};
+use control::device::{ApnsEnvironment, Platform};
+use control::push::dispatch::DispatchConfig;
+use control::push::payload::PushPayload;
+use control::push::{Outcome, Outgoing, TokenKind};
+use control::ringing::{PushRequest, PushSender};
+use futures_util::future::join_all;
+use serde_json::json;
+use support::{IPHONE_ALERT, IPHONE_VOIP, PIXEL_FCM, harness, now_ms, wait_for};
+
+fn quick_retries() -> DispatchConfig {
+    DispatchConfig {
+        initial_backoff: Duration::from_millis(50),
+        ..DispatchConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_pushes_each_phone_once_with_the_standard_payload_and_the_cancel_is_never_voip() {
+    let h = harness(30_000, quick_retries()).await;
+    let call = h.call_bob(Some("Alice A."));
+    let deadline = call.ring_deadline.unwrap();
+    wait_for("the VoIP push and the FCM message", || {
+        h.apns.accepted_for(IPHONE_VOIP).len() == 1 && h.fcm.accepted_for(PIXEL_FCM).len() == 1
+    })
+    .await;
+
+    // iOS: a VoIP push to the PushKit token, with every header APNs wants.
+    let voip = &h.apns.accepted_for(IPHONE_VOIP)[0];
+    let header = |name: &str| voip.headers.get(name).map(String::as_str);
+    assert_eq!(header("apns-push-type"), Some("voip"));
+    assert_eq!(header("apns-topic"), Some("com.example.calls.voip"));
+    assert_eq!(header("apns-priority"), Some("10"));
+    assert_eq!(header("apns-expiration"), Some(&*(deadline / 1000).to_string()));
+    assert_eq!(header("apns-collapse-id"), Some(call.call_id.as_str()));
+    assert!(uuid::Uuid::parse_str(header("apns-id").unwrap()).is_ok());
+    let ring_epoch = voip.body["ringEpoch"].as_u64().unwrap();
+    let timestamp = voip.body["timestamp"].as_u64().unwrap();
+    assert_eq!(
+        voip.body,
+        json!({
+            "event": "incoming_call", "callId": call.call_id, "fromUserId": "alice",
+            "type": "video", "timestamp": timestamp, "ttlSeconds": (deadline - timestamp) / 1000,
+            "ringEpoch": ring_epoch, "expiresAt": deadline, "callerDisplayName": "Alice A.",
+            "modeHint": "sfu"
+        })
+    );
+    assert!(ring_epoch >= call.created_at && ring_epoch <= timestamp);
+
+    // Android: data-only, high priority, every value a string, ttl = time left.
+    let fcm = &h.fcm.accepted_for(PIXEL_FCM)[0];
+    assert_eq!(fcm["android"]["priority"], "HIGH");
+    let ttl = fcm["android"]["ttl"].as_str().unwrap();
+    let ttl: u64 = ttl.strip_suffix('s').unwrap().parse().unwrap();
+    assert!((25..=30).contains(&ttl), "ttl {ttl}");
+    assert!(fcm.get("notification").is_none());
+    assert_eq!(fcm["data"]["event"], "incoming_call");
+    assert_eq!(fcm["data"]["callId"], call.call_id.as_str());
+    assert_eq!(fcm["data"]["type"], "video");
+    assert_eq!(fcm["data"]["ringEpoch"], ring_epoch.to_string());
+    assert_eq!(fcm["data"]["expiresAt"], deadline.to_string());
+
+    // The same ring asked for again (a retried effect) is not a second push.
+    h.dispatcher.send(PushRequest::Ring {
+        call_id: call.call_id.clone(),
+        user_id: "bob".into(),
+        device_id: "iphone".into(),
+        from_user_id: "alice".into(),
+        call_type: CallType::Video,
+        ring_epoch,
+        expires_at: deadline,
+        caller_display: CallerDisplay::default(),
+    });
+
+    // The caller hangs up: a regular push to the alert token, a normal FCM message.
+    h.cancel(&call.call_id);
+    wait_for("the cancels", || {
+        h.apns.accepted_for(IPHONE_ALERT).len() == 1 && h.fcm.accepted_for(PIXEL_FCM).len() == 2
+    })
+    .await;
+    let cancel = &h.apns.accepted_for(IPHONE_ALERT)[0];
+    assert_eq!(cancel.headers["apns-push-type"], "background");
+    assert_eq!(cancel.headers["apns-topic"], "com.example.calls");
+    assert_eq!(cancel.headers["apns-priority"], "5");
+    assert_eq!(cancel.body["event"], "call_cancelled");
+    assert_eq!(cancel.body["reason"], "caller_cancelled");
+    assert_eq!(cancel.body["aps"], json!({"content-available": 1}));
+    let fcm_cancel = &h.fcm.accepted_for(PIXEL_FCM)[1];
+    assert_eq!(fcm_cancel["android"]["priority"], "NORMAL");
+    assert_eq!(fcm_cancel["data"]["reason"], "caller_cancelled");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.apns.accepted_for(IPHONE_VOIP).len(), 1, "one VoIP push per ring");
+    let voip_pushes = h.apns.state.accepted.lock().unwrap().iter().filter(|p| p.headers["apns-push-type"] == "voip").count();
+    assert_eq!(voip_pushes, 1, "cancels are never VoIP");
+    // The web device is never pushed; nothing else was sent.
+    assert_eq!(h.apns.state.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(h.fcm.state.requests.load(Ordering::SeqCst), 2);
+    // One OAuth token served both FCM messages; one provider token both APNs pushes.
+    assert_eq!(h.fcm.state.token_requests.load(Ordering::SeqCst), 1);
+    assert_eq!(h.apns.state.provider_tokens.lock().unwrap().len(), 1);
+    assert_eq!(h.counter("switchboard_push_delivered_total", &[("provider", "apns"), ("kind", "ring")]), 1);
+    assert_eq!(h.counter("switchboard_push_delivered_total", &[("provider", "fcm"), ("kind", "cancel")]), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_tokens_are_removed_and_not_pushed_again_while_bad_ones_stay() {
+    let h = harness(30_000, quick_retries()).await;
+    let ipad_voip = "c3".repeat(32);
+    h.store
+        .upsert_device(&support::device(
+            "bob",
+            "ipad",
+            Platform::Ios,
+            control::device::PushTokens {
+                apns_voip: Some(ipad_voip.clone()),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    h.apns.state.unregistered.lock().unwrap().insert(IPHONE_VOIP.into());
+    h.fcm.state.unregistered.lock().unwrap().insert(PIXEL_FCM.into());
+    h.apns.script(&ipad_voip, &[(400, "BadDeviceToken", None)]);
+
+    let first = h.call_bob(None);
+    let tokens = |device: &str| {
+        let devices = h.store.devices_of("bob").unwrap();
+        devices.into_iter().find(|d| d.device_id == device).unwrap().push
+    };
+    wait_for("the dead tokens to be removed", || {
+        tokens("iphone").apns_voip.is_none() && tokens("pixel").fcm.is_none()
+    })
+    .await;
+    wait_for("the BadDeviceToken answer", || {
+        h.counter("switchboard_push_failed_total", &[("reason", "BadDeviceToken")]) == 1
+    })
+    .await;
+    // Removed: only the dead tokens. The alert token and the iPad's stay.
+    assert_eq!(tokens("iphone").apns_alert.as_deref(), Some(IPHONE_ALERT));
+    assert_eq!(tokens("ipad").apns_voip.as_deref(), Some(ipad_voip.as_str()));
+    assert_eq!(h.counter("switchboard_push_tokens_removed_total", &[]), 2);
+    assert_eq!(h.counter("switchboard_push_failed_total", &[("reason", "Unregistered")]), 1);
+    assert_eq!(h.counter("switchboard_push_failed_total", &[("reason", "UNREGISTERED")]), 1);
+    h.cancel(&first.call_id);
+    wait_for("the iPhone's cancel", || h.apns.accepted_for(IPHONE_ALERT).len() == 1).await;
+
+    let apns_before = h.apns.state.requests.load(Ordering::SeqCst);
+    let fcm_before = h.fcm.state.requests.load(Ordering::SeqCst);
+    let second = h.call_bob(None);
+    wait_for("the iPad's ring", || h.apns.accepted_for(&ipad_voip).len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Only the iPad was pushed: nothing to the removed VoIP or FCM tokens.
+    assert_eq!(h.apns.state.requests.load(Ordering::SeqCst), apns_before + 1);
+    assert_eq!(h.fcm.state.requests.load(Ordering::SeqCst), fcm_before);
+    h.cancel(&second.call_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_is_retried_and_delivered_once() {
+    let h = harness(30_000, quick_retries()).await;
+    h.apns.script(IPHONE_VOIP, &[(503, "ServiceUnavailable", None)]);
+    h.fcm.script(PIXEL_FCM, &[(503, "UNAVAILABLE", None), (429, "QUOTA_EXCEEDED", Some(0))]);
+    let call = h.call_bob(None);
+    wait_for("both delivered after retries", || {
+        h.apns.accepted_for(IPHONE_VOIP).len() == 1 && h.fcm.accepted_for(PIXEL_FCM).len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.apns.accepted_for(IPHONE_VOIP).len(), 1);
+    assert_eq!(h.apns.state.requests.load(Ordering::SeqCst), 2, "one 503, one 200");
+    assert_eq!(h.fcm.state.requests.load(Ordering::SeqCst), 3, "503, 429, 200");
+    assert_eq!(h.counter("switchboard_push_retried_total", &[("provider", "apns")]), 1);
+    assert_eq!(h.counter("switchboard_push_retried_total", &[("provider", "fcm")]), 2);
+    h.cancel(&call.call_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_that_ends_before_the_retry_is_not_retried() {
+    // Rings last 2 s; APNs says come back in 5 s.
+    let h = harness(2_000, quick_retries()).await;
+    h.apns.script(IPHONE_VOIP, &[(429, "TooManyRequests", Some(5))]);
+    h.fcm.script(PIXEL_FCM, &[(503, "UNAVAILABLE", Some(5))]);
+    let _call = h.call_bob(None);
+    wait_for("the first attempts", || {
+        h.apns.state.requests.load(Ordering::SeqCst) == 1
+            && h.fcm.state.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(h.apns.state.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(h.fcm.state.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(h.counter("switchboard_push_failed_total", &[("reason", "ring_over")]), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_pushes_share_one_tls_connection() {
+    let apns = support::apns::FakeApns::start().await;
+    let client = support::apns_client(&apns);
+    let expires_at = now_ms() + 30_000;
+    let pushes: Vec<Outgoing> = (0..500)
+        .map(|i| Outgoing {
+            call_id: format!("call-{i}"),
+            user_id: format!("user-{i}"),
+            device_id: "phone".into(),
+            platform: Platform::Ios,
+            token_kind: TokenKind::ApnsVoip,
+            token: format!("{i:064x}"),
+            payload: PushPayload::incoming_call(
+                &format!("call-{i}"),
+                "alice",
+                CallType::Audio,
+                1,
+                expires_at,
+                CallerDisplay::default(),
+                now_ms(),
+            ),
+            expires_at: Some(expires_at),
+            apns_environment: ApnsEnvironment::Production,
+            bundle_id: None,
+        })
+        .collect();
+    let started = Instant::now();
+    let outcomes = join_all(pushes.iter().map(|p| client.send(p))).await;
+    let elapsed = started.elapsed();
+    assert!(outcomes.iter().all(|o| *o == Outcome::Delivered), "{:?}", outcomes.iter().find(|o| **o != Outcome::Delivered));
+    assert_eq!(apns.state.accepted.lock().unwrap().len(), 500);
+    assert_eq!(apns.server.connections(), 1, "one HTTP/2 connection for every push");
+    assert_eq!(apns.state.provider_tokens.lock().unwrap().len(), 1, "one provider token, not one per request");
+    println!("500 pushes over one connection in {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_push_service_does_not_hold_up_ringing() {
+    let h = harness(30_000, quick_retries()).await;
+    h.apns.state.stall.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let _call = h.call_bob(None);
+    let create_took = started.elapsed();
+    // The stall holds the push, not the call: created at once, and FCM
+    // (another provider) still gets its message.
+    wait_for("the FCM ring", || h.fcm.accepted_for(PIXEL_FCM).len() == 1).await;
+    wait_for("the stalled APNs request", || h.apns.state.requests.load(Ordering::SeqCst) == 1).await;
+    assert!(create_took < Duration::from_secs(2), "create took {create_took:?}");
+    assert!(h.apns.accepted_for(IPHONE_VOIP).is_empty());
+}
