@@ -41,7 +41,10 @@ async fn a_ring_pushes_each_phone_once_with_the_standard_payload_and_the_cancel_
     assert_eq!(header("apns-push-type"), Some("voip"));
     assert_eq!(header("apns-topic"), Some("com.example.calls.voip"));
     assert_eq!(header("apns-priority"), Some("10"));
-    assert_eq!(header("apns-expiration"), Some(&*(deadline / 1000).to_string()));
+    assert_eq!(
+        header("apns-expiration"),
+        Some(&*(deadline / 1000).to_string())
+    );
     assert_eq!(header("apns-collapse-id"), Some(call.call_id.as_str()));
     assert!(uuid::Uuid::parse_str(header("apns-id").unwrap()).is_ok());
     let ring_epoch = voip.body["ringEpoch"].as_u64().unwrap();
@@ -100,8 +103,20 @@ async fn a_ring_pushes_each_phone_once_with_the_standard_payload_and_the_cancel_
     assert_eq!(fcm_cancel["data"]["reason"], "caller_cancelled");
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.apns.accepted_for(IPHONE_VOIP).len(), 1, "one VoIP push per ring");
-    let voip_pushes = h.apns.state.accepted.lock().unwrap().iter().filter(|p| p.headers["apns-push-type"] == "voip").count();
+    assert_eq!(
+        h.apns.accepted_for(IPHONE_VOIP).len(),
+        1,
+        "one VoIP push per ring"
+    );
+    let voip_pushes = h
+        .apns
+        .state
+        .accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p.headers["apns-push-type"] == "voip")
+        .count();
     assert_eq!(voip_pushes, 1, "cancels are never VoIP");
     // The web device is never pushed; nothing else was sent.
     assert_eq!(h.apns.state.requests.load(Ordering::SeqCst), 2);
@@ -109,8 +124,20 @@ async fn a_ring_pushes_each_phone_once_with_the_standard_payload_and_the_cancel_
     // One OAuth token served both FCM messages; one provider token both APNs pushes.
     assert_eq!(h.fcm.state.token_requests.load(Ordering::SeqCst), 1);
     assert_eq!(h.apns.state.provider_tokens.lock().unwrap().len(), 1);
-    assert_eq!(h.counter("switchboard_push_delivered_total", &[("provider", "apns"), ("kind", "ring")]), 1);
-    assert_eq!(h.counter("switchboard_push_delivered_total", &[("provider", "fcm"), ("kind", "cancel")]), 1);
+    assert_eq!(
+        h.counter(
+            "switchboard_push_delivered_total",
+            &[("provider", "apns"), ("kind", "ring")]
+        ),
+        1
+    );
+    assert_eq!(
+        h.counter(
+            "switchboard_push_delivered_total",
+            &[("provider", "fcm"), ("kind", "cancel")]
+        ),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,39 +155,80 @@ async fn dead_tokens_are_removed_and_not_pushed_again_while_bad_ones_stay() {
             },
         ))
         .unwrap();
-    h.apns.state.unregistered.lock().unwrap().insert(IPHONE_VOIP.into());
-    h.fcm.state.unregistered.lock().unwrap().insert(PIXEL_FCM.into());
+    h.apns
+        .state
+        .unregistered
+        .lock()
+        .unwrap()
+        .insert(IPHONE_VOIP.into());
+    h.fcm
+        .state
+        .unregistered
+        .lock()
+        .unwrap()
+        .insert(PIXEL_FCM.into());
     h.apns.script(&ipad_voip, &[(400, "BadDeviceToken", None)]);
 
     let first = h.call_bob(None);
     let tokens = |device: &str| {
         let devices = h.store.devices_of("bob").unwrap();
-        devices.into_iter().find(|d| d.device_id == device).unwrap().push
+        devices
+            .into_iter()
+            .find(|d| d.device_id == device)
+            .unwrap()
+            .push
     };
     wait_for("the dead tokens to be removed", || {
         tokens("iphone").apns_voip.is_none() && tokens("pixel").fcm.is_none()
     })
     .await;
     wait_for("the BadDeviceToken answer", || {
-        h.counter("switchboard_push_failed_total", &[("reason", "BadDeviceToken")]) == 1
+        h.counter(
+            "switchboard_push_failed_total",
+            &[("reason", "BadDeviceToken")],
+        ) == 1
     })
     .await;
     // Removed: only the dead tokens. The alert token and the iPad's stay.
     assert_eq!(tokens("iphone").apns_alert.as_deref(), Some(IPHONE_ALERT));
-    assert_eq!(tokens("ipad").apns_voip.as_deref(), Some(ipad_voip.as_str()));
+    assert_eq!(
+        tokens("ipad").apns_voip.as_deref(),
+        Some(ipad_voip.as_str())
+    );
     assert_eq!(h.counter("switchboard_push_tokens_removed_total", &[]), 2);
-    assert_eq!(h.counter("switchboard_push_failed_total", &[("reason", "Unregistered")]), 1);
-    assert_eq!(h.counter("switchboard_push_failed_total", &[("reason", "UNREGISTERED")]), 1);
+    assert_eq!(
+        h.counter(
+            "switchboard_push_failed_total",
+            &[("reason", "Unregistered")]
+        ),
+        1
+    );
+    assert_eq!(
+        h.counter(
+            "switchboard_push_failed_total",
+            &[("reason", "UNREGISTERED")]
+        ),
+        1
+    );
     h.cancel(&first.call_id);
-    wait_for("the iPhone's cancel", || h.apns.accepted_for(IPHONE_ALERT).len() == 1).await;
+    wait_for("the iPhone's cancel", || {
+        h.apns.accepted_for(IPHONE_ALERT).len() == 1
+    })
+    .await;
 
     let apns_before = h.apns.state.requests.load(Ordering::SeqCst);
     let fcm_before = h.fcm.state.requests.load(Ordering::SeqCst);
     let second = h.call_bob(None);
-    wait_for("the iPad's ring", || h.apns.accepted_for(&ipad_voip).len() == 1).await;
+    wait_for("the iPad's ring", || {
+        h.apns.accepted_for(&ipad_voip).len() == 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Only the iPad was pushed: nothing to the removed VoIP or FCM tokens.
-    assert_eq!(h.apns.state.requests.load(Ordering::SeqCst), apns_before + 1);
+    assert_eq!(
+        h.apns.state.requests.load(Ordering::SeqCst),
+        apns_before + 1
+    );
     assert_eq!(h.fcm.state.requests.load(Ordering::SeqCst), fcm_before);
     h.cancel(&second.call_id);
 }
@@ -168,8 +236,12 @@ async fn dead_tokens_are_removed_and_not_pushed_again_while_bad_ones_stay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_is_retried_and_delivered_once() {
     let h = harness(30_000, quick_retries()).await;
-    h.apns.script(IPHONE_VOIP, &[(503, "ServiceUnavailable", None)]);
-    h.fcm.script(PIXEL_FCM, &[(503, "UNAVAILABLE", None), (429, "QUOTA_EXCEEDED", Some(0))]);
+    h.apns
+        .script(IPHONE_VOIP, &[(503, "ServiceUnavailable", None)]);
+    h.fcm.script(
+        PIXEL_FCM,
+        &[(503, "UNAVAILABLE", None), (429, "QUOTA_EXCEEDED", Some(0))],
+    );
     let call = h.call_bob(None);
     wait_for("both delivered after retries", || {
         h.apns.accepted_for(IPHONE_VOIP).len() == 1 && h.fcm.accepted_for(PIXEL_FCM).len() == 1
@@ -177,10 +249,24 @@ async fn a_503_is_retried_and_delivered_once() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.apns.accepted_for(IPHONE_VOIP).len(), 1);
-    assert_eq!(h.apns.state.requests.load(Ordering::SeqCst), 2, "one 503, one 200");
-    assert_eq!(h.fcm.state.requests.load(Ordering::SeqCst), 3, "503, 429, 200");
-    assert_eq!(h.counter("switchboard_push_retried_total", &[("provider", "apns")]), 1);
-    assert_eq!(h.counter("switchboard_push_retried_total", &[("provider", "fcm")]), 2);
+    assert_eq!(
+        h.apns.state.requests.load(Ordering::SeqCst),
+        2,
+        "one 503, one 200"
+    );
+    assert_eq!(
+        h.fcm.state.requests.load(Ordering::SeqCst),
+        3,
+        "503, 429, 200"
+    );
+    assert_eq!(
+        h.counter("switchboard_push_retried_total", &[("provider", "apns")]),
+        1
+    );
+    assert_eq!(
+        h.counter("switchboard_push_retried_total", &[("provider", "fcm")]),
+        2
+    );
     h.cancel(&call.call_id);
 }
 
@@ -188,7 +274,8 @@ async fn a_503_is_retried_and_delivered_once() {
 async fn a_ring_that_ends_before_the_retry_is_not_retried() {
     // Rings last 2 s; APNs says come back in 5 s.
     let h = harness(2_000, quick_retries()).await;
-    h.apns.script(IPHONE_VOIP, &[(429, "TooManyRequests", Some(5))]);
+    h.apns
+        .script(IPHONE_VOIP, &[(429, "TooManyRequests", Some(5))]);
     h.fcm.script(PIXEL_FCM, &[(503, "UNAVAILABLE", Some(5))]);
     let _call = h.call_bob(None);
     wait_for("the first attempts", || {
@@ -199,7 +286,10 @@ async fn a_ring_that_ends_before_the_retry_is_not_retried() {
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(h.apns.state.requests.load(Ordering::SeqCst), 1);
     assert_eq!(h.fcm.state.requests.load(Ordering::SeqCst), 1);
-    assert_eq!(h.counter("switchboard_push_failed_total", &[("reason", "ring_over")]), 2);
+    assert_eq!(
+        h.counter("switchboard_push_failed_total", &[("reason", "ring_over")]),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,10 +322,22 @@ async fn five_hundred_concurrent_pushes_share_one_tls_connection() {
     let started = Instant::now();
     let outcomes = join_all(pushes.iter().map(|p| client.send(p))).await;
     let elapsed = started.elapsed();
-    assert!(outcomes.iter().all(|o| *o == Outcome::Delivered), "{:?}", outcomes.iter().find(|o| **o != Outcome::Delivered));
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Delivered),
+        "{:?}",
+        outcomes.iter().find(|o| **o != Outcome::Delivered)
+    );
     assert_eq!(apns.state.accepted.lock().unwrap().len(), 500);
-    assert_eq!(apns.server.connections(), 1, "one HTTP/2 connection for every push");
-    assert_eq!(apns.state.provider_tokens.lock().unwrap().len(), 1, "one provider token, not one per request");
+    assert_eq!(
+        apns.server.connections(),
+        1,
+        "one HTTP/2 connection for every push"
+    );
+    assert_eq!(
+        apns.state.provider_tokens.lock().unwrap().len(),
+        1,
+        "one provider token, not one per request"
+    );
     println!("500 pushes over one connection in {elapsed:?}");
 }
 
@@ -249,7 +351,13 @@ async fn a_stalled_push_service_does_not_hold_up_ringing() {
     // The stall holds the push, not the call: created at once, and FCM
     // (another provider) still gets its message.
     wait_for("the FCM ring", || h.fcm.accepted_for(PIXEL_FCM).len() == 1).await;
-    wait_for("the stalled APNs request", || h.apns.state.requests.load(Ordering::SeqCst) == 1).await;
-    assert!(create_took < Duration::from_secs(2), "create took {create_took:?}");
+    wait_for("the stalled APNs request", || {
+        h.apns.state.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(
+        create_took < Duration::from_secs(2),
+        "create took {create_took:?}"
+    );
     assert!(h.apns.accepted_for(IPHONE_VOIP).is_empty());
 }

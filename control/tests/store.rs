@@ -97,6 +97,39 @@ fn a_push_token_moves_to_the_user_who_registers_it_last() {
 }
 
 #[test]
+fn a_dead_push_token_is_removed_wherever_it_is_and_nothing_else_is() {
+    let s = SqliteStore::in_memory().unwrap();
+    let (voip, alert) = ("ab".repeat(32), "cd".repeat(32));
+    let mut phone = ios("phone", "bob", &voip, T0);
+    phone.push.apns_alert = Some(alert.clone());
+    s.upsert_device(&phone).unwrap();
+    s.upsert_device(&ios("tablet", "bob", &"ef".repeat(32), T0))
+        .unwrap();
+    assert!(s.remove_push_token(&voip).unwrap());
+    assert!(!s.remove_push_token(&voip).unwrap(), "already gone");
+    let devices = s.devices_of("bob").unwrap();
+    let phone = devices.iter().find(|d| d.device_id == "phone").unwrap();
+    assert_eq!(phone.push.apns_voip, None);
+    assert_eq!(phone.push.apns_alert.as_deref(), Some(alert.as_str()));
+    let tablet = devices.iter().find(|d| d.device_id == "tablet").unwrap();
+    assert_eq!(
+        tablet.push.apns_voip.as_deref(),
+        Some("ef".repeat(32).as_str())
+    );
+    // The device re-registers with a new token: a late 410 for the old one
+    // changes nothing.
+    s.upsert_device(&ios("phone", "bob", &"01".repeat(32), T0 + 1))
+        .unwrap();
+    assert!(!s.remove_push_token(&voip).unwrap());
+    let phone = s.devices_of("bob").unwrap();
+    assert!(
+        phone
+            .iter()
+            .any(|d| d.push.apns_voip == Some("01".repeat(32)))
+    );
+}
+
+#[test]
 fn call_updates_are_compare_and_set() {
     let s = SqliteStore::in_memory().unwrap();
     s.insert_call(&call("c1", "alice", "bob", T0)).unwrap();

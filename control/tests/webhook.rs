@@ -79,7 +79,12 @@ async fn setup(r: Arc<Receiver>, ring_ms: u64) -> CallService {
         initial_backoff: Duration::from_millis(50),
         ..DispatchConfig::default()
     };
-    let dispatcher = Arc::new(PushDispatcher::spawn(providers, config, store.clone(), None));
+    let dispatcher = Arc::new(PushDispatcher::spawn(
+        providers,
+        config,
+        store.clone(),
+        None,
+    ));
     ringing_service(store, dispatcher, ring_ms)
 }
 
@@ -120,7 +125,10 @@ async fn pushes_arrive_signed_once_each_after_a_503() {
     assert_eq!(ring["payload"]["fromUserId"], "alice");
     assert!(ring["payload"].get("sdp").is_none());
     let ios_cancel = find("iphone", "call_cancelled");
-    assert_eq!(ios_cancel["tokenKind"], "apnsAlert", "never VoIP for a cancel");
+    assert_eq!(
+        ios_cancel["tokenKind"], "apnsAlert",
+        "never VoIP for a cancel"
+    );
     let android_cancel = find("pixel", "call_cancelled");
     assert_eq!(android_cancel["tokenKind"], "fcm");
     assert_eq!(

@@ -4,6 +4,6 @@
 pub mod machine;
 
 pub use machine::{
-    Accepted, Call, CallError, CallerDisplay, CallEvent, CallState, CallType, Callee, Effect, EndReason,
-    ParticipantState, Ring, RingState, Role, StopReason, Timeouts, UnixMillis,
+    Accepted, Call, CallError, CallEvent, CallState, CallType, Callee, CallerDisplay, Effect,
+    EndReason, ParticipantState, Ring, RingState, Role, StopReason, Timeouts, UnixMillis,
 };

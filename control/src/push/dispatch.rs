@@ -119,7 +119,10 @@ impl PushDispatcher {
                     continue; // already delivered or on its way
                 }
                 let (user_id, device_id) = who(&push);
-                if limiter.check(&format!("{user_id}/{device_id}"), now).is_err() {
+                if limiter
+                    .check(&format!("{user_id}/{device_id}"), now)
+                    .is_err()
+                {
                     tracing::warn!(call_id = %call_of(&push), user_id = %user_id, device_id = %device_id, "push rate limit for this device: dropped");
                     dispatch.count_failed("none", "unknown", "rate_limited");
                     continue;
@@ -359,7 +362,9 @@ impl Dispatch {
             let wait = match self.attempt(provider, &push).await {
                 Outcome::Delivered => {
                     if let Some(m) = &self.metrics {
-                        m.delivered.with_label_values(&[label, platform, kind]).inc();
+                        m.delivered
+                            .with_label_values(&[label, platform, kind])
+                            .inc();
                         m.latency
                             .with_label_values(&[label])
                             .observe(queued_at.elapsed().as_secs_f64());
@@ -375,10 +380,10 @@ impl Dispatch {
                         .and_then(Result::ok)
                         .unwrap_or(false);
                     tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, provider = label, reason = %reason, removed, token_kind = push.token_kind.as_str(), "push token is dead: removed");
-                    if let Some(m) = &self.metrics {
-                        if removed {
-                            m.tokens_removed.with_label_values(&[label]).inc();
-                        }
+                    if let Some(m) = &self.metrics
+                        && removed
+                    {
+                        m.tokens_removed.with_label_values(&[label]).inc();
                     }
                     self.count_failed(label, platform, &reason);
                     return;

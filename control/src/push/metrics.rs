@@ -18,7 +18,12 @@ pub struct PushMetrics {
     pub latency: HistogramVec,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(c.clone()))?;
     Ok(c)
@@ -31,7 +36,9 @@ impl PushMetrics {
                 "switchboard_push_latency_seconds",
                 "From the push being queued to the provider accepting it",
             )
-            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             &["provider"],
         )?;
         registry.register(Box::new(latency.clone()))?;

@@ -80,10 +80,14 @@ pub enum Outcome {
         retry_after: Option<Duration>,
     },
     /// The token is dead (APNs 410, FCM `UNREGISTERED`): forget it.
-    TokenGone { reason: String },
+    TokenGone {
+        reason: String,
+    },
     /// Final: a configuration or payload fault (bad token format, wrong
     /// topic, bad credentials). Counted and logged; the registry is untouched.
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
 }
 
 /// A `Retry-After` header in seconds (the form APNs, FCM and most webhooks use).
@@ -102,7 +106,11 @@ fn reason_label(reason: &str) -> String {
         && reason
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok { reason.to_string() } else { "other".into() }
+    if ok {
+        reason.to_string()
+    } else {
+        "other".into()
+    }
 }
 
 /// The HTTP/2 client every provider uses: rustls, HTTP/2 only (one

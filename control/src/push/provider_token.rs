@@ -119,7 +119,11 @@ mod tests {
         let t0 = 1_800_000_000;
         let first = t.bearer(t0).unwrap().to_string();
         for minute in [1, 10, 20, 39] {
-            assert_eq!(t.bearer(t0 + minute * 60).unwrap(), first, "minute {minute}");
+            assert_eq!(
+                t.bearer(t0 + minute * 60).unwrap(),
+                first,
+                "minute {minute}"
+            );
         }
         let second = t.bearer(t0 + 40 * 60).unwrap().to_string();
         assert_ne!(second, first);

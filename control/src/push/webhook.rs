@@ -124,12 +124,10 @@ impl WebhookClient {
             .await;
         match sent {
             Ok(r) if r.status().is_success() => Outcome::Delivered,
-            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => {
-                Outcome::Retry {
-                    reason: format!("http_{}", r.status().as_u16()),
-                    retry_after: retry_after(r.headers()),
-                }
-            }
+            Ok(r) if r.status().as_u16() == 429 || r.status().is_server_error() => Outcome::Retry {
+                reason: format!("http_{}", r.status().as_u16()),
+                retry_after: retry_after(r.headers()),
+            },
             // 4xx: the receiver refused this push; retrying cannot help.
             Ok(r) => Outcome::Rejected {
                 reason: format!("http_{}", r.status().as_u16()),

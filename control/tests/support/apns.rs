@@ -5,7 +5,7 @@
 //! push type, priority, expiration, collapse id and apns-id headers; JSON
 //! errors `{"reason": ...}` (410 also with `timestamp`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 
 use super::tls::{TlsServer, serve_h2};
+use super::{Answer, Script};
 
 pub const KEY_ID: &str = "ABC123DEFG";
 pub const TEAM_ID: &str = "DEF123GHIJ";
@@ -42,8 +43,7 @@ pub struct ApnsState {
     pub accepted: Mutex<Vec<ApnsPush>>,
     /// Tokens APNs no longer knows: 410 Unregistered.
     pub unregistered: Mutex<HashSet<String>>,
-    /// Answers to give a token before accepting: (status, reason, Retry-After).
-    pub script: Mutex<HashMap<String, VecDeque<(u16, &'static str, Option<u64>)>>>,
+    pub script: Script,
     /// Hold every request (a stalled APNs).
     pub stall: AtomicBool,
     /// Provider tokens seen (to check reuse).
@@ -83,12 +83,8 @@ impl FakeApns {
         all.iter().filter(|p| p.token == token).cloned().collect()
     }
 
-    pub fn script(&self, token: &str, answers: &[(u16, &'static str, Option<u64>)]) {
-        self.state
-            .script
-            .lock()
-            .unwrap()
-            .insert(token.to_string(), answers.iter().copied().collect());
+    pub fn script(&self, token: &str, answers: &[Answer]) {
+        self.state.script.set(token, answers);
     }
 }
 
@@ -111,18 +107,23 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// What APNs checks, in roughly its order; `Err` is its answer.
-fn check(state: &ApnsState, token: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+fn check(
+    state: &ApnsState,
+    token: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), (u16, &'static str)> {
     if token.len() < 64 || token.len() > 200 || !token.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(error(400, "BadDeviceToken"));
+        return Err((400, "BadDeviceToken"));
     }
     let Some(bearer) = header(headers, "authorization").and_then(|a| a.strip_prefix("bearer "))
     else {
-        return Err(error(403, "MissingProviderToken"));
+        return Err((403, "MissingProviderToken"));
     };
     let jwt_header =
-        jsonwebtoken::decode_header(bearer).map_err(|_| error(403, "InvalidProviderToken"))?;
+        jsonwebtoken::decode_header(bearer).map_err(|_| (403, "InvalidProviderToken"))?;
     if jwt_header.alg != Algorithm::ES256 || jwt_header.kid.as_deref() != Some(KEY_ID) {
-        return Err(error(403, "InvalidProviderToken"));
+        return Err((403, "InvalidProviderToken"));
     }
     let mut validation = Validation::new(Algorithm::ES256);
     validation.validate_exp = false;
@@ -132,18 +133,23 @@ fn check(state: &ApnsState, token: &str, headers: &HeaderMap, body: &[u8]) -> Re
         &DecodingKey::from_ec_der(&state.public_point),
         &validation,
     )
-    .map_err(|_| error(403, "InvalidProviderToken"))?
+    .map_err(|_| (403, "InvalidProviderToken"))?
     .claims;
     if claims["iss"] != TEAM_ID {
-        return Err(error(403, "InvalidProviderToken"));
+        return Err((403, "InvalidProviderToken"));
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let iat = claims["iat"].as_u64().ok_or_else(|| error(403, "InvalidProviderToken"))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let iat = claims["iat"]
+        .as_u64()
+        .ok_or((403, "InvalidProviderToken"))?;
     if iat > now + 60 {
-        return Err(error(403, "InvalidProviderToken"));
+        return Err((403, "InvalidProviderToken"));
     }
     if now - iat > 3600 {
-        return Err(error(403, "ExpiredProviderToken"));
+        return Err((403, "ExpiredProviderToken"));
     }
     state
         .provider_tokens
@@ -152,38 +158,38 @@ fn check(state: &ApnsState, token: &str, headers: &HeaderMap, body: &[u8]) -> Re
         .insert(bearer.to_string());
     let push_type = header(headers, "apns-push-type").unwrap_or("");
     let Some(topic) = header(headers, "apns-topic") else {
-        return Err(error(400, "MissingTopic"));
+        return Err((400, "MissingTopic"));
     };
     let voip_topic = format!("{BUNDLE_ID}.voip");
     match push_type {
         "voip" if topic == voip_topic => {}
         "alert" | "background" if topic == BUNDLE_ID => {}
-        "voip" | "alert" | "background" => return Err(error(400, "DeviceTokenNotForTopic")),
-        _ => return Err(error(400, "InvalidPushType")),
+        "voip" | "alert" | "background" => return Err((400, "DeviceTokenNotForTopic")),
+        _ => return Err((400, "InvalidPushType")),
     }
     match (push_type, header(headers, "apns-priority")) {
         ("background", Some("5")) | ("voip" | "alert", Some("10" | "5")) => {}
-        _ => return Err(error(400, "BadPriority")),
+        _ => return Err((400, "BadPriority")),
     }
     if header(headers, "apns-expiration").is_some_and(|e| e.parse::<u64>().is_err()) {
-        return Err(error(400, "BadExpirationDate"));
+        return Err((400, "BadExpirationDate"));
     }
     if header(headers, "apns-collapse-id").is_some_and(|c| c.len() > 64) {
-        return Err(error(400, "BadCollapseId"));
+        return Err((400, "BadCollapseId"));
     }
     if header(headers, "apns-id").is_some_and(|id| uuid::Uuid::parse_str(id).is_err()) {
-        return Err(error(400, "BadMessageId"));
+        return Err((400, "BadMessageId"));
     }
     if body.is_empty() {
-        return Err(error(400, "PayloadEmpty"));
+        return Err((400, "PayloadEmpty"));
     }
     let limit = if push_type == "voip" { 5120 } else { 4096 };
     if body.len() > limit {
-        return Err(error(413, "PayloadTooLarge"));
+        return Err((413, "PayloadTooLarge"));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(_)) => Ok(()),
-        _ => Err(error(400, "BadPayload")),
+        _ => Err((400, "BadPayload")),
     }
 }
 
@@ -197,18 +203,13 @@ async fn handle(
     if state.stall.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
-    if let Err(refused) = check(&state, &token, &headers, &body) {
-        return refused;
+    if let Err((status, reason)) = check(&state, &token, &headers, &body) {
+        return error(status, reason);
     }
     if state.unregistered.lock().unwrap().contains(&token) {
         return error(410, "Unregistered");
     }
-    let scripted = state
-        .script
-        .lock()
-        .unwrap()
-        .get_mut(&token)
-        .and_then(VecDeque::pop_front);
+    let scripted = state.script.next(&token);
     if let Some((status, reason, retry_after)) = scripted {
         let mut response = error(status, reason);
         if let Some(secs) = retry_after {

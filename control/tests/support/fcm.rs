@@ -11,7 +11,7 @@
 //!   data values all strings, a valid android priority and ttl, no unknown
 //!   fields. Errors are `google.rpc.Status` with an `FcmError` detail.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,6 +31,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::tls::{TlsServer, serve_h2};
+use super::{Answer, Script};
 
 pub const PROJECT: &str = "switchboard-test";
 const CLIENT_EMAIL: &str = "push@switchboard-test.iam.gserviceaccount.com";
@@ -47,8 +48,7 @@ pub struct FcmState {
     pub accepted: Mutex<Vec<Value>>,
     /// Registration tokens FCM no longer knows: 404 UNREGISTERED.
     pub unregistered: Mutex<HashSet<String>>,
-    /// Answers to give a token before accepting: (status, errorCode, Retry-After).
-    pub script: Mutex<HashMap<String, VecDeque<(u16, &'static str, Option<u64>)>>>,
+    pub script: Script,
 }
 
 pub struct FakeFcm {
@@ -106,12 +106,8 @@ impl FakeFcm {
             .collect()
     }
 
-    pub fn script(&self, token: &str, answers: &[(u16, &'static str, Option<u64>)]) {
-        self.state
-            .script
-            .lock()
-            .unwrap()
-            .insert(token.to_string(), answers.iter().copied().collect());
+    pub fn script(&self, token: &str, answers: &[Answer]) {
+        self.state.script.set(token, answers);
     }
 }
 
@@ -193,8 +189,16 @@ fn fcm_error(status: u16, code: &str, message: &str) -> Response {
 
 fn check_message(message: &Value) -> Result<(), &'static str> {
     const FIELDS: [&str; 10] = [
-        "name", "data", "notification", "android", "webpush", "apns", "fcm_options", "token",
-        "topic", "condition",
+        "name",
+        "data",
+        "notification",
+        "android",
+        "webpush",
+        "apns",
+        "fcm_options",
+        "token",
+        "topic",
+        "condition",
     ];
     let Some(fields) = message.as_object() else {
         return Err("message must be an object");
@@ -232,15 +236,20 @@ fn check_message(message: &Value) -> Result<(), &'static str> {
             return Err("Invalid value at 'message.android.priority'");
         }
         if let Some(ttl) = android.get("ttl") {
-            let valid = ttl.as_str().and_then(|t| t.strip_suffix('s')).is_some_and(|n| {
-                let (secs, frac) = n.split_once('.').unwrap_or((n, "0"));
-                !secs.is_empty()
-                    && secs.chars().all(|c| c.is_ascii_digit())
-                    && (1..=9).contains(&frac.len())
-                    && frac.chars().all(|c| c.is_ascii_digit())
-            });
+            let valid = ttl
+                .as_str()
+                .and_then(|t| t.strip_suffix('s'))
+                .is_some_and(|n| {
+                    let (secs, frac) = n.split_once('.').unwrap_or((n, "0"));
+                    !secs.is_empty()
+                        && secs.chars().all(|c| c.is_ascii_digit())
+                        && (1..=9).contains(&frac.len())
+                        && frac.chars().all(|c| c.is_ascii_digit())
+                });
             if !valid {
-                return Err("Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration)");
+                return Err(
+                    "Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf.Duration)",
+                );
             }
         }
     }
@@ -259,7 +268,11 @@ async fn send(
         .and_then(|v| v.to_str().ok())
         .and_then(|a| a.strip_prefix("Bearer "));
     if !bearer.is_some_and(|b| state.issued.lock().unwrap().contains(b)) {
-        return fcm_error(401, "THIRD_PARTY_AUTH_ERROR", "Request had invalid authentication credentials.");
+        return fcm_error(
+            401,
+            "THIRD_PARTY_AUTH_ERROR",
+            "Request had invalid authentication credentials.",
+        );
     }
     if project != PROJECT {
         return fcm_error(403, "SENDER_ID_MISMATCH", "SenderId mismatch");
@@ -277,12 +290,7 @@ async fn send(
     if state.unregistered.lock().unwrap().contains(token) {
         return fcm_error(404, "UNREGISTERED", "Requested entity was not found.");
     }
-    let scripted = state
-        .script
-        .lock()
-        .unwrap()
-        .get_mut(token)
-        .and_then(VecDeque::pop_front);
+    let scripted = state.script.next(token);
     if let Some((status, code, retry_after)) = scripted {
         let mut response = fcm_error(status, code, "scripted");
         if let Some(secs) = retry_after {
@@ -293,6 +301,9 @@ async fn send(
         return response;
     }
     state.accepted.lock().unwrap().push(message.clone());
-    let id = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let id = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     axum::Json(json!({"name": format!("projects/{PROJECT}/messages/0:{id}")})).into_response()
 }

@@ -7,7 +7,8 @@ pub mod apns;
 pub mod fcm;
 pub mod tls;
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use control::call::{Call, CallType, CallerDisplay, Timeouts};
@@ -23,6 +24,29 @@ use control::store::{SqliteStore, Store};
 pub const IPHONE_VOIP: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 pub const IPHONE_ALERT: &str = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 pub const PIXEL_FCM: &str = "fcm-pixel:APA91bHun4MxP5egoKMwt2KZFBaFUH";
+
+/// A scripted answer of a stand-in: (HTTP status, reason or error code,
+/// `Retry-After` seconds).
+pub type Answer = (u16, &'static str, Option<u64>);
+
+/// Answers a stand-in gives a token, in order, before accepting it again.
+#[derive(Default)]
+pub struct Script(Mutex<HashMap<String, VecDeque<Answer>>>);
+
+impl Script {
+    pub fn set(&self, token: &str, answers: &[Answer]) {
+        let answers = answers.iter().copied().collect();
+        self.0.lock().unwrap().insert(token.to_string(), answers);
+    }
+
+    pub fn next(&self, token: &str) -> Option<Answer> {
+        self.0
+            .lock()
+            .unwrap()
+            .get_mut(token)
+            .and_then(VecDeque::pop_front)
+    }
+}
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -80,7 +104,12 @@ pub fn register_bob(store: &dyn Store) {
         ))
         .unwrap();
     store
-        .upsert_device(&device("bob", "laptop", Platform::Web, PushTokens::default()))
+        .upsert_device(&device(
+            "bob",
+            "laptop",
+            Platform::Web,
+            PushTokens::default(),
+        ))
         .unwrap();
 }
 

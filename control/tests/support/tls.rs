@@ -1,10 +1,11 @@
-//! A TLS server speaking HTTP/2 only, as APNs and FCM do, with a fresh CA
-//! that only the test's client trusts. It counts TCP connections, so a test
-//! can assert that many pushes shared one.
+//! A TLS server speaking HTTP/2 only, as APNs and FCM do, with a test CA
+//! (one per test process, fresh each run) that only the test's clients
+//! trust. It counts TCP connections, so a test can assert that many pushes
+//! shared one.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
@@ -24,22 +25,25 @@ impl TlsServer {
     }
 }
 
+/// The test CA, shared by every stand-in of this process (so a server
+/// configured with one extra root trusts them all).
+pub fn test_ca() -> &'static CertifiedIssuer<'static, KeyPair> {
+    static CA: OnceLock<CertifiedIssuer<'static, KeyPair>> = OnceLock::new();
+    CA.get_or_init(|| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    })
+}
+
 /// Serves `app` on 127.0.0.1 over TLS with ALPN `h2` only; a connection
 /// that did not negotiate h2 is closed.
 pub async fn serve_h2(app: axum::Router) -> TlsServer {
-    let ca = CertifiedIssuer::self_signed(
-        {
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p
-        },
-        KeyPair::generate().unwrap(),
-    )
-    .unwrap();
+    let ca = test_ca();
     let leaf_key = KeyPair::generate().unwrap();
     let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
         .unwrap()
-        .signed_by(&leaf_key, &ca)
+        .signed_by(&leaf_key, ca)
         .unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -25,6 +25,19 @@ pub async fn start_server_with_push(
     adjust: impl FnOnce(&mut Config),
     push: Arc<dyn control::ringing::PushSender>,
 ) -> Running {
+    sfu::server::start_with_push(test_config(adjust), Some(push))
+        .await
+        .expect("server starts")
+}
+
+/// The server with the push providers its config names (as in production).
+pub async fn start_server_with_configured_push(adjust: impl FnOnce(&mut Config)) -> Running {
+    sfu::server::start_with_push(test_config(adjust), None)
+        .await
+        .expect("server starts")
+}
+
+fn test_config(adjust: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config {
         http_listen: "127.0.0.1:0".parse().unwrap(),
         rtc_udp_bind: "127.0.0.1:0".parse().unwrap(),
@@ -44,9 +57,7 @@ pub async fn start_server_with_push(
         ..Config::default()
     };
     adjust(&mut config);
-    sfu::server::start_with_push(config, Some(push))
-        .await
-        .expect("server starts")
+    config
 }
 
 pub const API_KEY_ID: &str = "test-key";
