@@ -361,3 +361,61 @@ async fn a_stalled_push_service_does_not_hold_up_ringing() {
     );
     assert!(h.apns.accepted_for(IPHONE_VOIP).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rings_beyond_a_devices_rate_limit_are_dropped_but_cancels_still_go() {
+    let h = harness(
+        30_000,
+        DispatchConfig {
+            per_device: control::rate_limit::Rate::per_minute(2),
+            ..quick_retries()
+        },
+    )
+    .await;
+    for i in 0..3 {
+        let call = h.call_bob(None);
+        if i < 2 {
+            wait_for("the ring", || {
+                h.apns.accepted_for(IPHONE_VOIP).len() == i + 1
+            })
+            .await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        h.cancel(&call.call_id);
+        wait_for("the cancel", || {
+            h.apns.accepted_for(IPHONE_ALERT).len() == i + 1
+        })
+        .await;
+    }
+    assert_eq!(h.apns.accepted_for(IPHONE_VOIP).len(), 2);
+    assert_eq!(h.fcm.accepted_for(PIXEL_FCM).len(), 2 + 3);
+    assert_eq!(
+        h.counter(
+            "switchboard_push_failed_total",
+            &[("reason", "rate_limited")]
+        ),
+        2,
+        "the third ring of each phone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_provider_token_called_expired_is_a_clock_fault_not_a_refresh_loop() {
+    let h = harness(30_000, quick_retries()).await;
+    h.apns
+        .script(IPHONE_VOIP, &[(403, "ExpiredProviderToken", None)]);
+    let _call = h.call_bob(None);
+    wait_for("the refusal to be counted", || {
+        h.counter(
+            "switchboard_push_failed_total",
+            &[("reason", "ExpiredProviderToken")],
+        ) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A token minted seconds ago is not replaced (Apple would throttle it:
+    // TooManyProviderTokenUpdates) and the push is not retried.
+    assert_eq!(h.apns.state.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(h.apns.state.provider_tokens.lock().unwrap().len(), 1);
+}

@@ -3,7 +3,7 @@
 //!
 //! `send` only queues, so the API never waits on a provider. Per push: one
 //! delivery per (call, device, kind, ring epoch) however often the ringer
-//! asks; a per-device rate limit; the device's token resolved from the
+//! asks; a per-device rate limit on rings; the device's token resolved from the
 //! registry (the VoIP token for iOS rings, the alert token for iOS cancels,
 //! the FCM token on Android); then attempts, concurrently with every other
 //! push. Transient failures are retried with exponential backoff and jitter,
@@ -43,7 +43,7 @@ pub struct DispatchConfig {
     pub max_attempts: u32,
     /// The first retry waits about this long; each later one twice as long.
     pub initial_backoff: Duration,
-    /// Pushes per device; beyond it pushes are dropped (and counted).
+    /// Ring pushes per device; beyond it they are dropped (and counted).
     pub per_device: Rate,
 }
 
@@ -118,12 +118,16 @@ impl PushDispatcher {
                 if seen.insert(key, now).is_some() {
                     continue; // already delivered or on its way
                 }
+                // Rings are what call spam multiplies; a cancel follows at
+                // most one ring, so limiting rings bounds both.
                 let (user_id, device_id) = who(&push);
-                if limiter
-                    .check(&format!("{user_id}/{device_id}"), now)
-                    .is_err()
+                let is_ring = matches!(push, PushRequest::Ring { .. });
+                if is_ring
+                    && limiter
+                        .check(&format!("{user_id}/{device_id}"), now)
+                        .is_err()
                 {
-                    tracing::warn!(call_id = %call_of(&push), user_id = %user_id, device_id = %device_id, "push rate limit for this device: dropped");
+                    tracing::warn!(call_id = %call_of(&push), user_id = %user_id, device_id = %device_id, "ring push over this device's rate limit: dropped");
                     dispatch.count_failed("none", "unknown", "rate_limited");
                     continue;
                 }
