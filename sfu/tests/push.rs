@@ -10,24 +10,10 @@ mod push_support;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::live::{http, http_with, scratch_dir, start_server_with_configured_push, user_token};
+use common::live::{http, post_as, scratch_dir, start_server_with_configured_push};
 use push_support::{IPHONE_VOIP, PIXEL_FCM, apns, fcm, wait_for};
-use serde_json::{Value, json};
+use serde_json::json;
 use sfu::config::{ApnsSettings, FcmSettings};
-use sfu::server::Running;
-
-async fn post(server: &Running, path: &str, user: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {}", user_token(user));
-    let (status, text) = http_with(
-        server,
-        "POST",
-        path,
-        &[("Authorization", &auth)],
-        &body.to_string(),
-    )
-    .await;
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_server_rings_phones_by_push_and_a_stalled_apns_does_not_slow_the_api() {
@@ -67,14 +53,14 @@ async fn a_configured_server_rings_phones_by_push_and_a_stalled_apns_does_not_sl
     let pixel = json!({"deviceId": "pixel", "platform": "android",
         "push": {"fcm": PIXEL_FCM}, "capabilities": {"telecom": true}});
     for device in [iphone, pixel] {
-        let (status, body) = post(&server, "/v1/devices", "bob", device).await;
+        let (status, body) = post_as(&server, "/v1/devices", "bob", device).await;
         assert_eq!(status, 200, "{body}");
     }
 
     // APNs hangs: the call is still created at once, and Android still rings.
     apns.state.stall.store(true, Ordering::SeqCst);
     let started = Instant::now();
-    let (status, call) = post(
+    let (status, call) = post_as(
         &server,
         "/v1/calls",
         "alice",

@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::live::{http_with, start_server_with_push, user_token};
+use common::live::{http_with, post_as, start_server_with_push, user_token};
 use control::call::StopReason;
 use control::ringing::{PushRequest, PushSender};
 use futures_util::{SinkExt, StreamExt};
@@ -48,19 +48,6 @@ impl RecordingPush {
             })
             .collect()
     }
-}
-
-async fn post(server: &Running, path: &str, user: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {}", user_token(user));
-    let (status, text) = http_with(
-        server,
-        "POST",
-        path,
-        &[("Authorization", &auth)],
-        &body.to_string(),
-    )
-    .await;
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 type Ws =
@@ -112,13 +99,13 @@ async fn devices_ring_ack_fall_back_to_push_and_are_rung_off() {
         json!({"deviceId": "b-android", "platform": "android",
                "push": {"fcm": "fcm-token-fcm-token-fcm-token-fcm-token-1234"}}),
     ] {
-        let (status, body) = post(&server, "/v1/devices", "bob", device).await;
+        let (status, body) = post_as(&server, "/v1/devices", "bob", device).await;
         assert_eq!(status, 200, "{body}");
     }
     let mut web = events(&server, "bob", "b-web").await;
     let mut ios = events(&server, "bob", "b-ios").await;
 
-    let (_, created) = post(
+    let (_, created) = post_as(
         &server,
         "/v1/calls",
         "alice",
@@ -148,7 +135,7 @@ async fn devices_ring_ack_fall_back_to_push_and_are_rung_off() {
     assert_eq!(push.rings("b-web"), 0, "web devices are never pushed");
 
     // Bob answers on the web: the phone and the tablet are rung off.
-    let (status, body) = post(
+    let (status, body) = post_as(
         &server,
         &format!("/v1/calls/{call_id}/accept"),
         "bob",
@@ -166,7 +153,7 @@ async fn devices_ring_ack_fall_back_to_push_and_are_rung_off() {
     assert!(push.cancels("b-web").is_empty());
 
     // A device that connects while a call rings for it gets the ring.
-    let (_, second) = post(
+    let (_, second) = post_as(
         &server,
         "/v1/calls",
         "carol",
@@ -200,7 +187,7 @@ async fn call_id_of(created: &Value) -> String {
 async fn decline_cancel_and_late_connect() {
     let server = start_server_with_push(|_| {}, Arc::new(RecordingPush::default())).await;
     for (user, device) in [("alice", "a1"), ("bob", "b1"), ("bob", "b2")] {
-        let (status, body) = post(
+        let (status, body) = post_as(
             &server,
             "/v1/devices",
             user,
@@ -216,14 +203,14 @@ async fn decline_cancel_and_late_connect() {
         let body =
             json!({"calleeUserIds": [callee], "type": "audio", "deviceId": format!("{caller}1")});
         let server = &server;
-        async move { post(server, "/v1/calls", caller, body).await.1 }
+        async move { post_as(server, "/v1/calls", caller, body).await.1 }
     };
 
     // Decline on b1: b2 is rung off, the caller hears declined and ended.
     let id = call_id_of(&call("alice", "bob").await).await;
     next_of(&mut b1, "call.ringing").await;
     next_of(&mut b2, "call.ringing").await;
-    let (status, _) = post(
+    let (status, _) = post_as(
         &server,
         &format!("/v1/calls/{id}/decline"),
         "bob",
@@ -249,7 +236,7 @@ async fn decline_cancel_and_late_connect() {
     let id = call_id_of(&call("alice", "bob").await).await;
     next_of(&mut b1, "call.ringing").await;
     next_of(&mut b2, "call.ringing").await;
-    let (status, _) = post(
+    let (status, _) = post_as(
         &server,
         &format!("/v1/calls/{id}/cancel"),
         "alice",

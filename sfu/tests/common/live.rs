@@ -185,6 +185,26 @@ pub async fn http(server: &Running, method: &str, path: &str, body: &str) -> (u1
     http_with(server, method, path, &[], body).await
 }
 
+/// POST `body` as JSON with `user`'s access token: status and JSON answer.
+pub async fn post_as(
+    server: &Running,
+    path: &str,
+    user: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {}", user_token(user));
+    let (status, text) = http_with(
+        server,
+        "POST",
+        path,
+        &[("Authorization", &auth)],
+        &body.to_string(),
+    )
+    .await;
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
 pub async fn http_with(
     server: &Running,
     method: &str,
