@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::live::{http_with, post_as, start_server_with_push, user_token};
+use common::live::{post_as, start_server_with_push, user_token};
 use control::call::StopReason;
 use control::ringing::{PushRequest, PushSender};
 use futures_util::{SinkExt, StreamExt};
