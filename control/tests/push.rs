@@ -388,6 +388,11 @@ async fn rings_beyond_a_devices_rate_limit_are_dropped_but_cancels_still_go() {
         })
         .await;
     }
+    wait_for("the Pixel's two rings and three cancels", || {
+        h.fcm.accepted_for(PIXEL_FCM).len() == 2 + 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.apns.accepted_for(IPHONE_VOIP).len(), 2);
     assert_eq!(h.fcm.accepted_for(PIXEL_FCM).len(), 2 + 3);
     assert_eq!(
