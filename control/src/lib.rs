@@ -1,8 +1,9 @@
-//! The call-control plane. So far: call tokens (`call_token`), API keys and
-//! user access tokens (`auth`), the pure call state machine (`call`), the
-//! device model (`device`) and the embedded store (`store`). The store, device registry, ringing, push
-//! senders and the HTTP API come with their issues; nothing here pretends to
-//! do them yet, and `switchboard` does not mount call control.
+//! The call-control plane: call tokens (`call_token`), API keys and user
+//! access tokens (`auth`), the pure call state machine (`call`), devices
+//! (`device`), the store (`store`), the call service and its HTTP API
+//! (`service`, `api`), ringing devices (`ringing`) and pushing them
+//! (`push`), TURN credentials for join info (`turn_issuer`), rate limits and
+//! metrics. `README.md` says what it owns.
 
 pub mod api;
 pub mod auth;
@@ -15,3 +16,4 @@ pub mod rate_limit;
 pub mod ringing;
 pub mod service;
 pub mod store;
+pub mod turn_issuer;

@@ -64,8 +64,62 @@ pub struct Config {
     /// A PEM root certificate trusted for APNs / FCM besides the built-in
     /// ones (an egress proxy's CA; tests point it at their fake servers').
     pub push_extra_root_cert: Option<std::path::PathBuf>,
-    /// Pushes per device per minute; more are dropped and counted.
+    /// Ring pushes per device per minute; more are dropped and counted.
     pub push_per_device_per_minute: u32,
+    /// The embedded TURN relay (`[turn]`).
+    pub turn: TurnSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnSettings {
+    pub enabled: bool,
+    pub udp_listen: Option<SocketAddr>,
+    pub tcp_listen: Option<SocketAddr>,
+    /// `turns:` needs a certificate; without one there is no TLS listener.
+    pub tls_listen: SocketAddr,
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Host in the `turn:` / `turns:` URLs handed to clients (TLS clients
+    /// check the certificate against it). Empty: the first announced IP.
+    pub public_host: String,
+    /// REST API secrets; the first mints, all verify (rotation). Empty: a
+    /// random one per process.
+    pub secrets: Vec<String>,
+    pub realm: String,
+    pub credential_ttl_seconds: u64,
+    /// An allocation ends this long after it was made, however refreshed.
+    pub max_allocation_lifetime_seconds: u64,
+    pub allocations_per_user: usize,
+    pub max_allocations: usize,
+    /// Per allocation, each direction; 0: no cap.
+    pub bandwidth_per_allocation_kbps: u64,
+    /// Peers besides this SFU that clients may relay to (CIDRs). Loopback,
+    /// private, CGNAT, link-local and multicast addresses stay denied unless
+    /// an entry lies within them.
+    pub allowed_peers: Vec<ipnet::IpNet>,
+}
+
+impl Default for TurnSettings {
+    fn default() -> Self {
+        TurnSettings {
+            enabled: true,
+            udp_listen: Some("0.0.0.0:3478".parse().expect("valid literal")),
+            tcp_listen: Some("0.0.0.0:3478".parse().expect("valid literal")),
+            tls_listen: "0.0.0.0:5349".parse().expect("valid literal"),
+            tls_cert_file: None,
+            tls_key_file: None,
+            public_host: String::new(),
+            secrets: Vec::new(),
+            realm: "switchboard".into(),
+            credential_ttl_seconds: 600,
+            max_allocation_lifetime_seconds: 4 * 3600,
+            allocations_per_user: 10,
+            max_allocations: 10_000,
+            bandwidth_per_allocation_kbps: 10_000,
+            allowed_peers: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,6 +193,7 @@ impl Default for Config {
             push_webhook_secret: String::new(),
             push_extra_root_cert: None,
             push_per_device_per_minute: 30,
+            turn: TurnSettings::default(),
         }
     }
 }
@@ -253,6 +308,30 @@ impl Config {
                 url: fcm_url(),
             });
         }
+        if let Some(v) = var("SWITCHBOARD_TURN_ENABLED") {
+            self.turn.enabled = parse("SWITCHBOARD_TURN_ENABLED", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_TURN_UDP_LISTEN") {
+            self.turn.udp_listen = Some(parse("SWITCHBOARD_TURN_UDP_LISTEN", &v)?);
+        }
+        if let Some(v) = var("SWITCHBOARD_TURN_TCP_LISTEN") {
+            self.turn.tcp_listen = Some(parse("SWITCHBOARD_TURN_TCP_LISTEN", &v)?);
+        }
+        if let Some(v) = var("SWITCHBOARD_TURN_TLS_LISTEN") {
+            self.turn.tls_listen = parse("SWITCHBOARD_TURN_TLS_LISTEN", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_TURN_SECRET") {
+            self.turn.secrets = vec![v];
+        }
+        if let Some(v) = var("SWITCHBOARD_TURN_PUBLIC_HOST") {
+            self.turn.public_host = v;
+        }
+        if let Some(v) = var("SWITCHBOARD_TURN_TLS_CERT_FILE") {
+            self.turn.tls_cert_file = Some(v.into());
+        }
+        if let Some(v) = var("SWITCHBOARD_TURN_TLS_KEY_FILE") {
+            self.turn.tls_key_file = Some(v.into());
+        }
         // One key from the environment: "id:secret".
         if let Some(v) = var("SWITCHBOARD_API_KEY") {
             let (id, secret) = v.split_once(':').ok_or_else(|| ConfigError::Env {
@@ -332,6 +411,26 @@ impl Config {
         if self.ring_timeout_seconds == 0 || self.connect_timeout_seconds == 0 {
             return Err(ConfigError::Invalid(
                 "call timeouts must be positive".into(),
+            ));
+        }
+        let turn = &self.turn;
+        if turn.secrets.iter().any(|s| s.len() < 32) {
+            return Err(ConfigError::Invalid(
+                "turn secrets must be at least 32 bytes".into(),
+            ));
+        }
+        if turn.tls_cert_file.is_some() != turn.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "turn.tls_cert_file and turn.tls_key_file go together".into(),
+            ));
+        }
+        if turn.credential_ttl_seconds == 0
+            || turn.max_allocation_lifetime_seconds == 0
+            || turn.allocations_per_user == 0
+            || turn.max_allocations == 0
+        {
+            return Err(ConfigError::Invalid(
+                "turn lifetimes and allocation limits must be positive".into(),
             ));
         }
         if self.signaling_rate_per_second == 0 {

@@ -5,6 +5,10 @@
 use sfu::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// `stun_proto` logs every expected 401 challenge at ERROR; the relay logs
+/// what matters itself.
+const DEFAULT_LOG_FILTER: &str = "info,str0m=warn,stun_proto=off,turn_server_proto=warn";
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -52,7 +56,7 @@ async fn main() -> std::process::ExitCode {
 
 fn init_logging(format: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,str0m=warn"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if format == "json" {
         builder.json().init();

@@ -87,3 +87,23 @@ fn two_to_three_to_two_pages_do_not_freeze_the_pair() {
 fn a_call_keeps_decoding_while_garbage_floods_the_media_port() {
     scenario("garbage-flood");
 }
+
+#[test]
+fn relay_only_pages_decode_through_turn_over_udp() {
+    scenario("relay-udp");
+}
+
+#[test]
+fn relay_only_pages_decode_through_turn_over_tcp() {
+    scenario("relay-tcp");
+}
+
+#[test]
+fn relay_only_pages_decode_through_turn_over_tls() {
+    scenario("relay-tls");
+}
+
+#[test]
+fn an_untrusted_turn_certificate_relays_nothing() {
+    scenario("relay-tls-untrusted");
+}

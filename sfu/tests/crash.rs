@@ -37,6 +37,8 @@ async fn spawn(data_dir: &std::path::Path, http_port: u16, udp_port: u16) -> Ser
         .env("SWITCHBOARD_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
         .env("SWITCHBOARD_RTC_UDP_BIND", format!("127.0.0.1:{udp_port}"))
         .env("SWITCHBOARD_ANNOUNCE_IPS", "127.0.0.1")
+        .env("SWITCHBOARD_TURN_UDP_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_TURN_TCP_LISTEN", "127.0.0.1:0")
         .env("SWITCHBOARD_DATA_DIR", data_dir)
         .env(
             "SWITCHBOARD_API_KEY",

@@ -7,7 +7,6 @@ mod events;
 mod views;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
@@ -21,7 +20,7 @@ pub use error::ApiError;
 use views::{CallView, CallWithToken, DeviceRequest};
 
 use crate::auth::{Authenticator, Principal, valid_id};
-use crate::call::{Call, CallType, CallerDisplay, ParticipantState, Role, UnixMillis};
+use crate::call::{Call, CallType, CallerDisplay, ParticipantState, Role};
 use crate::call_token::{CallGrant, CallTokens};
 use crate::rate_limit::{Limiter, Rate};
 use crate::service::{CallService, NewCall};
@@ -38,6 +37,8 @@ pub struct ControlState {
     pub limits: Arc<ApiLimits>,
     /// Delivers rings and events to devices' events sockets.
     pub events: Arc<crate::ringing::HubRinger>,
+    /// Mints TURN credentials into join info; `None`: no relay configured.
+    pub turn: Option<Arc<crate::turn_issuer::TurnIssuer>>,
 }
 
 /// The API's rate limits (each over 429 with `Retry-After`).
@@ -73,12 +74,7 @@ pub fn router(state: ControlState) -> Router {
         .with_state(state)
 }
 
-pub(crate) fn now_ms() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::call::unix_millis as now_ms;
 
 /// The authenticated caller, as an extractor.
 pub struct Caller(pub Principal);
@@ -375,10 +371,15 @@ fn with_token(state: &ControlState, call: &Call, user: &str) -> Result<CallWithT
             },
         })
     });
+    let ice_servers = match (&call_token, &state.turn) {
+        (Some(_), Some(turn)) => turn.ice_servers(user, now_ms()),
+        _ => Vec::new(),
+    };
     Ok(CallWithToken {
         call: CallView::of(call),
         call_token,
         rtc_path: "/v1/rtc",
+        ice_servers,
     })
 }
 

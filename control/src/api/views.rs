@@ -105,4 +105,7 @@ pub struct CallWithToken {
     pub call_token: Option<String>,
     /// The signaling WebSocket path on this server.
     pub rtc_path: &'static str,
+    /// TURN servers with short-lived credentials, for the peer connections.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<crate::turn_issuer::IceServer>,
 }

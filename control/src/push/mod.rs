@@ -130,12 +130,7 @@ pub fn http2_client(extra_root_pem: Option<&[u8]>) -> Result<reqwest::Client, re
     builder.build()
 }
 
-fn unix_millis() -> UnixMillis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::call::unix_millis;
 
 /// A number in [0, 1) for retry jitter; quality does not matter here.
 fn jitter_unit() -> f64 {

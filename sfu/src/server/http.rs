@@ -69,6 +69,8 @@ struct DevTokenRequest {
 struct DevTokenResponse {
     token: String,
     participant_id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ice_servers: Vec<control::turn_issuer::IceServer>,
 }
 
 /// Development only (off unless configured): mints a call token for any room.
@@ -98,9 +100,13 @@ async fn dev_token(
         participant_id: participant_id.clone(),
         permissions: req.permissions.unwrap_or(Permissions::ALL),
     };
+    let ice_servers = state.turn.as_ref().map_or_else(Vec::new, |t| {
+        t.ice_servers(&grant.user_id, control::call::unix_millis())
+    });
     Ok(Json(DevTokenResponse {
         token: state.tokens.mint(&grant),
         participant_id,
+        ice_servers,
     }))
 }
 

@@ -3,6 +3,7 @@
 //! touches sockets or reads the clock.
 
 mod http;
+mod relay;
 mod session;
 mod shard;
 mod udp;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub tokens: Arc<CallTokens>,
     pub shards: Arc<Vec<ShardHandle>>,
     pub metrics: Arc<Metrics>,
+    /// TURN credentials for join info (call API and dev tokens).
+    pub turn: Option<Arc<control::turn_issuer::TurnIssuer>>,
 }
 
 /// A started server. Dropping it does not stop it; call [`Running::shutdown`].
@@ -43,6 +46,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub udp_addr: SocketAddr,
     pub announced: Vec<SocketAddr>,
+    /// The embedded TURN relay, unless disabled.
+    pub turn: Option<turn::server::RunningTurn>,
     pub state: AppState,
     shutdown: tokio::sync::watch::Sender<bool>,
     http_task: tokio::task::JoinHandle<()>,
@@ -61,6 +66,8 @@ pub enum StartError {
     Store(String),
     #[error("push: {0}")]
     Push(String),
+    #[error("TURN: {0}")]
+    Turn(String),
 }
 
 /// Binds everything and starts the engine threads and the HTTP server.
@@ -131,11 +138,17 @@ pub async fn start_with_push(
         addr: config.http_listen,
         source,
     })?;
+    let (turn, turn_issuer) =
+        match relay::start_turn(&config, &announced, &metrics.registry).await? {
+            Some((running, issuer)) => (Some(running), Some(Arc::new(issuer))),
+            None => (None, None),
+        };
     let state = AppState {
         config,
         tokens,
         shards,
         metrics,
+        turn: turn_issuer.clone(),
     };
     let call_metrics = control::metrics::CallMetrics::register(&state.metrics.registry)
         .map_err(|e| StartError::Store(e.to_string()))?;
@@ -147,6 +160,7 @@ pub async fn start_with_push(
         call_metrics,
         push_metrics,
         push,
+        turn_issuer,
     )?;
     let recovered = control
         .service
@@ -175,6 +189,7 @@ pub async fn start_with_push(
         http_addr,
         udp_addr,
         announced,
+        turn,
         state,
         shutdown,
         http_task,
@@ -188,6 +203,7 @@ fn start_control(
     metrics: control::metrics::CallMetrics,
     push_metrics: control::push::metrics::PushMetrics,
     push: Option<Arc<dyn control::ringing::PushSender>>,
+    turn: Option<Arc<control::turn_issuer::TurnIssuer>>,
 ) -> Result<control::api::ControlState, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Store(format!("{}: {e}", config.data_dir.display())))?;
@@ -227,6 +243,7 @@ fn start_control(
             control::rate_limit::Rate::per_minute(config.calls_to_one_user_per_minute),
         )),
         events,
+        turn,
     })
 }
 
@@ -367,17 +384,15 @@ fn spawn_media_signals(
     });
 }
 
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use control::call::unix_millis;
 
 impl Running {
     /// Stops accepting connections and stops the engines.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        if let Some(turn) = self.turn {
+            turn.shutdown();
+        }
         for shard in self.state.shards.iter() {
             shard.stop();
         }

@@ -4,10 +4,13 @@
 // this; the browser tests drive it.
 
 export class SwitchboardClient extends EventTarget {
-  constructor(url, token) {
+  // `rtcConfig`: extra RTCPeerConnection settings (iceServers from the join
+  // info, iceTransportPolicy).
+  constructor(url, token, rtcConfig = {}) {
     super();
     this.url = url;
     this.token = token;
+    this.rtcConfig = rtcConfig;
     this.participants = new Map(); // participantId -> info
     this.trackOwner = new Map(); // trackId -> participantId
     this.midTrack = new Map(); // subscriber mid -> trackId
@@ -60,7 +63,7 @@ export class SwitchboardClient extends EventTarget {
   }
 
   newPc(target) {
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", ...this.rtcConfig });
     pc.onicecandidate = (e) => {
       if (e.candidate) {
         this.send({ type: "trickle", target, candidate: e.candidate.toJSON() });

@@ -8,7 +8,7 @@
 // Run it inside `unshare -n` (the Rust test does) so every ICE candidate is
 // on 127.0.0.1.
 
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createServer } from "node:http";
 import { createSocket } from "node:dgram";
 import { readFile } from "node:fs/promises";
@@ -67,7 +67,7 @@ async function freePort(kind) {
   return port;
 }
 
-async function startSwitchboard() {
+async function startSwitchboard(extraEnv = {}) {
   const httpPort = await freePort("tcp");
   const udpPort = await freePort("udp");
   const child = spawn(serverBin, [], {
@@ -76,10 +76,13 @@ async function startSwitchboard() {
       SWITCHBOARD_HTTP_LISTEN: `127.0.0.1:${httpPort}`,
       SWITCHBOARD_RTC_UDP_BIND: `127.0.0.1:${udpPort}`,
       SWITCHBOARD_ANNOUNCE_IPS: "127.0.0.1",
+      SWITCHBOARD_TURN_UDP_LISTEN: "127.0.0.1:0",
+      SWITCHBOARD_TURN_TCP_LISTEN: "127.0.0.1:0",
       SWITCHBOARD_DEV_TOKEN_ENDPOINT: "true",
       SWITCHBOARD_RECONNECT_GRACE_SECONDS: String(GRACE_SECONDS),
       SWITCHBOARD_DATA_DIR: mkdtempSync(join(tmpdir(), "switchboard-browser-")),
-      RUST_LOG: process.env.RUST_LOG || "warn",
+      RUST_LOG: process.env.RUST_LOG || "warn,stun_proto=off",
+      ...extraEnv,
     },
     stdio: ["ignore", "inherit", "inherit"],
   });
@@ -88,6 +91,20 @@ async function startSwitchboard() {
     try { return (await fetch(`${base}/healthz`)).ok; } catch { return false; }
   }, 15000);
   return { child, base, ws: `ws://127.0.0.1:${httpPort}/v1/rtc`, udpPort };
+}
+
+// A self-signed certificate for 127.0.0.1 (openssl), as TURN TLS settings.
+function testCertificate() {
+  const dir = mkdtempSync(join(tmpdir(), "switchboard-turn-tls-"));
+  const [cert, key] = [join(dir, "cert.pem"), join(dir, "key.pem")];
+  execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+    "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+    "-addext", "subjectAltName=IP:127.0.0.1"], { stdio: "ignore" });
+  return {
+    SWITCHBOARD_TURN_TLS_CERT_FILE: cert,
+    SWITCHBOARD_TURN_TLS_KEY_FILE: key,
+    SWITCHBOARD_TURN_TLS_LISTEN: "127.0.0.1:0",
+  };
 }
 
 async function startStatic() {
@@ -106,20 +123,31 @@ async function startStatic() {
 let sb, web, browser;
 const room = `room-${scenario}-${Date.now()}`;
 
-async function openPage(name, colour, { codec, roomId = room } = {}) {
+// `relay`: "udp" | "tcp" | "tls": only that TURN URL of the join info, and
+// relay candidates only.
+async function openPage(name, colour, { codec, roomId = room, relay } = {}) {
   const res = await fetch(`${sb.base}/dev/token`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ room: roomId, userId: name }),
   });
   check(res.ok, `dev token for ${name}: ${res.status}`);
-  const { token } = await res.json();
+  const { token, iceServers = [] } = await res.json();
+  let rtcConfig = {};
+  if (relay) {
+    const wanted = { udp: (u) => u.startsWith("turn:") && u.endsWith("transport=udp"),
+                     tcp: (u) => u.startsWith("turn:") && u.endsWith("transport=tcp"),
+                     tls: (u) => u.startsWith("turns:") }[relay];
+    const servers = iceServers.map((s) => ({ ...s, urls: s.urls.filter(wanted) })).filter((s) => s.urls.length);
+    check(servers.length === 1, `join info has a ${relay} TURN URL: ${JSON.stringify(iceServers)}`);
+    rtcConfig = { iceServers: servers, iceTransportPolicy: "relay" };
+  }
   const context = await browser.newContext();
   const page = await context.newPage();
   page.on("pageerror", (e) => log(`${name} page error:`, e.message));
   page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") log(`${name} console:`, m.text()); });
   await page.goto(`${web.base}/page.html`);
-  const pid = await page.evaluate((o) => window.sb.start(o), { url: sb.ws, token, colour, codec });
+  const pid = await page.evaluate((o) => window.sb.start(o), { url: sb.ws, token, colour, codec, rtcConfig });
   return { name, colour, page, pid, context };
 }
 
@@ -303,7 +331,46 @@ async function garbageFlood() {
   log(dropped.join(" "));
 }
 
+// Two pages that may only use our TURN relay over `protocol`.
+async function relayOnly(protocol, { trusted = true } = {}) {
+  const a = await openPage("alice", "red", { relay: protocol });
+  const b = await openPage("bob", "green", { relay: protocol });
+  if (!trusted) {
+    // Chromium refuses the self-signed certificate: no relay candidate, no media.
+    let seen = false;
+    try {
+      await allSeeEachOther([a, b], 10000);
+      seen = true;
+    } catch (e) {
+      log(`as expected, no media: ${e.message.split("\n")[0]}`);
+    }
+    const selected = await a.page.evaluate(() => window.sb.selectedCandidates());
+    log(JSON.stringify({ page: "alice", selected }));
+    check(!seen, "media flowed through a TURN server whose certificate is not trusted");
+    return;
+  }
+  await allSeeEachOther([a, b], 30000);
+  for (const p of [a, b]) {
+    const selected = await p.page.evaluate(() => window.sb.selectedCandidates());
+    const before = await framesFrom(p, p === a ? b : a);
+    await sleep(3000);
+    const after = await framesFrom(p, p === a ? b : a);
+    log(JSON.stringify({ page: p.name, selected, framesIn3s: after - before }));
+    for (const [pc, local] of Object.entries(selected)) {
+      check(local && local.candidateType === "relay", `${p.name} ${pc} is not relayed: ${JSON.stringify(local)}`);
+      check(local.relayProtocol === protocol, `${p.name} ${pc} relays over ${local.relayProtocol}, wanted ${protocol}`);
+    }
+    check(after - before > 15, `${p.name} decoded ${after - before} frames in 3 s through the relay`);
+  }
+  const metrics = await (await fetch(`${sb.base}/metrics`)).text();
+  log(metrics.split("\n").filter((l) => l.startsWith("switchboard_turn_")).join(" "));
+}
+
 const SCENARIOS = {
+  "relay-udp": () => relayOnly("udp"),
+  "relay-tcp": () => relayOnly("tcp"),
+  "relay-tls": () => relayOnly("tls"),
+  "relay-tls-untrusted": () => relayOnly("tls", { trusted: false }),
   "two-pages-vp8": () => twoPages("VP8"),
   "two-pages-h264": () => twoPages("H264"),
   "four-then-late": fourThenLate,
@@ -323,11 +390,14 @@ async function main() {
     if (sb) sb.child.kill("SIGKILL");
     process.exit(3);
   }, 150000);
-  sb = await startSwitchboard();
+  const tls = scenario.startsWith("relay-tls");
+  sb = await startSwitchboard(tls ? testCertificate() : {});
   web = await startStatic();
   let failed = false;
   try {
-    browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: CHROMIUM_FLAGS });
+    // The TLS relay's certificate is self-signed: trusted only when told to.
+    const args = scenario === "relay-tls" ? [...CHROMIUM_FLAGS, "--ignore-certificate-errors"] : CHROMIUM_FLAGS;
+    browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args });
     await run();
     log("passed");
   } catch (e) {

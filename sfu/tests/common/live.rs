@@ -49,6 +49,12 @@ fn test_config(adjust: impl FnOnce(&mut Config)) -> Config {
         api_requests_per_second: 1_000,
         call_creates_per_minute: 1_000,
         calls_to_one_user_per_minute: 1_000,
+        // Parallel tests: ephemeral TURN ports.
+        turn: sfu::config::TurnSettings {
+            udp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        },
         api_keys: vec![control::auth::ApiKey {
             id: API_KEY_ID.into(),
             secret: API_KEY_SECRET.into(),
