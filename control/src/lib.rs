@@ -17,3 +17,12 @@ pub mod ringing;
 pub mod service;
 pub mod store;
 pub mod turn_issuer;
+
+/// The wall clock in Unix milliseconds: what the shells pass to the pure
+/// call machine (which never reads a clock).
+pub fn unix_millis() -> call::UnixMillis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -71,6 +71,34 @@ async fn three_ringing_devices_race_fifty_accepts_and_exactly_one_wins() {
         created["callToken"].is_string(),
         "the caller gets a call token"
     );
+    // ...and TURN credentials for the embedded relay, which accepts them.
+    let turn = server.turn.as_ref().unwrap();
+    let ice = &created["iceServers"][0];
+    let urls: Vec<&str> = ice["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            format!(
+                "turn:127.0.0.1:{}?transport=udp",
+                turn.udp_addr.unwrap().port()
+            ),
+            format!(
+                "turn:127.0.0.1:{}?transport=tcp",
+                turn.tcp_addr.unwrap().port()
+            ),
+        ]
+    );
+    let username = ice["username"].as_str().unwrap();
+    let (expiry, user) =
+        turn::credentials::check_username(username, control::unix_millis() / 1000).unwrap();
+    assert_eq!(user, "alice");
+    assert!(expiry <= control::unix_millis() / 1000 + 600);
+    assert_eq!(ice["credential"].as_str().unwrap().len(), 28);
     let call_id = created["call"]["callId"].as_str().unwrap().to_string();
 
     let server = std::sync::Arc::new(server);

@@ -1,7 +1,7 @@
 //! The relay core, sans-IO: `turn-server-proto`'s servers (one per
 //! listener) behind our policy. Inputs are datagrams / framed messages with
 //! the time; outputs are transmits and socket commands for the shell. No
-//! tokio, no clock, no sockets (a tidy test checks).
+//! async runtime, no clock, no sockets (a tidy test checks).
 //!
 //! What the policy adds in front of the crate (see `turn/README.md`):
 //! REST credentials (expiry checked at Allocate, the password recomputed

@@ -74,7 +74,7 @@ pub fn router(state: ControlState) -> Router {
         .with_state(state)
 }
 
-pub(crate) use crate::call::unix_millis as now_ms;
+pub(crate) use crate::unix_millis as now_ms;
 
 /// The authenticated caller, as an extractor.
 pub struct Caller(pub Principal);

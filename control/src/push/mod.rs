@@ -130,7 +130,7 @@ pub fn http2_client(extra_root_pem: Option<&[u8]>) -> Result<reqwest::Client, re
     builder.build()
 }
 
-use crate::call::unix_millis;
+use crate::unix_millis;
 
 /// A number in [0, 1) for retry jitter; quality does not matter here.
 fn jitter_unit() -> f64 {

@@ -101,7 +101,7 @@ async fn dev_token(
         permissions: req.permissions.unwrap_or(Permissions::ALL),
     };
     let ice_servers = state.turn.as_ref().map_or_else(Vec::new, |t| {
-        t.ice_servers(&grant.user_id, control::call::unix_millis())
+        t.ice_servers(&grant.user_id, control::unix_millis())
     });
     Ok(Json(DevTokenResponse {
         token: state.tokens.mint(&grant),

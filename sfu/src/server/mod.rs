@@ -384,7 +384,7 @@ fn spawn_media_signals(
     });
 }
 
-use control::call::unix_millis;
+use control::unix_millis;
 
 impl Running {
     /// Stops accepting connections and stops the engines.
