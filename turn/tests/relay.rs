@@ -360,6 +360,27 @@ fn allocations_are_capped_per_user_and_in_total() {
 }
 
 #[test]
+fn thousands_of_allocates_from_one_user_get_the_quota_and_no_more() {
+    let mut relay = relay(config());
+    let mut granted = 0;
+    let mut refused = 0;
+    for port in 0..3_000u16 {
+        let mut c = Client::new(
+            &format!("198.51.100.9:{}", 10_000 + port),
+            "mallory",
+            T0 + 600,
+        );
+        match c.allocate(&mut relay, at(u64::from(port) / 100)).error {
+            None => granted += 1,
+            Some(486) => refused += 1,
+            Some(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((granted, refused), (2, 2_998));
+    assert_eq!(relay.allocations(), 2);
+}
+
+#[test]
 fn a_tcp_allocation_is_refused() {
     let mut relay = relay(config());
     let mut c = Client::new("198.51.100.7:5000", "alice", T0 + 600);
