@@ -500,6 +500,7 @@ impl Relay {
                         listen_addr,
                     } => {
                         if let Some(a) = self.allocations.remove(&listen_addr) {
+                            tracing::info!(user_id = %a.user, relay = %listen_addr, "TURN allocation ended");
                             self.by_client.remove(&(a.listener, a.client));
                             self.count(|m| m.allocations_active.dec());
                             commands.push(Command::CloseRelay { relay: listen_addr });
@@ -533,6 +534,7 @@ impl Relay {
             .collect();
         for relay in over {
             if let Some(a) = self.allocations.remove(&relay) {
+                tracing::info!(user_id = %a.user, relay = %relay, "TURN allocation reached its maximum lifetime");
                 self.by_client.remove(&(a.listener, a.client));
                 self.count(|m| m.allocations_active.dec());
                 commands.push(Command::CloseRelay { relay });
@@ -577,6 +579,7 @@ impl Relay {
             .map(|(user, _)| user);
         match (result, user) {
             (Ok(relay), Some(user)) => {
+                tracing::info!(user_id = %user, client = %client, relay = %relay, "TURN allocation");
                 let rate = self.config.bandwidth_per_allocation;
                 self.allocations.insert(
                     relay,
