@@ -1,1 +1,8 @@
-//! Load-test bots and the benchmark suite (issue #7). Not built yet.
+//! `switchboard-loadtest`: bots that join over the real WebSocket protocol
+//! with real call tokens and publish synthetic media (`bot`, driven on
+//! sockets by `runner`), scenarios (`scenario`), statistics and the report
+//! (`report`), and a bare-UDP baseline (`baseline`). The SFU's tests use
+//! the same bot.
+
+pub mod bot;
+pub mod runner;

@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 
 use sfu::config::Config;
 use sfu::server::Running;
-use signaling::ClientMessage;
-use signaling::client::SignalingClient;
 use tokio::net::UdpSocket;
 
-use super::bot::Bot;
+use loadtest::bot::Bot;
 
 pub async fn start_server() -> Running {
     start_server_with(|_| {}).await
@@ -100,8 +98,6 @@ pub fn ws_url(server: &Running) -> String {
     format!("ws://{}/v1/rtc", server.http_addr)
 }
 
-/// Joins with `token`, publishes, and runs for `duration`; returns the bot
-/// with everything it received.
 pub fn api_key() -> control::auth::ApiKey {
     control::auth::ApiKey {
         id: API_KEY_ID.into(),
@@ -110,67 +106,21 @@ pub fn api_key() -> control::auth::ApiKey {
     }
 }
 
+/// Joins with `token`, publishes, and runs for `duration`; returns the bot
+/// with everything it received.
 pub async fn run_bot(name: &str, url: &str, token: String, duration: Duration) -> Bot {
-    let pub_socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let sub_socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut bot = Bot::new(
-        name,
-        pub_socket.local_addr().unwrap(),
-        sub_socket.local_addr().unwrap(),
-        Instant::now(),
-    );
-    let mut ws = SignalingClient::connect(url)
-        .await
-        .expect("websocket connects");
-    ws.send(&ClientMessage::Join {
-        protocol_version: signaling::PROTOCOL_VERSION,
+    loadtest::runner::run_bot(loadtest::runner::BotPlan {
+        name: name.into(),
+        url: url.into(),
         token,
-        auto_subscribe: true,
-        resume_participant_id: None,
+        local_ip: "127.0.0.1".parse().unwrap(),
+        publish: true,
+        media: Default::default(),
+        until: Instant::now() + duration,
+        record: true,
     })
     .await
-    .unwrap();
-    bot.publish();
-
-    let end = Instant::now() + duration;
-    let mut media = tokio::time::interval(Duration::from_millis(20));
-    let mut pub_buf = vec![0u8; 2048];
-    let mut sub_buf = vec![0u8; 2048];
-    let mut wake = Instant::now();
-    while Instant::now() < end {
-        // Send what the bot produced.
-        while let Some(m) = bot.outbox.pop_front() {
-            ws.send(&m).await.unwrap();
-        }
-        while let Some(t) = bot.transmits.pop_front() {
-            let socket = if t.source == bot.publisher_addr {
-                &pub_socket
-            } else {
-                &sub_socket
-            };
-            let _ = socket.send_to(&t.contents, t.destination).await;
-        }
-        let sleep_until = wake.min(end).max(Instant::now() + Duration::from_millis(1));
-        tokio::select! {
-            m = ws.recv() => match m {
-                Ok(m) => bot.handle_message(m),
-                Err(_) => break,
-            },
-            r = pub_socket.recv_from(&mut pub_buf) => if let Ok((n, src)) = r {
-                let dest = bot.publisher_addr;
-                bot.handle_datagram(src, dest, &pub_buf[..n], Instant::now());
-            },
-            r = sub_socket.recv_from(&mut sub_buf) => if let Ok((n, src)) = r {
-                let dest = bot.subscriber_addr;
-                bot.handle_datagram(src, dest, &sub_buf[..n], Instant::now());
-            },
-            _ = media.tick() => bot.send_media(Instant::now()),
-            _ = tokio::time::sleep_until(sleep_until.into()) => bot.handle_timeout(Instant::now()),
-        }
-        wake = bot.poll();
-    }
-    let _ = ws.send(&ClientMessage::Leave).await;
-    bot
+    .expect("the bot runs")
 }
 
 /// Sends `count` datagrams of garbage to `target` from a fresh socket.

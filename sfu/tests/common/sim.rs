@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sfu::engine::{Command, ConnId, Engine, EngineConfig, Event, Input, Output};
 use signaling::{ClientMessage, Permissions};
 
-use super::bot::{Bot, TICK};
+use loadtest::bot::{Bot, TICK};
 
 pub const SERVER: &str = "192.0.2.10:7882";
 

@@ -1,10 +1,13 @@
 //! A sans-IO str0m client speaking protocol v1: a publisher and a subscriber
-//! `Rtc`, synthetic media with a sequence in every payload, and a record of
-//! every packet received and from whom. Driven by the fake-clock harness
-//! (`sim.rs`) and by the real-socket runner (`live.rs`).
+//! `Rtc`, synthetic media whose every payload carries a probe (sequence and
+//! send time), per-track receive statistics (loss, one-way latency, time to
+//! first packet) and, for tests, a record of every packet received and from
+//! whom. Driven by the SFU's fake-clock harness (`sfu/tests/common/sim.rs`)
+//! and by the real-socket runner (`runner.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use signaling::{ClientMessage, IceCandidate, PeerTarget, ServerMessage, TrackInfo};
@@ -26,6 +29,72 @@ pub struct ReceivedPacket {
     pub payload: Vec<u8>,
 }
 
+impl ReceivedPacket {
+    /// The payload with the probe's send time zeroed: what two runs of the
+    /// same scenario started at different times have in common.
+    pub fn payload_without_send_time(&self) -> Vec<u8> {
+        let mut p = self.payload.clone();
+        let at = if self.kind == MediaKind::Video { 2 } else { 0 } + 8;
+        if let Some(time) = p.get_mut(at..at + 8) {
+            time.fill(0);
+        }
+        p
+    }
+}
+
+/// What one subscribed track delivered.
+#[derive(Debug, Clone)]
+pub struct TrackStats {
+    pub from: String,
+    pub kind: MediaKind,
+    pub packets: u64,
+    /// Probe sequences seen: lowest and highest (loss = span - packets).
+    pub first_probe: u64,
+    pub last_probe: u64,
+    pub first_at: Instant,
+    /// One-way latency of every packet, microseconds.
+    pub latency_us: Vec<u32>,
+}
+
+impl TrackStats {
+    pub fn expected(&self) -> u64 {
+        self.last_probe - self.first_probe + 1
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.expected().saturating_sub(self.packets)
+    }
+}
+
+/// How much media a publisher sends per 20 ms tick.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaShape {
+    /// Video payload bytes per tick (at least the probe), split into packets
+    /// of at most 1,100 bytes: 3,125 is 1.25 Mbit/s.
+    pub video_bytes_per_tick: usize,
+    /// A keyframe every this many ticks (and whenever asked by a PLI).
+    pub keyframe_every_ticks: u64,
+}
+
+impl Default for MediaShape {
+    fn default() -> Self {
+        MediaShape {
+            video_bytes_per_tick: 0,
+            keyframe_every_ticks: 50,
+        }
+    }
+}
+
+const PROBE_LEN: usize = 16;
+const MAX_VIDEO_PACKET: usize = 1100;
+
+/// The reference every probe's send time counts from (one per process, so
+/// bots in one process measure one-way latency without clock sync).
+pub fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 pub struct Bot {
     pub name: String,
     pub publisher: Rtc,
@@ -40,7 +109,14 @@ pub struct Bot {
     pub participant_id: Option<String>,
     track_owner: HashMap<String, String>,
     mid_track: HashMap<Mid, String>,
+    /// Every packet received (tests); off for load, where `tracks` suffices.
+    pub record: bool,
     pub received: Vec<ReceivedPacket>,
+    pub tracks: HashMap<String, TrackStats>,
+    pub media: MediaShape,
+    /// NACKs and PLIs the server sent our publisher (str0m answers NACKs
+    /// with retransmissions; we answer PLIs with a keyframe).
+    pub nacks_received: u64,
     pub messages: Vec<ServerMessage>,
     pub keyframe_requests: usize,
     /// The next video packet starts a keyframe (at start and after a PLI).
@@ -50,6 +126,7 @@ pub struct Bot {
     pub publisher_ice: IceConnectionState,
     pub subscriber_ice: IceConnectionState,
     sent: u64,
+    video_seq: u64,
     /// Trickle our host candidate instead of only listing it in the SDP.
     pub trickle: bool,
 }
@@ -57,6 +134,7 @@ pub struct Bot {
 fn rtc(addr: SocketAddr, now: Instant) -> Rtc {
     let mut rtc = Rtc::builder()
         .set_rtp_mode(true)
+        .set_stats_interval(Some(Duration::from_secs(1)))
         .clear_codecs()
         .enable_opus(true, false)
         .enable_vp8(true)
@@ -73,6 +151,7 @@ impl Bot {
         subscriber_addr: SocketAddr,
         now: Instant,
     ) -> Bot {
+        let _ = epoch();
         Bot {
             name: name.to_string(),
             publisher: rtc(publisher_addr, now),
@@ -87,7 +166,11 @@ impl Bot {
             participant_id: None,
             track_owner: HashMap::new(),
             mid_track: HashMap::new(),
+            record: true,
             received: Vec::new(),
+            tracks: HashMap::new(),
+            media: MediaShape::default(),
+            nacks_received: 0,
             messages: Vec::new(),
             keyframe_requests: 0,
             keyframe_due: true,
@@ -95,6 +178,7 @@ impl Bot {
             publisher_ice: IceConnectionState::New,
             subscriber_ice: IceConnectionState::New,
             sent: 0,
+            video_seq: 0,
             trickle: false,
         }
     }
@@ -267,6 +351,9 @@ impl Bot {
             {
                 self.remb.push(estimate.as_u64())
             }
+            Event::MediaEgressStats(stats) if publisher && Some(stats.mid) == self.video_mid => {
+                self.nacks_received = stats.nacks;
+            }
             Event::RtpPacket(pkt) if !publisher => {
                 let mid = self
                     .subscriber
@@ -282,6 +369,10 @@ impl Bot {
                     .and_then(|m| self.subscriber.media(m))
                     .map(|m| m.kind())
                     .unwrap_or(MediaKind::Audio);
+                self.note_probe(&track_id, &from, kind, &pkt.payload, pkt.timestamp);
+                if !self.record {
+                    return;
+                }
                 self.received.push(ReceivedPacket {
                     track_id,
                     from,
@@ -294,6 +385,41 @@ impl Bot {
             }
             _ => {}
         }
+    }
+
+    /// Updates the track's statistics from the probe in `payload`.
+    fn note_probe(
+        &mut self,
+        track_id: &str,
+        from: &str,
+        kind: MediaKind,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let skip = if kind == MediaKind::Video { 2 } else { 0 };
+        let Some(probe) = payload.get(skip..skip + PROBE_LEN) else {
+            return;
+        };
+        let seq = u64::from_be_bytes(probe[..8].try_into().unwrap_or_default());
+        let sent_us = u64::from_be_bytes(probe[8..].try_into().unwrap_or_default());
+        let now_us = now.saturating_duration_since(epoch()).as_micros() as u64;
+        let latency = u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX);
+        let stats = self
+            .tracks
+            .entry(track_id.to_string())
+            .or_insert_with(|| TrackStats {
+                from: from.to_string(),
+                kind,
+                packets: 0,
+                first_probe: seq,
+                last_probe: seq,
+                first_at: now,
+                latency_us: Vec::new(),
+            });
+        stats.packets += 1;
+        stats.first_probe = stats.first_probe.min(seq);
+        stats.last_probe = stats.last_probe.max(seq);
+        stats.latency_us.push(latency);
     }
 
     /// Both connections this bot uses are up (the publisher only once it publishes).
@@ -319,17 +445,33 @@ impl Bot {
         self.publisher.is_connected() && self.audio_mid.is_some()
     }
 
-    /// Writes one audio and one video packet (call every 20 ms).
+    /// Writes one tick of media (call every 20 ms): an audio packet, and
+    /// video packets carrying `media.video_bytes_per_tick` (at least one).
     pub fn send_media(&mut self, now: Instant) {
         if !self.publishing() {
             return;
         }
         self.sent += 1;
         let n = self.sent;
-        for (mid, codec, kind) in [
-            (self.audio_mid, Codec::Opus, "a"),
-            (self.video_mid, Codec::Vp8, "v"),
+        let sent_us = now.saturating_duration_since(epoch()).as_micros() as u64;
+        let keyframe = std::mem::take(&mut self.keyframe_due)
+            || (n - 1).is_multiple_of(self.media.keyframe_every_ticks.max(1));
+        let video_bytes = self.media.video_bytes_per_tick.max(PROBE_LEN + 2);
+        let video_packets = video_bytes.div_ceil(MAX_VIDEO_PACKET);
+        // (kind, packets, bytes per packet, RTP clock rate per tick)
+        for (kind, packets, len, clock) in [
+            (MediaKind::Audio, 1, 0, 960),
+            (
+                MediaKind::Video,
+                video_packets,
+                video_bytes / video_packets,
+                1800,
+            ),
         ] {
+            let (mid, codec) = match kind {
+                MediaKind::Audio => (self.audio_mid, Codec::Opus),
+                MediaKind::Video => (self.video_mid, Codec::Vp8),
+            };
             let Some(mid) = mid else { continue };
             let Some(pt) = self
                 .publisher
@@ -339,32 +481,45 @@ impl Bot {
             else {
                 continue;
             };
-            let mut payload = Vec::new();
-            if kind == "v" {
-                // A VP8 payload descriptor (S=1, PID=0) and the VP8 header's
-                // P bit: 0 starts a keyframe, 1 is an interframe.
-                let interframe = !std::mem::take(&mut self.keyframe_due) && n % 50 != 1;
-                payload.extend_from_slice(&[0x10, u8::from(interframe)]);
+            for i in 0..packets {
+                let seq = if kind == MediaKind::Video {
+                    self.video_seq += 1;
+                    self.video_seq
+                } else {
+                    n
+                };
+                let mut payload = Vec::with_capacity(len.max(64));
+                if kind == MediaKind::Video {
+                    // A VP8 payload descriptor (S=1 on a frame's first
+                    // packet, PID=0) and the VP8 header's P bit: 0 starts a
+                    // keyframe, 1 is an interframe.
+                    let start = if i == 0 { 0x10 } else { 0x00 };
+                    payload.extend_from_slice(&[start, u8::from(!keyframe)]);
+                }
+                payload.extend_from_slice(&seq.to_be_bytes());
+                payload.extend_from_slice(&sent_us.to_be_bytes());
+                let tag = if kind == MediaKind::Video { "v" } else { "a" };
+                payload.extend_from_slice(format!("{}:{tag}:{n}", self.name).as_bytes());
+                payload.resize(payload.len().max(len), 0);
+                let mut api = self.publisher.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                    continue;
+                };
+                let last = i + 1 == packets;
+                tx.write_rtp(
+                    RtpWrite::new(pt, seq.into(), (n * clock) as u32, now, payload)
+                        .marker(kind == MediaKind::Video && last)
+                        .nackable(kind == MediaKind::Video),
+                );
             }
-            payload.extend_from_slice(format!("{}:{kind}:{n}", self.name).as_bytes());
-            let mut api = self.publisher.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                continue;
-            };
-            let clock = if kind == "a" { 960 } else { 1800 };
-            tx.write_rtp(
-                RtpWrite::new(pt, n.into(), (n * clock) as u32, now, payload)
-                    .marker(kind == "v")
-                    .nackable(kind == "v"),
-            );
         }
     }
 
     /// Writes one video packet with a payload of `len` bytes and returns the
     /// encrypted datagrams it produced (benchmarks feed them to the engine).
     pub fn video_datagrams(&mut self, now: Instant, len: usize) -> Vec<Transmit> {
-        self.sent += 1;
-        let n = self.sent;
+        self.video_seq += 1;
+        let n = self.video_seq;
         let mid = self.video_mid.expect("published");
         let pt = self
             .publisher

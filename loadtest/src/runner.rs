@@ -1,0 +1,103 @@
+//! Runs a [`Bot`] on real sockets: two UDP sockets on the given local IP
+//! and the signaling WebSocket, for a bounded time.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use signaling::ClientMessage;
+use signaling::client::SignalingClient;
+use tokio::net::UdpSocket;
+
+use crate::bot::{Bot, MediaShape};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("signaling: {0}")]
+    Signaling(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct BotPlan {
+    pub name: String,
+    /// `ws://host:port/v1/rtc`
+    pub url: String,
+    pub token: String,
+    pub local_ip: IpAddr,
+    pub publish: bool,
+    pub media: MediaShape,
+    /// Run until then (a hard stop).
+    pub until: Instant,
+    /// Keep every received packet (tests); off for load.
+    pub record: bool,
+}
+
+/// Joins, publishes if asked, and runs until `plan.until`; returns the bot
+/// with what it measured.
+pub async fn run_bot(plan: BotPlan) -> Result<Bot, RunError> {
+    let pub_socket = UdpSocket::bind((plan.local_ip, 0)).await?;
+    let sub_socket = UdpSocket::bind((plan.local_ip, 0)).await?;
+    let mut bot = Bot::new(
+        &plan.name,
+        pub_socket.local_addr()?,
+        sub_socket.local_addr()?,
+        Instant::now(),
+    );
+    bot.record = plan.record;
+    bot.media = plan.media;
+    let signaling = |e: signaling::client::ClientError| RunError::Signaling(e.to_string());
+    let mut ws = SignalingClient::connect(&plan.url)
+        .await
+        .map_err(signaling)?;
+    ws.send(&ClientMessage::Join {
+        protocol_version: signaling::PROTOCOL_VERSION,
+        token: plan.token.clone(),
+        auto_subscribe: true,
+        resume_participant_id: None,
+    })
+    .await
+    .map_err(signaling)?;
+    if plan.publish {
+        bot.publish();
+    }
+
+    let end = plan.until;
+    let mut media = tokio::time::interval(Duration::from_millis(20));
+    let mut pub_buf = vec![0u8; 2048];
+    let mut sub_buf = vec![0u8; 2048];
+    let mut wake = Instant::now();
+    while Instant::now() < end {
+        while let Some(m) = bot.outbox.pop_front() {
+            ws.send(&m).await.map_err(signaling)?;
+        }
+        while let Some(t) = bot.transmits.pop_front() {
+            let socket = if t.source == bot.publisher_addr {
+                &pub_socket
+            } else {
+                &sub_socket
+            };
+            let _ = socket.send_to(&t.contents, t.destination).await;
+        }
+        let sleep_until = wake.min(end).max(Instant::now() + Duration::from_millis(1));
+        tokio::select! {
+            m = ws.recv() => match m {
+                Ok(m) => bot.handle_message(m),
+                Err(_) => break,
+            },
+            r = pub_socket.recv_from(&mut pub_buf) => if let Ok((n, src)) = r {
+                let dest = bot.publisher_addr;
+                bot.handle_datagram(src, dest, &pub_buf[..n], Instant::now());
+            },
+            r = sub_socket.recv_from(&mut sub_buf) => if let Ok((n, src)) = r {
+                let dest = bot.subscriber_addr;
+                bot.handle_datagram(src, dest, &sub_buf[..n], Instant::now());
+            },
+            _ = media.tick() => bot.send_media(Instant::now()),
+            _ = tokio::time::sleep_until(sleep_until.into()) => bot.handle_timeout(Instant::now()),
+        }
+        wake = bot.poll();
+    }
+    let _ = ws.send(&ClientMessage::Leave).await;
+    Ok(bot)
+}
