@@ -97,6 +97,8 @@ pub fn epoch() -> Instant {
 
 pub struct Bot {
     pub name: String,
+    /// When the bot was made (its join): time to first media counts from here.
+    pub created_at: Instant,
     pub publisher: Rtc,
     pub subscriber: Rtc,
     pub publisher_addr: SocketAddr,
@@ -154,6 +156,7 @@ impl Bot {
         let _ = epoch();
         Bot {
             name: name.to_string(),
+            created_at: now,
             publisher: rtc(publisher_addr, now),
             subscriber: rtc(subscriber_addr, now),
             publisher_addr,

@@ -5,4 +5,7 @@
 //! the same bot.
 
 pub mod bot;
+pub mod report;
 pub mod runner;
+pub mod scenario;
+pub mod server_stats;

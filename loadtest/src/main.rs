@@ -1,0 +1,111 @@
+//! `switchboard-loadtest`: see `loadtest/README.md`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use loadtest::scenario::room::{RoomPlan, run};
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard-loadtest",
+    about = "Load bots for a switchboard server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Write the report as JSON here too.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rooms of publishers and subscribers.
+    Room {
+        /// The server's signaling URL (the only address targeted).
+        #[arg(long, default_value = "ws://127.0.0.1:7880/v1/rtc")]
+        url: String,
+        /// The server's `call_token_secret` (tokens are minted with it).
+        #[arg(long, env = "SWITCHBOARD_CALL_TOKEN_SECRET")]
+        secret: String,
+        #[arg(long, default_value = "switchboard")]
+        issuer: String,
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        #[arg(long, default_value_t = 2)]
+        publishers: usize,
+        #[arg(long, default_value_t = 0)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 500)]
+        video_kbps: u32,
+        #[arg(long, default_value_t = 2.0)]
+        ramp_up_seconds: f64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value = "127.0.0.1")]
+        local_ip: IpAddr,
+        /// The server's PID, for its CPU time and memory (`/proc`).
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Fail (exit 1) above this loss.
+        #[arg(long, default_value_t = 1.0)]
+        max_loss_percent: f64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (report, ok) = match cli.command {
+        Command::Room {
+            url,
+            secret,
+            issuer,
+            rooms,
+            publishers,
+            subscribers,
+            video_kbps,
+            ramp_up_seconds,
+            seconds,
+            local_ip,
+            server_pid,
+            max_loss_percent,
+        } => {
+            let plan = RoomPlan {
+                url,
+                token_secret: secret,
+                token_issuer: issuer,
+                rooms,
+                publishers,
+                subscribers,
+                video_kbps,
+                ramp_up: Duration::from_secs_f64(ramp_up_seconds),
+                duration: Duration::from_secs_f64(seconds),
+                local_ip,
+                server_pid,
+            };
+            let report = run(&plan).await;
+            let ok = report.bots_joined == report.bots_planned
+                && report.loss_percent <= max_loss_percent;
+            (report, ok)
+        }
+    };
+    print!("{}", report.table());
+    if let Some(path) = cli.json
+        && let Err(e) = std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&report).unwrap_or_default(),
+        )
+    {
+        eprintln!("cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,3 @@
+//! Scenarios: who joins what, with which media, for how long.
+
+pub mod room;

@@ -1,0 +1,109 @@
+//! `room`: R rooms, each with P publishers (audio + video) and S
+//! subscribers, joined over the real protocol with real call tokens,
+//! ramped up, measured for a duration, then stopped hard.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use control::call_token::{CallGrant, CallTokens};
+use signaling::Permissions;
+
+use crate::bot::MediaShape;
+use crate::report::Report;
+use crate::runner::{BotPlan, run_bot};
+use crate::server_stats;
+
+#[derive(Debug, Clone)]
+pub struct RoomPlan {
+    /// `ws://host:port/v1/rtc`
+    pub url: String,
+    /// The server's call-token secret and issuer (tokens are real).
+    pub token_secret: String,
+    pub token_issuer: String,
+    pub rooms: usize,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub video_kbps: u32,
+    /// Joins are spread over this long.
+    pub ramp_up: Duration,
+    /// Measured after the ramp-up.
+    pub duration: Duration,
+    pub local_ip: IpAddr,
+    /// The server process, for its CPU time and memory.
+    pub server_pid: Option<u32>,
+}
+
+/// Runs the plan and reports what the bots measured.
+pub async fn run(plan: &RoomPlan) -> Report {
+    let tokens = CallTokens::new(
+        plan.token_secret.as_bytes(),
+        plan.token_issuer.clone(),
+        control::call_token::DEFAULT_TTL,
+    );
+    let media = MediaShape {
+        // kbit/s -> bytes per 20 ms tick.
+        video_bytes_per_tick: (plan.video_kbps as usize * 1000 / 8) / 50,
+        keyframe_every_ticks: 100,
+    };
+    let per_room = plan.publishers + plan.subscribers;
+    let total = plan.rooms * per_room;
+    let start = Instant::now();
+    let until = start + plan.ramp_up + plan.duration;
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let (room, seat) = (i / per_room, i % per_room);
+        let publish = seat < plan.publishers;
+        let name = format!("r{room}-{}{seat}", if publish { "pub" } else { "sub" });
+        let token = tokens.mint(&CallGrant {
+            call_id: format!("loadtest-room-{room}"),
+            user_id: name.clone(),
+            participant_id: name.clone(),
+            permissions: if publish {
+                Permissions::ALL
+            } else {
+                Permissions {
+                    publish_audio: false,
+                    publish_video: false,
+                    subscribe: true,
+                }
+            },
+        });
+        let bot_plan = BotPlan {
+            name,
+            url: plan.url.clone(),
+            token,
+            local_ip: plan.local_ip,
+            publish,
+            media,
+            until,
+            record: false,
+        };
+        let delay = plan.ramp_up.mul_f64(i as f64 / total.max(1) as f64);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            run_bot(bot_plan).await
+        }));
+    }
+    // Server use is measured over the steady window, after the ramp-up.
+    tokio::time::sleep_until((start + plan.ramp_up).into()).await;
+    let before = plan
+        .server_pid
+        .and_then(|pid| server_stats::sample(pid).ok());
+    let measured_from = Instant::now();
+    tokio::time::sleep_until(until.into()).await;
+    let after = plan
+        .server_pid
+        .and_then(|pid| server_stats::sample(pid).ok());
+    let measured = measured_from.elapsed().as_secs_f64();
+    let mut bots = Vec::with_capacity(total);
+    for task in tasks {
+        if let Ok(Ok(bot)) = task.await {
+            bots.push(bot);
+        }
+    }
+    let scenario = format!(
+        "room: {} x ({} publishers + {} subscribers), video {} kbit/s",
+        plan.rooms, plan.publishers, plan.subscribers, plan.video_kbps
+    );
+    Report::from_bots(&scenario, total, &bots, measured, before.zip(after))
+}
