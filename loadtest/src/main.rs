@@ -53,6 +53,9 @@ enum Command {
         /// Fail (exit 1) above this loss.
         #[arg(long, default_value_t = 1.0)]
         max_loss_percent: f64,
+        /// Publishers drop every n-th datagram they send (induced loss).
+        #[arg(long)]
+        drop_every: Option<u64>,
     },
 }
 
@@ -73,6 +76,7 @@ async fn main() -> ExitCode {
             local_ip,
             server_pid,
             max_loss_percent,
+            drop_every,
         } => {
             let plan = RoomPlan {
                 url,
@@ -86,6 +90,7 @@ async fn main() -> ExitCode {
                 duration: Duration::from_secs_f64(seconds),
                 local_ip,
                 server_pid,
+                drop_every,
             };
             let report = run(&plan).await;
             let ok = report.bots_joined == report.bots_planned

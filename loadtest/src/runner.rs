@@ -31,6 +31,9 @@ pub struct BotPlan {
     pub until: Instant,
     /// Keep every received packet (tests); off for load.
     pub record: bool,
+    /// Drop every n-th datagram the publisher sends (induced loss: the
+    /// server then asks for retransmissions).
+    pub drop_every: Option<u64>,
 }
 
 /// Joins, publishes if asked, and runs until `plan.until`; returns the bot
@@ -67,12 +70,17 @@ pub async fn run_bot(plan: BotPlan) -> Result<Bot, RunError> {
     let mut pub_buf = vec![0u8; 2048];
     let mut sub_buf = vec![0u8; 2048];
     let mut wake = Instant::now();
+    let mut published = 0u64;
     while Instant::now() < end {
         while let Some(m) = bot.outbox.pop_front() {
             ws.send(&m).await.map_err(signaling)?;
         }
         while let Some(t) = bot.transmits.pop_front() {
             let socket = if t.source == bot.publisher_addr {
+                published += 1;
+                if plan.drop_every.is_some_and(|n| published.is_multiple_of(n)) {
+                    continue;
+                }
                 &pub_socket
             } else {
                 &sub_socket

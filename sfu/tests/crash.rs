@@ -4,69 +4,21 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::live::{API_KEY_ID, API_KEY_SECRET, request, run_bot, scratch_dir, user_token};
+use common::live::{
+    ServerProcess as Server, free_port, request, run_bot, scratch_dir, spawn_switchboard,
+    user_token,
+};
 use serde_json::{Value, json};
 
-struct Server {
-    child: Child,
-    http: SocketAddr,
-}
-
-impl Drop for Server {
-    /// Never leave a server running, whatever the test did.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn spawn(data_dir: &std::path::Path, http_port: u16, udp_port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .env("SWITCHBOARD_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
-        .env("SWITCHBOARD_RTC_UDP_BIND", format!("127.0.0.1:{udp_port}"))
-        .env("SWITCHBOARD_ANNOUNCE_IPS", "127.0.0.1")
-        .env("SWITCHBOARD_TURN_UDP_LISTEN", "127.0.0.1:0")
-        .env("SWITCHBOARD_TURN_TCP_LISTEN", "127.0.0.1:0")
-        .env("SWITCHBOARD_DATA_DIR", data_dir)
-        .env(
-            "SWITCHBOARD_API_KEY",
-            format!("{API_KEY_ID}:{API_KEY_SECRET}"),
-        )
-        .env(
-            "SWITCHBOARD_CALL_TOKEN_SECRET",
-            "crash-test-secret-crash-test-secret",
-        )
-        .env("SWITCHBOARD_RING_TIMEOUT_SECONDS", "6")
-        .env("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS", "4")
-        .env("SWITCHBOARD_RECONNECT_GRACE_SECONDS", "2")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("switchboard starts");
-    let server = Server {
-        child,
-        http: format!("127.0.0.1:{http_port}").parse().unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(server.http).await.is_ok() {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("switchboard did not listen on {}", server.http);
+    let env = [
+        ("SWITCHBOARD_RING_TIMEOUT_SECONDS", "6"),
+        ("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS", "4"),
+        ("SWITCHBOARD_RECONNECT_GRACE_SECONDS", "2"),
+    ];
+    spawn_switchboard(data_dir, http_port, udp_port, &env).await
 }
 
 async fn api(s: &Server, method: &str, path: &str, user: &str, body: Value) -> (u16, Value) {

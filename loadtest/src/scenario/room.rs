@@ -31,6 +31,8 @@ pub struct RoomPlan {
     pub local_ip: IpAddr,
     /// The server process, for its CPU time and memory.
     pub server_pid: Option<u32>,
+    /// Publishers drop every n-th datagram they send (induced loss).
+    pub drop_every: Option<u64>,
 }
 
 /// Runs the plan and reports what the bots measured.
@@ -77,6 +79,7 @@ pub async fn run(plan: &RoomPlan) -> Report {
             media,
             until,
             record: false,
+            drop_every: plan.drop_every.filter(|_| publish),
         };
         let delay = plan.ramp_up.mul_f64(i as f64 / total.max(1) as f64);
         tasks.push(tokio::spawn(async move {

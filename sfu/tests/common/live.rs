@@ -118,9 +118,75 @@ pub async fn run_bot(name: &str, url: &str, token: String, duration: Duration) -
         media: Default::default(),
         until: Instant::now() + duration,
         record: true,
+        drop_every: None,
     })
     .await
     .expect("the bot runs")
+}
+
+/// The real `switchboard` binary as a child process, killed on drop.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub http: SocketAddr,
+}
+
+impl Drop for ServerProcess {
+    /// Never leave a server running, whatever the test did.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const PROCESS_CALL_TOKEN_SECRET: &str = "process-test-secret-process-test-secret";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `switchboard` on loopback (API key, call-token secret
+/// [`PROCESS_CALL_TOKEN_SECRET`], ephemeral TURN ports), plus `env`; waits
+/// until it listens.
+pub async fn spawn_switchboard(
+    data_dir: &std::path::Path,
+    http_port: u16,
+    udp_port: u16,
+    env: &[(&str, &str)],
+) -> ServerProcess {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    command
+        .env("SWITCHBOARD_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("SWITCHBOARD_RTC_UDP_BIND", format!("127.0.0.1:{udp_port}"))
+        .env("SWITCHBOARD_ANNOUNCE_IPS", "127.0.0.1")
+        .env("SWITCHBOARD_TURN_UDP_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_TURN_TCP_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_DATA_DIR", data_dir)
+        .env(
+            "SWITCHBOARD_API_KEY",
+            format!("{API_KEY_ID}:{API_KEY_SECRET}"),
+        )
+        .env("SWITCHBOARD_CALL_TOKEN_SECRET", PROCESS_CALL_TOKEN_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let server = ServerProcess {
+        child: command.spawn().expect("switchboard starts"),
+        http: format!("127.0.0.1:{http_port}").parse().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(server.http).await.is_ok() {
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("switchboard did not listen on {}", server.http);
 }
 
 /// Sends `count` datagrams of garbage to `target` from a fresh socket.

@@ -1,0 +1,65 @@
+//! The load-test bots at a tiny scale against the real `switchboard`
+//! process: every bot joins, media flows with under 1% loss, the server's
+//! CPU time is read from /proc, and with induced loss the publishers answer
+//! the server's NACKs (retransmissions) and PLIs (keyframes).
+
+mod common;
+
+use std::time::Duration;
+
+use common::live::{PROCESS_CALL_TOKEN_SECRET, free_port, scratch_dir, spawn_switchboard};
+use loadtest::report::Report;
+use loadtest::scenario::room::{RoomPlan, run};
+
+async fn room(drop_every: Option<u64>) -> Report {
+    let dir = scratch_dir();
+    let (http_port, udp_port) = (free_port(), free_port());
+    let server = spawn_switchboard(&dir, http_port, udp_port, &[]).await;
+    let plan = RoomPlan {
+        url: format!("ws://{}/v1/rtc", server.http),
+        token_secret: PROCESS_CALL_TOKEN_SECRET.into(),
+        token_issuer: "switchboard".into(),
+        rooms: 2,
+        publishers: 2,
+        subscribers: 2,
+        video_kbps: 300,
+        ramp_up: Duration::from_millis(500),
+        duration: Duration::from_secs(4),
+        local_ip: "127.0.0.1".parse().unwrap(),
+        server_pid: Some(server.child.id()),
+        drop_every,
+    };
+    let report = run(&plan).await;
+    println!("{}", report.table());
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bot_joins_and_media_flows_with_under_one_percent_loss() {
+    let r = room(None).await;
+    assert_eq!(r.bots_joined, 8, "{r:?}");
+    // Per room: 2 publishers see 1 video each, 2 subscribers see 2.
+    assert_eq!(r.subscribed_video_tracks, 12, "{r:?}");
+    assert!(r.packets_received > 1_000, "{r:?}");
+    assert!(r.loss_percent < 1.0, "{r:?}");
+    assert!(r.time_to_first_media_ms.p99 > 0.0, "{r:?}");
+    let server = r.server.as_ref().expect("the server's /proc was read");
+    assert!(
+        server.cpu_seconds > 0.0 && server.rss_mb > 1.0,
+        "{server:?}"
+    );
+    assert!(r.video_tracks_per_server_core.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn induced_loss_is_repaired_by_answered_nacks_and_plis() {
+    // Every 15th datagram a publisher sends is dropped on the way out.
+    let r = room(Some(15)).await;
+    assert_eq!(r.bots_joined, 8, "{r:?}");
+    assert!(r.nacks_answered > 0, "{r:?}");
+    assert!(r.plis_answered > 0, "{r:?}");
+    assert!(
+        r.loss_percent < 5.0,
+        "retransmissions repair most of it: {r:?}"
+    );
+}
