@@ -57,8 +57,35 @@ pub struct TrackStats {
 }
 
 impl TrackStats {
+    pub fn new(from: &str, kind: MediaKind, now: Instant) -> TrackStats {
+        TrackStats {
+            from: from.to_string(),
+            kind,
+            packets: 0,
+            first_probe: u64::MAX,
+            last_probe: 0,
+            first_at: now,
+            latency_us: Vec::new(),
+        }
+    }
+
+    /// Counts one packet from its probe (sequence and send time, 16 bytes).
+    pub fn note_probe(&mut self, probe: &[u8], now: Instant) {
+        let (Some(seq), Some(sent)) = (probe.get(..8), probe.get(8..16)) else {
+            return;
+        };
+        let seq = u64::from_be_bytes(seq.try_into().unwrap_or_default());
+        let sent_us = u64::from_be_bytes(sent.try_into().unwrap_or_default());
+        let now_us = now.saturating_duration_since(epoch()).as_micros() as u64;
+        self.packets += 1;
+        self.first_probe = self.first_probe.min(seq);
+        self.last_probe = self.last_probe.max(seq);
+        let latency = u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX);
+        self.latency_us.push(latency);
+    }
+
     pub fn expected(&self) -> u64 {
-        self.last_probe - self.first_probe + 1
+        (self.last_probe + 1).saturating_sub(self.first_probe)
     }
 
     pub fn lost(&self) -> u64 {
@@ -85,7 +112,8 @@ impl Default for MediaShape {
     }
 }
 
-const PROBE_LEN: usize = 16;
+/// Bytes of the probe (sequence, send time) at the start of every payload.
+pub const PROBE_LEN: usize = 16;
 const MAX_VIDEO_PACKET: usize = 1100;
 
 /// The reference every probe's send time counts from (one per process, so
@@ -403,26 +431,9 @@ impl Bot {
         let Some(probe) = payload.get(skip..skip + PROBE_LEN) else {
             return;
         };
-        let seq = u64::from_be_bytes(probe[..8].try_into().unwrap_or_default());
-        let sent_us = u64::from_be_bytes(probe[8..].try_into().unwrap_or_default());
-        let now_us = now.saturating_duration_since(epoch()).as_micros() as u64;
-        let latency = u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX);
-        let stats = self
-            .tracks
-            .entry(track_id.to_string())
-            .or_insert_with(|| TrackStats {
-                from: from.to_string(),
-                kind,
-                packets: 0,
-                first_probe: seq,
-                last_probe: seq,
-                first_at: now,
-                latency_us: Vec::new(),
-            });
-        stats.packets += 1;
-        stats.first_probe = stats.first_probe.min(seq);
-        stats.last_probe = stats.last_probe.max(seq);
-        stats.latency_us.push(latency);
+        let entry = self.tracks.entry(track_id.to_string());
+        let stats = entry.or_insert_with(|| TrackStats::new(from, kind, now));
+        stats.note_probe(probe, now);
     }
 
     /// Both connections this bot uses are up (the publisher only once it publishes).

@@ -4,6 +4,7 @@
 //! (`report`), and a bare-UDP baseline (`baseline`). The SFU's tests use
 //! the same bot.
 
+pub mod baseline;
 pub mod bot;
 pub mod report;
 pub mod runner;

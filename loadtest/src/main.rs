@@ -57,6 +57,47 @@ enum Command {
         #[arg(long)]
         drop_every: Option<u64>,
     },
+    /// The same room pattern through a bare UDP fan-out relay (started as a
+    /// child process, so its CPU time is its own).
+    Baseline {
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        #[arg(long, default_value_t = 2)]
+        publishers: usize,
+        #[arg(long, default_value_t = 0)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 500)]
+        video_kbps: u32,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value = "127.0.0.1")]
+        local_ip: IpAddr,
+    },
+    /// The baseline's relay itself (what `baseline` starts).
+    #[command(hide = true)]
+    BaselineRelay {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: std::net::SocketAddr,
+    },
+}
+
+/// Starts `baseline-relay` as a child process; returns it and its address.
+fn spawn_relay(ip: IpAddr) -> Option<(std::process::Child, std::net::SocketAddr)> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().ok()?)
+        .args([
+            "baseline-relay",
+            "--bind",
+            &std::net::SocketAddr::new(ip, 0).to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take()?)
+        .read_line(&mut line)
+        .ok()?;
+    Some((child, line.trim().parse().ok()?))
 }
 
 #[tokio::main]
@@ -96,6 +137,50 @@ async fn main() -> ExitCode {
             let ok = report.bots_joined == report.bots_planned
                 && report.loss_percent <= max_loss_percent;
             (report, ok)
+        }
+        Command::Baseline {
+            rooms,
+            publishers,
+            subscribers,
+            video_kbps,
+            seconds,
+            local_ip,
+        } => {
+            let Some((mut relay, addr)) = spawn_relay(local_ip) else {
+                eprintln!("the baseline relay did not start");
+                return ExitCode::FAILURE;
+            };
+            let plan = loadtest::baseline::BaselinePlan {
+                relay: addr,
+                relay_pid: Some(relay.id()),
+                rooms,
+                publishers,
+                subscribers,
+                video_kbps,
+                duration: Duration::from_secs_f64(seconds),
+                local_ip,
+            };
+            let report = loadtest::baseline::run(&plan).await;
+            let _ = relay.kill();
+            let _ = relay.wait();
+            let ok = report.bots_joined == report.bots_planned;
+            (report, ok)
+        }
+        Command::BaselineRelay { bind } => {
+            let socket = match loadtest::baseline::bind_relay(bind) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("cannot bind {bind}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // The parent reads the port from this line.
+            match socket.local_addr() {
+                Ok(addr) => println!("{addr}"),
+                Err(_) => return ExitCode::FAILURE,
+            }
+            let _ = loadtest::baseline::serve_relay(&socket);
+            return ExitCode::FAILURE;
         }
     };
     print!("{}", report.table());

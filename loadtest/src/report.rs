@@ -2,9 +2,33 @@
 
 use serde::Serialize;
 
-use crate::bot::Bot;
+use std::time::Instant;
+
+use crate::bot::{Bot, TrackStats};
 use crate::server_stats::ProcSample;
 use str0m::media::MediaKind;
+
+/// What one bot (an SFU bot or a baseline client) measured.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub joined: bool,
+    pub created_at: Instant,
+    pub tracks: Vec<TrackStats>,
+    pub plis: u64,
+    pub nacks: u64,
+}
+
+impl From<Bot> for Measurement {
+    fn from(bot: Bot) -> Measurement {
+        Measurement {
+            joined: bot.participant_id.is_some(),
+            created_at: bot.created_at,
+            tracks: bot.tracks.into_values().collect(),
+            plis: bot.keyframe_requests as u64,
+            nacks: bot.nacks_received,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Percentiles {
@@ -60,15 +84,17 @@ pub struct Report {
     pub server: Option<ServerUse>,
     /// Subscribed video tracks per core the server kept busy.
     pub video_tracks_per_server_core: Option<f64>,
+    /// Packets delivered to the bots per server CPU-second.
+    pub packets_per_server_cpu_second: Option<f64>,
 }
 
 impl Report {
     /// Folds what every bot measured into one report. `server`: the
     /// server's `/proc` samples at the start and end of the measured window.
-    pub fn from_bots(
+    pub fn from_measurements(
         scenario: &str,
         bots_planned: usize,
-        bots: &[Bot],
+        bots: &[Measurement],
         duration_seconds: f64,
         server: Option<(ProcSample, ProcSample)>,
     ) -> Report {
@@ -78,9 +104,9 @@ impl Report {
         let (mut jitter_sum, mut jitter_n) = (0.0, 0u64);
         let (mut plis, mut nacks) = (0, 0);
         for bot in bots {
-            plis += bot.keyframe_requests as u64;
-            nacks += bot.nacks_received;
-            let first = bot.tracks.values().map(|t| t.first_at).min();
+            plis += bot.plis;
+            nacks += bot.nacks;
+            let first = bot.tracks.iter().map(|t| t.first_at).min();
             if let Some(first) = first {
                 ttfm.push(
                     first
@@ -89,7 +115,7 @@ impl Report {
                         * 1e3,
                 );
             }
-            for t in bot.tracks.values() {
+            for t in &bot.tracks {
                 received += t.packets;
                 lost += t.lost();
                 if t.kind == MediaKind::Video {
@@ -114,11 +140,16 @@ impl Report {
             .as_ref()
             .filter(|s| s.cores_busy > 0.0)
             .map(|s| video_tracks as f64 / s.cores_busy);
+        let per_cpu_second = server
+            .as_ref()
+            .filter(|s| s.cpu_seconds > 0.0)
+            .map(|s| received as f64 / s.cpu_seconds);
         Report {
+            packets_per_server_cpu_second: per_cpu_second,
             scenario: scenario.to_string(),
             duration_seconds,
             bots_planned,
-            bots_joined: bots.iter().filter(|b| b.participant_id.is_some()).count(),
+            bots_joined: bots.iter().filter(|b| b.joined).count(),
             subscribed_video_tracks: video_tracks,
             time_to_first_media_ms: Percentiles::of(&mut ttfm),
             packets_received: received,
@@ -189,6 +220,9 @@ impl Report {
         }
         if let Some(per_core) = self.video_tracks_per_server_core {
             row("video tracks per server core", format!("{per_core:.0}"));
+        }
+        if let Some(rate) = self.packets_per_server_cpu_second {
+            row("packets per server CPU-second", format!("{rate:.0}"));
         }
         out
     }

@@ -9,7 +9,7 @@ use control::call_token::{CallGrant, CallTokens};
 use signaling::Permissions;
 
 use crate::bot::MediaShape;
-use crate::report::Report;
+use crate::report::{Measurement, Report};
 use crate::runner::{BotPlan, run_bot};
 use crate::server_stats;
 
@@ -101,12 +101,12 @@ pub async fn run(plan: &RoomPlan) -> Report {
     let mut bots = Vec::with_capacity(total);
     for task in tasks {
         if let Ok(Ok(bot)) = task.await {
-            bots.push(bot);
+            bots.push(Measurement::from(bot));
         }
     }
     let scenario = format!(
         "room: {} x ({} publishers + {} subscribers), video {} kbit/s",
         plan.rooms, plan.publishers, plan.subscribers, plan.video_kbps
     );
-    Report::from_bots(&scenario, total, &bots, measured, before.zip(after))
+    Report::from_measurements(&scenario, total, &bots, measured, before.zip(after))
 }
