@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use loadtest::scenario::room::{RoomPlan, run};
+use loadtest::scenario::room::{RoomPlan, run, search};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +56,10 @@ enum Command {
         /// Publishers drop every n-th datagram they send (induced loss).
         #[arg(long)]
         drop_every: Option<u64>,
+        /// Capacity search: raise subscribers (x1.5) until loss > 0.5% or
+        /// latency p99 > 50 ms, up to this many; report the highest passing.
+        #[arg(long)]
+        search_up_to: Option<usize>,
     },
     /// The same room pattern through a bare UDP fan-out relay (started as a
     /// child process, so its CPU time is its own).
@@ -118,6 +122,7 @@ async fn main() -> ExitCode {
             server_pid,
             max_loss_percent,
             drop_every,
+            search_up_to,
         } => {
             let plan = RoomPlan {
                 url,
@@ -132,11 +137,24 @@ async fn main() -> ExitCode {
                 local_ip,
                 server_pid,
                 drop_every,
+                run_tag: format!("{}", std::process::id()),
             };
+            if let Some(max) = search_up_to {
+                let steps = search(&plan, max).await;
+                for (r, pass) in &steps {
+                    println!("{} subscribers/room: {}", r.subscribed_video_tracks, if *pass { "pass" } else { "FAIL" });
+                }
+                let best = steps.iter().rev().find(|(_, pass)| *pass).map(|(r, _)| r.clone());
+                let ok = best.is_some();
+                let report = best.unwrap_or_else(|| steps[0].0.clone());
+                println!("highest passing level:");
+                (report, ok)
+            } else {
             let report = run(&plan).await;
             let ok = report.bots_joined == report.bots_planned
                 && report.loss_percent <= max_loss_percent;
             (report, ok)
+            }
         }
         Command::Baseline {
             rooms,

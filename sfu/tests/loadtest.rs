@@ -28,6 +28,7 @@ async fn room(drop_every: Option<u64>) -> Report {
         local_ip: "127.0.0.1".parse().unwrap(),
         server_pid: Some(server.child.id()),
         drop_every,
+        run_tag: "ci".into(),
     };
     let report = run(&plan).await;
     println!("{}", report.table());

@@ -33,6 +33,8 @@ pub struct RoomPlan {
     pub server_pid: Option<u32>,
     /// Publishers drop every n-th datagram they send (induced loss).
     pub drop_every: Option<u64>,
+    /// Distinguishes this run's rooms from earlier runs' on the same server.
+    pub run_tag: String,
 }
 
 /// Runs the plan and reports what the bots measured.
@@ -57,7 +59,7 @@ pub async fn run(plan: &RoomPlan) -> Report {
         let publish = seat < plan.publishers;
         let name = format!("r{room}-{}{seat}", if publish { "pub" } else { "sub" });
         let token = tokens.mint(&CallGrant {
-            call_id: format!("loadtest-room-{room}"),
+            call_id: format!("loadtest-{}-room-{room}", plan.run_tag),
             user_id: name.clone(),
             participant_id: name.clone(),
             permissions: if publish {
@@ -109,4 +111,27 @@ pub async fn run(plan: &RoomPlan) -> Report {
         plan.rooms, plan.publishers, plan.subscribers, plan.video_kbps
     );
     Report::from_measurements(&scenario, total, &bots, measured, before.zip(after))
+}
+
+/// The capacity search: raises subscribers per room (x1.5 each step) until
+/// loss exceeds 0.5% or latency p99 exceeds 50 ms, or `max_subscribers`.
+/// Returns every step's report; the last passing one is the capacity.
+pub async fn search(plan: &RoomPlan, max_subscribers: usize) -> Vec<(Report, bool)> {
+    let mut steps = Vec::new();
+    let mut subscribers = plan.subscribers.max(1);
+    for step in 0..32 {
+        let mut p = plan.clone();
+        p.subscribers = subscribers;
+        p.run_tag = format!("{}-search{step}", plan.run_tag);
+        let report = run(&p).await;
+        let pass = report.bots_joined == report.bots_planned
+            && report.loss_percent <= 0.5
+            && report.latency_ms.p99 <= 50.0;
+        steps.push((report, pass));
+        if !pass || subscribers >= max_subscribers {
+            break;
+        }
+        subscribers = (subscribers * 3 / 2).max(subscribers + 1).min(max_subscribers);
+    }
+    steps
 }

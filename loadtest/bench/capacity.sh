@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The numbers in BENCHMARKS.md, rerunnable: a release `switchboard` pinned to
+# CPU 0 (one engine thread), the bots pinned to CPU 1, each scenario through
+# the SFU and then through the bare-UDP baseline with the same pattern.
+#
+#   ./loadtest/bench/capacity.sh                 # all scenarios
+#   SECONDS_PER_RUN=20 ./loadtest/bench/capacity.sh
+#
+# (The name "1:1-calls 100 2 0" reads: 100 rooms, 2 publishers, 0 subscribers.)
+#
+# Writes target/loadtest/<scenario>-{sfu,baseline}.json and prints a
+# Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+RUN=${SECONDS_PER_RUN:-10}
+KBPS=${VIDEO_KBPS:-500}
+SECRET=capacity-secret-capacity-secret-0123
+SERVER_CPU=${SERVER_CPU:-0}
+BOTS_CPU=${BOTS_CPU:-1}
+out=target/loadtest
+mkdir -p "$out"
+
+cargo build --release -q -p sfu -p loadtest
+data=$(mktemp -d)
+# Rooms of 200+ need more than the default 100 participants.
+printf 'max_participants_per_room = 1000\n' >"$data/bench.toml"
+SWITCHBOARD_HTTP_LISTEN=127.0.0.1:27880 SWITCHBOARD_RTC_UDP_BIND=127.0.0.1:27882 \
+SWITCHBOARD_ANNOUNCE_IPS=127.0.0.1 SWITCHBOARD_ENGINE_THREADS=1 SWITCHBOARD_TURN_ENABLED=false \
+SWITCHBOARD_CALL_TOKEN_SECRET=$SECRET SWITCHBOARD_DATA_DIR="$data" RUST_LOG=warn \
+  taskset -c "$SERVER_CPU" target/release/switchboard --config "$data/bench.toml" >"$out/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
+sleep 1
+
+lt() { taskset -c "$BOTS_CPU" target/release/switchboard-loadtest "$@"; }
+
+# name rooms publishers subscribers
+scenarios=(
+  "1:1-calls 25 2 0"
+  "1:1-calls 100 2 0"
+  "4-party-rooms 6 4 0"
+  "4-party-rooms 20 4 0"
+  "1x200 1 1 200"
+)
+
+echo "| scenario | run | video tracks | loss % | latency p50 / p99 ms | server CPU s | video tracks per server core | packets per server CPU-second |"
+echo "|---|---|---|---|---|---|---|---|"
+for s in "${scenarios[@]}"; do
+  read -r name rooms pubs subs <<<"$s"
+  lt room --url ws://127.0.0.1:27880/v1/rtc --secret $SECRET --rooms "$rooms" --publishers "$pubs" \
+     --subscribers "$subs" --video-kbps "$KBPS" --ramp-up-seconds 3 --seconds "$RUN" \
+     --server-pid $server --max-loss-percent 100 --json "$out/$name-sfu.json" >/dev/null || true
+  lt baseline --rooms "$rooms" --publishers "$pubs" --subscribers "$subs" --video-kbps "$KBPS" \
+     --seconds "$RUN" --json "$out/$name-baseline.json" >/dev/null || true
+  for kind in sfu baseline; do
+    python3 - "$out/$name-$kind.json" "$name" "$kind" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+s = r.get("server") or {}
+f = lambda v, d=0: ("%." + str(d) + "f") % v if v is not None else "-"
+print(f"| {sys.argv[2]} | {sys.argv[3]} | {r['subscribedVideoTracks']} | {r['lossPercent']:.3f} | "
+      f"{r['latencyMs']['p50']:.2f} / {r['latencyMs']['p99']:.2f} | {f(s.get('cpuSeconds'), 2)} | "
+      f"{f(r.get('videoTracksPerServerCore'))} | {f(r.get('packetsPerServerCpuSecond'))} |")
+EOF
+  done
+done
