@@ -142,18 +142,26 @@ async fn main() -> ExitCode {
             if let Some(max) = search_up_to {
                 let steps = search(&plan, max).await;
                 for (r, pass) in &steps {
-                    println!("{} subscribers/room: {}", r.subscribed_video_tracks, if *pass { "pass" } else { "FAIL" });
+                    println!(
+                        "{} subscribers/room: {}",
+                        r.subscribed_video_tracks,
+                        if *pass { "pass" } else { "FAIL" }
+                    );
                 }
-                let best = steps.iter().rev().find(|(_, pass)| *pass).map(|(r, _)| r.clone());
+                let best = steps
+                    .iter()
+                    .rev()
+                    .find(|(_, pass)| *pass)
+                    .map(|(r, _)| r.clone());
                 let ok = best.is_some();
                 let report = best.unwrap_or_else(|| steps[0].0.clone());
                 println!("highest passing level:");
                 (report, ok)
             } else {
-            let report = run(&plan).await;
-            let ok = report.bots_joined == report.bots_planned
-                && report.loss_percent <= max_loss_percent;
-            (report, ok)
+                let report = run(&plan).await;
+                let ok = report.bots_joined == report.bots_planned
+                    && report.loss_percent <= max_loss_percent;
+                (report, ok)
             }
         }
         Command::Baseline {

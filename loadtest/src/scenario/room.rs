@@ -131,7 +131,9 @@ pub async fn search(plan: &RoomPlan, max_subscribers: usize) -> Vec<(Report, boo
         if !pass || subscribers >= max_subscribers {
             break;
         }
-        subscribers = (subscribers * 3 / 2).max(subscribers + 1).min(max_subscribers);
+        subscribers = (subscribers * 3 / 2)
+            .max(subscribers + 1)
+            .min(max_subscribers);
     }
     steps
 }
