@@ -61,6 +61,34 @@ enum Command {
         #[arg(long)]
         search_up_to: Option<usize>,
     },
+    /// Concurrent 1:1 call lifecycles over the call API; exits 1 if any call
+    /// ends with a reason its role does not expect.
+    Calls {
+        /// The server's HTTP base URL.
+        #[arg(long, default_value = "http://127.0.0.1:7880")]
+        url: String,
+        /// An API key of the server, `id:secret` (user tokens are minted with it).
+        #[arg(long, env = "SWITCHBOARD_API_KEY")]
+        api_key: String,
+        #[arg(long, default_value_t = 10)]
+        calls: usize,
+        #[arg(long, default_value_t = 0.2)]
+        decline_share: f64,
+        #[arg(long, default_value_t = 0.1)]
+        timeout_share: f64,
+        #[arg(long, default_value_t = 0.2)]
+        race_share: f64,
+        #[arg(long, default_value_t = 3.0)]
+        media_seconds: f64,
+        /// The server's `ring_timeout_seconds`.
+        #[arg(long, default_value_t = 40.0)]
+        ring_timeout_seconds: f64,
+        #[arg(long, default_value = "127.0.0.1")]
+        local_ip: IpAddr,
+        /// Expect a wrong reason for one call (checks that failures fail).
+        #[arg(long)]
+        inject_unexpected: bool,
+    },
     /// The same room pattern through a bare UDP fan-out relay (started as a
     /// child process, so its CPU time is its own).
     Baseline {
@@ -191,6 +219,48 @@ async fn main() -> ExitCode {
             let _ = relay.wait();
             let ok = report.bots_joined == report.bots_planned;
             (report, ok)
+        }
+        Command::Calls {
+            url,
+            api_key,
+            calls,
+            decline_share,
+            timeout_share,
+            race_share,
+            media_seconds,
+            ring_timeout_seconds,
+            local_ip,
+            inject_unexpected,
+        } => {
+            let Some((key_id, key_secret)) = api_key.split_once(':') else {
+                eprintln!("--api-key is id:secret");
+                return ExitCode::FAILURE;
+            };
+            let plan = loadtest::scenario::calls::CallsPlan {
+                base_url: url,
+                api_key_id: key_id.into(),
+                api_key_secret: key_secret.into(),
+                calls,
+                decline_share,
+                timeout_share,
+                race_share,
+                media: Duration::from_secs_f64(media_seconds),
+                ring_timeout: Duration::from_secs_f64(ring_timeout_seconds),
+                local_ip,
+                run_tag: std::process::id().to_string(),
+                inject_unexpected,
+            };
+            let report = loadtest::scenario::calls::run(&plan).await;
+            print!("{}", report.table());
+            if let Some(path) = &cli.json {
+                let _ =
+                    std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default());
+            }
+            return if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
         }
         Command::BaselineRelay { bind } => {
             let socket = match loadtest::baseline::bind_relay(bind) {

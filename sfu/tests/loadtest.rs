@@ -7,8 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::live::{PROCESS_CALL_TOKEN_SECRET, free_port, scratch_dir, spawn_switchboard};
+use common::live::{
+    API_KEY_ID, API_KEY_SECRET, PROCESS_CALL_TOKEN_SECRET, free_port, scratch_dir,
+    spawn_switchboard,
+};
 use loadtest::report::Report;
+use loadtest::scenario::calls::{self, CallsPlan};
 use loadtest::scenario::room::{RoomPlan, run};
 
 async fn room(drop_every: Option<u64>) -> Report {
@@ -63,4 +67,48 @@ async fn induced_loss_is_repaired_by_answered_nacks_and_plis() {
         r.loss_percent < 5.0,
         "retransmissions repair most of it: {r:?}"
     );
+}
+
+async fn calls_run(inject_unexpected: bool) -> calls::CallsReport {
+    let dir = scratch_dir();
+    let (http_port, udp_port) = (free_port(), free_port());
+    let env = [("SWITCHBOARD_RING_TIMEOUT_SECONDS", "2")];
+    let server = spawn_switchboard(&dir, http_port, udp_port, &env).await;
+    let plan = CallsPlan {
+        base_url: format!("http://{}", server.http),
+        api_key_id: API_KEY_ID.into(),
+        api_key_secret: API_KEY_SECRET.into(),
+        calls: 8,
+        decline_share: 0.25,
+        timeout_share: 0.125,
+        race_share: 0.25,
+        media: Duration::from_secs(2),
+        ring_timeout: Duration::from_secs(2),
+        local_ip: "127.0.0.1".parse().unwrap(),
+        run_tag: "ci".into(),
+        inject_unexpected,
+    };
+    let report = calls::run(&plan).await;
+    println!("{}", report.table());
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_ends_with_the_reason_its_role_expects() {
+    let r = calls_run(false).await;
+    assert!(r.passed(), "{r:?}");
+    // 2 declined, 1 timed out, 2 raced + 3 answered completed.
+    assert_eq!(r.outcomes.get("declined"), Some(&2), "{r:?}");
+    assert_eq!(r.outcomes.get("timeout"), Some(&1), "{r:?}");
+    assert_eq!(r.outcomes.get("completed"), Some(&5), "{r:?}");
+    assert_eq!((r.races, r.races_clean), (2, 2), "{r:?}");
+    assert!(r.media_packets > 100, "answered calls carried media: {r:?}");
+    assert!(r.setup_ms.p50 > 0.0 && r.ring_ms.p50 > 0.0, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unexpected_outcome_fails_the_run() {
+    let r = calls_run(true).await;
+    assert!(!r.passed(), "{r:?}");
+    assert_eq!(r.unexpected.len(), 1, "{r:?}");
 }

@@ -1,3 +1,4 @@
 //! Scenarios: who joins what, with which media, for how long.
 
+pub mod calls;
 pub mod room;
