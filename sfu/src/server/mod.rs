@@ -126,7 +126,6 @@ pub async fn start_with_push(
     )
     .map_err(StartError::Crypto)?;
     let shards = Arc::new(shards);
-    udp::spawn_receiver(socket, routes, shards.clone(), metrics.clone());
 
     let listener = TcpListener::bind(config.http_listen)
         .await

@@ -1,18 +1,24 @@
 //! One engine per thread. Each thread owns its `Engine` (and so every `Rtc`
-//! of its rooms), takes inputs from one channel, and sends transmits straight
-//! to the shared UDP socket.
+//! of its rooms), reads the shared media socket itself, takes commands (and
+//! datagrams that reached another shard first) from one channel, and sends
+//! transmits straight to the socket.
+//!
+//! Each thread runs a single-threaded tokio runtime so that one wait covers
+//! the socket, the channel and the engine's next timeout. Reading the socket
+//! here, not on a router thread, saves a thread hand-off (a wake-up) per
+//! datagram: the kernel's context switches were a third of the server's CPU
+//! (`BENCHMARKS.md`).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use signaling::ServerMessage;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::RouteTable;
+use super::{RouteTable, udp};
 use crate::config::Config;
 use crate::engine::{Command, ConnId, Engine, EngineConfig, EngineStats, Event, Input, Output};
 use crate::metrics::Metrics;
@@ -49,7 +55,7 @@ pub enum SessionOut {
 
 #[derive(Clone)]
 pub struct ShardHandle {
-    tx: mpsc::Sender<ShardInput>,
+    tx: UnboundedSender<ShardInput>,
     queued_datagrams: Arc<AtomicUsize>,
     stopped: Arc<AtomicBool>,
 }
@@ -99,13 +105,18 @@ pub fn spawn_all(
 
     let threads = config.engine_threads();
     let mut handles = Vec::with_capacity(threads);
-    for index in 0..threads {
-        let (tx, rx) = mpsc::channel();
-        let handle = ShardHandle {
+    let mut receivers = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let (tx, rx) = unbounded_channel();
+        handles.push(ShardHandle {
             tx,
             queued_datagrams: Arc::default(),
             stopped: Arc::default(),
-        };
+        });
+        receivers.push(rx);
+    }
+    let peers = Arc::new(handles.clone());
+    for (index, rx) in receivers.into_iter().enumerate() {
         let mut engine_config = EngineConfig::new(announced.to_vec());
         engine_config.shard = index as u8;
         engine_config.reconnect_grace = config.reconnect_grace();
@@ -113,23 +124,26 @@ pub fn spawn_all(
             Duration::from_millis(config.keyframe_request_interval_ms);
         engine_config.max_participants_per_room = config.max_participants_per_room;
         engine_config.max_tracks_per_participant = config.max_tracks_per_participant;
+        // Each shard waits on its own handle to the one socket (readiness is
+        // per runtime); the sends go through the shared one.
+        let reader = socket.try_clone().map_err(|e| e.to_string())?;
         let mut shard = Shard {
             index,
             engine: Engine::new(engine_config, cert.clone(), Instant::now()),
             sessions: HashMap::new(),
             socket: socket.clone(),
+            peers: peers.clone(),
             routes: routes.clone(),
             metrics: metrics.clone(),
-            queued_datagrams: handle.queued_datagrams.clone(),
+            queued_datagrams: handles[index].queued_datagrams.clone(),
             last_stats: EngineStats::default(),
             last_export: Instant::now(),
             media_signals: media_signals.clone(),
         };
         std::thread::Builder::new()
             .name(format!("engine-{index}"))
-            .spawn(move || shard.run(rx))
+            .spawn(move || shard.run(rx, reader))
             .map_err(|e| e.to_string())?;
-        handles.push(handle);
     }
     Ok(handles)
 }
@@ -139,6 +153,8 @@ struct Shard {
     engine: Engine,
     sessions: HashMap<ConnId, UnboundedSender<SessionOut>>,
     socket: Arc<UdpSocket>,
+    /// Every shard's handle (its own included), to pass on datagrams.
+    peers: Arc<Vec<ShardHandle>>,
     routes: RouteTable,
     metrics: Arc<Metrics>,
     queued_datagrams: Arc<AtomicUsize>,
@@ -155,28 +171,88 @@ pub enum MediaSignal {
 }
 
 impl Shard {
-    fn run(&mut self, rx: mpsc::Receiver<ShardInput>) {
+    fn run(&mut self, rx: UnboundedReceiver<ShardInput>, reader: UdpSocket) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let served = runtime.map_err(|e| e.to_string()).and_then(|rt| {
+            rt.block_on(async {
+                reader.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let reader = tokio::net::UdpSocket::from_std(reader).map_err(|e| e.to_string())?;
+                self.serve(rx, reader).await;
+                Ok::<(), String>(())
+            })
+        });
+        if let Err(e) = served {
+            tracing::error!(shard = self.index, error = %e, "engine thread could not start");
+        }
+        tracing::info!(shard = self.index, "engine stopped");
+    }
+
+    async fn serve(
+        &mut self,
+        mut rx: UnboundedReceiver<ShardInput>,
+        reader: tokio::net::UdpSocket,
+    ) {
         let mut deadline = Instant::now();
+        let mut buf = vec![0u8; udp::MAX_DATAGRAM];
         loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let received = if wait.is_zero() {
-                rx.try_recv().map_err(|e| match e {
-                    TryRecvError::Empty => RecvTimeoutError::Timeout,
-                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-                })
-            } else {
-                rx.recv_timeout(wait)
-            };
-            match received {
-                Ok(ShardInput::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Ok(input) => self.handle(input),
-                Err(RecvTimeoutError::Timeout) => {
+            tokio::select! {
+                input = rx.recv() => match input {
+                    None | Some(ShardInput::Stop) => break,
+                    Some(input) => self.handle(input),
+                },
+                received = reader.recv_from(&mut buf) => match received {
+                    Ok((n, source)) => self.datagram(source, &buf[..n]),
+                    // ICMP errors surface here on some systems: keep going.
+                    Err(e) => tracing::debug!(error = %e, "udp recv"),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {
                     self.engine.handle_input(Input::Timeout, Instant::now());
                 }
             }
             deadline = self.flush();
         }
-        tracing::info!(shard = self.index, "engine stopped");
+    }
+
+    /// A datagram this thread read: into its own engine, or on to the
+    /// shard that owns its source.
+    fn datagram(&mut self, source: SocketAddr, data: &[u8]) {
+        let at = Instant::now();
+        self.metrics.udp_packets_in.inc();
+        self.metrics.udp_bytes_in.inc_by(data.len() as u64);
+        match udp::route(&self.routes, source, data) {
+            Some(shard) if shard == self.index => {
+                let destination = self.destination_for(source);
+                self.engine.handle_input(
+                    Input::Datagram {
+                        source,
+                        destination,
+                        contents: data,
+                    },
+                    at,
+                );
+            }
+            Some(shard) => {
+                let input = ShardInput::Datagram {
+                    source,
+                    contents: data.to_vec(),
+                    at,
+                };
+                if !self.peers[shard].offer_datagram(input) {
+                    self.metrics
+                        .udp_dropped
+                        .with_label_values(&["engine_busy"])
+                        .inc();
+                }
+            }
+            None => {
+                self.metrics
+                    .udp_dropped
+                    .with_label_values(&["unroutable"])
+                    .inc();
+            }
+        }
     }
 
     fn handle(&mut self, input: ShardInput) {
