@@ -21,6 +21,24 @@ struct Cli {
     json: Option<PathBuf>,
 }
 
+/// Rooms and media, the same for the SFU and the baseline.
+#[derive(clap::Args)]
+struct RoomShape {
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
+    #[arg(long, default_value_t = 500)]
+    video_kbps: u32,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    #[arg(long, default_value = "127.0.0.1")]
+    local_ip: IpAddr,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Rooms of publishers and subscribers.
@@ -33,20 +51,10 @@ enum Command {
         secret: String,
         #[arg(long, default_value = "switchboard")]
         issuer: String,
-        #[arg(long, default_value_t = 1)]
-        rooms: usize,
-        #[arg(long, default_value_t = 2)]
-        publishers: usize,
-        #[arg(long, default_value_t = 0)]
-        subscribers: usize,
-        #[arg(long, default_value_t = 500)]
-        video_kbps: u32,
+        #[command(flatten)]
+        shape: RoomShape,
         #[arg(long, default_value_t = 2.0)]
         ramp_up_seconds: f64,
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        #[arg(long, default_value = "127.0.0.1")]
-        local_ip: IpAddr,
         /// The server's PID, for its CPU time and memory (`/proc`).
         #[arg(long)]
         server_pid: Option<u32>,
@@ -92,18 +100,8 @@ enum Command {
     /// The same room pattern through a bare UDP fan-out relay (started as a
     /// child process, so its CPU time is its own).
     Baseline {
-        #[arg(long, default_value_t = 1)]
-        rooms: usize,
-        #[arg(long, default_value_t = 2)]
-        publishers: usize,
-        #[arg(long, default_value_t = 0)]
-        subscribers: usize,
-        #[arg(long, default_value_t = 500)]
-        video_kbps: u32,
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        #[arg(long, default_value = "127.0.0.1")]
-        local_ip: IpAddr,
+        #[command(flatten)]
+        shape: RoomShape,
     },
     /// The baseline's relay itself (what `baseline` starts).
     #[command(hide = true)]
@@ -140,13 +138,8 @@ async fn main() -> ExitCode {
             url,
             secret,
             issuer,
-            rooms,
-            publishers,
-            subscribers,
-            video_kbps,
+            shape,
             ramp_up_seconds,
-            seconds,
-            local_ip,
             server_pid,
             max_loss_percent,
             drop_every,
@@ -156,13 +149,13 @@ async fn main() -> ExitCode {
                 url,
                 token_secret: secret,
                 token_issuer: issuer,
-                rooms,
-                publishers,
-                subscribers,
-                video_kbps,
+                rooms: shape.rooms,
+                publishers: shape.publishers,
+                subscribers: shape.subscribers,
+                video_kbps: shape.video_kbps,
                 ramp_up: Duration::from_secs_f64(ramp_up_seconds),
-                duration: Duration::from_secs_f64(seconds),
-                local_ip,
+                duration: Duration::from_secs_f64(shape.seconds),
+                local_ip: shape.local_ip,
                 server_pid,
                 drop_every,
                 run_tag: format!("{}", std::process::id()),
@@ -192,27 +185,20 @@ async fn main() -> ExitCode {
                 (report, ok)
             }
         }
-        Command::Baseline {
-            rooms,
-            publishers,
-            subscribers,
-            video_kbps,
-            seconds,
-            local_ip,
-        } => {
-            let Some((mut relay, addr)) = spawn_relay(local_ip) else {
+        Command::Baseline { shape } => {
+            let Some((mut relay, addr)) = spawn_relay(shape.local_ip) else {
                 eprintln!("the baseline relay did not start");
                 return ExitCode::FAILURE;
             };
             let plan = loadtest::baseline::BaselinePlan {
                 relay: addr,
                 relay_pid: Some(relay.id()),
-                rooms,
-                publishers,
-                subscribers,
-                video_kbps,
-                duration: Duration::from_secs_f64(seconds),
-                local_ip,
+                rooms: shape.rooms,
+                publishers: shape.publishers,
+                subscribers: shape.subscribers,
+                video_kbps: shape.video_kbps,
+                duration: Duration::from_secs_f64(shape.seconds),
+                local_ip: shape.local_ip,
             };
             let report = loadtest::baseline::run(&plan).await;
             let _ = relay.kill();

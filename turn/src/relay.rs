@@ -105,6 +105,12 @@ struct Allocation {
     to_client: Bucket,
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    ToPeer,
+    ToClient,
+}
+
 /// Bytes per second, with a one-second burst.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -245,29 +251,53 @@ impl Relay {
         now: Instant,
         out: &mut Vec<Output>,
     ) {
-        let rate = self.config.bandwidth_per_allocation;
-        let max_life = self.config.max_allocation_lifetime;
-        let Some(alloc) = self.allocations.get_mut(&relay) else {
+        let Some(listener) = self.admit(relay, Direction::ToClient, data.len(), now) else {
             return;
         };
-        if now.saturating_duration_since(alloc.created_at) >= max_life {
-            return;
-        }
-        if !alloc.to_client.take(data.len(), rate, now) {
-            self.count(|m| m.dropped.with_label_values(&["bandwidth"]).inc());
-            return;
-        }
-        let listener = alloc.listener;
         let transmit = Transmit::new(data, TransportType::Udp, from, relay);
         if let Some(t) = self.servers[listener].recv(transmit, now) {
-            self.count(|m| {
-                m.relayed_packets.with_label_values(&["to_client"]).inc();
-                m.relayed_bytes
-                    .with_label_values(&["to_client"])
-                    .inc_by(data.len() as u64);
-            });
+            self.count_relayed(Direction::ToClient, data.len());
             self.route(t, now, out);
         }
+    }
+
+    /// Whether `len` bytes may pass through `relay`'s allocation now: it is
+    /// alive and under its bandwidth cap. Returns its listener.
+    fn admit(
+        &mut self,
+        relay: SocketAddr,
+        direction: Direction,
+        len: usize,
+        now: Instant,
+    ) -> Option<ListenerId> {
+        let rate = self.config.bandwidth_per_allocation;
+        let max_life = self.config.max_allocation_lifetime;
+        let alloc = self.allocations.get_mut(&relay)?;
+        if now.saturating_duration_since(alloc.created_at) >= max_life {
+            return None;
+        }
+        let bucket = match direction {
+            Direction::ToPeer => &mut alloc.to_peer,
+            Direction::ToClient => &mut alloc.to_client,
+        };
+        if !bucket.take(len, rate, now) {
+            self.count(|m| m.dropped.with_label_values(&["bandwidth"]).inc());
+            return None;
+        }
+        Some(alloc.listener)
+    }
+
+    fn count_relayed(&self, direction: Direction, len: usize) {
+        let label = match direction {
+            Direction::ToPeer => "to_peer",
+            Direction::ToClient => "to_client",
+        };
+        self.count(|m| {
+            m.relayed_packets.with_label_values(&[label]).inc();
+            m.relayed_bytes
+                .with_label_values(&[label])
+                .inc_by(len as u64);
+        });
     }
 
     /// Sends one built transmit where it goes: a client (by listen address)
@@ -295,25 +325,11 @@ impl Relay {
             self.count(|m| m.permission_denied.inc());
             return;
         }
-        let rate = self.config.bandwidth_per_allocation;
-        let max_life = self.config.max_allocation_lifetime;
-        let Some(alloc) = self.allocations.get_mut(&from) else {
-            return;
-        };
-        if now.saturating_duration_since(alloc.created_at) >= max_life {
-            return;
-        }
         let len = t.data.len();
-        if !alloc.to_peer.take(len, rate, now) {
-            self.count(|m| m.dropped.with_label_values(&["bandwidth"]).inc());
+        if self.admit(from, Direction::ToPeer, len, now).is_none() {
             return;
         }
-        self.count(|m| {
-            m.relayed_packets.with_label_values(&["to_peer"]).inc();
-            m.relayed_bytes
-                .with_label_values(&["to_peer"])
-                .inc_by(len as u64);
-        });
+        self.count_relayed(Direction::ToPeer, len);
         out.push(Output::ToPeer {
             relay: from,
             to,

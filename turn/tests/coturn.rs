@@ -51,6 +51,12 @@ async fn relay(allowed: &[&str], registry: &prometheus::Registry) -> RunningTurn
     start(config, Some(metrics)).await.unwrap()
 }
 
+fn metrics_text(registry: &prometheus::Registry) -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap()
+}
+
 /// `turnutils_peer` on a free UDP port of 127.0.0.1.
 fn echo_peer() -> (tokio::process::Child, u16) {
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -152,9 +158,7 @@ async fn coturns_client_relays_over_udp_and_tcp_without_loss() {
         assert_eq!(report.lost, 0, "{name}: {}", report.output);
     }
     // 3 runs x 2 clients x 200 messages, each way, 120 bytes each.
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .unwrap();
+    let text = metrics_text(&registry);
     for direction in ["to_peer", "to_client"] {
         let packets =
             format!("switchboard_turn_relayed_packets_total{{direction=\"{direction}\"}} 1200");
@@ -202,9 +206,7 @@ async fn expired_or_wrong_credentials_get_401_and_an_unlisted_peer_gets_403() {
         report.output
     );
     // uclient does not print the code; our counters move only when we answer 401.
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .unwrap();
+    let text = metrics_text(&registry);
     for reason in ["expired", "bad_password"] {
         let line = format!("switchboard_turn_allocation_failures_total{{reason=\"{reason}\"}}");
         assert!(text.contains(&line), "{text}");
@@ -231,9 +233,7 @@ async fn expired_or_wrong_credentials_get_401_and_an_unlisted_peer_gets_403() {
         "{}",
         report.output
     );
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .unwrap();
+    let text = metrics_text(&registry);
     assert!(
         !text.contains("switchboard_turn_permission_denied_total 0"),
         "{text}"

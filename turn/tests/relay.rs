@@ -78,19 +78,24 @@ impl Client {
         let mut b = Message::builder_request(method, MessageWriteVec::new());
         attrs(&mut b);
         if !self.nonce.is_empty() {
-            b.add_attribute(&Username::new(&self.username).unwrap())
-                .unwrap();
-            b.add_attribute(&Realm::new(&self.realm).unwrap()).unwrap();
-            b.add_attribute(&Nonce::new(&self.nonce).unwrap()).unwrap();
-            let key = LongTermKeyCredentials::new(
-                self.username.clone(),
-                self.password.clone(),
-                self.realm.clone(),
-            );
-            b.add_message_integrity(&key.into(), IntegrityAlgorithm::Sha1)
-                .unwrap();
+            self.sign(&mut b);
         }
         b.finish()
+    }
+
+    /// USERNAME, REALM, NONCE and MESSAGE-INTEGRITY with this client's key.
+    fn sign(&self, b: &mut MessageWriteVec) {
+        b.add_attribute(&Username::new(&self.username).unwrap())
+            .unwrap();
+        b.add_attribute(&Realm::new(&self.realm).unwrap()).unwrap();
+        b.add_attribute(&Nonce::new(&self.nonce).unwrap()).unwrap();
+        let key = LongTermKeyCredentials::new(
+            self.username.clone(),
+            self.password.clone(),
+            self.realm.clone(),
+        );
+        b.add_message_integrity(&key.into(), IntegrityAlgorithm::Sha1)
+            .unwrap();
     }
 
     /// Sends `data`, runs the relay as the shell would (binding relay
@@ -139,17 +144,7 @@ impl Client {
         if let Some(c) = channel {
             b.add_attribute(&ChannelNumber::new(c)).unwrap();
         }
-        b.add_attribute(&Username::new(&self.username).unwrap())
-            .unwrap();
-        b.add_attribute(&Realm::new(&self.realm).unwrap()).unwrap();
-        b.add_attribute(&Nonce::new(&self.nonce).unwrap()).unwrap();
-        let key = LongTermKeyCredentials::new(
-            self.username.clone(),
-            self.password.clone(),
-            self.realm.clone(),
-        );
-        b.add_message_integrity(&key.into(), IntegrityAlgorithm::Sha1)
-            .unwrap();
+        self.sign(&mut b);
         b.finish()
     }
 
@@ -446,17 +441,7 @@ fn malformed_stun_is_answered_or_dropped_without_changing_anything() {
     let unknown =
         turn_server_proto::types::stun::attribute::RawAttribute::new(0x7FF0.into(), &[0, 0, 0, 0]);
     b.add_attribute(&unknown).unwrap();
-    b.add_attribute(&Username::new(&alice.username).unwrap())
-        .unwrap();
-    b.add_attribute(&Realm::new(&alice.realm).unwrap()).unwrap();
-    b.add_attribute(&Nonce::new(&alice.nonce).unwrap()).unwrap();
-    let key = LongTermKeyCredentials::new(
-        alice.username.clone(),
-        alice.password.clone(),
-        alice.realm.clone(),
-    );
-    b.add_message_integrity(&key.into(), IntegrityAlgorithm::Sha1)
-        .unwrap();
+    alice.sign(&mut b);
     let r = Response::parse(&alice.send(&mut relay, &b.finish(), at(1))[0]);
     assert_eq!(r.error, Some(420), "{r:?}");
     assert_eq!(relay.allocations(), 1);
