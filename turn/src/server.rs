@@ -23,6 +23,12 @@ use crate::framing::Framer;
 use crate::metrics::TurnMetrics;
 use crate::relay::{Command, Handled, ListenerId, Output, Relay, RelayConfig};
 
+/// A TCP / TLS client must send its first message this soon...
+const FIRST_MESSAGE_WITHIN: Duration = Duration::from_secs(10);
+/// ...and then something at least this often (refreshes come every few
+/// minutes; media far more often).
+const IDLE_STREAM_LIMIT: Duration = Duration::from_secs(660);
+
 /// Socket buffers for the listener and relay sockets: with the kernel
 /// default a relay benchmark lost 9% of packets; with 4 MiB none.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -347,11 +353,15 @@ where
     let mut framer = Framer::default();
     let mut buf = vec![0u8; 16_384];
     let mut out = Vec::new();
+    let mut idle_limit = FIRST_MESSAGE_WITHIN;
     'read: loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        // A connection that says nothing (or stops refreshing) is closed:
+        // idle sockets must not pile up.
+        let n = match tokio::time::timeout(idle_limit, reader.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => n,
         };
+        idle_limit = IDLE_STREAM_LIMIT;
         framer.push(&buf[..n]);
         loop {
             match framer.next_message() {

@@ -108,11 +108,15 @@ impl PushDispatcher {
         });
         tokio::spawn(async move {
             let mut seen: HashMap<DedupeKey, Instant> = HashMap::new();
+            let mut pruned = Instant::now();
             let limiter = Limiter::new(dispatch.config.per_device);
             while let Some((push, queued_at)) = rx.recv().await {
                 let now = Instant::now();
-                if seen.len() > 10_000 {
+                // Forget old entries once a minute (not per push: that would
+                // be a scan per push once the map is large).
+                if now.duration_since(pruned) >= Duration::from_secs(60) {
                     seen.retain(|_, at| now.duration_since(*at) < DEDUPE_FOR);
+                    pruned = now;
                 }
                 let key = dedupe_key(&push);
                 if seen.insert(key, now).is_some() {
