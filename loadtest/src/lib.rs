@@ -1,12 +1,14 @@
 //! `switchboard-loadtest`: bots that join over the real WebSocket protocol
 //! with real call tokens and publish synthetic media (`bot`, driven on
 //! sockets by `runner`), scenarios (`scenario`), statistics and the report
-//! (`report`), and a bare-UDP baseline (`baseline`). The SFU's tests use
-//! the same bot.
+//! (`report`, `progress`), scenario files (`scenario_file`), and a bare-UDP
+//! baseline (`baseline`). The SFU's tests use the same bot.
 
 pub mod baseline;
 pub mod bot;
+pub mod progress;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod scenario_file;
 pub mod server_stats;

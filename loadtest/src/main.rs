@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
 use loadtest::scenario::room::{RoomPlan, run, search};
 
@@ -69,6 +71,32 @@ enum Command {
         #[arg(long)]
         search_up_to: Option<usize>,
     },
+    /// Participants joining at a steady rate, publishing, leaving.
+    Churn {
+        #[arg(long, default_value = "ws://127.0.0.1:7880/v1/rtc")]
+        url: String,
+        #[arg(long, env = "SWITCHBOARD_CALL_TOKEN_SECRET")]
+        secret: String,
+        #[arg(long, default_value = "switchboard")]
+        issuer: String,
+        #[arg(long, default_value_t = 4)]
+        rooms: usize,
+        #[arg(long, default_value_t = 2.0)]
+        joins_per_second: f64,
+        #[arg(long, default_value_t = 5.0)]
+        stay_seconds: f64,
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 500)]
+        video_kbps: u32,
+        #[arg(long, default_value = "127.0.0.1")]
+        local_ip: IpAddr,
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// Runs the scenario a TOML file describes: `scenario = "room"` and the
+    /// subcommand's flags as keys (`rooms = 10`, `video-kbps = 800`).
+    File { path: PathBuf },
     /// Concurrent 1:1 call lifecycles over the call API; exits 1 if any call
     /// ends with a reason its role does not expect.
     Calls {
@@ -111,6 +139,17 @@ enum Command {
     },
 }
 
+/// The command a scenario file describes, as if its keys were flags.
+fn from_file(path: &std::path::Path, json: Option<&PathBuf>) -> Result<Cli, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut args = loadtest::scenario_file::args(&text)?;
+    args.insert(0, "switchboard-loadtest".into());
+    if let Some(json) = json {
+        args.extend(["--json".to_string(), json.display().to_string()]);
+    }
+    Cli::try_parse_from(args).map_err(|e| e.to_string())
+}
+
 /// Starts `baseline-relay` as a child process; returns it and its address.
 fn spawn_relay(ip: IpAddr) -> Option<(std::process::Child, std::net::SocketAddr)> {
     use std::io::BufRead;
@@ -132,7 +171,16 @@ fn spawn_relay(ip: IpAddr) -> Option<(std::process::Child, std::net::SocketAddr)
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::File { path } = &cli.command {
+        match from_file(path, cli.json.as_ref()) {
+            Ok(from_file) => cli = from_file,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let (report, ok) = match cli.command {
         Command::Room {
             url,
@@ -159,12 +207,18 @@ async fn main() -> ExitCode {
                 server_pid,
                 drop_every,
                 run_tag: format!("{}", std::process::id()),
+                progress: Some(Arc::default()),
             };
-            if let Some(max) = search_up_to {
+            let shown = plan.progress.clone().map(|p| {
+                let bots = shape.rooms * (shape.publishers + shape.subscribers);
+                loadtest::progress::show(p, bots)
+            });
+            let result = if let Some(max) = search_up_to {
                 let steps = search(&plan, max).await;
                 for (r, pass) in &steps {
                     println!(
-                        "{} subscribers/room: {}",
+                        "{} bots, {} video tracks: {}",
+                        r.bots_planned,
                         r.subscribed_video_tracks,
                         if *pass { "pass" } else { "FAIL" }
                     );
@@ -183,7 +237,49 @@ async fn main() -> ExitCode {
                 let ok = report.bots_joined == report.bots_planned
                     && report.loss_percent <= max_loss_percent;
                 (report, ok)
+            };
+            if let Some(shown) = shown {
+                shown.abort();
             }
+            result
+        }
+        Command::Churn {
+            url,
+            secret,
+            issuer,
+            rooms,
+            joins_per_second,
+            stay_seconds,
+            seconds,
+            video_kbps,
+            local_ip,
+            server_pid,
+        } => {
+            let plan = loadtest::scenario::churn::ChurnPlan {
+                url,
+                token_secret: secret,
+                token_issuer: issuer,
+                rooms,
+                joins_per_second,
+                stay: Duration::from_secs_f64(stay_seconds),
+                duration: Duration::from_secs_f64(seconds),
+                video_kbps,
+                local_ip,
+                server_pid,
+                run_tag: std::process::id().to_string(),
+                progress: Some(Arc::default()),
+            };
+            let expected = (joins_per_second * seconds).ceil() as usize;
+            let shown = plan
+                .progress
+                .clone()
+                .map(|p| loadtest::progress::show(p, expected));
+            let report = loadtest::scenario::churn::run(&plan).await;
+            if let Some(shown) = shown {
+                shown.abort();
+            }
+            let ok = report.bots_joined == report.bots_planned;
+            (report, ok)
         }
         Command::Baseline { shape } => {
             let Some((mut relay, addr)) = spawn_relay(shape.local_ip) else {
@@ -248,6 +344,7 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             };
         }
+        Command::File { .. } => return ExitCode::FAILURE, // replaced above
         Command::BaselineRelay { bind } => {
             let socket = match loadtest::baseline::bind_relay(bind) {
                 Ok(s) => s,

@@ -34,6 +34,8 @@ pub struct BotPlan {
     /// Drop every n-th datagram the publisher sends (induced loss: the
     /// server then asks for retransmissions).
     pub drop_every: Option<u64>,
+    /// Live counters for the progress line.
+    pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
 }
 
 /// Joins, publishes if asked, and runs until `plan.until`; returns the bot
@@ -71,6 +73,9 @@ pub async fn run_bot(plan: BotPlan) -> Result<Bot, RunError> {
     let mut sub_buf = vec![0u8; 2048];
     let mut wake = Instant::now();
     let mut published = 0u64;
+    let mut up = false;
+    let mut reported = (0u64, 0u64);
+    let mut report_tick = tokio::time::interval(Duration::from_millis(500));
     while Instant::now() < end {
         while let Some(m) = bot.outbox.pop_front() {
             ws.send(&m).await.map_err(signaling)?;
@@ -102,10 +107,25 @@ pub async fn run_bot(plan: BotPlan) -> Result<Bot, RunError> {
                 bot.handle_datagram(src, dest, &sub_buf[..n], Instant::now());
             },
             _ = media.tick() => bot.send_media(Instant::now()),
+            _ = report_tick.tick() => if let Some(p) = &plan.progress {
+                use crate::progress::Progress;
+                if !up && bot.is_up() {
+                    up = true;
+                    Progress::add(&p.bots_up, 1);
+                }
+                let packets: u64 = bot.tracks.values().map(|t| t.packets).sum();
+                let lost: u64 = bot.tracks.values().map(|t| t.lost()).sum();
+                Progress::add(&p.packets, packets.saturating_sub(reported.0));
+                Progress::add(&p.lost, lost.saturating_sub(reported.1));
+                reported = (packets.max(reported.0), lost.max(reported.1));
+            },
             _ = tokio::time::sleep_until(sleep_until.into()) => bot.handle_timeout(Instant::now()),
         }
         wake = bot.poll();
     }
     let _ = ws.send(&ClientMessage::Leave).await;
+    if let (Some(p), true) = (&plan.progress, up) {
+        p.bots_up.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(bot)
 }

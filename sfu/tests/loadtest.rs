@@ -33,6 +33,7 @@ async fn room(drop_every: Option<u64>) -> Report {
         server_pid: Some(server.child.id()),
         drop_every,
         run_tag: "ci".into(),
+        progress: None,
     };
     let report = run(&plan).await;
     println!("{}", report.table());
@@ -111,4 +112,33 @@ async fn an_unexpected_outcome_fails_the_run() {
     let r = calls_run(true).await;
     assert!(!r.passed(), "{r:?}");
     assert_eq!(r.unexpected.len(), 1, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_churning_in_and_out_all_join_and_get_media() {
+    let dir = scratch_dir();
+    let (http_port, udp_port) = (free_port(), free_port());
+    let server = spawn_switchboard(&dir, http_port, udp_port, &[]).await;
+    let plan = loadtest::scenario::churn::ChurnPlan {
+        url: format!("ws://{}/v1/rtc", server.http),
+        token_secret: PROCESS_CALL_TOKEN_SECRET.into(),
+        token_issuer: "switchboard".into(),
+        rooms: 2,
+        joins_per_second: 3.0,
+        stay: Duration::from_secs(2),
+        duration: Duration::from_secs(3),
+        video_kbps: 300,
+        local_ip: "127.0.0.1".parse().unwrap(),
+        server_pid: Some(server.child.id()),
+        run_tag: "ci".into(),
+        progress: None,
+    };
+    let r = loadtest::scenario::churn::run(&plan).await;
+    println!("{}", r.table());
+    assert!(r.bots_planned >= 8, "{r:?}");
+    assert_eq!(r.bots_joined, r.bots_planned, "{r:?}");
+    assert!(
+        r.subscribed_video_tracks > 0 && r.packets_received > 100,
+        "{r:?}"
+    );
 }

@@ -318,6 +318,7 @@ async fn one_call(api: &Api, plan: &CallsPlan, i: usize, role: Role) -> CallResu
             until,
             record: false,
             drop_every: None,
+            progress: None,
         };
         let (a, b) = tokio::join!(
             run_bot(bot(&caller, caller_token)),

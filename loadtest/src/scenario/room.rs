@@ -35,6 +35,8 @@ pub struct RoomPlan {
     pub drop_every: Option<u64>,
     /// Distinguishes this run's rooms from earlier runs' on the same server.
     pub run_tag: String,
+    /// Live counters (the CLI shows them).
+    pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
 }
 
 /// Runs the plan and reports what the bots measured.
@@ -82,6 +84,7 @@ pub async fn run(plan: &RoomPlan) -> Report {
             until,
             record: false,
             drop_every: plan.drop_every.filter(|_| publish),
+            progress: plan.progress.clone(),
         };
         let delay = plan.ramp_up.mul_f64(i as f64 / total.max(1) as f64);
         tasks.push(tokio::spawn(async move {

@@ -119,6 +119,7 @@ pub async fn run_bot(name: &str, url: &str, token: String, duration: Duration) -
         until: Instant::now() + duration,
         record: true,
         drop_every: None,
+        progress: None,
     })
     .await
     .expect("the bot runs")
