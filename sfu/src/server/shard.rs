@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use signaling::ServerMessage;
@@ -57,7 +57,6 @@ pub enum SessionOut {
 pub struct ShardHandle {
     tx: UnboundedSender<ShardInput>,
     queued_datagrams: Arc<AtomicUsize>,
-    stopped: Arc<AtomicBool>,
 }
 
 impl ShardHandle {
@@ -79,12 +78,7 @@ impl ShardHandle {
     }
 
     pub fn stop(&self) {
-        self.stopped.store(true, Ordering::Relaxed);
         let _ = self.tx.send(ShardInput::Stop);
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Relaxed)
     }
 }
 
@@ -111,7 +105,6 @@ pub fn spawn_all(
         handles.push(ShardHandle {
             tx,
             queued_datagrams: Arc::default(),
-            stopped: Arc::default(),
         });
         receivers.push(rx);
     }
