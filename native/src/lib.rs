@@ -1,3 +1,7 @@
-//! The client core (issue #6): signaling client, call engine and ports for
-//! media, system call UI, audio route and push tokens, exported with UniFFI.
-//! Not built yet; nothing here pretends to work.
+//! The client core (issue #6, in progress). Built so far: the call engine
+//! (`call_engine`), a sans-IO state machine of one device's calls whose
+//! outputs drive the ports (system call UI, call API, media session).
+//! Not built yet: the signaling client with reconnect, the port traits,
+//! UniFFI bindings, the Capacitor plugin and the demo page.
+
+pub mod call_engine;
