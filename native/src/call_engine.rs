@@ -171,8 +171,6 @@ enum Phase {
     Answering {
         sent: bool,
     },
-    /// Outgoing, waiting for the API to create it.
-    Creating,
     /// Accepted (or created): joining media; `token` once known.
     Connecting {
         token: Option<String>,
