@@ -256,7 +256,8 @@ async fn one_call(api: &Api, plan: &CallsPlan, i: usize, role: Role) -> CallResu
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let mut rang = true;
+    // Every device must have its socket up and get the ring.
+    let mut rang = sockets.len() == devices.len();
     for ws in &mut sockets {
         rang &= ringing(ws, &call_id, Duration::from_secs(10)).await;
     }
