@@ -1,0 +1,239 @@
+//! The device's events connection (`/v1/events`): authenticate, turn the
+//! server's messages into call-engine inputs, acknowledge rings, keep the
+//! connection alive, and after any drop (a network change) reconnect with
+//! exponential backoff. The server replays a ringing call on reconnect;
+//! the call engine makes sure that never becomes a second incoming call.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::call_engine::{Input, Ring};
+
+/// Reconnect delays: doubling from `base` up to `max`, with jitter so a
+/// server restart is not met by every device at once. Sans-IO: the caller
+/// supplies the randomness.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Backoff {
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The next delay; `unit` in [0, 1) spreads it over 50-100 % of the step.
+    pub fn next_delay(&mut self, unit: f64) -> Duration {
+        let step = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        step.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+    }
+
+    /// After a connection that worked.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Keepalive: a ping this often keeps NATs and proxies from dropping the
+/// socket, and notices a dead path.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
+pub struct EventsConfig {
+    /// `ws://host:port/v1/events`
+    pub url: String,
+    /// A fresh user token each time it connects.
+    pub token: Box<dyn Fn() -> String + Send + Sync>,
+    pub device_id: String,
+}
+
+/// What the app can ask of a running connection.
+#[derive(Debug)]
+pub enum EventsCommand {
+    /// Acknowledge a ring (the call UI is showing).
+    Ack {
+        call_id: String,
+    },
+    /// Drop the connection now, as a network change would.
+    Reconnect,
+    Stop,
+}
+
+/// Runs the connection until `Stop`; inputs for the call engine go to `inputs`.
+pub fn spawn(
+    config: EventsConfig,
+    inputs: mpsc::UnboundedSender<Input>,
+) -> mpsc::UnboundedSender<EventsCommand> {
+    let (commands, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        loop {
+            match session(&config, &inputs, &mut rx).await {
+                Ended::Stop => return,
+                Ended::Dropped { was_up } => {
+                    if was_up {
+                        backoff.reset();
+                        let _ = inputs.send(Input::SignalingDisconnected);
+                    }
+                }
+            }
+            let jitter = f64::from(rand_unit());
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay(jitter)) => {}
+                command = rx.recv() => if matches!(command, None | Some(EventsCommand::Stop)) {
+                    return;
+                },
+            }
+        }
+    });
+    commands
+}
+
+fn rand_unit() -> f32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos % 1000) as f32 / 1000.0
+}
+
+enum Ended {
+    Stop,
+    Dropped { was_up: bool },
+}
+
+async fn session(
+    config: &EventsConfig,
+    inputs: &mpsc::UnboundedSender<Input>,
+    commands: &mut mpsc::UnboundedReceiver<EventsCommand>,
+) -> Ended {
+    let dropped = Ended::Dropped { was_up: false };
+    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&config.url).await else {
+        return dropped;
+    };
+    let auth = json!({"type": "auth", "token": (config.token)(), "deviceId": config.device_id});
+    if ws.send(Message::text(auth.to_string())).await.is_err() {
+        return dropped;
+    }
+    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t))))
+            if serde_json::from_str::<Value>(&t).is_ok_and(|m| m["type"] == "authenticated") => {}
+        _ => return dropped,
+    }
+    let _ = inputs.send(Input::SignalingConnected);
+    let mut ping = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            message = ws.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(input) = serde_json::from_str::<Value>(&text).ok().and_then(|m| to_input(&m)) {
+                        let _ = inputs.send(input);
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return Ended::Dropped { was_up: true },
+            },
+            command = commands.recv() => match command {
+                Some(EventsCommand::Ack { call_id }) => {
+                    let ack = json!({"type": "ack", "callId": call_id});
+                    let _ = ws.send(Message::text(ack.to_string())).await;
+                }
+                Some(EventsCommand::Reconnect) => {
+                    let _ = ws.close(None).await;
+                    return Ended::Dropped { was_up: true };
+                }
+                Some(EventsCommand::Stop) | None => {
+                    let _ = ws.close(None).await;
+                    return Ended::Stop;
+                }
+            },
+            _ = ping.tick() => {
+                if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return Ended::Dropped { was_up: true };
+                }
+            }
+        }
+    }
+}
+
+/// A server message as a call-engine input; unknown messages and fields
+/// are ignored (newer servers may send more).
+pub fn to_input(m: &Value) -> Option<Input> {
+    let call_id = m["callId"].as_str()?.to_string();
+    match m["type"].as_str()? {
+        "call.ringing" => {
+            let expires_at = m["expiresAt"].as_u64()?;
+            Some(Input::Ring(Ring {
+                call_id,
+                from_user_id: m["fromUserId"].as_str()?.to_string(),
+                video: m["callType"] == "video",
+                // The socket's ring names no epoch; the engine knows the call.
+                ring_epoch: 0,
+                expires_at,
+                caller_display_name: None,
+            }))
+        }
+        "call.cancelled" => Some(Input::Cancelled {
+            call_id,
+            reason: m["reason"].as_str()?.to_string(),
+        }),
+        "call.event" if m["event"] == "call.ended" => Some(Input::RemoteEnded { call_id }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let full: Vec<u128> = (0..10).map(|_| b.next_delay(1.0).as_millis()).collect();
+        assert_eq!(
+            full,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        b.reset();
+        assert_eq!(b.next_delay(0.0), Duration::from_millis(125));
+    }
+
+    #[test]
+    fn server_messages_become_inputs_and_unknown_ones_are_ignored() {
+        let ring = json!({"type": "call.ringing", "callId": "c1", "fromUserId": "alice",
+                          "callType": "video", "expiresAt": 5, "somethingNew": true});
+        assert!(matches!(to_input(&ring), Some(Input::Ring(r)) if r.call_id == "c1" && r.video));
+        let cancel =
+            json!({"type": "call.cancelled", "callId": "c1", "reason": "answered_elsewhere"});
+        assert!(
+            matches!(to_input(&cancel), Some(Input::Cancelled { reason, .. }) if reason == "answered_elsewhere")
+        );
+        let ended = json!({"type": "call.event", "callId": "c1", "event": "call.ended"});
+        assert_eq!(
+            to_input(&ended),
+            Some(Input::RemoteEnded {
+                call_id: "c1".into()
+            })
+        );
+        assert_eq!(
+            to_input(&json!({"type": "call.event", "callId": "c1", "event": "call.accepted"})),
+            None
+        );
+        assert_eq!(
+            to_input(&json!({"type": "something.else", "callId": "c1"})),
+            None
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! The events connection against a real `switchboard` (in-process): a call
+//! rings the device, the call engine reports it once; after a dropped
+//! connection (a network change) the client reconnects, the server replays
+//! the ring, and the engine still shows one incoming call; the caller's
+//! cancel then ends it with the matching reason.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use native::call_engine::{CallEngine, EndedReason, Input, Output};
+use native::events::{EventsCommand, EventsConfig, spawn};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+const KEY_ID: &str = "native-test-key";
+const KEY_SECRET: &str = "native-test-key-secret-native-test";
+
+fn key() -> control::auth::ApiKey {
+    control::auth::ApiKey {
+        id: KEY_ID.into(),
+        secret: KEY_SECRET.into(),
+        revoked: false,
+    }
+}
+
+fn token(user: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    control::auth::mint_user_token(&key(), user, Duration::from_secs(600), now)
+}
+
+async fn post(base: &str, user: &str, path: &str, body: Value) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(token(user))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null)
+}
+
+/// Feeds inputs from the connection into the engine until `want` appears
+/// among the outputs (or 10 s pass); returns every output seen.
+async fn until(
+    engine: &mut CallEngine,
+    inputs: &mut mpsc::UnboundedReceiver<Input>,
+    want: impl Fn(&Output) -> bool,
+) -> Vec<Output> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.iter().any(&want) {
+        let input = tokio::time::timeout_at(deadline, inputs.recv())
+            .await
+            .expect("timed out")
+            .expect("connection running");
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        engine.handle(input, Duration::ZERO, wall);
+        while let Some(o) = engine.poll_output() {
+            seen.push(o);
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_reaches_the_engine_once_across_a_reconnect_and_a_cancel_ends_it() {
+    let dir = std::env::temp_dir().join(format!("native-events-{}", std::process::id()));
+    let config = sfu::config::Config {
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        rtc_udp_bind: "127.0.0.1:0".parse().unwrap(),
+        announce_ips: vec!["127.0.0.1".parse().unwrap()],
+        engine_threads: 1,
+        data_dir: dir.clone(),
+        api_keys: vec![key()],
+        turn: sfu::config::TurnSettings {
+            enabled: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let server = sfu::server::start(config).await.unwrap();
+    let base = format!("http://{}", server.http_addr);
+    let device = json!({"deviceId": "phone", "platform": "web", "push": {}, "capabilities": {"video": true}});
+    post(&base, "bob", "/v1/devices", device).await;
+
+    let (tx, mut inputs) = mpsc::unbounded_channel();
+    let commands = spawn(
+        EventsConfig {
+            url: format!("ws://{}/v1/events", server.http_addr),
+            token: Box::new(|| token("bob")),
+            device_id: "phone".into(),
+        },
+        tx,
+    );
+    let mut engine = CallEngine::new();
+    assert_eq!(inputs.recv().await, Some(Input::SignalingConnected));
+
+    let created = post(
+        &base,
+        "alice",
+        "/v1/calls",
+        json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "a1"}),
+    )
+    .await;
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let seen = until(&mut engine, &mut inputs, |o| {
+        matches!(o, Output::ReportIncoming { .. })
+    })
+    .await;
+    assert!(seen.contains(&Output::ReportIncoming {
+        call_id: call_id.clone(),
+        from: "alice".into(),
+        video: true
+    }));
+    let _ = commands.send(EventsCommand::Ack {
+        call_id: call_id.clone(),
+    });
+
+    // A network change: the connection drops and comes back; the server
+    // replays the ring; the engine does not report a second call.
+    let _ = commands.send(EventsCommand::Reconnect);
+    let mut reconnected = Vec::new();
+    loop {
+        let input = tokio::time::timeout(Duration::from_secs(10), inputs.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let replayed_ring = matches!(&input, Input::Ring(r) if r.call_id == call_id);
+        reconnected.push(input.clone());
+        engine.handle(input, Duration::ZERO, control::unix_millis());
+        if replayed_ring {
+            break;
+        }
+    }
+    assert_eq!(reconnected[0], Input::SignalingDisconnected);
+    assert!(reconnected.contains(&Input::SignalingConnected));
+    let mut after = Vec::new();
+    while let Some(o) = engine.poll_output() {
+        after.push(o);
+    }
+    assert!(
+        !after
+            .iter()
+            .any(|o| matches!(o, Output::ReportIncoming { .. })),
+        "{after:?}"
+    );
+
+    // The caller gives up: the ring ends with the matching reason.
+    post(
+        &base,
+        "alice",
+        &format!("/v1/calls/{call_id}/cancel"),
+        json!({}),
+    )
+    .await;
+    let seen = until(&mut engine, &mut inputs, |o| {
+        matches!(o, Output::ReportEnded { .. })
+    })
+    .await;
+    assert!(seen.contains(&Output::ReportEnded {
+        call_id,
+        reason: EndedReason::RemoteEnded
+    }));
+    let _ = commands.send(EventsCommand::Stop);
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
