@@ -23,6 +23,9 @@ pub type UnixMillis = u64;
 
 /// From accepted to media connected, at most.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// An outgoing call rings the callee first (the server ends it when its
+/// ring times out, 40 s by default); this is only the local backstop.
+pub const OUTGOING_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ring {
@@ -250,7 +253,7 @@ impl CallEngine {
                         phase: Phase::Connecting {
                             token: Some(call_token),
                             joined: false,
-                            deadline: now + CONNECT_TIMEOUT,
+                            deadline: now + OUTGOING_TIMEOUT,
                         },
                         ring_epoch: None,
                     },

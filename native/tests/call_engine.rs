@@ -268,6 +268,9 @@ fn the_remote_side_ending_leaves_media_and_tells_the_ui() {
             },
         ]
     );
+    // The callee takes 30 s to answer: an outgoing call is not failed by
+    // the 20 s connect timeout meanwhile.
+    assert!(d.advance(Duration::from_secs(30)).is_empty());
     d.input(Input::MediaConnected { call_id: s("c9") });
     assert_eq!(
         d.input(Input::RemoteEnded { call_id: s("c9") }),
