@@ -22,6 +22,21 @@ impl Device {
         }
     }
 
+    /// Signaling up, audio active, "c1"-like call rung, answered and
+    /// accepted with token "tok": joining media.
+    fn answered(call: &str) -> Device {
+        let mut d = Device::new();
+        d.input(Input::SignalingConnected);
+        d.input(Input::AudioSessionActivated);
+        d.input(ring(call, 7, 30_000));
+        d.input(Input::SystemAnswer { call_id: s(call) });
+        d.input(Input::Accepted {
+            call_id: s(call),
+            call_token: s("tok"),
+        });
+        d
+    }
+
     fn input(&mut self, input: Input) -> Vec<Output> {
         self.engine
             .handle(input, self.now, WALL + self.now.as_millis() as u64);
@@ -145,15 +160,7 @@ fn an_answer_before_the_socket_is_up_waits_for_it_and_media_waits_for_audio() {
 
 #[test]
 fn the_system_ending_a_connecting_call_ends_it_everywhere() {
-    let mut d = Device::new();
-    d.input(Input::SignalingConnected);
-    d.input(Input::AudioSessionActivated);
-    d.input(ring("c1", 7, 30_000));
-    d.input(Input::SystemAnswer { call_id: s("c1") });
-    d.input(Input::Accepted {
-        call_id: s("c1"),
-        call_token: s("tok"),
-    });
+    let mut d = Device::answered("c1");
     let out = d.input(Input::SystemEnd { call_id: s("c1") });
     assert_eq!(
         out,
@@ -209,15 +216,7 @@ fn a_cancel_while_ringing_ends_the_ui_with_the_matching_reason() {
 
 #[test]
 fn a_network_drop_mid_call_restarts_ice_on_reconnect_and_keeps_the_call() {
-    let mut d = Device::new();
-    d.input(Input::SignalingConnected);
-    d.input(Input::AudioSessionActivated);
-    d.input(ring("c1", 7, 30_000));
-    d.input(Input::SystemAnswer { call_id: s("c1") });
-    d.input(Input::Accepted {
-        call_id: s("c1"),
-        call_token: s("tok"),
-    });
+    let mut d = Device::answered("c1");
     d.input(Input::MediaConnected { call_id: s("c1") });
     assert!(d.input(Input::SignalingDisconnected).is_empty());
     assert!(
@@ -286,15 +285,7 @@ fn the_remote_side_ending_leaves_media_and_tells_the_ui() {
 
 #[test]
 fn a_call_that_does_not_connect_in_time_fails() {
-    let mut d = Device::new();
-    d.input(Input::SignalingConnected);
-    d.input(Input::AudioSessionActivated);
-    d.input(ring("c1", 7, 30_000));
-    d.input(Input::SystemAnswer { call_id: s("c1") });
-    d.input(Input::Accepted {
-        call_id: s("c1"),
-        call_token: s("tok"),
-    });
+    let mut d = Device::answered("c1");
     assert_eq!(d.engine.next_timeout(), Some(Duration::from_secs(20)));
     assert!(d.advance(Duration::from_secs(19)).is_empty());
     assert_eq!(
