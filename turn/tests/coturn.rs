@@ -176,35 +176,19 @@ async fn expired_or_wrong_credentials_get_401_and_an_unlisted_peer_gets_403() {
     let turn = relay(&["127.0.0.1/32"], &registry).await;
     let server = turn.udp_addr.unwrap();
     let expired = credentials::mint(SECRET, "alice", unix_now() - 1);
-    let report = uclient(
-        server,
-        peer_port,
-        &expired.username,
-        &expired.password,
-        &["-v"],
-    )
-    .await;
-    assert_eq!(report.sent, 0, "{}", report.output);
-    assert!(
-        report.output.contains("Cannot complete Allocation"),
-        "{}",
-        report.output
-    );
     let fresh = credentials::mint(SECRET, "alice", unix_now() + 600);
-    let report = uclient(
-        server,
-        peer_port,
-        &fresh.username,
-        "not-the-password",
-        &["-v"],
-    )
-    .await;
-    assert_eq!(report.sent, 0, "{}", report.output);
-    assert!(
-        report.output.contains("Cannot complete Allocation"),
-        "{}",
-        report.output
-    );
+    for (username, password) in [
+        (&expired.username, expired.password.as_str()),
+        (&fresh.username, "not-the-password"),
+    ] {
+        let report = uclient(server, peer_port, username, password, &["-v"]).await;
+        assert_eq!(report.sent, 0, "{}", report.output);
+        assert!(
+            report.output.contains("Cannot complete Allocation"),
+            "{}",
+            report.output
+        );
+    }
     // uclient does not print the code; our counters move only when we answer 401.
     let text = metrics_text(&registry);
     for reason in ["expired", "bad_password"] {
