@@ -5,7 +5,7 @@
 //! baseline (`baseline`). The SFU's tests use the same bot.
 
 pub mod baseline;
-pub mod bot;
+pub use native::bot;
 pub mod progress;
 pub mod report;
 pub mod runner;

@@ -18,6 +18,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+pub use crate::ports::{AudioRouteKind, EndedReason};
+
 /// Unix milliseconds (pushes carry wall-clock deadlines).
 pub type UnixMillis = u64;
 
@@ -37,19 +39,6 @@ pub struct Ring {
     pub caller_display_name: Option<String>,
 }
 
-/// Why a call ended, as the system call UI shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndedReason {
-    /// Hung up here, or the remote side hung up after talking.
-    Completed,
-    RemoteEnded,
-    AnsweredElsewhere,
-    DeclinedElsewhere,
-    Declined,
-    Missed,
-    Failed,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// A ring, from a VoIP / FCM push or the events WebSocket.
@@ -58,6 +47,10 @@ pub enum Input {
     Cancelled {
         call_id: String,
         reason: String,
+    },
+    /// `call.accepted`: the callee answered an outgoing call.
+    RemoteAccepted {
+        call_id: String,
     },
     /// `call.ended` for a call in progress.
     RemoteEnded {
@@ -68,6 +61,8 @@ pub enum Input {
         callee_user_id: String,
         video: bool,
     },
+    /// The API refused to create the outgoing call.
+    CreateFailed,
     /// The API created the outgoing call.
     Created {
         call_id: String,
@@ -94,6 +89,11 @@ pub enum Input {
         call_id: String,
         muted: bool,
     },
+    /// On hold (another call took the audio session): the microphone stops.
+    SystemHold {
+        call_id: String,
+        held: bool,
+    },
     AudioSessionActivated,
     AudioSessionDeactivated,
     SignalingConnected,
@@ -102,6 +102,10 @@ pub enum Input {
         call_id: String,
     },
     MediaFailed {
+        call_id: String,
+    },
+    /// The platform could not make a media session (no microphone, ...).
+    MediaUnavailable {
         call_id: String,
     },
     /// A fresh call token to rejoin with (after a failure or a long drop).
@@ -164,6 +168,10 @@ pub enum Output {
     LeaveMedia {
         call_id: String,
     },
+    // AudioRoute.
+    RouteAudio {
+        route: AudioRouteKind,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +195,14 @@ enum Phase {
 struct Call {
     phase: Phase,
     ring_epoch: Option<u64>,
+    video: bool,
+    /// Outgoing, and the callee has not answered: the call connects when
+    /// they do, even if media to the SFU is up before.
+    awaiting_answer: bool,
+    media_up: bool,
+    /// The audio route was chosen (on the first join; a rejoin keeps the
+    /// user's choice).
+    audio_routed: bool,
 }
 
 /// One device's calls.
@@ -225,7 +241,18 @@ impl CallEngine {
                 self.end(&call_id, reason);
             }
             Input::RemoteEnded { call_id } => {
-                self.end(&call_id, EndedReason::RemoteEnded);
+                // After talking, a hang-up on either side completes the
+                // call; before, the other side ended it.
+                let talked = self
+                    .calls
+                    .get(&call_id)
+                    .is_some_and(|c| c.phase == Phase::Connected);
+                let reason = if talked {
+                    EndedReason::Completed
+                } else {
+                    EndedReason::RemoteEnded
+                };
+                self.end(&call_id, reason);
             }
             Input::StartCall {
                 callee_user_id,
@@ -241,9 +268,9 @@ impl CallEngine {
                 call_id,
                 call_token,
             } => {
-                if self.pending_outgoing.take().is_none() {
+                let Some((_, video)) = self.pending_outgoing.take() else {
                     return;
-                }
+                };
                 self.outputs.push_back(Output::ReportOutgoingStarted {
                     call_id: call_id.clone(),
                 });
@@ -256,6 +283,10 @@ impl CallEngine {
                             deadline: now + OUTGOING_TIMEOUT,
                         },
                         ring_epoch: None,
+                        video,
+                        awaiting_answer: true,
+                        media_up: false,
+                        audio_routed: false,
                     },
                 );
                 self.maybe_join(&call_id);
@@ -311,7 +342,12 @@ impl CallEngine {
                 };
                 self.end(&call_id, reason);
             }
-            Input::SystemMute { call_id, muted } => {
+            Input::CreateFailed => self.pending_outgoing = None,
+            Input::SystemMute { call_id, muted }
+            | Input::SystemHold {
+                call_id,
+                held: muted,
+            } => {
                 if self.calls.contains_key(&call_id) {
                     self.outputs.push_back(Output::SetMuted { call_id, muted });
                 }
@@ -348,23 +384,42 @@ impl CallEngine {
             }
             Input::SignalingDisconnected => self.signaling_up = false,
             Input::MediaConnected { call_id } => {
-                if let Some(call) = self.calls.get_mut(&call_id)
-                    && matches!(call.phase, Phase::Connecting { .. })
-                {
-                    call.phase = Phase::Connected;
-                    self.outputs.push_back(Output::ReportConnected { call_id });
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.media_up = true;
+                    self.maybe_connected(&call_id);
+                }
+            }
+            Input::RemoteAccepted { call_id } => {
+                if let Some(call) = self.calls.get_mut(&call_id) {
+                    call.awaiting_answer = false;
+                    self.maybe_connected(&call_id);
                 }
             }
             Input::MediaFailed { call_id } => {
                 if let Some(call) = self.calls.get_mut(&call_id) {
-                    // Rejoin with a fresh token, within the connect timeout.
+                    // Rejoin with a fresh token, within the connect timeout
+                    // (counted from the first failure: repeated failures
+                    // do not extend it).
+                    let deadline = match call.phase {
+                        Phase::Connecting { deadline, .. } => deadline,
+                        _ => now + CONNECT_TIMEOUT,
+                    };
                     call.phase = Phase::Connecting {
                         token: None,
                         joined: false,
-                        deadline: now + CONNECT_TIMEOUT,
+                        deadline,
                     };
+                    call.media_up = false;
                     self.outputs
                         .push_back(Output::RequestFreshToken { call_id });
+                }
+            }
+            Input::MediaUnavailable { call_id } => {
+                if self.calls.contains_key(&call_id) {
+                    self.outputs.push_back(Output::End {
+                        call_id: call_id.clone(),
+                    });
+                    self.end(&call_id, EndedReason::Failed);
                 }
             }
             Input::FreshToken {
@@ -443,6 +498,10 @@ impl CallEngine {
             Call {
                 phase: Phase::Ringing,
                 ring_epoch: Some(ring.ring_epoch),
+                video: ring.video,
+                awaiting_answer: false,
+                media_up: false,
+                audio_routed: false,
             },
         );
         if ring.expires_at <= wall {
@@ -453,6 +512,20 @@ impl CallEngine {
         self.outputs.push_back(Output::Ack {
             call_id: ring.call_id,
         });
+    }
+
+    /// Connected: media is up and, for an outgoing call, the callee answered.
+    fn maybe_connected(&mut self, call_id: &str) {
+        if let Some(call) = self.calls.get_mut(call_id)
+            && matches!(call.phase, Phase::Connecting { .. })
+            && call.media_up
+            && !call.awaiting_answer
+        {
+            call.phase = Phase::Connected;
+            self.outputs.push_back(Output::ReportConnected {
+                call_id: call_id.to_string(),
+            });
+        }
     }
 
     /// Sends queued answers once signaling is up.
@@ -482,11 +555,22 @@ impl CallEngine {
                     joined,
                     ..
                 },
+            video,
+            audio_routed,
             ..
         }) = self.calls.get_mut(call_id)
             && !*joined
         {
             *joined = true;
+            if !std::mem::replace(audio_routed, true) {
+                // Phone apps play video calls on the speaker, voice at the ear.
+                let route = if *video {
+                    AudioRouteKind::Speaker
+                } else {
+                    AudioRouteKind::Earpiece
+                };
+                self.outputs.push_back(Output::RouteAudio { route });
+            }
             self.outputs.push_back(Output::JoinMedia {
                 call_id: call_id.to_string(),
                 call_token: token.clone(),

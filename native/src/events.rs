@@ -90,9 +90,8 @@ pub fn spawn(
                     }
                 }
             }
-            let jitter = f64::from(rand_unit());
             tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay(jitter)) => {}
+                _ = tokio::time::sleep(backoff.next_delay(jitter())) => {}
                 command = rx.recv() => if matches!(command, None | Some(EventsCommand::Stop)) {
                     return;
                 },
@@ -102,11 +101,13 @@ pub fn spawn(
     commands
 }
 
-fn rand_unit() -> f32 {
+/// A value in [0, 1) for backoff jitter: the clock's sub-second digits
+/// differ enough between devices to spread reconnects.
+pub fn jitter() -> f64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    (nanos % 1000) as f32 / 1000.0
+    f64::from(nanos % 1000) / 1000.0
 }
 
 enum Ended {
@@ -190,6 +191,7 @@ pub fn to_input(m: &Value) -> Option<Input> {
             reason: m["reason"].as_str()?.to_string(),
         }),
         "call.event" if m["event"] == "call.ended" => Some(Input::RemoteEnded { call_id }),
+        "call.event" if m["event"] == "call.accepted" => Some(Input::RemoteAccepted { call_id }),
         _ => None,
     }
 }
@@ -229,6 +231,12 @@ mod tests {
         );
         assert_eq!(
             to_input(&json!({"type": "call.event", "callId": "c1", "event": "call.accepted"})),
+            Some(Input::RemoteAccepted {
+                call_id: "c1".into()
+            })
+        );
+        assert_eq!(
+            to_input(&json!({"type": "call.event", "callId": "c1", "event": "call.busy"})),
             None
         );
         assert_eq!(

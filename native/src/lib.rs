@@ -1,10 +1,31 @@
-//! The client core (issue #6, in progress). Built so far: the call engine
-//! (`call_engine`), a sans-IO state machine of one device's calls whose
-//! outputs drive the ports (system call UI, call API, media session), and
-//! the device's events connection (`events`: auth, ring acknowledgement,
-//! keepalive, reconnect with backoff). Not built yet: the media signaling
-//! client, the port traits, UniFFI bindings, the Capacitor plugin and the
-//! demo page.
+//! The client core: everything about a call that is the same on every
+//! platform, once, in Rust; the platform layers implement the ports.
+//!
+//! - `call_engine`: the sans-IO state machine of one device's calls (start
+//!   reading here); its outputs are port calls, API requests and media
+//!   commands.
+//! - `ports`: the traits a platform implements (system call UI, media,
+//!   audio route, push tokens), exported with UniFFI.
+//! - `client`: the shell that owns the engine and its I/O: `events` (the
+//!   device's events connection), `api` (the call HTTP API), `rtc_session`
+//!   (a call's media signaling with session resume).
+//! - `str0m_media` + `bot`: the media port over str0m for bots, tests and
+//!   the Python binding.
 
+pub mod api;
+pub mod bot;
 pub mod call_engine;
+pub mod client;
 pub mod events;
+pub mod ports;
+pub mod rtc_session;
+pub mod str0m_media;
+
+uniffi::setup_scaffolding!();
+
+/// Unix milliseconds now (ring deadlines are wall-clock).
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

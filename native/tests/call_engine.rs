@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use native::call_engine::{CallEngine, EndedReason, Input, Output, Ring, UnixMillis};
+use native::call_engine::{
+    AudioRouteKind, CallEngine, EndedReason, Input, Output, Ring, UnixMillis,
+};
 
 const WALL: UnixMillis = 1_800_000_000_000;
 
@@ -143,12 +145,18 @@ fn an_answer_before_the_socket_is_up_waits_for_it_and_media_waits_for_audio() {
         })
         .is_empty()
     );
+    // Then media joins, the video call's audio on the speaker.
     assert_eq!(
         d.input(Input::AudioSessionActivated),
-        [Output::JoinMedia {
-            call_id: s("c1"),
-            call_token: s("tok")
-        }]
+        [
+            Output::RouteAudio {
+                route: AudioRouteKind::Speaker
+            },
+            Output::JoinMedia {
+                call_id: s("c1"),
+                call_token: s("tok")
+            }
+        ]
     );
     assert_eq!(
         d.input(Input::MediaConnected { call_id: s("c1") }),
@@ -261,6 +269,9 @@ fn the_remote_side_ending_leaves_media_and_tells_the_ui() {
         out,
         [
             Output::ReportOutgoingStarted { call_id: s("c9") },
+            Output::RouteAudio {
+                route: AudioRouteKind::Earpiece
+            },
             Output::JoinMedia {
                 call_id: s("c9"),
                 call_token: s("tok")
@@ -270,14 +281,19 @@ fn the_remote_side_ending_leaves_media_and_tells_the_ui() {
     // The callee takes 30 s to answer: an outgoing call is not failed by
     // the 20 s connect timeout meanwhile.
     assert!(d.advance(Duration::from_secs(30)).is_empty());
-    d.input(Input::MediaConnected { call_id: s("c9") });
+    // Media to the SFU is up before the callee answers: not connected yet.
+    assert!(d.input(Input::MediaConnected { call_id: s("c9") }).is_empty());
+    assert_eq!(
+        d.input(Input::RemoteAccepted { call_id: s("c9") }),
+        [Output::ReportConnected { call_id: s("c9") }]
+    );
     assert_eq!(
         d.input(Input::RemoteEnded { call_id: s("c9") }),
         [
             Output::LeaveMedia { call_id: s("c9") },
             Output::ReportEnded {
                 call_id: s("c9"),
-                reason: EndedReason::RemoteEnded
+                reason: EndedReason::Completed
             },
         ]
     );

@@ -159,6 +159,9 @@ pub struct Bot {
     video_seq: u64,
     /// Trickle our host candidate instead of only listing it in the SDP.
     pub trickle: bool,
+    /// Muted microphone / camera off: that kind is not sent.
+    pub audio_muted: bool,
+    pub video_off: bool,
 }
 
 fn rtc(addr: SocketAddr, now: Instant) -> Rtc {
@@ -211,21 +214,58 @@ impl Bot {
             sent: 0,
             video_seq: 0,
             trickle: false,
+            audio_muted: false,
+            video_off: false,
         }
     }
 
     /// Offers to publish one audio and one video track.
     pub fn publish(&mut self) {
+        let sdp = self.publisher_offer(false).expect("an offer with two m-lines");
+        self.outbox.push_back(ClientMessage::Publish { sdp });
+    }
+
+    /// The publisher connection's offer: the first adds one audio and one
+    /// video track; `ice_restart` asks for new ICE credentials.
+    pub fn publisher_offer(&mut self, ice_restart: bool) -> Result<String, String> {
         let mut api = self.publisher.sdp_api();
-        self.audio_mid =
-            Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-        self.video_mid =
-            Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
-        let (offer, pending) = api.apply().expect("an offer with two m-lines");
+        if self.audio_mid.is_none() {
+            self.audio_mid =
+                Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+            self.video_mid =
+                Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        }
+        if ice_restart {
+            // New credentials, same host candidates.
+            api.ice_restart(true);
+        }
+        let (offer, pending) = api.apply().ok_or("nothing to offer")?;
         self.pending_publish = Some(pending);
-        self.outbox.push_back(ClientMessage::Publish {
-            sdp: offer.to_sdp_string(),
-        });
+        Ok(offer.to_sdp_string())
+    }
+
+    /// The server's answer to the last publisher offer.
+    pub fn accept_publisher_answer(&mut self, sdp: &str) -> Result<(), String> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+        let pending = self
+            .pending_publish
+            .take()
+            .ok_or("no publisher offer is pending")?;
+        self.publisher
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Answers the server's subscriber offer.
+    pub fn answer_subscriber_offer(&mut self, sdp: &str) -> Result<String, String> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| e.to_string())?;
+        let answer = self
+            .subscriber
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| e.to_string())?;
+        Ok(answer.to_sdp_string())
     }
 
     pub fn handle_message(&mut self, message: ServerMessage) {
@@ -247,14 +287,7 @@ impl Bot {
                 self.learn_tracks(std::slice::from_ref(track))
             }
             ServerMessage::PublishAnswer { sdp, .. } => {
-                let answer = SdpAnswer::from_sdp_string(sdp).expect("server answer parses");
-                let pending = self
-                    .pending_publish
-                    .take()
-                    .expect("a publish offer was pending");
-                self.publisher
-                    .sdp_api()
-                    .accept_answer(pending, answer)
+                self.accept_publisher_answer(sdp)
                     .expect("server answer accepted");
                 if self.trickle {
                     self.trickle_host(PeerTarget::Publisher);
@@ -265,15 +298,11 @@ impl Bot {
                     self.mid_track
                         .insert(Mid::from(t.mid.as_str()), t.track_id.clone());
                 }
-                let offer = SdpOffer::from_sdp_string(sdp).expect("server offer parses");
                 let answer = self
-                    .subscriber
-                    .sdp_api()
-                    .accept_offer(offer)
+                    .answer_subscriber_offer(sdp)
                     .expect("server offer accepted");
-                self.outbox.push_back(ClientMessage::SubscriberAnswer {
-                    sdp: answer.to_sdp_string(),
-                });
+                self.outbox
+                    .push_back(ClientMessage::SubscriberAnswer { sdp: answer });
                 if self.trickle {
                     self.trickle_host(PeerTarget::Subscriber);
                 }
@@ -391,9 +420,15 @@ impl Bot {
                     .direct_api()
                     .stream_rx(&pkt.header.ssrc)
                     .map(|s| s.mid());
+                // Without the server's mid -> track map (a media port is
+                // not told it), the mid names the track.
                 let track_id = mid
-                    .and_then(|m| self.mid_track.get(&m))
-                    .cloned()
+                    .map(|m| {
+                        self.mid_track
+                            .get(&m)
+                            .cloned()
+                            .unwrap_or_else(|| format!("mid:{m}"))
+                    })
                     .unwrap_or_default();
                 let from = self.track_owner.get(&track_id).cloned().unwrap_or_default();
                 let kind = mid
@@ -445,14 +480,14 @@ impl Bot {
     /// What a client does after its network changed: new ICE credentials on
     /// the publisher connection (a new offer) and a subscriber restart.
     pub fn restart_ice(&mut self) {
-        let mut api = self.publisher.sdp_api();
-        api.ice_restart(true);
-        let (offer, pending) = api.apply().expect("an ice restart offer");
-        self.pending_publish = Some(pending);
-        self.outbox.push_back(ClientMessage::Publish {
-            sdp: offer.to_sdp_string(),
-        });
+        let sdp = self.publisher_offer(true).expect("an ice restart offer");
+        self.outbox.push_back(ClientMessage::Publish { sdp });
         self.outbox.push_back(ClientMessage::RestartIce);
+    }
+
+    /// Media ticks sent so far.
+    pub fn ticks_sent(&self) -> u64 {
+        self.sent
     }
 
     pub fn publishing(&self) -> bool {
@@ -482,10 +517,13 @@ impl Bot {
                 1800,
             ),
         ] {
-            let (mid, codec) = match kind {
-                MediaKind::Audio => (self.audio_mid, Codec::Opus),
-                MediaKind::Video => (self.video_mid, Codec::Vp8),
+            let (mid, codec, off) = match kind {
+                MediaKind::Audio => (self.audio_mid, Codec::Opus, self.audio_muted),
+                MediaKind::Video => (self.video_mid, Codec::Vp8, self.video_off),
             };
+            if off {
+                continue;
+            }
             let Some(mid) = mid else { continue };
             let Some(pt) = self
                 .publisher

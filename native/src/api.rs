@@ -1,0 +1,191 @@
+//! The call-control HTTP API as the device uses it (`control/API.md`):
+//! register the device, create / accept / decline / end calls, acknowledge
+//! rings, fetch a fresh call token. Errors keep the server's `code`, which
+//! the call engine maps to end reasons (`answered_elsewhere`, ...).
+
+use std::sync::{Arc, RwLock};
+
+use serde_json::{Value, json};
+
+use crate::ports::{DevicePushTokens, IceServer};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The server refused: its status and `{code, message}`.
+    #[error("{status} {code}: {message}")]
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("unreachable: {0}")]
+    Transport(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &str {
+        match self {
+            ApiError::Refused { code, .. } => code,
+            ApiError::Transport(_) => "unreachable",
+        }
+    }
+}
+
+/// What the device needs to join a call's media.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinInfo {
+    pub call_id: String,
+    pub call_token: String,
+    pub rtc_path: String,
+    pub ice_servers: Vec<IceServer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Platform {
+    Ios,
+    Android,
+    Web,
+}
+
+impl Platform {
+    fn as_str(self) -> &'static str {
+        match self {
+            Platform::Ios => "ios",
+            Platform::Android => "android",
+            Platform::Web => "web",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CallApi {
+    http: reqwest::Client,
+    /// `http(s)://host:port`
+    base: String,
+    /// The user token; the app refreshes it (`Client::set_user_token`).
+    token: Arc<RwLock<String>>,
+    device_id: String,
+}
+
+impl CallApi {
+    pub fn new(base: &str, token: Arc<RwLock<String>>, device_id: &str) -> CallApi {
+        CallApi {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            device_id: device_id.to_string(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn register_device(
+        &self,
+        platform: Platform,
+        video: bool,
+        tokens: &DevicePushTokens,
+    ) -> Result<(), ApiError> {
+        let mut push = serde_json::Map::new();
+        for (key, token) in [
+            ("apnsVoip", &tokens.apns_voip),
+            ("apnsAlert", &tokens.apns_alert),
+            ("fcm", &tokens.fcm),
+        ] {
+            if let Some(token) = token {
+                push.insert(key.into(), Value::String(token.clone()));
+            }
+        }
+        let body = json!({
+            "deviceId": self.device_id,
+            "platform": platform.as_str(),
+            "push": push,
+            "capabilities": {
+                "video": video,
+                "callkit": platform == Platform::Ios,
+                "telecom": platform == Platform::Android,
+            },
+        });
+        self.post("/v1/devices", body).await.map(drop)
+    }
+
+    pub async fn create_call(&self, callee: &str, video: bool) -> Result<JoinInfo, ApiError> {
+        let body = json!({
+            "calleeUserIds": [callee],
+            "type": if video { "video" } else { "audio" },
+            "deviceId": self.device_id,
+        });
+        join_info(self.post("/v1/calls", body).await?)
+    }
+
+    pub async fn accept(&self, call_id: &str) -> Result<JoinInfo, ApiError> {
+        let body = json!({"deviceId": self.device_id});
+        join_info(self.post(&format!("/v1/calls/{call_id}/accept"), body).await?)
+    }
+
+    pub async fn decline(&self, call_id: &str) -> Result<(), ApiError> {
+        let body = json!({"deviceId": self.device_id});
+        self.post(&format!("/v1/calls/{call_id}/decline"), body)
+            .await
+            .map(drop)
+    }
+
+    pub async fn end(&self, call_id: &str) -> Result<(), ApiError> {
+        self.post(&format!("/v1/calls/{call_id}/end"), json!({}))
+            .await
+            .map(drop)
+    }
+
+    pub async fn ack(&self, call_id: &str) -> Result<(), ApiError> {
+        let body = json!({"deviceId": self.device_id});
+        self.post(&format!("/v1/calls/{call_id}/ack"), body)
+            .await
+            .map(drop)
+    }
+
+    pub async fn fresh_token(&self, call_id: &str) -> Result<JoinInfo, ApiError> {
+        join_info(
+            self.post(&format!("/v1/calls/{call_id}/token"), json!({}))
+                .await?,
+        )
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, ApiError> {
+        let token = self.token.read().map(|t| t.clone()).unwrap_or_default();
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ApiError::Transport(e.to_string()))?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(value);
+        }
+        let field = |k: &str| value[k].as_str().unwrap_or_default().to_string();
+        Err(ApiError::Refused {
+            status: status.as_u16(),
+            code: field("code"),
+            message: field("message"),
+        })
+    }
+}
+
+fn join_info(v: Value) -> Result<JoinInfo, ApiError> {
+    let bad = || ApiError::Transport("the server's join info is incomplete".into());
+    Ok(JoinInfo {
+        call_id: v["call"]["callId"].as_str().ok_or_else(bad)?.to_string(),
+        call_token: v["callToken"].as_str().ok_or_else(bad)?.to_string(),
+        rtc_path: v["rtcPath"].as_str().unwrap_or("/v1/rtc").to_string(),
+        ice_servers: serde_json::from_value(v["iceServers"].clone()).unwrap_or_default(),
+    })
+}

@@ -1,0 +1,294 @@
+//! A call's media signaling connection (`/v1/rtc`, protocol v1): join with
+//! the call token, run the SDP exchange through the `MediaSession` port,
+//! trickle candidates, keep the socket alive, and after a drop (a network
+//! change) reconnect with backoff and resume the same participant
+//! (`resumeParticipantId`) with an ICE restart, within the server's grace
+//! period. Past it, or when the server refuses, the call engine hears
+//! `MediaFailed` and rejoins with a fresh token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use signaling::client::SignalingClient;
+use signaling::{ClientMessage, IceCandidate, PeerTarget, ServerMessage};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::call_engine::Input;
+use crate::events::{Backoff, jitter};
+use crate::ports::{MediaEvent, MediaSession, PeerConnection};
+
+/// Keepalive on the signaling socket.
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// Until the server says otherwise in `joined`.
+const DEFAULT_GRACE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RtcCommand {
+    /// New ICE credentials on both connections (the network changed).
+    RestartIce,
+    /// Drop the socket now and resume, as a network change would.
+    Reconnect,
+    /// Leave the room and close the media session.
+    Leave,
+}
+
+pub struct RtcSession {
+    pub call_id: String,
+    /// `ws://host:port/v1/rtc`
+    pub url: String,
+    pub call_token: String,
+    pub media: Arc<dyn MediaSession>,
+    pub media_events: mpsc::UnboundedReceiver<MediaEvent>,
+    pub engine: mpsc::UnboundedSender<Input>,
+}
+
+pub fn spawn(session: RtcSession) -> mpsc::UnboundedSender<RtcCommand> {
+    let (commands, rx) = mpsc::unbounded_channel();
+    tokio::spawn(session.run(rx));
+    commands
+}
+
+/// Why one socket's session ended.
+enum SocketEnded {
+    Left,
+    /// `joined`: the socket had joined, so the grace period starts again.
+    Dropped {
+        joined: bool,
+    },
+    Failed(String),
+}
+
+/// The SDP exchange's state on the publisher connection: one offer out at
+/// a time, so an ICE restart asked for meanwhile waits for the answer.
+#[derive(Default)]
+struct Publisher {
+    offer_pending: bool,
+    restart_queued: bool,
+}
+
+impl RtcSession {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<RtcCommand>) {
+        let mut participant_id: Option<String> = None;
+        let mut grace = DEFAULT_GRACE;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut resume_by: Option<Instant> = None;
+        loop {
+            let ended = match SignalingClient::connect(&self.url).await {
+                Ok(ws) => {
+                    self.socket(ws, &mut participant_id, &mut grace, &mut commands)
+                        .await
+                }
+                Err(_) => SocketEnded::Dropped { joined: false },
+            };
+            match ended {
+                SocketEnded::Left => break,
+                // Refused, removed, or the media failed: not resumable.
+                SocketEnded::Failed(why) => return self.fail(&why),
+                SocketEnded::Dropped { joined } => {
+                    if joined {
+                        resume_by = None;
+                        backoff.reset();
+                    }
+                }
+            }
+            let deadline = *resume_by.get_or_insert_with(|| Instant::now() + grace);
+            if Instant::now() >= deadline {
+                return self.fail("could not resume within the grace period");
+            }
+            tracing::info!(call_id = %self.call_id, "media signaling dropped; resuming");
+            let delay = backoff.next_delay(jitter());
+            tokio::select! {
+                _ = tokio::time::sleep(delay.min(deadline - Instant::now())) => {}
+                command = commands.recv() => if matches!(command, None | Some(RtcCommand::Leave)) {
+                    break;
+                },
+            }
+        }
+        self.media.close();
+    }
+
+    /// One socket: join (or resume), then serve it until it drops.
+    async fn socket(
+        &mut self,
+        mut ws: SignalingClient,
+        participant_id: &mut Option<String>,
+        grace: &mut Duration,
+        commands: &mut mpsc::UnboundedReceiver<RtcCommand>,
+    ) -> SocketEnded {
+        let resuming = participant_id.is_some();
+        let join = ClientMessage::Join {
+            protocol_version: signaling::PROTOCOL_VERSION,
+            token: self.call_token.clone(),
+            auto_subscribe: true,
+            resume_participant_id: participant_id.clone(),
+        };
+        if ws.send(&join).await.is_err() {
+            return SocketEnded::Dropped { joined: false };
+        }
+        match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await {
+            Ok(Ok(ServerMessage::Joined {
+                participant_id: id,
+                reconnect_grace_seconds,
+                ..
+            })) => {
+                *participant_id = Some(id);
+                *grace = Duration::from_secs(reconnect_grace_seconds.into());
+            }
+            Ok(Ok(ServerMessage::Error { code, message })) => {
+                return SocketEnded::Failed(format!("join refused: {code:?}: {message}"));
+            }
+            _ => return SocketEnded::Dropped { joined: false },
+        }
+        tracing::info!(call_id = %self.call_id, resumed = resuming, "joined the call's room");
+        let mut publisher = Publisher::default();
+        let offer = self.media.create_publisher_offer(resuming);
+        if let Err(e) = self.send_offer(&mut ws, &mut publisher, offer).await {
+            return e;
+        }
+        if resuming && let Err(e) = send(&mut ws, &ClientMessage::RestartIce).await {
+            return e;
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        loop {
+            let result = tokio::select! {
+                message = ws.recv() => match message {
+                    Ok(message) => self.on_message(&mut ws, &mut publisher, message).await,
+                    Err(_) => Err(SocketEnded::Dropped { joined: true }),
+                },
+                Some(event) = self.media_events.recv() => self.on_media_event(&mut ws, event).await,
+                command = commands.recv() => match command {
+                    Some(RtcCommand::RestartIce) => self.restart_ice(&mut ws, &mut publisher).await,
+                    Some(RtcCommand::Reconnect) => Err(SocketEnded::Dropped { joined: true }),
+                    Some(RtcCommand::Leave) | None => {
+                        let _ = ws.send(&ClientMessage::Leave).await;
+                        Err(SocketEnded::Left)
+                    }
+                },
+                _ = ping.tick() => {
+                    let timestamp = crate::unix_millis();
+                    ws.send(&ClientMessage::Ping { timestamp }).await.map_err(|_| SocketEnded::Dropped { joined: true })
+                }
+            };
+            if let Err(ended) = result {
+                return ended;
+            }
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        ws: &mut SignalingClient,
+        publisher: &mut Publisher,
+        message: ServerMessage,
+    ) -> Result<(), SocketEnded> {
+        match message {
+            ServerMessage::PublishAnswer { sdp, .. } => {
+                self.media
+                    .apply_publisher_answer(sdp)
+                    .map_err(|e| SocketEnded::Failed(e.to_string()))?;
+                publisher.offer_pending = false;
+                if std::mem::take(&mut publisher.restart_queued) {
+                    self.restart_ice(ws, publisher).await?;
+                }
+            }
+            ServerMessage::SubscriberOffer { sdp, .. } => {
+                let sdp = self
+                    .media
+                    .answer_subscriber_offer(sdp)
+                    .map_err(|e| SocketEnded::Failed(e.to_string()))?;
+                send(ws, &ClientMessage::SubscriberAnswer { sdp }).await?;
+            }
+            ServerMessage::Trickle { target, candidate } => {
+                let connection = match target {
+                    PeerTarget::Publisher => PeerConnection::Publisher,
+                    PeerTarget::Subscriber => PeerConnection::Subscriber,
+                };
+                if let Err(e) = self
+                    .media
+                    .add_remote_candidate(connection, candidate.candidate)
+                {
+                    tracing::warn!(call_id = %self.call_id, error = %e, "remote candidate refused");
+                }
+            }
+            ServerMessage::Left { reason } => {
+                return Err(SocketEnded::Failed(format!("removed: {reason:?}")));
+            }
+            ServerMessage::Error { code, message } => {
+                tracing::warn!(call_id = %self.call_id, ?code, %message, "signaling error");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_media_event(
+        &mut self,
+        ws: &mut SignalingClient,
+        event: MediaEvent,
+    ) -> Result<(), SocketEnded> {
+        let call_id = self.call_id.clone();
+        match event {
+            MediaEvent::Connected => {
+                let _ = self.engine.send(Input::MediaConnected { call_id });
+            }
+            MediaEvent::Failed => {
+                return Err(SocketEnded::Failed("media connection failed".into()));
+            }
+            MediaEvent::LocalCandidate {
+                connection,
+                candidate,
+            } => {
+                let target = match connection {
+                    PeerConnection::Publisher => PeerTarget::Publisher,
+                    PeerConnection::Subscriber => PeerTarget::Subscriber,
+                };
+                let candidate = IceCandidate {
+                    candidate,
+                    sdp_mid: None,
+                    sdp_m_line_index: Some(0),
+                    username_fragment: None,
+                };
+                send(ws, &ClientMessage::Trickle { target, candidate }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn restart_ice(
+        &mut self,
+        ws: &mut SignalingClient,
+        publisher: &mut Publisher,
+    ) -> Result<(), SocketEnded> {
+        if publisher.offer_pending {
+            publisher.restart_queued = true;
+            return Ok(());
+        }
+        let offer = self.media.create_publisher_offer(true);
+        self.send_offer(ws, publisher, offer).await?;
+        send(ws, &ClientMessage::RestartIce).await
+    }
+
+    async fn send_offer(
+        &mut self,
+        ws: &mut SignalingClient,
+        publisher: &mut Publisher,
+        offer: Result<String, crate::ports::MediaError>,
+    ) -> Result<(), SocketEnded> {
+        let sdp = offer.map_err(|e| SocketEnded::Failed(e.to_string()))?;
+        publisher.offer_pending = true;
+        send(ws, &ClientMessage::Publish { sdp }).await
+    }
+
+    fn fail(self, why: &str) {
+        tracing::warn!(call_id = %self.call_id, reason = why, "media failed");
+        self.media.close();
+        let _ = self.engine.send(Input::MediaFailed {
+            call_id: self.call_id,
+        });
+    }
+}
+
+async fn send(ws: &mut SignalingClient, message: &ClientMessage) -> Result<(), SocketEnded> {
+    ws.send(message).await.map_err(|_| SocketEnded::Dropped { joined: true })
+}
