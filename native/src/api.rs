@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::{Value, json};
 
+use crate::client::ClientConfig;
 use crate::ports::{DevicePushTokens, IceServer};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,10 +84,10 @@ impl CallApi {
 
     pub async fn register_device(
         &self,
-        platform: Platform,
-        video: bool,
+        config: &ClientConfig,
         tokens: &DevicePushTokens,
     ) -> Result<(), ApiError> {
+        let platform = config.platform;
         let mut push = serde_json::Map::new();
         for (key, token) in [
             ("apnsVoip", &tokens.apns_voip),
@@ -97,16 +98,24 @@ impl CallApi {
                 push.insert(key.into(), Value::String(token.clone()));
             }
         }
-        let body = json!({
+        let mut body = json!({
             "deviceId": self.device_id,
             "platform": platform.as_str(),
             "push": push,
             "capabilities": {
-                "video": video,
+                "video": config.video,
                 "callkit": platform == Platform::Ios,
                 "telecom": platform == Platform::Android,
             },
         });
+        for (key, value) in [
+            ("bundleId", &config.bundle_id),
+            ("apnsEnvironment", &config.apns_environment),
+        ] {
+            if let Some(value) = value {
+                body[key] = Value::String(value.clone());
+            }
+        }
         self.post("/v1/devices", body).await.map(drop)
     }
 

@@ -27,6 +27,10 @@ pub struct ClientConfig {
     pub platform: Platform,
     /// The device can send and show video.
     pub video: bool,
+    /// iOS: the app's bundle id and APNs environment (`sandbox` for
+    /// development builds, `production`), which VoIP pushes need.
+    pub bundle_id: Option<String>,
+    pub apns_environment: Option<String>,
 }
 
 /// The platform's implementations of the ports.
@@ -124,6 +128,7 @@ impl Client {
             sessions: sessions.clone(),
             calls: HashMap::new(),
             start_reply: None,
+            replies: Vec::new(),
         };
         runtime.spawn(driver.run(commands_rx));
         Arc::new(Client {
@@ -297,8 +302,11 @@ struct Driver {
     token: Arc<RwLock<String>>,
     sessions: Arc<Mutex<HashMap<String, Arc<dyn MediaSession>>>>,
     calls: HashMap<String, CallIo>,
-    start_reply: Option<(bool, oneshot::Sender<Result<String, ClientError>>)>,
+    start_reply: Option<(bool, StartReply)>,
+    replies: Vec<(StartReply, Result<String, ClientError>)>,
 }
+
+type StartReply = oneshot::Sender<Result<String, ClientError>>;
 
 impl Driver {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
@@ -342,7 +350,7 @@ impl Driver {
             if let Some(rtc) = call.rtc {
                 let _ = rtc.send(RtcCommand::Leave);
             }
-            tracing::info!(call_id, device_id = %self.config.device_id, "client shut down");
+            tracing::info!(call_id = %call_id, device_id = %self.config.device_id, "client shut down");
         }
         let _ = events.send(EventsCommand::Stop);
     }
@@ -388,7 +396,8 @@ impl Driver {
                     JoinKind::Created => {
                         if let Some((video, reply)) = self.start_reply.take() {
                             call.video = video;
-                            let _ = reply.send(Ok(call_id.clone()));
+                            // Answered once the engine has reported the call.
+                            self.replies.push((reply, Ok(call_id.clone())));
                         }
                         Input::Created {
                             call_id,
@@ -427,10 +436,7 @@ impl Driver {
 
     async fn register_device(&self) {
         let tokens = self.ports.push.current();
-        let registered = self
-            .api
-            .register_device(self.config.platform, self.config.video, &tokens)
-            .await;
+        let registered = self.api.register_device(&self.config, &tokens).await;
         if let Err(e) = registered {
             tracing::warn!(device_id = %self.config.device_id, error = %e, "device registration failed");
         }
@@ -440,6 +446,9 @@ impl Driver {
     async fn execute(&mut self, inputs: &mpsc::UnboundedSender<Input>) {
         while let Some(output) = self.engine.poll_output() {
             self.execute_one(output, inputs);
+        }
+        for (reply, result) in self.replies.drain(..) {
+            let _ = reply.send(result);
         }
     }
 
@@ -451,7 +460,7 @@ impl Driver {
                 from,
                 video,
             } => {
-                tracing::info!(call_id, device_id, "incoming call reported");
+                tracing::info!(call_id = %call_id, device_id = %device_id, "incoming call reported");
                 self.calls.entry(call_id.clone()).or_default().video = video;
                 self.ports.ui.report_incoming_call(call_id, from, video);
             }
@@ -459,11 +468,11 @@ impl Driver {
                 self.ports.ui.report_outgoing_call_started(call_id)
             }
             Output::ReportConnected { call_id } => {
-                tracing::info!(call_id, device_id, "call connected");
+                tracing::info!(call_id = %call_id, device_id = %device_id, "call connected");
                 self.ports.ui.report_call_connected(call_id);
             }
             Output::ReportEnded { call_id, reason } => {
-                tracing::info!(call_id, device_id, ?reason, "call ended");
+                tracing::info!(call_id = %call_id, device_id = %device_id, ?reason, "call ended");
                 self.calls.remove(&call_id);
                 self.ports.ui.report_call_ended(call_id, reason);
             }
@@ -501,7 +510,7 @@ impl Driver {
                             let _ = commands.send(Command::JoinInfo(info, JoinKind::Fresh));
                         }
                         // The engine's connect timeout ends the call.
-                        Err(e) => tracing::warn!(call_id, error = %e, "no fresh call token"),
+                        Err(e) => tracing::warn!(call_id = %call_id, error = %e, "no fresh call token"),
                     }
                 });
             }
@@ -544,7 +553,7 @@ impl Driver {
         let device_id = self.config.device_id.clone();
         tokio::spawn(async move {
             if let Err(e) = request(api, call_id.clone()).await {
-                tracing::warn!(call_id, device_id, request = what, error = %e, "call request refused");
+                tracing::warn!(call_id = %call_id, device_id = %device_id, request = what, error = %e, "call request refused");
             }
         });
     }
@@ -574,7 +583,7 @@ impl Driver {
         ) {
             Ok(session) => session,
             Err(e) => {
-                tracing::warn!(call_id, error = %e, "no media session");
+                tracing::warn!(call_id = %call_id, error = %e, "no media session");
                 let _ = inputs.send(Input::MediaUnavailable { call_id });
                 return;
             }

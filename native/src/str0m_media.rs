@@ -185,7 +185,7 @@ async fn drive(
             if bot.is_up() != reported_up {
                 reported_up = !reported_up;
                 if reported_up {
-                    tracing::info!(call_id, "str0m media connected");
+                    tracing::info!(call_id = %call_id, "str0m media connected");
                     events.connected();
                 }
             }

@@ -11,24 +11,9 @@ use native::events::{EventsCommand, EventsConfig, spawn};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-const KEY_ID: &str = "native-test-key";
-const KEY_SECRET: &str = "native-test-key-secret-native-test";
+mod support;
 
-fn key() -> control::auth::ApiKey {
-    control::auth::ApiKey {
-        id: KEY_ID.into(),
-        secret: KEY_SECRET.into(),
-        revoked: false,
-    }
-}
-
-fn token(user: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    control::auth::mint_user_token(&key(), user, Duration::from_secs(600), now)
-}
+use support::token;
 
 async fn post(base: &str, user: &str, path: &str, body: Value) -> Value {
     let r = reqwest::Client::new()
@@ -70,22 +55,9 @@ async fn until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ring_reaches_the_engine_once_across_a_reconnect_and_a_cancel_ends_it() {
-    let dir = std::env::temp_dir().join(format!("native-events-{}", std::process::id()));
-    let config = sfu::config::Config {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        rtc_udp_bind: "127.0.0.1:0".parse().unwrap(),
-        announce_ips: vec!["127.0.0.1".parse().unwrap()],
-        engine_threads: 1,
-        data_dir: dir.clone(),
-        api_keys: vec![key()],
-        turn: sfu::config::TurnSettings {
-            enabled: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let server = sfu::server::start(config).await.unwrap();
-    let base = format!("http://{}", server.http_addr);
+    let test_server = support::start_server("events").await;
+    let server = &test_server.server;
+    let base = test_server.base.clone();
     let device = json!({"deviceId": "phone", "platform": "web", "push": {}, "capabilities": {"video": true}});
     post(&base, "bob", "/v1/devices", device).await;
 
@@ -168,6 +140,5 @@ async fn a_ring_reaches_the_engine_once_across_a_reconnect_and_a_cancel_ends_it(
         reason: EndedReason::RemoteEnded
     }));
     let _ = commands.send(EventsCommand::Stop);
-    server.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
+    test_server.stop().await;
 }
