@@ -130,7 +130,10 @@ impl CallApi {
 
     pub async fn accept(&self, call_id: &str) -> Result<JoinInfo, ApiError> {
         let body = json!({"deviceId": self.device_id});
-        join_info(self.post(&format!("/v1/calls/{call_id}/accept"), body).await?)
+        join_info(
+            self.post(&format!("/v1/calls/{call_id}/accept"), body)
+                .await?,
+        )
     }
 
     pub async fn decline(&self, call_id: &str) -> Result<(), ApiError> {
@@ -190,10 +193,24 @@ impl CallApi {
 }
 
 fn join_info(v: Value) -> Result<JoinInfo, ApiError> {
-    let bad = || ApiError::Transport("the server's join info is incomplete".into());
+    let call = &v["call"];
+    let Some(call_token) = v["callToken"].as_str() else {
+        // No token: the call is over already (e.g. the callee has no device).
+        return Err(ApiError::Refused {
+            status: 200,
+            code: call["endReason"]
+                .as_str()
+                .unwrap_or("call_ended")
+                .to_string(),
+            message: format!("the call is {}", call["state"].as_str().unwrap_or("over")),
+        });
+    };
+    let call_id = call["callId"]
+        .as_str()
+        .ok_or_else(|| ApiError::Transport("the server's answer names no call".into()))?;
     Ok(JoinInfo {
-        call_id: v["call"]["callId"].as_str().ok_or_else(bad)?.to_string(),
-        call_token: v["callToken"].as_str().ok_or_else(bad)?.to_string(),
+        call_id: call_id.to_string(),
+        call_token: call_token.to_string(),
         rtc_path: v["rtcPath"].as_str().unwrap_or("/v1/rtc").to_string(),
         ice_servers: serde_json::from_value(v["iceServers"].clone()).unwrap_or_default(),
     })

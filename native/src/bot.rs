@@ -221,7 +221,9 @@ impl Bot {
 
     /// Offers to publish one audio and one video track.
     pub fn publish(&mut self) {
-        let sdp = self.publisher_offer(false).expect("an offer with two m-lines");
+        let sdp = self
+            .publisher_offer(false)
+            .expect("an offer with two m-lines");
         self.outbox.push_back(ClientMessage::Publish { sdp });
     }
 

@@ -90,7 +90,8 @@ enum Command {
     CreateFailed(ApiError),
     RegisterDevice,
     NetworkChanged,
-    Shutdown,
+    /// Answered once the driver stopped: no port is called after that.
+    Shutdown(oneshot::Sender<()>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -248,9 +249,14 @@ impl Client {
         self.session(&call_id).map(|s| s.stats())
     }
 
-    /// Leaves every call and closes every connection.
+    /// Leaves every call and closes every connection; returns once no
+    /// port will be called again (so a foreign runtime may exit).
     pub fn shutdown(&self) {
-        let _ = self.commands.send(Command::Shutdown);
+        let (done, stopped) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(done)).is_ok() {
+            let wait = async { tokio::time::timeout(Duration::from_secs(5), stopped).await };
+            let _ = shared_runtime().block_on(wait);
+        }
     }
 }
 
@@ -329,6 +335,7 @@ impl Driver {
                 }
             }
         });
+        let mut stopped = None;
         loop {
             let next = self.engine.next_timeout().map(|d| self.started + d);
             let far = Instant::now() + Duration::from_secs(3600);
@@ -341,7 +348,11 @@ impl Driver {
                 }
             };
             match command {
-                None | Some(Command::Shutdown) => break,
+                None => break,
+                Some(Command::Shutdown(done)) => {
+                    stopped = Some(done);
+                    break;
+                }
                 Some(command) => self.on_command(command, &events).await,
             }
             self.execute(&inputs_tx).await;
@@ -353,6 +364,12 @@ impl Driver {
             tracing::info!(call_id = %call_id, device_id = %self.config.device_id, "client shut down");
         }
         let _ = events.send(EventsCommand::Stop);
+        // Foreign ports are released here, before `shutdown` returns: a
+        // release after the foreign runtime exited would crash it.
+        drop(self);
+        if let Some(done) = stopped {
+            let _ = done.send(());
+        }
     }
 
     async fn on_command(
@@ -430,7 +447,7 @@ impl Driver {
                     }
                 }
             }
-            Command::Shutdown => {}
+            Command::Shutdown(_) => {}
         }
     }
 
@@ -510,13 +527,15 @@ impl Driver {
                             let _ = commands.send(Command::JoinInfo(info, JoinKind::Fresh));
                         }
                         // The engine's connect timeout ends the call.
-                        Err(e) => tracing::warn!(call_id = %call_id, error = %e, "no fresh call token"),
+                        Err(e) => {
+                            tracing::warn!(call_id = %call_id, error = %e, "no fresh call token")
+                        }
                     }
                 });
             }
-            Output::Ack { call_id } => self.fire("ack", call_id, |api, id| async move {
-                api.ack(&id).await
-            }),
+            Output::Ack { call_id } => {
+                self.fire("ack", call_id, |api, id| async move { api.ack(&id).await })
+            }
             Output::Decline { call_id } => self.fire("decline", call_id, |api, id| async move {
                 api.decline(&id).await
             }),
@@ -529,7 +548,12 @@ impl Driver {
             } => self.join_media(call_id, call_token, inputs),
             Output::RestartIce { call_id } => self.rtc(&call_id, RtcCommand::RestartIce),
             Output::SetMuted { call_id, muted } => {
-                if let Some(session) = self.sessions.lock().ok().and_then(|s| s.get(&call_id).cloned()) {
+                if let Some(session) = self
+                    .sessions
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.get(&call_id).cloned())
+                {
                     session.set_muted(muted);
                 }
             }
@@ -564,7 +588,12 @@ impl Driver {
         }
     }
 
-    fn join_media(&mut self, call_id: String, call_token: String, inputs: &mpsc::UnboundedSender<Input>) {
+    fn join_media(
+        &mut self,
+        call_id: String,
+        call_token: String,
+        inputs: &mpsc::UnboundedSender<Input>,
+    ) {
         let call = self.calls.entry(call_id.clone()).or_default();
         if let Some(old) = call.rtc.take() {
             let _ = old.send(RtcCommand::Leave);
@@ -643,7 +672,10 @@ mod tests {
             r#"{"event":"incoming_call","callId":"c1"}"#,
             r#"{"event":"something_else","callId":"c1"}"#,
         ] {
-            assert!(matches!(push_input(bad), Err(ClientError::BadPush { .. })), "{bad}");
+            assert!(
+                matches!(push_input(bad), Err(ClientError::BadPush { .. })),
+                "{bad}"
+            );
         }
     }
 

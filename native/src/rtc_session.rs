@@ -290,5 +290,7 @@ impl RtcSession {
 }
 
 async fn send(ws: &mut SignalingClient, message: &ClientMessage) -> Result<(), SocketEnded> {
-    ws.send(message).await.map_err(|_| SocketEnded::Dropped { joined: true })
+    ws.send(message)
+        .await
+        .map_err(|_| SocketEnded::Dropped { joined: true })
 }

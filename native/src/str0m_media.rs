@@ -17,7 +17,7 @@ use crate::ports::{
 };
 
 /// Makes str0m sessions whose sockets bind to `local_ip`.
-#[derive(Debug, uniffi::Object)]
+#[derive(Debug)]
 pub struct Str0mMediaFactory {
     local_ip: IpAddr,
     runtime: tokio::runtime::Handle,
@@ -30,19 +30,17 @@ impl Str0mMediaFactory {
     }
 }
 
+/// The str0m media port for foreign callers (Python): sessions bind to
+/// `local_ip` and run on the core's shared runtime.
 #[uniffi::export]
-impl Str0mMediaFactory {
-    /// For foreign callers (Python): sessions run on the core's shared runtime.
-    #[uniffi::constructor]
-    pub fn new(local_ip: String) -> Result<Arc<Self>, MediaError> {
-        let local_ip = local_ip
-            .parse()
-            .map_err(|_| format!("not an IP address: {local_ip}"))?;
-        Ok(Self::with_runtime(
-            local_ip,
-            crate::client::shared_runtime().handle().clone(),
-        ))
-    }
+pub fn str0m_media_factory(local_ip: String) -> Result<Arc<dyn MediaFactory>, MediaError> {
+    let local_ip = local_ip
+        .parse()
+        .map_err(|_| format!("not an IP address: {local_ip}"))?;
+    Ok(Str0mMediaFactory::with_runtime(
+        local_ip,
+        crate::client::shared_runtime().handle().clone(),
+    ))
 }
 
 impl MediaFactory for Str0mMediaFactory {
@@ -93,7 +91,9 @@ struct Str0mSession {
 
 impl Str0mSession {
     fn bot(&self) -> MutexGuard<'_, Bot> {
-        self.bot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.bot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn changed<T>(&self, result: T) -> T {
@@ -123,8 +123,8 @@ impl MediaSession for Str0mSession {
         connection: PeerConnection,
         candidate: String,
     ) -> Result<(), MediaError> {
-        let candidate = str0m::Candidate::from_sdp_string(&candidate)
-            .map_err(|e| format!("candidate: {e}"))?;
+        let candidate =
+            str0m::Candidate::from_sdp_string(&candidate).map_err(|e| format!("candidate: {e}"))?;
         let mut bot = self.bot();
         match connection {
             PeerConnection::Publisher => bot.publisher.add_remote_candidate(candidate),

@@ -282,7 +282,10 @@ fn the_remote_side_ending_leaves_media_and_tells_the_ui() {
     // the 20 s connect timeout meanwhile.
     assert!(d.advance(Duration::from_secs(30)).is_empty());
     // Media to the SFU is up before the callee answers: not connected yet.
-    assert!(d.input(Input::MediaConnected { call_id: s("c9") }).is_empty());
+    assert!(
+        d.input(Input::MediaConnected { call_id: s("c9") })
+            .is_empty()
+    );
     assert_eq!(
         d.input(Input::RemoteAccepted { call_id: s("c9") }),
         [Output::ReportConnected { call_id: s("c9") }]

@@ -164,7 +164,9 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
                 .await
                 .ok()
         })?;
-        devices.contains("fcm-token-of-bobs-pixel:APA91bHun4MxP5egoKMwt2KZFBaFUH").then_some(())
+        devices
+            .contains("fcm-token-of-bobs-pixel:APA91bHun4MxP5egoKMwt2KZFBaFUH")
+            .then_some(())
     });
 
     let call_id = runtime

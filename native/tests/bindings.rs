@@ -1,0 +1,141 @@
+//! The UniFFI bindings, generated from the built library as an integrator
+//! would: Swift and Kotlin are generated and checked for the exported API;
+//! the Python module is generated and drives a real call (`python/call.py`:
+//! alice calls bob, both on str0m media, against an in-process switchboard).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The `cdylib` cargo built next to this test's dependencies.
+fn library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let name = format!(
+        "{}native{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    [deps.join(&name), deps.parent().unwrap().join(&name)]
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("the native cdylib is built with the tests")
+}
+
+fn generate(language: &str, out: &Path) {
+    let status = Command::new(env!("CARGO_BIN_EXE_uniffi-bindgen"))
+        .args(["generate", "--no-format", "--library"])
+        .arg(library())
+        .args(["--language", language, "--out-dir"])
+        .arg(out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "uniffi-bindgen {language}");
+}
+
+fn read_all(dir: &Path, extension: &str) -> String {
+    let mut text = String::new();
+    for entry in walk(dir) {
+        if entry.extension().is_some_and(|e| e == extension) {
+            text += &std::fs::read_to_string(entry).unwrap();
+        }
+    }
+    text
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn swift_and_kotlin_bindings_expose_the_client_and_its_ports() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bindings");
+    let _ = std::fs::remove_dir_all(&out);
+    generate("swift", &out.join("swift"));
+    generate("kotlin", &out.join("kotlin"));
+    let swift = read_all(&out.join("swift"), "swift");
+    let kotlin = read_all(&out.join("kotlin"), "kt");
+    for (language, text, needles) in [
+        (
+            "swift",
+            &swift,
+            [
+                "public protocol SystemCallUi",
+                "public protocol MediaSession",
+                "open class Client",
+                "func handlePush(payload: String) throws",
+            ],
+        ),
+        (
+            "kotlin",
+            &kotlin,
+            [
+                "interface SystemCallUi",
+                "interface MediaSession",
+                "open class Client",
+                "fun `handlePush`(`payload`: kotlin.String)",
+            ],
+        ),
+    ] {
+        for needle in needles {
+            assert!(text.contains(needle), "{language} bindings lack `{needle}`");
+        }
+    }
+}
+
+#[test]
+fn python_bindings_drive_a_call() {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bindings-python");
+    let _ = std::fs::remove_dir_all(&out);
+    generate("python", &out);
+    let lib = library();
+    std::fs::copy(&lib, out.join(lib.file_name().unwrap())).unwrap();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.block_on(support::start_server("python"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/call.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .env("PYTHONPATH", &out)
+        .env("SWITCHBOARD_URL", &server.base)
+        .env("ALICE_TOKEN", support::token("alice"))
+        .env("BOB_TOKEN", support::token("bob"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    // Bounded: the script's own waits are 15 s each.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the Python call did not finish in 90 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(status.success(), "python failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("python call ok"), "{stdout}");
+    runtime.block_on(server.stop());
+}
