@@ -1,0 +1,209 @@
+// The plugin's web implementation without Capacitor: a React app (or the
+// demo page) can use it directly. Device events over the /v1/events socket
+// (auth, rings, acknowledgements, reconnect with backoff), calls through the
+// HTTP API, media through WebMedia; the call state machine is `Calls`.
+
+import { CallApi, SwitchboardError } from "./api.js";
+import type { JoinInfo } from "./api.js";
+import { Calls } from "./calls.js";
+import type { Effect } from "./calls.js";
+import type {
+  CallIdOptions,
+  RegisterDeviceOptions,
+  SetCameraOptions,
+  SetMutedOptions,
+  StartCallOptions,
+  SwitchboardEvents,
+} from "./definitions.js";
+import { WebMedia } from "./media.js";
+import { parseEvent } from "./protocol.js";
+
+export { SwitchboardError };
+
+type Listener<E extends keyof SwitchboardEvents> = (data: SwitchboardEvents[E]) => void;
+
+export class SwitchboardWebClient {
+  private api?: CallApi;
+  private token = "";
+  private events?: WebSocket;
+  private stopped = false;
+  private calls = new Calls();
+  private media = new Map<string, WebMedia>();
+  private listeners = new Map<keyof SwitchboardEvents, Set<Listener<any>>>();
+  /** The local camera / microphone stream of the current call (for a preview). */
+  localStream?: MediaStream;
+
+  on<E extends keyof SwitchboardEvents>(event: E, listener: Listener<E>): () => void {
+    let set = this.listeners.get(event);
+    if (!set) this.listeners.set(event, (set = new Set()));
+    set.add(listener);
+    return () => set.delete(listener);
+  }
+
+  removeAllListeners(): void {
+    this.listeners.clear();
+  }
+
+  async registerDevice(options: RegisterDeviceOptions): Promise<void> {
+    this.token = options.userToken;
+    this.api = new CallApi(options.serverUrl, () => this.token, options.deviceId);
+    await this.api.registerDevice({ platform: "web", push: {}, capabilities: { video: true } });
+    this.stopped = false;
+    await this.connectEvents(options.deviceId);
+  }
+
+  async startCall({ calleeUserId, video }: StartCallOptions): Promise<{ callId: string }> {
+    const api = this.requireApi();
+    const local = await this.localMedia(video);
+    let info: JoinInfo;
+    try {
+      info = await api.createCall(calleeUserId, video);
+    } catch (e) {
+      for (const t of local.getTracks()) t.stop();
+      throw e;
+    }
+    this.apply(this.calls.started(info.callId, video));
+    this.join(info, local);
+    return { callId: info.callId };
+  }
+
+  async answer({ callId }: CallIdOptions): Promise<void> {
+    const api = this.requireApi();
+    const { accept, effects } = this.calls.answer(callId);
+    if (!accept) return;
+    this.apply(effects);
+    try {
+      const local = await this.localMedia(this.calls.video(callId));
+      this.join(await api.accept(callId), local);
+    } catch (e) {
+      const reason = e instanceof SwitchboardError && e.code === "answered_elsewhere" ? "answered_elsewhere" : "failed";
+      this.apply(this.calls.end(callId, reason));
+      throw e;
+    }
+  }
+
+  async decline({ callId }: CallIdOptions): Promise<void> {
+    if (this.calls.state(callId) !== "ringing") return;
+    this.apply(this.calls.end(callId, "declined"));
+    await this.requireApi().decline(callId);
+  }
+
+  async end({ callId }: CallIdOptions): Promise<void> {
+    if (this.calls.state(callId) === "ringing") return this.decline({ callId });
+    this.leaveMedia(callId);
+    this.apply(this.calls.end(callId, "completed"));
+    await this.requireApi().end(callId);
+  }
+
+  async setMuted({ callId, muted }: SetMutedOptions): Promise<void> {
+    this.media.get(callId)?.setMuted(muted);
+  }
+
+  async setCamera({ callId, enabled }: SetCameraOptions): Promise<void> {
+    this.media.get(callId)?.setCamera(enabled);
+  }
+
+  /** Closes the events socket and leaves every call. */
+  close(): void {
+    this.stopped = true;
+    this.events?.close();
+    for (const callId of [...this.media.keys()]) this.leaveMedia(callId);
+  }
+
+  private requireApi(): CallApi {
+    if (!this.api) throw new SwitchboardError(0, "not_registered", "call registerDevice first");
+    return this.api;
+  }
+
+  private async localMedia(video: boolean): Promise<MediaStream> {
+    this.localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video });
+    return this.localStream;
+  }
+
+  private join(info: JoinInfo, local: MediaStream): void {
+    const { callId } = info;
+    const wsBase = this.requireApi().base.replace(/^http/, "ws");
+    const media = new WebMedia(`${wsBase}${info.rtcPath}`, info.callToken, info.iceServers, local, {
+      connected: () => this.apply(this.calls.mediaConnected(callId)),
+      failed: (reason) => {
+        console.warn(`switchboard: call ${callId} media failed: ${reason}`);
+        this.media.delete(callId);
+        this.apply(this.calls.end(callId, "failed"));
+        void this.api?.end(callId).catch(() => undefined);
+      },
+      remoteTrack: (track, trackId, stream) =>
+        this.emit("remoteTrack", { callId, kind: track.kind as "audio" | "video", trackId, stream }),
+    });
+    this.media.set(callId, media);
+    media.start().catch((e) => {
+      this.media.delete(callId);
+      media.close();
+      this.apply(this.calls.end(callId, "failed"));
+      console.warn(`switchboard: call ${callId} media did not start: ${String(e)}`);
+    });
+  }
+
+  private leaveMedia(callId: string): void {
+    this.media.get(callId)?.close();
+    this.media.delete(callId);
+  }
+
+  private async connectEvents(deviceId: string): Promise<void> {
+    const url = `${this.requireApi().base.replace(/^http/, "ws")}/v1/events`;
+    let delay = 250;
+    const open = () =>
+      new Promise<void>((resolve, reject) => {
+        const ws = new WebSocket(url);
+        this.events = ws;
+        let authenticated = false;
+        ws.onopen = () => ws.send(JSON.stringify({ type: "auth", token: this.token, deviceId }));
+        ws.onmessage = (e) => {
+          const event = parseEvent(String(e.data));
+          if (!event) return;
+          if (event.type === "authenticated") {
+            authenticated = true;
+            delay = 250;
+            return resolve();
+          }
+          if (event.type === "error") return reject(new SwitchboardError(401, event.code, event.message));
+          this.apply(this.calls.onServerEvent(event, Date.now()));
+          if (event.type === "cancelled" || event.type === "ended") this.leaveMedia(event.callId);
+        };
+        ws.onerror = () => reject(new SwitchboardError(0, "unreachable", "events socket failed"));
+        ws.onclose = () => {
+          if (!authenticated || this.stopped) return reject(new SwitchboardError(0, "closed", "events socket closed"));
+          // Reconnect with backoff (the server replays a ringing call).
+          const retry = () => {
+            if (this.stopped) return;
+            open().catch(() => {
+              delay = Math.min(delay * 2, 30000);
+              setTimeout(retry, delay * (0.5 + Math.random() / 2));
+            });
+          };
+          setTimeout(retry, delay);
+        };
+      });
+    await open();
+  }
+
+  private apply(effects: Effect[]): void {
+    for (const effect of effects) {
+      if (effect.kind === "ack") {
+        this.events?.send(JSON.stringify({ type: "ack", callId: effect.callId }));
+      } else {
+        if (effect.kind === "callEnded") this.leaveMedia(effect.data.callId);
+        this.emit(effect.kind, effect.data as never);
+      }
+    }
+  }
+
+  private emit<E extends keyof SwitchboardEvents>(event: E, data: SwitchboardEvents[E]): void {
+    for (const listener of this.listeners.get(event) ?? []) {
+      try {
+        listener(data);
+      } catch (e) {
+        console.error(`switchboard: a ${event} listener threw`, e);
+      }
+    }
+  }
+}
