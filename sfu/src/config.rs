@@ -36,6 +36,10 @@ pub struct Config {
     /// Development only: `POST /dev/token` mints a call token for any room,
     /// unauthenticated. Off unless set; call creation replaces it.
     pub dev_token_endpoint: bool,
+    /// Development only, with `dev_token_endpoint`: the Capacitor package
+    /// (`native/capacitor`, built with `npm run build`) whose demo page is
+    /// served at `/demo/`. Default: `native/capacitor` if it exists here.
+    pub dev_demo_dir: Option<std::path::PathBuf>,
     /// Log format: "text" or "json".
     pub log_format: String,
     /// Where the embedded store keeps its file (`control.db`).
@@ -178,6 +182,7 @@ impl Default for Config {
             max_tracks_per_participant: 8,
             signaling_rate_per_second: 50,
             dev_token_endpoint: false,
+            dev_demo_dir: None,
             log_format: "text".into(),
             data_dir: "switchboard-data".into(),
             api_keys: Vec::new(),
@@ -259,6 +264,9 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_DEV_TOKEN_ENDPOINT") {
             self.dev_token_endpoint = parse("SWITCHBOARD_DEV_TOKEN_ENDPOINT", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_DEV_DEMO_DIR") {
+            self.dev_demo_dir = Some(v.into());
         }
         if let Some(v) = var("SWITCHBOARD_RECONNECT_GRACE_SECONDS") {
             self.reconnect_grace_seconds = parse("SWITCHBOARD_RECONNECT_GRACE_SECONDS", &v)?;

@@ -107,3 +107,18 @@ fn relay_only_pages_decode_through_turn_over_tls() {
 fn an_untrusted_turn_certificate_relays_nothing() {
     scenario("relay-tls-untrusted");
 }
+
+#[test]
+fn demo_page_call_answered_with_video_both_ways_then_hung_up() {
+    scenario("demo-call");
+}
+
+#[test]
+fn demo_page_call_declined() {
+    scenario("demo-decline");
+}
+
+#[test]
+fn demo_page_call_not_answered_times_out() {
+    scenario("demo-timeout");
+}

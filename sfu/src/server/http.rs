@@ -1,5 +1,5 @@
 //! HTTP endpoints: the signaling WebSocket, metrics, health, and the
-//! development-only token endpoint.
+//! development-only endpoints (call and user tokens, the demo page).
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{State, rejection::JsonRejection};
@@ -11,6 +11,7 @@ use control::call_token::CallGrant;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use signaling::Permissions;
+use tower_http::services::ServeDir;
 
 use super::AppState;
 use super::session::{self, Frame};
@@ -21,7 +22,16 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }));
     if state.config.dev_token_endpoint {
-        router = router.route("/dev/token", post(dev_token));
+        router = router
+            .route("/dev/token", post(dev_token))
+            .route("/dev/user-token", post(dev_user_token));
+        if let Some(dir) = demo_dir(&state.config) {
+            tracing::warn!(dir = %dir.display(), "development mode: the demo page is at /demo/");
+            // The page and its compiled script (`npm run build`).
+            router = router
+                .nest_service("/demo/esm", ServeDir::new(dir.join("dist/esm")))
+                .nest_service("/demo", ServeDir::new(dir.join("demo")));
+        }
     }
     router.with_state(state)
 }
@@ -108,6 +118,45 @@ async fn dev_token(
         participant_id,
         ice_servers,
     }))
+}
+
+/// The Capacitor package directory whose demo to serve, if there is one.
+fn demo_dir(config: &crate::config::Config) -> Option<std::path::PathBuf> {
+    let dir = config
+        .dev_demo_dir
+        .clone()
+        .unwrap_or_else(|| "native/capacitor".into());
+    dir.join("demo/index.html").is_file().then_some(dir)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DevUserTokenRequest {
+    user_id: String,
+}
+
+/// Development only: a user token for anyone, as the app's backend would
+/// issue it (signed with the first API key).
+async fn dev_user_token(
+    State(state): State<AppState>,
+    body: Result<Json<DevUserTokenRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let valid = !req.user_id.is_empty()
+        && req.user_id.len() <= 128
+        && !req.user_id.chars().any(char::is_control);
+    if !valid {
+        return Err(ApiError::bad_request(
+            "userId must be 1-128 printable characters".into(),
+        ));
+    }
+    let Some(key) = state.config.api_keys.iter().find(|k| !k.revoked) else {
+        return Err(ApiError::bad_request("no API key is configured".into()));
+    };
+    let now = control::unix_millis() / 1000;
+    let ttl = std::time::Duration::from_secs(3600);
+    let token = control::auth::mint_user_token(key, &req.user_id, ttl, now);
+    Ok(Json(serde_json::json!({ "token": token })))
 }
 
 /// The JSON error body every endpoint uses: `{code, message}`.

@@ -81,6 +81,16 @@ pub async fn start_with_push(
     config: Config,
     push: Option<Arc<dyn control::ringing::PushSender>>,
 ) -> Result<Running, StartError> {
+    let mut config = config;
+    if config.dev_token_endpoint && config.api_keys.is_empty() {
+        // Development mode without an app backend: `/dev/user-token` signs
+        // user tokens with a key only this process knows.
+        config.api_keys.push(control::auth::ApiKey {
+            id: "dev".into(),
+            secret: format!("{:032x}", rand::random::<u128>()),
+            revoked: false,
+        });
+    }
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let secret = if config.call_token_secret.is_empty() {

@@ -366,7 +366,78 @@ async function relayOnly(protocol, { trusted = true } = {}) {
   log(metrics.split("\n").filter((l) => l.startsWith("switchboard_turn_")).join(" "));
 }
 
+// ---- the demo page (native/capacitor), served by switchboard in dev mode ---
+
+const DEMO_DIR = join(here, "../../../native/capacitor");
+
+async function openDemo(user) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on("pageerror", (e) => log(`${user} page error:`, e.message));
+  page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") log(`${user} console:`, m.text()); });
+  await page.goto(`${sb.base}/demo/`);
+  await page.fill("#user", user);
+  await page.click("#signin");
+  await waitFor(`${user} signed in`, () => statusOf({ page }).then((s) => s === "ready"), 15000);
+  return { user, page, context };
+}
+
+const statusOf = (p) => p.page.textContent("#status");
+const untilStatus = (p, wanted, timeoutMs = 20000) =>
+  waitFor(`${p.user} status "${wanted}"`, async () => ((await statusOf(p)) === wanted ? wanted : false), timeoutMs);
+const remoteFrames = (p) => p.page.evaluate(() => document.getElementById("remote").getVideoPlaybackQuality().totalVideoFrames);
+
+// Alice calls Bob from the demo page; Bob sees the incoming call.
+async function demoRing() {
+  const alice = await openDemo("alice");
+  const bob = await openDemo("bob");
+  await alice.page.fill("#callee", "bob");
+  await alice.page.click("#call");
+  await untilStatus(alice, "outgoing");
+  await waitFor("bob's incoming call", () => bob.page.isVisible("#incoming"));
+  check((await bob.page.textContent("#caller")) === "alice", "the incoming call names alice");
+  return { alice, bob };
+}
+
+async function demoCall() {
+  const { alice, bob } = await demoRing();
+  await bob.page.click("#answer");
+  await untilStatus(bob, "connected");
+  await untilStatus(alice, "connected");
+  // Each decodes the other's video: frame counts rise.
+  for (const [viewer, from] of [[alice, bob], [bob, alice]]) {
+    const first = await waitFor(`${viewer.user} decoding ${from.user}'s video`, async () => (await remoteFrames(viewer)) > 0 && remoteFrames(viewer));
+    await sleep(2000);
+    const later = await remoteFrames(viewer);
+    log(`${viewer.user} decoded ${first} then ${later} frames of ${from.user}'s video`);
+    check(later > first + 10, `${viewer.user}'s frames rise (${first} -> ${later})`);
+  }
+  await alice.page.click("#hangup");
+  await untilStatus(alice, "ended: completed");
+  await untilStatus(bob, "ended: completed");
+  check(!(await bob.page.isVisible("#hangup")), "bob's call controls are gone");
+}
+
+async function demoDecline() {
+  const { alice, bob } = await demoRing();
+  await bob.page.click("#decline");
+  await untilStatus(bob, "ended: declined");
+  await untilStatus(alice, "ended: remote_ended");
+  check(!(await bob.page.isVisible("#incoming")), "the incoming call is gone");
+}
+
+async function demoTimeout() {
+  const { alice, bob } = await demoRing();
+  // The server's ring timeout (set short for this scenario) ends it.
+  await untilStatus(bob, "ended: missed");
+  await untilStatus(alice, "ended: remote_ended");
+  check(!(await bob.page.isVisible("#incoming")), "the incoming call is gone");
+}
+
 const SCENARIOS = {
+  "demo-call": demoCall,
+  "demo-decline": demoDecline,
+  "demo-timeout": demoTimeout,
   "relay-udp": () => relayOnly("udp"),
   "relay-tcp": () => relayOnly("tcp"),
   "relay-tls": () => relayOnly("tls"),
@@ -391,7 +462,10 @@ async function main() {
     process.exit(3);
   }, 150000);
   const tls = scenario.startsWith("relay-tls");
-  sb = await startSwitchboard(tls ? testCertificate() : {});
+  const demo = scenario.startsWith("demo-")
+    ? { SWITCHBOARD_DEV_DEMO_DIR: DEMO_DIR, SWITCHBOARD_RING_TIMEOUT_SECONDS: scenario === "demo-timeout" ? "4" : "30" }
+    : {};
+  sb = await startSwitchboard(tls ? testCertificate() : demo);
   web = await startStatic();
   let failed = false;
   try {
