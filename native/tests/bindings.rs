@@ -102,11 +102,7 @@ fn python_bindings_drive_a_call() {
     let lib = library();
     std::fs::copy(&lib, out.join(lib.file_name().unwrap())).unwrap();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let server = runtime.block_on(support::start_server("python"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/call.py");
     let mut child = Command::new("python3")

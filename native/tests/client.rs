@@ -120,11 +120,7 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = support::runtime();
     let server = runtime.block_on(support::start_server("client"));
     let limit = Duration::from_secs(15);
 
