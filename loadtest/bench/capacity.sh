@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The numbers in BENCHMARKS.md, rerunnable: a release `switchboard` pinned to
-# CPU 0 (one engine thread), the bots pinned to CPU 1, each scenario through
-# the SFU and then through the bare-UDP baseline with the same pattern.
+# CPU 0 (one engine thread), the bots pinned to CPU 1 (the tool's --cpu and
+# --server-cpu), each scenario through the SFU and then through the bare-UDP
+# baseline (its relay on the server's CPU) with the same pattern.
 #
 #   ./loadtest/bench/capacity.sh                 # all scenarios
 #   SECONDS_PER_RUN=20 ./loadtest/bench/capacity.sh
@@ -28,12 +29,12 @@ printf 'max_participants_per_room = 1000\n' >"$data/bench.toml"
 SWITCHBOARD_HTTP_LISTEN=127.0.0.1:27880 SWITCHBOARD_RTC_UDP_BIND=127.0.0.1:27882 \
 SWITCHBOARD_ANNOUNCE_IPS=127.0.0.1 SWITCHBOARD_ENGINE_THREADS=1 SWITCHBOARD_TURN_ENABLED=false \
 SWITCHBOARD_CALL_TOKEN_SECRET=$SECRET SWITCHBOARD_DATA_DIR="$data" RUST_LOG=warn \
-  taskset -c "$SERVER_CPU" target/release/switchboard --config "$data/bench.toml" >"$out/server.log" 2>&1 &
+  target/release/switchboard --config "$data/bench.toml" >"$out/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
 sleep 1
 
-lt() { taskset -c "$BOTS_CPU" target/release/switchboard-loadtest "$@"; }
+lt() { target/release/switchboard-loadtest --cpu "$BOTS_CPU" --server-cpu "$SERVER_CPU" "$@"; }
 
 # name rooms publishers subscribers
 scenarios=(

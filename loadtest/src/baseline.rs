@@ -1,7 +1,8 @@
 //! The bare-UDP baseline: what this machine's kernel does with the same
 //! packet pattern when no WebRTC is involved. A fan-out relay (plain
 //! blocking sockets, one thread, no encryption, no RTP) forwards every
-//! packet a room member sends to every other member; clients send the same
+//! packet a room member sends to every other member, all copies of one
+//! packet in one `sendmmsg` call; clients send the same
 //! shapes as the SFU bots (one audio packet and `video_kbps` of video per
 //! 20 ms, probes with sequence and send time) and measure them the same way
 //! (`TrackStats`), so the SFU's capacity can be stated as a ratio.
@@ -10,7 +11,11 @@
 //! <padding>` is media, forwarded as is.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use std::time::{Duration, Instant};
 
 use str0m::media::MediaKind;
@@ -26,6 +31,7 @@ pub fn serve_relay(socket: &UdpSocket) -> std::io::Result<()> {
     let mut rooms: HashMap<u32, Vec<SocketAddr>> = HashMap::new();
     let mut room_of: HashMap<SocketAddr, u32> = HashMap::new();
     let mut buf = vec![0u8; 2048];
+    let mut fan_out = FanOut::default();
     loop {
         let (n, from) = socket.recv_from(&mut buf)?;
         match buf.first() {
@@ -40,11 +46,64 @@ pub fn serve_relay(socket: &UdpSocket) -> std::io::Result<()> {
                 let Some(members) = room_of.get(&from).and_then(|r| rooms.get(r)) else {
                     continue;
                 };
-                for member in members.iter().filter(|m| **m != from) {
-                    let _ = socket.send_to(&buf[..n], member);
-                }
+                let others = members.iter().filter(|m| **m != from);
+                fan_out.send(socket, &buf[..n], others);
             }
             _ => {}
+        }
+    }
+}
+
+/// One datagram to many addresses in one `sendmmsg` system call (the
+/// batched send a tuned relay would use), its headers reused across calls.
+#[derive(Default)]
+struct FanOut {
+    headers: Option<MultiHeaders<SockaddrStorage>>,
+    capacity: usize,
+    addrs: Vec<Option<SockaddrStorage>>,
+}
+
+impl FanOut {
+    fn send<'a>(
+        &mut self,
+        socket: &UdpSocket,
+        payload: &[u8],
+        to: impl Iterator<Item = &'a SocketAddr>,
+    ) {
+        self.addrs.clear();
+        self.addrs
+            .extend(to.map(|a| Some(SockaddrStorage::from(*a))));
+        let count = self.addrs.len();
+        if count == 0 {
+            return;
+        }
+        if self.capacity < count {
+            self.capacity = count.next_power_of_two();
+            self.headers = Some(MultiHeaders::preallocate(self.capacity, None));
+        }
+        let Some(headers) = self.headers.as_mut() else {
+            return;
+        };
+        let slices = vec![[IoSlice::new(payload)]; count];
+        let no_cmsgs: [ControlMessage; 0] = [];
+        let fd = socket.as_raw_fd();
+        let sent = sendmmsg(
+            fd,
+            headers,
+            &slices,
+            &self.addrs,
+            no_cmsgs,
+            MsgFlags::empty(),
+        )
+        .map_or(0, |results| results.count());
+        // A blocking socket sends them all; should the kernel stop early,
+        // the rest go one by one.
+        for addr in self.addrs.iter().skip(sent).flatten() {
+            if let Some(to) = addr.as_sockaddr_in().map(|a| SocketAddr::from(*a)) {
+                let _ = socket.send_to(payload, to);
+            } else if let Some(to) = addr.as_sockaddr_in6().map(|a| SocketAddr::from(*a)) {
+                let _ = socket.send_to(payload, to);
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod baseline;
 pub use native::bot;
+pub mod pinning;
 pub mod progress;
 pub mod report;
 pub mod runner;

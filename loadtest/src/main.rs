@@ -21,6 +21,13 @@ struct Cli {
     /// Write the report as JSON here too.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
+    /// Pin this tool (the bots) to this CPU.
+    #[arg(long, global = true)]
+    cpu: Option<usize>,
+    /// Pin the server (`--server-pid`; for `baseline` its relay) to this
+    /// CPU, every thread.
+    #[arg(long, global = true)]
+    server_cpu: Option<usize>,
 }
 
 /// Rooms and media, the same for the SFU and the baseline.
@@ -181,6 +188,28 @@ async fn main() -> ExitCode {
             }
         }
     }
+    if let Some(cpu) = cli.cpu
+        && let Err(e) = loadtest::pinning::pin_process(0, cpu)
+    {
+        eprintln!("--cpu {cpu}: {e}");
+        return ExitCode::FAILURE;
+    }
+    let server_pid = match &cli.command {
+        Command::Room { server_pid, .. } | Command::Churn { server_pid, .. } => *server_pid,
+        _ => None,
+    };
+    let server_cpu = cli.server_cpu;
+    if let Some(cpu) = server_cpu
+        && !matches!(cli.command, Command::Baseline { .. })
+    {
+        let pinned = server_pid
+            .ok_or_else(|| "needs --server-pid".to_string())
+            .and_then(|pid| loadtest::pinning::pin_process(pid, cpu));
+        if let Err(e) = pinned {
+            eprintln!("--server-cpu {cpu}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let (report, ok) = match cli.command {
         Command::Room {
             url,
@@ -286,6 +315,14 @@ async fn main() -> ExitCode {
                 eprintln!("the baseline relay did not start");
                 return ExitCode::FAILURE;
             };
+            // The relay stands where the server would: on the server's CPU.
+            if let Some(cpu) = server_cpu
+                && let Err(e) = loadtest::pinning::pin_process(relay.id(), cpu)
+            {
+                eprintln!("--server-cpu {cpu}: {e}");
+                let _ = relay.kill();
+                return ExitCode::FAILURE;
+            }
             let plan = loadtest::baseline::BaselinePlan {
                 relay: addr,
                 relay_pid: Some(relay.id()),

@@ -22,6 +22,7 @@ mod participant;
 mod peer;
 mod rewrite;
 mod room;
+mod timers;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -48,6 +49,21 @@ use rewrite::resolve_pt;
 use room::{Room, Track};
 
 pub use offer_policy::{OfferedSend, offered_sends};
+use timers::TimerKind;
+
+/// A participant's deadline of `kind`, as it stands now.
+fn current_deadline(
+    participants: &HashMap<ParticipantKey, Participant>,
+    key: ParticipantKey,
+    kind: TimerKind,
+) -> Option<Instant> {
+    let p = participants.get(&key)?;
+    match kind {
+        TimerKind::Publisher => p.publisher.next_timeout,
+        TimerKind::Subscriber => p.subscriber.next_timeout,
+        TimerKind::Grace => p.grace_deadline,
+    }
+}
 
 /// A signaling connection, numbered by the shell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -231,6 +247,7 @@ pub struct Engine {
     dtls_cert: DtlsCert,
     rooms: HashMap<String, Room>,
     participants: HashMap<ParticipantKey, Participant>,
+    timers: timers::Timers,
     conns: HashMap<ConnId, ParticipantKey>,
     by_addr: HashMap<SocketAddr, (ParticipantKey, PeerTarget)>,
     by_ufrag: HashMap<String, (ParticipantKey, PeerTarget)>,
@@ -255,6 +272,7 @@ impl Engine {
             dtls_cert,
             rooms: HashMap::new(),
             participants: HashMap::new(),
+            timers: timers::Timers::default(),
             conns: HashMap::new(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
@@ -309,24 +327,13 @@ impl Engine {
         Output::Timeout(self.next_timeout())
     }
 
-    fn next_timeout(&self) -> Instant {
-        // A linear scan: fine for thousands of peers per engine; a timer
-        // wheel is the next step if profiles say so.
-        let mut earliest: Option<Instant> = None;
-        for p in self.participants.values() {
-            for t in [
-                p.publisher.next_timeout,
-                p.subscriber.next_timeout,
-                p.grace_deadline,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                earliest = Some(earliest.map_or(t, |e| e.min(t)));
-            }
-        }
+    fn next_timeout(&mut self) -> Instant {
+        let participants = &self.participants;
+        let next = self
+            .timers
+            .next(|at, key, kind| current_deadline(participants, key, kind) == Some(at));
         // With nothing to wait for, come back in a second anyway.
-        earliest.unwrap_or(self.now + Duration::from_secs(1))
+        next.unwrap_or(self.now + Duration::from_secs(1))
     }
 
     fn handle_datagram(
@@ -391,19 +398,26 @@ impl Engine {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        for (key, p) in self.participants.iter_mut() {
-            for target in [PeerTarget::Publisher, PeerTarget::Subscriber] {
-                let peer = p.peer_mut(target);
-                if peer.next_timeout.is_some_and(|t| t <= now) {
-                    // A timeout is never refused; an error here means the
-                    // Rtc is dead, which the drain notices.
-                    let _ = peer.rtc.handle_input(RtcInput::Timeout(now));
-                    self.dirty.push((*key, target));
+        let participants = &self.participants;
+        let due = self.timers.due(now, |at, key, kind| {
+            current_deadline(participants, key, kind) == Some(at)
+        });
+        for (key, kind) in due {
+            let Some(p) = self.participants.get_mut(&key) else {
+                continue;
+            };
+            let target = match kind {
+                TimerKind::Publisher => PeerTarget::Publisher,
+                TimerKind::Subscriber => PeerTarget::Subscriber,
+                TimerKind::Grace => {
+                    self.doomed.push((key, LeaveReason::Timeout));
+                    continue;
                 }
-            }
-            if p.grace_deadline.is_some_and(|d| d <= now) {
-                self.doomed.push((*key, LeaveReason::Timeout));
-            }
+            };
+            // A timeout is never refused; an error here means the Rtc is
+            // dead, which the drain notices.
+            let _ = p.peer_mut(target).rtc.handle_input(RtcInput::Timeout(now));
+            self.dirty.push((key, target));
         }
     }
 
@@ -420,6 +434,13 @@ impl Engine {
             while let Some((key, target)) = self.dirty.pop() {
                 self.drain(key, target, now);
             }
+        }
+        // Three deadlines per participant are current; far more entries
+        // means stale ones pile up behind a far deadline.
+        if self.timers.len() > 8 * self.participants.len() + 64 {
+            let participants = &self.participants;
+            self.timers
+                .compact(|at, key, kind| current_deadline(participants, key, kind) == Some(at));
         }
     }
 
@@ -442,7 +463,14 @@ impl Engine {
                 }
                 match peer.rtc.poll_output() {
                     Ok(RtcOutput::Timeout(t)) => {
-                        peer.next_timeout = Some(t);
+                        if peer.next_timeout != Some(t) {
+                            peer.next_timeout = Some(t);
+                            let kind = match target {
+                                PeerTarget::Publisher => TimerKind::Publisher,
+                                PeerTarget::Subscriber => TimerKind::Subscriber,
+                            };
+                            self.timers.schedule(t, key, kind);
+                        }
                         break;
                     }
                     Ok(RtcOutput::Transmit(t)) => self.outputs.push_back(Output::Transmit(t)),
@@ -592,6 +620,9 @@ impl Engine {
             ParticipantState::Reconnecting => Some(now + self.config.reconnect_grace),
             ParticipantState::Active => None,
         };
+        if let Some(deadline) = p.grace_deadline {
+            self.timers.schedule(deadline, key, TimerKind::Grace);
+        }
         tracing::info!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, ?state, "participant presence");
         let message = ServerMessage::ParticipantStateChanged {
             participant_id: p.id.clone(),
