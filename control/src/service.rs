@@ -73,6 +73,31 @@ pub struct CallService {
     pub metrics: Option<Arc<crate::metrics::CallMetrics>>,
     pub timeouts: Timeouts,
     pub max_ringing_devices: usize,
+    pub pair_locks: PairLocks,
+}
+
+/// Serializes 1:1 call creation between the same two users: the crossing
+/// check ("is the callee already ringing me?") is a read, so two crossed
+/// creates at the same instant could both miss the other's call and make
+/// two calls. Striped, so unrelated pairs rarely wait on each other. One
+/// process only: a store shared by several nodes must make the check and
+/// the insert atomic itself.
+#[derive(Default)]
+pub struct PairLocks {
+    stripes: [std::sync::Mutex<()>; 32],
+}
+
+impl PairLocks {
+    fn lock(&self, a: &str, b: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (a.min(b), a.max(b)).hash(&mut hasher);
+        let stripe = &self.stripes[hasher.finish() as usize % self.stripes.len()];
+        // A panic while holding it left no state behind: keep going.
+        stripe
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// A call to create: from `caller` on `device_id` to `callees`.
@@ -102,7 +127,12 @@ impl CallService {
             return Err(ServiceError::Invalid("you cannot call yourself"));
         }
         // Crossed calls: the callee is already ringing the caller. One call
-        // results: the first one, answered by this attempt.
+        // results: the first one, answered by this attempt. Held until the
+        // new call is stored, so the other side's create sees it.
+        let _pair = match callees {
+            [callee] => Some(self.pair_locks.lock(caller, callee)),
+            _ => None,
+        };
         if let [callee] = callees
             && let Some(crossed) = self.ringing_call_from(callee, caller)?
         {

@@ -152,6 +152,7 @@ pub fn ringing_service(
             connect_ms: 20_000,
         },
         max_ringing_devices: 5,
+        pair_locks: Default::default(),
     }
 }
 

@@ -238,6 +238,7 @@ fn start_control(
             connect_ms: config.connect_timeout_seconds * 1000,
         },
         max_ringing_devices: config.max_ringing_devices,
+        pair_locks: Default::default(),
     };
     Ok(control::api::ControlState {
         auth: Arc::new(control::auth::Authenticator::new(
