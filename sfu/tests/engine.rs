@@ -439,3 +439,52 @@ mod arbitrary_input {
         }
     }
 }
+
+/// A subscriber whose connection takes only H.264 cannot get a VP8 track:
+/// it is told once (`unsupported_codec`) and still gets the audio.
+#[test]
+fn a_track_without_a_common_codec_is_reported_once_not_dropped_silently() {
+    let mut sim = Sim::new(engine_config());
+    sim.join_publishing("a", "room-1");
+    let b = sim.bots.len();
+    let (publisher, subscriber) = (
+        std::net::SocketAddr::from(([10, 0, 0, 20], 5000)),
+        std::net::SocketAddr::from(([10, 0, 0, 20], 5001)),
+    );
+    let mut bot = loadtest::bot::Bot::new("b", publisher, subscriber, sim.now);
+    let mut h264_only = str0m::Rtc::builder()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_h264(true)
+        .build(sim.now);
+    h264_only.add_local_candidate(str0m::Candidate::host(subscriber, "udp").unwrap());
+    bot.subscriber = h264_only;
+    sim.bots.push(bot);
+    sim.command(
+        b,
+        Command::Join {
+            room: "room-1".into(),
+            user_id: "user-b".into(),
+            participant_id: pid("b"),
+            permissions: Permissions::ALL,
+            auto_subscribe: true,
+        },
+    );
+    sim.connect_all();
+    sim.run_for(Duration::from_secs(2));
+
+    let from_a: Vec<_> = sim.bots[b]
+        .received
+        .iter()
+        .filter(|p| p.from == pid("a"))
+        .collect();
+    assert!(from_a.iter().any(|p| p.kind == MediaKind::Audio));
+    assert!(!from_a.iter().any(|p| p.kind == MediaKind::Video));
+    assert_eq!(errors(&sim, b), [ErrorCode::UnsupportedCodec]);
+    let said = sim.bots[b].messages.iter().find_map(|m| match m {
+        ServerMessage::Error { message, .. } => Some(message.clone()),
+        _ => None,
+    });
+    assert!(said.unwrap().contains("VP8"));
+}

@@ -128,6 +128,9 @@ pub enum ErrorCode {
     InvalidSdp,
     InvalidCandidate,
     UnknownTrack,
+    /// Not an answer to a request: a track has no codec in common with this
+    /// subscriber connection, so it is not forwarded to it.
+    UnsupportedCodec,
     /// The room or participant limit was reached.
     Capacity,
     /// Too many messages in too short a time.

@@ -69,11 +69,18 @@ impl Engine {
             return;
         };
         let rtc = &mut sub.subscriber.rtc;
+        let mut unmatched = false;
         let pt = down.pts.map(pkt.header.payload_type, || {
             let accepted = rtc.media(mid)?.remote_pts().to_vec();
-            resolve_pt(rtc.codec_config(), &accepted, params)
+            let pt = resolve_pt(rtc.codec_config(), &accepted, params);
+            unmatched = pt.is_none();
+            pt
         });
         let Some(pt) = pt else {
+            if unmatched && let Some(conn) = sub.conn {
+                // Said once (the map remembers the miss), not per packet.
+                self.unsupported_codec(conn, subscriber, track_key, params);
+            }
             return;
         };
         if down.awaiting_keyframe {
@@ -119,6 +126,31 @@ impl Engine {
                 .push_back(Output::Event(Event::FirstForward(elapsed)));
         }
         self.dirty.push((subscriber, PeerTarget::Subscriber));
+    }
+
+    /// Tells a subscriber that a track cannot be forwarded to it.
+    fn unsupported_codec(
+        &mut self,
+        conn: ConnId,
+        subscriber: ParticipantKey,
+        track_key: u64,
+        params: PayloadParams,
+    ) {
+        let Some(p) = self.participants.get(&subscriber) else {
+            return;
+        };
+        let track_id = self
+            .rooms
+            .get(&p.room)
+            .and_then(|r| r.tracks.get(&track_key))
+            .map_or_else(String::new, |t| t.id.clone());
+        let codec = params.spec().codec;
+        tracing::info!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, track = %track_id, %codec, "no codec in common: track not forwarded");
+        self.error(
+            conn,
+            ErrorCode::UnsupportedCodec,
+            format!("track {track_id} ({codec}) has no codec in common with your subscriber connection: it is not forwarded"),
+        );
     }
 
     pub(super) fn published_track(&self, publisher: ParticipantKey, mid: Mid) -> Option<u64> {
