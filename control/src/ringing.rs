@@ -199,6 +199,37 @@ impl HubRinger {
         }
     }
 
+    /// After a restart: the acknowledgement windows lived in memory, so
+    /// every ring still unacknowledged in the store gets a fresh window now
+    /// (a device that reconnects gets the ring replayed and may ack it; a
+    /// suspended phone is pushed when the window passes). A phone already
+    /// pushed before the restart may be pushed again: the ring epoch makes
+    /// that a duplicate, not a second call. Returns how many were queued.
+    pub fn requeue_unacknowledged(&self) -> usize {
+        let Ok(live) = self.store.live_calls() else {
+            return 0;
+        };
+        let deadline = std::time::Instant::now() + self.ack_window;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let before = pending.len();
+        for call in live.iter().map(|v| &v.value) {
+            if call.state != crate::call::CallState::Ringing {
+                continue;
+            }
+            for p in &call.participants {
+                for ring in p.rings.iter().filter(|r| r.state == RingState::Sent) {
+                    pending.push(PendingAck {
+                        call_id: call.call_id.clone(),
+                        user_id: p.user_id.clone(),
+                        device_id: ring.device_id.clone(),
+                        deadline,
+                    });
+                }
+            }
+        }
+        pending.len() - before
+    }
+
     /// On connect: the device gets the ring of every call ringing it, and
     /// `call.ended` for calls that rang it and ended within the last ring
     /// period (its app may still show them).

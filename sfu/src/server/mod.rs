@@ -179,7 +179,12 @@ pub async fn start_with_push(
         )
         .map_err(|e| StartError::Store(e.to_string()))?;
     if recovered > 0 {
-        tracing::info!(calls = recovered, "recovered live calls from the store");
+        let requeued = control.events.requeue_unacknowledged();
+        tracing::info!(
+            calls = recovered,
+            unacknowledged_rings = requeued,
+            "recovered live calls from the store"
+        );
     }
     let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
     spawn_call_timers(control.service.clone(), shutdown_rx.clone());

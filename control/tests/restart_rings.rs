@@ -1,0 +1,108 @@
+//! A restart inside a ring's acknowledgement window: the window lived in
+//! memory, so the recovered ringer gives every still-unacknowledged ring a
+//! fresh one and pushes the phones that do not acknowledge it; a ring
+//! acknowledged before the restart is left alone.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use control::call::{Call, Timeouts};
+use control::ringing::{DeviceHub, HubRinger, PushRequest, PushSender};
+use control::service::CallService;
+use control::store::{SqliteStore, Store};
+
+#[derive(Default)]
+struct RecordingPush(Mutex<Vec<PushRequest>>);
+
+impl PushSender for RecordingPush {
+    fn send(&self, push: PushRequest) {
+        self.0.lock().unwrap().push(push);
+    }
+}
+
+impl RecordingPush {
+    fn rung(&self) -> Vec<(String, String)> {
+        let mut rung: Vec<_> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|p| match p {
+                PushRequest::Ring {
+                    call_id, device_id, ..
+                } => Some((call_id.clone(), device_id.clone())),
+                _ => None,
+            })
+            .collect();
+        rung.sort();
+        rung
+    }
+}
+
+fn service(store: &Arc<dyn Store>, ringer: Arc<HubRinger>) -> CallService {
+    CallService {
+        store: store.clone(),
+        ringer,
+        metrics: None,
+        timeouts: Timeouts {
+            ring_ms: 30_000,
+            connect_ms: 20_000,
+        },
+        max_ringing_devices: 5,
+        pair_locks: Default::default(),
+    }
+}
+
+#[test]
+fn unacknowledged_rings_are_pushed_after_a_restart() {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    support::register_bob(&*store);
+    // Before the restart every one of bob's devices has its socket open, so
+    // the rings go over the sockets and wait for acknowledgements.
+    let hub = Arc::new(DeviceHub::default());
+    let mut sockets = Vec::new();
+    for device in ["iphone", "pixel", "laptop"] {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        hub.connect("bob", device, tx);
+        sockets.push(rx);
+    }
+    let before = Arc::new(RecordingPush::default());
+    let ringer = Arc::new(HubRinger::new(hub, store.clone(), before.clone()));
+    let first = service(&store, ringer);
+    let acked: Call = support::call_bob(&first, None);
+    let unacked: Call = support::call_bob(&first, None);
+    first
+        .update(&acked.call_id, |c, _| {
+            c.acknowledge_ring("bob", "iphone", support::now_ms())
+        })
+        .unwrap();
+    first
+        .update(&acked.call_id, |c, _| {
+            c.acknowledge_ring("bob", "pixel", support::now_ms())
+        })
+        .unwrap();
+    assert_eq!(before.rung(), [], "sockets were up: nothing pushed yet");
+
+    // The process dies inside the window; a new one starts on the store
+    // with no sockets and an empty window list.
+    let after = Arc::new(RecordingPush::default());
+    let recovered = Arc::new(HubRinger::new(
+        Arc::new(DeviceHub::default()),
+        store.clone(),
+        after.clone(),
+    ));
+    // iphone, pixel, laptop of `unacked`; laptop of `acked`.
+    assert_eq!(recovered.requeue_unacknowledged(), 4);
+    recovered.check_acks(Instant::now());
+    assert_eq!(after.rung(), [], "each ring gets a fresh window first");
+    recovered.check_acks(Instant::now() + Duration::from_secs(2));
+    let mut expected = vec![
+        (unacked.call_id.clone(), "iphone".to_string()),
+        (unacked.call_id.clone(), "pixel".to_string()),
+    ];
+    expected.sort();
+    // Web devices are never pushed; acknowledged rings are not pushed again.
+    assert_eq!(after.rung(), expected);
+}
