@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::{Arc, Barrier};
 
-use control::call::{CallType, CallerDisplay, Timeouts};
+use control::call::{CallType, CallerDisplay};
 use control::device::{Platform, PushTokens};
 use control::service::{CallService, LoggingRinger, NewCall};
 use control::store::{SqliteStore, Store};
@@ -37,17 +37,11 @@ fn crossed_creates_at_the_same_instant_make_one_call() {
             store.upsert_device(&device).unwrap();
         }
     }
-    let service = Arc::new(CallService {
-        store: store.clone(),
-        ringer: Arc::new(LoggingRinger),
-        metrics: None,
-        timeouts: Timeouts {
-            ring_ms: 30_000,
-            connect_ms: 20_000,
-        },
-        max_ringing_devices: 5,
-        pair_locks: Default::default(),
-    });
+    let service = Arc::new(support::service_with(
+        store.clone(),
+        Arc::new(LoggingRinger),
+        30_000,
+    ));
     let start = Arc::new(Barrier::new(2));
     let side = |me: &'static str, other: &'static str| {
         let (service, start) = (service.clone(), start.clone());

@@ -8,9 +8,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use control::call::{Call, Timeouts};
+use control::call::Call;
 use control::ringing::{DeviceHub, HubRinger, PushRequest, PushSender};
-use control::service::CallService;
 use control::store::{SqliteStore, Store};
 
 #[derive(Default)]
@@ -41,20 +40,6 @@ impl RecordingPush {
     }
 }
 
-fn service(store: &Arc<dyn Store>, ringer: Arc<HubRinger>) -> CallService {
-    CallService {
-        store: store.clone(),
-        ringer,
-        metrics: None,
-        timeouts: Timeouts {
-            ring_ms: 30_000,
-            connect_ms: 20_000,
-        },
-        max_ringing_devices: 5,
-        pair_locks: Default::default(),
-    }
-}
-
 #[test]
 fn unacknowledged_rings_are_pushed_after_a_restart() {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
@@ -70,7 +55,7 @@ fn unacknowledged_rings_are_pushed_after_a_restart() {
     }
     let before = Arc::new(RecordingPush::default());
     let ringer = Arc::new(HubRinger::new(hub, store.clone(), before.clone()));
-    let first = service(&store, ringer);
+    let first = support::service_with(store.clone(), ringer, 30_000);
     let acked: Call = support::call_bob(&first, None);
     let unacked: Call = support::call_bob(&first, None);
     first

@@ -143,9 +143,19 @@ pub fn ringing_service(
     dispatcher: Arc<PushDispatcher>,
     ring_ms: u64,
 ) -> CallService {
+    let ringer = Arc::new(HubRinger::new(Arc::default(), store.clone(), dispatcher));
+    service_with(store, ringer, ring_ms)
+}
+
+/// A call service on `store` delivering through `ringer`.
+pub fn service_with(
+    store: Arc<dyn Store>,
+    ringer: Arc<dyn control::service::Ringer>,
+    ring_ms: u64,
+) -> CallService {
     CallService {
-        store: store.clone(),
-        ringer: Arc::new(HubRinger::new(Arc::default(), store, dispatcher)),
+        store,
+        ringer,
         metrics: None,
         timeouts: Timeouts {
             ring_ms,
