@@ -46,6 +46,7 @@ export class SwitchboardWebClient {
 
   async registerDevice(options: RegisterDeviceOptions): Promise<void> {
     this.token = options.userToken;
+    this.events?.close(); // registering again replaces the connection
     this.api = new CallApi(options.serverUrl, () => this.token, options.deviceId);
     await this.api.registerDevice({ platform: "web", push: {}, capabilities: { video: true } });
     this.stopped = false;
@@ -171,7 +172,10 @@ export class SwitchboardWebClient {
         };
         ws.onerror = () => reject(new SwitchboardError(0, "unreachable", "events socket failed"));
         ws.onclose = () => {
-          if (!authenticated || this.stopped) return reject(new SwitchboardError(0, "closed", "events socket closed"));
+          // A socket replaced by a newer registration is not reconnected.
+          if (!authenticated || this.stopped || ws !== this.events) {
+            return reject(new SwitchboardError(0, "closed", "events socket closed"));
+          }
           // Reconnect with backoff (the server replays a ringing call).
           const retry = () => {
             if (this.stopped) return;
