@@ -233,14 +233,9 @@ impl Engine {
             return;
         }
         let first = !p.subscriber.was_offered;
-        let nothing_to_open = !p.down.iter().any(|d| d.state == DownState::ToOpen);
         let mut api = p.subscriber.rtc.sdp_api();
-        if first && nothing_to_open {
-            // Something to negotiate, so the connection (ICE, DTLS) comes up
-            // before there is anything to receive: an inactive audio
-            // section. Not a data channel: an SCTP association is polled on
-            // every drain of the connection, ~8 % of the server's CPU.
-            api.add_media(MediaKind::Audio, Direction::Inactive, None, None, None);
+        if first {
+            api.add_channel("switchboard".to_string());
         }
         for d in &mut p.down {
             match d.state {
