@@ -414,9 +414,13 @@ impl Engine {
                     continue;
                 }
             };
+            let peer = p.peer_mut(target);
+            // Its heap entry is gone: forget the deadline so the drain
+            // schedules whatever comes next, even the same instant.
+            peer.next_timeout = None;
             // A timeout is never refused; an error here means the Rtc is
             // dead, which the drain notices.
-            let _ = p.peer_mut(target).rtc.handle_input(RtcInput::Timeout(now));
+            let _ = peer.rtc.handle_input(RtcInput::Timeout(now));
             self.dirty.push((key, target));
         }
     }
