@@ -247,7 +247,7 @@ pub struct Engine {
     dtls_cert: DtlsCert,
     rooms: HashMap<String, Room>,
     participants: HashMap<ParticipantKey, Participant>,
-    timers: timers::Timers,
+    timers: timers::Timers<Instant>,
     conns: HashMap<ConnId, ParticipantKey>,
     by_addr: HashMap<SocketAddr, (ParticipantKey, PeerTarget)>,
     by_ufrag: HashMap<String, (ParticipantKey, PeerTarget)>,

@@ -8,7 +8,6 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
 
 use super::ParticipantKey;
 
@@ -21,21 +20,28 @@ pub enum TimerKind {
     Grace,
 }
 
-#[derive(Debug, Default)]
-pub struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, ParticipantKey, TimerKind)>>,
+/// Generic over the time type (the engine's is `Instant`) so the tests
+/// need no clock.
+#[derive(Debug)]
+pub struct Timers<T> {
+    heap: BinaryHeap<Reverse<(T, ParticipantKey, TimerKind)>>,
 }
 
-impl Timers {
-    pub fn schedule(&mut self, at: Instant, key: ParticipantKey, kind: TimerKind) {
+impl<T: Ord> Default for Timers<T> {
+    fn default() -> Timers<T> {
+        Timers {
+            heap: BinaryHeap::new(),
+        }
+    }
+}
+
+impl<T: Ord + Copy> Timers<T> {
+    pub fn schedule(&mut self, at: T, key: ParticipantKey, kind: TimerKind) {
         self.heap.push(Reverse((at, key, kind)));
     }
 
     /// The earliest current deadline; stale entries above it are dropped.
-    pub fn next(
-        &mut self,
-        is_current: impl Fn(Instant, ParticipantKey, TimerKind) -> bool,
-    ) -> Option<Instant> {
+    pub fn next(&mut self, is_current: impl Fn(T, ParticipantKey, TimerKind) -> bool) -> Option<T> {
         while let Some(Reverse((at, key, kind))) = self.heap.peek().copied() {
             if is_current(at, key, kind) {
                 return Some(at);
@@ -48,8 +54,8 @@ impl Timers {
     /// Every current deadline at or before `now`, each once.
     pub fn due(
         &mut self,
-        now: Instant,
-        is_current: impl Fn(Instant, ParticipantKey, TimerKind) -> bool,
+        now: T,
+        is_current: impl Fn(T, ParticipantKey, TimerKind) -> bool,
     ) -> Vec<(ParticipantKey, TimerKind)> {
         let mut due = Vec::new();
         while let Some(Reverse((at, key, kind))) = self.heap.peek().copied() {
@@ -74,7 +80,7 @@ impl Timers {
 
     /// Drops every stale entry (the engine calls it when stale entries
     /// pile up behind far deadlines).
-    pub fn compact(&mut self, is_current: impl Fn(Instant, ParticipantKey, TimerKind) -> bool) {
+    pub fn compact(&mut self, is_current: impl Fn(T, ParticipantKey, TimerKind) -> bool) {
         self.heap
             .retain(|Reverse((at, key, kind))| is_current(*at, *key, *kind));
     }
@@ -82,14 +88,11 @@ impl Timers {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
     fn stale_entries_are_skipped_and_due_ones_come_once() {
-        let t0 = Instant::now();
-        let at = |ms| t0 + Duration::from_millis(ms);
+        let at = |ms: u64| ms;
         let (a, b) = (ParticipantKey(1), ParticipantKey(2));
         // a's publisher deadline moved 10 -> 30 -> 10; b's grace is at 20.
         let current = |k: ParticipantKey, kind| match (k, kind) {
