@@ -24,8 +24,12 @@ pub fn pin_process(pid: u32, cpu: usize) -> Result<usize, String> {
             .to_string_lossy()
             .parse()
             .map_err(|_| format!("{proc_dir}: not a thread id"))?;
-        sched_setaffinity(Pid::from_raw(tid), &set).map_err(|e| format!("thread {tid}: {e}"))?;
-        pinned += 1;
+        match sched_setaffinity(Pid::from_raw(tid), &set) {
+            Ok(()) => pinned += 1,
+            // The thread ended between the listing and now.
+            Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(format!("thread {tid}: {e}")),
+        }
     }
     Ok(pinned)
 }
