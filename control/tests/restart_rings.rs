@@ -5,40 +5,14 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use support::RecordingPush;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use control::call::Call;
-use control::ringing::{DeviceHub, HubRinger, PushRequest, PushSender};
+use control::ringing::{DeviceHub, HubRinger};
 use control::store::{SqliteStore, Store};
-
-#[derive(Default)]
-struct RecordingPush(Mutex<Vec<PushRequest>>);
-
-impl PushSender for RecordingPush {
-    fn send(&self, push: PushRequest) {
-        self.0.lock().unwrap().push(push);
-    }
-}
-
-impl RecordingPush {
-    fn rung(&self) -> Vec<(String, String)> {
-        let mut rung: Vec<_> = self
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|p| match p {
-                PushRequest::Ring {
-                    call_id, device_id, ..
-                } => Some((call_id.clone(), device_id.clone())),
-                _ => None,
-            })
-            .collect();
-        rung.sort();
-        rung
-    }
-}
 
 #[test]
 fn unacknowledged_rings_are_pushed_after_a_restart() {
@@ -68,7 +42,11 @@ fn unacknowledged_rings_are_pushed_after_a_restart() {
             c.acknowledge_ring("bob", "pixel", support::now_ms())
         })
         .unwrap();
-    assert_eq!(before.rung(), [], "sockets were up: nothing pushed yet");
+    assert_eq!(
+        before.rings_sent(),
+        [],
+        "sockets were up: nothing pushed yet"
+    );
 
     // The process dies inside the window; a new one starts on the store
     // with no sockets and an empty window list.
@@ -81,7 +59,11 @@ fn unacknowledged_rings_are_pushed_after_a_restart() {
     // iphone, pixel, laptop of `unacked`; laptop of `acked`.
     assert_eq!(recovered.requeue_unacknowledged(), 4);
     recovered.check_acks(Instant::now());
-    assert_eq!(after.rung(), [], "each ring gets a fresh window first");
+    assert_eq!(
+        after.rings_sent(),
+        [],
+        "each ring gets a fresh window first"
+    );
     recovered.check_acks(Instant::now() + Duration::from_secs(2));
     let mut expected = vec![
         (unacked.call_id.clone(), "iphone".to_string()),
@@ -89,5 +71,5 @@ fn unacknowledged_rings_are_pushed_after_a_restart() {
     ];
     expected.sort();
     // Web devices are never pushed; acknowledged rings are not pushed again.
-    assert_eq!(after.rung(), expected);
+    assert_eq!(after.rings_sent(), expected);
 }

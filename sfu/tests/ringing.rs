@@ -4,51 +4,19 @@
 //! regular push), and a device connecting mid-ring gets the ring.
 
 mod common;
+#[path = "../../control/tests/support/mod.rs"]
+mod push_support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::live::{post_as, start_server_with_push, user_token};
 use control::call::StopReason;
-use control::ringing::{PushRequest, PushSender};
 use futures_util::{SinkExt, StreamExt};
+use push_support::RecordingPush;
 use serde_json::{Value, json};
 use sfu::server::Running;
 use tokio_tungstenite::tungstenite::Message;
-
-#[derive(Default)]
-struct RecordingPush(Mutex<Vec<PushRequest>>);
-
-impl PushSender for RecordingPush {
-    fn send(&self, push: PushRequest) {
-        self.0.lock().unwrap().push(push);
-    }
-}
-
-impl RecordingPush {
-    fn rings(&self, device: &str) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|p| matches!(p, PushRequest::Ring { device_id, .. } if device_id == device))
-            .count()
-    }
-
-    fn cancels(&self, device: &str) -> Vec<StopReason> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|p| match p {
-                PushRequest::Cancel {
-                    device_id, reason, ..
-                } if device_id == device => Some(*reason),
-                _ => None,
-            })
-            .collect()
-    }
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -259,3 +259,56 @@ impl Harness {
             .sum()
     }
 }
+
+/// A push sender that records every request (tests of who gets pushed).
+#[derive(Default)]
+pub struct RecordingPush(std::sync::Mutex<Vec<control::ringing::PushRequest>>);
+
+impl control::ringing::PushSender for RecordingPush {
+    fn send(&self, push: control::ringing::PushRequest) {
+        self.0.lock().unwrap().push(push);
+    }
+}
+
+impl RecordingPush {
+    /// (call id, device id) of every ring push, sorted.
+    pub fn rings_sent(&self) -> Vec<(String, String)> {
+        use control::ringing::PushRequest;
+        let mut rung: Vec<_> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|p| match p {
+                PushRequest::Ring {
+                    call_id, device_id, ..
+                } => Some((call_id.clone(), device_id.clone())),
+                _ => None,
+            })
+            .collect();
+        rung.sort();
+        rung
+    }
+
+    pub fn rings(&self, device: &str) -> usize {
+        self.rings_sent()
+            .iter()
+            .filter(|(_, d)| d == device)
+            .count()
+    }
+
+    pub fn cancels(&self, device: &str) -> Vec<control::call::StopReason> {
+        use control::ringing::PushRequest;
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|p| match p {
+                PushRequest::Cancel {
+                    device_id, reason, ..
+                } if device_id == device => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+}
