@@ -48,18 +48,25 @@ struct RoomShape {
     local_ip: IpAddr,
 }
 
+/// The server the bots join, and how their call tokens are minted.
+#[derive(clap::Args)]
+struct SignalingTarget {
+    /// The server's signaling URL (the only address targeted).
+    #[arg(long, default_value = "ws://127.0.0.1:7880/v1/rtc")]
+    url: String,
+    /// The server's `call_token_secret` (tokens are minted with it).
+    #[arg(long, env = "SWITCHBOARD_CALL_TOKEN_SECRET")]
+    secret: String,
+    #[arg(long, default_value = "switchboard")]
+    issuer: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Rooms of publishers and subscribers.
     Room {
-        /// The server's signaling URL (the only address targeted).
-        #[arg(long, default_value = "ws://127.0.0.1:7880/v1/rtc")]
-        url: String,
-        /// The server's `call_token_secret` (tokens are minted with it).
-        #[arg(long, env = "SWITCHBOARD_CALL_TOKEN_SECRET")]
-        secret: String,
-        #[arg(long, default_value = "switchboard")]
-        issuer: String,
+        #[command(flatten)]
+        target: SignalingTarget,
         #[command(flatten)]
         shape: RoomShape,
         #[arg(long, default_value_t = 2.0)]
@@ -80,12 +87,8 @@ enum Command {
     },
     /// Participants joining at a steady rate, publishing, leaving.
     Churn {
-        #[arg(long, default_value = "ws://127.0.0.1:7880/v1/rtc")]
-        url: String,
-        #[arg(long, env = "SWITCHBOARD_CALL_TOKEN_SECRET")]
-        secret: String,
-        #[arg(long, default_value = "switchboard")]
-        issuer: String,
+        #[command(flatten)]
+        target: SignalingTarget,
         #[arg(long, default_value_t = 4)]
         rooms: usize,
         #[arg(long, default_value_t = 2.0)]
@@ -212,9 +215,12 @@ async fn main() -> ExitCode {
     }
     let (report, ok) = match cli.command {
         Command::Room {
-            url,
-            secret,
-            issuer,
+            target:
+                SignalingTarget {
+                    url,
+                    secret,
+                    issuer,
+                },
             shape,
             ramp_up_seconds,
             server_pid,
@@ -273,9 +279,12 @@ async fn main() -> ExitCode {
             result
         }
         Command::Churn {
-            url,
-            secret,
-            issuer,
+            target:
+                SignalingTarget {
+                    url,
+                    secret,
+                    issuer,
+                },
             rooms,
             joins_per_second,
             stay_seconds,
