@@ -338,6 +338,8 @@ impl Bot {
         }
     }
 
+    /// Feeds one datagram to the connection it is addressed to and drains
+    /// that connection.
     pub fn handle_datagram(
         &mut self,
         source: SocketAddr,
@@ -366,6 +368,10 @@ impl Bot {
         );
         if rtc.accepts(&input) {
             rtc.handle_input(input).expect("bot rtc input");
+            // str0m holds one received packet until the next poll (RTP
+            // mode): drain now, or a second datagram would overwrite it.
+            let publisher = destination == self.publisher_addr;
+            self.poll_one(publisher);
         }
     }
 
