@@ -51,7 +51,7 @@ use room::{Room, Track};
 pub use offer_policy::{OfferedSend, offered_sends};
 use timers::TimerKind;
 
-/// A participant's deadline of `kind`, as it stands now.
+/// The timer entry of `kind` a participant has armed, as it stands now.
 fn current_deadline(
     participants: &HashMap<ParticipantKey, Participant>,
     key: ParticipantKey,
@@ -59,8 +59,8 @@ fn current_deadline(
 ) -> Option<Instant> {
     let p = participants.get(&key)?;
     match kind {
-        TimerKind::Publisher => p.publisher.next_timeout,
-        TimerKind::Subscriber => p.subscriber.next_timeout,
+        TimerKind::Publisher => p.publisher.armed,
+        TimerKind::Subscriber => p.subscriber.armed,
         TimerKind::Grace => p.grace_deadline,
     }
 }
@@ -415,13 +415,25 @@ impl Engine {
                 }
             };
             let peer = p.peer_mut(target);
-            // Its heap entry is gone: forget the deadline so the drain
-            // schedules whatever comes next, even the same instant.
-            peer.next_timeout = None;
-            // A timeout is never refused; an error here means the Rtc is
-            // dead, which the drain notices.
-            let _ = peer.rtc.handle_input(RtcInput::Timeout(now));
-            self.dirty.push((key, target));
+            // Its heap entry is gone.
+            peer.armed = None;
+            match peer.next_timeout {
+                Some(deadline) if deadline > now => {
+                    // Armed for an earlier deadline that has since moved on.
+                    peer.armed = Some(deadline);
+                    self.timers.schedule(deadline, key, kind);
+                }
+                Some(_) => {
+                    // Forget the deadline so the drain schedules whatever
+                    // comes next, even the same instant.
+                    peer.next_timeout = None;
+                    // A timeout is never refused; an error here means the
+                    // Rtc is dead, which the drain notices.
+                    let _ = peer.rtc.handle_input(RtcInput::Timeout(now));
+                    self.dirty.push((key, target));
+                }
+                None => {}
+            }
         }
     }
 
@@ -467,8 +479,9 @@ impl Engine {
                 }
                 match peer.rtc.poll_output() {
                     Ok(RtcOutput::Timeout(t)) => {
-                        if peer.next_timeout != Some(t) {
-                            peer.next_timeout = Some(t);
+                        peer.next_timeout = Some(t);
+                        if peer.armed.is_none_or(|armed| t < armed) {
+                            peer.armed = Some(t);
                             let kind = match target {
                                 PeerTarget::Publisher => TimerKind::Publisher,
                                 PeerTarget::Subscriber => TimerKind::Subscriber,

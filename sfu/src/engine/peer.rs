@@ -17,6 +17,12 @@ pub struct Peer {
     pub was_offered: bool,
     /// Where str0m wants to be woken next; `None` while it needs no timer.
     pub next_timeout: Option<Instant>,
+    /// The engine's timer entry for this peer, at or before `next_timeout`.
+    /// A deadline that moves later keeps the entry (it fires early and is
+    /// re-armed without touching the `Rtc`); only one that moves earlier
+    /// adds an entry. str0m moves its deadline on nearly every drain, mostly
+    /// later, so this saves a heap push per forwarded packet.
+    pub armed: Option<Instant>,
     pub ice: IceConnectionState,
     /// Ever reached connected: a peer that never connected is not "reconnecting".
     pub was_connected: bool,
@@ -32,6 +38,7 @@ impl Peer {
             ufrags: Vec::new(),
             was_offered: false,
             next_timeout: None,
+            armed: None,
             ice: IceConnectionState::New,
             was_connected: false,
             addresses: Vec::new(),

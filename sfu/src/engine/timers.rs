@@ -3,8 +3,10 @@
 //! was 2-5 % of the server's CPU in `BENCHMARKS.md`'s profiles).
 //!
 //! Entries are not removed when a deadline moves: each is checked against
-//! the participant's current value when it reaches the top (`is_current`),
-//! and stale ones are dropped then.
+//! the entry the participant has armed when it reaches the top
+//! (`is_current`), and stale ones are dropped then. A peer whose deadline
+//! moves later keeps its entry and is re-armed when it fires (`Peer::armed`),
+//! so entries are added only for deadlines that move earlier.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
