@@ -394,6 +394,25 @@ fn one_to_one_feeds_the_receivers_estimate_back_to_the_sender() {
     }
 }
 
+/// Only the first two members of a room (the ones a 1:1 call has) run the
+/// subscriber-side estimator: in a group it has no consumer, and its probes
+/// (padding-only packets) would only cost.
+#[test]
+fn only_the_first_two_members_probe_the_subscriber_path() {
+    let mut group = room_of_three();
+    group.run_for(Duration::from_secs(3));
+    let probes: Vec<u64> = group
+        .bots
+        .iter()
+        .map(|bot| {
+            let padded = group.padded_rtp_to.get(&bot.subscriber_addr);
+            padded.copied().unwrap_or(0)
+        })
+        .collect();
+    assert!(probes[0] > 0 && probes[1] > 0, "not probed: {probes:?}");
+    assert_eq!(probes[2], 0, "the third member was probed: {probes:?}");
+}
+
 mod arbitrary_input {
     use super::*;
     use proptest::prelude::*;

@@ -649,7 +649,13 @@ impl Engine {
         self.broadcast(&room, Some(key), message);
     }
 
-    fn new_peer(&mut self, key: ParticipantKey, target: PeerTarget, now: Instant) -> Peer {
+    fn new_peer(
+        &mut self,
+        key: ParticipantKey,
+        target: PeerTarget,
+        estimate_bandwidth: bool,
+        now: Instant,
+    ) -> Peer {
         let mut builder = Rtc::builder()
             .set_rtp_mode(true)
             .set_dtls_cert(self.dtls_cert.clone())
@@ -657,7 +663,7 @@ impl Engine {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_h264(true);
-        if target == PeerTarget::Subscriber {
+        if estimate_bandwidth {
             builder = builder.enable_bwe(Some(self.config.initial_bitrate));
         }
         let mut rtc = builder.build(now);

@@ -1,6 +1,7 @@
 //! A fake-clock, fake-network harness: one `Engine` and several `Bot`s,
 //! datagrams delivered in memory by address, time advanced in ticks.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,9 @@ pub struct Sim {
     pub events: Vec<Event>,
     /// Bots whose datagrams are dropped (a broken path).
     pub cut: Vec<usize>,
+    /// RTP packets with padding the engine sent (bandwidth probes: the
+    /// forwarded media has none), by destination.
+    pub padded_rtp_to: HashMap<SocketAddr, u64>,
     last_media: Instant,
 }
 
@@ -41,6 +45,7 @@ impl Sim {
             start: now,
             events: Vec::new(),
             cut: Vec::new(),
+            padded_rtp_to: HashMap::new(),
             last_media: now,
         }
     }
@@ -117,6 +122,9 @@ impl Sim {
                     Output::Transmit(t) => {
                         moved = true;
                         let dest = t.destination;
+                        if is_padded_rtp(&t.contents) {
+                            *self.padded_rtp_to.entry(dest).or_default() += 1;
+                        }
                         if let Some(i) = self.bot_at(dest)
                             && !self.cut.contains(&i)
                         {
@@ -216,4 +224,15 @@ impl Sim {
 
 pub fn to_command(message: ClientMessage) -> Command {
     Command::from_client(message).expect("bots send join and ping only over a real socket")
+}
+
+/// An RTP packet (RFC 7983: first byte 128-191; RTCP's packet types are
+/// 192-223 in the second byte) with its padding bit set.
+fn is_padded_rtp(datagram: &[u8]) -> bool {
+    match datagram {
+        [first, second, ..] => {
+            (128..192).contains(first) && !(192..224).contains(second) && first & 0x20 != 0
+        }
+        _ => false,
+    }
 }
