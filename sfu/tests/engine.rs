@@ -411,6 +411,17 @@ fn only_the_first_two_members_probe_the_subscriber_path() {
         .collect();
     assert!(probes[0] > 0 && probes[1] > 0, "not probed: {probes:?}");
     assert_eq!(probes[2], 0, "the third member was probed: {probes:?}");
+    // Nor is the third asked for transport-wide feedback nobody would read.
+    let offers_feedback: Vec<bool> = group
+        .bots
+        .iter()
+        .map(|bot| {
+            bot.messages.iter().any(|m| {
+                matches!(m, ServerMessage::SubscriberOffer { sdp, .. } if sdp.contains("transport-wide-cc"))
+            })
+        })
+        .collect();
+    assert_eq!(offers_feedback, [true, true, false]);
 }
 
 mod arbitrary_input {

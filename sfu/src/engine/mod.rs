@@ -39,7 +39,7 @@ use str0m::format::PayloadParams;
 use str0m::ice::StunMessage;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
-use str0m::rtp::{RtpPacket, RtpWrite};
+use str0m::rtp::{Extension, ExtensionMap, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input as RtcInput};
 use str0m::{Output as RtcOutput, Rtc};
 
@@ -63,6 +63,17 @@ fn current_deadline(
         TimerKind::Subscriber => p.subscriber.armed,
         TimerKind::Grace => p.grace_deadline,
     }
+}
+
+/// `exts` without the transport-wide sequence number (TWCC).
+fn without_transport_feedback(exts: ExtensionMap) -> ExtensionMap {
+    let mut kept = ExtensionMap::empty();
+    for (id, ext) in exts.iter() {
+        if *ext != Extension::TransportSequenceNumber {
+            kept.set(id, ext.clone());
+        }
+    }
+    kept
 }
 
 /// A signaling connection, numbered by the shell.
@@ -665,6 +676,12 @@ impl Engine {
             .enable_h264(true);
         if estimate_bandwidth {
             builder = builder.enable_bwe(Some(self.config.initial_bitrate));
+        } else if target == PeerTarget::Subscriber {
+            // With no estimator, transport-wide feedback has no reader: not
+            // offering its extension spares a sequence number on every packet
+            // and the client's feedback packets (several per second).
+            builder =
+                builder.set_extension_map(without_transport_feedback(ExtensionMap::standard()));
         }
         let mut rtc = builder.build(now);
         for addr in &self.config.host_candidates {
