@@ -18,8 +18,8 @@ builds=("$1" "$2")
 ROUNDS=${ROUNDS:-3}
 RUN=${SECONDS_PER_RUN:-8}
 SECRET=capacity-secret-capacity-secret-0123
-# name rooms publishers subscribers
-read -r -a scenarios <<<"${SCENARIOS:-1x200:1:1:200 4-party-rooms:20:4:0 1:1-calls:100:2:0}"
+# name:rooms:publishers:subscribers
+read -r -a scenarios <<<"${SCENARIOS:-1x200:1:1:200 4-party-rooms:20:4:0 1to1-calls:100:2:0}"
 out=target/loadtest/ab
 mkdir -p "$out"
 cargo build --release -q -p loadtest
@@ -29,7 +29,7 @@ trap '[ -n "$server" ] && kill $server 2>/dev/null; rm -rf "$data"' EXIT
 printf 'max_participants_per_room = 1000\n' >"$data/bench.toml"
 
 tracks_per_core() {
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("videoTracksPerServerCore") or 0)' "$1"
+  python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1])).get("videoTracksPerServerCore") or 0))' "$1"
 }
 
 for round in $(seq 1 "$ROUNDS"); do
