@@ -17,16 +17,15 @@ cd "$(dirname "$0")/../.."
 builds=("$1" "$2")
 ROUNDS=${ROUNDS:-3}
 RUN=${SECONDS_PER_RUN:-8}
-SECRET=capacity-secret-capacity-secret-0123
 # name:rooms:publishers:subscribers
 read -r -a scenarios <<<"${SCENARIOS:-1x200:1:1:200 4-party-rooms:20:4:0 1to1-calls:100:2:0}"
 out=target/loadtest/ab
 mkdir -p "$out"
 cargo build --release -q -p loadtest
+. loadtest/bench/server.sh
 data=$(mktemp -d)
 server=
 trap '[ -n "$server" ] && kill $server 2>/dev/null; rm -rf "$data"' EXIT
-printf 'max_participants_per_room = 1000\n' >"$data/bench.toml"
 
 tracks_per_core() {
   python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1])).get("videoTracksPerServerCore") or 0))' "$1"
@@ -36,16 +35,11 @@ for round in $(seq 1 "$ROUNDS"); do
   for s in "${scenarios[@]}"; do
     IFS=: read -r name rooms pubs subs <<<"$s"
     for side in 0 1; do
-      rm -rf "$data/db" && mkdir "$data/db"
-      SWITCHBOARD_HTTP_LISTEN=127.0.0.1:27880 SWITCHBOARD_RTC_UDP_BIND=127.0.0.1:27882 \
-      SWITCHBOARD_ANNOUNCE_IPS=127.0.0.1 SWITCHBOARD_ENGINE_THREADS=1 SWITCHBOARD_TURN_ENABLED=false \
-      SWITCHBOARD_CALL_TOKEN_SECRET=$SECRET SWITCHBOARD_DATA_DIR="$data/db" RUST_LOG=warn \
-        "${builds[$side]}" --config "$data/bench.toml" >"$out/server-$side.log" 2>&1 &
-      server=$!
-      sleep 1
+      rm -rf "$data/db"
+      start_switchboard "${builds[$side]}" "$data/db" "$out/server-$side.log"
       json="$out/$name-$round-$side.json"
-      target/release/switchboard-loadtest --cpu 1 --server-cpu 0 room --url ws://127.0.0.1:27880/v1/rtc \
-        --secret $SECRET --rooms "$rooms" --publishers "$pubs" --subscribers "$subs" --video-kbps 500 \
+      target/release/switchboard-loadtest --cpu 1 --server-cpu 0 room --url ws://$BENCH_HTTP/v1/rtc \
+        --secret $BENCH_SECRET --rooms "$rooms" --publishers "$pubs" --subscribers "$subs" --video-kbps 500 \
         --ramp-up-seconds 3 --seconds "$RUN" --server-pid $server --max-loss-percent 100 \
         --json "$json" >/dev/null || true
       kill $server && wait $server 2>/dev/null || true

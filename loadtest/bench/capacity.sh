@@ -16,23 +16,16 @@ cd "$(dirname "$0")/../.."
 
 RUN=${SECONDS_PER_RUN:-10}
 KBPS=${VIDEO_KBPS:-500}
-SECRET=capacity-secret-capacity-secret-0123
 SERVER_CPU=${SERVER_CPU:-0}
 BOTS_CPU=${BOTS_CPU:-1}
 out=target/loadtest
 mkdir -p "$out"
 
 cargo build --release -q -p sfu -p loadtest
+. loadtest/bench/server.sh
 data=$(mktemp -d)
-# Rooms of 200+ need more than the default 100 participants.
-printf 'max_participants_per_room = 1000\n' >"$data/bench.toml"
-SWITCHBOARD_HTTP_LISTEN=127.0.0.1:27880 SWITCHBOARD_RTC_UDP_BIND=127.0.0.1:27882 \
-SWITCHBOARD_ANNOUNCE_IPS=127.0.0.1 SWITCHBOARD_ENGINE_THREADS=1 SWITCHBOARD_TURN_ENABLED=false \
-SWITCHBOARD_CALL_TOKEN_SECRET=$SECRET SWITCHBOARD_DATA_DIR="$data" RUST_LOG=warn \
-  target/release/switchboard --config "$data/bench.toml" >"$out/server.log" 2>&1 &
-server=$!
+start_switchboard target/release/switchboard "$data" "$out/server.log"
 trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
-sleep 1
 
 lt() { target/release/switchboard-loadtest --cpu "$BOTS_CPU" --server-cpu "$SERVER_CPU" "$@"; }
 
@@ -49,7 +42,7 @@ echo "| scenario | run | video tracks | loss % | latency p50 / p99 ms | server C
 echo "|---|---|---|---|---|---|---|---|"
 for s in "${scenarios[@]}"; do
   read -r name rooms pubs subs <<<"$s"
-  lt room --url ws://127.0.0.1:27880/v1/rtc --secret $SECRET --rooms "$rooms" --publishers "$pubs" \
+  lt room --url ws://$BENCH_HTTP/v1/rtc --secret $BENCH_SECRET --rooms "$rooms" --publishers "$pubs" \
      --subscribers "$subs" --video-kbps "$KBPS" --ramp-up-seconds 3 --seconds "$RUN" \
      --server-pid $server --max-loss-percent 100 --json "$out/$name-sfu.json" >/dev/null || true
   lt baseline --rooms "$rooms" --publishers "$pubs" --subscribers "$subs" --video-kbps "$KBPS" \
