@@ -370,6 +370,7 @@ mod tests {
             user_id: "alice".into(),
             participant_id: "p".into(),
             permissions: signaling::Permissions::ALL,
+            group: false,
         });
         assert!(
             auth()

@@ -34,6 +34,10 @@ pub struct CallGrant {
     pub user_id: String,
     pub participant_id: String,
     pub permissions: Permissions,
+    /// The call was created for more than two people. Its room never needs
+    /// the 1:1 fast path's bandwidth feedback, so the SFU spares every
+    /// member's subscriber connection the estimator.
+    pub group: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +53,9 @@ struct Claims {
     participant_id: String,
     permissions: Permissions,
     media_mode: MediaMode,
+    /// Absent in tokens minted before it existed: not a group.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    group: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -106,6 +113,7 @@ impl CallTokens {
             participant_id: grant.participant_id.clone(),
             permissions: grant.permissions,
             media_mode: MediaMode::Sfu,
+            group: grant.group,
         };
         // HS256 signing of a serializable struct cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -142,6 +150,7 @@ impl CallTokens {
             user_id: claims.sub,
             participant_id: claims.participant_id,
             permissions: claims.permissions,
+            group: claims.group,
         })
     }
 }
@@ -174,6 +183,7 @@ mod tests {
                 publish_video: false,
                 subscribe: true,
             },
+            group: false,
         }
     }
 
@@ -181,6 +191,11 @@ mod tests {
     fn minted_token_verifies_to_the_same_grant() {
         let t = tokens();
         assert_eq!(t.verify(&t.mint(&grant())).unwrap(), grant());
+        let group = CallGrant {
+            group: true,
+            ..grant()
+        };
+        assert_eq!(t.verify(&t.mint(&group)).unwrap(), group);
     }
 
     #[test]

@@ -393,6 +393,35 @@ fn base64_encode(s: &str) -> String {
     out
 }
 
+/// The call token says whether the call was created for more than two
+/// people (the SFU then runs no bandwidth estimator for any member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_for_more_than_two_is_a_group_in_its_token() {
+    let server = start_server().await;
+    for user in ["alice", "bob", "carol"] {
+        register(&server, user, &format!("{user}-d")).await;
+    }
+    let group_of = |created: &Value| {
+        let token = created["callToken"].as_str().expect("a call token");
+        server.state.tokens.verify(token).expect("valid").group
+    };
+    let (status, one_to_one) = create(&server, "alice", "bob", None).await;
+    assert_eq!(status, 201, "{one_to_one}");
+    assert!(!group_of(&one_to_one));
+    let (status, group) = api(
+        &server,
+        "POST",
+        "/v1/calls",
+        &user_token("carol"),
+        &[],
+        json!({"calleeUserIds": ["alice", "bob"], "type": "audio", "deviceId": "carol-d"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{group}");
+    assert!(group_of(&group));
+    server.shutdown().await;
+}
+
 /// Create -> ring two devices -> one accepts (the other is rung off) -> both
 /// join the SFU with their call tokens -> connected (from the SFU's signal) ->
 /// both leave -> ended, completed.

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::sim::{Sim, engine_config};
-use sfu::engine::{Command, Event};
+use sfu::engine::{Command, Event, JoinRequest};
 use signaling::{ErrorCode, LeaveReason, ParticipantState, Permissions, ServerMessage};
 use str0m::media::MediaKind;
 
@@ -394,25 +394,18 @@ fn one_to_one_feeds_the_receivers_estimate_back_to_the_sender() {
     }
 }
 
-/// Only the first two members of a room (the ones a 1:1 call has) run the
-/// subscriber-side estimator: in a group it has no consumer, and its probes
-/// (padding-only packets) would only cost.
-#[test]
-fn only_the_first_two_members_probe_the_subscriber_path() {
-    let mut group = room_of_three();
-    group.run_for(Duration::from_secs(3));
-    let probes: Vec<u64> = group
+/// Padding-only packets (bandwidth probes) each bot's subscriber connection
+/// got, and whether its offers asked for transport-wide feedback.
+fn probes_and_feedback(sim: &Sim) -> (Vec<u64>, Vec<bool>) {
+    let probes = sim
         .bots
         .iter()
         .map(|bot| {
-            let padded = group.padded_rtp_to.get(&bot.subscriber_addr);
+            let padded = sim.padded_rtp_to.get(&bot.subscriber_addr);
             padded.copied().unwrap_or(0)
         })
         .collect();
-    assert!(probes[0] > 0 && probes[1] > 0, "not probed: {probes:?}");
-    assert_eq!(probes[2], 0, "the third member was probed: {probes:?}");
-    // Nor is the third asked for transport-wide feedback nobody would read.
-    let offers_feedback: Vec<bool> = group
+    let feedback = sim
         .bots
         .iter()
         .map(|bot| {
@@ -421,7 +414,41 @@ fn only_the_first_two_members_probe_the_subscriber_path() {
             })
         })
         .collect();
-    assert_eq!(offers_feedback, [true, true, false]);
+    (probes, feedback)
+}
+
+/// Only the first two members of a room (the ones a 1:1 call has) run the
+/// subscriber-side estimator: in a group it has no consumer, and its probes
+/// (padding-only packets) would only cost. Nor is a later member asked for
+/// transport-wide feedback nobody would read.
+#[test]
+fn only_the_first_two_members_probe_the_subscriber_path() {
+    let mut group = room_of_three();
+    group.run_for(Duration::from_secs(3));
+    let (probes, feedback) = probes_and_feedback(&group);
+    assert!(probes[0] > 0 && probes[1] > 0, "not probed: {probes:?}");
+    assert_eq!(probes[2], 0, "the third member was probed: {probes:?}");
+    assert_eq!(feedback, [true, true, false]);
+}
+
+/// A call created for more than two (the call token says `group`) spares
+/// even its first two members the estimator.
+#[test]
+fn a_group_call_probes_no_subscriber_path() {
+    let mut sim = Sim::new(engine_config());
+    for name in ["a", "b", "c"] {
+        let i = sim.join_as(name, "room-1", Permissions::ALL, true);
+        sim.bots[i].publish();
+        sim.deliver();
+    }
+    sim.connect_all();
+    sim.run_for(Duration::from_secs(3));
+    let (probes, feedback) = probes_and_feedback(&sim);
+    assert_eq!(probes, [0, 0, 0]);
+    assert_eq!(feedback, [false, false, false]);
+    // Media still flows both ways.
+    assert!(sim.bots[0].received_from(&pid("c")) > 100);
+    assert!(sim.bots[2].received_from(&pid("a")) > 100);
 }
 
 mod arbitrary_input {
@@ -493,13 +520,14 @@ fn a_track_without_a_common_codec_is_reported_once_not_dropped_silently() {
     sim.bots.push(bot);
     sim.command(
         b,
-        Command::Join {
+        Command::Join(JoinRequest {
             room: "room-1".into(),
             user_id: "user-b".into(),
             participant_id: pid("b"),
             permissions: Permissions::ALL,
+            group: false,
             auto_subscribe: true,
-        },
+        }),
     );
     sim.connect_all();
     sim.run_for(Duration::from_secs(2));

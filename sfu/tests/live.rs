@@ -17,6 +17,7 @@ fn grant(room: &str, name: &str) -> CallGrant {
         user_id: format!("user-{name}"),
         participant_id: format!("p-{name}"),
         permissions: Permissions::ALL,
+        group: false,
     }
 }
 

@@ -369,6 +369,7 @@ fn with_token(state: &ControlState, call: &Call, user: &str) -> Result<CallWithT
                 publish_video: call.call_type == CallType::Video,
                 subscribe: true,
             },
+            group: call.participants.len() > 2,
         })
     });
     let ice_servers = match (&call_token, &state.turn) {

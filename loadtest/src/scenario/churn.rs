@@ -52,6 +52,7 @@ pub async fn run(plan: &ChurnPlan) -> Report {
             user_id: name.clone(),
             participant_id: name.clone(),
             permissions: Permissions::ALL,
+            group: false,
         });
         let bot = BotPlan {
             name,

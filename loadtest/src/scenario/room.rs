@@ -73,6 +73,8 @@ pub async fn run(plan: &RoomPlan) -> Report {
                     subscribe: true,
                 }
             },
+            // As control mints it for a call created for more than two.
+            group: per_room > 2,
         });
         let bot_plan = BotPlan {
             name,

@@ -8,24 +8,7 @@ impl Engine {
     pub(super) fn handle_command(&mut self, conn: ConnId, command: Command, now: Instant) {
         let key = self.conns.get(&conn).copied();
         match (command, key) {
-            (
-                Command::Join {
-                    room,
-                    user_id,
-                    participant_id,
-                    permissions,
-                    auto_subscribe,
-                },
-                None,
-            ) => self.join(
-                conn,
-                room,
-                user_id,
-                participant_id,
-                permissions,
-                auto_subscribe,
-                now,
-            ),
+            (Command::Join(request), None) => self.join(conn, request, now),
             (
                 Command::Resume {
                     room,
@@ -34,7 +17,7 @@ impl Engine {
                 },
                 None,
             ) => self.resume(conn, &room, &user_id, &participant_id, now),
-            (Command::Join { .. } | Command::Resume { .. }, Some(_)) => self.error(
+            (Command::Join(_) | Command::Resume { .. }, Some(_)) => self.error(
                 conn,
                 ErrorCode::AlreadyJoined,
                 "this connection already joined",
@@ -75,17 +58,15 @@ impl Engine {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn join(
-        &mut self,
-        conn: ConnId,
-        room_id: String,
-        user_id: String,
-        participant_id: String,
-        permissions: Permissions,
-        auto_subscribe: bool,
-        now: Instant,
-    ) {
+    pub(super) fn join(&mut self, conn: ConnId, request: JoinRequest, now: Instant) {
+        let JoinRequest {
+            room: room_id,
+            user_id,
+            participant_id,
+            permissions,
+            group,
+            auto_subscribe,
+        } = request;
         // The same participant joining again replaces its old session.
         let existing = self.find_participant(&room_id, &participant_id);
         let members = self.rooms.get(&room_id).map_or(0, |r| r.members.len());
@@ -101,11 +82,12 @@ impl Engine {
         self.next_key += 1;
         // The subscriber side's bandwidth estimate has one consumer, the 1:1
         // fast path's REMB to the peer's publisher, so only the members a 1:1
-        // call has (the first two) run the estimator. In a group it would
-        // only cost: its pacer wakes every subscriber connection every 40 ms
-        // and it probes with padding (BENCHMARKS.md). Simulcast layer
-        // selection will want it back.
-        let estimate_bandwidth = self.rooms.get(&room_id).map_or(0, |r| r.members.len()) < 2;
+        // call has (the first two, none in a call created as a group) run the
+        // estimator. In a group it would only cost: its pacer wakes every
+        // subscriber connection every 40 ms and it probes with padding
+        // (BENCHMARKS.md). Simulcast layer selection will want it back.
+        let estimate_bandwidth =
+            !group && self.rooms.get(&room_id).map_or(0, |r| r.members.len()) < 2;
         let publisher = self.new_peer(key, PeerTarget::Publisher, false, now);
         let subscriber = self.new_peer(key, PeerTarget::Subscriber, estimate_bandwidth, now);
         let participant = Participant {

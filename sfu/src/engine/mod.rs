@@ -137,13 +137,7 @@ pub enum Input<'a> {
 /// call token; the engine checks everything about the room.
 #[derive(Debug, Clone)]
 pub enum Command {
-    Join {
-        room: String,
-        user_id: String,
-        participant_id: String,
-        permissions: Permissions,
-        auto_subscribe: bool,
-    },
+    Join(JoinRequest),
     /// Attach a new WebSocket to a participant that is still in the room.
     Resume {
         room: String,
@@ -177,6 +171,19 @@ pub enum Command {
     Leave,
     /// The WebSocket closed without `leave`: the participant is reconnecting.
     Detach,
+}
+
+/// Who joins which room, as the call token grants it.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    pub room: String,
+    pub user_id: String,
+    pub participant_id: String,
+    pub permissions: Permissions,
+    /// The call was created for more than two people (the call token says
+    /// so): no member needs the 1:1 fast path's estimator.
+    pub group: bool,
+    pub auto_subscribe: bool,
 }
 
 impl Command {

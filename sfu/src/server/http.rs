@@ -72,6 +72,9 @@ struct DevTokenRequest {
     user_id: String,
     participant_id: Option<String>,
     permissions: Option<Permissions>,
+    /// As control sets it for calls created for more than two people.
+    #[serde(default)]
+    group: bool,
 }
 
 #[derive(Serialize)]
@@ -109,6 +112,7 @@ async fn dev_token(
         user_id: req.user_id,
         participant_id: participant_id.clone(),
         permissions: req.permissions.unwrap_or(Permissions::ALL),
+        group: req.group,
     };
     let ice_servers = state.turn.as_ref().map_or_else(Vec::new, |t| {
         t.ice_servers(&grant.user_id, control::unix_millis())

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use super::shard::{SessionOut, ShardHandle};
-use crate::engine::{Command, ConnId};
+use crate::engine::{Command, ConnId, JoinRequest};
 use control::call_token::TokenError;
 
 /// A connection must join this soon after it opens.
@@ -209,13 +209,14 @@ fn check_join(text: &str, state: &AppState) -> Result<Joined, ServerMessage> {
             user_id: grant.user_id.clone(),
             participant_id: grant.participant_id.clone(),
         },
-        None => Command::Join {
+        None => Command::Join(JoinRequest {
             room: grant.call_id.clone(),
             user_id: grant.user_id.clone(),
             participant_id: grant.participant_id.clone(),
             permissions: grant.permissions,
+            group: grant.group,
             auto_subscribe,
-        },
+        }),
     };
     Ok(Joined {
         room: grant.call_id,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sfu::engine::{Command, ConnId, Engine, EngineConfig, Event, Input, Output};
+use sfu::engine::{Command, ConnId, Engine, EngineConfig, Event, Input, JoinRequest, Output};
 use signaling::{ClientMessage, Permissions};
 
 use loadtest::bot::{Bot, TICK};
@@ -64,6 +64,18 @@ impl Sim {
     }
 
     pub fn join_with(&mut self, name: &str, room: &str, permissions: Permissions) -> usize {
+        self.join_as(name, room, permissions, false)
+    }
+
+    /// Adds a bot and joins it to `room` of a call created for more than
+    /// two (`group`, as the call token would say) or not.
+    pub fn join_as(
+        &mut self,
+        name: &str,
+        room: &str,
+        permissions: Permissions,
+        group: bool,
+    ) -> usize {
         let i = self.bots.len();
         let base = 10 + i as u8;
         let bot = Bot::new(
@@ -75,13 +87,14 @@ impl Sim {
         self.bots.push(bot);
         self.command(
             i,
-            Command::Join {
+            Command::Join(JoinRequest {
                 room: room.to_string(),
                 user_id: format!("user-{name}"),
                 participant_id: format!("p-{name}"),
                 permissions,
+                group,
                 auto_subscribe: true,
-            },
+            }),
         );
         i
     }
