@@ -47,11 +47,17 @@ async fn receive(
         r.bad_signatures.fetch_add(1, Ordering::SeqCst);
         return (StatusCode::UNAUTHORIZED, HeaderMap::new());
     }
-    let left = r.fail_first.load(Ordering::SeqCst);
-    if left > 0 {
-        if left != usize::MAX {
-            r.fail_first.fetch_sub(1, Ordering::SeqCst);
-        }
+    // One atomic step: two requests at once (the two phones' rings) must
+    // not both take the last failure and wrap the count to "fail forever".
+    let fails = r
+        .fail_first
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
+            0 => None,
+            usize::MAX => Some(usize::MAX),
+            n => Some(n - 1),
+        })
+        .is_ok();
+    if fails {
         let mut h = HeaderMap::new();
         h.insert("retry-after", "1".parse().unwrap());
         return (StatusCode::SERVICE_UNAVAILABLE, h);
