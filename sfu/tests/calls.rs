@@ -3,6 +3,7 @@
 
 mod common;
 
+use base64::Engine as _;
 use common::live::{
     API_KEY_ID, API_KEY_SECRET, http_with, run_bot, start_server, user_token, ws_url,
 };
@@ -358,7 +359,7 @@ async fn every_endpoint_refuses_bad_credentials_and_strangers() {
     // The backend with its API key, acting for bob, may act.
     let basic = format!(
         "Basic {}",
-        base64_encode(&format!("{API_KEY_ID}:{API_KEY_SECRET}"))
+        base64::engine::general_purpose::STANDARD.encode(format!("{API_KEY_ID}:{API_KEY_SECRET}"))
     );
     let (status, body) = http_with(
         &server,
@@ -372,25 +373,6 @@ async fn every_endpoint_refuses_bad_credentials_and_strangers() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-}
-
-fn base64_encode(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The call token says whether the call was created for more than two
