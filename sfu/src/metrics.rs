@@ -22,6 +22,9 @@ pub struct Metrics {
     pub join_to_first_forward: Histogram,
     pub signaling_connections: IntGauge,
     pub signaling_errors: IntCounterVec,
+    /// Panics contained by scope: `participant` (one participant removed) or
+    /// `shard` (an engine restarted, its participants told to rejoin).
+    pub engine_panics: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,6 +70,15 @@ impl Metrics {
         registry
             .register(Box::new(signaling_connections.clone()))
             .expect("unique metric");
+        let engine_panics = counter_vec(
+            "switchboard_engine_panics_total",
+            "Panics contained in the media engine, by what was lost: one participant or a whole shard (restarted)",
+            "scope",
+        );
+        // Both series exist from the start, so an alert on their rate works.
+        for scope in ["participant", "shard"] {
+            engine_panics.with_label_values(&[scope]);
+        }
         Metrics {
             rooms: shard_gauge("switchboard_rooms", "Rooms with at least one participant"),
             participants: shard_gauge("switchboard_participants", "Participants in rooms"),
@@ -103,6 +115,7 @@ impl Metrics {
                 "Error messages sent to clients",
                 "code",
             ),
+            engine_panics,
             registry,
         }
     }

@@ -104,6 +104,9 @@ pub enum LeaveReason {
     Replaced,
     /// The server is shutting down.
     ServerShutdown,
+    /// The server lost this participant's media state (an internal fault,
+    /// contained to it): join again with a fresh call token.
+    Failed,
 }
 
 /// Every error a client can be sent, as a stable machine-readable code.

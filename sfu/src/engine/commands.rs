@@ -228,6 +228,11 @@ impl Engine {
     }
 
     pub(super) fn publish(&mut self, conn: ConnId, key: ParticipantKey, sdp: &str, now: Instant) {
+        let max_ufrag = self.max_remote_ufrag(key, PeerTarget::Publisher);
+        if let Err(e) = ice_credentials::check_sdp(sdp, max_ufrag) {
+            self.error(conn, ErrorCode::InvalidSdp, e);
+            return;
+        }
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
@@ -259,10 +264,14 @@ impl Engine {
                 return;
             }
         };
-        let answer = match p.publisher.rtc.sdp_api().accept_offer(offer) {
-            Ok(answer) => answer,
-            Err(e) => {
+        let answer = match p.publisher.guard(|rtc| rtc.sdp_api().accept_offer(offer)) {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
                 self.error(conn, ErrorCode::InvalidSdp, format!("offer refused: {e}"));
+                return;
+            }
+            Err(RtcPanicked) => {
+                self.fail_participant(key);
                 return;
             }
         };
@@ -303,6 +312,12 @@ impl Engine {
         if candidate.is_empty() {
             return; // end-of-candidates
         }
+        let max_ufrag = self.max_remote_ufrag(key, target);
+        let bare = candidate.strip_prefix("a=").unwrap_or(candidate);
+        if let Err(e) = ice_credentials::check_candidate(bare, max_ufrag) {
+            self.error(conn, ErrorCode::InvalidCandidate, e);
+            return;
+        }
         let parsed = match Candidate::from_sdp_string(candidate) {
             Ok(c) => c,
             Err(e) => {
@@ -311,7 +326,12 @@ impl Engine {
             }
         };
         if let Some(p) = self.participants.get_mut(&key) {
-            p.peer_mut(target).rtc.add_remote_candidate(parsed);
+            let added = p
+                .peer_mut(target)
+                .guard(|rtc| rtc.add_remote_candidate(parsed));
+            if added.is_err() {
+                self.fail_participant(key);
+            }
             self.dirty.push((key, target));
         }
     }

@@ -101,12 +101,10 @@ impl Engine {
         ext.rid = None;
         ext.rid_repair = None;
         ext.transport_cc = None;
-        let mut api = rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-            return;
-        };
-        tx.write_rtp(
-            RtpWrite::new(
+        let written = sub.subscriber.guard(|rtc| {
+            let mut api = rtc.direct_api();
+            let tx = api.stream_tx_by_mid(mid, None)?;
+            let write = RtpWrite::new(
                 pt,
                 seq,
                 pkt.header.timestamp,
@@ -115,8 +113,18 @@ impl Engine {
             )
             .marker(pkt.header.marker)
             .ext_vals(ext)
-            .nackable(kind == TrackKind::Video),
-        );
+            .nackable(kind == TrackKind::Video);
+            tx.write_rtp(write);
+            Some(())
+        });
+        match written {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(RtcPanicked) => {
+                self.fail_participant(subscriber);
+                return;
+            }
+        }
         self.stats.rtp_forwarded += 1;
         self.stats.rtp_forwarded_bytes += pkt.payload.len() as u64;
         if !sub.first_forward_recorded {

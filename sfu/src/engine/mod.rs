@@ -15,6 +15,7 @@
 
 mod commands;
 mod forward;
+mod ice_credentials;
 mod keyframe;
 mod negotiate;
 mod offer_policy;
@@ -22,6 +23,8 @@ mod participant;
 mod peer;
 mod rewrite;
 mod room;
+#[cfg(test)]
+mod tests;
 mod timers;
 
 use std::collections::{HashMap, VecDeque};
@@ -44,7 +47,7 @@ use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input as RtcInput}
 use str0m::{Output as RtcOutput, Rtc};
 
 use participant::{DownState, DownTrack, Participant};
-use peer::Peer;
+use peer::{Peer, RtcPanicked};
 use rewrite::resolve_pt;
 use room::{Room, Track};
 
@@ -258,6 +261,8 @@ pub struct EngineStats {
     pub rtp_forwarded_bytes: u64,
     pub keyframe_requests: u64,
     pub dropped_datagrams: u64,
+    /// Participants removed because str0m panicked inside one of their `Rtc`s.
+    pub participants_failed: u64,
 }
 
 pub struct Engine {
@@ -318,6 +323,20 @@ impl Engine {
 
     pub fn participant_count(&self) -> usize {
         self.participants.len()
+    }
+
+    /// (call id, user id) of every participant.
+    pub fn members(&self) -> Vec<(String, String)> {
+        self.participants
+            .values()
+            .map(|p| (p.room.clone(), p.user_id.clone()))
+            .collect()
+    }
+
+    pub fn has_member(&self, call_id: &str, user_id: &str) -> bool {
+        self.participants
+            .values()
+            .any(|p| p.room == call_id && p.user_id == user_id)
     }
 
     pub fn track_count(&self) -> usize {
@@ -385,9 +404,12 @@ impl Engine {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
-        let peer = p.peer_mut(target);
-        if let Err(e) = peer.rtc.handle_input(input) {
-            tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, error = %e, "input refused by rtc");
+        match p.peer_mut(target).guard(|rtc| rtc.handle_input(input)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, error = %e, "input refused by rtc")
+            }
+            Err(RtcPanicked) => self.fail_participant(key),
         }
         self.dirty.push((key, target));
     }
@@ -401,12 +423,19 @@ impl Engine {
         source: SocketAddr,
     ) -> Option<(ParticipantKey, PeerTarget)> {
         let stun = StunMessage::parse(bytes).ok()?;
-        let (local_ufrag, _) = stun.split_username()?;
+        let (local_ufrag, remote_ufrag) = stun.split_username()?;
+        let max_remote = ice_credentials::max_remote_ufrag(local_ufrag.len());
+        ice_credentials::check_ufrag(remote_ufrag, max_remote).ok()?;
         let (key, target) = *self.by_ufrag.get(local_ufrag)?;
         let p = self.participants.get_mut(&key)?;
         let peer = p.peer_mut(target);
-        if !peer.rtc.accepts(input) {
-            return None;
+        match peer.guard(|rtc| rtc.accepts(input)) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(RtcPanicked) => {
+                self.fail_participant(key);
+                return None;
+            }
         }
         peer.addresses.push(source);
         self.by_addr.insert(source, (key, target));
@@ -447,7 +476,12 @@ impl Engine {
                     peer.next_timeout = None;
                     // A timeout is never refused; an error here means the
                     // Rtc is dead, which the drain notices.
-                    let _ = peer.rtc.handle_input(RtcInput::Timeout(now));
+                    if peer
+                        .guard(|rtc| rtc.handle_input(RtcInput::Timeout(now)))
+                        .is_err()
+                    {
+                        self.fail_participant(key);
+                    }
                     self.dirty.push((key, target));
                 }
                 None => {}
@@ -480,6 +514,7 @@ impl Engine {
 
     fn drain(&mut self, key: ParticipantKey, target: PeerTarget, now: Instant) {
         let mut events = Vec::new();
+        let mut panicked = false;
         {
             let Some(p) = self.participants.get_mut(&key) else {
                 return;
@@ -490,12 +525,21 @@ impl Engine {
                 PeerTarget::Subscriber => &mut p.subscriber,
             };
             loop {
-                if !peer.rtc.is_alive() {
-                    peer.next_timeout = None;
-                    self.doomed.push((key, LeaveReason::Timeout));
-                    break;
-                }
-                match peer.rtc.poll_output() {
+                let polled = peer.guard(|rtc| rtc.is_alive().then(|| rtc.poll_output()));
+                let output = match polled {
+                    Ok(Some(output)) => output,
+                    Ok(None) => {
+                        peer.next_timeout = None;
+                        self.doomed.push((key, LeaveReason::Timeout));
+                        break;
+                    }
+                    Err(RtcPanicked) => {
+                        peer.next_timeout = None;
+                        panicked = true;
+                        break;
+                    }
+                };
+                match output {
                     Ok(RtcOutput::Timeout(t)) => {
                         peer.next_timeout = Some(t);
                         if peer.armed.is_none_or(|armed| t < armed) {
@@ -527,10 +571,14 @@ impl Engine {
                     }
                     Err(e) => {
                         tracing::info!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, error = %e, "peer connection failed");
-                        peer.rtc.disconnect();
+                        let _ = peer.guard(|rtc| rtc.disconnect());
                     }
                 }
             }
+        }
+        if panicked {
+            self.fail_participant(key);
+            return;
         }
         for (event, extra) in events {
             self.handle_rtc_event(key, target, event, extra, now);
@@ -768,7 +816,8 @@ impl Engine {
             return;
         };
         for peer in [&mut p.publisher, &mut p.subscriber] {
-            peer.rtc.disconnect();
+            // A poisoned Rtc is not touched again.
+            let _ = peer.guard(|rtc| rtc.disconnect());
             for addr in peer.addresses.drain(..) {
                 self.by_addr.remove(&addr);
                 self.outputs
@@ -808,6 +857,13 @@ impl Engine {
         );
         if let Some(conn) = conn {
             self.conns.remove(&conn);
+            if reason == LeaveReason::Failed {
+                self.error(
+                    conn,
+                    ErrorCode::Internal,
+                    "the media server lost this participant's connection state; join again",
+                );
+            }
             self.send(conn, ServerMessage::Left { reason });
             self.outputs
                 .push_back(Output::Event(Event::ConnClosed { conn }));
@@ -821,6 +877,28 @@ impl Engine {
         for m in members {
             self.negotiate_subscriber(m);
         }
+    }
+
+    /// str0m panicked inside one of `key`'s `Rtc`s: that participant (and no
+    /// one else) is removed at the end of this input, with a typed error.
+    fn fail_participant(&mut self, key: ParticipantKey) {
+        if self.doomed.contains(&(key, LeaveReason::Failed)) {
+            return;
+        }
+        self.stats.participants_failed += 1;
+        self.doomed.push((key, LeaveReason::Failed));
+        if let Some(p) = self.participants.get(&key) {
+            tracing::error!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, "str0m panicked in this participant's peer connection; removing it");
+        }
+    }
+
+    /// The longest remote ICE ufrag `key`'s `target` connection can take.
+    fn max_remote_ufrag(&mut self, key: ParticipantKey, target: PeerTarget) -> usize {
+        let local = self.participants.get_mut(&key).map_or(0, |p| {
+            let rtc = &mut p.peer_mut(target).rtc;
+            rtc.direct_api().local_ice_credentials().ufrag.len()
+        });
+        ice_credentials::max_remote_ufrag(local)
     }
 
     fn find_participant(&self, room_id: &str, participant_id: &str) -> Option<ParticipantKey> {

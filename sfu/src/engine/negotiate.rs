@@ -12,6 +12,11 @@ impl Engine {
         sdp: &str,
         now: Instant,
     ) {
+        let max_ufrag = self.max_remote_ufrag(key, PeerTarget::Subscriber);
+        if let Err(e) = ice_credentials::check_sdp(sdp, max_ufrag) {
+            self.error(conn, ErrorCode::InvalidSdp, e);
+            return;
+        }
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
@@ -38,7 +43,13 @@ impl Engine {
             return;
         };
         p.pending_offer_message = None;
-        let result = p.subscriber.rtc.sdp_api().accept_answer(pending, answer);
+        let Ok(result) = p
+            .subscriber
+            .guard(|rtc| rtc.sdp_api().accept_answer(pending, answer))
+        else {
+            self.fail_participant(key);
+            return;
+        };
         let mut opened = Vec::new();
         match result {
             Ok(()) => {
@@ -229,7 +240,9 @@ impl Engine {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
-        if p.pending_offer.is_some() {
+        // A poisoned connection is never touched again (its participant is
+        // on its way out).
+        if p.pending_offer.is_some() || p.subscriber.poisoned {
             return;
         }
         let first = !p.subscriber.was_offered;

@@ -2,6 +2,7 @@
 //! engine remembers about it.
 
 use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use signaling::PeerTarget;
@@ -28,7 +29,14 @@ pub struct Peer {
     pub was_connected: bool,
     /// Remote addresses this peer has received from (for the address map).
     pub addresses: Vec<SocketAddr>,
+    /// str0m panicked inside this `Rtc`: its state is unknown, so it is never
+    /// touched again and its participant is removed.
+    pub poisoned: bool,
 }
+
+/// str0m panicked inside a peer's `Rtc` (now or earlier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtcPanicked;
 
 impl Peer {
     pub fn new(target: PeerTarget, rtc: Rtc) -> Peer {
@@ -42,7 +50,23 @@ impl Peer {
             ice: IceConnectionState::New,
             was_connected: false,
             addresses: Vec::new(),
+            poisoned: false,
         }
+    }
+
+    /// Runs `f` on the `Rtc`, containing a panic inside str0m to this peer:
+    /// one participant's bad input must not unwind through the engine and
+    /// take every room of its shard with it. Release builds unwind
+    /// (`panic = "unwind"` is the profile default), so this holds there too.
+    pub fn guard<R>(&mut self, f: impl FnOnce(&mut Rtc) -> R) -> Result<R, RtcPanicked> {
+        if self.poisoned {
+            return Err(RtcPanicked);
+        }
+        // Unwind safety: after a panic the Rtc is marked and never used again.
+        catch_unwind(AssertUnwindSafe(|| f(&mut self.rtc))).map_err(|_| {
+            self.poisoned = true;
+            RtcPanicked
+        })
     }
 
     /// The path is broken now (it was up before).

@@ -20,7 +20,8 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/v1/rtc", get(rtc_socket))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     if state.config.dev_token_endpoint {
         router = router
             .route("/dev/token", post(dev_token))
@@ -56,6 +57,37 @@ async fn serve_socket(socket: WebSocket, state: AppState) {
     });
     let sink = sink.with(|text: String| async move { Ok::<_, axum::Error>(Message::text(text)) });
     session::run(Box::pin(stream), Box::pin(sink), state).await;
+}
+
+/// A shard whose loop has not come round for this long is stuck: it wakes
+/// at least once a second when idle.
+const SHARD_MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The engine shards that are not live (thread ended, or loop stuck).
+fn dead_shards(state: &AppState) -> Vec<usize> {
+    let now = std::time::Instant::now();
+    (0..state.shards.len())
+        .filter(|i| !state.shards[*i].health.is_live(now, SHARD_MAX_SILENCE))
+        .collect()
+}
+
+/// Liveness: every engine shard is running. A dead one means calls placed
+/// on it fail: restart the process.
+async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    let dead = dead_shards(&state);
+    if dead.is_empty() {
+        return Ok("ok");
+    }
+    Err(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "shard_down",
+        message: format!("engine shards not running: {dead:?}"),
+    })
+}
+
+/// Readiness for new calls: live (a draining node will also say no here).
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    healthz(State(state)).await.map(|_| "ready")
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -11,11 +11,12 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use signaling::ServerMessage;
+use signaling::{ErrorCode, LeaveReason, ServerMessage};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::{RouteTable, udp};
@@ -26,6 +27,15 @@ use crate::metrics::Metrics;
 /// Datagrams waiting for an engine beyond this are dropped: late media is
 /// worthless and an unbounded queue would only grow under a flood.
 const MAX_QUEUED_DATAGRAMS: usize = 8192;
+
+/// What woke a shard's loop.
+enum Woke {
+    Input(ShardInput),
+    /// A datagram of this length from this source is in the read buffer.
+    Datagram(usize, SocketAddr),
+    Timeout,
+    Nothing,
+}
 
 pub enum ShardInput {
     Datagram {
@@ -57,6 +67,46 @@ pub enum SessionOut {
 pub struct ShardHandle {
     tx: UnboundedSender<ShardInput>,
     queued_datagrams: Arc<AtomicUsize>,
+    pub health: Arc<ShardHealth>,
+}
+
+/// A shard's liveness, as `/healthz` reads it: its thread is running and its
+/// loop came round recently (it wakes at least once a second, idle or not).
+pub struct ShardHealth {
+    running: AtomicBool,
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the loop's latest round.
+    last_round_ms: AtomicU64,
+}
+
+impl ShardHealth {
+    fn new() -> ShardHealth {
+        ShardHealth {
+            running: AtomicBool::new(true),
+            epoch: Instant::now(),
+            last_round_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.last_round_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Running, and its loop went round within `max_silence` of `now`.
+    pub fn is_live(&self, now: Instant, max_silence: Duration) -> bool {
+        let last = self.epoch + Duration::from_millis(self.last_round_ms.load(Ordering::Relaxed));
+        self.running.load(Ordering::Relaxed) && now.saturating_duration_since(last) <= max_silence
+    }
+}
+
+/// Marks the shard dead when its thread ends, by return or by unwinding.
+struct Stopped(Arc<ShardHealth>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Relaxed);
+    }
 }
 
 impl ShardHandle {
@@ -105,6 +155,7 @@ pub fn spawn_all(
         handles.push(ShardHandle {
             tx,
             queued_datagrams: Arc::default(),
+            health: Arc::new(ShardHealth::new()),
         });
         receivers.push(rx);
     }
@@ -122,7 +173,11 @@ pub fn spawn_all(
         let reader = socket.try_clone().map_err(|e| e.to_string())?;
         let mut shard = Shard {
             index,
-            engine: Engine::new(engine_config, cert.clone(), Instant::now()),
+            engine: Engine::new(engine_config.clone(), cert.clone(), Instant::now()),
+            engine_config,
+            cert: cert.clone(),
+            orphans: Vec::new(),
+            health: handles[index].health.clone(),
             sessions: HashMap::new(),
             socket: socket.clone(),
             peers: peers.clone(),
@@ -144,6 +199,13 @@ pub fn spawn_all(
 struct Shard {
     index: usize,
     engine: Engine,
+    /// What a restarted engine is built from.
+    engine_config: EngineConfig,
+    cert: str0m::config::DtlsCert,
+    /// Participants of an engine that panicked, with the time by which they
+    /// must have rejoined; call control hears of those who did not.
+    orphans: Vec<(Instant, String, String)>,
+    health: Arc<ShardHealth>,
     sessions: HashMap<ConnId, UnboundedSender<SessionOut>>,
     socket: Arc<UdpSocket>,
     /// Every shard's handle (its own included), to pass on datagrams.
@@ -165,6 +227,7 @@ pub enum MediaSignal {
 
 impl Shard {
     fn run(&mut self, rx: UnboundedReceiver<ShardInput>, reader: UdpSocket) {
+        let _stopped = Stopped(self.health.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
@@ -190,21 +253,97 @@ impl Shard {
         let mut deadline = Instant::now();
         let mut buf = vec![0u8; udp::MAX_DATAGRAM];
         loop {
-            tokio::select! {
+            let woke = tokio::select! {
                 input = rx.recv() => match input {
                     None | Some(ShardInput::Stop) => break,
-                    Some(input) => self.handle(input),
+                    Some(input) => Woke::Input(input),
                 },
                 received = reader.recv_from(&mut buf) => match received {
-                    Ok((n, source)) => self.datagram(source, &buf[..n]),
+                    Ok((n, source)) => Woke::Datagram(n, source),
                     // ICMP errors surface here on some systems: keep going.
-                    Err(e) => tracing::debug!(error = %e, "udp recv"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "udp recv");
+                        Woke::Nothing
+                    }
                 },
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    self.engine.handle_input(Input::Timeout, Instant::now());
+                _ = tokio::time::sleep_until(deadline.into()) => Woke::Timeout,
+            };
+            // Panics inside a participant's Rtc are contained by the engine;
+            // anything else that panics here takes only this engine's state,
+            // which is rebuilt empty (its participants rejoin).
+            let stepped = catch_unwind(AssertUnwindSafe(|| {
+                match woke {
+                    Woke::Input(input) => self.handle(input),
+                    Woke::Datagram(n, source) => self.datagram(source, &buf[..n]),
+                    Woke::Timeout => self.engine.handle_input(Input::Timeout, Instant::now()),
+                    Woke::Nothing => {}
                 }
+                self.flush()
+            }));
+            let now = Instant::now();
+            deadline = match stepped {
+                Ok(deadline) => deadline,
+                Err(_) => self.restart_engine(now),
+            };
+            if let Some(first) = self.orphans.first().map(|o| o.0) {
+                if first <= now {
+                    self.release_orphans(now);
+                }
+                deadline = deadline.min(self.orphans.first().map_or(deadline, |o| o.0));
             }
-            deadline = self.flush();
+            self.health.beat(now);
+        }
+    }
+
+    /// The engine panicked outside any one participant: every participant on
+    /// this shard is told to rejoin (`error` internal, `left` failed), its
+    /// routes are forgotten and a fresh engine takes over. Call control hears
+    /// of those who do not rejoin within the reconnect grace.
+    fn restart_engine(&mut self, now: Instant) -> Instant {
+        self.metrics
+            .engine_panics
+            .with_label_values(&["shard"])
+            .inc();
+        let members = catch_unwind(AssertUnwindSafe(|| self.engine.members())).unwrap_or_default();
+        tracing::error!(
+            shard = self.index,
+            participants = members.len(),
+            "engine panicked; restarting it empty"
+        );
+        let rejoin_by = now + self.engine_config.reconnect_grace;
+        self.orphans.extend(
+            members
+                .into_iter()
+                .map(|(call_id, user_id)| (rejoin_by, call_id, user_id)),
+        );
+        self.orphans.sort_by_key(|o| o.0);
+        for (_, outbox) in self.sessions.drain() {
+            let _ = outbox.send(SessionOut::Message(ServerMessage::error(
+                ErrorCode::Internal,
+                "the media server restarted; join again",
+            )));
+            let _ = outbox.send(SessionOut::Message(ServerMessage::Left {
+                reason: LeaveReason::Failed,
+            }));
+            let _ = outbox.send(SessionOut::Close);
+        }
+        self.routes.by_addr.retain(|_, shard| *shard != self.index);
+        self.routes.by_ufrag.retain(|_, shard| *shard != self.index);
+        self.engine = Engine::new(self.engine_config.clone(), self.cert.clone(), now);
+        self.last_stats = EngineStats::default();
+        now
+    }
+
+    /// Orphans whose rejoin deadline passed and who are not back: their
+    /// media left, as a grace timeout would have said.
+    fn release_orphans(&mut self, now: Instant) {
+        let due = self.orphans.partition_point(|o| o.0 <= now);
+        for (_, call_id, user_id) in self.orphans.drain(..due).collect::<Vec<_>>() {
+            if !self.engine.has_member(&call_id, &user_id) {
+                let _ = self
+                    .media_signals
+                    .send(MediaSignal::Left { call_id, user_id });
+            }
         }
     }
 
@@ -381,6 +520,9 @@ impl Shard {
             .inc_by(stats.rtp_forwarded - last.rtp_forwarded);
         m.keyframe_requests
             .inc_by(stats.keyframe_requests - last.keyframe_requests);
+        m.engine_panics
+            .with_label_values(&["participant"])
+            .inc_by(stats.participants_failed - last.participants_failed);
         m.udp_dropped
             .with_label_values(&["engine"])
             .inc_by(stats.dropped_datagrams - last.dropped_datagrams);
@@ -394,5 +536,26 @@ impl Shard {
         m.tracks
             .with_label_values(&[&shard])
             .set(self.engine.track_count() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_is_live_while_running_and_going_round() {
+        let health = Arc::new(ShardHealth::new());
+        let start = health.epoch;
+        let max = Duration::from_secs(10);
+        health.beat(start + Duration::from_secs(3));
+        assert!(health.is_live(start + Duration::from_secs(12), max));
+        // A loop stuck for more than the limit.
+        assert!(!health.is_live(start + Duration::from_secs(14), max));
+        health.beat(start + Duration::from_secs(14));
+        assert!(health.is_live(start + Duration::from_secs(14), max));
+        // The thread ends (returns or unwinds): dead however recent the beat.
+        drop(Stopped(health.clone()));
+        assert!(!health.is_live(start + Duration::from_secs(14), max));
     }
 }

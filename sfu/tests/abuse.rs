@@ -1,0 +1,255 @@
+//! Attacks on the real `switchboard` process (loopback only, bounded), each
+//! reproducing a defect found by probing it (issue 12): the attack must now
+//! fail with a typed answer and the server must stay healthy, with other
+//! calls unaffected.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use common::live::{
+    PROCESS_CALL_TOKEN_SECRET, ServerProcess, free_port, request, scratch_dir, spawn_switchboard,
+};
+use control::call_token::{CallGrant, CallTokens, DEFAULT_TTL};
+use signaling::client::SignalingClient;
+use signaling::{ClientMessage, ErrorCode, PeerTarget, Permissions, ServerMessage};
+
+fn tokens() -> CallTokens {
+    CallTokens::new(
+        PROCESS_CALL_TOKEN_SECRET.as_bytes(),
+        "switchboard",
+        DEFAULT_TTL,
+    )
+}
+
+fn grant(room: &str, name: &str) -> CallGrant {
+    CallGrant {
+        call_id: room.into(),
+        user_id: format!("user-{name}"),
+        participant_id: format!("p-{name}"),
+        permissions: Permissions::ALL,
+        group: false,
+    }
+}
+
+async fn spawn(env: &[(&str, &str)]) -> ServerProcess {
+    spawn_switchboard(&scratch_dir(), free_port(), free_port(), env).await
+}
+
+async fn metrics(server: &ServerProcess) -> String {
+    request(server.http, "GET", "/metrics", &[], "").await.1
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `/healthz` answers 200 within `limit`.
+async fn assert_healthy(server: &ServerProcess, limit: Duration) {
+    let started = Instant::now();
+    let (status, body) = request(server.http, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < limit,
+        "healthz took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Joins `room` as `name`; returns the socket and the server's first
+/// subscriber offer.
+async fn join(server: &ServerProcess, room: &str, name: &str) -> (SignalingClient, String) {
+    let url = format!("ws://{}/v1/rtc", server.http);
+    let mut ws = SignalingClient::connect(&url).await.unwrap();
+    let join = ClientMessage::Join {
+        protocol_version: signaling::PROTOCOL_VERSION,
+        token: tokens().mint(&grant(room, name)),
+        auto_subscribe: true,
+        resume_participant_id: None,
+    };
+    ws.send(&join).await.unwrap();
+    let offer = recv_until(&mut ws, |m| match m {
+        ServerMessage::SubscriberOffer { sdp, .. } => Some(sdp.clone()),
+        _ => None,
+    })
+    .await;
+    (ws, offer)
+}
+
+/// The first message `pick` takes, within 10 s.
+async fn recv_until<T>(
+    ws: &mut SignalingClient,
+    mut pick: impl FnMut(&ServerMessage) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, ws.recv())
+            .await
+            .expect("an answer within 10 s")
+            .expect("the socket stays open");
+        if let Some(t) = pick(&message) {
+            return t;
+        }
+    }
+}
+
+async fn expect_error(ws: &mut SignalingClient, code: ErrorCode) {
+    let got = recv_until(ws, |m| match m {
+        ServerMessage::Error { code, .. } => Some(*code),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, code);
+}
+
+/// Every occurrence of the first `a=ice-ufrag` value in `sdp` (the ufrag
+/// line and candidates' `ufrag` extensions) replaced by `ufrag`.
+fn with_ufrag(sdp: &str, ufrag: &str) -> String {
+    let old = sdp
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("the SDP has a ufrag");
+    sdp.replace(old, ufrag)
+}
+
+/// A client's offer and answer to `server_offer`, written by str0m.
+fn client_sdp(server_offer: &str) -> (String, String) {
+    use str0m::media::{Direction, MediaKind};
+    let now = Instant::now();
+    let mut publisher = str0m::Rtc::builder().build(now);
+    let host = str0m::Candidate::host("127.0.0.1:9".parse().unwrap(), "udp").unwrap();
+    publisher.add_local_candidate(host.clone());
+    let mut api = publisher.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, _) = api.apply().unwrap();
+    let mut subscriber = str0m::Rtc::builder().build(now);
+    subscriber.add_local_candidate(host);
+    let server_offer = str0m::change::SdpOffer::from_sdp_string(server_offer).unwrap();
+    let answer = subscriber.sdp_api().accept_offer(server_offer).unwrap();
+    (offer.to_sdp_string(), answer.to_sdp_string())
+}
+
+/// Item 1: a 200-character ICE ufrag (valid under RFC 8839) in an offer, a
+/// subscriber answer, a trickled candidate or a STUN request used to panic
+/// the engine shard inside str0m, killing every room on it. Now each is
+/// refused with a typed error; a call on the same shard keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_ice_ufrag_is_refused_and_the_shard_lives() {
+    // One shard: the attacker and the bystanders share it.
+    let server = spawn(&[("SWITCHBOARD_ENGINE_THREADS", "1")]).await;
+    let url = format!("ws://{}/v1/rtc", server.http);
+    let run = Duration::from_secs(6);
+    let bystanders: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let (url, token) = (url.clone(), tokens().mint(&grant("calm", name)));
+            tokio::spawn(async move { common::live::run_bot(name, &url, token, run).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let long = "u".repeat(200);
+    let (mut ws, server_offer) = join(&server, "attack", "mallory").await;
+    let (offer, answer) = client_sdp(&server_offer);
+    let publish = ClientMessage::Publish {
+        sdp: with_ufrag(&offer, &long),
+    };
+    ws.send(&publish).await.unwrap();
+    expect_error(&mut ws, ErrorCode::InvalidSdp).await;
+    let subscriber_answer = ClientMessage::SubscriberAnswer {
+        sdp: with_ufrag(&answer, &long),
+    };
+    ws.send(&subscriber_answer).await.unwrap();
+    expect_error(&mut ws, ErrorCode::InvalidSdp).await;
+    let trickle = ClientMessage::Trickle {
+        target: PeerTarget::Publisher,
+        candidate: signaling::IceCandidate {
+            candidate: format!("candidate:1 1 udp 2130706431 127.0.0.1 9 typ host ufrag {long}"),
+            sdp_mid: None,
+            sdp_m_line_index: None,
+            username_fragment: None,
+        },
+    };
+    ws.send(&trickle).await.unwrap();
+    expect_error(&mut ws, ErrorCode::InvalidCandidate).await;
+    // A STUN Binding request naming the server's ufrag and a long remote one.
+    let server_ufrag = server_offer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .unwrap();
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let media_port = server_offer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=candidate:"))
+        .and_then(|c| c.split(' ').nth(5)?.parse::<u16>().ok())
+        .unwrap();
+    udp.send_to(
+        &stun_binding_request(&format!("{server_ufrag}:{long}")),
+        ("127.0.0.1", media_port),
+    )
+    .await
+    .unwrap();
+
+    // The attacker's own connection still works.
+    ws.send(&ClientMessage::Ping { timestamp: 7 })
+        .await
+        .unwrap();
+    recv_until(&mut ws, |m| {
+        matches!(m, ServerMessage::Pong { .. }).then_some(())
+    })
+    .await;
+    for task in bystanders {
+        let bot = task.await.unwrap();
+        let other = if bot.name == "a" { "p-b" } else { "p-a" };
+        let got = bot.received_from(other);
+        // About 6 s of audio and video; a shard dead at 1.5 s gives far less.
+        assert!(
+            got > 150,
+            "{} received {got} packets from {other}",
+            bot.name
+        );
+    }
+    assert_healthy(&server, Duration::from_secs(2)).await;
+    let text = metrics(&server).await;
+    assert_eq!(
+        metric(&text, "switchboard_engine_panics_total{scope=\"shard\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_engine_panics_total{scope=\"participant\"}"
+        ),
+        0.0
+    );
+}
+
+/// A STUN Binding request with USERNAME `username`, PRIORITY and no
+/// integrity (RFC 8489 framing).
+fn stun_binding_request(username: &str) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    let mut attr = |typ: u16, value: &[u8]| {
+        attrs.extend_from_slice(&typ.to_be_bytes());
+        attrs.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        attrs.extend_from_slice(value);
+        attrs.resize(attrs.len().next_multiple_of(4), 0);
+    };
+    attr(0x0006, username.as_bytes());
+    attr(0x0024, &2_130_706_431u32.to_be_bytes());
+    let mut message = Vec::new();
+    message.extend_from_slice(&0x0001u16.to_be_bytes());
+    message.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    message.extend_from_slice(&0x2112_A442u32.to_be_bytes());
+    let id = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    message.extend_from_slice(&id.to_be_bytes());
+    message.extend_from_slice(&[7, 7, 7, 7]);
+    message.extend_from_slice(&attrs);
+    message
+}
