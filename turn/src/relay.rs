@@ -197,6 +197,11 @@ impl Relay {
         self.allocations.len()
     }
 
+    /// The client of `listener` at `client` holds an allocation.
+    pub fn has_allocation(&self, listener: ListenerId, client: SocketAddr) -> bool {
+        self.by_client.contains_key(&(listener, client))
+    }
+
     fn unix_now(&self, now: Instant) -> u64 {
         self.unix_at_zero + now.saturating_duration_since(Instant::ZERO).as_secs()
     }
@@ -310,7 +315,7 @@ impl Relay {
         out: &mut Vec<Output>,
     ) {
         let (from, to) = (t.from, t.to);
-        if let Some(listener) = self.listener_of(from) {
+        if let Some(listener) = self.listener_of(t.transport, from) {
             let tcp = self.servers[listener].transport() == TransportType::Tcp;
             let mut data = t.data.build();
             if tcp && data.first().is_some_and(|b| b >> 6 == 1) {
@@ -337,8 +342,13 @@ impl Relay {
         });
     }
 
-    fn listener_of(&self, addr: SocketAddr) -> Option<ListenerId> {
-        self.servers.iter().position(|s| s.listen_address() == addr)
+    /// The listener a transmit leaves from. By transport and address: UDP
+    /// and TCP share one port by default (3478), and an answer to a TCP
+    /// client must not leave as a UDP datagram.
+    fn listener_of(&self, transport: TransportType, addr: SocketAddr) -> Option<ListenerId> {
+        self.servers
+            .iter()
+            .position(|s| s.transport() == transport && s.listen_address() == addr)
     }
 
     /// Our checks on a STUN message from a client. `Some(answer)`: it is
@@ -522,16 +532,12 @@ impl Relay {
                             commands.push(Command::CloseRelay { relay: listen_addr });
                         }
                     }
-                    TurnServerPollRet::TcpClose {
-                        local_addr,
-                        remote_addr,
-                    } => {
-                        if let Some(listener) = self.listener_of(local_addr) {
-                            commands.push(Command::CloseClient {
-                                listener,
-                                client: remote_addr,
-                            });
-                        }
+                    // This listener's server asked: the connection is its own.
+                    TurnServerPollRet::TcpClose { remote_addr, .. } => {
+                        commands.push(Command::CloseClient {
+                            listener,
+                            client: remote_addr,
+                        });
                     }
                     // TCP allocations are refused by policy; nothing else to do.
                     TurnServerPollRet::TcpConnect { .. }

@@ -29,6 +29,20 @@ const FIRST_MESSAGE_WITHIN: Duration = Duration::from_secs(10);
 /// minutes; media far more often).
 const IDLE_STREAM_LIMIT: Duration = Duration::from_secs(660);
 
+/// Answers and relayed data queued for one TCP / TLS client. A client that
+/// stops reading fills this and is disconnected: its queue must not grow the
+/// server's memory (one 28-byte Allocate is answered with 116 bytes).
+const STREAM_OUTBOX: usize = 256;
+/// A write to a TCP / TLS client that makes no progress this long ends it.
+const STREAM_WRITE_STALL: Duration = Duration::from_secs(10);
+/// A TCP / TLS connection must hold an allocation this soon after it opened
+/// (the 401 challenge and the authenticated retry take two round trips).
+const ALLOCATE_WITHIN: Duration = Duration::from_secs(30);
+/// TCP and TLS connections open at once, over all stream listeners; more
+/// are closed at accept. Each costs a task, a 16 KiB read buffer and its
+/// bounded outbox.
+pub const MAX_STREAM_CLIENTS: usize = 4096;
+
 /// Socket buffers for the listener and relay sockets: with the kernel
 /// default a relay benchmark lost 9% of packets; with 4 MiB none.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -94,7 +108,7 @@ impl Drop for RunningTurn {
     }
 }
 
-type StreamWriters = HashMap<(ListenerId, SocketAddr), mpsc::UnboundedSender<Vec<u8>>>;
+type StreamWriters = HashMap<(ListenerId, SocketAddr), mpsc::Sender<Vec<u8>>>;
 /// Each relay socket, with the task reading it.
 type RelaySockets = HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)>;
 
@@ -105,11 +119,20 @@ struct Shared {
     udp: Option<(ListenerId, Arc<UdpSocket>)>,
     relays: Mutex<RelaySockets>,
     streams: Mutex<StreamWriters>,
+    /// Permits for open TCP / TLS connections ([`MAX_STREAM_CLIENTS`]).
+    stream_permits: Arc<tokio::sync::Semaphore>,
+    metrics: Option<Arc<TurnMetrics>>,
 }
 
 impl Shared {
     fn now(&self) -> Instant {
         Instant::ZERO + self.started.elapsed()
+    }
+
+    fn count_drop(&self, reason: &str) {
+        if let Some(m) = &self.metrics {
+            m.dropped.with_label_values(&[reason]).inc();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Relay> {
@@ -210,7 +233,7 @@ async fn bind_and_serve(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut relay = Relay::new(config.relay.clone(), unix_now, metrics);
+    let mut relay = Relay::new(config.relay.clone(), unix_now, metrics.clone());
     let bind_err = |addr| move |source| TurnStartError::Bind { addr, source };
 
     let udp = match config.udp_listen {
@@ -254,6 +277,8 @@ async fn bind_and_serve(
         udp: udp.clone(),
         relays: Mutex::new(HashMap::new()),
         streams: Mutex::new(HashMap::new()),
+        stream_permits: Arc::new(tokio::sync::Semaphore::new(MAX_STREAM_CLIENTS)),
+        metrics,
     });
     let running = RunningTurn {
         udp_addr: udp.as_ref().and_then(|(_, s)| s.local_addr().ok()),
@@ -270,8 +295,15 @@ async fn bind_and_serve(
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
+                let Some(permit) = stream_permit(&shared) else {
+                    continue; // dropped: closed at once
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_stream(shared.clone(), id, peer, stream));
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    serve_stream(shared, id, peer, stream).await;
+                    drop(permit);
+                });
             }
         }));
     }
@@ -279,9 +311,13 @@ async fn bind_and_serve(
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
+                let Some(permit) = stream_permit(&shared) else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let (shared, acceptor) = (shared.clone(), acceptor.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     // A handshake that stalls must not hold a task forever.
                     let accepted =
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
@@ -330,13 +366,26 @@ async fn relay_reader(shared: Arc<Shared>, relay: SocketAddr, socket: Arc<UdpSoc
     }
 }
 
+/// A permit for one more TCP / TLS connection, or `None` (counted) when
+/// [`MAX_STREAM_CLIENTS`] are open.
+fn stream_permit(shared: &Shared) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let permit = shared.stream_permits.clone().try_acquire_owned().ok();
+    if permit.is_none() {
+        shared.count_drop("stream_clients_full");
+    }
+    permit
+}
+
 /// One TCP or TLS client connection: frames in, framed writes out.
 async fn serve_stream<S>(shared: Arc<Shared>, listener: ListenerId, peer: SocketAddr, stream: S)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let opened = std::time::Instant::now();
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_OUTBOX);
+    // The outbox is gone (overflowed, see `send`) once no strong sender is left.
+    let outbox = tx.downgrade();
     shared
         .streams
         .lock()
@@ -344,8 +393,9 @@ where
         .insert((listener, peer), tx);
     let write_task = tokio::spawn(async move {
         while let Some(bytes) = rx.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
-                break;
+            match tokio::time::timeout(STREAM_WRITE_STALL, writer.write_all(&bytes)).await {
+                Ok(Ok(())) => {}
+                _ => break,
             }
         }
         let _ = writer.shutdown().await;
@@ -354,14 +404,36 @@ where
     let mut buf = vec![0u8; 16_384];
     let mut out = Vec::new();
     let mut idle_limit = FIRST_MESSAGE_WITHIN;
+    let mut allocated = false;
     'read: loop {
         // A connection that says nothing (or stops refreshing) is closed:
-        // idle sockets must not pile up.
-        let n = match tokio::time::timeout(idle_limit, reader.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) | Err(_) => break,
+        // idle sockets must not pile up. Until it holds an allocation it
+        // gets ALLOCATE_WITHIN in all, however chatty.
+        allocated = allocated || shared.lock().has_allocation(listener, peer);
+        if !allocated && opened.elapsed() >= ALLOCATE_WITHIN {
+            shared.count_drop("stream_unauthenticated");
+            break;
+        }
+        let limit = if allocated {
+            idle_limit
+        } else {
+            idle_limit.min(ALLOCATE_WITHIN.saturating_sub(opened.elapsed()))
+        };
+        let n = match tokio::time::timeout(limit, reader.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Err(_) => {
+                if !allocated {
+                    shared.count_drop("stream_unauthenticated");
+                }
+                break;
+            }
             Ok(Ok(n)) => n,
         };
         idle_limit = IDLE_STREAM_LIMIT;
+        if outbox.upgrade().is_none() {
+            tracing::debug!(client = %peer, "TURN stream: client does not read; hanging up");
+            break;
+        }
         framer.push(&buf[..n]);
         loop {
             match framer.next_message() {
@@ -493,8 +565,17 @@ async fn send(shared: &Shared, out: &mut Vec<Output>) {
                         .unwrap_or_else(|e| e.into_inner())
                         .get(&(listener, to))
                         .cloned();
-                    if let Some(writer) = writer {
-                        let _ = writer.send(data);
+                    if let Some(writer) = writer
+                        && writer.try_send(data).is_err()
+                    {
+                        // Full: the client does not read. Dropping the
+                        // outbox's sender hangs the connection up.
+                        shared
+                            .streams
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&(listener, to));
+                        shared.count_drop("stream_client_not_reading");
                     }
                 }
             },

@@ -32,9 +32,17 @@ async fn relay(allowed: &[&str], registry: &prometheus::Registry) -> RunningTurn
         )
         .with_test_writer()
         .try_init();
+    // The default layout: UDP and TCP on one port (3478 in production), so
+    // answers must leave by the transport their request came in on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
     let config = TurnServerConfig {
-        udp_listen: Some("127.0.0.1:0".parse().unwrap()),
-        tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+        udp_listen: Some(listen),
+        tcp_listen: Some(listen),
         tls: None,
         relay_ip: "127.0.0.1".parse().unwrap(),
         relay: RelayConfig {
@@ -48,7 +56,9 @@ async fn relay(allowed: &[&str], registry: &prometheus::Registry) -> RunningTurn
         },
     };
     let metrics = Arc::new(TurnMetrics::register(registry).unwrap());
-    start(config, Some(metrics)).await.unwrap()
+    let turn = start(config, Some(metrics)).await.unwrap();
+    assert_eq!(turn.udp_addr, turn.tcp_addr);
+    turn
 }
 
 fn metrics_text(registry: &prometheus::Registry) -> String {
