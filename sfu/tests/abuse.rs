@@ -253,3 +253,79 @@ fn stun_binding_request(username: &str) -> Vec<u8> {
     message.extend_from_slice(&attrs);
     message
 }
+
+/// Resident memory of `pid` in KiB (`/proc`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A TURN Allocate request (REQUESTED-TRANSPORT UDP, no credentials): 28 bytes.
+fn turn_allocate(n: u32) -> [u8; 28] {
+    let mut m = [0u8; 28];
+    m[0..2].copy_from_slice(&0x0003u16.to_be_bytes());
+    m[2..4].copy_from_slice(&8u16.to_be_bytes());
+    m[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    m[8..12].copy_from_slice(&n.to_be_bytes());
+    m[20..22].copy_from_slice(&0x0019u16.to_be_bytes());
+    m[22..24].copy_from_slice(&4u16.to_be_bytes());
+    m[24] = 17;
+    m
+}
+
+/// Item 2: a TCP client that sends Allocate requests and never reads grew
+/// the server's memory ~6x what it sent (each 28-byte request queued a
+/// 116-byte 401). Now its outbox is bounded: the server hangs up on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_tcp_client_that_never_reads_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let turn_port = free_port();
+    let listen = format!("127.0.0.1:{turn_port}");
+    let server = spawn(&[
+        ("SWITCHBOARD_TURN_UDP_LISTEN", &listen),
+        ("SWITCHBOARD_TURN_TCP_LISTEN", &listen),
+    ])
+    .await;
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let mut stream = tokio::net::TcpStream::connect(&listen).await.unwrap();
+    // Up to 8 MiB of requests in 64 KiB writes, for at most 30 s.
+    let batch: Vec<u8> = (0..2340).flat_map(turn_allocate).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0usize;
+    let mut cut_off = false;
+    while sent < 8 << 20 && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.write_all(&batch)).await {
+            Ok(Ok(())) => sent += batch.len(),
+            Ok(Err(_)) => {
+                cut_off = true;
+                break;
+            }
+            // Blocked: the server stopped reading us.
+            Err(_) => break,
+        }
+    }
+    let grew = rss_kib(pid).saturating_sub(before);
+    assert!(
+        cut_off,
+        "the server kept the connection after {sent} bytes of requests"
+    );
+    assert!(
+        grew < 16 * 1024,
+        "RSS grew {grew} KiB for {sent} bytes sent"
+    );
+    assert_healthy(&server, Duration::from_secs(2)).await;
+    let text = metrics(&server).await;
+    assert!(
+        metric(
+            &text,
+            "switchboard_turn_dropped_total{reason=\"stream_client_not_reading\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+}
