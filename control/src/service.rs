@@ -100,6 +100,25 @@ impl PairLocks {
     }
 }
 
+/// The most people one call rings.
+pub const MAX_CALLEES: usize = 16;
+
+/// Who a call may ring: 1-[`MAX_CALLEES`] distinct users, not the caller.
+/// Checked before anything is charged or stored.
+pub fn check_callees(caller: &str, callees: &[String]) -> Result<(), ServiceError> {
+    if callees.is_empty() || callees.len() > MAX_CALLEES {
+        return Err(ServiceError::Invalid("1-16 callees"));
+    }
+    if callees.iter().any(|c| c == caller) {
+        return Err(ServiceError::Invalid("you cannot call yourself"));
+    }
+    let distinct: std::collections::HashSet<&String> = callees.iter().collect();
+    if distinct.len() != callees.len() {
+        return Err(ServiceError::Invalid("a callee is named twice"));
+    }
+    Ok(())
+}
+
 /// A call to create: from `caller` on `device_id` to `callees`.
 pub struct NewCall<'a> {
     pub call_id: String,
@@ -120,12 +139,7 @@ impl CallService {
             call_type,
             caller_display,
         } = new;
-        if callees.is_empty() || callees.len() > 16 {
-            return Err(ServiceError::Invalid("1-16 callees"));
-        }
-        if callees.iter().any(|c| c == caller) {
-            return Err(ServiceError::Invalid("you cannot call yourself"));
-        }
+        check_callees(caller, callees)?;
         // Crossed calls: the callee is already ringing the caller. One call
         // results: the first one, answered by this attempt. Held until the
         // new call is stored, so the other side's create sees it.

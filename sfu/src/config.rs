@@ -271,6 +271,16 @@ impl Config {
         if let Some(v) = var("SWITCHBOARD_RECONNECT_GRACE_SECONDS") {
             self.reconnect_grace_seconds = parse("SWITCHBOARD_RECONNECT_GRACE_SECONDS", &v)?;
         }
+        if let Some(v) = var("SWITCHBOARD_API_REQUESTS_PER_SECOND") {
+            self.api_requests_per_second = parse("SWITCHBOARD_API_REQUESTS_PER_SECOND", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_CALL_CREATES_PER_MINUTE") {
+            self.call_creates_per_minute = parse("SWITCHBOARD_CALL_CREATES_PER_MINUTE", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_CALLS_TO_ONE_USER_PER_MINUTE") {
+            self.calls_to_one_user_per_minute =
+                parse("SWITCHBOARD_CALLS_TO_ONE_USER_PER_MINUTE", &v)?;
+        }
         if let Some(v) = var("SWITCHBOARD_ENGINE_THREADS") {
             self.engine_threads = parse("SWITCHBOARD_ENGINE_THREADS", &v)?;
         }

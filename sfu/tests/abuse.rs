@@ -329,3 +329,96 @@ async fn a_turn_tcp_client_that_never_reads_is_cut_off() {
         "{text}"
     );
 }
+
+async fn create_call(server: &ServerProcess, caller: &str, callees: &[String]) -> (u16, String) {
+    let auth = format!("Bearer {}", common::live::user_token(caller));
+    let body = serde_json::json!({
+        "calleeUserIds": callees,
+        "type": "audio",
+        "deviceId": format!("{caller}-phone"),
+    });
+    request(
+        server.http,
+        "POST",
+        "/v1/calls",
+        &[("Authorization", &auth)],
+        &body.to_string(),
+    )
+    .await
+}
+
+/// Item 3: a create naming 20,000 callees charged the ring limiter for each
+/// before the 1-16 check; two at once stalled `/healthz` for up to 29 s.
+/// Now the body is refused before anything is charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_with_thousands_of_callees_is_refused_at_once() {
+    let server = spawn(&[]).await;
+    let callees: Vec<String> = (0..20_000).map(|i| format!("victim-{i}")).collect();
+    let attacks: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, callees) = (server.http, callees.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let auth = format!("Bearer {}", common::live::user_token("mallory"));
+                let body = serde_json::json!({
+                    "calleeUserIds": callees, "type": "audio", "deviceId": "m-phone",
+                });
+                let (status, body) = request(
+                    http,
+                    "POST",
+                    "/v1/calls",
+                    &[("Authorization", &auth)],
+                    &body.to_string(),
+                )
+                .await;
+                (status, body, started.elapsed())
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        assert_healthy(&server, Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for attack in attacks {
+        let (status, body, took) = attack.await.unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("1-16 callees"), "{body}");
+        assert!(took < Duration::from_secs(3), "refused after {took:?}");
+    }
+    // Nothing was charged: a real call to one of them goes through.
+    let (status, body) = create_call(&server, "alice", &["victim-7".into()]).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Item 4: a create that was refused (429, 400) still spent the callee's
+/// calls-to-this-user budget, so anyone could keep anyone from being called;
+/// `["bob","bob"]` made a call with two bobs. Now duplicates are refused and
+/// limits are charged only for calls created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_creates_spend_no_ones_budget() {
+    let server = spawn(&[
+        ("SWITCHBOARD_CALLS_TO_ONE_USER_PER_MINUTE", "3"),
+        ("SWITCHBOARD_API_REQUESTS_PER_SECOND", "1000"),
+    ])
+    .await;
+    let victim = "victim".to_string();
+    for _ in 0..20 {
+        let (status, body) = create_call(&server, "mallory", &vec![victim.clone(); 21]).await;
+        assert_eq!(status, 400, "{body}");
+        let (status, body) =
+            create_call(&server, "mallory", &[victim.clone(), victim.clone()]).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("named twice"), "{body}");
+        // Valid up to the last callee, who is the caller: refused whole.
+        let (status, body) =
+            create_call(&server, "mallory", &[victim.clone(), "mallory".into()]).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    // The victim's budget is whole: three real calls, then the limit.
+    for caller in ["alice", "bob", "carol"] {
+        let (status, body) = create_call(&server, caller, &[victim.clone()]).await;
+        assert_eq!(status, 201, "{caller}: {body}");
+    }
+    let (status, body) = create_call(&server, "dave", &[victim.clone()]).await;
+    assert_eq!(status, 429, "{body}");
+}

@@ -291,21 +291,15 @@ async fn create_call(
             "callerAvatarUrl must be an https URL of at most 512 bytes",
         ));
     }
-    // Rate limits: calls this user creates, and calls ringing each callee.
-    let now = std::time::Instant::now();
-    state
-        .limits
-        .creates
-        .check(&caller.user_id, now)
-        .map_err(|wait| ApiError::rate_limited("calls created", wait))?;
-    for callee in &req.callee_user_ids {
-        state
-            .limits
-            .rings
-            .check(callee, now)
-            .map_err(|wait| ApiError::rate_limited("calls to this user", wait))?;
-    }
-    blocking(move || {
+    // The whole body is valid before any limit is charged: a refused request
+    // must not spend anyone's budget (nor cost work per listed callee).
+    crate::service::check_callees(&caller.user_id, &req.callee_user_ids)?;
+    // Rate limits: calls this user creates, and calls ringing each callee;
+    // charged for calls actually created (given back otherwise), so nobody
+    // can use up the calls to someone else without calling them.
+    let charged = Charged::take(&state.limits, &caller.user_id, &req.callee_user_ids)?;
+    let limits = state.limits.clone();
+    let created = blocking(move || {
         let call_id = uuid::Uuid::new_v4().to_string();
         let request = format!("POST /v1/calls {raw}");
         let reserved = reserve_key(&state, &headers, &caller.user_id, &request, &call_id)?;
@@ -318,7 +312,7 @@ async fn create_call(
                     CallTypeName::Video => CallType::Video,
                 };
                 let new = NewCall {
-                    call_id,
+                    call_id: call_id.clone(),
                     caller: &caller.user_id,
                     device_id: &req.device_id,
                     callees: &req.callee_user_ids,
@@ -333,9 +327,58 @@ async fn create_call(
                 call
             }
         };
-        Ok((StatusCode::CREATED, Json(with_token(&state, &call, &caller.user_id)?)))
+        // A crossed call or an idempotent replay answers with a call that
+        // this request did not create.
+        let new = call.call_id == call_id;
+        let body = with_token(&state, &call, &caller.user_id)?;
+        Ok((new, (StatusCode::CREATED, Json(body))))
     })
-    .await
+    .await;
+    match created {
+        Ok((true, response)) => Ok(response),
+        Ok((false, response)) => {
+            charged.refund(&limits);
+            Ok(response)
+        }
+        Err(e) => {
+            charged.refund(&limits);
+            Err(e)
+        }
+    }
+}
+
+/// Rate-limit tokens taken for one call create, to give back if no call
+/// was created.
+struct Charged {
+    caller: String,
+    callees: Vec<String>,
+}
+
+impl Charged {
+    fn take(limits: &ApiLimits, caller: &str, callees: &[String]) -> Result<Charged, ApiError> {
+        let now = std::time::Instant::now();
+        limits
+            .creates
+            .check(caller, now)
+            .map_err(|wait| ApiError::rate_limited("calls created", wait))?;
+        let keys: Vec<&str> = callees.iter().map(String::as_str).collect();
+        if let Err(wait) = limits.rings.check_all(&keys, now) {
+            limits.creates.refund(caller, now);
+            return Err(ApiError::rate_limited("calls to this user", wait));
+        }
+        Ok(Charged {
+            caller: caller.to_string(),
+            callees: callees.to_vec(),
+        })
+    }
+
+    fn refund(self, limits: &ApiLimits) {
+        let now = std::time::Instant::now();
+        limits.creates.refund(&self.caller, now);
+        for callee in &self.callees {
+            limits.rings.refund(callee, now);
+        }
+    }
 }
 
 /// The call a concurrent request with the same key is creating.
