@@ -416,9 +416,9 @@ async fn refused_creates_spend_no_ones_budget() {
     }
     // The victim's budget is whole: three real calls, then the limit.
     for caller in ["alice", "bob", "carol"] {
-        let (status, body) = create_call(&server, caller, &[victim.clone()]).await;
+        let (status, body) = create_call(&server, caller, std::slice::from_ref(&victim)).await;
         assert_eq!(status, 201, "{caller}: {body}");
     }
-    let (status, body) = create_call(&server, "dave", &[victim.clone()]).await;
+    let (status, body) = create_call(&server, "dave", std::slice::from_ref(&victim)).await;
     assert_eq!(status, 429, "{body}");
 }
