@@ -62,11 +62,23 @@ async fn assert_healthy(server: &ServerProcess, limit: Duration) {
 /// Joins `room` as `name`; returns the socket and the server's first
 /// subscriber offer.
 async fn join(server: &ServerProcess, room: &str, name: &str) -> (SignalingClient, String) {
+    join_with(server, room, name, Permissions::ALL).await
+}
+
+async fn join_with(
+    server: &ServerProcess,
+    room: &str,
+    name: &str,
+    permissions: Permissions,
+) -> (SignalingClient, String) {
     let url = format!("ws://{}/v1/rtc", server.http);
     let mut ws = SignalingClient::connect(&url).await.unwrap();
     let join = ClientMessage::Join {
         protocol_version: signaling::PROTOCOL_VERSION,
-        token: tokens().mint(&grant(room, name)),
+        token: tokens().mint(&CallGrant {
+            permissions,
+            ..grant(room, name)
+        }),
         auto_subscribe: true,
         resume_participant_id: None,
     };
@@ -421,4 +433,82 @@ async fn refused_creates_spend_no_ones_budget() {
     }
     let (status, body) = create_call(&server, "dave", std::slice::from_ref(&victim)).await;
     assert_eq!(status, 429, "{body}");
+}
+
+/// An offer from str0m sending `kinds`, every m-line after the first moved
+/// to port 0 with `a=bundle-only` (RFC 8843: still sending, on the BUNDLE
+/// transport).
+fn bundle_only_offer(kinds: &[str0m::media::MediaKind]) -> String {
+    use str0m::media::Direction;
+    let mut rtc = str0m::Rtc::builder().build(Instant::now());
+    let host = str0m::Candidate::host("127.0.0.1:9".parse().unwrap(), "udp").unwrap();
+    rtc.add_local_candidate(host);
+    let mut api = rtc.sdp_api();
+    for kind in kinds {
+        api.add_media(*kind, Direction::SendOnly, None, None, None);
+    }
+    let (offer, _) = api.apply().unwrap();
+    let sdp = offer.to_sdp_string();
+    let mut out = String::new();
+    for (i, section) in sdp.split("\r\nm=").enumerate() {
+        match i {
+            0 => out.push_str(section),
+            1 => out.push_str(&format!("\r\nm={section}")),
+            _ => {
+                let (m_line, rest) = section.split_once("\r\n").unwrap();
+                let mut fields: Vec<&str> = m_line.split(' ').collect();
+                fields[1] = "0";
+                out.push_str(&format!(
+                    "\r\nm={}\r\na=bundle-only\r\n{rest}",
+                    fields.join(" ")
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Item 6: video m-lines with port 0 and `a=bundle-only` were not counted
+/// as sends, so a token without `publishVideo` published video, and twelve
+/// such m-lines published 13 tracks (cap 8). Both are refused now and the
+/// room hears of no track.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_only_m_lines_do_not_bypass_permissions_or_the_track_cap() {
+    use str0m::media::MediaKind;
+    let server = spawn(&[]).await;
+    let (mut watcher, _) = join(&server, "room", "bob").await;
+    let audio_only = Permissions {
+        publish_video: false,
+        ..Permissions::ALL
+    };
+    let (mut mallory, _) = join_with(&server, "room", "mallory", audio_only).await;
+    let video = bundle_only_offer(&[MediaKind::Audio, MediaKind::Video]);
+    assert!(video.contains("m=video 0 ") && video.contains("a=bundle-only"));
+    mallory
+        .send(&ClientMessage::Publish { sdp: video })
+        .await
+        .unwrap();
+    expect_error(&mut mallory, ErrorCode::PermissionDenied).await;
+
+    let (mut eve, _) = join(&server, "room", "eve").await;
+    let many = bundle_only_offer(&[MediaKind::Audio; 13]);
+    eve.send(&ClientMessage::Publish { sdp: many })
+        .await
+        .unwrap();
+    expect_error(&mut eve, ErrorCode::Capacity).await;
+
+    // The watcher hears of nobody's track. The engine answers its commands
+    // in order on one outbox, so an error for a bogus subscribe arrives
+    // after anything the offers above made it send.
+    let bogus = ClientMessage::Subscribe {
+        track_ids: vec!["no-such-track".into()],
+    };
+    watcher.send(&bogus).await.unwrap();
+    let published = recv_until(&mut watcher, |m| match m {
+        ServerMessage::TrackPublished { .. } => Some(true),
+        ServerMessage::Error { .. } => Some(false),
+        _ => None,
+    })
+    .await;
+    assert!(!published, "a refused offer published a track");
 }

@@ -102,6 +102,34 @@ impl Engine {
             MediaKind::Audio => TrackKind::Audio,
             MediaKind::Video => TrackKind::Video,
         };
+        // Checked again here, where str0m says what it actually receives:
+        // the offer check reads SDP as we understand it, str0m as it does.
+        let owned = self.rooms.get(&p.room).map_or(0, |r| {
+            r.tracks.values().filter(|t| t.owner == owner).count()
+        });
+        let refused = if !p.permissions.may_publish(kind) {
+            Some((
+                ErrorCode::PermissionDenied,
+                format!("the call token does not allow publishing {kind:?}"),
+            ))
+        } else if owned >= self.config.max_tracks_per_participant {
+            Some((
+                ErrorCode::Capacity,
+                format!(
+                    "at most {} published tracks",
+                    self.config.max_tracks_per_participant
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refused {
+            tracing::warn!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, ?kind, "media not published: {message}");
+            if let Some(conn) = p.conn {
+                self.error(conn, code, message);
+            }
+            return;
+        }
         let track_key = self.next_track;
         self.next_track += 1;
         let track = Track {

@@ -13,7 +13,9 @@ pub struct OfferedSend {
 }
 
 /// The media sections of `sdp` that send audio or video (direction sendrecv
-/// or sendonly, port not zero). Application and unknown sections are skipped.
+/// or sendonly; port not zero, or zero with `a=bundle-only`, which RFC 8843
+/// uses for m-lines that share the BUNDLE transport and are very much in
+/// use). Application and unknown sections are skipped.
 pub fn offered_sends(sdp: &str) -> Vec<OfferedSend> {
     let mut sends = Vec::new();
     let sections = sdp.split("\nm=").skip(1);
@@ -32,14 +34,16 @@ pub fn offered_sends(sdp: &str) -> Vec<OfferedSend> {
         };
         let port_zero = fields.next() == Some("0");
         let mut sending = true; // sendrecv is the SDP default
+        let mut bundle_only = false;
         for line in lines {
             match line.trim_end() {
                 "a=recvonly" | "a=inactive" => sending = false,
                 "a=sendonly" | "a=sendrecv" => sending = true,
+                "a=bundle-only" => bundle_only = true,
                 _ => {}
             }
         }
-        if sending && !port_zero {
+        if sending && (!port_zero || bundle_only) {
             sends.push(OfferedSend { kind });
         }
     }
@@ -67,6 +71,15 @@ mod tests {
             "{SESSION}m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=recvonly\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=inactive\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
         );
         assert!(offered_sends(&sdp).is_empty());
+    }
+
+    #[test]
+    fn bundle_only_sections_with_port_zero_are_sends() {
+        let sdp = format!(
+            "{SESSION}m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\nm=video 0 UDP/TLS/RTP/SAVPF 96\r\na=bundle-only\r\na=sendonly\r\n"
+        );
+        let kinds: Vec<_> = offered_sends(&sdp).into_iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, vec![TrackKind::Audio, TrackKind::Video]);
     }
 
     #[test]
