@@ -25,6 +25,9 @@ pub struct Metrics {
     /// Panics contained by scope: `participant` (one participant removed) or
     /// `shard` (an engine restarted, its participants told to rejoin).
     pub engine_panics: IntCounterVec,
+    /// Signaling sessions cut off for not reading (outbox full or a write
+    /// stalled).
+    pub signaling_slow_consumers: IntCounter,
 }
 
 impl Metrics {
@@ -116,6 +119,10 @@ impl Metrics {
                 "code",
             ),
             engine_panics,
+            signaling_slow_consumers: counter(
+                "switchboard_signaling_slow_consumers_total",
+                "Signaling connections closed because the client did not read (outbox full or a write stalled)",
+            ),
             registry,
         }
     }

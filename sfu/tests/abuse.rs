@@ -512,3 +512,68 @@ async fn bundle_only_m_lines_do_not_bypass_permissions_or_the_track_cap() {
     .await;
     assert!(!published, "a refused offer published a track");
 }
+
+/// Item 7: a member that stops reading grew the server's memory by every
+/// event meant for it, forever. Now its outbox is bounded: it is cut off
+/// with `slow_consumer` (or when a write stalls), counted, and the room
+/// carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_reads_is_disconnected() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = spawn(&[]).await;
+    let (mut bob, _) = join(&server, "room", "bob").await;
+    // Mallory's socket takes little before TCP pushes back on the server.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.http).await.unwrap();
+    let url = format!("ws://{}/v1/rtc", server.http);
+    let (mut mallory, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let join = ClientMessage::Join {
+        protocol_version: signaling::PROTOCOL_VERSION,
+        token: tokens().mint(&grant("room", "mallory")),
+        auto_subscribe: true,
+        resume_participant_id: None,
+    };
+    let text = signaling::encode(&join);
+    mallory.send(Message::text(text)).await.unwrap();
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    // Each bogus subscribe is answered with an error that names the 30 KB
+    // id: the server has plenty to queue for a client that reads nothing.
+    let bogus = signaling::encode(&ClientMessage::Subscribe {
+        track_ids: vec!["x".repeat(30_000)],
+    });
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut cut_off = false;
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, mallory.send(Message::text(bogus.clone()))).await {
+            Ok(Ok(())) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(Err(_)) => {
+                cut_off = true;
+                break;
+            }
+            Err(_) => break,
+        }
+        let text = metrics(&server).await;
+        if metric(&text, "switchboard_signaling_slow_consumers_total") >= 1.0 {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(
+        cut_off,
+        "the server kept queueing for a client that does not read"
+    );
+    let grew = rss_kib(pid).saturating_sub(before);
+    assert!(grew < 32 * 1024, "RSS grew {grew} KiB");
+    assert_healthy(&server, Duration::from_secs(2)).await;
+    // The room is unaffected: bob still gets answers from the engine.
+    bob.send(&ClientMessage::Subscribe {
+        track_ids: vec!["nope".into()],
+    })
+    .await
+    .unwrap();
+    expect_error(&mut bob, ErrorCode::UnknownTrack).await;
+}

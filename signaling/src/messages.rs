@@ -138,6 +138,9 @@ pub enum ErrorCode {
     Capacity,
     /// Too many messages in too short a time.
     RateLimited,
+    /// The connection did not read what the server sent fast enough; the
+    /// server closes it (the participant may resume on a new one).
+    SlowConsumer,
     Internal,
 }
 

@@ -17,6 +17,10 @@ use super::shard::{SessionOut, ShardHandle};
 use crate::engine::{Command, ConnId, JoinRequest};
 use control::call_token::TokenError;
 
+/// A write to the client that takes longer than this (it does not read)
+/// ends the session; the participant may resume on a new connection.
+const SEND_STALL: Duration = Duration::from_secs(10);
+
 /// A connection must join this soon after it opens.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Failed `join`s (bad token or version) tolerated on one connection before
@@ -72,7 +76,7 @@ async fn serve_joined<S, K, E>(
     K: Sink<String> + Unpin,
 {
     let shard = shard_for(&state.shards, &room);
-    let (outbox, mut inbox) = mpsc::unbounded_channel();
+    let (outbox, mut inbox) = mpsc::channel(super::shard::SESSION_OUTBOX);
     shard.attach(conn, outbox);
     shard.command(conn, join);
 
@@ -81,9 +85,17 @@ async fn serve_joined<S, K, E>(
         tokio::select! {
             out = inbox.recv() => match out {
                 Some(SessionOut::Message(message)) => {
-                    if sink.send(encode(&message)).await.is_err() {
+                    if !send(&mut sink, &message, &state).await {
                         break;
                     }
+                }
+                Some(SessionOut::SlowConsumer) => {
+                    // The engine has detached us already; say why, if the
+                    // client ever reads again.
+                    let e = ServerMessage::error(ErrorCode::SlowConsumer, "messages were not read in time; resume on a new connection");
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(encode(&e))).await;
+                    left = true;
+                    break;
                 }
                 Some(SessionOut::Close) | None => {
                     left = true;
@@ -94,13 +106,13 @@ async fn serve_joined<S, K, E>(
                 Some(Ok(Frame::Text(text))) => {
                     if !limiter.allow(Instant::now()) {
                         let e = ServerMessage::error(ErrorCode::RateLimited, "too many messages; slow down");
-                        if sink.send(encode(&e)).await.is_err() { break; }
+                        if !send(&mut sink, &e, &state).await { break; }
                         continue;
                     }
                     match to_command(&text, state.config.max_message_bytes) {
                         Ok(Action::Command(command)) => shard.command(conn, command),
                         Ok(Action::Reply(message)) | Err(message) => {
-                            if sink.send(encode(&message)).await.is_err() { break; }
+                            if !send(&mut sink, &message, &state).await { break; }
                         }
                     }
                 }
@@ -114,7 +126,27 @@ async fn serve_joined<S, K, E>(
         // grace period and may resume on a new connection.
         shard.command(conn, Command::Detach);
     }
-    let _ = sink.close().await;
+    // A client that does not read would hold the close frame (and this
+    // task) forever.
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+/// Sends one message; `false` if the socket is gone or the write stalled
+/// past [`SEND_STALL`] (a client that does not read is cut off, counted).
+async fn send<K: Sink<String> + Unpin>(
+    sink: &mut K,
+    message: &ServerMessage,
+    state: &AppState,
+) -> bool {
+    match tokio::time::timeout(SEND_STALL, sink.send(encode(message))).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            state.metrics.signaling_slow_consumers.inc();
+            tracing::warn!("signaling write stalled; disconnecting");
+            false
+        }
+    }
 }
 
 struct Joined {
@@ -160,7 +192,7 @@ where
                 ) {
                     attempts += 1;
                 }
-                if sink.send(encode(&message)).await.is_err() {
+                if !send(sink, &message, state).await {
                     return None;
                 }
             }

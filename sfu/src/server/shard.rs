@@ -17,12 +17,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use signaling::{ErrorCode, LeaveReason, ServerMessage};
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{Sender, UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::{RouteTable, udp};
 use crate::config::Config;
 use crate::engine::{Command, ConnId, Engine, EngineConfig, EngineStats, Event, Input, Output};
 use crate::metrics::Metrics;
+
+/// Messages waiting for one signaling session. A client that stops reading
+/// fills it and is disconnected (its participant detached, as if its socket
+/// had closed): the engine must not queue for it forever.
+pub const SESSION_OUTBOX: usize = 256;
 
 /// Datagrams waiting for an engine beyond this are dropped: late media is
 /// worthless and an unbounded queue would only grow under a flood.
@@ -46,7 +51,7 @@ pub enum ShardInput {
     /// Registers where messages for `conn` go; sent before its first command.
     Attach {
         conn: ConnId,
-        outbox: UnboundedSender<SessionOut>,
+        outbox: Sender<SessionOut>,
     },
     Command {
         conn: ConnId,
@@ -61,6 +66,9 @@ pub enum SessionOut {
     Message(ServerMessage),
     /// The participant is gone: close the socket after what came before.
     Close,
+    /// The outbox filled up: this client does not read. Close the socket
+    /// with a typed error.
+    SlowConsumer,
 }
 
 #[derive(Clone)]
@@ -119,7 +127,7 @@ impl ShardHandle {
         self.tx.send(input).is_ok()
     }
 
-    pub fn attach(&self, conn: ConnId, outbox: UnboundedSender<SessionOut>) {
+    pub fn attach(&self, conn: ConnId, outbox: Sender<SessionOut>) {
         let _ = self.tx.send(ShardInput::Attach { conn, outbox });
     }
 
@@ -179,6 +187,7 @@ pub fn spawn_all(
             orphans: Vec::new(),
             health: handles[index].health.clone(),
             sessions: HashMap::new(),
+            slow: Vec::new(),
             socket: socket.clone(),
             peers: peers.clone(),
             routes: routes.clone(),
@@ -206,7 +215,9 @@ struct Shard {
     /// must have rejoined; call control hears of those who did not.
     orphans: Vec<(Instant, String, String)>,
     health: Arc<ShardHealth>,
-    sessions: HashMap<ConnId, UnboundedSender<SessionOut>>,
+    sessions: HashMap<ConnId, Sender<SessionOut>>,
+    /// Sessions whose outbox filled during this flush: detached after it.
+    slow: Vec<ConnId>,
     socket: Arc<UdpSocket>,
     /// Every shard's handle (its own included), to pass on datagrams.
     peers: Arc<Vec<ShardHandle>>,
@@ -317,15 +328,17 @@ impl Shard {
                 .map(|(call_id, user_id)| (rejoin_by, call_id, user_id)),
         );
         self.orphans.sort_by_key(|o| o.0);
+        self.slow.clear();
         for (_, outbox) in self.sessions.drain() {
-            let _ = outbox.send(SessionOut::Message(ServerMessage::error(
+            let _ = outbox.try_send(SessionOut::Message(ServerMessage::error(
                 ErrorCode::Internal,
                 "the media server restarted; join again",
             )));
-            let _ = outbox.send(SessionOut::Message(ServerMessage::Left {
+            let _ = outbox.try_send(SessionOut::Message(ServerMessage::Left {
                 reason: LeaveReason::Failed,
             }));
-            let _ = outbox.send(SessionOut::Close);
+            // Full or not, dropping the sender ends the session.
+            let _ = outbox.try_send(SessionOut::Close);
         }
         self.routes.by_addr.retain(|_, shard| *shard != self.index);
         self.routes.by_ufrag.retain(|_, shard| *shard != self.index);
@@ -433,7 +446,24 @@ impl Shard {
     }
 
     /// Sends everything the engine produced; returns its next deadline.
+    /// Sessions that could not take their messages are detached, which the
+    /// engine answers with more output: flushed in the same call.
     fn flush(&mut self) -> Instant {
+        let mut deadline = self.flush_once();
+        for _ in 0..4 {
+            if self.slow.is_empty() {
+                break;
+            }
+            for conn in std::mem::take(&mut self.slow) {
+                self.engine
+                    .handle_input(Input::Command(conn, Command::Detach), Instant::now());
+            }
+            deadline = self.flush_once();
+        }
+        deadline
+    }
+
+    fn flush_once(&mut self) -> Instant {
         let deadline = loop {
             match self.engine.poll_output() {
                 Output::Timeout(t) => break t,
@@ -461,13 +491,12 @@ impl Shard {
                         .with_label_values(&[code.trim_matches('"')])
                         .inc();
                 }
-                if let Some(outbox) = self.sessions.get(&conn) {
-                    let _ = outbox.send(SessionOut::Message(message));
-                }
+                self.deliver(conn, message);
             }
             Event::ConnClosed { conn } => {
                 if let Some(outbox) = self.sessions.remove(&conn) {
-                    let _ = outbox.send(SessionOut::Close);
+                    // If it is full, dropping the sender ends the session.
+                    let _ = outbox.try_send(SessionOut::Close);
                 }
             }
             Event::AddressLearned(addr) => {
@@ -504,6 +533,26 @@ impl Shard {
             }
             Event::IceFailed => self.metrics.ice_failed.inc(),
         }
+    }
+
+    /// Queues `message` for `conn`'s session, keeping the last slot of a
+    /// full outbox for the notice that it is being cut off.
+    fn deliver(&mut self, conn: ConnId, message: ServerMessage) {
+        let Some(outbox) = self.sessions.get(&conn) else {
+            return;
+        };
+        if outbox.capacity() > 1 {
+            let _ = outbox.try_send(SessionOut::Message(message));
+            return;
+        }
+        let _ = outbox.try_send(SessionOut::SlowConsumer);
+        self.sessions.remove(&conn);
+        self.slow.push(conn);
+        self.metrics.signaling_slow_consumers.inc();
+        tracing::warn!(
+            conn = conn.0,
+            "signaling client does not read its messages; disconnecting it"
+        );
     }
 
     /// Copies engine counters into the metrics, at most every 100 ms (not per packet).
