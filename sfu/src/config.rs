@@ -33,6 +33,10 @@ pub struct Config {
     pub max_tracks_per_participant: usize,
     /// Messages per second a signaling connection may send (burst: twice that).
     pub signaling_rate_per_second: u32,
+    /// HTTP connections (API, WebSockets) open at once, and from one IP;
+    /// lowered at start to fit half the open-file limit.
+    pub max_http_connections: usize,
+    pub max_http_connections_per_ip: usize,
     /// Development only: `POST /dev/token` mints a call token for any room,
     /// unauthenticated. Off unless set; call creation replaces it.
     pub dev_token_endpoint: bool,
@@ -181,6 +185,8 @@ impl Default for Config {
             max_participants_per_room: 100,
             max_tracks_per_participant: 8,
             signaling_rate_per_second: 50,
+            max_http_connections: 50_000,
+            max_http_connections_per_ip: 1_000,
             dev_token_endpoint: false,
             dev_demo_dir: None,
             log_format: "text".into(),
@@ -270,6 +276,13 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_RECONNECT_GRACE_SECONDS") {
             self.reconnect_grace_seconds = parse("SWITCHBOARD_RECONNECT_GRACE_SECONDS", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_MAX_HTTP_CONNECTIONS") {
+            self.max_http_connections = parse("SWITCHBOARD_MAX_HTTP_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_MAX_HTTP_CONNECTIONS_PER_IP") {
+            self.max_http_connections_per_ip =
+                parse("SWITCHBOARD_MAX_HTTP_CONNECTIONS_PER_IP", &v)?;
         }
         if let Some(v) = var("SWITCHBOARD_API_REQUESTS_PER_SECOND") {
             self.api_requests_per_second = parse("SWITCHBOARD_API_REQUESTS_PER_SECOND", &v)?;

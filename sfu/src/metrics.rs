@@ -28,6 +28,11 @@ pub struct Metrics {
     /// Signaling sessions cut off for not reading (outbox full or a write
     /// stalled).
     pub signaling_slow_consumers: IntCounter,
+    /// HTTP connections closed at accept: over the total or per-IP cap.
+    pub http_refused: IntCounterVec,
+    /// The caps in force, after fitting them to the open-file limit.
+    pub http_connection_limit: IntGaugeVec,
+    pub open_files_limit: IntGauge,
 }
 
 impl Metrics {
@@ -122,6 +127,36 @@ impl Metrics {
             signaling_slow_consumers: counter(
                 "switchboard_signaling_slow_consumers_total",
                 "Signaling connections closed because the client did not read (outbox full or a write stalled)",
+            ),
+            http_connection_limit: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "switchboard_http_connections_limit",
+                        "HTTP connections allowed at once, in total and per client IP",
+                    ),
+                    &["cap"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            open_files_limit: {
+                let g = IntGauge::new(
+                    "switchboard_open_files_limit",
+                    "The process's soft open-file limit after raising it to the hard one",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            http_refused: counter_vec(
+                "switchboard_http_connections_refused_total",
+                "HTTP connections closed at accept, by the cap they hit (total, per_ip)",
+                "cap",
             ),
             registry,
         }

@@ -577,3 +577,99 @@ async fn a_member_that_never_reads_is_disconnected() {
     .unwrap();
     expect_error(&mut bob, ErrorCode::UnknownTrack).await;
 }
+
+/// A TCP connection to `server` from the loopback address `from`.
+async fn connect_from(
+    from: &str,
+    server: &ServerProcess,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse().unwrap())?;
+    socket.connect(server.http).await
+}
+
+/// Whether the server has closed `stream` (EOF or reset) within `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Item 8: with the common soft limit of 1,024 descriptors, 500 slowloris
+/// connections stayed open forever and 1,100 idle ones starved `/healthz`
+/// and the API ("Too many open files"). Now headers must come within 10 s,
+/// connections are capped to fit the descriptor limit (and per client IP),
+/// and other clients are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_and_idle_floods_do_not_starve_the_api() {
+    use tokio::io::AsyncWriteExt;
+    let server = common::live::spawn_switchboard_under(
+        &["prlimit", "--nofile=1024:1024", "--"],
+        &scratch_dir(),
+        free_port(),
+        free_port(),
+        &[("SWITCHBOARD_MAX_HTTP_CONNECTIONS_PER_IP", "300")],
+    )
+    .await;
+    let text = metrics(&server).await;
+    assert_eq!(
+        metric(&text, "switchboard_open_files_limit"),
+        1024.0,
+        "{text}"
+    );
+    // This test process holds 1,600 sockets itself.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    assert!(
+        hard >= 2048,
+        "the test needs 2,048 descriptors; the hard limit is {hard}"
+    );
+    let mut slow = Vec::new();
+    for _ in 0..500 {
+        if let Ok(mut s) = connect_from("127.0.0.2", &server).await {
+            // Headers that never end.
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+            slow.push(s);
+        }
+    }
+    let mut idle = Vec::new();
+    for _ in 0..1_100 {
+        if let Ok(s) = connect_from("127.0.0.3", &server).await {
+            idle.push(s);
+        }
+    }
+    // Everyone else is served meanwhile.
+    for _ in 0..5 {
+        assert_healthy(&server, Duration::from_secs(2)).await;
+    }
+    let (status, body) = create_call(&server, "alice", &["bob".into()]).await;
+    assert_eq!(status, 201, "{body}");
+    // 300 from each attacking address were let in; the rest refused.
+    assert_eq!((slow.len(), idle.len()), (500, 1_100));
+    let series = "switchboard_http_connections_refused_total{cap=\"per_ip\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = metrics(&server).await;
+    while metric(&text, series) < 1_000.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        text = metrics(&server).await;
+    }
+    assert_eq!(metric(&text, series), 1_000.0, "{text}");
+    // The slowloris connections are cut at the header timeout (10 s).
+    for s in &mut slow {
+        assert!(
+            closed_within(s, Duration::from_secs(20)).await,
+            "a slowloris connection stayed open"
+        );
+    }
+    assert_healthy(&server, Duration::from_secs(2)).await;
+    drop(idle);
+}

@@ -546,3 +546,30 @@ fn a_track_without_a_common_codec_is_reported_once_not_dropped_silently() {
     });
     assert!(said.unwrap().contains("VP8"));
 }
+
+/// A joined participant whose connections never come up (its datagrams go
+/// nowhere) is removed at the media deadline, not kept forever; one that
+/// connected stays.
+#[test]
+fn a_participant_without_media_is_removed_at_the_media_deadline() {
+    let mut config = engine_config();
+    config.media_deadline = Duration::from_secs(5);
+    let mut sim = Sim::new(config);
+    let ok = sim.join_publishing("ok", "room-1");
+    let mute = sim.join("mute", "room-1");
+    sim.cut.push(mute);
+    sim.run_for(Duration::from_secs(4));
+    assert_eq!(sim.engine.participant_count(), 2);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.engine.participant_count(), 1);
+    assert!(
+        sim.bots[mute].messages.contains(&ServerMessage::Left {
+            reason: LeaveReason::Timeout
+        }),
+        "{:?}",
+        sim.bots[mute].messages
+    );
+    assert!(sim.bots[ok].is_up());
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.engine.participant_count(), 1);
+}

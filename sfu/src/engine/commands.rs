@@ -106,11 +106,17 @@ impl Engine {
             ice_restart: false,
             state: ParticipantState::Active,
             grace_deadline: None,
+            media_deadline: Some(now + self.config.media_deadline),
             joined_at: now,
             first_forward_recorded: false,
         };
         let info = participant_info(&participant, &[]);
         self.participants.insert(key, participant);
+        self.timers.schedule(
+            now + self.config.media_deadline,
+            key,
+            TimerKind::MediaDeadline,
+        );
         self.conns.insert(conn, key);
         let room = self.rooms.entry(room_id.clone()).or_insert_with(Room::new);
         let others: Vec<ParticipantInfo> = room

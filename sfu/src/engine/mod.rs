@@ -65,6 +65,7 @@ fn current_deadline(
         TimerKind::Publisher => p.publisher.armed,
         TimerKind::Subscriber => p.subscriber.armed,
         TimerKind::Grace => p.grace_deadline,
+        TimerKind::MediaDeadline => p.media_deadline,
     }
 }
 
@@ -102,6 +103,9 @@ pub struct EngineConfig {
     pub keyframe_request_interval: Duration,
     pub max_participants_per_room: usize,
     pub max_tracks_per_participant: usize,
+    /// A participant none of whose connections came up by this long after
+    /// joining is removed (`left` `timeout`).
+    pub media_deadline: Duration,
     /// The 1:1 fast path (on by default; off only to compare paths in tests).
     pub fast_path: bool,
     /// Starting estimate of the subscriber-side bandwidth estimator.
@@ -117,6 +121,7 @@ impl EngineConfig {
             keyframe_request_interval: Duration::from_millis(500),
             max_participants_per_room: 100,
             max_tracks_per_participant: 8,
+            media_deadline: Duration::from_secs(30),
             fast_path: true,
             initial_bitrate: Bitrate::kbps(1_500),
         }
@@ -456,7 +461,7 @@ impl Engine {
             let target = match kind {
                 TimerKind::Publisher => PeerTarget::Publisher,
                 TimerKind::Subscriber => PeerTarget::Subscriber,
-                TimerKind::Grace => {
+                TimerKind::Grace | TimerKind::MediaDeadline => {
                     self.doomed.push((key, LeaveReason::Timeout));
                     continue;
                 }
@@ -673,6 +678,7 @@ impl Engine {
             peer.was_connected = true;
             self.outputs.push_back(Output::Event(Event::IceConnected));
             if first_for_participant {
+                p.media_deadline = None;
                 self.outputs
                     .push_back(Output::Event(Event::ParticipantConnected {
                         call_id: p.room.clone(),

@@ -71,6 +71,10 @@ pub struct Participant {
     pub state: ParticipantState,
     /// When a reconnecting participant is removed.
     pub grace_deadline: Option<Instant>,
+    /// Until either connection first connects: when the participant is
+    /// removed if none has (a joined socket that never brings up media
+    /// must not hold its place, and a socket, forever).
+    pub media_deadline: Option<Instant>,
     pub joined_at: Instant,
     /// Whether the join-to-first-forwarded-packet time was recorded.
     pub first_forward_recorded: bool,

@@ -20,6 +20,8 @@ pub enum TimerKind {
     Subscriber,
     /// The reconnect grace period ends.
     Grace,
+    /// A participant's media must have come up by now.
+    MediaDeadline,
 }
 
 /// Generic over the time type (the engine's is `Instant`) so the tests

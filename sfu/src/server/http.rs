@@ -14,7 +14,7 @@ use signaling::Permissions;
 use tower_http::services::ServeDir;
 
 use super::AppState;
-use super::session::{self, Frame};
+use super::session::{self, Frame, Outgoing};
 
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
@@ -55,7 +55,12 @@ async fn serve_socket(socket: WebSocket, state: AppState) {
             _ => Frame::Other,
         })
     });
-    let sink = sink.with(|text: String| async move { Ok::<_, axum::Error>(Message::text(text)) });
+    let sink = sink.with(|out: Outgoing| async move {
+        Ok::<_, axum::Error>(match out {
+            Outgoing::Text(text) => Message::text(text),
+            Outgoing::Ping => Message::Ping(Default::default()),
+        })
+    });
     session::run(Box::pin(stream), Box::pin(sink), state).await;
 }
 

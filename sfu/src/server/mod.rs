@@ -3,6 +3,7 @@
 //! touches sockets or reads the clock.
 
 mod http;
+mod listener;
 mod relay;
 mod session;
 mod shard;
@@ -20,6 +21,10 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 
 pub use shard::ShardHandle;
+
+/// The open-file limit a production node should have (systemd
+/// `LimitNOFILE`); below it, HTTP connections are capped lower.
+const MIN_DESCRIPTORS: u64 = 65_536;
 
 /// Who owns a remote address or a local ufrag: the index of an engine shard.
 pub type RouteTable = Arc<Routes>;
@@ -186,19 +191,38 @@ pub async fn start_with_push(
             "recovered live calls from the store"
         );
     }
-    let (shutdown, mut shutdown_rx) = tokio::sync::watch::channel(false);
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     spawn_call_timers(control.service.clone(), shutdown_rx.clone());
     spawn_ack_checks(control.events.clone(), shutdown_rx.clone());
     spawn_media_signals(control.service.clone(), media_signals_rx);
     let app = http::router(state.clone()).merge(control::api::router(control));
-    let http_task = tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = shutdown_rx.wait_for(|stop| *stop).await;
-        });
-        if let Err(e) = served.await {
-            tracing::error!(error = %e, "http server stopped");
-        }
-    });
+    let descriptors = listener::raise_descriptor_limit();
+    let limits = listener::ConnectionLimits::within_descriptors(
+        state.config.max_http_connections,
+        state.config.max_http_connections_per_ip,
+        descriptors,
+    );
+    state.metrics.open_files_limit.set(descriptors as i64);
+    let gauge = &state.metrics.http_connection_limit;
+    gauge.with_label_values(&["total"]).set(limits.total as i64);
+    gauge
+        .with_label_values(&["per_ip"])
+        .set(limits.per_ip as i64);
+    if descriptors < MIN_DESCRIPTORS {
+        tracing::warn!(
+            descriptors,
+            minimum = MIN_DESCRIPTORS,
+            http_connections = limits.total,
+            "the open-file limit is low; HTTP connections are capped to fit it (raise LimitNOFILE)"
+        );
+    }
+    let http_task = tokio::spawn(listener::serve(
+        listener,
+        app,
+        limits,
+        state.metrics.clone(),
+        shutdown_rx,
+    ));
     Ok(Running {
         http_addr,
         udp_addr,

@@ -27,6 +27,19 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// it is closed; other bad frames are bounded by the rate limit and timeout.
 const MAX_JOIN_ATTEMPTS: u32 = 5;
 
+/// A joined socket is pinged this often (WebSocket ping; browsers and
+/// WebSocket libraries answer by themselves)...
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// ...and closed when nothing at all (a pong included) came in for this
+/// long: a peer that vanished without a FIN must not hold a socket forever.
+const IDLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// What the session sends, whatever the WebSocket library.
+pub enum Outgoing {
+    Text(String),
+    Ping,
+}
+
 /// A frame as the session sees it, whatever the WebSocket library.
 pub enum Frame {
     Text(String),
@@ -40,7 +53,7 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 pub async fn run<S, K, E>(mut stream: S, mut sink: K, state: AppState)
 where
     S: Stream<Item = Result<Frame, E>> + Unpin,
-    K: Sink<String> + Unpin,
+    K: Sink<Outgoing> + Unpin,
 {
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
     state.metrics.signaling_connections.inc();
@@ -73,7 +86,7 @@ async fn serve_joined<S, K, E>(
     mut limiter: RateLimiter,
 ) where
     S: Stream<Item = Result<Frame, E>> + Unpin,
-    K: Sink<String> + Unpin,
+    K: Sink<Outgoing> + Unpin,
 {
     let shard = shard_for(&state.shards, &room);
     let (outbox, mut inbox) = mpsc::channel(super::shard::SESSION_OUTBOX);
@@ -81,8 +94,21 @@ async fn serve_joined<S, K, E>(
     shard.command(conn, join);
 
     let mut left = false;
+    let mut last_heard = Instant::now();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= IDLE_LIMIT {
+                    tracing::info!("signaling socket silent; closing it");
+                    break;
+                }
+                let pinged = tokio::time::timeout(SEND_STALL, sink.send(Outgoing::Ping)).await;
+                if !matches!(pinged, Ok(Ok(()))) {
+                    break;
+                }
+            }
             out = inbox.recv() => match out {
                 Some(SessionOut::Message(message)) => {
                     if !send(&mut sink, &message, &state).await {
@@ -93,7 +119,7 @@ async fn serve_joined<S, K, E>(
                     // The engine has detached us already; say why, if the
                     // client ever reads again.
                     let e = ServerMessage::error(ErrorCode::SlowConsumer, "messages were not read in time; resume on a new connection");
-                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(encode(&e))).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Outgoing::Text(encode(&e)))).await;
                     left = true;
                     break;
                 }
@@ -104,6 +130,7 @@ async fn serve_joined<S, K, E>(
             },
             frame = stream.next() => match frame {
                 Some(Ok(Frame::Text(text))) => {
+                    last_heard = Instant::now();
                     if !limiter.allow(Instant::now()) {
                         let e = ServerMessage::error(ErrorCode::RateLimited, "too many messages; slow down");
                         if !send(&mut sink, &e, &state).await { break; }
@@ -116,7 +143,7 @@ async fn serve_joined<S, K, E>(
                         }
                     }
                 }
-                Some(Ok(Frame::Other)) => {}
+                Some(Ok(Frame::Other)) => last_heard = Instant::now(),
                 Some(Ok(Frame::Close)) | Some(Err(_)) | None => break,
             },
         }
@@ -133,12 +160,12 @@ async fn serve_joined<S, K, E>(
 
 /// Sends one message; `false` if the socket is gone or the write stalled
 /// past [`SEND_STALL`] (a client that does not read is cut off, counted).
-async fn send<K: Sink<String> + Unpin>(
+async fn send<K: Sink<Outgoing> + Unpin>(
     sink: &mut K,
     message: &ServerMessage,
     state: &AppState,
 ) -> bool {
-    match tokio::time::timeout(SEND_STALL, sink.send(encode(message))).await {
+    match tokio::time::timeout(SEND_STALL, sink.send(Outgoing::Text(encode(message)))).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
@@ -165,7 +192,7 @@ async fn handshake<S, K, E>(
 ) -> Option<Joined>
 where
     S: Stream<Item = Result<Frame, E>> + Unpin,
-    K: Sink<String> + Unpin,
+    K: Sink<Outgoing> + Unpin,
 {
     let mut attempts = 0;
     while attempts < MAX_JOIN_ATTEMPTS {

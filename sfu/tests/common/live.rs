@@ -158,7 +158,27 @@ pub async fn spawn_switchboard(
     udp_port: u16,
     env: &[(&str, &str)],
 ) -> ServerProcess {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    spawn_switchboard_under(&[], data_dir, http_port, udp_port, env).await
+}
+
+/// [`spawn_switchboard`], started through `wrapper` (e.g. `prlimit
+/// --nofile=1024:1024 --`), which must exec the server in its own process.
+pub async fn spawn_switchboard_under(
+    wrapper: &[&str],
+    data_dir: &std::path::Path,
+    http_port: u16,
+    udp_port: u16,
+    env: &[(&str, &str)],
+) -> ServerProcess {
+    let binary = env!("CARGO_BIN_EXE_switchboard");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(args).arg(binary);
+            c
+        }
+        None => std::process::Command::new(binary),
+    };
     command
         .env("SWITCHBOARD_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
         .env("SWITCHBOARD_RTC_UDP_BIND", format!("127.0.0.1:{udp_port}"))
