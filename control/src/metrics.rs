@@ -2,7 +2,7 @@
 //! Observed from a call's state before and after each successful write, so
 //! every transition is counted exactly once, whichever request made it.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::call::{Call, CallState, RingState};
 
@@ -12,6 +12,9 @@ pub struct CallMetrics {
     pub ring_to_answer: Histogram,
     pub ring_to_ui_shown: Histogram,
     pub duration: Histogram,
+    /// Device registrations refused because another user's other device
+    /// holds the push token (409 `push_token_in_use`).
+    pub push_token_conflicts: IntCounter,
 }
 
 fn histogram(
@@ -40,8 +43,14 @@ impl CallMetrics {
             &["reason"],
         )?;
         registry.register(Box::new(ended.clone()))?;
+        let push_token_conflicts = IntCounter::new(
+            "switchboard_push_token_conflicts_total",
+            "Device registrations refused: the push token belongs to another user's other device",
+        )?;
+        registry.register(Box::new(push_token_conflicts.clone()))?;
         let seconds = vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0];
         Ok(CallMetrics {
+            push_token_conflicts,
             created,
             ended,
             ring_to_answer: histogram(

@@ -673,3 +673,91 @@ async fn slowloris_and_idle_floods_do_not_starve_the_api() {
     assert_healthy(&server, Duration::from_secs(2)).await;
     drop(idle);
 }
+
+async fn register(
+    server: &ServerProcess,
+    auth: &[(&str, &str)],
+    device: &str,
+    token: &str,
+) -> (u16, String) {
+    let body = serde_json::json!({
+        "deviceId": device,
+        "platform": "ios",
+        "push": {"apnsVoip": token},
+        "apnsEnvironment": "production",
+        "bundleId": "com.example.app",
+    });
+    request(server.http, "POST", "/v1/devices", auth, &body.to_string()).await
+}
+
+/// Item 10: registering another user's VoIP token from another device moved
+/// it, so the victim's phone rang for the attacker's calls. A push token
+/// belongs to an app install: it moves with the same `deviceId` (account
+/// switching) or by the app backend's API key, and is refused otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_push_token_cannot_be_taken() {
+    use base64::Engine;
+    let server = spawn(&[]).await;
+    let token = "a".repeat(64);
+    let alice = format!("Bearer {}", common::live::user_token("alice"));
+    let mallory = format!("Bearer {}", common::live::user_token("mallory"));
+    let (status, body) =
+        register(&server, &[("Authorization", &alice)], "alice-phone", &token).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = register(
+        &server,
+        &[("Authorization", &mallory)],
+        "mallory-phone",
+        &token,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("push_token_in_use"), "{body}");
+    let (_, devices) = request(
+        server.http,
+        "GET",
+        "/v1/devices",
+        &[("Authorization", &alice)],
+        "",
+    )
+    .await;
+    assert!(devices.contains(&token), "alice keeps her token: {devices}");
+    let text = metrics(&server).await;
+    assert_eq!(metric(&text, "switchboard_push_token_conflicts_total"), 1.0);
+
+    // Account switching on alice's phone: the same install, another user.
+    let (status, body) = register(
+        &server,
+        &[("Authorization", &mallory)],
+        "alice-phone",
+        &token,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, devices) = request(
+        server.http,
+        "GET",
+        "/v1/devices",
+        &[("Authorization", &alice)],
+        "",
+    )
+    .await;
+    assert!(
+        !devices.contains(&token),
+        "the token moved with the install: {devices}"
+    );
+
+    // The app backend may move it anywhere.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        common::live::API_KEY_ID,
+        common::live::API_KEY_SECRET
+    ));
+    let backend = [
+        ("Authorization", format!("Basic {basic}")),
+        ("X-Switchboard-User", "alice".to_string()),
+    ];
+    let backend: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = register(&server, &backend, "alice-new-phone", &token).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -84,6 +84,13 @@ impl From<InvalidDevice> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        if matches!(e, StoreError::PushTokenInUse) {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "push_token_in_use",
+                "this push token is registered to another user's device; register it from that device, or through the app backend's API key",
+            );
+        }
         tracing::error!(error = %e, "store failure");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

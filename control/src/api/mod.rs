@@ -24,7 +24,7 @@ use crate::call::{Call, CallType, CallerDisplay, ParticipantState, Role};
 use crate::call_token::{CallGrant, CallTokens};
 use crate::rate_limit::{Limiter, Rate};
 use crate::service::{CallService, NewCall};
-use crate::store::IdempotencyRecord;
+use crate::store::{IdempotencyRecord, StoreError, TokenMove};
 
 /// Idempotency records live this long: far longer than any client retries.
 const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -130,8 +130,20 @@ async fn register_device(
 ) -> Result<Json<crate::device::Device>, ApiError> {
     let device = body(req)?.into_device(&caller.user_id, now_ms());
     device.validate()?;
+    let moves = match caller.via {
+        crate::auth::Via::ApiKey => TokenMove::Any,
+        crate::auth::Via::UserToken => TokenMove::SameInstallOrUser,
+    };
     blocking(move || {
-        state.service.store.upsert_device(&device)?;
+        if let Err(e) = state.service.store.register_device(&device, moves) {
+            if matches!(e, StoreError::PushTokenInUse) {
+                tracing::warn!(user_id = %device.user_id, device_id = %device.device_id, platform = ?device.platform, "device registration refused: its push token belongs to another user's device");
+                if let Some(m) = &state.service.metrics {
+                    m.push_token_conflicts.inc();
+                }
+            }
+            return Err(e.into());
+        }
         tracing::info!(user_id = %device.user_id, device_id = %device.device_id, platform = ?device.platform, "device registered");
         Ok(Json(device))
     })

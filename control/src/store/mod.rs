@@ -19,6 +19,23 @@ pub enum StoreError {
     Backend(String),
     #[error("stored record does not decode: {0}")]
     Corrupt(String),
+    /// A push token of the device is held by another user's other device,
+    /// and this registration may not move it.
+    #[error("the push token is registered to another user's device")]
+    PushTokenInUse,
+}
+
+/// Whose devices a registration may take a push token from. A push token
+/// belongs to an app install (`deviceId`): a user registering another user's
+/// token from a different device would make the victim's phone ring for the
+/// attacker's calls (and stop ringing for their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMove {
+    /// The app backend (API key) says so: from any device.
+    Any,
+    /// A device itself (user token): from the same `deviceId` of any user
+    /// (account switching on one phone) or the same user's other devices.
+    SameInstallOrUser,
 }
 
 /// A call as read, with the version a write must match.
@@ -45,8 +62,14 @@ pub struct IdempotencyRecord {
 
 pub trait Store: Send + Sync {
     /// Registers or updates a device. Any push token it carries is taken off
-    /// other users' devices first (logout/login on one phone).
-    fn upsert_device(&self, device: &Device) -> Result<(), StoreError>;
+    /// other devices first (logout/login on one phone).
+    fn upsert_device(&self, device: &Device) -> Result<(), StoreError> {
+        self.register_device(device, TokenMove::Any)
+    }
+    /// Registers or updates a device, its push tokens moving off other
+    /// devices as `moves` allows; otherwise nothing changes and the answer is
+    /// [`StoreError::PushTokenInUse`]. One atomic step (no read-then-write).
+    fn register_device(&self, device: &Device, moves: TokenMove) -> Result<(), StoreError>;
     fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool, StoreError>;
     /// Forgets a push token the provider said is dead (APNs 410, FCM
     /// UNREGISTERED), on whichever device holds it. False if none did (the

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{IdempotencyRecord, Store, StoreError, Versioned};
+use super::{IdempotencyRecord, Store, StoreError, TokenMove, Versioned};
 use crate::call::{Call, CallState, UnixMillis};
 use crate::device::Device;
 
@@ -130,13 +130,30 @@ fn token_of<'a>(push: &'a crate::device::PushTokens, column: &str) -> Option<&'a
 }
 
 impl Store for SqliteStore {
-    fn upsert_device(&self, device: &Device) -> Result<(), StoreError> {
+    fn register_device(&self, device: &Device, moves: TokenMove) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
         for (column, json_key) in TOKEN_COLUMNS {
             let Some(token) = token_of(&device.push, column) else {
                 continue;
             };
+            if moves == TokenMove::SameInstallOrUser {
+                let sql = format!(
+                    "SELECT EXISTS (SELECT 1 FROM devices
+                     WHERE {column} = ?1 AND user_id != ?2 AND device_id != ?3)"
+                );
+                let taken: bool = tx
+                    .query_row(
+                        &sql,
+                        params![token, device.user_id, device.device_id],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                if taken {
+                    // Dropping the transaction rolls back: nothing changed.
+                    return Err(StoreError::PushTokenInUse);
+                }
+            }
             // The token moved to this device: no other device keeps it.
             let sql = format!(
                 "UPDATE devices SET {column} = NULL, json = json_remove(json, '$.push.{json_key}')
