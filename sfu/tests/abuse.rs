@@ -761,3 +761,68 @@ async fn another_users_push_token_cannot_be_taken() {
     let (status, body) = register(&server, &backend, "alice-new-phone", &token).await;
     assert_eq!(status, 200, "{body}");
 }
+
+async fn create_with_key(server: &ServerProcess, key: &str, callees: &[&str]) -> (u16, String) {
+    let auth = format!("Bearer {}", common::live::user_token("alice"));
+    let body = serde_json::json!({
+        "calleeUserIds": callees, "type": "audio", "deviceId": "alice-phone",
+    });
+    let headers = [("Authorization", auth.as_str()), ("Idempotency-Key", key)];
+    request(
+        server.http,
+        "POST",
+        "/v1/calls",
+        &headers,
+        &body.to_string(),
+    )
+    .await
+}
+
+fn call_id_of(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["call"]["callId"].as_str().unwrap().to_string()
+}
+
+/// Item 11: a request that failed left its Idempotency-Key "in progress"
+/// (409) for 24 hours, across restarts. Now failures the client can fix
+/// (400, 429, 5xx) release the key, successes are replayed, and the
+/// reservation of a request that died lapses within 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_does_not_hold_its_idempotency_key() {
+    let data_dir = scratch_dir();
+    let server = spawn_switchboard(&data_dir, free_port(), free_port(), &[]).await;
+    // Refused, then corrected and retried with the same key, as an SDK does.
+    let (status, body) = create_with_key(&server, "k1", &["bob", "bob"]).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = create_with_key(&server, "k1", &["bob"]).await;
+    assert_eq!(status, 201, "{body}");
+    let first = call_id_of(&body);
+    let (status, body) = create_with_key(&server, "k1", &["bob"]).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(call_id_of(&body), first, "a retry is the same call");
+
+    // A reservation left by a request that died (written as the server
+    // writes it, about to lapse): 409 while it binds, then the key is free.
+    let db = rusqlite::Connection::open(data_dir.join("control.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // The first request with k2 succeeds, so the key holds this request's
+    // hash; then its record is turned into a dead request's reservation.
+    let (status, _) = create_with_key(&server, "k2", &["carol"]).await;
+    assert_eq!(status, 201);
+    db.execute(
+        "UPDATE idempotency SET status = 0, body = 'a-call-that-never-was', expires_at = ?1
+         WHERE user_id = 'alice' AND key = 'k2'",
+        rusqlite::params![now_ms + 1_500],
+    )
+    .unwrap();
+    let (status, body) = create_with_key(&server, "k2", &["carol"]).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("in_progress"), "{body}");
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let (status, body) = create_with_key(&server, "k2", &["carol"]).await;
+    assert_eq!(status, 201, "{body}");
+}

@@ -230,8 +230,15 @@ struct DeviceBody {
     device_id: String,
 }
 
+/// How long a reservation binds its key while its request runs: the key of a
+/// request that died (a crash, a killed process) is free again after this.
+const RESERVATION_TTL_MS: u64 = 30_000;
+/// The status of a reservation whose request has not finished.
+const IN_PROGRESS: u16 = 0;
+
 /// Checks an `Idempotency-Key` and reserves it for this request. Returns the
-/// record now stored for the key: ours, or the first request's.
+/// record now stored for the key: ours (`body == reservation`), or the
+/// first request's.
 fn reserve_key(
     state: &ControlState,
     headers: &HeaderMap,
@@ -250,9 +257,9 @@ fn reserve_key(
         user_id: user_id.to_string(),
         key: key.to_string(),
         request_hash: fingerprint(request),
-        status: 200,
+        status: IN_PROGRESS,
         body: reservation.to_string(),
-        expires_at: now + IDEMPOTENCY_TTL_MS,
+        expires_at: now + RESERVATION_TTL_MS,
     };
     let stored = state.service.store.put_idempotency(&record, now)?;
     if stored.request_hash != record.request_hash {
@@ -263,6 +270,50 @@ fn reserve_key(
         ));
     }
     Ok(Some(stored))
+}
+
+/// Settles this request's reservation by its outcome (`API.md`, "Retries"):
+/// 2xx, 409 and 422 are kept for the key's 24 hours (a retry gets the same
+/// call, or the same refusal); 400, 429 and 5xx release the key, so a
+/// retry after fixing the request or waiting runs afresh.
+fn settle_key(
+    state: &ControlState,
+    reserved: Option<&IdempotencyRecord>,
+    reservation: &str,
+    status: StatusCode,
+) {
+    let Some(record) = reserved.filter(|r| r.body == reservation) else {
+        return; // no key, or the first request's
+    };
+    let keep = status.is_success()
+        || status == StatusCode::CONFLICT
+        || status == StatusCode::UNPROCESSABLE_ENTITY;
+    let store = &state.service.store;
+    let settled = if keep {
+        store.finish_idempotency(&IdempotencyRecord {
+            status: status.as_u16(),
+            expires_at: now_ms() + IDEMPOTENCY_TTL_MS,
+            ..record.clone()
+        })
+    } else {
+        store.release_idempotency(&record.user_id, &record.key, &record.body)
+    };
+    if let Err(e) = settled {
+        // The reservation then lapses by itself after RESERVATION_TTL_MS.
+        tracing::warn!(user_id = %record.user_id, error = %e, "idempotency key not settled");
+    }
+}
+
+/// The answer to a retry whose key holds a settled refusal.
+fn replayed_refusal(record: &IdempotencyRecord) -> Option<ApiError> {
+    let status = StatusCode::from_u16(record.status).ok()?;
+    (status == StatusCode::CONFLICT || status == StatusCode::UNPROCESSABLE_ENTITY).then(|| {
+        ApiError::new(
+            status,
+            "idempotent_replay",
+            "a request with this Idempotency-Key was refused with this status",
+        )
+    })
 }
 
 /// FNV-1a, 64 bit: stable across versions and restarts (records outlive both).
@@ -315,30 +366,12 @@ async fn create_call(
         let call_id = uuid::Uuid::new_v4().to_string();
         let request = format!("POST /v1/calls {raw}");
         let reserved = reserve_key(&state, &headers, &caller.user_id, &request, &call_id)?;
-        let call = match reserved {
-            // Another request with this key created (or is creating) the call.
-            Some(r) if r.body != call_id => wait_for_call(&state, &r.body)?,
-            _ => {
-                let call_type = match req.call_type {
-                    CallTypeName::Audio => CallType::Audio,
-                    CallTypeName::Video => CallType::Video,
-                };
-                let new = NewCall {
-                    call_id: call_id.clone(),
-                    caller: &caller.user_id,
-                    device_id: &req.device_id,
-                    callees: &req.callee_user_ids,
-                    call_type,
-                    caller_display: CallerDisplay {
-                        display_name: req.caller_display_name,
-                        avatar_url: req.caller_avatar_url,
-                    },
-                };
-                let call = state.service.create(new, now_ms())?;
-                tracing::info!(call_id = %call.call_id, user_id = %caller.user_id, device_id = %req.device_id, state = ?call.state, "call created");
-                call
-            }
-        };
+        let outcome = create_or_replay(&state, &reserved, &call_id, &caller.user_id, req);
+        let status = outcome
+            .as_ref()
+            .map_or_else(|e| e.status, |_| StatusCode::CREATED);
+        settle_key(&state, reserved.as_ref(), &call_id, status);
+        let call = outcome?;
         // A crossed call or an idempotent replay answers with a call that
         // this request did not create.
         let new = call.call_id == call_id;
@@ -357,6 +390,46 @@ async fn create_call(
             Err(e)
         }
     }
+}
+
+/// The call this create answers with: the one it creates, or the one the
+/// first request with its key created.
+fn create_or_replay(
+    state: &ControlState,
+    reserved: &Option<IdempotencyRecord>,
+    call_id: &str,
+    caller: &str,
+    req: CreateCall,
+) -> Result<Call, ApiError> {
+    Ok(match reserved {
+        Some(r) if r.body != call_id => {
+            if let Some(refusal) = replayed_refusal(r) {
+                return Err(refusal);
+            }
+            // Another request with this key created (or is creating) the call.
+            wait_for_call(state, &r.body)?
+        }
+        _ => {
+            let call_type = match req.call_type {
+                CallTypeName::Audio => CallType::Audio,
+                CallTypeName::Video => CallType::Video,
+            };
+            let new = NewCall {
+                call_id: call_id.to_string(),
+                caller,
+                device_id: &req.device_id,
+                callees: &req.callee_user_ids,
+                call_type,
+                caller_display: CallerDisplay {
+                    display_name: req.caller_display_name,
+                    avatar_url: req.caller_avatar_url,
+                },
+            };
+            let call = state.service.create(new, now_ms())?;
+            tracing::info!(call_id = %call.call_id, user_id = %caller, device_id = %req.device_id, state = ?call.state, "call created");
+            call
+        }
+    })
 }
 
 /// Rate-limit tokens taken for one call create, to give back if no call
@@ -532,18 +605,27 @@ async fn call_action(
     };
     blocking(move || {
         let request = format!("POST /v1/calls/{call_id}/{action:?} {device}");
-        reserve_key(&state, &headers, &caller.user_id, &request, "")?;
+        // Actions are idempotent in the state machine itself: the key only
+        // binds the request (another request with it gets 422).
+        let reservation = uuid::Uuid::new_v4().to_string();
+        let reserved = reserve_key(&state, &headers, &caller.user_id, &request, &reservation)?;
         let now = now_ms();
         let user = caller.user_id.as_str();
-        let (call, ()) = state.service.update(&call_id, |c, fx| match action {
+        let updated = state.service.update(&call_id, |c, fx| match action {
             CallAction::Accept => c.accept(user, &device, now, fx).map(|_| ()),
             CallAction::Decline => c.decline(user, &device, now, fx),
             CallAction::Ack => c.acknowledge_ring(user, &device, now),
             CallAction::Cancel => c.cancel(user, now, fx),
             CallAction::End => c.end(user, now, fx),
-        })?;
+        });
+        let answer = updated
+            .map_err(ApiError::from)
+            .and_then(|(call, ())| Ok((with_token(&state, &call, user)?, call)));
+        let status = answer.as_ref().map_or_else(|e| e.status, |_| StatusCode::OK);
+        settle_key(&state, reserved.as_ref(), &reservation, status);
+        let (view, call) = answer?;
         tracing::info!(call_id = %call_id, user_id = %user, device_id = %device, ?action, state = ?call.state, "call action");
-        Ok(Json(with_token(&state, &call, user)?))
+        Ok(Json(view))
     })
     .await
 }

@@ -107,6 +107,13 @@ pub trait Store: Send + Sync {
         key: &str,
         now: UnixMillis,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// Settles the reservation `record` names (same user, key and body):
+    /// its final status and expiry. False if it is no longer ours.
+    fn finish_idempotency(&self, record: &IdempotencyRecord) -> Result<bool, StoreError>;
+    /// Forgets the reservation (user, key, body) so a retry runs afresh
+    /// (the request failed in a way a retry may fix: 400, 429, 5xx).
+    fn release_idempotency(&self, user_id: &str, key: &str, body: &str)
+    -> Result<bool, StoreError>;
     /// Drops expired idempotency records; returns how many.
     fn expire_idempotency(&self, now: UnixMillis) -> Result<usize, StoreError>;
 }

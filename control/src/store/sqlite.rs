@@ -377,6 +377,40 @@ impl Store for SqliteStore {
         .map_err(backend)
     }
 
+    fn finish_idempotency(&self, record: &IdempotencyRecord) -> Result<bool, StoreError> {
+        let changed = self
+            .conn()
+            .execute(
+                "UPDATE idempotency SET status = ?1, expires_at = ?2
+                 WHERE user_id = ?3 AND key = ?4 AND body = ?5",
+                params![
+                    record.status,
+                    record.expires_at as i64,
+                    record.user_id,
+                    record.key,
+                    record.body
+                ],
+            )
+            .map_err(backend)?;
+        Ok(changed > 0)
+    }
+
+    fn release_idempotency(
+        &self,
+        user_id: &str,
+        key: &str,
+        body: &str,
+    ) -> Result<bool, StoreError> {
+        let changed = self
+            .conn()
+            .execute(
+                "DELETE FROM idempotency WHERE user_id = ?1 AND key = ?2 AND body = ?3",
+                params![user_id, key, body],
+            )
+            .map_err(backend)?;
+        Ok(changed > 0)
+    }
+
     fn get_idempotency(
         &self,
         user_id: &str,
