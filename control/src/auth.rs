@@ -41,6 +41,9 @@ pub struct Principal {
     pub user_id: String,
     pub key_id: String,
     pub via: Via,
+    /// When the user token stops being valid (Unix seconds); `None` for
+    /// the API key, which does not expire.
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,8 @@ struct UserClaims {
     aud: String,
     exp: u64,
     iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
 }
 
 /// The configured API keys.
@@ -124,6 +129,7 @@ impl Authenticator {
                 user_id: user_id.to_string(),
                 key_id,
                 via: Via::ApiKey,
+                expires_at: None,
             });
         }
         Err(AuthError::Invalid("unsupported authorization scheme"))
@@ -156,9 +162,7 @@ impl Authenticator {
             _ => AuthError::Invalid("malformed token"),
         })?;
         let claims = data.claims;
-        if claims.exp.saturating_sub(claims.iat) > self.max_user_token_ttl.as_secs() {
-            return Err(AuthError::Invalid("token lifetime too long"));
-        }
+        check_lifetime(&claims, unix_now(), self.max_user_token_ttl)?;
         if !valid_id(&claims.sub) {
             return Err(AuthError::Invalid("bad subject"));
         }
@@ -166,6 +170,7 @@ impl Authenticator {
             user_id: claims.sub,
             key_id: kid,
             via: Via::UserToken,
+            expires_at: Some(claims.exp),
         })
     }
 
@@ -204,6 +209,7 @@ pub fn mint_user_token(
         aud: USER_AUDIENCE.to_string(),
         iat: now_unix_seconds,
         exp: now_unix_seconds + ttl.as_secs(),
+        nbf: None,
     };
     // HS256 over a plain struct cannot fail.
     jsonwebtoken::encode(
@@ -222,6 +228,33 @@ pub fn valid_id(s: &str) -> bool {
 /// Compares secrets without an early exit on the first differing byte.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A user token's times against `now` (Unix seconds), beyond what the JWT
+/// library checks (`exp`): it lives at most `max_ttl` from now (however its
+/// `iat` is set: a token "issued" ten years ahead must not live ten years),
+/// was not issued in the future, and is not used before its `nbf`; each
+/// with [`LEEWAY_SECONDS`] for clock skew.
+fn check_lifetime(claims: &UserClaims, now: u64, max_ttl: Duration) -> Result<(), AuthError> {
+    if claims.exp.saturating_sub(claims.iat) > max_ttl.as_secs()
+        || claims.exp.saturating_sub(now) > max_ttl.as_secs() + LEEWAY_SECONDS
+    {
+        return Err(AuthError::Invalid("token lifetime too long"));
+    }
+    if claims.iat > now + LEEWAY_SECONDS {
+        return Err(AuthError::Invalid("token issued in the future"));
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECONDS) {
+        return Err(AuthError::Invalid("token not valid yet"));
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -265,6 +298,7 @@ mod tests {
             aud: aud.into(),
             iat,
             exp,
+            nbf: None,
         };
         jsonwebtoken::encode(
             &header,
@@ -404,5 +438,41 @@ mod tests {
     #[test]
     fn debug_output_never_shows_a_secret() {
         assert!(!format!("{:?}", auth()).contains(SECRET));
+    }
+
+    #[test]
+    fn lifetimes_are_checked_against_now_not_only_against_iat() {
+        let key = ApiKey {
+            id: "k1".into(),
+            secret: "s".repeat(32),
+            revoked: false,
+        };
+        let t = Duration::from_secs(3600);
+        let now = now();
+        let future_iat = now + 10 * 365 * 24 * 3600;
+        let claims = |iat, exp, nbf| UserClaims {
+            sub: "alice".into(),
+            aud: USER_AUDIENCE.into(),
+            iat,
+            exp,
+            nbf,
+        };
+        // Issued "ten years ahead", living an hour from then: refused.
+        let far = claims(future_iat, future_iat + 3600, None);
+        assert!(check_lifetime(&far, now, t).is_err());
+        // A long exp with an iat placed to make exp - iat look short.
+        let sneaky = claims(now + 3 * 3600, now + 4 * 3600, None);
+        assert!(check_lifetime(&sneaky, now, t).is_err());
+        let not_yet = claims(now, now + 600, Some(now + 600));
+        assert!(check_lifetime(&not_yet, now, t).is_err());
+        let fine = claims(now, now + 600, Some(now));
+        assert!(check_lifetime(&fine, now, t).is_ok());
+        // The minted token passes the whole check.
+        let auth = Authenticator::new(vec![key.clone()], t);
+        let token = mint_user_token(&key, "alice", Duration::from_secs(600), now);
+        assert_eq!(
+            auth.verify_user_token(&token).unwrap().expires_at,
+            Some(now + 600)
+        );
     }
 }

@@ -142,6 +142,15 @@ impl CallTokens {
             },
         )?;
         let claims = data.claims;
+        let now = unix_seconds(SystemTime::now());
+        // Minted here with `ttl`: a token that claims to live longer, or to
+        // have been issued in the future, was not.
+        if claims.exp.saturating_sub(now) > self.ttl.as_secs() + LEEWAY_SECONDS {
+            return Err(TokenError::Invalid("lifetime too long"));
+        }
+        if claims.iat > now + LEEWAY_SECONDS {
+            return Err(TokenError::Invalid("issued in the future"));
+        }
         if claims.call_id.is_empty() || claims.sub.is_empty() || claims.participant_id.is_empty() {
             return Err(TokenError::Invalid("empty call, user or participant"));
         }
@@ -185,6 +194,23 @@ mod tests {
             },
             group: false,
         }
+    }
+
+    #[test]
+    fn a_token_living_longer_than_this_server_mints_is_refused() {
+        let ten_years = Duration::from_secs(10 * 365 * 24 * 3600);
+        let long = CallTokens::new(
+            b"test-secret-of-32-bytes-at-least",
+            "switchboard",
+            ten_years,
+        );
+        let token = long.mint(&grant());
+        assert_eq!(
+            tokens().verify(&token),
+            Err(TokenError::Invalid("lifetime too long"))
+        );
+        let ahead = tokens().mint_at(&grant(), SystemTime::now() + Duration::from_secs(3600));
+        assert!(tokens().verify(&ahead).is_err());
     }
 
     #[test]

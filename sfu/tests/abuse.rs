@@ -826,3 +826,196 @@ async fn a_failed_request_does_not_hold_its_idempotency_key() {
     let (status, body) = create_with_key(&server, "k2", &["carol"]).await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// A user token as `mint_user_token` writes it, with the times given.
+fn user_token_with(user: &str, iat: u64, exp: u64) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(common::live::API_KEY_ID.into());
+    let claims = serde_json::json!({
+        "sub": user, "aud": "switchboard:user", "iat": iat, "exp": exp,
+    });
+    let key = jsonwebtoken::EncodingKey::from_secret(common::live::API_KEY_SECRET.as_bytes());
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+type EventsSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `/v1/events` and authenticates as `device` with `token`.
+async fn events(server: &ServerProcess, token: &str, device: &str) -> EventsSocket {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("ws://{}/v1/events", server.http);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let auth = serde_json::json!({"type": "auth", "token": token, "deviceId": device});
+    ws.send(Message::text(auth.to_string())).await.unwrap();
+    assert_eq!(
+        next_event(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+        "authenticated"
+    );
+    ws
+}
+
+/// The next JSON message within `limit`; `None` if the socket closed.
+async fn next_event(ws: &mut EventsSocket, limit: Duration) -> Option<serde_json::Value> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next())
+            .await
+            .expect("an event in time")
+        {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).ok(),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Item 12: a user token "issued" ten years ahead with a one-hour life was
+/// accepted (its life was measured from `iat`), call tokens living ten years
+/// were accepted, and an events socket outlived its token. Now lifetimes
+/// count from now, `nbf` and `iat` are checked, and events sockets close at
+/// expiry unless refreshed in-band; signaling sessions outlive their call
+/// token (it authorises the join only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_lifetimes_are_enforced() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = spawn(&[]).await;
+    let now = unix_now();
+    let ahead = now + 10 * 365 * 24 * 3600;
+    let devices = |token: String| async move {
+        let auth = format!("Bearer {token}");
+        request(
+            server.http,
+            "GET",
+            "/v1/devices",
+            &[("Authorization", &auth)],
+            "",
+        )
+        .await
+    };
+    let (status, body) = devices(user_token_with("alice", ahead, ahead + 3600)).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = devices(user_token_with("alice", now, now + 600)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A call token for ten years, signed with the server's secret.
+    let ten_years = Duration::from_secs(10 * 365 * 24 * 3600);
+    let long = CallTokens::new(
+        PROCESS_CALL_TOKEN_SECRET.as_bytes(),
+        "switchboard",
+        ten_years,
+    );
+    let url = format!("ws://{}/v1/rtc", server.http);
+    let mut ws = SignalingClient::connect(&url).await.unwrap();
+    let join = |token: String| ClientMessage::Join {
+        protocol_version: signaling::PROTOCOL_VERSION,
+        token,
+        auto_subscribe: true,
+        resume_participant_id: None,
+    };
+    ws.send(&join(long.mint(&grant("room", "alice"))))
+        .await
+        .unwrap();
+    expect_error(&mut ws, ErrorCode::InvalidToken).await;
+    // A call token that expires in 3 s: the session outlives it.
+    let short = CallTokens::new(
+        PROCESS_CALL_TOKEN_SECRET.as_bytes(),
+        "switchboard",
+        Duration::from_secs(3),
+    );
+    let (mut session, _) = {
+        ws.send(&join(short.mint(&grant("room", "bob"))))
+            .await
+            .unwrap();
+        let offer = recv_until(&mut ws, |m| match m {
+            ServerMessage::SubscriberOffer { sdp, .. } => Some(sdp.clone()),
+            _ => None,
+        })
+        .await;
+        (ws, offer)
+    };
+
+    // Events sockets: one with a token living 3 s, one refreshed in time.
+    let alice = format!("Bearer {}", user_token_with("alice", now, now + 600));
+    let body = serde_json::json!({"deviceId": "alice-web", "platform": "web"}).to_string();
+    let (status, text) = request(
+        server.http,
+        "POST",
+        "/v1/devices",
+        &[("Authorization", &alice)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let soon = unix_now() + 3;
+    let mut expiring = events(
+        &server,
+        &user_token_with("alice", soon - 3, soon),
+        "alice-web",
+    )
+    .await;
+    let mut refreshed = events(
+        &server,
+        &user_token_with("alice", soon - 3, soon),
+        "alice-web",
+    )
+    .await;
+    let fresh = user_token_with("alice", unix_now(), unix_now() + 600);
+    let refresh = serde_json::json!({"type": "refresh", "token": fresh});
+    refreshed
+        .send(Message::text(refresh.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut refreshed, Duration::from_secs(5))
+            .await
+            .unwrap()["type"],
+        "refreshed"
+    );
+    let expired = next_event(&mut expiring, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(expired["code"], "token_expired", "{expired}");
+    assert!(
+        next_event(&mut expiring, Duration::from_secs(5))
+            .await
+            .is_none(),
+        "closed"
+    );
+
+    // Past both short expiries: the refreshed socket and the session live.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    session
+        .send(&ClientMessage::Ping { timestamp: 9 })
+        .await
+        .unwrap();
+    recv_until(&mut session, |m| {
+        matches!(m, ServerMessage::Pong { .. }).then_some(())
+    })
+    .await;
+    refreshed
+        .send(Message::Ping(Default::default()))
+        .await
+        .unwrap();
+    let still_open = tokio::time::timeout(
+        Duration::from_millis(500),
+        next_event(&mut refreshed, Duration::from_secs(2)),
+    )
+    .await;
+    assert!(
+        !matches!(still_open, Ok(None)),
+        "the refreshed socket closed"
+    );
+}

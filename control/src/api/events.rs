@@ -3,6 +3,10 @@
 //! so no token sits in a URL or an access log); then the server sends
 //! `call.ringing`, `call.cancelled` and `call.event` messages, and the device
 //! acknowledges rings with `{"type":"ack","callId":"..."}`.
+//!
+//! The socket lives as long as its user token: `{"type":"refresh","token":
+//! "..."}` (the same user) extends it; at expiry unrefreshed the server
+//! sends `error` `token_expired` and closes.
 
 use std::time::Duration;
 
@@ -27,6 +31,15 @@ const MAX_MESSAGE_BYTES: usize = 4096;
 enum DeviceMessage {
     Auth { token: String, device_id: String },
     Ack { call_id: String },
+    Refresh { token: String },
+}
+
+/// How long until `expires_at` (Unix seconds); a long way off for `None`
+/// (API-key principals do not expire).
+fn time_left(expires_at: Option<u64>) -> Duration {
+    expires_at.map_or(Duration::from_secs(365 * 24 * 3600), |at| {
+        Duration::from_millis((at * 1000).saturating_sub(now_ms()))
+    })
 }
 
 pub async fn events_socket(ws: WebSocketUpgrade, State(state): State<ControlState>) -> Response {
@@ -53,8 +66,8 @@ async fn serve(socket: WebSocket, state: ControlState) {
             .await;
         return;
     };
-    let user_id = match state.auth.verify_user_token(&token) {
-        Ok(p) => p.user_id,
+    let (user_id, mut expires_at) = match state.auth.verify_user_token(&token) {
+        Ok(p) => (p.user_id, p.expires_at),
         Err(e) => {
             let _ = sink.send(error("unauthorized", &e.to_string())).await;
             return;
@@ -79,9 +92,10 @@ async fn serve(socket: WebSocket, state: ControlState) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     state.events.hub.connect(&user_id, &device_id, tx.clone());
     tracing::info!(user_id = %user_id, device_id = %device_id, "device events connected");
-    let _ = sink
-        .send(Message::text(r#"{"type":"authenticated"}"#.to_string()))
-        .await;
+    let authenticated = serde_json::json!({"type": "authenticated", "expiresAt": expires_at});
+    let _ = sink.send(Message::text(authenticated.to_string())).await;
+    let expiry = tokio::time::sleep(time_left(expires_at));
+    tokio::pin!(expiry);
     // A device that connects while a call rings for it gets the ring.
     {
         let events = state.events.clone();
@@ -92,6 +106,13 @@ async fn serve(socket: WebSocket, state: ControlState) {
     // 2. Relay.
     loop {
         tokio::select! {
+            _ = &mut expiry => {
+                tracing::info!(user_id = %user_id, device_id = %device_id, "device events: token expired unrefreshed");
+                let _ = sink
+                    .send(error("token_expired", "the user token expired; refresh it before it does"))
+                    .await;
+                break;
+            }
             event = rx.recv() => {
                 let Some(event) = event else { break };
                 let text = serde_json::to_string(&event).unwrap_or_default();
@@ -110,8 +131,22 @@ async fn serve(socket: WebSocket, state: ControlState) {
                         })
                         .await;
                     }
+                    Ok(DeviceMessage::Refresh { token }) => {
+                        let answer = match state.auth.verify_user_token(&token) {
+                            Ok(p) if p.user_id == user_id => {
+                                expires_at = p.expires_at;
+                                expiry.as_mut().reset(tokio::time::Instant::now() + time_left(expires_at));
+                                Message::text(serde_json::json!({"type": "refreshed", "expiresAt": expires_at}).to_string())
+                            }
+                            Ok(_) => error("unauthorized", "the token is for another user"),
+                            Err(e) => error("unauthorized", &e.to_string()),
+                        };
+                        if sink.send(answer).await.is_err() {
+                            break;
+                        }
+                    }
                     _ => {
-                        if sink.send(error("bad_message", "expected ack")).await.is_err() {
+                        if sink.send(error("bad_message", "expected ack or refresh")).await.is_err() {
                             break;
                         }
                     }
