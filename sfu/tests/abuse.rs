@@ -1019,3 +1019,58 @@ async fn token_lifetimes_are_enforced() {
         "the refreshed socket closed"
     );
 }
+
+/// Item 13: development mode signed `/dev/user-token` tokens with the real
+/// API key, so anyone could get a `/v1` token for any user that production
+/// nodes accept. It now refuses to start with real credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_mode_refuses_real_credentials() {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .env(
+            "SWITCHBOARD_HTTP_LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env(
+            "SWITCHBOARD_RTC_UDP_BIND",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("SWITCHBOARD_TURN_ENABLED", "false")
+        .env("SWITCHBOARD_DATA_DIR", scratch_dir())
+        .env("SWITCHBOARD_DEV_TOKEN_ENDPOINT", "true")
+        .env(
+            "SWITCHBOARD_API_KEY",
+            format!(
+                "{}:{}",
+                common::live::API_KEY_ID,
+                common::live::API_KEY_SECRET
+            ),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = ServerProcess {
+        child,
+        http: "127.0.0.1:9".parse().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "it should refuse to start at once"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = server.child.wait().unwrap();
+    assert!(!status.success());
+    let mut stderr = String::new();
+    use std::io::Read;
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("development mode"), "{stderr}");
+}

@@ -189,7 +189,20 @@ async fn dev_token_endpoint_is_off_by_default_and_checks_its_input() {
     );
     server.shutdown().await;
 
-    let server = start_server_with(|c| c.dev_token_endpoint = true).await;
+    // Development mode runs on credentials of its own only.
+    let refused = sfu::server::start(sfu::config::Config {
+        dev_token_endpoint: true,
+        call_token_secret: "a-real-secret-a-real-secret-a-real".into(),
+        ..sfu::config::Config::default()
+    })
+    .await;
+    assert!(matches!(refused, Err(sfu::server::StartError::Config(_))));
+    let server = start_server_with(|c| {
+        c.dev_token_endpoint = true;
+        c.api_keys.clear();
+        c.call_token_secret.clear();
+    })
+    .await;
     let (status, body) = http(
         &server,
         "POST",

@@ -73,6 +73,8 @@ pub enum StartError {
     Push(String),
     #[error("TURN: {0}")]
     Turn(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// Binds everything and starts the engine threads and the HTTP server.
@@ -87,9 +89,16 @@ pub async fn start_with_push(
     push: Option<Arc<dyn control::ringing::PushSender>>,
 ) -> Result<Running, StartError> {
     let mut config = config;
-    if config.dev_token_endpoint && config.api_keys.is_empty() {
-        // Development mode without an app backend: `/dev/user-token` signs
-        // user tokens with a key only this process knows.
+    if config.dev_token_endpoint {
+        // Development mode hands user and call tokens to anyone. Signed with
+        // real credentials they would be accepted by every production node
+        // sharing them; so it runs only on credentials of its own.
+        if !config.api_keys.is_empty() || !config.call_token_secret.is_empty() {
+            return Err(StartError::Config(
+                "development mode (dev_token_endpoint) refuses to start with API keys or a call-token secret configured: it would hand out tokens signed with them".into(),
+            ));
+        }
+        // `/dev/user-token` signs with a key only this process knows.
         config.api_keys.push(control::auth::ApiKey {
             id: "dev".into(),
             secret: format!("{:032x}", rand::random::<u128>()),
