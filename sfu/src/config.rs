@@ -12,6 +12,9 @@ use serde::Deserialize;
 pub struct Config {
     /// HTTP: the signaling WebSocket (`/v1/rtc`), `/metrics`, `/healthz`.
     pub http_listen: SocketAddr,
+    /// Serve `/metrics` (with `/healthz` and `/readyz`) here instead of on
+    /// `http_listen`, for deployments that expose the API port publicly.
+    pub metrics_listen: Option<SocketAddr>,
     /// The one UDP port all participants' media uses.
     pub rtc_udp_bind: SocketAddr,
     /// IPs announced as host candidates. Empty: the address of the default
@@ -174,6 +177,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             http_listen: "0.0.0.0:7880".parse().expect("valid literal"),
+            metrics_listen: None,
             rtc_udp_bind: "0.0.0.0:7882".parse().expect("valid literal"),
             announce_ips: Vec::new(),
             engine_threads: 0,
@@ -276,6 +280,9 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_RECONNECT_GRACE_SECONDS") {
             self.reconnect_grace_seconds = parse("SWITCHBOARD_RECONNECT_GRACE_SECONDS", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_METRICS_LISTEN") {
+            self.metrics_listen = Some(parse("SWITCHBOARD_METRICS_LISTEN", &v)?);
         }
         if let Some(v) = var("SWITCHBOARD_MAX_HTTP_CONNECTIONS") {
             self.max_http_connections = parse("SWITCHBOARD_MAX_HTTP_CONNECTIONS", &v)?;

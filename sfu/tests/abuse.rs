@@ -1074,3 +1074,62 @@ async fn development_mode_refuses_real_credentials() {
         .unwrap();
     assert!(stderr.contains("development mode"), "{stderr}");
 }
+
+/// Item 14: the store was created 0644 in a 0755 directory (push tokens
+/// readable by local users), `/metrics` could only share the public API
+/// port, and an unauthenticated TURN Allocate is answered at about 4x its
+/// size, without limit per source. Now: 0600 / 0700, a metrics listener of
+/// its own, and at most 20 unauthenticated answers per source per second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hygiene_store_permissions_metrics_listener_and_turn_reflection() {
+    use std::os::unix::fs::PermissionsExt;
+    let data_dir = scratch_dir().join("nested");
+    let metrics_port = free_port();
+    let turn_port = free_port();
+    let server = spawn_switchboard(
+        &data_dir,
+        free_port(),
+        free_port(),
+        &[
+            (
+                "SWITCHBOARD_METRICS_LISTEN",
+                &format!("127.0.0.1:{metrics_port}"),
+            ),
+            (
+                "SWITCHBOARD_TURN_UDP_LISTEN",
+                &format!("127.0.0.1:{turn_port}"),
+            ),
+        ],
+    )
+    .await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data_dir), 0o700);
+    assert_eq!(mode(&data_dir.join("control.db")), 0o600);
+
+    let ops: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let (status, text) = request(ops, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("switchboard_engine_panics_total"), "{text}");
+    let (status, _) = request(server.http, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 404, "metrics are not on the public port");
+    let (status, _) = request(server.http, "GET", "/healthz", &[], "").await;
+    assert_eq!(status, 200);
+
+    // 200 unauthenticated Allocates from one source in well under a second.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("127.0.0.1:{turn_port}");
+    for n in 0..200 {
+        udp.send_to(&turn_allocate(n), &target).await.unwrap();
+    }
+    let mut answers = 0;
+    let mut buf = [0u8; 1500];
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(500), udp.recv_from(&mut buf)).await
+    {
+        answers += 1;
+    }
+    assert!(
+        (1..=40).contains(&answers),
+        "{answers} answers to 200 requests"
+    );
+}

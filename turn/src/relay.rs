@@ -58,6 +58,37 @@ pub struct RelayConfig {
     pub bandwidth_per_allocation: u64,
 }
 
+/// Unauthenticated requests over UDP answered per source IP per second. A
+/// 28-byte Allocate without credentials is answered with a ~116-byte 401
+/// (about 4x): from a spoofed source that is a reflector, so the answers to
+/// one source are capped; beyond the cap requests are dropped unanswered.
+/// A real client needs one (the 401 that carries the nonce) per allocation.
+pub const UNAUTHENTICATED_ANSWERS_PER_SECOND: u32 = 20;
+
+/// Unauthenticated answers per source IP in the current one-second window.
+#[derive(Debug, Default)]
+struct UnauthenticatedAnswers {
+    window_start: Option<Instant>,
+    by_source: HashMap<std::net::IpAddr, u32>,
+}
+
+impl UnauthenticatedAnswers {
+    /// One more answer to `source` now, if its budget allows.
+    fn allow(&mut self, source: std::net::IpAddr, now: Instant) -> bool {
+        let expired = self
+            .window_start
+            .is_none_or(|start| now.saturating_duration_since(start) >= Duration::from_secs(1));
+        if expired {
+            // The whole map goes with its window: no per-key sweep.
+            self.by_source.clear();
+            self.window_start = Some(now);
+        }
+        let sent = self.by_source.entry(source).or_default();
+        *sent += 1;
+        *sent <= UNAUTHENTICATED_ANSWERS_PER_SECOND
+    }
+}
+
 /// Index of a listener (`add_listener` order).
 pub type ListenerId = usize;
 
@@ -157,6 +188,7 @@ pub struct Relay {
     pending: HashMap<(ListenerId, SocketAddr), (String, Instant)>,
     allocations: HashMap<SocketAddr, Allocation>,
     by_client: HashMap<(ListenerId, SocketAddr), SocketAddr>,
+    unauthenticated: UnauthenticatedAnswers,
     metrics: Option<Arc<TurnMetrics>>,
 }
 
@@ -180,6 +212,7 @@ impl Relay {
             pending: HashMap::new(),
             allocations: HashMap::new(),
             by_client: HashMap::new(),
+            unauthenticated: UnauthenticatedAnswers::default(),
             metrics,
         }
     }
@@ -351,6 +384,27 @@ impl Relay {
             .position(|s| s.transport() == transport && s.listen_address() == addr)
     }
 
+    /// `None` (answer it) if `from` may get another unauthenticated answer
+    /// now; `Some(None)` (drop it, counted) if not. Stream clients passed
+    /// a TCP handshake and cannot spoof: always answered.
+    fn budget_unauthenticated(
+        &mut self,
+        listener: ListenerId,
+        from: SocketAddr,
+        now: Instant,
+    ) -> Option<Option<Vec<u8>>> {
+        let udp = self.servers[listener].transport() == TransportType::Udp;
+        if !udp || self.unauthenticated.allow(from.ip(), now) {
+            return None;
+        }
+        if let Some(m) = &self.metrics {
+            m.dropped
+                .with_label_values(&["unauthenticated_over_budget"])
+                .inc();
+        }
+        Some(None)
+    }
+
     /// Our checks on a STUN message from a client. `Some(answer)`: it is
     /// handled here (answered, or dropped if `None`); `None`: pass it to the crate.
     fn policy(
@@ -375,8 +429,11 @@ impl Relay {
         if msg.class() != MessageClass::Request {
             return None;
         }
-        // Unauthenticated requests get the crate's 401 with a fresh nonce.
-        let username = msg.attribute::<Username>().ok()?;
+        // Unauthenticated requests get the crate's 401 with a fresh nonce,
+        // within the source's budget (UDP sources can be spoofed).
+        let Ok(username) = msg.attribute::<Username>() else {
+            return self.budget_unauthenticated(listener, from, now);
+        };
         let username = username.username().to_string();
         if method == ALLOCATE {
             return self.admit_allocate(listener, from, &msg, &username, now);
@@ -386,6 +443,9 @@ impl Relay {
             None => {
                 // Never admitted: only an Allocate introduces a username.
                 self.count(|m| m.auth_failures.inc());
+                if self.budget_unauthenticated(listener, from, now).is_some() {
+                    return Some(None);
+                }
                 return Some(Some(unauthorized(&msg)));
             }
         };

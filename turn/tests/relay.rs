@@ -365,7 +365,10 @@ fn thousands_of_allocates_from_one_user_get_the_quota_and_no_more() {
             "mallory",
             T0 + 600,
         );
-        match c.allocate(&mut relay, at(u64::from(port) / 100)).error {
+        // As fast as one source may be challenged (the unauthenticated
+        // budget, tested below).
+        let second = u64::from(port) / u64::from(turn::relay::UNAUTHENTICATED_ANSWERS_PER_SECOND);
+        match c.allocate(&mut relay, at(second)).error {
             None => granted += 1,
             Some(486) => refused += 1,
             Some(other) => panic!("unexpected {other}"),
@@ -470,4 +473,39 @@ proptest! {
         let to_peer = out.iter().filter(|o| matches!(o, Output::ToPeer { .. })).count();
         prop_assert_eq!(to_peer, 0);
     }
+}
+
+/// A 28-byte Allocate without credentials is answered with a ~116-byte 401.
+/// From a spoofed UDP source that makes the relay a reflector, so one source
+/// gets at most `UNAUTHENTICATED_ANSWERS_PER_SECOND` answers a second; other
+/// sources and later seconds are unaffected.
+#[test]
+fn unauthenticated_answers_are_budgeted_per_source() {
+    use turn::relay::UNAUTHENTICATED_ANSWERS_PER_SECOND as BUDGET;
+    let mut relay = relay(config());
+    let victim = Client::new("198.51.100.7:4000", "nobody", T0 + 600);
+    let allocate = victim.request(ALLOCATE, |b| {
+        b.add_attribute(&RequestedTransport::new(17)).unwrap();
+    });
+    assert!(allocate.len() <= 32);
+    let answered: Vec<usize> = (0..200)
+        .map(|_| victim.send(&mut relay, &allocate, at(0)).len())
+        .collect();
+    let sent: usize = answered.iter().sum();
+    assert_eq!(sent, BUDGET as usize);
+    let size = victim.send(&mut relay, &allocate, at(1));
+    assert_eq!(size.len(), 1, "a new second, a new budget");
+    assert!(
+        size[0].len() <= 4 * allocate.len() + 16,
+        "{} bytes",
+        size[0].len()
+    );
+    let other = Client::new("198.51.100.8:4000", "nobody", T0 + 600);
+    assert_eq!(other.send(&mut relay, &allocate, at(1)).len(), 1);
+    // A real client still allocates.
+    let mut alice = Client::new("198.51.100.9:4000", "alice", T0 + 600);
+    assert_eq!(
+        alice.allocate(&mut relay, at(1)).class,
+        MessageClass::Success
+    );
 }

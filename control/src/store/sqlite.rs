@@ -82,7 +82,21 @@ fn encode<T: serde::Serialize>(value: &T) -> String {
 
 impl SqliteStore {
     /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the store at `path`, readable by this user only:
+    /// it holds push tokens. SQLite gives its `-wal` and `-shm` files the
+    /// database file's mode.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        // A file made by an older version (0644) is tightened too.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        drop(file);
         let conn = Connection::open(path).map_err(backend)?;
         Self::init(conn)
     }

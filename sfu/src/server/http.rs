@@ -19,9 +19,11 @@ use super::session::{self, Frame, Outgoing};
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/v1/rtc", get(rtc_socket))
-        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
+    if state.config.metrics_listen.is_none() {
+        router = router.route("/metrics", get(metrics));
+    }
     if state.config.dev_token_endpoint {
         router = router
             .route("/dev/token", post(dev_token))
@@ -35,6 +37,15 @@ pub fn router(state: AppState) -> Router {
         }
     }
     router.with_state(state)
+}
+
+/// The operations listener (`metrics_listen`): metrics and health only.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
 }
 
 async fn rtc_socket(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {

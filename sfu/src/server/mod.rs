@@ -49,6 +49,8 @@ pub struct AppState {
 /// A started server. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     pub http_addr: SocketAddr,
+    /// Where `/metrics` is served when it has a listener of its own.
+    pub metrics_addr: Option<SocketAddr>,
     pub udp_addr: SocketAddr,
     pub announced: Vec<SocketAddr>,
     /// The embedded TURN relay, unless disabled.
@@ -161,6 +163,15 @@ pub async fn start_with_push(
         addr: config.http_listen,
         source,
     })?;
+    let ops_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = ops_listener.as_ref().and_then(|l| l.local_addr().ok());
     let (turn, turn_issuer) =
         match relay::start_turn(&config, &announced, &metrics.registry).await? {
             Some((running, issuer)) => (Some(running), Some(Arc::new(issuer))),
@@ -225,6 +236,19 @@ pub async fn start_with_push(
             "the open-file limit is low; HTTP connections are capped to fit it (raise LimitNOFILE)"
         );
     }
+    if let Some(ops) = ops_listener {
+        let ops_limits = listener::ConnectionLimits {
+            total: 64,
+            per_ip: 64,
+        };
+        tokio::spawn(listener::serve(
+            ops,
+            http::ops_router(state.clone()),
+            ops_limits,
+            state.metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     let http_task = tokio::spawn(listener::serve(
         listener,
         app,
@@ -234,6 +258,7 @@ pub async fn start_with_push(
     ));
     Ok(Running {
         http_addr,
+        metrics_addr,
         udp_addr,
         announced,
         turn,
@@ -252,8 +277,7 @@ fn start_control(
     push: Option<Arc<dyn control::ringing::PushSender>>,
     turn: Option<Arc<control::turn_issuer::TurnIssuer>>,
 ) -> Result<control::api::ControlState, StartError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| StartError::Store(format!("{}: {e}", config.data_dir.display())))?;
+    create_private_dir(&config.data_dir)?;
     let store: Arc<dyn control::store::Store> = Arc::new(
         control::store::SqliteStore::open(&config.data_dir.join("control.db"))
             .map_err(|e| StartError::Store(e.to_string()))?,
@@ -293,6 +317,23 @@ fn start_control(
         events,
         turn,
     })
+}
+
+/// The data directory, created for this user only (0700). An existing one is
+/// left as the operator made it, with a warning if others can read it.
+fn create_private_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let failed = |e: std::io::Error| StartError::Store(format!("{}: {e}", dir.display()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(failed)?;
+    let mode = std::fs::metadata(dir).map_err(failed)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "the data directory is readable by other users; it holds push tokens (chmod 700)");
+    }
+    Ok(())
 }
 
 /// The push providers the config names, behind one dispatcher; none: pushes
