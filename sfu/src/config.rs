@@ -40,6 +40,10 @@ pub struct Config {
     /// lowered at start to fit half the open-file limit.
     pub max_http_connections: usize,
     pub max_http_connections_per_ip: usize,
+    /// Ignore clients' ICE candidates for loopback, private, CGNAT and
+    /// link-local addresses (the server then never checks them). Off by
+    /// default: self-hosted LAN deployments connect over them.
+    pub deny_private_candidates: bool,
     /// Development only: `POST /dev/token` mints a call token for any room,
     /// unauthenticated. Off unless set; call creation replaces it.
     pub dev_token_endpoint: bool,
@@ -191,6 +195,7 @@ impl Default for Config {
             signaling_rate_per_second: 50,
             max_http_connections: 50_000,
             max_http_connections_per_ip: 1_000,
+            deny_private_candidates: false,
             dev_token_endpoint: false,
             dev_demo_dir: None,
             log_format: "text".into(),
@@ -280,6 +285,9 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_RECONNECT_GRACE_SECONDS") {
             self.reconnect_grace_seconds = parse("SWITCHBOARD_RECONNECT_GRACE_SECONDS", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_DENY_PRIVATE_CANDIDATES") {
+            self.deny_private_candidates = parse("SWITCHBOARD_DENY_PRIVATE_CANDIDATES", &v)?;
         }
         if let Some(v) = var("SWITCHBOARD_METRICS_LISTEN") {
             self.metrics_listen = Some(parse("SWITCHBOARD_METRICS_LISTEN", &v)?);

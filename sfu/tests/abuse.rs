@@ -1133,3 +1133,74 @@ async fn hygiene_store_permissions_metrics_listener_and_turn_reflection() {
         "{answers} answers to 200 requests"
     );
 }
+
+/// Item 9: trickled candidates pointed the server's ICE checks at any
+/// address and port (549 STUN requests to 100 ports, and to 0.0.0.0). Now
+/// unspecified, multicast and broadcast candidates are dropped, each
+/// connection takes at most 128 distinct ones (`invalid_candidate` after),
+/// and private ones can be denied by configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_candidates_are_bounded_and_filtered() {
+    let server = spawn(&[]).await;
+    let (mut ws, server_offer) = join(&server, "room", "mallory").await;
+    let (offer, _) = client_sdp(&server_offer);
+    ws.send(&ClientMessage::Publish { sdp: offer })
+        .await
+        .unwrap();
+    recv_until(&mut ws, |m| {
+        matches!(m, ServerMessage::PublishAnswer { .. }).then_some(())
+    })
+    .await;
+    // 140 listening ports the server would probe if told to.
+    let mut targets = Vec::new();
+    for _ in 0..140 {
+        targets.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    let trickle = |addr: &str, port: u16| ClientMessage::Trickle {
+        target: PeerTarget::Publisher,
+        candidate: signaling::IceCandidate {
+            candidate: format!("candidate:1 1 udp 2130706431 {addr} {port} typ host"),
+            sdp_mid: None,
+            sdp_m_line_index: None,
+            username_fragment: None,
+        },
+    };
+    ws.send(&trickle("0.0.0.0", 9)).await.unwrap();
+    ws.send(&trickle("255.255.255.255", 9)).await.unwrap();
+    let mut refused = 0;
+    for t in &targets {
+        let port = t.local_addr().unwrap().port();
+        ws.send(&trickle("127.0.0.1", port)).await.unwrap();
+        // Stay under the signaling rate limit (50/s).
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Errors for those past the limit (the client's offer carried one).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(300), ws.recv()).await {
+            Ok(Ok(ServerMessage::Error {
+                code: ErrorCode::InvalidCandidate,
+                ..
+            })) => refused += 1,
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+    }
+    assert_eq!(
+        refused,
+        140 - 127,
+        "one of 128 went to the offer's own candidate"
+    );
+    // Let the checks run, then see who was probed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut probed = 0;
+    let mut buf = [0u8; 1500];
+    for t in &targets {
+        if t.try_recv_from(&mut buf).is_ok() {
+            probed += 1;
+        }
+    }
+    assert!(probed <= 127, "{probed} ports were probed");
+    assert!(probed > 0, "the accepted candidates are checked");
+    assert_healthy(&server, Duration::from_secs(2)).await;
+}

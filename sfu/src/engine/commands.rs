@@ -259,7 +259,15 @@ impl Engine {
             self.error(conn, ErrorCode::Capacity, message);
             return;
         }
-        let offer = match SdpOffer::from_sdp_string(sdp) {
+        let deny_private = self.config.deny_private_candidates;
+        let sdp = match p.publisher.remote_candidates.filter_sdp(sdp, deny_private) {
+            Ok(sdp) => sdp,
+            Err(e) => {
+                self.error(conn, ErrorCode::InvalidSdp, e);
+                return;
+            }
+        };
+        let offer = match SdpOffer::from_sdp_string(&sdp) {
             Ok(offer) => offer,
             Err(e) => {
                 self.error(
@@ -332,9 +340,19 @@ impl Engine {
             }
         };
         if let Some(p) = self.participants.get_mut(&key) {
-            let added = p
-                .peer_mut(target)
-                .guard(|rtc| rtc.add_remote_candidate(parsed));
+            let peer = p.peer_mut(target);
+            match peer
+                .remote_candidates
+                .admit(candidate, self.config.deny_private_candidates)
+            {
+                Ok(true) => {}
+                Ok(false) => return, // an address never checked: dropped
+                Err(e) => {
+                    self.error(conn, ErrorCode::InvalidCandidate, e);
+                    return;
+                }
+            }
+            let added = peer.guard(|rtc| rtc.add_remote_candidate(parsed));
             if added.is_err() {
                 self.fail_participant(key);
             }

@@ -21,6 +21,7 @@ mod negotiate;
 mod offer_policy;
 mod participant;
 mod peer;
+mod remote_candidates;
 mod rewrite;
 mod room;
 #[cfg(test)]
@@ -103,6 +104,10 @@ pub struct EngineConfig {
     pub keyframe_request_interval: Duration,
     pub max_participants_per_room: usize,
     pub max_tracks_per_participant: usize,
+    /// Drop remote candidates for loopback, private, CGNAT and link-local
+    /// addresses (unspecified, multicast and broadcast are always dropped).
+    /// Off by default: self-hosted LAN deployments connect over them.
+    pub deny_private_candidates: bool,
     /// A participant none of whose connections came up by this long after
     /// joining is removed (`left` `timeout`).
     pub media_deadline: Duration,
@@ -122,6 +127,7 @@ impl EngineConfig {
             max_participants_per_room: 100,
             max_tracks_per_participant: 8,
             media_deadline: Duration::from_secs(30),
+            deny_private_candidates: false,
             fast_path: true,
             initial_bitrate: Bitrate::kbps(1_500),
         }

@@ -28,7 +28,15 @@ impl Engine {
             );
             return;
         }
-        let answer = match SdpAnswer::from_sdp_string(sdp) {
+        let deny_private = self.config.deny_private_candidates;
+        let sdp = match p.subscriber.remote_candidates.filter_sdp(sdp, deny_private) {
+            Ok(sdp) => sdp,
+            Err(e) => {
+                self.error(conn, ErrorCode::InvalidSdp, e);
+                return;
+            }
+        };
+        let answer = match SdpAnswer::from_sdp_string(&sdp) {
             Ok(a) => a,
             Err(e) => {
                 self.error(

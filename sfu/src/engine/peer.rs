@@ -32,6 +32,8 @@ pub struct Peer {
     /// str0m panicked inside this `Rtc`: its state is unknown, so it is never
     /// touched again and its participant is removed.
     pub poisoned: bool,
+    /// Remote candidates given to str0m (bounded; see `remote_candidates`).
+    pub remote_candidates: super::remote_candidates::Seen,
 }
 
 /// str0m panicked inside a peer's `Rtc` (now or earlier).
@@ -51,6 +53,7 @@ impl Peer {
             was_connected: false,
             addresses: Vec::new(),
             poisoned: false,
+            remote_candidates: Default::default(),
         }
     }
 

@@ -176,6 +176,7 @@ pub fn spawn_all(
             Duration::from_millis(config.keyframe_request_interval_ms);
         engine_config.max_participants_per_room = config.max_participants_per_room;
         engine_config.max_tracks_per_participant = config.max_tracks_per_participant;
+        engine_config.deny_private_candidates = config.deny_private_candidates;
         // Each shard waits on its own handle to the one socket (readiness is
         // per runtime); the sends go through the shared one.
         let reader = socket.try_clone().map_err(|e| e.to_string())?;
