@@ -70,14 +70,16 @@ async function freePort(kind) {
 async function startSwitchboard(extraEnv = {}) {
   const httpPort = await freePort("tcp");
   const udpPort = await freePort("udp");
+  // TURN as deployed by default: UDP and TCP on one port.
+  const turnPort = await freePort("tcp");
   const child = spawn(serverBin, [], {
     env: {
       ...process.env,
       SWITCHBOARD_HTTP_LISTEN: `127.0.0.1:${httpPort}`,
       SWITCHBOARD_RTC_UDP_BIND: `127.0.0.1:${udpPort}`,
       SWITCHBOARD_ANNOUNCE_IPS: "127.0.0.1",
-      SWITCHBOARD_TURN_UDP_LISTEN: "127.0.0.1:0",
-      SWITCHBOARD_TURN_TCP_LISTEN: "127.0.0.1:0",
+      SWITCHBOARD_TURN_UDP_LISTEN: `127.0.0.1:${turnPort}`,
+      SWITCHBOARD_TURN_TCP_LISTEN: `127.0.0.1:${turnPort}`,
       SWITCHBOARD_DEV_TOKEN_ENDPOINT: "true",
       SWITCHBOARD_RECONNECT_GRACE_SECONDS: String(GRACE_SECONDS),
       SWITCHBOARD_DATA_DIR: mkdtempSync(join(tmpdir(), "switchboard-browser-")),
