@@ -38,13 +38,6 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let shard_gauge = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["shard"]).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
             registry
@@ -59,6 +52,21 @@ impl Metrics {
                 .expect("unique metric");
             c
         };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let gauge_vec = |name: &str, help: &str, label: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let shard_gauge = |name: &str, help: &str| gauge_vec(name, help, "shard");
         let join_to_first_forward = Histogram::with_opts(
             HistogramOpts::new(
                 "switchboard_join_to_first_forward_seconds",
@@ -128,31 +136,15 @@ impl Metrics {
                 "switchboard_signaling_slow_consumers_total",
                 "Signaling connections closed because the client did not read (outbox full or a write stalled)",
             ),
-            http_connection_limit: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "switchboard_http_connections_limit",
-                        "HTTP connections allowed at once, in total and per client IP",
-                    ),
-                    &["cap"],
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique metric");
-                g
-            },
-            open_files_limit: {
-                let g = IntGauge::new(
-                    "switchboard_open_files_limit",
-                    "The process's soft open-file limit after raising it to the hard one",
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique metric");
-                g
-            },
+            http_connection_limit: gauge_vec(
+                "switchboard_http_connections_limit",
+                "HTTP connections allowed at once, in total and per client IP",
+                "cap",
+            ),
+            open_files_limit: gauge(
+                "switchboard_open_files_limit",
+                "The process's soft open-file limit after raising it to the hard one",
+            ),
             http_refused: counter_vec(
                 "switchboard_http_connections_refused_total",
                 "HTTP connections closed at accept, by the cap they hit (total, per_ip)",

@@ -8,7 +8,8 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::live::{
-    PROCESS_CALL_TOKEN_SECRET, ServerProcess, free_port, request, scratch_dir, spawn_switchboard,
+    PROCESS_CALL_TOKEN_SECRET, ServerProcess, free_port, grant, request, scratch_dir,
+    spawn_switchboard,
 };
 use control::call_token::{CallGrant, CallTokens, DEFAULT_TTL};
 use signaling::client::SignalingClient;
@@ -20,16 +21,6 @@ fn tokens() -> CallTokens {
         "switchboard",
         DEFAULT_TTL,
     )
-}
-
-fn grant(room: &str, name: &str) -> CallGrant {
-    CallGrant {
-        call_id: room.into(),
-        user_id: format!("user-{name}"),
-        participant_id: format!("p-{name}"),
-        permissions: Permissions::ALL,
-        group: false,
-    }
 }
 
 async fn spawn(env: &[(&str, &str)]) -> ServerProcess {
@@ -674,6 +665,13 @@ async fn slowloris_and_idle_floods_do_not_starve_the_api() {
     drop(idle);
 }
 
+async fn devices_of(server: &ServerProcess, auth: &str) -> String {
+    let headers = [("Authorization", auth)];
+    request(server.http, "GET", "/v1/devices", &headers, "")
+        .await
+        .1
+}
+
 async fn register(
     server: &ServerProcess,
     auth: &[(&str, &str)],
@@ -713,14 +711,7 @@ async fn another_users_push_token_cannot_be_taken() {
     .await;
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("push_token_in_use"), "{body}");
-    let (_, devices) = request(
-        server.http,
-        "GET",
-        "/v1/devices",
-        &[("Authorization", &alice)],
-        "",
-    )
-    .await;
+    let devices = devices_of(&server, &alice).await;
     assert!(devices.contains(&token), "alice keeps her token: {devices}");
     let text = metrics(&server).await;
     assert_eq!(metric(&text, "switchboard_push_token_conflicts_total"), 1.0);
@@ -734,14 +725,7 @@ async fn another_users_push_token_cannot_be_taken() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let (_, devices) = request(
-        server.http,
-        "GET",
-        "/v1/devices",
-        &[("Authorization", &alice)],
-        "",
-    )
-    .await;
+    let devices = devices_of(&server, &alice).await;
     assert!(
         !devices.contains(&token),
         "the token moved with the install: {devices}"

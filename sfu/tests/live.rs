@@ -6,20 +6,10 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::live::{flood_garbage, http, run_bot, start_server, start_server_with, ws_url};
-use control::call_token::{CallGrant, CallTokens, DEFAULT_TTL};
+use common::live::{flood_garbage, grant, http, run_bot, start_server, start_server_with, ws_url};
+use control::call_token::{CallTokens, DEFAULT_TTL};
 use signaling::client::SignalingClient;
-use signaling::{ClientMessage, ErrorCode, Permissions, ServerMessage};
-
-fn grant(room: &str, name: &str) -> CallGrant {
-    CallGrant {
-        call_id: room.into(),
-        user_id: format!("user-{name}"),
-        participant_id: format!("p-{name}"),
-        permissions: Permissions::ALL,
-        group: false,
-    }
-}
+use signaling::{ClientMessage, ErrorCode, ServerMessage};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_clients_receive_each_other_through_the_server() {

@@ -45,6 +45,9 @@ fn sans_io_cores_touch_no_socket_clock_thread_or_lock() {
         "RwLock",
         "spawn(",
     ];
+    // A core's own `#[cfg(test)] mod tests` (tests.rs) may read the clock
+    // once for a starting point; the core never does.
+    files.retain(|f| !f.ends_with("tests.rs"));
     for file in files {
         let text = fs::read_to_string(&file).unwrap();
         for word in forbidden {

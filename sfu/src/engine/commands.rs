@@ -234,15 +234,13 @@ impl Engine {
     }
 
     pub(super) fn publish(&mut self, conn: ConnId, key: ParticipantKey, sdp: &str, now: Instant) {
-        let max_ufrag = self.max_remote_ufrag(key, PeerTarget::Publisher);
-        if let Err(e) = ice_credentials::check_sdp(sdp, max_ufrag) {
-            self.error(conn, ErrorCode::InvalidSdp, e);
+        let Some(sdp) = self.screen_remote_sdp(conn, key, PeerTarget::Publisher, sdp) else {
             return;
-        }
+        };
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
-        let sends = offered_sends(sdp);
+        let sends = offered_sends(&sdp);
         if let Some(refused) = sends.iter().find(|s| !p.permissions.may_publish(s.kind)) {
             let message = format!(
                 "the call token does not allow publishing {:?}",
@@ -259,14 +257,6 @@ impl Engine {
             self.error(conn, ErrorCode::Capacity, message);
             return;
         }
-        let deny_private = self.config.deny_private_candidates;
-        let sdp = match p.publisher.remote_candidates.filter_sdp(sdp, deny_private) {
-            Ok(sdp) => sdp,
-            Err(e) => {
-                self.error(conn, ErrorCode::InvalidSdp, e);
-                return;
-            }
-        };
         let offer = match SdpOffer::from_sdp_string(&sdp) {
             Ok(offer) => offer,
             Err(e) => {

@@ -904,6 +904,35 @@ impl Engine {
         }
     }
 
+    /// A client's SDP for `key`'s `target` connection as str0m may see it:
+    /// ICE credentials checked (`ice_credentials`), candidates filtered and
+    /// counted (`remote_candidates`). `None` once `conn` is told why not.
+    fn screen_remote_sdp(
+        &mut self,
+        conn: ConnId,
+        key: ParticipantKey,
+        target: PeerTarget,
+        sdp: &str,
+    ) -> Option<String> {
+        let max_ufrag = self.max_remote_ufrag(key, target);
+        let deny_private = self.config.deny_private_candidates;
+        let screened = ice_credentials::check_sdp(sdp, max_ufrag).and_then(|()| {
+            let p = self
+                .participants
+                .get_mut(&key)
+                .ok_or("no such participant")?;
+            let seen = &mut p.peer_mut(target).remote_candidates;
+            seen.filter_sdp(sdp, deny_private)
+        });
+        match screened {
+            Ok(sdp) => Some(sdp),
+            Err(e) => {
+                self.error(conn, ErrorCode::InvalidSdp, e);
+                None
+            }
+        }
+    }
+
     /// The longest remote ICE ufrag `key`'s `target` connection can take.
     fn max_remote_ufrag(&mut self, key: ParticipantKey, target: PeerTarget) -> usize {
         let local = self.participants.get_mut(&key).map_or(0, |p| {

@@ -12,11 +12,9 @@ impl Engine {
         sdp: &str,
         now: Instant,
     ) {
-        let max_ufrag = self.max_remote_ufrag(key, PeerTarget::Subscriber);
-        if let Err(e) = ice_credentials::check_sdp(sdp, max_ufrag) {
-            self.error(conn, ErrorCode::InvalidSdp, e);
+        let Some(sdp) = self.screen_remote_sdp(conn, key, PeerTarget::Subscriber, sdp) else {
             return;
-        }
+        };
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
@@ -28,14 +26,6 @@ impl Engine {
             );
             return;
         }
-        let deny_private = self.config.deny_private_candidates;
-        let sdp = match p.subscriber.remote_candidates.filter_sdp(sdp, deny_private) {
-            Ok(sdp) => sdp,
-            Err(e) => {
-                self.error(conn, ErrorCode::InvalidSdp, e);
-                return;
-            }
-        };
         let answer = match SdpAnswer::from_sdp_string(&sdp) {
             Ok(a) => a,
             Err(e) => {

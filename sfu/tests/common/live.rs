@@ -80,6 +80,18 @@ pub fn scratch_dir() -> std::path::PathBuf {
     dir
 }
 
+/// A call grant for participant `p-<name>` (user `user-<name>`) in `room`,
+/// with every permission.
+pub fn grant(room: &str, name: &str) -> control::call_token::CallGrant {
+    control::call_token::CallGrant {
+        call_id: room.into(),
+        user_id: format!("user-{name}"),
+        participant_id: format!("p-{name}"),
+        permissions: signaling::Permissions::ALL,
+        group: false,
+    }
+}
+
 /// A user access token as the app backend would mint it.
 pub fn user_token(user: &str) -> String {
     let key = control::auth::ApiKey {
