@@ -352,7 +352,7 @@ impl Shard {
     /// media left, as a grace timeout would have said.
     fn release_orphans(&mut self, now: Instant) {
         let due = self.orphans.partition_point(|o| o.0 <= now);
-        for (_, call_id, user_id) in self.orphans.drain(..due).collect::<Vec<_>>() {
+        for (_, call_id, user_id) in self.orphans.drain(..due) {
             if !self.engine.has_member(&call_id, &user_id) {
                 let _ = self
                     .media_signals
