@@ -185,6 +185,9 @@ async function twoPages(codec) {
   const a = await openPage("alice", "red", { codec });
   const b = await openPage("bob", "green", { codec });
   await allSeeEachOther([a, b]);
+  // Steady state only: the first second's audio is concealed while the
+  // jitter buffer fills (seen once at 11 % of a window that began at once).
+  await sleep(1000);
   for (const p of [a, b]) {
     const before = await inbound(p);
     await sleep(5000);
@@ -257,30 +260,48 @@ async function leaveAndKill() {
 
 // Samples `viewer`'s decoded frames from `from` while `during` runs; fails on
 // any 1.5 s window without a new frame.
+// How long `from`'s video stalled at `viewer` while `during` ran, sampled
+// inside the viewer's page every 100 ms (page timers, not CDP round trips:
+// with three pages on two cores a round trip alone can take a second).
+// `packetsGapMs`: the longest time no RTP packet of the stream arrived,
+// which is what the server controls; `decodedGapMs`: the longest time no
+// frame was decoded, which is what the user sees.
 async function noFreeze(viewer, from, during) {
-  const samples = [];
-  let done = false;
-  const sampler = (async () => {
-    while (!done) {
-      samples.push([Date.now(), await framesFrom(viewer, from)]);
-      await sleep(200);
-    }
-  })();
+  await viewer.page.evaluate((pid) => {
+    window.continuity = [];
+    window.continuityTimer = setInterval(async () => {
+      const entry = [...window.client.remote.values()].find((e) => e.participantId === pid && e.kind === "video");
+      if (!entry) return;
+      const stats = await window.client.sub.getStats();
+      stats.forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "video" && s.mid === entry.mid)
+          window.continuity.push([performance.now(), s.packetsReceived || 0, s.framesDecoded || 0]);
+      });
+    }, 100);
+  }, from.pid);
   await during();
   await sleep(2000);
-  done = true;
-  await sampler;
-  let lastChange = samples[0][0];
-  let worst = 0;
-  for (let i = 1; i < samples.length; i++) {
-    if (samples[i][1] > samples[i - 1][1]) {
-      worst = Math.max(worst, samples[i][0] - lastChange);
-      lastChange = samples[i][0];
+  const samples = await viewer.page.evaluate(() => {
+    clearInterval(window.continuityTimer);
+    return window.continuity;
+  });
+  check(samples.length > 20, `only ${samples.length} continuity samples`);
+  const longestStall = (column) => {
+    let lastChange = samples[0][0];
+    let worst = 0;
+    for (let i = 1; i < samples.length; i++) {
+      if (samples[i][column] > samples[i - 1][column]) {
+        worst = Math.max(worst, samples[i][0] - lastChange);
+        lastChange = samples[i][0];
+      }
     }
-  }
-  worst = Math.max(worst, samples[samples.length - 1][0] - lastChange);
-  const frames = samples[samples.length - 1][1] - samples[0][1];
-  return { worstGapMs: worst, frames };
+    return Math.round(Math.max(worst, samples[samples.length - 1][0] - lastChange));
+  };
+  return {
+    packetsGapMs: longestStall(1),
+    decodedGapMs: longestStall(2),
+    frames: samples[samples.length - 1][2] - samples[0][2],
+  };
 }
 
 async function twoThreeTwo() {
@@ -298,7 +319,11 @@ async function twoThreeTwo() {
   });
   log(JSON.stringify(result));
   check(result.frames > 50, `only ${result.frames} frames from a during 2->3->2`);
-  check(result.worstGapMs < 1500, `a's video froze for ${result.worstGapMs} ms at b`);
+  // The server must keep forwarding a's stream to b while b's subscriber
+  // connection is renegotiated twice (strict); the decoder may add a
+  // little on a busy machine (headroom).
+  check(result.packetsGapMs < 1000, `a's packets stopped reaching b for ${result.packetsGapMs} ms`);
+  check(result.decodedGapMs < 1500, `a's video froze for ${result.decodedGapMs} ms at b`);
   await allSeeEachOther([a, b]);
 }
 
