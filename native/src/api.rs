@@ -119,13 +119,20 @@ impl CallApi {
         self.post("/v1/devices", body).await.map(drop)
     }
 
-    pub async fn create_call(&self, callee: &str, video: bool) -> Result<JoinInfo, ApiError> {
+    /// `call_uuid` is the request's idempotency key: a retry after a lost
+    /// answer gets the same call, never a second one.
+    pub async fn create_call(
+        &self,
+        callee: &str,
+        video: bool,
+        call_uuid: &str,
+    ) -> Result<JoinInfo, ApiError> {
         let body = json!({
             "calleeUserIds": [callee],
             "type": if video { "video" } else { "audio" },
             "deviceId": self.device_id,
         });
-        join_info(self.post("/v1/calls", body).await?)
+        join_info(self.post_with("/v1/calls", body, Some(call_uuid)).await?)
     }
 
     pub async fn accept(&self, call_id: &str) -> Result<JoinInfo, ApiError> {
@@ -164,12 +171,25 @@ impl CallApi {
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value, ApiError> {
+        self.post_with(path, body, None).await
+    }
+
+    async fn post_with(
+        &self,
+        path: &str,
+        body: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ApiError> {
         let token = self.token.read().map(|t| t.clone()).unwrap_or_default();
-        let response = self
+        let mut request = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(token)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request
             .body(body.to_string())
             .send()
             .await

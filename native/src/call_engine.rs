@@ -5,20 +5,34 @@
 //! (CallKit / Telecom), call the API, drive the media session. Time is an
 //! input, so every rule is tested with a fake clock.
 //!
+//! Calls are keyed by their UUID, the name CallKit and Telecom know them by:
+//! an incoming call's is its server call id (a UUID), an outgoing call's the
+//! one the app chose before the server answered. API requests and media
+//! carry the server's call id.
+//!
 //! Rules it enforces:
-//! - a ring for a known call (same call id and ring epoch; or any epoch of a
-//!   call already reported) never reports a second incoming call;
+//! - every push gets a decision at once (`on_push`), and a call is reported
+//!   to the system UI once: a duplicate push of a call still ringing gets
+//!   the same UUID again (never a second call), a late push of a call over
+//!   here is reported and ended with the reason it ended;
 //! - a stale or expired ring is still reported and then ended at once
 //!   (Apple requires every VoIP push to reach CallKit);
+//! - the server hears "call UI shown" (`ack`) only once the system
+//!   confirmed it (`IncomingCallDisplayed`); a refusal by the system
+//!   (`IncomingCallFailed`: Do Not Disturb, blocked) ends the call here
+//!   without declining it, so the user's other devices keep ringing;
 //! - an answer before the signaling connection is up is queued until it is;
 //! - media starts only once the call is accepted *and* the audio session is
 //!   active;
+//! - hold is not mute: held, the microphone and playout stop; unheld, the
+//!   user's own mute state comes back;
 //! - a cancel for a ringing call ends the system UI with the matching reason.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-pub use crate::ports::{AudioRouteKind, EndedReason};
+pub use crate::ports::{AudioRouteKind, EndedReason, IncomingCall};
+use crate::push::{self, Push, PushDecision, RingPush, Unreadable};
 
 /// Unix milliseconds (pushes carry wall-clock deadlines).
 pub type UnixMillis = u64;
@@ -41,7 +55,7 @@ pub struct Ring {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    /// A ring, from a VoIP / FCM push or the events WebSocket.
+    /// A ring over the events WebSocket (pushes go through `on_push`).
     Ring(Ring),
     /// `call.cancelled` (socket or push) with the server's reason.
     Cancelled {
@@ -56,15 +70,21 @@ pub enum Input {
     RemoteEnded {
         call_id: String,
     },
-    /// The user starts a call (the app's own UI).
+    /// The user starts a call: from the app (`call_uuid` the app chose, so
+    /// CallKit knows it before the server answers) or from the system
+    /// (Recents, Siri, a car: `CXStartCallAction`'s UUID).
     StartCall {
+        call_uuid: String,
         callee_user_id: String,
         video: bool,
     },
     /// The API refused to create the outgoing call.
-    CreateFailed,
+    CreateFailed {
+        call_uuid: String,
+    },
     /// The API created the outgoing call.
     Created {
+        call_uuid: String,
         call_id: String,
         call_token: String,
     },
@@ -78,22 +98,35 @@ pub enum Input {
         call_id: String,
         reason: String,
     },
+    /// The system showed the incoming call (CallKit's report completed
+    /// without error; Telecom added it).
+    IncomingCallDisplayed {
+        call_uuid: String,
+    },
+    /// The system refused to show it (Do Not Disturb, a blocked caller,
+    /// too many calls): it ends here only.
+    IncomingCallFailed {
+        call_uuid: String,
+        reason: String,
+    },
     /// The system UI's actions (CallKit / Telecom).
     SystemAnswer {
-        call_id: String,
+        call_uuid: String,
     },
     SystemEnd {
-        call_id: String,
+        call_uuid: String,
     },
     SystemMute {
-        call_id: String,
+        call_uuid: String,
         muted: bool,
     },
-    /// On hold (another call took the audio session): the microphone stops.
+    /// On hold (another call took the audio session).
     SystemHold {
-        call_id: String,
+        call_uuid: String,
         held: bool,
     },
+    /// CallKit `providerDidReset`: the system dropped every call.
+    SystemReset,
     AudioSessionActivated,
     AudioSessionDeactivated,
     SignalingConnected,
@@ -119,22 +152,24 @@ pub enum Input {
 pub enum Output {
     // SystemCallUi, outward.
     ReportIncoming {
-        call_id: String,
-        from: String,
-        video: bool,
+        call: IncomingCall,
     },
     ReportOutgoingStarted {
+        call_uuid: String,
         call_id: String,
     },
     ReportConnected {
-        call_id: String,
+        call_uuid: String,
     },
     ReportEnded {
-        call_id: String,
+        call_uuid: String,
+        /// The server's id, when the call got one.
+        call_id: Option<String>,
         reason: EndedReason,
     },
     // The call API.
     CreateCall {
+        call_uuid: String,
         callee_user_id: String,
         video: bool,
     },
@@ -157,6 +192,7 @@ pub enum Output {
     JoinMedia {
         call_id: String,
         call_token: String,
+        video: bool,
     },
     RestartIce {
         call_id: String,
@@ -164,6 +200,10 @@ pub enum Output {
     SetMuted {
         call_id: String,
         muted: bool,
+    },
+    SetHeld {
+        call_id: String,
+        held: bool,
     },
     LeaveMedia {
         call_id: String,
@@ -176,6 +216,8 @@ pub enum Output {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
+    /// Outgoing: the API has not named the call yet.
+    Creating,
     /// Reported to the system UI, waiting for the user.
     Ringing,
     /// The user answered; the accept goes out once signaling is up.
@@ -193,9 +235,14 @@ enum Phase {
 
 #[derive(Debug, Clone)]
 struct Call {
+    /// The server's id; `None` while an outgoing call is being created.
+    call_id: Option<String>,
     phase: Phase,
     ring_epoch: Option<u64>,
     video: bool,
+    /// The system confirmed it shows this incoming call (and the server
+    /// was told).
+    displayed: bool,
     /// Outgoing, and the callee has not answered: the call connects when
     /// they do, even if media to the SFU is up before.
     awaiting_answer: bool,
@@ -203,19 +250,46 @@ struct Call {
     /// The audio route was chosen (on the first join; a rejoin keeps the
     /// user's choice).
     audio_routed: bool,
+    /// The user's mute, kept across hold.
+    muted: bool,
+    held: bool,
+}
+
+impl Call {
+    fn new(call_id: Option<String>, phase: Phase, video: bool) -> Call {
+        Call {
+            call_id,
+            phase,
+            ring_epoch: None,
+            video,
+            displayed: false,
+            awaiting_answer: false,
+            media_up: false,
+            audio_routed: false,
+            muted: false,
+            held: false,
+        }
+    }
+
+    fn media_joined(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Connecting { joined: true, .. } | Phase::Connected
+        )
+    }
 }
 
 /// One device's calls.
 #[derive(Debug, Default)]
 pub struct CallEngine {
+    /// By call UUID.
     calls: BTreeMap<String, Call>,
-    /// Calls that ended here, so late rings for them are not new calls.
-    ended: VecDeque<String>,
+    /// Calls that ended here (server call id, why), so late rings for them
+    /// are not new calls.
+    ended: VecDeque<(String, EndedReason)>,
     signaling_up: bool,
     audio_active: bool,
     outputs: VecDeque<Output>,
-    /// A StartCall before the API named the call.
-    pending_outgoing: Option<(String, bool)>,
 }
 
 const REMEMBER_ENDED: usize = 64;
@@ -225,74 +299,174 @@ impl CallEngine {
         CallEngine::default()
     }
 
+    /// Decides what the platform shows for a push, before its callback
+    /// returns, and records that it did: the engine never reports that call
+    /// again. `device_now` is the device's clock (Unix ms) and `offset_ms`
+    /// the server's minus it, when known.
+    pub fn on_push(
+        &mut self,
+        push: Result<Push, Unreadable>,
+        now: Duration,
+        device_now: UnixMillis,
+        offset_ms: Option<i64>,
+    ) -> PushDecision {
+        match push {
+            Ok(Push::Ring(ring)) => self.on_ring_push(ring, device_now, offset_ms),
+            Ok(Push::Cancel { call_id, reason }) => {
+                self.handle(
+                    Input::Cancelled {
+                        call_id,
+                        reason: reason.clone(),
+                    },
+                    now,
+                    device_now,
+                );
+                PushDecision::NotACall {
+                    reason: format!("cancel: {reason}"),
+                }
+            }
+            Err(e) => push::unreadable_decision(e),
+        }
+    }
+
+    fn on_ring_push(
+        &mut self,
+        ring: RingPush,
+        device_now: UnixMillis,
+        offset_ms: Option<i64>,
+    ) -> PushDecision {
+        let call = push::incoming_call(&ring);
+        if let Some(reason) = self.ended_reason(&ring.ring.call_id) {
+            return PushDecision::ReportAndEnd { call, reason };
+        }
+        if let Some(known) = self.calls.get(&call.call_uuid) {
+            // Still ringing, answering or in the call: the same UUID again;
+            // the system knows it already. A re-ring of a call on screen is
+            // acknowledged at once.
+            if known.displayed && known.ring_epoch != Some(ring.ring.ring_epoch) {
+                self.outputs.push_back(Output::Ack {
+                    call_id: ring.ring.call_id.clone(),
+                });
+            }
+            return PushDecision::Report { call };
+        }
+        if push::is_stale(&ring.ring, device_now, offset_ms) {
+            self.remember_ended(&ring.ring.call_id, EndedReason::Unanswered);
+            return PushDecision::ReportAndEnd {
+                call,
+                reason: EndedReason::Unanswered,
+            };
+        }
+        let mut entry = Call::new(
+            Some(ring.ring.call_id.clone()),
+            Phase::Ringing,
+            ring.ring.video,
+        );
+        entry.ring_epoch = Some(ring.ring.ring_epoch);
+        self.calls.insert(call.call_uuid.clone(), entry);
+        PushDecision::Report { call }
+    }
+
     /// `now`: time since the engine started (timers); `wall`: Unix ms
     /// (ring deadlines).
     pub fn handle(&mut self, input: Input, now: Duration, wall: UnixMillis) {
         match input {
-            Input::Ring(ring) => self.on_ring(ring, wall),
+            Input::Ring(ring) => self.on_socket_ring(ring, wall),
             Input::Cancelled { call_id, reason } => {
                 let reason = match reason.as_str() {
                     "answered_elsewhere" => EndedReason::AnsweredElsewhere,
                     "declined_elsewhere" => EndedReason::DeclinedElsewhere,
-                    "missed" => EndedReason::Missed,
-                    "caller_cancelled" => EndedReason::RemoteEnded,
+                    "missed" => EndedReason::Unanswered,
+                    "caller_cancelled" => EndedReason::CallerCancelled,
                     _ => EndedReason::RemoteEnded,
                 };
-                self.end(&call_id, reason);
+                if let Some(uuid) = self.uuid_of(&call_id) {
+                    self.end(&uuid, reason);
+                } else {
+                    // A cancel that overtook its ring: the ring must not
+                    // start a call afterwards.
+                    self.remember_ended(&call_id, reason);
+                }
             }
             Input::RemoteEnded { call_id } => {
-                // After talking, a hang-up on either side completes the
-                // call; before, the other side ended it.
-                let talked = self
-                    .calls
-                    .get(&call_id)
-                    .is_some_and(|c| c.phase == Phase::Connected);
-                let reason = if talked {
-                    EndedReason::Completed
+                let Some(uuid) = self.uuid_of(&call_id) else {
+                    return;
+                };
+                let ringing_here = self.calls[&uuid].phase == Phase::Ringing;
+                let reason = if ringing_here {
+                    EndedReason::CallerCancelled
                 } else {
                     EndedReason::RemoteEnded
                 };
-                self.end(&call_id, reason);
+                self.end(&uuid, reason);
             }
             Input::StartCall {
+                call_uuid,
                 callee_user_id,
                 video,
             } => {
-                self.pending_outgoing = Some((callee_user_id.clone(), video));
+                let call_uuid = push::normalize_uuid(&call_uuid);
+                if self.calls.contains_key(&call_uuid) {
+                    return; // the same start twice
+                }
+                let mut call = Call::new(None, Phase::Creating, video);
+                call.awaiting_answer = true;
+                self.calls.insert(call_uuid.clone(), call);
                 self.outputs.push_back(Output::CreateCall {
+                    call_uuid,
                     callee_user_id,
                     video,
                 });
             }
             Input::Created {
+                call_uuid,
                 call_id,
                 call_token,
             } => {
-                let Some((_, video)) = self.pending_outgoing.take() else {
+                let Some(call) = self.calls.get_mut(&call_uuid) else {
+                    return; // ended while it was being created
+                };
+                if call.phase != Phase::Creating {
                     return;
+                }
+                call.call_id = Some(call_id.clone());
+                call.phase = Phase::Connecting {
+                    token: Some(call_token),
+                    joined: false,
+                    deadline: now + OUTGOING_TIMEOUT,
                 };
                 self.outputs.push_back(Output::ReportOutgoingStarted {
-                    call_id: call_id.clone(),
+                    call_uuid: call_uuid.clone(),
+                    call_id,
                 });
-                self.calls.insert(
-                    call_id.clone(),
-                    Call {
-                        phase: Phase::Connecting {
-                            token: Some(call_token),
-                            joined: false,
-                            deadline: now + OUTGOING_TIMEOUT,
-                        },
-                        ring_epoch: None,
-                        video,
-                        awaiting_answer: true,
-                        media_up: false,
-                        audio_routed: false,
-                    },
-                );
-                self.maybe_join(&call_id);
+                self.maybe_join(&call_uuid);
             }
-            Input::SystemAnswer { call_id } => {
-                let Some(call) = self.calls.get_mut(&call_id) else {
+            Input::CreateFailed { call_uuid } => self.end(&call_uuid, EndedReason::Failed),
+            Input::IncomingCallDisplayed { call_uuid } => {
+                let call_uuid = push::normalize_uuid(&call_uuid);
+                if let Some(call) = self.calls.get_mut(&call_uuid)
+                    && !call.displayed
+                    && call.ring_epoch.is_some()
+                {
+                    call.displayed = true;
+                    if let Some(call_id) = call.call_id.clone() {
+                        self.outputs.push_back(Output::Ack { call_id });
+                    }
+                }
+            }
+            Input::IncomingCallFailed { call_uuid, reason } => {
+                let call_uuid = push::normalize_uuid(&call_uuid);
+                if let Some(call) = self.calls.remove(&call_uuid) {
+                    tracing::info!(call_id = ?call.call_id, %reason, "the system refused the incoming call");
+                    // Not declined: the user's other devices keep ringing.
+                    if let Some(call_id) = call.call_id {
+                        self.remember_ended(&call_id, EndedReason::Failed);
+                    }
+                }
+            }
+            Input::SystemAnswer { call_uuid } => {
+                let call_uuid = push::normalize_uuid(&call_uuid);
+                let Some(call) = self.calls.get_mut(&call_uuid) else {
                     return;
                 };
                 if call.phase != Phase::Ringing {
@@ -305,16 +479,17 @@ impl CallEngine {
                 call_id,
                 call_token,
             } => {
-                let Some(call) = self.calls.get_mut(&call_id) else {
+                let Some(uuid) = self.uuid_of(&call_id) else {
                     return;
                 };
+                let call = self.calls.get_mut(&uuid).expect("uuid_of found it");
                 if matches!(call.phase, Phase::Answering { .. }) {
                     call.phase = Phase::Connecting {
                         token: Some(call_token),
                         joined: false,
                         deadline: now + CONNECT_TIMEOUT,
                     };
-                    self.maybe_join(&call_id);
+                    self.maybe_join(&uuid);
                 }
             }
             Input::AcceptRefused { call_id, reason } => {
@@ -323,33 +498,81 @@ impl CallEngine {
                 } else {
                     EndedReason::Failed
                 };
-                self.end(&call_id, reason);
+                if let Some(uuid) = self.uuid_of(&call_id) {
+                    self.end(&uuid, reason);
+                }
             }
-            Input::SystemEnd { call_id } => {
-                let Some(call) = self.calls.get(&call_id) else {
+            Input::SystemEnd { call_uuid } => {
+                let call_uuid = push::normalize_uuid(&call_uuid);
+                let Some(call) = self.calls.get(&call_uuid) else {
                     return;
                 };
+                let call_id = call.call_id.clone();
                 let reason = if call.phase == Phase::Ringing {
-                    self.outputs.push_back(Output::Decline {
-                        call_id: call_id.clone(),
-                    });
                     EndedReason::Declined
                 } else {
-                    self.outputs.push_back(Output::End {
-                        call_id: call_id.clone(),
-                    });
-                    EndedReason::Completed
+                    EndedReason::LocalEnded
                 };
-                self.end(&call_id, reason);
+                if let Some(call_id) = call_id {
+                    self.outputs.push_back(if reason == EndedReason::Declined {
+                        Output::Decline { call_id }
+                    } else {
+                        Output::End { call_id }
+                    });
+                }
+                self.end(&call_uuid, reason);
             }
-            Input::CreateFailed => self.pending_outgoing = None,
-            Input::SystemMute { call_id, muted }
-            | Input::SystemHold {
-                call_id,
-                held: muted,
-            } => {
-                if self.calls.contains_key(&call_id) {
-                    self.outputs.push_back(Output::SetMuted { call_id, muted });
+            Input::SystemMute { call_uuid, muted } => {
+                let call_uuid = push::normalize_uuid(&call_uuid);
+                if let Some(call) = self.calls.get_mut(&call_uuid) {
+                    call.muted = muted;
+                    if !call.held
+                        && let Some(call_id) = call.call_id.clone()
+                    {
+                        self.outputs.push_back(Output::SetMuted { call_id, muted });
+                    }
+                }
+            }
+            Input::SystemHold { call_uuid, held } => {
+                let call_uuid = push::normalize_uuid(&call_uuid);
+                if let Some(call) = self.calls.get_mut(&call_uuid)
+                    && call.held != held
+                {
+                    call.held = held;
+                    if let Some(call_id) = call.call_id.clone() {
+                        // Held: no microphone, no playout. Unheld: the
+                        // user's own mute state again.
+                        self.outputs.push_back(Output::SetHeld {
+                            call_id: call_id.clone(),
+                            held,
+                        });
+                        self.outputs.push_back(Output::SetMuted {
+                            call_id,
+                            muted: held || call.muted,
+                        });
+                    }
+                }
+            }
+            Input::SystemReset => {
+                // The system dropped every call: calls in progress end on
+                // the server too; ringing ones only here (the user's other
+                // devices keep ringing). The system needs no reports.
+                let calls = std::mem::take(&mut self.calls);
+                for (_, call) in calls {
+                    let Some(call_id) = call.call_id.clone() else {
+                        continue;
+                    };
+                    if call.media_joined() {
+                        self.outputs.push_back(Output::LeaveMedia {
+                            call_id: call_id.clone(),
+                        });
+                    }
+                    if call.phase != Phase::Ringing {
+                        self.outputs.push_back(Output::End {
+                            call_id: call_id.clone(),
+                        });
+                    }
+                    self.remember_ended(&call_id, EndedReason::Failed);
                 }
             }
             Input::AudioSessionActivated => {
@@ -368,14 +591,9 @@ impl CallEngine {
                     // Back after a drop: calls in progress get new paths.
                     let live: Vec<String> = self
                         .calls
-                        .iter()
-                        .filter(|(_, c)| {
-                            matches!(
-                                c.phase,
-                                Phase::Connected | Phase::Connecting { joined: true, .. }
-                            )
-                        })
-                        .map(|(id, _)| id.clone())
+                        .values()
+                        .filter(|c| c.media_joined())
+                        .filter_map(|c| c.call_id.clone())
                         .collect();
                     for call_id in live {
                         self.outputs.push_back(Output::RestartIce { call_id });
@@ -384,19 +602,20 @@ impl CallEngine {
             }
             Input::SignalingDisconnected => self.signaling_up = false,
             Input::MediaConnected { call_id } => {
-                if let Some(call) = self.calls.get_mut(&call_id) {
-                    call.media_up = true;
-                    self.maybe_connected(&call_id);
+                if let Some(uuid) = self.uuid_of(&call_id) {
+                    self.calls.get_mut(&uuid).expect("found").media_up = true;
+                    self.maybe_connected(&uuid);
                 }
             }
             Input::RemoteAccepted { call_id } => {
-                if let Some(call) = self.calls.get_mut(&call_id) {
-                    call.awaiting_answer = false;
-                    self.maybe_connected(&call_id);
+                if let Some(uuid) = self.uuid_of(&call_id) {
+                    self.calls.get_mut(&uuid).expect("found").awaiting_answer = false;
+                    self.maybe_connected(&uuid);
                 }
             }
             Input::MediaFailed { call_id } => {
-                if let Some(call) = self.calls.get_mut(&call_id) {
+                if let Some(uuid) = self.uuid_of(&call_id) {
+                    let call = self.calls.get_mut(&uuid).expect("found");
                     // Rejoin with a fresh token, within the connect timeout
                     // (counted from the first failure: repeated failures
                     // do not extend it).
@@ -415,24 +634,25 @@ impl CallEngine {
                 }
             }
             Input::MediaUnavailable { call_id } => {
-                if self.calls.contains_key(&call_id) {
-                    self.outputs.push_back(Output::End {
-                        call_id: call_id.clone(),
-                    });
-                    self.end(&call_id, EndedReason::Failed);
+                if let Some(uuid) = self.uuid_of(&call_id) {
+                    self.outputs.push_back(Output::End { call_id });
+                    self.end(&uuid, EndedReason::Failed);
                 }
             }
             Input::FreshToken {
                 call_id,
                 call_token,
             } => {
+                let Some(uuid) = self.uuid_of(&call_id) else {
+                    return;
+                };
                 if let Some(Call {
                     phase: Phase::Connecting { token, .. },
                     ..
-                }) = self.calls.get_mut(&call_id)
+                }) = self.calls.get_mut(&uuid)
                 {
                     *token = Some(call_token);
-                    self.maybe_join(&call_id);
+                    self.maybe_join(&uuid);
                 }
             }
         }
@@ -440,19 +660,19 @@ impl CallEngine {
 
     /// Connect deadlines: a call not connected in time ends `Failed`.
     pub fn handle_timeout(&mut self, now: Duration) {
-        let late: Vec<String> = self
+        let late: Vec<(String, Option<String>)> = self
             .calls
             .iter()
             .filter(
                 |(_, c)| matches!(c.phase, Phase::Connecting { deadline, .. } if deadline <= now),
             )
-            .map(|(id, _)| id.clone())
+            .map(|(uuid, c)| (uuid.clone(), c.call_id.clone()))
             .collect();
-        for call_id in late {
-            self.outputs.push_back(Output::End {
-                call_id: call_id.clone(),
-            });
-            self.end(&call_id, EndedReason::Failed);
+        for (uuid, call_id) in late {
+            if let Some(call_id) = call_id {
+                self.outputs.push_back(Output::End { call_id });
+            }
+            self.end(&uuid, EndedReason::Failed);
         }
     }
 
@@ -471,59 +691,72 @@ impl CallEngine {
         self.outputs.pop_front()
     }
 
-    fn on_ring(&mut self, ring: Ring, wall: UnixMillis) {
-        if self.ended.contains(&ring.call_id) {
+    /// The server's id of the call the system knows as `call_uuid`.
+    pub fn call_id_of(&self, call_uuid: &str) -> Option<String> {
+        self.calls
+            .get(&push::normalize_uuid(call_uuid))
+            .and_then(|c| c.call_id.clone())
+    }
+
+    /// The UUID of the call the server knows as `call_id`.
+    fn uuid_of(&self, call_id: &str) -> Option<String> {
+        let derived = push::call_uuid_for(call_id);
+        if self.calls.contains_key(&derived) {
+            return Some(derived);
+        }
+        self.calls
+            .iter()
+            .find(|(_, c)| c.call_id.as_deref() == Some(call_id))
+            .map(|(uuid, _)| uuid.clone())
+    }
+
+    fn ended_reason(&self, call_id: &str) -> Option<EndedReason> {
+        self.ended
+            .iter()
+            .find(|(id, _)| id == call_id)
+            .map(|(_, r)| *r)
+    }
+
+    fn on_socket_ring(&mut self, ring: Ring, wall: UnixMillis) {
+        if self.ended_reason(&ring.call_id).is_some() {
             return; // a late delivery of a call already over here
         }
-        if let Some(call) = self.calls.get(&ring.call_id) {
-            // Known call: the same ring twice, or a re-ring (new epoch) of a
-            // call already on screen. Never a second incoming call.
-            if call.ring_epoch != Some(ring.ring_epoch) {
+        if let Some(uuid) = self.uuid_of(&ring.call_id) {
+            // Known call (a push reported it, or the socket replayed it):
+            // never a second incoming call. Re-acknowledged if on screen.
+            if self.calls[&uuid].displayed {
                 self.outputs.push_back(Output::Ack {
                     call_id: ring.call_id,
                 });
             }
             return;
         }
-        self.outputs.push_back(Output::ReportIncoming {
-            call_id: ring.call_id.clone(),
-            from: ring
-                .caller_display_name
-                .clone()
-                .unwrap_or_else(|| ring.from_user_id.clone()),
-            video: ring.video,
+        let call = push::incoming_call(&RingPush {
+            ring: ring.clone(),
+            sent_at: 0,
+            avatar_url: None,
         });
-        self.calls.insert(
-            ring.call_id.clone(),
-            Call {
-                phase: Phase::Ringing,
-                ring_epoch: Some(ring.ring_epoch),
-                video: ring.video,
-                awaiting_answer: false,
-                media_up: false,
-                audio_routed: false,
-            },
-        );
+        let uuid = call.call_uuid.clone();
+        self.outputs.push_back(Output::ReportIncoming { call });
+        let mut entry = Call::new(Some(ring.call_id.clone()), Phase::Ringing, ring.video);
+        entry.ring_epoch = Some(ring.ring_epoch);
+        self.calls.insert(uuid.clone(), entry);
+        // The socket's deadline is the server's own clock, sent just now.
         if ring.expires_at <= wall {
-            // Stale: reported (Apple requires it), then ended at once.
-            self.end(&ring.call_id, EndedReason::Missed);
-            return;
+            self.end(&uuid, EndedReason::Unanswered);
         }
-        self.outputs.push_back(Output::Ack {
-            call_id: ring.call_id,
-        });
     }
 
     /// Connected: media is up and, for an outgoing call, the callee answered.
-    fn maybe_connected(&mut self, call_id: &str) {
-        if let Some(call) = self.calls.get_mut(call_id)
+    fn maybe_connected(&mut self, call_uuid: &str) {
+        if let Some(call) = self.calls.get_mut(call_uuid)
             && matches!(call.phase, Phase::Connecting { .. })
             && call.media_up
             && !call.awaiting_answer
         {
             call.phase = Phase::Connected;
             self.outputs.push_back(Output::ReportConnected {
-                call_id: call_id.to_string(),
+                call_uuid: call_uuid.to_string(),
             });
         }
     }
@@ -533,22 +766,23 @@ impl CallEngine {
         if !self.signaling_up {
             return;
         }
-        for (call_id, call) in self.calls.iter_mut() {
-            if call.phase == (Phase::Answering { sent: false }) {
+        for call in self.calls.values_mut() {
+            if call.phase == (Phase::Answering { sent: false })
+                && let Some(call_id) = call.call_id.clone()
+            {
                 call.phase = Phase::Answering { sent: true };
-                self.outputs.push_back(Output::Accept {
-                    call_id: call_id.clone(),
-                });
+                self.outputs.push_back(Output::Accept { call_id });
             }
         }
     }
 
     /// Joins media once the token is known and the audio session is active.
-    fn maybe_join(&mut self, call_id: &str) {
+    fn maybe_join(&mut self, call_uuid: &str) {
         if !self.audio_active {
             return;
         }
         if let Some(Call {
+            call_id: Some(call_id),
             phase:
                 Phase::Connecting {
                     token: Some(token),
@@ -558,7 +792,7 @@ impl CallEngine {
             video,
             audio_routed,
             ..
-        }) = self.calls.get_mut(call_id)
+        }) = self.calls.get_mut(call_uuid)
             && !*joined
         {
             *joined = true;
@@ -572,30 +806,35 @@ impl CallEngine {
                 self.outputs.push_back(Output::RouteAudio { route });
             }
             self.outputs.push_back(Output::JoinMedia {
-                call_id: call_id.to_string(),
+                call_id: call_id.clone(),
                 call_token: token.clone(),
+                video: *video,
             });
         }
     }
 
     /// Ends a call: media left, the system UI told (unless it ended it).
-    fn end(&mut self, call_id: &str, reason: EndedReason) {
-        let Some(call) = self.calls.remove(call_id) else {
+    fn end(&mut self, call_uuid: &str, reason: EndedReason) {
+        let Some(call) = self.calls.remove(call_uuid) else {
             return;
         };
-        if matches!(
-            call.phase,
-            Phase::Connecting { joined: true, .. } | Phase::Connected
-        ) {
-            self.outputs.push_back(Output::LeaveMedia {
-                call_id: call_id.to_string(),
-            });
+        if let Some(call_id) = &call.call_id {
+            if call.media_joined() {
+                self.outputs.push_back(Output::LeaveMedia {
+                    call_id: call_id.clone(),
+                });
+            }
+            self.remember_ended(call_id, reason);
         }
         self.outputs.push_back(Output::ReportEnded {
-            call_id: call_id.to_string(),
+            call_uuid: call_uuid.to_string(),
+            call_id: call.call_id,
             reason,
         });
-        self.ended.push_back(call_id.to_string());
+    }
+
+    fn remember_ended(&mut self, call_id: &str, reason: EndedReason) {
+        self.ended.push_back((call_id.to_string(), reason));
         if self.ended.len() > REMEMBER_ENDED {
             self.ended.pop_front();
         }

@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{ApiError, CallApi, JoinInfo, Platform};
-use crate::call_engine::{CallEngine, Input, Output, Ring};
+use crate::call_engine::{CallEngine, Input, Output};
 use crate::events::{EventsCommand, EventsConfig};
-use crate::ports::{AudioRoute, MediaEvents, MediaFactory, MediaSession, PushTokens, SystemCallUi};
+use crate::ports::{
+    AudioRoute, MediaEvents, MediaFactory, MediaSession, PortError, PushTokens, SystemCallUi,
+};
+use crate::push::{self, PushDecision};
 use crate::rtc_session::{RtcCommand, RtcSession};
 
 #[derive(Debug, Clone, uniffi::Record)]
@@ -49,9 +52,6 @@ pub enum ClientError {
     Refused { code: String, message: String },
     #[error("server unreachable: {message}")]
     Unreachable { message: String },
-    /// A push payload that is not one of PUSH.md's.
-    #[error("not a call push: {message}")]
-    BadPush { message: String },
     #[error("the client was shut down")]
     ShutDown,
 }
@@ -80,25 +80,54 @@ pub(crate) fn shared_runtime() -> &'static tokio::runtime::Runtime {
 
 enum Command {
     Input(Input),
+    /// The engine has outputs queued by a synchronous call (`handle_push`).
+    Flush,
+    /// Start a call; `reply` hears the server's call id (or why not).
     StartCall {
+        call_uuid: String,
         callee: String,
         video: bool,
-        reply: oneshot::Sender<Result<String, ClientError>>,
+        reply: Option<StartReply>,
     },
     /// A call token arrived (created, accepted or refreshed).
     JoinInfo(JoinInfo, JoinKind),
-    CreateFailed(ApiError),
+    CreateFailed {
+        call_uuid: String,
+        error: ApiError,
+    },
     RegisterDevice,
     NetworkChanged,
     /// Answered once the driver stopped: no port is called after that.
     Shutdown(oneshot::Sender<()>),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum JoinKind {
-    Created,
+    Created { call_uuid: String },
     Accepted,
     Fresh,
+}
+
+/// The engine and its clock, shared by the driver and the synchronous
+/// entry points (a push must be decided before the platform's callback
+/// returns). Never held while a port is called: a port may call back in.
+struct Shared {
+    engine: Mutex<CallEngine>,
+    started: Instant,
+    /// Server clock minus device clock (ms), from the events socket.
+    clock_offset: Arc<Mutex<Option<i64>>>,
+}
+
+impl Shared {
+    fn engine(&self) -> std::sync::MutexGuard<'_, CallEngine> {
+        // A panic elsewhere must not make every later call panic too.
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handle(&self, input: Input) {
+        self.engine()
+            .handle(input, self.started.elapsed(), crate::unix_millis());
+    }
 }
 
 #[derive(uniffi::Object)]
@@ -106,6 +135,8 @@ pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
     token: Arc<RwLock<String>>,
     sessions: Arc<Mutex<HashMap<String, Arc<dyn MediaSession>>>>,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<EventsCommand>,
 }
 
 impl Client {
@@ -118,24 +149,43 @@ impl Client {
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let token = Arc::new(RwLock::new(config.user_token.clone()));
         let sessions = Arc::new(Mutex::new(HashMap::new()));
-        let driver = Driver {
-            engine: CallEngine::new(),
+        let shared = Arc::new(Shared {
+            engine: Mutex::new(CallEngine::new()),
             started: Instant::now(),
+            clock_offset: Arc::new(Mutex::new(None)),
+        });
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let events_config = EventsConfig {
+            url: format!(
+                "{}/v1/events",
+                ws_base(config.server_url.trim_end_matches('/'))
+            ),
+            token: {
+                let token = token.clone();
+                Box::new(move || token.read().map(|t| t.clone()).unwrap_or_default())
+            },
+            device_id: config.device_id.clone(),
+            clock_offset: shared.clock_offset.clone(),
+        };
+        let driver = Driver {
+            shared: shared.clone(),
             api: CallApi::new(&config.server_url, token.clone(), &config.device_id),
             commands: commands.clone(),
             config,
             ports,
-            token: token.clone(),
             sessions: sessions.clone(),
             calls: HashMap::new(),
-            start_reply: None,
+            start_replies: HashMap::new(),
             replies: Vec::new(),
+            events: events.clone(),
         };
-        runtime.spawn(driver.run(commands_rx));
+        runtime.spawn(driver.run(commands_rx, events_config, events_rx));
         Arc::new(Client {
             commands,
             token,
             sessions,
+            shared,
+            events,
         })
     }
 
@@ -148,16 +198,37 @@ impl Client {
         &self,
         callee_user_id: String,
         video: bool,
+        call_uuid: Option<String>,
     ) -> Result<String, ClientError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::StartCall {
+                call_uuid: call_uuid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                 callee: callee_user_id,
                 video,
-                reply,
+                reply: Some(reply),
             })
             .map_err(|_| ClientError::ShutDown)?;
         answer.await.map_err(|_| ClientError::ShutDown)?
+    }
+
+    fn decide(&self, push: Result<push::Push, push::Unreadable>) -> PushDecision {
+        let offset = *self
+            .shared
+            .clock_offset
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let decision = self.shared.engine().on_push(
+            push,
+            self.shared.started.elapsed(),
+            crate::unix_millis(),
+            offset,
+        );
+        // After a wake the events socket comes up at once: the cancel and
+        // the call's events arrive over it; pushes are the fallback.
+        let _ = self.events.send(EventsCommand::ConnectNow);
+        let _ = self.commands.send(Command::Flush);
+        decision
     }
 }
 
@@ -181,43 +252,95 @@ impl Client {
         Client::start(config, ports, shared_runtime().handle())
     }
 
-    /// Calls `callee_user_id`; returns the call id once the server rang them.
+    /// Calls `callee_user_id`; returns the server's call id once the server
+    /// rang them. `call_uuid`: the UUID the app reported to CallKit /
+    /// Telecom before asking (a fresh one when absent); it is also the
+    /// request's idempotency key, so a retry never makes a second call.
     /// Blocks: call it off the UI thread (async Rust: `start_call_async`).
-    pub fn start_call(&self, callee_user_id: String, video: bool) -> Result<String, ClientError> {
-        shared_runtime().block_on(self.start_call_async(callee_user_id, video))
+    pub fn start_call(
+        &self,
+        callee_user_id: String,
+        video: bool,
+        call_uuid: Option<String>,
+    ) -> Result<String, ClientError> {
+        shared_runtime().block_on(self.start_call_async(callee_user_id, video, call_uuid))
     }
 
-    /// A push arrived (the VoIP / FCM payload as JSON). A ring for a call
-    /// already known is not reported again; a stale one is reported and
-    /// ended at once. Unknown fields are ignored.
-    pub fn handle_push(&self, payload: String) -> Result<(), ClientError> {
-        let input = push_input(&payload)?;
-        self.input(input);
-        Ok(())
+    /// A call started from the system (Recents, Siri, a car:
+    /// `CXStartCallAction`): returns at once; `report_outgoing_call_started`
+    /// or `report_call_ended(.., Failed)` follows.
+    pub fn system_start_call(&self, handle: String, video: bool, call_uuid: String) {
+        let _ = self.commands.send(Command::StartCall {
+            call_uuid,
+            callee: handle,
+            video,
+            reply: None,
+        });
+    }
+
+    /// A push arrived (the VoIP payload as JSON, or an FCM data map as a
+    /// JSON object). Returns, at once, what the platform must show before
+    /// its push callback returns; the core records it, so it never asks
+    /// for a second report of that call. Every payload gets a decision.
+    pub fn handle_push(&self, payload: String) -> PushDecision {
+        self.decide(push::parse_json(&payload))
+    }
+
+    /// [`Client::handle_push`] for an FCM data map (`RemoteMessage.getData()`).
+    pub fn handle_push_data(&self, data: HashMap<String, String>) -> PushDecision {
+        self.decide(push::parse_map(&data))
+    }
+
+    /// The system shows the incoming call (CallKit's report completed, or
+    /// answered `callUUIDAlreadyExists`; Telecom added it): the server
+    /// hears "call UI shown" now, not before.
+    pub fn incoming_call_displayed(&self, call_uuid: String) {
+        self.input(Input::IncomingCallDisplayed { call_uuid });
+    }
+
+    /// The system refused to show the incoming call (Do Not Disturb, a
+    /// blocked caller, too many calls): it ends on this device only; the
+    /// user's other devices keep ringing.
+    pub fn incoming_call_failed(&self, call_uuid: String, reason: String) {
+        self.input(Input::IncomingCallFailed { call_uuid, reason });
+    }
+
+    /// CallKit `providerDidReset`: every call ended by the system.
+    pub fn system_reset(&self) {
+        self.input(Input::SystemReset);
     }
 
     /// The system UI's answer action (CallKit `CXAnswerCallAction`).
-    pub fn answer(&self, call_id: String) {
-        self.input(Input::SystemAnswer { call_id });
+    pub fn answer(&self, call_uuid: String) {
+        self.input(Input::SystemAnswer { call_uuid });
     }
 
     /// The system UI's end action: declines a ringing call, ends others.
-    pub fn end(&self, call_id: String) {
-        self.input(Input::SystemEnd { call_id });
+    pub fn end(&self, call_uuid: String) {
+        self.input(Input::SystemEnd { call_uuid });
     }
 
-    pub fn set_muted(&self, call_id: String, muted: bool) {
-        self.input(Input::SystemMute { call_id, muted });
+    pub fn set_muted(&self, call_uuid: String, muted: bool) {
+        self.input(Input::SystemMute { call_uuid, muted });
     }
 
-    pub fn set_held(&self, call_id: String, held: bool) {
-        self.input(Input::SystemHold { call_id, held });
+    /// On hold (CallKit `CXSetHeldCallAction`): no microphone, no playout;
+    /// off hold the user's own mute state comes back.
+    pub fn set_held(&self, call_uuid: String, held: bool) {
+        self.input(Input::SystemHold { call_uuid, held });
     }
 
-    pub fn set_camera_enabled(&self, call_id: String, enabled: bool) {
-        if let Some(session) = self.session(&call_id) {
-            session.set_camera_enabled(enabled);
+    pub fn set_camera_enabled(&self, call_uuid: String, enabled: bool) {
+        if let Some(session) = self.session(&call_uuid)
+            && let Err(e) = session.set_camera_enabled(enabled)
+        {
+            tracing::warn!(error = %e, "camera could not be switched");
         }
+    }
+
+    /// The server's id of the call the system knows as `call_uuid`.
+    pub fn call_id(&self, call_uuid: String) -> Option<String> {
+        self.shared.engine().call_id_of(&call_uuid)
     }
 
     /// CallKit `didActivate audioSession` (elsewhere: when audio may start).
@@ -245,8 +368,8 @@ impl Client {
         let _ = self.commands.send(Command::RegisterDevice);
     }
 
-    pub fn media_stats(&self, call_id: String) -> Option<crate::ports::MediaStats> {
-        self.session(&call_id).map(|s| s.stats())
+    pub fn media_stats(&self, call_uuid: String) -> Option<crate::ports::MediaStats> {
+        self.session(&call_uuid).and_then(|s| s.stats().ok())
     }
 
     /// Leaves every call and closes every connection; returns once no
@@ -261,72 +384,55 @@ impl Client {
 }
 
 impl Client {
-    fn session(&self, call_id: &str) -> Option<Arc<dyn MediaSession>> {
-        self.sessions.lock().ok()?.get(call_id).cloned()
-    }
-}
-
-/// A push payload (PUSH.md) as an engine input.
-fn push_input(payload: &str) -> Result<Input, ClientError> {
-    let bad = |message: &str| ClientError::BadPush {
-        message: message.to_string(),
-    };
-    let v: serde_json::Value = serde_json::from_str(payload).map_err(|_| bad("not JSON"))?;
-    let text = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| bad(k));
-    match v["event"].as_str() {
-        Some("incoming_call") => Ok(Input::Ring(Ring {
-            call_id: text("callId")?,
-            from_user_id: text("fromUserId")?,
-            video: v["type"] == "video",
-            ring_epoch: v["ringEpoch"].as_u64().ok_or_else(|| bad("ringEpoch"))?,
-            expires_at: v["expiresAt"].as_u64().ok_or_else(|| bad("expiresAt"))?,
-            caller_display_name: text("callerDisplayName").ok(),
-        })),
-        Some("call_cancelled") => Ok(Input::Cancelled {
-            call_id: text("callId")?,
-            reason: text("reason")?,
-        }),
-        _ => Err(bad("event")),
+    fn session(&self, call_uuid: &str) -> Option<Arc<dyn MediaSession>> {
+        let call_id = self.shared.engine().call_id_of(call_uuid)?;
+        self.sessions.lock().ok()?.get(&call_id).cloned()
     }
 }
 
 /// A call's I/O beyond the engine.
 #[derive(Default)]
 struct CallIo {
-    video: bool,
     join: Option<JoinInfo>,
     rtc: Option<mpsc::UnboundedSender<RtcCommand>>,
 }
 
 struct Driver {
-    engine: CallEngine,
-    started: Instant,
+    shared: Arc<Shared>,
     api: CallApi,
     commands: mpsc::UnboundedSender<Command>,
     config: ClientConfig,
     ports: Ports,
-    token: Arc<RwLock<String>>,
     sessions: Arc<Mutex<HashMap<String, Arc<dyn MediaSession>>>>,
+    /// By server call id.
     calls: HashMap<String, CallIo>,
-    start_reply: Option<(bool, StartReply)>,
+    /// `start_call`s waiting for the server's call id, by call UUID.
+    start_replies: HashMap<String, StartReply>,
     replies: Vec<(StartReply, Result<String, ClientError>)>,
+    events: mpsc::UnboundedSender<EventsCommand>,
 }
 
 type StartReply = oneshot::Sender<Result<String, ClientError>>;
 
+/// Logs a port that failed: a Swift or Kotlin exception must not stop the
+/// driver (the call goes on; the platform's own UI may be behind).
+fn port(what: &str, result: Result<(), PortError>) {
+    if let Err(e) = result {
+        tracing::warn!(port = what, error = %e, "port failed");
+    }
+}
+
 impl Driver {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        events_config: EventsConfig,
+        events_rx: mpsc::UnboundedReceiver<EventsCommand>,
+    ) {
+        // The server refuses an events socket for a device it does not know.
         self.register_device().await;
         let (inputs_tx, mut inputs) = mpsc::unbounded_channel();
-        let token = self.token.clone();
-        let events = crate::events::spawn(
-            EventsConfig {
-                url: format!("{}/v1/events", ws_base(self.api.base())),
-                token: Box::new(move || token.read().map(|t| t.clone()).unwrap_or_default()),
-                device_id: self.config.device_id.clone(),
-            },
-            inputs_tx.clone(),
-        );
+        crate::events::spawn_with(events_config, inputs_tx.clone(), events_rx);
         let forward = self.commands.clone();
         tokio::spawn(async move {
             while let Some(input) = inputs.recv().await {
@@ -337,13 +443,14 @@ impl Driver {
         });
         let mut stopped = None;
         loop {
-            let next = self.engine.next_timeout().map(|d| self.started + d);
+            let started = self.shared.started;
+            let next = self.shared.engine().next_timeout().map(|d| started + d);
             let far = Instant::now() + Duration::from_secs(3600);
             let command = tokio::select! {
                 command = commands.recv() => command,
                 _ = tokio::time::sleep_until(next.unwrap_or(far).into()) => {
-                    self.engine.handle_timeout(self.started.elapsed());
-                    self.execute(&inputs_tx).await;
+                    self.shared.engine().handle_timeout(started.elapsed());
+                    self.execute(&inputs_tx);
                     continue;
                 }
             };
@@ -353,9 +460,9 @@ impl Driver {
                     stopped = Some(done);
                     break;
                 }
-                Some(command) => self.on_command(command, &events).await,
+                Some(command) => self.on_command(command).await,
             }
-            self.execute(&inputs_tx).await;
+            self.execute(&inputs_tx);
         }
         for (call_id, call) in self.calls.drain() {
             if let Some(rtc) = call.rtc {
@@ -363,7 +470,7 @@ impl Driver {
             }
             tracing::info!(call_id = %call_id, device_id = %self.config.device_id, "client shut down");
         }
-        let _ = events.send(EventsCommand::Stop);
+        let _ = self.events.send(EventsCommand::Stop);
         // Foreign ports are released here, before `shutdown` returns: a
         // release after the foreign runtime exited would crash it.
         drop(self);
@@ -372,37 +479,25 @@ impl Driver {
         }
     }
 
-    async fn on_command(
-        &mut self,
-        command: Command,
-        events: &mpsc::UnboundedSender<EventsCommand>,
-    ) {
-        let now = self.started.elapsed();
-        let wall = crate::unix_millis();
+    async fn on_command(&mut self, command: Command) {
         match command {
-            Command::Input(input) => self.engine.handle(input, now, wall),
+            Command::Input(input) => self.shared.handle(input),
+            Command::Flush | Command::Shutdown(_) => {}
             Command::StartCall {
+                call_uuid,
                 callee,
                 video,
                 reply,
             } => {
-                if self.start_reply.is_some() {
-                    let _ = reply.send(Err(ClientError::Refused {
-                        code: "call_in_progress".into(),
-                        message: "a call is already being started".into(),
-                    }));
-                    return;
+                let call_uuid = push::normalize_uuid(&call_uuid);
+                if let Some(reply) = reply {
+                    self.start_replies.insert(call_uuid.clone(), reply);
                 }
-                self.start_reply = Some((video, reply));
-                let callee_user_id = callee;
-                self.engine.handle(
-                    Input::StartCall {
-                        callee_user_id,
-                        video,
-                    },
-                    now,
-                    wall,
-                );
+                self.shared.handle(Input::StartCall {
+                    call_uuid,
+                    callee_user_id: callee,
+                    video,
+                });
             }
             Command::JoinInfo(info, kind) => {
                 let call_id = info.call_id.clone();
@@ -410,13 +505,13 @@ impl Driver {
                 let call = self.calls.entry(call_id.clone()).or_default();
                 call.join = Some(info);
                 let input = match kind {
-                    JoinKind::Created => {
-                        if let Some((video, reply)) = self.start_reply.take() {
-                            call.video = video;
+                    JoinKind::Created { call_uuid } => {
+                        if let Some(reply) = self.start_replies.remove(&call_uuid) {
                             // Answered once the engine has reported the call.
                             self.replies.push((reply, Ok(call_id.clone())));
                         }
                         Input::Created {
+                            call_uuid,
                             call_id,
                             call_token,
                         }
@@ -430,38 +525,47 @@ impl Driver {
                         call_token,
                     },
                 };
-                self.engine.handle(input, now, wall);
+                self.shared.handle(input);
             }
-            Command::CreateFailed(e) => {
-                if let Some((_, reply)) = self.start_reply.take() {
-                    let _ = reply.send(Err(e.into()));
+            Command::CreateFailed { call_uuid, error } => {
+                if let Some(reply) = self.start_replies.remove(&call_uuid) {
+                    let _ = reply.send(Err(error.into()));
                 }
-                self.engine.handle(Input::CreateFailed, now, wall);
+                self.shared.handle(Input::CreateFailed { call_uuid });
             }
             Command::RegisterDevice => self.register_device().await,
             Command::NetworkChanged => {
-                let _ = events.send(EventsCommand::Reconnect);
+                let _ = self.events.send(EventsCommand::Reconnect);
                 for call in self.calls.values() {
                     if let Some(rtc) = &call.rtc {
                         let _ = rtc.send(RtcCommand::Reconnect);
                     }
                 }
             }
-            Command::Shutdown(_) => {}
         }
     }
 
     async fn register_device(&self) {
-        let tokens = self.ports.push.current();
+        let tokens = match self.ports.push.current() {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                tracing::warn!(device_id = %self.config.device_id, error = %e, "push tokens unavailable; registering without");
+                Default::default()
+            }
+        };
         let registered = self.api.register_device(&self.config, &tokens).await;
         if let Err(e) = registered {
             tracing::warn!(device_id = %self.config.device_id, error = %e, "device registration failed");
         }
     }
 
-    /// Carries out the engine's outputs through the ports and the API.
-    async fn execute(&mut self, inputs: &mpsc::UnboundedSender<Input>) {
-        while let Some(output) = self.engine.poll_output() {
+    /// Carries out the engine's outputs through the ports and the API. The
+    /// engine is not locked while a port runs (a port may call back in).
+    fn execute(&mut self, inputs: &mpsc::UnboundedSender<Input>) {
+        loop {
+            let Some(output) = self.shared.engine().poll_output() else {
+                break;
+            };
             self.execute_one(output, inputs);
         }
         for (reply, result) in self.replies.drain(..) {
@@ -471,37 +575,48 @@ impl Driver {
 
     fn execute_one(&mut self, output: Output, inputs: &mpsc::UnboundedSender<Input>) {
         let device_id = &self.config.device_id;
+        let ui = &self.ports.ui;
         match output {
-            Output::ReportIncoming {
+            Output::ReportIncoming { call } => {
+                tracing::info!(call_id = %call.call_id, device_id = %device_id, "incoming call reported");
+                port("report_incoming_call", ui.report_incoming_call(call));
+            }
+            Output::ReportOutgoingStarted { call_uuid, call_id } => port(
+                "report_outgoing_call_started",
+                ui.report_outgoing_call_started(call_uuid, call_id),
+            ),
+            Output::ReportConnected { call_uuid } => {
+                tracing::info!(call_uuid = %call_uuid, device_id = %device_id, "call connected");
+                port("report_call_connected", ui.report_call_connected(call_uuid));
+            }
+            Output::ReportEnded {
+                call_uuid,
                 call_id,
-                from,
-                video,
+                reason,
             } => {
-                tracing::info!(call_id = %call_id, device_id = %device_id, "incoming call reported");
-                self.calls.entry(call_id.clone()).or_default().video = video;
-                self.ports.ui.report_incoming_call(call_id, from, video);
-            }
-            Output::ReportOutgoingStarted { call_id } => {
-                self.ports.ui.report_outgoing_call_started(call_id)
-            }
-            Output::ReportConnected { call_id } => {
-                tracing::info!(call_id = %call_id, device_id = %device_id, "call connected");
-                self.ports.ui.report_call_connected(call_id);
-            }
-            Output::ReportEnded { call_id, reason } => {
-                tracing::info!(call_id = %call_id, device_id = %device_id, ?reason, "call ended");
-                self.calls.remove(&call_id);
-                self.ports.ui.report_call_ended(call_id, reason);
+                tracing::info!(call_id = ?call_id, call_uuid = %call_uuid, device_id = %device_id, ?reason, "call ended");
+                if let Some(call_id) = call_id {
+                    self.calls.remove(&call_id);
+                }
+                if let Some(reply) = self.start_replies.remove(&call_uuid) {
+                    let _ = reply.send(Err(ClientError::Refused {
+                        code: "call_ended".into(),
+                        message: format!("the call ended: {reason:?}"),
+                    }));
+                }
+                port("report_call_ended", ui.report_call_ended(call_uuid, reason));
             }
             Output::CreateCall {
+                call_uuid,
                 callee_user_id,
                 video,
             } => {
                 let (api, commands) = (self.api.clone(), self.commands.clone());
                 tokio::spawn(async move {
-                    let command = match api.create_call(&callee_user_id, video).await {
-                        Ok(info) => Command::JoinInfo(info, JoinKind::Created),
-                        Err(e) => Command::CreateFailed(e),
+                    let created = api.create_call(&callee_user_id, video, &call_uuid).await;
+                    let command = match created {
+                        Ok(info) => Command::JoinInfo(info, JoinKind::Created { call_uuid }),
+                        Err(error) => Command::CreateFailed { call_uuid, error },
                     };
                     let _ = commands.send(command);
                 });
@@ -545,26 +660,32 @@ impl Driver {
             Output::JoinMedia {
                 call_id,
                 call_token,
-            } => self.join_media(call_id, call_token, inputs),
+                video,
+            } => self.join_media(call_id, call_token, video, inputs),
             Output::RestartIce { call_id } => self.rtc(&call_id, RtcCommand::RestartIce),
             Output::SetMuted { call_id, muted } => {
-                if let Some(session) = self
-                    .sessions
-                    .lock()
-                    .ok()
-                    .and_then(|s| s.get(&call_id).cloned())
-                {
-                    session.set_muted(muted);
+                if let Some(session) = self.session(&call_id) {
+                    port("set_muted", session.set_muted(muted));
+                }
+            }
+            Output::SetHeld { call_id, held } => {
+                if let Some(session) = self.session(&call_id) {
+                    port("set_held", session.set_held(held));
                 }
             }
             Output::LeaveMedia { call_id } => {
                 self.rtc(&call_id, RtcCommand::Leave);
+                self.calls.remove(&call_id);
                 if let Ok(mut sessions) = self.sessions.lock() {
                     sessions.remove(&call_id);
                 }
             }
-            Output::RouteAudio { route } => self.ports.audio.set_route(route),
+            Output::RouteAudio { route } => port("set_route", self.ports.audio.set_route(route)),
         }
+    }
+
+    fn session(&self, call_id: &str) -> Option<Arc<dyn MediaSession>> {
+        self.sessions.lock().ok()?.get(call_id).cloned()
     }
 
     /// An API request whose answer the engine does not wait for.
@@ -592,6 +713,7 @@ impl Driver {
         &mut self,
         call_id: String,
         call_token: String,
+        video: bool,
         inputs: &mpsc::UnboundedSender<Input>,
     ) {
         let call = self.calls.entry(call_id.clone()).or_default();
@@ -606,7 +728,7 @@ impl Driver {
         let (events_tx, media_events) = mpsc::unbounded_channel();
         let session = match self.ports.media.create_session(
             call_id.clone(),
-            call.video,
+            video,
             ice_servers,
             MediaEvents::new(events_tx),
         ) {
@@ -645,39 +767,6 @@ fn ws_base(http: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pushes_become_inputs_and_unknown_fields_are_ignored() {
-        let ring = r#"{"event":"incoming_call","callId":"c1","fromUserId":"alice","type":"video",
-            "timestamp":1,"ttlSeconds":38,"ringEpoch":7,"expiresAt":40000,"modeHint":"sfu",
-            "callerDisplayName":"Alice","somethingNew":{"a":1}}"#;
-        let Ok(Input::Ring(r)) = push_input(ring) else {
-            panic!("a ring")
-        };
-        assert_eq!(
-            (r.call_id.as_str(), r.ring_epoch, r.expires_at, r.video),
-            ("c1", 7, 40000, true)
-        );
-        assert_eq!(r.caller_display_name.as_deref(), Some("Alice"));
-        let cancel = r#"{"event":"call_cancelled","callId":"c1","reason":"missed"}"#;
-        assert_eq!(
-            push_input(cancel),
-            Ok(Input::Cancelled {
-                call_id: "c1".into(),
-                reason: "missed".into()
-            })
-        );
-        for bad in [
-            "nope",
-            r#"{"event":"incoming_call","callId":"c1"}"#,
-            r#"{"event":"something_else","callId":"c1"}"#,
-        ] {
-            assert!(
-                matches!(push_input(bad), Err(ClientError::BadPush { .. })),
-                "{bad}"
-            );
-        }
-    }
 
     #[test]
     fn websocket_urls_follow_the_http_scheme() {

@@ -4,7 +4,8 @@
 //! exponential backoff. The server replays a ringing call on reconnect;
 //! the call engine makes sure that never becomes a second incoming call.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -58,6 +59,9 @@ pub struct EventsConfig {
     /// A fresh user token each time it connects.
     pub token: Box<dyn Fn() -> String + Send + Sync>,
     pub device_id: String,
+    /// Set to the server's clock minus the device's (ms) at each
+    /// authentication: pushes are judged by the server's clock.
+    pub clock_offset: Arc<Mutex<Option<i64>>>,
 }
 
 /// What the app can ask of a running connection.
@@ -69,6 +73,9 @@ pub enum EventsCommand {
     },
     /// Drop the connection now, as a network change would.
     Reconnect,
+    /// Connect now if not connected (a push woke the app): skips the
+    /// backoff's wait.
+    ConnectNow,
     Stop,
 }
 
@@ -77,7 +84,18 @@ pub fn spawn(
     config: EventsConfig,
     inputs: mpsc::UnboundedSender<Input>,
 ) -> mpsc::UnboundedSender<EventsCommand> {
-    let (commands, mut rx) = mpsc::unbounded_channel();
+    let (commands, rx) = mpsc::unbounded_channel();
+    spawn_with(config, inputs, rx);
+    commands
+}
+
+/// [`spawn`] with a command channel made before (the client hands out its
+/// sender before the device is registered and the connection may open).
+pub fn spawn_with(
+    config: EventsConfig,
+    inputs: mpsc::UnboundedSender<Input>,
+    mut rx: mpsc::UnboundedReceiver<EventsCommand>,
+) {
     tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
         loop {
@@ -90,15 +108,20 @@ pub fn spawn(
                     }
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay(jitter())) => {}
-                command = rx.recv() => if matches!(command, None | Some(EventsCommand::Stop)) {
-                    return;
-                },
+            let wait = tokio::time::sleep(backoff.next_delay(jitter()));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    command = rx.recv() => match command {
+                        None | Some(EventsCommand::Stop) => return,
+                        Some(EventsCommand::ConnectNow | EventsCommand::Reconnect) => break,
+                        Some(EventsCommand::Ack { .. }) => {}
+                    },
+                }
             }
         }
     });
-    commands
 }
 
 /// A value in [0, 1) for backoff jitter: the clock's sub-second digits
@@ -128,10 +151,24 @@ async fn session(
     if ws.send(Message::text(auth.to_string())).await.is_err() {
         return dropped;
     }
-    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-        Ok(Some(Ok(Message::Text(t))))
-            if serde_json::from_str::<Value>(&t).is_ok_and(|m| m["type"] == "authenticated") => {}
-        _ => return dropped,
+    let asked = Instant::now();
+    let authenticated = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t)
+            .ok()
+            .filter(|m| m["type"] == "authenticated"),
+        _ => None,
+    };
+    let Some(authenticated) = authenticated else {
+        return dropped;
+    };
+    if let Some(server_time) = authenticated["serverTime"].as_u64() {
+        // The server's clock at the middle of the round trip.
+        let half_trip = asked.elapsed().as_millis() as u64 / 2;
+        let offset = server_time as i64 - (crate::unix_millis() - half_trip) as i64;
+        *config
+            .clock_offset
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(offset);
     }
     let _ = inputs.send(Input::SignalingConnected);
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -151,6 +188,7 @@ async fn session(
                     let ack = json!({"type": "ack", "callId": call_id});
                     let _ = ws.send(Message::text(ack.to_string())).await;
                 }
+                Some(EventsCommand::ConnectNow) => {}
                 Some(EventsCommand::Reconnect) => {
                     let _ = ws.close(None).await;
                     return Ended::Dropped { was_up: true };

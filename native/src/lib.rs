@@ -18,6 +18,7 @@ pub mod call_engine;
 pub mod client;
 pub mod events;
 pub mod ports;
+pub mod push;
 pub mod rtc_session;
 pub mod str0m_media;
 

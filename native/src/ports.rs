@@ -14,33 +14,134 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-/// Why a call ended, as the system call UI shows it.
+/// What a port reports when the platform could not do what was asked
+/// (a Swift or Kotlin exception arrives as this; the core logs it and goes
+/// on: a failing port never stops the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+pub enum PortError {
+    #[error("port: {message}")]
+    Failed { message: String },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for PortError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> PortError {
+        PortError::Failed { message: e.reason }
+    }
+}
+
+impl From<String> for PortError {
+    fn from(message: String) -> PortError {
+        PortError::Failed { message }
+    }
+}
+
+/// Why a call ended, as the system call UI needs to know it. The mapping to
+/// CallKit and Core-Telecom is [`callkit_ended_reason`] and
+/// [`telecom_disconnect_cause`] (the table in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum EndedReason {
-    /// Hung up here, or the remote side hung up after talking.
-    Completed,
-    /// The other side ended the call before it connected (the caller
-    /// cancelled a ringing call).
+    /// The user hung up on this device.
+    LocalEnded,
+    /// The user declined the ringing call on this device.
+    Declined,
+    /// The other side hung up (or, calling out, declined or was busy).
     RemoteEnded,
+    /// The caller gave up before this device answered.
+    CallerCancelled,
+    /// Nobody answered before the ring timed out.
+    Unanswered,
     AnsweredElsewhere,
     DeclinedElsewhere,
-    Declined,
-    Missed,
+    /// It could not connect (no media, refused, timed out connecting).
     Failed,
 }
 
-/// Outward half of CallKit / Telecom: what the core reports.
+/// CallKit's `CXCallEndedReason` (raw values as in CallKit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum CallKitEndedReason {
+    Failed = 1,
+    RemoteEnded = 2,
+    Unanswered = 3,
+    AnsweredElsewhere = 4,
+    DeclinedElsewhere = 5,
+}
+
+/// The causes Core-Telecom's `CallControlScope.disconnect` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum TelecomDisconnectCause {
+    Local,
+    Remote,
+    Rejected,
+    Missed,
+}
+
+/// How the iOS adapter reports an end to CallKit: `None` when the user ended
+/// it on this device (the adapter fulfils the `CXEndCallAction` instead of
+/// reporting).
+#[uniffi::export]
+pub fn callkit_ended_reason(reason: EndedReason) -> Option<CallKitEndedReason> {
+    match reason {
+        EndedReason::LocalEnded | EndedReason::Declined => None,
+        EndedReason::RemoteEnded | EndedReason::CallerCancelled => {
+            Some(CallKitEndedReason::RemoteEnded)
+        }
+        EndedReason::Unanswered => Some(CallKitEndedReason::Unanswered),
+        EndedReason::AnsweredElsewhere => Some(CallKitEndedReason::AnsweredElsewhere),
+        EndedReason::DeclinedElsewhere => Some(CallKitEndedReason::DeclinedElsewhere),
+        EndedReason::Failed => Some(CallKitEndedReason::Failed),
+    }
+}
+
+/// How the Android adapter disconnects a Core-Telecom call. A call the
+/// caller gave up on is `Missed` (Android logs a missed call); one answered
+/// on another device is `Remote` (not missed: the user took it).
+#[uniffi::export]
+pub fn telecom_disconnect_cause(reason: EndedReason) -> TelecomDisconnectCause {
+    match reason {
+        EndedReason::LocalEnded | EndedReason::Failed => TelecomDisconnectCause::Local,
+        EndedReason::Declined | EndedReason::DeclinedElsewhere => TelecomDisconnectCause::Rejected,
+        EndedReason::RemoteEnded | EndedReason::AnsweredElsewhere => TelecomDisconnectCause::Remote,
+        EndedReason::CallerCancelled | EndedReason::Unanswered => TelecomDisconnectCause::Missed,
+    }
+}
+
+/// An incoming call as the system call UI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct IncomingCall {
+    /// CallKit's `UUID` / the Telecom call's id: the server's call id when
+    /// it is a UUID (it is, from switchboard), lower-case.
+    pub call_uuid: String,
+    pub call_id: String,
+    /// The caller's display name, else their user id.
+    pub caller_name: String,
+    /// The caller's user id (`CXHandle` / the Telecom address).
+    pub handle: String,
+    pub video: bool,
+    pub avatar_url: Option<String>,
+}
+
+/// Outward half of CallKit / Telecom: what the core reports. Calls are
+/// named by `call_uuid` (for an outgoing call, the UUID the app gave).
 #[uniffi::export(with_foreign)]
 pub trait SystemCallUi: Send + Sync {
-    /// Show an incoming call (CallKit `reportNewIncomingCall`; Telecom
-    /// `addNewIncomingCall`). Called exactly once per call.
-    fn report_incoming_call(&self, call_id: String, caller: String, video: bool);
+    /// Show an incoming call that arrived over the events socket (CallKit
+    /// `reportNewIncomingCall`; Telecom `addCall`). Pushes are reported by
+    /// the platform itself from `Client::handle_push`'s decision; a call is
+    /// never reported twice. The platform calls
+    /// `Client::incoming_call_displayed` (or `incoming_call_failed`) after.
+    fn report_incoming_call(&self, call: IncomingCall) -> Result<(), PortError>;
     /// An outgoing call the user started is ringing the callee.
-    fn report_outgoing_call_started(&self, call_id: String);
+    fn report_outgoing_call_started(
+        &self,
+        call_uuid: String,
+        call_id: String,
+    ) -> Result<(), PortError>;
     /// Media flows.
-    fn report_call_connected(&self, call_id: String);
-    /// The call is over (CallKit `reportCall(with:endedAt:reason:)`).
-    fn report_call_ended(&self, call_id: String, reason: EndedReason);
+    fn report_call_connected(&self, call_uuid: String) -> Result<(), PortError>;
+    /// The call is over (CallKit `reportCall(with:endedAt:reason:)` with
+    /// [`callkit_ended_reason`]; Telecom `disconnect` with
+    /// [`telecom_disconnect_cause`]).
+    fn report_call_ended(&self, call_uuid: String, reason: EndedReason) -> Result<(), PortError>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
@@ -53,7 +154,7 @@ pub enum AudioRouteKind {
 /// the earpiece for voice (as phone apps do); the user may change it.
 #[uniffi::export(with_foreign)]
 pub trait AudioRoute: Send + Sync {
-    fn set_route(&self, route: AudioRouteKind);
+    fn set_route(&self, route: AudioRouteKind) -> Result<(), PortError>;
 }
 
 /// The device's push tokens as the platform last gave them (PushKit's VoIP
@@ -69,7 +170,7 @@ pub struct DevicePushTokens {
 /// and after `Client::push_tokens_changed`).
 #[uniffi::export(with_foreign)]
 pub trait PushTokens: Send + Sync {
-    fn current(&self) -> DevicePushTokens;
+    fn current(&self) -> Result<DevicePushTokens, PortError>;
 }
 
 /// One of a call's two peer connections (signaling protocol v1: the device
@@ -100,24 +201,6 @@ pub struct MediaStats {
     pub remote_tracks: u32,
 }
 
-#[derive(Debug, thiserror::Error, uniffi::Error)]
-pub enum MediaError {
-    #[error("media: {message}")]
-    Failed { message: String },
-}
-
-impl From<uniffi::UnexpectedUniFFICallbackError> for MediaError {
-    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> MediaError {
-        MediaError::Failed { message: e.reason }
-    }
-}
-
-impl From<String> for MediaError {
-    fn from(message: String) -> MediaError {
-        MediaError::Failed { message }
-    }
-}
-
 /// Makes a call's media session: on phones the platform's libwebrtc with
 /// two `RTCPeerConnection`s and the microphone / camera tracks.
 #[uniffi::export(with_foreign)]
@@ -128,7 +211,7 @@ pub trait MediaFactory: Send + Sync {
         video: bool,
         ice_servers: Vec<IceServer>,
         events: Arc<MediaEvents>,
-    ) -> Result<Arc<dyn MediaSession>, MediaError>;
+    ) -> Result<Arc<dyn MediaSession>, PortError>;
 }
 
 /// A call's media: the core drives the SDP exchange (it owns the signaling
@@ -137,20 +220,23 @@ pub trait MediaFactory: Send + Sync {
 pub trait MediaSession: Send + Sync {
     /// The publisher connection's offer (the first carries the local
     /// tracks; `ice_restart` after a network change).
-    fn create_publisher_offer(&self, ice_restart: bool) -> Result<String, MediaError>;
-    fn apply_publisher_answer(&self, sdp: String) -> Result<(), MediaError>;
+    fn create_publisher_offer(&self, ice_restart: bool) -> Result<String, PortError>;
+    fn apply_publisher_answer(&self, sdp: String) -> Result<(), PortError>;
     /// Applies the server's subscriber offer and returns the answer.
-    fn answer_subscriber_offer(&self, sdp: String) -> Result<String, MediaError>;
+    fn answer_subscriber_offer(&self, sdp: String) -> Result<String, PortError>;
     fn add_remote_candidate(
         &self,
         connection: PeerConnection,
         candidate: String,
-    ) -> Result<(), MediaError>;
-    fn set_muted(&self, muted: bool);
-    fn set_camera_enabled(&self, enabled: bool);
-    fn stats(&self) -> MediaStats;
+    ) -> Result<(), PortError>;
+    fn set_muted(&self, muted: bool) -> Result<(), PortError>;
+    /// On hold: no microphone and no playout (the call keeps its
+    /// connections); off hold the core restores the user's mute state.
+    fn set_held(&self, held: bool) -> Result<(), PortError>;
+    fn set_camera_enabled(&self, enabled: bool) -> Result<(), PortError>;
+    fn stats(&self) -> Result<MediaStats, PortError>;
     /// Closes both connections and releases the devices.
-    fn close(&self);
+    fn close(&self) -> Result<(), PortError>;
 }
 
 /// What a media session tells the core (the inward half of the media port):

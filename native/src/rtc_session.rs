@@ -105,7 +105,9 @@ impl RtcSession {
                 },
             }
         }
-        self.media.close();
+        if let Err(e) = self.media.close() {
+            tracing::warn!(call_id = %self.call_id, error = %e, "media close failed");
+        }
     }
 
     /// One socket: join (or resume), then serve it until it drops.
@@ -150,10 +152,19 @@ impl RtcSession {
             return e;
         }
         let mut ping = tokio::time::interval(PING_EVERY);
+        let mut unreadable_logged = false;
         loop {
             let result = tokio::select! {
                 message = ws.recv() => match message {
                     Ok(message) => self.on_message(&mut ws, &mut publisher, message).await,
+                    // A message this build cannot read (a newer server's):
+                    // skipped, not a dropped socket.
+                    Err(signaling::client::ClientError::Decode(e)) => {
+                        if !std::mem::replace(&mut unreadable_logged, true) {
+                            tracing::warn!(call_id = %self.call_id, error = %e, "skipping server messages this version cannot read");
+                        }
+                        Ok(())
+                    }
                     Err(_) => Err(SocketEnded::Dropped { joined: true }),
                 },
                 Some(event) = self.media_events.recv() => self.on_media_event(&mut ws, event).await,
@@ -273,7 +284,7 @@ impl RtcSession {
         &mut self,
         ws: &mut SignalingClient,
         publisher: &mut Publisher,
-        offer: Result<String, crate::ports::MediaError>,
+        offer: Result<String, crate::ports::PortError>,
     ) -> Result<(), SocketEnded> {
         let sdp = offer.map_err(|e| SocketEnded::Failed(e.to_string()))?;
         publisher.offer_pending = true;
@@ -282,7 +293,9 @@ impl RtcSession {
 
     fn fail(self, why: &str) {
         tracing::warn!(call_id = %self.call_id, reason = why, "media failed");
-        self.media.close();
+        if let Err(e) = self.media.close() {
+            tracing::warn!(call_id = %self.call_id, error = %e, "media close failed");
+        }
         let _ = self.engine.send(Input::MediaFailed {
             call_id: self.call_id,
         });

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use crate::bot::Bot;
 use crate::ports::{
-    IceServer, MediaError, MediaEvents, MediaFactory, MediaSession, MediaStats, PeerConnection,
+    IceServer, MediaEvents, MediaFactory, MediaSession, MediaStats, PeerConnection, PortError,
 };
 
 /// Makes str0m sessions whose sockets bind to `local_ip`.
@@ -33,7 +33,7 @@ impl Str0mMediaFactory {
 /// The str0m media port for foreign callers (Python): sessions bind to
 /// `local_ip` and run on the core's shared runtime.
 #[uniffi::export]
-pub fn str0m_media_factory(local_ip: String) -> Result<Arc<dyn MediaFactory>, MediaError> {
+pub fn str0m_media_factory(local_ip: String) -> Result<Arc<dyn MediaFactory>, PortError> {
     let local_ip = local_ip
         .parse()
         .map_err(|_| format!("not an IP address: {local_ip}"))?;
@@ -50,7 +50,7 @@ impl MediaFactory for Str0mMediaFactory {
         _video: bool,
         _ice_servers: Vec<IceServer>,
         events: Arc<MediaEvents>,
-    ) -> Result<Arc<dyn MediaSession>, MediaError> {
+    ) -> Result<Arc<dyn MediaSession>, PortError> {
         let _guard = self.runtime.enter();
         let bind = |ip| {
             let socket = std::net::UdpSocket::bind((ip, 0))?;
@@ -103,26 +103,26 @@ impl Str0mSession {
 }
 
 impl MediaSession for Str0mSession {
-    fn create_publisher_offer(&self, ice_restart: bool) -> Result<String, MediaError> {
+    fn create_publisher_offer(&self, ice_restart: bool) -> Result<String, PortError> {
         let offer = self.bot().publisher_offer(ice_restart);
-        self.changed(offer.map_err(MediaError::from))
+        self.changed(offer.map_err(PortError::from))
     }
 
-    fn apply_publisher_answer(&self, sdp: String) -> Result<(), MediaError> {
+    fn apply_publisher_answer(&self, sdp: String) -> Result<(), PortError> {
         let applied = self.bot().accept_publisher_answer(&sdp);
-        self.changed(applied.map_err(MediaError::from))
+        self.changed(applied.map_err(PortError::from))
     }
 
-    fn answer_subscriber_offer(&self, sdp: String) -> Result<String, MediaError> {
+    fn answer_subscriber_offer(&self, sdp: String) -> Result<String, PortError> {
         let answer = self.bot().answer_subscriber_offer(&sdp);
-        self.changed(answer.map_err(MediaError::from))
+        self.changed(answer.map_err(PortError::from))
     }
 
     fn add_remote_candidate(
         &self,
         connection: PeerConnection,
         candidate: String,
-    ) -> Result<(), MediaError> {
+    ) -> Result<(), PortError> {
         let candidate =
             str0m::Candidate::from_sdp_string(&candidate).map_err(|e| format!("candidate: {e}"))?;
         let mut bot = self.bot();
@@ -134,28 +134,37 @@ impl MediaSession for Str0mSession {
         self.changed(Ok(()))
     }
 
-    fn set_muted(&self, muted: bool) {
+    fn set_muted(&self, muted: bool) -> Result<(), PortError> {
         self.bot().audio_muted = muted;
+        Ok(())
     }
 
-    fn set_camera_enabled(&self, enabled: bool) {
+    /// A bot has no playout; the core mutes its microphone (`set_muted`)
+    /// while held, which is what the other side can observe.
+    fn set_held(&self, _held: bool) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    fn set_camera_enabled(&self, enabled: bool) -> Result<(), PortError> {
         self.bot().video_off = !enabled;
+        Ok(())
     }
 
-    fn stats(&self) -> MediaStats {
+    fn stats(&self) -> Result<MediaStats, PortError> {
         let bot = self.bot();
-        MediaStats {
+        Ok(MediaStats {
             connected: bot.is_up(),
             packets_sent: bot.ticks_sent(),
             packets_received: bot.tracks.values().map(|t| t.packets).sum(),
             remote_tracks: bot.tracks.len() as u32,
-        }
+        })
     }
 
-    fn close(&self) {
+    fn close(&self) -> Result<(), PortError> {
         self.closed
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.wake.notify_one();
+        Ok(())
     }
 }
 

@@ -74,7 +74,9 @@ fn swift_and_kotlin_bindings_expose_the_client_and_its_ports() {
                 "public protocol SystemCallUi",
                 "public protocol MediaSession",
                 "open class Client",
-                "func handlePush(payload: String) throws",
+                "func handlePush(payload: String) -> PushDecision",
+                "func incomingCallDisplayed(callUuid: String)",
+                "public func classifyPush(",
             ],
         ),
         (
@@ -84,7 +86,9 @@ fn swift_and_kotlin_bindings_expose_the_client_and_its_ports() {
                 "interface SystemCallUi",
                 "interface MediaSession",
                 "open class Client",
-                "fun `handlePush`(`payload`: kotlin.String)",
+                "fun `handlePush`(`payload`: kotlin.String): PushDecision",
+                "fun `handlePushData`(`data`: Map<kotlin.String, kotlin.String>): PushDecision",
+                "fun `classifyPushData`(",
             ],
         ),
     ] {

@@ -4,8 +4,19 @@
 use std::time::Duration;
 
 use native::call_engine::{
-    AudioRouteKind, CallEngine, EndedReason, Input, Output, Ring, UnixMillis,
+    AudioRouteKind, CallEngine, EndedReason, IncomingCall, Input, Output, Ring, UnixMillis,
 };
+use native::ports::{
+    CallKitEndedReason, TelecomDisconnectCause, callkit_ended_reason, telecom_disconnect_cause,
+};
+use native::push::{PushDecision, parse_json};
+
+/// Server call ids are UUIDs: the system UI knows the call by the same.
+const C1: &str = "0b9f5c3e-1d2a-4c8b-9e7f-6a5b4c3d2e1f";
+const C2: &str = "1c8e4b2d-0e3f-4a7c-8d6e-5f4a3b2c1d0e";
+const C9: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+/// The UUID an app chose for its outgoing call before the server named it.
+const LOCAL: &str = "F00DF00D-0000-4000-8000-000000000001";
 
 const WALL: UnixMillis = 1_800_000_000_000;
 
@@ -31,7 +42,7 @@ impl Device {
         d.input(Input::SignalingConnected);
         d.input(Input::AudioSessionActivated);
         d.input(ring(call, 7, 30_000));
-        d.input(Input::SystemAnswer { call_id: s(call) });
+        d.input(Input::SystemAnswer { call_uuid: s(call) });
         d.input(Input::Accepted {
             call_id: s(call),
             call_token: s("tok"),
@@ -63,6 +74,45 @@ impl Device {
     fn count(&self, f: impl Fn(&Output) -> bool) -> usize {
         self.outputs.iter().filter(|o| f(o)).count()
     }
+
+    /// A push as the platform hands it over; the device's clock agrees
+    /// with the server's unless `offset` says otherwise.
+    fn push(&mut self, payload: &str, offset: Option<i64>) -> PushDecision {
+        let device_now = WALL + self.now.as_millis() as u64;
+        let decision = self
+            .engine
+            .on_push(parse_json(payload), self.now, device_now, offset);
+        self.drain();
+        decision
+    }
+}
+
+fn ring_push(call: &str, epoch: u64, expires_in_ms: i64) -> String {
+    format!(
+        r#"{{"event":"incoming_call","callId":"{call}","fromUserId":"alice","type":"video",
+            "timestamp":{WALL},"ttlSeconds":30,"ringEpoch":{epoch},"expiresAt":{},
+            "callerDisplayName":"Alice","modeHint":"sfu"}}"#,
+        WALL as i64 + expires_in_ms
+    )
+}
+
+fn shown(call: &str) -> IncomingCall {
+    IncomingCall {
+        call_uuid: s(call),
+        call_id: s(call),
+        caller_name: s("Alice"),
+        handle: s("alice"),
+        video: true,
+        avatar_url: None,
+    }
+}
+
+fn ended(call: &str, reason: EndedReason) -> Output {
+    Output::ReportEnded {
+        call_uuid: s(call),
+        call_id: Some(s(call)),
+        reason,
+    }
 }
 
 fn ring(call: &str, epoch: u64, expires_in_ms: i64) -> Input {
@@ -81,66 +131,167 @@ fn s(x: &str) -> String {
 }
 
 #[test]
-fn a_duplicate_push_never_reports_a_second_incoming_call() {
+fn every_push_is_reported_once_and_a_duplicate_gets_the_same_uuid() {
     let mut d = Device::new();
-    let out = d.input(ring("c1", 7, 30_000));
+    let first = d.push(&ring_push(C1, 7, 30_000), Some(0));
+    assert_eq!(first, PushDecision::Report { call: shown(C1) });
+    // The platform reported it itself: the engine asks for no report, and
+    // the server hears "shown" only once the system confirms.
+    assert!(d.outputs.is_empty(), "{:?}", d.outputs);
     assert_eq!(
-        out,
-        [
-            Output::ReportIncoming {
-                call_id: s("c1"),
-                from: s("Alice"),
-                video: true
-            },
-            Output::Ack { call_id: s("c1") },
-        ]
+        d.input(Input::IncomingCallDisplayed {
+            call_uuid: C1.to_uppercase()
+        }),
+        [Output::Ack { call_id: s(C1) }]
     );
-    // The same push again, then the same ring over the WebSocket: nothing new.
-    assert!(d.input(ring("c1", 7, 30_000)).is_empty());
-    // A re-ring (new epoch) of the call on screen: acknowledged, not reported.
+    // The same push again (APNs redelivered it): reported with the same
+    // UUID, not ended, still ringing.
     assert_eq!(
-        d.input(ring("c1", 8, 30_000)),
-        [Output::Ack { call_id: s("c1") }]
+        d.push(&ring_push(C1, 7, 30_000), Some(0)),
+        PushDecision::Report { call: shown(C1) }
+    );
+    // And the socket's copy of the ring: nothing new on screen.
+    assert_eq!(
+        d.input(ring(C1, 0, 30_000)),
+        [Output::Ack { call_id: s(C1) }]
+    );
+    assert_eq!(d.count(|o| matches!(o, Output::ReportIncoming { .. })), 0);
+    assert_eq!(d.count(|o| matches!(o, Output::ReportEnded { .. })), 0);
+    // Still answerable.
+    d.input(Input::SignalingConnected);
+    assert_eq!(
+        d.input(Input::SystemAnswer { call_uuid: s(C1) }),
+        [Output::Accept { call_id: s(C1) }]
+    );
+}
+
+#[test]
+fn late_expired_and_already_ended_pushes_are_reported_and_ended() {
+    let mut d = Device::new();
+    // Expired by the server's clock, although the phone's clock is an
+    // hour behind.
+    let hour = 3_600_000i64;
+    assert_eq!(
+        d.push(&ring_push(C1, 7, -5_000), Some(hour)),
+        PushDecision::ReportAndEnd {
+            call: shown(C1),
+            reason: EndedReason::Unanswered
+        }
+    );
+    // A phone whose clock runs an hour fast still rings a fresh call.
+    assert_eq!(
+        d.push(&ring_push(C2, 1, 30_000), Some(-hour)),
+        PushDecision::Report { call: shown(C2) }
+    );
+    // Cancelled over the socket, then the push arrives late: reported and
+    // ended with why it ended.
+    d.input(Input::Cancelled {
+        call_id: s(C9),
+        reason: s("answered_elsewhere"),
+    });
+    assert_eq!(
+        d.push(&ring_push(C9, 1, 30_000), Some(0)),
+        PushDecision::ReportAndEnd {
+            call: shown(C9),
+            reason: EndedReason::AnsweredElsewhere
+        }
+    );
+    // A ring that lost its fields is still something iOS must report.
+    assert!(matches!(
+        d.push(
+            &format!(r#"{{"event":"incoming_call","callId":"{C1}x"}}"#),
+            None
+        ),
+        PushDecision::ReportAndEnd {
+            reason: EndedReason::Failed,
+            ..
+        }
+    ));
+    // A cancel push shows nothing and ends the ringing call.
+    assert!(matches!(
+        d.push(
+            &format!(r#"{{"event":"call_cancelled","callId":"{C2}","reason":"caller_cancelled"}}"#),
+            None
+        ),
+        PushDecision::NotACall { .. }
+    ));
+    assert_eq!(
+        d.outputs.last(),
+        Some(&ended(C2, EndedReason::CallerCancelled))
+    );
+}
+
+#[test]
+fn a_call_the_system_refused_is_not_declined_so_other_devices_keep_ringing() {
+    let mut d = Device::new();
+    d.push(&ring_push(C1, 7, 30_000), Some(0));
+    let out = d.input(Input::IncomingCallFailed {
+        call_uuid: s(C1),
+        reason: s("filteredByDoNotDisturb"),
+    });
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(
+        d.count(|o| matches!(o, Output::Decline { .. } | Output::Ack { .. })),
+        0
+    );
+    // Its later copies stay ended here.
+    assert!(matches!(
+        d.push(&ring_push(C1, 7, 30_000), Some(0)),
+        PushDecision::ReportAndEnd { .. }
+    ));
+}
+
+#[test]
+fn a_socket_ring_is_reported_and_acknowledged_once_displayed() {
+    let mut d = Device::new();
+    let out = d.input(ring(C1, 7, 30_000));
+    assert_eq!(out, [Output::ReportIncoming { call: shown(C1) }]);
+    // The same ring again, or its push: never a second incoming call.
+    assert!(d.input(ring(C1, 7, 30_000)).is_empty());
+    assert_eq!(
+        d.push(&ring_push(C1, 7, 30_000), Some(0)),
+        PushDecision::Report { call: shown(C1) }
+    );
+    assert_eq!(
+        d.input(Input::IncomingCallDisplayed { call_uuid: s(C1) }),
+        [Output::Ack { call_id: s(C1) }]
+    );
+    assert!(
+        d.input(Input::IncomingCallDisplayed { call_uuid: s(C1) })
+            .is_empty()
     );
     assert_eq!(d.count(|o| matches!(o, Output::ReportIncoming { .. })), 1);
 }
 
 #[test]
-fn a_stale_push_is_reported_then_ended_at_once() {
+fn a_stale_socket_ring_is_reported_then_ended_at_once() {
     let mut d = Device::new();
-    let out = d.input(ring("c1", 7, -1));
+    let out = d.input(ring(C1, 7, -1));
     assert_eq!(
         out,
         [
-            Output::ReportIncoming {
-                call_id: s("c1"),
-                from: s("Alice"),
-                video: true
-            },
-            Output::ReportEnded {
-                call_id: s("c1"),
-                reason: EndedReason::Missed
-            },
+            Output::ReportIncoming { call: shown(C1) },
+            ended(C1, EndedReason::Unanswered),
         ]
     );
     // A later copy of it is not a new call.
-    assert!(d.input(ring("c1", 7, -1)).is_empty());
+    assert!(d.input(ring(C1, 7, -1)).is_empty());
 }
 
 #[test]
 fn an_answer_before_the_socket_is_up_waits_for_it_and_media_waits_for_audio() {
     let mut d = Device::new();
-    d.input(ring("c1", 7, 30_000));
+    d.push(&ring_push(C1, 7, 30_000), Some(0));
     // Answered from the lock screen: the app just woke, no socket yet.
-    assert!(d.input(Input::SystemAnswer { call_id: s("c1") }).is_empty());
+    assert!(d.input(Input::SystemAnswer { call_uuid: s(C1) }).is_empty());
     assert_eq!(
         d.input(Input::SignalingConnected),
-        [Output::Accept { call_id: s("c1") }]
+        [Output::Accept { call_id: s(C1) }]
     );
     // Accepted, but CallKit has not activated the audio session: no media.
     assert!(
         d.input(Input::Accepted {
-            call_id: s("c1"),
+            call_id: s(C1),
             call_token: s("tok")
         })
         .is_empty()
@@ -153,46 +304,133 @@ fn an_answer_before_the_socket_is_up_waits_for_it_and_media_waits_for_audio() {
                 route: AudioRouteKind::Speaker
             },
             Output::JoinMedia {
-                call_id: s("c1"),
-                call_token: s("tok")
+                call_id: s(C1),
+                call_token: s("tok"),
+                video: true
             }
         ]
     );
     assert_eq!(
-        d.input(Input::MediaConnected { call_id: s("c1") }),
-        [Output::ReportConnected { call_id: s("c1") }]
+        d.input(Input::MediaConnected { call_id: s(C1) }),
+        [Output::ReportConnected { call_uuid: s(C1) }]
     );
     // A second tap on answer changes nothing.
-    assert!(d.input(Input::SystemAnswer { call_id: s("c1") }).is_empty());
+    assert!(d.input(Input::SystemAnswer { call_uuid: s(C1) }).is_empty());
+}
+
+#[test]
+fn hold_is_not_mute_and_unhold_restores_the_users_mute() {
+    let mut d = Device::answered(C1);
+    d.input(Input::MediaConnected { call_id: s(C1) });
+    assert_eq!(
+        d.input(Input::SystemMute {
+            call_uuid: s(C1),
+            muted: true
+        }),
+        [Output::SetMuted {
+            call_id: s(C1),
+            muted: true
+        }]
+    );
+    assert_eq!(
+        d.input(Input::SystemHold {
+            call_uuid: s(C1),
+            held: true
+        }),
+        [
+            Output::SetHeld {
+                call_id: s(C1),
+                held: true
+            },
+            Output::SetMuted {
+                call_id: s(C1),
+                muted: true
+            }
+        ]
+    );
+    // Unmuting while held changes the user's choice, not the microphone.
+    assert!(
+        d.input(Input::SystemMute {
+            call_uuid: s(C1),
+            muted: false
+        })
+        .is_empty()
+    );
+    assert_eq!(
+        d.input(Input::SystemHold {
+            call_uuid: s(C1),
+            held: false
+        }),
+        [
+            Output::SetHeld {
+                call_id: s(C1),
+                held: false
+            },
+            Output::SetMuted {
+                call_id: s(C1),
+                muted: false
+            }
+        ]
+    );
+    // Held again with the user unmuted, then unheld: unmuted again.
+    d.input(Input::SystemHold {
+        call_uuid: s(C1),
+        held: true,
+    });
+    assert_eq!(
+        d.input(Input::SystemHold {
+            call_uuid: s(C1),
+            held: false
+        }),
+        [
+            Output::SetHeld {
+                call_id: s(C1),
+                held: false
+            },
+            Output::SetMuted {
+                call_id: s(C1),
+                muted: false
+            }
+        ]
+    );
 }
 
 #[test]
 fn the_system_ending_a_connecting_call_ends_it_everywhere() {
-    let mut d = Device::answered("c1");
-    let out = d.input(Input::SystemEnd { call_id: s("c1") });
+    let mut d = Device::answered(C1);
+    let out = d.input(Input::SystemEnd { call_uuid: s(C1) });
     assert_eq!(
         out,
         [
-            Output::End { call_id: s("c1") },
-            Output::LeaveMedia { call_id: s("c1") },
-            Output::ReportEnded {
-                call_id: s("c1"),
-                reason: EndedReason::Completed
-            },
+            Output::End { call_id: s(C1) },
+            Output::LeaveMedia { call_id: s(C1) },
+            ended(C1, EndedReason::LocalEnded),
         ]
     );
     // Declining a ringing call is a decline, not an end.
-    d.input(ring("c2", 1, 30_000));
+    d.input(ring(C2, 1, 30_000));
     assert_eq!(
-        d.input(Input::SystemEnd { call_id: s("c2") }),
+        d.input(Input::SystemEnd { call_uuid: s(C2) }),
         [
-            Output::Decline { call_id: s("c2") },
-            Output::ReportEnded {
-                call_id: s("c2"),
-                reason: EndedReason::Declined
-            },
+            Output::Decline { call_id: s(C2) },
+            ended(C2, EndedReason::Declined),
         ]
     );
+}
+
+#[test]
+fn a_system_reset_ends_calls_in_progress_on_the_server_but_declines_nothing() {
+    let mut d = Device::answered(C1);
+    d.push(&ring_push(C2, 1, 30_000), Some(0));
+    let out = d.input(Input::SystemReset);
+    assert_eq!(
+        out,
+        [
+            Output::LeaveMedia { call_id: s(C1) },
+            Output::End { call_id: s(C1) },
+        ]
+    );
+    assert!(d.input(ring(C2, 1, 30_000)).is_empty(), "over here");
 }
 
 #[test]
@@ -200,32 +438,82 @@ fn a_cancel_while_ringing_ends_the_ui_with_the_matching_reason() {
     for (reason, expected) in [
         ("answered_elsewhere", EndedReason::AnsweredElsewhere),
         ("declined_elsewhere", EndedReason::DeclinedElsewhere),
-        ("missed", EndedReason::Missed),
-        ("caller_cancelled", EndedReason::RemoteEnded),
+        ("missed", EndedReason::Unanswered),
+        ("caller_cancelled", EndedReason::CallerCancelled),
+        ("call_ended", EndedReason::RemoteEnded),
+        ("a_reason_from_a_newer_server", EndedReason::RemoteEnded),
     ] {
         let mut d = Device::new();
-        d.input(ring("c1", 7, 30_000));
+        d.input(ring(C1, 7, 30_000));
         let out = d.input(Input::Cancelled {
-            call_id: s("c1"),
+            call_id: s(C1),
             reason: s(reason),
         });
-        assert_eq!(
-            out,
-            [Output::ReportEnded {
-                call_id: s("c1"),
-                reason: expected
-            }],
-            "{reason}"
-        );
+        assert_eq!(out, [ended(C1, expected)], "{reason}");
         // A late ring for it is not a new call.
-        assert!(d.input(ring("c1", 7, 30_000)).is_empty());
+        assert!(d.input(ring(C1, 7, 30_000)).is_empty());
     }
 }
 
 #[test]
+fn end_reasons_map_to_callkit_and_core_telecom_as_the_readme_says() {
+    use CallKitEndedReason as Ck;
+    use TelecomDisconnectCause as Tc;
+    let table = [
+        (EndedReason::LocalEnded, None, Tc::Local),
+        (EndedReason::Declined, None, Tc::Rejected),
+        (EndedReason::RemoteEnded, Some(Ck::RemoteEnded), Tc::Remote),
+        (
+            EndedReason::CallerCancelled,
+            Some(Ck::RemoteEnded),
+            Tc::Missed,
+        ),
+        (EndedReason::Unanswered, Some(Ck::Unanswered), Tc::Missed),
+        (
+            EndedReason::AnsweredElsewhere,
+            Some(Ck::AnsweredElsewhere),
+            Tc::Remote,
+        ),
+        (
+            EndedReason::DeclinedElsewhere,
+            Some(Ck::DeclinedElsewhere),
+            Tc::Rejected,
+        ),
+        (EndedReason::Failed, Some(Ck::Failed), Tc::Local),
+    ];
+    for (reason, callkit, telecom) in table {
+        assert_eq!(callkit_ended_reason(reason), callkit, "{reason:?}");
+        assert_eq!(telecom_disconnect_cause(reason), telecom, "{reason:?}");
+    }
+    // CallKit's raw values.
+    assert_eq!(Ck::Failed as u8, 1);
+    assert_eq!(Ck::DeclinedElsewhere as u8, 5);
+    // The committed table in the README says the same.
+    let readme = include_str!("../README.md");
+    for (reason, callkit, telecom) in table {
+        let row = format!(
+            "| `{reason:?}` | {} | `{}` |",
+            callkit.map_or("(fulfil the `CXEndCallAction`)".to_string(), |c| format!(
+                "`.{}`",
+                lower_first(&format!("{c:?}"))
+            )),
+            format!("{telecom:?}").to_uppercase()
+        );
+        assert!(readme.contains(&row), "README lacks the row {row}");
+    }
+}
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map_or(String::new(), |f| {
+        f.to_lowercase().collect::<String>() + c.as_str()
+    })
+}
+
+#[test]
 fn a_network_drop_mid_call_restarts_ice_on_reconnect_and_keeps_the_call() {
-    let mut d = Device::answered("c1");
-    d.input(Input::MediaConnected { call_id: s("c1") });
+    let mut d = Device::answered(C1);
+    d.input(Input::MediaConnected { call_id: s(C1) });
     assert!(d.input(Input::SignalingDisconnected).is_empty());
     assert!(
         d.advance(Duration::from_secs(60)).is_empty(),
@@ -233,89 +521,122 @@ fn a_network_drop_mid_call_restarts_ice_on_reconnect_and_keeps_the_call() {
     );
     assert_eq!(
         d.input(Input::SignalingConnected),
-        [Output::RestartIce { call_id: s("c1") }]
+        [Output::RestartIce { call_id: s(C1) }]
     );
     // Media failed for good: rejoin with a fresh token.
     assert_eq!(
-        d.input(Input::MediaFailed { call_id: s("c1") }),
-        [Output::RequestFreshToken { call_id: s("c1") }]
+        d.input(Input::MediaFailed { call_id: s(C1) }),
+        [Output::RequestFreshToken { call_id: s(C1) }]
     );
     assert_eq!(
         d.input(Input::FreshToken {
-            call_id: s("c1"),
+            call_id: s(C1),
             call_token: s("tok2")
         }),
         [Output::JoinMedia {
-            call_id: s("c1"),
-            call_token: s("tok2")
+            call_id: s(C1),
+            call_token: s("tok2"),
+            video: true
         }]
     );
 }
 
 #[test]
-fn the_remote_side_ending_leaves_media_and_tells_the_ui() {
+fn an_outgoing_call_is_known_by_the_apps_uuid_before_and_after_the_server_names_it() {
     let mut d = Device::new();
     d.input(Input::SignalingConnected);
     d.input(Input::AudioSessionActivated);
-    d.input(Input::StartCall {
-        callee_user_id: s("bob"),
-        video: false,
-    });
+    let local = LOCAL.to_lowercase();
+    assert_eq!(
+        d.input(Input::StartCall {
+            call_uuid: s(LOCAL),
+            callee_user_id: s("bob"),
+            video: false,
+        }),
+        [Output::CreateCall {
+            call_uuid: local.clone(),
+            callee_user_id: s("bob"),
+            video: false
+        }]
+    );
     let out = d.input(Input::Created {
-        call_id: s("c9"),
+        call_uuid: local.clone(),
+        call_id: s(C9),
         call_token: s("tok"),
     });
     assert_eq!(
         out,
         [
-            Output::ReportOutgoingStarted { call_id: s("c9") },
+            Output::ReportOutgoingStarted {
+                call_uuid: local.clone(),
+                call_id: s(C9)
+            },
             Output::RouteAudio {
                 route: AudioRouteKind::Earpiece
             },
             Output::JoinMedia {
-                call_id: s("c9"),
-                call_token: s("tok")
+                call_id: s(C9),
+                call_token: s("tok"),
+                video: false
             },
         ]
     );
+    assert_eq!(d.engine.call_id_of(LOCAL), Some(s(C9)));
     // The callee takes 30 s to answer: an outgoing call is not failed by
     // the 20 s connect timeout meanwhile.
     assert!(d.advance(Duration::from_secs(30)).is_empty());
     // Media to the SFU is up before the callee answers: not connected yet.
-    assert!(
-        d.input(Input::MediaConnected { call_id: s("c9") })
-            .is_empty()
+    assert!(d.input(Input::MediaConnected { call_id: s(C9) }).is_empty());
+    assert_eq!(
+        d.input(Input::RemoteAccepted { call_id: s(C9) }),
+        [Output::ReportConnected {
+            call_uuid: local.clone()
+        }]
     );
     assert_eq!(
-        d.input(Input::RemoteAccepted { call_id: s("c9") }),
-        [Output::ReportConnected { call_id: s("c9") }]
-    );
-    assert_eq!(
-        d.input(Input::RemoteEnded { call_id: s("c9") }),
+        d.input(Input::RemoteEnded { call_id: s(C9) }),
         [
-            Output::LeaveMedia { call_id: s("c9") },
+            Output::LeaveMedia { call_id: s(C9) },
             Output::ReportEnded {
-                call_id: s("c9"),
-                reason: EndedReason::Completed
+                call_uuid: local,
+                call_id: Some(s(C9)),
+                reason: EndedReason::RemoteEnded
             },
         ]
     );
 }
 
 #[test]
+fn an_outgoing_call_the_server_refused_ends_failed() {
+    let mut d = Device::new();
+    d.input(Input::StartCall {
+        call_uuid: s(LOCAL),
+        callee_user_id: s("bob"),
+        video: true,
+    });
+    assert_eq!(
+        d.input(Input::CreateFailed {
+            call_uuid: LOCAL.to_lowercase()
+        }),
+        [Output::ReportEnded {
+            call_uuid: LOCAL.to_lowercase(),
+            call_id: None,
+            reason: EndedReason::Failed
+        }]
+    );
+}
+
+#[test]
 fn a_call_that_does_not_connect_in_time_fails() {
-    let mut d = Device::answered("c1");
+    let mut d = Device::answered(C1);
     assert_eq!(d.engine.next_timeout(), Some(Duration::from_secs(20)));
     assert!(d.advance(Duration::from_secs(19)).is_empty());
     assert_eq!(
         d.advance(Duration::from_secs(1)),
         [
-            Output::End { call_id: s("c1") },
-            Output::LeaveMedia { call_id: s("c1") },
-            Output::ReportEnded {
-                call_id: s("c1"),
-                reason: EndedReason::Failed
-            },
+            Output::End { call_id: s(C1) },
+            Output::LeaveMedia { call_id: s(C1) },
+            ended(C1, EndedReason::Failed),
         ]
     );
     assert_eq!(d.engine.next_timeout(), None);
@@ -325,16 +646,13 @@ fn a_call_that_does_not_connect_in_time_fails() {
 fn an_accept_refused_because_another_device_won_ends_the_ui_so() {
     let mut d = Device::new();
     d.input(Input::SignalingConnected);
-    d.input(ring("c1", 7, 30_000));
-    d.input(Input::SystemAnswer { call_id: s("c1") });
+    d.input(ring(C1, 7, 30_000));
+    d.input(Input::SystemAnswer { call_uuid: s(C1) });
     assert_eq!(
         d.input(Input::AcceptRefused {
-            call_id: s("c1"),
+            call_id: s(C1),
             reason: s("answered_elsewhere")
         }),
-        [Output::ReportEnded {
-            call_id: s("c1"),
-            reason: EndedReason::AnsweredElsewhere
-        }]
+        [ended(C1, EndedReason::AnsweredElsewhere)]
     );
 }

@@ -3,7 +3,8 @@
 //! iPhone calls bob on an Android phone; bob's fake CallKit reports the
 //! incoming call exactly once; bob answers; each receives the other's RTP
 //! through the SFU, also across a network change on bob's side (the media
-//! signaling resumes); alice hangs up; bob's UI ends with `Completed`.
+//! signaling resumes); alice hangs up; bob's UI ends with `RemoteEnded`, alice's
+//! with `LocalEnded`. Bob's audio-route port throws, and the call goes on.
 
 mod support;
 
@@ -13,7 +14,8 @@ use std::time::Duration;
 use native::api::Platform;
 use native::client::{Client, ClientConfig, Ports};
 use native::ports::{
-    AudioRoute, AudioRouteKind, DevicePushTokens, EndedReason, PushTokens, SystemCallUi,
+    AudioRoute, AudioRouteKind, DevicePushTokens, EndedReason, IncomingCall, PortError, PushTokens,
+    SystemCallUi,
 };
 use native::str0m_media::Str0mMediaFactory;
 use support::{token, wait_for};
@@ -28,10 +30,12 @@ enum Report {
 }
 
 /// A fake CallKit / Telecom and audio session recording what the core
-/// reports, in order.
+/// reports, in order. `route_throws`: its audio route port fails, as a
+/// Swift or Kotlin exception would arrive.
 #[derive(Default)]
 struct FakeSystem {
     reports: Mutex<Vec<Report>>,
+    route_throws: bool,
 }
 
 impl FakeSystem {
@@ -49,31 +53,46 @@ impl FakeSystem {
 }
 
 impl SystemCallUi for FakeSystem {
-    fn report_incoming_call(&self, call_id: String, caller: String, _video: bool) {
-        self.record(Report::Incoming { call_id, caller });
+    fn report_incoming_call(&self, call: IncomingCall) -> Result<(), PortError> {
+        self.record(Report::Incoming {
+            call_id: call.call_id,
+            caller: call.caller_name,
+        });
+        Ok(())
     }
-    fn report_outgoing_call_started(&self, call_id: String) {
-        self.record(Report::OutgoingStarted(call_id));
+    fn report_outgoing_call_started(
+        &self,
+        call_uuid: String,
+        _call_id: String,
+    ) -> Result<(), PortError> {
+        self.record(Report::OutgoingStarted(call_uuid));
+        Ok(())
     }
-    fn report_call_connected(&self, call_id: String) {
-        self.record(Report::Connected(call_id));
+    fn report_call_connected(&self, call_uuid: String) -> Result<(), PortError> {
+        self.record(Report::Connected(call_uuid));
+        Ok(())
     }
-    fn report_call_ended(&self, call_id: String, reason: EndedReason) {
-        self.record(Report::Ended(call_id, reason));
+    fn report_call_ended(&self, call_uuid: String, reason: EndedReason) -> Result<(), PortError> {
+        self.record(Report::Ended(call_uuid, reason));
+        Ok(())
     }
 }
 
 impl AudioRoute for FakeSystem {
-    fn set_route(&self, route: AudioRouteKind) {
+    fn set_route(&self, route: AudioRouteKind) -> Result<(), PortError> {
         self.record(Report::Route(route));
+        if self.route_throws {
+            return Err("AVAudioSession refused the route".to_string().into());
+        }
+        Ok(())
     }
 }
 
 struct FixedTokens(DevicePushTokens);
 
 impl PushTokens for FixedTokens {
-    fn current(&self) -> DevicePushTokens {
-        self.0.clone()
+    fn current(&self) -> Result<DevicePushTokens, PortError> {
+        Ok(self.0.clone())
     }
 }
 
@@ -85,7 +104,11 @@ fn client(
     platform: Platform,
     tokens: DevicePushTokens,
 ) -> (Arc<Client>, Arc<FakeSystem>) {
-    let system = Arc::new(FakeSystem::default());
+    let system = Arc::new(FakeSystem {
+        // Bob's phone throws from its audio port: the call must go on.
+        route_throws: user == "bob",
+        ..Default::default()
+    });
     let ports = Ports {
         ui: system.clone(),
         media: Str0mMediaFactory::with_runtime(
@@ -165,10 +188,14 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
             .then_some(())
     });
 
+    // Alice's app reported the call to CallKit under its own UUID first.
+    let alice_uuid = "5E1F2A3B-4C5D-4E6F-8A9B-0C1D2E3F4A5B";
     let call_id = runtime
-        .block_on(alice.start_call_async("bob".into(), true))
+        .block_on(alice.start_call_async("bob".into(), true, Some(alice_uuid.into())))
         .expect("the call is created");
-    assert!(alice_ios.has(&Report::OutgoingStarted(call_id.clone())));
+    let alice_uuid = alice_uuid.to_lowercase();
+    assert!(alice_ios.has(&Report::OutgoingStarted(alice_uuid.clone())));
+    assert_eq!(alice.call_id(alice_uuid.clone()), Some(call_id.clone()));
     // CallKit activates the caller's audio session after the start action.
     alice.audio_session_activated();
 
@@ -179,37 +206,40 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
     wait_for("bob's incoming call", limit, || {
         bob_android.has(&incoming).then_some(())
     });
+    // Telecom added the call: now the server hears it is on screen.
+    bob.incoming_call_displayed(call_id.clone());
     bob.answer(call_id.clone());
     bob.audio_session_activated();
 
     let connected = Report::Connected(call_id.clone());
     wait_for("both connected", limit, || {
-        (alice_ios.has(&connected) && bob_android.has(&connected)).then_some(())
+        (alice_ios.has(&Report::Connected(alice_uuid.clone())) && bob_android.has(&connected))
+            .then_some(())
     });
     // Each hears and sees the other: audio and video tracks through the SFU.
-    for (name, client) in [("alice", &alice), ("bob", &bob)] {
+    for (name, client, uuid) in [("alice", &alice, &alice_uuid), ("bob", &bob, &call_id)] {
         wait_for(&format!("{name} receiving both tracks"), limit, || {
-            let (packets, tracks) = received(client, &call_id);
+            let (packets, tracks) = received(client, uuid);
             (packets >= 100 && tracks == 2).then_some(())
         });
     }
 
     // Bob's network changes: his connections drop and resume; media
     // keeps arriving on both sides, and no second incoming call appears.
-    let before = (received(&alice, &call_id).0, received(&bob, &call_id).0);
+    let before = (received(&alice, &alice_uuid).0, received(&bob, &call_id).0);
     bob.network_changed();
     wait_for("media after bob's network change", limit, || {
-        let now = (received(&alice, &call_id).0, received(&bob, &call_id).0);
+        let now = (received(&alice, &alice_uuid).0, received(&bob, &call_id).0);
         (now.0 >= before.0 + 150 && now.1 >= before.1 + 150).then_some(())
     });
 
-    alice.end(call_id.clone());
+    alice.end(alice_uuid.clone());
     wait_for("bob's call to end", limit, || {
         bob_android
-            .has(&Report::Ended(call_id.clone(), EndedReason::Completed))
+            .has(&Report::Ended(call_id.clone(), EndedReason::RemoteEnded))
             .then_some(())
     });
-    assert!(alice_ios.has(&Report::Ended(call_id.clone(), EndedReason::Completed)));
+    assert!(alice_ios.has(&Report::Ended(alice_uuid.clone(), EndedReason::LocalEnded)));
 
     let bob_reports = bob_android.reports();
     let incoming_reports = bob_reports.iter().filter(|r| **r == incoming).count();
@@ -234,7 +264,7 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
         [
             incoming,
             connected,
-            Report::Ended(call_id, EndedReason::Completed)
+            Report::Ended(call_id, EndedReason::RemoteEnded)
         ]
     );
 

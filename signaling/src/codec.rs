@@ -94,6 +94,34 @@ mod tests {
     }
 
     #[test]
+    fn clients_read_what_newer_servers_add_as_unknown() {
+        // A new message type, new enum values and new fields: an app in the
+        // stores decodes them all and goes on.
+        let new_type = r#"{"type":"speakersChanged","speakers":["p1"]}"#;
+        assert_eq!(decode_server(new_type, 1024), Ok(ServerMessage::Unknown));
+        let new_reason = r#"{"type":"left","reason":"moved_to_another_node","node":"eu-2"}"#;
+        assert_eq!(
+            decode_server(new_reason, 1024),
+            Ok(ServerMessage::Left {
+                reason: LeaveReason::Unknown
+            })
+        );
+        let new_code = r#"{"type":"error","code":"region_draining","message":"m","retryIn":3}"#;
+        assert_eq!(
+            decode_server(new_code, 1024),
+            Ok(ServerMessage::error(ErrorCode::Unknown, "m"))
+        );
+        let new_state = r#"{"type":"participantStateChanged","participantId":"p1","state":"away"}"#;
+        assert!(matches!(
+            decode_server(new_state, 1024),
+            Ok(ServerMessage::ParticipantStateChanged {
+                state: ParticipantState::Unknown,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn oversize_is_refused_before_parsing() {
         let text = format!(r#"{{"type":"publish","sdp":"{}"}}"#, "a".repeat(2000));
         assert_eq!(

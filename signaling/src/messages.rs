@@ -83,6 +83,9 @@ pub enum ParticipantState {
     Active,
     /// Its network path or WebSocket broke; it keeps its place for the grace period.
     Reconnecting,
+    /// A state a newer server knows and this build does not.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Which subscriber-side m-line carries which room track.
@@ -107,6 +110,9 @@ pub enum LeaveReason {
     /// The server lost this participant's media state (an internal fault,
     /// contained to it): join again with a fresh call token.
     Failed,
+    /// A reason a newer server knows and this build does not.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Every error a client can be sent, as a stable machine-readable code.
@@ -142,6 +148,9 @@ pub enum ErrorCode {
     /// server closes it (the participant may resume on a new one).
     SlowConsumer,
     Internal,
+    /// A code a newer server knows and this build does not.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Messages a client sends. The first one on a connection must be `join`.
@@ -267,6 +276,11 @@ pub enum ServerMessage {
         code: ErrorCode,
         message: String,
     },
+    /// A message type a newer server sends and this build does not know:
+    /// clients ignore it (apps in the stores must survive new messages).
+    /// The server never sends this variant itself.
+    #[serde(other, skip_serializing)]
+    Unknown,
 }
 
 impl ServerMessage {

@@ -92,7 +92,9 @@ async fn serve(socket: WebSocket, state: ControlState) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     state.events.hub.connect(&user_id, &device_id, tx.clone());
     tracing::info!(user_id = %user_id, device_id = %device_id, "device events connected");
-    let authenticated = serde_json::json!({"type": "authenticated", "expiresAt": expires_at});
+    // `serverTime` (Unix ms) lets a device judge a push's age by the
+    // server's clock, not its own (phone clocks drift).
+    let authenticated = serde_json::json!({"type": "authenticated", "expiresAt": expires_at, "serverTime": now_ms()});
     let _ = sink.send(Message::text(authenticated.to_string())).await;
     let expiry = tokio::time::sleep(time_left(expires_at));
     tokio::pin!(expiry);

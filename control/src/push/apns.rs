@@ -181,6 +181,12 @@ impl ApnsClient {
 }
 
 /// Headers and body of one APNs request, decided by what is sent.
+/// The JSON body APNs delivers to the app for `push` (public so the client
+/// core's tests parse exactly what this sender sends).
+pub fn body(push: &Outgoing, bundle: &str, now: u64) -> serde_json::Value {
+    ApnsRequest::for_push(push, bundle, now).body
+}
+
 struct ApnsRequest {
     push_type: &'static str,
     topic: String,

@@ -156,8 +156,9 @@ impl FcmClient {
     }
 }
 
-/// The v1 message: data-only, every value a string.
-fn message(push: &Outgoing, now: u64) -> Value {
+/// The v1 message: data-only, every value a string. Public so the client
+/// core's tests parse exactly what this sender sends.
+pub fn message(push: &Outgoing, now: u64) -> Value {
     let data: Map<String, Value> = match serde_json::to_value(&push.payload) {
         Ok(Value::Object(fields)) => fields
             .into_iter()

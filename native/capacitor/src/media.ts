@@ -87,7 +87,17 @@ export class WebMedia {
       ws.onopen = () => resolve();
       ws.onerror = () => reject(new Error("media signaling unreachable"));
     });
-    ws.onmessage = (e) => void this.onMessage(JSON.parse(String(e.data)) as Message);
+    ws.onmessage = (e) => {
+      // A frame this version cannot read (a newer server's) is skipped, not
+      // a failure: apps in the stores must survive new messages.
+      let message: Message;
+      try {
+        message = JSON.parse(String(e.data)) as Message;
+      } catch {
+        return;
+      }
+      void this.onMessage(message);
+    };
     ws.onclose = () => void this.onDropped();
     this.send({ type: "join", protocolVersion: 1, token: this.token, resumeParticipantId: this.participantId });
     this.joinedWaiter = { resuming };

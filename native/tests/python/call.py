@@ -30,17 +30,17 @@ class FakeSystem(sb.SystemCallUi, sb.AudioRoute):
         with self._lock:
             return report in self.reports
 
-    def report_incoming_call(self, call_id, caller, video):
-        self._record("incoming", call_id, caller, video)
+    def report_incoming_call(self, call):
+        self._record("incoming", call.call_uuid, call.caller_name, call.video)
 
-    def report_outgoing_call_started(self, call_id):
-        self._record("outgoing", call_id)
+    def report_outgoing_call_started(self, call_uuid, call_id):
+        self._record("outgoing", call_uuid)
 
-    def report_call_connected(self, call_id):
-        self._record("connected", call_id)
+    def report_call_connected(self, call_uuid):
+        self._record("connected", call_uuid)
 
-    def report_call_ended(self, call_id, reason):
-        self._record("ended", call_id, reason)
+    def report_call_ended(self, call_uuid, reason):
+        self._record("ended", call_uuid, reason)
 
     def set_route(self, route):
         self._record("route", route)
@@ -110,32 +110,39 @@ def main():
     # Bob's core registers his phone in the background (through the
     # PushTokens port); a call to a user without devices ends at once.
     wait("bob's device registration", lambda: "b-pixel" in devices(os.environ["BOB_TOKEN"]))
-    call_id = alice.start_call("bob", True)
-    assert alice_ui.has("outgoing", call_id), alice_ui.reports
+    alice_uuid = "7d3c1b2a-9e8f-4a6b-8c5d-4e3f2a1b0c9d"
+    call_id = alice.start_call("bob", True, alice_uuid)
+    assert alice_ui.has("outgoing", alice_uuid), alice_ui.reports
+    assert alice.call_id(alice_uuid) == call_id
     alice.audio_session_activated()
 
     wait("bob's incoming call", lambda: bob_ui.has("incoming", call_id, "alice", True))
+    bob.incoming_call_displayed(call_id)
     bob.answer(call_id)
     bob.audio_session_activated()
 
-    wait("both connected", lambda: alice_ui.has("connected", call_id) and bob_ui.has("connected", call_id))
-    for name, c in (("alice", alice), ("bob", bob)):
-        wait(f"{name} receiving audio and video", lambda: received(c, call_id)[0] >= 100 and received(c, call_id)[1] == 2)
+    wait("both connected", lambda: alice_ui.has("connected", alice_uuid) and bob_ui.has("connected", call_id))
+    for name, c, uuid in (("alice", alice, alice_uuid), ("bob", bob, call_id)):
+        wait(f"{name} receiving audio and video", lambda: received(c, uuid)[0] >= 100 and received(c, uuid)[1] == 2)
 
-    counts = (received(alice, call_id)[0], received(bob, call_id)[0])
-    alice.end(call_id)
-    wait("bob's call to end", lambda: bob_ui.has("ended", call_id, sb.EndedReason.COMPLETED))
-    assert alice_ui.has("ended", call_id, sb.EndedReason.COMPLETED), alice_ui.reports
+    counts = (received(alice, alice_uuid)[0], received(bob, call_id)[0])
+    alice.end(alice_uuid)
+    wait("bob's call to end", lambda: bob_ui.has("ended", call_id, sb.EndedReason.REMOTE_ENDED))
+    assert alice_ui.has("ended", alice_uuid, sb.EndedReason.LOCAL_ENDED), alice_ui.reports
     incoming = [r for r in bob_ui.reports if r[0] == "incoming"]
     assert len(incoming) == 1, bob_ui.reports
     assert ("route", sb.AudioRouteKind.SPEAKER) in bob_ui.reports, bob_ui.reports
 
-    # Bad input from Python gets a typed error, not a crash.
-    try:
-        bob.handle_push("not a push")
-        raise SystemExit("a bad push was accepted")
-    except sb.ClientError.BadPush:
-        pass
+    # Every push gets a decision, bad ones too; a late copy of the call
+    # that just ended is reported and ended (iOS must report every VoIP push).
+    decision = bob.handle_push("not a push")
+    assert isinstance(decision, sb.PushDecision.NOT_A_CALL), decision
+    late = json.dumps({"event": "incoming_call", "callId": call_id, "fromUserId": "alice",
+                       "type": "video", "ringEpoch": 1, "expiresAt": 1})
+    decision = bob.handle_push(late)
+    assert isinstance(decision, sb.PushDecision.REPORT_AND_END), decision
+    assert decision.call.call_uuid == call_id, decision
+    assert sb.telecom_disconnect_cause(decision.reason) == sb.TelecomDisconnectCause.REMOTE, decision
 
     print(f"python call ok: {call_id}: alice received {counts[0]} packets, bob {counts[1]}")
     alice.shutdown()

@@ -713,7 +713,7 @@ impl Engine {
         p.state = state;
         p.grace_deadline = match state {
             ParticipantState::Reconnecting => Some(now + self.config.reconnect_grace),
-            ParticipantState::Active => None,
+            ParticipantState::Active | ParticipantState::Unknown => None,
         };
         if let Some(deadline) = p.grace_deadline {
             self.timers.schedule(deadline, key, TimerKind::Grace);
