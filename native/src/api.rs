@@ -69,9 +69,18 @@ pub struct CallApi {
 }
 
 impl CallApi {
-    pub fn new(base: &str, token: Arc<RwLock<String>>, device_id: &str) -> CallApi {
+    pub fn new(
+        base: &str,
+        token: Arc<RwLock<String>>,
+        device_id: &str,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> CallApi {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .build()
+            .unwrap_or_default();
         CallApi {
-            http: reqwest::Client::new(),
+            http,
             base: base.trim_end_matches('/').to_string(),
             token,
             device_id: device_id.to_string(),

@@ -34,6 +34,9 @@ pub struct ClientConfig {
     /// development builds, `production`), which VoIP pushes need.
     pub bundle_id: Option<String>,
     pub apns_environment: Option<String>,
+    /// PEM certificates of a private CA to trust besides the platform's
+    /// roots (a self-hosted server behind an internal CA). Usually `None`.
+    pub trusted_ca_pem: Option<String>,
 }
 
 /// The platform's implementations of the ports.
@@ -52,6 +55,9 @@ pub enum ClientError {
     Refused { code: String, message: String },
     #[error("server unreachable: {message}")]
     Unreachable { message: String },
+    /// The configuration cannot work (e.g. `trusted_ca_pem` is not PEM).
+    #[error("bad configuration: {message}")]
+    Config { message: String },
     #[error("the client was shut down")]
     ShutDown,
 }
@@ -145,7 +151,9 @@ impl Client {
         config: ClientConfig,
         ports: Ports,
         runtime: &tokio::runtime::Handle,
-    ) -> Arc<Client> {
+    ) -> Result<Arc<Client>, ClientError> {
+        let tls = crate::tls::client_config(config.trusted_ca_pem.as_deref())
+            .map_err(|message| ClientError::Config { message })?;
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let token = Arc::new(RwLock::new(config.user_token.clone()));
         let sessions = Arc::new(Mutex::new(HashMap::new()));
@@ -166,10 +174,17 @@ impl Client {
             },
             device_id: config.device_id.clone(),
             clock_offset: shared.clock_offset.clone(),
+            tls: tls.clone(),
         };
         let driver = Driver {
             shared: shared.clone(),
-            api: CallApi::new(&config.server_url, token.clone(), &config.device_id),
+            api: CallApi::new(
+                &config.server_url,
+                token.clone(),
+                &config.device_id,
+                tls.clone(),
+            ),
+            tls,
             commands: commands.clone(),
             config,
             ports,
@@ -180,13 +195,13 @@ impl Client {
             events: events.clone(),
         };
         runtime.spawn(driver.run(commands_rx, events_config, events_rx));
-        Arc::new(Client {
+        Ok(Arc::new(Client {
             commands,
             token,
             sessions,
             shared,
             events,
-        })
+        }))
     }
 
     fn input(&self, input: Input) {
@@ -242,7 +257,7 @@ impl Client {
         media: Arc<dyn MediaFactory>,
         audio: Arc<dyn AudioRoute>,
         push: Arc<dyn PushTokens>,
-    ) -> Arc<Client> {
+    ) -> Result<Arc<Client>, ClientError> {
         let ports = Ports {
             ui,
             media,
@@ -410,6 +425,7 @@ struct Driver {
     start_replies: HashMap<String, StartReply>,
     replies: Vec<(StartReply, Result<String, ClientError>)>,
     events: mpsc::UnboundedSender<EventsCommand>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 type StartReply = oneshot::Sender<Result<String, ClientError>>;
@@ -749,6 +765,7 @@ impl Driver {
             media: session,
             media_events,
             engine: inputs.clone(),
+            tls: self.tls.clone(),
         }));
     }
 }

@@ -62,6 +62,8 @@ pub struct EventsConfig {
     /// Set to the server's clock minus the device's (ms) at each
     /// authentication: pushes are judged by the server's clock.
     pub clock_offset: Arc<Mutex<Option<i64>>>,
+    /// For `wss://` (`crate::tls`).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// What the app can ask of a running connection.
@@ -144,7 +146,10 @@ async fn session(
     commands: &mut mpsc::UnboundedReceiver<EventsCommand>,
 ) -> Ended {
     let dropped = Ended::Dropped { was_up: false };
-    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&config.url).await else {
+    let connector = Some(tokio_tungstenite::Connector::Rustls(config.tls.clone()));
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(&config.url, None, false, connector);
+    let Ok((mut ws, _)) = connecting.await else {
         return dropped;
     };
     let auth = json!({"type": "auth", "token": (config.token)(), "deviceId": config.device_id});

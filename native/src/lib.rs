@@ -21,6 +21,7 @@ pub mod ports;
 pub mod push;
 pub mod rtc_session;
 pub mod str0m_media;
+pub mod tls;
 
 uniffi::setup_scaffolding!();
 

@@ -41,6 +41,8 @@ pub struct RtcSession {
     pub media: Arc<dyn MediaSession>,
     pub media_events: mpsc::UnboundedReceiver<MediaEvent>,
     pub engine: mpsc::UnboundedSender<Input>,
+    /// For `wss://` (`crate::tls`).
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 pub fn spawn(session: RtcSession) -> mpsc::UnboundedSender<RtcCommand> {
@@ -74,7 +76,7 @@ impl RtcSession {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut resume_by: Option<Instant> = None;
         loop {
-            let ended = match SignalingClient::connect(&self.url).await {
+            let ended = match SignalingClient::connect_with_tls(&self.url, self.tls.clone()).await {
                 Ok(ws) => {
                     self.socket(ws, &mut participant_id, &mut grace, &mut commands)
                         .await

@@ -5,6 +5,8 @@
 //! through the SFU, also across a network change on bob's side (the media
 //! signaling resumes); alice hangs up; bob's UI ends with `RemoteEnded`, alice's
 //! with `LocalEnded`. Bob's audio-route port throws, and the call goes on.
+//! Both cores reach the server only over TLS (`https://`, `wss://`) through a
+//! terminator with a test CA's certificate; a core without that CA cannot.
 
 mod support;
 
@@ -98,7 +100,7 @@ impl PushTokens for FixedTokens {
 
 fn client(
     runtime: &tokio::runtime::Runtime,
-    base: &str,
+    (base, ca_pem): (&str, &str),
     user: &str,
     device: &str,
     platform: Platform,
@@ -126,8 +128,12 @@ fn client(
         video: true,
         bundle_id: (platform == Platform::Ios).then(|| "app.example.calls".into()),
         apns_environment: (platform == Platform::Ios).then(|| "sandbox".into()),
+        trusted_ca_pem: Some(ca_pem.to_string()),
     };
-    (Client::start(config, ports, runtime.handle()), system)
+    (
+        Client::start(config, ports, runtime.handle()).unwrap(),
+        system,
+    )
 }
 
 /// Packets and remote tracks the call's media received so far.
@@ -147,9 +153,12 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
     let server = runtime.block_on(support::start_server("client"));
     let limit = Duration::from_secs(15);
 
+    // Everything the cores open goes over TLS (https://, wss://) through a
+    // terminator whose certificate only a test CA vouches for.
+    let (https, ca_pem) = runtime.block_on(support::tls_front(server.server.http_addr));
     let (alice, alice_ios) = client(
         &runtime,
-        &server.base,
+        (&https, &ca_pem),
         "alice",
         "a-iphone",
         Platform::Ios,
@@ -161,7 +170,7 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
     );
     let (bob, bob_android) = client(
         &runtime,
-        &server.base,
+        (&https, &ca_pem),
         "bob",
         "b-pixel",
         Platform::Android,
@@ -270,5 +279,70 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
 
     alice.shutdown();
     bob.shutdown();
+    runtime.block_on(server.stop());
+}
+
+#[test]
+fn a_core_refuses_a_server_whose_certificate_no_trusted_ca_signed() {
+    let runtime = support::runtime();
+    let server = runtime.block_on(support::start_server("client-untrusted"));
+    let (https, _their_ca) = runtime.block_on(support::tls_front(server.server.http_addr));
+    // The core trusts another CA (and the system's roots): not this one.
+    let (_, other_ca) = runtime.block_on(support::tls_front(server.server.http_addr));
+    let (carol, _ui) = client(
+        &runtime,
+        (&https, &other_ca),
+        "carol",
+        "c-phone",
+        Platform::Android,
+        DevicePushTokens {
+            fcm: Some("fcm-token-of-carols-phone".into()),
+            ..Default::default()
+        },
+    );
+    let created = runtime.block_on(carol.start_call_async("dave".into(), false, None));
+    assert!(
+        matches!(&created, Err(native::client::ClientError::Unreachable { message }) if message.contains("error sending request")),
+        "{created:?}"
+    );
+    // Nor did its registration reach the server.
+    let devices = runtime.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/v1/devices", server.base))
+            .bearer_auth(token("carol"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert_eq!(devices, "[]");
+    // A bad PEM is a configuration error, not a panic.
+    let config = ClientConfig {
+        server_url: https,
+        user_token: token("carol"),
+        device_id: "c-phone".into(),
+        platform: Platform::Android,
+        video: false,
+        bundle_id: None,
+        apns_environment: None,
+        trusted_ca_pem: Some("not a certificate".into()),
+    };
+    let system = Arc::new(FakeSystem::default());
+    let ports = Ports {
+        ui: system.clone(),
+        media: Str0mMediaFactory::with_runtime(
+            "127.0.0.1".parse().unwrap(),
+            runtime.handle().clone(),
+        ),
+        audio: system,
+        push: Arc::new(FixedTokens(DevicePushTokens::default())),
+    };
+    assert!(matches!(
+        Client::start(config, ports, runtime.handle()),
+        Err(native::client::ClientError::Config { .. })
+    ));
+    carol.shutdown();
     runtime.block_on(server.stop());
 }

@@ -70,6 +70,7 @@ async fn a_ring_reaches_the_engine_once_across_a_reconnect_and_a_cancel_ends_it(
             token: Box::new(|| token("bob")),
             device_id: "phone".into(),
             clock_offset: clock_offset.clone(),
+            tls: native::tls::client_config(None).unwrap(),
         },
         tx,
     );

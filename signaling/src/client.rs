@@ -4,7 +4,9 @@
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, connect_async, connect_async_tls_with_config,
+};
 
 use crate::{
     ClientMessage, DEFAULT_MAX_MESSAGE_BYTES, DecodeError, ServerMessage, decode_server, encode,
@@ -25,9 +27,22 @@ pub struct SignalingClient {
 }
 
 impl SignalingClient {
-    /// Connects to a `ws://` or `wss://` URL such as `ws://127.0.0.1:7880/v1/rtc`.
+    /// Connects to a `ws://` or `wss://` URL such as `ws://127.0.0.1:7880/v1/rtc`
+    /// (`wss://` trusting the system's roots).
     pub async fn connect(url: &str) -> Result<SignalingClient, ClientError> {
         let (ws, _) = connect_async(url).await?;
+        Ok(SignalingClient { ws })
+    }
+
+    /// [`SignalingClient::connect`] with the client's own TLS configuration
+    /// for `wss://` (the client core's: the platform's verifier plus any
+    /// private CA the app trusts).
+    pub async fn connect_with_tls(
+        url: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<SignalingClient, ClientError> {
+        let connector = Some(Connector::Rustls(tls));
+        let (ws, _) = connect_async_tls_with_config(url, None, false, connector).await?;
         Ok(SignalingClient { ws })
     }
 

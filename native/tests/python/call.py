@@ -72,6 +72,7 @@ def client(user_token, device_id, platform, tokens, **ios):
         video=True,
         bundle_id=ios.get("bundle_id"),
         apns_environment=ios.get("apns_environment"),
+        trusted_ca_pem=None,
     )
     media = sb.str0m_media_factory("127.0.0.1")
     return sb.Client(config, system, media, system, Tokens(tokens)), system
