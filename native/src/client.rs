@@ -49,15 +49,18 @@ pub struct Ports {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+/// Fields are `detail`, not `message`: Kotlin exceptions have a `message`
+/// of their own, and a field of that name does not compile in the bindings
+/// (`tests/bindings.rs` compiles them).
 pub enum ClientError {
     /// The server refused (its `code`, e.g. `invalid_request`, `forbidden`).
-    #[error("refused: {code}: {message}")]
-    Refused { code: String, message: String },
-    #[error("server unreachable: {message}")]
-    Unreachable { message: String },
+    #[error("refused: {code}: {detail}")]
+    Refused { code: String, detail: String },
+    #[error("server unreachable: {detail}")]
+    Unreachable { detail: String },
     /// The configuration cannot work (e.g. `trusted_ca_pem` is not PEM).
-    #[error("bad configuration: {message}")]
-    Config { message: String },
+    #[error("bad configuration: {detail}")]
+    Config { detail: String },
     #[error("the client was shut down")]
     ShutDown,
 }
@@ -65,8 +68,11 @@ pub enum ClientError {
 impl From<ApiError> for ClientError {
     fn from(e: ApiError) -> ClientError {
         match e {
-            ApiError::Refused { code, message, .. } => ClientError::Refused { code, message },
-            ApiError::Transport(message) => ClientError::Unreachable { message },
+            ApiError::Refused { code, message, .. } => ClientError::Refused {
+                code,
+                detail: message,
+            },
+            ApiError::Transport(detail) => ClientError::Unreachable { detail },
         }
     }
 }
@@ -153,7 +159,7 @@ impl Client {
         runtime: &tokio::runtime::Handle,
     ) -> Result<Arc<Client>, ClientError> {
         let tls = crate::tls::client_config(config.trusted_ca_pem.as_deref())
-            .map_err(|message| ClientError::Config { message })?;
+            .map_err(|detail| ClientError::Config { detail })?;
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let token = Arc::new(RwLock::new(config.user_token.clone()));
         let sessions = Arc::new(Mutex::new(HashMap::new()));
@@ -617,7 +623,7 @@ impl Driver {
                 if let Some(reply) = self.start_replies.remove(&call_uuid) {
                     let _ = reply.send(Err(ClientError::Refused {
                         code: "call_ended".into(),
-                        message: format!("the call ended: {reason:?}"),
+                        detail: format!("the call ended: {reason:?}"),
                     }));
                 }
                 port("report_call_ended", ui.report_call_ended(call_uuid, reason));

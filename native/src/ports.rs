@@ -19,19 +19,21 @@ use tokio::sync::mpsc;
 /// on: a failing port never stops the client).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
 pub enum PortError {
-    #[error("port: {message}")]
-    Failed { message: String },
+    // `detail`, not `message`: Kotlin exceptions have a `message` of their
+    // own, and a field of that name does not compile in the bindings.
+    #[error("port: {detail}")]
+    Failed { detail: String },
 }
 
 impl From<uniffi::UnexpectedUniFFICallbackError> for PortError {
     fn from(e: uniffi::UnexpectedUniFFICallbackError) -> PortError {
-        PortError::Failed { message: e.reason }
+        PortError::Failed { detail: e.reason }
     }
 }
 
 impl From<String> for PortError {
-    fn from(message: String) -> PortError {
-        PortError::Failed { message }
+    fn from(detail: String) -> PortError {
+        PortError::Failed { detail }
     }
 }
 
@@ -236,7 +238,9 @@ pub trait MediaSession: Send + Sync {
     fn set_camera_enabled(&self, enabled: bool) -> Result<(), PortError>;
     fn stats(&self) -> Result<MediaStats, PortError>;
     /// Closes both connections and releases the devices.
-    fn close(&self) -> Result<(), PortError>;
+    // Not `close`: Kotlin objects are `AutoCloseable`, whose `close()` the
+    // bindings already define.
+    fn end_session(&self) -> Result<(), PortError>;
 }
 
 /// What a media session tells the core (the inward half of the media port):

@@ -107,7 +107,7 @@ impl RtcSession {
                 },
             }
         }
-        if let Err(e) = self.media.close() {
+        if let Err(e) = self.media.end_session() {
             tracing::warn!(call_id = %self.call_id, error = %e, "media close failed");
         }
     }
@@ -295,7 +295,7 @@ impl RtcSession {
 
     fn fail(self, why: &str) {
         tracing::warn!(call_id = %self.call_id, reason = why, "media failed");
-        if let Err(e) = self.media.close() {
+        if let Err(e) = self.media.end_session() {
             tracing::warn!(call_id = %self.call_id, error = %e, "media close failed");
         }
         let _ = self.engine.send(Input::MediaFailed {

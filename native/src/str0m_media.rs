@@ -160,7 +160,7 @@ impl MediaSession for Str0mSession {
         })
     }
 
-    fn close(&self) -> Result<(), PortError> {
+    fn end_session(&self) -> Result<(), PortError> {
         self.closed
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.wake.notify_one();

@@ -1,7 +1,9 @@
 //! The UniFFI bindings, generated from the built library as an integrator
-//! would: Swift and Kotlin are generated and checked for the exported API;
-//! the Python module is generated and drives a real call (`python/call.py`:
-//! alice calls bob, both on str0m media, against an in-process switchboard).
+//! would: Swift is generated and checked for the exported API; Kotlin is
+//! compiled with JetBrains' compiler against JNA together with a JVM
+//! harness implementing every port (`kotlin/Call.kt`); the Python module
+//! drives a real call (`python/call.py`: alice calls bob, both on str0m
+//! media, against an in-process switchboard).
 
 mod support;
 
@@ -138,4 +140,67 @@ fn python_bindings_drive_a_call() {
     assert!(status.success(), "python failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("python call ok"), "{stdout}");
     runtime.block_on(server.stop());
+}
+
+/// Runs `command` to completion within `limit`, killing it past that.
+fn run_bounded(mut command: Command, what: &str, limit: std::time::Duration) -> (bool, String) {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} starts: {e}"));
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish in {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn kotlin_bindings_and_a_jvm_harness_implementing_every_port_compile() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kotlin");
+    let kotlinc = dir.join("node_modules/kotlin-compiler/bin/kotlinc");
+    let jna = Path::new("/usr/share/java/jna.jar");
+    assert!(
+        kotlinc.exists() && jna.exists(),
+        "the Kotlin test needs `npm ci` in {} and Debian's libjna-java: run ./scripts/test",
+        dir.display()
+    );
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bindings-kotlin-jvm");
+    let _ = std::fs::remove_dir_all(&out);
+    generate("kotlin", &out.join("src"));
+    let lib = library();
+    std::fs::copy(&lib, out.join(lib.file_name().unwrap())).unwrap();
+    let jar = out.join("call.jar");
+    let mut compile = Command::new(&kotlinc);
+    compile
+        .arg(out.join("src/dev/switchboard/core/native.kt"))
+        .arg(dir.join("Call.kt"))
+        .args(["-nowarn", "-include-runtime", "-cp"])
+        .arg(jna)
+        .arg("-d")
+        .arg(&jar);
+    let (compiled, text) = run_bounded(compile, "kotlinc", std::time::Duration::from_secs(400));
+    assert!(compiled, "kotlinc failed:\n{text}");
+
+    // Running Call.kt against a server does not pass yet (the two cores
+    // do not connect within 15 s on the JVM; issue 13 continues there), so
+    // this proves what it can: the generated bindings and a harness that
+    // implements every port compile against JNA with JetBrains' compiler
+    // (which first caught `message` fields and a `close` method that
+    // Kotlin cannot have).
+    assert!(jar.exists());
 }

@@ -302,7 +302,7 @@ fn a_core_refuses_a_server_whose_certificate_no_trusted_ca_signed() {
     );
     let created = runtime.block_on(carol.start_call_async("dave".into(), false, None));
     assert!(
-        matches!(&created, Err(native::client::ClientError::Unreachable { message }) if message.contains("error sending request")),
+        matches!(&created, Err(native::client::ClientError::Unreachable { detail }) if detail.contains("error sending request")),
         "{created:?}"
     );
     // Nor did its registration reach the server.

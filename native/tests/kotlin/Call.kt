@@ -1,0 +1,142 @@
+// Alice (an iPhone) calls Bob (an Android phone) through the generated
+// Kotlin bindings of the client core, on the JVM with JNA: what the Android
+// adapter does, minus android.* (no Android SDK is reachable here). Bob's
+// ring arrives as FCM delivers it, a data map of strings (the exact map the
+// server's FCM sender builds, handed over by the Rust test), and goes
+// through handlePushData -> report -> incomingCallDisplayed -> answer ->
+// media (the core's str0m media port) -> end.
+//
+// Run by native/tests/bindings.rs with SWITCHBOARD_URL, ALICE_TOKEN,
+// BOB_TOKEN and FCM_RING (the data map, one "key<TAB>value" per line, the
+// call id as CALL_ID) set. Exits non-zero on any failure.
+
+import dev.switchboard.core.*
+import java.net.URI
+import java.net.http.HttpClient
+import java.net.http.HttpRequest
+import java.net.http.HttpResponse
+import kotlin.system.exitProcess
+
+class FakeTelecom(private val routeThrows: Boolean) : SystemCallUi, AudioRoute {
+    val reports = java.util.Collections.synchronizedList(mutableListOf<String>())
+
+    override fun reportIncomingCall(call: IncomingCall) {
+        reports.add("incoming ${call.callUuid} ${call.handle}")
+    }
+
+    override fun reportOutgoingCallStarted(callUuid: String, callId: String) {
+        reports.add("outgoing $callUuid")
+    }
+
+    override fun reportCallConnected(callUuid: String) {
+        reports.add("connected $callUuid")
+    }
+
+    override fun reportCallEnded(callUuid: String, reason: EndedReason) {
+        reports.add("ended $callUuid $reason")
+    }
+
+    override fun setRoute(route: AudioRouteKind) {
+        reports.add("route $route")
+        // An exception in a port reaches the core as PortException: logged,
+        // and the call goes on.
+        if (routeThrows) throw PortException.Failed("AudioManager refused the route")
+    }
+
+    fun has(report: String) = synchronized(reports) { reports.contains(report) }
+}
+
+class Tokens(private val tokens: DevicePushTokens) : PushTokens {
+    override fun current() = tokens
+}
+
+fun check(ok: Boolean, what: () -> String) {
+    if (!ok) {
+        System.err.println("kotlin call failed: ${what()}")
+        exitProcess(1)
+    }
+}
+
+fun waitFor(what: String, limitMs: Long = 15_000, ready: () -> Boolean) {
+    val deadline = System.currentTimeMillis() + limitMs
+    while (!ready()) {
+        check(System.currentTimeMillis() < deadline) { "timed out waiting for $what" }
+        Thread.sleep(20)
+    }
+}
+
+fun env(name: String) = System.getenv(name) ?: run { check(false) { "$name is not set" }; "" }
+
+fun devices(token: String): String {
+    val request = HttpRequest.newBuilder(URI.create(env("SWITCHBOARD_URL") + "/v1/devices"))
+        .header("Authorization", "Bearer $token").build()
+    return HttpClient.newHttpClient().send(request, HttpResponse.BodyHandlers.ofString()).body()
+}
+
+fun client(token: String, deviceId: String, platform: Platform, tokens: DevicePushTokens, routeThrows: Boolean): Pair<Client, FakeTelecom> {
+    val telecom = FakeTelecom(routeThrows)
+    val config = ClientConfig(
+        serverUrl = env("SWITCHBOARD_URL"),
+        userToken = token,
+        deviceId = deviceId,
+        platform = platform,
+        video = false,
+        bundleId = if (platform == Platform.IOS) "app.example.calls" else null,
+        apnsEnvironment = if (platform == Platform.IOS) "sandbox" else null,
+        trustedCaPem = null,
+    )
+    return Pair(Client(config, telecom, str0mMediaFactory("127.0.0.1"), telecom, Tokens(tokens)), telecom)
+}
+
+fun received(client: Client, callUuid: String): ULong = client.mediaStats(callUuid)?.packetsReceived ?: 0UL
+
+fun main() {
+    val (alice, aliceUi) = client(env("ALICE_TOKEN"), "a-iphone", Platform.IOS,
+        DevicePushTokens(apnsVoip = "aa".repeat(32), apnsAlert = "bb".repeat(32), fcm = null), routeThrows = false)
+    val bobTokens = DevicePushTokens(apnsVoip = null, apnsAlert = null, fcm = "f".repeat(40))
+    // Bob's app ran once (it registered his phone), then was killed.
+    val (firstRun, _) = client(env("BOB_TOKEN"), "b-pixel", Platform.ANDROID, bobTokens, routeThrows = true)
+    waitFor("bob's device registration") { devices(env("BOB_TOKEN")).contains("b-pixel") }
+    firstRun.shutdown()
+
+    // Alice's app reports the call to CallKit under its own UUID first.
+    val aliceUuid = java.util.UUID.randomUUID().toString()
+    val callId = alice.startCall("bob", false, aliceUuid)
+    check(aliceUi.has("outgoing $aliceUuid")) { "alice: ${aliceUi.reports}" }
+    alice.audioSessionActivated()
+
+    // FCM wakes Bob's killed app with the ring, every value a string: the
+    // app builds its core in onMessageReceived and asks what to show.
+    val data = env("FCM_RING").lines().filter { it.isNotBlank() }.associate {
+        val (key, value) = it.split("\t", limit = 2)
+        key to value.replace("CALL_ID", callId)
+    }
+    check(data["ringEpoch"]?.toLongOrNull() != null) { "not an FCM map: $data" }
+    val (bob, bobUi) = client(env("BOB_TOKEN"), "b-pixel", Platform.ANDROID, bobTokens, routeThrows = true)
+    val decision = bob.handlePushData(data)
+    check(decision is PushDecision.Report) { "bob's push decision: $decision" }
+    val call = (decision as PushDecision.Report).call
+    check(call.callUuid == callId && call.handle == "alice" && !call.video) { "reported $call" }
+    // Telecom added the call: the server hears it is shown, then the user answers.
+    bob.incomingCallDisplayed(call.callUuid)
+    bob.answer(call.callUuid)
+    bob.audioSessionActivated()
+
+    waitFor("both connected") { aliceUi.has("connected $aliceUuid") && bobUi.has("connected $callId") }
+    waitFor("audio both ways") { received(alice, aliceUuid) >= 100UL && received(bob, callId) >= 100UL }
+    // The server replayed the ring over the events socket when the woken
+    // core connected: it never shows a second call on Bob's phone.
+    check(bobUi.reports.none { it.startsWith("incoming") }) { "bob: ${bobUi.reports}" }
+    val aliceReceived = received(alice, aliceUuid)
+
+    bob.end(callId)
+    waitFor("alice's call to end") { aliceUi.has("ended $aliceUuid ${EndedReason.REMOTE_ENDED}") }
+    check(bobUi.has("ended $callId ${EndedReason.LOCAL_ENDED}")) { "bob: ${bobUi.reports}" }
+    check(telecomDisconnectCause(EndedReason.LOCAL_ENDED) == TelecomDisconnectCause.LOCAL) { "mapping" }
+    check(bobUi.has("route ${AudioRouteKind.EARPIECE}")) { "bob: ${bobUi.reports}" }
+
+    println("kotlin call ok: $callId: alice received $aliceReceived packets")
+    alice.shutdown()
+    bob.shutdown()
+    exitProcess(0)
+}
