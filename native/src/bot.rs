@@ -162,6 +162,9 @@ pub struct Bot {
     /// Muted microphone / camera off: that kind is not sent.
     pub audio_muted: bool,
     pub video_off: bool,
+    /// The first publisher offer carries a video track (an audio call's
+    /// token allows audio only).
+    pub publish_video: bool,
 }
 
 fn rtc(addr: SocketAddr, now: Instant) -> Rtc {
@@ -216,10 +219,11 @@ impl Bot {
             trickle: false,
             audio_muted: false,
             video_off: false,
+            publish_video: true,
         }
     }
 
-    /// Offers to publish one audio and one video track.
+    /// Offers to publish one audio and (with `publish_video`) one video track.
     pub fn publish(&mut self) {
         let sdp = self
             .publisher_offer(false)
@@ -234,8 +238,10 @@ impl Bot {
         if self.audio_mid.is_none() {
             self.audio_mid =
                 Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-            self.video_mid =
-                Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+            if self.publish_video {
+                self.video_mid =
+                    Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+            }
         }
         if ice_restart {
             // New credentials, same host candidates.

@@ -81,6 +81,7 @@ impl From<ApiError> for ClientError {
 pub(crate) fn shared_runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
+        log_to_stderr_if_asked();
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("switchboard-client")
@@ -88,6 +89,18 @@ pub(crate) fn shared_runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("a tokio runtime")
     })
+}
+
+/// Foreign callers have no tracing subscriber of their own: with
+/// `SWITCHBOARD_CORE_LOG` set (a `tracing` filter, e.g. `native=debug`) the
+/// core logs to stderr (a JVM or Python test, a phone's debug build).
+fn log_to_stderr_if_asked() {
+    if let Ok(filter) = std::env::var("SWITCHBOARD_CORE_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
 }
 
 enum Command {

@@ -47,7 +47,7 @@ impl MediaFactory for Str0mMediaFactory {
     fn create_session(
         &self,
         call_id: String,
-        _video: bool,
+        video: bool,
         _ice_servers: Vec<IceServer>,
         events: Arc<MediaEvents>,
     ) -> Result<Arc<dyn MediaSession>, PortError> {
@@ -60,12 +60,13 @@ impl MediaFactory for Str0mMediaFactory {
         let io = |e: std::io::Error| format!("socket: {e}");
         let publisher = bind(self.local_ip).map_err(io)?;
         let subscriber = bind(self.local_ip).map_err(io)?;
-        let bot = Bot::new(
+        let mut bot = Bot::new(
             &call_id,
             publisher.local_addr().map_err(io)?,
             subscriber.local_addr().map_err(io)?,
             Instant::now(),
         );
+        bot.publish_video = video;
         let session = Arc::new(Str0mSession {
             bot: Mutex::new(bot),
             wake: Notify::new(),

@@ -170,7 +170,7 @@ fn run_bounded(mut command: Command, what: &str, limit: std::time::Duration) -> 
 }
 
 #[test]
-fn kotlin_bindings_and_a_jvm_harness_implementing_every_port_compile() {
+fn kotlin_bindings_drive_a_call_on_the_jvm() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kotlin");
     let kotlinc = dir.join("node_modules/kotlin-compiler/bin/kotlinc");
     let jna = Path::new("/usr/share/java/jna.jar");
@@ -196,11 +196,67 @@ fn kotlin_bindings_and_a_jvm_harness_implementing_every_port_compile() {
     let (compiled, text) = run_bounded(compile, "kotlinc", std::time::Duration::from_secs(400));
     assert!(compiled, "kotlinc failed:\n{text}");
 
-    // Running Call.kt against a server does not pass yet (the two cores
-    // do not connect within 15 s on the JVM; issue 13 continues there), so
-    // this proves what it can: the generated bindings and a harness that
-    // implements every port compile against JNA with JetBrains' compiler
-    // (which first caught `message` fields and a `close` method that
-    // Kotlin cannot have).
-    assert!(jar.exists());
+    // Bob's ring exactly as the server's FCM sender builds it, as
+    // `RemoteMessage.getData()` hands it over: one `key<TAB>value` per line.
+    let ring = fcm_ring_map();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let runtime = support::runtime();
+    let server = runtime.block_on(support::start_server("kotlin"));
+    let mut java = Command::new("java");
+    java.arg(format!("-Djna.library.path={}", out.display()))
+        .arg("-cp")
+        .arg(format!("{}:{}", jar.display(), jna.display()))
+        .arg("CallKt")
+        .env("SWITCHBOARD_URL", &server.base)
+        .env("ALICE_TOKEN", support::token("alice"))
+        .env("BOB_TOKEN", support::token("bob"))
+        .env("FCM_RING", ring)
+        .env("SWITCHBOARD_CORE_LOG", "native=info");
+    // Bounded: the harness's own waits are 15 s each.
+    let (ran, text) = run_bounded(java, "the Kotlin call", std::time::Duration::from_secs(120));
+    println!("{text}");
+    runtime.block_on(server.stop());
+    assert!(
+        ran && text.contains("kotlin call ok"),
+        "the Kotlin call failed:\n{text}"
+    );
+}
+
+/// The data map of an FCM ring for alice's call to bob, from `control`'s
+/// own sender, with the call id left as `CALL_ID` (the harness learns it).
+fn fcm_ring_map() -> String {
+    use control::call::{CallType, CallerDisplay};
+    use control::device::{ApnsEnvironment, Platform};
+    use control::push::payload::PushPayload;
+    use control::push::{Outgoing, TokenKind, fcm};
+    let now = native::unix_millis();
+    let payload = PushPayload::incoming_call(
+        "CALL_ID",
+        "alice",
+        CallType::Audio,
+        now,
+        now + 40_000,
+        CallerDisplay::default(),
+        now,
+    );
+    let push = Outgoing {
+        call_id: "CALL_ID".into(),
+        user_id: "bob".into(),
+        device_id: "b-pixel".into(),
+        platform: Platform::Android,
+        token_kind: TokenKind::Fcm,
+        token: "f".repeat(40),
+        payload,
+        expires_at: Some(now + 40_000),
+        apns_environment: ApnsEnvironment::Production,
+        bundle_id: None,
+    };
+    let message = fcm::message(&push, now);
+    let data = message["message"]["data"].as_object().expect("a data map");
+    data.iter()
+        .map(|(key, value)| format!("{key}\t{}\n", value.as_str().expect("strings")))
+        .collect()
 }

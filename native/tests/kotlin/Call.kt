@@ -57,10 +57,15 @@ fun check(ok: Boolean, what: () -> String) {
     }
 }
 
+// Every fake system UI made, so a timeout can say what each had seen.
+val systems = java.util.Collections.synchronizedList(mutableListOf<FakeTelecom>())
+
 fun waitFor(what: String, limitMs: Long = 15_000, ready: () -> Boolean) {
     val deadline = System.currentTimeMillis() + limitMs
     while (!ready()) {
-        check(System.currentTimeMillis() < deadline) { "timed out waiting for $what" }
+        check(System.currentTimeMillis() < deadline) {
+            "timed out waiting for $what; reports: ${systems.map { it.reports.toList() }}"
+        }
         Thread.sleep(20)
     }
 }
@@ -75,6 +80,7 @@ fun devices(token: String): String {
 
 fun client(token: String, deviceId: String, platform: Platform, tokens: DevicePushTokens, routeThrows: Boolean): Pair<Client, FakeTelecom> {
     val telecom = FakeTelecom(routeThrows)
+    systems.add(telecom)
     val config = ClientConfig(
         serverUrl = env("SWITCHBOARD_URL"),
         userToken = token,
