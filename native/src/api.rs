@@ -3,11 +3,12 @@
 //! rings, fetch a fresh call token. Errors keep the server's `code`, which
 //! the call engine maps to end reasons (`answered_elsewhere`, ...).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
 use crate::client::ClientConfig;
+use crate::credentials::UserToken;
 use crate::ports::{DevicePushTokens, IceServer};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,9 +40,13 @@ pub struct JoinInfo {
     pub call_token: String,
     pub rtc_path: String,
     pub ice_servers: Vec<IceServer>,
+    /// The other side is in the call already: a create that the server
+    /// made the answer to a crossed call (not `ringing`).
+    pub answered: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, uniffi::Enum)]
+#[serde(rename_all = "lowercase")]
 pub enum Platform {
     Ios,
     Android,
@@ -63,15 +68,16 @@ pub struct CallApi {
     http: reqwest::Client,
     /// `http(s)://host:port`
     base: String,
-    /// The user token; the app refreshes it (`Client::set_user_token`).
-    token: Arc<RwLock<String>>,
+    /// The user token: on 401 the app is asked for a fresh one and the
+    /// request is sent once more.
+    token: Arc<UserToken>,
     device_id: String,
 }
 
 impl CallApi {
     pub fn new(
         base: &str,
-        token: Arc<RwLock<String>>,
+        token: Arc<UserToken>,
         device_id: &str,
         tls: Arc<rustls::ClientConfig>,
     ) -> CallApi {
@@ -189,7 +195,27 @@ impl CallApi {
         body: Value,
         idempotency_key: Option<&str>,
     ) -> Result<Value, ApiError> {
-        let token = self.token.read().map(|t| t.clone()).unwrap_or_default();
+        let token = self.token.get();
+        let first = self.send(path, &body, idempotency_key, &token).await;
+        if !matches!(first, Err(ApiError::Refused { status: 401, .. })) {
+            return first;
+        }
+        // Expired (a cold start with an old token) or revoked: once more
+        // with what the app gives now. The idempotency key makes the retry
+        // of a create safe.
+        match self.token.refresh(&token).await {
+            Some(fresh) => self.send(path, &body, idempotency_key, &fresh).await,
+            None => first,
+        }
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        body: &Value,
+        idempotency_key: Option<&str>,
+        token: &str,
+    ) -> Result<Value, ApiError> {
         let mut request = self
             .http
             .post(format!("{}{path}", self.base))
@@ -242,5 +268,6 @@ fn join_info(v: Value) -> Result<JoinInfo, ApiError> {
         call_token: call_token.to_string(),
         rtc_path: v["rtcPath"].as_str().unwrap_or("/v1/rtc").to_string(),
         ice_servers: serde_json::from_value(v["iceServers"].clone()).unwrap_or_default(),
+        answered: call["state"] != "ringing",
     })
 }

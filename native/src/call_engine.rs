@@ -31,8 +31,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-pub use crate::ports::{AudioRouteKind, EndedReason, IncomingCall};
+pub use crate::ports::{AudioRouteKind, AudioRouteState, EndedReason, IncomingCall};
 use crate::push::{self, Push, PushDecision, RingPush, Unreadable};
+pub use crate::remote_tracks::TrackChange;
 
 /// Unix milliseconds (pushes carry wall-clock deadlines).
 pub type UnixMillis = u64;
@@ -82,11 +83,14 @@ pub enum Input {
     CreateFailed {
         call_uuid: String,
     },
-    /// The API created the outgoing call.
+    /// The API created the outgoing call. `answered`: the callee is in it
+    /// already: a crossed call (they were calling us; the server made our
+    /// call the answer to theirs).
     Created {
         call_uuid: String,
         call_id: String,
         call_token: String,
+        answered: bool,
     },
     /// The API answered an accept: a call token, or refused (answered
     /// elsewhere, ended).
@@ -146,6 +150,21 @@ pub enum Input {
         call_id: String,
         call_token: String,
     },
+    /// The media path or the call's signaling broke; it is being resumed.
+    MediaReconnecting {
+        call_id: String,
+    },
+    /// The call's remote tracks changed (`remote_tracks`).
+    RemoteTrack {
+        call_id: String,
+        change: TrackChange,
+    },
+    /// The platform's audio endpoints changed (or were first reported).
+    AudioRoutesChanged(AudioRouteState),
+    /// The user picked an audio endpoint.
+    SelectAudioRoute {
+        endpoint_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +185,17 @@ pub enum Output {
         /// The server's id, when the call got one.
         call_id: Option<String>,
         reason: EndedReason,
+    },
+    // CallEvents.
+    ReportReconnecting {
+        call_uuid: String,
+    },
+    ReportReconnected {
+        call_uuid: String,
+    },
+    ReportRemoteTrack {
+        call_uuid: String,
+        change: TrackChange,
     },
     // The call API.
     CreateCall {
@@ -208,9 +238,9 @@ pub enum Output {
     LeaveMedia {
         call_id: String,
     },
-    // AudioRoute.
-    RouteAudio {
-        route: AudioRouteKind,
+    // AudioRoutes.
+    SelectAudioRoute {
+        endpoint_id: String,
     },
 }
 
@@ -247,8 +277,13 @@ struct Call {
     /// they do, even if media to the SFU is up before.
     awaiting_answer: bool,
     media_up: bool,
-    /// The audio route was chosen (on the first join; a rejoin keeps the
-    /// user's choice).
+    /// Connected once: a later loss of media is a reconnection, not a
+    /// first connection.
+    was_connected: bool,
+    /// Told the app it is reconnecting.
+    reconnecting: bool,
+    /// Its default audio route was chosen (once per call, when it joined
+    /// media and the platform's endpoints were known), or the user chose.
     audio_routed: bool,
     /// The user's mute, kept across hold.
     muted: bool,
@@ -265,6 +300,8 @@ impl Call {
             displayed: false,
             awaiting_answer: false,
             media_up: false,
+            was_connected: false,
+            reconnecting: false,
             audio_routed: false,
             muted: false,
             held: false,
@@ -289,6 +326,7 @@ pub struct CallEngine {
     ended: VecDeque<(String, EndedReason)>,
     signaling_up: bool,
     audio_active: bool,
+    audio_routes: AudioRouteState,
     outputs: VecDeque<Output>,
 }
 
@@ -339,16 +377,22 @@ impl CallEngine {
         if let Some(reason) = self.ended_reason(&ring.ring.call_id) {
             return PushDecision::ReportAndEnd { call, reason };
         }
-        if let Some(known) = self.calls.get(&call.call_uuid) {
-            // Still ringing, answering or in the call: the same UUID again;
-            // the system knows it already. A re-ring of a call on screen is
-            // acknowledged at once.
+        if let Some(uuid) = self.call_uuid_of(&ring.ring.call_id) {
+            // Still ringing, answering or in the call: the same UUID again
+            // (for a crossed call, our outgoing call's); the system knows it
+            // already. A re-ring of a call on screen is acknowledged at once.
+            let known = &self.calls[&uuid];
             if known.displayed && known.ring_epoch != Some(ring.ring.ring_epoch) {
                 self.outputs.push_back(Output::Ack {
                     call_id: ring.ring.call_id.clone(),
                 });
             }
-            return PushDecision::Report { call };
+            return PushDecision::Report {
+                call: IncomingCall {
+                    call_uuid: uuid,
+                    ..call
+                },
+            };
         }
         if push::is_stale(&ring.ring, device_now, offset_ms) {
             self.remember_ended(&ring.ring.call_id, EndedReason::Unanswered);
@@ -380,7 +424,7 @@ impl CallEngine {
                     "caller_cancelled" => EndedReason::CallerCancelled,
                     _ => EndedReason::RemoteEnded,
                 };
-                if let Some(uuid) = self.uuid_of(&call_id) {
+                if let Some(uuid) = self.call_uuid_of(&call_id) {
                     self.end(&uuid, reason);
                 } else {
                     // A cancel that overtook its ring: the ring must not
@@ -389,7 +433,7 @@ impl CallEngine {
                 }
             }
             Input::RemoteEnded { call_id } => {
-                let Some(uuid) = self.uuid_of(&call_id) else {
+                let Some(uuid) = self.call_uuid_of(&call_id) else {
                     return;
                 };
                 let ringing_here = self.calls[&uuid].phase == Phase::Ringing;
@@ -422,13 +466,22 @@ impl CallEngine {
                 call_uuid,
                 call_id,
                 call_token,
+                answered,
             } => {
-                let Some(call) = self.calls.get_mut(&call_uuid) else {
+                if self.calls.get(&call_uuid).map(|c| &c.phase) != Some(&Phase::Creating) {
                     return; // ended while it was being created
-                };
-                if call.phase != Phase::Creating {
-                    return;
                 }
+                if let Some(ringing) = self.call_uuid_of(&call_id)
+                    && ringing != call_uuid
+                {
+                    // Crossed: the call ringing here is the one our call
+                    // answered. The user's outgoing call carries it on; the
+                    // ringing entry leaves the system UI (taken here).
+                    self.end(&ringing, EndedReason::AnsweredElsewhere);
+                    self.forget_ended(&call_id);
+                }
+                let call = self.calls.get_mut(&call_uuid).expect("checked above");
+                call.awaiting_answer = !answered;
                 call.call_id = Some(call_id.clone());
                 call.phase = Phase::Connecting {
                     token: Some(call_token),
@@ -479,7 +532,7 @@ impl CallEngine {
                 call_id,
                 call_token,
             } => {
-                let Some(uuid) = self.uuid_of(&call_id) else {
+                let Some(uuid) = self.call_uuid_of(&call_id) else {
                     return;
                 };
                 let call = self.calls.get_mut(&uuid).expect("uuid_of found it");
@@ -498,7 +551,7 @@ impl CallEngine {
                 } else {
                     EndedReason::Failed
                 };
-                if let Some(uuid) = self.uuid_of(&call_id) {
+                if let Some(uuid) = self.call_uuid_of(&call_id) {
                     self.end(&uuid, reason);
                 }
             }
@@ -602,19 +655,25 @@ impl CallEngine {
             }
             Input::SignalingDisconnected => self.signaling_up = false,
             Input::MediaConnected { call_id } => {
-                if let Some(uuid) = self.uuid_of(&call_id) {
-                    self.calls.get_mut(&uuid).expect("found").media_up = true;
-                    self.maybe_connected(&uuid);
+                if let Some(uuid) = self.call_uuid_of(&call_id) {
+                    let call = self.calls.get_mut(&uuid).expect("found");
+                    call.media_up = true;
+                    if call.phase == Phase::Connected && std::mem::take(&mut call.reconnecting) {
+                        self.outputs
+                            .push_back(Output::ReportReconnected { call_uuid: uuid });
+                    } else {
+                        self.maybe_connected(&uuid);
+                    }
                 }
             }
             Input::RemoteAccepted { call_id } => {
-                if let Some(uuid) = self.uuid_of(&call_id) {
+                if let Some(uuid) = self.call_uuid_of(&call_id) {
                     self.calls.get_mut(&uuid).expect("found").awaiting_answer = false;
                     self.maybe_connected(&uuid);
                 }
             }
             Input::MediaFailed { call_id } => {
-                if let Some(uuid) = self.uuid_of(&call_id) {
+                if let Some(uuid) = self.call_uuid_of(&call_id) {
                     let call = self.calls.get_mut(&uuid).expect("found");
                     // Rejoin with a fresh token, within the connect timeout
                     // (counted from the first failure: repeated failures
@@ -631,10 +690,46 @@ impl CallEngine {
                     call.media_up = false;
                     self.outputs
                         .push_back(Output::RequestFreshToken { call_id });
+                    self.report_reconnecting(&uuid);
+                }
+            }
+            Input::MediaReconnecting { call_id } => {
+                if let Some(uuid) = self.call_uuid_of(&call_id) {
+                    self.calls.get_mut(&uuid).expect("found").media_up = false;
+                    self.report_reconnecting(&uuid);
+                }
+            }
+            Input::RemoteTrack { call_id, change } => {
+                // Only for calls still here: nothing after the end report.
+                if let Some(call_uuid) = self.call_uuid_of(&call_id) {
+                    self.outputs
+                        .push_back(Output::ReportRemoteTrack { call_uuid, change });
+                }
+            }
+            Input::AudioRoutesChanged(routes) => {
+                self.audio_routes = routes;
+                let uuids: Vec<String> = self.calls.keys().cloned().collect();
+                for uuid in uuids {
+                    self.route_by_default(&uuid);
+                }
+            }
+            Input::SelectAudioRoute { endpoint_id } => {
+                if self
+                    .audio_routes
+                    .endpoints
+                    .iter()
+                    .any(|e| e.id == endpoint_id)
+                {
+                    // The user's choice stands for every call from now on.
+                    for call in self.calls.values_mut() {
+                        call.audio_routed = true;
+                    }
+                    self.outputs
+                        .push_back(Output::SelectAudioRoute { endpoint_id });
                 }
             }
             Input::MediaUnavailable { call_id } => {
-                if let Some(uuid) = self.uuid_of(&call_id) {
+                if let Some(uuid) = self.call_uuid_of(&call_id) {
                     self.outputs.push_back(Output::End { call_id });
                     self.end(&uuid, EndedReason::Failed);
                 }
@@ -643,7 +738,7 @@ impl CallEngine {
                 call_id,
                 call_token,
             } => {
-                let Some(uuid) = self.uuid_of(&call_id) else {
+                let Some(uuid) = self.call_uuid_of(&call_id) else {
                     return;
                 };
                 if let Some(Call {
@@ -699,7 +794,7 @@ impl CallEngine {
     }
 
     /// The UUID of the call the server knows as `call_id`.
-    fn uuid_of(&self, call_id: &str) -> Option<String> {
+    pub fn call_uuid_of(&self, call_id: &str) -> Option<String> {
         let derived = push::call_uuid_for(call_id);
         if self.calls.contains_key(&derived) {
             return Some(derived);
@@ -721,7 +816,7 @@ impl CallEngine {
         if self.ended_reason(&ring.call_id).is_some() {
             return; // a late delivery of a call already over here
         }
-        if let Some(uuid) = self.uuid_of(&ring.call_id) {
+        if let Some(uuid) = self.call_uuid_of(&ring.call_id) {
             // Known call (a push reported it, or the socket replayed it):
             // never a second incoming call. Re-acknowledged if on screen.
             if self.calls[&uuid].displayed {
@@ -747,7 +842,8 @@ impl CallEngine {
         }
     }
 
-    /// Connected: media is up and, for an outgoing call, the callee answered.
+    /// Connected: media is up and, for an outgoing call, the callee
+    /// answered. After a rejoin, that is a reconnection.
     fn maybe_connected(&mut self, call_uuid: &str) {
         if let Some(call) = self.calls.get_mut(call_uuid)
             && matches!(call.phase, Phase::Connecting { .. })
@@ -755,7 +851,25 @@ impl CallEngine {
             && !call.awaiting_answer
         {
             call.phase = Phase::Connected;
-            self.outputs.push_back(Output::ReportConnected {
+            let call_uuid = call_uuid.to_string();
+            if !std::mem::replace(&mut call.was_connected, true) {
+                self.outputs
+                    .push_back(Output::ReportConnected { call_uuid });
+            } else if std::mem::take(&mut call.reconnecting) {
+                self.outputs
+                    .push_back(Output::ReportReconnected { call_uuid });
+            }
+        }
+    }
+
+    /// A call that was connected lost its media: the app shows it is
+    /// reconnecting (once, until it is back).
+    fn report_reconnecting(&mut self, call_uuid: &str) {
+        if let Some(call) = self.calls.get_mut(call_uuid)
+            && call.was_connected
+            && !std::mem::replace(&mut call.reconnecting, true)
+        {
+            self.outputs.push_back(Output::ReportReconnecting {
                 call_uuid: call_uuid.to_string(),
             });
         }
@@ -790,27 +904,42 @@ impl CallEngine {
                     ..
                 },
             video,
-            audio_routed,
             ..
         }) = self.calls.get_mut(call_uuid)
             && !*joined
         {
             *joined = true;
-            if !std::mem::replace(audio_routed, true) {
-                // Phone apps play video calls on the speaker, voice at the ear.
-                let route = if *video {
-                    AudioRouteKind::Speaker
-                } else {
-                    AudioRouteKind::Earpiece
-                };
-                self.outputs.push_back(Output::RouteAudio { route });
-            }
             self.outputs.push_back(Output::JoinMedia {
                 call_id: call_id.clone(),
                 call_token: token.clone(),
                 video: *video,
             });
+            self.route_by_default(call_uuid);
         }
+    }
+
+    /// A call's default audio route, once, when it has joined media and
+    /// the platform has said what endpoints there are.
+    fn route_by_default(&mut self, call_uuid: &str) {
+        if self.audio_routes.endpoints.is_empty() {
+            return; // chosen when the platform reports them
+        }
+        let Some(call) = self.calls.get_mut(call_uuid) else {
+            return;
+        };
+        if call.audio_routed || !call.media_joined() {
+            return;
+        }
+        call.audio_routed = true;
+        if let Some(endpoint_id) = default_route(&self.audio_routes, call.video) {
+            self.outputs
+                .push_back(Output::SelectAudioRoute { endpoint_id });
+        }
+    }
+
+    /// The platform's audio endpoints as last reported.
+    pub fn audio_routes(&self) -> &AudioRouteState {
+        &self.audio_routes
     }
 
     /// Ends a call: media left, the system UI told (unless it ended it).
@@ -833,10 +962,40 @@ impl CallEngine {
         });
     }
 
+    fn forget_ended(&mut self, call_id: &str) {
+        self.ended.retain(|(id, _)| id != call_id);
+    }
+
     fn remember_ended(&mut self, call_id: &str, reason: EndedReason) {
         self.ended.push_back((call_id.to_string(), reason));
         if self.ended.len() > REMEMBER_ENDED {
             self.ended.pop_front();
         }
     }
+}
+
+/// Where a call's audio goes unless the user says otherwise (the order
+/// LiveKit's and Twilio's Android `AudioSwitch` use): a wired, then a
+/// Bluetooth headset, never overridden; else the speaker for video and the
+/// earpiece for voice. `None`: leave the current route (a headset or car
+/// audio in use, or the default is current already).
+pub fn default_route(routes: &AudioRouteState, video: bool) -> Option<String> {
+    let current = routes
+        .current_id
+        .as_ref()
+        .and_then(|id| routes.endpoints.iter().find(|e| &e.id == id));
+    if current.is_some_and(|e| e.kind.is_headset() || e.kind == AudioRouteKind::Other) {
+        return None;
+    }
+    let first = |kind| routes.endpoints.iter().find(|e| e.kind == kind);
+    let preferred = if video {
+        AudioRouteKind::Speaker
+    } else {
+        AudioRouteKind::Earpiece
+    };
+    first(AudioRouteKind::WiredHeadset)
+        .or_else(|| first(AudioRouteKind::Bluetooth))
+        .or_else(|| first(preferred))
+        .filter(|e| Some(&e.id) != routes.current_id.as_ref())
+        .map(|e| e.id.clone())
 }

@@ -6,25 +6,34 @@
 //! any thread.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{ApiError, CallApi, JoinInfo, Platform};
-use crate::call_engine::{CallEngine, Input, Output};
+use crate::call_engine::{CallEngine, Input, Output, TrackChange};
+use crate::credentials::UserToken;
 use crate::events::{EventsCommand, EventsConfig};
 use crate::ports::{
-    AudioRoute, MediaEvents, MediaFactory, MediaSession, PortError, PushTokens, SystemCallUi,
+    AudioEndpoint, AudioRouteState, AudioRoutes, CallEvents, Credentials, MediaEvents,
+    MediaFactory, MediaSession, PortError, PushTokens, SystemCallUi,
 };
 use crate::push::{self, PushDecision};
 use crate::rtc_session::{RtcCommand, RtcSession};
 
-#[derive(Debug, Clone, uniffi::Record)]
+/// Everything a `Client` is made from besides its ports. The app keeps it
+/// (with the latest user token, in the Keychain / encrypted preferences:
+/// `client_config_to_json`), so a push that wakes a killed app can build
+/// its `Client` in the push callback (`client_config_from_json`) before
+/// the app's own start-up ran.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, uniffi::Record)]
+#[serde(rename_all = "camelCase")]
 pub struct ClientConfig {
     /// `http(s)://host:port` of the switchboard server.
     pub server_url: String,
-    /// The user token the app's backend issued (refresh with `set_user_token`).
+    /// The user token the app's backend issued; when the server refuses
+    /// it, the `Credentials` port is asked for a fresh one.
     pub user_token: String,
     pub device_id: String,
     pub platform: Platform,
@@ -39,13 +48,29 @@ pub struct ClientConfig {
     pub trusted_ca_pem: Option<String>,
 }
 
+/// The app's saved configuration as one string (JSON, fields as in
+/// `ClientConfig`, camelCase; unknown fields are ignored when read back).
+#[uniffi::export]
+pub fn client_config_to_json(config: ClientConfig) -> String {
+    serde_json::to_string(&config).unwrap_or_default()
+}
+
+#[uniffi::export]
+pub fn client_config_from_json(json: String) -> Result<ClientConfig, ClientError> {
+    serde_json::from_str(&json).map_err(|e| ClientError::Config {
+        detail: format!("not a saved client configuration: {e}"),
+    })
+}
+
 /// The platform's implementations of the ports.
 #[derive(Clone)]
 pub struct Ports {
     pub ui: Arc<dyn SystemCallUi>,
     pub media: Arc<dyn MediaFactory>,
-    pub audio: Arc<dyn AudioRoute>,
+    pub audio: Arc<dyn AudioRoutes>,
     pub push: Arc<dyn PushTokens>,
+    pub credentials: Arc<dyn Credentials>,
+    pub events: Arc<dyn CallEvents>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
@@ -158,7 +183,7 @@ impl Shared {
 #[derive(uniffi::Object)]
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
-    token: Arc<RwLock<String>>,
+    token: Arc<UserToken>,
     sessions: Arc<Mutex<HashMap<String, Arc<dyn MediaSession>>>>,
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<EventsCommand>,
@@ -174,7 +199,7 @@ impl Client {
         let tls = crate::tls::client_config(config.trusted_ca_pem.as_deref())
             .map_err(|detail| ClientError::Config { detail })?;
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        let token = Arc::new(RwLock::new(config.user_token.clone()));
+        let token = UserToken::new(config.user_token.clone(), ports.credentials.clone());
         let sessions = Arc::new(Mutex::new(HashMap::new()));
         let shared = Arc::new(Shared {
             engine: Mutex::new(CallEngine::new()),
@@ -187,10 +212,7 @@ impl Client {
                 "{}/v1/events",
                 ws_base(config.server_url.trim_end_matches('/'))
             ),
-            token: {
-                let token = token.clone();
-                Box::new(move || token.read().map(|t| t.clone()).unwrap_or_default())
-            },
+            token: token.clone(),
             device_id: config.device_id.clone(),
             clock_offset: shared.clock_offset.clone(),
             tls: tls.clone(),
@@ -274,14 +296,18 @@ impl Client {
         config: ClientConfig,
         ui: Arc<dyn SystemCallUi>,
         media: Arc<dyn MediaFactory>,
-        audio: Arc<dyn AudioRoute>,
+        audio: Arc<dyn AudioRoutes>,
         push: Arc<dyn PushTokens>,
+        credentials: Arc<dyn Credentials>,
+        events: Arc<dyn CallEvents>,
     ) -> Result<Arc<Client>, ClientError> {
         let ports = Ports {
             ui,
             media,
             audio,
             push,
+            credentials,
+            events,
         };
         Client::start(config, ports, shared_runtime().handle())
     }
@@ -391,10 +417,51 @@ impl Client {
         let _ = self.commands.send(Command::NetworkChanged);
     }
 
+    /// A fresh user token: the answer to `Credentials::refresh_user_token`,
+    /// or one the app has on its own (a new sign-in). Requests refused for
+    /// the old one are sent again with it; the events socket carries on.
     pub fn set_user_token(&self, token: String) {
-        if let Ok(mut current) = self.token.write() {
-            *current = token;
+        self.token.set(token);
+    }
+
+    /// The app could not get a fresh user token (signed out, offline):
+    /// requests waiting for one fail now.
+    pub fn user_token_failed(&self, detail: String) {
+        self.token.failed(&detail);
+    }
+
+    /// The platform's audio endpoints changed (AVAudioSession's route
+    /// change; Core-Telecom's endpoint flows), or are reported the first
+    /// time. `current_id`: the endpoint in use.
+    pub fn audio_routes_changed(&self, endpoints: Vec<AudioEndpoint>, current_id: Option<String>) {
+        self.input(Input::AudioRoutesChanged(AudioRouteState {
+            endpoints,
+            current_id,
+        }));
+    }
+
+    /// The endpoints as last reported, for the app's route picker.
+    pub fn audio_routes(&self) -> AudioRouteState {
+        self.shared.engine().audio_routes().clone()
+    }
+
+    /// The user picked where audio plays (one of `audio_routes()`).
+    pub fn select_audio_route(&self, endpoint_id: String) -> Result<(), ClientError> {
+        let known = self
+            .shared
+            .engine()
+            .audio_routes()
+            .endpoints
+            .iter()
+            .any(|e| e.id == endpoint_id);
+        if !known {
+            return Err(ClientError::Refused {
+                code: "unknown_route".into(),
+                detail: format!("no audio endpoint {endpoint_id} was reported"),
+            });
         }
+        self.input(Input::SelectAudioRoute { endpoint_id });
+        Ok(())
     }
 
     /// Re-registers the device with the tokens `PushTokens` now returns.
@@ -537,6 +604,7 @@ impl Driver {
             Command::JoinInfo(info, kind) => {
                 let call_id = info.call_id.clone();
                 let call_token = info.call_token.clone();
+                let answered = info.answered;
                 let call = self.calls.entry(call_id.clone()).or_default();
                 call.join = Some(info);
                 let input = match kind {
@@ -549,6 +617,7 @@ impl Driver {
                             call_uuid,
                             call_id,
                             call_token,
+                            answered,
                         }
                     }
                     JoinKind::Accepted => Input::Accepted {
@@ -630,7 +699,11 @@ impl Driver {
                 reason,
             } => {
                 tracing::info!(call_id = ?call_id, call_uuid = %call_uuid, device_id = %device_id, ?reason, "call ended");
-                if let Some(call_id) = call_id {
+                // Not when another entry carries the call on (a crossed
+                // call's ringing entry ends as the outgoing one joins it).
+                if let Some(call_id) = call_id
+                    && self.shared.engine().call_uuid_of(&call_id).is_none()
+                {
                     self.calls.remove(&call_id);
                 }
                 if let Some(reply) = self.start_replies.remove(&call_uuid) {
@@ -715,7 +788,37 @@ impl Driver {
                     sessions.remove(&call_id);
                 }
             }
-            Output::RouteAudio { route } => port("set_route", self.ports.audio.set_route(route)),
+            Output::SelectAudioRoute { endpoint_id } => {
+                tracing::info!(device_id = %device_id, endpoint_id = %endpoint_id, "audio route selected");
+                port("select_route", self.ports.audio.select_route(endpoint_id))
+            }
+            Output::ReportReconnecting { call_uuid } => {
+                tracing::info!(call_uuid = %call_uuid, device_id = %device_id, "call reconnecting");
+                port(
+                    "call_reconnecting",
+                    self.ports.events.call_reconnecting(call_uuid),
+                );
+            }
+            Output::ReportReconnected { call_uuid } => {
+                tracing::info!(call_uuid = %call_uuid, device_id = %device_id, "call reconnected");
+                port(
+                    "call_reconnected",
+                    self.ports.events.call_reconnected(call_uuid),
+                );
+            }
+            Output::ReportRemoteTrack { call_uuid, change } => {
+                let events = &self.ports.events;
+                let result = match change {
+                    TrackChange::Added(track) => events.remote_track_added(call_uuid, track),
+                    TrackChange::Removed { track_id } => {
+                        events.remote_track_removed(call_uuid, track_id)
+                    }
+                    TrackChange::Muted { track_id, muted } => {
+                        events.remote_track_muted(call_uuid, track_id, muted)
+                    }
+                };
+                port("remote_track", result);
+            }
         }
     }
 

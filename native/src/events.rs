@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::call_engine::{Input, Ring};
+use crate::credentials::{UserToken, refresh_in};
 
 /// Reconnect delays: doubling from `base` up to `max`, with jitter so a
 /// server restart is not met by every device at once. Sans-IO: the caller
@@ -56,8 +57,9 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 pub struct EventsConfig {
     /// `ws://host:port/v1/events`
     pub url: String,
-    /// A fresh user token each time it connects.
-    pub token: Box<dyn Fn() -> String + Send + Sync>,
+    /// The user token: refreshed on the socket before it expires, and
+    /// through the app when the server refuses it.
+    pub token: Arc<UserToken>,
     pub device_id: String,
     /// Set to the server's clock minus the device's (ms) at each
     /// authentication: pushes are judged by the server's clock.
@@ -109,6 +111,16 @@ pub fn spawn_with(
                         let _ = inputs.send(Input::SignalingDisconnected);
                     }
                 }
+                Ended::Refused { token, was_up } => {
+                    if was_up {
+                        let _ = inputs.send(Input::SignalingDisconnected);
+                    }
+                    // Expired or revoked: with a fresh token from the app,
+                    // at once; without one, after the backoff.
+                    if config.token.refresh(&token).await.is_some() {
+                        continue;
+                    }
+                }
             }
             let wait = tokio::time::sleep(backoff.next_delay(jitter()));
             tokio::pin!(wait);
@@ -137,7 +149,31 @@ pub fn jitter() -> f64 {
 
 enum Ended {
     Stop,
-    Dropped { was_up: bool },
+    Dropped {
+        was_up: bool,
+    },
+    /// The server refused `token` (unauthorized, or expired unrefreshed).
+    Refused {
+        token: String,
+        was_up: bool,
+    },
+}
+
+/// A server `error` that means the user token is no good.
+fn refuses_token(message: &Value) -> bool {
+    message["type"] == "error"
+        && matches!(
+            message["code"].as_str(),
+            Some("unauthorized" | "token_expired")
+        )
+}
+
+/// When to refresh a token the server says expires at `expires_at` (Unix
+/// seconds), judged by the server's clock (`server_now`, Unix ms).
+fn refresh_deadline(message: &Value, server_now: u64) -> Option<tokio::time::Instant> {
+    let expires_ms = message["expiresAt"].as_u64()?.saturating_mul(1000);
+    let remaining = Duration::from_millis(expires_ms.saturating_sub(server_now));
+    Some(tokio::time::Instant::now() + refresh_in(remaining))
 }
 
 async fn session(
@@ -152,42 +188,81 @@ async fn session(
     let Ok((mut ws, _)) = connecting.await else {
         return dropped;
     };
-    let auth = json!({"type": "auth", "token": (config.token)(), "deviceId": config.device_id});
+    let mut answers = config.token.subscribe();
+    let mut token = config.token.get();
+    let auth = json!({"type": "auth", "token": token, "deviceId": config.device_id});
     if ws.send(Message::text(auth.to_string())).await.is_err() {
         return dropped;
     }
     let asked = Instant::now();
-    let authenticated = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t)
-            .ok()
-            .filter(|m| m["type"] == "authenticated"),
+    let answer = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).ok(),
         _ => None,
     };
-    let Some(authenticated) = authenticated else {
-        return dropped;
+    let authenticated = match answer {
+        Some(m) if m["type"] == "authenticated" => m,
+        Some(m) if refuses_token(&m) => {
+            return Ended::Refused {
+                token,
+                was_up: false,
+            };
+        }
+        _ => return dropped,
     };
-    if let Some(server_time) = authenticated["serverTime"].as_u64() {
-        // The server's clock at the middle of the round trip.
-        let half_trip = asked.elapsed().as_millis() as u64 / 2;
-        let offset = server_time as i64 - (crate::unix_millis() - half_trip) as i64;
-        *config
-            .clock_offset
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(offset);
-    }
+    let server_now = match authenticated["serverTime"].as_u64() {
+        Some(server_time) => {
+            // The server's clock at the middle of the round trip.
+            let half_trip = asked.elapsed().as_millis() as u64 / 2;
+            let offset = server_time as i64 - (crate::unix_millis() - half_trip) as i64;
+            *config
+                .clock_offset
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(offset);
+            server_time
+        }
+        None => crate::unix_millis(),
+    };
+    let mut refresh_at = refresh_deadline(&authenticated, server_now);
     let _ = inputs.send(Input::SignalingConnected);
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
+        let refresh_due = async {
+            match refresh_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             message = ws.next() => match message {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some(input) = serde_json::from_str::<Value>(&text).ok().and_then(|m| to_input(&m)) {
+                    let Ok(message) = serde_json::from_str::<Value>(&text) else { continue };
+                    if message["type"] == "refreshed" {
+                        refresh_at = refresh_deadline(&message, crate::unix_millis());
+                    } else if message["type"] == "error" && message["code"] == "token_expired" {
+                        return Ended::Refused { token, was_up: true };
+                    } else if let Some(input) = to_input(&message) {
                         let _ = inputs.send(input);
                     }
                 }
                 Some(Ok(_)) => {}
                 _ => return Ended::Dropped { was_up: true },
             },
+            _ = refresh_due => {
+                refresh_at = None;
+                config.token.ask();
+            }
+            // The app gave a new token (asked for, or on its own): the
+            // socket lives on with it.
+            Ok(()) = answers.changed() => {
+                let fresh = config.token.get();
+                if fresh != token {
+                    token = fresh;
+                    let refresh = json!({"type": "refresh", "token": token});
+                    if ws.send(Message::text(refresh.to_string())).await.is_err() {
+                        return Ended::Dropped { was_up: true };
+                    }
+                }
+            }
             command = commands.recv() => match command {
                 Some(EventsCommand::Ack { call_id }) => {
                     let ack = json!({"type": "ack", "callId": call_id});

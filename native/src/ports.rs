@@ -1,8 +1,9 @@
 //! The ports: what the core needs from the platform, as traits a thin
 //! adapter implements. On iOS: CallKit + PushKit (`SystemCallUi`,
-//! `PushTokens`), AVAudioSession (`AudioRoute`) and the platform's libwebrtc
-//! (`MediaFactory` / `MediaSession`); on Android the same over Telecom's
-//! ConnectionService and FCM; in bots, tests and the Python binding the
+//! `PushTokens`), AVAudioSession (`AudioRoutes`) and the platform's libwebrtc
+//! (`MediaFactory` / `MediaSession`); on Android the same over Core-Telecom
+//! and FCM; both ask the app for user tokens (`Credentials`) and tell its
+//! UI what happens in a call (`CallEvents`); in bots, tests and the Python binding the
 //! str0m media session (`str0m_media`). Each trait is exported with UniFFI
 //! so Swift, Kotlin and Python can implement it.
 //!
@@ -146,17 +147,98 @@ pub trait SystemCallUi: Send + Sync {
     fn report_call_ended(&self, call_uuid: String, reason: EndedReason) -> Result<(), PortError>;
 }
 
+/// What kind of audio endpoint (CallKit / AVAudioSession port types;
+/// Core-Telecom's `CallEndpointCompat` types).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum AudioRouteKind {
     Earpiece,
     Speaker,
+    WiredHeadset,
+    Bluetooth,
+    /// Car audio, a hearing aid, a streaming endpoint: kept as the user or
+    /// the system chose it.
+    Other,
 }
 
-/// Where call audio plays. The core picks the speaker for video calls and
-/// the earpiece for voice (as phone apps do); the user may change it.
+impl AudioRouteKind {
+    /// Worn or plugged in by the user: never overridden by a default.
+    pub fn is_headset(self) -> bool {
+        matches!(
+            self,
+            AudioRouteKind::WiredHeadset | AudioRouteKind::Bluetooth
+        )
+    }
+}
+
+/// One place call audio can play (`AVAudioSessionPortDescription`;
+/// `CallEndpointCompat`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct AudioEndpoint {
+    /// The platform's id for it (a port UID; the endpoint's identifier).
+    pub id: String,
+    pub kind: AudioRouteKind,
+    /// What the user sees ("AirPods Pro", "Speaker").
+    pub name: String,
+}
+
+/// The endpoints the platform offers now, and the one in use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
+pub struct AudioRouteState {
+    pub endpoints: Vec<AudioEndpoint>,
+    pub current_id: Option<String>,
+}
+
+/// Where call audio plays. The platform reports its endpoints whenever
+/// they change (`Client::audio_routes_changed`: AVAudioSession's route
+/// change notification; Core-Telecom's `availableEndpoints` and
+/// `currentCallEndpoint` flows); the core picks each call's default once
+/// (a connected headset first, else the speaker for video and the earpiece
+/// for voice) and carries out the user's choice (`Client::select_audio_route`).
 #[uniffi::export(with_foreign)]
-pub trait AudioRoute: Send + Sync {
-    fn set_route(&self, route: AudioRouteKind) -> Result<(), PortError>;
+pub trait AudioRoutes: Send + Sync {
+    /// Route call audio to this endpoint (iOS: `overrideOutputAudioPort` or
+    /// `setPreferredInput`; Android: `requestEndpointChange`).
+    fn select_route(&self, endpoint_id: String) -> Result<(), PortError>;
+}
+
+/// Asks the app for a fresh user token (its backend issues them; the core
+/// never sees the app's own credentials). Called when the server answers
+/// 401 and before the current token expires; the app answers, from any
+/// thread, with `Client::set_user_token` or `Client::user_token_failed`.
+#[uniffi::export(with_foreign)]
+pub trait Credentials: Send + Sync {
+    fn refresh_user_token(&self) -> Result<(), PortError>;
+}
+
+/// A remote participant's track as the app renders it: the subscriber
+/// connection's transceiver `mid` carries it (libwebrtc's `onTrack` names
+/// the same mid).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct RemoteTrack {
+    pub track_id: String,
+    pub participant_id: String,
+    pub user_id: String,
+    pub video: bool,
+    pub mid: String,
+    pub muted: bool,
+}
+
+/// What happens inside a call that the app's own UI shows (video tiles,
+/// a "reconnecting" banner; the plugin's `remoteTrack` event).
+#[uniffi::export(with_foreign)]
+pub trait CallEvents: Send + Sync {
+    fn remote_track_added(&self, call_uuid: String, track: RemoteTrack) -> Result<(), PortError>;
+    fn remote_track_removed(&self, call_uuid: String, track_id: String) -> Result<(), PortError>;
+    fn remote_track_muted(
+        &self,
+        call_uuid: String,
+        track_id: String,
+        muted: bool,
+    ) -> Result<(), PortError>;
+    /// A connected call lost its media path or signaling; the core is
+    /// resuming it (the call is not over).
+    fn call_reconnecting(&self, call_uuid: String) -> Result<(), PortError>;
+    fn call_reconnected(&self, call_uuid: String) -> Result<(), PortError>;
 }
 
 /// The device's push tokens as the platform last gave them (PushKit's VoIP
@@ -253,6 +335,8 @@ pub struct MediaEvents {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
     Connected,
+    /// Lost for now (ICE `disconnected`): it may come back by itself.
+    Disconnected,
     Failed,
     LocalCandidate {
         connection: PeerConnection,
@@ -271,6 +355,12 @@ impl MediaEvents {
     /// Both peer connections are connected (ICE + DTLS).
     pub fn connected(&self) {
         let _ = self.to_session.send(MediaEvent::Connected);
+    }
+
+    /// A connection lost its path for now (ICE `disconnected`): the app
+    /// shows the call reconnecting; `connected` follows when it is back.
+    pub fn disconnected(&self) {
+        let _ = self.to_session.send(MediaEvent::Disconnected);
     }
 
     /// A connection failed for good (ICE `failed`).

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::call_engine::Input;
 use crate::events::{Backoff, jitter};
 use crate::ports::{MediaEvent, MediaSession, PeerConnection};
+use crate::remote_tracks::RemoteTracks;
 
 /// Keepalive on the signaling socket.
 const PING_EVERY: Duration = Duration::from_secs(10);
@@ -47,8 +48,21 @@ pub struct RtcSession {
 
 pub fn spawn(session: RtcSession) -> mpsc::UnboundedSender<RtcCommand> {
     let (commands, rx) = mpsc::unbounded_channel();
-    tokio::spawn(session.run(rx));
+    let running = Running {
+        session,
+        tracks: RemoteTracks::default(),
+        media_up: false,
+    };
+    tokio::spawn(running.run(rx));
     commands
+}
+
+struct Running {
+    session: RtcSession,
+    /// The room's remote tracks as the app was told them.
+    tracks: RemoteTracks,
+    /// The media session last said it is connected.
+    media_up: bool,
 }
 
 /// Why one socket's session ended.
@@ -69,14 +83,19 @@ struct Publisher {
     restart_queued: bool,
 }
 
-impl RtcSession {
+impl Running {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<RtcCommand>) {
         let mut participant_id: Option<String> = None;
         let mut grace = DEFAULT_GRACE;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut resume_by: Option<Instant> = None;
         loop {
-            let ended = match SignalingClient::connect_with_tls(&self.url, self.tls.clone()).await {
+            let ended = match SignalingClient::connect_with_tls(
+                &self.session.url,
+                self.session.tls.clone(),
+            )
+            .await
+            {
                 Ok(ws) => {
                     self.socket(ws, &mut participant_id, &mut grace, &mut commands)
                         .await
@@ -91,6 +110,7 @@ impl RtcSession {
                     if joined {
                         resume_by = None;
                         backoff.reset();
+                        self.reconnecting();
                     }
                 }
             }
@@ -98,7 +118,7 @@ impl RtcSession {
             if Instant::now() >= deadline {
                 return self.fail("could not resume within the grace period");
             }
-            tracing::info!(call_id = %self.call_id, "media signaling dropped; resuming");
+            tracing::info!(call_id = %self.session.call_id, "media signaling dropped; resuming");
             let delay = backoff.next_delay(jitter());
             tokio::select! {
                 _ = tokio::time::sleep(delay.min(deadline - Instant::now())) => {}
@@ -107,8 +127,8 @@ impl RtcSession {
                 },
             }
         }
-        if let Err(e) = self.media.end_session() {
-            tracing::warn!(call_id = %self.call_id, error = %e, "media close failed");
+        if let Err(e) = self.session.media.end_session() {
+            tracing::warn!(call_id = %self.session.call_id, error = %e, "media close failed");
         }
     }
 
@@ -123,7 +143,7 @@ impl RtcSession {
         let resuming = participant_id.is_some();
         let join = ClientMessage::Join {
             protocol_version: signaling::PROTOCOL_VERSION,
-            token: self.call_token.clone(),
+            token: self.session.call_token.clone(),
             auto_subscribe: true,
             resume_participant_id: participant_id.clone(),
         };
@@ -131,22 +151,34 @@ impl RtcSession {
             return SocketEnded::Dropped { joined: false };
         }
         match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await {
-            Ok(Ok(ServerMessage::Joined {
-                participant_id: id,
-                reconnect_grace_seconds,
-                ..
-            })) => {
-                *participant_id = Some(id);
+            Ok(Ok(
+                joined @ ServerMessage::Joined {
+                    reconnect_grace_seconds,
+                    ..
+                },
+            )) => {
                 *grace = Duration::from_secs(reconnect_grace_seconds.into());
+                if let ServerMessage::Joined {
+                    participant_id: id, ..
+                } = &joined
+                {
+                    *participant_id = Some(id.clone());
+                }
+                self.track_changes(&joined);
             }
             Ok(Ok(ServerMessage::Error { code, message })) => {
                 return SocketEnded::Failed(format!("join refused: {code:?}: {message}"));
             }
             _ => return SocketEnded::Dropped { joined: false },
         }
-        tracing::info!(call_id = %self.call_id, resumed = resuming, "joined the call's room");
+        tracing::info!(call_id = %self.session.call_id, resumed = resuming, "joined the call's room");
+        if resuming && self.media_up {
+            // Signaling is back and media never dropped: reconnected.
+            let call_id = self.session.call_id.clone();
+            let _ = self.session.engine.send(Input::MediaConnected { call_id });
+        }
         let mut publisher = Publisher::default();
-        let offer = self.media.create_publisher_offer(resuming);
+        let offer = self.session.media.create_publisher_offer(resuming);
         if let Err(e) = self.send_offer(&mut ws, &mut publisher, offer).await {
             return e;
         }
@@ -163,13 +195,13 @@ impl RtcSession {
                     // skipped, not a dropped socket.
                     Err(signaling::client::ClientError::Decode(e)) => {
                         if !std::mem::replace(&mut unreadable_logged, true) {
-                            tracing::warn!(call_id = %self.call_id, error = %e, "skipping server messages this version cannot read");
+                            tracing::warn!(call_id = %self.session.call_id, error = %e, "skipping server messages this version cannot read");
                         }
                         Ok(())
                     }
                     Err(_) => Err(SocketEnded::Dropped { joined: true }),
                 },
-                Some(event) = self.media_events.recv() => self.on_media_event(&mut ws, event).await,
+                Some(event) = self.session.media_events.recv() => self.on_media_event(&mut ws, event).await,
                 command = commands.recv() => match command {
                     Some(RtcCommand::RestartIce) => self.restart_ice(&mut ws, &mut publisher).await,
                     Some(RtcCommand::Reconnect) => Err(SocketEnded::Dropped { joined: true }),
@@ -195,9 +227,11 @@ impl RtcSession {
         publisher: &mut Publisher,
         message: ServerMessage,
     ) -> Result<(), SocketEnded> {
+        self.track_changes(&message);
         match message {
             ServerMessage::PublishAnswer { sdp, .. } => {
-                self.media
+                self.session
+                    .media
                     .apply_publisher_answer(sdp)
                     .map_err(|e| SocketEnded::Failed(e.to_string()))?;
                 publisher.offer_pending = false;
@@ -207,6 +241,7 @@ impl RtcSession {
             }
             ServerMessage::SubscriberOffer { sdp, .. } => {
                 let sdp = self
+                    .session
                     .media
                     .answer_subscriber_offer(sdp)
                     .map_err(|e| SocketEnded::Failed(e.to_string()))?;
@@ -218,17 +253,18 @@ impl RtcSession {
                     PeerTarget::Subscriber => PeerConnection::Subscriber,
                 };
                 if let Err(e) = self
+                    .session
                     .media
                     .add_remote_candidate(connection, candidate.candidate)
                 {
-                    tracing::warn!(call_id = %self.call_id, error = %e, "remote candidate refused");
+                    tracing::warn!(call_id = %self.session.call_id, error = %e, "remote candidate refused");
                 }
             }
             ServerMessage::Left { reason } => {
                 return Err(SocketEnded::Failed(format!("removed: {reason:?}")));
             }
             ServerMessage::Error { code, message } => {
-                tracing::warn!(call_id = %self.call_id, ?code, %message, "signaling error");
+                tracing::warn!(call_id = %self.session.call_id, ?code, %message, "signaling error");
             }
             _ => {}
         }
@@ -240,11 +276,13 @@ impl RtcSession {
         ws: &mut SignalingClient,
         event: MediaEvent,
     ) -> Result<(), SocketEnded> {
-        let call_id = self.call_id.clone();
+        let call_id = self.session.call_id.clone();
         match event {
             MediaEvent::Connected => {
-                let _ = self.engine.send(Input::MediaConnected { call_id });
+                self.media_up = true;
+                let _ = self.session.engine.send(Input::MediaConnected { call_id });
             }
+            MediaEvent::Disconnected => self.reconnecting(),
             MediaEvent::Failed => {
                 return Err(SocketEnded::Failed("media connection failed".into()));
             }
@@ -277,7 +315,7 @@ impl RtcSession {
             publisher.restart_queued = true;
             return Ok(());
         }
-        let offer = self.media.create_publisher_offer(true);
+        let offer = self.session.media.create_publisher_offer(true);
         self.send_offer(ws, publisher, offer).await?;
         send(ws, &ClientMessage::RestartIce).await
     }
@@ -293,13 +331,31 @@ impl RtcSession {
         send(ws, &ClientMessage::Publish { sdp }).await
     }
 
-    fn fail(self, why: &str) {
-        tracing::warn!(call_id = %self.call_id, reason = why, "media failed");
-        if let Err(e) = self.media.end_session() {
-            tracing::warn!(call_id = %self.call_id, error = %e, "media close failed");
+    /// The app hears about remote tracks as the room changes.
+    fn track_changes(&mut self, message: &ServerMessage) {
+        for change in self.tracks.on_message(message) {
+            let _ = self.session.engine.send(Input::RemoteTrack {
+                call_id: self.session.call_id.clone(),
+                change,
+            });
         }
-        let _ = self.engine.send(Input::MediaFailed {
-            call_id: self.call_id,
+    }
+
+    /// Media or its signaling dropped; the session is resuming it.
+    fn reconnecting(&mut self) {
+        self.media_up = false;
+        let _ = self.session.engine.send(Input::MediaReconnecting {
+            call_id: self.session.call_id.clone(),
+        });
+    }
+
+    fn fail(self, why: &str) {
+        tracing::warn!(call_id = %self.session.call_id, reason = why, "media failed");
+        if let Err(e) = self.session.media.end_session() {
+            tracing::warn!(call_id = %self.session.call_id, error = %e, "media close failed");
+        }
+        let _ = self.session.engine.send(Input::MediaFailed {
+            call_id: self.session.call_id,
         });
     }
 }

@@ -197,6 +197,9 @@ async fn drive(
                 if reported_up {
                     tracing::info!(call_id = %call_id, "str0m media connected");
                     events.connected();
+                } else {
+                    tracing::info!(call_id = %call_id, "str0m media disconnected");
+                    events.disconnected();
                 }
             }
             (wake, bot.transmits.drain(..).collect())

@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use native::call_engine::{
-    AudioRouteKind, CallEngine, EndedReason, IncomingCall, Input, Output, Ring, UnixMillis,
+    AudioRouteKind, AudioRouteState, CallEngine, EndedReason, IncomingCall, Input, Output, Ring,
+    TrackChange, UnixMillis,
 };
 use native::ports::{
-    CallKitEndedReason, TelecomDisconnectCause, callkit_ended_reason, telecom_disconnect_cause,
+    AudioEndpoint, CallKitEndedReason, RemoteTrack, TelecomDisconnectCause, callkit_ended_reason,
+    telecom_disconnect_cause,
 };
 use native::push::{PushDecision, parse_json};
 
@@ -128,6 +130,32 @@ fn ring(call: &str, epoch: u64, expires_in_ms: i64) -> Input {
 
 fn s(x: &str) -> String {
     x.to_string()
+}
+
+/// A phone's audio endpoints: earpiece and speaker, plus `extra`, with
+/// `current` in use.
+fn routes(extra: &[(&str, AudioRouteKind)], current: &str) -> Input {
+    let mut endpoints = vec![
+        endpoint("earpiece", AudioRouteKind::Earpiece),
+        endpoint("speaker", AudioRouteKind::Speaker),
+    ];
+    endpoints.extend(extra.iter().map(|(id, kind)| endpoint(id, *kind)));
+    Input::AudioRoutesChanged(AudioRouteState {
+        endpoints,
+        current_id: Some(s(current)),
+    })
+}
+
+fn endpoint(id: &str, kind: AudioRouteKind) -> AudioEndpoint {
+    AudioEndpoint {
+        id: s(id),
+        kind,
+        name: id.to_uppercase(),
+    }
+}
+
+fn select(id: &str) -> Output {
+    Output::SelectAudioRoute { endpoint_id: s(id) }
 }
 
 #[test]
@@ -281,6 +309,7 @@ fn a_stale_socket_ring_is_reported_then_ended_at_once() {
 #[test]
 fn an_answer_before_the_socket_is_up_waits_for_it_and_media_waits_for_audio() {
     let mut d = Device::new();
+    d.input(routes(&[], "earpiece"));
     d.push(&ring_push(C1, 7, 30_000), Some(0));
     // Answered from the lock screen: the app just woke, no socket yet.
     assert!(d.input(Input::SystemAnswer { call_uuid: s(C1) }).is_empty());
@@ -300,14 +329,12 @@ fn an_answer_before_the_socket_is_up_waits_for_it_and_media_waits_for_audio() {
     assert_eq!(
         d.input(Input::AudioSessionActivated),
         [
-            Output::RouteAudio {
-                route: AudioRouteKind::Speaker
-            },
             Output::JoinMedia {
                 call_id: s(C1),
                 call_token: s("tok"),
                 video: true
-            }
+            },
+            select("speaker"),
         ]
     );
     assert_eq!(
@@ -523,10 +550,14 @@ fn a_network_drop_mid_call_restarts_ice_on_reconnect_and_keeps_the_call() {
         d.input(Input::SignalingConnected),
         [Output::RestartIce { call_id: s(C1) }]
     );
-    // Media failed for good: rejoin with a fresh token.
+    // Media failed for good: rejoin with a fresh token; the app shows
+    // the call reconnecting, then reconnected (not connected a second time).
     assert_eq!(
         d.input(Input::MediaFailed { call_id: s(C1) }),
-        [Output::RequestFreshToken { call_id: s(C1) }]
+        [
+            Output::RequestFreshToken { call_id: s(C1) },
+            Output::ReportReconnecting { call_uuid: s(C1) }
+        ]
     );
     assert_eq!(
         d.input(Input::FreshToken {
@@ -539,6 +570,211 @@ fn a_network_drop_mid_call_restarts_ice_on_reconnect_and_keeps_the_call() {
             video: true
         }]
     );
+    assert_eq!(
+        d.input(Input::MediaConnected { call_id: s(C1) }),
+        [Output::ReportReconnected { call_uuid: s(C1) }]
+    );
+}
+
+#[test]
+fn a_dropped_media_path_is_reported_reconnecting_once_then_reconnected() {
+    let mut d = Device::answered(C1);
+    // Before it ever connected, a drop is not a reconnection.
+    assert!(
+        d.input(Input::MediaReconnecting { call_id: s(C1) })
+            .is_empty()
+    );
+    assert_eq!(
+        d.input(Input::MediaConnected { call_id: s(C1) }),
+        [Output::ReportConnected { call_uuid: s(C1) }]
+    );
+    assert_eq!(
+        d.input(Input::MediaReconnecting { call_id: s(C1) }),
+        [Output::ReportReconnecting { call_uuid: s(C1) }]
+    );
+    assert!(
+        d.input(Input::MediaReconnecting { call_id: s(C1) })
+            .is_empty(),
+        "once until it is back"
+    );
+    assert_eq!(
+        d.input(Input::MediaConnected { call_id: s(C1) }),
+        [Output::ReportReconnected { call_uuid: s(C1) }]
+    );
+    assert!(d.input(Input::MediaConnected { call_id: s(C1) }).is_empty());
+}
+
+#[test]
+fn remote_tracks_reach_the_app_only_while_the_call_is_here() {
+    let mut d = Device::answered(C1);
+    let track = RemoteTrack {
+        track_id: s("TR_1"),
+        participant_id: s("PA_1"),
+        user_id: s("alice"),
+        video: true,
+        mid: s("1"),
+        muted: false,
+    };
+    let change = TrackChange::Added(track);
+    assert_eq!(
+        d.input(Input::RemoteTrack {
+            call_id: s(C1),
+            change: change.clone()
+        }),
+        [Output::ReportRemoteTrack {
+            call_uuid: s(C1),
+            change: change.clone()
+        }]
+    );
+    d.input(Input::RemoteEnded { call_id: s(C1) });
+    assert!(
+        d.input(Input::RemoteTrack {
+            call_id: s(C1),
+            change
+        })
+        .is_empty(),
+        "nothing after the call ended"
+    );
+}
+
+#[test]
+fn a_connected_headset_is_never_overridden_by_the_default_route() {
+    // AirPods in use: a video call keeps them (no speaker).
+    let mut d = Device::new();
+    d.input(routes(&[("airpods", AudioRouteKind::Bluetooth)], "airpods"));
+    d.input(Input::SignalingConnected);
+    d.input(Input::AudioSessionActivated);
+    d.input(ring(C1, 7, 30_000));
+    d.input(Input::SystemAnswer { call_uuid: s(C1) });
+    let out = d.input(Input::Accepted {
+        call_id: s(C1),
+        call_token: s("tok"),
+    });
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::SelectAudioRoute { .. })),
+        "{out:?}"
+    );
+
+    // A wired headset plugged in but the earpiece current: the headset.
+    let wired = routes(&[("wired", AudioRouteKind::WiredHeadset)], "earpiece");
+    let mut d = Device::answered(C2);
+    assert_eq!(d.input(wired), [select("wired")]);
+}
+
+#[test]
+fn the_default_route_waits_for_the_endpoints_and_is_chosen_once_per_call() {
+    // Android: Core-Telecom reports endpoints after the call was added.
+    let mut d = Device::answered(C1);
+    assert!(
+        !d.outputs
+            .iter()
+            .any(|o| matches!(o, Output::SelectAudioRoute { .. })),
+        "no endpoints known yet"
+    );
+    assert_eq!(d.input(routes(&[], "earpiece")), [select("speaker")]);
+    // The route changes again (the system, or the user in Control Center):
+    // not overridden a second time.
+    assert!(d.input(routes(&[], "earpiece")).is_empty());
+    // The user picks from the app's route list; an endpoint the platform
+    // never reported is ignored.
+    assert_eq!(
+        d.input(Input::SelectAudioRoute {
+            endpoint_id: s("earpiece")
+        }),
+        [select("earpiece")]
+    );
+    assert!(
+        d.input(Input::SelectAudioRoute {
+            endpoint_id: s("hdmi")
+        })
+        .is_empty()
+    );
+}
+
+#[test]
+fn a_crossed_call_carries_on_as_the_outgoing_call_and_the_ring_leaves_the_ui() {
+    // Alice's call C1 rings here while Bob, at the same moment, calls Alice.
+    let mut d = Device::new();
+    d.input(Input::SignalingConnected);
+    d.input(Input::AudioSessionActivated);
+    assert_eq!(
+        d.push(&ring_push(C1, 7, 30_000), Some(0)),
+        PushDecision::Report { call: shown(C1) }
+    );
+    d.input(Input::IncomingCallDisplayed { call_uuid: s(C1) });
+    let local = LOCAL.to_lowercase();
+    d.input(Input::StartCall {
+        call_uuid: s(LOCAL),
+        callee_user_id: s("alice"),
+        video: true,
+    });
+    // The server made Bob's create the answer to Alice's call.
+    let out = d.input(Input::Created {
+        call_uuid: local.clone(),
+        call_id: s(C1),
+        call_token: s("tok"),
+        answered: true,
+    });
+    assert_eq!(
+        out,
+        [
+            ended(C1, EndedReason::AnsweredElsewhere),
+            Output::ReportOutgoingStarted {
+                call_uuid: local.clone(),
+                call_id: s(C1)
+            },
+            Output::JoinMedia {
+                call_id: s(C1),
+                call_token: s("tok"),
+                video: true
+            },
+        ]
+    );
+    assert_eq!(
+        d.count(|o| matches!(o, Output::Decline { .. })),
+        0,
+        "the crossed call is not declined"
+    );
+    // Alice is in the call already: connected as soon as media is up.
+    assert_eq!(
+        d.input(Input::MediaConnected { call_id: s(C1) }),
+        [Output::ReportConnected {
+            call_uuid: local.clone()
+        }]
+    );
+    // A late push or socket ring of C1 is the call in progress, not a new one.
+    let late = d.push(&ring_push(C1, 7, 30_000), Some(0));
+    assert!(
+        matches!(&late, PushDecision::Report { call } if call.call_uuid == local),
+        "{late:?}"
+    );
+    assert!(d.input(ring(C1, 7, 30_000)).is_empty());
+}
+
+#[test]
+fn a_crossed_call_answered_before_its_ring_arrived_never_rings() {
+    let mut d = Device::new();
+    d.input(Input::SignalingConnected);
+    let local = LOCAL.to_lowercase();
+    d.input(Input::StartCall {
+        call_uuid: s(LOCAL),
+        callee_user_id: s("alice"),
+        video: true,
+    });
+    d.input(Input::Created {
+        call_uuid: local.clone(),
+        call_id: s(C1),
+        call_token: s("tok"),
+        answered: true,
+    });
+    let push = d.push(&ring_push(C1, 7, 30_000), Some(0));
+    assert!(
+        matches!(&push, PushDecision::Report { call } if call.call_uuid == local),
+        "{push:?}"
+    );
+    assert!(d.input(ring(C1, 7, 30_000)).is_empty());
+    assert_eq!(d.count(|o| matches!(o, Output::ReportIncoming { .. })), 0);
 }
 
 #[test]
@@ -546,6 +782,7 @@ fn an_outgoing_call_is_known_by_the_apps_uuid_before_and_after_the_server_names_
     let mut d = Device::new();
     d.input(Input::SignalingConnected);
     d.input(Input::AudioSessionActivated);
+    d.input(routes(&[], "speaker"));
     let local = LOCAL.to_lowercase();
     assert_eq!(
         d.input(Input::StartCall {
@@ -563,6 +800,7 @@ fn an_outgoing_call_is_known_by_the_apps_uuid_before_and_after_the_server_names_
         call_uuid: local.clone(),
         call_id: s(C9),
         call_token: s("tok"),
+        answered: false,
     });
     assert_eq!(
         out,
@@ -571,14 +809,12 @@ fn an_outgoing_call_is_known_by_the_apps_uuid_before_and_after_the_server_names_
                 call_uuid: local.clone(),
                 call_id: s(C9)
             },
-            Output::RouteAudio {
-                route: AudioRouteKind::Earpiece
-            },
             Output::JoinMedia {
                 call_id: s(C9),
                 call_token: s("tok"),
                 video: false
             },
+            select("earpiece"),
         ]
     );
     assert_eq!(d.engine.call_id_of(LOCAL), Some(s(C9)));

@@ -5,30 +5,55 @@
 //! through the SFU, also across a network change on bob's side (the media
 //! signaling resumes); alice hangs up; bob's UI ends with `RemoteEnded`, alice's
 //! with `LocalEnded`. Bob's audio-route port throws, and the call goes on.
+//! Alice's app starts with an expired user token: the core asks her app
+//! for a fresh one once and carries on. Each side is told the other's
+//! tracks, and Bob's app sees his call reconnecting and reconnected.
 //! Both cores reach the server only over TLS (`https://`, `wss://`) through a
 //! terminator with a test CA's certificate; a core without that CA cannot.
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use native::api::Platform;
 use native::client::{Client, ClientConfig, Ports};
 use native::ports::{
-    AudioRoute, AudioRouteKind, DevicePushTokens, EndedReason, IncomingCall, PortError, PushTokens,
-    SystemCallUi,
+    AudioEndpoint, AudioRouteKind, AudioRoutes, CallEvents, Credentials, DevicePushTokens,
+    EndedReason, IncomingCall, PortError, PushTokens, RemoteTrack, SystemCallUi,
 };
 use native::str0m_media::Str0mMediaFactory;
 use support::{token, wait_for};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Report {
-    Incoming { call_id: String, caller: String },
+    Incoming {
+        call_id: String,
+        caller: String,
+    },
     OutgoingStarted(String),
     Connected(String),
     Ended(String, EndedReason),
-    Route(AudioRouteKind),
+    Route(String),
+    TokenAsked,
+    /// (user, video)
+    TrackAdded(String, bool),
+    TrackRemoved(String),
+    Reconnecting(String),
+    Reconnected(String),
+}
+
+impl Report {
+    /// What the system call UI saw (not routes, tokens, tracks).
+    fn is_call_ui(&self) -> bool {
+        matches!(
+            self,
+            Report::Incoming { .. }
+                | Report::OutgoingStarted(_)
+                | Report::Connected(_)
+                | Report::Ended(..)
+        )
+    }
 }
 
 /// A fake CallKit / Telecom and audio session recording what the core
@@ -38,6 +63,10 @@ enum Report {
 struct FakeSystem {
     reports: Mutex<Vec<Report>>,
     route_throws: bool,
+    /// The app's answer to a token request (its backend's fresh token).
+    fresh_token: Option<String>,
+    /// Weak: the app holds the client, the client holds its ports.
+    client: OnceLock<Weak<Client>>,
 }
 
 impl FakeSystem {
@@ -80,12 +109,50 @@ impl SystemCallUi for FakeSystem {
     }
 }
 
-impl AudioRoute for FakeSystem {
-    fn set_route(&self, route: AudioRouteKind) -> Result<(), PortError> {
-        self.record(Report::Route(route));
+impl AudioRoutes for FakeSystem {
+    fn select_route(&self, endpoint_id: String) -> Result<(), PortError> {
+        self.record(Report::Route(endpoint_id));
         if self.route_throws {
-            return Err("AVAudioSession refused the route".to_string().into());
+            return Err("AudioManager refused the route".to_string().into());
         }
+        Ok(())
+    }
+}
+
+impl Credentials for FakeSystem {
+    fn refresh_user_token(&self) -> Result<(), PortError> {
+        self.record(Report::TokenAsked);
+        let client = self.client.get().and_then(Weak::upgrade);
+        let (Some(client), Some(token)) = (client, self.fresh_token.clone()) else {
+            return Err("signed out".to_string().into());
+        };
+        // The app's backend answers later, on another thread.
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            client.set_user_token(token);
+        });
+        Ok(())
+    }
+}
+
+impl CallEvents for FakeSystem {
+    fn remote_track_added(&self, _call_uuid: String, track: RemoteTrack) -> Result<(), PortError> {
+        self.record(Report::TrackAdded(track.user_id, track.video));
+        Ok(())
+    }
+    fn remote_track_removed(&self, _call_uuid: String, track_id: String) -> Result<(), PortError> {
+        self.record(Report::TrackRemoved(track_id));
+        Ok(())
+    }
+    fn remote_track_muted(&self, _: String, _: String, _: bool) -> Result<(), PortError> {
+        Ok(())
+    }
+    fn call_reconnecting(&self, call_uuid: String) -> Result<(), PortError> {
+        self.record(Report::Reconnecting(call_uuid));
+        Ok(())
+    }
+    fn call_reconnected(&self, call_uuid: String) -> Result<(), PortError> {
+        self.record(Report::Reconnected(call_uuid));
         Ok(())
     }
 }
@@ -109,6 +176,7 @@ fn client(
     let system = Arc::new(FakeSystem {
         // Bob's phone throws from its audio port: the call must go on.
         route_throws: user == "bob",
+        fresh_token: Some(token(user)),
         ..Default::default()
     });
     let ports = Ports {
@@ -119,10 +187,17 @@ fn client(
         ),
         audio: system.clone(),
         push: Arc::new(FixedTokens(tokens)),
+        credentials: system.clone(),
+        events: system.clone(),
     };
     let config = ClientConfig {
         server_url: base.to_string(),
-        user_token: token(user),
+        // Alice's app was woken with yesterday's token.
+        user_token: if user == "alice" {
+            support::expired_token(user)
+        } else {
+            token(user)
+        },
         device_id: device.to_string(),
         platform,
         video: true,
@@ -130,10 +205,17 @@ fn client(
         apns_environment: (platform == Platform::Ios).then(|| "sandbox".into()),
         trusted_ca_pem: Some(ca_pem.to_string()),
     };
-    (
-        Client::start(config, ports, runtime.handle()).unwrap(),
-        system,
-    )
+    let client = Client::start(config, ports, runtime.handle()).unwrap();
+    let _ = system.client.set(Arc::downgrade(&client));
+    (client, system)
+}
+
+fn endpoint(id: &str, kind: AudioRouteKind) -> AudioEndpoint {
+    AudioEndpoint {
+        id: id.into(),
+        kind,
+        name: id.into(),
+    }
 }
 
 /// Packets and remote tracks the call's media received so far.
@@ -178,6 +260,22 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
             fcm: Some("fcm-token-of-bobs-pixel:APA91bHun4MxP5egoKMwt2KZFBaFUH".into()),
             ..Default::default()
         },
+    );
+    // Alice wears AirPods; Bob's phone has its earpiece and speaker.
+    alice.audio_routes_changed(
+        vec![
+            endpoint("receiver", AudioRouteKind::Earpiece),
+            endpoint("speaker", AudioRouteKind::Speaker),
+            endpoint("airpods", AudioRouteKind::Bluetooth),
+        ],
+        Some("airpods".into()),
+    );
+    bob.audio_routes_changed(
+        vec![
+            endpoint("earpiece", AudioRouteKind::Earpiece),
+            endpoint("speaker", AudioRouteKind::Speaker),
+        ],
+        Some("earpiece".into()),
     );
     // Bob's core registered his phone through its PushTokens port.
     wait_for("bob's device registration", limit, || {
@@ -233,6 +331,26 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
         });
     }
 
+    // Each app was told the other's two tracks.
+    for (system, other) in [(&alice_ios, "bob"), (&bob_android, "alice")] {
+        for video in [false, true] {
+            assert!(
+                system.has(&Report::TrackAdded(other.into(), video)),
+                "{:?}",
+                system.reports()
+            );
+        }
+    }
+    // Alice's expired token: her app was asked for a fresh one, once.
+    let asked = |system: &FakeSystem| {
+        system
+            .reports()
+            .iter()
+            .filter(|r| **r == Report::TokenAsked)
+            .count()
+    };
+    assert_eq!((asked(&alice_ios), asked(&bob_android)), (1, 0));
+
     // Bob's network changes: his connections drop and resume; media
     // keeps arriving on both sides, and no second incoming call appears.
     let before = (received(&alice, &alice_uuid).0, received(&bob, &call_id).0);
@@ -241,6 +359,13 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
         let now = (received(&alice, &alice_uuid).0, received(&bob, &call_id).0);
         (now.0 >= before.0 + 150 && now.1 >= before.1 + 150).then_some(())
     });
+    // His app showed the call reconnecting, then reconnected.
+    wait_for("bob's call reconnected", limit, || {
+        bob_android
+            .has(&Report::Reconnected(call_id.clone()))
+            .then_some(())
+    });
+    assert!(bob_android.has(&Report::Reconnecting(call_id.clone())));
 
     alice.end(alice_uuid.clone());
     wait_for("bob's call to end", limit, || {
@@ -253,19 +378,21 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
     let bob_reports = bob_android.reports();
     let incoming_reports = bob_reports.iter().filter(|r| **r == incoming).count();
     assert_eq!(incoming_reports, 1, "{bob_reports:?}");
-    // A video call plays on the speaker, chosen once per call.
-    for system in [&alice_ios, &bob_android] {
-        let routes: Vec<_> = system
+    // A video call plays on the speaker, chosen once per call (though
+    // Bob's port threw); Alice's AirPods were left alone.
+    let routes = |system: &FakeSystem| -> Vec<Report> {
+        system
             .reports()
             .into_iter()
             .filter(|r| matches!(r, Report::Route(_)))
-            .collect();
-        assert_eq!(routes, [Report::Route(AudioRouteKind::Speaker)]);
-    }
+            .collect()
+    };
+    assert_eq!(routes(&bob_android), [Report::Route("speaker".into())]);
+    assert_eq!(routes(&alice_ios), []);
     // Bob's order: ring, connected, ended.
     let order: Vec<_> = bob_reports
         .iter()
-        .filter(|r| !matches!(r, Report::Route(_)))
+        .filter(|r| r.is_call_ui())
         .cloned()
         .collect();
     assert_eq!(
@@ -336,8 +463,10 @@ fn a_core_refuses_a_server_whose_certificate_no_trusted_ca_signed() {
             "127.0.0.1".parse().unwrap(),
             runtime.handle().clone(),
         ),
-        audio: system,
+        audio: system.clone(),
         push: Arc::new(FixedTokens(DevicePushTokens::default())),
+        credentials: system.clone(),
+        events: system,
     };
     assert!(matches!(
         Client::start(config, ports, runtime.handle()),

@@ -2,7 +2,8 @@
 //! rings the device, the call engine reports it once; after a dropped
 //! connection (a network change) the client reconnects, the server replays
 //! the ring, and the engine still shows one incoming call; the caller's
-//! cancel then ends it with the matching reason.
+//! cancel then ends it with the matching reason. A socket whose user token
+//! is about to expire asks the app for a fresh one and lives on with it.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,6 +55,72 @@ async fn until(
     seen
 }
 
+/// This test's token outlives it: the app is never asked.
+struct NoCredentials;
+
+/// An app that counts how often the core asked it for a token; the test
+/// answers for it.
+#[derive(Default)]
+struct CountingApp {
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl native::ports::Credentials for CountingApp {
+    fn refresh_user_token(&self) -> Result<(), native::ports::PortError> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_refreshes_its_token_before_it_expires_and_stays_up() {
+    use std::sync::atomic::Ordering;
+    let test_server = support::start_server("events-refresh").await;
+    let device = json!({"deviceId": "tablet", "platform": "web", "push": {}, "capabilities": {"video": true}});
+    post(&test_server.base, "carol", "/v1/devices", device).await;
+
+    let app = Arc::new(CountingApp::default());
+    let user_token = native::credentials::UserToken::new(
+        support::token_for("carol", Duration::from_secs(4)),
+        app.clone(),
+    );
+    let (tx, mut inputs) = mpsc::unbounded_channel();
+    let commands = spawn(
+        EventsConfig {
+            url: format!("ws://{}/v1/events", test_server.server.http_addr),
+            token: user_token.clone(),
+            device_id: "tablet".into(),
+            clock_offset: Arc::new(Mutex::new(None)),
+            tls: native::tls::client_config(None).unwrap(),
+        },
+        tx,
+    );
+    assert_eq!(inputs.recv().await, Some(Input::SignalingConnected));
+    // Half-way through the token's 4 s the core asks the app.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.asked.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the app was never asked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    user_token.set(token("carol"));
+    // Past the old token's expiry (the server closes an unrefreshed socket
+    // then): the socket stays up, and the app was asked once.
+    let quiet = tokio::time::timeout(Duration::from_secs(6), inputs.recv()).await;
+    assert!(quiet.is_err(), "the socket dropped: {quiet:?}");
+    assert_eq!(app.asked.load(Ordering::SeqCst), 1);
+    let _ = commands.send(EventsCommand::Stop);
+    test_server.stop().await;
+}
+
+impl native::ports::Credentials for NoCredentials {
+    fn refresh_user_token(&self) -> Result<(), native::ports::PortError> {
+        Err("no app backend here".to_string().into())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ring_reaches_the_engine_once_across_a_reconnect_and_a_cancel_ends_it() {
     let test_server = support::start_server("events").await;
@@ -67,7 +134,7 @@ async fn a_ring_reaches_the_engine_once_across_a_reconnect_and_a_cancel_ends_it(
     let commands = spawn(
         EventsConfig {
             url: format!("ws://{}/v1/events", server.http_addr),
-            token: Box::new(|| token("bob")),
+            token: native::credentials::UserToken::new(token("bob"), Arc::new(NoCredentials)),
             device_id: "phone".into(),
             clock_offset: clock_offset.clone(),
             tls: native::tls::client_config(None).unwrap(),

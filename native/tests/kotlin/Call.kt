@@ -17,7 +17,7 @@ import java.net.http.HttpRequest
 import java.net.http.HttpResponse
 import kotlin.system.exitProcess
 
-class FakeTelecom(private val routeThrows: Boolean) : SystemCallUi, AudioRoute {
+class FakeTelecom(private val routeThrows: Boolean) : SystemCallUi, AudioRoutes, Credentials, CallEvents {
     val reports = java.util.Collections.synchronizedList(mutableListOf<String>())
 
     override fun reportIncomingCall(call: IncomingCall) {
@@ -36,11 +36,36 @@ class FakeTelecom(private val routeThrows: Boolean) : SystemCallUi, AudioRoute {
         reports.add("ended $callUuid $reason")
     }
 
-    override fun setRoute(route: AudioRouteKind) {
-        reports.add("route $route")
+    override fun selectRoute(endpointId: String) {
+        reports.add("route $endpointId")
         // An exception in a port reaches the core as PortException: logged,
         // and the call goes on.
-        if (routeThrows) throw PortException.Failed("AudioManager refused the route")
+        if (routeThrows) throw PortException.Failed("requestEndpointChange refused the route")
+    }
+
+    // The app's backend: the tokens here outlive the test, so being asked
+    // is recorded (and checked) and answered with a failure.
+    override fun refreshUserToken() {
+        reports.add("token asked")
+        throw PortException.Failed("no app backend in this test")
+    }
+
+    override fun remoteTrackAdded(callUuid: String, track: RemoteTrack) {
+        reports.add("track ${track.userId} ${if (track.video) "video" else "audio"}")
+    }
+
+    override fun remoteTrackRemoved(callUuid: String, trackId: String) {
+        reports.add("track removed $trackId")
+    }
+
+    override fun remoteTrackMuted(callUuid: String, trackId: String, muted: Boolean) {}
+
+    override fun callReconnecting(callUuid: String) {
+        reports.add("reconnecting $callUuid")
+    }
+
+    override fun callReconnected(callUuid: String) {
+        reports.add("reconnected $callUuid")
     }
 
     fun has(report: String) = synchronized(reports) { reports.contains(report) }
@@ -91,7 +116,20 @@ fun client(token: String, deviceId: String, platform: Platform, tokens: DevicePu
         apnsEnvironment = if (platform == Platform.IOS) "sandbox" else null,
         trustedCaPem = null,
     )
-    return Pair(Client(config, telecom, str0mMediaFactory("127.0.0.1"), telecom, Tokens(tokens)), telecom)
+    // The record the app keeps for a cold start reads back the same.
+    check(clientConfigFromJson(clientConfigToJson(config)) == config) { "config record" }
+    return Pair(Client(config, telecom, str0mMediaFactory("127.0.0.1"), telecom, Tokens(tokens), telecom, telecom), telecom)
+}
+
+// Core-Telecom's endpoints: the earpiece and the speaker, one of them current.
+fun phoneRoutes(client: Client, current: String) {
+    client.audioRoutesChanged(
+        listOf(
+            AudioEndpoint("earpiece", AudioRouteKind.EARPIECE, "Phone"),
+            AudioEndpoint("speaker", AudioRouteKind.SPEAKER, "Speaker"),
+        ),
+        current,
+    )
 }
 
 fun received(client: Client, callUuid: String): ULong = client.mediaStats(callUuid)?.packetsReceived ?: 0UL
@@ -109,6 +147,7 @@ fun main() {
     val aliceUuid = java.util.UUID.randomUUID().toString()
     val callId = alice.startCall("bob", false, aliceUuid)
     check(aliceUi.has("outgoing $aliceUuid")) { "alice: ${aliceUi.reports}" }
+    phoneRoutes(alice, "earpiece")
     alice.audioSessionActivated()
 
     // FCM wakes Bob's killed app with the ring, every value a string: the
@@ -120,6 +159,9 @@ fun main() {
     check(data["ringEpoch"]?.toLongOrNull() != null) { "not an FCM map: $data" }
     val (bob, bobUi) = client(env("BOB_TOKEN"), "b-pixel", Platform.ANDROID, bobTokens, routeThrows = true)
     val decision = bob.handlePushData(data)
+    // Telecom started Bob's call on the speaker; his port throws when asked
+    // to change it.
+    phoneRoutes(bob, "speaker")
     check(decision is PushDecision.Report) { "bob's push decision: $decision" }
     val call = (decision as PushDecision.Report).call
     check(call.callUuid == callId && call.handle == "alice" && !call.video) { "reported $call" }
@@ -139,7 +181,11 @@ fun main() {
     waitFor("alice's call to end") { aliceUi.has("ended $aliceUuid ${EndedReason.REMOTE_ENDED}") }
     check(bobUi.has("ended $callId ${EndedReason.LOCAL_ENDED}")) { "bob: ${bobUi.reports}" }
     check(telecomDisconnectCause(EndedReason.LOCAL_ENDED) == TelecomDisconnectCause.LOCAL) { "mapping" }
-    check(bobUi.has("route ${AudioRouteKind.EARPIECE}")) { "bob: ${bobUi.reports}" }
+    // An audio call goes to the ear, asked once (the port threw; the call
+    // went on); bob heard alice's audio track, and nobody's token ran out.
+    check(bobUi.reports.filter { it.startsWith("route") } == listOf("route earpiece")) { "bob: ${bobUi.reports}" }
+    check(bobUi.has("track alice audio")) { "bob: ${bobUi.reports}" }
+    check(systems.none { it.has("token asked") }) { "a token was refreshed" }
 
     println("kotlin call ok: $callId: alice received $aliceReceived packets")
     alice.shutdown()

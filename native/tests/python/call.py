@@ -15,8 +15,8 @@ import urllib.request
 import native as sb
 
 
-class FakeSystem(sb.SystemCallUi, sb.AudioRoute):
-    """A fake CallKit / Telecom and audio session recording every report."""
+class FakeSystem(sb.SystemCallUi, sb.AudioRoutes, sb.Credentials, sb.CallEvents):
+    """A fake CallKit / Telecom, audio session and app recording every report."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -42,8 +42,28 @@ class FakeSystem(sb.SystemCallUi, sb.AudioRoute):
     def report_call_ended(self, call_uuid, reason):
         self._record("ended", call_uuid, reason)
 
-    def set_route(self, route):
-        self._record("route", route)
+    def select_route(self, endpoint_id):
+        self._record("route", endpoint_id)
+
+    def refresh_user_token(self):
+        # The tokens here outlive the test: being asked is a failure.
+        self._record("token asked")
+        raise sb.PortError.Failed("no app backend in this test")
+
+    def remote_track_added(self, call_uuid, track):
+        self._record("track", track.user_id, track.video)
+
+    def remote_track_removed(self, call_uuid, track_id):
+        self._record("track removed", track_id)
+
+    def remote_track_muted(self, call_uuid, track_id, muted):
+        self._record("track muted", track_id, muted)
+
+    def call_reconnecting(self, call_uuid):
+        self._record("reconnecting", call_uuid)
+
+    def call_reconnected(self, call_uuid):
+        self._record("reconnected", call_uuid)
 
 
 class Tokens(sb.PushTokens):
@@ -74,8 +94,18 @@ def client(user_token, device_id, platform, tokens, **ios):
         apns_environment=ios.get("apns_environment"),
         trusted_ca_pem=None,
     )
+    # What the app saved for a cold start reads back the same.
+    assert sb.client_config_from_json(sb.client_config_to_json(config)) == config
     media = sb.str0m_media_factory("127.0.0.1")
-    return sb.Client(config, system, media, system, Tokens(tokens)), system
+    core = sb.Client(config, system, media, system, Tokens(tokens), system, system)
+    core.audio_routes_changed(
+        [
+            sb.AudioEndpoint(id="earpiece", kind=sb.AudioRouteKind.EARPIECE, name="Phone"),
+            sb.AudioEndpoint(id="speaker", kind=sb.AudioRouteKind.SPEAKER, name="Speaker"),
+        ],
+        "earpiece",
+    )
+    return core, system
 
 
 def devices(user_token):
@@ -132,7 +162,14 @@ def main():
     assert alice_ui.has("ended", alice_uuid, sb.EndedReason.LOCAL_ENDED), alice_ui.reports
     incoming = [r for r in bob_ui.reports if r[0] == "incoming"]
     assert len(incoming) == 1, bob_ui.reports
-    assert ("route", sb.AudioRouteKind.SPEAKER) in bob_ui.reports, bob_ui.reports
+    assert ("route", "speaker") in bob_ui.reports, bob_ui.reports
+    assert ("track", "alice", True) in bob_ui.reports, bob_ui.reports
+    assert not any(r[0] == "token asked" for r in bob_ui.reports + alice_ui.reports)
+    try:
+        bob.select_audio_route("hdmi")
+        raise SystemExit("an endpoint never reported was selected")
+    except sb.ClientError.Refused as refused:
+        assert refused.code == "unknown_route", refused
 
     # Every push gets a decision, bad ones too; a late copy of the call
     # that just ended is reported and ended (iOS must report every VoIP push).

@@ -18,11 +18,26 @@ fn key() -> control::auth::ApiKey {
 
 /// A user token as the app's backend would issue it.
 pub fn token(user: &str) -> String {
+    token_for(user, Duration::from_secs(600))
+}
+
+/// A user token that expires `lifetime` from now.
+pub fn token_for(user: &str, lifetime: Duration) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    control::auth::mint_user_token(&key(), user, Duration::from_secs(600), now)
+    control::auth::mint_user_token(&key(), user, lifetime, now)
+}
+
+/// A user token that expired an hour ago (a phone woken from a push after
+/// a day in a drawer).
+pub fn expired_token(user: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    control::auth::mint_user_token(&key(), user, Duration::from_secs(600), now - 4200)
 }
 
 pub struct TestServer {
