@@ -10,9 +10,11 @@
 //!   device's events connection), `api` (the call HTTP API), `rtc_session`
 //!   (a call's media signaling with session resume).
 //! - `str0m_media` + `bot`: the media port over str0m for bots, tests and
-//!   the Python binding.
+//!   the Python binding (feature `bot-media`, on by default; phone builds
+//!   leave it out).
 
 pub mod api;
+#[cfg(feature = "bot-media")]
 pub mod bot;
 pub mod call_engine;
 pub mod client;
@@ -22,6 +24,7 @@ pub mod ports;
 pub mod push;
 pub mod remote_tracks;
 pub mod rtc_session;
+#[cfg(feature = "bot-media")]
 pub mod str0m_media;
 pub mod tls;
 
