@@ -219,6 +219,8 @@ impl Client {
         };
         let driver = Driver {
             shared: shared.clone(),
+            media_tasks: Vec::new(),
+            token: token.clone(),
             api: CallApi::new(
                 &config.server_url,
                 token.clone(),
@@ -500,6 +502,9 @@ struct CallIo {
 
 struct Driver {
     shared: Arc<Shared>,
+    /// Each call's media signaling task (it owns a media session port).
+    media_tasks: Vec<tokio::task::JoinHandle<()>>,
+    token: Arc<UserToken>,
     api: CallApi,
     commands: mpsc::UnboundedSender<Command>,
     config: ClientConfig,
@@ -573,8 +578,14 @@ impl Driver {
             tracing::info!(call_id = %call_id, device_id = %self.config.device_id, "client shut down");
         }
         let _ = self.events.send(EventsCommand::Stop);
+        // The media sessions are closed and released by their tasks: wait
+        // (bounded) so that happens before `shutdown` returns too.
+        let tasks = futures_util::future::join_all(std::mem::take(&mut self.media_tasks));
+        let _ = tokio::time::timeout(Duration::from_secs(3), tasks).await;
         // Foreign ports are released here, before `shutdown` returns: a
-        // release after the foreign runtime exited would crash it.
+        // release after the foreign runtime exited would crash it (tasks
+        // that outlive the driver hold the token, not the app's object).
+        self.token.detach();
         drop(self);
         if let Some(done) = stopped {
             let _ = done.send(());
@@ -880,7 +891,7 @@ impl Driver {
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.insert(call_id.clone(), session.clone());
         }
-        call.rtc = Some(crate::rtc_session::spawn(RtcSession {
+        let (rtc, task) = crate::rtc_session::spawn(RtcSession {
             url: format!("{}{rtc_path}", ws_base(self.api.base())),
             call_id,
             call_token,
@@ -888,7 +899,10 @@ impl Driver {
             media_events,
             engine: inputs.clone(),
             tls: self.tls.clone(),
-        }));
+        });
+        call.rtc = Some(rtc);
+        self.media_tasks.retain(|t| !t.is_finished());
+        self.media_tasks.push(task);
     }
 }
 

@@ -28,7 +28,9 @@ pub fn refresh_in(remaining: Duration) -> Duration {
 
 pub struct UserToken {
     current: RwLock<String>,
-    port: Arc<dyn Credentials>,
+    /// `None` once the client shut down: the app's object is released
+    /// then, on the driver (a foreign runtime may exit right after).
+    port: Mutex<Option<Arc<dyn Credentials>>>,
     /// Bumped at each answer from the app (a token or a failure).
     answers: watch::Sender<u64>,
     /// When the app was last asked and has not answered yet.
@@ -39,7 +41,7 @@ impl UserToken {
     pub fn new(token: String, port: Arc<dyn Credentials>) -> Arc<UserToken> {
         Arc::new(UserToken {
             current: RwLock::new(token),
-            port,
+            port: Mutex::new(Some(port)),
             answers: watch::Sender::new(0),
             asked_at: Mutex::new(None),
         })
@@ -87,11 +89,24 @@ impl UserToken {
             }
             *asked_at = Some(Instant::now());
         }
-        tracing::info!("asking the app for a fresh user token");
-        if let Err(e) = self.port.refresh_user_token() {
+        let port = self.port.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let asked = match port {
+            Some(port) => {
+                tracing::info!("asking the app for a fresh user token");
+                port.refresh_user_token()
+            }
+            None => Err("the client was shut down".to_string().into()),
+        };
+        if let Err(e) = asked {
             tracing::warn!(error = %e, "credentials port failed");
-            *self.asked_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.failed("no answer from the app");
         }
+    }
+
+    /// Releases the app's object (at shutdown): tasks still holding this
+    /// token can no longer reach the app.
+    pub fn detach(&self) {
+        self.port.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// A token other than `stale` (the one the server refused): the current

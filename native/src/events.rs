@@ -195,13 +195,27 @@ async fn session(
         return dropped;
     }
     let asked = Instant::now();
-    let answer = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).ok(),
-        _ => None,
-    };
-    let authenticated = match answer {
-        Some(m) if m["type"] == "authenticated" => m,
-        Some(m) if refuses_token(&m) => {
+    // The answer to the auth; anything a newer server sends first that
+    // this build does not know is skipped.
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let Ok(message) = serde_json::from_str::<Value>(&text) else {
+                        continue;
+                    };
+                    if message["type"] == "authenticated" || message["type"] == "error" {
+                        return Some(message);
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    });
+    let authenticated = match answer.await {
+        Ok(Some(m)) if m["type"] == "authenticated" => m,
+        Ok(Some(m)) if refuses_token(&m) => {
             return Ended::Refused {
                 token,
                 was_up: false,

@@ -46,15 +46,21 @@ pub struct RtcSession {
     pub tls: Arc<rustls::ClientConfig>,
 }
 
-pub fn spawn(session: RtcSession) -> mpsc::UnboundedSender<RtcCommand> {
+/// Runs the session; the handle finishes once it released its media
+/// session (the client's shutdown waits for that).
+pub fn spawn(
+    session: RtcSession,
+) -> (
+    mpsc::UnboundedSender<RtcCommand>,
+    tokio::task::JoinHandle<()>,
+) {
     let (commands, rx) = mpsc::unbounded_channel();
     let running = Running {
         session,
         tracks: RemoteTracks::default(),
         media_up: false,
     };
-    tokio::spawn(running.run(rx));
-    commands
+    (commands, tokio::spawn(running.run(rx)))
 }
 
 struct Running {
@@ -150,8 +156,21 @@ impl Running {
         if ws.send(&join).await.is_err() {
             return SocketEnded::Dropped { joined: false };
         }
-        match tokio::time::timeout(Duration::from_secs(10), ws.recv()).await {
-            Ok(Ok(
+        // The answer to the join; anything a newer server sends first that
+        // this build cannot read or does not know is skipped.
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.recv().await {
+                    Ok(m @ (ServerMessage::Joined { .. } | ServerMessage::Error { .. })) => {
+                        return Some(m);
+                    }
+                    Ok(_) | Err(signaling::client::ClientError::Decode(_)) => {}
+                    Err(_) => return None,
+                }
+            }
+        });
+        match answer.await {
+            Ok(Some(
                 joined @ ServerMessage::Joined {
                     reconnect_grace_seconds,
                     ..
@@ -166,7 +185,7 @@ impl Running {
                 }
                 self.track_changes(&joined);
             }
-            Ok(Ok(ServerMessage::Error { code, message })) => {
+            Ok(Some(ServerMessage::Error { code, message })) => {
                 return SocketEnded::Failed(format!("join refused: {code:?}: {message}"));
             }
             _ => return SocketEnded::Dropped { joined: false },

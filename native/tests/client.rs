@@ -167,7 +167,7 @@ impl PushTokens for FixedTokens {
 
 fn client(
     runtime: &tokio::runtime::Runtime,
-    (base, ca_pem): (&str, &str),
+    (base, ca_pem): (&str, Option<&str>),
     user: &str,
     device: &str,
     platform: Platform,
@@ -203,7 +203,7 @@ fn client(
         video: true,
         bundle_id: (platform == Platform::Ios).then(|| "app.example.calls".into()),
         apns_environment: (platform == Platform::Ios).then(|| "sandbox".into()),
-        trusted_ca_pem: Some(ca_pem.to_string()),
+        trusted_ca_pem: ca_pem.map(str::to_string),
     };
     let client = Client::start(config, ports, runtime.handle()).unwrap();
     let _ = system.client.set(Arc::downgrade(&client));
@@ -240,7 +240,7 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
     let (https, ca_pem) = runtime.block_on(support::tls_front(server.server.http_addr));
     let (alice, alice_ios) = client(
         &runtime,
-        (&https, &ca_pem),
+        (&https, Some(&ca_pem)),
         "alice",
         "a-iphone",
         Platform::Ios,
@@ -252,7 +252,7 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
     );
     let (bob, bob_android) = client(
         &runtime,
-        (&https, &ca_pem),
+        (&https, Some(&ca_pem)),
         "bob",
         "b-pixel",
         Platform::Android,
@@ -418,7 +418,7 @@ fn a_core_refuses_a_server_whose_certificate_no_trusted_ca_signed() {
     let (_, other_ca) = runtime.block_on(support::tls_front(server.server.http_addr));
     let (carol, _ui) = client(
         &runtime,
-        (&https, &other_ca),
+        (&https, Some(&other_ca)),
         "carol",
         "c-phone",
         Platform::Android,
@@ -473,5 +473,100 @@ fn a_core_refuses_a_server_whose_certificate_no_trusted_ca_signed() {
         Err(native::client::ClientError::Config { .. })
     ));
     carol.shutdown();
+    runtime.block_on(server.stop());
+}
+
+#[test]
+fn messages_from_a_newer_server_are_skipped_and_the_call_goes_on() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let runtime = support::runtime();
+    let server = runtime.block_on(support::start_server("client-newer"));
+    // Every device socket also carries messages this build never heard of.
+    let (base, made_up) = runtime.block_on(support::newer_server_front(server.server.http_addr));
+    let limit = Duration::from_secs(15);
+    let phone = |user, device| {
+        client(
+            &runtime,
+            (&base, None),
+            user,
+            device,
+            Platform::Android,
+            DevicePushTokens {
+                fcm: Some(format!("fcm-token-of-{device}-{}", "x".repeat(32))),
+                ..Default::default()
+            },
+        )
+    };
+    let (erin, erin_ui) = phone("erin", "e-phone");
+    let (frank, frank_ui) = phone("frank", "f-phone");
+    wait_for("frank's device registration", limit, || {
+        let devices = runtime.block_on(async {
+            reqwest::Client::new()
+                .get(format!("{}/v1/devices", server.base))
+                .bearer_auth(token("frank"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()
+        })?;
+        devices.contains("f-phone").then_some(())
+    });
+    let call_id = runtime
+        .block_on(erin.start_call_async("frank".into(), true, None))
+        .expect("the call is created");
+    erin.audio_session_activated();
+    wait_for("frank's incoming call", limit, || {
+        frank_ui
+            .reports()
+            .iter()
+            .any(|r| matches!(r, Report::Incoming { .. }))
+            .then_some(())
+    });
+    frank.incoming_call_displayed(call_id.clone());
+    frank.answer(call_id.clone());
+    frank.audio_session_activated();
+    wait_for("frank connected", limit, || {
+        frank_ui
+            .has(&Report::Connected(call_id.clone()))
+            .then_some(())
+    });
+    wait_for("media both ways", limit, || {
+        let (to_frank, tracks) = received(&frank, &call_id);
+        (to_frank >= 100 && tracks == 2).then_some(())
+    });
+    let erin_uuid = erin_ui
+        .reports()
+        .iter()
+        .find_map(|r| match r {
+            Report::OutgoingStarted(uuid) => Some(uuid.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(received(&erin, &erin_uuid).0 >= 50);
+    // Plenty was made up, and none of it dropped a socket or a call.
+    assert!(made_up.load(std::sync::atomic::Ordering::Relaxed) >= 10);
+    for system in [&erin_ui, &frank_ui] {
+        assert!(
+            !system
+                .reports()
+                .iter()
+                .any(|r| matches!(r, Report::Reconnecting(_) | Report::Ended(..))),
+            "{:?}",
+            system.reports()
+        );
+    }
+    frank.end(call_id.clone());
+    wait_for("erin's call to end", limit, || {
+        erin_ui
+            .has(&Report::Ended(erin_uuid.clone(), EndedReason::RemoteEnded))
+            .then_some(())
+    });
+    erin.shutdown();
+    frank.shutdown();
     runtime.block_on(server.stop());
 }

@@ -144,3 +144,92 @@ pub async fn tls_front(backend: std::net::SocketAddr) -> (String, String) {
     });
     (format!("https://{addr}"), ca.pem())
 }
+
+/// A proxy in front of `backend` standing in for a newer server: plain
+/// HTTP passes through untouched; on the device's WebSockets (`/v1/rtc`,
+/// `/v1/events`) it relays every frame and sends the device messages this
+/// build has never heard of (a new message type, an unknown enum value,
+/// unknown fields): one at once (before the server's `joined` or
+/// `authenticated`), then one every 100 ms for the life of the socket. Returns the `http://` base URL and how many
+/// messages it made up.
+pub async fn newer_server_front(
+    backend: std::net::SocketAddr,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let injected = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = injected.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 16];
+                let n = tcp.peek(&mut head).await.unwrap_or(0);
+                let path = match &head[..n] {
+                    h if h.starts_with(b"GET /v1/rtc") => "/v1/rtc",
+                    h if h.starts_with(b"GET /v1/events") => "/v1/events",
+                    _ => {
+                        let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await else {
+                            return;
+                        };
+                        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
+                        return;
+                    }
+                };
+                let Ok(device) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let url = format!("ws://{backend}{path}");
+                let Ok((server, _)) = tokio_tungstenite::connect_async(url).await else {
+                    return;
+                };
+                let (mut to_device, mut from_device) = device.split();
+                let (mut to_server, mut from_server) = server.split();
+                let upstream = async move {
+                    while let Some(Ok(message)) = from_device.next().await {
+                        if to_server.send(message).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let downstream = async move {
+                    let made_up = [
+                        r#"{"type":"somethingNew","callId":"x","detail":{"nested":[1,2]}}"#,
+                        r#"{"type":"participantStateChanged","participantId":"PA_nobody","state":"teleporting"}"#,
+                        r#"{"type":"pong","timestamp":1,"serverRegion":"eu-west"}"#,
+                    ];
+                    let mut tick = tokio::time::interval(Duration::from_millis(100));
+                    let mut next = 0usize;
+                    loop {
+                        tokio::select! {
+                            message = from_server.next() => {
+                                let Some(Ok(message)) = message else { return };
+                                if to_device.send(message).await.is_err() {
+                                    return;
+                                }
+                            }
+                            _ = tick.tick() => {
+                                let text = made_up[next % made_up.len()];
+                                next += 1;
+                                if to_device.send(Message::text(text)).await.is_err() {
+                                    return;
+                                }
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = upstream => {}
+                    _ = downstream => {}
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), injected)
+}
