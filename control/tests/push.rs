@@ -141,6 +141,51 @@ async fn a_ring_pushes_each_phone_once_with_the_standard_payload_and_the_cancel_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iphone_without_callkit_is_rung_by_a_visible_alert_never_voip() {
+    let h = harness(30_000, quick_retries()).await;
+    // Sold in mainland China (CallKit is not allowed there): the app
+    // registers `callkit: false`; it still holds a PushKit token.
+    let (china_voip, china_alert) = ("d4".repeat(32), "e5".repeat(32));
+    let mut device = support::device(
+        "bob",
+        "iphone-cn",
+        Platform::Ios,
+        control::device::PushTokens {
+            apns_voip: Some(china_voip.clone()),
+            apns_alert: Some(china_alert.clone()),
+            fcm: None,
+        },
+    );
+    device.capabilities.callkit = false;
+    h.store.upsert_device(&device).unwrap();
+
+    let call = h.call_bob(Some("Alice A."));
+    wait_for(
+        "the alert ring and the VoIP ring of the other iPhone",
+        || {
+            h.apns.accepted_for(&china_alert).len() == 1
+                && h.apns.accepted_for(IPHONE_VOIP).len() == 1
+        },
+    )
+    .await;
+    let ring = &h.apns.accepted_for(&china_alert)[0];
+    assert_eq!(ring.headers["apns-push-type"], "alert");
+    assert_eq!(ring.headers["apns-topic"], "com.example.calls");
+    assert_eq!(ring.headers["apns-priority"], "10");
+    assert_eq!(
+        ring.headers["apns-expiration"],
+        (call.ring_deadline.unwrap() / 1000).to_string()
+    );
+    assert_eq!(ring.body["event"], "incoming_call");
+    assert_eq!(ring.body["callId"], call.call_id.as_str());
+    assert_eq!(ring.body["aps"]["alert"]["title"], "Alice A.");
+    assert_eq!(ring.body["aps"]["category"], "INCOMING_CALL");
+    // Its PushKit token is never used.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.apns.accepted_for(&china_voip).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_tokens_are_removed_and_not_pushed_again_while_bad_ones_stay() {
     let h = harness(30_000, quick_retries()).await;
     let ipad_voip = "c3".repeat(32);

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the client core for iOS: a static library per target (device and
 # both simulators, without the str0m media port: phones use libwebrtc),
-# wrapped as native/bindings/out/ios/SwitchboardCore.xcframework with its C
-# header, plus the Swift bindings (SwitchboardCore.swift) for the plugin's
-# Swift package. The staticlib crate type is asked for here, not declared in
+# wrapped as SwitchboardCore.xcframework with its C header, plus the Swift
+# bindings (SwitchboardCore.swift), both put where the plugin's
+# Package.swift and podspec expect them (native/capacitor/ios/). The staticlib crate type is asked for here, not declared in
 # Cargo.toml, so test builds never link one.
 #
 # Needs macOS with Xcode (xcodebuild, lipo), CMake (aws-lc-rs, rustls'
@@ -36,4 +36,10 @@ xcodebuild -create-xcframework \
   -library "$(lib aarch64-apple-ios)" -headers "$out/headers" \
   -library "$out/libnative-simulator.a" -headers "$out/headers" \
   -output "$out/SwitchboardCore.xcframework"
-echo "$out/SwitchboardCore.xcframework and $out/swift/SwitchboardCore.swift"
+# Into the plugin's Swift package (Package.swift names both).
+plugin=capacitor/ios
+rm -rf "$plugin/Frameworks/SwitchboardCore.xcframework" "$plugin/Sources/SwitchboardCore"
+mkdir -p "$plugin/Frameworks" "$plugin/Sources/SwitchboardCore"
+cp -R "$out/SwitchboardCore.xcframework" "$plugin/Frameworks/"
+cp "$out/swift/SwitchboardCore.swift" "$plugin/Sources/SwitchboardCore/"
+echo "$plugin/Frameworks/SwitchboardCore.xcframework and $plugin/Sources/SwitchboardCore/"

@@ -31,7 +31,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-pub use crate::ports::{AudioRouteKind, AudioRouteState, EndedReason, IncomingCall};
+pub use crate::ports::{
+    ActiveCall, ActiveCallState, AudioRouteKind, AudioRouteState, EndedReason, IncomingCall,
+};
 use crate::push::{self, Push, PushDecision, RingPush, Unreadable};
 pub use crate::remote_tracks::TrackChange;
 
@@ -267,6 +269,9 @@ enum Phase {
 struct Call {
     /// The server's id; `None` while an outgoing call is being created.
     call_id: Option<String>,
+    /// The caller (incoming) or the callee (outgoing).
+    remote_user_id: String,
+    outgoing: bool,
     phase: Phase,
     ring_epoch: Option<u64>,
     video: bool,
@@ -291,9 +296,18 @@ struct Call {
 }
 
 impl Call {
+    fn incoming(ring: &Ring) -> Call {
+        let mut call = Call::new(Some(ring.call_id.clone()), Phase::Ringing, ring.video);
+        call.remote_user_id = ring.from_user_id.clone();
+        call.ring_epoch = Some(ring.ring_epoch);
+        call
+    }
+
     fn new(call_id: Option<String>, phase: Phase, video: bool) -> Call {
         Call {
             call_id,
+            remote_user_id: String::new(),
+            outgoing: false,
             phase,
             ring_epoch: None,
             video,
@@ -401,13 +415,8 @@ impl CallEngine {
                 reason: EndedReason::Unanswered,
             };
         }
-        let mut entry = Call::new(
-            Some(ring.ring.call_id.clone()),
-            Phase::Ringing,
-            ring.ring.video,
-        );
-        entry.ring_epoch = Some(ring.ring.ring_epoch);
-        self.calls.insert(call.call_uuid.clone(), entry);
+        self.calls
+            .insert(call.call_uuid.clone(), Call::incoming(&ring.ring));
         PushDecision::Report { call }
     }
 
@@ -455,6 +464,8 @@ impl CallEngine {
                 }
                 let mut call = Call::new(None, Phase::Creating, video);
                 call.awaiting_answer = true;
+                call.outgoing = true;
+                call.remote_user_id = callee_user_id.clone();
                 self.calls.insert(call_uuid.clone(), call);
                 self.outputs.push_back(Output::CreateCall {
                     call_uuid,
@@ -833,9 +844,7 @@ impl CallEngine {
         });
         let uuid = call.call_uuid.clone();
         self.outputs.push_back(Output::ReportIncoming { call });
-        let mut entry = Call::new(Some(ring.call_id.clone()), Phase::Ringing, ring.video);
-        entry.ring_epoch = Some(ring.ring_epoch);
-        self.calls.insert(uuid.clone(), entry);
+        self.calls.insert(uuid.clone(), Call::incoming(&ring));
         // The socket's deadline is the server's own clock, sent just now.
         if ring.expires_at <= wall {
             self.end(&uuid, EndedReason::Unanswered);
@@ -935,6 +944,38 @@ impl CallEngine {
             self.outputs
                 .push_back(Output::SelectAudioRoute { endpoint_id });
         }
+    }
+
+    /// Every call this device is in, oldest UUID order (a snapshot for a UI
+    /// that starts late).
+    pub fn active_calls(&self) -> Vec<ActiveCall> {
+        self.calls
+            .iter()
+            .map(|(uuid, call)| ActiveCall {
+                call_uuid: uuid.clone(),
+                call_id: call.call_id.clone(),
+                remote_user_id: call.remote_user_id.clone(),
+                outgoing: call.outgoing,
+                video: call.video,
+                state: match call.phase {
+                    Phase::Ringing => ActiveCallState::Ringing,
+                    Phase::Creating => ActiveCallState::Outgoing,
+                    Phase::Connecting { .. } if call.reconnecting => ActiveCallState::Reconnecting,
+                    Phase::Connected if call.reconnecting => ActiveCallState::Reconnecting,
+                    Phase::Connecting { .. } | Phase::Answering { .. }
+                        if call.outgoing && call.awaiting_answer =>
+                    {
+                        ActiveCallState::Outgoing
+                    }
+                    Phase::Answering { .. } | Phase::Connecting { .. } => {
+                        ActiveCallState::Connecting
+                    }
+                    Phase::Connected => ActiveCallState::Connected,
+                },
+                muted: call.muted,
+                held: call.held,
+            })
+            .collect()
     }
 
     /// The platform's audio endpoints as last reported.

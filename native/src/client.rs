@@ -405,6 +405,18 @@ impl Client {
         self.shared.engine().call_id_of(&call_uuid)
     }
 
+    /// The UUID of the call the server knows as `call_id` (the plugin's
+    /// JS API names calls by the server's id on every platform).
+    pub fn call_uuid(&self, call_id: String) -> Option<String> {
+        self.shared.engine().call_uuid_of(&call_id)
+    }
+
+    /// Every call this device is in: what a UI that loads during a call
+    /// (a cold start from a push, a reloaded WebView) shows first.
+    pub fn active_calls(&self) -> Vec<crate::ports::ActiveCall> {
+        self.shared.engine().active_calls()
+    }
+
     /// CallKit `didActivate audioSession` (elsewhere: when audio may start).
     pub fn audio_session_activated(&self) {
         self.input(Input::AudioSessionActivated);

@@ -13,6 +13,8 @@
 //!   the Python binding (feature `bot-media`, on by default; phone builds
 //!   leave it out).
 
+#[cfg(target_os = "android")]
+mod android;
 pub mod api;
 #[cfg(feature = "bot-media")]
 pub mod bot;

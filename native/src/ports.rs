@@ -181,6 +181,36 @@ pub struct AudioEndpoint {
     pub name: String,
 }
 
+/// Where a call is, as the app's UI shows it (`Client::active_calls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ActiveCallState {
+    /// Incoming, shown by the system, waiting for the user.
+    Ringing,
+    /// We called; the callee's devices ring (or the server is creating it).
+    Outgoing,
+    /// Answered or picked up: media is being set up.
+    Connecting,
+    Connected,
+    /// Was connected; media is being restored.
+    Reconnecting,
+}
+
+/// One call this device is in, for an app that starts (or its UI loads)
+/// while a call rings or runs: a cold start from a push, a WebView reload.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ActiveCall {
+    pub call_uuid: String,
+    /// The server's id; `None` while an outgoing call is being created.
+    pub call_id: Option<String>,
+    /// The caller of an incoming call, the callee of an outgoing one.
+    pub remote_user_id: String,
+    pub outgoing: bool,
+    pub video: bool,
+    pub state: ActiveCallState,
+    pub muted: bool,
+    pub held: bool,
+}
+
 /// The endpoints the platform offers now, and the one in use.
 #[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
 pub struct AudioRouteState {

@@ -170,7 +170,7 @@ fn run_bounded(mut command: Command, what: &str, limit: std::time::Duration) -> 
 }
 
 #[test]
-fn kotlin_bindings_drive_a_call_on_the_jvm() {
+fn kotlin_bindings_drive_a_call_and_the_android_mappings_on_the_jvm() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kotlin");
     let kotlinc = dir.join("node_modules/kotlin-compiler/bin/kotlinc");
     let jna = Path::new("/usr/share/java/jna.jar");
@@ -185,16 +185,37 @@ fn kotlin_bindings_drive_a_call_on_the_jvm() {
     let lib = library();
     std::fs::copy(&lib, out.join(lib.file_name().unwrap())).unwrap();
     let jar = out.join("call.jar");
+    // The Android adapter's android.*-free translations and their test
+    // compile in the same run (one compiler start-up: it is slow).
+    let android = Path::new(env!("CARGO_MANIFEST_DIR")).join("capacitor/android/src");
     let mut compile = Command::new(&kotlinc);
     compile
         .arg(out.join("src/dev/switchboard/core/native.kt"))
         .arg(dir.join("Call.kt"))
+        .arg(android.join("main/java/dev/switchboard/capacitor/core/Mapping.kt"))
+        .arg(android.join("test/java/dev/switchboard/capacitor/core/MappingTest.kt"))
         .args(["-nowarn", "-include-runtime", "-cp"])
         .arg(jna)
         .arg("-d")
         .arg(&jar);
     let (compiled, text) = run_bounded(compile, "kotlinc", std::time::Duration::from_secs(400));
     assert!(compiled, "kotlinc failed:\n{text}");
+
+    let classpath = format!("{}:{}", jar.display(), jna.display());
+    let mut mappings = Command::new("java");
+    mappings
+        .arg(format!("-Djna.library.path={}", out.display()))
+        .args([
+            "-cp",
+            &classpath,
+            "dev.switchboard.capacitor.core.MappingTestKt",
+        ]);
+    let (mapped, text) = run_bounded(
+        mappings,
+        "the Android mappings",
+        std::time::Duration::from_secs(60),
+    );
+    assert!(mapped && text.contains("android mappings ok"), "{text}");
 
     // Bob's ring exactly as the server's FCM sender builds it, as
     // `RemoteMessage.getData()` hands it over: one `key<TAB>value` per line.

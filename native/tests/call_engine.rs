@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use native::call_engine::{
-    AudioRouteKind, AudioRouteState, CallEngine, EndedReason, IncomingCall, Input, Output, Ring,
-    TrackChange, UnixMillis,
+    ActiveCall, ActiveCallState, AudioRouteKind, AudioRouteState, CallEngine, EndedReason,
+    IncomingCall, Input, Output, Ring, TrackChange, UnixMillis,
 };
 use native::ports::{
     AudioEndpoint, CallKitEndedReason, RemoteTrack, TelecomDisconnectCause, callkit_ended_reason,
@@ -890,5 +890,89 @@ fn an_accept_refused_because_another_device_won_ends_the_ui_so() {
             reason: s("answered_elsewhere")
         }),
         [ended(C1, EndedReason::AnsweredElsewhere)]
+    );
+}
+
+#[test]
+fn active_calls_tell_a_ui_that_loads_late_where_each_call_is() {
+    let mut d = Device::new();
+    d.input(Input::SignalingConnected);
+    d.input(Input::AudioSessionActivated);
+    d.input(ring(C1, 1, 30_000));
+    let local = LOCAL.to_lowercase();
+    d.input(Input::StartCall {
+        call_uuid: s(LOCAL),
+        callee_user_id: s("bob"),
+        video: false,
+    });
+    let state_of = |d: &Device, uuid: &str| -> ActiveCall {
+        d.engine
+            .active_calls()
+            .into_iter()
+            .find(|c| c.call_uuid == uuid)
+            .expect("listed")
+    };
+    assert_eq!(
+        state_of(&d, C1),
+        ActiveCall {
+            call_uuid: s(C1),
+            call_id: Some(s(C1)),
+            remote_user_id: s("alice"),
+            outgoing: false,
+            video: true,
+            state: ActiveCallState::Ringing,
+            muted: false,
+            held: false,
+        }
+    );
+    let creating = state_of(&d, &local);
+    assert_eq!(
+        (
+            creating.call_id,
+            creating.remote_user_id.as_str(),
+            creating.outgoing,
+            creating.state
+        ),
+        (None, "bob", true, ActiveCallState::Outgoing)
+    );
+    assert_eq!(d.engine.call_uuid_of(C9), None, "not named yet");
+
+    d.input(Input::Created {
+        call_uuid: local.clone(),
+        call_id: s(C9),
+        call_token: s("tok"),
+        answered: false,
+    });
+    d.input(Input::MediaConnected { call_id: s(C9) });
+    assert_eq!(
+        state_of(&d, &local).state,
+        ActiveCallState::Outgoing,
+        "bob has not answered"
+    );
+    assert_eq!(d.engine.call_uuid_of(C9), Some(local.clone()));
+    d.input(Input::RemoteAccepted { call_id: s(C9) });
+    assert_eq!(state_of(&d, &local).state, ActiveCallState::Connected);
+    d.input(Input::SystemMute {
+        call_uuid: local.clone(),
+        muted: true,
+    });
+    d.input(Input::MediaReconnecting { call_id: s(C9) });
+    let reconnecting = state_of(&d, &local);
+    assert_eq!(
+        (reconnecting.state, reconnecting.muted),
+        (ActiveCallState::Reconnecting, true)
+    );
+
+    d.input(Input::SystemAnswer { call_uuid: s(C1) });
+    assert_eq!(state_of(&d, C1).state, ActiveCallState::Connecting);
+    d.input(Input::RemoteEnded { call_id: s(C9) });
+    assert_eq!(
+        d.engine
+            .active_calls()
+            .iter()
+            .map(|c| c.call_uuid.as_str())
+            .collect::<Vec<_>>(),
+        [C1],
+        "an ended call is no longer listed"
     );
 }

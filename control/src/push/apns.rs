@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::payload::PushPayload;
 use super::provider_token::{ProviderToken, ProviderTokenError};
 use super::{Outcome, Outgoing, TokenKind, reason_label, retry_after};
-use crate::call::StopReason;
+use crate::call::{CallType, StopReason};
 use crate::device::ApnsEnvironment;
 
 pub const PRODUCTION_URL: &str = "https://api.push.apple.com";
@@ -200,6 +200,38 @@ impl ApnsRequest {
     fn for_push(push: &Outgoing, bundle: &str, now: u64) -> ApnsRequest {
         let mut body = serde_json::to_value(&push.payload).unwrap_or_default();
         match (&push.payload, push.token_kind) {
+            // A device without CallKit: the ring is a notification the
+            // user taps (the app then answers through its own UI).
+            (
+                PushPayload::IncomingCall {
+                    expires_at,
+                    from_user_id,
+                    caller_display_name,
+                    call_type,
+                    ..
+                },
+                TokenKind::ApnsAlert,
+            ) => {
+                let caller = caller_display_name.as_deref().unwrap_or(from_user_id);
+                let kind = match call_type {
+                    CallType::Video => "Video call",
+                    CallType::Audio => "Call",
+                };
+                body["aps"] = serde_json::json!({
+                    "alert": {"title": caller, "body": format!("{kind}: incoming")},
+                    "sound": "default",
+                    "thread-id": "calls",
+                    "category": "INCOMING_CALL",
+                    "interruption-level": "time-sensitive",
+                });
+                ApnsRequest {
+                    push_type: "alert",
+                    topic: bundle.to_string(),
+                    priority: "10",
+                    expiration: expires_at / 1000,
+                    body,
+                }
+            }
             (PushPayload::IncomingCall { expires_at, .. }, _) => ApnsRequest {
                 push_type: "voip",
                 topic: format!("{bundle}.voip"),

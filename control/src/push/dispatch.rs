@@ -223,10 +223,13 @@ fn resolve(push: PushRequest, device: &Device, now: UnixMillis) -> Result<Outgoi
         }
     };
     let (token_kind, token) = match (device.platform, is_ring) {
-        (Platform::Ios, true) => (TokenKind::ApnsVoip, &device.push.apns_voip),
-        // Never VoIP for a cancel: iOS kills apps that get VoIP pushes they
-        // do not report to CallKit.
-        (Platform::Ios, false) => (TokenKind::ApnsAlert, &device.push.apns_alert),
+        (Platform::Ios, true) if device.capabilities.callkit => {
+            (TokenKind::ApnsVoip, &device.push.apns_voip)
+        }
+        // Never VoIP for a cancel, nor for a device without CallKit (China,
+        // or an app that opted out): iOS kills apps that get VoIP pushes
+        // they do not report to CallKit. Those rings are visible alerts.
+        (Platform::Ios, _) => (TokenKind::ApnsAlert, &device.push.apns_alert),
         (Platform::Android, _) => (TokenKind::Fcm, &device.push.fcm),
         (Platform::Web, _) => return Err("web_device"),
     };

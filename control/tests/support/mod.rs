@@ -72,7 +72,12 @@ pub fn device(user: &str, id: &str, platform: Platform, push: PushTokens) -> Dev
         apns_environment: (platform == Platform::Ios).then_some(ApnsEnvironment::Sandbox),
         bundle_id: (platform == Platform::Ios).then(|| apns::BUNDLE_ID.to_string()),
         app_version: None,
-        capabilities: Capabilities::default(),
+        // As our client core and plugin register phones.
+        capabilities: Capabilities {
+            video: true,
+            callkit: platform == Platform::Ios,
+            telecom: platform == Platform::Android,
+        },
         last_seen_at: now_ms(),
     }
 }

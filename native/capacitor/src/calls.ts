@@ -7,7 +7,14 @@
 // - an outgoing call connects when the callee answered *and* media is up;
 // - cancels end a ringing call with the matching reason.
 
-import type { CallEndedEvent, CallState, CallStateChangedEvent, EndReason, IncomingCallEvent } from "./definitions.js";
+import type {
+  ActiveCall,
+  CallEndedEvent,
+  CallState,
+  CallStateChangedEvent,
+  EndReason,
+  IncomingCallEvent,
+} from "./definitions.js";
 import type { ServerEvent } from "./protocol.js";
 
 export type Effect =
@@ -17,14 +24,20 @@ export type Effect =
   | { kind: "ack"; callId: string };
 
 interface Call {
-  state: CallState;
+  state: Exclude<CallState, "ended">;
   video: boolean;
+  outgoing: boolean;
+  remoteUserId: string;
+  muted: boolean;
+  held: boolean;
   /** Outgoing and not yet answered by the callee. */
   awaitingAnswer: boolean;
   mediaUp: boolean;
 }
 
 const REMEMBER_ENDED = 64;
+
+const FRESH = { muted: false, held: false, mediaUp: false };
 
 const CANCEL_REASONS: Record<string, EndReason> = {
   answered_elsewhere: "answered_elsewhere",
@@ -44,14 +57,47 @@ export class Calls {
     return this.calls.get(callId)?.video ?? false;
   }
 
+  /** Every call not yet ended, for `getActiveCalls`. */
+  active(): ActiveCall[] {
+    return [...this.calls].map(([callId, c]) => ({
+      callId,
+      state: c.state,
+      video: c.video,
+      outgoing: c.outgoing,
+      remoteUserId: c.remoteUserId,
+      muted: c.muted,
+      held: c.held,
+    }));
+  }
+
+  /** The user's mute and hold, remembered for `getActiveCalls`. */
+  setMuted(callId: string, muted: boolean): boolean {
+    const call = this.calls.get(callId);
+    if (call) call.muted = muted;
+    return call !== undefined;
+  }
+
+  setHeld(callId: string, held: boolean): boolean {
+    const call = this.calls.get(callId);
+    if (call) call.held = held;
+    return call !== undefined;
+  }
+
   onServerEvent(event: ServerEvent, nowMs: number): Effect[] {
     switch (event.type) {
       case "ringing": {
         const { callId } = event;
         if (this.calls.has(callId) || this.ended.includes(callId)) return [];
         if (event.expiresAt <= nowMs) return [];
-        this.calls.set(callId, { state: "ringing", video: event.video, awaitingAnswer: false, mediaUp: false });
         const { fromUserId, video, expiresAt } = event;
+        this.calls.set(callId, {
+          ...FRESH,
+          state: "ringing",
+          video,
+          outgoing: false,
+          remoteUserId: fromUserId,
+          awaitingAnswer: false,
+        });
         return [
           { kind: "incomingCall", data: { callId, fromUserId, video, expiresAt } },
           { kind: "callStateChanged", data: { callId, state: "ringing" } },
@@ -76,8 +122,15 @@ export class Calls {
   }
 
   /** The API created our outgoing call. */
-  started(callId: string, video: boolean): Effect[] {
-    this.calls.set(callId, { state: "outgoing", video, awaitingAnswer: true, mediaUp: false });
+  started(callId: string, video: boolean, calleeUserId: string): Effect[] {
+    this.calls.set(callId, {
+      ...FRESH,
+      state: "outgoing",
+      video,
+      outgoing: true,
+      remoteUserId: calleeUserId,
+      awaitingAnswer: true,
+    });
     return [{ kind: "callStateChanged", data: { callId, state: "outgoing" } }];
   }
 

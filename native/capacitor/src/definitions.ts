@@ -12,6 +12,7 @@ export type CallState =
   | "outgoing" // we called; the callee's devices ring
   | "connecting" // answered; media is being set up
   | "connected"
+  | "reconnecting" // was connected; media is being restored (phones)
   | "ended";
 
 /** Why a call ended (mirrors the core's `EndedReason`). */
@@ -59,8 +60,11 @@ export interface IncomingCallEvent {
   callId: string;
   fromUserId: string;
   video: boolean;
-  /** When the ring stops (Unix ms). */
-  expiresAt: number;
+  /** When the ring stops (Unix ms); on phones the system call UI keeps the time. */
+  expiresAt?: number;
+  /** Phones: the name and picture the push carried. */
+  callerName?: string;
+  avatarUrl?: string | null;
 }
 
 export interface CallStateChangedEvent {
@@ -77,8 +81,78 @@ export interface RemoteTrackEvent {
   callId: string;
   kind: "audio" | "video";
   trackId: string;
+  /** Whose track it is, when the server said (phones; the web from signaling). */
+  participantId?: string;
+  userId?: string;
   /** Web only: attach to a <video> / <audio> element. */
   stream?: MediaStream;
+}
+
+export interface RemoteTrackRemovedEvent {
+  callId: string;
+  trackId: string;
+}
+
+export interface RemoteTrackMutedEvent {
+  callId: string;
+  trackId: string;
+  muted: boolean;
+}
+
+/** The call's mute changed outside the app's UI (the CallKit screen, a headset button). */
+export interface MuteChangedEvent {
+  callId: string;
+  muted: boolean;
+}
+
+export type PermissionState = "prompt" | "prompt-with-rationale" | "granted" | "denied";
+
+export interface PermissionStatus {
+  microphone: PermissionState;
+  camera: PermissionState;
+  /** Android 13+: the ringing notification needs it. Elsewhere "granted". */
+  notifications: PermissionState;
+}
+
+export type AudioRouteKind = "earpiece" | "speaker" | "wired" | "bluetooth" | "other";
+
+export interface AudioRoute {
+  /** The platform's id (a port UID on iOS, an endpoint id on Android). */
+  id: string;
+  kind: AudioRouteKind;
+  /** What the user sees ("AirPods Pro", "Speaker"). */
+  name: string;
+}
+
+/**
+ * Where call audio can play and where it plays now. On phones the core
+ * picks each call's default (a connected headset first, else the speaker
+ * for video and the earpiece for voice); the web leaves output to the
+ * browser and lists none.
+ */
+export interface AudioRoutes {
+  routes: AudioRoute[];
+  currentId: string | null;
+}
+
+/** One call this device is in (`getActiveCalls`). */
+export interface ActiveCall {
+  callId: string;
+  state: Exclude<CallState, "ended">;
+  video: boolean;
+  outgoing: boolean;
+  /** The caller of an incoming call, the callee of an outgoing one. */
+  remoteUserId: string;
+  muted: boolean;
+  held: boolean;
+}
+
+/**
+ * The user token was refused or is about to expire and the native side
+ * cannot reach the app's backend itself: answer with `setUserToken`.
+ */
+export interface TokenRequestedEvent {
+  reason: "expired" | "refused";
 }
 
 export interface SwitchboardEvents {
@@ -86,10 +160,37 @@ export interface SwitchboardEvents {
   callStateChanged: CallStateChangedEvent;
   callEnded: CallEndedEvent;
   remoteTrack: RemoteTrackEvent;
+  remoteTrackRemoved: RemoteTrackRemovedEvent;
+  remoteTrackMuted: RemoteTrackMutedEvent;
+  muteChanged: MuteChangedEvent;
+  audioRouteChanged: AudioRoutes;
+  tokenRequested: TokenRequestedEvent;
 }
 
+export interface SetHeldOptions extends CallIdOptions {
+  held: boolean;
+}
+
+export interface SelectAudioRouteOptions {
+  id: string;
+}
+
+export interface SetUserTokenOptions {
+  /** Absent when the app could not get one: the core then stops retrying. */
+  token?: string;
+}
+
+/**
+ * Calls are named by the server's call id on every platform (phones map it
+ * to their CallKit / Telecom UUID). Events that happen before JS listens (a
+ * cold start from a push) are kept and delivered to the first listener.
+ */
 export interface SwitchboardPlugin {
-  /** Registers this device and connects its events (rings arrive). */
+  /**
+   * Registers this device and connects its events (rings arrive). On phones
+   * the push tokens come from the native side (PushKit, FCM), not from
+   * `push`, and the configuration is saved for cold starts.
+   */
   registerDevice(options: RegisterDeviceOptions): Promise<void>;
   startCall(options: StartCallOptions): Promise<{ callId: string }>;
   answer(options: CallIdOptions): Promise<void>;
@@ -97,6 +198,30 @@ export interface SwitchboardPlugin {
   end(options: CallIdOptions): Promise<void>;
   setMuted(options: SetMutedOptions): Promise<void>;
   setCamera(options: SetCameraOptions): Promise<void>;
+  /** Hold is not mute: the user's mute is kept and restored on unhold. */
+  setHeld(options: SetHeldOptions): Promise<void>;
+  /** Front to back camera and back (the next camera on the web). */
+  switchCamera(options: CallIdOptions): Promise<void>;
+  /** The calls in progress: what a UI that loads during a call shows first. */
+  getActiveCalls(): Promise<{ calls: ActiveCall[] }>;
+  getAudioRoutes(): Promise<AudioRoutes>;
+  /** Rejects with code `unknown_route` for an id not in `getAudioRoutes`. */
+  selectAudioRoute(options: SelectAudioRouteOptions): Promise<void>;
+  /** The answer to `tokenRequested`. */
+  setUserToken(options: SetUserTokenOptions): Promise<void>;
+  checkPermissions(): Promise<PermissionStatus>;
+  /** Asks for the microphone and camera (and notifications on Android 13+). */
+  requestPermissions(): Promise<PermissionStatus>;
+  /**
+   * Android 14+: whether the ringing notification may take the full screen
+   * (elsewhere always true: CallKit and browsers have no such switch).
+   */
+  canUseFullScreenIntent(): Promise<{ value: boolean }>;
+  /** Android 14+: the settings page that grants it (elsewhere nothing to open). */
+  openFullScreenIntentSettings(): Promise<void>;
+  /** Android: whether the app is exempt from battery optimisation (ANDROID.md, OEMs). */
+  getBatteryOptimization(): Promise<{ ignoring: boolean }>;
+  openBatteryOptimizationSettings(): Promise<void>;
   addListener<E extends keyof SwitchboardEvents>(
     event: E,
     listener: (data: SwitchboardEvents[E]) => void,

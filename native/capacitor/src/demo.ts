@@ -8,6 +8,8 @@ import { SwitchboardWebClient } from "./web-client.js";
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 
 const client = new SwitchboardWebClient();
+// For the browser end-to-end test (and a developer's console).
+(window as unknown as { switchboard: SwitchboardWebClient }).switchboard = client;
 let currentCall: string | undefined;
 let muted = false;
 
@@ -46,8 +48,11 @@ client.on("callEnded", ({ reason }: { reason: EndReason }) => {
   inCall(undefined);
 });
 
-client.on("remoteTrack", ({ kind, stream }) => {
-  if (kind === "video" && stream) $<HTMLVideoElement>("remote").srcObject = stream;
+client.on("remoteTrack", ({ kind, stream, userId }) => {
+  if (kind === "video" && stream) {
+    $<HTMLVideoElement>("remote").srcObject = stream;
+    $("remote").dataset.userId = userId ?? "";
+  }
   if (kind === "audio" && stream) {
     const audio = new Audio();
     audio.srcObject = stream;

@@ -4,10 +4,17 @@
 // After the socket drops it reconnects and resumes the same participant
 // (`resumeParticipantId`) with an ICE restart, within the server's grace.
 
+export interface TrackOwner {
+  participantId: string;
+  userId?: string;
+}
+
 export interface MediaCallbacks {
   connected(): void;
   failed(reason: string): void;
-  remoteTrack(track: MediaStreamTrack, trackId: string, stream: MediaStream): void;
+  remoteTrack(track: MediaStreamTrack, trackId: string, stream: MediaStream, owner?: TrackOwner): void;
+  remoteTrackRemoved(trackId: string): void;
+  remoteTrackMuted(trackId: string, muted: boolean): void;
 }
 
 type Message = Record<string, any>;
@@ -19,6 +26,13 @@ export class WebMedia {
   private participantId?: string;
   private graceMs = 15000;
   private midTrack = new Map<string, string>();
+  /** Who published each remote track, from `joined` and `trackPublished`. */
+  private trackOwners = new Map<string, TrackOwner>();
+  private userIds = new Map<string, string>();
+  /** The user's choices, applied over hold. */
+  private muted = false;
+  private cameraOff = false;
+  private held = false;
   private closed = false;
   private reportedConnected = false;
   private offerPending = false;
@@ -42,7 +56,8 @@ export class WebMedia {
     }
     this.sub.ontrack = (e) => {
       const trackId = this.midTrack.get(e.transceiver.mid ?? "") ?? e.track.id;
-      this.callbacks.remoteTrack(e.track, trackId, e.streams[0] ?? new MediaStream([e.track]));
+      const owner = this.trackOwners.get(trackId);
+      this.callbacks.remoteTrack(e.track, trackId, e.streams[0] ?? new MediaStream([e.track]), owner);
     };
     for (const track of local.getTracks()) this.pub.addTransceiver(track, { direction: "sendonly" });
   }
@@ -62,11 +77,48 @@ export class WebMedia {
   }
 
   setMuted(muted: boolean): void {
-    for (const t of this.local.getAudioTracks()) t.enabled = !muted;
+    this.muted = muted;
+    this.applyLocalTracks();
   }
 
   setCamera(enabled: boolean): void {
-    for (const t of this.local.getVideoTracks()) t.enabled = enabled;
+    this.cameraOff = !enabled;
+    this.applyLocalTracks();
+  }
+
+  /** Hold sends nothing; unhold restores the user's mute and camera. */
+  setHeld(held: boolean): void {
+    this.held = held;
+    this.applyLocalTracks();
+  }
+
+  /**
+   * The next camera (front to back on a phone's browser): a new capture
+   * replaces the sent track without renegotiation. False when there is
+   * no other camera.
+   */
+  async switchCamera(): Promise<boolean> {
+    const current = this.local.getVideoTracks()[0];
+    if (!current) return false;
+    const cameras = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "videoinput");
+    const currentId = current.getSettings().deviceId;
+    const index = cameras.findIndex((c) => c.deviceId === currentId);
+    const next = cameras[(index + 1) % cameras.length];
+    if (!next || next.deviceId === currentId) return false;
+    const stream = await navigator.mediaDevices.getUserMedia({ video: { deviceId: { exact: next.deviceId } } });
+    const replacement = stream.getVideoTracks()[0];
+    const sender = this.pub.getSenders().find((s) => s.track === current);
+    await sender?.replaceTrack(replacement);
+    this.local.removeTrack(current);
+    current.stop();
+    this.local.addTrack(replacement);
+    this.applyLocalTracks();
+    return true;
+  }
+
+  private applyLocalTracks(): void {
+    for (const t of this.local.getAudioTracks()) t.enabled = !this.muted && !this.held;
+    for (const t of this.local.getVideoTracks()) t.enabled = !this.cameraOff && !this.held;
   }
 
   close(): void {
@@ -112,6 +164,7 @@ export class WebMedia {
           const resuming = this.joinedWaiter?.resuming ?? false;
           this.joinedWaiter = undefined;
           this.participantId = m.participantId;
+          for (const p of m.participants ?? []) this.learnParticipant(p);
           this.graceMs = (m.reconnectGraceSeconds ?? 15) * 1000;
           this.offerPending = false;
           await this.offer(resuming);
@@ -137,6 +190,21 @@ export class WebMedia {
           await pc.addIceCandidate(m.candidate);
           break;
         }
+        case "participantJoined":
+          this.learnParticipant(m.participant ?? {});
+          break;
+        case "trackPublished":
+          this.learnTrack(m.track ?? {});
+          break;
+        case "trackUnpublished":
+          if (typeof m.trackId === "string") {
+            this.trackOwners.delete(m.trackId);
+            this.callbacks.remoteTrackRemoved(m.trackId);
+          }
+          break;
+        case "trackMuted":
+          if (typeof m.trackId === "string") this.callbacks.remoteTrackMuted(m.trackId, m.muted === true);
+          break;
         case "left":
           this.fail(`removed from the call: ${m.reason}`);
           break;
@@ -147,6 +215,18 @@ export class WebMedia {
     } catch (e) {
       this.fail(String(e));
     }
+  }
+
+  private learnParticipant(p: Message): void {
+    if (typeof p.participantId !== "string") return;
+    if (typeof p.userId === "string") this.userIds.set(p.participantId, p.userId);
+    for (const t of p.tracks ?? []) this.learnTrack(t);
+  }
+
+  private learnTrack(t: Message): void {
+    if (typeof t.trackId !== "string" || typeof t.participantId !== "string") return;
+    if (t.participantId === this.participantId) return; // our own
+    this.trackOwners.set(t.trackId, { participantId: t.participantId, userId: this.userIds.get(t.participantId) });
   }
 
   private async offer(iceRestart: boolean): Promise<void> {

@@ -8,10 +8,17 @@ import type { JoinInfo } from "./api.js";
 import { Calls } from "./calls.js";
 import type { Effect } from "./calls.js";
 import type {
+  ActiveCall,
+  AudioRoutes,
   CallIdOptions,
+  PermissionState,
+  PermissionStatus,
   RegisterDeviceOptions,
+  SelectAudioRouteOptions,
   SetCameraOptions,
+  SetHeldOptions,
   SetMutedOptions,
+  SetUserTokenOptions,
   StartCallOptions,
   SwitchboardEvents,
 } from "./definitions.js";
@@ -20,6 +27,9 @@ import { parseEvent } from "./protocol.js";
 
 export { SwitchboardError };
 
+/** Auth errors a fresh user token fixes (control/API.md). */
+const TOKEN_REFUSED = new Set(["unauthorized", "token_expired"]);
+
 type Listener<E extends keyof SwitchboardEvents> = (data: SwitchboardEvents[E]) => void;
 
 export class SwitchboardWebClient {
@@ -27,6 +37,8 @@ export class SwitchboardWebClient {
   private token = "";
   private events?: WebSocket;
   private stopped = false;
+  /** Set while the events socket waits for `setUserToken`. */
+  private awaitingToken?: () => void;
   private calls = new Calls();
   private media = new Map<string, WebMedia>();
   private listeners = new Map<keyof SwitchboardEvents, Set<Listener<any>>>();
@@ -63,7 +75,7 @@ export class SwitchboardWebClient {
       for (const t of local.getTracks()) t.stop();
       throw e;
     }
-    this.apply(this.calls.started(info.callId, video));
+    this.apply(this.calls.started(info.callId, video, calleeUserId));
     this.join(info, local);
     return { callId: info.callId };
   }
@@ -97,11 +109,80 @@ export class SwitchboardWebClient {
   }
 
   async setMuted({ callId, muted }: SetMutedOptions): Promise<void> {
+    this.requireCall(callId);
+    this.calls.setMuted(callId, muted);
     this.media.get(callId)?.setMuted(muted);
   }
 
   async setCamera({ callId, enabled }: SetCameraOptions): Promise<void> {
+    this.requireCall(callId);
     this.media.get(callId)?.setCamera(enabled);
+  }
+
+  async setHeld({ callId, held }: SetHeldOptions): Promise<void> {
+    this.requireCall(callId);
+    this.calls.setHeld(callId, held);
+    this.media.get(callId)?.setHeld(held);
+  }
+
+  async switchCamera({ callId }: CallIdOptions): Promise<void> {
+    this.requireCall(callId);
+    await this.media.get(callId)?.switchCamera();
+  }
+
+  async getActiveCalls(): Promise<{ calls: ActiveCall[] }> {
+    return { calls: this.calls.active() };
+  }
+
+  /** The browser plays call audio where the page's elements play: no routes here. */
+  async getAudioRoutes(): Promise<AudioRoutes> {
+    return { routes: [], currentId: null };
+  }
+
+  async selectAudioRoute({ id }: SelectAudioRouteOptions): Promise<void> {
+    throw new SwitchboardError(0, "unknown_route", `no audio route ${JSON.stringify(id)} in this browser`);
+  }
+
+  /**
+   * A new user token: used from the next request on, and it resumes an
+   * events socket that stopped on an expired token (`tokenRequested`).
+   */
+  async setUserToken({ token }: SetUserTokenOptions): Promise<void> {
+    const resume = this.awaitingToken;
+    this.awaitingToken = undefined;
+    if (!token) return;
+    this.token = token;
+    resume?.();
+  }
+
+  async checkPermissions(): Promise<PermissionStatus> {
+    const query = async (name: string): Promise<PermissionState> => {
+      try {
+        const status = await navigator.permissions.query({ name } as unknown as PermissionDescriptor);
+        return status.state;
+      } catch {
+        return "prompt"; // a browser that cannot say
+      }
+    };
+    return { microphone: await query("microphone"), camera: await query("camera"), notifications: "granted" };
+  }
+
+  /** Asks by opening (and at once stopping) the microphone and camera. */
+  async requestPermissions(): Promise<PermissionStatus> {
+    for (const constraints of [{ audio: true, video: true }, { audio: true }]) {
+      try {
+        const stream = await navigator.mediaDevices.getUserMedia(constraints);
+        for (const t of stream.getTracks()) t.stop();
+        break;
+      } catch {
+        // No camera or refused: ask for the microphone alone next.
+      }
+    }
+    return this.checkPermissions();
+  }
+
+  private requireCall(callId: string): void {
+    if (!this.calls.state(callId)) throw new SwitchboardError(0, "call_not_found", `no call ${callId} here`);
   }
 
   /** Closes the events socket and leaves every call. */
@@ -132,8 +213,10 @@ export class SwitchboardWebClient {
         this.apply(this.calls.end(callId, "failed"));
         void this.api?.end(callId).catch(() => undefined);
       },
-      remoteTrack: (track, trackId, stream) =>
-        this.emit("remoteTrack", { callId, kind: track.kind as "audio" | "video", trackId, stream }),
+      remoteTrack: (track, trackId, stream, owner) =>
+        this.emit("remoteTrack", { callId, kind: track.kind as "audio" | "video", trackId, stream, ...owner }),
+      remoteTrackRemoved: (trackId) => this.emit("remoteTrackRemoved", { callId, trackId }),
+      remoteTrackMuted: (trackId, muted) => this.emit("remoteTrackMuted", { callId, trackId, muted }),
     });
     this.media.set(callId, media);
     media.start().catch((e) => {
@@ -176,10 +259,17 @@ export class SwitchboardWebClient {
           if (!authenticated || this.stopped || ws !== this.events) {
             return reject(new SwitchboardError(0, "closed", "events socket closed"));
           }
-          // Reconnect with backoff (the server replays a ringing call).
+          // Reconnect with backoff (the server replays a ringing call). A
+          // token the server no longer takes is asked of the app once;
+          // the socket resumes when it answers (`setUserToken`).
           const retry = () => {
             if (this.stopped) return;
-            open().catch(() => {
+            open().catch((e: unknown) => {
+              if (e instanceof SwitchboardError && TOKEN_REFUSED.has(e.code)) {
+                this.awaitingToken = retry;
+                this.emit("tokenRequested", { reason: e.code === "token_expired" ? "expired" : "refused" });
+                return;
+              }
               delay = Math.min(delay * 2, 30000);
               setTimeout(retry, delay * (0.5 + Math.random() / 2));
             });

@@ -3,10 +3,16 @@
 import { WebPlugin } from "@capacitor/core";
 
 import type {
+  ActiveCall,
+  AudioRoutes,
   CallIdOptions,
+  PermissionStatus,
   RegisterDeviceOptions,
+  SelectAudioRouteOptions,
   SetCameraOptions,
+  SetHeldOptions,
   SetMutedOptions,
+  SetUserTokenOptions,
   StartCallOptions,
   SwitchboardEvents,
   SwitchboardPlugin,
@@ -18,7 +24,17 @@ export class SwitchboardWeb extends WebPlugin implements SwitchboardPlugin {
 
   constructor() {
     super();
-    const events: (keyof SwitchboardEvents)[] = ["incomingCall", "callStateChanged", "callEnded", "remoteTrack"];
+    const events: (keyof SwitchboardEvents)[] = [
+      "incomingCall",
+      "callStateChanged",
+      "callEnded",
+      "remoteTrack",
+      "remoteTrackRemoved",
+      "remoteTrackMuted",
+      "muteChanged",
+      "audioRouteChanged",
+      "tokenRequested",
+    ];
     for (const event of events) this.client.on(event, (data) => this.notifyListeners(event, data));
   }
 
@@ -49,4 +65,50 @@ export class SwitchboardWeb extends WebPlugin implements SwitchboardPlugin {
   setCamera(options: SetCameraOptions): Promise<void> {
     return this.client.setCamera(options);
   }
+
+  setHeld(options: SetHeldOptions): Promise<void> {
+    return this.client.setHeld(options);
+  }
+
+  switchCamera(options: CallIdOptions): Promise<void> {
+    return this.client.switchCamera(options);
+  }
+
+  getActiveCalls(): Promise<{ calls: ActiveCall[] }> {
+    return this.client.getActiveCalls();
+  }
+
+  getAudioRoutes(): Promise<AudioRoutes> {
+    return this.client.getAudioRoutes();
+  }
+
+  selectAudioRoute(options: SelectAudioRouteOptions): Promise<void> {
+    return this.client.selectAudioRoute(options);
+  }
+
+  setUserToken(options: SetUserTokenOptions): Promise<void> {
+    return this.client.setUserToken(options);
+  }
+
+  checkPermissions(): Promise<PermissionStatus> {
+    return this.client.checkPermissions();
+  }
+
+  requestPermissions(): Promise<PermissionStatus> {
+    return this.client.requestPermissions();
+  }
+
+  /** A browser has no full-screen-intent switch. */
+  async canUseFullScreenIntent(): Promise<{ value: boolean }> {
+    return { value: true };
+  }
+
+  async openFullScreenIntentSettings(): Promise<void> {}
+
+  /** A browser has no battery optimisation to be exempt from. */
+  async getBatteryOptimization(): Promise<{ ignoring: boolean }> {
+    return { ignoring: true };
+  }
+
+  async openBatteryOptimizationSettings(): Promise<void> {}
 }

@@ -64,7 +64,7 @@ test("an answered call connects with its media; the remote hang-up completes it"
 
 test("an outgoing call connects only once the callee answered, even if media is up first", () => {
   const calls = new Calls();
-  assert.deepEqual(calls.started("c2", true), [{ kind: "callStateChanged", data: { callId: "c2", state: "outgoing" } }]);
+  assert.deepEqual(calls.started("c2", true, "bob"), [{ kind: "callStateChanged", data: { callId: "c2", state: "outgoing" } }]);
   assert.deepEqual(calls.mediaConnected("c2"), []);
   assert.equal(calls.state("c2"), "outgoing");
   assert.deepEqual(kinds(calls.onServerEvent({ type: "accepted", callId: "c2" }, NOW)), ["callStateChanged"]);
@@ -73,7 +73,7 @@ test("an outgoing call connects only once the callee answered, even if media is 
 
 test("a callee that never answers: the server's end is remote_ended, not completed", () => {
   const calls = new Calls();
-  calls.started("c3", false);
+  calls.started("c3", false, "bob");
   const ended = calls.onServerEvent({ type: "ended", callId: "c3" }, NOW);
   assert.deepEqual(ended.at(-1), { kind: "callEnded", data: { callId: "c3", reason: "remote_ended" } });
   assert.deepEqual(calls.end("c3", "completed"), [], "ending twice reports nothing");
@@ -98,4 +98,23 @@ test("server messages parse with unknown fields ignored and unknown types droppe
   ]) {
     assert.equal(parseEvent(raw), null, raw);
   }
+});
+
+test("active calls list what a late UI shows first, with the user's mute and hold, and forget ended calls", () => {
+  const calls = new Calls();
+  calls.onServerEvent(ring("c1"), NOW);
+  calls.started("c2", false, "bob");
+  assert.equal(calls.setMuted("c2", true), true);
+  assert.equal(calls.setHeld("c2", true), true);
+  assert.equal(calls.setMuted("unknown", true), false, "no such call");
+  assert.deepEqual(calls.active(), [
+    { callId: "c1", state: "ringing", video: true, outgoing: false, remoteUserId: "alice", muted: false, held: false },
+    { callId: "c2", state: "outgoing", video: false, outgoing: true, remoteUserId: "bob", muted: true, held: true },
+  ]);
+  calls.answer("c1");
+  calls.end("c2", "completed");
+  assert.deepEqual(
+    calls.active().map((c) => [c.callId, c.state]),
+    [["c1", "connecting"]],
+  );
 });

@@ -439,10 +439,39 @@ async function demoCall() {
     log(`${viewer.user} decoded ${first} then ${later} frames of ${from.user}'s video`);
     check(later > first + 10, `${viewer.user}'s frames rise (${first} -> ${later})`);
   }
+  // The extended plugin API on the web: the calls a late UI would list,
+  // whose track it is, hold (nothing sent, the user's mute kept), routes.
+  const active = async (who) => who.page.evaluate(async () => (await window.switchboard.getActiveCalls()).calls);
+  const [bobsCall] = await active(bob);
+  const [alicesCall] = await active(alice);
+  check(
+    bobsCall?.state === "connected" && bobsCall.remoteUserId === "alice" && !bobsCall.outgoing,
+    `bob's active call is alice's incoming call (${JSON.stringify(bobsCall)})`,
+  );
+  check(
+    alicesCall?.callId === bobsCall.callId && alicesCall.remoteUserId === "bob" && alicesCall.outgoing,
+    `alice's active call is the same call, outgoing to bob (${JSON.stringify(alicesCall)})`,
+  );
+  check((await bob.page.getAttribute("#remote", "data-user-id")) === "alice", "bob's remote video is alice's");
+  const sending = () =>
+    alice.page.evaluate(() => window.switchboard.localStream.getTracks().map((t) => `${t.kind}:${t.enabled}`).sort().join(","));
+  const callId = alicesCall.callId;
+  await alice.page.evaluate((callId) => window.switchboard.setMuted({ callId, muted: true }), callId);
+  await alice.page.evaluate((callId) => window.switchboard.setHeld({ callId, held: true }), callId);
+  check((await sending()) === "audio:false,video:false", `held sends nothing (${await sending()})`);
+  await alice.page.evaluate((callId) => window.switchboard.setHeld({ callId, held: false }), callId);
+  check((await sending()) === "audio:false,video:true", `unhold keeps the user's mute (${await sending()})`);
+  const [held] = await active(alice);
+  check(held.muted && !held.held, `the active call remembers mute, not hold (${JSON.stringify(held)})`);
+  const route = await alice.page.evaluate(() =>
+    window.switchboard.selectAudioRoute({ id: "speaker" }).then(() => "selected", (e) => e.code),
+  );
+  check(route === "unknown_route", `a browser has no audio routes to select (${route})`);
   await alice.page.click("#hangup");
   await untilStatus(alice, "ended: completed");
   await untilStatus(bob, "ended: completed");
   check(!(await bob.page.isVisible("#hangup")), "bob's call controls are gone");
+  check((await active(bob)).length === 0, "an ended call is no longer active");
 }
 
 async function demoDecline() {

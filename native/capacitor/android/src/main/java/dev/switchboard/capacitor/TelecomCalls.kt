@@ -1,0 +1,131 @@
+// Core-Telecom (androidx.core:core-telecom): each call the core reports is
+// added to Telecom as a self-managed call; Telecom's answer, disconnect,
+// active/inactive callbacks and its endpoint and mute flows go back to the
+// core. When Telecom refuses or is missing (OEM bugs exist), the call
+// still rings through CallNotifications alone.
+
+package dev.switchboard.capacitor
+
+import android.content.Context
+import android.net.Uri
+import android.telecom.DisconnectCause
+import androidx.core.telecom.CallAttributesCompat
+import androidx.core.telecom.CallControlScope
+import androidx.core.telecom.CallEndpointCompat
+import androidx.core.telecom.CallsManager
+import dev.switchboard.capacitor.core.CallAttributes
+import dev.switchboard.capacitor.core.DisconnectCodes
+import dev.switchboard.capacitor.core.Endpoint
+import dev.switchboard.capacitor.core.endpoints
+import dev.switchboard.core.EndedReason
+import dev.switchboard.core.IncomingCall
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.SupervisorJob
+import kotlinx.coroutines.channels.Channel
+import kotlinx.coroutines.flow.combine
+import kotlinx.coroutines.launch
+
+object TelecomCalls {
+    private val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
+    private lateinit var manager: CallsManager
+
+    /** What the core asks of a call Telecom holds, in order. */
+    private sealed class Command {
+        object Active : Command()
+        data class Disconnect(val code: Int) : Command()
+        data class Endpoint(val id: String) : Command()
+    }
+
+    private val commands = mutableMapOf<String, Channel<Command>>()
+    private val available = mutableMapOf<String, List<CallEndpointCompat>>()
+
+    fun init(context: Context) {
+        manager = CallsManager(context)
+        manager.registerAppWithTelecom(
+            CallsManager.CAPABILITY_BASELINE or CallsManager.CAPABILITY_SUPPORTS_VIDEO_CALLING,
+        )
+    }
+
+    fun addIncoming(context: Context, call: IncomingCall) {
+        // The ringing notification goes up first: it is the UI whether or
+        // not Telecom takes the call.
+        CallNotifications.incoming(context, call)
+        val attributes = CallAttributesCompat(
+            call.callerName,
+            Uri.fromParts("switchboard", call.handle, null),
+            CallAttributes.DIRECTION_INCOMING,
+            CallAttributes.callType(call.video),
+            CallAttributes.CAPABILITIES,
+        )
+        val inbox = Channel<Command>(Channel.UNLIMITED)
+        synchronized(commands) { commands[call.callUuid] = inbox }
+        scope.launch {
+            try {
+                manager.addCall(
+                    attributes,
+                    onAnswer = { SwitchboardCalls.currentClient()?.answer(call.callUuid) },
+                    onDisconnect = { SwitchboardCalls.currentClient()?.end(call.callUuid) },
+                    onSetActive = { SwitchboardCalls.currentClient()?.setHeld(call.callUuid, false) },
+                    onSetInactive = { SwitchboardCalls.currentClient()?.setHeld(call.callUuid, true) },
+                ) {
+                    SwitchboardCalls.incomingShown(call)
+                    follow(this, call.callUuid, inbox)
+                }
+            } catch (e: Exception) {
+                // Telecom refused (or is broken on this OEM): the
+                // notification rings on its own; the core is told it shows.
+                SwitchboardCalls.incomingShown(call)
+            }
+        }
+    }
+
+    /** Inside Telecom's call scope: its flows to the core, the core's commands to Telecom. */
+    private fun follow(call: CallControlScope, callUuid: String, inbox: Channel<Command>) {
+        scope.launch {
+            call.availableEndpoints.combine(call.currentCallEndpoint) { all, current -> all to current }
+                .collect { (all, current) ->
+                    available[callUuid] = all
+                    val routes = endpoints(all.map { Endpoint(it.type, it.name.toString(), it.identifier.toString()) })
+                    SwitchboardCalls.audioRoutesChanged(routes, current.identifier.toString())
+                }
+        }
+        scope.launch {
+            // Telecom's mute (a headset button, the system UI) to the core
+            // and to the app's UI.
+            call.isMuted.collect { muted ->
+                SwitchboardCalls.currentClient()?.setMuted(callUuid, muted)
+                SwitchboardCalls.emit("muteChanged", mapOf("callId" to SwitchboardCalls.ids.jsCallId(callUuid), "muted" to muted))
+            }
+        }
+        scope.launch {
+            for (command in inbox) {
+                when (command) {
+                    Command.Active -> call.setActive()
+                    is Command.Endpoint -> available[callUuid]
+                        ?.firstOrNull { it.identifier.toString() == command.id }
+                        ?.let { call.requestEndpointChange(it) }
+                    is Command.Disconnect -> {
+                        call.disconnect(DisconnectCause(command.code))
+                        break
+                    }
+                }
+            }
+        }
+    }
+
+    fun setActive(callUuid: String) {
+        synchronized(commands) { commands[callUuid] }?.trySend(Command.Active)
+    }
+
+    fun disconnect(callUuid: String, reason: EndedReason) {
+        val inbox = synchronized(commands) { commands.remove(callUuid) }
+        available.remove(callUuid)
+        inbox?.trySend(Command.Disconnect(DisconnectCodes.of(reason)))
+    }
+
+    fun requestEndpoint(id: String) {
+        val inboxes = synchronized(commands) { commands.values.toList() }
+        inboxes.forEach { it.trySend(Command.Endpoint(id)) }
+    }
+}

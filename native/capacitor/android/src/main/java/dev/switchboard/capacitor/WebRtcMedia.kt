@@ -1,0 +1,248 @@
+// The core's media port on libwebrtc for Android (io.github.webrtc-sdk:
+// android-prefixed, package livekit.org.webrtc, so it cannot clash with
+// another WebRTC in the app): two peer connections as signaling/PROTOCOL.md
+// has them, the microphone and the camera. The core calls these methods on
+// its own threads and expects answers, so WebRTC's observers are awaited
+// with a bounded wait.
+
+package dev.switchboard.capacitor
+
+import android.content.Context
+import dev.switchboard.core.IceServer
+import dev.switchboard.core.MediaEvents
+import dev.switchboard.core.MediaFactory
+import dev.switchboard.core.MediaSession
+import dev.switchboard.core.MediaStats
+import dev.switchboard.core.PeerConnection as CorePeer
+import dev.switchboard.core.PortException
+import java.util.concurrent.CompletableFuture
+import java.util.concurrent.TimeUnit
+import livekit.org.webrtc.AudioTrack
+import livekit.org.webrtc.Camera2Enumerator
+import livekit.org.webrtc.CameraVideoCapturer
+import livekit.org.webrtc.DataChannel
+import livekit.org.webrtc.DefaultVideoDecoderFactory
+import livekit.org.webrtc.DefaultVideoEncoderFactory
+import livekit.org.webrtc.EglBase
+import livekit.org.webrtc.IceCandidate
+import livekit.org.webrtc.MediaConstraints
+import livekit.org.webrtc.MediaStream
+import livekit.org.webrtc.PeerConnection
+import livekit.org.webrtc.PeerConnectionFactory
+import livekit.org.webrtc.RtpReceiver
+import livekit.org.webrtc.RtpTransceiver
+import livekit.org.webrtc.SdpObserver
+import livekit.org.webrtc.SessionDescription
+import livekit.org.webrtc.SurfaceTextureHelper
+import livekit.org.webrtc.VideoTrack
+
+object WebRtcMedia {
+    val egl: EglBase by lazy { EglBase.create() }
+    private var factory: PeerConnectionFactory? = null
+    /** Each call's session by server call id (camera switching, video views). */
+    private val sessions = mutableMapOf<String, Session>()
+
+    /** Front to back and back; the sent track stays, its camera changes. */
+    fun switchCamera(callId: String) {
+        synchronized(sessions) { sessions[callId] }?.switchCamera()
+    }
+
+    internal fun opened(callId: String, session: Session) = synchronized(sessions) {
+        sessions.values.removeAll { it.ended }
+        sessions[callId] = session
+    }
+
+    @Synchronized
+    fun factory(context: Context): MediaFactory {
+        val pcFactory = factory ?: run {
+            PeerConnectionFactory.initialize(
+                PeerConnectionFactory.InitializationOptions.builder(context.applicationContext).createInitializationOptions(),
+            )
+            PeerConnectionFactory.builder()
+                .setVideoEncoderFactory(DefaultVideoEncoderFactory(egl.eglBaseContext, true, true))
+                .setVideoDecoderFactory(DefaultVideoDecoderFactory(egl.eglBaseContext))
+                .createPeerConnectionFactory()
+                .also { factory = it }
+        }
+        return Factory(context.applicationContext, pcFactory)
+    }
+
+    private class Factory(val context: Context, val factory: PeerConnectionFactory) : MediaFactory {
+        override fun createSession(callId: String, video: Boolean, iceServers: List<IceServer>, events: MediaEvents): MediaSession =
+            Session(context, factory, video, iceServers, events).also { WebRtcMedia.opened(callId, it) }
+    }
+}
+
+internal class Session(
+    context: Context,
+    private val factory: PeerConnectionFactory,
+    video: Boolean,
+    iceServers: List<IceServer>,
+    private val events: MediaEvents,
+) : MediaSession {
+    private val audio: AudioTrack = factory.createAudioTrack("audio", factory.createAudioSource(MediaConstraints()))
+    private var videoTrack: VideoTrack? = null
+    private var capturer: CameraVideoCapturer? = null
+    private val up = mutableSetOf<PeerConnection>()
+    private var userMuted = false
+    private var held = false
+    var ended = false
+        private set
+    private val publisher: PeerConnection
+    private val subscriber: PeerConnection
+
+    /** Remote video by subscriber mid, for a native renderer. */
+    val remoteVideo = mutableMapOf<String, VideoTrack>()
+
+    init {
+        val config = PeerConnection.RTCConfiguration(
+            iceServers.map { server ->
+                PeerConnection.IceServer.builder(server.urls)
+                    .setUsername(server.username ?: "")
+                    .setPassword(server.credential ?: "")
+                    .createIceServer()
+            },
+        ).apply {
+            sdpSemantics = PeerConnection.SdpSemantics.UNIFIED_PLAN
+            bundlePolicy = PeerConnection.BundlePolicy.MAXBUNDLE
+            rtcpMuxPolicy = PeerConnection.RtcpMuxPolicy.REQUIRE
+            continualGatheringPolicy = PeerConnection.ContinualGatheringPolicy.GATHER_CONTINUALLY
+        }
+        publisher = factory.createPeerConnection(config, Observer(CorePeer.PUBLISHER))
+            ?: throw PortException.Failed("no publisher peer connection")
+        subscriber = factory.createPeerConnection(config, Observer(CorePeer.SUBSCRIBER))
+            ?: throw PortException.Failed("no subscriber peer connection")
+        publisher.addTrack(audio, listOf("local"))
+        if (video) {
+            val enumerator = Camera2Enumerator(context)
+            val front = enumerator.deviceNames.firstOrNull { enumerator.isFrontFacing(it) }
+            if (front != null) {
+                val source = factory.createVideoSource(false)
+                val camera = enumerator.createCapturer(front, null)
+                camera.initialize(SurfaceTextureHelper.create("camera", WebRtcMedia.egl.eglBaseContext), context, source.capturerObserver)
+                camera.startCapture(1280, 720, 30)
+                capturer = camera
+                videoTrack = factory.createVideoTrack("video", source).also { publisher.addTrack(it, listOf("local")) }
+            }
+        }
+    }
+
+    override fun createPublisherOffer(iceRestart: Boolean): String {
+        val constraints = MediaConstraints().apply {
+            if (iceRestart) mandatory.add(MediaConstraints.KeyValuePair("IceRestart", "true"))
+        }
+        val offer = await<SessionDescription> { done -> publisher.createOffer(Sdp(done), constraints) }
+        await<Unit> { done -> publisher.setLocalDescription(Sdp(done), offer) }
+        return offer.description
+    }
+
+    override fun applyPublisherAnswer(sdp: String) {
+        val answer = SessionDescription(SessionDescription.Type.ANSWER, sdp)
+        await<Unit> { done -> publisher.setRemoteDescription(Sdp(done), answer) }
+    }
+
+    override fun answerSubscriberOffer(sdp: String): String {
+        val offer = SessionDescription(SessionDescription.Type.OFFER, sdp)
+        await<Unit> { done -> subscriber.setRemoteDescription(Sdp(done), offer) }
+        val answer = await<SessionDescription> { done -> subscriber.createAnswer(Sdp(done), MediaConstraints()) }
+        await<Unit> { done -> subscriber.setLocalDescription(Sdp(done), answer) }
+        return answer.description
+    }
+
+    override fun addRemoteCandidate(connection: CorePeer, candidate: String) {
+        val pc = if (connection == CorePeer.PUBLISHER) publisher else subscriber
+        pc.addIceCandidate(IceCandidate("0", 0, candidate))
+    }
+
+    override fun setMuted(muted: Boolean) {
+        userMuted = muted
+        audio.setEnabled(!userMuted && !held)
+    }
+
+    override fun setHeld(held: Boolean) {
+        this.held = held
+        audio.setEnabled(!userMuted && !held)
+        subscriber.transceivers
+            .filter { it.mediaType == livekit.org.webrtc.MediaStreamTrack.MediaType.MEDIA_TYPE_AUDIO }
+            .forEach { it.receiver.track()?.setEnabled(!held) }
+    }
+
+    override fun setCameraEnabled(enabled: Boolean) {
+        videoTrack?.setEnabled(enabled)
+        if (enabled) capturer?.startCapture(1280, 720, 30) else capturer?.stopCapture()
+    }
+
+    override fun stats(): MediaStats = MediaStats(
+        up.size == 2, 0UL, 0UL, subscriber.receivers.count { it.track() != null }.toUInt(),
+    )
+
+    fun switchCamera() {
+        capturer?.switchCamera(null)
+    }
+
+    override fun endSession() {
+        ended = true
+        capturer?.stopCapture()
+        capturer?.dispose()
+        publisher.dispose()
+        subscriber.dispose()
+    }
+
+    private fun <T> await(start: ((Result<T>) -> Unit) -> Unit): T {
+        val future = CompletableFuture<Result<T>>()
+        start { future.complete(it) }
+        val result = runCatching { future.get(10, TimeUnit.SECONDS) }
+            .getOrElse { throw PortException.Failed("WebRTC did not answer in time") }
+        return result.getOrElse { throw PortException.Failed(it.message ?: "WebRTC failed") }
+    }
+
+    private inner class Observer(val which: CorePeer) : PeerConnection.Observer {
+        private fun pc() = if (which == CorePeer.PUBLISHER) publisher else subscriber
+
+        override fun onIceConnectionChange(state: PeerConnection.IceConnectionState) {
+            when (state) {
+                PeerConnection.IceConnectionState.CONNECTED, PeerConnection.IceConnectionState.COMPLETED -> {
+                    up.add(pc())
+                    if (up.size == 2) events.connected()
+                }
+                PeerConnection.IceConnectionState.DISCONNECTED -> {
+                    up.remove(pc())
+                    events.disconnected()
+                }
+                PeerConnection.IceConnectionState.FAILED -> {
+                    up.remove(pc())
+                    events.failed()
+                }
+                else -> {}
+            }
+        }
+
+        override fun onIceCandidate(candidate: IceCandidate) {
+            events.localCandidate(which, candidate.sdp)
+        }
+
+        override fun onTrack(transceiver: RtpTransceiver) {
+            val track = transceiver.receiver.track()
+            if (track is VideoTrack) remoteVideo[transceiver.mid] = track
+        }
+
+        override fun onSignalingChange(state: PeerConnection.SignalingState) {}
+        override fun onIceConnectionReceivingChange(receiving: Boolean) {}
+        override fun onIceGatheringChange(state: PeerConnection.IceGatheringState) {}
+        override fun onIceCandidatesRemoved(candidates: Array<out IceCandidate>) {}
+        override fun onAddStream(stream: MediaStream) {}
+        override fun onRemoveStream(stream: MediaStream) {}
+        override fun onDataChannel(channel: DataChannel) {}
+        override fun onRenegotiationNeeded() {}
+        override fun onAddTrack(receiver: RtpReceiver, streams: Array<out MediaStream>) {}
+    }
+}
+
+/** One SDP callback as a Result. */
+private class Sdp<T>(private val done: (Result<T>) -> Unit) : SdpObserver {
+    @Suppress("UNCHECKED_CAST")
+    override fun onCreateSuccess(description: SessionDescription) = done(Result.success(description as T))
+    override fun onSetSuccess() = done(Result.success(Unit as T))
+    override fun onCreateFailure(error: String) = done(Result.failure(IllegalStateException(error)))
+    override fun onSetFailure(error: String) = done(Result.failure(IllegalStateException(error)))
+}

@@ -1,0 +1,539 @@
+// The iOS adapter: PushKit + CallKit mapped onto the Rust client core.
+// Every decision (which push is a call, what to report, when to join media,
+// which audio route) is the core's; this file only translates platform
+// callbacks into core calls and core reports into CallKit calls.
+//
+// Start it from the app delegate, before anything else, so the PushKit
+// registry exists when iOS relaunches a killed app for a VoIP push:
+//
+//     func application(_ application: UIApplication,
+//                      didFinishLaunchingWithOptions launchOptions: ...) -> Bool {
+//         SwitchboardCalls.shared.start()
+//         return true
+//     }
+//
+// Not compiled here (no Swift toolchain where the suite runs): the rules
+// this file must keep are checked by native/capacitor/scripts/check_adapters.py.
+
+import AVFoundation
+import CallKit
+import Foundation
+import Intents
+import PushKit
+#if canImport(SwitchboardCore)
+    import SwitchboardCore  // its own module with SwiftPM; one module with CocoaPods
+#endif
+import WebRTC
+
+public final class SwitchboardCalls: NSObject, @unchecked Sendable {
+    public static let shared = SwitchboardCalls()
+
+    /// Optional: fetches a fresh user token from the app's backend without
+    /// the web view (a VoIP wake of a killed app may come before JS runs).
+    /// Without it the plugin asks JS (`tokenRequested`).
+    public var tokenProvider: ((@escaping (String?) -> Void) -> Void)?
+
+    /// Events for the JS side (the plugin forwards them; kept until JS
+    /// listens, so a cold start into a call loses nothing).
+    var onEvent: ((String, [String: Any]) -> Void)? {
+        didSet { flushPendingEvents() }
+    }
+
+    private let provider: CXProvider
+    private let callController = CXCallController()
+    private var voipRegistry: PKPushRegistry?
+    private var client: Client?
+    private let store = ConfigStore()
+    private let media = WebRTCMediaFactory()
+    private var pendingEvents: [(String, [String: Any])] = []
+    private var voipToken: String?
+    private var alertToken: String?
+    /// Mute as CallKit last told us, per call: our own `CXSetMutedCallAction`
+    /// echoes back, and a tap in the system UI must reach the app's UI.
+    private var mutedByCall: [UUID: Bool] = [:]
+    /// The server's id of each call by UUID, kept past the core's end of
+    /// it (JS names calls by the server's id; `callEnded` comes after the
+    /// core forgot an outgoing call's UUID).
+    private var serverIds: [String: String] = [:]
+    /// Calls that connected, so an ending reads "completed".
+    private var connectedCalls: Set<String> = []
+    private let lock = NSLock()
+
+    override private init() {
+        let configuration = CXProviderConfiguration()
+        configuration.supportsVideo = true
+        configuration.maximumCallGroups = 1
+        configuration.maximumCallsPerCallGroup = 1
+        configuration.supportedHandleTypes = [.generic]
+        configuration.includesCallsInRecents = true
+        provider = CXProvider(configuration: configuration)
+        super.init()
+        provider.setDelegate(self, queue: nil)
+    }
+
+    /// Creates the PushKit registry and, if the app registered a device
+    /// before, the core client from the Keychain.
+    public func start() {
+        let registry = PKPushRegistry(queue: .main)
+        registry.delegate = self
+        registry.desiredPushTypes = [.voIP]
+        voipRegistry = registry
+        observeRouteChanges()
+        _ = ensureClient()
+    }
+
+    // MARK: - The core client
+
+    /// The core client, rebuilt from the saved configuration when the app
+    /// was killed (a VoIP wake runs this inside the PushKit callback).
+    @discardableResult
+    func ensureClient() -> Client? {
+        lock.lock()
+        defer { lock.unlock() }
+        if let client { return client }
+        guard let saved = store.load(), let config = try? clientConfigFromJson(json: saved) else {
+            return nil
+        }
+        client = try? Client(
+            config: config, ui: self, media: media, audio: self, push: self,
+            credentials: self, events: self)
+        return client
+    }
+
+    /// `registerDevice` from JS: saves the configuration for cold starts
+    /// and (re)starts the core with it.
+    func register(config: ClientConfig) throws {
+        store.save(clientConfigToJson(config: config))
+        lock.lock()
+        let old = client
+        client = nil
+        lock.unlock()
+        old?.shutdown()
+        guard ensureClient() != nil else {
+            throw ClientError.Config(detail: "the configuration could not be used")
+        }
+    }
+
+    func currentClient() -> Client? {
+        lock.lock()
+        defer { lock.unlock() }
+        return client
+    }
+
+    // MARK: - Outgoing calls
+
+    /// A call the app starts: CallKit first (it must know the UUID before
+    /// the server answers), then the core with the same UUID.
+    func startCall(callee: String, video: Bool, completion: @escaping (Result<String, Error>) -> Void) {
+        let uuid = UUID()
+        let handle = CXHandle(type: .generic, value: callee)
+        let action = CXStartCallAction(call: uuid, handle: handle)
+        action.isVideo = video
+        callController.request(CXTransaction(action: action)) { error in
+            if let error {
+                completion(.failure(error))
+                return
+            }
+            // The core reports the call started (or ended) through the
+            // SystemCallUi port; this answers the JS promise.
+            DispatchQueue.global().async {
+                guard let client = self.currentClient() else {
+                    completion(.failure(ClientError.ShutDown))
+                    return
+                }
+                do {
+                    completion(.success(try client.startCall(
+                        calleeUserId: callee, video: video, callUuid: uuid.uuidString)))
+                } catch {
+                    completion(.failure(error))
+                }
+            }
+        }
+    }
+
+    /// A call started from Recents, Siri or a car (`INStartCallIntent`
+    /// reaches the app delegate's `application(_:continue:restorationHandler:)`).
+    public func handle(intent: INStartCallIntent) -> Bool {
+        guard let handle = intent.contacts?.first?.personHandle?.value else { return false }
+        let video = intent.callCapability == .videoCall
+        let uuid = UUID()
+        let action = CXStartCallAction(call: uuid, handle: CXHandle(type: .generic, value: handle))
+        action.isVideo = video
+        callController.request(CXTransaction(action: action)) { _ in }
+        return true
+    }
+
+    /// The app's own buttons go through CallKit, so the system UI and the
+    /// core stay in step (the actions come back through the delegate).
+    func requestEnd(callUuid: UUID) {
+        callController.request(CXTransaction(action: CXEndCallAction(call: callUuid))) { _ in }
+    }
+
+    func requestAnswer(callUuid: UUID) {
+        callController.request(CXTransaction(action: CXAnswerCallAction(call: callUuid))) { _ in }
+    }
+
+    func requestMute(callUuid: UUID, muted: Bool) {
+        let action = CXSetMutedCallAction(call: callUuid, muted: muted)
+        callController.request(CXTransaction(action: action)) { _ in }
+    }
+
+    func requestHold(callUuid: UUID, held: Bool) {
+        let action = CXSetHeldCallAction(call: callUuid, onHold: held)
+        callController.request(CXTransaction(action: action)) { _ in }
+    }
+
+    func switchCamera(callUuid: UUID) {
+        media.sessions[jsCallId(callUuid.uuidString)]?.switchCamera()
+    }
+
+    // MARK: - Events to JS
+
+    /// The name JS knows a call by: the server's id (an incoming call's UUID
+    /// is that id; an outgoing call's is the app's own until the server
+    /// named it).
+    func jsCallId(_ callUuid: String) -> String {
+        let uuid = callUuid.lowercased()
+        lock.lock()
+        defer { lock.unlock() }
+        return serverIds[uuid] ?? uuid
+    }
+
+    /// The UUID CallKit knows the call by, from the id JS passed.
+    func callUuid(forJsCallId callId: String) -> UUID? {
+        let uuid = currentClient()?.callUuid(callId: callId) ?? callId
+        return UUID(uuidString: uuid)
+    }
+
+    private func remember(callUuid: String, callId: String) {
+        lock.lock()
+        serverIds[callUuid.lowercased()] = callId
+        lock.unlock()
+    }
+
+    /// The JS `callEnded` reason (definitions.ts `EndReason`), as the
+    /// Android adapter's `jsEndReason` spells it.
+    static func jsEndReason(_ reason: EndedReason, wasConnected: Bool) -> String {
+        switch reason {
+        case .localEnded: return "completed"
+        case .remoteEnded: return wasConnected ? "completed" : "remote_ended"
+        case .declined: return "declined"
+        case .callerCancelled, .unanswered: return "missed"
+        case .answeredElsewhere: return "answered_elsewhere"
+        case .declinedElsewhere: return "declined_elsewhere"
+        case .failed: return "failed"
+        }
+    }
+
+    func emit(_ name: String, _ data: [String: Any]) {
+        DispatchQueue.main.async {
+            if let onEvent = self.onEvent {
+                onEvent(name, data)
+            } else {
+                self.pendingEvents.append((name, data))
+            }
+        }
+    }
+
+    private func flushPendingEvents() {
+        DispatchQueue.main.async {
+            guard let onEvent = self.onEvent else { return }
+            let events = self.pendingEvents
+            self.pendingEvents.removeAll()
+            for (name, data) in events { onEvent(name, data) }
+        }
+    }
+
+    /// Audio for a call: category and mode set before CallKit is told of
+    /// the call; CallKit activates the session (never `setActive` here).
+    private func configureAudioSession(video: Bool) {
+        let rtc = RTCAudioSession.sharedInstance()
+        rtc.useManualAudio = true
+        rtc.isAudioEnabled = false
+        rtc.lockForConfiguration()
+        defer { rtc.unlockForConfiguration() }
+        try? rtc.setCategory(
+            .playAndRecord,
+            mode: video ? .videoChat : .voiceChat,
+            options: [.allowBluetooth, .allowBluetoothA2DP])
+    }
+
+    private func emitIncoming(_ call: IncomingCall) {
+        remember(callUuid: call.callUuid, callId: call.callId)
+        emit("incomingCall", [
+            "callId": call.callId, "fromUserId": call.handle, "callerName": call.callerName,
+            "video": call.video, "avatarUrl": call.avatarUrl ?? NSNull(),
+        ])
+        emit("callStateChanged", ["callId": call.callId, "state": "ringing"])
+    }
+
+    private static func update(for call: IncomingCall) -> CXCallUpdate {
+        let update = CXCallUpdate()
+        update.remoteHandle = CXHandle(type: .generic, value: call.handle)
+        update.localizedCallerName = call.callerName
+        update.hasVideo = call.video
+        update.supportsHolding = true
+        update.supportsGrouping = false
+        update.supportsUngrouping = false
+        update.supportsDTMF = false
+        return update
+    }
+}
+
+// MARK: - PushKit
+
+extension SwitchboardCalls: PKPushRegistryDelegate {
+    public func pushRegistry(
+        _ registry: PKPushRegistry, didUpdate pushCredentials: PKPushCredentials, for type: PKPushType
+    ) {
+        voipToken = pushCredentials.token.map { String(format: "%02x", $0) }.joined()
+        currentClient()?.pushTokensChanged()
+    }
+
+    public func pushRegistry(_ registry: PKPushRegistry, didInvalidatePushTokenFor type: PKPushType) {
+        voipToken = nil
+        currentClient()?.pushTokensChanged()
+    }
+
+    /// Apple's rule: every VoIP push is reported to CallKit before this
+    /// returns (or the app is killed and VoIP pushes stop). So: decide at
+    /// once, report with no dispatch or Task in between, complete PushKit
+    /// from the report's completion.
+    public func pushRegistry(
+        _ registry: PKPushRegistry, didReceiveIncomingPushWith payload: PKPushPayload,
+        for type: PKPushType, completion: @escaping () -> Void
+    ) {
+        let json = (try? JSONSerialization.data(withJSONObject: payload.dictionaryPayload))
+            .flatMap { String(data: $0, encoding: .utf8) } ?? "{}"
+        let core = ensureClient()
+        let nowMs = UInt64(Date().timeIntervalSince1970 * 1000)
+        let decision = core?.handlePush(payload: json)
+            ?? classifyPush(payload: json, deviceNowMs: nowMs, serverClockOffsetMs: nil)
+        switch decision {
+        case .report(let call):
+            configureAudioSession(video: call.video)
+            let uuid = UUID(uuidString: call.callUuid) ?? UUID()
+            provider.reportNewIncomingCall(with: uuid, update: SwitchboardCalls.update(for: call)) { error in
+                if let error = error as? CXErrorCodeIncomingCallError, error.code == .callUUIDAlreadyExists {
+                    core?.incomingCallDisplayed(callUuid: call.callUuid)
+                } else if let error {
+                    // Do Not Disturb, a blocked caller, too many calls: this
+                    // device only; the user's other devices keep ringing.
+                    core?.incomingCallFailed(callUuid: call.callUuid, reason: error.localizedDescription)
+                } else {
+                    core?.incomingCallDisplayed(callUuid: call.callUuid)
+                    self.emitIncoming(call)
+                }
+                completion()
+            }
+        case .reportAndEnd(let call, let reason):
+            let uuid = UUID(uuidString: call.callUuid) ?? UUID()
+            provider.reportNewIncomingCall(with: uuid, update: SwitchboardCalls.update(for: call)) { _ in
+                self.provider.reportCall(
+                    with: uuid, endedAt: Date(),
+                    reason: SwitchboardCalls.endedReason(reason) ?? .failed)
+                completion()
+            }
+        case .notACall:
+            // A cancel (the core ended the call) or another feature's push:
+            // nothing to report. VoIP pushes are never sent for these.
+            completion()
+        }
+    }
+}
+
+// MARK: - CallKit
+
+extension SwitchboardCalls: CXProviderDelegate {
+    public func providerDidReset(_ provider: CXProvider) {
+        currentClient()?.systemReset()
+    }
+
+    public func provider(_ provider: CXProvider, perform action: CXAnswerCallAction) {
+        // Fulfilled at once: the core joins media after `didActivate`.
+        currentClient()?.answer(callUuid: action.callUUID.uuidString)
+        action.fulfill()
+    }
+
+    public func provider(_ provider: CXProvider, perform action: CXEndCallAction) {
+        currentClient()?.end(callUuid: action.callUUID.uuidString)
+        mutedByCall[action.callUUID] = nil
+        action.fulfill()
+    }
+
+    public func provider(_ provider: CXProvider, perform action: CXSetMutedCallAction) {
+        guard let client = currentClient() else {
+            action.fail()
+            return
+        }
+        if mutedByCall[action.callUUID] != action.isMuted {
+            mutedByCall[action.callUUID] = action.isMuted
+            client.setMuted(callUuid: action.callUUID.uuidString, muted: action.isMuted)
+            emit("muteChanged", ["callId": jsCallId(action.callUUID.uuidString), "muted": action.isMuted])
+        }
+        action.fulfill()
+    }
+
+    public func provider(_ provider: CXProvider, perform action: CXSetHeldCallAction) {
+        guard let client = currentClient() else {
+            action.fail()
+            return
+        }
+        client.setHeld(callUuid: action.callUUID.uuidString, held: action.isOnHold)
+        action.fulfill()
+    }
+
+    public func provider(_ provider: CXProvider, perform action: CXStartCallAction) {
+        guard let client = currentClient() else {
+            action.fail()
+            return
+        }
+        configureAudioSession(video: action.isVideo)
+        // From Recents / Siri the app has no promise waiting; a start from
+        // the app calls `startCall` itself (same UUID: the core makes it once).
+        client.systemStartCall(
+            handle: action.handle.value, video: action.isVideo, callUuid: action.callUUID.uuidString)
+        provider.reportOutgoingCall(with: action.callUUID, startedConnectingAt: nil)
+        action.fulfill()
+    }
+
+    public func provider(_ provider: CXProvider, timedOutPerforming action: CXAction) {
+        action.fail()
+    }
+
+    public func provider(_ provider: CXProvider, didActivate audioSession: AVAudioSession) {
+        RTCAudioSession.sharedInstance().audioSessionDidActivate(audioSession)
+        RTCAudioSession.sharedInstance().isAudioEnabled = true
+        currentClient()?.audioSessionActivated()
+        reportAudioRoutes()
+    }
+
+    public func provider(_ provider: CXProvider, didDeactivate audioSession: AVAudioSession) {
+        RTCAudioSession.sharedInstance().isAudioEnabled = false
+        RTCAudioSession.sharedInstance().audioSessionDidDeactivate(audioSession)
+        currentClient()?.audioSessionDeactivated()
+    }
+
+    static func endedReason(_ reason: EndedReason) -> CXCallEndedReason? {
+        guard let mapped = callkitEndedReason(reason: reason) else { return nil }
+        switch mapped {
+        case .failed: return .failed
+        case .remoteEnded: return .remoteEnded
+        case .unanswered: return .unanswered
+        case .answeredElsewhere: return .answeredElsewhere
+        case .declinedElsewhere: return .declinedElsewhere
+        }
+    }
+}
+
+// MARK: - Core ports
+
+extension SwitchboardCalls: SystemCallUi {
+    /// A ring that came over the events socket (the app was running).
+    public func reportIncomingCall(call: IncomingCall) throws {
+        configureAudioSession(video: call.video)
+        guard let uuid = UUID(uuidString: call.callUuid) else {
+            throw PortError.Failed(detail: "not a UUID: \(call.callUuid)")
+        }
+        let core = currentClient()
+        provider.reportNewIncomingCall(with: uuid, update: SwitchboardCalls.update(for: call)) { error in
+            if let error {
+                core?.incomingCallFailed(callUuid: call.callUuid, reason: error.localizedDescription)
+            } else {
+                core?.incomingCallDisplayed(callUuid: call.callUuid)
+                self.emitIncoming(call)
+            }
+        }
+    }
+
+    public func reportOutgoingCallStarted(callUuid: String, callId: String) throws {
+        remember(callUuid: callUuid, callId: callId)
+        emit("callStateChanged", ["callId": callId, "state": "outgoing"])
+    }
+
+    public func reportCallConnected(callUuid: String) throws {
+        guard let uuid = UUID(uuidString: callUuid) else { return }
+        provider.reportOutgoingCall(with: uuid, connectedAt: Date())
+        lock.lock()
+        connectedCalls.insert(callUuid.lowercased())
+        lock.unlock()
+        emit("callStateChanged", ["callId": jsCallId(callUuid), "state": "connected"])
+    }
+
+    public func reportCallEnded(callUuid: String, reason: EndedReason) throws {
+        guard let uuid = UUID(uuidString: callUuid) else { return }
+        // Ended on this device: CallKit knows (its action was fulfilled).
+        if let mapped = SwitchboardCalls.endedReason(reason) {
+            provider.reportCall(with: uuid, endedAt: Date(), reason: mapped)
+        }
+        mutedByCall[uuid] = nil
+        let callId = jsCallId(callUuid)
+        lock.lock()
+        let wasConnected = connectedCalls.remove(callUuid.lowercased()) != nil
+        serverIds[callUuid.lowercased()] = nil
+        lock.unlock()
+        emit("callStateChanged", ["callId": callId, "state": "ended"])
+        emit("callEnded", [
+            "callId": callId, "reason": SwitchboardCalls.jsEndReason(reason, wasConnected: wasConnected),
+        ])
+    }
+}
+
+extension SwitchboardCalls: PushTokens {
+    public func current() throws -> DevicePushTokens {
+        DevicePushTokens(apnsVoip: voipToken, apnsAlert: alertToken, fcm: nil)
+    }
+
+    /// The regular (alert) token from `didRegisterForRemoteNotificationsWithDeviceToken`:
+    /// cancels and missed calls, and rings when CallKit is unavailable.
+    public func alertTokenChanged(_ deviceToken: Data) {
+        alertToken = deviceToken.map { String(format: "%02x", $0) }.joined()
+        currentClient()?.pushTokensChanged()
+    }
+}
+
+extension SwitchboardCalls: Credentials {
+    public func refreshUserToken() throws {
+        if let tokenProvider {
+            tokenProvider { token in
+                if let token {
+                    self.currentClient()?.setUserToken(token: token)
+                    if let saved = self.store.load(), var config = try? clientConfigFromJson(json: saved) {
+                        config.userToken = token
+                        self.store.save(clientConfigToJson(config: config))
+                    }
+                } else {
+                    self.currentClient()?.userTokenFailed(detail: "the app's backend gave no token")
+                }
+            }
+        } else {
+            emit("tokenRequested", ["reason": "expired"])
+        }
+    }
+}
+
+extension SwitchboardCalls: CallEvents {
+    public func remoteTrackAdded(callUuid: String, track: RemoteTrack) throws {
+        emit("remoteTrack", [
+            "callId": jsCallId(callUuid), "trackId": track.trackId, "participantId": track.participantId,
+            "userId": track.userId, "kind": track.video ? "video" : "audio", "mid": track.mid,
+            "muted": track.muted,
+        ])
+    }
+
+    public func remoteTrackRemoved(callUuid: String, trackId: String) throws {
+        emit("remoteTrackRemoved", ["callId": jsCallId(callUuid), "trackId": trackId])
+    }
+
+    public func remoteTrackMuted(callUuid: String, trackId: String, muted: Bool) throws {
+        emit("remoteTrackMuted", ["callId": jsCallId(callUuid), "trackId": trackId, "muted": muted])
+    }
+
+    public func callReconnecting(callUuid: String) throws {
+        emit("callStateChanged", ["callId": jsCallId(callUuid), "state": "reconnecting"])
+    }
+
+    public func callReconnected(callUuid: String) throws {
+        emit("callStateChanged", ["callId": jsCallId(callUuid), "state": "connected"])
+    }
+}
