@@ -3,15 +3,16 @@
 # str0m media port: phones use libwebrtc) into
 # the plugin's android/src/main/jniLibs/<abi>/, plus the Kotlin bindings
 # (package dev.switchboard.core, over JNA) and the verifier's Android
-# component, where android/build.gradle expects them.
+# component's version, where android/build.gradle expects them.
 #
 # Needs the Android NDK (ANDROID_NDK_HOME), cargo-ndk (`cargo install
 # cargo-ndk`), CMake (aws-lc-rs, rustls' crypto, builds C) and `rustup
 # target add aarch64-linux-android armv7-linux-androideabi
 # x86_64-linux-android`. The app also needs JNA (`net.java.dev.jna:jna`,
 # the `@aar` artifact) and rustls-platform-verifier's Android component
-# (copied below), and the plugin's PlatformVerifier.init hands the core
-# the app's Context before the first `Client`. NOT RUN in CI: no NDK or Android Rust targets
+# (from the verifier's Maven archive on GitHub, at the version written
+# below), and the plugin's PlatformVerifier.init hands the core the app's
+# Context before the first `Client`. NOT RUN in CI: no NDK or Android Rust targets
 # are reachable where the suite runs, so this script is unverified; the
 # Kotlin bindings themselves are compiled and run on the JVM by the tests.
 set -euo pipefail
@@ -26,15 +27,17 @@ cargo run --quiet -p native --no-default-features --bin uniffi-bindgen -- \
   generate --library "$out/jniLibs/arm64-v8a/libnative.so" --language kotlin \
   --out-dir "$out/kotlin"
 # Into the plugin's Android library (android/build.gradle expects them),
-# with rustls-platform-verifier's Android component: a Maven repository
-# that ships inside the crate's source, not on Maven Central.
+# with the version of rustls-platform-verifier's Android component: its
+# Kotlin half must be the exact version of the crate linked into
+# libnative.so (rustls-platform-verifier-android in Cargo.lock), and the
+# published npm package carries no Cargo.lock.
 plugin=capacitor/android
-rm -rf "$plugin/src/main/jniLibs" "$plugin/src/main/java/dev/switchboard/core" "$plugin/rustls-maven"
+rm -rf "$plugin/src/main/jniLibs" "$plugin/src/main/java/dev/switchboard/core"
 cp -R "$out/jniLibs" "$plugin/src/main/jniLibs"
 cp -R "$out/kotlin/dev/switchboard/core" "$plugin/src/main/java/dev/switchboard/core"
-verifier=$(cargo metadata --format-version 1 --filter-platform aarch64-linux-android | python3 -c '
-import json, os, sys
-packages = json.load(sys.stdin)["packages"]
-print(os.path.dirname(next(p for p in packages if p["name"] == "rustls-platform-verifier-android")["manifest_path"]))')
-cp -R "$verifier/maven" "$plugin/rustls-maven"
-echo "$plugin: jniLibs, the Kotlin bindings and rustls-maven"
+python3 - ../Cargo.lock > "$plugin/rustls-platform-verifier.version" <<'PY'
+import sys, tomllib
+lock = tomllib.load(open(sys.argv[1], "rb"))
+print(next(p["version"] for p in lock["package"] if p["name"] == "rustls-platform-verifier-android"))
+PY
+echo "$plugin: jniLibs, the Kotlin bindings, rustls-platform-verifier.version"

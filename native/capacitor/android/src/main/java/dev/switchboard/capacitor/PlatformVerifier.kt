@@ -1,8 +1,9 @@
 // rustls-platform-verifier checks certificates with Android's trust store
 // through JNI: it needs the app Context once, before the core opens its
 // first https:// or wss:// connection, and its Kotlin component on the
-// classpath (android/build.gradle adds the Maven repository the crate ships
-// in its source). The native side is `Java_..._init` in the core.
+// classpath at the crate's exact version (android/build.gradle). The native
+// side is `Java_dev_switchboard_capacitor_PlatformVerifier_initWithContext`
+// in native/src/android.rs.
 
 package dev.switchboard.capacitor
 
