@@ -102,35 +102,7 @@ impl CallApi {
         config: &ClientConfig,
         tokens: &DevicePushTokens,
     ) -> Result<(), ApiError> {
-        let platform = config.platform;
-        let mut push = serde_json::Map::new();
-        for (key, token) in [
-            ("apnsVoip", &tokens.apns_voip),
-            ("apnsAlert", &tokens.apns_alert),
-            ("fcm", &tokens.fcm),
-        ] {
-            if let Some(token) = token {
-                push.insert(key.into(), Value::String(token.clone()));
-            }
-        }
-        let mut body = json!({
-            "deviceId": self.device_id,
-            "platform": platform.as_str(),
-            "push": push,
-            "capabilities": {
-                "video": config.video,
-                "callkit": platform == Platform::Ios,
-                "telecom": platform == Platform::Android,
-            },
-        });
-        for (key, value) in [
-            ("bundleId", &config.bundle_id),
-            ("apnsEnvironment", &config.apns_environment),
-        ] {
-            if let Some(value) = value {
-                body[key] = Value::String(value.clone());
-            }
-        }
+        let body = device_registration(&self.device_id, config, tokens);
         self.post("/v1/devices", body).await.map(drop)
     }
 
@@ -270,4 +242,98 @@ fn join_info(v: Value) -> Result<JoinInfo, ApiError> {
         ice_servers: serde_json::from_value(v["iceServers"].clone()).unwrap_or_default(),
         answered: call["state"] != "ringing",
     })
+}
+
+/// `POST /v1/devices`' body (control/API.md): the push tokens the platform
+/// has, and whether the server may ring by VoIP push into CallKit
+/// (`callkit`) or into Telecom (`telecom`).
+fn device_registration(device_id: &str, config: &ClientConfig, tokens: &DevicePushTokens) -> Value {
+    let platform = config.platform;
+    let mut push = serde_json::Map::new();
+    for (key, token) in [
+        ("apnsVoip", &tokens.apns_voip),
+        ("apnsAlert", &tokens.apns_alert),
+        ("fcm", &tokens.fcm),
+    ] {
+        if let Some(token) = token {
+            push.insert(key.into(), Value::String(token.clone()));
+        }
+    }
+    let mut body = json!({
+        "deviceId": device_id,
+        "platform": platform.as_str(),
+        "push": push,
+        "capabilities": {
+            "video": config.video,
+            "callkit": platform == Platform::Ios && config.system_call_ui,
+            "telecom": platform == Platform::Android && config.system_call_ui,
+        },
+    });
+    for (key, value) in [
+        ("bundleId", &config.bundle_id),
+        ("apnsEnvironment", &config.apns_environment),
+    ] {
+        if let Some(value) = value {
+            body[key] = Value::String(value.clone());
+        }
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(platform: Platform, system_call_ui: bool) -> ClientConfig {
+        ClientConfig {
+            server_url: "https://calls.example.com".into(),
+            user_token: "t".into(),
+            device_id: "d1".into(),
+            platform,
+            video: true,
+            bundle_id: Some("app.example".into()),
+            apns_environment: Some("production".into()),
+            trusted_ca_pem: None,
+            system_call_ui,
+        }
+    }
+
+    #[test]
+    fn a_device_without_the_system_call_ui_is_registered_so_the_server_never_rings_it_by_voip() {
+        let tokens = DevicePushTokens {
+            apns_voip: Some("voip".into()),
+            apns_alert: Some("alert".into()),
+            fcm: None,
+        };
+        let capabilities = |platform, system_call_ui| {
+            device_registration("d1", &config(platform, system_call_ui), &tokens)["capabilities"]
+                .clone()
+        };
+        assert_eq!(
+            capabilities(Platform::Ios, true),
+            json!({"video": true, "callkit": true, "telecom": false})
+        );
+        assert_eq!(
+            capabilities(Platform::Ios, false),
+            json!({"video": true, "callkit": false, "telecom": false})
+        );
+        assert_eq!(
+            capabilities(Platform::Android, true),
+            json!({"video": true, "callkit": false, "telecom": true})
+        );
+        let body = device_registration("d1", &config(Platform::Ios, false), &tokens);
+        assert_eq!(
+            body["push"],
+            json!({"apnsVoip": "voip", "apnsAlert": "alert"})
+        );
+        assert_eq!(body["bundleId"], "app.example");
+    }
+
+    #[test]
+    fn a_config_saved_before_system_call_ui_existed_reads_back_with_it_on() {
+        let saved = r#"{"serverUrl":"https://x","userToken":"t","deviceId":"d","platform":"ios",
+            "video":true,"bundleId":null,"apnsEnvironment":null,"trustedCaPem":null}"#;
+        let config: ClientConfig = serde_json::from_str(saved).unwrap();
+        assert!(config.system_call_ui);
+    }
 }

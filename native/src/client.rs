@@ -46,6 +46,17 @@ pub struct ClientConfig {
     /// PEM certificates of a private CA to trust besides the platform's
     /// roots (a self-hosted server behind an internal CA). Usually `None`.
     pub trusted_ca_pem: Option<String>,
+    /// The platform's call UI (CallKit, Telecom) may be used. `false`
+    /// where it may not (CallKit in the China storefront): the server then
+    /// rings this device by a visible alert push, never VoIP, and the app
+    /// shows the call as a notification.
+    #[uniffi(default = true)]
+    #[serde(default = "system_call_ui_by_default")]
+    pub system_call_ui: bool,
+}
+
+fn system_call_ui_by_default() -> bool {
+    true
 }
 
 /// The app's saved configuration as one string (JSON, fields as in

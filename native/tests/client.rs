@@ -204,6 +204,7 @@ fn client(
         bundle_id: (platform == Platform::Ios).then(|| "app.example.calls".into()),
         apns_environment: (platform == Platform::Ios).then(|| "sandbox".into()),
         trusted_ca_pem: ca_pem.map(str::to_string),
+        system_call_ui: true,
     };
     let client = Client::start(config, ports, runtime.handle()).unwrap();
     let _ = system.client.set(Arc::downgrade(&client));
@@ -455,6 +456,7 @@ fn a_core_refuses_a_server_whose_certificate_no_trusted_ca_signed() {
         bundle_id: None,
         apns_environment: None,
         trusted_ca_pem: Some("not a certificate".into()),
+        system_call_ui: true,
     };
     let system = Arc::new(FakeSystem::default());
     let ports = Ports {

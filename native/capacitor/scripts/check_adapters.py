@@ -11,14 +11,16 @@ time, or drift from the Rust core's generated bindings:
   audio-session set-up and the report's own arguments runs; PushKit's
   `completion` is called only from the report's completion (or on a path
   that reports nothing);
-- nothing calls `setActive` (CallKit activates the audio session);
+- nothing calls `setActive` (CallKit activates the audio session), except
+  `activateAudioWithoutCallKit`: the one path where there is no CallKit;
 - every `provider(_:perform:)` fulfils or fails its action, also on each
   early return;
 - Keychain items are `kSecAttrAccessibleAfterFirstUnlock*` (a VoIP wake on
   a locked phone must read the saved configuration);
 - every `startForeground` passes a foreground service type (Android 14);
-- every core method, constructor label and free function the adapters call
-  exists in the generated bindings, and every port the adapters implement
+- every core method, constructor label, record field label (named
+  arguments of `ClientConfig(...)`, `AudioEndpoint(...)`, ...) and free
+  function the adapters call exists in the generated bindings, and every port the adapters implement
   has each of its methods (name and labels) implemented.
 
 Usage: check_adapters.py --swift-bindings F.swift --kotlin-bindings F.kt
@@ -53,6 +55,8 @@ SCOPE_FUNCTIONS = {"let", "also", "apply", "run", "takeIf", "takeUnless"}
 # Free functions of the core the adapters may call.
 CORE_FUNCTION_PREFIXES = ("classifyPush", "clientConfig", "callkitEndedReason",
                           "telecomDisconnectCause")
+# The one function that activates the audio session itself (no CallKit).
+WITHOUT_CALLKIT = "activateAudioWithoutCallKit"
 # What may run between the push decision and `reportNewIncomingCall`.
 BETWEEN_DECISION_AND_REPORT = {"configureAudioSession", "UUID", "update"}
 
@@ -168,7 +172,11 @@ class Checker:
     # -- CallKit owns the audio session ----------------------------------
     def no_set_active(self, name, tree):
         for c in calls(tree.root_node):
-            if callee_name(c) == "setActive":
+            if callee_name(c) != "setActive":
+                continue
+            functions = [text(a.child_by_field_name("name")) for a in ancestors(c, tree.root_node)
+                         if a.type == "function_declaration"]
+            if functions[:1] != [WITHOUT_CALLKIT]:
                 self.fail(name, f"line {c.start_point[0] + 1}: setActive (CallKit activates the audio session)")
 
     # -- every CXAction is fulfilled or failed ---------------------------
@@ -228,6 +236,12 @@ class Checker:
                           and l.parent.parent.parent.parent == c]
                 if labels and labels != api["client_init"]:
                     self.fail(name, f"line {c.start_point[0] + 1}: Client(...) labels {labels} != {api['client_init']}")
+            if target is None and method in api["records"]:
+                fields = api["records"][method]
+                labels = argument_labels(c)
+                if labels and not is_in_order(labels, fields):
+                    self.fail(name, f"line {c.start_point[0] + 1}: {method}(...) labels {labels} are not "
+                                    f"in the record's fields {fields}")
 
     def ports_implemented(self, sources, api, language):
         """Returns the ports found implemented (the caller checks it found some)."""
@@ -266,9 +280,30 @@ def signature(fn, language):
     return (text(name).strip("`") if name is not None else "", tuple(labels))
 
 
+def argument_labels(call):
+    """The labels (Swift) or argument names (Kotlin) of a call's own arguments."""
+    labels = []
+    for n in walk(call):
+        if n.type == "value_argument_label" and n.parent.parent.parent.parent == call:
+            labels.append(text(n).rstrip(":"))
+        if (n.type == "value_argument" and n.parent.parent == call and len(n.children) > 1
+                and n.children[0].type == "identifier" and n.children[1].type == "="):
+            labels.append(text(n.children[0]).strip("`"))
+    return labels
+
+
+def is_in_order(labels, fields):
+    position = 0
+    for label in labels:
+        if label not in fields[position:]:
+            return False
+        position = fields.index(label, position) + 1
+    return True
+
+
 def swift_api(path):
     tree = SWIFT.parse(path.read_bytes())
-    api = {"client": set(), "functions": set(), "client_init": [], "ports": {}}
+    api = {"client": set(), "functions": set(), "client_init": [], "ports": {}, "records": {}}
     for n in walk(tree.root_node):
         if n.type == "protocol_declaration":
             name = text(n.child_by_field_name("name"))
@@ -281,12 +316,19 @@ def swift_api(path):
             api["functions"].add(signature(n, "swift")[0])
         if n.type == "init_declaration" and "config: ClientConfig" in text(n)[:200]:
             api["client_init"] = [text(p.children[0]) for p in n.children if p.type == "parameter"]
+        # UniFFI records: `public struct X { ... public init(field: T, ...) }`.
+        if n.type == "class_declaration" and text(n.children[1] if n.children[0].type == "modifiers"
+                                                   else n.children[0]) == "struct":
+            inits = [i for i in walk(n) if i.type == "init_declaration"]
+            if inits:
+                api["records"][text(n.child_by_field_name("name"))] = [
+                    text(p.children[0]) for p in inits[0].children if p.type == "parameter"]
     return api
 
 
 def kotlin_api(path):
     tree = KOTLIN.parse(path.read_bytes())
-    api = {"client": set(), "functions": set(), "client_init": [], "ports": {}}
+    api = {"client": set(), "functions": set(), "client_init": [], "ports": {}, "records": {}}
     for n in walk(tree.root_node):
         if n.type == "class_declaration":
             name_node = next((c for c in n.children if c.type in ("type_identifier", "identifier")), None)
@@ -300,6 +342,13 @@ def kotlin_api(path):
                 api["client"] |= {m[0] for m in methods}
             elif name in PORTS:
                 api["ports"][name] = methods
+            # UniFFI records: `data class X(var field: T, ...)`.
+            if text(n).startswith("data class"):
+                constructor = next((c for c in n.children if c.type == "primary_constructor"), None)
+                if constructor is not None:
+                    api["records"][name] = [
+                        text(next(c for c in p.children if c.type == "identifier")).strip("`")
+                        for p in walk(constructor) if p.type == "class_parameter"]
         if n.type == "function_declaration" and n.parent == tree.root_node:
             api["functions"].add(signature(n, "kotlin")[0])
     return api
@@ -359,6 +408,8 @@ def self_test(swift_bindings, kotlin_bindings):
             provider.reportNewIncomingCall(with: uuid, update: update) { _ in }
             completion()"""),
         "setActive": "func f() { try? AVAudioSession.sharedInstance().setActive(true) }",
+        "setActive in a closure inside the no-CallKit path": """
+            func activateAudioWithoutCallKit() { DispatchQueue.main.async { func g() { try? s.setActive(true) } } }""",
         "an action left unanswered": """
             func provider(_ provider: CXProvider, perform action: CXAnswerCallAction) {
                 guard let c = client else { return }
@@ -366,12 +417,15 @@ def self_test(swift_bindings, kotlin_bindings):
             }""",
         "a Keychain item locked away": "func s() { let q = [kSecAttrAccessible: kSecAttrAccessibleWhenUnlocked]; SecItemAdd(q as CFDictionary, nil) }",
         "a core method that does not exist": "func f() { client?.answerCall(callUuid: \"x\") }",
+        "a record field misspelt": "func f() { _ = AudioEndpoint(id: \"s\", kind: .speaker, title: \"Speaker\") }",
         "a Client with old labels": "func f() { _ = try? Client(config: c, ui: u, media: m, audio: a, push: p) }",
         "a port method missing": "final class A: AudioRoutes { func selectAudioRoute(id: String) throws {} }",
     }
     broken_kotlin = {
         "startForeground without a type": "fun f() {\n    ServiceCompat.startForeground(service, 1, notification)\n}\n",
         "a core method that does not exist (kotlin)": "fun f() {\n    client.answerCall(\"x\")\n}\n",
+        "a record field that does not exist (kotlin)":
+            "fun f() {\n    DevicePushTokens(apnsVoip = null, apnsAlert = null, fcmToken = null)\n}\n",
         "a port method missing (kotlin)": "class A : Credentials {\n    override fun refresh() {}\n}\n",
     }
     failures = []

@@ -37,6 +37,14 @@ export interface RegisterDeviceOptions {
   /** iOS: the app's bundle id and APNs environment. */
   bundleId?: string;
   apnsEnvironment?: "sandbox" | "production";
+  /**
+   * iOS: ring through CallKit (default, except in the China mainland
+   * storefront, where Apple does not allow it). Without it the server rings
+   * by a visible alert push and the call is a notification (IOS.md).
+   */
+  useCallKit?: boolean;
+  /** Phones: PEM of a private CA the server's certificate chains to. */
+  trustedCaPem?: string;
 }
 
 export interface StartCallOptions {

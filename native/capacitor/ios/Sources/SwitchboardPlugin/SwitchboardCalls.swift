@@ -39,7 +39,18 @@ public final class SwitchboardCalls: NSObject, @unchecked Sendable {
         didSet { flushPendingEvents() }
     }
 
-    private let provider: CXProvider
+    /// Made on first use, so an install without CallKit never creates one.
+    private lazy var provider: CXProvider = {
+        let configuration = CXProviderConfiguration()
+        configuration.supportsVideo = true
+        configuration.maximumCallGroups = 1
+        configuration.maximumCallsPerCallGroup = 1
+        configuration.supportedHandleTypes = [.generic]
+        configuration.includesCallsInRecents = true
+        let provider = CXProvider(configuration: configuration)
+        provider.setDelegate(self, queue: nil)
+        return provider
+    }()
     private let callController = CXCallController()
     private var voipRegistry: PKPushRegistry?
     private var client: Client?
@@ -60,26 +71,41 @@ public final class SwitchboardCalls: NSObject, @unchecked Sendable {
     private let lock = NSLock()
 
     override private init() {
-        let configuration = CXProviderConfiguration()
-        configuration.supportsVideo = true
-        configuration.maximumCallGroups = 1
-        configuration.maximumCallsPerCallGroup = 1
-        configuration.supportedHandleTypes = [.generic]
-        configuration.includesCallsInRecents = true
-        provider = CXProvider(configuration: configuration)
         super.init()
-        provider.setDelegate(self, queue: nil)
+    }
+
+    /// Whether this install uses CallKit: as registered (`useCallKit`),
+    /// else not in the China mainland storefront.
+    var usesCallKit: Bool {
+        savedConfig()?.systemCallUi ?? SwitchboardCalls.callKitAllowedByStorefront()
+    }
+
+    private func savedConfig() -> ClientConfig? {
+        store.load().flatMap { try? clientConfigFromJson(json: $0) }
     }
 
     /// Creates the PushKit registry and, if the app registered a device
     /// before, the core client from the Keychain.
     public func start() {
-        let registry = PKPushRegistry(queue: .main)
-        registry.delegate = self
-        registry.desiredPushTypes = [.voIP]
-        voipRegistry = registry
         observeRouteChanges()
+        registerIncomingCategory()
         _ = ensureClient()
+        updatePushKit()
+    }
+
+    /// Without CallKit no VoIP push may arrive (each must be reported to
+    /// CallKit): no registry, and the server rings by alert push.
+    private func updatePushKit() {
+        if usesCallKit, voipRegistry == nil {
+            let registry = PKPushRegistry(queue: .main)
+            registry.delegate = self
+            registry.desiredPushTypes = [.voIP]
+            voipRegistry = registry
+        } else if !usesCallKit, let registry = voipRegistry {
+            registry.desiredPushTypes = []
+            voipRegistry = nil
+            voipToken = nil
+        }
     }
 
     // MARK: - The core client
@@ -91,9 +117,7 @@ public final class SwitchboardCalls: NSObject, @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if let client { return client }
-        guard let saved = store.load(), let config = try? clientConfigFromJson(json: saved) else {
-            return nil
-        }
+        guard let config = savedConfig() else { return nil }
         client = try? Client(
             config: config, ui: self, media: media, audio: self, push: self,
             credentials: self, events: self)
@@ -112,6 +136,7 @@ public final class SwitchboardCalls: NSObject, @unchecked Sendable {
         guard ensureClient() != nil else {
             throw ClientError.Config(detail: "the configuration could not be used")
         }
+        DispatchQueue.main.async { self.updatePushKit() }
     }
 
     func currentClient() -> Client? {
@@ -126,6 +151,19 @@ public final class SwitchboardCalls: NSObject, @unchecked Sendable {
     /// the server answers), then the core with the same UUID.
     func startCall(callee: String, video: Bool, completion: @escaping (Result<String, Error>) -> Void) {
         let uuid = UUID()
+        guard usesCallKit else {
+            DispatchQueue.global().async {
+                guard let client = self.currentClient() else {
+                    completion(.failure(ClientError.ShutDown))
+                    return
+                }
+                self.activateAudioWithoutCallKit(callUuid: uuid.uuidString, video: video, core: client)
+                completion(Result {
+                    try client.startCall(calleeUserId: callee, video: video, callUuid: uuid.uuidString)
+                })
+            }
+            return
+        }
         let handle = CXHandle(type: .generic, value: callee)
         let action = CXStartCallAction(call: uuid, handle: handle)
         action.isVideo = video
@@ -258,7 +296,7 @@ public final class SwitchboardCalls: NSObject, @unchecked Sendable {
             options: [.allowBluetooth, .allowBluetoothA2DP])
     }
 
-    private func emitIncoming(_ call: IncomingCall) {
+    func emitIncoming(_ call: IncomingCall) {
         remember(callUuid: call.callUuid, callId: call.callId)
         emit("incomingCall", [
             "callId": call.callId, "fromUserId": call.handle, "callerName": call.callerName,
@@ -431,6 +469,10 @@ extension SwitchboardCalls: CXProviderDelegate {
 extension SwitchboardCalls: SystemCallUi {
     /// A ring that came over the events socket (the app was running).
     public func reportIncomingCall(call: IncomingCall) throws {
+        guard usesCallKit else {
+            showIncomingNotification(call, core: currentClient())
+            return
+        }
         configureAudioSession(video: call.video)
         guard let uuid = UUID(uuidString: call.callUuid) else {
             throw PortError.Failed(detail: "not a UUID: \(call.callUuid)")
@@ -453,7 +495,7 @@ extension SwitchboardCalls: SystemCallUi {
 
     public func reportCallConnected(callUuid: String) throws {
         guard let uuid = UUID(uuidString: callUuid) else { return }
-        provider.reportOutgoingCall(with: uuid, connectedAt: Date())
+        if usesCallKit { provider.reportOutgoingCall(with: uuid, connectedAt: Date()) }
         lock.lock()
         connectedCalls.insert(callUuid.lowercased())
         lock.unlock()
@@ -462,8 +504,10 @@ extension SwitchboardCalls: SystemCallUi {
 
     public func reportCallEnded(callUuid: String, reason: EndedReason) throws {
         guard let uuid = UUID(uuidString: callUuid) else { return }
-        // Ended on this device: CallKit knows (its action was fulfilled).
-        if let mapped = SwitchboardCalls.endedReason(reason) {
+        if !usesCallKit {
+            removeIncomingNotification(callUuid: callUuid)
+        } else if let mapped = SwitchboardCalls.endedReason(reason) {
+            // Ended on this device: CallKit knows (its action was fulfilled).
             provider.reportCall(with: uuid, endedAt: Date(), reason: mapped)
         }
         mutedByCall[uuid] = nil

@@ -56,16 +56,23 @@ public class SwitchboardPlugin: CAPPlugin, CAPBridgedPlugin {
             call.reject("serverUrl, userToken and deviceId are required", "invalid_request")
             return
         }
+        // CallKit unless the app says otherwise or the storefront forbids it.
+        let useCallKit = call.getBool("useCallKit") ?? SwitchboardCalls.callKitAllowedByStorefront()
         let config = ClientConfig(
             serverUrl: serverUrl, userToken: userToken, deviceId: deviceId, platform: .ios,
             video: true, bundleId: call.getString("bundleId") ?? Bundle.main.bundleIdentifier,
             apnsEnvironment: call.getString("apnsEnvironment") ?? "production",
-            trustedCaPem: call.getString("trustedCaPem"))
-        do {
-            try calls.register(config: config)
-            call.resolve()
-        } catch {
-            call.reject("\(error)", "config")
+            trustedCaPem: call.getString("trustedCaPem"), systemCallUi: useCallKit)
+        // A ring answered on a locked phone cannot ask for the microphone:
+        // ask now, while the user is in the app. Refused, calls still ring
+        // and connect, and the other side hears nothing (IOS.md).
+        AVCaptureDevice.requestAccess(for: .audio) { _ in
+            do {
+                try self.calls.register(config: config)
+                call.resolve()
+            } catch {
+                call.reject("\(error)", "config")
+            }
         }
     }
 
