@@ -33,6 +33,7 @@ import xml.etree.ElementTree as ET
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ANDROID_NS = "{http://schemas.android.com/apk/res/android}"
+TOOLS_NS = "{http://schemas.android.com/tools}"
 
 PLUGIN_NAME = "Switchboard"
 PACKAGE_NAME = "SwitchboardCapacitor"
@@ -195,6 +196,11 @@ def check_manifest(report, manifest_xml):
     for name, service in services.items():
         if service.get(ANDROID_NS + "permission") == "android.permission.BIND_TELECOM_CONNECTION_SERVICE":
             report.fail(f"AndroidManifest.xml: {name} is a second ConnectionService (Core-Telecom declares one)")
+    overridden = {o for u in root.iter("uses-sdk")
+                  for o in (u.get(TOOLS_NS + "overrideLibrary") or "").split(",")}
+    if "androidx.core.telecom" not in overridden:
+        report.fail("AndroidManifest.xml: minSdk 24 under Core-Telecom's 26 needs "
+                    "tools:overrideLibrary=\"androidx.core.telecom\"")
     activities = {a.get(ANDROID_NS + "name"): a for a in root.iter("activity")}
     ringing = activities.get("dev.switchboard.capacitor.IncomingCallActivity")
     if ringing is None or ringing.get(ANDROID_NS + "showWhenLocked") != "true" \
@@ -264,6 +270,8 @@ def self_test(packed):
         "</application>")))
     expect("an activity that stays behind the lock screen", lambda r: check_manifest(
         r, manifest.replace('android:showWhenLocked="true"', 'android:showWhenLocked="false"')))
+    expect("minSdk 24 without overriding Core-Telecom's", lambda r: check_manifest(
+        r, manifest.replace('tools:overrideLibrary="androidx.core.telecom"', "")))
     expect("an old compileSdk", lambda r: check_gradle(r, read("android/build.gradle").replace(
         "compileSdk 36", "compileSdk 34")))
     return problems

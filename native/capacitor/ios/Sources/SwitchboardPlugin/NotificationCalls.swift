@@ -95,7 +95,7 @@ extension SwitchboardCalls {
         } else {
             // The server's alert push: the core has not seen this ring (an
             // alert push does not run the app). It decides as for any push.
-            switch core.handlePush(payload: SwitchboardCalls.json(content.userInfo)) {
+            switch core.handlePush(payload: SwitchboardCalls.pushJson(content.userInfo)) {
             case .report(let call):
                 core.incomingCallDisplayed(callUuid: call.callUuid)
                 emitIncoming(call)
@@ -131,7 +131,7 @@ extension SwitchboardCalls {
         let content = notification.request.content
         guard content.categoryIdentifier == SwitchboardCalls.incomingCategory else { return nil }
         if content.userInfo["callUuid"] == nil, let core = ensureClient(),
-           case .report(let call) = core.handlePush(payload: SwitchboardCalls.json(content.userInfo)) {
+           case .report(let call) = core.handlePush(payload: SwitchboardCalls.pushJson(content.userInfo)) {
             core.incomingCallDisplayed(callUuid: call.callUuid)
             emitIncoming(call)
         }
@@ -160,7 +160,9 @@ extension SwitchboardCalls {
         }
     }
 
-    private static func json(_ info: [AnyHashable: Any]) -> String {
+    /// A notification's payload as the core reads pushes: the server's
+    /// fields, without Apple's `aps`.
+    static func pushJson(_ info: [AnyHashable: Any]) -> String {
         var payload: [String: Any] = [:]
         for (key, value) in info {
             if let key = key as? String, key != "aps" { payload[key] = value }

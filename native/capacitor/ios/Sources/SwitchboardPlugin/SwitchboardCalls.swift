@@ -528,6 +528,16 @@ extension SwitchboardCalls: PushTokens {
         DevicePushTokens(apnsVoip: voipToken, apnsAlert: alertToken, fcm: nil)
     }
 
+    /// A background (content-available) push from the app delegate's
+    /// `didReceiveRemoteNotification`: the server's cancels (answered or
+    /// declined elsewhere, the caller gave up) end a ringing call here. The
+    /// core decides, as for every push; false when it was not about calls.
+    public func handleRemoteNotification(_ userInfo: [AnyHashable: Any]) -> Bool {
+        guard userInfo["event"] as? String == "call_cancelled", let core = ensureClient() else { return false }
+        _ = core.handlePush(payload: SwitchboardCalls.pushJson(userInfo))
+        return true
+    }
+
     /// The regular (alert) token from `didRegisterForRemoteNotificationsWithDeviceToken`:
     /// cancels and missed calls, and rings when CallKit is unavailable.
     public func alertTokenChanged(_ deviceToken: Data) {

@@ -1,4 +1,5 @@
-// The ringing notification's Answer and Decline buttons.
+// The ringing notification's Decline button (Answer opens
+// IncomingCallActivity directly: see CallNotifications.action).
 
 package dev.switchboard.capacitor
 
@@ -14,19 +15,6 @@ class CallActionReceiver : BroadcastReceiver() {
 
     override fun onReceive(context: Context, intent: Intent) {
         val callUuid = intent.getStringExtra(IncomingCallActivity.CALL_UUID) ?: return
-        val client = SwitchboardCalls.ensureClient(context) ?: return
-        when (intent.action) {
-            ANSWER -> {
-                client.answer(callUuid)
-                CallForegroundService.start(context, callUuid)
-                // Self-managed calls own their audio: it is active now.
-                client.audioSessionActivated()
-                context.startActivity(
-                    context.packageManager.getLaunchIntentForPackage(context.packageName)
-                        ?.addFlags(Intent.FLAG_ACTIVITY_NEW_TASK),
-                )
-            }
-            DECLINE -> client.end(callUuid)
-        }
+        if (intent.action == DECLINE) SwitchboardCalls.ensureClient(context)?.end(callUuid)
     }
 }

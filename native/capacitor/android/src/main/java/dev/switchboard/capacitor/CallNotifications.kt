@@ -25,7 +25,9 @@ object CallNotifications {
     const val MISSED = "switchboard.missed"
     const val ONGOING = "switchboard.ongoing"
 
+    /** Channels exist from API 26; below it the builder's priority rules. */
     fun createChannels(context: Context) {
+        if (Build.VERSION.SDK_INT < Build.VERSION_CODES.O) return
         val manager = context.getSystemService(NotificationManager::class.java)
         manager.createNotificationChannel(
             NotificationChannel(RINGING, "Incoming calls", NotificationManager.IMPORTANCE_HIGH),
@@ -109,11 +111,22 @@ object CallNotifications {
         }
     }
 
-    private fun action(context: Context, callUuid: String, what: String): PendingIntent =
-        PendingIntent.getBroadcast(
-            context, (callUuid + what).hashCode(),
-            Intent(context, CallActionReceiver::class.java).setAction(what)
-                .putExtra(IncomingCallActivity.CALL_UUID, callUuid),
-            PendingIntent.FLAG_IMMUTABLE or PendingIntent.FLAG_UPDATE_CURRENT,
-        )
+    /**
+     * Answer opens an activity directly (Android 12+ blocks activities
+     * started from a receiver a notification triggered, and an answered
+     * call brings the app forward); Decline is a broadcast (nothing opens).
+     */
+    private fun action(context: Context, callUuid: String, what: String): PendingIntent {
+        val code = (callUuid + what).hashCode()
+        val flags = PendingIntent.FLAG_IMMUTABLE or PendingIntent.FLAG_UPDATE_CURRENT
+        return if (what == CallActionReceiver.ANSWER) {
+            val answer = Intent(context, IncomingCallActivity::class.java).setAction(what)
+                .putExtra(IncomingCallActivity.CALL_UUID, callUuid).addFlags(Intent.FLAG_ACTIVITY_NEW_TASK)
+            PendingIntent.getActivity(context, code, answer, flags)
+        } else {
+            val decline = Intent(context, CallActionReceiver::class.java).setAction(what)
+                .putExtra(IncomingCallActivity.CALL_UUID, callUuid)
+            PendingIntent.getBroadcast(context, code, decline, flags)
+        }
+    }
 }

@@ -7,8 +7,9 @@ package dev.switchboard.capacitor
 
 import android.app.Activity
 import android.app.KeyguardManager
-import android.content.Intent
+import android.os.Build
 import android.os.Bundle
+import android.view.WindowManager
 import android.widget.Button
 import android.widget.LinearLayout
 import android.widget.TextView
@@ -20,27 +21,45 @@ class IncomingCallActivity : Activity() {
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
-        setShowWhenLocked(true)
-        setTurnScreenOn(true)
-        getSystemService(KeyguardManager::class.java)?.requestDismissKeyguard(this, null)
+        if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.O_MR1) {
+            setShowWhenLocked(true)
+            setTurnScreenOn(true)
+        } else {
+            @Suppress("DEPRECATION")
+            window.addFlags(WindowManager.LayoutParams.FLAG_SHOW_WHEN_LOCKED or WindowManager.LayoutParams.FLAG_TURN_SCREEN_ON)
+        }
+        if (Build.VERSION.SDK_INT >= Build.VERSION_CODES.O) {
+            getSystemService(KeyguardManager::class.java)?.requestDismissKeyguard(this, null)
+        }
         val callUuid = intent.getStringExtra(CALL_UUID) ?: return finish()
+        if (intent.action == CallActionReceiver.ANSWER) return answer(callUuid)
         val layout = LinearLayout(this).apply { orientation = LinearLayout.VERTICAL }
         layout.addView(TextView(this).apply { text = "Incoming call" })
         layout.addView(Button(this).apply {
             text = "Answer"
-            setOnClickListener { send(CallActionReceiver.ANSWER, callUuid) }
+            setOnClickListener { answer(callUuid) }
         })
         layout.addView(Button(this).apply {
             text = "Decline"
-            setOnClickListener { send(CallActionReceiver.DECLINE, callUuid) }
+            setOnClickListener { decline(callUuid) }
         })
         setContentView(layout)
     }
 
-    private fun send(action: String, callUuid: String) {
-        sendBroadcast(
-            Intent(this, CallActionReceiver::class.java).setAction(action).putExtra(CALL_UUID, callUuid),
-        )
+    /** Answered from this screen or the notification: the core joins, the app comes forward. */
+    private fun answer(callUuid: String) {
+        SwitchboardCalls.ensureClient(this)?.let { client ->
+            client.answer(callUuid)
+            CallForegroundService.start(this, callUuid)
+            // Self-managed calls own their audio: it may start now.
+            client.audioSessionActivated()
+        }
+        packageManager.getLaunchIntentForPackage(packageName)?.let { startActivity(it) }
+        finish()
+    }
+
+    private fun decline(callUuid: String) {
+        SwitchboardCalls.ensureClient(this)?.end(callUuid)
         finish()
     }
 }

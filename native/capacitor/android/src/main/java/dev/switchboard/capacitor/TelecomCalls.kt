@@ -1,13 +1,16 @@
 // Core-Telecom (androidx.core:core-telecom): each call the core reports is
 // added to Telecom as a self-managed call; Telecom's answer, disconnect,
 // active/inactive callbacks and its endpoint and mute flows go back to the
-// core. When Telecom refuses or is missing (OEM bugs exist), the call
-// still rings through CallNotifications alone.
+// core. When Telecom refuses or is missing (OEM bugs exist, and below
+// API 26 Core-Telecom does not run: the manifest's overrideLibrary lets
+// the plugin keep minSdk 24), the call still rings through
+// CallNotifications alone.
 
 package dev.switchboard.capacitor
 
 import android.content.Context
 import android.net.Uri
+import android.os.Build
 import android.telecom.DisconnectCause
 import androidx.core.telecom.CallAttributesCompat
 import androidx.core.telecom.CallControlScope
@@ -41,6 +44,7 @@ object TelecomCalls {
     private val available = mutableMapOf<String, List<CallEndpointCompat>>()
 
     fun init(context: Context) {
+        if (Build.VERSION.SDK_INT < Build.VERSION_CODES.O) return
         manager = CallsManager(context)
         manager.registerAppWithTelecom(
             CallsManager.CAPABILITY_BASELINE or CallsManager.CAPABILITY_SUPPORTS_VIDEO_CALLING,
@@ -51,6 +55,10 @@ object TelecomCalls {
         // The ringing notification goes up first: it is the UI whether or
         // not Telecom takes the call.
         CallNotifications.incoming(context, call)
+        if (!::manager.isInitialized) {
+            SwitchboardCalls.incomingShown(call) // the notification is the UI
+            return
+        }
         val attributes = CallAttributesCompat(
             call.callerName,
             Uri.fromParts("switchboard", call.handle, null),
