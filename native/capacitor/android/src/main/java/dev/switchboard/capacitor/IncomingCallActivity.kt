@@ -48,12 +48,7 @@ class IncomingCallActivity : Activity() {
 
     /** Answered from this screen or the notification: the core joins, the app comes forward. */
     private fun answer(callUuid: String) {
-        SwitchboardCalls.ensureClient(this)?.let { client ->
-            client.answer(callUuid)
-            CallForegroundService.start(this, callUuid)
-            // Self-managed calls own their audio: it may start now.
-            client.audioSessionActivated()
-        }
+        SwitchboardCalls.answered(this, callUuid, fromTelecom = false)
         packageManager.getLaunchIntentForPackage(packageName)?.let { startActivity(it) }
         finish()
     }

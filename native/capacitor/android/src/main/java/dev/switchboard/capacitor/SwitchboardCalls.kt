@@ -114,6 +114,22 @@ object SwitchboardCalls : SystemCallUi, AudioRoutes, PushTokens, Credentials, Ca
         }
     }
 
+    /**
+     * The user answered: from the app, the notification or the lock-screen
+     * activity (Telecom is told), or from Telecom's own UI (it knows). The
+     * core joins; the foreground service keeps the call alive; a
+     * self-managed call owns its audio, so audio may start at once.
+     */
+    fun answered(context: Context, callUuid: String, fromTelecom: Boolean) {
+        val client = ensureClient(context) ?: return
+        val video = client.activeCalls().firstOrNull { it.callUuid == callUuid }?.video ?: false
+        client.answer(callUuid)
+        if (!fromTelecom) TelecomCalls.answer(callUuid)
+        CallNotifications.cancel(app, callUuid)
+        CallForegroundService.start(app, callUuid, video)
+        client.audioSessionActivated()
+    }
+
     fun fcmTokenChanged(token: String) {
         fcmToken = token
         currentClient()?.pushTokensChanged()
@@ -145,6 +161,8 @@ object SwitchboardCalls : SystemCallUi, AudioRoutes, PushTokens, Credentials, Ca
     override fun reportCallEnded(callUuid: String, reason: EndedReason) {
         TelecomCalls.disconnect(callUuid, reason)
         CallNotifications.cancel(app, callUuid)
+        // The last call is over: nothing to keep the process alive for.
+        if (currentClient()?.activeCalls().isNullOrEmpty()) CallForegroundService.stop(app)
         if (reason == EndedReason.CALLER_CANCELLED || reason == EndedReason.UNANSWERED) {
             CallNotifications.missedById(app, callUuid)
         }

@@ -64,10 +64,12 @@ class SwitchboardPlugin : Plugin() {
         // The core's startCall blocks until the server answered.
         Thread {
             try {
-                // The server's id: JS names calls by it on every platform.
-                val callId = client.startCall(callee, video, java.util.UUID.randomUUID().toString())
-                CallForegroundService.start(context, callId, video)
+                val callUuid = java.util.UUID.randomUUID().toString()
+                TelecomCalls.addOutgoing(context, callUuid, callee, video)
+                CallForegroundService.start(context, callUuid, video)
                 client.audioSessionActivated()
+                // The server's id: JS names calls by it on every platform.
+                val callId = client.startCall(callee, video, callUuid)
                 call.resolve(JSObject().put("callId", callId))
             } catch (e: Exception) {
                 call.reject(e.message, "refused")
@@ -76,20 +78,15 @@ class SwitchboardPlugin : Plugin() {
     }
 
     @PluginMethod
-    fun answer(call: PluginCall) = withCall(call) { client, id ->
-        client.answer(id)
-        CallForegroundService.start(context, id)
-        client.audioSessionActivated()
+    fun answer(call: PluginCall) = withCall(call) { _, uuid ->
+        SwitchboardCalls.answered(context, uuid, fromTelecom = false)
     }
 
     @PluginMethod
     fun decline(call: PluginCall) = withCall(call) { client, id -> client.end(id) }
 
     @PluginMethod
-    fun end(call: PluginCall) = withCall(call) { client, id ->
-        client.end(id)
-        CallForegroundService.stop(context)
-    }
+    fun end(call: PluginCall) = withCall(call) { client, id -> client.end(id) }
 
     @PluginMethod
     fun setMuted(call: PluginCall) = withCall(call) { client, id -> client.setMuted(id, call.getBoolean("muted", false) ?: false) }

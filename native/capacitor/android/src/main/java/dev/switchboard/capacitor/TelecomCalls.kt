@@ -35,6 +35,8 @@ object TelecomCalls {
 
     /** What the core asks of a call Telecom holds, in order. */
     private sealed class Command {
+        /** The user answered in the app's UI or the notification: Telecom must know. */
+        data class Answer(val callType: Int) : Command()
         object Active : Command()
         data class Disconnect(val code: Int) : Command()
         data class Endpoint(val id: String) : Command()
@@ -42,6 +44,7 @@ object TelecomCalls {
 
     private val commands = mutableMapOf<String, Channel<Command>>()
     private val available = mutableMapOf<String, List<CallEndpointCompat>>()
+    private val callTypes = mutableMapOf<String, Int>()
 
     fun init(context: Context) {
         if (Build.VERSION.SDK_INT < Build.VERSION_CODES.O) return
@@ -55,37 +58,63 @@ object TelecomCalls {
         // The ringing notification goes up first: it is the UI whether or
         // not Telecom takes the call.
         CallNotifications.incoming(context, call)
-        if (!::manager.isInitialized) {
-            SwitchboardCalls.incomingShown(call) // the notification is the UI
-            return
-        }
+        val added = add(
+            context, call.callUuid, call.callerName, call.handle, CallAttributes.DIRECTION_INCOMING, call.video,
+            shown = { SwitchboardCalls.incomingShown(call) },
+        )
+        // Without Telecom (below API 26) the notification is the UI.
+        if (!added) SwitchboardCalls.incomingShown(call)
+    }
+
+    /**
+     * A call the app places: Telecom holds it too, so audio focus, the
+     * audio endpoints (the core's routes) and Bluetooth / car controls
+     * work as for an incoming one.
+     */
+    fun addOutgoing(context: Context, callUuid: String, callee: String, video: Boolean) {
+        add(context, callUuid, callee, callee, CallAttributes.DIRECTION_OUTGOING, video, shown = {})
+    }
+
+    /** False when there is no Telecom to add to. */
+    private fun add(
+        context: Context,
+        callUuid: String,
+        name: String,
+        handle: String,
+        direction: Int,
+        video: Boolean,
+        shown: () -> Unit,
+    ): Boolean {
+        if (!::manager.isInitialized) return false
+        val callType = CallAttributes.callType(video)
         val attributes = CallAttributesCompat(
-            call.callerName,
-            Uri.fromParts("switchboard", call.handle, null),
-            CallAttributes.DIRECTION_INCOMING,
-            CallAttributes.callType(call.video),
-            CallAttributes.CAPABILITIES,
+            name, Uri.fromParts("switchboard", handle, null), direction, callType, CallAttributes.CAPABILITIES,
         )
         val inbox = Channel<Command>(Channel.UNLIMITED)
-        synchronized(commands) { commands[call.callUuid] = inbox }
+        synchronized(commands) {
+            commands[callUuid] = inbox
+            callTypes[callUuid] = callType
+        }
         scope.launch {
             try {
                 manager.addCall(
                     attributes,
-                    onAnswer = { SwitchboardCalls.currentClient()?.answer(call.callUuid) },
-                    onDisconnect = { SwitchboardCalls.currentClient()?.end(call.callUuid) },
-                    onSetActive = { SwitchboardCalls.currentClient()?.setHeld(call.callUuid, false) },
-                    onSetInactive = { SwitchboardCalls.currentClient()?.setHeld(call.callUuid, true) },
+                    // Answered in the system's UI (a headset button, a watch).
+                    onAnswer = { SwitchboardCalls.answered(context, callUuid, fromTelecom = true) },
+                    onDisconnect = { SwitchboardCalls.currentClient()?.end(callUuid) },
+                    onSetActive = { SwitchboardCalls.currentClient()?.setHeld(callUuid, false) },
+                    onSetInactive = { SwitchboardCalls.currentClient()?.setHeld(callUuid, true) },
                 ) {
-                    SwitchboardCalls.incomingShown(call)
-                    follow(this, call.callUuid, inbox)
+                    shown()
+                    follow(this, callUuid, inbox)
                 }
             } catch (e: Exception) {
                 // Telecom refused (or is broken on this OEM): the
                 // notification rings on its own; the core is told it shows.
-                SwitchboardCalls.incomingShown(call)
+                shown()
             }
         }
+        return true
     }
 
     /** Inside Telecom's call scope: its flows to the core, the core's commands to Telecom. */
@@ -109,6 +138,7 @@ object TelecomCalls {
         scope.launch {
             for (command in inbox) {
                 when (command) {
+                    is Command.Answer -> call.answer(command.callType)
                     Command.Active -> call.setActive()
                     is Command.Endpoint -> available[callUuid]
                         ?.firstOrNull { it.identifier.toString() == command.id }
@@ -122,12 +152,21 @@ object TelecomCalls {
         }
     }
 
+    /** Answered outside Telecom's UI: Telecom makes the call active. */
+    fun answer(callUuid: String) {
+        val (inbox, type) = synchronized(commands) { commands[callUuid] to callTypes[callUuid] }
+        if (type != null) inbox?.trySend(Command.Answer(type))
+    }
+
     fun setActive(callUuid: String) {
         synchronized(commands) { commands[callUuid] }?.trySend(Command.Active)
     }
 
     fun disconnect(callUuid: String, reason: EndedReason) {
-        val inbox = synchronized(commands) { commands.remove(callUuid) }
+        val inbox = synchronized(commands) {
+            callTypes.remove(callUuid)
+            commands.remove(callUuid)
+        }
         available.remove(callUuid)
         inbox?.trySend(Command.Disconnect(DisconnectCodes.of(reason)))
     }
