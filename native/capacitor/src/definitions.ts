@@ -175,6 +175,28 @@ export interface SwitchboardEvents {
   tokenRequested: TokenRequestedEvent;
 }
 
+/** A rectangle in CSS pixels of the web view (from `getBoundingClientRect`). */
+export interface VideoFrame {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
+
+export interface VideoViewOptions extends CallIdOptions {
+  /** A remote track (`remoteTrack`'s `trackId`), or `"local"` for the camera preview. */
+  trackId: string;
+  frame: VideoFrame;
+  /** `cover` (default) fills the frame and crops; `contain` fits inside it. */
+  fit?: "cover" | "contain";
+  /** Mirror horizontally (the usual front-camera preview). */
+  mirror?: boolean;
+}
+
+export interface VideoTrackOptions extends CallIdOptions {
+  trackId: string;
+}
+
 export interface SetHeldOptions extends CallIdOptions {
   held: boolean;
 }
@@ -210,6 +232,14 @@ export interface SwitchboardPlugin {
   setHeld(options: SetHeldOptions): Promise<void>;
   /** Front to back camera and back (the next camera on the web). */
   switchCamera(options: CallIdOptions): Promise<void>;
+  /**
+   * Renders a call's video at a frame over the web view (phones: a native
+   * view above it, so leave that area of the page empty; the web: a
+   * positioned <video>). Called again, the view moves. Views go away with
+   * their track or call. Rejects with `track_not_found`.
+   */
+  showVideo(options: VideoViewOptions): Promise<void>;
+  hideVideo(options: VideoTrackOptions): Promise<void>;
   /** The calls in progress: what a UI that loads during a call shows first. */
   getActiveCalls(): Promise<{ calls: ActiveCall[] }>;
   getAudioRoutes(): Promise<AudioRoutes>;

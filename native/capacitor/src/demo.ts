@@ -48,10 +48,11 @@ client.on("callEnded", ({ reason }: { reason: EndReason }) => {
   inCall(undefined);
 });
 
-client.on("remoteTrack", ({ kind, stream, userId }) => {
+client.on("remoteTrack", ({ kind, stream, userId, trackId }) => {
   if (kind === "video" && stream) {
     $<HTMLVideoElement>("remote").srcObject = stream;
     $("remote").dataset.userId = userId ?? "";
+    $("remote").dataset.trackId = trackId;
   }
   if (kind === "audio" && stream) {
     const audio = new Audio();

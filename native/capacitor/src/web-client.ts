@@ -21,8 +21,11 @@ import type {
   SetUserTokenOptions,
   StartCallOptions,
   SwitchboardEvents,
+  VideoTrackOptions,
+  VideoViewOptions,
 } from "./definitions.js";
 import { WebMedia } from "./media.js";
+import { VideoViews } from "./video-views.js";
 import { parseEvent } from "./protocol.js";
 
 export { SwitchboardError };
@@ -41,6 +44,9 @@ export class SwitchboardWebClient {
   private awaitingToken?: () => void;
   private calls = new Calls();
   private media = new Map<string, WebMedia>();
+  /** Each call's remote streams by track id, for `showVideo`. */
+  private remoteStreams = new Map<string, Map<string, MediaStream>>();
+  private views = new VideoViews();
   private listeners = new Map<keyof SwitchboardEvents, Set<Listener<any>>>();
   /** The local camera / microphone stream of the current call (for a preview). */
   localStream?: MediaStream;
@@ -130,6 +136,18 @@ export class SwitchboardWebClient {
     await this.media.get(callId)?.switchCamera();
   }
 
+  async showVideo(options: VideoViewOptions): Promise<void> {
+    const { callId, trackId } = options;
+    this.requireCall(callId);
+    const stream = trackId === "local" ? this.localStream : this.remoteStreams.get(callId)?.get(trackId);
+    if (!stream) throw new SwitchboardError(0, "track_not_found", `no video track ${trackId} in call ${callId}`);
+    this.views.show(options, stream);
+  }
+
+  async hideVideo({ callId, trackId }: VideoTrackOptions): Promise<void> {
+    this.views.hide(callId, trackId);
+  }
+
   async getActiveCalls(): Promise<{ calls: ActiveCall[] }> {
     return { calls: this.calls.active() };
   }
@@ -213,9 +231,17 @@ export class SwitchboardWebClient {
         this.apply(this.calls.end(callId, "failed"));
         void this.api?.end(callId).catch(() => undefined);
       },
-      remoteTrack: (track, trackId, stream, owner) =>
-        this.emit("remoteTrack", { callId, kind: track.kind as "audio" | "video", trackId, stream, ...owner }),
-      remoteTrackRemoved: (trackId) => this.emit("remoteTrackRemoved", { callId, trackId }),
+      remoteTrack: (track, trackId, stream, owner) => {
+        let streams = this.remoteStreams.get(callId);
+        if (!streams) this.remoteStreams.set(callId, (streams = new Map()));
+        streams.set(trackId, stream);
+        this.emit("remoteTrack", { callId, kind: track.kind as "audio" | "video", trackId, stream, ...owner });
+      },
+      remoteTrackRemoved: (trackId) => {
+        this.remoteStreams.get(callId)?.delete(trackId);
+        this.views.hide(callId, trackId);
+        this.emit("remoteTrackRemoved", { callId, trackId });
+      },
       remoteTrackMuted: (trackId, muted) => this.emit("remoteTrackMuted", { callId, trackId, muted }),
     });
     this.media.set(callId, media);
@@ -230,6 +256,8 @@ export class SwitchboardWebClient {
   private leaveMedia(callId: string): void {
     this.media.get(callId)?.close();
     this.media.delete(callId);
+    this.remoteStreams.delete(callId);
+    this.views.hideCall(callId);
   }
 
   private async connectEvents(deviceId: string): Promise<void> {

@@ -16,6 +16,8 @@ import type {
   StartCallOptions,
   SwitchboardEvents,
   SwitchboardPlugin,
+  VideoTrackOptions,
+  VideoViewOptions,
 } from "./definitions.js";
 import { SwitchboardWebClient } from "./web-client.js";
 
@@ -72,6 +74,14 @@ export class SwitchboardWeb extends WebPlugin implements SwitchboardPlugin {
 
   switchCamera(options: CallIdOptions): Promise<void> {
     return this.client.switchCamera(options);
+  }
+
+  showVideo(options: VideoViewOptions): Promise<void> {
+    return this.client.showVideo(options);
+  }
+
+  hideVideo(options: VideoTrackOptions): Promise<void> {
+    return this.client.hideVideo(options);
   }
 
   getActiveCalls(): Promise<{ calls: ActiveCall[] }> {

@@ -463,6 +463,34 @@ async function demoCall() {
   check((await sending()) === "audio:false,video:true", `unhold keeps the user's mute (${await sending()})`);
   const [held] = await active(alice);
   check(held.muted && !held.held, `the active call remembers mute, not hold (${JSON.stringify(held)})`);
+  // A video view at a frame the app gives: alice's video plays in it.
+  const trackId = await bob.page.getAttribute("#remote", "data-track-id");
+  const frame = { x: 8, y: 8, width: 160, height: 120 };
+  await bob.page.evaluate(([callId, trackId, frame]) => window.switchboard.showVideo({ callId, trackId, frame }), [
+    bobsCall.callId,
+    trackId,
+    frame,
+  ]);
+  const viewFrames = () =>
+    bob.page.evaluate(() => {
+      const view = document.querySelector("video[data-switchboard-view]");
+      return view ? view.getVideoPlaybackQuality().totalVideoFrames : -1;
+    });
+  const shown = await waitFor("bob's video view decoding", async () => (await viewFrames()) > 0 && viewFrames());
+  await sleep(1000);
+  const box = await bob.page.evaluate(() => {
+    const r = document.querySelector("video[data-switchboard-view]").getBoundingClientRect();
+    return [r.x, r.y, r.width, r.height];
+  });
+  check(JSON.stringify(box) === JSON.stringify([8, 8, 160, 120]), `the view is at its frame (${box})`);
+  check((await viewFrames()) > shown, `the view's frames rise (${shown} -> ${await viewFrames()})`);
+  const missing = await bob.page.evaluate(
+    (callId) => window.switchboard.showVideo({ callId, trackId: "TR_none", frame: { x: 0, y: 0, width: 1, height: 1 } }).then(() => "shown", (e) => e.code),
+    bobsCall.callId,
+  );
+  check(missing === "track_not_found", `an unknown track has no view (${missing})`);
+  await bob.page.evaluate(([callId, trackId]) => window.switchboard.hideVideo({ callId, trackId }), [bobsCall.callId, trackId]);
+  check((await viewFrames()) === -1, "hideVideo removes the view");
   const route = await alice.page.evaluate(() =>
     window.switchboard.selectAudioRoute({ id: "speaker" }).then(() => "selected", (e) => e.code),
   );

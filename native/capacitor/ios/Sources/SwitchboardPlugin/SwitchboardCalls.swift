@@ -68,6 +68,8 @@ public final class SwitchboardCalls: NSObject, @unchecked Sendable {
     private var serverIds: [String: String] = [:]
     /// Calls that connected, so an ending reads "completed".
     private var connectedCalls: Set<String> = []
+    /// Each remote track's subscriber mid, by "callId/trackId" (video views).
+    private var trackMids: [String: String] = [:]
     private let lock = NSLock()
 
     override private init() {
@@ -219,6 +221,16 @@ public final class SwitchboardCalls: NSObject, @unchecked Sendable {
     func requestHold(callUuid: UUID, held: Bool) {
         let action = CXSetHeldCallAction(call: callUuid, onHold: held)
         callController.request(CXTransaction(action: action)) { _ in }
+    }
+
+    /// A call's video track for a view: `"local"` is the camera.
+    func videoTrack(callId: String, trackId: String) -> RTCVideoTrack? {
+        guard let session = media.sessions[callId] else { return nil }
+        if trackId == "local" { return session.videoTrack }
+        lock.lock()
+        let mid = trackMids["\(callId)/\(trackId)"]
+        lock.unlock()
+        return mid.flatMap { session.remoteVideo[$0] }
     }
 
     func switchCamera(callUuid: UUID) {
@@ -515,6 +527,7 @@ extension SwitchboardCalls: SystemCallUi {
         lock.lock()
         let wasConnected = connectedCalls.remove(callUuid.lowercased()) != nil
         serverIds[callUuid.lowercased()] = nil
+        trackMids = trackMids.filter { !$0.key.hasPrefix("\(callId)/") }
         lock.unlock()
         emit("callStateChanged", ["callId": callId, "state": "ended"])
         emit("callEnded", [
@@ -568,6 +581,10 @@ extension SwitchboardCalls: Credentials {
 
 extension SwitchboardCalls: CallEvents {
     public func remoteTrackAdded(callUuid: String, track: RemoteTrack) throws {
+        let key = "\(jsCallId(callUuid))/\(track.trackId)"  // jsCallId takes the lock itself
+        lock.lock()
+        trackMids[key] = track.mid
+        lock.unlock()
         emit("remoteTrack", [
             "callId": jsCallId(callUuid), "trackId": track.trackId, "participantId": track.participantId,
             "userId": track.userId, "kind": track.video ? "video" : "audio", "mid": track.mid,

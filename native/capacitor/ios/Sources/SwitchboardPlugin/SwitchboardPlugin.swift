@@ -6,6 +6,7 @@ import AVFoundation
 import Capacitor
 import Foundation
 import UserNotifications
+import WebRTC
 #if canImport(SwitchboardCore)
     import SwitchboardCore  // its own module with SwiftPM; one module with CocoaPods
 #endif
@@ -27,6 +28,8 @@ public class SwitchboardPlugin: CAPPlugin, CAPBridgedPlugin {
         CAPPluginMethod(name: "selectAudioRoute", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "setUserToken", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "switchCamera", returnType: CAPPluginReturnPromise),
+        CAPPluginMethod(name: "showVideo", returnType: CAPPluginReturnPromise),
+        CAPPluginMethod(name: "hideVideo", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "getActiveCalls", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "checkPermissions", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "requestPermissions", returnType: CAPPluginReturnPromise),
@@ -36,12 +39,16 @@ public class SwitchboardPlugin: CAPPlugin, CAPBridgedPlugin {
         CAPPluginMethod(name: "openBatteryOptimizationSettings", returnType: CAPPluginReturnPromise),
     ]
 
-    private let calls = SwitchboardCalls.shared
+    let calls = SwitchboardCalls.shared
+    /// Native video views by "callId/trackId", with the track feeding each
+    /// (main thread only: VideoViews.swift).
+    var videoViews: [String: (RTCMTLVideoView, RTCVideoTrack)] = [:]
 
     override public func load() {
         // Events that happened before JS listened (a cold start from a
         // push) are delivered now.
         calls.onEvent = { [weak self] name, data in
+            self?.dropVideoViews(after: name, data)
             self?.notifyListeners(name, data: data, retainUntilConsumed: true)
         }
     }

@@ -40,7 +40,8 @@ final class WebRTCMediaSession: NSObject, MediaSession, @unchecked Sendable {
     private var publisher: RTCPeerConnection!
     private var subscriber: RTCPeerConnection!
     private let audioTrack: RTCAudioTrack
-    private var videoTrack: RTCVideoTrack?
+    /// The camera's track (the local preview of a video view).
+    private(set) var videoTrack: RTCVideoTrack?
     private var capturer: RTCCameraVideoCapturer?
     private var userMuted = false
     private var held = false

@@ -39,6 +39,10 @@ object SwitchboardCalls : SystemCallUi, AudioRoutes, PushTokens, Credentials, Ca
     private var fcmToken: String? = null
     /** JS names calls by the server's id (core/Mapping.kt). */
     val ids = CallIds()
+    /** Each remote track's subscriber mid, by "callId/trackId" (video views). */
+    private val trackMids = java.util.concurrent.ConcurrentHashMap<String, String>()
+
+    fun trackMid(callId: String, trackId: String): String? = trackMids["$callId/$trackId"]
     private val pending = mutableListOf<Pair<String, Map<String, Any?>>>()
 
     /** Set by the plugin when JS listens; events before that are kept. */
@@ -167,6 +171,7 @@ object SwitchboardCalls : SystemCallUi, AudioRoutes, PushTokens, Credentials, Ca
             CallNotifications.missedById(app, callUuid)
         }
         val (callId, wasConnected) = ids.ended(callUuid)
+        trackMids.keys.removeAll { it.startsWith("$callId/") }
         emit("callStateChanged", mapOf("callId" to callId, "state" to "ended"))
         emit("callEnded", mapOf("callId" to callId, "reason" to jsEndReason(reason, wasConnected)))
     }
@@ -214,6 +219,7 @@ object SwitchboardCalls : SystemCallUi, AudioRoutes, PushTokens, Credentials, Ca
     // -- CallEvents -------------------------------------------------------------
 
     override fun remoteTrackAdded(callUuid: String, track: RemoteTrack) {
+        trackMids["${ids.jsCallId(callUuid)}/${track.trackId}"] = track.mid
         emit("remoteTrack", mapOf(
             "callId" to ids.jsCallId(callUuid), "trackId" to track.trackId,
             "participantId" to track.participantId, "userId" to track.userId,

@@ -33,10 +33,16 @@ import dev.switchboard.core.Platform
     ],
 )
 class SwitchboardPlugin : Plugin() {
+    private lateinit var videoViews: VideoViews
+
     override fun load() {
         SwitchboardCalls.init(context)
+        videoViews = VideoViews(bridge)
         // Events from before JS listened (a cold start into a call) now.
-        SwitchboardCalls.onEvent = { name, data -> notifyListeners(name, toJs(data), true) }
+        SwitchboardCalls.onEvent = { name, data ->
+            bridge.executeOnMainThread { videoViews.dropAfter(name, data) }
+            notifyListeners(name, toJs(data), true)
+        }
     }
 
     /** On Android the FCM token comes from the native side, not from JS. */
@@ -100,6 +106,23 @@ class SwitchboardPlugin : Plugin() {
     @PluginMethod
     fun switchCamera(call: PluginCall) = withCall(call) { client, uuid ->
         client.callId(uuid)?.let { WebRtcMedia.switchCamera(it) }
+    }
+
+    @PluginMethod
+    fun showVideo(call: PluginCall) {
+        val callId = call.getString("callId") ?: return call.reject("callId is required", "invalid_request")
+        val trackId = call.getString("trackId") ?: return call.reject("trackId is required", "invalid_request")
+        bridge.executeOnMainThread { videoViews.show(call, callId, trackId) }
+    }
+
+    @PluginMethod
+    fun hideVideo(call: PluginCall) {
+        val callId = call.getString("callId") ?: return call.reject("callId is required", "invalid_request")
+        val trackId = call.getString("trackId") ?: return call.reject("trackId is required", "invalid_request")
+        bridge.executeOnMainThread {
+            videoViews.hide { it == "$callId/$trackId" }
+            call.resolve()
+        }
     }
 
     /** For a UI that loads during a call (a cold start from a push). */

@@ -47,6 +47,12 @@ object WebRtcMedia {
         synchronized(sessions) { sessions[callId] }?.switchCamera()
     }
 
+    /** A call's video track for a view: `"local"` is the camera; a remote one by its subscriber mid. */
+    fun videoTrack(callId: String, trackId: String, mid: String?): VideoTrack? {
+        val session = synchronized(sessions) { sessions[callId] } ?: return null
+        return if (trackId == "local") session.videoTrack else mid?.let { session.remoteVideo[it] }
+    }
+
     internal fun opened(callId: String, session: Session) = synchronized(sessions) {
         sessions.values.removeAll { it.ended }
         sessions[callId] = session
@@ -81,7 +87,9 @@ internal class Session(
     private val events: MediaEvents,
 ) : MediaSession {
     private val audio: AudioTrack = factory.createAudioTrack("audio", factory.createAudioSource(MediaConstraints()))
-    private var videoTrack: VideoTrack? = null
+    /** The camera's track (the local preview of a video view). */
+    var videoTrack: VideoTrack? = null
+        private set
     private var capturer: CameraVideoCapturer? = null
     private val up = mutableSetOf<PeerConnection>()
     private var userMuted = false

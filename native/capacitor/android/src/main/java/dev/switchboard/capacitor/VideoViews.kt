@@ -1,0 +1,70 @@
+// Video views over the web view: `showVideo` places a SurfaceViewRenderer
+// at the frame JS gives (CSS pixels of the web view, times the screen
+// density), above the web view, fed by the call's track; `hideVideo`, the
+// track's removal and the call's end take it away. The same API renders a
+// <video> on the web.
+
+package dev.switchboard.capacitor
+
+import android.view.ViewGroup
+import android.widget.FrameLayout
+import com.getcapacitor.Bridge
+import com.getcapacitor.PluginCall
+import livekit.org.webrtc.RendererCommon
+import livekit.org.webrtc.SurfaceViewRenderer
+import livekit.org.webrtc.VideoTrack
+
+class VideoViews(private val bridge: Bridge) {
+    private val views = mutableMapOf<String, Pair<SurfaceViewRenderer, VideoTrack>>()
+
+    /** On the UI thread. */
+    fun show(call: PluginCall, callId: String, trackId: String) {
+        val frame = call.getObject("frame")
+        val track = WebRtcMedia.videoTrack(callId, trackId, SwitchboardCalls.trackMid(callId, trackId))
+        if (frame == null) return call.reject("frame {x, y, width, height} is required", "invalid_request")
+        if (track == null) return call.reject("no video track $trackId in call $callId", "track_not_found")
+        val webView = bridge.webView
+        val container = webView.parent as? ViewGroup ?: return call.reject("no web view to place the video over", "unavailable")
+        val key = "$callId/$trackId"
+        val (view, _) = views.getOrPut(key) {
+            val renderer = SurfaceViewRenderer(bridge.context)
+            renderer.init(WebRtcMedia.egl.eglBaseContext, null)
+            renderer.setZOrderMediaOverlay(true)
+            container.addView(renderer)
+            track.addSink(renderer)
+            renderer to track
+        }
+        val density = bridge.context.resources.displayMetrics.density
+        view.layoutParams = FrameLayout.LayoutParams(
+            (frame.getDouble("width") * density).toInt(),
+            (frame.getDouble("height") * density).toInt(),
+        )
+        view.x = webView.x + (frame.getDouble("x") * density).toFloat()
+        view.y = webView.y + (frame.getDouble("y") * density).toFloat()
+        view.setScalingType(
+            if (call.getString("fit") == "contain") RendererCommon.ScalingType.SCALE_ASPECT_FIT
+            else RendererCommon.ScalingType.SCALE_ASPECT_FILL,
+        )
+        view.setMirror(call.getBoolean("mirror", false) ?: false)
+        call.resolve()
+    }
+
+    /** On the UI thread. */
+    fun hide(matches: (String) -> Boolean) {
+        for (key in views.keys.filter(matches)) {
+            val (view, track) = views.remove(key) ?: continue
+            track.removeSink(view)
+            (view.parent as? ViewGroup)?.removeView(view)
+            view.release()
+        }
+    }
+
+    /** Views whose track or call is gone (from the events JS also gets). */
+    fun dropAfter(event: String, data: Map<String, Any?>) {
+        val callId = data["callId"] as? String ?: return
+        when (event) {
+            "remoteTrackRemoved" -> hide { it == "$callId/${data["trackId"]}" }
+            "callEnded" -> hide { it.startsWith("$callId/") }
+        }
+    }
+}
