@@ -43,7 +43,7 @@ object TelecomCalls {
     }
 
     private val commands = mutableMapOf<String, Channel<Command>>()
-    private val available = mutableMapOf<String, List<CallEndpointCompat>>()
+    private val available = java.util.concurrent.ConcurrentHashMap<String, List<CallEndpointCompat>>()
     private val callTypes = mutableMapOf<String, Int>()
 
     fun init(context: Context) {
@@ -117,9 +117,12 @@ object TelecomCalls {
         return true
     }
 
-    /** Inside Telecom's call scope: its flows to the core, the core's commands to Telecom. */
+    /**
+     * Inside Telecom's call scope (its coroutines end with the call): its
+     * flows to the core, the core's commands to Telecom.
+     */
     private fun follow(call: CallControlScope, callUuid: String, inbox: Channel<Command>) {
-        scope.launch {
+        call.launch {
             call.availableEndpoints.combine(call.currentCallEndpoint) { all, current -> all to current }
                 .collect { (all, current) ->
                     available[callUuid] = all
@@ -127,7 +130,7 @@ object TelecomCalls {
                     SwitchboardCalls.audioRoutesChanged(routes, current.identifier.toString())
                 }
         }
-        scope.launch {
+        call.launch {
             // Telecom's mute (a headset button, the system UI) to the core
             // and to the app's UI.
             call.isMuted.collect { muted ->
@@ -135,7 +138,7 @@ object TelecomCalls {
                 SwitchboardCalls.emit("muteChanged", mapOf("callId" to SwitchboardCalls.ids.jsCallId(callUuid), "muted" to muted))
             }
         }
-        scope.launch {
+        call.launch {
             for (command in inbox) {
                 when (command) {
                     is Command.Answer -> call.answer(command.callType)
