@@ -23,13 +23,8 @@ export type Effect =
   | { kind: "callEnded"; data: CallEndedEvent }
   | { kind: "ack"; callId: string };
 
-interface Call {
-  state: Exclude<CallState, "ended">;
-  video: boolean;
-  outgoing: boolean;
-  remoteUserId: string;
-  muted: boolean;
-  held: boolean;
+/** What `getActiveCalls` shows of a call, and what the rules need besides. */
+interface Call extends Omit<ActiveCall, "callId"> {
   /** Outgoing and not yet answered by the callee. */
   awaitingAnswer: boolean;
   mediaUp: boolean;
