@@ -175,6 +175,36 @@ fn bad_input_gets_typed_errors_and_changes_nothing() {
         (sim.engine.participant_count(), sim.engine.track_count()),
         before
     );
+    // Error texts say what was wrong, never where the server's memory is
+    // (SDP parse errors once carried the parser's pointer offsets).
+    for message in error_messages(&sim, a) {
+        assert!(
+            !has_memory_address(&message),
+            "an error text leaks an address: {message}"
+        );
+    }
+}
+
+fn error_messages(sim: &Sim, bot: usize) -> Vec<String> {
+    sim.bots[bot]
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::Error { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `0x` and eight or more hex digits: a pointer, not a protocol value.
+fn has_memory_address(text: &str) -> bool {
+    text.match_indices("0x").any(|(at, _)| {
+        text[at + 2..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .count()
+            >= 8
+    })
 }
 
 #[test]

@@ -263,7 +263,7 @@ impl Engine {
                 self.error(
                     conn,
                     ErrorCode::InvalidSdp,
-                    format!("offer does not parse: {e}"),
+                    format!("offer does not parse: {}", negotiate::sdp_error_text(e)),
                 );
                 return;
             }

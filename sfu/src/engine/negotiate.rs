@@ -32,7 +32,7 @@ impl Engine {
                 self.error(
                     conn,
                     ErrorCode::InvalidSdp,
-                    format!("answer does not parse: {e}"),
+                    format!("answer does not parse: {}", sdp_error_text(e)),
                 );
                 return;
             }
@@ -331,5 +331,40 @@ impl Engine {
         if restart {
             self.refresh_ufrag(key, PeerTarget::Subscriber);
         }
+    }
+}
+
+/// str0m's SDP parse errors quote the parser's position as a pointer into
+/// our memory (`at PointerOffset(0x7f..)`): clients get what was wrong
+/// (expected and found tokens, on one line), never the address.
+pub(super) fn sdp_error_text(error: impl std::fmt::Display) -> String {
+    let text = error.to_string();
+    let mut kept = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(" at PointerOffset(") {
+        kept.push_str(&rest[..at]);
+        rest = rest[at..].split_once(')').map_or("", |(_, after)| after);
+    }
+    kept.push_str(rest);
+    let lines: Vec<&str> = kept
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join("; ")
+}
+
+#[cfg(test)]
+mod sdp_error_tests {
+    use super::sdp_error_text;
+
+    #[test]
+    fn parse_errors_lose_the_pointer_and_keep_what_was_expected() {
+        let e = "SDP parse: Parse error at PointerOffset(0x7fab04033935)\nUnexpected `n`\nExpected `o`\nsdp line\n";
+        assert_eq!(
+            sdp_error_text(e),
+            "SDP parse: Parse error; Unexpected `n`; Expected `o`; sdp line"
+        );
+        assert_eq!(sdp_error_text("no media"), "no media");
     }
 }
