@@ -1,7 +1,7 @@
 //! HTTP endpoints: the signaling WebSocket, metrics, health, and the
 //! development-only endpoints (call and user tokens, the demo page).
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{State, rejection::JsonRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -59,20 +59,35 @@ async fn rtc_socket(ws: WebSocketUpgrade, State(state): State<AppState>) -> Resp
 
 async fn serve_socket(socket: WebSocket, state: AppState) {
     let (sink, stream) = socket.split();
-    let stream = stream.map(|m| {
-        m.map(|m| match m {
-            Message::Text(t) => Frame::Text(t.to_string()),
-            Message::Close(_) => Frame::Close,
-            _ => Frame::Other,
-        })
+    let stream = stream.map(|m| match m {
+        Ok(Message::Text(t)) => Ok(Frame::Text(t.to_string())),
+        Ok(Message::Binary(_)) => Ok(Frame::Binary),
+        Ok(Message::Close(_)) => Ok(Frame::Close),
+        Ok(Message::Ping(_) | Message::Pong(_)) => Ok(Frame::Control),
+        Err(e) if is_too_large(&e) => Ok(Frame::TooLarge),
+        Err(e) => Err(e),
     });
     let sink = sink.with(|out: Outgoing| async move {
         Ok::<_, axum::Error>(match out {
             Outgoing::Text(text) => Message::text(text),
             Outgoing::Ping => Message::Ping(Default::default()),
+            Outgoing::Close(reason) => Message::Close(Some(CloseFrame {
+                code: reason.code(),
+                reason: reason.text().into(),
+            })),
         })
     });
     session::run(Box::pin(stream), Box::pin(sink), state).await;
+}
+
+/// The WebSocket library refused a frame or message over its size limit
+/// (axum wraps tungstenite's error; one tungstenite version serves both,
+/// and `tests/abuse.rs` fails if this stops matching).
+fn is_too_large(error: &axum::Error) -> bool {
+    use tungstenite::Error as WsError;
+    std::error::Error::source(error)
+        .and_then(|e| e.downcast_ref::<WsError>())
+        .is_some_and(|e| matches!(e, WsError::Capacity(_)))
 }
 
 /// A shard whose loop has not come round for this long is stuck: it wakes

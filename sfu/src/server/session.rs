@@ -38,14 +38,51 @@ const IDLE_LIMIT: Duration = Duration::from_secs(60);
 pub enum Outgoing {
     Text(String),
     Ping,
+    Close(CloseReason),
+}
+
+/// Why the server closes a signaling socket: the close codes PROTOCOL.md
+/// ("Closing") promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// After `left`: the participant left, was replaced or failed.
+    Left,
+    /// No `join` in time, too many failed joins, a client that does not
+    /// read, or one silent past the idle limit (an `error` says which
+    /// first, when the client can still read it).
+    Policy(&'static str),
+    /// A frame over four times the message limit.
+    TooLarge,
+}
+
+impl CloseReason {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Left => 1000,
+            CloseReason::Policy(_) => 1008,
+            CloseReason::TooLarge => 1009,
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Left => "left",
+            CloseReason::Policy(why) => why,
+            CloseReason::TooLarge => "message too large",
+        }
+    }
 }
 
 /// A frame as the session sees it, whatever the WebSocket library.
 pub enum Frame {
     Text(String),
-    /// Binary, ping, pong: not part of the protocol; ignored.
-    Other,
+    /// Not part of the protocol: answered with `bad_message`.
+    Binary,
+    /// Ping and pong (the library answers pings itself).
+    Control,
     Close,
+    /// Over the library's hard limit (four times ours): closed with 1009.
+    TooLarge,
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -66,8 +103,15 @@ where
         handshake(&mut stream, &mut sink, &state, &mut limiter),
     )
     .await;
-    let Ok(Some(join)) = joined else {
-        return;
+    let join = match joined {
+        Ok(Ok(join)) => join,
+        Ok(Err(HandshakeEnd::Gone)) => return,
+        Ok(Err(HandshakeEnd::Close(reason))) => return close(&mut sink, reason).await,
+        Err(_) => {
+            let e = ServerMessage::error(ErrorCode::NotJoined, "no join within 10 s");
+            let _ = send(&mut sink, &e, &state).await;
+            return close(&mut sink, CloseReason::Policy("no join in time")).await;
+        }
     };
     let span = tracing::info_span!("session", call_id = %join.room, user_id = %join.user_id, participant = %join.participant_id);
     serve_joined(conn, join.room, join.command, stream, sink, state, limiter)
@@ -94,6 +138,8 @@ async fn serve_joined<S, K, E>(
     shard.command(conn, join);
 
     let mut left = false;
+    // Set when the server ends the session on purpose: the close frame says why.
+    let mut closing = None;
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -102,6 +148,7 @@ async fn serve_joined<S, K, E>(
             _ = ping.tick() => {
                 if last_heard.elapsed() >= IDLE_LIMIT {
                     tracing::info!("signaling socket silent; closing it");
+                    closing = Some(CloseReason::Policy("idle"));
                     break;
                 }
                 let pinged = tokio::time::timeout(SEND_STALL, sink.send(Outgoing::Ping)).await;
@@ -121,10 +168,12 @@ async fn serve_joined<S, K, E>(
                     let e = ServerMessage::error(ErrorCode::SlowConsumer, "messages were not read in time; resume on a new connection");
                     let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Outgoing::Text(encode(&e)))).await;
                     left = true;
+                    closing = Some(CloseReason::Policy("slow consumer"));
                     break;
                 }
                 Some(SessionOut::Close) | None => {
                     left = true;
+                    closing = Some(CloseReason::Left);
                     break;
                 }
             },
@@ -143,7 +192,17 @@ async fn serve_joined<S, K, E>(
                         }
                     }
                 }
-                Some(Ok(Frame::Other)) => last_heard = Instant::now(),
+                Some(Ok(Frame::Binary)) => {
+                    last_heard = Instant::now();
+                    if limiter.allow(Instant::now()) && !send(&mut sink, &binary_refused(), &state).await {
+                        break;
+                    }
+                }
+                Some(Ok(Frame::Control)) => last_heard = Instant::now(),
+                Some(Ok(Frame::TooLarge)) => {
+                    closing = Some(CloseReason::TooLarge);
+                    break;
+                }
                 Some(Ok(Frame::Close)) | Some(Err(_)) | None => break,
             },
         }
@@ -153,9 +212,29 @@ async fn serve_joined<S, K, E>(
         // grace period and may resume on a new connection.
         shard.command(conn, Command::Detach);
     }
-    // A client that does not read would hold the close frame (and this
-    // task) forever.
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    match closing {
+        Some(reason) => close(&mut sink, reason).await,
+        // A client that does not read would hold the close frame (and this
+        // task) forever.
+        None => drop(tokio::time::timeout(Duration::from_secs(1), sink.close()).await),
+    }
+}
+
+/// Sends the close frame for `reason` and closes; bounded, as a client that
+/// does not read would hold it forever.
+async fn close<K: Sink<Outgoing> + Unpin>(sink: &mut K, reason: CloseReason) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = sink.send(Outgoing::Close(reason)).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+fn binary_refused() -> ServerMessage {
+    ServerMessage::error(
+        ErrorCode::BadMessage,
+        "binary frames are not part of the protocol; send JSON text frames",
+    )
 }
 
 /// Sends one message; `false` if the socket is gone or the write stalled
@@ -183,29 +262,43 @@ struct Joined {
     command: Command,
 }
 
+/// How a handshake ended without a join.
+enum HandshakeEnd {
+    /// The client closed or the socket failed: nothing to say.
+    Gone,
+    Close(CloseReason),
+}
+
 /// Reads frames until a valid `join`; answers each bad one with a typed error.
 async fn handshake<S, K, E>(
     stream: &mut S,
     sink: &mut K,
     state: &AppState,
     limiter: &mut RateLimiter,
-) -> Option<Joined>
+) -> Result<Joined, HandshakeEnd>
 where
     S: Stream<Item = Result<Frame, E>> + Unpin,
     K: Sink<Outgoing> + Unpin,
 {
     let mut attempts = 0;
     while attempts < MAX_JOIN_ATTEMPTS {
-        let text = match stream.next().await? {
-            Ok(Frame::Text(text)) => text,
-            Ok(Frame::Other) => continue,
-            Ok(Frame::Close) | Err(_) => return None,
+        let text = match stream.next().await {
+            Some(Ok(Frame::Text(text))) => text,
+            Some(Ok(Frame::Control)) => continue,
+            Some(Ok(Frame::Binary)) => {
+                if limiter.allow(Instant::now()) && !send(sink, &binary_refused(), state).await {
+                    return Err(HandshakeEnd::Gone);
+                }
+                continue;
+            }
+            Some(Ok(Frame::TooLarge)) => return Err(HandshakeEnd::Close(CloseReason::TooLarge)),
+            Some(Ok(Frame::Close)) | Some(Err(_)) | None => return Err(HandshakeEnd::Gone),
         };
         if !limiter.allow(Instant::now()) {
             continue;
         }
         match check_join(&text, state) {
-            Ok(joined) => return Some(joined),
+            Ok(joined) => return Ok(joined),
             Err(message) => {
                 if matches!(
                     &message,
@@ -220,12 +313,14 @@ where
                     attempts += 1;
                 }
                 if !send(sink, &message, state).await {
-                    return None;
+                    return Err(HandshakeEnd::Gone);
                 }
             }
         }
     }
-    None
+    Err(HandshakeEnd::Close(CloseReason::Policy(
+        "too many failed joins",
+    )))
 }
 
 fn check_join(text: &str, state: &AppState) -> Result<Joined, ServerMessage> {
