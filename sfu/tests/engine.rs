@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::sim::{Sim, engine_config};
 use sfu::engine::{Command, Event, JoinRequest};
-use signaling::{ErrorCode, LeaveReason, ParticipantState, Permissions, ServerMessage};
+use signaling::{ErrorCode, LeaveReason, ParticipantState, Permissions, ServerMessage, TrackKind};
 use str0m::media::MediaKind;
 
 fn pid(name: &str) -> String {
@@ -602,4 +602,43 @@ fn a_participant_without_media_is_removed_at_the_media_deadline() {
     assert!(sim.bots[ok].is_up());
     sim.run_for(Duration::from_secs(10));
     assert_eq!(sim.engine.participant_count(), 1);
+}
+
+#[test]
+fn the_first_publish_answer_names_the_publishers_tracks_and_their_codecs() {
+    // A publisher needs its own track ids (mute, unpublish) from its first
+    // answer, before media flows; others learn the codec with the track.
+    let sim = Sim::publishing(engine_config(), "call", &["a", "b"]);
+    let published: Vec<(TrackKind, Option<String>)> = sim.bots[0]
+        .messages
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::PublishAnswer { tracks, .. } => {
+                Some(tracks.iter().map(|t| (t.kind, t.codec.clone())).collect())
+            }
+            _ => None,
+        })
+        .expect("a publishAnswer");
+    assert_eq!(
+        published,
+        [
+            (TrackKind::Audio, Some("opus".to_string())),
+            (TrackKind::Video, Some("VP8".to_string()))
+        ]
+    );
+    // b learns a's tracks in `joined` or `trackPublished`, whichever came
+    // after a's publish: with the codec either way.
+    let announced: Vec<Option<String>> = sim.bots[1]
+        .messages
+        .iter()
+        .flat_map(|m| match m {
+            ServerMessage::TrackPublished { track } => vec![track.clone()],
+            ServerMessage::Joined { participants, .. } => {
+                participants.iter().flat_map(|p| p.tracks.clone()).collect()
+            }
+            _ => vec![],
+        })
+        .map(|track| track.codec)
+        .collect();
+    assert_eq!(announced, [Some("opus".into()), Some("VP8".into())]);
 }

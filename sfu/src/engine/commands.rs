@@ -279,10 +279,32 @@ impl Engine {
                 return;
             }
         };
+        // The tracks the answer accepts exist now, so the answer lists them
+        // (the client needs their ids to mute or unpublish): str0m says
+        // MediaAdded only once media can flow, which for a first publish is
+        // after this answer has reached the client. Its later MediaAdded
+        // finds them made.
+        for line in answer.media_lines.iter() {
+            let receives = matches!(line.direction(), Direction::RecvOnly | Direction::SendRecv);
+            if line.disabled || !line.typ.is_media() || !receives {
+                continue;
+            }
+            // The first format is the one the client will send.
+            let Some(format) = line.rtp_params().into_iter().next() else {
+                continue;
+            };
+            let codec = format.spec().codec;
+            let kind = if codec.is_audio() {
+                MediaKind::Audio
+            } else {
+                MediaKind::Video
+            };
+            self.add_track(key, line.mid(), kind, Some(codec.to_string()));
+        }
         self.dirty.push((key, PeerTarget::Publisher));
         // An offer that restarts ICE gives our side new credentials too.
         self.refresh_ufrag(key, PeerTarget::Publisher);
-        // Drain now: MediaAdded creates the tracks the answer lists.
+        // Drain now: MediaAdded creates any track the lines above did not.
         self.settle(now);
         let tracks = self.tracks_of(key);
         self.send(

@@ -611,7 +611,7 @@ impl Engine {
                 if target == PeerTarget::Publisher
                     && !matches!(added.direction, Direction::SendOnly | Direction::Inactive) =>
             {
-                self.add_track(key, added.mid, added.kind);
+                self.add_track(key, added.mid, added.kind, None);
             }
             RtcEvent::MediaChanged(changed) if target == PeerTarget::Publisher => {
                 if matches!(changed.direction, Direction::SendOnly | Direction::Inactive) {

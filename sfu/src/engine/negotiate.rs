@@ -89,7 +89,14 @@ impl Engine {
         self.negotiate_subscriber(key);
     }
 
-    pub(super) fn add_track(&mut self, owner: ParticipantKey, mid: Mid, kind: MediaKind) {
+    /// `codec`: the negotiated one when known (else the first packet says).
+    pub(super) fn add_track(
+        &mut self,
+        owner: ParticipantKey,
+        mid: Mid,
+        kind: MediaKind,
+        codec: Option<String>,
+    ) {
         if self.published_track(owner, mid).is_some() {
             return;
         }
@@ -137,7 +144,7 @@ impl Engine {
             mid,
             kind,
             muted: false,
-            codec: None,
+            codec,
             subscribers: Vec::new(),
             last_keyframe_request: None,
             direct: None,
