@@ -197,21 +197,27 @@ impl Engine {
             tracing::debug!(call_id = %room_id, track = %track.id, "keyframe request suppressed (rate limit)");
             return;
         }
-        track.last_keyframe_request = Some(now);
-        tracing::debug!(call_id = %room_id, track = %track.id, ?kind, "keyframe request to publisher");
         let (owner, mid) = (track.owner, track.mid);
         let Some(publisher) = self.participants.get_mut(&owner) else {
             return;
         };
-        if let Some(rx) = publisher
-            .publisher
-            .rtc
-            .direct_api()
-            .stream_rx_by_mid(mid, None)
+        // No stream yet (the publisher's media has not started; tracks
+        // exist from its publish on): nothing was asked, so nothing is
+        // rate-limited, and the first packets come with a keyframe anyway.
+        let mut api = publisher.publisher.rtc.direct_api();
+        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
+            return;
+        };
+        rx.request_keyframe(kind);
+        self.stats.keyframe_requests += 1;
+        self.dirty.push((owner, PeerTarget::Publisher));
+        if let Some(track) = self
+            .rooms
+            .get_mut(&room_id)
+            .and_then(|r| r.tracks.get_mut(&track_key))
         {
-            rx.request_keyframe(kind);
-            self.stats.keyframe_requests += 1;
-            self.dirty.push((owner, PeerTarget::Publisher));
+            tracing::debug!(call_id = %room_id, track = %track.id, ?kind, "keyframe request to publisher");
+            track.last_keyframe_request = Some(now);
         }
     }
 
