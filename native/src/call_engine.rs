@@ -946,8 +946,8 @@ impl CallEngine {
         }
     }
 
-    /// Every call this device is in, oldest UUID order (a snapshot for a UI
-    /// that starts late).
+    /// Every call this device is in, by UUID (a snapshot for a UI that
+    /// starts late).
     pub fn active_calls(&self) -> Vec<ActiveCall> {
         self.calls
             .iter()
