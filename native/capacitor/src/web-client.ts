@@ -137,7 +137,11 @@ export class SwitchboardWebClient {
   }
 
   async showVideo(options: VideoViewOptions): Promise<void> {
-    const { callId, trackId } = options;
+    const { callId, trackId, frame } = options;
+    const box = [frame?.x, frame?.y, frame?.width, frame?.height];
+    if (!box.every((v) => typeof v === "number" && Number.isFinite(v)) || frame.width <= 0 || frame.height <= 0) {
+      throw new SwitchboardError(0, "invalid_request", "frame {x, y, width, height} is required");
+    }
     this.requireCall(callId);
     const stream = trackId === "local" ? this.localStream : this.remoteStreams.get(callId)?.get(trackId);
     if (!stream) throw new SwitchboardError(0, "track_not_found", `no video track ${trackId} in call ${callId}`);

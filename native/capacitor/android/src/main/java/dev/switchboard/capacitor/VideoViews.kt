@@ -20,8 +20,13 @@ class VideoViews(private val bridge: Bridge) {
     /** On the UI thread. */
     fun show(call: PluginCall, callId: String, trackId: String) {
         val frame = call.getObject("frame")
+        // optDouble: a missing or non-numeric field is NaN, never a throw on the UI thread.
+        val box = listOf("x", "y", "width", "height").map { frame?.optDouble(it) ?: Double.NaN }
+        if (box.any { it.isNaN() } || box[2] <= 0 || box[3] <= 0) {
+            return call.reject("frame {x, y, width, height} is required", "invalid_request")
+        }
+        val (x, y, width, height) = box
         val track = WebRtcMedia.videoTrack(callId, trackId, SwitchboardCalls.trackMid(callId, trackId))
-        if (frame == null) return call.reject("frame {x, y, width, height} is required", "invalid_request")
         if (track == null) return call.reject("no video track $trackId in call $callId", "track_not_found")
         val webView = bridge.webView
         val container = webView.parent as? ViewGroup ?: return call.reject("no web view to place the video over", "unavailable")
@@ -35,12 +40,9 @@ class VideoViews(private val bridge: Bridge) {
             renderer to track
         }
         val density = bridge.context.resources.displayMetrics.density
-        view.layoutParams = FrameLayout.LayoutParams(
-            (frame.getDouble("width") * density).toInt(),
-            (frame.getDouble("height") * density).toInt(),
-        )
-        view.x = webView.x + (frame.getDouble("x") * density).toFloat()
-        view.y = webView.y + (frame.getDouble("y") * density).toFloat()
+        view.layoutParams = FrameLayout.LayoutParams((width * density).toInt(), (height * density).toInt())
+        view.x = webView.x + (x * density).toFloat()
+        view.y = webView.y + (y * density).toFloat()
         view.setScalingType(
             if (call.getString("fit") == "contain") RendererCommon.ScalingType.SCALE_ASPECT_FIT
             else RendererCommon.ScalingType.SCALE_ASPECT_FILL,
