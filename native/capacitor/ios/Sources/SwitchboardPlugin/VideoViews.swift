@@ -13,7 +13,8 @@ extension SwitchboardPlugin {
         guard let callId = call.getString("callId"), let trackId = call.getString("trackId"),
               let frame = call.getObject("frame"),
               let x = frame["x"] as? Double, let y = frame["y"] as? Double,
-              let width = frame["width"] as? Double, let height = frame["height"] as? Double
+              let width = frame["width"] as? Double, let height = frame["height"] as? Double,
+              width > 0, height > 0
         else {
             call.reject("callId, trackId and frame {x, y, width, height} are required", "invalid_request")
             return
