@@ -77,10 +77,18 @@ public final class SwitchboardCalls: NSObject, @unchecked Sendable {
     }
 
     /// Whether this install uses CallKit: as registered (`useCallKit`),
-    /// else not in the China mainland storefront.
+    /// else not in the China mainland storefront. Read from the Keychain
+    /// once, and again only when the app registers.
     var usesCallKit: Bool {
-        savedConfig()?.systemCallUi ?? SwitchboardCalls.callKitAllowedByStorefront()
+        lock.lock()
+        defer { lock.unlock() }
+        if let known = callKitDecision { return known }
+        let decided = savedConfig()?.systemCallUi ?? SwitchboardCalls.callKitAllowedByStorefront()
+        callKitDecision = decided
+        return decided
     }
+
+    private var callKitDecision: Bool?
 
     private func savedConfig() -> ClientConfig? {
         store.load().flatMap { try? clientConfigFromJson(json: $0) }
@@ -131,6 +139,7 @@ public final class SwitchboardCalls: NSObject, @unchecked Sendable {
     func register(config: ClientConfig) throws {
         store.save(clientConfigToJson(config: config))
         lock.lock()
+        callKitDecision = config.systemCallUi
         let old = client
         client = nil
         lock.unlock()
