@@ -17,6 +17,10 @@ impl Engine {
         let Some(track_key) = self.published_track(publisher, mid) else {
             return;
         };
+        if self.take_keyframe_pending(publisher, track_key) {
+            // The stream exists now: ask for what subscribers waited for.
+            self.request_keyframe(publisher, track_key, KeyframeRequestKind::Pli, now);
+        }
         let Some(p) = self.participants.get(&publisher) else {
             return;
         };
@@ -170,6 +174,16 @@ impl Engine {
             .map(|t| t.key)
     }
 
+    fn take_keyframe_pending(&mut self, owner: ParticipantKey, track_key: u64) -> bool {
+        let Some(room) = self.participants.get(&owner).map(|p| &p.room) else {
+            return false;
+        };
+        self.rooms
+            .get_mut(room)
+            .and_then(|r| r.tracks.get_mut(&track_key))
+            .is_some_and(|t| std::mem::take(&mut t.keyframe_pending))
+    }
+
     /// Asks the publisher of a track for a keyframe, at most once per interval.
     pub(super) fn request_keyframe(
         &mut self,
@@ -201,11 +215,21 @@ impl Engine {
         let Some(publisher) = self.participants.get_mut(&owner) else {
             return;
         };
-        // No stream yet (the publisher's media has not started; tracks
-        // exist from its publish on): nothing was asked, so nothing is
-        // rate-limited, and the first packets come with a keyframe anyway.
+        // The publisher's media is not up yet (tracks exist from its
+        // publish on; str0m would not send the request before DTLS is up):
+        // nothing is asked, so nothing is rate-limited; its first forwarded
+        // packet asks (`forward`).
+        let connected = publisher.publisher.rtc.is_connected();
         let mut api = publisher.publisher.rtc.direct_api();
-        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
+        let Some(rx) = api.stream_rx_by_mid(mid, None).filter(|_| connected) else {
+            drop(api);
+            if let Some(track) = self
+                .rooms
+                .get_mut(&room_id)
+                .and_then(|r| r.tracks.get_mut(&track_key))
+            {
+                track.keyframe_pending = true;
+            }
             return;
         };
         rx.request_keyframe(kind);

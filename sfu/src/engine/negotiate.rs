@@ -147,6 +147,7 @@ impl Engine {
             codec,
             subscribers: Vec::new(),
             last_keyframe_request: None,
+            keyframe_pending: false,
             direct: None,
         };
         let info = track_info(&track, &p.id);

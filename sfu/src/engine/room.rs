@@ -21,6 +21,10 @@ pub struct Track {
     /// Participants that receive it, in the order they subscribed.
     pub subscribers: Vec<ParticipantKey>,
     pub last_keyframe_request: Option<Instant>,
+    /// A keyframe was wanted before the publisher's stream existed (a
+    /// subscriber added between its publish and its first packet): asked
+    /// for with the first packet.
+    pub keyframe_pending: bool,
     /// 1:1 fast path: set when the room has exactly two members and the other
     /// one subscribes, so a packet goes straight to it without walking
     /// `subscribers`. Kept current by [`Room::refresh_routes`].
