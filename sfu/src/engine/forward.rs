@@ -222,7 +222,6 @@ impl Engine {
         let connected = publisher.publisher.rtc.is_connected();
         let mut api = publisher.publisher.rtc.direct_api();
         let Some(rx) = api.stream_rx_by_mid(mid, None).filter(|_| connected) else {
-            drop(api);
             if let Some(track) = self
                 .rooms
                 .get_mut(&room_id)
