@@ -2,14 +2,15 @@
 //! access tokens (`auth`), the pure call state machine (`call`), devices
 //! (`device`), the store (`store`), the call service and its HTTP API
 //! (`service`, `api`), ringing devices (`ringing`) and pushing them
-//! (`push`), TURN credentials for join info (`turn_issuer`), rate limits and
-//! metrics. `README.md` says what it owns.
+//! (`push`), TURN credentials for join info (`turn_issuer`), the node's serving /
+//! draining / stopping phase (`lifecycle`), rate limits and metrics. `README.md` says what it owns.
 
 pub mod api;
 pub mod auth;
 pub mod call;
 pub mod call_token;
 pub mod device;
+pub mod lifecycle;
 pub mod metrics;
 pub mod push;
 pub mod rate_limit;

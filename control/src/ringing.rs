@@ -69,6 +69,11 @@ pub enum PushRequest {
 
 pub trait PushSender: Send + Sync {
     fn send(&self, push: PushRequest);
+
+    /// Pushes queued or being delivered: a draining node waits for none.
+    fn unsettled(&self) -> usize {
+        0
+    }
 }
 
 /// Logs pushes (call id, user, device; never a token): a deployment with no

@@ -469,3 +469,58 @@ async fn a_fresh_provider_token_called_expired_is_a_clock_fault_not_a_refresh_lo
     assert_eq!(h.apns.state.requests.load(Ordering::SeqCst), 1);
     assert_eq!(h.apns.state.provider_tokens.lock().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_provider_bounds_the_queue_expires_rings_and_recovers() {
+    let (in_flight, queued) = (4, 6);
+    let h = harness(
+        2_000,
+        DispatchConfig {
+            max_in_flight: in_flight,
+            max_queued: queued,
+            per_device: control::rate_limit::Rate::per_minute(1_000),
+            ..quick_retries()
+        },
+    )
+    .await;
+    h.apns.state.stall.store(true, Ordering::SeqCst);
+    // 30 calls ring the iPhone (APNs, stalled) and the Pixel (FCM): 60 pushes.
+    for _ in 0..30 {
+        h.call_bob(None);
+    }
+    wait_for("the in-flight slots held by APNs", || {
+        h.apns.state.requests.load(Ordering::SeqCst) == in_flight
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Bounded: the held deliveries, the queue, and the one the loop holds.
+    let unsettled = h.dispatcher.unsettled();
+    assert!(
+        unsettled <= in_flight + queued + 1,
+        "{unsettled} pushes held"
+    );
+    assert_eq!(
+        h.apns.state.requests.load(Ordering::SeqCst),
+        in_flight,
+        "no request beyond the in-flight limit"
+    );
+    let dropped = h.counter("switchboard_push_failed_total", &[("reason", "queue_full")]);
+    assert!(
+        dropped >= 60 - (in_flight + queued + 1) as u64 - 10,
+        "dropped {dropped}"
+    );
+    // The rings end (2 s) while APNs is away; then it comes back.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    h.apns.state.stall.store(false, Ordering::SeqCst);
+    wait_for("every push settled", || h.dispatcher.unsettled() == 0).await;
+    // What waited past its ring was not sent: only the held four reached APNs.
+    assert_eq!(h.apns.state.requests.load(Ordering::SeqCst), in_flight);
+    assert!(h.counter("switchboard_push_failed_total", &[("reason", "ring_over")]) > 0);
+    // Delivery resumes.
+    let before = h.apns.accepted_for(IPHONE_VOIP).len();
+    h.call_bob(None);
+    wait_for("a new ring through APNs", || {
+        h.apns.accepted_for(IPHONE_VOIP).len() == before + 1
+    })
+    .await;
+}

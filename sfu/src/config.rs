@@ -61,6 +61,9 @@ pub struct Config {
     pub ring_timeout_seconds: u64,
     /// From accept to connected media.
     pub connect_timeout_seconds: u64,
+    /// After SIGTERM, how long live calls may continue before the node
+    /// closes them and exits (`Running::drain`).
+    pub drain_timeout_seconds: u64,
     /// Devices rung per callee (most recently seen first).
     pub max_ringing_devices: usize,
     /// Rate limits of the call API (429 with Retry-After beyond them).
@@ -203,6 +206,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             ring_timeout_seconds: 40,
             connect_timeout_seconds: 20,
+            drain_timeout_seconds: 600,
             max_ringing_devices: control::service::DEFAULT_MAX_RINGING_DEVICES,
             call_creates_per_minute: 30,
             calls_to_one_user_per_minute: 20,
@@ -320,6 +324,9 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS") {
             self.connect_timeout_seconds = parse("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_DRAIN_TIMEOUT_SECONDS") {
+            self.drain_timeout_seconds = parse("SWITCHBOARD_DRAIN_TIMEOUT_SECONDS", &v)?;
         }
         if let Some(v) = var("SWITCHBOARD_RING_TIMEOUT_SECONDS") {
             self.ring_timeout_seconds = parse("SWITCHBOARD_RING_TIMEOUT_SECONDS", &v)?;
@@ -485,6 +492,10 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_seconds)
     }
 
     pub fn reconnect_grace(&self) -> Duration {

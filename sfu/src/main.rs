@@ -48,10 +48,49 @@ async fn main() -> std::process::ExitCode {
         running.udp_addr,
         announced.join(", ")
     );
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutting down");
-    running.shutdown().await;
-    std::process::ExitCode::SUCCESS
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchboard: cannot listen for signals: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let first = signals.next().await;
+    let deadline = running.state.config.drain_timeout();
+    tracing::info!(signal = first, "draining (a second signal exits at once)");
+    tokio::select! {
+        end = running.drain(deadline) => {
+            tracing::info!(?end, "drained; exiting");
+            std::process::ExitCode::SUCCESS
+        }
+        second = signals.next() => {
+            tracing::warn!(signal = second, "second signal: exiting without finishing the drain");
+            std::process::ExitCode::from(130)
+        }
+    }
+}
+
+/// SIGTERM (what systemd, Kubernetes and Docker send) and SIGINT (Ctrl-C).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 fn init_logging(format: &str) {

@@ -1,7 +1,8 @@
 //! Each error case `signaling/PROTOCOL.md` documents ("Limits and errors",
 //! "Closing"), replayed against the real `switchboard` process by a plain
 //! WebSocket client that knows only the document: the `error` code it
-//! promises, and the close code when it promises the socket closes.
+//! promises, and the close code when it promises the socket closes. Also
+//! the drain on SIGTERM ("Shutting down"), as clients and operators see it.
 
 mod common;
 
@@ -21,6 +22,8 @@ type Socket =
 #[derive(Debug, PartialEq)]
 enum Next {
     Error(String),
+    /// `left`, with its reason.
+    Left(String),
     Message(String),
     Closed(Option<u16>),
 }
@@ -48,6 +51,7 @@ async fn next(ws: &mut Socket, within: Duration) -> Next {
                 let message: Value = serde_json::from_str(&text).unwrap();
                 return match message["type"].as_str() {
                     Some("error") => Next::Error(message["code"].as_str().unwrap().to_string()),
+                    Some("left") => Next::Left(message["reason"].as_str().unwrap().to_string()),
                     Some(other) => Next::Message(other.to_string()),
                     None => panic!("a message without a type: {text}"),
                 };
@@ -173,10 +177,7 @@ async fn every_documented_error_gets_its_code_and_every_documented_close_its_clo
     ws.send(Message::text(json!({"type": "leave"}).to_string()))
         .await
         .unwrap();
-    assert_eq!(
-        next_past_offers(&mut ws).await,
-        Next::Message("left".into())
-    );
+    assert_eq!(next_past_offers(&mut ws).await, Next::Left("left".into()));
     assert_eq!(
         next_past_offers(&mut ws).await,
         Next::Closed(Some(u16::from(CloseCode::Normal)))
@@ -185,4 +186,178 @@ async fn every_documented_error_gets_its_code_and_every_documented_close_its_clo
     let (said, closed) = silent.await.unwrap();
     assert_eq!(said, Next::Error("not_joined".into()));
     assert_eq!(closed, Next::Closed(Some(1008)));
+}
+
+/// Sends `signal` (`TERM`, `INT`) to the server process.
+fn signal(server: &ServerProcess, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The server's exit code, waiting up to `within`.
+async fn exit_code(server: &mut ServerProcess, within: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            return status.code();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server did not exit within {within:?}");
+}
+
+async fn joined(server: &ServerProcess, room: &str, name: &str) -> Socket {
+    let mut ws = connect(server).await;
+    ws.send(Message::text(join_message(&token(room, name))))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws, SOON).await, Next::Message("joined".into()));
+    ws
+}
+
+async fn get(server: &ServerProcess, path: &str) -> (u16, Value) {
+    let (status, body) = common::live::request(server.http, "GET", path, &[], "").await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_keeps_live_rooms_then_says_server_shutdown_closes_1001_and_exits_0() {
+    let env = [("SWITCHBOARD_DRAIN_TIMEOUT_SECONDS", "4")];
+    let mut server =
+        common::live::spawn_switchboard(&scratch_dir(), free_port(), free_port(), &env).await;
+    assert_eq!(get(&server, "/readyz").await.0, 200);
+    let mut anna = joined(&server, "room-live", "anna").await;
+    // The device events socket of a registered user, authenticated.
+    let user = common::live::user_token("dora");
+    let auth = format!("Bearer {user}");
+    let (status, body) = common::live::request(
+        server.http,
+        "POST",
+        "/v1/devices",
+        &[("Authorization", &auth)],
+        &json!({"deviceId": "dora-web", "platform": "web"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (mut events, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/events", server.http))
+            .await
+            .unwrap();
+    events
+        .send(Message::text(
+            json!({"type": "auth", "token": user, "deviceId": "dora-web"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut events, SOON).await,
+        Next::Message("authenticated".into())
+    );
+
+    signal(&server, "TERM");
+    // Draining: not ready, no new calls, no new rooms...
+    let deadline = std::time::Instant::now() + SOON;
+    let (status, body) = loop {
+        let (status, body) = get(&server, "/readyz").await;
+        if status != 200 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((status, body["code"].as_str()), (503, Some("draining")));
+    let (status, body) = common::live::request(
+        server.http,
+        "POST",
+        "/v1/calls",
+        &[("Authorization", &auth)],
+        &json!({"calleeUserIds": ["erin"], "type": "audio", "deviceId": "dora-web"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "draining"
+    );
+    let mut late = connect(&server).await;
+    late.send(Message::text(join_message(&token("room-new", "carl"))))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut late, SOON).await, Next::Error("draining".into()));
+    // ...but the room already here takes a new member, and its members
+    // are served as before.
+    let mut ben = joined(&server, "room-live", "ben").await;
+    anna.send(Message::text(
+        json!({"type": "ping", "timestamp": 7}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let mut heard = Vec::new();
+    while !heard.contains(&Next::Message("pong".into())) {
+        heard.push(next_past_offers(&mut anna).await);
+    }
+    assert!(
+        heard.contains(&Next::Message("participantJoined".into())),
+        "{heard:?}"
+    );
+
+    // The deadline (4 s) passes with the room still live: everyone is told.
+    for ws in [&mut anna, &mut ben] {
+        let told = loop {
+            match next(ws, Duration::from_secs(15)).await {
+                Next::Message(_) => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(told, Next::Left("server_shutdown".into()));
+        assert_eq!(next_past_offers(ws).await, Next::Closed(Some(1001)));
+    }
+    assert_eq!(next(&mut late, SOON).await, Next::Closed(Some(1001)));
+    assert_eq!(next(&mut events, SOON).await, Next::Closed(Some(1001)));
+    assert_eq!(
+        exit_code(&mut server, Duration::from_secs(20)).await,
+        Some(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_as_soon_as_the_last_room_empties() {
+    // The deadline is far off: the drain must end because the room did.
+    let env = [("SWITCHBOARD_DRAIN_TIMEOUT_SECONDS", "600")];
+    let mut server =
+        common::live::spawn_switchboard(&scratch_dir(), free_port(), free_port(), &env).await;
+    let mut ws = joined(&server, "room-short", "anna").await;
+    signal(&server, "TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "a live room keeps the node up"
+    );
+    ws.send(Message::text(json!({"type": "leave"}).to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next_past_offers(&mut ws).await, Next::Left("left".into()));
+    assert_eq!(
+        exit_code(&mut server, Duration::from_secs(15)).await,
+        Some(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let env = [("SWITCHBOARD_DRAIN_TIMEOUT_SECONDS", "600")];
+    let mut server =
+        common::live::spawn_switchboard(&scratch_dir(), free_port(), free_port(), &env).await;
+    let _ws = joined(&server, "room-stuck", "anna").await;
+    signal(&server, "TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(server.child.try_wait().unwrap().is_none(), "still draining");
+    signal(&server, "INT");
+    assert_eq!(
+        exit_code(&mut server, Duration::from_secs(5)).await,
+        Some(130)
+    );
 }

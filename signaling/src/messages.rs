@@ -144,6 +144,9 @@ pub enum ErrorCode {
     Capacity,
     /// Too many messages in too short a time.
     RateLimited,
+    /// The server is draining (shutting down) and opens no new rooms: get a
+    /// call token for another node.
+    Draining,
     /// The connection did not read what the server sent fast enough; the
     /// server closes it (the participant may resume on a new one).
     SlowConsumer,

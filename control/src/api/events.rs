@@ -6,12 +6,13 @@
 //!
 //! The socket lives as long as its user token: `{"type":"refresh","token":
 //! "..."}` (the same user) extends it; at expiry unrefreshed the server
-//! sends `error` `token_expired` and closes.
+//! sends `error` `token_expired` and closes. When the node stops (after its
+//! drain) the socket closes with 1001 (going away): reconnect.
 
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -106,8 +107,17 @@ async fn serve(socket: WebSocket, state: ControlState) {
         let _ = tokio::task::spawn_blocking(move || events.replay_rings(&user, &device, now)).await;
     }
     // 2. Relay.
+    let stopping = state.lifecycle.clone();
+    let stopping = stopping.stopping();
+    tokio::pin!(stopping);
     loop {
         tokio::select! {
+            () = &mut stopping => {
+                // The node is going away: the device reconnects (to another).
+                let close = CloseFrame { code: close_code::AWAY, reason: "server shutting down".into() };
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(close)))).await;
+                break;
+            }
             _ = &mut expiry => {
                 tracing::info!(user_id = %user_id, device_id = %device_id, "device events: token expired unrefreshed");
                 let _ = sink

@@ -39,6 +39,9 @@ pub struct ControlState {
     pub events: Arc<crate::ringing::HubRinger>,
     /// Mints TURN credentials into join info; `None`: no relay configured.
     pub turn: Option<Arc<crate::turn_issuer::TurnIssuer>>,
+    /// Draining: no new calls here (503 `draining`); stopping: the events
+    /// sockets close (1001).
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 /// The API's rate limits (each over 429 with `Retry-After`).
@@ -332,6 +335,13 @@ async fn create_call(
     headers: HeaderMap,
     req: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CallWithToken>), ApiError> {
+    if !state.lifecycle.is_serving() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is shutting down and takes no new calls; retry on another",
+        ));
+    }
     let raw = body(req)?;
     let req: CreateCall =
         serde_json::from_value(raw.clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;

@@ -9,12 +9,19 @@
 //! push. Transient failures are retried with exponential backoff and jitter,
 //! honouring `Retry-After`, and a ring only while it still rings. A token
 //! the provider calls dead is removed; no other answer touches the registry.
+//!
+//! Bounded against a provider that stalls for minutes: at most
+//! `max_in_flight` deliveries run at once and `max_queued` pushes wait;
+//! beyond that a push is dropped and counted (`failed{reason="queue_full"}`).
+//! A ring that waited past its end is not sent (`ring_over`), a cancel older
+//! than [`MAX_CANCEL_AGE`] neither (`stale`): rings expire rather than queue.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::apns::ApnsClient;
 use super::fcm::FcmClient;
@@ -45,6 +52,10 @@ pub struct DispatchConfig {
     pub initial_backoff: Duration,
     /// Ring pushes per device; beyond it they are dropped (and counted).
     pub per_device: Rate,
+    /// Deliveries under way at once (each holds a request to a provider).
+    pub max_in_flight: usize,
+    /// Pushes waiting for a delivery slot; beyond it new ones are dropped.
+    pub max_queued: usize,
 }
 
 impl Default for DispatchConfig {
@@ -53,6 +64,8 @@ impl Default for DispatchConfig {
             max_attempts: 5,
             initial_backoff: Duration::from_millis(250),
             per_device: Rate::per_minute(30),
+            max_in_flight: 1_000,
+            max_queued: 10_000,
         }
     }
 }
@@ -83,8 +96,38 @@ struct Dispatch {
 
 /// Sends pushes through the configured providers. `send` only queues.
 pub struct PushDispatcher {
-    queue: mpsc::UnboundedSender<(PushRequest, Instant)>,
+    queue: mpsc::Sender<Queued>,
+    unsettled: Arc<AtomicUsize>,
+    metrics: Option<Arc<PushMetrics>>,
 }
+
+/// A push on its way, from `send` until delivered or dropped.
+struct Queued {
+    push: PushRequest,
+    queued_at: Instant,
+    _settles: Unsettled,
+}
+
+/// Counts a push as unsettled while it lives (a draining node waits for
+/// the count to reach zero).
+struct Unsettled(Arc<AtomicUsize>);
+
+impl Unsettled {
+    fn new(count: &Arc<AtomicUsize>) -> Unsettled {
+        count.fetch_add(1, Ordering::SeqCst);
+        Unsettled(count.clone())
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A cancel this old stops nothing: the phone's ring has ended by itself
+/// (the ring push carries its deadline).
+pub const MAX_CANCEL_AGE: Duration = Duration::from_secs(120);
 
 /// (call, device, kind, ring epoch): one delivery each.
 type DedupeKey = (String, String, &'static str, u64);
@@ -99,54 +142,97 @@ impl PushDispatcher {
         store: Arc<dyn Store>,
         metrics: Option<Arc<PushMetrics>>,
     ) -> PushDispatcher {
-        let (queue, mut rx) = mpsc::unbounded_channel::<(PushRequest, Instant)>();
+        let (queue, mut rx) = mpsc::channel::<Queued>(config.max_queued.max(1));
         let dispatch = Arc::new(Dispatch {
             providers,
             config,
             store,
-            metrics,
+            metrics: metrics.clone(),
         });
+        let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         tokio::spawn(async move {
             let mut seen: HashMap<DedupeKey, Instant> = HashMap::new();
             let mut pruned = Instant::now();
             let limiter = Limiter::new(dispatch.config.per_device);
-            while let Some((push, queued_at)) = rx.recv().await {
+            while let Some(queued) = rx.recv().await {
+                // Wait for a slot here, so a stalled provider backs pushes up
+                // into the bounded queue, not into unbounded tasks.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let now = Instant::now();
+                let push = &queued.push;
+                if matches!(push, PushRequest::Cancel { .. })
+                    && now.duration_since(queued.queued_at) > MAX_CANCEL_AGE
+                {
+                    tracing::warn!(call_id = %call_of(push), "cancel push waited too long: dropped");
+                    dispatch.count_failed("none", "unknown", "stale");
+                    continue;
+                }
                 // Forget old entries once a minute (not per push: that would
                 // be a scan per push once the map is large).
                 if now.duration_since(pruned) >= Duration::from_secs(60) {
                     seen.retain(|_, at| now.duration_since(*at) < DEDUPE_FOR);
                     pruned = now;
                 }
-                let key = dedupe_key(&push);
+                let key = dedupe_key(push);
                 if seen.insert(key, now).is_some() {
                     continue; // already delivered or on its way
                 }
                 // Rings are what call spam multiplies; a cancel follows at
                 // most one ring, so limiting rings bounds both.
-                let (user_id, device_id) = who(&push);
+                let (user_id, device_id) = who(push);
                 let is_ring = matches!(push, PushRequest::Ring { .. });
                 if is_ring
                     && limiter
                         .check(&format!("{user_id}/{device_id}"), now)
                         .is_err()
                 {
-                    tracing::warn!(call_id = %call_of(&push), user_id = %user_id, device_id = %device_id, "ring push over this device's rate limit: dropped");
+                    tracing::warn!(call_id = %call_of(push), user_id = %user_id, device_id = %device_id, "ring push over this device's rate limit: dropped");
                     dispatch.count_failed("none", "unknown", "rate_limited");
                     continue;
                 }
                 let dispatch = dispatch.clone();
                 // Concurrent: one slow push never holds up the others.
-                tokio::spawn(async move { dispatch.deliver(push, queued_at).await });
+                tokio::spawn(async move {
+                    let Queued {
+                        push,
+                        queued_at,
+                        _settles,
+                    } = queued;
+                    dispatch.deliver(push, queued_at).await;
+                    drop(slot);
+                });
             }
         });
-        PushDispatcher { queue }
+        PushDispatcher {
+            queue,
+            unsettled: Arc::default(),
+            metrics,
+        }
     }
 }
 
 impl PushSender for PushDispatcher {
     fn send(&self, push: PushRequest) {
-        let _ = self.queue.send((push, Instant::now()));
+        let queued = Queued {
+            push,
+            queued_at: Instant::now(),
+            _settles: Unsettled::new(&self.unsettled),
+        };
+        if let Err(mpsc::error::TrySendError::Full(queued)) = self.queue.try_send(queued) {
+            let (user_id, device_id) = who(&queued.push);
+            tracing::warn!(call_id = %call_of(&queued.push), user_id = %user_id, device_id = %device_id, "push queue full (providers stalled?): dropped");
+            if let Some(m) = &self.metrics {
+                m.failed
+                    .with_label_values(&["none", "unknown", "queue_full"])
+                    .inc();
+            }
+        }
+    }
+
+    fn unsettled(&self) -> usize {
+        self.unsettled.load(Ordering::SeqCst)
     }
 }
 

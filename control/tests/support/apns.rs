@@ -200,8 +200,13 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     state.requests.fetch_add(1, Ordering::SeqCst);
-    if state.stall.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_secs(60)).await;
+    // Held while stalled (up to a minute), then answered as usual: APNs
+    // coming back.
+    for _ in 0..1200 {
+        if !state.stall.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if let Err((status, reason)) = check(&state, &token, &headers, &body) {
         return error(status, reason);

@@ -69,6 +69,16 @@ impl Engine {
         } = request;
         // The same participant joining again replaces its old session.
         let existing = self.find_participant(&room_id, &participant_id);
+        if self.draining && !self.rooms.contains_key(&room_id) {
+            // A call already carried here (its callee answering, a member
+            // rejoining) still joins; a new one goes to another node.
+            self.error(
+                conn,
+                ErrorCode::Draining,
+                "this server is shutting down and opens no new rooms",
+            );
+            return;
+        }
         let members = self.rooms.get(&room_id).map_or(0, |r| r.members.len());
         if existing.is_none() && members >= self.config.max_participants_per_room {
             self.error(conn, ErrorCode::Capacity, "the room is full");

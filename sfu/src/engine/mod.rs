@@ -145,6 +145,11 @@ pub enum Input<'a> {
     Command(ConnId, Command),
     /// Time passed; nothing else happened.
     Timeout,
+    /// The node drains: joins that would open a new room are refused
+    /// (`draining`); rooms already here keep taking joins and resumes.
+    Drain,
+    /// The drain is over: every participant leaves with `server_shutdown`.
+    ShutDown,
 }
 
 /// What a signaling session asks of the engine. The shell has checked the
@@ -295,6 +300,8 @@ pub struct Engine {
     stats: EngineStats,
     /// The latest time any input carried.
     now: Instant,
+    /// Set by [`Input::Drain`]: no new rooms.
+    draining: bool,
 }
 
 impl Engine {
@@ -317,6 +324,7 @@ impl Engine {
             next_track: 1,
             stats: EngineStats::default(),
             now,
+            draining: false,
         }
     }
 
@@ -364,6 +372,13 @@ impl Engine {
             } => self.handle_datagram(source, destination, contents, now),
             Input::Command(conn, command) => self.handle_command(conn, command, now),
             Input::Timeout => self.handle_timeout(now),
+            Input::Drain => self.draining = true,
+            Input::ShutDown => {
+                let everyone: Vec<ParticipantKey> = self.participants.keys().copied().collect();
+                for key in everyone {
+                    self.remove_participant(key, LeaveReason::ServerShutdown, now);
+                }
+            }
         }
         self.settle(now);
     }

@@ -116,8 +116,16 @@ async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError
     })
 }
 
-/// Readiness for new calls: live (a draining node will also say no here).
+/// Readiness for new calls: live and not draining (a load balancer stops
+/// sending new work; the calls already here continue).
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if !state.lifecycle.is_serving() {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "draining",
+            message: "this node is shutting down".into(),
+        });
+    }
     healthz(State(state)).await.map(|_| "ready")
 }
 

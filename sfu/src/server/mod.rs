@@ -17,6 +17,8 @@ use control::call_token::CallTokens;
 use dashmap::DashMap;
 use tokio::net::TcpListener;
 
+use control::lifecycle::{Lifecycle, Phase};
+
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -44,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// TURN credentials for join info (call API and dev tokens).
     pub turn: Option<Arc<control::turn_issuer::TurnIssuer>>,
+    /// Serving, draining or stopping (`Running::drain`).
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 /// A started server. Dropping it does not stop it; call [`Running::shutdown`].
@@ -56,9 +60,25 @@ pub struct Running {
     /// The embedded TURN relay, unless disabled.
     pub turn: Option<turn::server::RunningTurn>,
     pub state: AppState,
+    /// Pushes still to deliver (flushed by [`Running::drain`]).
+    push: Arc<dyn control::ringing::PushSender>,
     shutdown: tokio::sync::watch::Sender<bool>,
     http_task: tokio::task::JoinHandle<()>,
 }
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainEnd {
+    /// Every room ended before the deadline.
+    Emptied,
+    /// The deadline came first: the remaining participants were told
+    /// `server_shutdown`.
+    DeadlinePassed { rooms: usize },
+}
+
+/// After the rooms are closed, how long sockets get to take their last
+/// messages and pushes get to finish.
+const FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -183,6 +203,7 @@ pub async fn start_with_push(
         shards,
         metrics,
         turn: turn_issuer.clone(),
+        lifecycle: Arc::default(),
     };
     let call_metrics = control::metrics::CallMetrics::register(&state.metrics.registry)
         .map_err(|e| StartError::Store(e.to_string()))?;
@@ -195,6 +216,7 @@ pub async fn start_with_push(
         push_metrics,
         push,
         turn_issuer,
+        state.lifecycle.clone(),
     )?;
     let recovered = control
         .service
@@ -215,6 +237,7 @@ pub async fn start_with_push(
     spawn_call_timers(control.service.clone(), shutdown_rx.clone());
     spawn_ack_checks(control.events.clone(), shutdown_rx.clone());
     spawn_media_signals(control.service.clone(), media_signals_rx);
+    let push = control.events.push.clone();
     let app = http::router(state.clone()).merge(control::api::router(control));
     let descriptors = listener::raise_descriptor_limit();
     let limits = listener::ConnectionLimits::within_descriptors(
@@ -263,6 +286,7 @@ pub async fn start_with_push(
         announced,
         turn,
         state,
+        push,
         shutdown,
         http_task,
     })
@@ -276,6 +300,7 @@ fn start_control(
     push_metrics: control::push::metrics::PushMetrics,
     push: Option<Arc<dyn control::ringing::PushSender>>,
     turn: Option<Arc<control::turn_issuer::TurnIssuer>>,
+    lifecycle: Arc<Lifecycle>,
 ) -> Result<control::api::ControlState, StartError> {
     create_private_dir(&config.data_dir)?;
     let store: Arc<dyn control::store::Store> = Arc::new(
@@ -316,6 +341,7 @@ fn start_control(
         )),
         events,
         turn,
+        lifecycle,
     })
 }
 
@@ -476,6 +502,77 @@ fn spawn_media_signals(
 use control::unix_millis;
 
 impl Running {
+    /// The graceful stop (SIGTERM): `/readyz` fails and no new calls or
+    /// rooms are placed here; live rooms continue until they end or
+    /// `deadline` passes; then every participant gets `left`
+    /// `server_shutdown` and its socket closes (1001), as do the devices'
+    /// events sockets; pushes still under way are given [`FLUSH_LIMIT`];
+    /// then the process may exit. Dropping the future midway (a second
+    /// signal) leaves the node as it is.
+    pub async fn drain(self, deadline: Duration) -> DrainEnd {
+        let started = tokio::time::Instant::now();
+        self.state.lifecycle.advance(Phase::Draining);
+        for shard in self.state.shards.iter() {
+            shard.drain();
+        }
+        tracing::info!(
+            rooms = self.rooms(),
+            deadline_seconds = deadline.as_secs(),
+            "draining: no new calls; live ones continue"
+        );
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let end = loop {
+            tick.tick().await;
+            let rooms = self.rooms();
+            if rooms == 0 {
+                break DrainEnd::Emptied;
+            }
+            if started.elapsed() >= deadline {
+                break DrainEnd::DeadlinePassed { rooms };
+            }
+        };
+        tracing::info!(?end, "drain over: closing every connection");
+        for shard in self.state.shards.iter() {
+            shard.shut_down();
+        }
+        let flush_by = tokio::time::Instant::now() + FLUSH_LIMIT;
+        // Participants first: each takes its `left` and close frame (the
+        // sessions close themselves)...
+        while self.participants() > 0 && tokio::time::Instant::now() < flush_by {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let written_by = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.state.metrics.signaling_connections.get() > 0
+            && tokio::time::Instant::now() < written_by
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // ...then whatever is left (unjoined sockets, devices' events).
+        self.state.lifecycle.advance(Phase::Stopping);
+        while self.push.unsettled() > 0 && tokio::time::Instant::now() < flush_by {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let unsent = self.push.unsettled();
+        if unsent > 0 {
+            tracing::warn!(pushes = unsent, "pushes still unsent at exit");
+        }
+        self.shutdown().await;
+        end
+    }
+
+    /// Rooms on every shard.
+    fn rooms(&self) -> usize {
+        self.state.shards.iter().map(|s| s.health.rooms()).sum()
+    }
+
+    fn participants(&self) -> usize {
+        self.state
+            .shards
+            .iter()
+            .map(|s| s.health.participants())
+            .sum()
+    }
+
     /// Stops accepting connections and stops the engines.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);

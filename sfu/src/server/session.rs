@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use signaling::{ClientMessage, ErrorCode, ServerMessage, decode_client, encode};
+use signaling::{ClientMessage, ErrorCode, LeaveReason, ServerMessage, decode_client, encode};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -53,6 +53,9 @@ pub enum CloseReason {
     Policy(&'static str),
     /// A frame over four times the message limit.
     TooLarge,
+    /// The node is shutting down (after `left` `server_shutdown`, or
+    /// before any join): connect to another.
+    GoingAway,
 }
 
 impl CloseReason {
@@ -61,6 +64,7 @@ impl CloseReason {
             CloseReason::Left => 1000,
             CloseReason::Policy(_) => 1008,
             CloseReason::TooLarge => 1009,
+            CloseReason::GoingAway => 1001,
         }
     }
 
@@ -69,6 +73,7 @@ impl CloseReason {
             CloseReason::Left => "left",
             CloseReason::Policy(why) => why,
             CloseReason::TooLarge => "message too large",
+            CloseReason::GoingAway => "server shutting down",
         }
     }
 }
@@ -98,11 +103,13 @@ where
     let _gauge = scopeguard(move || metrics.signaling_connections.dec());
     let mut limiter = RateLimiter::new(state.config.signaling_rate_per_second);
 
-    let joined = tokio::time::timeout(
-        JOIN_TIMEOUT,
-        handshake(&mut stream, &mut sink, &state, &mut limiter),
-    )
-    .await;
+    let joined = tokio::select! {
+        joined = tokio::time::timeout(
+            JOIN_TIMEOUT,
+            handshake(&mut stream, &mut sink, &state, &mut limiter),
+        ) => joined,
+        () = state.lifecycle.stopping() => return close(&mut sink, CloseReason::GoingAway).await,
+    };
     let join = match joined {
         Ok(Ok(join)) => join,
         Ok(Err(HandshakeEnd::Gone)) => return,
@@ -140,6 +147,11 @@ async fn serve_joined<S, K, E>(
     let mut left = false;
     // Set when the server ends the session on purpose: the close frame says why.
     let mut closing = None;
+    // `left` `server_shutdown` went out: the close says "going away".
+    let mut shut_down = false;
+    let lifecycle = state.lifecycle.clone();
+    let stopping = lifecycle.stopping();
+    tokio::pin!(stopping);
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,8 +168,15 @@ async fn serve_joined<S, K, E>(
                     break;
                 }
             }
+            () = &mut stopping => {
+                // The engines said `left` to every participant before the
+                // node stops; this session had none (its join was refused).
+                closing = Some(CloseReason::GoingAway);
+                break;
+            }
             out = inbox.recv() => match out {
                 Some(SessionOut::Message(message)) => {
+                    shut_down |= matches!(message, ServerMessage::Left { reason: LeaveReason::ServerShutdown });
                     if !send(&mut sink, &message, &state).await {
                         break;
                     }
@@ -173,7 +192,7 @@ async fn serve_joined<S, K, E>(
                 }
                 Some(SessionOut::Close) | None => {
                     left = true;
-                    closing = Some(CloseReason::Left);
+                    closing = Some(if shut_down { CloseReason::GoingAway } else { CloseReason::Left });
                     break;
                 }
             },

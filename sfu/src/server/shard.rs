@@ -57,6 +57,10 @@ pub enum ShardInput {
         conn: ConnId,
         command: Command,
     },
+    /// The node drains: no new rooms (kept across an engine restart).
+    Drain,
+    /// The drain is over: every participant leaves with `server_shutdown`.
+    ShutDown,
     Stop,
 }
 
@@ -85,6 +89,10 @@ pub struct ShardHealth {
     epoch: Instant,
     /// Milliseconds after `epoch` of the loop's latest round.
     last_round_ms: AtomicU64,
+    /// Rooms and participants on the shard after its latest step (a
+    /// draining node waits for both to reach zero).
+    rooms: AtomicUsize,
+    participants: AtomicUsize,
 }
 
 impl ShardHealth {
@@ -93,7 +101,17 @@ impl ShardHealth {
             running: AtomicBool::new(true),
             epoch: Instant::now(),
             last_round_ms: AtomicU64::new(0),
+            rooms: AtomicUsize::new(0),
+            participants: AtomicUsize::new(0),
         }
+    }
+
+    pub fn rooms(&self) -> usize {
+        self.rooms.load(Ordering::Relaxed)
+    }
+
+    pub fn participants(&self) -> usize {
+        self.participants.load(Ordering::Relaxed)
     }
 
     fn beat(&self, now: Instant) {
@@ -133,6 +151,14 @@ impl ShardHandle {
 
     pub fn command(&self, conn: ConnId, command: Command) {
         let _ = self.tx.send(ShardInput::Command { conn, command });
+    }
+
+    pub fn drain(&self) {
+        let _ = self.tx.send(ShardInput::Drain);
+    }
+
+    pub fn shut_down(&self) {
+        let _ = self.tx.send(ShardInput::ShutDown);
     }
 
     pub fn stop(&self) {
@@ -197,6 +223,7 @@ pub fn spawn_all(
             last_stats: EngineStats::default(),
             last_export: Instant::now(),
             media_signals: media_signals.clone(),
+            draining: false,
         };
         std::thread::Builder::new()
             .name(format!("engine-{index}"))
@@ -228,6 +255,8 @@ struct Shard {
     last_stats: EngineStats,
     last_export: Instant,
     media_signals: UnboundedSender<MediaSignal>,
+    /// The node drains; a restarted engine is told again.
+    draining: bool,
 }
 
 /// What call control hears from the media plane.
@@ -344,6 +373,9 @@ impl Shard {
         self.routes.by_addr.retain(|_, shard| *shard != self.index);
         self.routes.by_ufrag.retain(|_, shard| *shard != self.index);
         self.engine = Engine::new(self.engine_config.clone(), self.cert.clone(), now);
+        if self.draining {
+            self.engine.handle_input(Input::Drain, now);
+        }
         self.last_stats = EngineStats::default();
         now
     }
@@ -430,6 +462,11 @@ impl Shard {
                     self.sessions.remove(&conn);
                 }
             }
+            ShardInput::Drain => {
+                self.draining = true;
+                self.engine.handle_input(Input::Drain, Instant::now());
+            }
+            ShardInput::ShutDown => self.engine.handle_input(Input::ShutDown, Instant::now()),
             ShardInput::Stop => {}
         }
     }
@@ -478,6 +515,12 @@ impl Shard {
                 Output::Event(event) => self.on_event(event),
             }
         };
+        self.health
+            .rooms
+            .store(self.engine.room_count(), Ordering::Relaxed);
+        self.health
+            .participants
+            .store(self.engine.participant_count(), Ordering::Relaxed);
         self.export_stats();
         deadline
     }
