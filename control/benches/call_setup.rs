@@ -39,7 +39,6 @@ fn service(path: &std::path::Path) -> CallService {
         metrics: None,
         timeouts: Timeouts::default(),
         max_ringing_devices: 3,
-        pair_locks: Default::default(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::call::{
     Accepted, Call, CallError, CallType, Callee, CallerDisplay, Effect, Timeouts, UnixMillis,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Insertion, Store, StoreError};
 
 /// How many devices of each callee ring (most recently seen first).
 pub const DEFAULT_MAX_RINGING_DEVICES: usize = 3;
@@ -73,31 +73,6 @@ pub struct CallService {
     pub metrics: Option<Arc<crate::metrics::CallMetrics>>,
     pub timeouts: Timeouts,
     pub max_ringing_devices: usize,
-    pub pair_locks: PairLocks,
-}
-
-/// Serializes 1:1 call creation between the same two users: the crossing
-/// check ("is the callee already ringing me?") is a read, so two crossed
-/// creates at the same instant could both miss the other's call and make
-/// two calls. Striped, so unrelated pairs rarely wait on each other. One
-/// process only: a store shared by several nodes must make the check and
-/// the insert atomic itself.
-#[derive(Default)]
-pub struct PairLocks {
-    stripes: [std::sync::Mutex<()>; 32],
-}
-
-impl PairLocks {
-    fn lock(&self, a: &str, b: &str) -> std::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (a.min(b), a.max(b)).hash(&mut hasher);
-        let stripe = &self.stripes[hasher.finish() as usize % self.stripes.len()];
-        // A panic while holding it left no state behind: keep going.
-        stripe
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 /// The most people one call rings.
@@ -140,21 +115,6 @@ impl CallService {
             caller_display,
         } = new;
         check_callees(caller, callees)?;
-        // Crossed calls: the callee is already ringing the caller. One call
-        // results: the first one, answered by this attempt. Held until the
-        // new call is stored, so the other side's create sees it.
-        let _pair = match callees {
-            [callee] => Some(self.pair_locks.lock(caller, callee)),
-            _ => None,
-        };
-        if let [callee] = callees
-            && let Some(crossed) = self.ringing_call_from(callee, caller)?
-        {
-            let (call, _) = self.update(&crossed, |c, fx| {
-                c.accept_crossed(caller, device_id, now, fx)
-            })?;
-            return Ok(call);
-        }
         let mut list = Vec::with_capacity(callees.len());
         for user in callees {
             let devices = self
@@ -184,29 +144,23 @@ impl CallService {
             now,
         );
         call.caller_display = caller_display;
-        self.store.insert_call(&call)?;
+        // Crossed calls: the callee is already ringing the caller. One call
+        // results: the first one, answered by this attempt. The store checks
+        // and inserts in one atomic step (two crossed creates at the same
+        // instant, on any nodes, cannot both miss each other).
+        if let Insertion::Crossed { call_id: crossed } =
+            self.store.insert_call_unless_crossed(&call)?
+        {
+            let (call, _) = self.update(&crossed, |c, fx| {
+                c.accept_crossed(caller, device_id, now, fx)
+            })?;
+            return Ok(call);
+        }
         if let Some(m) = &self.metrics {
             m.observe(None, &call);
         }
         self.ringer.deliver(&call, &effects);
         Ok(call)
-    }
-
-    /// A 1:1 call `from` started that is still ringing `to`.
-    fn ringing_call_from(&self, from: &str, to: &str) -> Result<Option<String>, ServiceError> {
-        use crate::call::{CallState, ParticipantState};
-        Ok(self
-            .store
-            .calls_of(to, 20)?
-            .into_iter()
-            .find(|c| {
-                c.state == CallState::Ringing
-                    && c.initiator_user_id == from
-                    && c.participants.len() == 2
-                    && c.participant(to)
-                        .is_some_and(|p| p.state == ParticipantState::Ringing)
-            })
-            .map(|c| c.call_id))
     }
 
     fn in_connected_call(&self, user: &str) -> Result<bool, ServiceError> {

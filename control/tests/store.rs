@@ -2,6 +2,8 @@
 
 use control::call::*;
 use control::device::{ApnsEnvironment, Capabilities, Device, Platform, PushTokens};
+use std::sync::{Arc, Barrier};
+
 use control::store::{IdempotencyRecord, SqliteStore, Store};
 
 const T0: UnixMillis = 1_764_000_000_000;
@@ -236,4 +238,139 @@ fn everything_survives_reopening_the_file() {
     assert_eq!(c.value, call("c1", "alice", "bob", T0));
     drop(s);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The stores every conformance check runs against: each pair is two handles
+/// on one store, as two nodes would hold them (for SQLite on a file, two
+/// connections). The Redis store adds itself here.
+fn conformance_stores(tag: &str) -> Vec<(&'static str, Arc<dyn Store>, Arc<dyn Store>)> {
+    let memory: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-conformance-{}-{tag}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("control.db");
+    vec![
+        ("sqlite in memory", memory.clone(), memory),
+        (
+            "sqlite file, two connections",
+            Arc::new(SqliteStore::open(&path).unwrap()),
+            Arc::new(SqliteStore::open(&path).unwrap()),
+        ),
+    ]
+}
+
+fn group_call(id: &str, caller: &str, callees: &[&str], at: UnixMillis) -> Call {
+    let callees = callees
+        .iter()
+        .map(|c| Callee {
+            user_id: (*c).into(),
+            participant_id: format!("p-{c}"),
+            devices: vec![format!("{c}-d")],
+            busy: false,
+        })
+        .collect();
+    Call::create(
+        id.into(),
+        CallType::Audio,
+        (caller.into(), format!("p-{caller}"), format!("{caller}-d")),
+        callees,
+        Timeouts::default(),
+        at,
+    )
+    .0
+}
+
+#[test]
+fn conformance_crossing_is_one_atomic_step() {
+    use control::store::Insertion::{Crossed, Inserted};
+    for (name, one, _) in conformance_stores("rules") {
+        let s = &*one;
+        assert_eq!(
+            s.insert_call_unless_crossed(&call("ab", "alice", "bob", T0))
+                .unwrap(),
+            Inserted,
+            "{name}"
+        );
+        // Bob calls Alice while Alice's call rings him: crossed, not stored.
+        assert_eq!(
+            s.insert_call_unless_crossed(&call("ba", "bob", "alice", T0 + 1))
+                .unwrap(),
+            Crossed {
+                call_id: "ab".into()
+            },
+            "{name}"
+        );
+        assert!(
+            s.get_call("ba").unwrap().is_none(),
+            "{name}: a crossed call is not stored"
+        );
+        // The same direction again is not a crossing; neither is a group.
+        assert_eq!(
+            s.insert_call_unless_crossed(&call("ab2", "alice", "bob", T0 + 2))
+                .unwrap(),
+            Inserted,
+            "{name}"
+        );
+        assert_eq!(
+            s.insert_call_unless_crossed(&group_call("g", "bob", &["alice", "carol"], T0 + 3))
+                .unwrap(),
+            Inserted,
+            "{name}"
+        );
+        // Once Alice's calls stop ringing, Bob's call is a call of its own.
+        for id in ["ab", "ab2"] {
+            let read = s.get_call(id).unwrap().unwrap();
+            let mut over = read.value.clone();
+            over.cancel("alice", T0 + 4, &mut Vec::new()).unwrap();
+            assert!(s.update_call(&over, read.version).unwrap());
+        }
+        assert_eq!(
+            s.insert_call_unless_crossed(&call("ba2", "bob", "alice", T0 + 5))
+                .unwrap(),
+            Inserted,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn conformance_crossed_creates_at_the_same_instant_make_one_call() {
+    use control::store::Insertion::{Crossed, Inserted};
+    for (name, node_a, node_b) in conformance_stores("race") {
+        for round in 0..100 {
+            let (x, y) = (format!("x{round}"), format!("y{round}"));
+            let start = Arc::new(Barrier::new(2));
+            let racer = |store: Arc<dyn Store>, from: String, to: String| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    let c = call(&format!("{from}-{to}"), &from, &to, T0);
+                    start.wait();
+                    store.insert_call_unless_crossed(&c).unwrap()
+                })
+            };
+            let a = racer(node_a.clone(), x.clone(), y.clone());
+            let b = racer(node_b.clone(), y.clone(), x.clone());
+            let outcomes = [a.join().unwrap(), b.join().unwrap()];
+            let inserted = outcomes.iter().filter(|o| **o == Inserted).count();
+            assert_eq!(inserted, 1, "{name}, round {round}: {outcomes:?}");
+            let crossed_into = outcomes.iter().find_map(|o| match o {
+                Crossed { call_id } => Some(call_id.clone()),
+                Inserted => None,
+            });
+            let stored = node_a.calls_of(&x, 10).unwrap();
+            assert_eq!(
+                stored.len(),
+                1,
+                "{name}, round {round}: one call between them"
+            );
+            assert_eq!(
+                crossed_into,
+                Some(stored[0].call_id.clone()),
+                "{name}, round {round}"
+            );
+        }
+    }
 }

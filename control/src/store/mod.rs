@@ -10,7 +10,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use crate::call::{Call, UnixMillis};
+use crate::call::{Call, CallState, UnixMillis};
 use crate::device::Device;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,46 @@ pub enum TokenMove {
     /// A device itself (user token): from the same `deviceId` of any user
     /// (account switching on one phone) or the same user's other devices.
     SameInstallOrUser,
+}
+
+/// What [`Store::insert_call_unless_crossed`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Insertion {
+    Inserted,
+    /// Not stored: this call, from the callee to the caller, still rings.
+    Crossed {
+        call_id: String,
+    },
+}
+
+/// Whether `existing` is the call `new` crosses: a 1:1 call from `new`'s
+/// callee to its caller that still rings the caller. Every store decides
+/// with this, inside its atomic step.
+pub fn crosses(new: &Call, existing: &Call) -> bool {
+    use crate::call::ParticipantState;
+    let caller = new.initiator_user_id.as_str();
+    let Some(callee) = one_callee(new) else {
+        return false;
+    };
+    existing.call_id != new.call_id
+        && existing.state == CallState::Ringing
+        && existing.initiator_user_id == callee
+        && existing.participants.len() == 2
+        && existing
+            .participant(caller)
+            .is_some_and(|p| p.state == ParticipantState::Ringing)
+}
+
+/// The callee of a 1:1 call; `None` for a group.
+pub fn one_callee(call: &Call) -> Option<&str> {
+    match call.participants.as_slice() {
+        [a, b] => Some(if a.user_id == call.initiator_user_id {
+            &b.user_id
+        } else {
+            &a.user_id
+        }),
+        _ => None,
+    }
 }
 
 /// A call as read, with the version a write must match.
@@ -85,6 +125,11 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     fn insert_call(&self, call: &Call) -> Result<(), StoreError>;
+    /// Stores a new 1:1 call unless its callee is already ringing its caller
+    /// (the two called each other), checked and written as one atomic step:
+    /// two crossed creates at the same instant make one call, on whichever
+    /// nodes they run. Calls of more than two people are simply stored.
+    fn insert_call_unless_crossed(&self, call: &Call) -> Result<Insertion, StoreError>;
     fn get_call(&self, call_id: &str) -> Result<Option<Versioned<Call>>, StoreError>;
     /// Writes `call` if its stored version is still `expected`; false if
     /// someone else wrote it first (re-read and retry).

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{IdempotencyRecord, Store, StoreError, TokenMove, Versioned};
+use super::{IdempotencyRecord, Insertion, Store, StoreError, TokenMove, Versioned};
 use crate::call::{Call, CallState, UnixMillis};
 use crate::device::Device;
 
@@ -56,6 +56,28 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (user_id, key)
 );
 ";
+
+/// The call's row and its users' index rows, inside the caller's transaction.
+fn insert_call_in(tx: &rusqlite::Transaction<'_>, call: &Call) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO calls (call_id, state, version, created_at, json) VALUES (?1, ?2, 1, ?3, ?4)",
+        params![
+            call.call_id,
+            state_name(call.state),
+            call.created_at as i64,
+            encode(call)
+        ],
+    )
+    .map_err(backend)?;
+    for p in &call.participants {
+        tx.execute(
+            "INSERT OR IGNORE INTO call_users (call_id, user_id, created_at) VALUES (?1, ?2, ?3)",
+            params![call.call_id, p.user_id, call.created_at as i64],
+        )
+        .map_err(backend)?;
+    }
+    Ok(())
+}
 
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -264,19 +286,39 @@ impl Store for SqliteStore {
     fn insert_call(&self, call: &Call) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(backend)?;
-        tx.execute(
-            "INSERT INTO calls (call_id, state, version, created_at, json) VALUES (?1, ?2, 1, ?3, ?4)",
-            params![call.call_id, state_name(call.state), call.created_at as i64, encode(call)],
-        )
-        .map_err(backend)?;
-        for p in &call.participants {
-            tx.execute(
-                "INSERT OR IGNORE INTO call_users (call_id, user_id, created_at) VALUES (?1, ?2, ?3)",
-                params![call.call_id, p.user_id, call.created_at as i64],
-            )
-            .map_err(backend)?;
-        }
+        insert_call_in(&tx, call)?;
         tx.commit().map_err(backend)
+    }
+
+    fn insert_call_unless_crossed(&self, call: &Call) -> Result<Insertion, StoreError> {
+        let mut conn = self.conn();
+        // IMMEDIATE takes the write lock before the read: another process on
+        // the same file cannot slip its insert between our check and ours.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        if super::one_callee(call).is_some() {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT c.json FROM call_users u JOIN calls c ON c.call_id = u.call_id
+                     WHERE u.user_id = ?1 AND c.state = 'ringing'",
+                )
+                .map_err(backend)?;
+            let ringing = stmt
+                .query_map(params![call.initiator_user_id], |r| r.get::<_, String>(0))
+                .map_err(backend)?;
+            for json in ringing {
+                let existing: Call = decode(&json.map_err(backend)?)?;
+                if super::crosses(call, &existing) {
+                    return Ok(Insertion::Crossed {
+                        call_id: existing.call_id,
+                    });
+                }
+            }
+        }
+        insert_call_in(&tx, call)?;
+        tx.commit().map_err(backend)?;
+        Ok(Insertion::Inserted)
     }
 
     fn get_call(&self, call_id: &str) -> Result<Option<Versioned<Call>>, StoreError> {

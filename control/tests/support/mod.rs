@@ -167,7 +167,6 @@ pub fn service_with(
             connect_ms: 20_000,
         },
         max_ringing_devices: 5,
-        pair_locks: Default::default(),
     }
 }
 

@@ -325,7 +325,6 @@ fn start_control(
             connect_ms: config.connect_timeout_seconds * 1000,
         },
         max_ringing_devices: config.max_ringing_devices,
-        pair_locks: Default::default(),
     };
     Ok(control::api::ControlState {
         auth: Arc::new(control::auth::Authenticator::new(

@@ -83,10 +83,23 @@ async function startSwitchboard(extraEnv = {}) {
       SWITCHBOARD_DEV_TOKEN_ENDPOINT: "true",
       SWITCHBOARD_RECONNECT_GRACE_SECONDS: String(GRACE_SECONDS),
       SWITCHBOARD_DATA_DIR: mkdtempSync(join(tmpdir(), "switchboard-browser-")),
-      RUST_LOG: process.env.RUST_LOG || "warn,stun_proto=off",
+      // Info from the SFU is kept, not shown: printed only if the scenario
+      // fails, to tell a server-side stall from a browser one.
+      RUST_LOG: process.env.RUST_LOG || "warn,sfu=info,stun_proto=off",
+      NO_COLOR: "1",
       ...extraEnv,
     },
-    stdio: ["ignore", "inherit", "inherit"],
+    stdio: ["ignore", "inherit", "pipe"],
+  });
+  let partial = "";
+  child.stderr.on("data", (chunk) => {
+    const lines = (partial + chunk).split("\n");
+    partial = lines.pop();
+    for (const line of lines) {
+      if (/ (WARN|ERROR) /.test(line)) process.stderr.write(line + "\n");
+      serverLog.push(line);
+      if (serverLog.length > SERVER_LOG_LINES) serverLog.shift();
+    }
   });
   const base = `http://127.0.0.1:${httpPort}`;
   await waitFor("switchboard /healthz", async () => {
@@ -123,6 +136,24 @@ async function startStatic() {
 }
 
 let sb, web, browser;
+// The server's latest log lines and every page opened, for a failure report.
+const SERVER_LOG_LINES = 300;
+const serverLog = [];
+const opened = [];
+
+async function reportFailure() {
+  for (const p of opened) {
+    const state = await p.page.evaluate(() => ({
+      timeline: window.client.timeline.slice(-25),
+      remote: [...window.client.remote.values()].map((e) => [e.participantId, e.kind, e.mid]),
+      coloursSeen: window.sb.coloursSeen(),
+      signaling: { pub: window.client.pub?.signalingState, sub: window.client.sub?.signalingState },
+    })).catch((e) => `unreadable: ${e.message}`);
+    console.error(`[${scenario}] page ${p.name} (${p.pid}): ${JSON.stringify(state)}`);
+  }
+  console.error(`[${scenario}] the server's last ${serverLog.length} log lines:`);
+  for (const line of serverLog) console.error(`  ${line}`);
+}
 const room = `room-${scenario}-${Date.now()}`;
 
 // `relay`: "udp" | "tcp" | "tls": only that TURN URL of the join info, and
@@ -150,7 +181,9 @@ async function openPage(name, colour, { codec, roomId = room, relay } = {}) {
   page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") log(`${name} console:`, m.text()); });
   await page.goto(`${web.base}/page.html`);
   const pid = await page.evaluate((o) => window.sb.start(o), { url: sb.ws, token, colour, codec, rtcConfig });
-  return { name, colour, page, pid, context };
+  const handle = { name, colour, page, pid, context };
+  opened.push(handle);
+  return handle;
 }
 
 async function seesColours(viewer, others) {
@@ -561,6 +594,7 @@ async function main() {
   } catch (e) {
     failed = true;
     console.error(`[${scenario}] FAILED: ${e.stack || e}`);
+    await reportFailure().catch((r) => console.error(`[${scenario}] no report: ${r}`));
   } finally {
     if (browser) await browser.close().catch(() => {});
     web.server.close();
