@@ -243,7 +243,10 @@ fn everything_survives_reopening_the_file() {
 /// The stores every conformance check runs against: each pair is two handles
 /// on one store, as two nodes would hold them (for SQLite on a file, two
 /// connections). The Redis store adds itself here.
-fn conformance_stores(tag: &str) -> Vec<(&'static str, Arc<dyn Store>, Arc<dyn Store>)> {
+/// One store as two nodes see it: `name`, and a handle for each node.
+type NodesOfOneStore = (&'static str, Arc<dyn Store>, Arc<dyn Store>);
+
+fn conformance_stores(tag: &str) -> Vec<NodesOfOneStore> {
     let memory: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
     let dir = std::env::temp_dir().join(format!(
         "switchboard-conformance-{}-{tag}",

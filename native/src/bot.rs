@@ -153,6 +153,9 @@ pub struct Bot {
     keyframe_due: bool,
     /// REMB estimates the server sent our publisher connection (bits/s).
     pub remb: Vec<u64>,
+    /// Video bytes received per subscriber mid at the last stats report,
+    /// for the receive-side REMB this bot sends as Chromium would.
+    received_video_bytes: HashMap<Mid, (u64, Instant)>,
     pub publisher_ice: IceConnectionState,
     pub subscriber_ice: IceConnectionState,
     sent: u64,
@@ -212,6 +215,7 @@ impl Bot {
             keyframe_requests: 0,
             keyframe_due: true,
             remb: Vec::new(),
+            received_video_bytes: HashMap::new(),
             publisher_ice: IceConnectionState::New,
             subscriber_ice: IceConnectionState::New,
             sent: 0,
@@ -428,6 +432,7 @@ impl Bot {
             Event::MediaEgressStats(stats) if publisher && Some(stats.mid) == self.video_mid => {
                 self.nacks_received = stats.nacks;
             }
+            Event::MediaIngressStats(stats) if !publisher => self.report_receive_estimate(&stats),
             Event::RtpPacket(pkt) if !publisher => {
                 let mid = self
                     .subscriber
@@ -468,6 +473,35 @@ impl Bot {
     }
 
     /// Updates the track's statistics from the probe in `payload`.
+    /// A receiver's REMB, as Chromium sends one when the sender asked for
+    /// no transport-wide feedback: here simply 1.5 times the rate the video
+    /// arrived at over the last stats interval (a real receive-side
+    /// estimator also watches delay; the SFU only relays the figure).
+    fn report_receive_estimate(&mut self, stats: &str0m::stats::MediaIngressStats) {
+        let kind = self.subscriber.media(stats.mid).map(|m| m.kind());
+        if kind != Some(MediaKind::Video) {
+            return;
+        }
+        let previous = self
+            .received_video_bytes
+            .insert(stats.mid, (stats.bytes, stats.timestamp));
+        let Some((bytes, at)) = previous else {
+            return;
+        };
+        let seconds = stats.timestamp.saturating_duration_since(at).as_secs_f64();
+        if seconds <= 0.0 || stats.bytes <= bytes {
+            return;
+        }
+        let rate = (stats.bytes - bytes) as f64 * 8.0 / seconds;
+        if let Some(rx) = self
+            .subscriber
+            .direct_api()
+            .stream_rx_by_mid(stats.mid, None)
+        {
+            rx.request_remb(str0m::bwe::Bitrate::bps((rate * 1.5) as u64));
+        }
+    }
+
     fn note_probe(
         &mut self,
         track_id: &str,

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub udp_dropped: IntCounterVec,
     pub rtp_forwarded: IntCounter,
     pub keyframe_requests: IntCounter,
+    pub remb_relayed: IntCounter,
     pub ice_connected: IntCounter,
     pub ice_failed: IntCounter,
     pub join_to_first_forward: Histogram,
@@ -115,6 +116,10 @@ impl Metrics {
             keyframe_requests: counter(
                 "switchboard_keyframe_requests_total",
                 "Keyframe requests sent to publishers",
+            ),
+            remb_relayed: counter(
+                "switchboard_remb_relayed_total",
+                "Receivers' bandwidth estimates (REMB) passed on to the sender of a 1:1 call",
             ),
             ice_connected: counter(
                 "switchboard_ice_connected_total",

@@ -447,35 +447,20 @@ fn probes_and_feedback(sim: &Sim) -> (Vec<u64>, Vec<bool>) {
     (probes, feedback)
 }
 
-/// Only the first two members of a room (the ones a 1:1 call has) run the
-/// subscriber-side estimator: in a group it has no consumer, and its probes
-/// (padding-only packets) would only cost. Nor is a later member asked for
-/// transport-wide feedback nobody would read.
+/// No subscriber connection runs a sender-side estimator: none is probed
+/// with padding, none is asked for transport-wide feedback (the receiver
+/// estimates and reports REMB instead), in a 1:1 call or a group.
 #[test]
-fn only_the_first_two_members_probe_the_subscriber_path() {
-    let mut group = room_of_three();
-    group.run_for(Duration::from_secs(3));
-    let (probes, feedback) = probes_and_feedback(&group);
-    assert!(probes[0] > 0 && probes[1] > 0, "not probed: {probes:?}");
-    assert_eq!(probes[2], 0, "the third member was probed: {probes:?}");
-    assert_eq!(feedback, [true, true, false]);
-}
-
-/// A call created for more than two (the call token says `group`) spares
-/// even its first two members the estimator.
-#[test]
-fn a_group_call_probes_no_subscriber_path() {
-    let mut sim = Sim::new(engine_config());
-    for name in ["a", "b", "c"] {
-        let i = sim.join_as(name, "room-1", Permissions::ALL, true);
-        sim.bots[i].publish();
-        sim.deliver();
-    }
-    sim.connect_all();
+fn no_subscriber_path_is_probed_or_asked_for_transport_feedback() {
+    let mut pair = Sim::publishing(engine_config(), "call", &["a", "b"]);
+    pair.run_for(Duration::from_secs(3));
+    assert_eq!(probes_and_feedback(&pair), (vec![0, 0], vec![false, false]));
+    let mut sim = room_of_three();
     sim.run_for(Duration::from_secs(3));
-    let (probes, feedback) = probes_and_feedback(&sim);
-    assert_eq!(probes, [0, 0, 0]);
-    assert_eq!(feedback, [false, false, false]);
+    assert_eq!(
+        probes_and_feedback(&sim),
+        (vec![0, 0, 0], vec![false, false, false])
+    );
     // Media still flows both ways.
     assert!(sim.bots[0].received_from(&pid("c")) > 100);
     assert!(sim.bots[2].received_from(&pid("a")) > 100);
@@ -555,7 +540,6 @@ fn a_track_without_a_common_codec_is_reported_once_not_dropped_silently() {
             user_id: "user-b".into(),
             participant_id: pid("b"),
             permissions: Permissions::ALL,
-            group: false,
             auto_subscribe: true,
         }),
     );

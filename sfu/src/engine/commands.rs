@@ -64,7 +64,6 @@ impl Engine {
             user_id,
             participant_id,
             permissions,
-            group,
             auto_subscribe,
         } = request;
         // The same participant joining again replaces its old session.
@@ -90,16 +89,8 @@ impl Engine {
 
         let key = ParticipantKey(self.next_key);
         self.next_key += 1;
-        // The subscriber side's bandwidth estimate has one consumer, the 1:1
-        // fast path's REMB to the peer's publisher, so only the members a 1:1
-        // call has (the first two, none in a call created as a group) run the
-        // estimator. In a group it would only cost: its pacer wakes every
-        // subscriber connection every 40 ms and it probes with padding
-        // (BENCHMARKS.md). Simulcast layer selection will want it back.
-        let estimate_bandwidth =
-            !group && self.rooms.get(&room_id).map_or(0, |r| r.members.len()) < 2;
-        let publisher = self.new_peer(key, PeerTarget::Publisher, false, now);
-        let subscriber = self.new_peer(key, PeerTarget::Subscriber, estimate_bandwidth, now);
+        let publisher = self.new_peer(key, PeerTarget::Publisher, now);
+        let subscriber = self.new_peer(key, PeerTarget::Subscriber, now);
         let participant = Participant {
             key,
             id: participant_id.clone(),

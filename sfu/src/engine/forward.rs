@@ -244,8 +244,9 @@ impl Engine {
         }
     }
 
-    /// 1:1 fast path: what the subscriber's connection can take is what the
-    /// publisher should send, as if the call were direct (REMB to the sender).
+    /// 1:1 fast path: what the receiver estimates its connection can take
+    /// (its REMB) is what the publisher should send, as if the call were
+    /// direct.
     pub(super) fn feed_back_estimate(&mut self, subscriber: ParticipantKey, estimate: Bitrate) {
         let Some(room_id) = self.participants.get(&subscriber).map(|p| p.room.clone()) else {
             return;
@@ -278,6 +279,7 @@ impl Engine {
                 .stream_rx_by_mid(mid, None)
             {
                 rx.request_remb(estimate);
+                self.stats.remb_relayed += 1;
             }
         }
         self.dirty.push((other, PeerTarget::Publisher));

@@ -113,8 +113,6 @@ pub struct EngineConfig {
     pub media_deadline: Duration,
     /// The 1:1 fast path (on by default; off only to compare paths in tests).
     pub fast_path: bool,
-    /// Starting estimate of the subscriber-side bandwidth estimator.
-    pub initial_bitrate: Bitrate,
 }
 
 impl EngineConfig {
@@ -129,7 +127,6 @@ impl EngineConfig {
             media_deadline: Duration::from_secs(30),
             deny_private_candidates: false,
             fast_path: true,
-            initial_bitrate: Bitrate::kbps(1_500),
         }
     }
 }
@@ -199,9 +196,6 @@ pub struct JoinRequest {
     pub user_id: String,
     pub participant_id: String,
     pub permissions: Permissions,
-    /// The call was created for more than two people (the call token says
-    /// so): no member needs the 1:1 fast path's estimator.
-    pub group: bool,
     pub auto_subscribe: bool,
 }
 
@@ -279,6 +273,8 @@ pub struct EngineStats {
     pub dropped_datagrams: u64,
     /// Participants removed because str0m panicked inside one of their `Rtc`s.
     pub participants_failed: u64,
+    /// Receivers' REMB estimates passed on to a 1:1 peer's publisher.
+    pub remb_relayed: u64,
 }
 
 pub struct Engine {
@@ -669,7 +665,7 @@ impl Engine {
                     self.request_keyframe(key, track_key, req.kind, now);
                 }
             }
-            RtcEvent::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })
+            RtcEvent::EgressBitrateEstimate(BweKind::Remb { estimate, .. })
                 if target == PeerTarget::Subscriber =>
             {
                 self.feed_back_estimate(key, estimate);
@@ -742,13 +738,7 @@ impl Engine {
         self.broadcast(&room, Some(key), message);
     }
 
-    fn new_peer(
-        &mut self,
-        key: ParticipantKey,
-        target: PeerTarget,
-        estimate_bandwidth: bool,
-        now: Instant,
-    ) -> Peer {
+    fn new_peer(&mut self, key: ParticipantKey, target: PeerTarget, now: Instant) -> Peer {
         let mut builder = Rtc::builder()
             .set_rtp_mode(true)
             .set_dtls_cert(self.dtls_cert.clone())
@@ -756,12 +746,14 @@ impl Engine {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_h264(true);
-        if estimate_bandwidth {
-            builder = builder.enable_bwe(Some(self.config.initial_bitrate));
-        } else if target == PeerTarget::Subscriber {
-            // With no estimator, transport-wide feedback has no reader: not
-            // offering its extension spares a sequence number on every packet
-            // and the client's feedback packets (several per second).
+        if target == PeerTarget::Subscriber {
+            // No sender-side estimator (nor its pacer) on the connections we
+            // send on: the receiver estimates instead. Without the
+            // transport-wide feedback extension, Chromium estimates from
+            // abs-send-time and reports REMB (`goog-remb`, which str0m offers
+            // for video), which the 1:1 fast path relays to the sender. A
+            // pacer throttled to an estimate nobody else reads starved these
+            // connections when the machine was busy (BENCHMARKS.md).
             builder =
                 builder.set_extension_map(without_transport_feedback(ExtensionMap::standard()));
         }

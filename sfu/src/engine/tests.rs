@@ -20,7 +20,6 @@ fn join(engine: &mut Engine, conn: u64, room: &str, now: Instant) -> Participant
         user_id: format!("user-{conn}"),
         participant_id: format!("p-{conn}"),
         permissions: Permissions::ALL,
-        group: false,
         auto_subscribe: true,
     };
     engine.handle_input(Input::Command(ConnId(conn), Command::Join(request)), now);

@@ -149,8 +149,7 @@ async fn serve_joined<S, K, E>(
     let mut closing = None;
     // `left` `server_shutdown` went out: the close says "going away".
     let mut shut_down = false;
-    let lifecycle = state.lifecycle.clone();
-    let stopping = lifecycle.stopping();
+    let stopping = state.lifecycle.stopping();
     tokio::pin!(stopping);
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -170,7 +169,12 @@ async fn serve_joined<S, K, E>(
             }
             () = &mut stopping => {
                 // The engines said `left` to every participant before the
-                // node stops; this session had none (its join was refused).
+                // node stops: whatever is still queued goes out first.
+                while let Ok(SessionOut::Message(message)) = inbox.try_recv() {
+                    if !send(&mut sink, &message, &state).await {
+                        break;
+                    }
+                }
                 closing = Some(CloseReason::GoingAway);
                 break;
             }
@@ -387,7 +391,6 @@ fn check_join(text: &str, state: &AppState) -> Result<Joined, ServerMessage> {
             user_id: grant.user_id.clone(),
             participant_id: grant.participant_id.clone(),
             permissions: grant.permissions,
-            group: grant.group,
             auto_subscribe,
         }),
     };

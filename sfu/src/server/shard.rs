@@ -613,6 +613,8 @@ impl Shard {
             .inc_by(stats.rtp_forwarded - last.rtp_forwarded);
         m.keyframe_requests
             .inc_by(stats.keyframe_requests - last.keyframe_requests);
+        m.remb_relayed
+            .inc_by(stats.remb_relayed - last.remb_relayed);
         m.engine_panics
             .with_label_values(&["participant"])
             .inc_by(stats.participants_failed - last.participants_failed);

@@ -89,18 +89,21 @@ async function startSwitchboard(extraEnv = {}) {
       NO_COLOR: "1",
       ...extraEnv,
     },
-    stdio: ["ignore", "inherit", "pipe"],
+    stdio: ["ignore", "pipe", "pipe"],
   });
-  let partial = "";
-  child.stderr.on("data", (chunk) => {
-    const lines = (partial + chunk).split("\n");
-    partial = lines.pop();
-    for (const line of lines) {
-      if (/ (WARN|ERROR) /.test(line)) process.stderr.write(line + "\n");
-      serverLog.push(line);
-      if (serverLog.length > SERVER_LOG_LINES) serverLog.shift();
-    }
-  });
+  // The log goes to stdout; panics and start-up errors to stderr.
+  for (const stream of [child.stdout, child.stderr]) {
+    let partial = "";
+    stream.on("data", (chunk) => {
+      const lines = (partial + chunk).split("\n");
+      partial = lines.pop();
+      for (const line of lines) {
+        if (!/ (INFO|DEBUG|TRACE) /.test(line)) process.stderr.write(line + "\n");
+        serverLog.push(line);
+        if (serverLog.length > SERVER_LOG_LINES) serverLog.shift();
+      }
+    });
+  }
   const base = `http://127.0.0.1:${httpPort}`;
   await waitFor("switchboard /healthz", async () => {
     try { return (await fetch(`${base}/healthz`)).ok; } catch { return false; }
@@ -137,7 +140,7 @@ async function startStatic() {
 
 let sb, web, browser;
 // The server's latest log lines and every page opened, for a failure report.
-const SERVER_LOG_LINES = 300;
+const SERVER_LOG_LINES = Number(process.env.SERVER_LOG_LINES || 300);
 const serverLog = [];
 const opened = [];
 
@@ -147,8 +150,13 @@ async function reportFailure() {
       timeline: window.client.timeline.slice(-25),
       remote: [...window.client.remote.values()].map((e) => [e.participantId, e.kind, e.mid]),
       coloursSeen: window.sb.coloursSeen(),
+      videoIn: null,
       signaling: { pub: window.client.pub?.signalingState, sub: window.client.sub?.signalingState },
     })).catch((e) => `unreadable: ${e.message}`);
+    if (typeof state === "object") {
+      state.videoIn = (await inbound(p).catch(() => ({ video: [] }))).video
+        .map((v) => [v.mid, v.packetsReceived, v.framesDecoded]);
+    }
     console.error(`[${scenario}] page ${p.name} (${p.pid}): ${JSON.stringify(state)}`);
   }
   console.error(`[${scenario}] the server's last ${serverLog.length} log lines:`);
@@ -238,6 +246,17 @@ async function twoPages(codec) {
     check(codecs.length === 1 && codecs[0] === `video/${codec}`, `${p.name} decodes ${codecs}, wanted video/${codec}`);
     check(sent === `video/${codec}`, `${p.name} sends ${sent}, wanted video/${codec}`);
   }
+  // 1:1: each receiver's own estimate (Chromium's REMB, as the subscriber
+  // connections offer no transport-wide feedback) reaches the sender.
+  const relayed = await metric("switchboard_remb_relayed_total");
+  log(JSON.stringify({ rembRelayed: relayed }));
+  check(relayed > 0, "no receiver's REMB was relayed to a sender");
+}
+
+async function metric(name) {
+  const text = await (await fetch(`${sb.base}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(" ")[1]) : 0;
 }
 
 async function fourThenLate() {

@@ -64,18 +64,6 @@ impl Sim {
     }
 
     pub fn join_with(&mut self, name: &str, room: &str, permissions: Permissions) -> usize {
-        self.join_as(name, room, permissions, false)
-    }
-
-    /// Adds a bot and joins it to `room` of a call created for more than
-    /// two (`group`, as the call token would say) or not.
-    pub fn join_as(
-        &mut self,
-        name: &str,
-        room: &str,
-        permissions: Permissions,
-        group: bool,
-    ) -> usize {
         let i = self.bots.len();
         let base = 10 + i as u8;
         let bot = Bot::new(
@@ -92,7 +80,6 @@ impl Sim {
                 user_id: format!("user-{name}"),
                 participant_id: format!("p-{name}"),
                 permissions,
-                group,
                 auto_subscribe: true,
             }),
         );
