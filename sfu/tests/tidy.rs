@@ -69,6 +69,7 @@ fn every_crate_has_a_readme() {
         "sfu",
         "native",
         "loadtest",
+        "fuzz",
         "deploy",
     ] {
         assert!(
@@ -82,7 +83,15 @@ fn every_crate_has_a_readme() {
 #[test]
 fn no_utils_modules_and_no_ignored_or_should_panic_tests() {
     let mut files = Vec::new();
-    for krate in ["signaling", "control", "turn", "sfu", "native", "loadtest"] {
+    for krate in [
+        "signaling",
+        "control",
+        "turn",
+        "sfu",
+        "native",
+        "loadtest",
+        "fuzz",
+    ] {
         rust_files(&root().join(krate), &mut files);
     }
     for file in files {
