@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 use sfu::engine::{Command, ConnId, Engine, EngineConfig, Event, Input, JoinRequest, Output};
 use signaling::{ClientMessage, Permissions};
 
+/// A target: whatever the bytes, it returns (or panics on a defect).
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name its corpus folder and libFuzzer binary have.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("signaling_codec", signaling_codec),
     ("engine_commands", engine_commands),
     ("engine_datagram", engine_datagram),
