@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The soak: one `switchboard` under steady churn for a long time, sampled
+# every minute. Each minute runs, at once, participants joining, publishing
+# and leaving rooms (`churn`) and 1:1 call lifecycles over the call API with
+# declines, timeouts and accept races (`calls`). Each sample reads the
+# server's RSS and open descriptors (/proc) and its rooms, participants,
+# signaling connections and TURN allocations (/metrics).
+#
+#   ./loadtest/bench/soak.sh [seconds]        # default 3600
+#   SWITCHBOARD=target/debug/switchboard LOADTEST=target/debug/switchboard-loadtest \
+#     SAMPLE_SECONDS=20 ./loadtest/bench/soak.sh 120     # what CI runs
+#
+# Fails (exit 1) unless, after the load stops and the reconnect grace
+# passes, every gauge is back to zero and the descriptors to where they
+# started (+8), and unless RSS after warm-up (the first third) grows by at
+# most SOAK_RSS_GROWTH_PERCENT (default 25) or 16 MiB, whichever is more.
+# Prints a Markdown table of the samples.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+total=${1:-3600}
+every=${SAMPLE_SECONDS:-60}
+growth=${SOAK_RSS_GROWTH_PERCENT:-25}
+binary=${SWITCHBOARD:-target/release/switchboard}
+loadtest=${LOADTEST:-target/release/switchboard-loadtest}
+if [ -z "${SWITCHBOARD:-}" ]; then
+  cargo build --release -q -p sfu -p loadtest
+fi
+
+http=127.0.0.1:${SOAK_HTTP_PORT:-27980}
+secret=soak-secret-soak-secret-soak-secret-01
+api_key=soak:soak-key-secret-soak-key-secret-0123
+grace=2
+data=$(mktemp -d)
+SWITCHBOARD_HTTP_LISTEN=$http SWITCHBOARD_RTC_UDP_BIND=127.0.0.1:${SOAK_UDP_PORT:-27982} \
+SWITCHBOARD_ANNOUNCE_IPS=127.0.0.1 SWITCHBOARD_TURN_UDP_LISTEN=127.0.0.1:0 \
+SWITCHBOARD_TURN_TCP_LISTEN=127.0.0.1:0 SWITCHBOARD_CALL_TOKEN_SECRET=$secret \
+SWITCHBOARD_API_KEY=$api_key SWITCHBOARD_RECONNECT_GRACE_SECONDS=$grace \
+SWITCHBOARD_RING_TIMEOUT_SECONDS=6 SWITCHBOARD_CALL_CREATES_PER_MINUTE=100000 \
+SWITCHBOARD_CALLS_TO_ONE_USER_PER_MINUTE=100000 SWITCHBOARD_API_REQUESTS_PER_SECOND=100000 \
+SWITCHBOARD_DATA_DIR="$data" RUST_LOG=warn "$binary" >"$data/server.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
+
+# One metric's value (summed over its label sets), by a bare HTTP request.
+metric() {
+  local body
+  exec 3<>"/dev/tcp/${http%:*}/${http#*:}"
+  printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
+  body=$(cat <&3)
+  exec 3<&-
+  awk -v name="$1" '$1 == name || index($1, name "{") == 1 { s += $2 } END { print s + 0 }' <<<"$body"
+}
+
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/${http%:*}/${http#*:}") 2>/dev/null && break
+  sleep 0.1
+done
+
+sample() {
+  local rss fds
+  rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$server/status")
+  fds=$(ls "/proc/$server/fd" | wc -l)
+  printf '| %s | %d | %d | %d | %d | %d | %d |\n' "$1" "$((rss / 1024))" "$fds" \
+    "$(metric switchboard_rooms)" "$(metric switchboard_participants)" \
+    "$(metric switchboard_signaling_connections)" "$(metric switchboard_turn_allocations_active)"
+}
+
+echo "| at | RSS MiB | fds | rooms | participants | signaling sockets | TURN allocations |"
+echo "|---|---|---|---|---|---|---|"
+samples=()
+start_fds=$(ls "/proc/$server/fd" | wc -l)
+row=$(sample "start"); echo "$row"; samples+=("$row")
+started=$(date +%s)
+round=0
+while [ $(( $(date +%s) - started )) -lt "$total" ]; do
+  round=$((round + 1))
+  left=$(( total - ($(date +%s) - started) ))
+  window=$(( left < every ? left : every ))
+  # Joins stop a few seconds before the window ends, so the next sample
+  # reads the rooms of one window, not of two.
+  SWITCHBOARD_CALL_TOKEN_SECRET=$secret "$loadtest" churn --url "ws://$http/v1/rtc" \
+    --rooms 4 --joins-per-second 2 --stay-seconds 5 --seconds "$(( window > 8 ? window - 6 : 2 ))" \
+    --video-kbps 300 >"$data/churn-$round.log" 2>&1 &
+  churn=$!
+  SWITCHBOARD_API_KEY=$api_key "$loadtest" calls --url "http://$http" --calls 6 \
+    --media-seconds 2 --ring-timeout-seconds 6 >"$data/calls-$round.log" 2>&1 &
+  calls=$!
+  sleep "$window"
+  wait "$churn" || { echo "churn failed in round $round:"; tail -5 "$data/churn-$round.log"; exit 1; }
+  wait "$calls" || { echo "calls failed in round $round:"; tail -5 "$data/calls-$round.log"; exit 1; }
+  row=$(sample "$(( $(date +%s) - started ))s"); echo "$row"; samples+=("$row")
+done
+# Everyone has left; broken participants go after the reconnect grace.
+sleep $((grace + 3))
+row=$(sample "end"); echo "$row"; samples+=("$row")
+
+# Column n of a table row (2: at, 3: RSS, 4: fds, 5-8: the gauges).
+col() { awk -F'|' -v c="$2" '{ gsub(/ /, "", $c); print $c }' <<<"$1"; }
+end_rss=$(col "$row" 3) end_fds=$(col "$row" 4)
+rooms=$(col "$row" 5) participants=$(col "$row" 6)
+sockets=$(col "$row" 7) allocations=$(col "$row" 8)
+fail=0
+for gauge in rooms participants sockets allocations; do
+  if [ "${!gauge}" -ne 0 ]; then
+    echo "FAIL: $gauge is ${!gauge} at the end, not 0"
+    fail=1
+  fi
+done
+if [ "$end_fds" -gt $((start_fds + 8)) ]; then
+  echo "FAIL: $end_fds descriptors at the end, $start_fds at the start"
+  fail=1
+fi
+# RSS: the sample after the first third of the run is the warm baseline.
+warm_index=$(( (${#samples[@]} - 1) / 3 ))
+[ "$warm_index" -ge 1 ] || warm_index=1
+warm_rss=$(col "${samples[$warm_index]}" 3)
+limit=$(( warm_rss * (100 + growth) / 100 ))
+[ "$limit" -ge $((warm_rss + 16)) ] || limit=$((warm_rss + 16))
+peak=0
+for s in "${samples[@]:$warm_index}"; do
+  r=$(col "$s" 3)
+  [ "$r" -le "$peak" ] || peak=$r
+done
+if [ "$peak" -gt "$limit" ]; then
+  echo "FAIL: RSS grew to $peak MiB after warm-up (warm $warm_rss MiB, limit $limit MiB)"
+  fail=1
+fi
+echo "soak: $round rounds in $(( $(date +%s) - started )) s; RSS warm $warm_rss MiB, peak after warm-up $peak MiB, end $end_rss MiB; descriptors $start_fds -> $end_fds"
+exit "$fail"
