@@ -107,6 +107,27 @@ enum Command {
     /// Runs the scenario a TOML file describes: `scenario = "room"` and the
     /// subcommand's flags as keys (`rooms = 10`, `video-kbps = 800`).
     File { path: PathBuf },
+    /// Devices' events sockets, authenticated then idle: the server memory
+    /// each costs. Raise the descriptor limits of both processes first.
+    Idle {
+        /// The server's HTTP base URL.
+        #[arg(long, default_value = "http://127.0.0.1:7880")]
+        url: String,
+        /// An API key of the server, `id:secret`.
+        #[arg(long, env = "SWITCHBOARD_API_KEY")]
+        api_key: String,
+        #[arg(long, default_value_t = 1000)]
+        sockets: usize,
+        /// Loopback source addresses used in turn: 127.0.0.1 .. 127.0.0.N.
+        #[arg(long, default_value_t = 1)]
+        sources: u8,
+        #[arg(long, default_value_t = 0.0)]
+        hold_seconds: f64,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
     /// Concurrent 1:1 call lifecycles over the call API; exits 1 if any call
     /// ends with a reason its role does not expect.
     Calls {
@@ -385,6 +406,44 @@ async fn main() -> ExitCode {
                     std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default());
             }
             return if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+        Command::Idle {
+            url,
+            api_key,
+            sockets,
+            sources,
+            hold_seconds,
+            concurrency,
+            server_pid,
+        } => {
+            let Some((key_id, key_secret)) = api_key.split_once(':') else {
+                eprintln!("--api-key is id:secret");
+                return ExitCode::FAILURE;
+            };
+            let plan = loadtest::scenario::idle::IdlePlan {
+                base_url: url,
+                api_key_id: key_id.into(),
+                api_key_secret: key_secret.into(),
+                sockets,
+                sources: (1..=sources.max(1))
+                    .map(|n| IpAddr::from([127, 0, 0, n]))
+                    .collect(),
+                hold: Duration::from_secs_f64(hold_seconds),
+                concurrency,
+                server_pid,
+                run_tag: std::process::id().to_string(),
+            };
+            let report = loadtest::scenario::idle::run(&plan).await;
+            print!("{}", report.table());
+            if let Some(path) = &cli.json {
+                let _ =
+                    std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default());
+            }
+            return if report.sockets_open == report.sockets_planned {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

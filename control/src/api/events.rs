@@ -44,7 +44,12 @@ fn time_left(expires_at: Option<u64>) -> Duration {
 }
 
 pub async fn events_socket(ws: WebSocketUpgrade, State(state): State<ControlState>) -> Response {
+    // A node holds one of these per device with the app in the background:
+    // tungstenite's 128 KiB default read buffer made each idle socket cost
+    // ~135 KiB (`switchboard-loadtest idle`, BENCHMARKS.md).
     ws.max_message_size(MAX_MESSAGE_BYTES)
+        .read_buffer_size(MAX_MESSAGE_BYTES)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| serve(socket, state))
 }
 

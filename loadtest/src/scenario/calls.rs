@@ -9,11 +9,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::json;
 
+use super::api::{Api, Events, events, next_json};
 use crate::bot::MediaShape;
 use crate::report::Percentiles;
 use crate::runner::{BotPlan, run_bot};
@@ -116,77 +115,6 @@ impl CallsReport {
             out.push_str(&format!("  {u}\n"));
         }
         out
-    }
-}
-
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    key: control::auth::ApiKey,
-}
-
-impl Api {
-    fn token(&self, user: &str) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        control::auth::mint_user_token(&self.key, user, Duration::from_secs(900), now)
-    }
-
-    async fn post(&self, user: &str, path: &str, body: Value) -> (u16, Value) {
-        self.send(user, reqwest::Method::POST, path, Some(body))
-            .await
-    }
-
-    async fn send(
-        &self,
-        user: &str,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(self.token(user));
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        match req.send().await {
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let text = r.text().await.unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-            }
-            Err(_) => (0, Value::Null),
-        }
-    }
-}
-
-type Events =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A device's events socket, authenticated.
-async fn events(api: &Api, user: &str, device: &str) -> Option<Events> {
-    let url = format!("{}/v1/events", api.base.replacen("http", "ws", 1));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
-    let auth = json!({"type": "auth", "token": api.token(user), "deviceId": device});
-    ws.send(Message::text(auth.to_string())).await.ok()?;
-    let first = next_json(&mut ws, Duration::from_secs(5)).await?;
-    (first["type"] == "authenticated").then_some(ws)
-}
-
-async fn next_json(ws: &mut Events, within: Duration) -> Option<Value> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).ok(),
-            Ok(Some(Ok(_))) => continue,
-            _ => return None,
-        }
     }
 }
 

@@ -48,12 +48,20 @@ pub fn ops_router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Bytes a signaling socket reads at a time (most messages are smaller;
+/// an SDP takes a few reads).
+const SOCKET_READ_BUFFER: usize = 16 * 1024;
+
 async fn rtc_socket(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
     // Frames up to 4x our limit reach the session, which answers
     // `message_too_large` and carries on; beyond that the socket closes (1009).
     let hard_limit = state.config.max_message_bytes * 4;
+    // Reads grow the buffer as a frame needs; tungstenite's 128 KiB default
+    // would be held by every idle socket.
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
+        .read_buffer_size(SOCKET_READ_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| serve_socket(socket, state))
 }
 
