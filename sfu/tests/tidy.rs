@@ -60,18 +60,20 @@ fn sans_io_cores_touch_no_socket_clock_thread_or_lock() {
     }
 }
 
+/// The workspace's Rust crates, one per top-level folder.
+const RUST_CRATES: [&str; 7] = [
+    "signaling",
+    "control",
+    "turn",
+    "sfu",
+    "native",
+    "loadtest",
+    "fuzz",
+];
+
 #[test]
 fn every_crate_has_a_readme() {
-    for krate in [
-        "signaling",
-        "control",
-        "turn",
-        "sfu",
-        "native",
-        "loadtest",
-        "fuzz",
-        "deploy",
-    ] {
+    for krate in RUST_CRATES.iter().chain(&["deploy"]) {
         assert!(
             root().join(krate).join("README.md").exists(),
             "{krate}/README.md is missing"
@@ -83,15 +85,7 @@ fn every_crate_has_a_readme() {
 #[test]
 fn no_utils_modules_and_no_ignored_or_should_panic_tests() {
     let mut files = Vec::new();
-    for krate in [
-        "signaling",
-        "control",
-        "turn",
-        "sfu",
-        "native",
-        "loadtest",
-        "fuzz",
-    ] {
+    for krate in RUST_CRATES {
         rust_files(&root().join(krate), &mut files);
     }
     for file in files {

@@ -9,12 +9,26 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 pub(crate) struct Api {
-    pub(crate) http: reqwest::Client,
+    http: reqwest::Client,
     pub(crate) base: String,
-    pub(crate) key: control::auth::ApiKey,
+    key: control::auth::ApiKey,
 }
 
 impl Api {
+    /// The API at `base_url` (`http://host:port`), as users minted with the
+    /// key `key_id` / `secret`.
+    pub(crate) fn new(base_url: &str, key_id: &str, secret: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            base: base_url.trim_end_matches('/').to_string(),
+            key: control::auth::ApiKey {
+                id: key_id.into(),
+                secret: secret.into(),
+                revoked: false,
+            },
+        }
+    }
+
     pub(crate) fn token(&self, user: &str) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -293,15 +293,11 @@ fn role_of(plan: &CallsPlan, i: usize) -> Role {
 }
 
 pub async fn run(plan: &CallsPlan) -> CallsReport {
-    let api = std::sync::Arc::new(Api {
-        http: reqwest::Client::new(),
-        base: plan.base_url.trim_end_matches('/').to_string(),
-        key: control::auth::ApiKey {
-            id: plan.api_key_id.clone(),
-            secret: plan.api_key_secret.clone(),
-            revoked: false,
-        },
-    });
+    let api = std::sync::Arc::new(Api::new(
+        &plan.base_url,
+        &plan.api_key_id,
+        &plan.api_key_secret,
+    ));
     let mut tasks = Vec::new();
     for i in 0..plan.calls {
         let (api, plan) = (api.clone(), plan.clone());

@@ -62,15 +62,11 @@ impl IdleReport {
 }
 
 pub async fn run(plan: &IdlePlan) -> IdleReport {
-    let api = Arc::new(Api {
-        http: reqwest::Client::new(),
-        base: plan.base_url.trim_end_matches('/').to_string(),
-        key: control::auth::ApiKey {
-            id: plan.api_key_id.clone(),
-            secret: plan.api_key_secret.clone(),
-            revoked: false,
-        },
-    });
+    let api = Arc::new(Api::new(
+        &plan.base_url,
+        &plan.api_key_id,
+        &plan.api_key_secret,
+    ));
     let rss = || {
         plan.server_pid
             .and_then(|p| server_stats::sample(p).ok())
