@@ -153,12 +153,24 @@ impl Drop for ServerProcess {
 
 pub const PROCESS_CALL_TOKEN_SECRET: &str = "process-test-secret-process-test-secret";
 
+/// A port nothing listens on now, never handed out twice in this process:
+/// tests run in parallel, and the kernel may give two of them the same
+/// ephemeral port between its release here and their server's bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no fresh port in 1000 tries");
 }
 
 /// Starts `switchboard` on loopback (API key, call-token secret
@@ -208,12 +220,17 @@ pub async fn spawn_switchboard_under(
     for (k, v) in env {
         command.env(k, v);
     }
-    let server = ServerProcess {
+    let mut server = ServerProcess {
         child: command.spawn().expect("switchboard starts"),
         http: format!("127.0.0.1:{http_port}").parse().unwrap(),
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
+        // Our own child must be the one listening: a server that could not
+        // bind exits, and another process may hold the port.
+        if let Some(status) = server.child.try_wait().unwrap() {
+            panic!("switchboard exited at start ({status}); see its stderr above");
+        }
         if tokio::net::TcpStream::connect(server.http).await.is_ok() {
             return server;
         }
