@@ -112,8 +112,8 @@ async fn serve(socket: WebSocket, state: ControlState) {
         let _ = tokio::task::spawn_blocking(move || events.replay_rings(&user, &device, now)).await;
     }
     // 2. Relay.
-    let stopping = state.lifecycle.clone();
-    let stopping = stopping.stopping();
+    let lifecycle = state.lifecycle.clone();
+    let stopping = lifecycle.stopping();
     tokio::pin!(stopping);
     loop {
         tokio::select! {
