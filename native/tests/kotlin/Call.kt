@@ -172,9 +172,13 @@ fun main() {
 
     waitFor("both connected") { aliceUi.has("connected $aliceUuid") && bobUi.has("connected $callId") }
     waitFor("audio both ways") { received(alice, aliceUuid) >= 100UL && received(bob, callId) >= 100UL }
-    // The server replayed the ring over the events socket when the woken
-    // core connected: it never shows a second call on Bob's phone.
-    check(bobUi.reports.none { it.startsWith("incoming") }) { "bob: ${bobUi.reports}" }
+    // The server replays the ring over the events socket when the woken
+    // core connects: the core never reports it as a second call. (On a
+    // busy machine the socket can deliver it before the push is handled:
+    // then the port sees the same call once, and the adapter holds one
+    // call per UUID.)
+    val bobIncoming = bobUi.reports.filter { it.startsWith("incoming") }
+    check(bobIncoming.isEmpty() || bobIncoming == listOf("incoming $callId alice")) { "bob: ${bobUi.reports}" }
     val aliceReceived = received(alice, aliceUuid)
 
     bob.end(callId)

@@ -92,6 +92,10 @@ object TelecomCalls {
         )
         val inbox = Channel<Command>(Channel.UNLIMITED)
         synchronized(commands) {
+            // One call, reported twice: its ring came over the events
+            // socket, then FCM delivered the push too (the core reports
+            // both: CallKit requires it). Telecom holds it once.
+            if (callUuid in commands) return true
             commands[callUuid] = inbox
             callTypes[callUuid] = callType
         }
