@@ -626,3 +626,47 @@ fn the_first_publish_answer_names_the_publishers_tracks_and_their_codecs() {
         .collect();
     assert_eq!(announced, [Some("opus".into()), Some("VP8".into())]);
 }
+
+/// Subscriber offers a bot has received so far.
+fn subscriber_offers(sim: &Sim, bot: usize) -> usize {
+    sim.bots[bot]
+        .messages
+        .iter()
+        .filter(|m| matches!(m, ServerMessage::SubscriberOffer { .. }))
+        .count()
+}
+
+/// Changes made in one step reach each subscriber as one offer: a
+/// publisher's audio and video (one publish) and a leaver's two tracks
+/// each cost the others a single renegotiation, not one per track.
+#[test]
+fn one_step_of_changes_is_one_subscriber_offer() {
+    let mut sim = Sim::publishing(engine_config(), "room", &["a", "b"]);
+    sim.run_for(Duration::from_millis(200));
+    let before = [subscriber_offers(&sim, 0), subscriber_offers(&sim, 1)];
+
+    let c = sim.join_publishing("c", "room");
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(200));
+    for i in 0..2 {
+        assert_eq!(
+            subscriber_offers(&sim, i) - before[i],
+            1,
+            "{} renegotiated more than once for c's audio and video",
+            sim.bots[i].name
+        );
+        assert!(sim.bots[i].received_from("p-c") > 10);
+    }
+
+    let joined = [subscriber_offers(&sim, 0), subscriber_offers(&sim, 1)];
+    sim.command(c, Command::Leave);
+    sim.run_for(Duration::from_millis(200));
+    for i in 0..2 {
+        assert_eq!(
+            subscriber_offers(&sim, i) - joined[i],
+            1,
+            "{} renegotiated more than once for c's two tracks leaving",
+            sim.bots[i].name
+        );
+    }
+}

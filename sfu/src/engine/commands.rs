@@ -43,7 +43,7 @@ impl Engine {
                 if let Some(p) = self.participants.get_mut(&key) {
                     p.ice_restart = true;
                 }
-                self.negotiate_subscriber(key);
+                self.offer_due(key);
             }
             (Command::Leave, Some(key)) => self.remove_participant(key, LeaveReason::Left, now),
             (Command::Detach, Some(key)) => {
@@ -162,7 +162,7 @@ impl Engine {
         // Always offer at join: the subscriber connection comes up now (with
         // a data channel if there is nothing to receive yet), so tracks
         // published later start flowing without waiting for ICE and DTLS.
-        self.negotiate_subscriber(key);
+        self.offer_due(key);
     }
 
     pub(super) fn resume(
@@ -392,7 +392,7 @@ impl Engine {
             self.add_subscription(key, track_key);
         }
         self.refresh_routes(key);
-        self.negotiate_subscriber(key);
+        self.offer_due(key);
     }
 
     pub(super) fn unsubscribe(&mut self, conn: ConnId, key: ParticipantKey, track_ids: &[String]) {
@@ -403,7 +403,7 @@ impl Engine {
             self.drop_subscription(key, track_key);
         }
         self.refresh_routes(key);
-        self.negotiate_subscriber(key);
+        self.offer_due(key);
     }
 
     pub(super) fn mute(&mut self, conn: ConnId, key: ParticipantKey, track_id: &str, muted: bool) {

@@ -291,6 +291,10 @@ pub struct Engine {
     dirty: Vec<(ParticipantKey, PeerTarget)>,
     /// Participants to remove at the end of this input.
     doomed: Vec<(ParticipantKey, LeaveReason)>,
+    /// Subscribers whose tracks changed in this input: each gets one offer
+    /// when the input is settled, however many changes it made (a publish
+    /// of audio and video, a leaver's tracks).
+    offers_due: Vec<ParticipantKey>,
     next_key: u64,
     next_track: u64,
     stats: EngineStats,
@@ -316,6 +320,7 @@ impl Engine {
             outputs: VecDeque::new(),
             dirty: Vec::new(),
             doomed: Vec::new(),
+            offers_due: Vec::new(),
             next_key: 1,
             next_track: 1,
             stats: EngineStats::default(),
@@ -513,16 +518,24 @@ impl Engine {
 
     /// Drains every touched peer (which may touch others, e.g. forwarding),
     /// then removes participants whose time is up.
+    /// Removals and drains can change subscriptions, so offers go out last.
     fn settle(&mut self, now: Instant) {
         // Bounded: each drain empties an Rtc; forwarding only writes to
-        // subscriber peers, whose events never forward again.
-        while let Some((key, target)) = self.dirty.pop() {
-            self.drain(key, target, now);
-        }
-        while let Some((key, reason)) = self.doomed.pop() {
-            self.remove_participant(key, reason, now);
+        // subscriber peers, whose events never forward again; a removal
+        // dooms no one else; an offer only dirties its own connection.
+        loop {
             while let Some((key, target)) = self.dirty.pop() {
                 self.drain(key, target, now);
+            }
+            if let Some((key, reason)) = self.doomed.pop() {
+                self.remove_participant(key, reason, now);
+                continue;
+            }
+            if self.offers_due.is_empty() {
+                break;
+            }
+            for key in std::mem::take(&mut self.offers_due) {
+                self.negotiate_subscriber(key);
             }
         }
         // Three deadlines per participant are current; far more entries
@@ -894,7 +907,7 @@ impl Engine {
             .map(|r| r.members.clone())
             .unwrap_or_default();
         for m in members {
-            self.negotiate_subscriber(m);
+            self.offer_due(m);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Tracks, subscriptions and the subscriber connection's negotiation (the
-//! server is the only offerer there: one offer at a time, changes made
-//! meanwhile wait for the answer).
+//! server is the only offerer there: one offer per input at most, carrying
+//! every change the input made; one offer outstanding at a time, changes
+//! made meanwhile wait for the answer).
 
 use super::*;
 
@@ -86,7 +87,7 @@ impl Engine {
                 self.request_keyframe(key, track_key, KeyframeRequestKind::Pli, now);
             }
         }
-        self.negotiate_subscriber(key);
+        self.offer_due(key);
     }
 
     /// `codec`: the negotiated one when known (else the first packet says).
@@ -180,7 +181,7 @@ impl Engine {
             room.refresh_routes(self.config.fast_path);
         }
         for sub in auto {
-            self.negotiate_subscriber(sub);
+            self.offer_due(sub);
         }
     }
 
@@ -199,7 +200,7 @@ impl Engine {
         tracing::info!(participant = %participant_id, call_id = %room_id, track = %track.id, "track unpublished");
         for sub in &track.subscribers {
             self.drop_subscription(*sub, track_key);
-            self.negotiate_subscriber(*sub);
+            self.offer_due(*sub);
         }
         self.broadcast(
             &room_id,
@@ -265,6 +266,14 @@ impl Engine {
                 DownState::Negotiating(m) | DownState::Open(m) => DownState::ToStop(m),
                 s => s,
             };
+        }
+    }
+
+    /// Asks for a subscriber offer at the end of this input: every change
+    /// made until then goes into that one offer.
+    pub(super) fn offer_due(&mut self, key: ParticipantKey) {
+        if !self.offers_due.contains(&key) {
+            self.offers_due.push(key);
         }
     }
 
