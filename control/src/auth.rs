@@ -220,9 +220,11 @@ pub fn mint_user_token(
     .expect("HS256 signing does not fail")
 }
 
-/// User ids, device ids and the like: 1-128 printable characters.
+/// User ids, device ids and the like: 1-128 characters, none a control
+/// character (Unicode `Cc`). Counted in characters, as JSON Schema's
+/// `maxLength` counts them (`control/openapi.yaml`, `Id`).
 pub fn valid_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control)
+    !s.is_empty() && s.chars().count() <= 128 && !s.chars().any(char::is_control)
 }
 
 /// Compares secrets without an early exit on the first differing byte.

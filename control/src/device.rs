@@ -37,12 +37,30 @@ pub struct Capabilities {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PushTokens {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "token",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub apns_voip: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "token",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub apns_alert: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "token",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fcm: Option<String>,
+}
+
+/// A token is a string when present: `null` is not a way to say "none"
+/// (leave the field out), as the contract says.
+fn token<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 impl PushTokens {

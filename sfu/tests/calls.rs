@@ -301,23 +301,33 @@ async fn every_endpoint_refuses_bad_credentials_and_strangers() {
     .await;
     assert_eq!(
         (status, reply["code"].as_str()),
-        (404, Some("unknown_action")),
+        (404, Some("not_found")),
         "{reply}"
     );
-    let (status, reply) = api(
-        &server,
-        "GET",
-        "/v1/calls?limit=many",
-        &alice,
-        &[],
-        Value::Null,
-    )
-    .await;
+    for limit in ["many", "0", "201"] {
+        let path = format!("/v1/calls?limit={limit}");
+        let (status, reply) = api(&server, "GET", &path, &alice, &[], Value::Null).await;
+        assert_eq!(
+            (status, reply["code"].as_str()),
+            (400, Some("bad_request")),
+            "{path}: {reply}"
+        );
+    }
+    // A method a route does not take, and a socket asked without an upgrade.
+    let (status, reply) = api(&server, "PUT", "/v1/calls", &alice, &[], Value::Null).await;
     assert_eq!(
         (status, reply["code"].as_str()),
-        (400, Some("bad_request")),
+        (405, Some("method_not_allowed")),
         "{reply}"
     );
+    for socket in ["/v1/events", "/v1/rtc"] {
+        let (status, reply) = api(&server, "GET", socket, &alice, &[], Value::Null).await;
+        assert_eq!(
+            (status, reply["code"].as_str()),
+            (426, Some("upgrade_required")),
+            "{socket}: {reply}"
+        );
+    }
     let (status, reply) = api(
         &server,
         "POST",

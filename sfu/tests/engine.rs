@@ -648,9 +648,9 @@ fn one_step_of_changes_is_one_subscriber_offer() {
     let c = sim.join_publishing("c", "room");
     sim.connect_all();
     sim.run_for(Duration::from_millis(200));
-    for i in 0..2 {
+    for (i, before) in before.into_iter().enumerate() {
         assert_eq!(
-            subscriber_offers(&sim, i) - before[i],
+            subscriber_offers(&sim, i) - before,
             1,
             "{} renegotiated more than once for c's audio and video",
             sim.bots[i].name
@@ -661,9 +661,9 @@ fn one_step_of_changes_is_one_subscriber_offer() {
     let joined = [subscriber_offers(&sim, 0), subscriber_offers(&sim, 1)];
     sim.command(c, Command::Leave);
     sim.run_for(Duration::from_millis(200));
-    for i in 0..2 {
+    for (i, joined) in joined.into_iter().enumerate() {
         assert_eq!(
-            subscriber_offers(&sim, i) - joined[i],
+            subscriber_offers(&sim, i) - joined,
             1,
             "{} renegotiated more than once for c's two tracks leaving",
             sim.bots[i].name

@@ -45,6 +45,15 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// A WebSocket endpoint asked without a valid upgrade.
+    pub fn upgrade_required(rejection: impl std::fmt::Display) -> ApiError {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            format!("this endpoint is a WebSocket: {rejection}"),
+        )
+    }
+
     pub fn not_found() -> ApiError {
         // Calls the caller is not in look the same as calls that do not exist.
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such call")

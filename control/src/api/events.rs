@@ -12,12 +12,13 @@
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 
-use super::{ControlState, now_ms};
+use super::{ApiError, ControlState, now_ms};
 
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Device messages are tiny; anything larger is refused by the socket.
@@ -43,7 +44,14 @@ fn time_left(expires_at: Option<u64>) -> Duration {
     })
 }
 
-pub async fn events_socket(ws: WebSocketUpgrade, State(state): State<ControlState>) -> Response {
+pub async fn events_socket(
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    State(state): State<ControlState>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return ApiError::upgrade_required(rejection).into_response(),
+    };
     // A node holds one of these per device with the app in the background:
     // tungstenite's 128 KiB default read buffer made each idle socket cost
     // ~135 KiB (`switchboard-loadtest idle`, BENCHMARKS.md).

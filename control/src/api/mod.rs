@@ -8,13 +8,17 @@ mod views;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 pub use error::ApiError;
 use views::{CallView, CallWithToken, DeviceRequest};
@@ -64,16 +68,65 @@ impl ApiLimits {
     }
 }
 
+/// One route: its method and path, and the handler (made for that method,
+/// so the two cannot disagree).
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<ControlState>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, handler: H) -> Route
+where
+    H: Handler<T, ControlState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+    Route {
+        method,
+        path,
+        handler: on(filter, handler),
+    }
+}
+
+/// The SFU's signaling WebSocket, on the same HTTP port as this API.
+pub const RTC_PATH: &str = "/v1/rtc";
+
+/// Every route this API serves. The router is built from this list, and
+/// `sfu/tests/contract.rs` checks it against `control/openapi.yaml`.
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(Method::POST, "/v1/devices", register_device),
+        route(Method::GET, "/v1/devices", list_devices),
+        route(Method::DELETE, "/v1/devices/{deviceId}", delete_device),
+        route(Method::POST, "/v1/devices/{deviceId}/heartbeat", heartbeat),
+        route(Method::POST, "/v1/calls", create_call),
+        route(Method::GET, "/v1/calls", recent_calls),
+        route(Method::GET, "/v1/calls/{callId}", get_call),
+        route(Method::POST, "/v1/calls/{callId}/token", fresh_token),
+        action_route(CallAction::Accept, "/v1/calls/{callId}/accept"),
+        action_route(CallAction::Decline, "/v1/calls/{callId}/decline"),
+        action_route(CallAction::Ack, "/v1/calls/{callId}/ack"),
+        action_route(CallAction::Cancel, "/v1/calls/{callId}/cancel"),
+        action_route(CallAction::End, "/v1/calls/{callId}/end"),
+        route(Method::GET, "/v1/events", events::events_socket),
+    ]
+}
+
 pub fn router(state: ControlState) -> Router {
-    Router::new()
-        .route("/v1/devices", post(register_device).get(list_devices))
-        .route("/v1/devices/{device_id}", delete(delete_device))
-        .route("/v1/devices/{device_id}/heartbeat", post(heartbeat))
-        .route("/v1/calls", post(create_call).get(recent_calls))
-        .route("/v1/calls/{call_id}", get(get_call))
-        .route("/v1/calls/{call_id}/token", post(fresh_token))
-        .route("/v1/calls/{call_id}/{action}", post(call_action))
-        .route("/v1/events", get(events::events_socket))
+    // Routes sharing a path share one method router.
+    let mut by_path: Vec<(&'static str, MethodRouter<ControlState>)> = Vec::new();
+    for r in routes() {
+        match by_path.iter_mut().find(|(path, _)| *path == r.path) {
+            Some((_, methods)) => *methods = std::mem::take(methods).merge(r.handler),
+            None => by_path.push((r.path, r.handler)),
+        }
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
         .with_state(state)
 }
 
@@ -119,9 +172,19 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
+/// A request body: a JSON object, read into `T`. serde's derived structs
+/// would also take an array (`["a", "b"]` for `{x: "a", y: "b"}`), which
+/// the contract does not allow.
+fn body<T: DeserializeOwned>(body: Result<Json<Value>, JsonRejection>) -> Result<T, ApiError> {
+    let Json(value) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    from_object(value)
+}
+
+fn from_object<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 // ---- devices ----------------------------------------------------------------
@@ -129,9 +192,9 @@ fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 async fn register_device(
     State(state): State<ControlState>,
     Caller(caller): Caller,
-    req: Result<Json<DeviceRequest>, JsonRejection>,
+    req: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<crate::device::Device>, ApiError> {
-    let device = body(req)?.into_device(&caller.user_id, now_ms());
+    let device = body::<DeviceRequest>(req)?.into_device(&caller.user_id, now_ms());
     device.validate()?;
     let moves = match caller.via {
         crate::auth::Via::ApiKey => TokenMove::Any,
@@ -333,7 +396,7 @@ async fn create_call(
     State(state): State<ControlState>,
     Caller(caller): Caller,
     headers: HeaderMap,
-    req: Result<Json<serde_json::Value>, JsonRejection>,
+    req: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CallWithToken>), ApiError> {
     if !state.lifecycle.is_serving() {
         return Err(ApiError::new(
@@ -342,9 +405,8 @@ async fn create_call(
             "this node is shutting down and takes no new calls; retry on another",
         ));
     }
-    let raw = body(req)?;
-    let req: CreateCall =
-        serde_json::from_value(raw.clone()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let raw: Value = body(req)?;
+    let req: CreateCall = from_object(raw.clone())?;
     if !valid_id(&req.device_id) || !req.callee_user_ids.iter().all(|u| valid_id(u)) {
         return Err(ApiError::bad_request(
             "ids must be 1-128 printable characters",
@@ -358,10 +420,13 @@ async fn create_call(
         ));
     }
     if let Some(url) = &req.caller_avatar_url
-        && (!url.starts_with("https://") || url.len() > 512 || url.chars().any(char::is_control))
+        && (!url.starts_with("https://")
+            || url.len() > 512
+            || !url.bytes().all(|b| b.is_ascii_graphic()))
     {
+        // URLs are ASCII (RFC 3986: anything else is percent-encoded).
         return Err(ApiError::bad_request(
-            "callerAvatarUrl must be an https URL of at most 512 bytes",
+            "callerAvatarUrl must be an https URL of at most 512 ASCII characters",
         ));
     }
     // The whole body is valid before any limit is charged: a refused request
@@ -517,7 +582,7 @@ fn with_token(state: &ControlState, call: &Call, user: &str) -> Result<CallWithT
     Ok(CallWithToken {
         call: CallView::of(call),
         call_token,
-        rtc_path: "/v1/rtc",
+        rtc_path: RTC_PATH,
         ice_servers,
     })
 }
@@ -557,7 +622,10 @@ async fn recent_calls(
     query: Result<Query<RecentQuery>, QueryRejection>,
 ) -> Result<Json<Vec<CallView>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be 1-200"));
+    }
     blocking(move || {
         let calls = state.service.store.calls_of(&caller.user_id, limit)?;
         Ok(Json(calls.iter().map(CallView::of).collect()))
@@ -565,9 +633,8 @@ async fn recent_calls(
     .await
 }
 
-/// What a device or caller does to a call (`POST /v1/calls/{id}/{action}`).
-#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+/// What a device or caller does to a call (`POST /v1/calls/{id}/<action>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallAction {
     Accept,
     Decline,
@@ -586,24 +653,34 @@ impl CallAction {
     }
 }
 
+/// `POST /v1/calls/{callId}/<action>`: one route per action, one handler.
+fn action_route(action: CallAction, path: &'static str) -> Route {
+    route(
+        Method::POST,
+        path,
+        move |state: State<ControlState>,
+              caller: Caller,
+              headers: HeaderMap,
+              Path(call_id): Path<String>,
+              raw: axum::body::Bytes| {
+            call_action(action, state, caller, headers, call_id, raw)
+        },
+    )
+}
+
 /// Accept, decline, ack, cancel, end: one read -> machine -> CAS write each.
 async fn call_action(
+    action: CallAction,
     State(state): State<ControlState>,
     Caller(caller): Caller,
     headers: HeaderMap,
-    path: Result<Path<(String, CallAction)>, PathRejection>,
+    call_id: String,
     raw: axum::body::Bytes,
 ) -> Result<Json<CallWithToken>, ApiError> {
-    let Path((call_id, action)) = path.map_err(|_| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_action",
-            "actions are accept, decline, ack, cancel and end",
-        )
-    })?;
     let device = if action.needs_device() {
-        let body: DeviceBody = serde_json::from_slice(&raw)
+        let value: Value = serde_json::from_slice(&raw)
             .map_err(|e| ApiError::bad_request(format!("expected {{\"deviceId\"}}: {e}")))?;
+        let body: DeviceBody = from_object(value)?;
         if !valid_id(&body.device_id) {
             return Err(ApiError::bad_request(
                 "deviceId must be 1-128 printable characters",

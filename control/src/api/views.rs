@@ -1,6 +1,7 @@
 //! Request and response bodies of the HTTP API (camelCase JSON).
 
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::call::{Call, CallState, CallType, EndReason, ParticipantState, Role, UnixMillis};
 use crate::device::{ApnsEnvironment, Capabilities, Device, Platform, PushTokens};
@@ -10,13 +11,20 @@ use crate::device::{ApnsEnvironment, Capabilities, Device, Platform, PushTokens}
 pub struct DeviceRequest {
     device_id: String,
     platform: Platform,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     push: PushTokens,
     apns_environment: Option<ApnsEnvironment>,
     bundle_id: Option<String>,
     app_version: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     capabilities: Capabilities,
+}
+
+/// A nested JSON object only (see `super::body`: derived structs would also
+/// read an array).
+fn object<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<T, D::Error> {
+    let map = serde_json::Map::deserialize(d)?;
+    T::deserialize(serde_json::Value::Object(map)).map_err(serde::de::Error::custom)
 }
 
 impl DeviceRequest {

@@ -1,12 +1,14 @@
 //! HTTP endpoints: the signaling WebSocket, metrics, health, and the
 //! development-only endpoints (call and user tokens, the demo page).
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{State, rejection::JsonRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use control::api::ApiError;
 use control::call_token::CallGrant;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -18,7 +20,7 @@ use super::session::{self, Frame, Outgoing};
 
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
-        .route("/v1/rtc", get(rtc_socket))
+        .route(control::api::RTC_PATH, get(rtc_socket))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if state.config.metrics_listen.is_none() {
@@ -39,6 +41,19 @@ pub fn router(state: AppState) -> Router {
     router.with_state(state)
 }
 
+/// Unknown paths and methods get the typed error body too.
+pub async fn no_such_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take this method",
+    )
+}
+
 /// The operations listener (`metrics_listen`): metrics and health only.
 pub fn ops_router(state: AppState) -> Router {
     Router::new()
@@ -52,7 +67,14 @@ pub fn ops_router(state: AppState) -> Router {
 /// an SDP takes a few reads).
 const SOCKET_READ_BUFFER: usize = 16 * 1024;
 
-async fn rtc_socket(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+async fn rtc_socket(
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    State(state): State<AppState>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return ApiError::upgrade_required(rejection).into_response(),
+    };
     // Frames up to 4x our limit reach the session, which answers
     // `message_too_large` and carries on; beyond that the socket closes (1009).
     let hard_limit = state.config.max_message_bytes * 4;
@@ -117,22 +139,22 @@ async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError
     if dead.is_empty() {
         return Ok("ok");
     }
-    Err(ApiError {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        code: "shard_down",
-        message: format!("engine shards not running: {dead:?}"),
-    })
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shard_down",
+        format!("engine shards not running: {dead:?}"),
+    ))
 }
 
 /// Readiness for new calls: live and not draining (a load balancer stops
 /// sending new work; the calls already here continue).
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     if !state.lifecycle.is_serving() {
-        return Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "draining",
-            message: "this node is shutting down".into(),
-        });
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is shutting down",
+        ));
     }
     healthz(State(state)).await.map(|_| "ready")
 }
@@ -174,14 +196,14 @@ async fn dev_token(
     let valid = |s: &str| !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control);
     if !valid(&req.room) || !valid(&req.user_id) {
         return Err(ApiError::bad_request(
-            "room and userId must be 1-128 printable characters".into(),
+            "room and userId must be 1-128 printable characters",
         ));
     }
     let participant_id = match req.participant_id {
         Some(p) if valid(&p) => p,
         Some(_) => {
             return Err(ApiError::bad_request(
-                "participantId must be 1-128 printable characters".into(),
+                "participantId must be 1-128 printable characters",
             ));
         }
         None => format!("PA_{:016x}", rand::random::<u64>()),
@@ -230,38 +252,14 @@ async fn dev_user_token(
         && !req.user_id.chars().any(char::is_control);
     if !valid {
         return Err(ApiError::bad_request(
-            "userId must be 1-128 printable characters".into(),
+            "userId must be 1-128 printable characters",
         ));
     }
     let Some(key) = state.config.api_keys.iter().find(|k| !k.revoked) else {
-        return Err(ApiError::bad_request("no API key is configured".into()));
+        return Err(ApiError::bad_request("no API key is configured"));
     };
     let now = control::unix_millis() / 1000;
     let ttl = std::time::Duration::from_secs(3600);
     let token = control::auth::mint_user_token(key, &req.user_id, ttl, now);
     Ok(Json(serde_json::json!({ "token": token })))
-}
-
-/// The JSON error body every endpoint uses: `{code, message}`.
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn bad_request(message: String) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_request",
-            message,
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({ "code": self.code, "message": self.message });
-        (self.status, Json(body)).into_response()
-    }
 }

@@ -238,7 +238,10 @@ pub async fn start_with_push(
     spawn_ack_checks(control.events.clone(), shutdown_rx.clone());
     spawn_media_signals(control.service.clone(), media_signals_rx);
     let push = control.events.push.clone();
-    let app = http::router(state.clone()).merge(control::api::router(control));
+    let app = http::router(state.clone())
+        .merge(control::api::router(control))
+        .fallback(http::no_such_route)
+        .method_not_allowed_fallback(http::method_not_allowed);
     let descriptors = listener::raise_descriptor_limit();
     let limits = listener::ConnectionLimits::within_descriptors(
         state.config.max_http_connections,
