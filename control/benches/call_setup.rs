@@ -39,6 +39,7 @@ fn service(path: &std::path::Path) -> CallService {
         metrics: None,
         timeouts: Timeouts::default(),
         max_ringing_devices: 3,
+        event_webhooks: Vec::new(),
     }
 }
 

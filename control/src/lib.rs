@@ -18,6 +18,7 @@ pub mod ringing;
 pub mod service;
 pub mod store;
 pub mod turn_issuer;
+pub mod webhooks;
 
 /// The wall clock in Unix milliseconds: what the shells pass to the pure
 /// call machine (which never reads a clock).

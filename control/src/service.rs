@@ -73,6 +73,9 @@ pub struct CallService {
     pub metrics: Option<Arc<crate::metrics::CallMetrics>>,
     pub timeouts: Timeouts,
     pub max_ringing_devices: usize,
+    /// The app backend's call-event webhook endpoints: each stored change of
+    /// a call queues its events for them in the same write (`webhooks`).
+    pub event_webhooks: Vec<crate::webhooks::Endpoint>,
 }
 
 /// The most people one call rings.
@@ -148,8 +151,9 @@ impl CallService {
         // results: the first one, answered by this attempt. The store checks
         // and inserts in one atomic step (two crossed creates at the same
         // instant, on any nodes, cannot both miss each other).
+        let events = self.events(None, &call, now);
         if let Insertion::Crossed { call_id: crossed } =
-            self.store.insert_call_unless_crossed(&call)?
+            self.store.insert_call_with_events(&call, &events)?
         {
             let (call, _) = self.update(&crossed, |c, fx| {
                 c.accept_crossed(caller, device_id, now, fx)
@@ -161,6 +165,20 @@ impl CallService {
         }
         self.ringer.deliver(&call, &effects);
         Ok(call)
+    }
+
+    /// The webhook rows for one change of a call (none without endpoints).
+    fn events(
+        &self,
+        before: Option<&Call>,
+        after: &Call,
+        now: UnixMillis,
+    ) -> Vec<crate::store::NewEvent> {
+        if self.event_webhooks.is_empty() {
+            return Vec::new();
+        }
+        let events = crate::webhooks::events_between(before, after);
+        crate::webhooks::for_endpoints(&self.event_webhooks, Some(&after.call_id), events, now)
     }
 
     fn in_connected_call(&self, user: &str) -> Result<bool, ServiceError> {
@@ -191,7 +209,11 @@ impl CallService {
                 // Nothing changed (a retry, or a no-op): no write, no effects.
                 return Ok((call, out));
             }
-            if self.store.update_call(&call, read.version)? {
+            let events = self.events(Some(&read.value), &call, crate::unix_millis());
+            if self
+                .store
+                .update_call_with_events(&call, read.version, &events)?
+            {
                 if let Some(m) = &self.metrics {
                     m.observe(Some(&read.value), &call);
                 }

@@ -320,6 +320,7 @@ impl CallApi {
                 connect_ms: 20_000,
             },
             max_ringing_devices: 3,
+            event_webhooks: Vec::new(),
         };
         let unlimited = Rate::per_second(1_000_000);
         let state = control::api::ControlState {

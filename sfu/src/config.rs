@@ -86,6 +86,23 @@ pub struct Config {
     pub push_per_device_per_minute: u32,
     /// The embedded TURN relay (`[turn]`).
     pub turn: TurnSettings,
+    /// Call-event webhooks to the app backend (`[[event_webhooks]] url,
+    /// secrets`; `control/WEBHOOKS.md`).
+    pub event_webhooks: Vec<EventWebhookSettings>,
+    /// Undelivered call events are dropped after this long (counted).
+    pub event_webhook_max_age_seconds: u64,
+    /// Queued call-event deliveries kept at most (the oldest beyond are
+    /// dropped, counted).
+    pub event_webhook_max_queued: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventWebhookSettings {
+    pub url: String,
+    /// `whsec_<base64>` (Standard Webhooks); each signs every delivery, so
+    /// a new one can be added before the old is removed.
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -204,6 +221,9 @@ impl Default for Config {
             log_format: "text".into(),
             data_dir: "switchboard-data".into(),
             api_keys: Vec::new(),
+            event_webhooks: Vec::new(),
+            event_webhook_max_age_seconds: 24 * 3600,
+            event_webhook_max_queued: 100_000,
             ring_timeout_seconds: 40,
             connect_timeout_seconds: 20,
             drain_timeout_seconds: 600,
@@ -385,6 +405,18 @@ impl Config {
         if let Some(v) = var("SWITCHBOARD_TURN_TLS_KEY_FILE") {
             self.turn.tls_key_file = Some(v.into());
         }
+        // One event webhook from the environment; secrets comma-separated.
+        if let Some(url) = var("SWITCHBOARD_EVENT_WEBHOOK_URL") {
+            let secrets =
+                var("SWITCHBOARD_EVENT_WEBHOOK_SECRETS").ok_or_else(|| ConfigError::Env {
+                    name: "SWITCHBOARD_EVENT_WEBHOOK_SECRETS".into(),
+                    message: "required with SWITCHBOARD_EVENT_WEBHOOK_URL".into(),
+                })?;
+            self.event_webhooks.push(EventWebhookSettings {
+                url,
+                secrets: secrets.split(',').map(|s| s.trim().to_string()).collect(),
+            });
+        }
         // One key from the environment: "id:secret".
         if let Some(v) = var("SWITCHBOARD_API_KEY") {
             let (id, secret) = v.split_once(':').ok_or_else(|| ConfigError::Env {
@@ -441,6 +473,25 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "push_webhook_url must be http(s)".into(),
             ));
+        }
+        for hook in &self.event_webhooks {
+            if !(hook.url.starts_with("https://") || hook.url.starts_with("http://")) {
+                return Err(ConfigError::Invalid(
+                    "event_webhooks url must be http(s)".into(),
+                ));
+            }
+            if hook.secrets.is_empty()
+                || hook
+                    .secrets
+                    .iter()
+                    .any(|s| control::webhooks::secret_key(s).is_err())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "event_webhooks {}: {}",
+                    hook.url,
+                    control::webhooks::BadSecret
+                )));
+            }
         }
         let urls = self
             .apns

@@ -91,7 +91,7 @@ pub enum Outcome {
 }
 
 /// A `Retry-After` header in seconds (the form APNs, FCM and most webhooks use).
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())

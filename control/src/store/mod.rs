@@ -100,6 +100,34 @@ pub struct IdempotencyRecord {
     pub expires_at: UnixMillis,
 }
 
+/// An event for the app backend's webhook endpoint, to be queued with the
+/// change it reports (`crate::webhooks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// One id per event, the same for every endpoint (receivers de-duplicate by it).
+    pub event_id: String,
+    /// Which configured endpoint (its URL) this row is for.
+    pub endpoint: String,
+    /// The call it is about; events of one call are numbered and delivered
+    /// in order per endpoint.
+    pub call_id: Option<String>,
+    pub kind: String,
+    pub occurred_at: UnixMillis,
+    /// The event's `data` object, as JSON text.
+    pub data: String,
+}
+
+/// A queued event, as the delivery worker reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEvent {
+    /// The queue row.
+    pub row: i64,
+    pub event: NewEvent,
+    /// 1, 2, 3... per call (0 without a call).
+    pub sequence: u64,
+    pub attempts: u32,
+}
+
 pub trait Store: Send + Sync {
     /// Registers or updates a device. Any push token it carries is taken off
     /// other devices first (logout/login on one phone).
@@ -129,11 +157,51 @@ pub trait Store: Send + Sync {
     /// (the two called each other), checked and written as one atomic step:
     /// two crossed creates at the same instant make one call, on whichever
     /// nodes they run. Calls of more than two people are simply stored.
-    fn insert_call_unless_crossed(&self, call: &Call) -> Result<Insertion, StoreError>;
+    fn insert_call_unless_crossed(&self, call: &Call) -> Result<Insertion, StoreError> {
+        self.insert_call_with_events(call, &[])
+    }
+    /// [`Store::insert_call_unless_crossed`], queueing `events` in the same
+    /// atomic step when the call is inserted (a crash loses both or neither).
+    fn insert_call_with_events(
+        &self,
+        call: &Call,
+        events: &[NewEvent],
+    ) -> Result<Insertion, StoreError>;
     fn get_call(&self, call_id: &str) -> Result<Option<Versioned<Call>>, StoreError>;
     /// Writes `call` if its stored version is still `expected`; false if
     /// someone else wrote it first (re-read and retry).
-    fn update_call(&self, call: &Call, expected: u64) -> Result<bool, StoreError>;
+    fn update_call(&self, call: &Call, expected: u64) -> Result<bool, StoreError> {
+        self.update_call_with_events(call, expected, &[])
+    }
+    /// [`Store::update_call`], queueing `events` in the same atomic step
+    /// when the write wins.
+    fn update_call_with_events(
+        &self,
+        call: &Call,
+        expected: u64,
+        events: &[NewEvent],
+    ) -> Result<bool, StoreError>;
+
+    /// Queued events whose next attempt is due, oldest first, at most one
+    /// per (endpoint, call): a call's next event waits for the one before.
+    fn due_events(&self, now: UnixMillis, limit: usize) -> Result<Vec<QueuedEvent>, StoreError>;
+    /// The endpoint took it: forget the row.
+    fn event_delivered(&self, row: i64) -> Result<(), StoreError>;
+    /// Try again at `next_attempt_at`.
+    fn event_retry(
+        &self,
+        row: i64,
+        attempts: u32,
+        next_attempt_at: UnixMillis,
+    ) -> Result<(), StoreError>;
+    /// Drops rows older than `older_than`, then the oldest beyond
+    /// `max_queued`; returns how many (aged, over the bound).
+    fn trim_events(
+        &self,
+        older_than: UnixMillis,
+        max_queued: usize,
+    ) -> Result<(usize, usize), StoreError>;
+    fn queued_events(&self) -> Result<usize, StoreError>;
     /// A user's calls, newest first, missed ones included.
     fn calls_of(&self, user_id: &str, limit: usize) -> Result<Vec<Call>, StoreError>;
     /// Calls not yet ended (recovery after a restart).

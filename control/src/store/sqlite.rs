@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{IdempotencyRecord, Insertion, Store, StoreError, TokenMove, Versioned};
+use super::{
+    IdempotencyRecord, Insertion, NewEvent, QueuedEvent, Store, StoreError, TokenMove, Versioned,
+};
 use crate::call::{Call, CallState, UnixMillis};
 use crate::device::Device;
 
@@ -46,6 +48,24 @@ CREATE TABLE IF NOT EXISTS call_users (
     PRIMARY KEY (call_id, user_id)
 );
 CREATE INDEX IF NOT EXISTS call_users_user ON call_users(user_id, created_at);
+CREATE TABLE IF NOT EXISTS event_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    call_id TEXT,
+    sequence INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    occurred_at INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS event_outbox_order ON event_outbox(endpoint, call_id, id);
+CREATE INDEX IF NOT EXISTS event_outbox_due ON event_outbox(next_attempt_at);
+CREATE TABLE IF NOT EXISTS event_sequence (
+    call_id TEXT PRIMARY KEY,
+    last INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     user_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -73,6 +93,48 @@ fn insert_call_in(tx: &rusqlite::Transaction<'_>, call: &Call) -> Result<(), Sto
         tx.execute(
             "INSERT OR IGNORE INTO call_users (call_id, user_id, created_at) VALUES (?1, ?2, ?3)",
             params![call.call_id, p.user_id, call.created_at as i64],
+        )
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Queues `events` inside the caller's transaction, numbering each event
+/// (not each endpoint's row) in its call's sequence.
+fn queue_events_in(tx: &rusqlite::Transaction<'_>, events: &[NewEvent]) -> Result<(), StoreError> {
+    let mut numbered: Vec<(&str, i64)> = Vec::new();
+    for event in events {
+        let sequence = match (
+            &event.call_id,
+            numbered.iter().find(|(id, _)| *id == event.event_id),
+        ) {
+            (_, Some((_, n))) => *n,
+            (None, None) => 0,
+            (Some(call_id), None) => {
+                let n: i64 = tx
+                    .query_row(
+                        "INSERT INTO event_sequence (call_id, last) VALUES (?1, 1)
+                         ON CONFLICT(call_id) DO UPDATE SET last = last + 1 RETURNING last",
+                        params![call_id],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                n
+            }
+        };
+        numbered.push((&event.event_id, sequence));
+        tx.execute(
+            "INSERT INTO event_outbox (event_id, endpoint, call_id, sequence, kind, occurred_at, data, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6)",
+            params![
+                event.event_id,
+                event.endpoint,
+                event.call_id,
+                sequence,
+                event.kind,
+                event.occurred_at as i64,
+                event.data
+            ],
         )
         .map_err(backend)?;
     }
@@ -290,7 +352,11 @@ impl Store for SqliteStore {
         tx.commit().map_err(backend)
     }
 
-    fn insert_call_unless_crossed(&self, call: &Call) -> Result<Insertion, StoreError> {
+    fn insert_call_with_events(
+        &self,
+        call: &Call,
+        events: &[NewEvent],
+    ) -> Result<Insertion, StoreError> {
         let mut conn = self.conn();
         // IMMEDIATE takes the write lock before the read: another process on
         // the same file cannot slip its insert between our check and ours.
@@ -317,6 +383,7 @@ impl Store for SqliteStore {
             }
         }
         insert_call_in(&tx, call)?;
+        queue_events_in(&tx, events)?;
         tx.commit().map_err(backend)?;
         Ok(Insertion::Inserted)
     }
@@ -340,10 +407,16 @@ impl Store for SqliteStore {
         .transpose()
     }
 
-    fn update_call(&self, call: &Call, expected: u64) -> Result<bool, StoreError> {
+    fn update_call_with_events(
+        &self,
+        call: &Call,
+        expected: u64,
+        events: &[NewEvent],
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
         // Compare-and-set: the row count says whether our version was current.
-        let n = self
-            .conn()
+        let n = tx
             .execute(
                 "UPDATE calls SET json = ?1, state = ?2, version = version + 1
                  WHERE call_id = ?3 AND version = ?4",
@@ -355,7 +428,97 @@ impl Store for SqliteStore {
                 ],
             )
             .map_err(backend)?;
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(false);
+        }
+        queue_events_in(&tx, events)?;
+        tx.commit().map_err(backend)?;
+        Ok(true)
+    }
+
+    fn due_events(&self, now: UnixMillis, limit: usize) -> Result<Vec<QueuedEvent>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, event_id, endpoint, call_id, sequence, kind, occurred_at, data, attempts
+                 FROM event_outbox o
+                 WHERE next_attempt_at <= ?1
+                   AND id = (SELECT MIN(id) FROM event_outbox f
+                             WHERE f.endpoint = o.endpoint AND f.call_id IS o.call_id
+                               AND (o.call_id IS NOT NULL OR f.id = o.id))
+                 ORDER BY id LIMIT ?2",
+            )
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![now as i64, limit as i64], |r| {
+                Ok(QueuedEvent {
+                    row: r.get(0)?,
+                    event: NewEvent {
+                        event_id: r.get(1)?,
+                        endpoint: r.get(2)?,
+                        call_id: r.get(3)?,
+                        kind: r.get(5)?,
+                        occurred_at: r.get::<_, i64>(6)? as u64,
+                        data: r.get(7)?,
+                    },
+                    sequence: r.get::<_, i64>(4)? as u64,
+                    attempts: r.get::<_, i64>(8)? as u32,
+                })
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<_, _>>().map_err(backend)
+    }
+
+    fn event_delivered(&self, row: i64) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM event_outbox WHERE id = ?1", params![row])
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn event_retry(
+        &self,
+        row: i64,
+        attempts: u32,
+        next_attempt_at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "UPDATE event_outbox SET attempts = ?2, next_attempt_at = ?3 WHERE id = ?1",
+                params![row, attempts, next_attempt_at as i64],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn trim_events(
+        &self,
+        older_than: UnixMillis,
+        max_queued: usize,
+    ) -> Result<(usize, usize), StoreError> {
+        let conn = self.conn();
+        let aged = conn
+            .execute(
+                "DELETE FROM event_outbox WHERE occurred_at < ?1",
+                params![older_than as i64],
+            )
+            .map_err(backend)?;
+        let over = conn
+            .execute(
+                "DELETE FROM event_outbox WHERE id IN
+                 (SELECT id FROM event_outbox ORDER BY id DESC LIMIT -1 OFFSET ?1)",
+                params![max_queued as i64],
+            )
+            .map_err(backend)?;
+        Ok((aged, over))
+    }
+
+    fn queued_events(&self) -> Result<usize, StoreError> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM event_outbox", [], |r| r.get(0))
+            .map_err(backend)?;
+        Ok(n as usize)
     }
 
     fn calls_of(&self, user_id: &str, limit: usize) -> Result<Vec<Call>, StoreError> {

@@ -167,6 +167,7 @@ pub fn service_with(
             connect_ms: 20_000,
         },
         max_ringing_devices: 5,
+        event_webhooks: Vec::new(),
     }
 }
 

@@ -235,6 +235,21 @@ pub async fn start_with_push(
     }
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     spawn_call_timers(control.service.clone(), shutdown_rx.clone());
+    if !state.config.event_webhooks.is_empty() {
+        let metrics = control::webhooks::delivery::Metrics::register(&state.metrics.registry)
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        let settings = control::webhooks::delivery::Settings {
+            max_age: Duration::from_secs(state.config.event_webhook_max_age_seconds),
+            max_queued: state.config.event_webhook_max_queued,
+            ..control::webhooks::delivery::Settings::new(event_endpoints(&state.config))
+        };
+        tokio::spawn(control::webhooks::delivery::run(
+            control.service.store.clone(),
+            settings,
+            Some(Arc::new(metrics)),
+            shutdown_rx.clone(),
+        ));
+    }
     spawn_ack_checks(control.events.clone(), shutdown_rx.clone());
     spawn_media_signals(control.service.clone(), media_signals_rx);
     let push = control.events.push.clone();
@@ -328,6 +343,7 @@ fn start_control(
             connect_ms: config.connect_timeout_seconds * 1000,
         },
         max_ringing_devices: config.max_ringing_devices,
+        event_webhooks: event_endpoints(config),
     };
     Ok(control::api::ControlState {
         auth: Arc::new(control::auth::Authenticator::new(
@@ -425,6 +441,17 @@ fn push_dispatcher(
 }
 
 /// The server owns the ring and connect timers: every 250 ms, due ones fire.
+fn event_endpoints(config: &Config) -> Vec<control::webhooks::Endpoint> {
+    config
+        .event_webhooks
+        .iter()
+        .map(|w| control::webhooks::Endpoint {
+            url: w.url.clone(),
+            secrets: w.secrets.clone(),
+        })
+        .collect()
+}
+
 fn spawn_call_timers(
     service: Arc<control::service::CallService>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
