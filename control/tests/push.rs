@@ -187,7 +187,15 @@ async fn an_iphone_without_callkit_is_rung_by_a_visible_alert_never_voip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_tokens_are_removed_and_not_pushed_again_while_bad_ones_stay() {
-    let h = harness(30_000, quick_retries()).await;
+    let backend = control::webhooks::Endpoint {
+        url: "http://127.0.0.1:9/events".into(),
+        secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+    };
+    let config = DispatchConfig {
+        event_webhooks: vec![backend.clone()],
+        ..quick_retries()
+    };
+    let h = harness(30_000, config).await;
     let ipad_voip = "c3".repeat(32);
     h.store
         .upsert_device(&support::device(
@@ -241,6 +249,29 @@ async fn dead_tokens_are_removed_and_not_pushed_again_while_bad_ones_stay() {
         Some(ipad_voip.as_str())
     );
     assert_eq!(h.counter("switchboard_push_tokens_removed_total", &[]), 2);
+    // The app backend is told, once per removed token, so it can forget it too.
+    let told = h.store.due_events(now_ms() + 3_600_000, 100).unwrap();
+    let mut removed: Vec<(String, String)> = told
+        .iter()
+        .map(|q| {
+            assert_eq!(q.event.kind, "device.token_removed");
+            assert_eq!(q.event.endpoint, backend.url);
+            let data: serde_json::Value = serde_json::from_str(&q.event.data).unwrap();
+            assert_eq!(data["userId"], "bob");
+            (
+                data["deviceId"].as_str().unwrap().into(),
+                data["tokenKind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    removed.sort();
+    assert_eq!(
+        removed,
+        [
+            ("iphone".into(), "apnsVoip".into()),
+            ("pixel".into(), "fcm".into())
+        ]
+    );
     assert_eq!(
         h.counter(
             "switchboard_push_failed_total",

@@ -44,7 +44,7 @@ pub struct Providers {
     pub webhook: Option<WebhookClient>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DispatchConfig {
     /// Attempts per push, the first included.
     pub max_attempts: u32,
@@ -56,6 +56,9 @@ pub struct DispatchConfig {
     pub max_in_flight: usize,
     /// Pushes waiting for a delivery slot; beyond it new ones are dropped.
     pub max_queued: usize,
+    /// Told `device.token_removed` when a provider kills a token, so the
+    /// app backend can forget it too.
+    pub event_webhooks: Vec<crate::webhooks::Endpoint>,
 }
 
 impl Default for DispatchConfig {
@@ -66,6 +69,7 @@ impl Default for DispatchConfig {
             per_device: Rate::per_minute(30),
             max_in_flight: 1_000,
             max_queued: 10_000,
+            event_webhooks: Vec::new(),
         }
     }
 }
@@ -143,13 +147,13 @@ impl PushDispatcher {
         metrics: Option<Arc<PushMetrics>>,
     ) -> PushDispatcher {
         let (queue, mut rx) = mpsc::channel::<Queued>(config.max_queued.max(1));
+        let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         let dispatch = Arc::new(Dispatch {
             providers,
             config,
             store,
             metrics: metrics.clone(),
         });
-        let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         tokio::spawn(async move {
             let mut seen: HashMap<DedupeKey, Instant> = HashMap::new();
             let mut pruned = Instant::now();
@@ -471,8 +475,30 @@ impl Dispatch {
                 }
                 Outcome::TokenGone { reason } => {
                     let token = push.token.clone();
+                    let removed_event = crate::webhooks::for_endpoints(
+                        &self.config.event_webhooks,
+                        None,
+                        vec![crate::webhooks::CallEvent {
+                            kind: "device.token_removed",
+                            data: serde_json::json!({
+                                "userId": user_id,
+                                "deviceId": device_id,
+                                "platform": platform,
+                                "tokenKind": push.token_kind.as_str(),
+                                "reason": reason,
+                                "callId": call_id,
+                            }),
+                        }],
+                        crate::unix_millis(),
+                    );
                     let removed = self
-                        .store(move |s| s.remove_push_token(&token))
+                        .store(move |s| {
+                            let removed = s.remove_push_token(&token)?;
+                            if removed {
+                                s.queue_events(&removed_event)?;
+                            }
+                            Ok::<_, crate::store::StoreError>(removed)
+                        })
                         .await
                         .and_then(Result::ok)
                         .unwrap_or(false);

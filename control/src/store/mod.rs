@@ -182,6 +182,8 @@ pub trait Store: Send + Sync {
         events: &[NewEvent],
     ) -> Result<bool, StoreError>;
 
+    /// Queues events that come with no call write (a device's token removed).
+    fn queue_events(&self, events: &[NewEvent]) -> Result<(), StoreError>;
     /// Queued events whose next attempt is due, oldest first, at most one
     /// per (endpoint, call): a call's next event waits for the one before.
     fn due_events(&self, now: UnixMillis, limit: usize) -> Result<Vec<QueuedEvent>, StoreError>;

@@ -436,6 +436,13 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    fn queue_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(backend)?;
+        queue_events_in(&tx, events)?;
+        tx.commit().map_err(backend)
+    }
+
     fn due_events(&self, now: UnixMillis, limit: usize) -> Result<Vec<QueuedEvent>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn

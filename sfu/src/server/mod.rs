@@ -430,6 +430,7 @@ fn push_dispatcher(
     }
     let dispatch_config = dispatch::DispatchConfig {
         per_device: control::rate_limit::Rate::per_minute(config.push_per_device_per_minute),
+        event_webhooks: event_endpoints(config),
         ..Default::default()
     };
     Ok(Arc::new(dispatch::PushDispatcher::spawn(
