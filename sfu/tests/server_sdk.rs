@@ -1,7 +1,8 @@
 //! The Node server SDK (`sdk/node`) against the real `switchboard`: its own
 //! tests (node's runner) mint tokens, drive a call through every route,
-//! check typed errors and retries, and receive the server's push webhooks
-//! on a local port, verified by the SDK's `verifyWebhook`. Then the package
+//! check typed errors and retries, and receive the server's push and
+//! call-event webhooks on a local port, verified by the SDK's
+//! `verifyWebhook` (and the events by the Standard Webhooks library). Then the package
 //! is packed and installed into a scratch project that imports it.
 //!
 //! Needs `npm ci` in `sdk/node` (`./scripts/test` does it).
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use common::live::{API_KEY_ID, API_KEY_SECRET, free_port, scratch_dir, spawn_switchboard};
 
 const WEBHOOK_SECRET: &str = "sdk-webhook-secret-sdk-webhook-secret";
+const EVENT_WEBHOOK_SECRET: &str = "whsec_c2RrLWV2ZW50LXNlY3JldC1zZGstZXZlbnQtc2VjcmV0";
 
 fn sdk_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/node");
@@ -61,7 +63,8 @@ fn run_bounded(mut command: Command, what: &str, limit: Duration) -> (bool, Stri
 async fn the_node_sdk_drives_a_real_server_and_verifies_its_webhooks() {
     let dir = sdk_dir();
     let webhook_port = free_port();
-    let webhook_url = format!("http://127.0.0.1:{webhook_port}/switchboard/push");
+    let webhook_url = format!("http://127.0.0.1:{webhook_port}/push");
+    let event_url = format!("http://127.0.0.1:{webhook_port}/events");
     let server = spawn_switchboard(
         &scratch_dir(),
         free_port(),
@@ -69,6 +72,8 @@ async fn the_node_sdk_drives_a_real_server_and_verifies_its_webhooks() {
         &[
             ("SWITCHBOARD_PUSH_WEBHOOK_URL", &webhook_url),
             ("SWITCHBOARD_PUSH_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ("SWITCHBOARD_EVENT_WEBHOOK_URL", &event_url),
+            ("SWITCHBOARD_EVENT_WEBHOOK_SECRETS", EVENT_WEBHOOK_SECRET),
         ],
     )
     .await;
@@ -81,7 +86,8 @@ async fn the_node_sdk_drives_a_real_server_and_verifies_its_webhooks() {
             format!("{API_KEY_ID}:{API_KEY_SECRET}"),
         )
         .env("WEBHOOK_PORT", webhook_port.to_string())
-        .env("WEBHOOK_SECRET", WEBHOOK_SECRET);
+        .env("WEBHOOK_SECRET", WEBHOOK_SECRET)
+        .env("EVENT_WEBHOOK_SECRET", EVENT_WEBHOOK_SECRET);
     let (passed, text) = tokio::task::spawn_blocking(move || {
         run_bounded(test, "node-test", Duration::from_secs(180))
     })

@@ -241,40 +241,74 @@ export class WebhookVerificationError extends Error {
   }
 }
 
+export type CallEvent = Schemas["CallEvent"];
+
+/** Request headers as Node (`req.headers`), fetch (`Headers`) or a plain object give them. */
+export type WebhookHeaders = Headers | Record<string, string | string[] | undefined>;
+
+function header(headers: WebhookHeaders, name: string): string | undefined {
+  if (headers instanceof Headers) return headers.get(name) ?? undefined;
+  const found = Object.entries(headers).find(([k]) => k.toLowerCase() === name)?.[1];
+  return Array.isArray(found) ? found[0] : found;
+}
+
 /**
- * Checks a webhook from Switchboard and returns its parsed body: the
- * signature header (`X-Switchboard-Signature: t=<unix s>,v1=<hex>`, HMAC-SHA256
- * of `<t>.<raw body>` with your webhook secret) must match the raw body
- * exactly as received (before any JSON parsing) and be within
- * `toleranceSeconds` (default 300) of now, which refuses replays.
+ * Checks a webhook from Switchboard and returns its parsed body. Pass the
+ * raw body exactly as received (before any JSON parsing) and the request's
+ * headers. Both of Switchboard's webhooks verify here:
+ *
+ * - call events (`webhook-id`, `webhook-timestamp`, `webhook-signature`:
+ *   the Standard Webhooks scheme; `secret` is the endpoint's `whsec_...`
+ *   secret, and any one of several signatures may match, for rotation);
+ * - pushes (`x-switchboard-signature: t=<unix s>,v1=<hex>`, HMAC-SHA256 of
+ *   `<t>.<raw body>` with the push webhook secret).
+ *
+ * Timestamps more than `toleranceSeconds` (300) from now are refused: replays.
  */
-export function verifyWebhook<T = PushWebhook>(
+export function verifyWebhook<T = CallEvent | PushWebhook>(
   rawBody: string | Uint8Array,
-  signatureHeader: string | null | undefined,
+  headers: WebhookHeaders,
   secret: string,
   options: { toleranceSeconds?: number; now?: Date } = {},
 ): T {
-  if (!signatureHeader) throw new WebhookVerificationError("no signature header");
-  // Several `v1` entries are several signatures (a secret being rotated).
-  const parts = signatureHeader.split(",").map((part) => {
-    const at = part.indexOf("=");
-    return [part.slice(0, at).trim(), part.slice(at + 1).trim()] as const;
-  });
-  const timestamp = Number(parts.find(([k]) => k === "t")?.[1]);
-  const signatures = parts.filter(([k]) => k === "v1").map(([, v]) => v);
-  if (!Number.isInteger(timestamp) || signatures.length === 0) {
-    throw new WebhookVerificationError("malformed signature header");
-  }
+  const body = Buffer.from(rawBody);
   const now = Math.floor((options.now ?? new Date()).getTime() / 1000);
-  if (Math.abs(now - timestamp) > (options.toleranceSeconds ?? 300)) {
-    throw new WebhookVerificationError("signature timestamp outside the tolerance (a replay?)");
+  const fresh = (timestamp: number) => {
+    if (!Number.isInteger(timestamp)) throw new WebhookVerificationError("malformed timestamp");
+    if (Math.abs(now - timestamp) > (options.toleranceSeconds ?? 300)) {
+      throw new WebhookVerificationError("signature timestamp outside the tolerance (a replay?)");
+    }
+  };
+  const standard = header(headers, "webhook-signature");
+  const push = header(headers, "x-switchboard-signature");
+  let want: Buffer;
+  let candidates: Buffer[];
+  if (standard !== undefined) {
+    const id = header(headers, "webhook-id");
+    const timestamp = Number(header(headers, "webhook-timestamp"));
+    if (!id) throw new WebhookVerificationError("no webhook-id");
+    fresh(timestamp);
+    if (!secret.startsWith("whsec_")) throw new WebhookVerificationError("event webhook secrets start with whsec_");
+    const key = Buffer.from(secret.slice("whsec_".length), "base64");
+    want = createHmac("sha256", key).update(`${id}.${timestamp}.`).update(body).digest();
+    candidates = standard
+      .split(" ")
+      .filter((s) => s.startsWith("v1,"))
+      .map((s) => Buffer.from(s.slice(3), "base64"));
+  } else if (push !== undefined) {
+    // Several `v1` entries are several signatures (a secret being rotated).
+    const parts = push.split(",").map((part) => {
+      const at = part.indexOf("=");
+      return [part.slice(0, at).trim(), part.slice(at + 1).trim()] as const;
+    });
+    const timestamp = Number(parts.find(([k]) => k === "t")?.[1]);
+    fresh(timestamp);
+    want = createHmac("sha256", secret).update(`${timestamp}.`).update(body).digest();
+    candidates = parts.filter(([k]) => k === "v1").map(([, v]) => Buffer.from(v, "hex"));
+  } else {
+    throw new WebhookVerificationError("no signature header");
   }
-  const body = typeof rawBody === "string" ? Buffer.from(rawBody) : Buffer.from(rawBody);
-  const want = createHmac("sha256", secret).update(`${timestamp}.`).update(body).digest();
-  const matches = signatures.some((hex) => {
-    const got = Buffer.from(hex, "hex");
-    return got.length === want.length && timingSafeEqual(got, want);
-  });
+  const matches = candidates.some((got) => got.length === want.length && timingSafeEqual(got, want));
   if (!matches) throw new WebhookVerificationError("signature does not match");
   return JSON.parse(body.toString("utf8")) as T;
 }

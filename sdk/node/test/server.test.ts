@@ -4,10 +4,14 @@
 // that port, where this test receives and verifies them).
 
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { createServer, type IncomingMessage } from "node:http";
 import { after, before, test } from "node:test";
 
+import { Webhook } from "standardwebhooks";
+
 import {
+  type CallEvent,
   type PushWebhook,
   Switchboard,
   SwitchboardError,
@@ -20,21 +24,33 @@ const baseUrl = process.env.SWITCHBOARD_URL;
 const [keyId, keySecret] = (process.env.SWITCHBOARD_API_KEY ?? "").split(":");
 const webhookPort = Number(process.env.WEBHOOK_PORT);
 const webhookSecret = process.env.WEBHOOK_SECRET ?? "";
-if (!baseUrl || !keyId || !keySecret || !webhookPort || !webhookSecret) {
-  throw new Error("run through sfu/tests/server_sdk.rs (SWITCHBOARD_URL, SWITCHBOARD_API_KEY, WEBHOOK_PORT, WEBHOOK_SECRET)");
+const eventSecret = process.env.EVENT_WEBHOOK_SECRET ?? "";
+if (!baseUrl || !keyId || !keySecret || !webhookPort || !webhookSecret || !eventSecret) {
+  throw new Error(
+    "run through sfu/tests/server_sdk.rs (SWITCHBOARD_URL, SWITCHBOARD_API_KEY, WEBHOOK_PORT, WEBHOOK_SECRET, EVENT_WEBHOOK_SECRET)",
+  );
 }
 const key = { id: keyId, secret: keySecret };
 const sb = new Switchboard(key, { baseUrl, backoffMs: 50 });
 
-// The app backend's push webhook endpoint: verifies every delivery.
+// The app backend's webhook endpoints (pushes at /push, call events at
+// /events): every delivery verified by the SDK; call events also by the
+// Standard Webhooks reference library.
 const pushes: PushWebhook[] = [];
+const events: CallEvent[] = [];
 const refused: string[] = [];
 const receiver = createServer(async (req: IncomingMessage, res) => {
   const chunks: Buffer[] = [];
   for await (const chunk of req) chunks.push(chunk as Buffer);
   const raw = Buffer.concat(chunks);
   try {
-    pushes.push(verifyWebhook<PushWebhook>(raw, req.headers["x-switchboard-signature"] as string, webhookSecret));
+    if (req.url === "/events") {
+      const event = verifyWebhook<CallEvent>(raw, req.headers, eventSecret);
+      new Webhook(eventSecret).verify(raw.toString("utf8"), req.headers as Record<string, string>);
+      events.push(event);
+    } else {
+      pushes.push(verifyWebhook<PushWebhook>(raw, req.headers, webhookSecret));
+    }
     res.writeHead(200).end();
   } catch (e) {
     refused.push(String(e));
@@ -134,6 +150,19 @@ test("a call from create to end, answered on a second device with a user token",
   );
   assert.equal(cancel.tokenKind, "apnsAlert");
 
+  // The call's events reached the backend in order: created, the two
+  // rings, the answer, the end.
+  const ofCall = await until("the call's ended event", () => {
+    const mine = events.filter((e) => e.callId === callId);
+    return mine.some((e) => e.type === "call.ended") ? mine : undefined;
+  });
+  assert.deepEqual(
+    ofCall.map((e) => e.type),
+    ["call.created", "call.ringing", "call.ringing", "call.answered", "call.ended"],
+  );
+  assert.deepEqual(ofCall.map((e) => e.sequence), [1, 2, 3, 4, 5]);
+  assert.deepEqual(refused, []);
+
   await bob.devices.delete("bob-iphone");
   assert.equal((await refusal(bob.devices.delete("bob-iphone"))).code, "not_found");
 });
@@ -186,20 +215,34 @@ test("429 and 5xx are retried (after Retry-After), with the same Idempotency-Key
   assert.equal(created.call.endReason, "no_devices");
 });
 
-test("verifyWebhook refuses a changed body, a wrong secret and an old signature", async () => {
+test("verifyWebhook refuses a changed body, a wrong secret and an old signature", () => {
   const body = JSON.stringify({ hello: "world" });
-  const now = new Date();
-  const t = Math.floor(now.getTime() / 1000);
-  const { createHmac } = await import("node:crypto");
-  const sign = (secret: string, at: number, text: string) =>
+  const t = Math.floor(Date.now() / 1000);
+  const pushHeader = (secret: string, at: number, text: string) =>
     `t=${at},v1=${createHmac("sha256", secret).update(`${at}.${text}`).digest("hex")}`;
-  assert.deepEqual(verifyWebhook(body, sign(webhookSecret, t, body), webhookSecret), { hello: "world" });
+  const push = (signature: string) => ({ "x-switchboard-signature": signature });
+  assert.deepEqual(verifyWebhook(body, push(pushHeader(webhookSecret, t, body)), webhookSecret), { hello: "world" });
   // Rotation: any one of several signatures may match.
-  const rotated = `${sign("old-secret", t, body)},v1=${sign(webhookSecret, t, body).split("v1=")[1]}`;
-  assert.deepEqual(verifyWebhook(body, rotated, webhookSecret), { hello: "world" });
-  assert.throws(() => verifyWebhook(body + " ", sign(webhookSecret, t, body), webhookSecret), WebhookVerificationError);
-  assert.throws(() => verifyWebhook(body, sign("another-secret", t, body), webhookSecret), WebhookVerificationError);
-  assert.throws(() => verifyWebhook(body, sign(webhookSecret, t - 600, body), webhookSecret), WebhookVerificationError);
-  assert.throws(() => verifyWebhook(body, "garbage", webhookSecret), WebhookVerificationError);
-  assert.throws(() => verifyWebhook(body, undefined, webhookSecret), WebhookVerificationError);
+  const rotated = `${pushHeader("old-secret", t, body)},v1=${pushHeader(webhookSecret, t, body).split("v1=")[1]}`;
+  assert.deepEqual(verifyWebhook(body, push(rotated), webhookSecret), { hello: "world" });
+  const refusedBy = (text: string, headers: Record<string, string>, secret: string) =>
+    assert.throws(() => verifyWebhook(text, headers, secret), WebhookVerificationError);
+  refusedBy(body + " ", push(pushHeader(webhookSecret, t, body)), webhookSecret);
+  refusedBy(body, push(pushHeader("another-secret", t, body)), webhookSecret);
+  refusedBy(body, push(pushHeader(webhookSecret, t - 600, body)), webhookSecret);
+  refusedBy(body, push("garbage"), webhookSecret);
+  refusedBy(body, {}, webhookSecret);
+
+  // Call events: signed by the Standard Webhooks reference library, checked
+  // by ours (and the other way round, in the receiver above).
+  const id = "evt_test";
+  const signed = (at: Date, secret = eventSecret) => ({
+    "webhook-id": id,
+    "webhook-timestamp": String(Math.floor(at.getTime() / 1000)),
+    "webhook-signature": new Webhook(secret).sign(id, at, body),
+  });
+  assert.deepEqual(verifyWebhook(body, signed(new Date()), eventSecret), { hello: "world" });
+  refusedBy(body + " ", signed(new Date()), eventSecret);
+  refusedBy(body, signed(new Date(), "whsec_" + Buffer.from("x".repeat(32)).toString("base64")), eventSecret);
+  refusedBy(body, signed(new Date(Date.now() - 600_000)), eventSecret);
 });
