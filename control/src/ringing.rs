@@ -131,6 +131,8 @@ pub struct HubRinger {
     pub ack_window: Duration,
     /// Rings waiting for their acknowledgement deadline (checked by `check_acks`).
     pending: Mutex<Vec<PendingAck>>,
+    /// Told `call.ringing` for each ring sent, with how (`crate::webhooks`).
+    event_webhooks: Vec<crate::webhooks::Endpoint>,
 }
 
 struct PendingAck {
@@ -148,6 +150,34 @@ impl HubRinger {
             push,
             ack_window: DEFAULT_ACK_WINDOW,
             pending: Mutex::new(Vec::new()),
+            event_webhooks: Vec::new(),
+        }
+    }
+
+    pub fn with_event_webhooks(mut self, endpoints: Vec<crate::webhooks::Endpoint>) -> HubRinger {
+        self.event_webhooks = endpoints;
+        self
+    }
+
+    /// Queues `call.ringing` for a ring just sent `via` the socket or a push.
+    /// After the call's write (the ring is sent then), so it is numbered
+    /// after the change that started the ring.
+    fn report_ring(&self, call: &Call, user_id: &str, device_id: &str, via: &str) {
+        if self.event_webhooks.is_empty() {
+            return;
+        }
+        let event = crate::webhooks::CallEvent {
+            kind: "call.ringing",
+            data: serde_json::json!({"userId": user_id, "deviceId": device_id, "via": via}),
+        };
+        let rows = crate::webhooks::for_endpoints(
+            &self.event_webhooks,
+            Some(&call.call_id),
+            vec![event],
+            crate::unix_millis(),
+        );
+        if let Err(e) = self.store.queue_events(&rows) {
+            tracing::warn!(call_id = %call.call_id, %user_id, %device_id, error = %e, "call.ringing event not queued");
         }
     }
 
@@ -175,6 +205,7 @@ impl HubRinger {
                 expires_at: call.ring_deadline.unwrap_or(call.created_at),
                 caller_display: call.caller_display.clone(),
             });
+            self.report_ring(call, user_id, device_id, "push");
         }
     }
 
@@ -299,6 +330,7 @@ impl Ringer for HubRinger {
             match effect {
                 Effect::Ring { user_id, device_id } => {
                     if self.hub.send(user_id, device_id, ringing_event(call)) {
+                        self.report_ring(call, user_id, device_id, "socket");
                         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
                         pending.push(PendingAck {
                             call_id: call.call_id.clone(),

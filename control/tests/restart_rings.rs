@@ -28,7 +28,14 @@ fn unacknowledged_rings_are_pushed_after_a_restart() {
         sockets.push(rx);
     }
     let before = Arc::new(RecordingPush::default());
-    let ringer = Arc::new(HubRinger::new(hub, store.clone(), before.clone()));
+    // The app backend hears of every ring, and how it went out.
+    let backend = vec![control::webhooks::Endpoint {
+        url: "http://127.0.0.1:9/events".into(),
+        secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+    }];
+    let ringer = Arc::new(
+        HubRinger::new(hub, store.clone(), before.clone()).with_event_webhooks(backend.clone()),
+    );
     let first = support::service_with(store.clone(), ringer, 30_000);
     let acked: Call = support::call_bob(&first, None);
     let unacked: Call = support::call_bob(&first, None);
@@ -51,11 +58,10 @@ fn unacknowledged_rings_are_pushed_after_a_restart() {
     // The process dies inside the window; a new one starts on the store
     // with no sockets and an empty window list.
     let after = Arc::new(RecordingPush::default());
-    let recovered = Arc::new(HubRinger::new(
-        Arc::new(DeviceHub::default()),
-        store.clone(),
-        after.clone(),
-    ));
+    let recovered = Arc::new(
+        HubRinger::new(Arc::new(DeviceHub::default()), store.clone(), after.clone())
+            .with_event_webhooks(backend),
+    );
     // iphone, pixel, laptop of `unacked`; laptop of `acked`.
     assert_eq!(recovered.requeue_unacknowledged(), 4);
     recovered.check_acks(Instant::now());
@@ -72,4 +78,48 @@ fn unacknowledged_rings_are_pushed_after_a_restart() {
     expected.sort();
     // Web devices are never pushed; acknowledged rings are not pushed again.
     assert_eq!(after.rings_sent(), expected);
+
+    // `call.ringing` for the unacknowledged call: each device by socket,
+    // then the phones again by push, in that order.
+    let mut all = Vec::new();
+    for _ in 0..10 {
+        let due = store
+            .due_events(support::now_ms() + 3_600_000, 100)
+            .unwrap();
+        let mine: Vec<_> = due
+            .iter()
+            .filter(|q| q.event.call_id.as_deref() == Some(&unacked.call_id))
+            .collect();
+        // A call's next event waits for the one before: one due at a time.
+        assert!(mine.len() <= 1);
+        let Some(head) = mine.first() else {
+            break;
+        };
+        assert_eq!(head.event.kind, "call.ringing");
+        let data: serde_json::Value = serde_json::from_str(&head.event.data).unwrap();
+        all.push((
+            head.sequence,
+            format!(
+                "{} {}",
+                data["deviceId"].as_str().unwrap(),
+                data["via"].as_str().unwrap()
+            ),
+        ));
+        store.event_delivered(head.row).unwrap();
+    }
+    let order: Vec<&str> = all.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(
+        order[..3].iter().filter(|d| d.ends_with("socket")).count(),
+        3,
+        "{order:?}"
+    );
+    let mut pushed: Vec<&str> = order[3..].to_vec();
+    pushed.sort();
+    assert_eq!(pushed, ["iphone push", "pixel push"]);
+    let sequence: Vec<u64> = all.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        sequence,
+        [1, 2, 3, 4, 5],
+        "no call.created here: the support service has no endpoints"
+    );
 }

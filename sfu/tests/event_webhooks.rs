@@ -113,13 +113,22 @@ async fn api(server: SocketAddr, path: &str, user: &str, body: Value) -> (u16, V
 }
 
 async fn register(server: SocketAddr, user: &str, device: &str) {
-    let (status, body) = api(
+    register_as(server, user, json!({"deviceId": device, "platform": "web"})).await;
+}
+
+/// An Android phone: with no events socket open, it is rung by push.
+async fn register_phone(server: SocketAddr, user: &str, device: &str) {
+    let fcm = format!("{device}-fcm-token-{}", "f".repeat(40));
+    register_as(
         server,
-        "/v1/devices",
         user,
-        json!({"deviceId": device, "platform": "web"}),
+        json!({"deviceId": device, "platform": "android", "push": {"fcm": fcm}}),
     )
     .await;
+}
+
+async fn register_as(server: SocketAddr, user: &str, device: Value) {
+    let (status, body) = api(server, "/v1/devices", user, device).await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -174,7 +183,7 @@ async fn a_call_yields_its_events_in_order_and_a_refused_one_is_redelivered() {
     let _receiving = start_receiver(receiver_port, receiver.clone()).await;
     let server = spawn(&scratch_dir(), free_port(), receiver_port, "40").await;
     register(server.http, "alice", "alice-web").await;
-    register(server.http, "bob", "bob-web").await;
+    register_phone(server.http, "bob", "bob-phone").await;
 
     // The receiver refuses the first delivery twice.
     *receiver.refuse.lock().unwrap() = 2;
@@ -183,7 +192,7 @@ async fn a_call_yields_its_events_in_order_and_a_refused_one_is_redelivered() {
         server.http,
         &format!("/v1/calls/{call_id}/accept"),
         "bob",
-        json!({"deviceId": "bob-web"}),
+        json!({"deviceId": "bob-phone"}),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -215,9 +224,9 @@ async fn a_call_yields_its_events_in_order_and_a_refused_one_is_redelivered() {
     assert_eq!(events[0]["data"]["initiatorUserId"], "alice");
     assert_eq!(
         events[1]["data"],
-        json!({"userId": "bob", "deviceId": "bob-web"})
+        json!({"userId": "bob", "deviceId": "bob-phone", "via": "push"})
     );
-    assert_eq!(events[2]["data"]["deviceId"], "bob-web");
+    assert_eq!(events[2]["data"]["deviceId"], "bob-phone");
     assert_eq!(events[3]["data"]["reason"], "completed");
 
     // The first event came three times (503, 503, 200) under one id; no
@@ -254,7 +263,7 @@ async fn a_missed_call_and_events_queued_across_kill_dash_nine() {
     // No receiver yet: every delivery fails and stays queued.
     let mut server = spawn(&data_dir, http, receiver_port, "1").await;
     register(server.http, "carol", "carol-web").await;
-    register(server.http, "dave", "dave-web").await;
+    register_phone(server.http, "dave", "dave-phone").await;
     let call_id = create(server.http, "carol", "dave").await;
     // Dave does not answer: after the 1 s ring the call is missed.
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -103,16 +103,10 @@ pub fn events_between(before: Option<&Call>, after: &Call) -> Vec<CallEvent> {
             }),
         });
     }
+    // `call.ringing` is not here: the ringer reports each ring as it sends
+    // it, with how (socket or push), which only it knows.
     for p in &after.participants {
         let old = before.and_then(|b| b.participant(&p.user_id));
-        let rang_before =
-            |device: &str| old.is_some_and(|o| o.rings.iter().any(|r| r.device_id == device));
-        for ring in p.rings.iter().filter(|r| !rang_before(&r.device_id)) {
-            events.push(CallEvent {
-                kind: "call.ringing",
-                data: json!({"userId": p.user_id, "deviceId": ring.device_id}),
-            });
-        }
         let was = old.map(|o| o.state);
         if was != Some(p.state) && p.role != Role::Host {
             let kind = match p.state {

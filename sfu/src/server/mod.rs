@@ -329,11 +329,10 @@ fn start_control(
         Some(push) => push,
         None => push_dispatcher(config, store.clone(), push_metrics)?,
     };
-    let events = Arc::new(control::ringing::HubRinger::new(
-        Arc::default(),
-        store.clone(),
-        push,
-    ));
+    let events = Arc::new(
+        control::ringing::HubRinger::new(Arc::default(), store.clone(), push)
+            .with_event_webhooks(event_endpoints(config)),
+    );
     let service = control::service::CallService {
         store,
         ringer: events.clone(),
