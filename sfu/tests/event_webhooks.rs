@@ -3,7 +3,8 @@
 //! call's events in sequence order, a 503 answered by redelivering the same
 //! event, a missed call, and events queued when the process is killed with
 //! `kill -9` delivered after the restart. The SDK's verifier receives them
-//! too (`sfu/tests/server_sdk.rs`).
+//! too (`sfu/tests/server_sdk.rs`). Media joins and leaves are reported as
+//! str0m bots connect to the SFU and leave.
 
 mod common;
 
@@ -305,4 +306,76 @@ async fn a_missed_call_and_events_queued_across_kill_dash_nine() {
         .map(|e| e["sequence"].as_u64().unwrap())
         .collect();
     assert_eq!(sequence, [1, 2, 3, 4]);
+}
+
+/// Media: both sides join the SFU with their call tokens, talk, and leave;
+/// the backend hears each join and leave, then the end with its duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_joining_and_leaving_the_media_are_reported() {
+    let receiver = Arc::new(Receiver::default());
+    let receiver_port = free_port();
+    let _receiving = start_receiver(receiver_port, receiver.clone()).await;
+    let server = spawn(&scratch_dir(), free_port(), receiver_port, "40").await;
+    register(server.http, "erin", "erin-web").await;
+    register_phone(server.http, "frank", "frank-phone").await;
+    let (status, created) = api(
+        server.http,
+        "/v1/calls",
+        "erin",
+        json!({"calleeUserIds": ["frank"], "type": "video", "deviceId": "erin-web"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let (status, accepted) = api(
+        server.http,
+        &format!("/v1/calls/{call_id}/accept"),
+        "frank",
+        json!({"deviceId": "frank-phone"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{accepted}");
+    let url = format!("ws://{}/v1/rtc", server.http);
+    let talk = Duration::from_secs(3);
+    let token = |v: &Value| v["callToken"].as_str().unwrap().to_string();
+    tokio::join!(
+        common::live::run_bot("erin", &url, token(&created), talk),
+        common::live::run_bot("frank", &url, token(&accepted), talk),
+    );
+
+    let events = events_of(&receiver, &call_id, has("call.ended")).await;
+    let kinds = kinds(&events);
+    assert_eq!(
+        kinds[..3],
+        ["call.created", "call.ringing", "call.answered"],
+        "{kinds:?}"
+    );
+    let joined = |user: &str| {
+        events
+            .iter()
+            .position(|e| e["type"] == "participant.joined" && e["data"]["userId"] == user)
+    };
+    let left = |user: &str| {
+        events
+            .iter()
+            .position(|e| e["type"] == "participant.left" && e["data"]["userId"] == user)
+    };
+    for user in ["erin", "frank"] {
+        let (Some(j), Some(l)) = (joined(user), left(user)) else {
+            panic!("{user} joined or left unreported: {kinds:?}");
+        };
+        assert!(j < l, "{kinds:?}");
+    }
+    let ended = events.last().unwrap();
+    assert_eq!(ended["type"], "call.ended");
+    assert_eq!(ended["data"]["reason"], "completed");
+    assert!(
+        ended["data"]["durationMs"].as_u64().unwrap() > 1000,
+        "{ended}"
+    );
+    let sequence: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequence, (1..=events.len() as u64).collect::<Vec<_>>());
 }
