@@ -4,7 +4,7 @@ use control::call::*;
 use control::device::{ApnsEnvironment, Capabilities, Device, Platform, PushTokens};
 use std::sync::{Arc, Barrier};
 
-use control::store::{IdempotencyRecord, SqliteStore, Store};
+use control::store::{IdempotencyRecord, NewEvent, SqliteStore, Store};
 
 const T0: UnixMillis = 1_764_000_000_000;
 
@@ -375,5 +375,110 @@ fn conformance_crossed_creates_at_the_same_instant_make_one_call() {
                 "{name}, round {round}"
             );
         }
+    }
+}
+
+fn event(id: &str, call_id: Option<&str>, endpoint: &str, at: UnixMillis) -> NewEvent {
+    NewEvent {
+        event_id: id.into(),
+        endpoint: endpoint.into(),
+        call_id: call_id.map(str::to_string),
+        kind: "call.test".into(),
+        occurred_at: at,
+        data: "{}".into(),
+    }
+}
+
+/// The event outbox, through two handles of one store: events are queued
+/// only with the write that wins, numbered per call across handles (one
+/// number per event, shared by its endpoints), handed out one per (endpoint,
+/// call) in order, retried later, and trimmed by age and size.
+#[test]
+fn conformance_the_event_outbox_numbers_orders_and_bounds() {
+    for (name, a, b) in conformance_stores("outbox") {
+        let c = call("outbox-call", "alice", "bob", 1_000);
+        let id = c.call_id.clone();
+        a.insert_call_with_events(
+            &c,
+            &[
+                event("e1", Some(&id), "x", 1_000),
+                event("e1", Some(&id), "y", 1_000),
+            ],
+        )
+        .unwrap();
+        let v = b.get_call(&id).unwrap().unwrap();
+        let mut next = v.value.clone();
+        next.answered_at = Some(2_000);
+        // The stale writer loses, and so do its events.
+        assert!(
+            b.update_call_with_events(&next, v.version, &[event("e2", Some(&id), "x", 2_000)])
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            !a.update_call_with_events(&next, v.version, &[event("lost", Some(&id), "x", 2_000)])
+                .unwrap(),
+            "{name}"
+        );
+        a.queue_events(&[
+            event("e3", Some(&id), "x", 3_000),
+            event("d1", None, "x", 3_000),
+        ])
+        .unwrap();
+        assert_eq!(a.queued_events().unwrap(), 5, "{name}");
+
+        // Per (endpoint, call): only the head is due; events without a call are always due.
+        let due = |s: &Arc<dyn Store>| {
+            let mut d: Vec<(String, String, u64)> = s
+                .due_events(10_000, 100)
+                .unwrap()
+                .into_iter()
+                .map(|q| (q.event.endpoint, q.event.event_id, q.sequence))
+                .collect();
+            d.sort();
+            d
+        };
+        assert_eq!(
+            due(&b),
+            [
+                ("x".into(), "d1".into(), 0),
+                ("x".into(), "e1".into(), 1),
+                ("y".into(), "e1".into(), 1)
+            ],
+            "{name}"
+        );
+        let head = a
+            .due_events(10_000, 100)
+            .unwrap()
+            .into_iter()
+            .find(|q| q.event.event_id == "e1" && q.event.endpoint == "x")
+            .unwrap();
+        // Retried later: nothing of that call at x is due until then.
+        b.event_retry(head.row, 1, 20_000).unwrap();
+        assert!(
+            due(&a)
+                .iter()
+                .all(|(e, id, _)| !(e == "x" && id.starts_with('e'))),
+            "{name}"
+        );
+        b.event_delivered(head.row).unwrap();
+        assert!(due(&a).contains(&("x".into(), "e2".into(), 2)), "{name}");
+        let e2 = a
+            .due_events(10_000, 100)
+            .unwrap()
+            .into_iter()
+            .find(|q| q.event.event_id == "e2")
+            .unwrap();
+        a.event_delivered(e2.row).unwrap();
+        assert!(due(&b).contains(&("x".into(), "e3".into(), 3)), "{name}");
+
+        // Bounds: by age, then the oldest beyond the size.
+        assert_eq!(
+            b.trim_events(1_500, 100).unwrap(),
+            (1, 0),
+            "{name}: y's e1 is older than 1.5 s"
+        );
+        assert_eq!(a.trim_events(0, 1).unwrap(), (0, 1), "{name}");
+        assert_eq!(a.queued_events().unwrap(), 1, "{name}");
     }
 }
