@@ -213,3 +213,327 @@ async fn schemathesis_finds_the_server_as_the_contract_says() {
     );
     drop(server);
 }
+
+/// Every description the contract gives responses of `status` (operations'
+/// own and the shared ones they reference), and the API's general notes
+/// (for the 404 and 405 any route can answer).
+fn descriptions_of_status(contract: &serde_json::Value, status: u16) -> String {
+    let key = status.to_string();
+    let mut text = contract["info"]["description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let shared = &contract["components"]["responses"];
+    for item in contract["paths"].as_object().unwrap().values() {
+        for method in METHODS {
+            let Some(response) = item.get(*method).and_then(|op| op["responses"].get(&key)) else {
+                continue;
+            };
+            let response = match response["$ref"].as_str() {
+                Some(r) => &shared[r.rsplit('/').next().unwrap()],
+                None => response,
+            };
+            text.push_str(response["description"].as_str().unwrap_or_default());
+        }
+    }
+    text
+}
+
+/// Codes a black-box request cannot provoke on demand, and where each is
+/// tested instead.
+const PROVOKED_ELSEWHERE: &[(&str, &str)] = &[
+    (
+        "in_progress",
+        "sfu/tests/abuse.rs: a retry while the first request runs",
+    ),
+    (
+        "draining",
+        "sfu/tests/protocol_errors.rs: a create during the drain",
+    ),
+    (
+        "contended",
+        "control: 16 lost compare-and-set races in a row",
+    ),
+    ("internal", "a store or task failure"),
+    (
+        "idempotent_replay",
+        "a create refused 409 (its crossed call changed meanwhile) and retried with its key: a race no request stages",
+    ),
+];
+
+/// Every error code in the contract's `ErrorCode` is reachable: each one a
+/// request here can provoke is provoked against a running server, with the
+/// status the contract gives it; the rest are named above with their test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_error_code_is_reachable() {
+    use common::live::{http_with, start_server_with, user_token};
+    use serde_json::{Value, json};
+
+    let server = start_server_with(|c| c.calls_to_one_user_per_minute = 3).await;
+    let seen = std::sync::Mutex::new(Vec::<(String, u16)>::new());
+    let call = |method: &'static str,
+                path: String,
+                user: &'static str,
+                extra: Vec<(&'static str, String)>,
+                body: Value| {
+        let server = &server;
+        let seen = &seen;
+        async move {
+            let auth = format!("Bearer {}", user_token(user));
+            let mut headers: Vec<(&str, &str)> = vec![("Authorization", auth.as_str())];
+            headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+            let text = if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            };
+            let (status, reply) = http_with(server, method, &path, &headers, &text).await;
+            let reply: Value = serde_json::from_str(&reply).unwrap_or(Value::Null);
+            if let Some(code) = reply["code"].as_str() {
+                assert!(reply["message"].is_string(), "{reply}");
+                seen.lock().unwrap().push((code.to_string(), status));
+            }
+            (status, reply)
+        }
+    };
+    let web = |id: &str| json!({"deviceId": id, "platform": "web"});
+    for (user, device) in [
+        ("ann", "ann-web"),
+        ("ben", "ben-web"),
+        ("cat", "cat-web"),
+        ("zed", "zed-web"),
+    ] {
+        let (status, _) = call("POST", "/v1/devices".into(), user, vec![], web(device)).await;
+        assert_eq!(status, 200);
+    }
+    let create = |from: &'static str, to: &'static str| {
+        call(
+            "POST",
+            "/v1/calls".into(),
+            from,
+            vec![],
+            json!({"calleeUserIds": [to], "type": "audio", "deviceId": format!("{from}-web")}),
+        )
+    };
+    // Shapes and fields.
+    call(
+        "POST",
+        "/v1/calls".into(),
+        "ann",
+        vec![],
+        json!(["not", "an", "object"]),
+    )
+    .await;
+    call(
+        "POST",
+        "/v1/devices".into(),
+        "ann",
+        vec![],
+        json!({"deviceId": "x", "platform": "ios", "push": {"apnsVoip": "zz"}}),
+    )
+    .await;
+    // Credentials.
+    let (status, _) = http_with(
+        &server,
+        "GET",
+        "/v1/devices",
+        &[("Authorization", "Bearer nonsense")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+    seen.lock().unwrap().push(("unauthorized".into(), status));
+    let key = common::live::api_key();
+    let expired = control::auth::mint_user_token(
+        &key,
+        "ann",
+        std::time::Duration::from_secs(60),
+        control::unix_millis() / 1000 - 3600,
+    );
+    let (status, reply) = http_with(
+        &server,
+        "GET",
+        "/v1/devices",
+        &[("Authorization", &format!("Bearer {expired}"))],
+        "",
+    )
+    .await;
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    seen.lock()
+        .unwrap()
+        .push((reply["code"].as_str().unwrap().into(), status));
+    // A push token that is someone else's.
+    let ios = |device: &str| json!({"deviceId": device, "platform": "ios", "push": {"apnsVoip": "ab".repeat(32)}, "apnsEnvironment": "sandbox", "bundleId": "app.example"});
+    call(
+        "POST",
+        "/v1/devices".into(),
+        "ann",
+        vec![],
+        ios("ann-phone"),
+    )
+    .await;
+    call(
+        "POST",
+        "/v1/devices".into(),
+        "ben",
+        vec![],
+        ios("ben-phone"),
+    )
+    .await;
+    // Calls and their states.
+    let (_, first) = create("ann", "ben").await;
+    let id = first["call"]["callId"].as_str().unwrap().to_string();
+    call(
+        "POST",
+        format!("/v1/calls/{id}/cancel"),
+        "ben",
+        vec![],
+        Value::Null,
+    )
+    .await; // forbidden: callee
+    call(
+        "POST",
+        format!("/v1/calls/{id}/accept"),
+        "ben",
+        vec![],
+        json!({"deviceId": "nope"}),
+    )
+    .await; // unknown_device
+    call(
+        "POST",
+        format!("/v1/calls/{id}/token"),
+        "ben",
+        vec![],
+        Value::Null,
+    )
+    .await; // not_in_call: still ringing
+    call(
+        "POST",
+        format!("/v1/calls/{id}/accept"),
+        "ben",
+        vec![],
+        json!({"deviceId": "ben-web"}),
+    )
+    .await;
+    call(
+        "POST",
+        format!("/v1/calls/{id}/accept"),
+        "ben",
+        vec![],
+        json!({"deviceId": "ben-phone"}),
+    )
+    .await; // answered_elsewhere
+    call(
+        "POST",
+        format!("/v1/calls/{id}/decline"),
+        "ben",
+        vec![],
+        json!({"deviceId": "ben-phone"}),
+    )
+    .await; // already_answered
+    let (_, second) = create("cat", "ben").await;
+    let declined = second["call"]["callId"].as_str().unwrap().to_string();
+    call(
+        "POST",
+        format!("/v1/calls/{declined}/decline"),
+        "ben",
+        vec![],
+        json!({"deviceId": "ben-web"}),
+    )
+    .await;
+    call(
+        "POST",
+        format!("/v1/calls/{declined}/accept"),
+        "ben",
+        vec![],
+        json!({"deviceId": "ben-web"}),
+    )
+    .await; // already_declined or call_ended
+    call(
+        "POST",
+        format!("/v1/calls/{id}/end"),
+        "ann",
+        vec![],
+        Value::Null,
+    )
+    .await;
+    call(
+        "POST",
+        format!("/v1/calls/{id}/accept"),
+        "ben",
+        vec![],
+        json!({"deviceId": "ben-phone"}),
+    )
+    .await; // call_ended
+    call(
+        "GET",
+        "/v1/calls/no-such-call".into(),
+        "ann",
+        vec![],
+        Value::Null,
+    )
+    .await; // not_found
+    // Idempotency keys.
+    let key_header = || vec![("Idempotency-Key", "catalogue-1".to_string())];
+    call(
+        "POST",
+        "/v1/calls".into(),
+        "cat",
+        key_header(),
+        json!({"calleeUserIds": ["ann"], "type": "audio", "deviceId": "cat-web"}),
+    )
+    .await;
+    call(
+        "POST",
+        "/v1/calls".into(),
+        "cat",
+        key_header(),
+        json!({"calleeUserIds": ["ann"], "type": "video", "deviceId": "cat-web"}),
+    )
+    .await; // reused
+    // Limits: the third call to zed within a minute.
+    for _ in 0..4 {
+        create("ann", "zed").await;
+    }
+    // Routes.
+    call("PUT", "/v1/calls".into(), "ann", vec![], Value::Null).await;
+    call("GET", "/v1/rtc".into(), "ann", vec![], Value::Null).await;
+    call("GET", "/v1/nothing-here".into(), "ann", vec![], Value::Null).await;
+
+    let contract = contract();
+    let responses = &contract["components"]["schemas"]["ErrorCode"]["enum"];
+    let documented: BTreeSet<String> = responses
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let seen = seen.into_inner().unwrap();
+    let provoked: BTreeSet<String> = seen.iter().map(|(c, _)| c.clone()).collect();
+    let elsewhere: BTreeSet<String> = PROVOKED_ELSEWHERE
+        .iter()
+        .map(|(c, _)| c.to_string())
+        .collect();
+    let unreached: Vec<_> = documented
+        .difference(&provoked)
+        .filter(|c| !elsewhere.contains(*c))
+        .collect();
+    assert!(
+        unreached.is_empty(),
+        "documented codes never provoked: {unreached:?}; seen {seen:?}"
+    );
+    let undocumented: Vec<_> = provoked.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "codes the contract does not list: {undocumented:?}"
+    );
+    // Each came with a status the contract names it under.
+    for (code, status) in &seen {
+        let described = descriptions_of_status(&contract, *status);
+        assert!(
+            described.contains(&format!("`{code}`")),
+            "{code} came with {status}, which the contract never names it under"
+        );
+    }
+    server.shutdown().await;
+}
