@@ -12,9 +12,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::live::{API_KEY_ID, API_KEY_SECRET, free_port, scratch_dir, spawn_switchboard};
+use common::process::run_bounded;
 
 fn contract() -> serde_json::Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/openapi.yaml");
@@ -105,37 +106,6 @@ fn venv_tool(name: &str) -> PathBuf {
         tool.display()
     );
     tool
-}
-
-/// Runs `command` to its end or `limit`, its output in a file (a pipe
-/// could fill and stall it); returns success and the output.
-fn run_bounded(mut command: Command, what: &str, limit: Duration) -> (bool, String) {
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{what}.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    let mut child = command
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what} starts: {e}"));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} did not finish in {limit:?}:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (
-        status.success(),
-        std::fs::read_to_string(&log).unwrap_or_default(),
-    )
 }
 
 #[test]

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::live::{ServerProcess, free_port, request, scratch_dir, spawn_switchboard, user_token};
+use common::live::{
+    ServerProcess, free_port, post_json, request, scratch_dir, spawn_switchboard, user_token,
+};
 use serde_json::{Value, json};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -100,19 +102,6 @@ async fn spawn(
     .await
 }
 
-async fn api(server: SocketAddr, path: &str, user: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {}", user_token(user));
-    let (status, text) = request(
-        server,
-        "POST",
-        path,
-        &[("Authorization", &auth)],
-        &body.to_string(),
-    )
-    .await;
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 async fn register(server: SocketAddr, user: &str, device: &str) {
     register_as(server, user, json!({"deviceId": device, "platform": "web"})).await;
 }
@@ -129,12 +118,12 @@ async fn register_phone(server: SocketAddr, user: &str, device: &str) {
 }
 
 async fn register_as(server: SocketAddr, user: &str, device: Value) {
-    let (status, body) = api(server, "/v1/devices", user, device).await;
+    let (status, body) = post_json(server, "/v1/devices", user, device).await;
     assert_eq!(status, 200, "{body}");
 }
 
 async fn create(server: SocketAddr, from: &str, to: &str) -> String {
-    let (status, body) = api(
+    let (status, body) = post_json(
         server,
         "/v1/calls",
         from,
@@ -189,7 +178,7 @@ async fn a_call_yields_its_events_in_order_and_a_refused_one_is_redelivered() {
     // The receiver refuses the first delivery twice.
     *receiver.refuse.lock().unwrap() = 2;
     let call_id = create(server.http, "alice", "bob").await;
-    let (status, body) = api(
+    let (status, body) = post_json(
         server.http,
         &format!("/v1/calls/{call_id}/accept"),
         "bob",
@@ -197,7 +186,7 @@ async fn a_call_yields_its_events_in_order_and_a_refused_one_is_redelivered() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = api(
+    let (status, body) = post_json(
         server.http,
         &format!("/v1/calls/{call_id}/end"),
         "alice",
@@ -318,7 +307,7 @@ async fn participants_joining_and_leaving_the_media_are_reported() {
     let server = spawn(&scratch_dir(), free_port(), receiver_port, "40").await;
     register(server.http, "erin", "erin-web").await;
     register_phone(server.http, "frank", "frank-phone").await;
-    let (status, created) = api(
+    let (status, created) = post_json(
         server.http,
         "/v1/calls",
         "erin",
@@ -327,7 +316,7 @@ async fn participants_joining_and_leaving_the_media_are_reported() {
     .await;
     assert_eq!(status, 201, "{created}");
     let call_id = created["call"]["callId"].as_str().unwrap().to_string();
-    let (status, accepted) = api(
+    let (status, accepted) = post_json(
         server.http,
         &format!("/v1/calls/{call_id}/accept"),
         "frank",

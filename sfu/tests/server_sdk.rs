@@ -11,9 +11,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::live::{API_KEY_ID, API_KEY_SECRET, free_port, scratch_dir, spawn_switchboard};
+use common::process::run_bounded;
 
 const WEBHOOK_SECRET: &str = "sdk-webhook-secret-sdk-webhook-secret";
 const EVENT_WEBHOOK_SECRET: &str = "whsec_c2RrLWV2ZW50LXNlY3JldC1zZGstZXZlbnQtc2VjcmV0";
@@ -26,37 +27,6 @@ fn sdk_dir() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-/// Runs `command` to its end or `limit`, its output in a file (a pipe
-/// could fill and stall it); returns success and the output.
-fn run_bounded(mut command: Command, what: &str, limit: Duration) -> (bool, String) {
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sdk-{what}.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    let mut child = command
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what} starts: {e}"));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} did not finish in {limit:?}:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (
-        status.success(),
-        std::fs::read_to_string(&log).unwrap_or_default(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +59,7 @@ async fn the_node_sdk_drives_a_real_server_and_verifies_its_webhooks() {
         .env("WEBHOOK_SECRET", WEBHOOK_SECRET)
         .env("EVENT_WEBHOOK_SECRET", EVENT_WEBHOOK_SECRET);
     let (passed, text) = tokio::task::spawn_blocking(move || {
-        run_bounded(test, "node-test", Duration::from_secs(180))
+        run_bounded(test, "sdk-node-test", Duration::from_secs(180))
     })
     .await
     .unwrap();
@@ -116,7 +86,7 @@ fn the_sdk_package_installs_and_imports() {
     pack.current_dir(&dir)
         .args(["pack", "--silent", "--pack-destination"])
         .arg(&scratch);
-    let (packed, text) = run_bounded(pack, "pack", Duration::from_secs(180));
+    let (packed, text) = run_bounded(pack, "sdk-pack", Duration::from_secs(180));
     assert!(packed, "npm pack failed:\n{text}");
     let tarball = std::fs::read_dir(&scratch)
         .unwrap()
@@ -140,7 +110,7 @@ fn the_sdk_package_installs_and_imports() {
             "--loglevel=error",
         ])
         .arg(&tarball);
-    let (installed, text) = run_bounded(install, "install", Duration::from_secs(180));
+    let (installed, text) = run_bounded(install, "sdk-install", Duration::from_secs(180));
     assert!(installed, "installing the tarball failed:\n{text}");
     let types = scratch.join("node_modules/@switchboard/server-sdk/dist/index.d.ts");
     assert!(types.exists(), "the package ships no types");
@@ -158,6 +128,6 @@ fn the_sdk_package_installs_and_imports() {
     import
         .current_dir(&scratch)
         .args(["--input-type=module", "-e", script]);
-    let (imported, text) = run_bounded(import, "import", Duration::from_secs(60));
+    let (imported, text) = run_bounded(import, "sdk-import", Duration::from_secs(60));
     assert!(imported && text.contains("imported"), "{text}");
 }

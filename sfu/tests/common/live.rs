@@ -153,19 +153,27 @@ impl Drop for ServerProcess {
 
 pub const PROCESS_CALL_TOKEN_SECRET: &str = "process-test-secret-process-test-secret";
 
-/// A port nothing listens on now, never handed out twice in this process:
-/// tests run in parallel, and the kernel may give two of them the same
-/// ephemeral port between its release here and their server's bind.
+/// A port nothing listens on now (TCP or UDP), never handed out twice in
+/// this process, and below the kernel's ephemeral range: a port taken from
+/// that range could be handed by the kernel to any socket bound to port 0
+/// (another test's server, its TURN relays) between our release and our
+/// server's bind, and the test would then talk to someone else's server.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16.min(ephemeral_start / 2);
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
+        let port = rand::random_range(low..ephemeral_start);
+        if given.contains(&port) {
+            continue;
+        }
+        let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
             given.push(port);
             return port;
         }
@@ -264,9 +272,19 @@ pub async fn post_as(
     user: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
+    post_json(server.http_addr, path, user, body).await
+}
+
+/// [`post_as`] to a server at `addr` (a process as well as an in-process one).
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    user: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
     let auth = format!("Bearer {}", user_token(user));
-    let (status, text) = http_with(
-        server,
+    let (status, text) = request(
+        addr,
         "POST",
         path,
         &[("Authorization", &auth)],
