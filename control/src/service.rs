@@ -1,7 +1,9 @@
 //! Call operations over the store: read a call, run the state machine, write
-//! it back by compare-and-set (retrying on a lost race), and hand the effects
-//! to the ringer. Synchronous and clock-free: the caller passes `now`; the
-//! HTTP layer runs these on blocking threads.
+//! it back by compare-and-set (retrying on a lost race) with the webhook
+//! events the change makes, and hand the effects to the ringer.
+//! Synchronous; the state machine's clock is the caller's `now` (only the
+//! events' `occurredAt` of an `update` reads the wall clock); the HTTP
+//! layer runs these on blocking threads.
 
 use std::sync::Arc;
 
