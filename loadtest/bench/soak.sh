@@ -2,9 +2,10 @@
 # The soak: one `switchboard` under steady churn for a long time, sampled
 # every minute. Each minute runs, at once, participants joining, publishing
 # and leaving rooms (`churn`) and 1:1 call lifecycles over the call API with
-# declines, timeouts and accept races (`calls`). Each sample reads the
-# server's RSS and open descriptors (/proc) and its rooms, participants,
-# signaling connections and TURN allocations (/metrics).
+# declines, timeouts and accept races (`calls`), whose call events go to a
+# webhook receiver. Each sample reads the server's RSS and open descriptors
+# (/proc) and its rooms, participants, signaling connections, TURN
+# allocations, queued call events and event deliveries (/metrics).
 #
 #   ./loadtest/bench/soak.sh [seconds]        # default 3600
 #   SWITCHBOARD=target/debug/switchboard LOADTEST=target/debug/switchboard-loadtest \
@@ -28,10 +29,27 @@ if [ -z "${SWITCHBOARD:-}" ]; then
 fi
 
 http=127.0.0.1:${SOAK_HTTP_PORT:-27980}
+# The app backend's call-event webhook endpoint: takes every event (each
+# call's events go through the store's queue and the delivery task).
+hooks_port=${SOAK_WEBHOOK_PORT:-27984}
 secret=soak-secret-soak-secret-soak-secret-01
 api_key=soak:soak-key-secret-soak-key-secret-0123
 grace=2
 data=$(mktemp -d)
+python3 -c '
+import http.server, sys
+class Take(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Take).serve_forever()
+' "$hooks_port" >"$data/webhooks.log" 2>&1 &
+hooks=$!
+SWITCHBOARD_EVENT_WEBHOOK_URL=http://127.0.0.1:$hooks_port/events \
+SWITCHBOARD_EVENT_WEBHOOK_SECRETS=whsec_c29hay1ldmVudC13ZWJob29rLXNlY3JldC0xMjM0 \
 SWITCHBOARD_HTTP_LISTEN=$http SWITCHBOARD_RTC_UDP_BIND=127.0.0.1:${SOAK_UDP_PORT:-27982} \
 SWITCHBOARD_ANNOUNCE_IPS=127.0.0.1 SWITCHBOARD_TURN_UDP_LISTEN=127.0.0.1:0 \
 SWITCHBOARD_TURN_TCP_LISTEN=127.0.0.1:0 SWITCHBOARD_CALL_TOKEN_SECRET=$secret \
@@ -40,7 +58,7 @@ SWITCHBOARD_RING_TIMEOUT_SECONDS=6 SWITCHBOARD_CALL_CREATES_PER_MINUTE=100000 \
 SWITCHBOARD_CALLS_TO_ONE_USER_PER_MINUTE=100000 SWITCHBOARD_API_REQUESTS_PER_SECOND=100000 \
 SWITCHBOARD_DATA_DIR="$data" RUST_LOG=warn "$binary" >"$data/server.log" 2>&1 &
 server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
+trap 'kill $server $hooks 2>/dev/null || true; rm -rf "$data"' EXIT
 
 # One metric's value (summed over its label sets), by a bare HTTP request.
 metric() {
@@ -61,13 +79,14 @@ sample() {
   local rss fds
   rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$server/status")
   fds=$(ls "/proc/$server/fd" | wc -l)
-  printf '| %s | %d | %d | %d | %d | %d | %d |\n' "$1" "$((rss / 1024))" "$fds" \
+  printf '| %s | %d | %d | %d | %d | %d | %d | %d | %d |\n' "$1" "$((rss / 1024))" "$fds" \
     "$(metric switchboard_rooms)" "$(metric switchboard_participants)" \
-    "$(metric switchboard_signaling_connections)" "$(metric switchboard_turn_allocations_active)"
+    "$(metric switchboard_signaling_connections)" "$(metric switchboard_turn_allocations_active)" \
+    "$(metric switchboard_event_webhook_queued)" "$(metric switchboard_event_webhook_attempts_total)"
 }
 
-echo "| at | RSS MiB | fds | rooms | participants | signaling sockets | TURN allocations |"
-echo "|---|---|---|---|---|---|---|"
+echo "| at | RSS MiB | fds | rooms | participants | signaling sockets | TURN allocations | events queued | event webhook attempts |"
+echo "|---|---|---|---|---|---|---|---|---|"
 samples=()
 start_fds=$(ls "/proc/$server/fd" | wc -l)
 row=$(sample "start"); echo "$row"; samples+=("$row")
@@ -95,13 +114,18 @@ done
 sleep $((grace + 3))
 row=$(sample "end"); echo "$row"; samples+=("$row")
 
-# Column n of a table row (2: at, 3: RSS, 4: fds, 5-8: the gauges).
+# Column n of a table row (2: at, 3: RSS, 4: fds, 5-9: the gauges, 10: a counter).
 col() { awk -F'|' -v c="$2" '{ gsub(/ /, "", $c); print $c }' <<<"$1"; }
 end_rss=$(col "$row" 3) end_fds=$(col "$row" 4)
 rooms=$(col "$row" 5) participants=$(col "$row" 6)
 sockets=$(col "$row" 7) allocations=$(col "$row" 8)
+queued=$(col "$row" 9) deliveries=$(col "$row" 10)
 fail=0
-for gauge in rooms participants sockets allocations; do
+if [ "$deliveries" -eq 0 ]; then
+  echo "FAIL: no call event was delivered"
+  fail=1
+fi
+for gauge in rooms participants sockets allocations queued; do
   if [ "${!gauge}" -ne 0 ]; then
     echo "FAIL: $gauge is ${!gauge} at the end, not 0"
     fail=1
