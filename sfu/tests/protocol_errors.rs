@@ -149,11 +149,21 @@ async fn every_documented_error_gets_its_code_and_every_documented_close_its_clo
     assert_eq!(next(&mut ws, SOON).await, Next::Closed(Some(1008)));
 
     // "one over four times the limit closes the socket (close code 1009)".
+    // The server closes as soon as it reads the frame's length, with most
+    // of the frame unread, so its kernel answers the rest with a reset: a
+    // client still writing (a busy machine) sees that instead of the close
+    // frame. Either way the socket ends; a close frame, when one arrives,
+    // says 1009.
     let mut ws = connect(&server).await;
-    ws.send(Message::text("x".repeat(4 * limit + 1)))
-        .await
-        .unwrap();
-    assert_eq!(next(&mut ws, SOON).await, Next::Closed(Some(1009)));
+    let sent = ws.send(Message::text("x".repeat(4 * limit + 1))).await;
+    let ended = match sent {
+        Ok(()) => next(&mut ws, SOON).await,
+        Err(_) => Next::Closed(None),
+    };
+    assert!(
+        matches!(ended, Next::Closed(Some(1009) | None)),
+        "{ended:?}"
+    );
 
     // Joined: a second join is already_joined; `leave` is answered `left`,
     // then the socket closes normally (1000).
@@ -295,8 +305,15 @@ async fn sigterm_drains_keeps_live_rooms_then_says_server_shutdown_closes_1001_a
     ))
     .await
     .unwrap();
+    // The session answers the ping itself, while ben's arrival comes from
+    // the engine: the two may arrive in either order.
     let mut heard = Vec::new();
-    while !heard.contains(&Next::Message("pong".into())) {
+    for _ in 0..20 {
+        if heard.contains(&Next::Message("pong".into()))
+            && heard.contains(&Next::Message("participantJoined".into()))
+        {
+            break;
+        }
         heard.push(next_past_offers(&mut anna).await);
     }
     assert!(
