@@ -1,9 +1,15 @@
 //! The call state machine, with a fake clock: tables of requests and what
-//! they must do, then a proptest of random interleavings against invariants.
+//! they must do, then a proptest of random interleavings against invariants,
+//! on the machine alone and through each store.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 use std::collections::HashMap;
 
 use control::call::*;
+use control::store::{RedisStore, SqliteStore, Store};
+use redis_server::RedisServer;
 
 const T0: UnixMillis = 1_764_000_000_000;
 
@@ -393,58 +399,159 @@ mod interleavings {
         }
     }
 
+    /// One random case: the call created, then `ops` applied one by one,
+    /// each checked against the invariants and replayed. With a store, every
+    /// op goes the way the API takes it: read the call, apply, write back by
+    /// compare-and-set; the stored call must be exactly what the machine
+    /// made, one version later.
+    /// Returns the call as it ends.
+    fn run_case(
+        group: bool,
+        ops: &[Op],
+        store: Option<(&dyn Store, &str)>,
+    ) -> Result<Call, TestCaseError> {
+        let mut callees = vec![callee("bob", &["bob-d0", "bob-d1", "bob-d2"])];
+        if group {
+            callees.push(callee("carol", &["carol-d0", "carol-d1"]));
+        }
+        let call_id = store.map_or("c", |(_, id)| id);
+        let (mut call, effects) = Call::create(
+            call_id.into(),
+            CallType::Video,
+            ("alice".into(), "p-alice".into(), "alice-d0".into()),
+            callees,
+            Timeouts::default(),
+            T0,
+        );
+        if let Some((store, _)) = store {
+            store.insert_call(&call).unwrap();
+        }
+        // Through the store: read, apply, write back if it changed. The
+        // next read checks the write (the same call, one version later).
+        let version = std::cell::Cell::new(1);
+        let step = |call: &mut Call,
+                    op: &Op,
+                    now: &mut UnixMillis,
+                    fx: &mut Vec<Effect>|
+         -> Result<String, TestCaseError> {
+            let Some((store, id)) = store else {
+                return Ok(apply(call, op, now, fx));
+            };
+            let read = store.get_call(id).unwrap().unwrap();
+            prop_assert_eq!(&read.value, &*call, "the store returned another call");
+            prop_assert_eq!(read.version, version.get());
+            let result = apply(call, op, now, fx);
+            if *call != read.value {
+                prop_assert!(store.update_call(call, read.version).unwrap());
+                version.set(read.version + 1);
+            }
+            Ok(result)
+        };
+        let mut now = T0;
+        let mut stop_effects: HashMap<(String, String), usize> = HashMap::new();
+        let count = |fx: &[Effect], stop_effects: &mut HashMap<(String, String), usize>| {
+            for e in fx {
+                if let Effect::StopRing {
+                    user_id, device_id, ..
+                } = e
+                {
+                    *stop_effects
+                        .entry((user_id.clone(), device_id.clone()))
+                        .or_default() += 1;
+                }
+            }
+        };
+        count(&effects, &mut stop_effects);
+        check_invariants(&call, &stop_effects);
+        for op in ops {
+            let before = call.clone();
+            let mut fx = Vec::new();
+            let result = step(&mut call, op, &mut now, &mut fx)?;
+            count(&fx, &mut stop_effects);
+            check_invariants(&call, &stop_effects);
+            if before.state == CallState::Ended {
+                prop_assert_eq!(&call, &before, "an ended call changed");
+            }
+            // A replayed request changes nothing and answers the same.
+            if !matches!(op, Op::Advance(_) | Op::Restarted) {
+                let after = call.clone();
+                let mut again = Vec::new();
+                let mut t = now;
+                let replayed = step(&mut call, op, &mut t, &mut again)?;
+                prop_assert_eq!(&call, &after, "replaying {:?} changed the call", op);
+                prop_assert!(
+                    again.is_empty(),
+                    "replaying {:?} had effects {:?}",
+                    op,
+                    again
+                );
+                let same = replayed == result || (result == "Ok(Now)" && replayed == "Ok(Already)");
+                prop_assert!(same, "replaying {:?}: {} then {}", op, result, replayed);
+            }
+        }
+        Ok(call)
+    }
+
+    fn cases() -> impl Strategy<Value = (bool, Vec<Op>)> {
+        (any::<bool>(), prop::collection::vec(op(), 1..40))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(10_000))]
         #[test]
-        fn random_interleavings_keep_every_invariant(
-            group in any::<bool>(),
-            ops in prop::collection::vec(op(), 1..40),
-        ) {
-            let mut callees = vec![callee("bob", &["bob-d0", "bob-d1", "bob-d2"])];
-            if group {
-                callees.push(callee("carol", &["carol-d0", "carol-d1"]));
+        fn random_interleavings_keep_every_invariant((group, ops) in cases()) {
+            run_case(group, &ops, None)?;
+        }
+    }
+
+    /// Cases run through each store. Fewer than the machine's 10,000: each
+    /// op is two round trips to Redis (~15 ms a case in a debug build), and
+    /// what the stores add (encoding, compare-and-set, indexes) does not
+    /// branch on the machine's paths the way the machine does.
+    const STORE_CASES: u32 = 2_000;
+
+    /// Random cases through each store: SQLite (in memory) and a real Redis.
+    /// Each case is its own call.
+    #[test]
+    fn random_interleavings_through_each_store_keep_every_invariant() {
+        let redis = RedisServer::start();
+        let stores: [(&str, Box<dyn Store>); 2] = [
+            ("sqlite", Box::new(SqliteStore::in_memory().unwrap())),
+            (
+                "redis",
+                Box::new(RedisStore::connect(&redis.url(), "interleavings").unwrap()),
+            ),
+        ];
+        for (name, store) in &stores {
+            let mut runner =
+                proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(STORE_CASES));
+            let case = std::sync::atomic::AtomicUsize::new(0);
+            let live = std::sync::Mutex::new(std::collections::BTreeSet::new());
+            let outcome = runner.run(&cases(), |(group, ops)| {
+                let id = format!(
+                    "case-{}",
+                    case.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                let call = run_case(group, &ops, Some((&**store, &id)))?;
+                let stored = store.get_call(&id).unwrap().unwrap().value;
+                prop_assert_eq!(&stored, &call, "the last write");
+                if call.state != CallState::Ended {
+                    live.lock().unwrap().insert(id);
+                }
+                Ok(())
+            });
+            if let Err(e) = outcome {
+                panic!("{name}: {e}");
             }
-            let (mut call, effects) = Call::create(
-                "c".into(),
-                CallType::Video,
-                ("alice".into(), "p-alice".into(), "alice-d0".into()),
-                callees,
-                Timeouts::default(),
-                T0,
-            );
-            let mut now = T0;
-            let mut stop_effects: HashMap<(String, String), usize> = HashMap::new();
-            let count = |fx: &[Effect], stop_effects: &mut HashMap<(String, String), usize>| {
-                for e in fx {
-                    if let Effect::StopRing { user_id, device_id, .. } = e {
-                        *stop_effects.entry((user_id.clone(), device_id.clone())).or_default() += 1;
-                    }
-                }
-            };
-            count(&effects, &mut stop_effects);
-            check_invariants(&call, &stop_effects);
-            for op in &ops {
-                let before = call.clone();
-                let mut fx = Vec::new();
-                let result = apply(&mut call, op, &mut now, &mut fx);
-                count(&fx, &mut stop_effects);
-                check_invariants(&call, &stop_effects);
-                if before.state == CallState::Ended {
-                    prop_assert_eq!(&call, &before, "an ended call changed");
-                }
-                // A replayed request changes nothing and answers the same.
-                if !matches!(op, Op::Advance(_) | Op::Restarted) {
-                    let after = call.clone();
-                    let mut again = Vec::new();
-                    let mut t = now;
-                    let replayed = apply(&mut call, op, &mut t, &mut again);
-                    prop_assert_eq!(&call, &after, "replaying {:?} changed the call", op);
-                    prop_assert!(again.is_empty(), "replaying {:?} had effects {:?}", op, again);
-                    let same = replayed == result
-                        || (result == "Ok(Now)" && replayed == "Ok(Already)");
-                    prop_assert!(same, "replaying {:?}: {} then {}", op, result, replayed);
-                }
-            }
+            // The index of live calls (recovery, busy checks) holds exactly
+            // the calls that did not end.
+            let indexed: std::collections::BTreeSet<String> = store
+                .live_calls()
+                .unwrap()
+                .into_iter()
+                .map(|c| c.value.call_id)
+                .collect();
+            assert_eq!(indexed, *live.lock().unwrap(), "{name}: live calls");
         }
     }
 }

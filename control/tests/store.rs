@@ -1,10 +1,16 @@
-//! The embedded SQLite store, against a real SQLite (in memory and on disk).
+//! The stores, each against the real thing: SQLite (in memory and on disk)
+//! and Redis (Debian's `redis-server`, started per test). Every rule is
+//! checked on every store; two handles on one store stand for two nodes.
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 use control::call::*;
 use control::device::{ApnsEnvironment, Capabilities, Device, Platform, PushTokens};
 use std::sync::{Arc, Barrier};
 
-use control::store::{IdempotencyRecord, NewEvent, SqliteStore, Store};
+use control::store::{IdempotencyRecord, NewEvent, RedisStore, SqliteStore, Store};
+use redis_server::RedisServer;
 
 const T0: UnixMillis = 1_764_000_000_000;
 
@@ -45,35 +51,49 @@ fn call(id: &str, caller: &str, callee: &str, at: UnixMillis) -> Call {
 
 #[test]
 fn devices_list_most_recent_first_and_can_be_removed() {
-    let s = SqliteStore::in_memory().unwrap();
+    let stores = conformance_stores("devices_list_most_recent_first_and_can_be_removed");
+    for (name, one, _) in &stores.each {
+        eprintln!("store: {name}");
+        devices_list_most_recent_first_and_can_be_removed_on(&**one);
+    }
+}
+
+fn devices_list_most_recent_first_and_can_be_removed_on(s: &dyn Store) {
     s.upsert_device(&ios("old", "u", &"a1".repeat(32), T0))
         .unwrap();
     s.upsert_device(&ios("new", "u", &"b2".repeat(32), T0 + 10))
         .unwrap();
     s.upsert_device(&ios("other", "v", &"c3".repeat(32), T0 + 20))
         .unwrap();
-    let ids = |s: &SqliteStore| {
+    let ids = |s: &dyn Store| {
         s.devices_of("u")
             .unwrap()
             .into_iter()
             .map(|d| d.device_id)
             .collect::<Vec<_>>()
     };
-    assert_eq!(ids(&s), vec!["new", "old"]);
+    assert_eq!(ids(s), vec!["new", "old"]);
     assert!(s.touch_device("u", "old", T0 + 99).unwrap());
-    assert_eq!(ids(&s), vec!["old", "new"]);
+    assert_eq!(ids(s), vec!["old", "new"]);
     assert!(s.delete_device("u", "old").unwrap());
     assert!(!s.delete_device("u", "old").unwrap());
     assert!(
         !s.delete_device("v", "new").unwrap(),
         "one user cannot delete another's device"
     );
-    assert_eq!(ids(&s), vec!["new"]);
+    assert_eq!(ids(s), vec!["new"]);
 }
 
 #[test]
 fn a_push_token_moves_to_the_user_who_registers_it_last() {
-    let s = SqliteStore::in_memory().unwrap();
+    let stores = conformance_stores("a_push_token_moves_to_the_user_who_registers_it_last");
+    for (name, one, _) in &stores.each {
+        eprintln!("store: {name}");
+        a_push_token_moves_to_the_user_who_registers_it_last_on(&**one);
+    }
+}
+
+fn a_push_token_moves_to_the_user_who_registers_it_last_on(s: &dyn Store) {
     let token = "ab".repeat(32);
     s.upsert_device(&ios("phone", "alice", &token, T0)).unwrap();
     // Alice logs out, Bob logs in on the same phone: same VoIP token.
@@ -100,7 +120,15 @@ fn a_push_token_moves_to_the_user_who_registers_it_last() {
 
 #[test]
 fn a_dead_push_token_is_removed_wherever_it_is_and_nothing_else_is() {
-    let s = SqliteStore::in_memory().unwrap();
+    let stores =
+        conformance_stores("a_dead_push_token_is_removed_wherever_it_is_and_nothing_else_is");
+    for (name, one, _) in &stores.each {
+        eprintln!("store: {name}");
+        a_dead_push_token_is_removed_wherever_it_is_and_nothing_else_is_on(&**one);
+    }
+}
+
+fn a_dead_push_token_is_removed_wherever_it_is_and_nothing_else_is_on(s: &dyn Store) {
     let (voip, alert) = ("ab".repeat(32), "cd".repeat(32));
     let mut phone = ios("phone", "bob", &voip, T0);
     phone.push.apns_alert = Some(alert.clone());
@@ -133,7 +161,14 @@ fn a_dead_push_token_is_removed_wherever_it_is_and_nothing_else_is() {
 
 #[test]
 fn call_updates_are_compare_and_set() {
-    let s = SqliteStore::in_memory().unwrap();
+    let stores = conformance_stores("call_updates_are_compare_and_set");
+    for (name, one, _) in &stores.each {
+        eprintln!("store: {name}");
+        call_updates_are_compare_and_set_on(&**one);
+    }
+}
+
+fn call_updates_are_compare_and_set_on(s: &dyn Store) {
     s.insert_call(&call("c1", "alice", "bob", T0)).unwrap();
     let read = s.get_call("c1").unwrap().unwrap();
     assert_eq!(read.version, 1);
@@ -156,7 +191,14 @@ fn call_updates_are_compare_and_set() {
 
 #[test]
 fn recent_calls_and_live_calls() {
-    let s = SqliteStore::in_memory().unwrap();
+    let stores = conformance_stores("recent_calls_and_live_calls");
+    for (name, one, _) in &stores.each {
+        eprintln!("store: {name}");
+        recent_calls_and_live_calls_on(&**one);
+    }
+}
+
+fn recent_calls_and_live_calls_on(s: &dyn Store) {
     s.insert_call(&call("c1", "alice", "bob", T0)).unwrap();
     s.insert_call(&call("c2", "carol", "bob", T0 + 5)).unwrap();
     let mut ended = call("c3", "bob", "dave", T0 + 9);
@@ -182,7 +224,14 @@ fn recent_calls_and_live_calls() {
 
 #[test]
 fn idempotency_keeps_the_first_outcome_until_it_expires() {
-    let s = SqliteStore::in_memory().unwrap();
+    let stores = conformance_stores("idempotency_keeps_the_first_outcome_until_it_expires");
+    for (name, one, _) in &stores.each {
+        eprintln!("store: {name}");
+        idempotency_keeps_the_first_outcome_until_it_expires_on(&**one);
+    }
+}
+
+fn idempotency_keeps_the_first_outcome_until_it_expires_on(s: &dyn Store) {
     let record = |hash: &str, body: &str, expires_at| IdempotencyRecord {
         user_id: "alice".into(),
         key: "k".into(),
@@ -240,13 +289,30 @@ fn everything_survives_reopening_the_file() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The stores every conformance check runs against: each pair is two handles
-/// on one store, as two nodes would hold them (for SQLite on a file, two
-/// connections). The Redis store adds itself here.
 /// One store as two nodes see it: `name`, and a handle for each node.
 type NodesOfOneStore = (&'static str, Arc<dyn Store>, Arc<dyn Store>);
 
-fn conformance_stores(tag: &str) -> Vec<NodesOfOneStore> {
+/// The stores every check runs against, each as two handles on one store as
+/// two nodes would hold them (for SQLite on a file, two connections; for
+/// Redis, two connection pools), with the Redis server they need.
+struct Stores {
+    each: Vec<NodesOfOneStore>,
+    _redis: RedisServer,
+}
+
+fn conformance_stores(tag: &str) -> Stores {
+    let redis = RedisServer::start();
+    let redis_node =
+        || -> Arc<dyn Store> { Arc::new(RedisStore::connect(&redis.url(), tag).unwrap()) };
+    let mut each = sqlite_stores(tag);
+    each.push(("redis, two pools", redis_node(), redis_node()));
+    Stores {
+        each,
+        _redis: redis,
+    }
+}
+
+fn sqlite_stores(tag: &str) -> Vec<NodesOfOneStore> {
     let memory: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
     let dir = std::env::temp_dir().join(format!(
         "switchboard-conformance-{}-{tag}",
@@ -289,8 +355,8 @@ fn group_call(id: &str, caller: &str, callees: &[&str], at: UnixMillis) -> Call 
 #[test]
 fn conformance_crossing_is_one_atomic_step() {
     use control::store::Insertion::{Crossed, Inserted};
-    for (name, one, _) in conformance_stores("rules") {
-        let s = &*one;
+    for (name, one, _) in &conformance_stores("rules").each {
+        let s = &**one;
         assert_eq!(
             s.insert_call_unless_crossed(&call("ab", "alice", "bob", T0))
                 .unwrap(),
@@ -342,7 +408,7 @@ fn conformance_crossing_is_one_atomic_step() {
 #[test]
 fn conformance_crossed_creates_at_the_same_instant_make_one_call() {
     use control::store::Insertion::{Crossed, Inserted};
-    for (name, node_a, node_b) in conformance_stores("race") {
+    for (name, node_a, node_b) in &conformance_stores("race").each {
         for round in 0..100 {
             let (x, y) = (format!("x{round}"), format!("y{round}"));
             let start = Arc::new(Barrier::new(2));
@@ -395,7 +461,7 @@ fn event(id: &str, call_id: Option<&str>, endpoint: &str, at: UnixMillis) -> New
 /// call) in order, retried later, and trimmed by age and size.
 #[test]
 fn conformance_the_event_outbox_numbers_orders_and_bounds() {
-    for (name, a, b) in conformance_stores("outbox") {
+    for (name, a, b) in &conformance_stores("outbox").each {
         let c = call("outbox-call", "alice", "bob", 1_000);
         let id = c.call_id.clone();
         a.insert_call_with_events(
@@ -439,7 +505,7 @@ fn conformance_the_event_outbox_numbers_orders_and_bounds() {
             d
         };
         assert_eq!(
-            due(&b),
+            due(b),
             [
                 ("x".into(), "d1".into(), 0),
                 ("x".into(), "e1".into(), 1),
@@ -456,13 +522,13 @@ fn conformance_the_event_outbox_numbers_orders_and_bounds() {
         // Retried later: nothing of that call at x is due until then.
         b.event_retry(head.row, 1, 20_000).unwrap();
         assert!(
-            due(&a)
+            due(a)
                 .iter()
                 .all(|(e, id, _)| !(e == "x" && id.starts_with('e'))),
             "{name}"
         );
         b.event_delivered(head.row).unwrap();
-        assert!(due(&a).contains(&("x".into(), "e2".into(), 2)), "{name}");
+        assert!(due(a).contains(&("x".into(), "e2".into(), 2)), "{name}");
         let e2 = a
             .due_events(10_000, 100)
             .unwrap()
@@ -470,7 +536,7 @@ fn conformance_the_event_outbox_numbers_orders_and_bounds() {
             .find(|q| q.event.event_id == "e2")
             .unwrap();
         a.event_delivered(e2.row).unwrap();
-        assert!(due(&b).contains(&("x".into(), "e3".into(), 3)), "{name}");
+        assert!(due(b).contains(&("x".into(), "e3".into(), 3)), "{name}");
 
         // Bounds: by age, then the oldest beyond the size.
         assert_eq!(
@@ -481,4 +547,72 @@ fn conformance_the_event_outbox_numbers_orders_and_bounds() {
         assert_eq!(a.trim_events(0, 1).unwrap(), (0, 1), "{name}");
         assert_eq!(a.queued_events().unwrap(), 1, "{name}");
     }
+}
+
+/// Redis with the append-only file (`appendfsync everysec`, the documented
+/// policy), killed with `kill -9`: while it is down every call answers
+/// `Unavailable` promptly (the API's 503 `store_unavailable`) and nothing is
+/// half-written; after a restart what was written more than the fsync
+/// interval before is there, and the same handle works again.
+#[test]
+fn redis_keeps_what_it_acknowledged_across_kill_9() {
+    use control::store::StoreError;
+    let mut redis = RedisServer::start_durable();
+    let s = RedisStore::connect(&redis.url(), "durable").unwrap();
+    s.upsert_device(&ios("phone", "alice", &"ab".repeat(32), T0))
+        .unwrap();
+    s.insert_call_unless_crossed(&call("c1", "alice", "bob", T0))
+        .unwrap();
+    let read = s.get_call("c1").unwrap().unwrap();
+    let mut answered = read.value.clone();
+    answered
+        .accept("bob", "bob-d", T0 + 1, &mut Vec::new())
+        .unwrap();
+    assert!(s.update_call(&answered, read.version).unwrap());
+    // Past the fsync interval (1 s), with room for a busy machine.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    redis.kill9();
+
+    let began = std::time::Instant::now();
+    match s.get_call("c1") {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(matches!(
+        s.insert_call_unless_crossed(&call("c2", "carol", "dave", T0)),
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(10),
+        "a down Redis must fail requests, not hang them: {:?}",
+        began.elapsed()
+    );
+
+    redis.restart();
+    // The pool drops connections that broke; a few calls may still meet one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let stored = loop {
+        match s.get_call("c1") {
+            Ok(call) => break call.unwrap(),
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("after restart: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("Redis did not come back: {e}"),
+        }
+    };
+    assert_eq!(stored.value, answered);
+    assert_eq!(stored.version, 2);
+    assert_eq!(s.devices_of("alice").unwrap().len(), 1);
+    assert!(
+        s.get_call("c2").unwrap().is_none(),
+        "the insert refused while Redis was down did not happen"
+    );
+    let live: Vec<String> = s
+        .live_calls()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.value.call_id)
+        .collect();
+    assert_eq!(live, ["c1"]);
 }

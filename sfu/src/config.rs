@@ -55,6 +55,12 @@ pub struct Config {
     pub log_format: String,
     /// Where the embedded store keeps its file (`control.db`).
     pub data_dir: std::path::PathBuf,
+    /// The store every node of a cluster shares (`redis://host:port/db`,
+    /// `rediss://` for TLS). Unset: the embedded SQLite store in `data_dir`.
+    pub redis_url: Option<String>,
+    /// Start of every Redis key (as the hash tag `{namespace}`), so several
+    /// deployments can share one Redis.
+    pub redis_namespace: String,
     /// API keys of the app backends (`[[api_keys]] id, secret, revoked`).
     pub api_keys: Vec<control::auth::ApiKey>,
     /// How long callees ring.
@@ -220,6 +226,8 @@ impl Default for Config {
             dev_demo_dir: None,
             log_format: "text".into(),
             data_dir: "switchboard-data".into(),
+            redis_url: None,
+            redis_namespace: "switchboard".into(),
             api_keys: Vec::new(),
             event_webhooks: Vec::new(),
             event_webhook_max_age_seconds: 24 * 3600,
@@ -341,6 +349,12 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_DATA_DIR") {
             self.data_dir = v.into();
+        }
+        if let Some(v) = var("SWITCHBOARD_REDIS_URL") {
+            self.redis_url = Some(v);
+        }
+        if let Some(v) = var("SWITCHBOARD_REDIS_NAMESPACE") {
+            self.redis_namespace = v;
         }
         if let Some(v) = var("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS") {
             self.connect_timeout_seconds = parse("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS", &v)?;

@@ -100,6 +100,14 @@ impl From<StoreError> for ApiError {
                 "this push token is registered to another user's device; register it from that device, or through the app backend's API key",
             );
         }
+        if let StoreError::Unavailable(reason) = &e {
+            tracing::warn!(%reason, "store unavailable");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the call store cannot be reached; nothing changed, retry shortly",
+            );
+        }
         tracing::error!(error = %e, "store failure");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

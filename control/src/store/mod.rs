@@ -1,13 +1,15 @@
 //! Where call control keeps its state: devices, calls (each with a version
 //! for compare-and-set), and idempotency records. `SqliteStore` is the
-//! embedded default; the cluster issue adds Redis behind the same trait.
+//! embedded default; `RedisStore` is the store every node of a cluster shares.
 //!
 //! Calls are written only through [`Store::update_call`], which succeeds only
 //! if nobody else wrote the call since it was read: two racing accepts cannot
 //! both win, whatever process they run in.
 
+mod redis;
 mod sqlite;
 
+pub use redis::RedisStore;
 pub use sqlite::SqliteStore;
 
 use crate::call::{Call, CallState, UnixMillis};
@@ -17,6 +19,10 @@ use crate::device::Device;
 pub enum StoreError {
     #[error("storage: {0}")]
     Backend(String),
+    /// The store cannot be reached now (Redis down or not answering): the
+    /// request changed nothing and may be retried.
+    #[error("storage unreachable: {0}")]
+    Unavailable(String),
     #[error("stored record does not decode: {0}")]
     Corrupt(String),
     /// A push token of the device is held by another user's other device,

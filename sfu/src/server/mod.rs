@@ -310,7 +310,8 @@ pub async fn start_with_push(
     })
 }
 
-/// Call control on the embedded store: auth, the call service, the API state.
+/// Call control on its store (Redis when `redis_url` is set, else the
+/// embedded SQLite file): auth, the call service, the API state.
 fn start_control(
     config: &Config,
     tokens: Arc<CallTokens>,
@@ -320,11 +321,19 @@ fn start_control(
     turn: Option<Arc<control::turn_issuer::TurnIssuer>>,
     lifecycle: Arc<Lifecycle>,
 ) -> Result<control::api::ControlState, StartError> {
-    create_private_dir(&config.data_dir)?;
-    let store: Arc<dyn control::store::Store> = Arc::new(
-        control::store::SqliteStore::open(&config.data_dir.join("control.db"))
-            .map_err(|e| StartError::Store(e.to_string()))?,
-    );
+    let store: Arc<dyn control::store::Store> = match &config.redis_url {
+        Some(url) => Arc::new(
+            control::store::RedisStore::connect(url, &config.redis_namespace)
+                .map_err(|e| StartError::Store(e.to_string()))?,
+        ),
+        None => {
+            create_private_dir(&config.data_dir)?;
+            Arc::new(
+                control::store::SqliteStore::open(&config.data_dir.join("control.db"))
+                    .map_err(|e| StartError::Store(e.to_string()))?,
+            )
+        }
+    };
     let push: Arc<dyn control::ringing::PushSender> = match push {
         Some(push) => push,
         None => push_dispatcher(config, store.clone(), push_metrics)?,
