@@ -226,6 +226,10 @@ const PROVOKED_ELSEWHERE: &[(&str, &str)] = &[
     ),
     ("internal", "a store or task failure"),
     (
+        "store_unavailable",
+        "sfu/tests/cluster.rs: requests while Redis is killed",
+    ),
+    (
         "idempotent_replay",
         "a create refused 409 (its crossed call changed meanwhile) and retried with its key: a race no request stages",
     ),

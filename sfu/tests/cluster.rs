@@ -1,0 +1,206 @@
+//! Several `switchboard` nodes sharing one real Redis (Debian's
+//! `redis-server`, started per test): the call API behaves as one service
+//! whichever node a request reaches, and a Redis outage is a typed 503 that
+//! changes nothing.
+
+mod common;
+
+#[path = "../../control/tests/support/redis_server.rs"]
+mod redis_server;
+
+use common::live::{request, start_server_with, user_token};
+use redis_server::RedisServer;
+use serde_json::{Value, json};
+use sfu::server::Running;
+
+/// A node on `redis` (keys under `namespace`).
+async fn node(redis: &RedisServer, namespace: &str) -> Running {
+    let url = redis.url();
+    let namespace = namespace.to_string();
+    start_server_with(move |c| {
+        c.redis_url = Some(url);
+        c.redis_namespace = namespace;
+    })
+    .await
+}
+
+async fn api(node: &Running, method: &str, path: &str, user: &str, body: Value) -> (u16, Value) {
+    let auth = format!("Bearer {}", user_token(user));
+    let text = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, answer) = request(
+        node.http_addr,
+        method,
+        path,
+        &[("Authorization", &auth)],
+        &text,
+    )
+    .await;
+    (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
+}
+
+async fn register(node: &Running, user: &str, device: &str) {
+    let (status, body) = api(
+        node,
+        "POST",
+        "/v1/devices",
+        user,
+        json!({"deviceId": device, "platform": "web"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn create(node: &Running, caller: &str, callee: &str) -> (u16, Value) {
+    api(
+        node,
+        "POST",
+        "/v1/calls",
+        caller,
+        json!({"calleeUserIds": [callee], "type": "audio", "deviceId": format!("{caller}-d")}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_one_redis_are_one_call_service() {
+    let redis = RedisServer::start();
+    let nodes = std::sync::Arc::new([
+        node(&redis, "one-service").await,
+        node(&redis, "one-service").await,
+        node(&redis, "one-service").await,
+    ]);
+    // Bob's phones registered through different nodes; the call made on a third.
+    for (i, device) in ["b1", "b2", "b3"].iter().enumerate() {
+        register(&nodes[i], "bob", device).await;
+    }
+    register(&nodes[0], "alice", "alice-d").await;
+    let (status, created) = create(&nodes[0], "alice", "bob").await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    // 50 accepts from the 3 devices, spread over the 3 nodes: one winner.
+    // The losers hear `answered_elsewhere`, not `unknown_device`: every
+    // device rang, whichever node it registered through.
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let nodes = nodes.clone();
+        let path = format!("/v1/calls/{call_id}/accept");
+        let device = ["b1", "b2", "b3"][i % 3];
+        tasks.push(tokio::spawn(async move {
+            let (status, body) = api(
+                &nodes[(i / 3) % 3],
+                "POST",
+                &path,
+                "bob",
+                json!({"deviceId": device}),
+            )
+            .await;
+            (device, status, body)
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let winners: std::collections::BTreeSet<&str> = results
+        .iter()
+        .filter(|(_, s, _)| *s == 200)
+        .map(|(d, _, _)| *d)
+        .collect();
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    for (device, status, body) in &results {
+        if !winners.contains(device) {
+            assert_eq!(*status, 409, "{body}");
+            assert_eq!(body["code"], "answered_elsewhere", "{body}");
+        }
+    }
+    for node in nodes.iter() {
+        let (_, call) = api(
+            node,
+            "GET",
+            &format!("/v1/calls/{call_id}"),
+            "alice",
+            Value::Null,
+        )
+        .await;
+        assert_eq!(call["state"], "connecting", "every node reads one call");
+    }
+
+    // Crossed creates through two nodes at the same instant: one call.
+    for round in 0..10 {
+        let (carol, dave) = (format!("carol{round}"), format!("dave{round}"));
+        register(&nodes[0], &carol, &format!("{carol}-d")).await;
+        register(&nodes[1], &dave, &format!("{dave}-d")).await;
+        let (a, b) = tokio::join!(
+            create(&nodes[0], &carol, &dave),
+            create(&nodes[1], &dave, &carol)
+        );
+        assert_eq!((a.0, b.0), (201, 201), "{a:?} {b:?}");
+        assert_eq!(
+            a.1["call"]["callId"], b.1["call"]["callId"],
+            "round {round}: two calls were made"
+        );
+        let (_, history) = api(&nodes[2], "GET", "/v1/calls", &carol, Value::Null).await;
+        assert_eq!(history.as_array().unwrap().len(), 1, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_503_store_unavailable_and_writes_nothing() {
+    let mut redis = RedisServer::start_durable();
+    let node = node(&redis, "outage").await;
+    register(&node, "alice", "alice-d").await;
+    register(&node, "bob", "bob-d").await;
+    let (status, _) = create(&node, "alice", "bob").await;
+    assert_eq!(status, 201);
+    // Past the fsync interval before the crash.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    redis.kill9();
+
+    let began = std::time::Instant::now();
+    let (status, body) = create(&node, "alice", "carol").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "store_unavailable", "{body}");
+    let (status, body) = api(&node, "GET", "/v1/calls", "alice", Value::Null).await;
+    assert_eq!((status, &body["code"]), (503, &json!("store_unavailable")));
+    let (status, body) = api(
+        &node,
+        "POST",
+        "/v1/devices",
+        "carol",
+        json!({"deviceId": "carol-d", "platform": "web"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(15),
+        "requests must fail, not hang, while Redis is down: {:?}",
+        began.elapsed()
+    );
+
+    redis.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let history = loop {
+        let (status, body) = api(&node, "GET", "/v1/calls", "alice", Value::Null).await;
+        if status == 200 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery after Redis restarted: {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let calls = history.as_array().unwrap();
+    assert_eq!(
+        calls.len(),
+        1,
+        "the refused create wrote nothing: {history}"
+    );
+    assert_eq!(calls[0]["participants"][1]["userId"], "bob");
+    let (status, body) = create(&node, "alice", "carol").await;
+    assert_eq!(status, 201, "{body}");
+}
