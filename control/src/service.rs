@@ -185,7 +185,7 @@ impl CallService {
 
     fn in_connected_call(&self, user: &str) -> Result<bool, ServiceError> {
         use crate::call::{CallState, ParticipantState};
-        Ok(self.store.calls_of(user, 20)?.iter().any(|c| {
+        Ok(self.store.live_calls_of(user)?.iter().any(|c| {
             c.state == CallState::Connected
                 && c.participant(user)
                     .is_some_and(|p| p.state == ParticipantState::Accepted)

@@ -220,6 +220,26 @@ fn recent_calls_and_live_calls_on(s: &dyn Store) {
         .collect();
     live.sort();
     assert_eq!(live, vec!["c1", "c2"]);
+    let live_of = |user: &str| {
+        let mut ids: Vec<String> = s
+            .live_calls_of(user)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.call_id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(live_of("bob"), ["c1", "c2"]);
+    assert_eq!(live_of("carol"), ["c2"]);
+    assert!(live_of("dave").is_empty(), "c3 ended");
+    // A call that ends leaves the index.
+    let read = s.get_call("c1").unwrap().unwrap();
+    let mut over = read.value.clone();
+    over.cancel("alice", T0 + 11, &mut Vec::new()).unwrap();
+    assert!(s.update_call(&over, read.version).unwrap());
+    assert_eq!(live_of("bob"), ["c2"]);
+    assert!(live_of("alice").is_empty());
 }
 
 #[test]

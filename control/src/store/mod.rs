@@ -214,6 +214,9 @@ pub trait Store: Send + Sync {
     fn calls_of(&self, user_id: &str, limit: usize) -> Result<Vec<Call>, StoreError>;
     /// Calls not yet ended (recovery after a restart).
     fn live_calls(&self) -> Result<Vec<Versioned<Call>>, StoreError>;
+    /// The user's calls not yet ended, from an index of live calls per user
+    /// (busy checks read this, not the history).
+    fn live_calls_of(&self, user_id: &str) -> Result<Vec<Call>, StoreError>;
 
     /// Stores the record unless a live one exists for (user, key); returns
     /// the one that is stored now (the first writer's, when two race).
