@@ -135,6 +135,16 @@ impl Authenticator {
         Err(AuthError::Invalid("unsupported authorization scheme"))
     }
 
+    /// An operator request: an API key (HTTP Basic) and nothing else; its
+    /// key id.
+    pub fn authenticate_api_key(&self, authorization: Option<&str>) -> Result<String, AuthError> {
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let basic = header
+            .strip_prefix("Basic ")
+            .ok_or(AuthError::Invalid("unsupported authorization scheme"))?;
+        self.verify_api_key(basic.trim())
+    }
+
     pub fn verify_user_token(&self, token: &str) -> Result<Principal, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("malformed token"))?;

@@ -340,6 +340,7 @@ impl CallApi {
             events,
             turn: None,
             lifecycle: Arc::default(),
+            nodes: Arc::new(control::nodes::LocalNodes::default()),
         };
         let router = runtime.block_on(async { control::api::router(state) });
         let now = std::time::SystemTime::now()

@@ -61,6 +61,13 @@ pub struct Config {
     /// Start of every Redis key (as the hash tag `{namespace}`), so several
     /// deployments can share one Redis.
     pub redis_namespace: String,
+    /// This node's name in the node registry. Empty: the host name.
+    pub node_id: String,
+    /// This node's region (room placement prefers the callers' region).
+    pub region: String,
+    /// Where clients reach this node (`https://sfu-1.example.com`). Empty:
+    /// `http://<first announced IP>:<HTTP port>`.
+    pub public_url: String,
     /// API keys of the app backends (`[[api_keys]] id, secret, revoked`).
     pub api_keys: Vec<control::auth::ApiKey>,
     /// How long callees ring.
@@ -228,6 +235,9 @@ impl Default for Config {
             data_dir: "switchboard-data".into(),
             redis_url: None,
             redis_namespace: "switchboard".into(),
+            node_id: String::new(),
+            region: "default".into(),
+            public_url: String::new(),
             api_keys: Vec::new(),
             event_webhooks: Vec::new(),
             event_webhook_max_age_seconds: 24 * 3600,
@@ -355,6 +365,15 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_REDIS_NAMESPACE") {
             self.redis_namespace = v;
+        }
+        if let Some(v) = var("SWITCHBOARD_NODE_ID") {
+            self.node_id = v;
+        }
+        if let Some(v) = var("SWITCHBOARD_REGION") {
+            self.region = v;
+        }
+        if let Some(v) = var("SWITCHBOARD_PUBLIC_URL") {
+            self.public_url = v;
         }
         if let Some(v) = var("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS") {
             self.connect_timeout_seconds = parse("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS", &v)?;

@@ -204,3 +204,121 @@ async fn a_redis_outage_is_503_store_unavailable_and_writes_nothing() {
     let (status, body) = create(&node, "alice", "carol").await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// `GET /v1/nodes` with the API key alone.
+async fn list_nodes(addr: std::net::SocketAddr) -> (u16, Value) {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        common::live::API_KEY_ID,
+        common::live::API_KEY_SECRET
+    ));
+    let (status, body) = request(
+        addr,
+        "GET",
+        "/v1/nodes",
+        &[("Authorization", &format!("Basic {basic}"))],
+        "",
+    )
+    .await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn node_ids(list: &Value) -> Vec<String> {
+    list["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n["nodeId"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Two node processes in two regions heartbeat into the registry; each
+/// lists both; one killed with `kill -9` drops out within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_registry_lists_live_nodes_and_forgets_a_dead_one() {
+    use common::live::{free_port, scratch_dir, spawn_switchboard};
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let spawn = |id: &'static str, region: &'static str| {
+        let url = url.clone();
+        async move {
+            spawn_switchboard(
+                &scratch_dir(),
+                free_port(),
+                free_port(),
+                &[
+                    ("SWITCHBOARD_REDIS_URL", url.as_str()),
+                    ("SWITCHBOARD_REDIS_NAMESPACE", "registry"),
+                    ("SWITCHBOARD_NODE_ID", id),
+                    ("SWITCHBOARD_REGION", region),
+                ],
+            )
+            .await
+        }
+    };
+    let eu = spawn("eu-1", "eu-west").await;
+    let mut us = spawn("us-1", "us-east").await;
+
+    // The first heartbeat goes out at start; allow a busy machine a few beats.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let list = loop {
+        let (status, list) = list_nodes(eu.http).await;
+        assert_eq!(status, 200, "{list}");
+        if node_ids(&list) == ["eu-1", "us-1"] {
+            break list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both nodes never listed: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let us_record = &list["nodes"][1];
+    assert_eq!(us_record["region"], "us-east");
+    assert_eq!(us_record["state"], "active");
+    assert_eq!(
+        us_record["publicUrl"],
+        format!("http://127.0.0.1:{}", us.http.port())
+    );
+    assert_eq!(us_record["mediaAddresses"].as_array().unwrap().len(), 1);
+    assert_eq!(us_record["load"]["rooms"], 0);
+    // The same list from the other node; devices may not read it.
+    let (_, from_us) = list_nodes(us.http).await;
+    assert_eq!(node_ids(&from_us), ["eu-1", "us-1"]);
+    let (status, body) = api_at(us.http, "GET", "/v1/nodes", "alice").await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("forbidden")),
+        "{body}"
+    );
+
+    let _ = us.child.kill();
+    let _ = us.child.wait();
+    let killed = std::time::Instant::now();
+    loop {
+        let (_, list) = list_nodes(eu.http).await;
+        if node_ids(&list) == ["eu-1"] {
+            break;
+        }
+        assert!(
+            killed.elapsed() < std::time::Duration::from_secs(10),
+            "a dead node is still listed after {:?}: {list}",
+            killed.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "the killed node left the registry after {:?}",
+        killed.elapsed()
+    );
+}
+
+async fn api_at(addr: std::net::SocketAddr, method: &str, path: &str, user: &str) -> (u16, Value) {
+    let auth = format!("Bearer {}", user_token(user));
+    let (status, body) = request(addr, method, path, &[("Authorization", &auth)], "").await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}

@@ -16,8 +16,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use error::ApiError;
@@ -46,6 +46,8 @@ pub struct ControlState {
     /// Draining: no new calls here (503 `draining`); stopping: the events
     /// sockets close (1001).
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// The nodes serving now (`GET /v1/nodes`).
+    pub nodes: Arc<dyn crate::nodes::NodeRegistry>,
 }
 
 /// The API's rate limits (each over 429 with `Retry-After`).
@@ -110,6 +112,7 @@ pub fn routes() -> Vec<Route> {
         action_route(CallAction::Cancel, "/v1/calls/{callId}/cancel"),
         action_route(CallAction::End, "/v1/calls/{callId}/end"),
         route(Method::GET, "/v1/events", events::events_socket),
+        route(Method::GET, "/v1/nodes", list_nodes),
     ]
 }
 
@@ -185,6 +188,60 @@ fn from_object<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
     serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// An operator: the app backend's API key, acting for nobody
+/// (`X-Switchboard-User` is not needed). A user token is refused (403).
+pub struct Operator;
+
+impl<S> FromRequestParts<S> for Operator
+where
+    ControlState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Operator, ApiError> {
+        let state = ControlState::from_ref(state);
+        let authorization = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if authorization.is_some_and(|h| h.starts_with("Bearer ")) {
+            // A valid user token or not: devices do not operate nodes.
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this route takes the app backend's API key, not a user token",
+            ));
+        }
+        let key_id = state.auth.authenticate_api_key(authorization)?;
+        state
+            .limits
+            .requests
+            .check(&format!("{key_id}/"), std::time::Instant::now())
+            .map_err(|wait| ApiError::rate_limited("requests", wait))?;
+        Ok(Operator)
+    }
+}
+
+// ---- nodes ------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct NodeList {
+    nodes: Vec<crate::nodes::NodeRecord>,
+}
+
+async fn list_nodes(
+    State(state): State<ControlState>,
+    _: Operator,
+) -> Result<Json<NodeList>, ApiError> {
+    blocking(move || {
+        Ok(Json(NodeList {
+            nodes: state.nodes.nodes(now_ms())?,
+        }))
+    })
+    .await
 }
 
 // ---- devices ----------------------------------------------------------------

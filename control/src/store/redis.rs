@@ -27,6 +27,8 @@
 //! | `P ev:due` | zset | each chain's head row by its next attempt time |
 //! | `P idem:<user>\n<key>` | hash | an idempotency record, with a TTL |
 //! | `P idem:exp` | zset | idempotency records by expiry (expire counts them) |
+//! | `P node:<id>` | string | a node's registry record (JSON), with a TTL |
+//! | `P nodes` | zset | node ids by when their heartbeat expires |
 
 use std::time::Duration;
 
@@ -207,6 +209,8 @@ struct Scripts {
     finish_idempotency: Script,
     release_idempotency: Script,
     expire_idempotency: Script,
+    node_heartbeat: Script,
+    live_nodes: Script,
 }
 
 /// Helpers every script starts with. `P` is the key prefix (ARGV[1]).
@@ -500,6 +504,24 @@ redis.call('ZREM', P .. 'idem:exp', id)
 return 1
 "#;
 
+/// ARGV: P, node id, record, expires at, ttl.
+const NODE_HEARTBEAT: &str = r#"
+redis.call('SET', P .. 'node:' .. ARGV[2], ARGV[3], 'PX', ARGV[5])
+redis.call('ZADD', P .. 'nodes', ARGV[4], ARGV[2])
+return 1
+"#;
+
+/// ARGV: P, now. The records of nodes alive at `now`; the expired leave.
+const LIVE_NODES: &str = r#"
+redis.call('ZREMRANGEBYSCORE', P .. 'nodes', '-inf', ARGV[2])
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', P .. 'nodes', 0, -1)) do
+  local record = redis.call('GET', P .. 'node:' .. id)
+  if record then table.insert(out, record) end
+end
+return out
+"#;
+
 /// ARGV: P, now.
 const EXPIRE_IDEMPOTENCY: &str = r#"
 local n = 0
@@ -532,6 +554,8 @@ impl Scripts {
             finish_idempotency: script(FINISH_IDEMPOTENCY),
             release_idempotency: script(RELEASE_IDEMPOTENCY),
             expire_idempotency: script(EXPIRE_IDEMPOTENCY),
+            node_heartbeat: script(NODE_HEARTBEAT),
+            live_nodes: script(LIVE_NODES),
         }
     }
 }
@@ -1047,6 +1071,50 @@ impl Store for RedisStore {
             .arg(&self.prefix)
             .arg(now)
             .invoke(&mut *self.conn()?)
+            .map_err(fail)
+    }
+}
+
+impl crate::nodes::NodeRegistry for RedisStore {
+    fn heartbeat(
+        &self,
+        node: &crate::nodes::NodeRecord,
+        now: UnixMillis,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let _: i64 = self
+            .scripts
+            .node_heartbeat
+            .arg(&self.prefix)
+            .arg(&node.node_id)
+            .arg(encode(node))
+            .arg(now + ttl_ms)
+            .arg(ttl_ms)
+            .invoke(&mut *self.conn()?)
+            .map_err(fail)?;
+        Ok(())
+    }
+
+    fn nodes(&self, now: UnixMillis) -> Result<Vec<crate::nodes::NodeRecord>, StoreError> {
+        let records: Vec<String> = self
+            .scripts
+            .live_nodes
+            .arg(&self.prefix)
+            .arg(now)
+            .invoke(&mut *self.conn()?)
+            .map_err(fail)?;
+        records.iter().map(|r| decode(r)).collect()
+    }
+
+    fn leave(&self, node_id: &str) -> Result<(), StoreError> {
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(self.key(&["node:", node_id]))
+            .cmd("ZREM")
+            .arg(self.key(&["nodes"]))
+            .arg(node_id)
+            .exec(&mut *self.conn()?)
             .map_err(fail)
     }
 }

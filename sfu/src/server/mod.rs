@@ -235,6 +235,12 @@ pub async fn start_with_push(
     }
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     spawn_call_timers(control.service.clone(), shutdown_rx.clone());
+    spawn_node_heartbeat(
+        control.nodes.clone(),
+        NodeIdentity::of(&state.config, http_addr, &announced, &control),
+        state.clone(),
+        shutdown_rx.clone(),
+    );
     if !state.config.event_webhooks.is_empty() {
         let metrics = control::webhooks::delivery::Metrics::register(&state.metrics.registry)
             .map_err(|e| StartError::Store(e.to_string()))?;
@@ -321,16 +327,26 @@ fn start_control(
     turn: Option<Arc<control::turn_issuer::TurnIssuer>>,
     lifecycle: Arc<Lifecycle>,
 ) -> Result<control::api::ControlState, StartError> {
-    let store: Arc<dyn control::store::Store> = match &config.redis_url {
-        Some(url) => Arc::new(
-            control::store::RedisStore::connect(url, &config.redis_namespace)
-                .map_err(|e| StartError::Store(e.to_string()))?,
-        ),
+    // A cluster shares one Redis for calls and the node registry; one node
+    // keeps calls in SQLite and is its own registry.
+    let (store, nodes): (
+        Arc<dyn control::store::Store>,
+        Arc<dyn control::nodes::NodeRegistry>,
+    ) = match &config.redis_url {
+        Some(url) => {
+            let redis = Arc::new(
+                control::store::RedisStore::connect(url, &config.redis_namespace)
+                    .map_err(|e| StartError::Store(e.to_string()))?,
+            );
+            (redis.clone(), redis)
+        }
         None => {
             create_private_dir(&config.data_dir)?;
-            Arc::new(
-                control::store::SqliteStore::open(&config.data_dir.join("control.db"))
-                    .map_err(|e| StartError::Store(e.to_string()))?,
+            let sqlite = control::store::SqliteStore::open(&config.data_dir.join("control.db"))
+                .map_err(|e| StartError::Store(e.to_string()))?;
+            (
+                Arc::new(sqlite),
+                Arc::new(control::nodes::LocalNodes::default()),
             )
         }
     };
@@ -366,6 +382,7 @@ fn start_control(
             control::rate_limit::Rate::per_minute(config.calls_to_one_user_per_minute),
         )),
         events,
+        nodes,
         turn,
         lifecycle,
     })
@@ -480,6 +497,113 @@ fn spawn_call_timers(
                 Err(e) => tracing::error!(error = %e, "call timer task"),
             }
         }
+    });
+}
+
+/// What this node tells the registry about itself, fixed at start.
+struct NodeIdentity {
+    node_id: String,
+    region: String,
+    public_url: String,
+    media_addresses: Vec<String>,
+    turn_urls: Vec<String>,
+    started_at: u64,
+}
+
+impl NodeIdentity {
+    fn of(
+        config: &Config,
+        http_addr: SocketAddr,
+        announced: &[SocketAddr],
+        control: &control::api::ControlState,
+    ) -> NodeIdentity {
+        let node_id = if config.node_id.is_empty() {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("node-{}", std::process::id()))
+        } else {
+            config.node_id.clone()
+        };
+        let public_url = if config.public_url.is_empty() {
+            let ip = announced.first().map_or(http_addr.ip(), |a| a.ip());
+            format!("http://{}", SocketAddr::new(ip, http_addr.port()))
+        } else {
+            config.public_url.clone()
+        };
+        NodeIdentity {
+            node_id,
+            region: config.region.clone(),
+            public_url,
+            media_addresses: announced.iter().map(ToString::to_string).collect(),
+            turn_urls: control
+                .turn
+                .as_ref()
+                .map(|t| t.urls.clone())
+                .unwrap_or_default(),
+            started_at: unix_millis(),
+        }
+    }
+}
+
+/// Heartbeats this node into the registry every
+/// [`control::nodes::HEARTBEAT_INTERVAL_MS`] (state and load as they are
+/// now); leaves it on shutdown. A Redis outage only delays a beat.
+fn spawn_node_heartbeat(
+    nodes: Arc<dyn control::nodes::NodeRegistry>,
+    me: NodeIdentity,
+    state: AppState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use control::nodes::{
+        HEARTBEAT_INTERVAL_MS, HEARTBEAT_TTL_MS, NodeLoad, NodeRecord, NodeState,
+    };
+    let sum = |gauge: &prometheus::IntGaugeVec| -> u64 {
+        use prometheus::core::Collector;
+        gauge
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().get_value().max(0.0) as u64)
+            .sum()
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            let now = unix_millis();
+            let record = NodeRecord {
+                node_id: me.node_id.clone(),
+                region: me.region.clone(),
+                public_url: me.public_url.clone(),
+                media_addresses: me.media_addresses.clone(),
+                turn_urls: me.turn_urls.clone(),
+                state: if state.lifecycle.is_serving() {
+                    NodeState::Active
+                } else {
+                    NodeState::Draining
+                },
+                load: NodeLoad {
+                    rooms: sum(&state.metrics.rooms),
+                    participants: sum(&state.metrics.participants),
+                },
+                started_at: me.started_at,
+                heartbeat_at: now,
+            };
+            let nodes = nodes.clone();
+            let beat = tokio::task::spawn_blocking(move || {
+                nodes.heartbeat(&record, now, HEARTBEAT_TTL_MS)
+            });
+            if let Ok(Err(e)) = beat.await {
+                tracing::warn!(error = %e, node_id = %me.node_id, "node heartbeat");
+            }
+        }
+        let node_id = me.node_id.clone();
+        let _ = tokio::task::spawn_blocking(move || nodes.leave(&node_id)).await;
     });
 }
 
