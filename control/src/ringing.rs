@@ -23,7 +23,7 @@ use crate::store::Store;
 pub const DEFAULT_ACK_WINDOW: Duration = Duration::from_millis(1500);
 
 /// What a device's events WebSocket carries (JSON, camelCase, `type` tag).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum DeviceEvent {
     #[serde(rename = "call.ringing")]
@@ -86,6 +86,35 @@ impl PushSender for LoggingPushSender {
     }
 }
 
+/// Where devices' events sockets are when there are several nodes: each
+/// node records the sockets it holds, and an event for a socket held by
+/// another node is relayed to that node (`store::RedisStore`: a hash per
+/// user and pub/sub addressed to the node). Delivery is at most once; what
+/// covers a lost relay is the same as for a socket that looks open but is
+/// not: a ring unacknowledged within the ack window is pushed, a cancel is
+/// also pushed to phones, and a socket that reconnects gets its rings
+/// replayed.
+pub trait SocketDirectory: Send + Sync {
+    /// This node now holds the device's socket.
+    fn socket_opened(&self, user_id: &str, device_id: &str);
+    /// This node no longer does (unless another node took it meanwhile).
+    fn socket_closed(&self, user_id: &str, device_id: &str);
+    /// Relays `event` to the node holding `device_id`'s socket (every node
+    /// holding one of the user's sockets, for `None`), unless that is this
+    /// node. True if some node took it.
+    fn relay(&self, user_id: &str, device_id: Option<&str>, event: &DeviceEvent) -> bool;
+}
+
+/// A device event on its way to the node that holds the device's socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayedEvent {
+    pub user_id: String,
+    /// `None`: every socket of the user on the receiving node.
+    pub device_id: Option<String>,
+    pub event: DeviceEvent,
+}
+
 /// Devices with an open events socket.
 #[derive(Default)]
 pub struct DeviceHub {
@@ -98,12 +127,32 @@ impl DeviceHub {
             .insert((user_id.to_string(), device_id.to_string()), tx);
     }
 
-    /// Forgets the socket, unless a newer one replaced it.
-    pub fn disconnect(&self, user_id: &str, device_id: &str, tx: &UnboundedSender<DeviceEvent>) {
+    /// Forgets the socket, unless a newer one replaced it; false then.
+    pub fn disconnect(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        tx: &UnboundedSender<DeviceEvent>,
+    ) -> bool {
         self.sockets
             .remove_if(&(user_id.to_string(), device_id.to_string()), |_, v| {
                 v.same_channel(tx)
-            });
+            })
+            .is_some()
+    }
+
+    /// Delivers an event another node relayed here.
+    pub fn deliver_relayed(&self, relayed: RelayedEvent) {
+        match relayed.device_id {
+            Some(device) => {
+                self.send(&relayed.user_id, &device, relayed.event);
+            }
+            None => {
+                for device in self.devices_of(&relayed.user_id) {
+                    self.send(&relayed.user_id, &device, relayed.event.clone());
+                }
+            }
+        }
     }
 
     fn send(&self, user_id: &str, device_id: &str, event: DeviceEvent) -> bool {
@@ -133,6 +182,8 @@ pub struct HubRinger {
     pending: Mutex<Vec<PendingAck>>,
     /// Told `call.ringing` for each ring sent, with how (`crate::webhooks`).
     event_webhooks: Vec<crate::webhooks::Endpoint>,
+    /// Sockets on other nodes (a cluster); `None` on a single node.
+    sockets: Option<Arc<dyn SocketDirectory>>,
 }
 
 struct PendingAck {
@@ -151,7 +202,37 @@ impl HubRinger {
             ack_window: DEFAULT_ACK_WINDOW,
             pending: Mutex::new(Vec::new()),
             event_webhooks: Vec::new(),
+            sockets: None,
         }
+    }
+
+    pub fn with_socket_directory(mut self, sockets: Arc<dyn SocketDirectory>) -> HubRinger {
+        self.sockets = Some(sockets);
+        self
+    }
+
+    /// A device's events socket opened on this node (blocking: a cluster
+    /// records it in Redis).
+    pub fn socket_opened(&self, user_id: &str, device_id: &str) {
+        if let Some(sockets) = &self.sockets {
+            sockets.socket_opened(user_id, device_id);
+        }
+    }
+
+    pub fn socket_closed(&self, user_id: &str, device_id: &str) {
+        if let Some(sockets) = &self.sockets {
+            sockets.socket_closed(user_id, device_id);
+        }
+    }
+
+    /// To the device's socket, on this node or, relayed, on another.
+    fn send(&self, user_id: &str, device_id: &str, event: DeviceEvent) -> bool {
+        if self.hub.send(user_id, device_id, event.clone()) {
+            return true;
+        }
+        self.sockets
+            .as_ref()
+            .is_some_and(|s| s.relay(user_id, Some(device_id), &event))
     }
 
     pub fn with_event_webhooks(mut self, endpoints: Vec<crate::webhooks::Endpoint>) -> HubRinger {
@@ -329,7 +410,7 @@ impl Ringer for HubRinger {
         for effect in effects {
             match effect {
                 Effect::Ring { user_id, device_id } => {
-                    if self.hub.send(user_id, device_id, ringing_event(call)) {
+                    if self.send(user_id, device_id, ringing_event(call)) {
                         self.report_ring(call, user_id, device_id, "socket");
                         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
                         pending.push(PendingAck {
@@ -351,7 +432,7 @@ impl Ringer for HubRinger {
                         call_id: call.call_id.clone(),
                         reason: *reason,
                     };
-                    self.hub.send(user_id, device_id, cancel);
+                    self.send(user_id, device_id, cancel);
                     if self.is_mobile(user_id, device_id) {
                         self.push.send(PushRequest::Cancel {
                             call_id: call.call_id.clone(),
@@ -362,16 +443,16 @@ impl Ringer for HubRinger {
                     }
                 }
                 Effect::Event(event) => {
+                    let event = DeviceEvent::Event {
+                        call_id: call.call_id.clone(),
+                        event: event_name(event),
+                    };
                     for p in &call.participants {
                         for device in self.hub.devices_of(&p.user_id) {
-                            self.hub.send(
-                                &p.user_id,
-                                &device,
-                                DeviceEvent::Event {
-                                    call_id: call.call_id.clone(),
-                                    event: event_name(event),
-                                },
-                            );
+                            self.hub.send(&p.user_id, &device, event.clone());
+                        }
+                        if let Some(sockets) = &self.sockets {
+                            sockets.relay(&p.user_id, None, &event);
                         }
                     }
                 }

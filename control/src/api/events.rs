@@ -105,6 +105,10 @@ async fn serve(socket: WebSocket, state: ControlState) {
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     state.events.hub.connect(&user_id, &device_id, tx.clone());
+    {
+        let (events, user, device) = (state.events.clone(), user_id.clone(), device_id.clone());
+        let _ = tokio::task::spawn_blocking(move || events.socket_opened(&user, &device)).await;
+    }
     tracing::info!(user_id = %user_id, device_id = %device_id, "device events connected");
     // `serverTime` (Unix ms) lets a device judge a push's age by the
     // server's clock, not its own (phone clocks drift).
@@ -181,6 +185,10 @@ async fn serve(socket: WebSocket, state: ControlState) {
             },
         }
     }
-    state.events.hub.disconnect(&user_id, &device_id, &tx);
+    // A newer socket of the device on this node keeps the directory's entry.
+    if state.events.hub.disconnect(&user_id, &device_id, &tx) {
+        let (events, user, device) = (state.events.clone(), user_id.clone(), device_id.clone());
+        let _ = tokio::task::spawn_blocking(move || events.socket_closed(&user, &device)).await;
+    }
     tracing::info!(user_id = %user_id, device_id = %device_id, "device events disconnected");
 }

@@ -29,6 +29,8 @@
 //! | `P idem:exp` | zset | idempotency records by expiry (expire counts them) |
 //! | `P node:<id>` | string | a node's registry record (JSON), with a TTL |
 //! | `P nodes` | zset | node ids by when their heartbeat expires |
+//! | `P socks:<user>` | hash | device id -> the node holding its events socket |
+//! | `P relay:<node>` | channel | device events for the sockets that node holds |
 
 use std::time::Duration;
 
@@ -53,6 +55,8 @@ const MAX_WATCH_RETRIES: usize = 32;
 
 pub struct RedisStore {
     pool: r2d2::Pool<redis::Client>,
+    /// For the relay listener's own (subscribed) connection.
+    client: redis::Client,
     /// `{namespace}:`, the start of every key.
     prefix: String,
     scripts: Scripts,
@@ -99,9 +103,10 @@ impl RedisStore {
             // the pool discards it.
             .test_on_check_out(false)
             .connection_customizer(Box::new(Timeouts))
-            .build_unchecked(client);
+            .build_unchecked(client.clone());
         let store = RedisStore {
             pool,
+            client,
             prefix: format!("{{{namespace}}}:"),
             scripts: Scripts::new(),
         };
@@ -211,6 +216,9 @@ struct Scripts {
     expire_idempotency: Script,
     node_heartbeat: Script,
     live_nodes: Script,
+    socket_opened: Script,
+    socket_closed: Script,
+    relay: Script,
 }
 
 /// Helpers every script starts with. `P` is the key prefix (ARGV[1]).
@@ -522,6 +530,34 @@ end
 return out
 "#;
 
+/// ARGV: P, user, device, node.
+const SOCKET_OPENED: &str = "return redis.call('HSET', P .. 'socks:' .. ARGV[2], ARGV[3], ARGV[4])";
+
+/// ARGV: P, user, device, node.
+const SOCKET_CLOSED: &str = r#"
+if redis.call('HGET', P .. 'socks:' .. ARGV[2], ARGV[3]) ~= ARGV[4] then return 0 end
+return redis.call('HDEL', P .. 'socks:' .. ARGV[2], ARGV[3])
+"#;
+
+/// ARGV: P, user, device ('' for every device), this node, message.
+/// Publishes once to each other node holding a matching socket; returns how
+/// many subscribers took it (0: the node is gone or holds none).
+const RELAY: &str = r#"
+local nodes = {}
+if ARGV[3] ~= '' then
+  local node = redis.call('HGET', P .. 'socks:' .. ARGV[2], ARGV[3])
+  if node then nodes[node] = true end
+else
+  local all = redis.call('HGETALL', P .. 'socks:' .. ARGV[2])
+  for i = 2, #all, 2 do nodes[all[i]] = true end
+end
+local took = 0
+for node, _ in pairs(nodes) do
+  if node ~= ARGV[4] then took = took + redis.call('PUBLISH', P .. 'relay:' .. node, ARGV[5]) end
+end
+return took
+"#;
+
 /// ARGV: P, now.
 const EXPIRE_IDEMPOTENCY: &str = r#"
 local n = 0
@@ -556,6 +592,9 @@ impl Scripts {
             expire_idempotency: script(EXPIRE_IDEMPOTENCY),
             node_heartbeat: script(NODE_HEARTBEAT),
             live_nodes: script(LIVE_NODES),
+            socket_opened: script(SOCKET_OPENED),
+            socket_closed: script(SOCKET_CLOSED),
+            relay: script(RELAY),
         }
     }
 }
@@ -1117,4 +1156,137 @@ impl crate::nodes::NodeRegistry for RedisStore {
             .exec(&mut *self.conn()?)
             .map_err(fail)
     }
+}
+
+/// This node's part of the cluster's socket directory
+/// ([`crate::ringing::SocketDirectory`]): sockets recorded under
+/// `socks:<user>`, events published to `relay:<node>`. Failures are logged
+/// and count as not delivered (the ring then falls back to push).
+pub struct RedisSockets {
+    pub store: std::sync::Arc<RedisStore>,
+    pub node_id: String,
+}
+
+impl crate::ringing::SocketDirectory for RedisSockets {
+    fn socket_opened(&self, user_id: &str, device_id: &str) {
+        let done: Result<i64, _> = self.store.conn().and_then(|mut conn| {
+            self.store
+                .scripts
+                .socket_opened
+                .arg(&self.store.prefix)
+                .arg(user_id)
+                .arg(device_id)
+                .arg(&self.node_id)
+                .invoke(&mut *conn)
+                .map_err(fail)
+        });
+        if let Err(e) = done {
+            tracing::warn!(%user_id, %device_id, error = %e, "socket not recorded: rings from other nodes will push");
+        }
+    }
+
+    fn socket_closed(&self, user_id: &str, device_id: &str) {
+        let done: Result<i64, _> = self.store.conn().and_then(|mut conn| {
+            self.store
+                .scripts
+                .socket_closed
+                .arg(&self.store.prefix)
+                .arg(user_id)
+                .arg(device_id)
+                .arg(&self.node_id)
+                .invoke(&mut *conn)
+                .map_err(fail)
+        });
+        if let Err(e) = done {
+            tracing::warn!(%user_id, %device_id, error = %e, "socket close not recorded");
+        }
+    }
+
+    fn relay(
+        &self,
+        user_id: &str,
+        device_id: Option<&str>,
+        event: &crate::ringing::DeviceEvent,
+    ) -> bool {
+        let message = encode(&crate::ringing::RelayedEvent {
+            user_id: user_id.to_string(),
+            device_id: device_id.map(str::to_string),
+            event: event.clone(),
+        });
+        let took: Result<i64, _> = self.store.conn().and_then(|mut conn| {
+            self.store
+                .scripts
+                .relay
+                .arg(&self.store.prefix)
+                .arg(user_id)
+                .arg(device_id.unwrap_or_default())
+                .arg(&self.node_id)
+                .arg(message)
+                .invoke(&mut *conn)
+                .map_err(fail)
+        });
+        match took {
+            Ok(n) => n > 0,
+            Err(e) => {
+                tracing::warn!(%user_id, error = %e, "device event not relayed");
+                false
+            }
+        }
+    }
+}
+
+impl RedisStore {
+    /// Delivers the device events other nodes relay to `node_id` into
+    /// `hub`, on a thread of its own (a subscribed connection blocks), until
+    /// `stop` is set. Reconnects after a Redis outage; what was published
+    /// meanwhile is lost (pub/sub is at most once; see `SocketDirectory`).
+    pub fn spawn_relay_listener(
+        &self,
+        node_id: &str,
+        hub: std::sync::Arc<crate::ringing::DeviceHub>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        let client = self.client.clone();
+        let channel = format!("{}relay:{node_id}", self.prefix);
+        let node_id = node_id.to_string();
+        std::thread::Builder::new()
+            .name("redis-relay".into())
+            .spawn(move || {
+                use std::sync::atomic::Ordering;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = listen(&client, &channel, &hub, &stop) {
+                        tracing::warn!(%node_id, error = %e, "relay listener: reconnecting in 1 s");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            })
+            .expect("a thread starts")
+    }
+}
+
+/// One subscribed connection's life: until an error or `stop`.
+fn listen(
+    client: &redis::Client,
+    channel: &str,
+    hub: &crate::ringing::DeviceHub,
+    stop: &std::sync::atomic::AtomicBool,
+) -> redis::RedisResult<()> {
+    let mut conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    let mut pubsub = conn.as_pubsub();
+    pubsub.subscribe(channel)?;
+    // Wakes up each second to see `stop`.
+    pubsub.set_read_timeout(Some(Duration::from_secs(1)))?;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let message = match pubsub.get_message() {
+            Ok(message) => message,
+            Err(e) if e.is_timeout() => continue,
+            Err(e) => return Err(e),
+        };
+        let payload: String = message.get_payload()?;
+        match serde_json::from_str::<crate::ringing::RelayedEvent>(&payload) {
+            Ok(relayed) => hub.deliver_relayed(relayed),
+            Err(e) => tracing::warn!(error = %e, "relayed device event does not decode"),
+        }
+    }
+    Ok(())
 }

@@ -209,6 +209,7 @@ pub async fn start_with_push(
         .map_err(|e| StartError::Store(e.to_string()))?;
     let push_metrics = control::push::metrics::PushMetrics::register(&state.metrics.registry)
         .map_err(|e| StartError::Push(e.to_string()))?;
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let control = start_control(
         &state.config,
         state.tokens.clone(),
@@ -217,6 +218,7 @@ pub async fn start_with_push(
         push,
         turn_issuer,
         state.lifecycle.clone(),
+        shutdown_rx.clone(),
     )?;
     let recovered = control
         .service
@@ -233,7 +235,6 @@ pub async fn start_with_push(
             "recovered live calls from the store"
         );
     }
-    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     spawn_call_timers(control.service.clone(), shutdown_rx.clone());
     spawn_node_heartbeat(
         control.nodes.clone(),
@@ -316,8 +317,62 @@ pub async fn start_with_push(
     })
 }
 
-/// Call control on its store (Redis when `redis_url` is set, else the
-/// embedded SQLite file): auth, the call service, the API state.
+/// Where call control keeps what it shares (or, on one node, keeps to
+/// itself): the store, the node registry, the directory of device sockets.
+struct Backend {
+    store: Arc<dyn control::store::Store>,
+    nodes: Arc<dyn control::nodes::NodeRegistry>,
+    /// Sockets on other nodes; `None` on a single node.
+    sockets: Option<Arc<dyn control::ringing::SocketDirectory>>,
+    /// This node's device sockets.
+    hub: Arc<control::ringing::DeviceHub>,
+}
+
+/// A cluster shares one Redis for calls, the node registry and where device
+/// sockets are (this node's relay listener runs until `shutdown`); one node
+/// keeps calls in SQLite and is its own registry.
+fn open_backend(
+    config: &Config,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Backend, StartError> {
+    let hub = Arc::new(control::ringing::DeviceHub::default());
+    let Some(url) = &config.redis_url else {
+        create_private_dir(&config.data_dir)?;
+        let sqlite = control::store::SqliteStore::open(&config.data_dir.join("control.db"))
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        return Ok(Backend {
+            store: Arc::new(sqlite),
+            nodes: Arc::new(control::nodes::LocalNodes::default()),
+            sockets: None,
+            hub,
+        });
+    };
+    let redis = Arc::new(
+        control::store::RedisStore::connect(url, &config.redis_namespace)
+            .map_err(|e| StartError::Store(e.to_string()))?,
+    );
+    let node_id = node_id(config);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    redis.spawn_relay_listener(&node_id, hub.clone(), stop.clone());
+    let mut shutdown = shutdown;
+    tokio::spawn(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let sockets = control::store::RedisSockets {
+        store: redis.clone(),
+        node_id,
+    };
+    Ok(Backend {
+        store: redis.clone(),
+        nodes: redis,
+        sockets: Some(Arc::new(sockets)),
+        hub,
+    })
+}
+
+/// Call control on its backend: auth, the call service, the API state.
+#[allow(clippy::too_many_arguments)] // the composition root: one argument per part
 fn start_control(
     config: &Config,
     tokens: Arc<CallTokens>,
@@ -326,38 +381,24 @@ fn start_control(
     push: Option<Arc<dyn control::ringing::PushSender>>,
     turn: Option<Arc<control::turn_issuer::TurnIssuer>>,
     lifecycle: Arc<Lifecycle>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<control::api::ControlState, StartError> {
-    // A cluster shares one Redis for calls and the node registry; one node
-    // keeps calls in SQLite and is its own registry.
-    let (store, nodes): (
-        Arc<dyn control::store::Store>,
-        Arc<dyn control::nodes::NodeRegistry>,
-    ) = match &config.redis_url {
-        Some(url) => {
-            let redis = Arc::new(
-                control::store::RedisStore::connect(url, &config.redis_namespace)
-                    .map_err(|e| StartError::Store(e.to_string()))?,
-            );
-            (redis.clone(), redis)
-        }
-        None => {
-            create_private_dir(&config.data_dir)?;
-            let sqlite = control::store::SqliteStore::open(&config.data_dir.join("control.db"))
-                .map_err(|e| StartError::Store(e.to_string()))?;
-            (
-                Arc::new(sqlite),
-                Arc::new(control::nodes::LocalNodes::default()),
-            )
-        }
-    };
+    let Backend {
+        store,
+        nodes,
+        sockets,
+        hub,
+    } = open_backend(config, shutdown)?;
     let push: Arc<dyn control::ringing::PushSender> = match push {
         Some(push) => push,
         None => push_dispatcher(config, store.clone(), push_metrics)?,
     };
-    let events = Arc::new(
-        control::ringing::HubRinger::new(Arc::default(), store.clone(), push)
-            .with_event_webhooks(event_endpoints(config)),
-    );
+    let mut events = control::ringing::HubRinger::new(hub, store.clone(), push)
+        .with_event_webhooks(event_endpoints(config));
+    if let Some(sockets) = sockets {
+        events = events.with_socket_directory(sockets);
+    }
+    let events = Arc::new(events);
     let service = control::service::CallService {
         store,
         ringer: events.clone(),
@@ -500,6 +541,19 @@ fn spawn_call_timers(
     });
 }
 
+/// This node's name in the registry and on the relay: `node_id`, else the
+/// host name.
+fn node_id(config: &Config) -> String {
+    if !config.node_id.is_empty() {
+        return config.node_id.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("node-{}", std::process::id()))
+}
+
 /// What this node tells the registry about itself, fixed at start.
 struct NodeIdentity {
     node_id: String,
@@ -517,15 +571,6 @@ impl NodeIdentity {
         announced: &[SocketAddr],
         control: &control::api::ControlState,
     ) -> NodeIdentity {
-        let node_id = if config.node_id.is_empty() {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| format!("node-{}", std::process::id()))
-        } else {
-            config.node_id.clone()
-        };
         let public_url = if config.public_url.is_empty() {
             let ip = announced.first().map_or(http_addr.ip(), |a| a.ip());
             format!("http://{}", SocketAddr::new(ip, http_addr.port()))
@@ -533,7 +578,7 @@ impl NodeIdentity {
             config.public_url.clone()
         };
         NodeIdentity {
-            node_id,
+            node_id: node_id(config),
             region: config.region.clone(),
             public_url,
             media_addresses: announced.iter().map(ToString::to_string).collect(),
