@@ -254,14 +254,17 @@ impl CallService {
     /// Fires due timers of every live call; returns how many calls changed.
     pub fn fire_timers(&self, now: UnixMillis) -> Result<usize, ServiceError> {
         let mut changed = 0;
-        for live in self.store.live_calls()? {
-            if live.value.next_deadline().is_some_and(|d| d <= now) {
-                let (call, ()) = self.update(&live.value.call_id, |c, fx| {
-                    c.handle_timeout(now, fx);
-                    Ok(())
-                })?;
-                changed += usize::from(call != live.value);
-            }
+        for call_id in self.store.due_calls(now)? {
+            // Re-read by `update`: another node may have fired it already
+            // (then nothing changes and nothing is written).
+            let mut fired = false;
+            self.update(&call_id, |c, fx| {
+                let before = c.state;
+                c.handle_timeout(now, fx);
+                fired = c.state != before || !fx.is_empty();
+                Ok(())
+            })?;
+            changed += usize::from(fired);
         }
         Ok(changed)
     }

@@ -636,3 +636,35 @@ fn redis_keeps_what_it_acknowledged_across_kill_9() {
         .collect();
     assert_eq!(live, ["c1"]);
 }
+
+/// The timer index: a ringing call is due at its ring deadline, not
+/// before; once answered it is due at its connect deadline; once ended,
+/// never. Two handles see the same index (any node fires any timer).
+#[test]
+fn conformance_calls_are_due_at_their_next_deadline() {
+    for (name, a, b) in &conformance_stores("timers").each {
+        let c = call("timed", "alice", "bob", T0);
+        let ring_deadline = c.ring_deadline.unwrap();
+        a.insert_call_unless_crossed(&c).unwrap();
+        assert!(b.due_calls(ring_deadline - 1).unwrap().is_empty(), "{name}");
+        assert_eq!(b.due_calls(ring_deadline).unwrap(), ["timed"], "{name}");
+        let read = b.get_call("timed").unwrap().unwrap();
+        let mut answered = read.value.clone();
+        answered
+            .accept("bob", "bob-d", T0 + 1, &mut Vec::new())
+            .unwrap();
+        let connect_deadline = answered.next_deadline().unwrap();
+        assert!(b.update_call(&answered, read.version).unwrap());
+        assert!(
+            a.due_calls(connect_deadline - 1).unwrap().is_empty(),
+            "{name}: no longer due at the ring deadline"
+        );
+        assert_eq!(a.due_calls(connect_deadline).unwrap(), ["timed"], "{name}");
+        let read = a.get_call("timed").unwrap().unwrap();
+        let mut over = read.value.clone();
+        over.handle_timeout(connect_deadline, &mut Vec::new());
+        assert_eq!(over.state, CallState::Ended, "{name}");
+        assert!(a.update_call(&over, read.version).unwrap());
+        assert!(b.due_calls(u64::MAX / 2).unwrap().is_empty(), "{name}");
+    }
+}

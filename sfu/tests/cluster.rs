@@ -470,3 +470,79 @@ async fn a_ring_reaches_a_socket_on_another_node() {
         latencies[49], latencies[98]
     );
 }
+
+/// The node that created a ringing call dies (`kill -9`): the ring still
+/// times out, fired by the other node from the timer index in Redis, and
+/// the call ends `timeout` with the callee `missed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_times_out_after_the_node_that_made_it_died() {
+    use common::live::{free_port, post_json, scratch_dir, spawn_switchboard};
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let spawn = |id: &'static str| {
+        let url = url.clone();
+        async move {
+            spawn_switchboard(
+                &scratch_dir(),
+                free_port(),
+                free_port(),
+                &[
+                    ("SWITCHBOARD_REDIS_URL", url.as_str()),
+                    ("SWITCHBOARD_REDIS_NAMESPACE", "timers"),
+                    ("SWITCHBOARD_NODE_ID", id),
+                    ("SWITCHBOARD_RING_TIMEOUT_SECONDS", "2"),
+                ],
+            )
+            .await
+        }
+    };
+    let mut maker = spawn("maker").await;
+    let survivor = spawn("survivor").await;
+    let (status, body) = post_json(
+        maker.http,
+        "/v1/devices",
+        "bob",
+        json!({"deviceId": "b1", "platform": "web"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, created) = post_json(
+        maker.http,
+        "/v1/calls",
+        "alice",
+        json!({"calleeUserIds": ["bob"], "type": "audio", "deviceId": "a1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let _ = maker.child.kill();
+    let _ = maker.child.wait();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let call = loop {
+        let (status, call) = api_at(
+            survivor.http,
+            "GET",
+            &format!("/v1/calls/{call_id}"),
+            "alice",
+        )
+        .await;
+        assert_eq!(status, 200, "{call}");
+        if call["state"] == "ended" {
+            break call;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ring never timed out: {call}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(call["endReason"], "timeout", "{call}");
+    let bob = call["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["userId"] == "bob")
+        .unwrap();
+    assert_eq!(bob["state"], "missed", "{call}");
+}

@@ -217,6 +217,20 @@ pub trait Store: Send + Sync {
     /// The user's calls not yet ended, from an index of live calls per user
     /// (busy checks read this, not the history).
     fn live_calls_of(&self, user_id: &str) -> Result<Vec<Call>, StoreError>;
+    /// Ids of calls whose next deadline (`Call::next_deadline`: ring or
+    /// connect timeout) has come at `now`. The timer loop of every node
+    /// reads this; the compare-and-set of the transition makes each timeout
+    /// happen once, whichever node fires it first. By default the live calls
+    /// are scanned (one node, a few hundred calls); a cluster store keeps an
+    /// index by deadline.
+    fn due_calls(&self, now: UnixMillis) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .live_calls()?
+            .into_iter()
+            .filter(|c| c.value.next_deadline().is_some_and(|d| d <= now))
+            .map(|c| c.value.call_id)
+            .collect())
+    }
 
     /// Stores the record unless a live one exists for (user, key); returns
     /// the one that is stored now (the first writer's, when two race).

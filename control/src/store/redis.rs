@@ -20,6 +20,7 @@
 //! | `P call:<id>` | hash | `json`, `state`, `version` |
 //! | `P hist:<user>` | zset | the user's call ids by creation time (history) |
 //! | `P live` / `P live:<user>` | set | calls not yet ended, all / per user (busy checks, recovery) |
+//! | `P timers` | zset | calls by their next deadline (ring / connect timeout) |
 //! | `P seq:<call>` | string | the call's last event sequence number |
 //! | `P ev:<row>` | hash | a queued webhook event |
 //! | `P ev:rows` / `ev:age` | zset | queued rows by row number / by age (bounds) |
@@ -49,6 +50,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections per node: API requests run on blocking threads, each holds
 /// one connection for one store call.
 const POOL_SIZE: u32 = 16;
+/// Due timers handed out per pass of a node's timer loop.
+const MAX_DUE_PER_PASS: usize = 500;
 /// Crossing checks that lost their `WATCH` retry this often before the
 /// insert gives up as contended (each retry re-reads what changed).
 const MAX_WATCH_RETRIES: usize = 32;
@@ -210,6 +213,7 @@ struct Scripts {
     calls_of: Script,
     live_calls: Script,
     live_calls_of: Script,
+    due_calls: Script,
     put_idempotency: Script,
     finish_idempotency: Script,
     release_idempotency: Script,
@@ -362,12 +366,15 @@ redis.call('ZADD', P .. 'devs:' .. ARGV[2], ARGV[4], ARGV[3])
 return 1
 "#;
 
-/// Writes the call's indexes. ARGV from `at`: created_at, ended (0|1), a
-/// count, then the participants' user ids.
+/// Writes the call's indexes. ARGV from `at`: created_at, ended (0|1), next
+/// deadline ('' for none), a count, then the participants' user ids.
 const INDEX_CALL: &str = r#"
 local function index_call(cid, at)
-  local created, ended, n = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
+  local created, ended, deadline, n = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
   if ended == '1' then redis.call('SREM', P .. 'live', cid) else redis.call('SADD', P .. 'live', cid) end
+  if deadline == '' then redis.call('ZREM', P .. 'timers', cid)
+  else redis.call('ZADD', P .. 'timers', deadline, cid) end
+  at = at + 1
   for i = 1, n do
     local user = ARGV[at + 2 + i]
     redis.call('ZADD', P .. 'hist:' .. user, 'NX', created, cid)
@@ -447,6 +454,10 @@ for _, cid in ipairs(redis.call('ZREVRANGE', P .. 'hist:' .. ARGV[2], 0, tonumbe
 end
 return out
 "#;
+
+/// ARGV: P, now, limit.
+const DUE_CALLS: &str =
+    "return redis.call('ZRANGEBYSCORE', P .. 'timers', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])";
 
 /// ARGV: P, user. Each: json.
 const LIVE_CALLS_OF: &str = r#"
@@ -586,6 +597,7 @@ impl Scripts {
             calls_of: script(CALLS_OF),
             live_calls: script(LIVE_CALLS),
             live_calls_of: script(LIVE_CALLS_OF),
+            due_calls: script(DUE_CALLS),
             put_idempotency: script(PUT_IDEMPOTENCY),
             finish_idempotency: script(FINISH_IDEMPOTENCY),
             release_idempotency: script(RELEASE_IDEMPOTENCY),
@@ -609,6 +621,9 @@ fn index_args(call: &Call) -> Vec<String> {
             "0"
         }
         .to_string(),
+        call.next_deadline()
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
         call.participants.len().to_string(),
     ];
     args.extend(call.participants.iter().map(|p| p.user_id.clone()));
@@ -1030,6 +1045,17 @@ impl Store for RedisStore {
             .invoke(&mut *self.conn()?)
             .map_err(fail)?;
         jsons.iter().map(|json| decode(json)).collect()
+    }
+
+    fn due_calls(&self, now: UnixMillis) -> Result<Vec<String>, StoreError> {
+        // A bounded batch per pass: the timer loop runs again in 250 ms.
+        self.scripts
+            .due_calls
+            .arg(&self.prefix)
+            .arg(now)
+            .arg(MAX_DUE_PER_PASS)
+            .invoke(&mut *self.conn()?)
+            .map_err(fail)
     }
 
     fn put_idempotency(
