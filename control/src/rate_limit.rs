@@ -1,5 +1,7 @@
 //! Token buckets keyed by caller: how the API says "slow down" (429 with
 //! `Retry-After`). Time is an input, so the buckets are tested without a clock.
+//! A limiter is local to the node, or [`Limiter::shared`] by every node of a
+//! cluster (its buckets in Redis: `store::RedisStore`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -42,10 +44,34 @@ struct Bucket {
     last: Instant,
 }
 
+/// Buckets every node shares (a cluster). The same rule as the local
+/// buckets, kept as GCRA's "theoretical arrival time" per key, on the wall
+/// clock (Unix ms: nodes share no `Instant`).
+pub trait SharedBuckets: Send + Sync {
+    /// Takes one token from each of `keys` in the limiter named `name`, or
+    /// none and says how long until the scarcest has one.
+    fn take(
+        &self,
+        name: &str,
+        keys: &[&str],
+        rate: Rate,
+        now_ms: u64,
+    ) -> Result<Result<(), Duration>, crate::store::StoreError>;
+    fn give_back(
+        &self,
+        name: &str,
+        key: &str,
+        rate: Rate,
+        now_ms: u64,
+    ) -> Result<(), crate::store::StoreError>;
+}
+
 /// One rate for many keys. A burst of `count` is allowed, refilled evenly.
 pub struct Limiter {
     rate: Rate,
     buckets: Mutex<Buckets>,
+    /// Set: the buckets live there (by this name), not in `buckets`.
+    shared: Option<(String, std::sync::Arc<dyn SharedBuckets>)>,
 }
 
 #[derive(Default)]
@@ -59,6 +85,18 @@ impl Limiter {
         Limiter {
             rate,
             buckets: Mutex::new(Buckets::default()),
+            shared: None,
+        }
+    }
+
+    /// A limiter whose buckets every node shares. Blocking (a round trip
+    /// to the store): call it off the async threads. When the store fails,
+    /// the request is let through (and logged): the write it guards fails
+    /// on the same store anyway.
+    pub fn shared(rate: Rate, name: &str, buckets: std::sync::Arc<dyn SharedBuckets>) -> Limiter {
+        Limiter {
+            shared: Some((name.to_string(), buckets)),
+            ..Limiter::new(rate)
         }
     }
 
@@ -118,6 +156,14 @@ impl Limiter {
     /// Takes one token for each of `keys` (distinct), or none of them and
     /// says how long until the scarcest has one.
     pub fn check_all(&self, keys: &[&str], now: Instant) -> Result<(), Duration> {
+        if let Some((name, shared)) = &self.shared {
+            return shared
+                .take(name, keys, self.rate, crate::unix_millis())
+                .unwrap_or_else(|e| {
+                    tracing::warn!(limiter = %name, error = %e, "shared rate limit unavailable: allowed");
+                    Ok(())
+                });
+        }
         let mut buckets = self.lock(now);
         let mut wait = None;
         for key in keys {
@@ -138,6 +184,12 @@ impl Limiter {
     /// Gives back a token taken for work that did not happen (a request
     /// refused after the check), so it is charged only for what was done.
     pub fn refund(&self, key: &str, now: Instant) {
+        if let Some((name, shared)) = &self.shared {
+            if let Err(e) = shared.give_back(name, key, self.rate, crate::unix_millis()) {
+                tracing::warn!(limiter = %name, error = %e, "shared rate limit: token not given back");
+            }
+            return;
+        }
         let capacity = self.capacity();
         let mut buckets = self.lock(now);
         let bucket = self.refilled(&mut buckets, key, now);

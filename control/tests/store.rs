@@ -668,3 +668,39 @@ fn conformance_calls_are_due_at_their_next_deadline() {
         assert!(b.due_calls(u64::MAX / 2).unwrap().is_empty(), "{name}");
     }
 }
+
+/// The call limits of a cluster live in Redis: every node takes from the
+/// same buckets, by the same rule as a node's own (a burst of `count`,
+/// refilled evenly; all keys or none), and a refund gives one back.
+#[test]
+fn shared_rate_limits_follow_the_local_rule_across_nodes() {
+    use control::rate_limit::{Limiter, Rate};
+    use std::time::{Duration, Instant};
+    let redis = RedisServer::start();
+    let node = || {
+        Limiter::shared(
+            Rate::per_minute(3),
+            "creates",
+            Arc::new(RedisStore::connect(&redis.url(), "limits").unwrap()),
+        )
+    };
+    let (one, two) = (node(), node());
+    let now = Instant::now();
+    one.check("alice", now).unwrap();
+    two.check("alice", now).unwrap();
+    one.check("alice", now).unwrap();
+    let wait = two.check("alice", now).unwrap_err();
+    assert!(
+        wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+        "one token every 20 s: {wait:?}"
+    );
+    // All or none: bob is not charged when alice has nothing left.
+    assert!(one.check_all(&["bob", "alice"], now).is_err());
+    for _ in 0..3 {
+        two.check("bob", now).unwrap();
+    }
+    assert!(one.check("bob", now).is_err());
+    one.refund("bob", now);
+    two.check("bob", now).unwrap();
+    assert!(two.check("bob", now).is_err());
+}

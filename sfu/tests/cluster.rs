@@ -546,3 +546,47 @@ async fn a_ring_times_out_after_the_node_that_made_it_died() {
         .unwrap();
     assert_eq!(bob["state"], "missed", "{call}");
 }
+
+/// The call limits hold across nodes: calls to one person count wherever
+/// they are made (2 a minute here), and the third gets 429 with
+/// `Retry-After` on either node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_limits_count_calls_made_through_any_node() {
+    let redis = RedisServer::start();
+    let limited = |id: &'static str| {
+        let url = redis.url();
+        start_server_with_push(
+            move |c| {
+                c.redis_url = Some(url);
+                c.redis_namespace = "limits".into();
+                c.node_id = id.into();
+                c.calls_to_one_user_per_minute = 2;
+            },
+            Arc::new(RecordingPush::default()),
+        )
+    };
+    let (one, two) = (limited("limit-1").await, limited("limit-2").await);
+    register(&one, "bob", "b1").await;
+    for (node, caller) in [(&one, "carol"), (&two, "dave")] {
+        let (status, body) = create(node, caller, "bob").await;
+        assert_eq!(status, 201, "{body}");
+    }
+    for node in [&one, &two] {
+        let auth = format!("Bearer {}", user_token("erin"));
+        let body = json!({"calleeUserIds": ["bob"], "type": "audio", "deviceId": "e1"});
+        let (status, response) = common::live::raw_request(
+            node.http_addr,
+            "POST",
+            "/v1/calls",
+            &[("Authorization", &auth)],
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(status, 429, "{response}");
+        assert!(response.contains("rate_limited"), "{response}");
+        assert!(
+            response.to_ascii_lowercase().contains("retry-after:"),
+            "{response}"
+        );
+    }
+}

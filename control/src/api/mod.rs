@@ -68,6 +68,22 @@ impl ApiLimits {
             rings: Limiter::new(rings),
         }
     }
+
+    /// For a cluster: the call limits (creates per user, rings per callee)
+    /// shared by every node; the request rate stays per node (a shield for
+    /// the node itself, checked on every request without a round trip).
+    pub fn shared(
+        requests: Rate,
+        creates: Rate,
+        rings: Rate,
+        buckets: Arc<dyn crate::rate_limit::SharedBuckets>,
+    ) -> ApiLimits {
+        ApiLimits {
+            requests: Limiter::new(requests),
+            creates: Limiter::shared(creates, "creates", buckets.clone()),
+            rings: Limiter::shared(rings, "rings", buckets),
+        }
+    }
 }
 
 /// One route: its method and path, and the handler (made for that method,
@@ -492,36 +508,42 @@ async fn create_call(
     // Rate limits: calls this user creates, and calls ringing each callee;
     // charged for calls actually created (given back otherwise), so nobody
     // can use up the calls to someone else without calling them.
-    let charged = Charged::take(&state.limits, &caller.user_id, &req.callee_user_ids)?;
-    let limits = state.limits.clone();
-    let created = blocking(move || {
+    // In a cluster the two call limits are shared in Redis: charged,
+    // and given back, off the async threads.
+    blocking(move || {
+        let charged = Charged::take(&state.limits, &caller.user_id, &req.callee_user_ids)?;
         let call_id = uuid::Uuid::new_v4().to_string();
         let request = format!("POST /v1/calls {raw}");
-        let reserved = reserve_key(&state, &headers, &caller.user_id, &request, &call_id)?;
-        let outcome = create_or_replay(&state, &reserved, &call_id, &caller.user_id, req);
-        let status = outcome
-            .as_ref()
-            .map_or_else(|e| e.status, |_| StatusCode::CREATED);
-        settle_key(&state, reserved.as_ref(), &call_id, status);
-        let call = outcome?;
-        // A crossed call or an idempotent replay answers with a call that
-        // this request did not create.
-        let new = call.call_id == call_id;
-        let body = with_token(&state, &call, &caller.user_id)?;
-        Ok((new, (StatusCode::CREATED, Json(body))))
+        let created = reserve_key(&state, &headers, &caller.user_id, &request, &call_id)
+            .and_then(|reserved| {
+                let outcome = create_or_replay(&state, &reserved, &call_id, &caller.user_id, req);
+                let status = outcome
+                    .as_ref()
+                    .map_or_else(|e| e.status, |_| StatusCode::CREATED);
+                settle_key(&state, reserved.as_ref(), &call_id, status);
+                outcome
+            })
+            .and_then(|call| {
+                Ok((
+                    call.call_id == call_id,
+                    with_token(&state, &call, &caller.user_id)?,
+                ))
+            });
+        match created {
+            Ok((true, body)) => Ok((StatusCode::CREATED, Json(body))),
+            // A crossed call or an idempotent replay answers with a call
+            // that this request did not create: not charged.
+            Ok((false, body)) => {
+                charged.refund(&state.limits);
+                Ok((StatusCode::CREATED, Json(body)))
+            }
+            Err(e) => {
+                charged.refund(&state.limits);
+                Err(e)
+            }
+        }
     })
-    .await;
-    match created {
-        Ok((true, response)) => Ok(response),
-        Ok((false, response)) => {
-            charged.refund(&limits);
-            Ok(response)
-        }
-        Err(e) => {
-            charged.refund(&limits);
-            Err(e)
-        }
-    }
+    .await
 }
 
 /// The call this create answers with: the one it creates, or the one the

@@ -30,6 +30,7 @@
 //! | `P idem:exp` | zset | idempotency records by expiry (expire counts them) |
 //! | `P node:<id>` | string | a node's registry record (JSON), with a TTL |
 //! | `P nodes` | zset | node ids by when their heartbeat expires |
+//! | `P rl:<limiter>:<key>` | string | a shared rate-limit bucket (GCRA arrival time, Unix ms), with a TTL |
 //! | `P socks:<user>` | hash | device id -> the node holding its events socket |
 //! | `P relay:<node>` | channel | device events for the sockets that node holds |
 
@@ -221,6 +222,8 @@ struct Scripts {
     node_heartbeat: Script,
     live_nodes: Script,
     socket_opened: Script,
+    rate_take: Script,
+    rate_give_back: Script,
     socket_closed: Script,
     relay: Script,
 }
@@ -541,6 +544,39 @@ end
 return out
 "#;
 
+/// GCRA over several keys, all or none. ARGV: P, limiter, now, interval
+/// (ms per token), tolerance (ms: the burst beyond one), then the keys.
+/// Returns 0 when taken, else the ms to wait.
+const RATE_TAKE: &str = r#"
+local now, interval, tolerance = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local wait = 0
+local arrivals = {}
+for i = 6, #ARGV do
+  local key = P .. 'rl:' .. ARGV[2] .. ':' .. ARGV[i]
+  local tat = math.max(tonumber(redis.call('GET', key) or now), now)
+  arrivals[key] = tat
+  wait = math.max(wait, tat - now - tolerance)
+end
+if wait > 0 then return math.max(math.ceil(wait), 1) end
+for key, tat in pairs(arrivals) do
+  redis.call('SET', key, tat + interval, 'PX', math.ceil(tat + interval - now) + 1000)
+end
+return 0
+"#;
+
+/// ARGV: P, limiter, now, interval, key.
+const RATE_GIVE_BACK: &str = r#"
+local key = P .. 'rl:' .. ARGV[2] .. ':' .. ARGV[5]
+local tat = tonumber(redis.call('GET', key) or '0')
+local now, interval = tonumber(ARGV[3]), tonumber(ARGV[4])
+if tat - interval > now then
+  redis.call('SET', key, tat - interval, 'PX', math.ceil(tat - interval - now) + 1000)
+else
+  redis.call('DEL', key)
+end
+return 1
+"#;
+
 /// ARGV: P, user, device, node.
 const SOCKET_OPENED: &str = "return redis.call('HSET', P .. 'socks:' .. ARGV[2], ARGV[3], ARGV[4])";
 
@@ -605,6 +641,8 @@ impl Scripts {
             node_heartbeat: script(NODE_HEARTBEAT),
             live_nodes: script(LIVE_NODES),
             socket_opened: script(SOCKET_OPENED),
+            rate_take: script(RATE_TAKE),
+            rate_give_back: script(RATE_GIVE_BACK),
             socket_closed: script(SOCKET_CLOSED),
             relay: script(RELAY),
         }
@@ -1315,4 +1353,53 @@ fn listen(
         }
     }
     Ok(())
+}
+
+impl crate::rate_limit::SharedBuckets for RedisStore {
+    fn take(
+        &self,
+        name: &str,
+        keys: &[&str],
+        rate: crate::rate_limit::Rate,
+        now_ms: u64,
+    ) -> Result<Result<(), Duration>, StoreError> {
+        let interval = rate.per.as_millis() as u64 / u64::from(rate.count.max(1));
+        let tolerance = (rate.per.as_millis() as u64).saturating_sub(interval);
+        let wait_ms: u64 = self
+            .scripts
+            .rate_take
+            .arg(&self.prefix)
+            .arg(name)
+            .arg(now_ms)
+            .arg(interval)
+            .arg(tolerance)
+            .arg(keys)
+            .invoke(&mut *self.conn()?)
+            .map_err(fail)?;
+        Ok(match wait_ms {
+            0 => Ok(()),
+            ms => Err(Duration::from_millis(ms)),
+        })
+    }
+
+    fn give_back(
+        &self,
+        name: &str,
+        key: &str,
+        rate: crate::rate_limit::Rate,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let interval = rate.per.as_millis() as u64 / u64::from(rate.count.max(1));
+        let _: i64 = self
+            .scripts
+            .rate_give_back
+            .arg(&self.prefix)
+            .arg(name)
+            .arg(now_ms)
+            .arg(interval)
+            .arg(key)
+            .invoke(&mut *self.conn()?)
+            .map_err(fail)?;
+        Ok(())
+    }
 }

@@ -326,6 +326,8 @@ struct Backend {
     sockets: Option<Arc<dyn control::ringing::SocketDirectory>>,
     /// This node's device sockets.
     hub: Arc<control::ringing::DeviceHub>,
+    /// Rate-limit buckets every node shares; `None` on a single node.
+    shared_limits: Option<Arc<dyn control::rate_limit::SharedBuckets>>,
 }
 
 /// A cluster shares one Redis for calls, the node registry and where device
@@ -345,6 +347,7 @@ fn open_backend(
             nodes: Arc::new(control::nodes::LocalNodes::default()),
             sockets: None,
             hub,
+            shared_limits: None,
         });
     };
     let redis = Arc::new(
@@ -365,9 +368,10 @@ fn open_backend(
     };
     Ok(Backend {
         store: redis.clone(),
-        nodes: redis,
+        nodes: redis.clone(),
         sockets: Some(Arc::new(sockets)),
         hub,
+        shared_limits: Some(redis),
     })
 }
 
@@ -388,6 +392,7 @@ fn start_control(
         nodes,
         sockets,
         hub,
+        shared_limits,
     } = open_backend(config, shutdown)?;
     let push: Arc<dyn control::ringing::PushSender> = match push {
         Some(push) => push,
@@ -410,6 +415,15 @@ fn start_control(
         max_ringing_devices: config.max_ringing_devices,
         event_webhooks: event_endpoints(config),
     };
+    let (requests, creates, rings) = (
+        control::rate_limit::Rate::per_second(config.api_requests_per_second),
+        control::rate_limit::Rate::per_minute(config.call_creates_per_minute),
+        control::rate_limit::Rate::per_minute(config.calls_to_one_user_per_minute),
+    );
+    let limits = match shared_limits {
+        Some(buckets) => control::api::ApiLimits::shared(requests, creates, rings, buckets),
+        None => control::api::ApiLimits::new(requests, creates, rings),
+    };
     Ok(control::api::ControlState {
         auth: Arc::new(control::auth::Authenticator::new(
             config.api_keys.clone(),
@@ -417,11 +431,7 @@ fn start_control(
         )),
         service: Arc::new(service),
         tokens,
-        limits: Arc::new(control::api::ApiLimits::new(
-            control::rate_limit::Rate::per_second(config.api_requests_per_second),
-            control::rate_limit::Rate::per_minute(config.call_creates_per_minute),
-            control::rate_limit::Rate::per_minute(config.calls_to_one_user_per_minute),
-        )),
+        limits: Arc::new(limits),
         events,
         nodes,
         turn,
