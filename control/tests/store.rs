@@ -704,3 +704,25 @@ fn shared_rate_limits_follow_the_local_rule_across_nodes() {
     two.check("bob", now).unwrap();
     assert!(two.check("bob", now).is_err());
 }
+
+/// Push de-duplication shared by the nodes: the first claim of a push
+/// wins on every node, a different push (another ring epoch) is its own.
+#[test]
+fn a_push_is_claimed_once_across_nodes() {
+    use control::push::dispatch::PushClaims;
+    let redis = RedisServer::start();
+    let one = RedisStore::connect(&redis.url(), "claims").unwrap();
+    let two = RedisStore::connect(&redis.url(), "claims").unwrap();
+    let ttl = std::time::Duration::from_secs(3600);
+    assert!(one.claim("c1\nb-ios\nring\n5", ttl).unwrap());
+    assert!(!two.claim("c1\nb-ios\nring\n5", ttl).unwrap());
+    assert!(!one.claim("c1\nb-ios\nring\n5", ttl).unwrap());
+    assert!(two.claim("c1\nb-ios\nring\n6", ttl).unwrap());
+    // A claim lapses with its TTL.
+    assert!(
+        one.claim("short", std::time::Duration::from_millis(50))
+            .unwrap()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(two.claim("short", ttl).unwrap());
+}

@@ -44,7 +44,7 @@ pub struct Providers {
     pub webhook: Option<WebhookClient>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DispatchConfig {
     /// Attempts per push, the first included.
     pub max_attempts: u32,
@@ -59,6 +59,17 @@ pub struct DispatchConfig {
     /// Told `device.token_removed` when a provider kills a token, so the
     /// app backend can forget it too.
     pub event_webhooks: Vec<crate::webhooks::Endpoint>,
+    /// De-duplication shared by the nodes of a cluster (two nodes may both
+    /// fall back to pushing one unacknowledged ring); `None`: this node's
+    /// own memory only.
+    pub claims: Option<Arc<dyn PushClaims>>,
+}
+
+/// Claims on pushes, shared by every node: the first to claim a push's key
+/// sends it.
+pub trait PushClaims: Send + Sync {
+    /// True if `key` was not claimed within `ttl` (it is now).
+    fn claim(&self, key: &str, ttl: Duration) -> Result<bool, crate::store::StoreError>;
 }
 
 impl Default for DispatchConfig {
@@ -70,6 +81,7 @@ impl Default for DispatchConfig {
             max_in_flight: 1_000,
             max_queued: 10_000,
             event_webhooks: Vec::new(),
+            claims: None,
         }
     }
 }
@@ -204,6 +216,9 @@ impl PushDispatcher {
                         queued_at,
                         _settles,
                     } = queued;
+                    if dispatch.claimed_elsewhere(&push).await {
+                        return;
+                    }
                     dispatch.deliver(push, queued_at).await;
                     drop(slot);
                 });
@@ -341,6 +356,26 @@ fn resolve(push: PushRequest, device: &Device, now: UnixMillis) -> Result<Outgoi
 }
 
 impl Dispatch {
+    /// Whether another node already claimed this push (a cluster); a store
+    /// that cannot answer lets it through: a duplicate ring is harmless
+    /// (the ring epoch makes it one call on the phone), a missing one is not.
+    async fn claimed_elsewhere(&self, push: &PushRequest) -> bool {
+        let Some(claims) = self.config.claims.clone() else {
+            return false;
+        };
+        let (call_id, device_id, kind, epoch) = dedupe_key(push);
+        let key = format!("{call_id}\n{device_id}\n{kind}\n{epoch}");
+        let claimed = tokio::task::spawn_blocking(move || claims.claim(&key, DEDUPE_FOR)).await;
+        match claimed {
+            Ok(Ok(first)) => !first,
+            Ok(Err(e)) => {
+                tracing::warn!(call_id = %call_id, device_id = %device_id, error = %e, "push claim unavailable: sending");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     fn provider_for(&self, platform: Platform) -> Option<Provider> {
         match platform {
             Platform::Ios if self.providers.apns.is_some() => Some(Provider::Apns),

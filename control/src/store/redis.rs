@@ -31,6 +31,7 @@
 //! | `P node:<id>` | string | a node's registry record (JSON), with a TTL |
 //! | `P nodes` | zset | node ids by when their heartbeat expires |
 //! | `P rl:<limiter>:<key>` | string | a shared rate-limit bucket (GCRA arrival time, Unix ms), with a TTL |
+//! | `P push:<call>\n<device>\n<kind>\n<epoch>` | string | a push claimed by a node (de-duplication), with a TTL |
 //! | `P socks:<user>` | hash | device id -> the node holding its events socket |
 //! | `P relay:<node>` | channel | device events for the sockets that node holds |
 
@@ -1401,5 +1402,19 @@ impl crate::rate_limit::SharedBuckets for RedisStore {
             .invoke(&mut *self.conn()?)
             .map_err(fail)?;
         Ok(())
+    }
+}
+
+impl crate::push::dispatch::PushClaims for RedisStore {
+    fn claim(&self, key: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key(&["push:", key]))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query(&mut *self.conn()?)
+            .map_err(fail)?;
+        Ok(set.is_some())
     }
 }

@@ -328,6 +328,8 @@ struct Backend {
     hub: Arc<control::ringing::DeviceHub>,
     /// Rate-limit buckets every node shares; `None` on a single node.
     shared_limits: Option<Arc<dyn control::rate_limit::SharedBuckets>>,
+    /// Push de-duplication every node shares; `None` on a single node.
+    push_claims: Option<Arc<dyn control::push::dispatch::PushClaims>>,
 }
 
 /// A cluster shares one Redis for calls, the node registry and where device
@@ -348,6 +350,7 @@ fn open_backend(
             sockets: None,
             hub,
             shared_limits: None,
+            push_claims: None,
         });
     };
     let redis = Arc::new(
@@ -371,7 +374,8 @@ fn open_backend(
         nodes: redis.clone(),
         sockets: Some(Arc::new(sockets)),
         hub,
-        shared_limits: Some(redis),
+        shared_limits: Some(redis.clone()),
+        push_claims: Some(redis),
     })
 }
 
@@ -393,10 +397,11 @@ fn start_control(
         sockets,
         hub,
         shared_limits,
+        push_claims,
     } = open_backend(config, shutdown)?;
     let push: Arc<dyn control::ringing::PushSender> = match push {
         Some(push) => push,
-        None => push_dispatcher(config, store.clone(), push_metrics)?,
+        None => push_dispatcher(config, store.clone(), push_claims, push_metrics)?,
     };
     let mut events = control::ringing::HubRinger::new(hub, store.clone(), push)
         .with_event_webhooks(event_endpoints(config));
@@ -461,6 +466,7 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), StartError> {
 fn push_dispatcher(
     config: &Config,
     store: Arc<dyn control::store::Store>,
+    claims: Option<Arc<dyn control::push::dispatch::PushClaims>>,
     metrics: control::push::metrics::PushMetrics,
 ) -> Result<Arc<dyn control::ringing::PushSender>, StartError> {
     use control::push::{apns, dispatch, fcm, webhook};
@@ -507,6 +513,7 @@ fn push_dispatcher(
     let dispatch_config = dispatch::DispatchConfig {
         per_device: control::rate_limit::Rate::per_minute(config.push_per_device_per_minute),
         event_webhooks: event_endpoints(config),
+        claims,
         ..Default::default()
     };
     Ok(Arc::new(dispatch::PushDispatcher::spawn(
