@@ -179,18 +179,59 @@ pub struct HubRinger {
     pub push: Arc<dyn PushSender>,
     pub ack_window: Duration,
     /// Rings waiting for their acknowledgement deadline (checked by `check_acks`).
-    pending: Mutex<Vec<PendingAck>>,
+    pending: Arc<dyn AckDeadlines>,
     /// Told `call.ringing` for each ring sent, with how (`crate::webhooks`).
     event_webhooks: Vec<crate::webhooks::Endpoint>,
     /// Sockets on other nodes (a cluster); `None` on a single node.
     sockets: Option<Arc<dyn SocketDirectory>>,
 }
 
-struct PendingAck {
-    call_id: String,
-    user_id: String,
-    device_id: String,
-    deadline: std::time::Instant,
+/// A ring sent over a socket, waiting for its acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRing {
+    pub call_id: String,
+    pub user_id: String,
+    pub device_id: String,
+}
+
+/// Where rings wait for their acknowledgement deadline. In a cluster they
+/// wait in Redis (`store::RedisStore`): any node takes a due one, exactly
+/// one node gets it, and a ring outlives the node that sent it.
+pub trait AckDeadlines: Send + Sync {
+    fn add(&self, ring: PendingRing, deadline_ms: u64);
+    /// The rings whose deadline came at `now_ms`, each handed out once.
+    fn take_due(&self, now_ms: u64) -> Vec<PendingRing>;
+}
+
+/// This node's own memory (one node).
+#[derive(Default)]
+pub struct LocalAckDeadlines(Mutex<Vec<(PendingRing, u64)>>);
+
+impl AckDeadlines for LocalAckDeadlines {
+    fn add(&self, ring: PendingRing, deadline_ms: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((ring, deadline_ms));
+    }
+
+    fn take_due(&self, now_ms: u64) -> Vec<PendingRing> {
+        let mut pending = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (due, keep): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(_, d)| *d <= now_ms);
+        *pending = keep;
+        due.into_iter().map(|(ring, _)| ring).collect()
+    }
+}
+
+/// `at` on the wall clock (Unix ms): deadlines are shared between nodes,
+/// which share no `Instant`.
+fn wall_ms(at: std::time::Instant) -> u64 {
+    let (now, wall) = (std::time::Instant::now(), crate::unix_millis());
+    if at >= now {
+        wall + (at - now).as_millis() as u64
+    } else {
+        wall.saturating_sub((now - at).as_millis() as u64)
+    }
 }
 
 impl HubRinger {
@@ -200,10 +241,15 @@ impl HubRinger {
             store,
             push,
             ack_window: DEFAULT_ACK_WINDOW,
-            pending: Mutex::new(Vec::new()),
+            pending: Arc::new(LocalAckDeadlines::default()),
             event_webhooks: Vec::new(),
             sockets: None,
         }
+    }
+
+    pub fn with_ack_deadlines(mut self, pending: Arc<dyn AckDeadlines>) -> HubRinger {
+        self.pending = pending;
+        self
     }
 
     pub fn with_socket_directory(mut self, sockets: Arc<dyn SocketDirectory>) -> HubRinger {
@@ -293,12 +339,7 @@ impl HubRinger {
     /// Pushes rings whose acknowledgement window passed without an ack.
     /// The shell calls this on a short timer.
     pub fn check_acks(&self, now: std::time::Instant) {
-        let due: Vec<PendingAck> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let (due, keep) = pending.drain(..).partition(|p| p.deadline <= now);
-            *pending = keep;
-            due
-        };
+        let due = self.pending.take_due(wall_ms(now));
         for p in due {
             let Ok(Some(call)) = self.store.get_call(&p.call_id) else {
                 continue;
@@ -326,25 +367,27 @@ impl HubRinger {
         let Ok(live) = self.store.live_calls() else {
             return 0;
         };
-        let deadline = std::time::Instant::now() + self.ack_window;
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let before = pending.len();
+        let deadline = crate::unix_millis() + self.ack_window.as_millis() as u64;
+        let mut queued = 0;
         for call in live.iter().map(|v| &v.value) {
             if call.state != crate::call::CallState::Ringing {
                 continue;
             }
             for p in &call.participants {
                 for ring in p.rings.iter().filter(|r| r.state == RingState::Sent) {
-                    pending.push(PendingAck {
-                        call_id: call.call_id.clone(),
-                        user_id: p.user_id.clone(),
-                        device_id: ring.device_id.clone(),
+                    self.pending.add(
+                        PendingRing {
+                            call_id: call.call_id.clone(),
+                            user_id: p.user_id.clone(),
+                            device_id: ring.device_id.clone(),
+                        },
                         deadline,
-                    });
+                    );
+                    queued += 1;
                 }
             }
         }
-        pending.len() - before
+        queued
     }
 
     /// On connect: the device gets the ring of every call ringing it, and
@@ -412,13 +455,14 @@ impl Ringer for HubRinger {
                 Effect::Ring { user_id, device_id } => {
                     if self.send(user_id, device_id, ringing_event(call)) {
                         self.report_ring(call, user_id, device_id, "socket");
-                        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                        pending.push(PendingAck {
-                            call_id: call.call_id.clone(),
-                            user_id: user_id.clone(),
-                            device_id: device_id.clone(),
-                            deadline: std::time::Instant::now() + self.ack_window,
-                        });
+                        self.pending.add(
+                            PendingRing {
+                                call_id: call.call_id.clone(),
+                                user_id: user_id.clone(),
+                                device_id: device_id.clone(),
+                            },
+                            crate::unix_millis() + self.ack_window.as_millis() as u64,
+                        );
                     } else {
                         self.ring_push(call, user_id, device_id);
                     }

@@ -726,3 +726,25 @@ fn a_push_is_claimed_once_across_nodes() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(two.claim("short", ttl).unwrap());
 }
+
+/// Rings waiting for their acknowledgement, in Redis: due at their
+/// deadline, not before, and handed to exactly one of the nodes asking.
+#[test]
+fn a_due_ring_is_handed_to_one_node() {
+    use control::ringing::{AckDeadlines, PendingRing};
+    let redis = RedisServer::start();
+    let one = RedisStore::connect(&redis.url(), "acks").unwrap();
+    let two = RedisStore::connect(&redis.url(), "acks").unwrap();
+    let ring = |device: &str| PendingRing {
+        call_id: "c1".into(),
+        user_id: "bob".into(),
+        device_id: device.into(),
+    };
+    one.add(ring("b-ios"), T0 + 1_500);
+    two.add(ring("b-android"), T0 + 3_000);
+    assert!(two.take_due(T0 + 1_499).is_empty());
+    assert_eq!(two.take_due(T0 + 1_500), [ring("b-ios")]);
+    assert!(one.take_due(T0 + 1_500).is_empty(), "handed out once");
+    assert_eq!(one.take_due(T0 + 5_000), [ring("b-android")]);
+    assert!(two.take_due(T0 + 5_000).is_empty());
+}

@@ -32,6 +32,7 @@
 //! | `P nodes` | zset | node ids by when their heartbeat expires |
 //! | `P rl:<limiter>:<key>` | string | a shared rate-limit bucket (GCRA arrival time, Unix ms), with a TTL |
 //! | `P push:<call>\n<device>\n<kind>\n<epoch>` | string | a push claimed by a node (de-duplication), with a TTL |
+//! | `P acks` | zset | rings waiting for their acknowledgement (`<call>\n<user>\n<device>`) by deadline |
 //! | `P socks:<user>` | hash | device id -> the node holding its events socket |
 //! | `P relay:<node>` | channel | device events for the sockets that node holds |
 
@@ -223,6 +224,7 @@ struct Scripts {
     node_heartbeat: Script,
     live_nodes: Script,
     socket_opened: Script,
+    take_due_acks: Script,
     rate_take: Script,
     rate_give_back: Script,
     socket_closed: Script,
@@ -578,6 +580,13 @@ end
 return 1
 "#;
 
+/// ARGV: P, now, limit. Takes the due rings out (each handed to one node).
+const TAKE_DUE_ACKS: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', P .. 'acks', '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+for _, ring in ipairs(due) do redis.call('ZREM', P .. 'acks', ring) end
+return due
+"#;
+
 /// ARGV: P, user, device, node.
 const SOCKET_OPENED: &str = "return redis.call('HSET', P .. 'socks:' .. ARGV[2], ARGV[3], ARGV[4])";
 
@@ -642,6 +651,7 @@ impl Scripts {
             node_heartbeat: script(NODE_HEARTBEAT),
             live_nodes: script(LIVE_NODES),
             socket_opened: script(SOCKET_OPENED),
+            take_due_acks: script(TAKE_DUE_ACKS),
             rate_take: script(RATE_TAKE),
             rate_give_back: script(RATE_GIVE_BACK),
             socket_closed: script(SOCKET_CLOSED),
@@ -1416,5 +1426,51 @@ impl crate::push::dispatch::PushClaims for RedisStore {
             .query(&mut *self.conn()?)
             .map_err(fail)?;
         Ok(set.is_some())
+    }
+}
+
+impl crate::ringing::AckDeadlines for RedisStore {
+    fn add(&self, ring: crate::ringing::PendingRing, deadline_ms: u64) {
+        let member = format!("{}\n{}\n{}", ring.call_id, ring.user_id, ring.device_id);
+        let added: Result<i64, _> = self.conn().and_then(|mut conn| {
+            redis::cmd("ZADD")
+                .arg(self.key(&["acks"]))
+                .arg(deadline_ms)
+                .arg(member)
+                .query(&mut *conn)
+                .map_err(fail)
+        });
+        if let Err(e) = added {
+            tracing::warn!(call_id = %ring.call_id, user_id = %ring.user_id, device_id = %ring.device_id, error = %e, "ack deadline not stored: no push fallback for this ring");
+        }
+    }
+
+    fn take_due(&self, now_ms: u64) -> Vec<crate::ringing::PendingRing> {
+        let due: Result<Vec<String>, _> = self.conn().and_then(|mut conn| {
+            self.scripts
+                .take_due_acks
+                .arg(&self.prefix)
+                .arg(now_ms)
+                .arg(MAX_DUE_PER_PASS)
+                .invoke(&mut *conn)
+                .map_err(fail)
+        });
+        match due {
+            Ok(due) => due
+                .iter()
+                .filter_map(|member| {
+                    let mut parts = member.splitn(3, '\n');
+                    Some(crate::ringing::PendingRing {
+                        call_id: parts.next()?.to_string(),
+                        user_id: parts.next()?.to_string(),
+                        device_id: parts.next()?.to_string(),
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "ack deadlines unavailable");
+                Vec::new()
+            }
+        }
     }
 }

@@ -330,6 +330,8 @@ struct Backend {
     shared_limits: Option<Arc<dyn control::rate_limit::SharedBuckets>>,
     /// Push de-duplication every node shares; `None` on a single node.
     push_claims: Option<Arc<dyn control::push::dispatch::PushClaims>>,
+    /// Rings waiting for their ack, shared; `None`: this node's memory.
+    ack_deadlines: Option<Arc<dyn control::ringing::AckDeadlines>>,
 }
 
 /// A cluster shares one Redis for calls, the node registry and where device
@@ -351,6 +353,7 @@ fn open_backend(
             hub,
             shared_limits: None,
             push_claims: None,
+            ack_deadlines: None,
         });
     };
     let redis = Arc::new(
@@ -375,7 +378,8 @@ fn open_backend(
         sockets: Some(Arc::new(sockets)),
         hub,
         shared_limits: Some(redis.clone()),
-        push_claims: Some(redis),
+        push_claims: Some(redis.clone()),
+        ack_deadlines: Some(redis),
     })
 }
 
@@ -398,6 +402,7 @@ fn start_control(
         hub,
         shared_limits,
         push_claims,
+        ack_deadlines,
     } = open_backend(config, shutdown)?;
     let push: Arc<dyn control::ringing::PushSender> = match push {
         Some(push) => push,
@@ -407,6 +412,9 @@ fn start_control(
         .with_event_webhooks(event_endpoints(config));
     if let Some(sockets) = sockets {
         events = events.with_socket_directory(sockets);
+    }
+    if let Some(pending) = ack_deadlines {
+        events = events.with_ack_deadlines(pending);
     }
     let events = Arc::new(events);
     let service = control::service::CallService {
