@@ -236,6 +236,13 @@ async fn a_redis_outage_is_503_store_unavailable_and_writes_nothing() {
         "requests must fail, not hang, while Redis is down: {:?}",
         began.elapsed()
     );
+    let (_, metrics) = request(node.http_addr, "GET", "/metrics", &[], "").await;
+    let unavailable = metrics
+        .lines()
+        .find(|l| l.starts_with("switchboard_redis_errors_total{kind=\"unavailable\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(unavailable >= 3.0, "the outage is counted: {unavailable}");
 
     redis.restart();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -345,6 +352,19 @@ async fn the_node_registry_lists_live_nodes_and_forgets_a_dead_one() {
     // The same list from the other node; devices may not read it.
     let (_, from_us) = list_nodes(us.http).await;
     assert_eq!(node_ids(&from_us), ["eu-1", "us-1"]);
+    // Each node reports the registry's size (after its next beat).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, metrics) = request(eu.http, "GET", "/metrics", &[], "").await;
+        if metrics.lines().any(|l| l == "switchboard_nodes 2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "switchboard_nodes never 2"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let (status, body) = api_at(us.http, "GET", "/v1/nodes", "alice").await;
     assert_eq!(
         (status, &body["code"]),

@@ -9,7 +9,7 @@
 mod redis;
 mod sqlite;
 
-pub use redis::{RedisSockets, RedisStore};
+pub use redis::{RedisMetrics, RedisSockets, RedisStore};
 pub use sqlite::SqliteStore;
 
 use crate::call::{Call, CallState, UnixMillis};

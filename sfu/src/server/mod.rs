@@ -210,6 +210,7 @@ pub async fn start_with_push(
     let push_metrics = control::push::metrics::PushMetrics::register(&state.metrics.registry)
         .map_err(|e| StartError::Push(e.to_string()))?;
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let backend = open_backend(&state.config, &state.metrics.registry, shutdown_rx.clone())?;
     let control = start_control(
         &state.config,
         state.tokens.clone(),
@@ -218,7 +219,7 @@ pub async fn start_with_push(
         push,
         turn_issuer,
         state.lifecycle.clone(),
-        shutdown_rx.clone(),
+        backend,
     )?;
     let recovered = control
         .service
@@ -339,6 +340,7 @@ struct Backend {
 /// keeps calls in SQLite and is its own registry.
 fn open_backend(
     config: &Config,
+    registry: &prometheus::Registry,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Backend, StartError> {
     let hub = Arc::new(control::ringing::DeviceHub::default());
@@ -356,9 +358,12 @@ fn open_backend(
             ack_deadlines: None,
         });
     };
+    let metrics = control::store::RedisMetrics::register(registry)
+        .map_err(|e| StartError::Store(e.to_string()))?;
     let redis = Arc::new(
         control::store::RedisStore::connect(url, &config.redis_namespace)
-            .map_err(|e| StartError::Store(e.to_string()))?,
+            .map_err(|e| StartError::Store(e.to_string()))?
+            .with_metrics(metrics),
     );
     let node_id = node_id(config);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -393,7 +398,7 @@ fn start_control(
     push: Option<Arc<dyn control::ringing::PushSender>>,
     turn: Option<Arc<control::turn_issuer::TurnIssuer>>,
     lifecycle: Arc<Lifecycle>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    backend: Backend,
 ) -> Result<control::api::ControlState, StartError> {
     let Backend {
         store,
@@ -403,7 +408,7 @@ fn start_control(
         shared_limits,
         push_claims,
         ack_deadlines,
-    } = open_backend(config, shutdown)?;
+    } = backend;
     let push: Arc<dyn control::ringing::PushSender> = match push {
         Some(push) => push,
         None => push_dispatcher(config, store.clone(), push_claims, push_metrics)?,
@@ -638,6 +643,14 @@ fn spawn_node_heartbeat(
             .map(|m| m.get_gauge().get_value().max(0.0) as u64)
             .sum()
     };
+    let listed = prometheus::IntGauge::new(
+        "switchboard_nodes",
+        "Nodes in the registry as this node last read it (itself included)",
+    )
+    .expect("a valid metric");
+    if let Err(e) = state.metrics.registry.register(Box::new(listed.clone())) {
+        tracing::warn!(error = %e, "switchboard_nodes not registered");
+    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
         loop {
@@ -666,10 +679,13 @@ fn spawn_node_heartbeat(
             };
             let nodes = nodes.clone();
             let beat = tokio::task::spawn_blocking(move || {
-                nodes.heartbeat(&record, now, HEARTBEAT_TTL_MS)
+                nodes.heartbeat(&record, now, HEARTBEAT_TTL_MS)?;
+                nodes.nodes(now)
             });
-            if let Ok(Err(e)) = beat.await {
-                tracing::warn!(error = %e, node_id = %me.node_id, "node heartbeat");
+            match beat.await {
+                Ok(Ok(all)) => listed.set(all.len() as i64),
+                Ok(Err(e)) => tracing::warn!(error = %e, node_id = %me.node_id, "node heartbeat"),
+                Err(_) => {}
             }
         }
         let node_id = me.node_id.clone();
