@@ -19,12 +19,16 @@ pub enum Phase {
 #[derive(Debug)]
 pub struct Lifecycle {
     phase: watch::Sender<Phase>,
+    /// An operator asked for a drain (`POST /v1/nodes/{id}/drain`): the
+    /// process drains as on SIGTERM.
+    drain_asked: watch::Sender<bool>,
 }
 
 impl Default for Lifecycle {
     fn default() -> Self {
         Lifecycle {
             phase: watch::Sender::new(Phase::Serving),
+            drain_asked: watch::Sender::new(false),
         }
     }
 }
@@ -48,6 +52,17 @@ impl Lifecycle {
             }
             moved
         });
+    }
+
+    /// Asks the process to drain (it does what SIGTERM does).
+    pub fn ask_to_drain(&self) {
+        self.drain_asked.send_replace(true);
+    }
+
+    /// Resolves once a drain was asked for.
+    pub async fn drain_asked(&self) {
+        let mut rx = self.drain_asked.subscribe();
+        let _ = rx.wait_for(|asked| *asked).await;
     }
 
     /// Resolves once the node is stopping (at once if it already is).

@@ -60,12 +60,19 @@ pub trait NodeRegistry: Send + Sync {
     fn nodes(&self, now: UnixMillis) -> Result<Vec<NodeRecord>, StoreError>;
     /// A node stopping cleanly leaves at once rather than by expiry.
     fn leave(&self, node_id: &str) -> Result<(), StoreError>;
+    /// Asks `node_id` to drain; false if no such node is alive at `now`.
+    /// The node sees it at its next heartbeat.
+    fn ask_to_drain(&self, node_id: &str, now: UnixMillis) -> Result<bool, StoreError>;
+    /// When someone last asked `node_id` to drain (a node started after
+    /// that ignores it: the drain it asked for is done).
+    fn drain_asked(&self, node_id: &str) -> Result<Option<UnixMillis>, StoreError>;
 }
 
 /// The registry of a single node on the embedded store: itself.
 #[derive(Default)]
 pub struct LocalNodes {
     me: Mutex<Option<(NodeRecord, UnixMillis)>>,
+    drain_asked: Mutex<Option<UnixMillis>>,
 }
 
 impl NodeRegistry for LocalNodes {
@@ -86,5 +93,17 @@ impl NodeRegistry for LocalNodes {
     fn leave(&self, _node_id: &str) -> Result<(), StoreError> {
         *self.me.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
+    }
+
+    fn ask_to_drain(&self, node_id: &str, now: UnixMillis) -> Result<bool, StoreError> {
+        let known = self.nodes(now)?.iter().any(|n| n.node_id == node_id);
+        if known {
+            *self.drain_asked.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        }
+        Ok(known)
+    }
+
+    fn drain_asked(&self, _node_id: &str) -> Result<Option<UnixMillis>, StoreError> {
+        Ok(*self.drain_asked.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

@@ -55,9 +55,17 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let first = signals.next().await;
+    // SIGTERM / SIGINT, or an operator's `POST /v1/nodes/{id}/drain`.
+    let lifecycle = running.state.lifecycle.clone();
+    tokio::select! {
+        first = signals.next() => {
+            tracing::info!(signal = first, "draining (a second signal exits at once)");
+        }
+        () = lifecycle.drain_asked() => {
+            tracing::info!("draining: asked through the API (a signal exits at once)");
+        }
+    }
     let deadline = running.state.config.drain_timeout();
-    tracing::info!(signal = first, "draining (a second signal exits at once)");
     tokio::select! {
         end = running.drain(deadline) => {
             tracing::info!(?end, "drained; exiting");

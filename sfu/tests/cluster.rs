@@ -610,3 +610,90 @@ async fn call_limits_count_calls_made_through_any_node() {
         );
     }
 }
+
+/// An operator drains a node through another node's API: it leaves the
+/// registry and its process exits 0 (no calls to wait for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_drained_through_the_api_exits_0() {
+    use base64::Engine as _;
+    use common::live::{free_port, scratch_dir, spawn_switchboard};
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let spawn = |id: &'static str| {
+        let url = url.clone();
+        async move {
+            spawn_switchboard(
+                &scratch_dir(),
+                free_port(),
+                free_port(),
+                &[
+                    ("SWITCHBOARD_REDIS_URL", url.as_str()),
+                    ("SWITCHBOARD_REDIS_NAMESPACE", "drain"),
+                    ("SWITCHBOARD_NODE_ID", id),
+                ],
+            )
+            .await
+        }
+    };
+    let mut leaving = spawn("leaving").await;
+    let staying = spawn("staying").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node_ids(&list_nodes(staying.http).await.1) != ["leaving", "staying"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both nodes never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        common::live::API_KEY_ID,
+        common::live::API_KEY_SECRET
+    ));
+    let drain = |node: &'static str| {
+        let auth = format!("Basic {basic}");
+        async move {
+            request(
+                staying.http,
+                "POST",
+                &format!("/v1/nodes/{node}/drain"),
+                &[("Authorization", &auth)],
+                "",
+            )
+            .await
+        }
+    };
+    let (status, body) = drain("nobody").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = api_at(staying.http, "POST", "/v1/nodes/leaving/drain", "alice").await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("forbidden")),
+        "{body}"
+    );
+    let (status, body) = drain("leaving").await;
+    assert_eq!(status, 202, "{body}");
+
+    let asked = std::time::Instant::now();
+    let exit = loop {
+        if let Some(status) = leaving.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "the drained node did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "drained node exit: {exit}");
+    // It leaves the registry on its way out (or, were that cut short, by
+    // its heartbeat's expiry).
+    let exited = std::time::Instant::now();
+    while node_ids(&list_nodes(staying.http).await.1) != ["staying"] {
+        assert!(
+            exited.elapsed() < Duration::from_secs(10),
+            "the drained node is still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

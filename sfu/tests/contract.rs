@@ -155,6 +155,7 @@ async fn schemathesis_finds_the_server_as_the_contract_says() {
         .arg(format!("{API_KEY_ID}:{API_KEY_SECRET}"))
         .args(["--header", "X-Switchboard-User: contract-user"])
         .args(["--checks", "all", "--exclude-tag", "sockets"])
+        .args(["--exclude-operation-id", NOT_FUZZED])
         .args([
             "--max-examples",
             "30",
@@ -175,8 +176,8 @@ async fn schemathesis_finds_the_server_as_the_contract_says() {
         passed,
         "Schemathesis found the server and the contract apart:\n{text}"
     );
-    // It ran every HTTP operation of the contract.
-    let tested = format!("Tested: {}", http_operations(&contract()));
+    // It ran every HTTP operation of the contract but the one it must not.
+    let tested = format!("Tested: {}", http_operations(&contract()) - 1);
     assert!(
         text.contains(&tested),
         "not every operation ran ({tested}):\n{text}"
@@ -208,6 +209,11 @@ fn descriptions_of_status(contract: &serde_json::Value, status: u16) -> String {
     }
     text
 }
+
+/// The operation Schemathesis leaves alone: draining ends the server under
+/// test (its node is in the registry `listNodes` hands out).
+/// `tests/cluster.rs` drains a node and checks what the contract says.
+const NOT_FUZZED: &str = "drainNode";
 
 /// Codes a black-box request cannot provoke on demand, and where each is
 /// tested instead.

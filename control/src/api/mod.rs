@@ -129,6 +129,7 @@ pub fn routes() -> Vec<Route> {
         action_route(CallAction::End, "/v1/calls/{callId}/end"),
         route(Method::GET, "/v1/events", events::events_socket),
         route(Method::GET, "/v1/nodes", list_nodes),
+        route(Method::POST, "/v1/nodes/{nodeId}/drain", drain_node),
     ]
 }
 
@@ -256,6 +257,27 @@ async fn list_nodes(
         Ok(Json(NodeList {
             nodes: state.nodes.nodes(now_ms())?,
         }))
+    })
+    .await
+}
+
+/// Asks a node to drain, as SIGTERM would: it takes no new calls, its live
+/// calls go on until they end or its drain timeout, then it exits. The node
+/// sees the request at its next heartbeat (within 2 s).
+async fn drain_node(
+    State(state): State<ControlState>,
+    _: Operator,
+    Path(node_id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    blocking(move || {
+        if !state.nodes.ask_to_drain(&node_id, now_ms())? {
+            return Err(ApiError::not_found());
+        }
+        tracing::info!(%node_id, "drain asked through the API");
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"nodeId": node_id, "drainAsked": true})),
+        ))
     })
     .await
 }

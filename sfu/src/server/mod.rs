@@ -677,13 +677,24 @@ fn spawn_node_heartbeat(
                 started_at: me.started_at,
                 heartbeat_at: now,
             };
-            let nodes = nodes.clone();
+            let (registry, id) = (nodes.clone(), me.node_id.clone());
             let beat = tokio::task::spawn_blocking(move || {
-                nodes.heartbeat(&record, now, HEARTBEAT_TTL_MS)?;
-                nodes.nodes(now)
+                registry.heartbeat(&record, now, HEARTBEAT_TTL_MS)?;
+                Ok::<_, control::store::StoreError>((
+                    registry.nodes(now)?.len(),
+                    registry.drain_asked(&id)?,
+                ))
             });
             match beat.await {
-                Ok(Ok(all)) => listed.set(all.len() as i64),
+                Ok(Ok((listed_now, asked))) => {
+                    listed.set(listed_now as i64);
+                    // A request made before this process started was for
+                    // the drain that ended its predecessor.
+                    if asked.is_some_and(|at| at >= me.started_at) && state.lifecycle.is_serving() {
+                        tracing::info!(node_id = %me.node_id, "an operator asked this node to drain");
+                        state.lifecycle.ask_to_drain();
+                    }
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, node_id = %me.node_id, "node heartbeat"),
                 Err(_) => {}
             }

@@ -39,6 +39,28 @@ impl crate::nodes::NodeRegistry for RedisStore {
         records.iter().map(|r| decode(r)).collect()
     }
 
+    fn ask_to_drain(&self, node_id: &str, now: UnixMillis) -> Result<bool, StoreError> {
+        if !self.nodes(now)?.iter().any(|n| n.node_id == node_id) {
+            return Ok(false);
+        }
+        // Kept a day: a node drains within its drain timeout and leaves.
+        redis::cmd("SET")
+            .arg(self.key(&["drain:", node_id]))
+            .arg(now)
+            .arg("EX")
+            .arg(24 * 3600)
+            .exec(&mut *self.conn()?)
+            .map_err(|e| self.fail(e))?;
+        Ok(true)
+    }
+
+    fn drain_asked(&self, node_id: &str) -> Result<Option<UnixMillis>, StoreError> {
+        redis::cmd("GET")
+            .arg(self.key(&["drain:", node_id]))
+            .query(&mut *self.conn()?)
+            .map_err(|e| self.fail(e))
+    }
+
     fn leave(&self, node_id: &str) -> Result<(), StoreError> {
         redis::pipe()
             .atomic()
@@ -47,6 +69,8 @@ impl crate::nodes::NodeRegistry for RedisStore {
             .cmd("ZREM")
             .arg(self.key(&["nodes"]))
             .arg(node_id)
+            .cmd("DEL")
+            .arg(self.key(&["drain:", node_id]))
             .exec(&mut *self.conn()?)
             .map_err(|e| self.fail(e))
     }

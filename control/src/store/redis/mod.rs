@@ -30,6 +30,7 @@
 //! | `P idem:exp` | zset | idempotency records by expiry (expire counts them) |
 //! | `P node:<id>` | string | a node's registry record (JSON), with a TTL |
 //! | `P nodes` | zset | node ids by when their heartbeat expires |
+//! | `P drain:<id>` | string | when an operator asked the node to drain (Unix ms) |
 //! | `P rl:<limiter>:<key>` | string | a shared rate-limit bucket (GCRA arrival time, Unix ms), with a TTL |
 //! | `P push:<call>\n<device>\n<kind>\n<epoch>` | string | a push claimed by a node (de-duplication), with a TTL |
 //! | `P acks` | zset | rings waiting for their acknowledgement (`<call>\n<user>\n<device>`) by deadline |
