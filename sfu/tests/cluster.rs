@@ -270,21 +270,39 @@ async fn a_redis_outage_is_503_store_unavailable_and_writes_nothing() {
 
 /// `GET /v1/nodes` with the API key alone.
 async fn list_nodes(addr: std::net::SocketAddr) -> (u16, Value) {
+    let auth = operator_auth();
+    let (status, body) = request(addr, "GET", "/v1/nodes", &[("Authorization", &auth)], "").await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// A `switchboard` process on `redis` (keys under `namespace`), named `id`,
+/// with `env` besides.
+async fn process_node(
+    redis: &RedisServer,
+    namespace: &str,
+    id: &str,
+    env: &[(&str, &str)],
+) -> common::live::ServerProcess {
+    use common::live::{free_port, scratch_dir, spawn_switchboard};
+    let url = redis.url();
+    let mut all = vec![
+        ("SWITCHBOARD_REDIS_URL", url.as_str()),
+        ("SWITCHBOARD_REDIS_NAMESPACE", namespace),
+        ("SWITCHBOARD_NODE_ID", id),
+    ];
+    all.extend_from_slice(env);
+    spawn_switchboard(&scratch_dir(), free_port(), free_port(), &all).await
+}
+
+/// `Authorization` for the API key alone (operator routes).
+fn operator_auth() -> String {
     use base64::Engine as _;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!(
         "{}:{}",
         common::live::API_KEY_ID,
         common::live::API_KEY_SECRET
     ));
-    let (status, body) = request(
-        addr,
-        "GET",
-        "/v1/nodes",
-        &[("Authorization", &format!("Basic {basic}"))],
-        "",
-    )
-    .await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    format!("Basic {basic}")
 }
 
 fn node_ids(list: &Value) -> Vec<String> {
@@ -303,28 +321,21 @@ fn node_ids(list: &Value) -> Vec<String> {
 /// lists both; one killed with `kill -9` drops out within 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_registry_lists_live_nodes_and_forgets_a_dead_one() {
-    use common::live::{free_port, scratch_dir, spawn_switchboard};
     let redis = RedisServer::start();
-    let url = redis.url();
-    let spawn = |id: &'static str, region: &'static str| {
-        let url = url.clone();
-        async move {
-            spawn_switchboard(
-                &scratch_dir(),
-                free_port(),
-                free_port(),
-                &[
-                    ("SWITCHBOARD_REDIS_URL", url.as_str()),
-                    ("SWITCHBOARD_REDIS_NAMESPACE", "registry"),
-                    ("SWITCHBOARD_NODE_ID", id),
-                    ("SWITCHBOARD_REGION", region),
-                ],
-            )
-            .await
-        }
-    };
-    let eu = spawn("eu-1", "eu-west").await;
-    let mut us = spawn("us-1", "us-east").await;
+    let eu = process_node(
+        &redis,
+        "registry",
+        "eu-1",
+        &[("SWITCHBOARD_REGION", "eu-west")],
+    )
+    .await;
+    let mut us = process_node(
+        &redis,
+        "registry",
+        "us-1",
+        &[("SWITCHBOARD_REGION", "us-east")],
+    )
+    .await;
 
     // The first heartbeat goes out at start; allow a busy machine a few beats.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -496,28 +507,11 @@ async fn a_ring_reaches_a_socket_on_another_node() {
 /// the call ends `timeout` with the callee `missed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ring_times_out_after_the_node_that_made_it_died() {
-    use common::live::{free_port, post_json, scratch_dir, spawn_switchboard};
+    use common::live::post_json;
     let redis = RedisServer::start();
-    let url = redis.url();
-    let spawn = |id: &'static str| {
-        let url = url.clone();
-        async move {
-            spawn_switchboard(
-                &scratch_dir(),
-                free_port(),
-                free_port(),
-                &[
-                    ("SWITCHBOARD_REDIS_URL", url.as_str()),
-                    ("SWITCHBOARD_REDIS_NAMESPACE", "timers"),
-                    ("SWITCHBOARD_NODE_ID", id),
-                    ("SWITCHBOARD_RING_TIMEOUT_SECONDS", "2"),
-                ],
-            )
-            .await
-        }
-    };
-    let mut maker = spawn("maker").await;
-    let survivor = spawn("survivor").await;
+    let short_rings = [("SWITCHBOARD_RING_TIMEOUT_SECONDS", "2")];
+    let mut maker = process_node(&redis, "timers", "maker", &short_rings).await;
+    let survivor = process_node(&redis, "timers", "survivor", &short_rings).await;
     let (status, body) = post_json(
         maker.http,
         "/v1/devices",
@@ -615,28 +609,9 @@ async fn call_limits_count_calls_made_through_any_node() {
 /// registry and its process exits 0 (no calls to wait for).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_drained_through_the_api_exits_0() {
-    use base64::Engine as _;
-    use common::live::{free_port, scratch_dir, spawn_switchboard};
     let redis = RedisServer::start();
-    let url = redis.url();
-    let spawn = |id: &'static str| {
-        let url = url.clone();
-        async move {
-            spawn_switchboard(
-                &scratch_dir(),
-                free_port(),
-                free_port(),
-                &[
-                    ("SWITCHBOARD_REDIS_URL", url.as_str()),
-                    ("SWITCHBOARD_REDIS_NAMESPACE", "drain"),
-                    ("SWITCHBOARD_NODE_ID", id),
-                ],
-            )
-            .await
-        }
-    };
-    let mut leaving = spawn("leaving").await;
-    let staying = spawn("staying").await;
+    let mut leaving = process_node(&redis, "drain", "leaving", &[]).await;
+    let staying = process_node(&redis, "drain", "staying", &[]).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while node_ids(&list_nodes(staying.http).await.1) != ["leaving", "staying"] {
         assert!(
@@ -645,13 +620,8 @@ async fn a_node_drained_through_the_api_exits_0() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        common::live::API_KEY_ID,
-        common::live::API_KEY_SECRET
-    ));
     let drain = |node: &'static str| {
-        let auth = format!("Basic {basic}");
+        let auth = operator_auth();
         async move {
             request(
                 staying.http,

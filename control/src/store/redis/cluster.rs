@@ -85,37 +85,34 @@ pub struct RedisSockets {
     pub node_id: String,
 }
 
+impl RedisSockets {
+    /// Runs `script` (socket opened / closed) for this node's socket of the device.
+    fn record(
+        &self,
+        script: &redis::Script,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<i64, StoreError> {
+        let mut conn = self.store.conn()?;
+        script
+            .arg(&self.store.prefix)
+            .arg(user_id)
+            .arg(device_id)
+            .arg(&self.node_id)
+            .invoke(&mut *conn)
+            .map_err(|e| self.store.fail(e))
+    }
+}
+
 impl crate::ringing::SocketDirectory for RedisSockets {
     fn socket_opened(&self, user_id: &str, device_id: &str) {
-        let done: Result<i64, _> = self.store.conn().and_then(|mut conn| {
-            self.store
-                .scripts
-                .socket_opened
-                .arg(&self.store.prefix)
-                .arg(user_id)
-                .arg(device_id)
-                .arg(&self.node_id)
-                .invoke(&mut *conn)
-                .map_err(|e| self.store.fail(e))
-        });
-        if let Err(e) = done {
+        if let Err(e) = self.record(&self.store.scripts.socket_opened, user_id, device_id) {
             tracing::warn!(%user_id, %device_id, error = %e, "socket not recorded: rings from other nodes will push");
         }
     }
 
     fn socket_closed(&self, user_id: &str, device_id: &str) {
-        let done: Result<i64, _> = self.store.conn().and_then(|mut conn| {
-            self.store
-                .scripts
-                .socket_closed
-                .arg(&self.store.prefix)
-                .arg(user_id)
-                .arg(device_id)
-                .arg(&self.node_id)
-                .invoke(&mut *conn)
-                .map_err(|e| self.store.fail(e))
-        });
-        if let Err(e) = done {
+        if let Err(e) = self.record(&self.store.scripts.socket_closed, user_id, device_id) {
             tracing::warn!(%user_id, %device_id, error = %e, "socket close not recorded");
         }
     }
