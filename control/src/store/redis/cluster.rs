@@ -15,27 +15,20 @@ impl crate::nodes::NodeRegistry for RedisStore {
         now: UnixMillis,
         ttl_ms: u64,
     ) -> Result<(), StoreError> {
-        let _: i64 = self
-            .scripts
-            .node_heartbeat
-            .arg(&self.prefix)
-            .arg(&node.node_id)
-            .arg(encode(node))
-            .arg(now + ttl_ms)
-            .arg(ttl_ms)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let _: i64 = self.run(
+            self.scripts
+                .node_heartbeat
+                .arg(&self.prefix)
+                .arg(&node.node_id)
+                .arg(encode(node))
+                .arg(now + ttl_ms)
+                .arg(ttl_ms),
+        )?;
         Ok(())
     }
 
     fn nodes(&self, now: UnixMillis) -> Result<Vec<crate::nodes::NodeRecord>, StoreError> {
-        let records: Vec<String> = self
-            .scripts
-            .live_nodes
-            .arg(&self.prefix)
-            .arg(now)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let records: Vec<String> = self.run(self.scripts.live_nodes.arg(&self.prefix).arg(now))?;
         records.iter().map(|r| decode(r)).collect()
     }
 
@@ -224,17 +217,16 @@ impl crate::rate_limit::SharedBuckets for RedisStore {
     ) -> Result<Result<(), Duration>, StoreError> {
         let interval = rate.per.as_millis() as u64 / u64::from(rate.count.max(1));
         let tolerance = (rate.per.as_millis() as u64).saturating_sub(interval);
-        let wait_ms: u64 = self
-            .scripts
-            .rate_take
-            .arg(&self.prefix)
-            .arg(name)
-            .arg(now_ms)
-            .arg(interval)
-            .arg(tolerance)
-            .arg(keys)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let wait_ms: u64 = self.run(
+            self.scripts
+                .rate_take
+                .arg(&self.prefix)
+                .arg(name)
+                .arg(now_ms)
+                .arg(interval)
+                .arg(tolerance)
+                .arg(keys),
+        )?;
         Ok(match wait_ms {
             0 => Ok(()),
             ms => Err(Duration::from_millis(ms)),
@@ -249,16 +241,15 @@ impl crate::rate_limit::SharedBuckets for RedisStore {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let interval = rate.per.as_millis() as u64 / u64::from(rate.count.max(1));
-        let _: i64 = self
-            .scripts
-            .rate_give_back
-            .arg(&self.prefix)
-            .arg(name)
-            .arg(now_ms)
-            .arg(interval)
-            .arg(key)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let _: i64 = self.run(
+            self.scripts
+                .rate_give_back
+                .arg(&self.prefix)
+                .arg(name)
+                .arg(now_ms)
+                .arg(interval)
+                .arg(key),
+        )?;
         Ok(())
     }
 }

@@ -144,6 +144,16 @@ impl RedisStore {
         })
     }
 
+    /// Runs a script invocation on a pooled connection.
+    fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        invocation
+            .invoke(&mut *self.conn()?)
+            .map_err(|e| self.fail(e))
+    }
+
     /// A failed command, classified and counted.
     fn fail(&self, e: redis::RedisError) -> StoreError {
         let error = classify(e);
@@ -375,23 +385,22 @@ impl Store for RedisStore {
         let mut stored = device.clone();
         stored.push = PushTokens::default();
         let token = |t: &Option<String>| t.clone().unwrap_or_default();
-        let outcome: String = self
-            .scripts
-            .register_device
-            .arg(&self.prefix)
-            .arg(&device.user_id)
-            .arg(&device.device_id)
-            .arg(match moves {
-                TokenMove::Any => "any",
-                TokenMove::SameInstallOrUser => "same",
-            })
-            .arg(device.last_seen_at)
-            .arg(encode(&stored))
-            .arg(token(&device.push.apns_voip))
-            .arg(token(&device.push.apns_alert))
-            .arg(token(&device.push.fcm))
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let outcome: String = self.run(
+            self.scripts
+                .register_device
+                .arg(&self.prefix)
+                .arg(&device.user_id)
+                .arg(&device.device_id)
+                .arg(match moves {
+                    TokenMove::Any => "any",
+                    TokenMove::SameInstallOrUser => "same",
+                })
+                .arg(device.last_seen_at)
+                .arg(encode(&stored))
+                .arg(token(&device.push.apns_voip))
+                .arg(token(&device.push.apns_alert))
+                .arg(token(&device.push.fcm)),
+        )?;
         match outcome.as_str() {
             "ok" => Ok(()),
             _ => Err(StoreError::PushTokenInUse),
@@ -399,36 +408,23 @@ impl Store for RedisStore {
     }
 
     fn delete_device(&self, user_id: &str, device_id: &str) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .scripts
-            .delete_device
-            .arg(&self.prefix)
-            .arg(user_id)
-            .arg(device_id)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let n: i64 = self.run(
+            self.scripts
+                .delete_device
+                .arg(&self.prefix)
+                .arg(user_id)
+                .arg(device_id),
+        )?;
         Ok(n == 1)
     }
 
     fn remove_push_token(&self, token: &str) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .scripts
-            .remove_push_token
-            .arg(&self.prefix)
-            .arg(token)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let n: i64 = self.run(self.scripts.remove_push_token.arg(&self.prefix).arg(token))?;
         Ok(n > 0)
     }
 
     fn devices_of(&self, user_id: &str) -> Result<Vec<Device>, StoreError> {
-        let reply: Value = self
-            .scripts
-            .devices_of
-            .arg(&self.prefix)
-            .arg(user_id)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let reply: Value = self.run(self.scripts.devices_of.arg(&self.prefix).arg(user_id))?;
         let mut devices = Vec::new();
         for fields in rows(reply)? {
             let json = fields
@@ -459,15 +455,14 @@ impl Store for RedisStore {
         device_id: &str,
         now: UnixMillis,
     ) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .scripts
-            .touch_device
-            .arg(&self.prefix)
-            .arg(user_id)
-            .arg(device_id)
-            .arg(now)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let n: i64 = self.run(
+            self.scripts
+                .touch_device
+                .arg(&self.prefix)
+                .arg(user_id)
+                .arg(device_id)
+                .arg(now),
+        )?;
         Ok(n == 1)
     }
 
@@ -538,41 +533,38 @@ impl Store for RedisStore {
         expected: u64,
         events: &[NewEvent],
     ) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .scripts
-            .update_call
-            .arg(&self.prefix)
-            .arg(&call.call_id)
-            .arg(expected)
-            .arg(state_name(call.state))
-            .arg(encode(call))
-            .arg(index_args(call))
-            .arg(event_args(events))
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let n: i64 = self.run(
+            self.scripts
+                .update_call
+                .arg(&self.prefix)
+                .arg(&call.call_id)
+                .arg(expected)
+                .arg(state_name(call.state))
+                .arg(encode(call))
+                .arg(index_args(call))
+                .arg(event_args(events)),
+        )?;
         Ok(n == 1)
     }
 
     fn queue_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
-        let _: i64 = self
-            .scripts
-            .queue_events
-            .arg(&self.prefix)
-            .arg(event_args(events))
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let _: i64 = self.run(
+            self.scripts
+                .queue_events
+                .arg(&self.prefix)
+                .arg(event_args(events)),
+        )?;
         Ok(())
     }
 
     fn due_events(&self, now: UnixMillis, limit: usize) -> Result<Vec<QueuedEvent>, StoreError> {
-        let reply: Value = self
-            .scripts
-            .due_events
-            .arg(&self.prefix)
-            .arg(now)
-            .arg(limit)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let reply: Value = self.run(
+            self.scripts
+                .due_events
+                .arg(&self.prefix)
+                .arg(now)
+                .arg(limit),
+        )?;
         let mut due = Vec::new();
         for f in rows(reply)? {
             if f.len() != 9 {
@@ -599,13 +591,7 @@ impl Store for RedisStore {
     }
 
     fn event_delivered(&self, row: i64) -> Result<(), StoreError> {
-        let _: i64 = self
-            .scripts
-            .event_delivered
-            .arg(&self.prefix)
-            .arg(row)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let _: i64 = self.run(self.scripts.event_delivered.arg(&self.prefix).arg(row))?;
         Ok(())
     }
 
@@ -615,15 +601,14 @@ impl Store for RedisStore {
         attempts: u32,
         next_attempt_at: UnixMillis,
     ) -> Result<(), StoreError> {
-        let _: i64 = self
-            .scripts
-            .event_retry
-            .arg(&self.prefix)
-            .arg(row)
-            .arg(attempts)
-            .arg(next_attempt_at)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let _: i64 = self.run(
+            self.scripts
+                .event_retry
+                .arg(&self.prefix)
+                .arg(row)
+                .arg(attempts)
+                .arg(next_attempt_at),
+        )?;
         Ok(())
     }
 
@@ -632,13 +617,13 @@ impl Store for RedisStore {
         older_than: UnixMillis,
         max_queued: usize,
     ) -> Result<(usize, usize), StoreError> {
-        self.scripts
-            .trim_events
-            .arg(&self.prefix)
-            .arg(older_than)
-            .arg(max_queued)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))
+        self.run(
+            self.scripts
+                .trim_events
+                .arg(&self.prefix)
+                .arg(older_than)
+                .arg(max_queued),
+        )
     }
 
     fn queued_events(&self) -> Result<usize, StoreError> {
@@ -652,14 +637,13 @@ impl Store for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let jsons: Vec<String> = self
-            .scripts
-            .calls_of
-            .arg(&self.prefix)
-            .arg(user_id)
-            .arg(limit)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let jsons: Vec<String> = self.run(
+            self.scripts
+                .calls_of
+                .arg(&self.prefix)
+                .arg(user_id)
+                .arg(limit),
+        )?;
         let mut calls = jsons
             .iter()
             .map(|json| decode::<Call>(json))
@@ -674,12 +658,7 @@ impl Store for RedisStore {
     }
 
     fn live_calls(&self) -> Result<Vec<Versioned<Call>>, StoreError> {
-        let pairs: Vec<(String, u64)> = self
-            .scripts
-            .live_calls
-            .arg(&self.prefix)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let pairs: Vec<(String, u64)> = self.run(&self.scripts.live_calls.arg(&self.prefix))?;
         pairs
             .into_iter()
             .map(|(json, version)| {
@@ -692,25 +671,20 @@ impl Store for RedisStore {
     }
 
     fn live_calls_of(&self, user_id: &str) -> Result<Vec<Call>, StoreError> {
-        let jsons: Vec<String> = self
-            .scripts
-            .live_calls_of
-            .arg(&self.prefix)
-            .arg(user_id)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let jsons: Vec<String> =
+            self.run(self.scripts.live_calls_of.arg(&self.prefix).arg(user_id))?;
         jsons.iter().map(|json| decode(json)).collect()
     }
 
     fn due_calls(&self, now: UnixMillis) -> Result<Vec<String>, StoreError> {
         // A bounded batch per pass: the timer loop runs again in 250 ms.
-        self.scripts
-            .due_calls
-            .arg(&self.prefix)
-            .arg(now)
-            .arg(MAX_DUE_PER_PASS)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))
+        self.run(
+            self.scripts
+                .due_calls
+                .arg(&self.prefix)
+                .arg(now)
+                .arg(MAX_DUE_PER_PASS),
+        )
     }
 
     fn put_idempotency(
@@ -718,19 +692,18 @@ impl Store for RedisStore {
         record: &IdempotencyRecord,
         now: UnixMillis,
     ) -> Result<IdempotencyRecord, StoreError> {
-        let fields: Vec<Value> = self
-            .scripts
-            .put_idempotency
-            .arg(&self.prefix)
-            .arg(&record.user_id)
-            .arg(&record.key)
-            .arg(&record.request_hash)
-            .arg(record.status)
-            .arg(&record.body)
-            .arg(record.expires_at)
-            .arg(now)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let fields: Vec<Value> = self.run(
+            self.scripts
+                .put_idempotency
+                .arg(&self.prefix)
+                .arg(&record.user_id)
+                .arg(&record.key)
+                .arg(&record.request_hash)
+                .arg(record.status)
+                .arg(&record.body)
+                .arg(record.expires_at)
+                .arg(now),
+        )?;
         idempotency_record(&record.user_id, &record.key, &fields)
     }
 
@@ -753,17 +726,16 @@ impl Store for RedisStore {
     }
 
     fn finish_idempotency(&self, record: &IdempotencyRecord) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .scripts
-            .finish_idempotency
-            .arg(&self.prefix)
-            .arg(&record.user_id)
-            .arg(&record.key)
-            .arg(&record.body)
-            .arg(record.status)
-            .arg(record.expires_at)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let n: i64 = self.run(
+            self.scripts
+                .finish_idempotency
+                .arg(&self.prefix)
+                .arg(&record.user_id)
+                .arg(&record.key)
+                .arg(&record.body)
+                .arg(record.status)
+                .arg(record.expires_at),
+        )?;
         Ok(n == 1)
     }
 
@@ -773,24 +745,18 @@ impl Store for RedisStore {
         key: &str,
         body: &str,
     ) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .scripts
-            .release_idempotency
-            .arg(&self.prefix)
-            .arg(user_id)
-            .arg(key)
-            .arg(body)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))?;
+        let n: i64 = self.run(
+            self.scripts
+                .release_idempotency
+                .arg(&self.prefix)
+                .arg(user_id)
+                .arg(key)
+                .arg(body),
+        )?;
         Ok(n == 1)
     }
 
     fn expire_idempotency(&self, now: UnixMillis) -> Result<usize, StoreError> {
-        self.scripts
-            .expire_idempotency
-            .arg(&self.prefix)
-            .arg(now)
-            .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))
+        self.run(self.scripts.expire_idempotency.arg(&self.prefix).arg(now))
     }
 }
