@@ -248,7 +248,12 @@ async fn dead_tokens_are_removed_and_not_pushed_again_while_bad_ones_stay() {
         tokens("ipad").apns_voip.as_deref(),
         Some(ipad_voip.as_str())
     );
-    assert_eq!(h.counter("switchboard_push_tokens_removed_total", &[]), 2);
+    // Counted after the store removed the token and queued its event: wait
+    // for the count (asserting it at once raced the second removal).
+    wait_for("both removals counted", || {
+        h.counter("switchboard_push_tokens_removed_total", &[]) == 2
+    })
+    .await;
     // The app backend is told, once per removed token, so it can forget it too.
     let told = h.store.due_events(now_ms() + 3_600_000, 100).unwrap();
     let mut removed: Vec<(String, String)> = told
