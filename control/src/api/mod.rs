@@ -69,6 +69,14 @@ impl ApiLimits {
         }
     }
 
+    /// One request by the caller (`key_id`, acting for `user_id`; empty for
+    /// an operator), or 429.
+    fn check_request(&self, key_id: &str, user_id: &str) -> Result<(), ApiError> {
+        self.requests
+            .check(&format!("{key_id}/{user_id}"), std::time::Instant::now())
+            .map_err(|wait| ApiError::rate_limited("requests", wait))
+    }
+
     /// For a cluster: the call limits (creates per user, rings per callee)
     /// shared by every node; the request rate stays per node (a shield for
     /// the node itself, checked on every request without a round trip).
@@ -168,12 +176,9 @@ where
         let principal = state
             .auth
             .authenticate(header("authorization"), header("x-switchboard-user"))?;
-        let key = format!("{}/{}", principal.key_id, principal.user_id);
         state
             .limits
-            .requests
-            .check(&key, std::time::Instant::now())
-            .map_err(|wait| ApiError::rate_limited("requests", wait))?;
+            .check_request(&principal.key_id, &principal.user_id)?;
         Ok(Caller(principal))
     }
 }
@@ -233,11 +238,7 @@ where
             ));
         }
         let key_id = state.auth.authenticate_api_key(authorization)?;
-        state
-            .limits
-            .requests
-            .check(&format!("{key_id}/"), std::time::Instant::now())
-            .map_err(|wait| ApiError::rate_limited("requests", wait))?;
+        state.limits.check_request(&key_id, "")?;
         Ok(Operator)
     }
 }
