@@ -390,23 +390,50 @@ impl HubRinger {
         queued
     }
 
-    /// On connect: the device gets the ring of every call ringing it, and
-    /// `call.ended` for calls that rang it and ended within the last ring
-    /// period (its app may still show them).
-    pub fn replay_rings(&self, user_id: &str, device_id: &str, now: crate::call::UnixMillis) {
+    /// On connect, what the device missed while it had no socket: the
+    /// ring of every call ringing it; `call.accepted` for the user's own
+    /// outgoing calls answered meanwhile (a caller whose socket was down at
+    /// the answer would otherwise wait for it until its timeout); and
+    /// `call.ended` for calls that rang it or that it made, ended within the
+    /// last ring period (its app may still show them). Clients treat a
+    /// repeated event as a no-op.
+    pub fn replay_missed_events(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        now: crate::call::UnixMillis,
+    ) {
         let Ok(calls) = self.store.calls_of(user_id, 20) else {
             return;
         };
         for call in calls {
-            let Some(ring) = call
+            let ring = call
                 .participant(user_id)
-                .and_then(|p| p.rings.iter().find(|r| r.device_id == device_id))
-            else {
+                .and_then(|p| p.rings.iter().find(|r| r.device_id == device_id));
+            let made_it = call.initiator_user_id == user_id;
+            if ring.is_none() && !made_it {
                 continue;
-            };
+            }
             let ended = call.state == crate::call::CallState::Ended;
-            if !ended && matches!(ring.state, RingState::Sent | RingState::Acknowledged) {
+            if !ended
+                && ring
+                    .is_some_and(|r| matches!(r.state, RingState::Sent | RingState::Acknowledged))
+            {
                 self.hub.send(user_id, device_id, ringing_event(&call));
+            }
+            let answered = matches!(
+                call.state,
+                crate::call::CallState::Connecting | crate::call::CallState::Connected
+            );
+            if made_it && answered {
+                self.hub.send(
+                    user_id,
+                    device_id,
+                    DeviceEvent::Event {
+                        call_id: call.call_id.clone(),
+                        event: "call.accepted".into(),
+                    },
+                );
             }
             let recently = call
                 .ended_at

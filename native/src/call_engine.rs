@@ -338,6 +338,11 @@ pub struct CallEngine {
     /// Calls that ended here (server call id, why), so late rings for them
     /// are not new calls.
     ended: VecDeque<(String, EndedReason)>,
+    /// `call.accepted` for call ids not known yet, heard while one of our
+    /// calls was being created: the events socket can outrun the create
+    /// response (a retried create, a slow link), and the answer must not
+    /// be lost.
+    accepted_before_created: VecDeque<String>,
     signaling_up: bool,
     audio_active: bool,
     audio_routes: AudioRouteState,
@@ -345,6 +350,9 @@ pub struct CallEngine {
 }
 
 const REMEMBER_ENDED: usize = 64;
+/// Outgoing calls being created at once are few; more than this many early
+/// answers is not a race but noise.
+const REMEMBER_EARLY_ACCEPTS: usize = 8;
 
 impl CallEngine {
     pub fn new() -> CallEngine {
@@ -491,8 +499,16 @@ impl CallEngine {
                     self.end(&ringing, EndedReason::AnsweredElsewhere);
                     self.forget_ended(&call_id);
                 }
+                let accepted_already = match self
+                    .accepted_before_created
+                    .iter()
+                    .position(|id| *id == call_id)
+                {
+                    Some(at) => self.accepted_before_created.remove(at).is_some(),
+                    None => false,
+                };
                 let call = self.calls.get_mut(&call_uuid).expect("checked above");
-                call.awaiting_answer = !answered;
+                call.awaiting_answer = !(answered || accepted_already);
                 call.call_id = Some(call_id.clone());
                 call.phase = Phase::Connecting {
                     token: Some(call_token),
@@ -681,6 +697,13 @@ impl CallEngine {
                 if let Some(uuid) = self.call_uuid_of(&call_id) {
                     self.calls.get_mut(&uuid).expect("found").awaiting_answer = false;
                     self.maybe_connected(&uuid);
+                } else if self.calls.values().any(|c| c.phase == Phase::Creating)
+                    && !self.accepted_before_created.contains(&call_id)
+                {
+                    self.accepted_before_created.push_back(call_id);
+                    if self.accepted_before_created.len() > REMEMBER_EARLY_ACCEPTS {
+                        self.accepted_before_created.pop_front();
+                    }
                 }
             }
             Input::MediaFailed { call_id } => {

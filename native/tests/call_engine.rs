@@ -843,6 +843,61 @@ fn an_outgoing_call_is_known_by_the_apps_uuid_before_and_after_the_server_names_
 }
 
 #[test]
+fn an_answer_heard_before_the_create_response_is_not_lost() {
+    let mut d = Device::new();
+    d.input(Input::SignalingConnected);
+    d.input(Input::AudioSessionActivated);
+    let local = LOCAL.to_lowercase();
+    d.input(Input::StartCall {
+        call_uuid: s(LOCAL),
+        callee_user_id: s("bob"),
+        video: false,
+    });
+    // The events socket outran the (retried) create response.
+    assert!(d.input(Input::RemoteAccepted { call_id: s(C9) }).is_empty());
+    // An answer to a call nobody here is creating is not kept.
+    assert!(
+        d.input(Input::RemoteAccepted {
+            call_id: s("someone-elses")
+        })
+        .is_empty()
+    );
+    d.input(Input::Created {
+        call_uuid: local.clone(),
+        call_id: s(C9),
+        call_token: s("tok"),
+        answered: false,
+    });
+    assert_eq!(
+        d.input(Input::MediaConnected { call_id: s(C9) }),
+        [Output::ReportConnected { call_uuid: local }]
+    );
+}
+
+#[test]
+fn without_an_answer_media_alone_does_not_connect_an_outgoing_call() {
+    let mut d = Device::new();
+    d.input(Input::SignalingConnected);
+    d.input(Input::AudioSessionActivated);
+    d.input(Input::StartCall {
+        call_uuid: s(LOCAL),
+        callee_user_id: s("bob"),
+        video: false,
+    });
+    // An answer to another call, before ours was created, is no answer to ours.
+    d.input(Input::RemoteAccepted {
+        call_id: s("c-other"),
+    });
+    d.input(Input::Created {
+        call_uuid: LOCAL.to_lowercase(),
+        call_id: s(C9),
+        call_token: s("tok"),
+        answered: false,
+    });
+    assert!(d.input(Input::MediaConnected { call_id: s(C9) }).is_empty());
+}
+
+#[test]
 fn an_outgoing_call_the_server_refused_ends_failed() {
     let mut d = Device::new();
     d.input(Input::StartCall {

@@ -320,10 +320,23 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
     bob.audio_session_activated();
 
     let connected = Report::Connected(call_id.clone());
-    wait_for("both connected", limit, || {
-        (alice_ios.has(&Report::Connected(alice_uuid.clone())) && bob_android.has(&connected))
-            .then_some(())
-    });
+    support::wait_for_explained(
+        "both connected",
+        limit,
+        || {
+            (alice_ios.has(&Report::Connected(alice_uuid.clone())) && bob_android.has(&connected))
+                .then_some(())
+        },
+        || {
+            format!(
+                "alice (iOS caller) {:?} {:?}; bob (Android callee) {:?} {:?}",
+                alice.active_calls(),
+                alice_ios.reports(),
+                bob.active_calls(),
+                bob_android.reports()
+            )
+        },
+    );
     // Each hears and sees the other: audio and video tracks through the SFU.
     for (name, client, uuid) in [("alice", &alice, &alice_uuid), ("bob", &bob, &call_id)] {
         wait_for(&format!("{name} receiving both tracks"), limit, || {

@@ -226,3 +226,63 @@ async fn decline_cancel_and_late_connect() {
     let ended = next_of(&mut late, "call.event").await;
     assert_eq!(ended["event"], "call.ended");
 }
+
+/// A caller whose socket was down when the callee answered (a token
+/// refresh, a network change) hears the answer when it connects; after the
+/// call ended, a reconnecting caller hears that it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_connecting_after_the_answer_hears_it() {
+    let server = start_server_with_push(|_| {}, Arc::new(RecordingPush::default())).await;
+    for (user, device) in [("alice", "a1"), ("bob", "b1")] {
+        let (status, body) = post_as(
+            &server,
+            "/v1/devices",
+            user,
+            json!({"deviceId": device, "platform": "web"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut b1 = events(&server, "bob", "b1").await;
+    let (_, created) = post_as(
+        &server,
+        "/v1/calls",
+        "alice",
+        json!({"calleeUserIds": ["bob"], "type": "audio", "deviceId": "a1"}),
+    )
+    .await;
+    let id = call_id_of(&created).await;
+    next_of(&mut b1, "call.ringing").await;
+    let (status, body) = post_as(
+        &server,
+        &format!("/v1/calls/{id}/accept"),
+        "bob",
+        json!({"deviceId": "b1"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut a1 = events(&server, "alice", "a1").await;
+    let heard = next_of(&mut a1, "call.event").await;
+    assert_eq!(
+        (heard["callId"].as_str(), heard["event"].as_str()),
+        (Some(id.as_str()), Some("call.accepted"))
+    );
+    drop(a1);
+
+    let (status, _) = post_as(
+        &server,
+        &format!("/v1/calls/{id}/end"),
+        "bob",
+        json!({"deviceId": "b1"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut a1 = events(&server, "alice", "a1").await;
+    let heard = next_of(&mut a1, "call.event").await;
+    assert_eq!(
+        (heard["callId"].as_str(), heard["event"].as_str()),
+        (Some(id.as_str()), Some("call.ended")),
+        "an ended call is not replayed as answered"
+    );
+}

@@ -116,12 +116,14 @@ async fn serve(socket: WebSocket, state: ControlState) {
     let _ = sink.send(Message::text(authenticated.to_string())).await;
     let expiry = tokio::time::sleep(time_left(expires_at));
     tokio::pin!(expiry);
-    // A device that connects while a call rings for it gets the ring.
+    // A device that connects gets what it missed: rings, answers, ends.
     {
         let events = state.events.clone();
         let (user, device) = (user_id.clone(), device_id.clone());
         let now = now_ms();
-        let _ = tokio::task::spawn_blocking(move || events.replay_rings(&user, &device, now)).await;
+        let _ =
+            tokio::task::spawn_blocking(move || events.replay_missed_events(&user, &device, now))
+                .await;
     }
     // 2. Relay.
     let lifecycle = state.lifecycle.clone();

@@ -31,6 +31,8 @@ interface Call extends Omit<ActiveCall, "callId"> {
 }
 
 const REMEMBER_ENDED = 64;
+/** Answers heard for calls not created here yet (see `acceptedEarly`). */
+const REMEMBER_EARLY_ACCEPTS = 8;
 
 const FRESH = { muted: false, held: false, mediaUp: false };
 
@@ -43,6 +45,12 @@ const CANCEL_REASONS: Record<string, EndReason> = {
 export class Calls {
   private calls = new Map<string, Call>();
   private ended: string[] = [];
+  /**
+   * `call.accepted` for call ids not known here: the events socket can
+   * outrun the create response (a retried create, a slow link), and a call
+   * id is never reused, so `started` consults these.
+   */
+  private acceptedEarly: string[] = [];
 
   state(callId: string): CallState | undefined {
     return this.calls.get(callId)?.state;
@@ -103,7 +111,13 @@ export class Calls {
         return this.end(event.callId, CANCEL_REASONS[event.reason] ?? "remote_ended");
       case "accepted": {
         const call = this.calls.get(event.callId);
-        if (!call) return [];
+        if (!call) {
+          if (!this.ended.includes(event.callId) && !this.acceptedEarly.includes(event.callId)) {
+            this.acceptedEarly.push(event.callId);
+            if (this.acceptedEarly.length > REMEMBER_EARLY_ACCEPTS) this.acceptedEarly.shift();
+          }
+          return [];
+        }
         call.awaitingAnswer = false;
         return this.maybeConnected(event.callId);
       }
@@ -118,13 +132,15 @@ export class Calls {
 
   /** The API created our outgoing call. */
   started(callId: string, video: boolean, calleeUserId: string): Effect[] {
+    const early = this.acceptedEarly.indexOf(callId);
+    if (early >= 0) this.acceptedEarly.splice(early, 1);
     this.calls.set(callId, {
       ...FRESH,
       state: "outgoing",
       video,
       outgoing: true,
       remoteUserId: calleeUserId,
-      awaitingAnswer: true,
+      awaitingAnswer: early < 0,
     });
     return [{ kind: "callStateChanged", data: { callId, state: "outgoing" } }];
   }

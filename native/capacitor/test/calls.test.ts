@@ -71,6 +71,19 @@ test("an outgoing call connects only once the callee answered, even if media is 
   assert.equal(calls.state("c2"), "connected");
 });
 
+test("an answer heard before the create response returned still connects the call", () => {
+  const calls = new Calls();
+  // The events socket outran the create response; answers for calls ended here are not kept.
+  assert.deepEqual(calls.onServerEvent({ type: "accepted", callId: "c4" }, NOW), []);
+  calls.started("c4", false, "bob");
+  assert.deepEqual(calls.mediaConnected("c4"), [{ kind: "callStateChanged", data: { callId: "c4", state: "connected" } }]);
+  // A replayed answer after that changes nothing.
+  assert.deepEqual(calls.onServerEvent({ type: "accepted", callId: "c4" }, NOW), []);
+  // Without an early answer, media alone does not connect an outgoing call.
+  calls.started("c5", false, "bob");
+  assert.deepEqual(calls.mediaConnected("c5"), []);
+});
+
 test("a callee that never answers: the server's end is remote_ended, not completed", () => {
   const calls = new Calls();
   calls.started("c3", false, "bob");

@@ -85,13 +85,26 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Polls `check` every 20 ms until it returns something or `limit` passes.
-pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, limit: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_explained(what, limit, check, String::new)
+}
+
+/// [`wait_for`], and on timeout the failure also says what `explain`
+/// finds (the state that was waited on), so a rare hang can be traced.
+pub fn wait_for_explained<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {what}: {}", explain());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
