@@ -152,6 +152,11 @@ enum Command {
         ring_timeout_seconds: f64,
         #[arg(long, default_value = "127.0.0.1")]
         local_ip: IpAddr,
+        /// Each callee also has a phone rung by push (iPhone or Android, in
+        /// turn, never answering): point the server at APNs/FCM or the
+        /// stand-ins (`cargo run -p control --example push_standins`).
+        #[arg(long)]
+        phones: bool,
         /// Expect a wrong reason for one call (checks that failures fail).
         #[arg(long)]
         inject_unexpected: bool,
@@ -379,6 +384,7 @@ async fn main() -> ExitCode {
             media_seconds,
             ring_timeout_seconds,
             local_ip,
+            phones,
             inject_unexpected,
         } => {
             let Some((key_id, key_secret)) = api_key.split_once(':') else {
@@ -396,6 +402,7 @@ async fn main() -> ExitCode {
                 media: Duration::from_secs_f64(media_seconds),
                 ring_timeout: Duration::from_secs_f64(ring_timeout_seconds),
                 local_ip,
+                phones,
                 run_tag: std::process::id().to_string(),
                 inject_unexpected,
             };

@@ -86,6 +86,7 @@ async fn calls_run(inject_unexpected: bool) -> calls::CallsReport {
         media: Duration::from_secs(2),
         ring_timeout: Duration::from_secs(2),
         local_ip: "127.0.0.1".parse().unwrap(),
+        phones: false,
         run_tag: "ci".into(),
         inject_unexpected,
     };

@@ -34,6 +34,10 @@ pub struct CallsPlan {
     /// The server's ring timeout (a timed-out call is checked after it).
     pub ring_timeout: Duration,
     pub local_ip: IpAddr,
+    /// Each callee also has a phone (iPhones and Android phones in turn)
+    /// with push tokens and no socket: the server rings and rings it off
+    /// by push (point it at the push stand-ins).
+    pub phones: bool,
     pub run_tag: String,
     /// Test hook: expect the wrong reason for the first call, so a run has
     /// an unexpected outcome and the tool must fail.
@@ -142,6 +146,22 @@ struct CallResult {
     media_packets: u64,
 }
 
+/// Call `i`'s callee phone: an iPhone (VoIP and alert tokens, CallKit) or
+/// an Android phone (FCM, Telecom), with tokens no other run or call uses.
+fn phone(plan: &CallsPlan, i: usize) -> serde_json::Value {
+    if i % 2 == 0 {
+        let token = |kind: u8| format!("{kind:02x}{:0>54}{i:08x}", plan.run_tag);
+        json!({"deviceId": "p1", "platform": "ios",
+               "push": {"apnsVoip": token(0xa1), "apnsAlert": token(0xb2)},
+               "apnsEnvironment": "sandbox", "bundleId": "com.example.calls",
+               "capabilities": {"callkit": true}})
+    } else {
+        let token = format!("fcm-lt-{}-{i}:APA91bHun4MxP5egoKMwt2KZFBaFUH", plan.run_tag);
+        json!({"deviceId": "p1", "platform": "android", "push": {"fcm": token},
+               "capabilities": {"telecom": true}})
+    }
+}
+
 async fn one_call(api: &Api, plan: &CallsPlan, i: usize, role: Role) -> CallResult {
     let caller = format!("lt-{}-a{i}", plan.run_tag);
     let callee = format!("lt-{}-b{i}", plan.run_tag);
@@ -158,6 +178,9 @@ async fn one_call(api: &Api, plan: &CallsPlan, i: usize, role: Role) -> CallResu
         if let Some(ws) = events(api, &callee, d).await {
             sockets.push(ws);
         }
+    }
+    if plan.phones {
+        api.post(&callee, "/v1/devices", phone(plan, i)).await;
     }
     let mut result = CallResult {
         call_id: String::new(),
