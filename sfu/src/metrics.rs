@@ -1,9 +1,13 @@
 //! Prometheus metrics, registered once and shared by the shell's tasks.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// Steps shorter than this are not observed (they are the per-packet hot
+/// path; a histogram update per datagram would cost more than it tells).
+pub const SLOW_ENGINE_STEP: std::time::Duration = std::time::Duration::from_millis(5);
 
 pub struct Metrics {
     pub registry: Registry,
@@ -26,6 +30,13 @@ pub struct Metrics {
     /// Panics contained by scope: `participant` (one participant removed) or
     /// `shard` (an engine restarted, its participants told to rejoin).
     pub engine_panics: IntCounterVec,
+    /// Engine steps that took at least [`SLOW_ENGINE_STEP`], by what woke
+    /// the shard: while one runs, nothing on that shard is forwarded, so
+    /// this is the server's own share of a stream's gap.
+    pub engine_slow_steps: HistogramVec,
+    /// Gaps in published streams as the engine received them (see
+    /// `Engine::take_stream_gaps`), by kind.
+    pub stream_gaps: HistogramVec,
     /// Signaling sessions cut off for not reading (outbox full or a write
     /// stalled).
     pub signaling_slow_consumers: IntCounter,
@@ -96,6 +107,30 @@ impl Metrics {
         for scope in ["participant", "shard"] {
             engine_panics.with_label_values(&[scope]);
         }
+        let engine_slow_steps = HistogramVec::new(
+            HistogramOpts::new(
+                "switchboard_engine_slow_steps_seconds",
+                "Engine steps of 5 ms or more (the shard forwards nothing meanwhile), by what woke it",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            &["woke_by"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(engine_slow_steps.clone()))
+            .expect("unique metric");
+        let stream_gaps = HistogramVec::new(
+            HistogramOpts::new(
+                "switchboard_stream_gaps_seconds",
+                "Pauses of 250 ms or more between two packets of an unmuted published track, as the engine received them, by kind",
+            )
+            .buckets(vec![0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(stream_gaps.clone()))
+            .expect("unique metric");
         Metrics {
             rooms: shard_gauge("switchboard_rooms", "Rooms with at least one participant"),
             participants: shard_gauge("switchboard_participants", "Participants in rooms"),
@@ -137,6 +172,8 @@ impl Metrics {
                 "code",
             ),
             engine_panics,
+            engine_slow_steps,
+            stream_gaps,
             signaling_slow_consumers: counter(
                 "switchboard_signaling_slow_consumers_total",
                 "Signaling connections closed because the client did not read (outbox full or a write stalled)",

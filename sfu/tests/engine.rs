@@ -406,6 +406,37 @@ fn two_to_three_to_two_keeps_the_pair_stream_contiguous() {
     }
 }
 
+/// A publisher whose packets stop reaching the server for 600 ms: the
+/// engine reports that gap in each of its tracks (and only those); steady
+/// media reports none.
+#[test]
+fn a_pause_in_a_publishers_packets_is_reported_as_a_gap_in_its_streams() {
+    let mut sim = Sim::publishing(engine_config(), "room", &["a", "b"]);
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        sim.engine.take_stream_gaps().is_empty(),
+        "steady media has no gaps"
+    );
+    sim.cut.push(0);
+    sim.run_for(Duration::from_millis(600));
+    sim.cut.clear();
+    sim.run_for(Duration::from_millis(300));
+    let gaps = sim.engine.take_stream_gaps();
+    assert_eq!(gaps.len(), 2, "a's audio and video: {gaps:?}");
+    for gap in &gaps {
+        assert_eq!(
+            (gap.call_id.as_str(), gap.participant_id.as_str()),
+            ("room", pid("a").as_str())
+        );
+        assert!(
+            gap.gap >= Duration::from_millis(600) && gap.gap < Duration::from_millis(700),
+            "{gap:?}"
+        );
+    }
+    let kinds: Vec<_> = gaps.iter().map(|g| g.kind).collect();
+    assert!(kinds.contains(&TrackKind::Audio) && kinds.contains(&TrackKind::Video));
+}
+
 /// 1:1: the subscriber connection's bandwidth estimate reaches the publisher
 /// as REMB, so the sender adapts as if the call were direct. In a group the
 /// fast path is off and no single receiver speaks for the sender.

@@ -425,6 +425,8 @@ impl Engine {
             .and_then(|r| r.tracks.get_mut(&track_key))
         {
             track.muted = muted;
+            // The muted stretch is no gap in the stream.
+            track.last_packet_at = None;
         }
         self.broadcast(
             &room_id,

@@ -33,6 +33,18 @@ impl Engine {
         if track.codec.is_none() {
             track.codec = params.map(|c| c.spec().codec.to_string());
         }
+        if let Some(last) = track.last_packet_at.replace(now) {
+            let gap = now.saturating_duration_since(last);
+            if gap >= STREAM_GAP && !track.muted && self.stream_gaps.len() < MAX_HELD_GAPS {
+                self.stream_gaps.push(StreamGap {
+                    call_id: p.room.clone(),
+                    participant_id: p.id.clone(),
+                    track_id: track.id.clone(),
+                    kind: track.kind,
+                    gap,
+                });
+            }
+        }
         let Some(params) = params else { return };
         let kind = track.kind;
         if let Some(direct) = track.direct {

@@ -55,6 +55,24 @@ use room::{Room, Track};
 pub use offer_policy::{OfferedSend, offered_sends};
 use timers::TimerKind;
 
+/// A pause between two packets of a published track that counts as a gap
+/// in its stream: video runs at 15-30 frames a second and audio at 50
+/// packets, so a quarter second without any is a visible freeze.
+pub const STREAM_GAP: Duration = Duration::from_millis(250);
+/// A pause in one published track's packets, as the engine received them.
+#[derive(Debug, Clone)]
+pub struct StreamGap {
+    pub call_id: String,
+    pub participant_id: String,
+    pub track_id: String,
+    pub kind: TrackKind,
+    pub gap: Duration,
+}
+
+/// Gaps held for the shell between its reads (it reads every 100 ms; more
+/// than this many would be a storm, and the rest are not worth the memory).
+const MAX_HELD_GAPS: usize = 1024;
+
 /// The timer entry of `kind` a participant has armed, as it stands now.
 fn current_deadline(
     participants: &HashMap<ParticipantKey, Participant>,
@@ -189,6 +207,26 @@ pub enum Command {
     Detach,
 }
 
+impl Command {
+    /// The command's name, for metric labels (a bounded set).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Join(_) => "join",
+            Command::Resume { .. } => "resume",
+            Command::Publish { .. } => "publish",
+            Command::Unpublish { .. } => "unpublish",
+            Command::SubscriberAnswer { .. } => "subscriber_answer",
+            Command::Trickle { .. } => "trickle",
+            Command::Subscribe { .. } => "subscribe",
+            Command::Unsubscribe { .. } => "unsubscribe",
+            Command::Mute { .. } => "mute",
+            Command::RestartIce => "restart_ice",
+            Command::Leave => "leave",
+            Command::Detach => "detach",
+        }
+    }
+}
+
 /// Who joins which room, as the call token grants it.
 #[derive(Debug, Clone)]
 pub struct JoinRequest {
@@ -298,6 +336,10 @@ pub struct Engine {
     next_key: u64,
     next_track: u64,
     stats: EngineStats,
+    /// Gaps of at least [`STREAM_GAP`] between two packets of an unmuted
+    /// published track, as the engine received them, until the shell takes
+    /// them ([`Engine::take_stream_gaps`]; at most [`MAX_HELD_GAPS`] held).
+    stream_gaps: Vec<StreamGap>,
     /// The latest time any input carried.
     now: Instant,
     /// Set by [`Input::Drain`]: no new rooms.
@@ -324,6 +366,7 @@ impl Engine {
             next_key: 1,
             next_track: 1,
             stats: EngineStats::default(),
+            stream_gaps: Vec::new(),
             now,
             draining: false,
         }
@@ -335,6 +378,15 @@ impl Engine {
 
     pub fn stats(&self) -> EngineStats {
         self.stats
+    }
+
+    /// The published streams' gaps since the last call: a gap here means no
+    /// packet of that track reached the engine (the publisher or its
+    /// network paused, or this shard was not reading), and subscribers saw
+    /// the same gap. Together with how long each step took (the shell
+    /// measures that), it tells the server's share of a freeze.
+    pub fn take_stream_gaps(&mut self) -> Vec<StreamGap> {
+        std::mem::take(&mut self.stream_gaps)
     }
 
     pub fn room_count(&self) -> usize {

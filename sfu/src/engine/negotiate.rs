@@ -148,6 +148,7 @@ impl Engine {
             codec,
             subscribers: Vec::new(),
             last_keyframe_request: None,
+            last_packet_at: None,
             keyframe_pending: false,
             direct: None,
         };

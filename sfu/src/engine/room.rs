@@ -21,6 +21,8 @@ pub struct Track {
     /// Participants that receive it, in the order they subscribed.
     pub subscribers: Vec<ParticipantKey>,
     pub last_keyframe_request: Option<Instant>,
+    /// When its latest packet reached the engine (gaps are measured from it).
+    pub last_packet_at: Option<Instant>,
     /// A keyframe was wanted before the publisher's stream existed (a
     /// subscriber added between its publish and its first packet): asked
     /// for with the first packet.

@@ -42,6 +42,19 @@ enum Woke {
     Nothing,
 }
 
+impl Woke {
+    /// What woke the shard, for the slow-step histogram's label.
+    fn label(&self) -> &'static str {
+        match self {
+            Woke::Input(ShardInput::Command { command, .. }) => command.name(),
+            Woke::Input(ShardInput::Datagram { .. }) | Woke::Datagram(..) => "datagram",
+            Woke::Input(_) => "control",
+            Woke::Timeout => "timeout",
+            Woke::Nothing => "nothing",
+        }
+    }
+}
+
 pub enum ShardInput {
     Datagram {
         source: SocketAddr,
@@ -309,6 +322,8 @@ impl Shard {
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => Woke::Timeout,
             };
+            let woke_by = woke.label();
+            let step_started = Instant::now();
             // Panics inside a participant's Rtc are contained by the engine;
             // anything else that panics here takes only this engine's state,
             // which is rebuilt empty (its participants rejoin).
@@ -322,6 +337,13 @@ impl Shard {
                 self.flush()
             }));
             let now = Instant::now();
+            let took = now - step_started;
+            if took >= crate::metrics::SLOW_ENGINE_STEP {
+                self.metrics
+                    .engine_slow_steps
+                    .with_label_values(&[woke_by])
+                    .observe(took.as_secs_f64());
+            }
             deadline = match stepped {
                 Ok(deadline) => deadline,
                 Err(_) => self.restart_engine(now),
@@ -621,6 +643,19 @@ impl Shard {
         m.udp_dropped
             .with_label_values(&["engine"])
             .inc_by(stats.dropped_datagrams - last.dropped_datagrams);
+        for gap in self.engine.take_stream_gaps() {
+            let kind = match gap.kind {
+                signaling::TrackKind::Audio => "audio",
+                signaling::TrackKind::Video => "video",
+            };
+            let gap_ms = gap.gap.as_millis() as u64;
+            // Rare (a quarter second without packets) and what an operator
+            // asks about a frozen picture: whose stream paused, for how long.
+            tracing::info!(call_id = %gap.call_id, participant = %gap.participant_id, track = %gap.track_id, kind, gap_ms, "stream paused");
+            m.stream_gaps
+                .with_label_values(&[kind])
+                .observe(gap.gap.as_secs_f64());
+        }
         let shard = self.index.to_string();
         m.rooms
             .with_label_values(&[&shard])
