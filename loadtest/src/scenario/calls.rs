@@ -149,7 +149,7 @@ struct CallResult {
 /// Call `i`'s callee phone: an iPhone (VoIP and alert tokens, CallKit) or
 /// an Android phone (FCM, Telecom), with tokens no other run or call uses.
 fn phone(plan: &CallsPlan, i: usize) -> serde_json::Value {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let token = |kind: u8| format!("{kind:02x}{:0>54}{i:08x}", plan.run_tag);
         json!({"deviceId": "p1", "platform": "ios",
                "push": {"apnsVoip": token(0xa1), "apnsAlert": token(0xb2)},
