@@ -42,6 +42,10 @@ enum Woke {
     Nothing,
 }
 
+/// A step this long is a visible freeze for every stream on the shard:
+/// logged, besides the histogram.
+const STALLING_STEP: Duration = Duration::from_millis(250);
+
 impl Woke {
     /// What woke the shard, for the slow-step histogram's label.
     fn label(&self) -> &'static str {
@@ -343,6 +347,14 @@ impl Shard {
                     .engine_slow_steps
                     .with_label_values(&[woke_by])
                     .observe(took.as_secs_f64());
+                if took >= STALLING_STEP {
+                    tracing::warn!(
+                        shard = self.index,
+                        woke_by,
+                        took_ms = took.as_millis() as u64,
+                        "engine step stalled forwarding on this shard"
+                    );
+                }
             }
             deadline = match stepped {
                 Ok(deadline) => deadline,
@@ -649,9 +661,10 @@ impl Shard {
                 signaling::TrackKind::Video => "video",
             };
             let gap_ms = gap.gap.as_millis() as u64;
-            // Rare (a quarter second without packets) and what an operator
-            // asks about a frozen picture: whose stream paused, for how long.
-            tracing::info!(call_id = %gap.call_id, participant = %gap.participant_id, track = %gap.track_id, kind, gap_ms, "stream paused");
+            // What an operator asks about a frozen picture: whose stream
+            // paused, for how long. Debug: a publisher on a poor network
+            // pauses often, and the histogram is the signal to watch.
+            tracing::debug!(call_id = %gap.call_id, participant = %gap.participant_id, track = %gap.track_id, kind, gap_ms, "stream paused");
             m.stream_gaps
                 .with_label_values(&[kind])
                 .observe(gap.gap.as_secs_f64());

@@ -85,7 +85,8 @@ async function startSwitchboard(extraEnv = {}) {
       SWITCHBOARD_DATA_DIR: mkdtempSync(join(tmpdir(), "switchboard-browser-")),
       // Info from the SFU is kept, not shown: printed only if the scenario
       // fails, to tell a server-side stall from a browser one.
-      RUST_LOG: process.env.RUST_LOG || "warn,sfu=info,stun_proto=off",
+      // The shard's debug lines are its slow steps and "stream paused".
+      RUST_LOG: process.env.RUST_LOG || "warn,sfu=info,sfu::server::shard=debug,stun_proto=off",
       NO_COLOR: "1",
       ...extraEnv,
     },
@@ -338,8 +339,11 @@ async function noFreeze(viewer, from, during) {
       if (!entry) return;
       const stats = await window.client.sub.getStats();
       stats.forEach((s) => {
+        // [sampled at, packets, frames decoded, ms since the last packet
+        // arrived by Chromium's own receive clock (a late sample does not
+        // make a gap out of packets that kept arriving)].
         if (s.type === "inbound-rtp" && s.kind === "video" && s.mid === entry.mid)
-          window.continuity.push([performance.now(), s.packetsReceived || 0, s.framesDecoded || 0]);
+          window.continuity.push([performance.now(), s.packetsReceived || 0, s.framesDecoded || 0, s.timestamp - (s.lastPacketReceivedTimestamp ?? s.timestamp)]);
       });
     }, 100);
   }, from.pid);
@@ -361,9 +365,17 @@ async function noFreeze(viewer, from, during) {
     }
     return Math.round(Math.max(worst, samples[samples.length - 1][0] - lastChange));
   };
+  let samplerGap = 0;
+  for (let i = 1; i < samples.length; i++) samplerGap = Math.max(samplerGap, samples[i][0] - samples[i - 1][0]);
   return {
-    packetsGapMs: longestStall(1),
+    // The longest time without a new packet as Chromium's receive clock
+    // saw it, at any sample (at most one 100 ms sampling period short).
+    packetsGapMs: Math.round(Math.max(...samples.map((s) => s[3]))),
+    // Between samples in which the counts moved: a page too busy to sample
+    // makes these long too, hence samplerGapMs beside them.
+    packetCountGapMs: longestStall(1),
     decodedGapMs: longestStall(2),
+    samplerGapMs: Math.round(samplerGap),
     frames: samples[samples.length - 1][2] - samples[0][2],
   };
 }
