@@ -111,42 +111,36 @@ impl Metrics {
         for scope in ["participant", "shard"] {
             engine_panics.with_label_values(&[scope]);
         }
-        let engine_slow_steps = HistogramVec::new(
-            HistogramOpts::new(
-                "switchboard_engine_slow_steps_seconds",
-                "Engine steps of 5 ms or more (the shard forwards nothing meanwhile), by what woke it",
+        let histogram_vec = |name: &str, help: &str, buckets: &[f64], label: &str| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                &[label],
             )
-            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
-            &["woke_by"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(engine_slow_steps.clone()))
-            .expect("unique metric");
-        let engine_slow_step_cpu = HistogramVec::new(
-            HistogramOpts::new(
-                "switchboard_engine_slow_step_cpu_seconds",
-                "CPU time of engine steps using 5 ms or more, datagrams not measured, by what woke the shard",
-            )
-            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
-            &["woke_by"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(engine_slow_step_cpu.clone()))
-            .expect("unique metric");
-        let stream_gaps = HistogramVec::new(
-            HistogramOpts::new(
-                "switchboard_stream_gaps_seconds",
-                "Pauses of 250 ms or more between two packets of an unmuted published track, as the engine received them, by kind",
-            )
-            .buckets(vec![0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0]),
-            &["kind"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(stream_gaps.clone()))
-            .expect("unique metric");
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let step_buckets = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+        let engine_slow_steps = histogram_vec(
+            "switchboard_engine_slow_steps_seconds",
+            "Engine steps of 5 ms or more (the shard forwards nothing meanwhile), by what woke it",
+            &step_buckets,
+            "woke_by",
+        );
+        let engine_slow_step_cpu = histogram_vec(
+            "switchboard_engine_slow_step_cpu_seconds",
+            "CPU time of engine steps using 5 ms or more, datagrams not measured, by what woke the shard",
+            &step_buckets,
+            "woke_by",
+        );
+        let stream_gaps = histogram_vec(
+            "switchboard_stream_gaps_seconds",
+            "Pauses of 250 ms or more between two packets of an unmuted published track, as the engine received them, by kind",
+            &[0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0],
+            "kind",
+        );
         Metrics {
             rooms: shard_gauge("switchboard_rooms", "Rooms with at least one participant"),
             participants: shard_gauge("switchboard_participants", "Participants in rooms"),
