@@ -145,6 +145,27 @@ async fn devices_ring_ack_fall_back_to_push_and_are_rung_off() {
     assert_eq!(next(&mut stranger).await["code"], "unknown_device");
 }
 
+/// Registers each (user, device) as a web device.
+async fn register_web_devices(server: &Running, devices: &[(&str, &str)]) {
+    for (user, device) in devices {
+        let (status, body) = post_as(
+            server,
+            "/v1/devices",
+            user,
+            json!({"deviceId": device, "platform": "web"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// The next `call.event` on `ws`: (call id, event name).
+async fn next_call_event(ws: &mut Ws) -> (String, String) {
+    let e = next_of(ws, "call.event").await;
+    let field = |name: &str| e[name].as_str().unwrap_or_default().to_string();
+    (field("callId"), field("event"))
+}
+
 async fn call_id_of(created: &Value) -> String {
     created["call"]["callId"].as_str().unwrap().to_string()
 }
@@ -154,16 +175,7 @@ async fn call_id_of(created: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decline_cancel_and_late_connect() {
     let server = start_server_with_push(|_| {}, Arc::new(RecordingPush::default())).await;
-    for (user, device) in [("alice", "a1"), ("bob", "b1"), ("bob", "b2")] {
-        let (status, body) = post_as(
-            &server,
-            "/v1/devices",
-            user,
-            json!({"deviceId": device, "platform": "web"}),
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    register_web_devices(&server, &[("alice", "a1"), ("bob", "b1"), ("bob", "b2")]).await;
     let mut a1 = events(&server, "alice", "a1").await;
     let mut b1 = events(&server, "bob", "b1").await;
     let mut b2 = events(&server, "bob", "b2").await;
@@ -233,16 +245,7 @@ async fn decline_cancel_and_late_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_connecting_after_the_answer_hears_it() {
     let server = start_server_with_push(|_| {}, Arc::new(RecordingPush::default())).await;
-    for (user, device) in [("alice", "a1"), ("bob", "b1")] {
-        let (status, body) = post_as(
-            &server,
-            "/v1/devices",
-            user,
-            json!({"deviceId": device, "platform": "web"}),
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-    }
+    register_web_devices(&server, &[("alice", "a1"), ("bob", "b1")]).await;
     let mut b1 = events(&server, "bob", "b1").await;
     let (_, created) = post_as(
         &server,
@@ -263,10 +266,9 @@ async fn a_caller_connecting_after_the_answer_hears_it() {
     assert_eq!(status, 200, "{body}");
 
     let mut a1 = events(&server, "alice", "a1").await;
-    let heard = next_of(&mut a1, "call.event").await;
     assert_eq!(
-        (heard["callId"].as_str(), heard["event"].as_str()),
-        (Some(id.as_str()), Some("call.accepted"))
+        next_call_event(&mut a1).await,
+        (id.clone(), "call.accepted".into())
     );
     drop(a1);
 
@@ -279,10 +281,9 @@ async fn a_caller_connecting_after_the_answer_hears_it() {
     .await;
     assert_eq!(status, 200);
     let mut a1 = events(&server, "alice", "a1").await;
-    let heard = next_of(&mut a1, "call.event").await;
     assert_eq!(
-        (heard["callId"].as_str(), heard["event"].as_str()),
-        (Some(id.as_str()), Some("call.ended")),
+        next_call_event(&mut a1).await,
+        (id, "call.ended".into()),
         "an ended call is not replayed as answered"
     );
 }
