@@ -196,7 +196,12 @@ async fn serve_joined<S, K, E>(
                 }
                 Some(SessionOut::Close) | None => {
                     left = true;
-                    closing = Some(if shut_down { CloseReason::GoingAway } else { CloseReason::Left });
+                    // A stopping node drops every session's outbox: that is
+                    // the node going away too, even for a session that never
+                    // became a participant (a join refused while draining),
+                    // whichever of the two this select saw first.
+                    let node_stopping = state.lifecycle.phase() == control::lifecycle::Phase::Stopping;
+                    closing = Some(if shut_down || node_stopping { CloseReason::GoingAway } else { CloseReason::Left });
                     break;
                 }
             },
