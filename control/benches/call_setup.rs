@@ -33,6 +33,7 @@ fn service(store: Arc<dyn Store>) -> CallService {
             app_version: None,
             capabilities: Capabilities::default(),
             last_seen_at: T0,
+            region: None,
         })
         .unwrap();
     CallService {
@@ -43,6 +44,7 @@ fn service(store: Arc<dyn Store>) -> CallService {
         timeouts: Timeouts::default(),
         max_ringing_devices: 3,
         event_webhooks: Vec::new(),
+        placer: None,
     }
 }
 
@@ -70,6 +72,7 @@ fn setups(c: &mut Criterion) {
                     callees: &callees,
                     call_type: CallType::Audio,
                     caller_display: Default::default(),
+                    caller_region: None,
                 };
                 svc.create(new, T0 + n).unwrap();
                 svc.accept(&id, "bob", "b1", T0 + n).unwrap();
@@ -147,6 +150,7 @@ fn concurrent_setups(
                         callees: &callees,
                         call_type: CallType::Audio,
                         caller_display: Default::default(),
+                        caller_region: None,
                     };
                     let now = T0 + i;
                     svc.create(new, now).unwrap();

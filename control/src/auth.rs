@@ -417,6 +417,7 @@ mod tests {
             participant_id: "p".into(),
             permissions: signaling::Permissions::ALL,
             group: false,
+            node: None,
         });
         assert!(
             auth()

@@ -38,6 +38,9 @@ pub struct CallGrant {
     /// the 1:1 fast path's bandwidth feedback, so the SFU spares every
     /// member's subscriber connection the estimator.
     pub group: bool,
+    /// The node hosting the call's room (`crate::placement`): any other
+    /// node refuses the join with `wrong_node`. `None`: any node.
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +59,9 @@ struct Claims {
     /// Absent in tokens minted before it existed: not a group.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     group: bool,
+    /// Absent in tokens of unplaced calls: any node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,6 +120,7 @@ impl CallTokens {
             permissions: grant.permissions,
             media_mode: MediaMode::Sfu,
             group: grant.group,
+            node: grant.node.clone(),
         };
         // HS256 signing of a serializable struct cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -160,6 +167,7 @@ impl CallTokens {
             participant_id: claims.participant_id,
             permissions: claims.permissions,
             group: claims.group,
+            node: claims.node,
         })
     }
 }
@@ -193,6 +201,7 @@ mod tests {
                 subscribe: true,
             },
             group: false,
+            node: None,
         }
     }
 
@@ -219,6 +228,7 @@ mod tests {
         assert_eq!(t.verify(&t.mint(&grant())).unwrap(), grant());
         let group = CallGrant {
             group: true,
+            node: Some("eu-1".into()),
             ..grant()
         };
         assert_eq!(t.verify(&t.mint(&group)).unwrap(), group);

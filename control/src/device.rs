@@ -84,6 +84,10 @@ pub struct Device {
     pub app_version: Option<String>,
     pub capabilities: Capabilities,
     pub last_seen_at: u64,
+    /// The region the app says the device is in (`eu-west`): rooms of its
+    /// calls are placed near it (`crate::placement`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,6 +141,13 @@ impl Device {
             }
             _ => {}
         }
+        if self
+            .region
+            .as_deref()
+            .is_some_and(|r| !crate::placement::valid_region(r))
+        {
+            return Err(InvalidDevice("region must be 1-32 characters of [a-z0-9-]"));
+        }
         if has_apns && (self.apns_environment.is_none() || self.bundle_id.is_none()) {
             return Err(InvalidDevice(
                 "APNs tokens need apnsEnvironment and bundleId",
@@ -185,6 +196,7 @@ mod tests {
                 telecom: false,
             },
             last_seen_at: 0,
+            region: None,
         }
     }
 

@@ -3,7 +3,8 @@
 //! (`device`), the store (`store`), the call service and its HTTP API
 //! (`service`, `api`), ringing devices (`ringing`) and pushing them
 //! (`push`), TURN credentials for join info (`turn_issuer`), the node's serving /
-//! draining / stopping phase (`lifecycle`), the node registry (`nodes`), rate
+//! draining / stopping phase (`lifecycle`), the node registry (`nodes`) and
+//! room placement on it (`placement`), rate
 //! limits and metrics. `README.md` says what it owns.
 
 pub mod api;
@@ -14,6 +15,7 @@ pub mod device;
 pub mod lifecycle;
 pub mod metrics;
 pub mod nodes;
+pub mod placement;
 pub mod push;
 pub mod rate_limit;
 pub mod ringing;

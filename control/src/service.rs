@@ -78,6 +78,9 @@ pub struct CallService {
     /// The app backend's call-event webhook endpoints: each stored change of
     /// a call queues its events for them in the same write (`webhooks`).
     pub event_webhooks: Vec<crate::webhooks::Endpoint>,
+    /// Places new calls' rooms on nodes; `None`: rooms are not placed
+    /// (call control on its own, in tests).
+    pub placer: Option<Arc<crate::placement::Placer>>,
 }
 
 /// The most people one call rings.
@@ -107,6 +110,9 @@ pub struct NewCall<'a> {
     pub callees: &'a [String],
     pub call_type: CallType,
     pub caller_display: CallerDisplay,
+    /// Where the caller is (`X-Switchboard-Region`); else their device's
+    /// registered hint.
+    pub caller_region: Option<&'a str>,
 }
 
 impl CallService {
@@ -118,13 +124,30 @@ impl CallService {
             callees,
             call_type,
             caller_display,
+            caller_region,
         } = new;
         check_callees(caller, callees)?;
         let mut list = Vec::with_capacity(callees.len());
+        // The caller's region first: it breaks ties (`placement::choose`).
+        let mut regions = Vec::new();
+        if self.placer.is_some() {
+            regions.extend(match caller_region {
+                Some(region) => Some(region.to_string()),
+                None => self
+                    .store
+                    .devices_of(caller)?
+                    .into_iter()
+                    .find(|d| d.device_id == device_id)
+                    .and_then(|d| d.region),
+            });
+        }
         for user in callees {
-            let devices = self
-                .store
-                .devices_of(user)?
+            let devices = self.store.devices_of(user)?;
+            if self.placer.is_some() {
+                // Their most recently seen device with a hint speaks for them.
+                regions.extend(devices.iter().find_map(|d| d.region.clone()));
+            }
+            let devices = devices
                 .into_iter()
                 .take(self.max_ringing_devices)
                 .map(|d| d.device_id)
@@ -149,6 +172,12 @@ impl CallService {
             now,
         );
         call.caller_display = caller_display;
+        if let Some(placer) = &self.placer
+            && call.state != crate::call::CallState::Ended
+        {
+            let regions: Vec<&str> = regions.iter().map(String::as_str).collect();
+            call.placement = placer.place(&regions);
+        }
         // Crossed calls: the callee is already ringing the caller. One call
         // results: the first one, answered by this attempt. The store checks
         // and inserts in one atomic step (two crossed creates at the same
@@ -224,6 +253,32 @@ impl CallService {
             }
         }
         Err(ServiceError::Contended)
+    }
+
+    /// The call with its room on a live node: a room whose node is gone
+    /// (stopped heartbeating) moves, by compare-and-set, so participants
+    /// asking at once all get the node the first of them chose.
+    pub fn with_live_room(&self, call: Call) -> Result<Call, ServiceError> {
+        let (Some(placer), Some(placed)) = (&self.placer, &call.placement) else {
+            return Ok(call);
+        };
+        if call.state == crate::call::CallState::Ended || placer.is_alive(placed) {
+            return Ok(call);
+        }
+        let Some(to) = placer.move_from(placed) else {
+            // No active node at all: the join info still names the old
+            // one; its joins fail until a node is back.
+            return Ok(call);
+        };
+        let from = placed.clone();
+        let (call, ()) = self.update(&call.call_id, |c, _| {
+            c.move_room(&from, to.clone());
+            Ok(())
+        })?;
+        if call.placement.as_ref() == Some(&to) {
+            tracing::info!(call_id = %call.call_id, from = %from.node_id, to = %to.node_id, epoch = to.epoch, "room moved off a node that is gone");
+        }
+        Ok(call)
     }
 
     pub fn accept(

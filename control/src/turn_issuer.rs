@@ -25,14 +25,27 @@ pub struct IceServer {
 }
 
 impl TurnIssuer {
+    /// This node's relay.
     pub fn ice_servers(&self, user_id: &str, now: UnixMillis) -> Vec<IceServer> {
-        if self.urls.is_empty() {
+        self.ice_servers_at(&self.urls, user_id, now)
+    }
+
+    /// The relay at `urls`: another node's, next to the room it hosts.
+    /// The nodes of a cluster share the TURN secret, so credentials minted
+    /// here work there.
+    pub fn ice_servers_at(
+        &self,
+        urls: &[String],
+        user_id: &str,
+        now: UnixMillis,
+    ) -> Vec<IceServer> {
+        if urls.is_empty() {
             return Vec::new();
         }
         let expires_at = now / 1000 + self.ttl.as_secs();
         let c = turn::credentials::mint(&self.secret, user_id, expires_at);
         vec![IceServer {
-            urls: self.urls.clone(),
+            urls: urls.to_vec(),
             username: c.username,
             credential: c.password,
         }]

@@ -29,6 +29,7 @@ fn ios(device: &str, user: &str, voip: &str, seen: u64) -> Device {
         app_version: None,
         capabilities: Capabilities::default(),
         last_seen_at: seen,
+        region: None,
     }
 }
 

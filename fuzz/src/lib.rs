@@ -321,6 +321,7 @@ impl CallApi {
             },
             max_ringing_devices: 3,
             event_webhooks: Vec::new(),
+            placer: None,
         };
         let unlimited = Rate::per_second(1_000_000);
         let state = control::api::ControlState {

@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use signaling::ClientMessage;
 use signaling::client::SignalingClient;
+use signaling::{ClientMessage, ServerMessage};
 use tokio::net::UdpSocket;
 
 use crate::bot::{Bot, MediaShape};
@@ -38,6 +38,40 @@ pub struct BotPlan {
     pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
 }
 
+/// Redirects a join follows before it gives up.
+const MAX_MOVES: usize = 3;
+
+/// Connects and joins at `url`, following `wrong_node` to the node that
+/// hosts the room; returns the socket and the server's answer to the join.
+async fn join(url: &str, token: &str) -> Result<(SignalingClient, ServerMessage), RunError> {
+    let signaling = |e: signaling::client::ClientError| RunError::Signaling(e.to_string());
+    let mut url = url.to_string();
+    for _ in 0..=MAX_MOVES {
+        let mut ws = SignalingClient::connect(&url).await.map_err(signaling)?;
+        ws.send(&ClientMessage::Join {
+            protocol_version: signaling::PROTOCOL_VERSION,
+            token: token.to_string(),
+            auto_subscribe: true,
+            resume_participant_id: None,
+        })
+        .await
+        .map_err(signaling)?;
+        let answer = tokio::time::timeout(Duration::from_secs(10), ws.recv())
+            .await
+            .map_err(|_| RunError::Signaling("no answer to join".into()))?
+            .map_err(signaling)?;
+        match answer {
+            ServerMessage::Error {
+                code: signaling::ErrorCode::WrongNode,
+                rtc_url: Some(there),
+                ..
+            } => url = there,
+            answer => return Ok((ws, answer)),
+        }
+    }
+    Err(RunError::Signaling("sent from node to node".into()))
+}
+
 /// Joins, publishes if asked, and runs until `plan.until`; returns the bot
 /// with what it measured.
 pub async fn run_bot(plan: BotPlan) -> Result<Bot, RunError> {
@@ -52,17 +86,8 @@ pub async fn run_bot(plan: BotPlan) -> Result<Bot, RunError> {
     bot.record = plan.record;
     bot.media = plan.media;
     let signaling = |e: signaling::client::ClientError| RunError::Signaling(e.to_string());
-    let mut ws = SignalingClient::connect(&plan.url)
-        .await
-        .map_err(signaling)?;
-    ws.send(&ClientMessage::Join {
-        protocol_version: signaling::PROTOCOL_VERSION,
-        token: plan.token.clone(),
-        auto_subscribe: true,
-        resume_participant_id: None,
-    })
-    .await
-    .map_err(signaling)?;
+    let (mut ws, answer) = join(&plan.url, &plan.token).await?;
+    bot.handle_message(answer);
     if plan.publish {
         bot.publish();
     }

@@ -39,6 +39,9 @@ pub struct JoinInfo {
     pub call_id: String,
     pub call_token: String,
     pub rtc_path: String,
+    /// The signaling socket of the node hosting the room (`ws(s)://`);
+    /// `None`: `rtc_path` on the API's host.
+    pub rtc_url: Option<String>,
     pub ice_servers: Vec<IceServer>,
     /// The other side is in the call already: a create that the server
     /// made the answer to a crossed call (not `ringing`).
@@ -239,6 +242,10 @@ fn join_info(v: Value) -> Result<JoinInfo, ApiError> {
         call_id: call_id.to_string(),
         call_token: call_token.to_string(),
         rtc_path: v["rtcPath"].as_str().unwrap_or("/v1/rtc").to_string(),
+        rtc_url: v["rtcUrl"]
+            .as_str()
+            .filter(|u| u.starts_with("ws://") || u.starts_with("wss://"))
+            .map(str::to_string),
         ice_servers: serde_json::from_value(v["iceServers"].clone()).unwrap_or_default(),
         answered: call["state"] != "ringing",
     })

@@ -892,11 +892,17 @@ impl Driver {
         if let Some(old) = call.rtc.take() {
             let _ = old.send(RtcCommand::Leave);
         }
-        let (ice_servers, rtc_path) = call
-            .join
-            .as_ref()
-            .map(|j| (j.ice_servers.clone(), j.rtc_path.clone()))
-            .unwrap_or_else(|| (Vec::new(), "/v1/rtc".into()));
+        // The node hosting the room when the server placed it; else this
+        // API's host.
+        let (ice_servers, url) = match &call.join {
+            Some(j) => (
+                j.ice_servers.clone(),
+                j.rtc_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{}{}", ws_base(self.api.base()), j.rtc_path)),
+            ),
+            None => (Vec::new(), format!("{}/v1/rtc", ws_base(self.api.base()))),
+        };
         let (events_tx, media_events) = mpsc::unbounded_channel();
         let session = match self.ports.media.create_session(
             call_id.clone(),
@@ -915,7 +921,7 @@ impl Driver {
             sessions.insert(call_id.clone(), session.clone());
         }
         let (rtc, task) = crate::rtc_session::spawn(RtcSession {
-            url: format!("{}{rtc_path}", ws_base(self.api.base())),
+            url,
             call_id,
             call_token,
             media: session,

@@ -79,7 +79,13 @@ enum SocketEnded {
         joined: bool,
     },
     Failed(String),
+    /// `wrong_node`: the room is on the node at this URL.
+    Moved(String),
 }
+
+/// Redirects a session follows (`wrong_node`) before it gives up: two
+/// nodes pointing at each other must not keep it busy.
+const MAX_MOVES: usize = 3;
 
 /// The SDP exchange's state on the publisher connection: one offer out at
 /// a time, so an ICE restart asked for meanwhile waits for the answer.
@@ -95,6 +101,7 @@ impl Running {
         let mut grace = DEFAULT_GRACE;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut resume_by: Option<Instant> = None;
+        let mut moves = 0;
         loop {
             let ended = match SignalingClient::connect_with_tls(
                 &self.session.url,
@@ -112,6 +119,15 @@ impl Running {
                 SocketEnded::Left => break,
                 // Refused, removed, or the media failed: not resumable.
                 SocketEnded::Failed(why) => return self.fail(&why),
+                SocketEnded::Moved(url) => {
+                    moves += 1;
+                    if moves > MAX_MOVES {
+                        return self.fail("sent from node to node: giving up");
+                    }
+                    tracing::info!(call_id = %self.session.call_id, "the call's room is on another node; joining there");
+                    self.session.url = url;
+                    continue;
+                }
                 SocketEnded::Dropped { joined } => {
                     if joined {
                         resume_by = None;
@@ -185,7 +201,17 @@ impl Running {
                 }
                 self.track_changes(&joined);
             }
-            Ok(Some(ServerMessage::Error { code, message })) => {
+            Ok(Some(ServerMessage::Error {
+                code: signaling::ErrorCode::WrongNode,
+                rtc_url: Some(url),
+                ..
+            })) if url.starts_with("ws://") || url.starts_with("wss://") => {
+                return SocketEnded::Moved(url);
+            }
+            // A `wrong_node` without a URL (the node is gone) fails here
+            // too: the call engine rejoins with a fresh token, which moves
+            // the room to a live node.
+            Ok(Some(ServerMessage::Error { code, message, .. })) => {
                 return SocketEnded::Failed(format!("join refused: {code:?}: {message}"));
             }
             _ => return SocketEnded::Dropped { joined: false },
@@ -282,7 +308,7 @@ impl Running {
             ServerMessage::Left { reason } => {
                 return Err(SocketEnded::Failed(format!("removed: {reason:?}")));
             }
-            ServerMessage::Error { code, message } => {
+            ServerMessage::Error { code, message, .. } => {
                 tracing::warn!(call_id = %self.session.call_id, ?code, %message, "signaling error");
             }
             _ => {}

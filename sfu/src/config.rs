@@ -65,6 +65,9 @@ pub struct Config {
     pub node_id: String,
     /// This node's region (room placement prefers the callers' region).
     pub region: String,
+    /// Where rooms go when no region of a call's people has an active
+    /// node. Empty: this node's `region`.
+    pub placement_fallback_region: String,
     /// Where clients reach this node (`https://sfu-1.example.com`). Empty:
     /// `http://<first announced IP>:<HTTP port>`.
     pub public_url: String,
@@ -237,6 +240,7 @@ impl Default for Config {
             redis_namespace: "switchboard".into(),
             node_id: String::new(),
             region: "default".into(),
+            placement_fallback_region: String::new(),
             public_url: String::new(),
             api_keys: Vec::new(),
             event_webhooks: Vec::new(),
@@ -372,6 +376,9 @@ impl Config {
         if let Some(v) = var("SWITCHBOARD_REGION") {
             self.region = v;
         }
+        if let Some(v) = var("SWITCHBOARD_PLACEMENT_FALLBACK_REGION") {
+            self.placement_fallback_region = v;
+        }
         if let Some(v) = var("SWITCHBOARD_PUBLIC_URL") {
             self.public_url = v;
         }
@@ -480,6 +487,19 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "announce_ips cannot hold 0.0.0.0 or ::".into(),
             ));
+        }
+        if !control::placement::valid_region(&self.region)
+            || !(self.placement_fallback_region.is_empty()
+                || control::placement::valid_region(&self.placement_fallback_region))
+        {
+            return Err(ConfigError::Invalid(
+                "region and placement_fallback_region are 1-32 characters of [a-z0-9-]".into(),
+            ));
+        }
+        if !self.public_url.is_empty()
+            && !(self.public_url.starts_with("https://") || self.public_url.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid("public_url must be http(s)".into()));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid("log_format is text or json".into()));

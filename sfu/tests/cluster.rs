@@ -27,9 +27,19 @@ async fn node(redis: &RedisServer, namespace: &str) -> Running {
 }
 
 async fn node_pushing(redis: &RedisServer, namespace: &str, push: Arc<RecordingPush>) -> Running {
+    node_in_region(redis, namespace, push, "default").await
+}
+
+async fn node_in_region(
+    redis: &RedisServer,
+    namespace: &str,
+    push: Arc<RecordingPush>,
+    region: &str,
+) -> Running {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let url = redis.url();
     let namespace = namespace.to_string();
+    let region = region.to_string();
     // In one process every node has the host's name: name them apart.
     let id = format!(
         "node-{}",
@@ -40,6 +50,7 @@ async fn node_pushing(redis: &RedisServer, namespace: &str, push: Arc<RecordingP
             c.redis_url = Some(url);
             c.redis_namespace = namespace;
             c.node_id = id;
+            c.region = region;
         },
         push,
     )
@@ -666,4 +677,325 @@ async fn a_node_drained_through_the_api_exits_0() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Until every node's copy of the registry (refreshed at its heartbeat)
+/// lists all of them: placement reads that copy.
+async fn wait_for_registry(nodes: &[&Running]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while nodes
+        .iter()
+        .any(|n| n.state.nodes.all().len() < nodes.len())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nodes never all listed each other"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The signaling URL a node's join info names.
+fn rtc_url_of(node: &Running) -> String {
+    format!("ws://{}/v1/rtc", node.http_addr)
+}
+
+/// Sends a join with `token` to `url`; the server's first answer.
+async fn first_answer_to_join(url: &str, token: &str) -> signaling::ServerMessage {
+    let mut ws = signaling::client::SignalingClient::connect(url)
+        .await
+        .unwrap();
+    ws.send(&signaling::ClientMessage::Join {
+        protocol_version: signaling::PROTOCOL_VERSION,
+        token: token.to_string(),
+        auto_subscribe: true,
+        resume_participant_id: None,
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), ws.recv())
+        .await
+        .expect("an answer to the join")
+        .unwrap()
+}
+
+/// A call made through a node in Europe by a caller who says she is in the
+/// US, to a callee whose phone hints the US, is placed on the least loaded
+/// US node: create and accept name that node (`rtcUrl`), a join with the
+/// call token on the European node gets `wrong_node` with that URL, bots
+/// sent there follow it, and both talk through the placed node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_placed_in_its_region_and_a_join_elsewhere_is_sent_there() {
+    let redis = RedisServer::start();
+    let push = Arc::new(RecordingPush::default());
+    let eu = node_in_region(&redis, "place", push.clone(), "eu").await;
+    let us_a = node_in_region(&redis, "place", push.clone(), "us").await;
+    let us_b = node_in_region(&redis, "place", push, "us").await;
+    wait_for_registry(&[&eu, &us_a, &us_b]).await;
+    let (status, body) = api(
+        &eu,
+        "POST",
+        "/v1/devices",
+        "bob",
+        json!({"deviceId": "bob-d", "platform": "web", "region": "us"}),
+    )
+    .await;
+    assert_eq!((status, &body["region"]), (200, &json!("us")), "{body}");
+    let (status, body) = api(
+        &eu,
+        "POST",
+        "/v1/devices",
+        "bob",
+        json!({"deviceId": "bob-x", "platform": "web", "region": "US East"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (400, &json!("invalid_device")),
+        "{body}"
+    );
+
+    let auth = format!("Bearer {}", user_token("alice"));
+    let body = json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "alice-d"});
+    let create_saying = |region: &'static str| {
+        let (auth, body) = (auth.clone(), body.to_string());
+        let addr = eu.http_addr;
+        async move {
+            let headers = [
+                ("Authorization", auth.as_str()),
+                ("X-Switchboard-Region", region),
+            ];
+            let (status, text) = request(addr, "POST", "/v1/calls", &headers, &body).await;
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, refused) = create_saying("Mars!").await;
+    assert_eq!(
+        (status, &refused["code"]),
+        (400, &json!("bad_request")),
+        "{refused}"
+    );
+    let (status, created) = create_saying("us").await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    // Both US nodes are idle: the lower node id breaks the tie.
+    let host = [&us_a, &us_b]
+        .into_iter()
+        .min_by_key(|n| n.state.node_id.to_string())
+        .unwrap();
+    assert_eq!(created["rtcUrl"], rtc_url_of(host), "{created}");
+    let (status, accepted) = api(
+        &eu,
+        "POST",
+        &format!("/v1/calls/{call_id}/accept"),
+        "bob",
+        json!({"deviceId": "bob-d"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{accepted}");
+    assert_eq!(accepted["rtcUrl"], created["rtcUrl"], "{accepted}");
+
+    let alice_token = created["callToken"].as_str().unwrap().to_string();
+    let bob_token = accepted["callToken"].as_str().unwrap().to_string();
+    match first_answer_to_join(&rtc_url_of(&eu), &alice_token).await {
+        signaling::ServerMessage::Error {
+            code: signaling::ErrorCode::WrongNode,
+            rtc_url,
+            ..
+        } => assert_eq!(rtc_url, Some(rtc_url_of(host))),
+        other => panic!("expected wrong_node, got {other:?}"),
+    }
+
+    // Alice's bot is sent to the European node and follows the redirect.
+    let talk = Duration::from_secs(3);
+    let (elsewhere, there) = (rtc_url_of(&eu), rtc_url_of(host));
+    let (a, b) = tokio::join!(
+        common::live::run_bot("alice", &elsewhere, alice_token, talk),
+        common::live::run_bot("bob", &there, bob_token, talk),
+    );
+    let (alice, bob) = (
+        a.participant_id.clone().unwrap(),
+        b.participant_id.clone().unwrap(),
+    );
+    assert!(
+        a.received_from(&bob) > 20,
+        "alice got {} packets",
+        a.received_from(&bob)
+    );
+    assert!(
+        b.received_from(&alice) > 20,
+        "bob got {} packets",
+        b.received_from(&alice)
+    );
+    let (_, call) = api(
+        &eu,
+        "GET",
+        &format!("/v1/calls/{call_id}"),
+        "alice",
+        Value::Null,
+    )
+    .await;
+    assert!(call["connectedAt"].is_u64(), "{call}");
+    // Placement decisions are counted by region.
+    let (_, metrics) = request(eu.http_addr, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"switchboard_placements_total{choice="participants",region="us"} 1"#),
+        "{metrics}"
+    );
+    for n in [eu, us_a, us_b] {
+        n.shutdown().await;
+    }
+}
+
+/// The node hosting a connected call's room is killed (`kill -9`): both
+/// participants ask another node for a fresh call token at once, the room
+/// moves by compare-and-set to the one live node (both get the same
+/// `rtcUrl`, epoch 2), they talk there, and the call ends `completed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_node_died_moves_once_and_the_call_goes_on() {
+    use common::live::post_json;
+    let redis = RedisServer::start();
+    let mut first = process_node(&redis, "failover", "node-a", &[]).await;
+    let mut second = process_node(&redis, "failover", "node-b", &[]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, list) = list_nodes(first.http).await;
+        if node_ids(&list).len() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never both listed: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One more beat, so both nodes' copies list both.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = post_json(
+        first.http,
+        "/v1/devices",
+        "bob",
+        json!({"deviceId": "b1", "platform": "web"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, created) = post_json(
+        first.http,
+        "/v1/calls",
+        "alice",
+        json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "a1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let (status, accepted) = post_json(
+        first.http,
+        &format!("/v1/calls/{call_id}/accept"),
+        "bob",
+        json!({"deviceId": "b1"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{accepted}");
+    let placed_url = created["rtcUrl"].as_str().unwrap().to_string();
+    let (dead, live) = if placed_url == format!("ws://{}/v1/rtc", first.http) {
+        (&mut first, &second)
+    } else {
+        assert_eq!(placed_url, format!("ws://{}/v1/rtc", second.http));
+        (&mut second, &first)
+    };
+    // They talk; 2 s in, their node dies under them (the bots stop when
+    // their signaling drops, without leaving: nobody tells the call).
+    let talk = Duration::from_secs(30);
+    let bots = tokio::spawn({
+        let (url, alice, bob) = (
+            placed_url.clone(),
+            created["callToken"].as_str().unwrap().to_string(),
+            accepted["callToken"].as_str().unwrap().to_string(),
+        );
+        async move {
+            tokio::join!(
+                common::live::run_bot("alice", &url, alice, talk),
+                common::live::run_bot("bob", &url, bob, talk),
+            )
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = dead.child.kill();
+    let _ = dead.child.wait();
+    let killed = std::time::Instant::now();
+    let (a, b) = tokio::time::timeout(Duration::from_secs(10), bots)
+        .await
+        .expect("the bots notice their node died")
+        .unwrap();
+    assert!(a.received_from(b.participant_id.as_deref().unwrap()) > 10);
+    let live_url = format!("ws://{}/v1/rtc", live.http);
+    let token_path = format!("/v1/calls/{call_id}/token");
+    // Until the live node sees the dead one gone (its heartbeat expires
+    // within 6 s, then the next beat), tokens still name the dead node.
+    let (alice_join, bob_join) = loop {
+        let (a, b) = tokio::join!(
+            post_json(live.http, &token_path, "alice", json!({})),
+            post_json(live.http, &token_path, "bob", json!({})),
+        );
+        assert_eq!((a.0, b.0), (200, 200), "{} {}", a.1, b.1);
+        if a.1["rtcUrl"] == live_url || b.1["rtcUrl"] == live_url {
+            break (a.1, b.1);
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(12),
+            "the room never moved: {}",
+            a.1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(alice_join["rtcUrl"], live_url, "{alice_join}");
+    assert_eq!(bob_join["rtcUrl"], live_url, "{bob_join}");
+    eprintln!(
+        "the room moved {:?} after its node was killed",
+        killed.elapsed()
+    );
+    let talk = Duration::from_secs(3);
+    let (a, b) = tokio::join!(
+        common::live::run_bot(
+            "alice",
+            &live_url,
+            alice_join["callToken"].as_str().unwrap().into(),
+            talk
+        ),
+        common::live::run_bot(
+            "bob",
+            &live_url,
+            bob_join["callToken"].as_str().unwrap().into(),
+            talk
+        ),
+    );
+    let (alice, bob) = (
+        a.participant_id.clone().unwrap(),
+        b.participant_id.clone().unwrap(),
+    );
+    assert!(
+        a.received_from(&bob) > 20,
+        "alice got {} packets",
+        a.received_from(&bob)
+    );
+    assert!(
+        b.received_from(&alice) > 20,
+        "bob got {} packets",
+        b.received_from(&alice)
+    );
+    let (status, ended) = post_json(
+        live.http,
+        &format!("/v1/calls/{call_id}/end"),
+        "alice",
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{ended}");
+    assert_eq!(ended["call"]["state"], "ended", "{ended}");
+    assert_eq!(ended["call"]["endReason"], "completed", "{ended}");
 }

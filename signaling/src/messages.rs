@@ -150,6 +150,10 @@ pub enum ErrorCode {
     /// The connection did not read what the server sent fast enough; the
     /// server closes it (the participant may resume on a new one).
     SlowConsumer,
+    /// The call's room is on another node: join at `rtcUrl` with the same
+    /// token, or, without `rtcUrl` (that node is gone), get a fresh call
+    /// token, which places the room on a live node.
+    WrongNode,
     Internal,
     /// A code a newer server knows and this build does not.
     #[serde(other)]
@@ -278,6 +282,10 @@ pub enum ServerMessage {
     Error {
         code: ErrorCode,
         message: String,
+        /// With `wrong_node`: the signaling WebSocket of the node that hosts
+        /// the call's room, to join there with the same token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rtc_url: Option<String>,
     },
     /// A message type a newer server sends and this build does not know:
     /// clients ignore it (apps in the stores must survive new messages).
@@ -291,6 +299,7 @@ impl ServerMessage {
         ServerMessage::Error {
             code,
             message: message.into(),
+            rtc_url: None,
         }
     }
 }

@@ -118,6 +118,10 @@ where
 /// The SFU's signaling WebSocket, on the same HTTP port as this API.
 pub const RTC_PATH: &str = "/v1/rtc";
 
+/// Where the caller is, as the app (or its edge) knows it: the room of the
+/// call goes near it (`crate::placement`).
+pub const REGION_HEADER: &str = "x-switchboard-region";
+
 /// Every route this API serves. The router is built from this list, and
 /// `sfu/tests/contract.rs` checks it against `control/openapi.yaml`.
 pub fn routes() -> Vec<Route> {
@@ -503,6 +507,17 @@ async fn create_call(
     }
     let raw: Value = body(req)?;
     let req: CreateCall = from_object(raw.clone())?;
+    let caller_region = match headers.get(REGION_HEADER) {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(region) if crate::placement::valid_region(region) => Some(region.to_string()),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "X-Switchboard-Region must be 1-32 characters of [a-z0-9-]",
+                ));
+            }
+        },
+    };
     if !valid_id(&req.device_id) || !req.callee_user_ids.iter().all(|u| valid_id(u)) {
         return Err(ApiError::bad_request(
             "ids must be 1-128 printable characters",
@@ -539,7 +554,13 @@ async fn create_call(
         let request = format!("POST /v1/calls {raw}");
         let created = reserve_key(&state, &headers, &caller.user_id, &request, &call_id)
             .and_then(|reserved| {
-                let outcome = create_or_replay(&state, &reserved, &call_id, &caller.user_id, req);
+                let outcome = create_or_replay(
+                    &state,
+                    &reserved,
+                    &call_id,
+                    (&caller.user_id, caller_region.as_deref()),
+                    req,
+                );
                 let status = outcome
                     .as_ref()
                     .map_or_else(|e| e.status, |_| StatusCode::CREATED);
@@ -575,7 +596,7 @@ fn create_or_replay(
     state: &ControlState,
     reserved: &Option<IdempotencyRecord>,
     call_id: &str,
-    caller: &str,
+    (caller, caller_region): (&str, Option<&str>),
     req: CreateCall,
 ) -> Result<Call, ApiError> {
     Ok(match reserved {
@@ -601,6 +622,7 @@ fn create_or_replay(
                     display_name: req.caller_display_name,
                     avatar_url: req.caller_avatar_url,
                 },
+                caller_region,
             };
             let call = state.service.create(new, now_ms())?;
             tracing::info!(call_id = %call.call_id, user_id = %caller, device_id = %req.device_id, state = ?call.state, "call created");
@@ -675,18 +697,43 @@ fn with_token(state: &ControlState, call: &Call, user: &str) -> Result<CallWithT
                 subscribe: true,
             },
             group: call.participants.len() > 2,
+            node: call.placement.as_ref().map(|p| p.node_id.clone()),
         })
     });
-    let ice_servers = match (&call_token, &state.turn) {
-        (Some(_), Some(turn)) => turn.ice_servers(user, now_ms()),
+    // The placed node as the registry last listed it: its signaling URL
+    // and its TURN relay. Unknown (not placed, or gone): this node's.
+    let host = call.placement.as_ref().and_then(|placed| {
+        let placer = state.service.placer.as_ref()?;
+        placer.nodes.get(&placed.node_id)
+    });
+    let ice_servers = match (&call_token, &state.turn, &host) {
+        (Some(_), Some(turn), Some(host)) => turn.ice_servers_at(&host.turn_urls, user, now_ms()),
+        (Some(_), Some(turn), None) => turn.ice_servers(user, now_ms()),
         _ => Vec::new(),
     };
     Ok(CallWithToken {
         call: CallView::of(call),
+        rtc_url: call_token
+            .as_ref()
+            .and(host.as_ref())
+            .map(|h| rtc_url(&h.public_url)),
         call_token,
         rtc_path: RTC_PATH,
         ice_servers,
     })
+}
+
+/// The signaling WebSocket URL of a node reached at `public_url`.
+pub fn rtc_url(public_url: &str) -> String {
+    let base = public_url.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_string()
+    };
+    format!("{ws}{RTC_PATH}")
 }
 
 /// The call, if `user` is in it; otherwise it does not exist for them (404).
@@ -808,8 +855,13 @@ async fn call_action(
             CallAction::End => c.end(user, now, fx),
         });
         let answer = updated
+            .and_then(|(call, ())| match action {
+                // The room's node may have died while the call rang.
+                CallAction::Accept => state.service.with_live_room(call),
+                _ => Ok(call),
+            })
             .map_err(ApiError::from)
-            .and_then(|(call, ())| Ok((with_token(&state, &call, user)?, call)));
+            .and_then(|call| Ok((with_token(&state, &call, user)?, call)));
         let status = answer.as_ref().map_or_else(|e| e.status, |_| StatusCode::OK);
         settle_key(&state, reserved.as_ref(), &reservation, status);
         let (view, call) = answer?;
@@ -827,6 +879,9 @@ async fn fresh_token(
 ) -> Result<Json<CallWithToken>, ApiError> {
     blocking(move || {
         let call = call_of(&state, &call_id, &caller.user_id)?;
+        // A rejoin after the room's node died: the first participant to
+        // ask moves the room, the others find it moved.
+        let call = state.service.with_live_room(call)?;
         let view = with_token(&state, &call, &caller.user_id)?;
         if view.call_token.is_none() {
             return Err(ApiError::new(

@@ -18,6 +18,7 @@ pub struct DeviceRequest {
     app_version: Option<String>,
     #[serde(default, deserialize_with = "object")]
     capabilities: Capabilities,
+    region: Option<String>,
 }
 
 /// A nested JSON object only (see `super::body`: derived structs would also
@@ -39,6 +40,7 @@ impl DeviceRequest {
             app_version: self.app_version,
             capabilities: self.capabilities,
             last_seen_at: now,
+            region: self.region,
         }
     }
 }
@@ -113,6 +115,11 @@ pub struct CallWithToken {
     pub call_token: Option<String>,
     /// The signaling WebSocket path on this server.
     pub rtc_path: &'static str,
+    /// The signaling WebSocket of the node hosting the call's room
+    /// (`ws://` or `wss://`); absent when the room is not placed (any
+    /// node: `rtcPath` on the one asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtc_url: Option<String>,
     /// TURN servers with short-lived credentials, for the peer connections.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ice_servers: Vec<crate::turn_issuer::IceServer>,

@@ -254,6 +254,10 @@ pub struct Call {
     /// How callees' phones show the caller (push payload only).
     #[serde(default)]
     pub caller_display: CallerDisplay,
+    /// The node hosting the call's room (`crate::placement`); absent in
+    /// calls stored before placement and on nodes without a registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::placement::Placement>,
 }
 
 /// The caller as the callee's incoming-call UI shows it, as the caller's
@@ -268,6 +272,19 @@ pub struct CallerDisplay {
 }
 
 impl Call {
+    /// Moves the room to `to` if it is still where `from` put it (a racing
+    /// request may have moved it already: then it stays where that one
+    /// put it). An ended call's room stays where it was.
+    pub fn move_room(
+        &mut self,
+        from: &crate::placement::Placement,
+        to: crate::placement::Placement,
+    ) {
+        if self.state != CallState::Ended && self.placement.as_ref() == Some(from) {
+            self.placement = Some(to);
+        }
+    }
+
     /// Creates a call and rings the callees' devices. A call nobody can be
     /// rung for ends at once (`busy` or `no_devices`).
     pub fn create(
@@ -342,6 +359,7 @@ impl Call {
             connect_deadline: None,
             timeouts,
             caller_display: CallerDisplay::default(),
+            placement: None,
         };
         let callees = || call.participants.iter().filter(|p| p.role == Role::Member);
         if callees().any(|p| p.state == ParticipantState::Ringing) {

@@ -79,6 +79,7 @@ pub fn device(user: &str, id: &str, platform: Platform, push: PushTokens) -> Dev
             telecom: platform == Platform::Android,
         },
         last_seen_at: now_ms(),
+        region: None,
     }
 }
 
@@ -168,6 +169,7 @@ pub fn service_with(
         },
         max_ringing_devices: 5,
         event_webhooks: Vec::new(),
+        placer: None,
     }
 }
 
@@ -183,6 +185,7 @@ pub fn call_bob(service: &CallService, display_name: Option<&str>) -> Call {
             display_name: display_name.map(str::to_string),
             avatar_url: None,
         },
+        caller_region: None,
     };
     service.create(new, now_ms()).unwrap()
 }

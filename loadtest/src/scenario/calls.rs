@@ -255,7 +255,12 @@ async fn one_call(api: &Api, plan: &CallsPlan, i: usize, role: Role) -> CallResu
         }
     };
     if let Some(callee_token) = callee_token {
-        let ws_url = format!("{}/v1/rtc", plan.base_url.replacen("http", "ws", 1));
+        // The node the room was placed on; a bot sent elsewhere follows
+        // `wrong_node` (`runner::join`).
+        let ws_url = created["rtcUrl"].as_str().map_or_else(
+            || format!("{}/v1/rtc", plan.base_url.replacen("http", "ws", 1)),
+            str::to_string,
+        );
         let until = Instant::now() + plan.media;
         let bot = |name: &str, token: String| BotPlan {
             name: name.to_string(),

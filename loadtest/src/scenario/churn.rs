@@ -53,6 +53,7 @@ pub async fn run(plan: &ChurnPlan) -> Report {
             participant_id: name.clone(),
             permissions: Permissions::ALL,
             group: false,
+            node: None,
         });
         let bot = BotPlan {
             name,

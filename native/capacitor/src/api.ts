@@ -12,6 +12,8 @@ export interface JoinInfo {
   callId: string;
   callToken: string;
   rtcPath: string;
+  /** The signaling socket of the node hosting the room, when placed. */
+  rtcUrl?: string;
   iceServers: RTCIceServer[];
 }
 
@@ -75,7 +77,7 @@ export class CallApi {
 }
 
 function joinInfo(value: unknown): JoinInfo {
-  const v = (value ?? {}) as { call?: { callId?: unknown; state?: unknown; endReason?: unknown }; callToken?: unknown; rtcPath?: unknown; iceServers?: unknown };
+  const v = (value ?? {}) as { call?: { callId?: unknown; state?: unknown; endReason?: unknown }; callToken?: unknown; rtcPath?: unknown; rtcUrl?: unknown; iceServers?: unknown };
   if (typeof v.callToken !== "string" || typeof v.call?.callId !== "string") {
     // No token: the call is over already (e.g. the callee has no device).
     throw new SwitchboardError(200, String(v.call?.endReason ?? "call_ended"), `the call is ${String(v.call?.state ?? "over")}`);
@@ -84,6 +86,7 @@ function joinInfo(value: unknown): JoinInfo {
     callId: v.call.callId,
     callToken: v.callToken,
     rtcPath: typeof v.rtcPath === "string" ? v.rtcPath : "/v1/rtc",
+    rtcUrl: typeof v.rtcUrl === "string" && /^wss?:\/\//.test(v.rtcUrl) ? v.rtcUrl : undefined,
     iceServers: Array.isArray(v.iceServers) ? (v.iceServers as RTCIceServer[]) : [],
   };
 }

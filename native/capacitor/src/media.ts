@@ -19,12 +19,17 @@ export interface MediaCallbacks {
 
 type Message = Record<string, any>;
 
+/** Redirects (`wrong_node`) a join follows before it gives up. */
+const MAX_MOVES = 3;
+
 export class WebMedia {
   private ws?: WebSocket;
   private pub: RTCPeerConnection;
   private sub: RTCPeerConnection;
   private participantId?: string;
   private graceMs = 15000;
+  /** `wrong_node` redirects followed (at most [MAX_MOVES]). */
+  private moves = 0;
   private midTrack = new Map<string, string>();
   /** Who published each remote track, from `joined` and `trackPublished`. */
   private trackOwners = new Map<string, TrackOwner>();
@@ -209,6 +214,18 @@ export class WebMedia {
           this.fail(`removed from the call: ${m.reason}`);
           break;
         case "error":
+          if (this.joinedWaiter && m.code === "wrong_node" && /^wss?:\/\//.test(String(m.rtcUrl ?? "")) && this.moves < MAX_MOVES) {
+            // The call's room is on another node: join there.
+            this.moves += 1;
+            this.url = String(m.rtcUrl);
+            const old = this.ws;
+            if (old) {
+              old.onclose = null;
+              old.close();
+            }
+            await this.connect();
+            break;
+          }
           if (this.joinedWaiter) this.fail(`join refused: ${m.code}`);
           break;
       }

@@ -227,7 +227,7 @@ export class SwitchboardWebClient {
   private join(info: JoinInfo, local: MediaStream): void {
     const { callId } = info;
     const wsBase = this.requireApi().base.replace(/^http/, "ws");
-    const media = new WebMedia(`${wsBase}${info.rtcPath}`, info.callToken, info.iceServers, local, {
+    const media = new WebMedia(info.rtcUrl ?? `${wsBase}${info.rtcPath}`, info.callToken, info.iceServers, local, {
       connected: () => this.apply(this.calls.mediaConnected(callId)),
       failed: (reason) => {
         console.warn(`switchboard: call ${callId} media failed: ${reason}`);

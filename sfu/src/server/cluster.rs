@@ -83,7 +83,7 @@ pub(super) fn open_backend(
 
 /// This node's name in the registry and on the relay: `node_id`, else the
 /// host name.
-fn node_id(config: &Config) -> String {
+pub(super) fn node_id(config: &Config) -> String {
     if !config.node_id.is_empty() {
         return config.node_id.clone();
     }
@@ -191,13 +191,14 @@ pub(super) fn spawn_node_heartbeat(
             let beat = tokio::task::spawn_blocking(move || {
                 registry.heartbeat(&record, now, HEARTBEAT_TTL_MS)?;
                 Ok::<_, control::store::StoreError>((
-                    registry.nodes(now)?.len(),
+                    registry.nodes(now)?,
                     registry.drain_asked(&id)?,
                 ))
             });
             match beat.await {
-                Ok(Ok((listed_now, asked))) => {
-                    listed.set(listed_now as i64);
+                Ok(Ok((live, asked))) => {
+                    listed.set(live.len() as i64);
+                    state.nodes.replace(live);
                     // A request made before this process started was for
                     // the drain that ended its predecessor.
                     if asked.is_some_and(|at| at >= me.started_at) && state.lifecycle.is_serving() {

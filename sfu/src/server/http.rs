@@ -214,6 +214,7 @@ async fn dev_token(
         participant_id: participant_id.clone(),
         permissions: req.permissions.unwrap_or(Permissions::ALL),
         group: req.group,
+        node: None,
     };
     let ice_servers = state.turn.as_ref().map_or_else(Vec::new, |t| {
         t.ice_servers(&grant.user_id, control::unix_millis())

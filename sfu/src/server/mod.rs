@@ -51,6 +51,12 @@ pub struct AppState {
     pub turn: Option<Arc<control::turn_issuer::TurnIssuer>>,
     /// Serving, draining or stopping (`Running::drain`).
     pub lifecycle: Arc<Lifecycle>,
+    /// This node's name in the registry: call tokens placed on another
+    /// node are refused here with `wrong_node`.
+    pub node_id: Arc<str>,
+    /// The registry as the last heartbeat read it (where `wrong_node`
+    /// sends a client; what placement chooses from).
+    pub nodes: Arc<control::placement::NodeSnapshot>,
 }
 
 /// A started server. Dropping it does not stop it; call [`Running::shutdown`].
@@ -201,12 +207,14 @@ pub async fn start_with_push(
             None => (None, None),
         };
     let state = AppState {
+        node_id: cluster::node_id(&config).into(),
         config,
         tokens,
         shards,
         metrics,
         turn: turn_issuer.clone(),
         lifecycle: Arc::default(),
+        nodes: Arc::default(),
     };
     let call_metrics = control::metrics::CallMetrics::register(&state.metrics.registry)
         .map_err(|e| StartError::Store(e.to_string()))?;
@@ -214,8 +222,15 @@ pub async fn start_with_push(
         .map_err(|e| StartError::Push(e.to_string()))?;
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let backend = open_backend(&state.config, &state.metrics.registry, shutdown_rx.clone())?;
+    let fallback_region = match state.config.placement_fallback_region.as_str() {
+        "" => state.config.region.clone(),
+        region => region.to_string(),
+    };
+    let placer = control::placement::Placer::new(state.nodes.clone(), fallback_region)
+        .with_metrics(&state.metrics.registry);
     let control = start_control(
         &state.config,
+        Arc::new(placer),
         state.tokens.clone(),
         call_metrics,
         push_metrics,
@@ -325,6 +340,7 @@ pub async fn start_with_push(
 #[allow(clippy::too_many_arguments)] // the composition root: one argument per part
 fn start_control(
     config: &Config,
+    placer: Arc<control::placement::Placer>,
     tokens: Arc<CallTokens>,
     metrics: control::metrics::CallMetrics,
     push_metrics: control::push::metrics::PushMetrics,
@@ -365,6 +381,7 @@ fn start_control(
         },
         max_ringing_devices: config.max_ringing_devices,
         event_webhooks: event_endpoints(config),
+        placer: Some(placer),
     };
     let (requests, creates, rings) = (
         control::rate_limit::Rate::per_second(config.api_requests_per_second),

@@ -379,6 +379,9 @@ fn check_join(text: &str, state: &AppState) -> Result<Joined, ServerMessage> {
         TokenError::Expired => ServerMessage::error(ErrorCode::TokenExpired, e.to_string()),
         TokenError::Invalid(_) => ServerMessage::error(ErrorCode::InvalidToken, e.to_string()),
     })?;
+    if let Some(host) = grant.node.as_deref().filter(|n| *n != &*state.node_id) {
+        return Err(wrong_node(state, host));
+    }
     let command = match resume_participant_id {
         Some(id) if id != grant.participant_id => {
             return Err(ServerMessage::error(
@@ -405,6 +408,23 @@ fn check_join(text: &str, state: &AppState) -> Result<Joined, ServerMessage> {
         participant_id: grant.participant_id,
         command,
     })
+}
+
+/// The answer to a join whose call token places the room on `host`: where
+/// that node's signaling is, as the registry last listed it; no URL if it is
+/// gone (a fresh call token moves the room to a live node).
+fn wrong_node(state: &AppState, host: &str) -> ServerMessage {
+    match state.nodes.get(host) {
+        Some(node) => ServerMessage::Error {
+            code: ErrorCode::WrongNode,
+            message: format!("the call's room is on node {host}: join there"),
+            rtc_url: Some(control::api::rtc_url(&node.public_url)),
+        },
+        None => ServerMessage::error(
+            ErrorCode::WrongNode,
+            format!("the call's room was on node {host}, which is gone: get a fresh call token"),
+        ),
+    }
 }
 
 enum Action {

@@ -20,7 +20,7 @@ export class SwitchboardClient extends EventTarget {
     this.timeline = []; // [what, ms since page load], for time-to-first-frame reports
   }
 
-  async join() {
+  async open() {
     this.ws = new WebSocket(this.url);
     await new Promise((resolve, reject) => {
       this.ws.onopen = resolve;
@@ -28,6 +28,10 @@ export class SwitchboardClient extends EventTarget {
     });
     this.ws.onmessage = (e) => this.onMessage(JSON.parse(e.data));
     this.ws.onclose = () => this.dispatchEvent(new Event("closed"));
+  }
+
+  async join() {
+    await this.open();
     this.pub = this.newPc("publisher");
     this.sub = this.newPc("subscriber");
     this.sub.ontrack = (e) => this.onTrack(e);
@@ -35,8 +39,23 @@ export class SwitchboardClient extends EventTarget {
       pc.onconnectionstatechange = () => this.timeline.push([`${name}:${pc.connectionState}`, Math.round(performance.now())]);
     }
     this.watchFirstMedia();
-    this.send({ type: "join", protocolVersion: 1, token: this.token });
-    const joined = await this.next("joined");
+    // The call's room may be on another node: `wrong_node` says which, and
+    // the join goes there (at most three times: nodes must not ping-pong).
+    let joined;
+    for (let moves = 0; !joined; moves++) {
+      this.send({ type: "join", protocolVersion: 1, token: this.token });
+      const answer = await Promise.race([this.next("joined"), this.next("error")]);
+      if (answer.type === "joined") {
+        joined = answer;
+      } else if (answer.code === "wrong_node" && /^wss?:\/\//.test(answer.rtcUrl ?? "") && moves < 3) {
+        this.ws.onclose = null;
+        this.ws.close();
+        this.url = answer.rtcUrl;
+        await this.open();
+      } else {
+        throw new Error(`join refused: ${answer.code}: ${answer.message}`);
+      }
+    }
     this.participantId = joined.participantId;
     for (const p of joined.participants) this.learnParticipant(p);
     return joined;

@@ -89,6 +89,7 @@ pub fn grant(room: &str, name: &str) -> control::call_token::CallGrant {
         participant_id: format!("p-{name}"),
         permissions: signaling::Permissions::ALL,
         group: false,
+        node: None,
     }
 }
 
