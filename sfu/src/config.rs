@@ -496,9 +496,8 @@ impl Config {
                 "region and placement_fallback_region are 1-32 characters of [a-z0-9-]".into(),
             ));
         }
-        if !self.public_url.is_empty()
-            && !(self.public_url.starts_with("https://") || self.public_url.starts_with("http://"))
-        {
+        let url = &self.public_url;
+        if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
             return Err(ConfigError::Invalid("public_url must be http(s)".into()));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {

@@ -165,6 +165,27 @@ async fn every_documented_error_gets_its_code_and_every_documented_close_its_clo
         "{ended:?}"
     );
 
+    // A call token for a room placed on another node: `wrong_node` (with
+    // no `rtcUrl`: no node of that name heartbeats), and the socket stays.
+    let mut ws = connect(&server).await;
+    let elsewhere = CallTokens::new(
+        PROCESS_CALL_TOKEN_SECRET.as_bytes(),
+        "switchboard",
+        DEFAULT_TTL,
+    )
+    .mint(&control::call_token::CallGrant {
+        node: Some("another-node".into()),
+        ..grant("room-w", "wanda")
+    });
+    ws.send(Message::text(join_message(&elsewhere)))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws, SOON).await, Next::Error("wrong_node".into()));
+    ws.send(Message::text(join_message(&token("room-w", "wanda"))))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut ws, SOON).await, Next::Message("joined".into()));
+
     // Joined: a second join is already_joined; `leave` is answered `left`,
     // then the socket closes normally (1000).
     let mut ws = connect(&server).await;

@@ -21,6 +21,7 @@ test("createCall posts the documented body with the user token and returns the j
     call: { callId: "c1", state: "ringing", somethingNew: 1 },
     callToken: "call-token",
     rtcPath: "/v1/rtc",
+    rtcUrl: "wss://sfu-2.sb.test/v1/rtc",
     iceServers: [{ urls: ["turn:127.0.0.1:3478?transport=udp"], username: "u", credential: "p" }],
   }, seen));
   const info = await api.createCall("bob", true);
@@ -28,6 +29,7 @@ test("createCall posts the documented body with the user token and returns the j
     callId: "c1",
     callToken: "call-token",
     rtcPath: "/v1/rtc",
+    rtcUrl: "wss://sfu-2.sb.test/v1/rtc",
     iceServers: [{ urls: ["turn:127.0.0.1:3478?transport=udp"], username: "u", credential: "p" }],
   });
   assert.equal(seen[0].url, "http://sb.test/v1/calls");
