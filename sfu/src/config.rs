@@ -488,6 +488,19 @@ impl Config {
                 "announce_ips cannot hold 0.0.0.0 or ::".into(),
             ));
         }
+        // A node mints call tokens and TURN credentials for rooms other
+        // nodes host: a secret of its own would make them fail there.
+        if self.redis_url.is_some() && self.call_token_secret.is_empty() {
+            return Err(ConfigError::Invalid(
+                "a cluster (redis_url) needs call_token_secret, the same on every node".into(),
+            ));
+        }
+        if self.redis_url.is_some() && self.turn.enabled && self.turn.secrets.is_empty() {
+            return Err(ConfigError::Invalid(
+                "a cluster (redis_url) with TURN needs [turn] secrets, the same on every node"
+                    .into(),
+            ));
+        }
         if !control::placement::valid_region(&self.region)
             || !(self.placement_fallback_region.is_empty()
                 || control::placement::valid_region(&self.placement_fallback_region))
@@ -660,6 +673,21 @@ mod tests {
             call_token_secret: "short".into(),
             ..Config::default()
         };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_cluster_node_needs_the_secrets_every_node_shares() {
+        let mut c = Config {
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        c.call_token_secret = "s".repeat(32);
+        assert!(c.validate().is_err());
+        c.turn.secrets = vec!["t".repeat(32)];
+        c.validate().unwrap();
+        c.region = "EU West".into();
         assert!(c.validate().is_err());
     }
 

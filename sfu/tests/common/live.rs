@@ -51,6 +51,8 @@ fn test_config(adjust: impl FnOnce(&mut Config)) -> Config {
         turn: sfu::config::TurnSettings {
             udp_listen: Some("127.0.0.1:0".parse().unwrap()),
             tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            // Shared by the nodes of a test's cluster, as a deployment's must.
+            secrets: vec!["live-turn-secret-live-turn-secret-live".into()],
             ..Default::default()
         },
         api_keys: vec![control::auth::ApiKey {
@@ -224,6 +226,11 @@ pub async fn spawn_switchboard_under(
             format!("{API_KEY_ID}:{API_KEY_SECRET}"),
         )
         .env("SWITCHBOARD_CALL_TOKEN_SECRET", PROCESS_CALL_TOKEN_SECRET)
+        // Nodes of one test's cluster share it, as a deployment's must.
+        .env(
+            "SWITCHBOARD_TURN_SECRET",
+            "process-turn-secret-process-turn-secret",
+        )
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null());
     for (k, v) in env {
