@@ -847,6 +847,13 @@ async fn a_call_is_placed_in_its_region_and_a_join_elsewhere_is_sent_there() {
             .any(|l| l == r#"switchboard_placements_total{choice="participants",region="us"} 1"#),
         "{metrics}"
     );
+    // So are the store's round trips to Redis.
+    let redis_commands: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_redis_command_seconds_count "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(redis_commands > 5, "{metrics}");
     for n in [eu, us_a, us_b] {
         n.shutdown().await;
     }

@@ -149,9 +149,14 @@ impl RedisStore {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        invocation
+        let started = std::time::Instant::now();
+        let answer = invocation
             .invoke(&mut *self.conn()?)
-            .map_err(|e| self.fail(e))
+            .map_err(|e| self.fail(e));
+        if let Some(m) = &self.metrics {
+            m.latency.observe(started.elapsed().as_secs_f64());
+        }
+        answer
     }
 
     /// A failed command, classified and counted.
@@ -199,6 +204,7 @@ fn classify(e: redis::RedisError) -> StoreError {
 pub struct RedisMetrics {
     errors: prometheus::IntCounterVec,
     relayed: prometheus::IntCounterVec,
+    latency: prometheus::Histogram,
 }
 
 impl RedisMetrics {
@@ -217,9 +223,23 @@ impl RedisMetrics {
             ),
             &["outcome"],
         )?;
+        let latency = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "switchboard_redis_command_seconds",
+                "Round trip of each store script run on Redis (a call write, a read, a claim), connection checkout included",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(relayed.clone()))?;
-        Ok(RedisMetrics { errors, relayed })
+        registry.register(Box::new(latency.clone()))?;
+        Ok(RedisMetrics {
+            errors,
+            relayed,
+            latency,
+        })
     }
 }
 
