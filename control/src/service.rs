@@ -271,7 +271,14 @@ impl CallService {
             return Ok(call);
         };
         let from = placed.clone();
+        let grace = self.timeouts.connect_ms;
+        let now = crate::unix_millis();
         let (call, ()) = self.update(&call.call_id, |c, _| {
+            if c.placement.as_ref() == Some(&from) {
+                // Nobody is in the new room yet: as after a restart, two
+                // must be back within the connect timeout or it fails.
+                c.media_restarted(now, grace);
+            }
             c.move_room(&from, to.clone());
             Ok(())
         })?;
@@ -279,6 +286,41 @@ impl CallService {
             tracing::info!(call_id = %call.call_id, from = %from.node_id, to = %to.node_id, epoch = to.epoch, "room moved off a node that is gone");
         }
         Ok(call)
+    }
+
+    /// Calls whose room is on a node that `gone` says is gone lost their
+    /// media with it: as after a restart, two participants must be back in
+    /// a room (wherever a fresh token moves it) within the connect timeout,
+    /// as after an answer, or the call's timer ends it `failed`, from any
+    /// node. Marked once: a call nobody is in media for is left alone.
+    /// Returns how many it marked.
+    pub fn reap_rooms_of_gone_nodes(
+        &self,
+        now: UnixMillis,
+        mut gone: impl FnMut(&str) -> bool,
+    ) -> Result<usize, ServiceError> {
+        let grace_ms = self.timeouts.connect_ms;
+        let mut marked = 0;
+        for call in self.store.live_calls()? {
+            let call = call.value;
+            let Some(placed) = call.placement.clone() else {
+                continue;
+            };
+            if !call.participants.iter().any(|p| p.in_media) || !gone(&placed.node_id) {
+                continue;
+            }
+            let (after, ()) = self.update(&call.call_id, |c, _| {
+                if c.placement.as_ref() == Some(&placed) {
+                    c.media_restarted(now, grace_ms);
+                }
+                Ok(())
+            })?;
+            if after.participants.iter().all(|p| !p.in_media) {
+                tracing::warn!(call_id = %call.call_id, node_id = %placed.node_id, grace_ms, "the call's room was on a node that is gone: it ends unless its people rejoin");
+                marked += 1;
+            }
+        }
+        Ok(marked)
     }
 
     pub fn accept(

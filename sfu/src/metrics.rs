@@ -49,6 +49,10 @@ pub struct Metrics {
     /// The caps in force, after fitting them to the open-file limit.
     pub http_connection_limit: IntGaugeVec,
     pub open_files_limit: IntGauge,
+    /// Participant connected / removed signals waiting for the store (Redis
+    /// down), and those dropped because too many waited.
+    pub media_signals_waiting: IntGauge,
+    pub media_signals_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -197,6 +201,14 @@ impl Metrics {
             open_files_limit: gauge(
                 "switchboard_open_files_limit",
                 "The process's soft open-file limit after raising it to the hard one",
+            ),
+            media_signals_waiting: gauge(
+                "switchboard_media_signals_waiting",
+                "Participant connected / removed signals from the SFU waiting for the store to answer (replayed in order when it does)",
+            ),
+            media_signals_dropped: counter(
+                "switchboard_media_signals_dropped_total",
+                "Participant connected / removed signals dropped because too many waited for the store",
             ),
             http_refused: counter_vec(
                 "switchboard_http_connections_refused_total",

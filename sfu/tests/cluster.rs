@@ -1006,3 +1006,240 @@ async fn a_room_whose_node_died_moves_once_and_the_call_goes_on() {
     assert_eq!(ended["call"]["state"], "ended", "{ended}");
     assert_eq!(ended["call"]["endReason"], "completed", "{ended}");
 }
+
+/// Redis dies (`kill -9`) during a connected call: the media keeps flowing;
+/// both participants hang up while it is down (their `left` signals cannot
+/// be stored and wait, counted); when Redis is back the signals are
+/// replayed and the call ends `completed` rather than staying `connected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_signals_made_while_redis_is_down_are_replayed_after_it_returns() {
+    let mut redis = RedisServer::start_durable();
+    let node = node(&redis, "signals").await;
+    register(&node, "bob", "bob-d").await;
+    // Video: the bots publish both kinds.
+    let (status, created) = api(
+        &node,
+        "POST",
+        "/v1/calls",
+        "alice",
+        json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "alice-d"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let (status, accepted) = api(
+        &node,
+        "POST",
+        &format!("/v1/calls/{call_id}/accept"),
+        "bob",
+        json!({"deviceId": "bob-d"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{accepted}");
+    let url = created["rtcUrl"].as_str().unwrap().to_string();
+    let talk = Duration::from_secs(10);
+    let bots = tokio::spawn({
+        let (url, alice, bob) = (
+            url.clone(),
+            created["callToken"].as_str().unwrap().to_string(),
+            accepted["callToken"].as_str().unwrap().to_string(),
+        );
+        async move {
+            tokio::join!(
+                common::live::run_bot("alice", &url, alice, talk),
+                common::live::run_bot("bob", &url, bob, talk),
+            )
+        }
+    });
+    // Connected (stored), then past the fsync interval, then the crash.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let (_, call) = api(
+            &node,
+            "GET",
+            &format!("/v1/calls/{call_id}"),
+            "alice",
+            Value::Null,
+        )
+        .await;
+        if call["state"] == "connected" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never connected: {call}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.kill9();
+    let killed = std::time::Instant::now();
+    let (a, b) = bots.await.unwrap();
+    let media_after_kill = killed.elapsed();
+    let from_bob = a.received_from(b.participant_id.as_deref().unwrap());
+    let from_alice = b.received_from(a.participant_id.as_deref().unwrap());
+    eprintln!(
+        "packets over 10 s, Redis down for the last {media_after_kill:?}: alice got {from_bob}, bob got {from_alice}"
+    );
+    // The bots send ~100 packets/s each; media that stopped with Redis
+    // would give at most the first ~4 s.
+    assert!(
+        from_bob > 600 && from_alice > 600,
+        "{from_bob} {from_alice}"
+    );
+    let waiting = |metrics: &str| -> i64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("switchboard_media_signals_waiting "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(-1)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = request(node.http_addr, "GET", "/metrics", &[], "").await;
+        if waiting(&metrics) == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two left signals never waited: {}",
+            waiting(&metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let call = loop {
+        let (status, call) = api(
+            &node,
+            "GET",
+            &format!("/v1/calls/{call_id}"),
+            "alice",
+            Value::Null,
+        )
+        .await;
+        if status == 200 && call["state"] == "ended" {
+            break call;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never ended after Redis returned: {status} {call}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(call["endReason"], "completed", "{call}");
+    let (_, metrics) = request(node.http_addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(waiting(&metrics), 0);
+    // Nobody is left busy: bob can be called again.
+    let (status, again) = create(&node, "carol", "bob").await;
+    assert_eq!(
+        (status, &again["call"]["state"]),
+        (201, &json!("ringing")),
+        "{again}"
+    );
+    node.shutdown().await;
+}
+
+/// The node hosting a connected call's room is killed and nobody rejoins
+/// (both apps died with it): another node notices the room's node left the
+/// registry, the call gets the connect timeout to be rejoined, then ends
+/// `failed`, and neither user stays busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_node_died_and_nobody_rejoined_is_reaped() {
+    use common::live::post_json;
+    let redis = RedisServer::start();
+    let short = [("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS", "3")];
+    let mut first = process_node(&redis, "reaper", "node-a", &short).await;
+    let mut second = process_node(&redis, "reaper", "node-b", &short).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node_ids(&list_nodes(first.http).await.1).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "never both listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = post_json(
+        first.http,
+        "/v1/devices",
+        "bob",
+        json!({"deviceId": "b1", "platform": "web"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, created) = post_json(
+        first.http,
+        "/v1/calls",
+        "alice",
+        json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "a1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let (status, accepted) = post_json(
+        first.http,
+        &format!("/v1/calls/{call_id}/accept"),
+        "bob",
+        json!({"deviceId": "b1"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{accepted}");
+    let url = created["rtcUrl"].as_str().unwrap().to_string();
+    let (dead, live) = if url == format!("ws://{}/v1/rtc", first.http) {
+        (&mut first, &second)
+    } else {
+        (&mut second, &first)
+    };
+    let bots = tokio::spawn({
+        let (url, alice, bob) = (
+            url.clone(),
+            created["callToken"].as_str().unwrap().to_string(),
+            accepted["callToken"].as_str().unwrap().to_string(),
+        );
+        async move {
+            let talk = Duration::from_secs(30);
+            tokio::join!(
+                common::live::run_bot("alice", &url, alice, talk),
+                common::live::run_bot("bob", &url, bob, talk),
+            )
+        }
+    });
+    let path = format!("/v1/calls/{call_id}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while api_at(live.http, "GET", &path, "alice").await.1["state"] != "connected" {
+        assert!(std::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = dead.child.kill();
+    let _ = dead.child.wait();
+    let killed = std::time::Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(10), bots).await;
+    let call = loop {
+        let (status, call) = api_at(live.http, "GET", &path, "alice").await;
+        assert_eq!(status, 200, "{call}");
+        if call["state"] == "ended" {
+            break call;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(40),
+            "the call outlived its node: {call}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!(
+        "the call ended {:?} after its node was killed",
+        killed.elapsed()
+    );
+    assert_eq!(call["endReason"], "failed", "{call}");
+    let (status, again) = post_json(
+        live.http,
+        "/v1/calls",
+        "carol",
+        json!({"calleeUserIds": ["bob"], "type": "audio", "deviceId": "c1"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &again["call"]["state"]),
+        (201, &json!("ringing")),
+        "{again}"
+    );
+}

@@ -276,8 +276,13 @@ pub async fn start_with_push(
             shutdown_rx.clone(),
         ));
     }
+    spawn_room_reaper(control.service.clone(), state.clone(), shutdown_rx.clone());
     spawn_ack_checks(control.events.clone(), shutdown_rx.clone());
-    spawn_media_signals(control.service.clone(), media_signals_rx);
+    spawn_media_signals(
+        control.service.clone(),
+        state.metrics.clone(),
+        media_signals_rx,
+    );
     let push = control.events.push.clone();
     let app = http::router(state.clone())
         .merge(control::api::router(control))
@@ -521,6 +526,74 @@ fn spawn_call_timers(
     });
 }
 
+/// Calls whose room is on a node that left the registry [`REAP_AFTER`]
+/// ago are told their media is lost (`CallService::reap_rooms_of_gone_nodes`):
+/// their people must rejoin (a fresh token moves the room) or the call
+/// fails. Reading every live call costs, so the store is scanned only when
+/// a node has left, and once [`REAP_AFTER`] after start (for nodes that
+/// died while this one was down). Nothing is judged before this node's own
+/// heartbeat has read the registry.
+fn spawn_room_reaper(
+    service: Arc<control::service::CallService>,
+    state: AppState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use std::collections::{HashMap, HashSet};
+    use tokio::time::Instant;
+    tokio::spawn(async move {
+        let mut listed: HashSet<String> = HashSet::new();
+        let mut left_at: HashMap<String, Instant> = HashMap::new();
+        let mut first_scan = Some(Instant::now() + REAP_AFTER);
+        let mut tick = tokio::time::interval(REAP_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let live: HashSet<String> = state.nodes.all().into_iter().map(|n| n.node_id).collect();
+            if !live.contains(&*state.node_id) {
+                continue;
+            }
+            let now = Instant::now();
+            for gone in listed.difference(&live) {
+                left_at.entry(gone.clone()).or_insert(now);
+            }
+            left_at.retain(|node, _| !live.contains(node));
+            listed = live.clone();
+            let due: HashSet<String> = left_at
+                .iter()
+                .filter(|(_, at)| now.duration_since(**at) >= REAP_AFTER)
+                .map(|(node, _)| node.clone())
+                .collect();
+            let everything = first_scan.is_some_and(|at| now >= at);
+            if due.is_empty() && !everything {
+                continue;
+            }
+            let service = service.clone();
+            let gone = due.clone();
+            let reaped = tokio::task::spawn_blocking(move || {
+                service.reap_rooms_of_gone_nodes(unix_millis(), |node| {
+                    !live.contains(node) && (everything || gone.contains(node))
+                })
+            })
+            .await;
+            match reaped {
+                Ok(Ok(_)) => {
+                    left_at.retain(|node, _| !due.contains(node));
+                    first_scan = None;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "room reaper (tried again next tick)"),
+                Err(e) => tracing::error!(error = %e, "room reaper task"),
+            }
+        }
+    });
+}
+
+const REAP_EVERY: Duration = Duration::from_secs(2);
+/// How long a room's node must be gone from the registry (which itself
+/// forgets a dead node within 6 s) before its calls are told.
+const REAP_AFTER: Duration = Duration::from_secs(4);
+
 /// Rings not acknowledged in time fall back to push (checked every 100 ms).
 fn spawn_ack_checks(
     events: Arc<control::ringing::HubRinger>,
@@ -545,34 +618,87 @@ fn spawn_ack_checks(
 /// Rooms without a call (development tokens) are ignored.
 fn spawn_media_signals(
     service: Arc<control::service::CallService>,
+    metrics: Arc<Metrics>,
     mut signals: tokio::sync::mpsc::UnboundedReceiver<shard::MediaSignal>,
 ) {
     tokio::spawn(async move {
-        while let Some(signal) = signals.recv().await {
-            let service = service.clone();
-            let now = unix_millis();
-            let _ = tokio::task::spawn_blocking(move || {
-                let (call_id, user_id, connected) = match signal {
-                    shard::MediaSignal::Connected { call_id, user_id } => (call_id, user_id, true),
-                    shard::MediaSignal::Left { call_id, user_id } => (call_id, user_id, false),
-                };
-                let result = service.update(&call_id, |c, fx| {
-                    if connected {
-                        c.media_connected(&user_id, now, fx);
-                    } else {
-                        c.media_left(&user_id, now, fx);
-                    }
-                    Ok(())
-                });
-                match result {
-                    Ok((call, ())) => tracing::info!(call_id = %call_id, user_id = %user_id, connected, state = ?call.state, "media signal"),
-                    Err(control::service::ServiceError::NotFound) => {}
-                    Err(e) => tracing::warn!(call_id = %call_id, user_id = %user_id, error = %e, "media signal"),
+        // Signals the store could not take (Redis down), oldest first: a
+        // participant who left during an outage must not stay `connected`
+        // (and busy) for ever. Each keeps the time it happened, so the
+        // call's timers count from then.
+        let mut waiting: std::collections::VecDeque<(shard::MediaSignal, u64)> = Default::default();
+        loop {
+            tokio::select! {
+                signal = signals.recv() => match signal {
+                    Some(signal) => waiting.push_back((signal, unix_millis())),
+                    None => break,
+                },
+                _ = tokio::time::sleep(MEDIA_SIGNAL_RETRY), if !waiting.is_empty() => {}
+            }
+            // In order: a call's `left` never overtakes its `connected`.
+            while let Some((signal, at)) = waiting.front().cloned() {
+                let service = service.clone();
+                let applied =
+                    tokio::task::spawn_blocking(move || apply_media_signal(&service, signal, at))
+                        .await
+                        .unwrap_or(true);
+                if !applied {
+                    break;
                 }
-            })
-            .await;
+                waiting.pop_front();
+            }
+            while waiting.len() > MAX_WAITING_MEDIA_SIGNALS {
+                if let Some((signal, _)) = waiting.pop_front() {
+                    tracing::warn!(?signal, "media signal dropped: too many wait for the store");
+                    metrics.media_signals_dropped.inc();
+                }
+            }
+            metrics.media_signals_waiting.set(waiting.len() as i64);
         }
     });
+}
+
+/// How often signals waiting for the store are tried again.
+const MEDIA_SIGNAL_RETRY: Duration = Duration::from_millis(500);
+/// Signals kept while the store does not answer (a few hundred bytes
+/// each): an outage of minutes on a busy node, then the oldest go.
+const MAX_WAITING_MEDIA_SIGNALS: usize = 10_000;
+
+/// Feeds one SFU signal into its call; false if the store did not answer
+/// (try again later). Other failures are logged and the signal is done.
+fn apply_media_signal(
+    service: &control::service::CallService,
+    signal: shard::MediaSignal,
+    now: u64,
+) -> bool {
+    use control::service::ServiceError;
+    use control::store::StoreError;
+    let (call_id, user_id, connected) = match signal {
+        shard::MediaSignal::Connected { call_id, user_id } => (call_id, user_id, true),
+        shard::MediaSignal::Left { call_id, user_id } => (call_id, user_id, false),
+    };
+    let result = service.update(&call_id, |c, fx| {
+        if connected {
+            c.media_connected(&user_id, now, fx);
+        } else {
+            c.media_left(&user_id, now, fx);
+        }
+        Ok(())
+    });
+    match result {
+        Ok((call, ())) => {
+            tracing::info!(call_id = %call_id, user_id = %user_id, connected, state = ?call.state, "media signal")
+        }
+        Err(ServiceError::NotFound) => {}
+        Err(ServiceError::Store(StoreError::Unavailable(e))) => {
+            tracing::warn!(call_id = %call_id, user_id = %user_id, connected, error = %e, "media signal waits: the store is unavailable");
+            return false;
+        }
+        Err(e) => {
+            tracing::warn!(call_id = %call_id, user_id = %user_id, error = %e, "media signal")
+        }
+    }
+    true
 }
 
 use control::unix_millis;

@@ -284,7 +284,7 @@ struct Shard {
 }
 
 /// What call control hears from the media plane.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum MediaSignal {
     Connected { call_id: String, user_id: String },
     Left { call_id: String, user_id: String },
