@@ -183,6 +183,16 @@ impl Placer {
         })
     }
 
+    /// Whether regions can change where a room goes: active nodes serve
+    /// more than one. Else the caller's region hint is not worth a read.
+    pub fn regions_matter(&self) -> bool {
+        let nodes = self.nodes.all();
+        let mut active = nodes.iter().filter(|n| n.state == NodeState::Active);
+        active
+            .next()
+            .is_some_and(|first| active.any(|n| n.region != first.region))
+    }
+
     /// Whether `placement` still names a node that heartbeats. A draining
     /// node keeps the rooms it has: their calls finish there.
     pub fn is_alive(&self, placement: &Placement) -> bool {
@@ -291,6 +301,7 @@ mod tests {
             node("eu-2", "eu", 9, NodeState::Active),
         ]);
         let placer = Placer::new(snapshot.clone(), "eu".into());
+        assert!(!placer.regions_matter());
         let first = placer.place(&["eu"]).unwrap();
         let eu_1 = Placement {
             node_id: "eu-1".into(),
@@ -304,6 +315,7 @@ mod tests {
             node("eu-2", "eu", 9, NodeState::Active),
         ]);
         assert!(!placer.is_alive(&first));
+        assert!(placer.regions_matter());
         let moved = placer.move_from(&first).unwrap();
         assert_eq!((moved.node_id.as_str(), moved.epoch), ("eu-2", 2));
         // Not back onto the node it left, even while that one still shows.

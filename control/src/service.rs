@@ -129,8 +129,11 @@ impl CallService {
         check_callees(caller, callees)?;
         let mut list = Vec::with_capacity(callees.len());
         // The caller's region first: it breaks ties (`placement::choose`).
+        // Gathered only where there is a choice of region (each hint can
+        // cost a store read).
         let mut regions = Vec::new();
-        if self.placer.is_some() {
+        let regions_matter = self.placer.as_ref().is_some_and(|p| p.regions_matter());
+        if regions_matter {
             regions.extend(match caller_region {
                 Some(region) => Some(region.to_string()),
                 None => self
@@ -143,7 +146,7 @@ impl CallService {
         }
         for user in callees {
             let devices = self.store.devices_of(user)?;
-            if self.placer.is_some() {
+            if regions_matter {
                 // Their most recently seen device with a hint speaks for them.
                 regions.extend(devices.iter().find_map(|d| d.region.clone()));
             }

@@ -380,6 +380,7 @@ fn check_join(text: &str, state: &AppState) -> Result<Joined, ServerMessage> {
         TokenError::Invalid(_) => ServerMessage::error(ErrorCode::InvalidToken, e.to_string()),
     })?;
     if let Some(host) = grant.node.as_deref().filter(|n| *n != &*state.node_id) {
+        tracing::info!(call_id = %grant.call_id, user_id = %grant.user_id, room_node = %host, "join sent on: the call's room is on another node");
         return Err(wrong_node(state, host));
     }
     let command = match resume_participant_id {
