@@ -490,12 +490,14 @@ impl Config {
         }
         // A node mints call tokens and TURN credentials for rooms other
         // nodes host: a secret of its own would make them fail there.
-        if self.redis_url.is_some() && self.call_token_secret.is_empty() {
+        // (Development mode derives shared ones: `server::start`.)
+        let cluster = self.redis_url.is_some() && !self.dev_token_endpoint;
+        if cluster && self.call_token_secret.is_empty() {
             return Err(ConfigError::Invalid(
                 "a cluster (redis_url) needs call_token_secret, the same on every node".into(),
             ));
         }
-        if self.redis_url.is_some() && self.turn.enabled && self.turn.secrets.is_empty() {
+        if cluster && self.turn.enabled && self.turn.secrets.is_empty() {
             return Err(ConfigError::Invalid(
                 "a cluster (redis_url) with TURN needs [turn] secrets, the same on every node"
                     .into(),

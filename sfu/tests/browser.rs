@@ -114,6 +114,11 @@ fn demo_page_call_answered_with_video_both_ways_then_hung_up() {
 }
 
 #[test]
+fn demo_page_call_between_events_sockets_on_two_nodes() {
+    scenario("demo-cluster");
+}
+
+#[test]
 fn demo_page_call_declined() {
     scenario("demo-decline");
 }

@@ -108,6 +108,15 @@ pub enum StartError {
     Config(String),
 }
 
+/// A secret every development node on the same Redis namespace derives
+/// alike: development mode hands tokens to anyone, so it guards nothing;
+/// it only lets a development cluster's nodes accept each other's tokens.
+fn development_cluster_secret(namespace: &str, what: &str) -> String {
+    let input = format!("switchboard development cluster {namespace} {what}");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Binds everything and starts the engine threads and the HTTP server.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     start_with_push(config, None).await
@@ -129,12 +138,29 @@ pub async fn start_with_push(
                 "development mode (dev_token_endpoint) refuses to start with API keys or a call-token secret configured: it would hand out tokens signed with them".into(),
             ));
         }
-        // `/dev/user-token` signs with a key only this process knows.
+        // `/dev/user-token` signs with a key only this process knows; a
+        // development cluster's nodes must verify each other's tokens, so
+        // theirs come from the Redis namespace (never a production node's:
+        // one with real credentials refuses development mode).
+        let secret_for = |what: &str| match &config.redis_url {
+            Some(_) => development_cluster_secret(&config.redis_namespace, what),
+            None => format!(
+                "{:032x}{:032x}",
+                rand::random::<u128>(),
+                rand::random::<u128>()
+            ),
+        };
         config.api_keys.push(control::auth::ApiKey {
             id: "dev".into(),
-            secret: format!("{:032x}", rand::random::<u128>()),
+            secret: secret_for("user tokens"),
             revoked: false,
         });
+        if config.redis_url.is_some() {
+            config.call_token_secret = secret_for("call tokens");
+            if config.turn.secrets.is_empty() {
+                config.turn.secrets = vec![secret_for("turn")];
+            }
+        }
     }
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());

@@ -14,7 +14,7 @@ import { createSocket } from "node:dgram";
 import { readFile } from "node:fs/promises";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { createServer as createTcpServer } from "node:net";
+import { createConnection, createServer as createTcpServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -141,7 +141,7 @@ async function startStatic() {
   return { server, base: `http://127.0.0.1:${server.address().port}` };
 }
 
-let sb, web, browser;
+let sb, sb2, redis, web, browser;
 // The server's latest log lines and every page opened, for a failure report.
 const SERVER_LOG_LINES = Number(process.env.SERVER_LOG_LINES || 300);
 const serverLog = [];
@@ -523,12 +523,12 @@ async function relayOnly(protocol, { trusted = true } = {}) {
 
 const DEMO_DIR = join(here, "../../../native/capacitor");
 
-async function openDemo(user) {
+async function openDemo(user, base = sb.base) {
   const context = await browser.newContext();
   const page = await context.newPage();
   page.on("pageerror", (e) => log(`${user} page error:`, e.message));
   page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") log(`${user} console:`, m.text()); });
-  await page.goto(`${sb.base}/demo/`);
+  await page.goto(`${base}/demo/`);
   await page.fill("#user", user);
   await page.click("#signin");
   await waitFor(`${user} signed in`, () => statusOf({ page }).then((s) => s === "ready"), 15000);
@@ -644,8 +644,53 @@ async function demoTimeout() {
   check(!(await bob.page.isVisible("#incoming")), "the incoming call is gone");
 }
 
+// Two nodes on one Redis: alice's page (and events socket) on the first,
+// bob's on the second. The ring crosses nodes through Redis, the room is
+// placed on one of them, and each page joins it where the join info says.
+async function demoCluster() {
+  const nodes = [sb, sb2];
+  await waitFor("both nodes listing both", async () => {
+    const listed = await Promise.all(nodes.map(async (n) => (await (await fetch(`${n.base}/metrics`)).text()).includes("\nswitchboard_nodes 2\n")));
+    return listed.every(Boolean);
+  }, 15000);
+  const alice = await openDemo("alice", sb.base);
+  const bob = await openDemo("bob", sb2.base);
+  await alice.page.fill("#callee", "bob");
+  await alice.page.click("#call");
+  await untilStatus(alice, "outgoing");
+  await waitFor("bob's incoming call on the other node", () => bob.page.isVisible("#incoming"));
+  await bob.page.click("#answer");
+  await untilStatus(bob, "connected");
+  await untilStatus(alice, "connected");
+  for (const [viewer, from] of [[alice, bob], [bob, alice]]) {
+    const first = await waitFor(`${viewer.user} decoding ${from.user}'s video`, async () => (await remoteFrames(viewer)) > 0 && remoteFrames(viewer));
+    await sleep(2000);
+    const later = await remoteFrames(viewer);
+    log(`${viewer.user} decoded ${first} then ${later} frames of ${from.user}'s video`);
+    check(later > first + 10, `${viewer.user}'s frames rise (${first} -> ${later})`);
+  }
+  const placed = (await (await fetch(`${sb.base}/metrics`)).text()).split("\n").filter((l) => l.startsWith("switchboard_placements_total"));
+  log(`placements by the node alice called through: ${placed.join(" ")}`);
+  check(placed.some((l) => l.endsWith(" 1")), "the call's room was placed");
+  await alice.page.click("#hangup");
+  await untilStatus(alice, "ended: completed");
+  await untilStatus(bob, "ended: completed");
+}
+
+// A throwaway Redis on loopback for the cluster scenario.
+async function startRedis() {
+  const port = await freePort("tcp");
+  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+  await waitFor("redis-server", () => new Promise((resolve) => {
+    const socket = createConnection({ host: "127.0.0.1", port }, () => { socket.end(); resolve(true); });
+    socket.on("error", () => resolve(false));
+  }), 10000);
+  return { child, url: `redis://127.0.0.1:${port}` };
+}
+
 const SCENARIOS = {
   "demo-call": demoCall,
+  "demo-cluster": demoCluster,
   "demo-decline": demoDecline,
   "demo-timeout": demoTimeout,
   "relay-udp": () => relayOnly("udp"),
@@ -668,14 +713,21 @@ async function main() {
   }
   const hardStop = setTimeout(() => {
     console.error(`[${scenario}] hard timeout`);
-    if (sb) sb.child.kill("SIGKILL");
+    for (const child of [sb?.child, sb2?.child, redis?.child]) if (child) child.kill("SIGKILL");
     process.exit(3);
   }, 150000);
   const tls = scenario.startsWith("relay-tls");
   const demo = scenario.startsWith("demo-")
     ? { SWITCHBOARD_DEV_DEMO_DIR: DEMO_DIR, SWITCHBOARD_RING_TIMEOUT_SECONDS: scenario === "demo-timeout" ? "4" : "30" }
     : {};
-  sb = await startSwitchboard(tls ? testCertificate() : demo);
+  if (scenario === "demo-cluster") {
+    redis = await startRedis();
+    const node = (id) => ({ ...demo, SWITCHBOARD_REDIS_URL: redis.url, SWITCHBOARD_REDIS_NAMESPACE: "demo", SWITCHBOARD_NODE_ID: id });
+    sb = await startSwitchboard(node("node-1"));
+    sb2 = await startSwitchboard(node("node-2"));
+  } else {
+    sb = await startSwitchboard(tls ? testCertificate() : demo);
+  }
   web = await startStatic();
   let failed = false;
   try {
@@ -692,6 +744,8 @@ async function main() {
     if (browser) await browser.close().catch(() => {});
     web.server.close();
     sb.child.kill("SIGINT");
+    if (sb2) sb2.child.kill("SIGINT");
+    if (redis) redis.child.kill("SIGKILL");
     clearTimeout(hardStop);
   }
   process.exit(failed ? 1 : 0);
