@@ -615,14 +615,17 @@ async fn call_limits_count_calls_made_through_any_node() {
         );
     }
 }
-
-/// An operator drains a node through another node's API: it leaves the
-/// registry and its process exits 0 (no calls to wait for).
+/// A node is drained through the API while it hosts a call: the registry
+/// lists it `draining`, a new call of its region is placed on the other
+/// node, the live call goes on to its end, and then the node exits 0 and
+/// leaves the registry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_drained_through_the_api_exits_0() {
+    use common::live::post_json;
     let redis = RedisServer::start();
-    let mut leaving = process_node(&redis, "drain", "leaving", &[]).await;
-    let staying = process_node(&redis, "drain", "staying", &[]).await;
+    let mut leaving =
+        process_node(&redis, "drain", "leaving", &[("SWITCHBOARD_REGION", "eu")]).await;
+    let staying = process_node(&redis, "drain", "staying", &[("SWITCHBOARD_REGION", "us")]).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while node_ids(&list_nodes(staying.http).await.1) != ["leaving", "staying"] {
         assert!(
@@ -631,6 +634,59 @@ async fn a_node_drained_through_the_api_exits_0() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // One more beat: both nodes' copies list both.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for (user, device) in [("bob", "b1"), ("dave", "d1")] {
+        let (status, body) = post_json(
+            staying.http,
+            "/v1/devices",
+            user,
+            json!({"deviceId": device, "platform": "web"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Calls made from Europe, through the US node.
+    let create_from_eu = |caller: &'static str, callee: &'static str| {
+        let auth = format!("Bearer {}", user_token(caller));
+        let body = json!({"calleeUserIds": [callee], "type": "video", "deviceId": "x"}).to_string();
+        async move {
+            let headers = [
+                ("Authorization", auth.as_str()),
+                ("X-Switchboard-Region", "eu"),
+            ];
+            let (status, text) = request(staying.http, "POST", "/v1/calls", &headers, &body).await;
+            assert_eq!(status, 201, "{text}");
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    let created = create_from_eu("alice", "bob").await;
+    let leaving_url = format!("ws://{}/v1/rtc", leaving.http);
+    assert_eq!(created["rtcUrl"], leaving_url, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let (status, accepted) = post_json(
+        staying.http,
+        &format!("/v1/calls/{call_id}/accept"),
+        "bob",
+        json!({"deviceId": "b1"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{accepted}");
+    let talk = Duration::from_secs(9);
+    let bots = tokio::spawn({
+        let (url, alice, bob) = (
+            leaving_url.clone(),
+            created["callToken"].as_str().unwrap().to_string(),
+            accepted["callToken"].as_str().unwrap().to_string(),
+        );
+        async move {
+            tokio::join!(
+                common::live::run_bot("alice", &url, alice, talk),
+                common::live::run_bot("bob", &url, bob, talk),
+            )
+        }
+    });
+
     let drain = |node: &'static str| {
         let auth = operator_auth();
         async move {
@@ -654,19 +710,57 @@ async fn a_node_drained_through_the_api_exits_0() {
     );
     let (status, body) = drain("leaving").await;
     assert_eq!(status, 202, "{body}");
-
     let asked = std::time::Instant::now();
+    loop {
+        let (_, list) = list_nodes(staying.http).await;
+        let state = list["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["nodeId"] == "leaving"))
+            .map(|n| n["state"].clone());
+        if state == Some(json!("draining")) {
+            break;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(8),
+            "never listed draining: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once the US node's copy of the registry has it draining, Europe's
+    // new rooms go to the US node.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let elsewhere = create_from_eu("carol", "dave").await;
+    assert_eq!(
+        elsewhere["rtcUrl"],
+        format!("ws://{}/v1/rtc", staying.http),
+        "{elsewhere}"
+    );
+
+    let (a, b) = bots.await.unwrap();
+    let from_bob = a.received_from(b.participant_id.as_deref().unwrap());
+    assert!(
+        from_bob > 400,
+        "the call went on while its node drained: {from_bob} packets"
+    );
     let exit = loop {
         if let Some(status) = leaving.child.try_wait().unwrap() {
             break status;
         }
         assert!(
-            asked.elapsed() < Duration::from_secs(20),
+            asked.elapsed() < Duration::from_secs(30),
             "the drained node did not exit"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(exit.success(), "drained node exit: {exit}");
+    let (_, call) = api_at(
+        staying.http,
+        "GET",
+        &format!("/v1/calls/{call_id}"),
+        "alice",
+    )
+    .await;
+    assert_eq!(call["endReason"], "completed", "{call}");
     // It leaves the registry on its way out (or, were that cut short, by
     // its heartbeat's expiry).
     let exited = std::time::Instant::now();
