@@ -672,20 +672,7 @@ async fn a_node_drained_through_the_api_exits_0() {
     )
     .await;
     assert_eq!(status, 200, "{accepted}");
-    let talk = Duration::from_secs(9);
-    let bots = tokio::spawn({
-        let (url, alice, bob) = (
-            leaving_url.clone(),
-            created["callToken"].as_str().unwrap().to_string(),
-            accepted["callToken"].as_str().unwrap().to_string(),
-        );
-        async move {
-            tokio::join!(
-                common::live::run_bot("alice", &url, alice, talk),
-                common::live::run_bot("bob", &url, bob, talk),
-            )
-        }
-    });
+    let bots = spawn_bots(&leaving_url, &created, &accepted, Duration::from_secs(9));
 
     let drain = |node: &'static str| {
         let auth = operator_auth();
@@ -811,6 +798,63 @@ async fn first_answer_to_join(url: &str, token: &str) -> signaling::ServerMessag
         .await
         .expect("an answer to the join")
         .unwrap()
+}
+
+/// Two node processes on `redis` whose copies of the registry list both.
+async fn two_listed_nodes(
+    redis: &RedisServer,
+    namespace: &str,
+    env: &[(&str, &str)],
+) -> (common::live::ServerProcess, common::live::ServerProcess) {
+    let first = process_node(redis, namespace, "node-a", env).await;
+    let second = process_node(redis, namespace, "node-b", env).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node_ids(&list_nodes(first.http).await.1).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "never both listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // One more beat, so both nodes' copies list both.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    (first, second)
+}
+
+/// Alice's video call to Bob, made and answered through `node`: the
+/// create's and the accept's answers.
+async fn answered_video_call(node: std::net::SocketAddr) -> (Value, Value) {
+    use common::live::post_json;
+    let device = json!({"deviceId": "b1", "platform": "web"});
+    let (status, body) = post_json(node, "/v1/devices", "bob", device).await;
+    assert_eq!(status, 200, "{body}");
+    let call = json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "a1"});
+    let (status, created) = post_json(node, "/v1/calls", "alice", call).await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap();
+    let accept = format!("/v1/calls/{call_id}/accept");
+    let (status, accepted) = post_json(node, &accept, "bob", json!({"deviceId": "b1"})).await;
+    assert_eq!(status, 200, "{accepted}");
+    (created, accepted)
+}
+
+/// Alice's and Bob's bots in the room at `url` with the tokens of the
+/// create's and the accept's answers, for `talk` (or until their
+/// signaling drops).
+fn spawn_bots(
+    url: &str,
+    created: &Value,
+    accepted: &Value,
+    talk: Duration,
+) -> tokio::task::JoinHandle<(loadtest::bot::Bot, loadtest::bot::Bot)> {
+    let (url, alice, bob) = (
+        url.to_string(),
+        created["callToken"].as_str().unwrap().to_string(),
+        accepted["callToken"].as_str().unwrap().to_string(),
+    );
+    tokio::spawn(async move {
+        tokio::join!(
+            common::live::run_bot("alice", &url, alice, talk),
+            common::live::run_bot("bob", &url, bob, talk),
+        )
+    })
 }
 
 /// A call made through a node in Europe by a caller who says she is in the
@@ -961,47 +1005,9 @@ async fn a_call_is_placed_in_its_region_and_a_join_elsewhere_is_sent_there() {
 async fn a_room_whose_node_died_moves_once_and_the_call_goes_on() {
     use common::live::post_json;
     let redis = RedisServer::start();
-    let mut first = process_node(&redis, "failover", "node-a", &[]).await;
-    let mut second = process_node(&redis, "failover", "node-b", &[]).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, list) = list_nodes(first.http).await;
-        if node_ids(&list).len() == 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never both listed: {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // One more beat, so both nodes' copies list both.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (status, body) = post_json(
-        first.http,
-        "/v1/devices",
-        "bob",
-        json!({"deviceId": "b1", "platform": "web"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, created) = post_json(
-        first.http,
-        "/v1/calls",
-        "alice",
-        json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "a1"}),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
+    let (mut first, mut second) = two_listed_nodes(&redis, "failover", &[]).await;
+    let (created, accepted) = answered_video_call(first.http).await;
     let call_id = created["call"]["callId"].as_str().unwrap().to_string();
-    let (status, accepted) = post_json(
-        first.http,
-        &format!("/v1/calls/{call_id}/accept"),
-        "bob",
-        json!({"deviceId": "b1"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{accepted}");
     let placed_url = created["rtcUrl"].as_str().unwrap().to_string();
     let (dead, live) = if placed_url == format!("ws://{}/v1/rtc", first.http) {
         (&mut first, &second)
@@ -1011,20 +1017,7 @@ async fn a_room_whose_node_died_moves_once_and_the_call_goes_on() {
     };
     // They talk; 2 s in, their node dies under them (the bots stop when
     // their signaling drops, without leaving: nobody tells the call).
-    let talk = Duration::from_secs(30);
-    let bots = tokio::spawn({
-        let (url, alice, bob) = (
-            placed_url.clone(),
-            created["callToken"].as_str().unwrap().to_string(),
-            accepted["callToken"].as_str().unwrap().to_string(),
-        );
-        async move {
-            tokio::join!(
-                common::live::run_bot("alice", &url, alice, talk),
-                common::live::run_bot("bob", &url, bob, talk),
-            )
-        }
-    });
+    let bots = spawn_bots(&placed_url, &created, &accepted, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = dead.child.kill();
     let _ = dead.child.wait();
@@ -1131,20 +1124,7 @@ async fn media_signals_made_while_redis_is_down_are_replayed_after_it_returns() 
     .await;
     assert_eq!(status, 200, "{accepted}");
     let url = created["rtcUrl"].as_str().unwrap().to_string();
-    let talk = Duration::from_secs(10);
-    let bots = tokio::spawn({
-        let (url, alice, bob) = (
-            url.clone(),
-            created["callToken"].as_str().unwrap().to_string(),
-            accepted["callToken"].as_str().unwrap().to_string(),
-        );
-        async move {
-            tokio::join!(
-                common::live::run_bot("alice", &url, alice, talk),
-                common::live::run_bot("bob", &url, bob, talk),
-            )
-        }
-    });
+    let bots = spawn_bots(&url, &created, &accepted, Duration::from_secs(10));
     // Connected (stored), then past the fsync interval, then the crash.
     let deadline = std::time::Instant::now() + Duration::from_secs(8);
     loop {
@@ -1244,59 +1224,16 @@ async fn a_call_whose_node_died_and_nobody_rejoined_is_reaped() {
     use common::live::post_json;
     let redis = RedisServer::start();
     let short = [("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS", "3")];
-    let mut first = process_node(&redis, "reaper", "node-a", &short).await;
-    let mut second = process_node(&redis, "reaper", "node-b", &short).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while node_ids(&list_nodes(first.http).await.1).len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "never both listed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (status, body) = post_json(
-        first.http,
-        "/v1/devices",
-        "bob",
-        json!({"deviceId": "b1", "platform": "web"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, created) = post_json(
-        first.http,
-        "/v1/calls",
-        "alice",
-        json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "a1"}),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
+    let (mut first, mut second) = two_listed_nodes(&redis, "reaper", &short).await;
+    let (created, accepted) = answered_video_call(first.http).await;
     let call_id = created["call"]["callId"].as_str().unwrap().to_string();
-    let (status, accepted) = post_json(
-        first.http,
-        &format!("/v1/calls/{call_id}/accept"),
-        "bob",
-        json!({"deviceId": "b1"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{accepted}");
     let url = created["rtcUrl"].as_str().unwrap().to_string();
     let (dead, live) = if url == format!("ws://{}/v1/rtc", first.http) {
         (&mut first, &second)
     } else {
         (&mut second, &first)
     };
-    let bots = tokio::spawn({
-        let (url, alice, bob) = (
-            url.clone(),
-            created["callToken"].as_str().unwrap().to_string(),
-            accepted["callToken"].as_str().unwrap().to_string(),
-        );
-        async move {
-            let talk = Duration::from_secs(30);
-            tokio::join!(
-                common::live::run_bot("alice", &url, alice, talk),
-                common::live::run_bot("bob", &url, bob, talk),
-            )
-        }
-    });
+    let bots = spawn_bots(&url, &created, &accepted, Duration::from_secs(30));
     let path = format!("/v1/calls/{call_id}");
     let deadline = std::time::Instant::now() + Duration::from_secs(8);
     while api_at(live.http, "GET", &path, "alice").await.1["state"] != "connected" {
