@@ -800,6 +800,13 @@ async fn first_answer_to_join(url: &str, token: &str) -> signaling::ServerMessag
         .unwrap()
 }
 
+/// Each bot received more than a handful of the other's packets.
+fn assert_heard_each_other(a: &loadtest::bot::Bot, b: &loadtest::bot::Bot) {
+    let from_b = a.received_from(b.participant_id.as_deref().unwrap());
+    let from_a = b.received_from(a.participant_id.as_deref().unwrap());
+    assert!(from_b > 20 && from_a > 20, "{from_b} and {from_a} packets");
+}
+
 /// Two node processes on `redis` whose copies of the registry list both.
 async fn two_listed_nodes(
     redis: &RedisServer,
@@ -954,20 +961,7 @@ async fn a_call_is_placed_in_its_region_and_a_join_elsewhere_is_sent_there() {
         common::live::run_bot("alice", &elsewhere, alice_token, talk),
         common::live::run_bot("bob", &there, bob_token, talk),
     );
-    let (alice, bob) = (
-        a.participant_id.clone().unwrap(),
-        b.participant_id.clone().unwrap(),
-    );
-    assert!(
-        a.received_from(&bob) > 20,
-        "alice got {} packets",
-        a.received_from(&bob)
-    );
-    assert!(
-        b.received_from(&alice) > 20,
-        "bob got {} packets",
-        b.received_from(&alice)
-    );
+    assert_heard_each_other(&a, &b);
     let (_, call) = api(
         &eu,
         "GET",
@@ -1068,20 +1062,7 @@ async fn a_room_whose_node_died_moves_once_and_the_call_goes_on() {
             talk
         ),
     );
-    let (alice, bob) = (
-        a.participant_id.clone().unwrap(),
-        b.participant_id.clone().unwrap(),
-    );
-    assert!(
-        a.received_from(&bob) > 20,
-        "alice got {} packets",
-        a.received_from(&bob)
-    );
-    assert!(
-        b.received_from(&alice) > 20,
-        "bob got {} packets",
-        b.received_from(&alice)
-    );
+    assert_heard_each_other(&a, &b);
     let (status, ended) = post_json(
         live.http,
         &format!("/v1/calls/{call_id}/end"),

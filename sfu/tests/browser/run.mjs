@@ -540,6 +540,17 @@ const untilStatus = (p, wanted, timeoutMs = 20000) =>
   waitFor(`${p.user} status "${wanted}"`, async () => ((await statusOf(p)) === wanted ? wanted : false), timeoutMs);
 const remoteFrames = (p) => p.page.evaluate(() => document.getElementById("remote").getVideoPlaybackQuality().totalVideoFrames);
 
+// Each demo page decodes the other's video: frame counts rise.
+async function decodeEachOther(alice, bob) {
+  for (const [viewer, from] of [[alice, bob], [bob, alice]]) {
+    const first = await waitFor(`${viewer.user} decoding ${from.user}'s video`, async () => (await remoteFrames(viewer)) > 0 && remoteFrames(viewer));
+    await sleep(2000);
+    const later = await remoteFrames(viewer);
+    log(`${viewer.user} decoded ${first} then ${later} frames of ${from.user}'s video`);
+    check(later > first + 10, `${viewer.user}'s frames rise (${first} -> ${later})`);
+  }
+}
+
 // Alice calls Bob from the demo page; Bob sees the incoming call.
 async function demoRing() {
   const alice = await openDemo("alice");
@@ -557,14 +568,7 @@ async function demoCall() {
   await bob.page.click("#answer");
   await untilStatus(bob, "connected");
   await untilStatus(alice, "connected");
-  // Each decodes the other's video: frame counts rise.
-  for (const [viewer, from] of [[alice, bob], [bob, alice]]) {
-    const first = await waitFor(`${viewer.user} decoding ${from.user}'s video`, async () => (await remoteFrames(viewer)) > 0 && remoteFrames(viewer));
-    await sleep(2000);
-    const later = await remoteFrames(viewer);
-    log(`${viewer.user} decoded ${first} then ${later} frames of ${from.user}'s video`);
-    check(later > first + 10, `${viewer.user}'s frames rise (${first} -> ${later})`);
-  }
+  await decodeEachOther(alice, bob);
   // The extended plugin API on the web: the calls a late UI would list,
   // whose track it is, hold (nothing sent, the user's mute kept), routes.
   const active = async (who) => who.page.evaluate(async () => (await window.switchboard.getActiveCalls()).calls);
@@ -662,13 +666,7 @@ async function demoCluster() {
   await bob.page.click("#answer");
   await untilStatus(bob, "connected");
   await untilStatus(alice, "connected");
-  for (const [viewer, from] of [[alice, bob], [bob, alice]]) {
-    const first = await waitFor(`${viewer.user} decoding ${from.user}'s video`, async () => (await remoteFrames(viewer)) > 0 && remoteFrames(viewer));
-    await sleep(2000);
-    const later = await remoteFrames(viewer);
-    log(`${viewer.user} decoded ${first} then ${later} frames of ${from.user}'s video`);
-    check(later > first + 10, `${viewer.user}'s frames rise (${first} -> ${later})`);
-  }
+  await decodeEachOther(alice, bob);
   const placed = (await (await fetch(`${sb.base}/metrics`)).text()).split("\n").filter((l) => l.startsWith("switchboard_placements_total"));
   log(`placements by the node alice called through: ${placed.join(" ")}`);
   check(placed.some((l) => l.endsWith(" 1")), "the call's room was placed");
