@@ -143,6 +143,9 @@ pub struct Placer {
     pub nodes: Arc<NodeSnapshot>,
     pub fallback_region: String,
     pub placements: Option<prometheus::IntCounterVec>,
+    /// The registry itself, asked before a room is moved: the snapshot
+    /// can be up to a heartbeat older than a node another node placed on.
+    pub registry: Option<Arc<dyn crate::nodes::NodeRegistry>>,
 }
 
 impl Placer {
@@ -151,7 +154,14 @@ impl Placer {
             nodes,
             fallback_region,
             placements: None,
+            registry: None,
         }
+    }
+
+    /// Confirms "gone" with `registry` before moving a room.
+    pub fn with_registry(mut self, registry: Arc<dyn crate::nodes::NodeRegistry>) -> Placer {
+        self.registry = Some(registry);
+        self
     }
 
     /// Counts placements in `switchboard_placements_total{region, choice}`
@@ -194,9 +204,29 @@ impl Placer {
     }
 
     /// Whether `placement` still names a node that heartbeats. A draining
-    /// node keeps the rooms it has: their calls finish there.
+    /// node keeps the rooms it has: their calls finish there. A node the
+    /// snapshot lacks is looked up in the registry (and the snapshot
+    /// refreshed): it may have started since the last heartbeat. When the
+    /// registry cannot answer, the node counts as alive: a room is never
+    /// moved on a guess.
     pub fn is_alive(&self, placement: &Placement) -> bool {
-        self.nodes.get(&placement.node_id).is_some()
+        if self.nodes.get(&placement.node_id).is_some() {
+            return true;
+        }
+        let Some(registry) = &self.registry else {
+            return false;
+        };
+        match registry.nodes(crate::unix_millis()) {
+            Ok(live) => {
+                let alive = live.iter().any(|n| n.node_id == placement.node_id);
+                self.nodes.replace(live);
+                alive
+            }
+            Err(e) => {
+                tracing::warn!(node_id = %placement.node_id, error = %e, "registry unavailable: the room stays where it is");
+                true
+            }
+        }
     }
 
     /// A new home for a room whose node is gone: its region if another
@@ -323,6 +353,30 @@ mod tests {
         assert_eq!(placer.move_from(&first), None);
         snapshot.replace(vec![]);
         assert_eq!(placer.place(&["eu"]), None);
+    }
+
+    #[test]
+    fn a_node_newer_than_the_snapshot_is_alive_if_the_registry_lists_it() {
+        use crate::nodes::NodeRegistry;
+        let registry = Arc::new(crate::nodes::LocalNodes::default());
+        let newcomer = node("eu-3", "eu", 0, NodeState::Active);
+        registry
+            .heartbeat(&newcomer, crate::unix_millis(), 60_000)
+            .unwrap();
+        let snapshot = Arc::new(NodeSnapshot::default());
+        let placed = Placement {
+            node_id: "eu-3".into(),
+            region: "eu".into(),
+            epoch: 1,
+        };
+        let blind = Placer::new(snapshot.clone(), "eu".into());
+        assert!(!blind.is_alive(&placed));
+        let placer = Placer::new(snapshot.clone(), "eu".into()).with_registry(registry.clone());
+        assert!(placer.is_alive(&placed));
+        assert!(snapshot.get("eu-3").is_some(), "the snapshot was refreshed");
+        registry.leave("eu-3").unwrap();
+        snapshot.replace(vec![]);
+        assert!(!placer.is_alive(&placed));
     }
 
     #[test]

@@ -253,7 +253,8 @@ pub async fn start_with_push(
         region => region.to_string(),
     };
     let placer = control::placement::Placer::new(state.nodes.clone(), fallback_region)
-        .with_metrics(&state.metrics.registry);
+        .with_metrics(&state.metrics.registry)
+        .with_registry(backend.nodes.clone());
     let control = start_control(
         &state.config,
         Arc::new(placer),
