@@ -211,10 +211,6 @@ fn client(
     (client, system)
 }
 
-async fn bind_loopback() -> tokio::net::TcpListener {
-    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
-}
-
 fn endpoint(id: &str, kind: AudioRouteKind) -> AudioEndpoint {
     AudioEndpoint {
         id: id.into(),
@@ -237,16 +233,12 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
         .with_test_writer()
         .try_init();
     let runtime = support::runtime();
+    let server = runtime.block_on(support::start_server("client"));
     let limit = Duration::from_secs(15);
 
     // Everything the cores open goes over TLS (https://, wss://) through a
-    // terminator whose certificate only a test CA vouches for; the server
-    // knows it as its public URL, so join info sends media signaling there.
-    let front = runtime.block_on(bind_loopback());
-    let public_url = format!("https://{}", front.local_addr().unwrap());
-    let server = runtime.block_on(support::start_server_behind("client", &public_url));
-    let (https, ca_pem) =
-        runtime.block_on(async { support::tls_front_on(front, server.server.http_addr) });
+    // terminator whose certificate only a test CA vouches for.
+    let (https, ca_pem) = runtime.block_on(support::tls_front(server.server.http_addr));
     let (alice, alice_ios) = client(
         &runtime,
         (&https, Some(&ca_pem)),
@@ -506,12 +498,9 @@ fn messages_from_a_newer_server_are_skipped_and_the_call_goes_on() {
         .with_test_writer()
         .try_init();
     let runtime = support::runtime();
-    let front = runtime.block_on(bind_loopback());
-    let public_url = format!("http://{}", front.local_addr().unwrap());
-    let server = runtime.block_on(support::start_server_behind("client-newer", &public_url));
+    let server = runtime.block_on(support::start_server("client-newer"));
     // Every device socket also carries messages this build never heard of.
-    let (base, made_up) =
-        runtime.block_on(async { support::newer_server_front(front, server.server.http_addr) });
+    let (base, made_up) = runtime.block_on(support::newer_server_front(server.server.http_addr));
     two_phones_talk_and_hang_up(&runtime, &base, &server.base);
     // Plenty was made up, and none of it dropped a socket or a call.
     assert!(made_up.load(std::sync::atomic::Ordering::Relaxed) >= 10);
@@ -524,12 +513,8 @@ fn messages_from_a_newer_server_are_skipped_and_the_call_goes_on() {
 #[test]
 fn a_core_sent_to_the_wrong_node_follows_it_to_the_room() {
     let runtime = support::runtime();
-    let front = runtime.block_on(bind_loopback());
-    let public_url = format!("http://{}", front.local_addr().unwrap());
-    let server = runtime.block_on(support::start_server_behind("client-moved", &public_url));
-    let base = public_url.clone();
-    let redirected =
-        runtime.block_on(async { support::wrong_node_front(front, server.server.http_addr) });
+    let server = runtime.block_on(support::start_server("client-moved"));
+    let (base, redirected) = runtime.block_on(support::wrong_node_front(server.server.http_addr));
     two_phones_talk_and_hang_up(&runtime, &base, &server.base);
     assert_eq!(redirected.load(std::sync::atomic::Ordering::Relaxed), 2);
     runtime.block_on(server.stop());

@@ -49,13 +49,6 @@ pub struct TestServer {
 /// A switchboard on loopback with its own data directory (`name` keeps
 /// test binaries apart).
 pub async fn start_server(name: &str) -> TestServer {
-    start_server_behind(name, "").await
-}
-
-/// [`start_server`], reached by clients at `public_url` (a front bound
-/// before the server starts): the call API's join info names it in
-/// `rtcUrl`, as it would a load balancer's address.
-pub async fn start_server_behind(name: &str, public_url: &str) -> TestServer {
     let dir = std::env::temp_dir().join(format!("native-{name}-{}", std::process::id()));
     let config = sfu::config::Config {
         http_listen: "127.0.0.1:0".parse().unwrap(),
@@ -68,7 +61,6 @@ pub async fn start_server_behind(name: &str, public_url: &str) -> TestServer {
             enabled: false,
             ..Default::default()
         },
-        public_url: public_url.to_string(),
         ..Default::default()
     };
     let server = sfu::server::start(config).await.unwrap();
@@ -122,16 +114,6 @@ pub fn wait_for_explained<T>(
 /// only the test's clients trust. Returns the `https://` base URL and the
 /// CA's PEM.
 pub async fn tls_front(backend: std::net::SocketAddr) -> (String, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tls_front_on(listener, backend)
-}
-
-/// [`tls_front`] on a listener bound beforehand (its address is the
-/// server's `public_url`).
-pub fn tls_front_on(
-    listener: tokio::net::TcpListener,
-    backend: std::net::SocketAddr,
-) -> (String, String) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
     use std::sync::Arc;
@@ -157,6 +139,7 @@ pub fn tls_front_on(
     // HTTP/1.1: WebSocket upgrades (RFC 6455) need it.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
@@ -182,8 +165,7 @@ pub fn tls_front_on(
 /// unknown fields): one at once (before the server's `joined` or
 /// `authenticated`), then one every 100 ms for the life of the socket. Returns the `http://` base URL and how many
 /// messages it made up.
-pub fn newer_server_front(
-    listener: tokio::net::TcpListener,
+pub async fn newer_server_front(
     backend: std::net::SocketAddr,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use futures_util::{SinkExt, StreamExt};
@@ -192,6 +174,7 @@ pub fn newer_server_front(
     use tokio_tungstenite::tungstenite::Message;
 
     let injected = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let count = injected.clone();
     tokio::spawn(async move {
@@ -266,16 +249,18 @@ pub fn newer_server_front(
 
 /// A node the call's room is not on, as clients meet it: the call API
 /// passes through to `backend`, but every `/v1/rtc` join is answered
-/// `wrong_node` naming `backend`'s signaling. Returns how many it sent on.
-pub fn wrong_node_front(
-    listener: tokio::net::TcpListener,
+/// `wrong_node` naming `backend`'s signaling. Returns its base URL and how
+/// many joins it sent on.
+pub async fn wrong_node_front(
     backend: std::net::SocketAddr,
-) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use futures_util::{SinkExt, StreamExt};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio_tungstenite::tungstenite::Message;
 
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let redirected = Arc::new(AtomicUsize::new(0));
     let count = redirected.clone();
     tokio::spawn(async move {
@@ -313,5 +298,5 @@ pub fn wrong_node_front(
             });
         }
     });
-    redirected
+    (format!("http://{addr}"), redirected)
 }

@@ -252,12 +252,18 @@ pub async fn start_with_push(
         "" => state.config.region.clone(),
         region => region.to_string(),
     };
-    let placer = control::placement::Placer::new(state.nodes.clone(), fallback_region)
-        .with_metrics(&state.metrics.registry)
-        .with_registry(backend.nodes.clone());
+    // Rooms are placed only in a cluster: a node on its own hosts them all,
+    // and its clients join where they reach its API (behind whatever proxy
+    // the operator runs, which `public_url` may not name).
+    let placer = state.config.redis_url.is_some().then(|| {
+        let placer = control::placement::Placer::new(state.nodes.clone(), fallback_region)
+            .with_metrics(&state.metrics.registry)
+            .with_registry(backend.nodes.clone());
+        Arc::new(placer)
+    });
     let control = start_control(
         &state.config,
-        Arc::new(placer),
+        placer,
         state.tokens.clone(),
         call_metrics,
         push_metrics,
@@ -372,7 +378,7 @@ pub async fn start_with_push(
 #[allow(clippy::too_many_arguments)] // the composition root: one argument per part
 fn start_control(
     config: &Config,
-    placer: Arc<control::placement::Placer>,
+    placer: Option<Arc<control::placement::Placer>>,
     tokens: Arc<CallTokens>,
     metrics: control::metrics::CallMetrics,
     push_metrics: control::push::metrics::PushMetrics,
@@ -413,7 +419,7 @@ fn start_control(
         },
         max_ringing_devices: config.max_ringing_devices,
         event_webhooks: event_endpoints(config),
-        placer: Some(placer),
+        placer,
     };
     let (requests, creates, rings) = (
         control::rate_limit::Rate::per_second(config.api_requests_per_second),
