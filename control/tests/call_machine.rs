@@ -504,11 +504,10 @@ mod interleavings {
         }
     }
 
-    /// Cases run through each store. Fewer than the machine's 10,000: each
-    /// op is two round trips to Redis (~15 ms a case in a debug build), and
-    /// what the stores add (encoding, compare-and-set, indexes) does not
-    /// branch on the machine's paths the way the machine does.
-    const STORE_CASES: u32 = 2_000;
+    /// Cases run through each store: as many as through the machine alone.
+    /// Each op is two round trips to Redis (~15 ms a case in a debug
+    /// build), so the stores run side by side.
+    const STORE_CASES: u32 = 10_000;
 
     /// Random cases through each store: SQLite (in memory) and a real Redis.
     /// Each case is its own call.
@@ -522,36 +521,42 @@ mod interleavings {
                 Box::new(RedisStore::connect(&redis.url(), "interleavings").unwrap()),
             ),
         ];
-        for (name, store) in &stores {
-            let mut runner =
-                proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(STORE_CASES));
-            let case = std::sync::atomic::AtomicUsize::new(0);
-            let live = std::sync::Mutex::new(std::collections::BTreeSet::new());
-            let outcome = runner.run(&cases(), |(group, ops)| {
-                let id = format!(
-                    "case-{}",
-                    case.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                );
-                let call = run_case(group, &ops, Some((&**store, &id)))?;
-                let stored = store.get_call(&id).unwrap().unwrap().value;
-                prop_assert_eq!(&stored, &call, "the last write");
-                if call.state != CallState::Ended {
-                    live.lock().unwrap().insert(id);
-                }
-                Ok(())
-            });
-            if let Err(e) = outcome {
-                panic!("{name}: {e}");
+        std::thread::scope(|scope| {
+            for (name, store) in &stores {
+                scope.spawn(move || interleave_through(name, &**store));
             }
-            // The index of live calls (recovery, busy checks) holds exactly
-            // the calls that did not end.
-            let indexed: std::collections::BTreeSet<String> = store
-                .live_calls()
-                .unwrap()
-                .into_iter()
-                .map(|c| c.value.call_id)
-                .collect();
-            assert_eq!(indexed, *live.lock().unwrap(), "{name}: live calls");
+        });
+    }
+
+    fn interleave_through(name: &str, store: &dyn Store) {
+        let mut runner =
+            proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(STORE_CASES));
+        let case = std::sync::atomic::AtomicUsize::new(0);
+        let live = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let outcome = runner.run(&cases(), |(group, ops)| {
+            let id = format!(
+                "case-{}",
+                case.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let call = run_case(group, &ops, Some((store, &id)))?;
+            let stored = store.get_call(&id).unwrap().unwrap().value;
+            prop_assert_eq!(&stored, &call, "the last write");
+            if call.state != CallState::Ended {
+                live.lock().unwrap().insert(id);
+            }
+            Ok(())
+        });
+        if let Err(e) = outcome {
+            panic!("{name}: {e}");
         }
+        // The index of live calls (recovery, busy checks) holds exactly
+        // the calls that did not end.
+        let indexed: std::collections::BTreeSet<String> = store
+            .live_calls()
+            .unwrap()
+            .into_iter()
+            .map(|c| c.value.call_id)
+            .collect();
+        assert_eq!(indexed, *live.lock().unwrap(), "{name}: live calls");
     }
 }
