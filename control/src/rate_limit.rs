@@ -100,6 +100,11 @@ impl Limiter {
         }
     }
 
+    /// Whether checks are a round trip to the shared store.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     fn per_token(&self) -> Duration {
         self.rate.per / self.rate.count.max(1)
     }

@@ -615,6 +615,97 @@ async fn call_limits_count_calls_made_through_any_node() {
         );
     }
 }
+/// The per-device ring-push limit holds across nodes: a phone's rings
+/// count wherever the call was made (2 a minute here), so the third ring,
+/// made through the other node, is not pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ring_push_limit_counts_pushes_sent_by_any_node() {
+    let redis = RedisServer::start();
+    let fcm = push_support::fcm::FakeFcm::start().await;
+    let files = common::live::scratch_dir();
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(
+        files.join("service-account.json"),
+        &fcm.service_account_json,
+    )
+    .unwrap();
+    std::fs::write(files.join("test-ca.pem"), &fcm.server.ca_pem).unwrap();
+    let pushing = |id: &'static str| {
+        let (url, fcm_url, files) = (redis.url(), fcm.server.url.clone(), files.clone());
+        common::live::start_server_with_configured_push(move |c| {
+            c.redis_url = Some(url);
+            c.redis_namespace = "push-limits".into();
+            c.node_id = id.into();
+            c.push_per_device_per_minute = 2;
+            c.fcm = Some(sfu::config::FcmSettings {
+                service_account_file: files.join("service-account.json"),
+                project_id: None,
+                url: fcm_url,
+            });
+            c.push_extra_root_cert = Some(files.join("test-ca.pem"));
+        })
+    };
+    let (one, two) = (pushing("push-1").await, pushing("push-2").await);
+    let (status, body) = api(
+        &one,
+        "POST",
+        "/v1/devices",
+        "bob",
+        json!({"deviceId": "pixel", "platform": "android", "push": {"fcm": push_support::PIXEL_FCM}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Each call is cancelled before the next, so bob is never busy.
+    for (round, (node, caller)) in [(&one, "carol"), (&two, "dave"), (&two, "erin")]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, created) = create(node, caller, "bob").await;
+        assert_eq!(status, 201, "{created}");
+        let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+        if round < 2 {
+            push_support::wait_for("the ring push", || {
+                fcm.accepted_for(push_support::PIXEL_FCM)
+                    .iter()
+                    .any(|m| m["data"]["callId"] == call_id.as_str())
+            })
+            .await;
+        } else {
+            // The dropped ring is counted by the node that would have sent it.
+            let dropped = r#"switchboard_push_failed_total{platform="unknown",provider="none",reason="rate_limited"} 1"#;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let metrics = common::live::http(node, "GET", "/metrics", "").await.1;
+                if metrics.lines().any(|l| l == dropped) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no dropped ring counted: {metrics}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let (status, body) = api(
+            node,
+            "POST",
+            &format!("/v1/calls/{call_id}/cancel"),
+            caller,
+            json!({"deviceId": format!("{caller}-d")}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Two rings and their two cancels reached the phone; the third ring never did.
+    let rings = fcm
+        .accepted_for(push_support::PIXEL_FCM)
+        .iter()
+        .filter(|m| m["data"]["event"] == "incoming_call")
+        .count();
+    assert_eq!(rings, 2, "{:?}", fcm.accepted_for(push_support::PIXEL_FCM));
+}
+
 /// A node is drained through the API while it hosts a call: the registry
 /// lists it `draining`, a new call of its region is placed on the other
 /// node, the live call goes on to its end, and then the node exits 0 and

@@ -63,6 +63,10 @@ pub struct DispatchConfig {
     /// fall back to pushing one unacknowledged ring); `None`: this node's
     /// own memory only.
     pub claims: Option<Arc<dyn PushClaims>>,
+    /// The per-device ring limit's buckets, shared by the nodes of a
+    /// cluster (a device's rings may be sent by any node); `None`: this
+    /// node's own.
+    pub shared_buckets: Option<Arc<dyn crate::rate_limit::SharedBuckets>>,
 }
 
 /// Claims on pushes, shared by every node: the first to claim a push's key
@@ -82,6 +86,7 @@ impl Default for DispatchConfig {
             max_queued: 10_000,
             event_webhooks: Vec::new(),
             claims: None,
+            shared_buckets: None,
         }
     }
 }
@@ -169,7 +174,10 @@ impl PushDispatcher {
         tokio::spawn(async move {
             let mut seen: HashMap<DedupeKey, Instant> = HashMap::new();
             let mut pruned = Instant::now();
-            let limiter = Limiter::new(dispatch.config.per_device);
+            let limiter = Arc::new(match dispatch.config.shared_buckets.clone() {
+                Some(buckets) => Limiter::shared(dispatch.config.per_device, "push", buckets),
+                None => Limiter::new(dispatch.config.per_device),
+            });
             while let Some(queued) = rx.recv().await {
                 // Wait for a slot here, so a stalled provider backs pushes up
                 // into the bounded queue, not into unbounded tasks.
@@ -195,20 +203,8 @@ impl PushDispatcher {
                 if seen.insert(key, now).is_some() {
                     continue; // already delivered or on its way
                 }
-                // Rings are what call spam multiplies; a cancel follows at
-                // most one ring, so limiting rings bounds both.
-                let (user_id, device_id) = who(push);
-                let is_ring = matches!(push, PushRequest::Ring { .. });
-                if is_ring
-                    && limiter
-                        .check(&format!("{user_id}/{device_id}"), now)
-                        .is_err()
-                {
-                    tracing::warn!(call_id = %call_of(push), user_id = %user_id, device_id = %device_id, "ring push over this device's rate limit: dropped");
-                    dispatch.count_failed("none", "unknown", "rate_limited");
-                    continue;
-                }
                 let dispatch = dispatch.clone();
+                let limiter = limiter.clone();
                 // Concurrent: one slow push never holds up the others.
                 tokio::spawn(async move {
                     let Queued {
@@ -216,7 +212,11 @@ impl PushDispatcher {
                         queued_at,
                         _settles,
                     } = queued;
-                    if dispatch.claimed_elsewhere(&push).await {
+                    // Claimed first: a push another node sends must not
+                    // also take one of the device's tokens here.
+                    if dispatch.claimed_elsewhere(&push).await
+                        || !dispatch.within_device_limit(&push, limiter).await
+                    {
                         return;
                     }
                     dispatch.deliver(push, queued_at).await;
@@ -374,6 +374,29 @@ impl Dispatch {
             }
             Err(_) => false,
         }
+    }
+
+    /// Rings are what call spam multiplies; a cancel follows at most one
+    /// ring, so limiting rings per device bounds both. A shared limiter is
+    /// a store round trip: taken off the async threads.
+    async fn within_device_limit(&self, push: &PushRequest, limiter: Arc<Limiter>) -> bool {
+        if !matches!(push, PushRequest::Ring { .. }) {
+            return true;
+        }
+        let (user_id, device_id) = who(push);
+        let key = format!("{user_id}/{device_id}");
+        let allowed = if limiter.is_shared() {
+            tokio::task::spawn_blocking(move || limiter.check(&key, Instant::now()).is_ok())
+                .await
+                .unwrap_or(true)
+        } else {
+            limiter.check(&key, Instant::now()).is_ok()
+        };
+        if !allowed {
+            tracing::warn!(call_id = %call_of(push), user_id = %user_id, device_id = %device_id, "ring push over this device's rate limit: dropped");
+            self.count_failed("none", "unknown", "rate_limited");
+        }
+        allowed
     }
 
     fn provider_for(&self, platform: Platform) -> Option<Provider> {

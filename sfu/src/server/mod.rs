@@ -398,7 +398,13 @@ fn start_control(
     } = backend;
     let push: Arc<dyn control::ringing::PushSender> = match push {
         Some(push) => push,
-        None => push_dispatcher(config, store.clone(), push_claims, push_metrics)?,
+        None => push_dispatcher(
+            config,
+            store.clone(),
+            push_claims,
+            shared_limits.clone(),
+            push_metrics,
+        )?,
     };
     let mut events = control::ringing::HubRinger::new(hub, store.clone(), push)
         .with_event_webhooks(event_endpoints(config));
@@ -468,6 +474,7 @@ fn push_dispatcher(
     config: &Config,
     store: Arc<dyn control::store::Store>,
     claims: Option<Arc<dyn control::push::dispatch::PushClaims>>,
+    shared_buckets: Option<Arc<dyn control::rate_limit::SharedBuckets>>,
     metrics: control::push::metrics::PushMetrics,
 ) -> Result<Arc<dyn control::ringing::PushSender>, StartError> {
     use control::push::{apns, dispatch, fcm, webhook};
@@ -515,6 +522,7 @@ fn push_dispatcher(
         per_device: control::rate_limit::Rate::per_minute(config.push_per_device_per_minute),
         event_webhooks: event_endpoints(config),
         claims,
+        shared_buckets,
         ..Default::default()
     };
     Ok(Arc::new(dispatch::PushDispatcher::spawn(
