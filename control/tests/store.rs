@@ -749,3 +749,139 @@ fn a_due_ring_is_handed_to_one_node() {
     assert_eq!(one.take_due(T0 + 5_000), [ring("b-android")]);
     assert!(two.take_due(T0 + 5_000).is_empty());
 }
+
+/// Through Redis Sentinel (`redis+sentinel://`), the store follows a
+/// failover: the primary is killed with `kill -9`; while Sentinel decides,
+/// calls fail `Unavailable` promptly (503 `store_unavailable` at the API);
+/// then the store works on the promoted replica (each new connection asks
+/// Sentinel where the primary is) with what was replicated before, and a
+/// write to a replica is `Unavailable` too, never a backend fault.
+#[test]
+fn through_sentinel_the_store_follows_a_failover() {
+    use control::store::StoreError;
+    use redis_server::{Sentinel, has_role, primary_offset, replica_offset};
+    use std::time::{Duration, Instant};
+    let mut primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary);
+    let sentinel = Sentinel::start(&primary, "calls");
+    // A failover needs a replica in sync that Sentinel knows of.
+    let sentinel_client =
+        redis::Client::open(format!("redis://127.0.0.1:{}/", sentinel.port)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let replicas: Result<Vec<std::collections::HashMap<String, String>>, _> =
+            redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg("calls")
+                .query(&mut sentinel_client.get_connection().unwrap());
+        let known = replicas.is_ok_and(|r| {
+            r.iter()
+                .any(|r| r.get("flags").is_some_and(|f| f == "slave"))
+        });
+        if known && replica_offset(replica.port).is_some_and(|o| o > 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sentinel never saw the replica"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let url = format!("redis+sentinel://127.0.0.1:{}/calls", sentinel.port);
+    let s = RedisStore::connect(&url, "failover").unwrap();
+    s.upsert_device(&ios("phone", "alice", &"cd".repeat(32), T0))
+        .unwrap();
+    s.insert_call_unless_crossed(&call("c1", "alice", "bob", T0))
+        .unwrap();
+    let read = s.get_call("c1").unwrap().unwrap();
+    let mut answered = read.value.clone();
+    answered
+        .accept("bob", "bob-d", T0 + 1, &mut Vec::new())
+        .unwrap();
+    assert!(s.update_call(&answered, read.version).unwrap());
+    // Replication is asynchronous: kill only once the replica has it all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica_offset(replica.port) < primary_offset(primary.port) {
+        assert!(Instant::now() < deadline, "the replica never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A write sent to the replica itself: unavailable, not a fault.
+    let on_replica = RedisStore::connect(&replica.url(), "failover").unwrap();
+    match on_replica.insert_call_unless_crossed(&call("c9", "erin", "frank", T0)) {
+        Err(StoreError::Unavailable(e)) => assert!(e.contains("read only"), "{e}"),
+        other => panic!("a write to a replica answered {other:?}"),
+    }
+
+    primary.kill9();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    let stored = loop {
+        let asked = Instant::now();
+        match s.get_call("c1") {
+            Ok(call) => break call.unwrap(),
+            Err(StoreError::Unavailable(e)) => {
+                assert!(
+                    asked.elapsed() < Duration::from_secs(10),
+                    "a failing call must not hang: {:?}",
+                    asked.elapsed()
+                );
+                assert!(Instant::now() < deadline, "no failover in 30 s: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("during the failover: {e}"),
+        }
+    };
+    eprintln!(
+        "the store answered again {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(has_role(replica.port, "master"), "the replica was promoted");
+    assert_eq!(stored.value, answered);
+    assert_eq!(s.devices_of("alice").unwrap().len(), 1);
+    // Writes go to the new primary.
+    let mut ended = stored.value.clone();
+    ended.end("alice", T0 + 2, &mut Vec::new()).unwrap();
+    assert!(s.update_call(&ended, stored.version).unwrap());
+    assert!(s.live_calls().unwrap().is_empty());
+}
+
+/// `rediss://`: the store speaks TLS to a Redis with a private CA it is
+/// told to trust, and refuses one it is not (the system's roots do not
+/// hold the test CA) or a plain connection to the TLS port.
+#[test]
+fn over_tls_the_store_trusts_the_ca_it_is_given_and_no_other() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("switchboard-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("redis.crt"), dir.join("redis.key"));
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let (_redis, tls_port) = RedisServer::start_tls(&cert, &key);
+
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let trusted = RedisStore::connect_trusting(&url, "tls", Some(ca.pem().as_bytes())).unwrap();
+    trusted
+        .upsert_device(&ios("phone", "alice", &"ef".repeat(32), T0))
+        .unwrap();
+    assert_eq!(trusted.devices_of("alice").unwrap().len(), 1);
+
+    match RedisStore::connect(&url, "tls") {
+        Err(e) => assert!(e.to_string().contains("UnknownIssuer"), "{e}"),
+        Ok(_) => panic!("a certificate from an unknown CA was accepted"),
+    }
+    assert!(
+        RedisStore::connect(&format!("redis://127.0.0.1:{tls_port}/"), "tls").is_err(),
+        "plain TCP to the TLS port worked"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -55,9 +55,14 @@ pub struct Config {
     pub log_format: String,
     /// Where the embedded store keeps its file (`control.db`).
     pub data_dir: std::path::PathBuf,
-    /// The store every node of a cluster shares (`redis://host:port/db`,
-    /// `rediss://` for TLS). Unset: the embedded SQLite store in `data_dir`.
+    /// The store every node of a cluster shares (`redis://host:port/db`, or
+    /// `redis+sentinel://s1:26379,s2:26379/primary-name/db` to follow the
+    /// primary Redis Sentinel names). Unset: the embedded SQLite store in
+    /// `data_dir`.
     pub redis_url: Option<String>,
+    /// PEM certificates to trust for a `rediss://` `redis_url` (a Redis
+    /// with a private CA); unset: the system's roots.
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Start of every Redis key (as the hash tag `{namespace}`), so several
     /// deployments can share one Redis.
     pub redis_namespace: String,
@@ -237,6 +242,7 @@ impl Default for Config {
             log_format: "text".into(),
             data_dir: "switchboard-data".into(),
             redis_url: None,
+            redis_ca_file: None,
             redis_namespace: "switchboard".into(),
             node_id: String::new(),
             region: "default".into(),
@@ -366,6 +372,9 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_REDIS_URL") {
             self.redis_url = Some(v);
+        }
+        if let Some(v) = var("SWITCHBOARD_REDIS_CA_FILE") {
+            self.redis_ca_file = Some(v.into());
         }
         if let Some(v) = var("SWITCHBOARD_REDIS_NAMESPACE") {
             self.redis_namespace = v;

@@ -15,6 +15,9 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     durable: bool,
+    /// Arguments after the common ones (a replica's `--replicaof`), kept
+    /// for a restart.
+    extra: Vec<String>,
 }
 
 /// A port below the kernel's ephemeral range (which outgoing connections
@@ -48,7 +51,52 @@ impl RedisServer {
         Self::start_in(true)
     }
 
+    /// A replica of `primary`, in memory.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        Self::start_with(
+            false,
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.port.to_string(),
+            ],
+        )
+    }
+
+    /// With TLS on `tls_port` as well (`cert` and `key`: PEM files), no
+    /// client certificates asked; the plain port stays for readiness.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> (RedisServer, u16) {
+        // The TLS port is fixed before the retry loop: if it is taken the
+        // server exits and the whole start is tried again.
+        for _ in 0..5 {
+            let tls_port = candidate_port();
+            let extra = vec![
+                "--tls-port".into(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                cert.display().to_string(),
+                "--tls-key-file".into(),
+                key.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ];
+            if let Some(server) = Self::try_start_with(false, extra) {
+                return (server, tls_port);
+            }
+        }
+        panic!("redis-server with TLS did not start (is Debian's built with TLS?)");
+    }
+
     fn start_in(durable: bool) -> RedisServer {
+        Self::start_with(durable, Vec::new())
+    }
+
+    fn start_with(durable: bool, extra: Vec<String>) -> RedisServer {
+        Self::try_start_with(durable, extra)
+            .expect("redis-server did not start in 20 tries (is Debian's redis-server installed?)")
+    }
+
+    fn try_start_with(durable: bool, extra: Vec<String>) -> Option<RedisServer> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "switchboard-redis-{}-{}",
@@ -59,22 +107,23 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).unwrap();
         for _ in 0..20 {
             let port = candidate_port();
-            let child = spawn(&dir, port, durable);
+            let child = spawn(&dir, port, durable, &extra);
             let mut server = RedisServer {
                 child,
                 port,
                 dir: dir.clone(),
                 durable,
+                extra: extra.clone(),
             };
             if server.wait_ready() {
-                return server;
+                return Some(server);
             }
             // Port taken (or a slow start): end this one and try another.
             let _ = server.child.kill();
             let _ = server.child.wait();
             std::mem::forget(server);
         }
-        panic!("redis-server did not start in 20 tries (is Debian's redis-server installed?)");
+        None
     }
 
     pub fn url(&self) -> String {
@@ -93,7 +142,7 @@ impl RedisServer {
 
     /// Starts again on the same port and directory (after [`Self::kill9`]).
     pub fn restart(&mut self) {
-        self.child = spawn(&self.dir, self.port, self.durable);
+        self.child = spawn(&self.dir, self.port, self.durable, &self.extra);
         assert!(self.wait_ready(), "redis-server did not restart");
     }
 
@@ -114,9 +163,10 @@ impl RedisServer {
     }
 }
 
-fn spawn(dir: &std::path::Path, port: u16, durable: bool) -> Child {
+fn spawn(dir: &std::path::Path, port: u16, durable: bool, extra: &[String]) -> Child {
     let mut cmd = Command::new("redis-server");
     cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(extra)
         .arg("--dir")
         .arg(dir)
         .args(["--save", "", "--daemonize", "no", "--protected-mode", "yes"])
@@ -130,6 +180,124 @@ fn spawn(dir: &std::path::Path, port: u16, durable: bool) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server runs (Debian package redis-server)")
+}
+
+/// A Redis Sentinel (`redis-server --sentinel`, Debian's) watching one
+/// primary under `name`, alone (quorum 1) and quick to decide (down after
+/// 1 s): a failover in seconds, for a test.
+pub struct Sentinel {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Sentinel {
+    pub fn start(primary: &RedisServer, name: &str) -> Sentinel {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-sentinel-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for _ in 0..20 {
+            let port = candidate_port();
+            // Sentinel rewrites its config file as it learns: one of its own.
+            let conf = dir.join("sentinel.conf");
+            let text = format!(
+                "bind 127.0.0.1\nport {port}\ndir {}\n\
+                 sentinel monitor {name} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n",
+                dir.display(),
+                primary.port
+            );
+            std::fs::write(&conf, text).unwrap();
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .args(["--sentinel", "--daemonize", "no", "--loglevel", "warning"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs as a sentinel (Debian package redis-server)");
+            let mut sentinel = Sentinel {
+                child,
+                port,
+                dir: dir.clone(),
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = sentinel.child.try_wait() {
+                    break;
+                }
+                if server_pid(port) == Some(sentinel.child.id()) {
+                    return sentinel;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = sentinel.child.kill();
+            let _ = sentinel.child.wait();
+            std::mem::forget(sentinel);
+        }
+        panic!("redis sentinel did not start in 20 tries");
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether the redis-server on `port` says `role:<role>` (`INFO
+/// replication`): `master` once a failover promoted it.
+pub fn has_role(port: u16, role: &str) -> bool {
+    info(port, "replication").is_some_and(|text| text.contains(&format!("role:{role}\r\n")))
+}
+
+/// The replication offset a replica on `port` has applied.
+pub fn replica_offset(port: u16) -> Option<u64> {
+    let text = info(port, "replication")?;
+    let start = text.find("slave_repl_offset:")? + "slave_repl_offset:".len();
+    let len = text[start..].find("\r\n")?;
+    text[start..start + len].parse().ok()
+}
+
+/// The primary's replication offset.
+pub fn primary_offset(port: u16) -> Option<u64> {
+    let text = info(port, "replication")?;
+    let start = text.find("master_repl_offset:")? + "master_repl_offset:".len();
+    let len = text[start..].find("\r\n")?;
+    text[start..start + len].parse().ok()
+}
+
+/// One `INFO <section>` reply's text (a bulk string: read to its length).
+fn info(port: u16, section: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .write_all(format!("INFO {section}\r\n").as_bytes())
+        .ok()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while reply.len() < 64 * 1024 {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        // `$<len>\r\n<body>\r\n`
+        let header_end = text.find("\r\n")?;
+        let len: usize = text.get(1..header_end)?.parse().ok()?;
+        if reply.len() >= header_end + 2 + len + 2 {
+            return Some(text[header_end + 2..header_end + 2 + len].to_string());
+        }
+    }
+    None
 }
 
 /// The PID of the redis-server answering on `port` (`INFO server`).

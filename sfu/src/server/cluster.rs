@@ -53,10 +53,22 @@ pub(super) fn open_backend(
     };
     let metrics = control::store::RedisMetrics::register(registry)
         .map_err(|e| StartError::Store(e.to_string()))?;
+    let roots = config
+        .redis_ca_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read(path)
+                .map_err(|e| StartError::Store(format!("redis_ca_file {}: {e}", path.display())))
+        })
+        .transpose()?;
     let redis = Arc::new(
-        control::store::RedisStore::connect(url, &config.redis_namespace)
-            .map_err(|e| StartError::Store(e.to_string()))?
-            .with_metrics(metrics),
+        control::store::RedisStore::connect_trusting(
+            url,
+            &config.redis_namespace,
+            roots.as_deref(),
+        )
+        .map_err(|e| StartError::Store(e.to_string()))?
+        .with_metrics(metrics),
     );
     let node_id = node_id(config);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -162,7 +162,7 @@ impl RedisStore {
         hub: std::sync::Arc<crate::ringing::DeviceHub>,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> std::thread::JoinHandle<()> {
-        let client = self.client.clone();
+        let source = self.source.clone();
         let channel = format!("{}relay:{node_id}", self.prefix);
         let node_id = node_id.to_string();
         std::thread::Builder::new()
@@ -170,7 +170,7 @@ impl RedisStore {
             .spawn(move || {
                 use std::sync::atomic::Ordering;
                 while !stop.load(Ordering::Relaxed) {
-                    if let Err(e) = listen(&client, &channel, &hub, &stop) {
+                    if let Err(e) = listen(&source, &channel, &hub, &stop) {
                         tracing::warn!(%node_id, error = %e, "relay listener: reconnecting in 1 s");
                         std::thread::sleep(Duration::from_secs(1));
                     }
@@ -182,12 +182,12 @@ impl RedisStore {
 
 /// One subscribed connection's life: until an error or `stop`.
 fn listen(
-    client: &redis::Client,
+    source: &super::source::Source,
     channel: &str,
     hub: &crate::ringing::DeviceHub,
     stop: &std::sync::atomic::AtomicBool,
 ) -> redis::RedisResult<()> {
-    let mut conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    let mut conn = source.connect(CONNECT_TIMEOUT, CONNECT_TIMEOUT)?;
     let mut pubsub = conn.as_pubsub();
     pubsub.subscribe(channel)?;
     // Wakes up each second to see `stop`.

@@ -43,6 +43,7 @@ use redis::Value;
 
 mod cluster;
 mod scripts;
+mod source;
 
 pub use cluster::RedisSockets;
 use scripts::{INDEX_CALL, INSERT_CALL, PRELUDE, Scripts};
@@ -67,47 +68,38 @@ const MAX_DUE_PER_PASS: usize = 500;
 const MAX_WATCH_RETRIES: usize = 32;
 
 pub struct RedisStore {
-    pool: r2d2::Pool<redis::Client>,
+    pool: r2d2::Pool<source::Pooled>,
     /// For the relay listener's own (subscribed) connection.
-    client: redis::Client,
+    source: source::Source,
     /// `{namespace}:`, the start of every key.
     prefix: String,
     scripts: Scripts,
     metrics: Option<RedisMetrics>,
 }
 
-/// Sets each new connection's command timeouts: a Redis that stops answering
-/// must fail a request, not hang it.
-#[derive(Debug)]
-struct Timeouts;
-
-impl r2d2::CustomizeConnection<redis::Connection, redis::RedisError> for Timeouts {
-    fn on_acquire(&self, conn: &mut redis::Connection) -> Result<(), redis::RedisError> {
-        conn.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-        conn.set_write_timeout(Some(COMMAND_TIMEOUT))
-    }
-}
-
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`); every key starts with
-    /// `{namespace}:` so deployments (or tests) can share one Redis. Fails if
-    /// Redis does not answer now: a node must not start on a store it cannot
-    /// reach.
+    /// Connects to `url` (`redis://host:port/db`, or
+    /// `redis+sentinel://sentinel:26379,.../primary-name/db` to follow the
+    /// primary Sentinel names); every key starts with `{namespace}:` so
+    /// deployments (or tests) can share one Redis. Fails if Redis does not
+    /// answer now: a node must not start on a store it cannot reach.
     pub fn connect(url: &str, namespace: &str) -> Result<RedisStore, StoreError> {
+        RedisStore::connect_trusting(url, namespace, None)
+    }
+
+    /// [`Self::connect`], trusting `roots` (PEM certificates) instead of the
+    /// system's for a `rediss://` URL: a Redis with a private CA.
+    pub fn connect_trusting(
+        url: &str,
+        namespace: &str,
+        roots: Option<&[u8]>,
+    ) -> Result<RedisStore, StoreError> {
         if namespace.is_empty() || namespace.contains(['{', '}']) {
             return Err(StoreError::Backend(
                 "the Redis namespace must be non-empty, without braces".into(),
             ));
         }
-        use redis::IntoConnectionInfo;
-        let info = url
-            .into_connection_info()
-            .map_err(|e| StoreError::Backend(e.to_string()))?
-            // Without TCP_NODELAY a request written in two segments can wait
-            // for the delayed ACK: a call setup (create, accept, end) took
-            // 2.8 ms with Nagle's algorithm on, 1.9 ms with it off.
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let source = source::Source::parse(url, roots).map_err(StoreError::Backend)?;
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(0))
@@ -116,11 +108,14 @@ impl RedisStore {
             // a dropped connection fails its command as `Unavailable` and
             // the pool discards it.
             .test_on_check_out(false)
-            .connection_customizer(Box::new(Timeouts))
-            .build_unchecked(client.clone());
+            .build_unchecked(source::Pooled::new(
+                source.clone(),
+                CONNECT_TIMEOUT,
+                COMMAND_TIMEOUT,
+            ));
         let store = RedisStore {
             pool,
-            client,
+            source,
             prefix: format!("{{{namespace}}}:"),
             scripts: Scripts::new(),
             metrics: None,
@@ -137,7 +132,7 @@ impl RedisStore {
         self
     }
 
-    fn conn(&self) -> Result<r2d2::PooledConnection<redis::Client>, StoreError> {
+    fn conn(&self) -> Result<r2d2::PooledConnection<source::Pooled>, StoreError> {
         self.pool.get().map_err(|e| {
             self.count_error("unavailable");
             StoreError::Unavailable(e.to_string())
@@ -188,11 +183,19 @@ impl RedisStore {
     }
 }
 
-/// A Redis error as the store reports it: an unreachable Redis is
-/// `Unavailable` (the API answers 503 and the client retries); anything
-/// else is a backend fault.
+/// A Redis error as the store reports it: an unreachable (or no longer
+/// primary) Redis is `Unavailable` (the API answers 503 and the client
+/// retries); anything else is a backend fault.
 fn classify(e: redis::RedisError) -> StoreError {
-    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+    // READONLY: the connection reached a replica (a primary demoted by a
+    // failover); the pool drops that connection, and a retry finds the
+    // primary Sentinel names now.
+    if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.code() == Some("READONLY")
+    {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Backend(e.to_string())
@@ -356,7 +359,7 @@ impl RedisStore {
     /// the crossing check read changed before the insert committed.
     fn try_insert_one_to_one(
         &self,
-        conn: &mut redis::Connection,
+        conn: &mut source::Conn,
         call: &Call,
         insert: &redis::Cmd,
     ) -> Result<Option<Insertion>, StoreError> {
