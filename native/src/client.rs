@@ -920,6 +920,19 @@ impl Driver {
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.insert(call_id.clone(), session.clone());
         }
+        let locate_room: crate::rtc_session::LocateRoom = {
+            let (api, call_id) = (self.api.clone(), call_id.clone());
+            Arc::new(move || {
+                let (api, call_id) = (api.clone(), call_id.clone());
+                Box::pin(async move {
+                    let info = api.fresh_token(&call_id).await.ok()?;
+                    Some(
+                        info.rtc_url
+                            .unwrap_or_else(|| format!("{}{}", ws_base(api.base()), info.rtc_path)),
+                    )
+                })
+            })
+        };
         let (rtc, task) = crate::rtc_session::spawn(RtcSession {
             url,
             call_id,
@@ -928,6 +941,7 @@ impl Driver {
             media_events,
             engine: inputs.clone(),
             tls: self.tls.clone(),
+            locate_room: Some(locate_room),
         });
         call.rtc = Some(rtc);
         self.media_tasks.retain(|t| !t.is_finished());

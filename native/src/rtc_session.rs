@@ -44,7 +44,20 @@ pub struct RtcSession {
     pub engine: mpsc::UnboundedSender<Input>,
     /// For `wss://` (`crate::tls`).
     pub tls: Arc<rustls::ClientConfig>,
+    /// Asks the API where the call's room is now (its `rtcUrl`); `None`:
+    /// the API did not answer. Used while the node stays unreachable.
+    pub locate_room: Option<LocateRoom>,
 }
+
+/// Where a call's room is now, from the API (`POST /v1/calls/{id}/token`).
+pub type LocateRoom =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Option<String>> + Send + Sync>;
+
+/// While the room's node cannot be reached, the API is asked this often
+/// whether the room moved (a dead node's rooms move to a live node once
+/// the registry forgets it, within about 10 s). A network that is down
+/// reaches neither, and the session keeps resuming for its grace period.
+const LOCATE_EVERY: Duration = Duration::from_secs(3);
 
 /// Runs the session; the handle finishes once it released its media
 /// session (the client's shutdown waits for that).
@@ -102,6 +115,8 @@ impl Running {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut resume_by: Option<Instant> = None;
         let mut moves = 0;
+        let mut unreachable_since: Option<Instant> = None;
+        let mut located_at: Option<Instant> = None;
         loop {
             let ended = match SignalingClient::connect_with_tls(
                 &self.session.url,
@@ -131,8 +146,15 @@ impl Running {
                 SocketEnded::Dropped { joined } => {
                     if joined {
                         resume_by = None;
+                        unreachable_since = None;
                         backoff.reset();
                         self.reconnecting();
+                    } else if self
+                        .room_moved(&mut unreachable_since, &mut located_at)
+                        .await
+                    {
+                        // A fresh join there, with that node's ICE servers.
+                        return self.fail("the call's room moved to another node");
                     }
                 }
             }
@@ -392,6 +414,31 @@ impl Running {
         let _ = self.session.engine.send(Input::MediaReconnecting {
             call_id: self.session.call_id.clone(),
         });
+    }
+
+    /// After a failed attempt to reach the room's node: whether the API,
+    /// asked at most every [`LOCATE_EVERY`] once the node has been
+    /// unreachable that long, puts the room on another node now.
+    async fn room_moved(
+        &self,
+        unreachable_since: &mut Option<Instant>,
+        located_at: &mut Option<Instant>,
+    ) -> bool {
+        let Some(locate) = &self.session.locate_room else {
+            return false;
+        };
+        let now = Instant::now();
+        let since = *unreachable_since.get_or_insert(now);
+        let due = located_at.is_none_or(|at| now - at >= LOCATE_EVERY);
+        if now - since < LOCATE_EVERY || !due {
+            return false;
+        }
+        *located_at = Some(now);
+        let url = tokio::time::timeout(Duration::from_secs(5), locate())
+            .await
+            .ok()
+            .flatten();
+        url.is_some_and(|url| url != self.session.url)
     }
 
     fn fail(self, why: &str) {

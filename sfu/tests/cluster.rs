@@ -5,6 +5,8 @@
 
 mod common;
 
+#[path = "../../native/tests/support/fake_phone.rs"]
+mod fake_phone;
 #[path = "../../control/tests/support/mod.rs"]
 mod push_support;
 #[path = "../../control/tests/support/redis_server.rs"]
@@ -1164,6 +1166,191 @@ async fn a_room_whose_node_died_moves_once_and_the_call_goes_on() {
     assert_eq!(status, 200, "{ended}");
     assert_eq!(ended["call"]["state"], "ended", "{ended}");
     assert_eq!(ended["call"]["endReason"], "completed", "{ended}");
+}
+
+/// Two phones (the client core with str0m media, fake CallKit / Telecom)
+/// reach the API and their event sockets on node B; their call's room is
+/// on node A (its region is the fallback). A dies (`kill -9`) while they
+/// talk: each core keeps trying A, asks B where the room is, rejoins there
+/// once the room moved, reports reconnecting then reconnected, media flows
+/// again, and the hang-up ends the call `completed`.
+#[test]
+fn phones_follow_their_room_to_a_live_node_when_its_node_dies() {
+    use fake_phone::{FakeSystem, FixedTokens, Report};
+    use native::api::Platform;
+    use native::client::{Client, ClientConfig, Ports};
+    use native::ports::{DevicePushTokens, EndedReason};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = RedisServer::start();
+    // A grace of a minute: resuming at the dead node until it expires
+    // would take far longer than this test waits.
+    let in_region = |region| {
+        [
+            ("SWITCHBOARD_REGION", region),
+            ("SWITCHBOARD_PLACEMENT_FALLBACK_REGION", "eu"),
+            ("SWITCHBOARD_RECONNECT_GRACE_SECONDS", "60"),
+        ]
+    };
+    let (mut room_node, api_node) = runtime.block_on(async {
+        let a = process_node(&redis, "phones", "node-a", &in_region("eu")).await;
+        let b = process_node(&redis, "phones", "node-b", &in_region("us")).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while node_ids(&list_nodes(b.http).await.1).len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "never both listed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        (a, b)
+    });
+    let base = format!("http://{}", api_node.http);
+    let phone = |user: &str, device: &str| {
+        let system = Arc::new(FakeSystem {
+            fresh_token: Some(common::live::user_token(user)),
+            ..Default::default()
+        });
+        let ports = Ports {
+            ui: system.clone(),
+            media: native::str0m_media::Str0mMediaFactory::with_runtime(
+                "127.0.0.1".parse().unwrap(),
+                runtime.handle().clone(),
+            ),
+            audio: system.clone(),
+            push: Arc::new(FixedTokens(DevicePushTokens {
+                fcm: Some(format!("fcm-token-of-{device}-{}", "x".repeat(32))),
+                ..Default::default()
+            })),
+            credentials: system.clone(),
+            events: system.clone(),
+        };
+        let config = ClientConfig {
+            server_url: base.clone(),
+            user_token: common::live::user_token(user),
+            device_id: device.to_string(),
+            platform: Platform::Android,
+            video: true,
+            bundle_id: None,
+            apns_environment: None,
+            trusted_ca_pem: None,
+            system_call_ui: true,
+        };
+        let client = Client::start(config, ports, runtime.handle()).unwrap();
+        let _ = system.client.set(Arc::downgrade(&client));
+        (client, system)
+    };
+    let wait_for = |what: &str, limit: Duration, mut check: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = std::time::Instant::now() + limit;
+        while !check() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what} in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let received = |client: &Client, uuid: &str| {
+        client
+            .media_stats(uuid.to_string())
+            .map_or(0, |s| s.packets_received)
+    };
+    let (alice, alice_ui) = phone("alice", "a-phone");
+    let (bob, bob_ui) = phone("bob", "b-phone");
+    let limit = Duration::from_secs(15);
+    wait_for(
+        "bob's registration",
+        limit,
+        Box::new(|| {
+            let devices = runtime.block_on(api_at(api_node.http, "GET", "/v1/devices", "bob"));
+            devices.1.to_string().contains("b-phone")
+        }),
+    );
+    let call_id = runtime
+        .block_on(alice.start_call_async("bob".into(), true, None))
+        .expect("the call is created");
+    alice.audio_session_activated();
+    wait_for(
+        "bob's incoming call",
+        limit,
+        Box::new(|| {
+            bob_ui
+                .reports()
+                .iter()
+                .any(|r| matches!(r, Report::Incoming { .. }))
+        }),
+    );
+    bob.incoming_call_displayed(call_id.clone());
+    bob.answer(call_id.clone());
+    bob.audio_session_activated();
+    let alice_uuid = alice_ui
+        .reports()
+        .iter()
+        .find_map(|r| match r {
+            Report::OutgoingStarted(uuid) => Some(uuid.clone()),
+            _ => None,
+        })
+        .expect("alice's outgoing call is reported");
+    wait_for(
+        "media both ways on node A",
+        limit,
+        Box::new(|| received(&bob, &call_id) >= 100 && received(&alice, &alice_uuid) >= 100),
+    );
+    let _ = room_node.child.kill();
+    let _ = room_node.child.wait();
+    let killed = std::time::Instant::now();
+    // The registry forgets A within 10 s; each core asks every 3 s after
+    // 3 s unreachable; the rejoin and ICE take a few more (9 s in all
+    // here), far less than the grace a resume at A would wait out.
+    wait_for(
+        "both phones reconnected on node B",
+        Duration::from_secs(40),
+        Box::new(|| {
+            [(&alice_ui, &alice_uuid), (&bob_ui, &call_id)]
+                .iter()
+                .all(|(ui, uuid)| ui.has(&Report::Reconnected((*uuid).clone())))
+        }),
+    );
+    eprintln!("both reconnected {:?} after node A died", killed.elapsed());
+    let (from_alice, from_bob) = (received(&bob, &call_id), received(&alice, &alice_uuid));
+    wait_for(
+        "media both ways on node B",
+        limit,
+        Box::new(|| {
+            received(&bob, &call_id) >= from_alice + 100
+                && received(&alice, &alice_uuid) >= from_bob + 100
+        }),
+    );
+    for ui in [&alice_ui, &bob_ui] {
+        assert!(
+            !ui.reports().iter().any(|r| matches!(r, Report::Ended(..))),
+            "{:?}",
+            ui.reports()
+        );
+        assert!(
+            ui.reports()
+                .iter()
+                .any(|r| matches!(r, Report::Reconnecting(_)))
+        );
+    }
+    bob.end(call_id.clone());
+    wait_for(
+        "alice's call to end",
+        limit,
+        Box::new(|| alice_ui.has(&Report::Ended(alice_uuid.clone(), EndedReason::RemoteEnded))),
+    );
+    let (status, call) = runtime.block_on(api_at(
+        api_node.http,
+        "GET",
+        &format!("/v1/calls/{call_id}"),
+        "alice",
+    ));
+    assert_eq!(status, 200, "{call}");
+    assert_eq!(call["endReason"], "completed", "{call}");
+    alice.shutdown();
+    bob.shutdown();
 }
 
 /// Redis dies (`kill -9`) during a connected call: the media keeps flowing;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod fake_phone;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const KEY_ID: &str = "native-test-key";
