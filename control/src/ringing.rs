@@ -113,6 +113,10 @@ pub struct RelayedEvent {
     /// `None`: every socket of the user on the receiving node.
     pub device_id: Option<String>,
     pub event: DeviceEvent,
+    /// The sending node's wall clock (ms since the Unix epoch), for the
+    /// receiving node's relay latency. Absent from older nodes' messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<u64>,
 }
 
 /// Devices with an open events socket.

@@ -513,6 +513,14 @@ async fn a_ring_reaches_a_socket_on_another_node() {
         "cross-node ring, create request sent -> ring frame on the other node's socket: p50 {:?}, p99 {:?} (100 calls, debug build)",
         latencies[49], latencies[98]
     );
+    // Node 2 timed each event it received: at least a ring and a cancel
+    // per call.
+    let (_, metrics) = request(two.http_addr, "GET", "/metrics", &[], "").await;
+    let relayed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_device_event_relay_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(relayed.is_some_and(|n| n >= 202), "{relayed:?}");
 }
 
 /// The node that created a ringing call dies (`kill -9`): the ring still

@@ -120,6 +120,7 @@ impl crate::ringing::SocketDirectory for RedisSockets {
             user_id: user_id.to_string(),
             device_id: device_id.map(str::to_string),
             event: event.clone(),
+            sent_at_ms: Some(crate::unix_millis()),
         });
         let took: Result<i64, _> = self.store.conn().and_then(|mut conn| {
             self.store
@@ -163,6 +164,7 @@ impl RedisStore {
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> std::thread::JoinHandle<()> {
         let source = self.source.clone();
+        let relay_latency = self.metrics.as_ref().map(|m| m.relay_latency.clone());
         let channel = format!("{}relay:{node_id}", self.prefix);
         let node_id = node_id.to_string();
         std::thread::Builder::new()
@@ -170,7 +172,7 @@ impl RedisStore {
             .spawn(move || {
                 use std::sync::atomic::Ordering;
                 while !stop.load(Ordering::Relaxed) {
-                    if let Err(e) = listen(&source, &channel, &hub, &stop) {
+                    if let Err(e) = listen(&source, &channel, &hub, &stop, &relay_latency) {
                         tracing::warn!(%node_id, error = %e, "relay listener: reconnecting in 1 s");
                         std::thread::sleep(Duration::from_secs(1));
                     }
@@ -186,6 +188,7 @@ fn listen(
     channel: &str,
     hub: &crate::ringing::DeviceHub,
     stop: &std::sync::atomic::AtomicBool,
+    relay_latency: &Option<prometheus::Histogram>,
 ) -> redis::RedisResult<()> {
     let mut conn = source.connect(CONNECT_TIMEOUT, CONNECT_TIMEOUT)?;
     let mut pubsub = conn.as_pubsub();
@@ -200,7 +203,13 @@ fn listen(
         };
         let payload: String = message.get_payload()?;
         match serde_json::from_str::<crate::ringing::RelayedEvent>(&payload) {
-            Ok(relayed) => hub.deliver_relayed(relayed),
+            Ok(relayed) => {
+                if let (Some(histogram), Some(sent)) = (relay_latency, relayed.sent_at_ms) {
+                    // A receiver whose clock runs behind the sender's sees 0.
+                    histogram.observe(crate::unix_millis().saturating_sub(sent) as f64 / 1000.0);
+                }
+                hub.deliver_relayed(relayed)
+            }
             Err(e) => tracing::warn!(error = %e, "relayed device event does not decode"),
         }
     }

@@ -208,6 +208,7 @@ pub struct RedisMetrics {
     errors: prometheus::IntCounterVec,
     relayed: prometheus::IntCounterVec,
     latency: prometheus::Histogram,
+    relay_latency: prometheus::Histogram,
 }
 
 impl RedisMetrics {
@@ -235,13 +236,24 @@ impl RedisMetrics {
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
             ]),
         )?;
+        let relay_latency = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "switchboard_device_event_relay_seconds",
+                "Device events received from another node: the sender's wall clock at publish to this node's at receipt (the nodes' clock offset included: keep them on NTP)",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(relayed.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(relay_latency.clone()))?;
         Ok(RedisMetrics {
             errors,
             relayed,
             latency,
+            relay_latency,
         })
     }
 }
