@@ -4,7 +4,7 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
-use crate::call::{Call, CallState, RingState};
+use crate::call::{Call, CallState, EndReason, RingState};
 
 pub struct CallMetrics {
     pub created: IntCounterVec,
@@ -43,6 +43,14 @@ impl CallMetrics {
             &["reason"],
         )?;
         registry.register(Box::new(ended.clone()))?;
+        // Every label value at 0 from the start: an alert's rate() then
+        // reads 0 rather than nothing before the first such call.
+        for call_type in ["audio", "video"] {
+            created.with_label_values(&[call_type]);
+        }
+        for reason in EndReason::ALL {
+            ended.with_label_values(&[reason.as_str()]);
+        }
         let push_token_conflicts = IntCounter::new(
             "switchboard_push_token_conflicts_total",
             "Device registrations refused: the push token belongs to another user's other device",
@@ -85,11 +93,7 @@ impl CallMetrics {
         let was = |f: &dyn Fn(&Call) -> bool| before.is_some_and(f);
         if after.state == CallState::Ended && !was(&|c| c.state == CallState::Ended) {
             if let Some(reason) = after.end_reason {
-                let label = serde_json::to_value(reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default();
-                self.ended.with_label_values(&[&label]).inc();
+                self.ended.with_label_values(&[reason.as_str()]).inc();
             }
             if let (Some(c), Some(e)) = (after.connected_at, after.ended_at) {
                 self.duration.observe(secs(c, e));
@@ -114,5 +118,33 @@ impl CallMetrics {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The labels are the wire names, and every reason starts at 0.
+    #[test]
+    fn every_end_reason_is_exported_under_its_wire_name_from_the_start() {
+        let registry = Registry::new();
+        let _metrics = CallMetrics::register(&registry).unwrap();
+        let ended = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "switchboard_calls_ended_total")
+            .expect("exported before any call ended");
+        let labels: Vec<String> = ended
+            .get_metric()
+            .iter()
+            .map(|m| m.get_label()[0].value().to_string())
+            .collect();
+        for reason in EndReason::ALL {
+            let wire = serde_json::to_value(reason).unwrap();
+            assert_eq!(wire, reason.as_str());
+            assert!(labels.contains(&reason.as_str().to_string()), "{labels:?}");
+        }
+        assert_eq!(labels.len(), EndReason::ALL.len());
     }
 }

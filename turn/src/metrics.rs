@@ -23,7 +23,7 @@ impl TurnMetrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         }
-        Ok(TurnMetrics {
+        let metrics = TurnMetrics {
             allocations_active: reg(
                 registry,
                 IntGauge::new(
@@ -89,6 +89,24 @@ impl TurnMetrics {
                     &["reason"],
                 )?,
             )?,
-        })
+        };
+        // At 0 from the start, so an alert's ratio reads 0, not nothing.
+        for reason in ALLOCATION_FAILURE_REASONS {
+            metrics.allocation_failures.with_label_values(&[reason]);
+        }
+        Ok(metrics)
     }
 }
+
+/// Every `reason` of `switchboard_turn_allocation_failures_total`: the
+/// username expired or is malformed, a wrong password, a transport other
+/// than UDP, the user's own quota, the relay's capacity, no relay socket.
+pub const ALLOCATION_FAILURE_REASONS: [&str; 7] = [
+    "expired",
+    "bad_username",
+    "bad_password",
+    "transport",
+    "user_quota",
+    "capacity",
+    "socket",
+];

@@ -64,6 +64,35 @@ pub enum EndReason {
     Failed,
 }
 
+impl EndReason {
+    pub const ALL: [EndReason; 9] = [
+        EndReason::Completed,
+        EndReason::Declined,
+        EndReason::Busy,
+        EndReason::Timeout,
+        EndReason::CallerCancelled,
+        EndReason::AnsweredElsewhere,
+        EndReason::DeclinedElsewhere,
+        EndReason::NoDevices,
+        EndReason::Failed,
+    ];
+
+    /// The wire name (`"caller_cancelled"`), also the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Completed => "completed",
+            EndReason::Declined => "declined",
+            EndReason::Busy => "busy",
+            EndReason::Timeout => "timeout",
+            EndReason::CallerCancelled => "caller_cancelled",
+            EndReason::AnsweredElsewhere => "answered_elsewhere",
+            EndReason::DeclinedElsewhere => "declined_elsewhere",
+            EndReason::NoDevices => "no_devices",
+            EndReason::Failed => "failed",
+        }
+    }
+}
+
 /// Why a device stops ringing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

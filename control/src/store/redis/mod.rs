@@ -249,6 +249,13 @@ impl RedisMetrics {
         registry.register(Box::new(relayed.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(relay_latency.clone()))?;
+        // At 0 from the start: an alert's rate() reads 0, not nothing.
+        for kind in ["unavailable", "backend"] {
+            errors.with_label_values(&[kind]);
+        }
+        for outcome in ["delivered", "no_node", "failed"] {
+            relayed.with_label_values(&[outcome]);
+        }
         Ok(RedisMetrics {
             errors,
             relayed,
