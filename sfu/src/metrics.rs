@@ -172,7 +172,7 @@ impl Metrics {
             ),
             ice_connected: counter(
                 "switchboard_ice_connected_total",
-                "Peer connections whose ICE connected",
+                "Participants whose media connected (the first of their connections); with switchboard_ice_failed_total, the ICE failure ratio",
             ),
             ice_failed: counter(
                 "switchboard_ice_failed_total",

@@ -286,6 +286,7 @@ pub enum Event {
     UfragForgotten(String),
     /// A subscriber got its first forwarded packet this long after joining.
     FirstForward(Duration),
+    /// A participant's first connection came up (once per participant).
     IceConnected,
     /// A participant's media first connected (call control's "connected").
     ParticipantConnected {
@@ -758,8 +759,10 @@ impl Engine {
         ) && !peer.was_connected
         {
             peer.was_connected = true;
-            self.outputs.push_back(Output::Event(Event::IceConnected));
             if first_for_participant {
+                // Per participant, as `IceFailed` is: their ratio is the
+                // share of participants whose media never came up.
+                self.outputs.push_back(Output::Event(Event::IceConnected));
                 p.media_deadline = None;
                 self.outputs
                     .push_back(Output::Event(Event::ParticipantConnected {
