@@ -145,7 +145,7 @@ impl Metrics {
             &[0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0],
             "kind",
         );
-        Metrics {
+        let metrics = Metrics {
             rooms: shard_gauge("switchboard_rooms", "Rooms with at least one participant"),
             participants: shard_gauge("switchboard_participants", "Participants in rooms"),
             tracks: shard_gauge("switchboard_tracks", "Published tracks"),
@@ -216,7 +216,24 @@ impl Metrics {
                 "cap",
             ),
             registry,
+        };
+        // The bounded label values at 0 from the start: a panel or an
+        // alert then reads 0 rather than nothing before the first event.
+        for reason in ["engine_busy", "unroutable"] {
+            metrics.udp_dropped.with_label_values(&[reason]);
         }
+        for cap in ["total", "per_ip"] {
+            metrics.http_refused.with_label_values(&[cap]);
+        }
+        for kind in ["audio", "video"] {
+            metrics.stream_gaps.with_label_values(&[kind]);
+        }
+        // Commands label a step by their own name; these three are fixed.
+        for woke_by in ["datagram", "timeout", "control"] {
+            metrics.engine_slow_steps.with_label_values(&[woke_by]);
+            metrics.engine_slow_step_cpu.with_label_values(&[woke_by]);
+        }
+        metrics
     }
 
     pub fn render(&self) -> String {

@@ -3,8 +3,11 @@
 //! (`promtool test rules`, Debian's `prometheus` package), and a real
 //! Prometheus scrapes a real `switchboard` (Redis-backed, pushing through
 //! the FCM stand-in) during a scripted call: its query API returns the
-//! call's metrics, it evaluates every rule without an error, and every
-//! metric the rules name is in the server's `/metrics`.
+//! call's metrics, it evaluates every rule without an error, it parses and
+//! runs every dashboard panel's query, and every metric the rules and the
+//! dashboards (`deploy/grafana/*.json`) name is in the server's `/metrics`.
+//! Grafana itself is not run here (not installable): the dashboards'
+//! structure is checked as far as this test reads it.
 
 mod common;
 
@@ -62,6 +65,56 @@ fn every_alert_names_a_runbook_that_exists() {
             .unwrap_or_else(|| panic!("no runbook_url: {alert}"));
         assert!(root.join(url).is_file(), "{url} of {}", alert["alert"]);
     }
+}
+
+/// Every dashboard of deploy/grafana: (file name, JSON).
+fn dashboards() -> Vec<(String, Value)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana");
+    let mut all: Vec<(String, Value)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let json = serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p.file_name().unwrap().to_string_lossy().into_owned(), json)
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+/// (dashboard, panel title, query) of every panel of every dashboard,
+/// after checking what Grafana needs of each: unique uids and panel ids,
+/// a position, and the `datasource` variable the queries use.
+fn dashboard_queries() -> Vec<(String, String, String)> {
+    let mut uids = std::collections::HashSet::new();
+    let mut queries = Vec::new();
+    for (file, dashboard) in dashboards() {
+        assert!(
+            uids.insert(dashboard["uid"].as_str().unwrap().to_string()),
+            "{file}"
+        );
+        let variables = &dashboard["templating"]["list"];
+        assert_eq!(variables[0]["name"], "datasource", "{file}");
+        assert_eq!(variables[0]["query"], "prometheus", "{file}");
+        let mut ids = std::collections::HashSet::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            let title = panel["title"].as_str().unwrap().to_string();
+            assert!(ids.insert(panel["id"].as_u64().unwrap()), "{file}: {title}");
+            assert!(
+                panel["gridPos"]["w"].as_u64().unwrap() > 0,
+                "{file}: {title}"
+            );
+            for target in panel["targets"].as_array().unwrap() {
+                assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+                let expr = target["expr"].as_str().unwrap().to_string();
+                queries.push((file.clone(), title.clone(), expr));
+            }
+        }
+    }
+    assert!(queries.len() >= 40, "{}", queries.len());
+    queries
 }
 
 /// Every rule of alerts.yml, as JSON.
@@ -193,12 +246,12 @@ impl Prometheus {
 }
 
 /// Alice calls Bob's Android phone (its ring pushed through the FCM
-/// stand-in and acknowledged), he answers, their bots talk for 2 s and
+/// stand-in, retried once, and acknowledged), he answers, their bots talk for 2 s and
 /// she hangs up; then she calls Carol, whose phone's token FCM no longer
 /// knows (the push fails), and cancels. Prometheus, scraping all along,
 /// has the calls, and every rule evaluates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_a_call_and_every_alerted_metric_is_exported() {
+async fn prometheus_scrapes_a_call_and_every_metric_of_the_rules_and_dashboards_is_exported() {
     let redis = RedisServer::start();
     let fcm = push_support::fcm::FakeFcm::start().await;
     let files = scratch_dir();
@@ -229,6 +282,8 @@ async fn prometheus_scrapes_a_call_and_every_alerted_metric_is_exported() {
 
     let carol_token = "fcm-carol:APA91bGoneGoneGoneGoneGoneGone";
     fcm.script(carol_token, &[(404, "UNREGISTERED", None)]);
+    // Bob's first push meets an FCM hiccup and is retried.
+    fcm.script(push_support::PIXEL_FCM, &[(500, "INTERNAL", None)]);
     for (user, token) in [("bob", push_support::PIXEL_FCM), ("carol", carol_token)] {
         let device = json!({"deviceId": format!("{user}-phone"), "platform": "android", "push": {"fcm": token}});
         let (status, body) = post_json(node, "/v1/devices", user, device).await;
@@ -343,7 +398,8 @@ async fn prometheus_scrapes_a_call_and_every_alerted_metric_is_exported() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    // Every metric a rule reads is exported, under that name.
+    // Every metric a rule or a panel reads is exported, under that name,
+    // and Prometheus runs every panel's query.
     let (_, metrics) = request(node, "GET", "/metrics", &[], "").await;
     let exported: std::collections::HashSet<&str> = metrics
         .lines()
@@ -362,6 +418,21 @@ async fn prometheus_scrapes_a_call_and_every_alerted_metric_is_exported() {
         }
     }
     assert!(read >= 15, "{read}");
+    for (file, title, expr) in dashboard_queries() {
+        for name in metrics_read_by(&expr) {
+            assert!(
+                exported.contains(name.as_str()),
+                "{name} (read by {file}: {title}) is not exported"
+            );
+        }
+        use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+        let path = format!(
+            "/api/v1/query?query={}",
+            utf8_percent_encode(&expr, NON_ALPHANUMERIC)
+        );
+        let (status, body) = request(prometheus.addr, "GET", &path, &[], "").await;
+        assert_eq!(status, 200, "{file}: {title}: {expr}: {body}");
+    }
     // Not the API's metrics: Prometheus' own view of the target.
     assert_eq!(
         prometheus

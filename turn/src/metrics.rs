@@ -94,6 +94,19 @@ impl TurnMetrics {
         for reason in ALLOCATION_FAILURE_REASONS {
             metrics.allocation_failures.with_label_values(&[reason]);
         }
+        for direction in ["to_peer", "to_client"] {
+            metrics.relayed_bytes.with_label_values(&[direction]);
+            metrics.relayed_packets.with_label_values(&[direction]);
+        }
+        for reason in [
+            "bandwidth",
+            "unauthenticated_over_budget",
+            "stream_clients_full",
+            "stream_unauthenticated",
+            "stream_client_not_reading",
+        ] {
+            metrics.dropped.with_label_values(&[reason]);
+        }
         Ok(metrics)
     }
 }

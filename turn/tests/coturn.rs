@@ -237,7 +237,7 @@ async fn expired_or_wrong_credentials_get_401_and_an_unlisted_peer_gets_403() {
         "{text}"
     );
     assert!(
-        !text.contains("relayed_packets_total{direction=\"to_peer\"}"),
+        text.contains("switchboard_turn_relayed_packets_total{direction=\"to_peer\"} 0\n"),
         "{text}"
     );
     turn.shutdown();
