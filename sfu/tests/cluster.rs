@@ -632,27 +632,19 @@ async fn call_limits_count_calls_made_through_any_node() {
 async fn the_ring_push_limit_counts_pushes_sent_by_any_node() {
     let redis = RedisServer::start();
     let fcm = push_support::fcm::FakeFcm::start().await;
-    let files = common::live::scratch_dir();
-    std::fs::create_dir_all(&files).unwrap();
-    std::fs::write(
-        files.join("service-account.json"),
-        &fcm.service_account_json,
-    )
-    .unwrap();
-    std::fs::write(files.join("test-ca.pem"), &fcm.server.ca_pem).unwrap();
     let pushing = |id: &'static str| {
-        let (url, fcm_url, files) = (redis.url(), fcm.server.url.clone(), files.clone());
+        let (url, fcm) = (redis.url(), &fcm);
         common::live::start_server_with_configured_push(move |c| {
             c.redis_url = Some(url);
             c.redis_namespace = "push-limits".into();
             c.node_id = id.into();
             c.push_per_device_per_minute = 2;
-            c.fcm = Some(sfu::config::FcmSettings {
-                service_account_file: files.join("service-account.json"),
-                project_id: None,
-                url: fcm_url,
-            });
-            c.push_extra_root_cert = Some(files.join("test-ca.pem"));
+            common::live::push_through_fcm_stand_in(
+                c,
+                &fcm.server.url,
+                &fcm.service_account_json,
+                &fcm.server.ca_pem,
+            );
         })
     };
     let (one, two) = (pushing("push-1").await, pushing("push-2").await);

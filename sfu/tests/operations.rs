@@ -254,24 +254,16 @@ impl Prometheus {
 async fn prometheus_scrapes_a_call_and_every_metric_of_the_rules_and_dashboards_is_exported() {
     let redis = RedisServer::start();
     let fcm = push_support::fcm::FakeFcm::start().await;
-    let files = scratch_dir();
-    std::fs::create_dir_all(&files).unwrap();
-    std::fs::write(
-        files.join("service-account.json"),
-        &fcm.service_account_json,
-    )
-    .unwrap();
-    std::fs::write(files.join("test-ca.pem"), &fcm.server.ca_pem).unwrap();
-    let (redis_url, fcm_url) = (redis.url(), fcm.server.url.clone());
-    let server = common::live::start_server_with_configured_push(move |c| {
+    let redis_url = redis.url();
+    let server = common::live::start_server_with_configured_push(|c| {
         c.redis_url = Some(redis_url);
         c.redis_namespace = "operations".into();
-        c.fcm = Some(sfu::config::FcmSettings {
-            service_account_file: files.join("service-account.json"),
-            project_id: None,
-            url: fcm_url,
-        });
-        c.push_extra_root_cert = Some(files.join("test-ca.pem"));
+        common::live::push_through_fcm_stand_in(
+            c,
+            &fcm.server.url,
+            &fcm.service_account_json,
+            &fcm.server.ca_pem,
+        );
     })
     .await;
     let node = server.http_addr;

@@ -28,6 +28,27 @@ pub async fn start_server_with_push(
         .expect("server starts")
 }
 
+/// Pushes Android devices through an FCM stand-in (control's
+/// `tests/support/fcm.rs`) at `url`: its service account and the CA of its
+/// certificate are written to a scratch directory and named in `config`.
+pub fn push_through_fcm_stand_in(
+    config: &mut Config,
+    url: &str,
+    service_account_json: &str,
+    ca_pem: &[u8],
+) {
+    let files = scratch_dir();
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("service-account.json"), service_account_json).unwrap();
+    std::fs::write(files.join("test-ca.pem"), ca_pem).unwrap();
+    config.fcm = Some(sfu::config::FcmSettings {
+        service_account_file: files.join("service-account.json"),
+        project_id: None,
+        url: url.to_string(),
+    });
+    config.push_extra_root_cert = Some(files.join("test-ca.pem"));
+}
+
 /// The server with the push providers its config names (as in production).
 pub async fn start_server_with_configured_push(adjust: impl FnOnce(&mut Config)) -> Running {
     sfu::server::start_with_push(test_config(adjust), None)
