@@ -4,8 +4,8 @@
 //! (`service`, `api`), ringing devices (`ringing`) and pushing them
 //! (`push`), TURN credentials for join info (`turn_issuer`), the node's serving /
 //! draining / stopping phase (`lifecycle`), the node registry (`nodes`) and
-//! room placement on it (`placement`), rate
-//! limits and metrics. `README.md` says what it owns.
+//! room placement on it (`placement`), what devices report about
+//! their calls (`reports`), rate limits and metrics. `README.md` says what it owns.
 
 pub mod api;
 pub mod auth;
@@ -18,6 +18,7 @@ pub mod nodes;
 pub mod placement;
 pub mod push;
 pub mod rate_limit;
+pub mod reports;
 pub mod ringing;
 pub mod service;
 pub mod store;

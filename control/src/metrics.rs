@@ -15,6 +15,8 @@ pub struct CallMetrics {
     /// Device registrations refused because another user's other device
     /// holds the push token (409 `push_token_in_use`).
     pub push_token_conflicts: IntCounter,
+    /// What devices report (`POST /v1/calls/{id}/reports`).
+    pub reports: crate::reports::ReportMetrics,
 }
 
 fn histogram(
@@ -58,6 +60,7 @@ impl CallMetrics {
         registry.register(Box::new(push_token_conflicts.clone()))?;
         let seconds = vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0];
         Ok(CallMetrics {
+            reports: crate::reports::ReportMetrics::register(registry)?,
             push_token_conflicts,
             created,
             ended,

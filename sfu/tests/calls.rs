@@ -658,3 +658,133 @@ async fn over_the_limits_is_429_with_retry_after() {
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["code"], "rate_limited");
 }
+
+/// The value of one series in `/metrics` (`name{labels}` exactly as exported:
+/// labels in alphabetical order).
+async fn series(server: &Running, series: &str) -> f64 {
+    let (_, metrics) = common::live::http(server, "GET", "/metrics", "").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} is not exported"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_reports_feed_metrics_and_never_the_call() {
+    let server = start_server().await;
+    for (user, device) in [("ann", "ann-d"), ("ben", "ben-d"), ("zed", "zed-d")] {
+        register(&server, user, device).await;
+    }
+    let (status, created) = create(&server, "ann", "ben", None).await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let path = format!("/v1/calls/{call_id}/reports");
+    let ben = user_token("ben");
+    let report = |token: String, device: &'static str, reports: Value| {
+        let (server, path) = (&server, &path);
+        async move {
+            api(
+                server,
+                "POST",
+                path,
+                &token,
+                &[],
+                json!({"deviceId": device, "reports": reports}),
+            )
+            .await
+        }
+    };
+    let call_path = format!("/v1/calls/{call_id}");
+    let get_call = || {
+        api(
+            &server,
+            "GET",
+            &call_path,
+            &ben,
+            &[],
+            Value::Null,
+        )
+    };
+    let (_, call_before) = get_call().await;
+    let ttfa_count = "switchboard_call_time_to_first_audio_seconds_count{platform=\"web\"}";
+    let ttfa_sum = "switchboard_call_time_to_first_audio_seconds_sum{platform=\"web\"}";
+    let video_count = "switchboard_call_time_to_first_video_seconds_count{platform=\"web\"}";
+    let other_code =
+        "switchboard_call_ui_errors_total{code=\"other\",platform=\"web\",system=\"callkit\"}";
+    let loss_count = "switchboard_client_packet_loss_ratio_count{platform=\"web\"}";
+    assert_eq!(series(&server, ttfa_count).await, 0.0);
+
+    let (status, body) = report(
+        ben.clone(),
+        "ben-d",
+        json!([
+            {"type": "first_audio", "afterAcceptMs": 840},
+            {"type": "quality", "lossRatio": 0.02, "jitterMs": 14.0, "rttMs": 60.0},
+            {"type": "callkit_error", "code": "something_new_in_ios_27"},
+            {"type": "hologram_shown", "depth": 3}
+        ]),
+    )
+    .await;
+    assert_eq!((status, &body), (202, &json!({"accepted": 3, "skipped": 1})));
+    assert_eq!(series(&server, ttfa_count).await, 1.0);
+    assert!((series(&server, ttfa_sum).await - 0.84).abs() < 1e-9);
+    assert_eq!(series(&server, other_code).await, 1.0, "an unknown code counts as other");
+    assert_eq!(series(&server, loss_count).await, 1.0);
+
+    // A retried first_audio is not a second call's TTFA.
+    let (status, body) = report(
+        ben.clone(),
+        "ben-d",
+        json!([{"type": "first_audio", "afterAcceptMs": 840}]),
+    )
+    .await;
+    assert_eq!((status, &body), (202, &json!({"accepted": 0, "skipped": 1})));
+    assert_eq!(series(&server, ttfa_count).await, 1.0);
+
+    // One bad report refuses the request whole: nothing counted.
+    let (status, body) = report(
+        ben.clone(),
+        "ben-d",
+        json!([
+            {"type": "first_video", "afterAcceptMs": 900},
+            {"type": "quality", "lossRatio": 2.0, "jitterMs": 1.0}
+        ]),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "bad_request");
+    assert!(body["message"].as_str().unwrap().contains("report 1"), "{body}");
+    assert_eq!(series(&server, video_count).await, 0.0);
+    let (status, _) = report(ben.clone(), "ben-d", json!([])).await;
+    assert_eq!(status, 400);
+
+    // Only the call's users, from their own devices.
+    let first_video = json!([{"type": "first_video", "afterAcceptMs": 900}]);
+    let (status, body) = report(user_token("zed"), "zed-d", first_video.clone()).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = report(ben.clone(), "zed-d", first_video.clone()).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("unknown_device")));
+    assert_eq!(series(&server, video_count).await, 0.0);
+
+    // Reports are not call state: the call reads as it did.
+    let (_, call_after) = get_call().await;
+    assert_eq!(call_before, call_after);
+
+    // 30 requests a minute per call and device (four were taken above).
+    let mut refused = None;
+    for _ in 0..40 {
+        let quality = json!([{"type": "quality", "lossRatio": 0.0, "jitterMs": 3.0}]);
+        let (status, body) = report(ben.clone(), "ben-d", quality).await;
+        if status != 202 {
+            refused = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("never rate limited");
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")));
+    // Another device of the call has its own budget.
+    let (status, _) = report(user_token("ann"), "ann-d", first_video).await;
+    assert_eq!(status, 202);
+    assert_eq!(series(&server, video_count).await, 1.0);
+}

@@ -58,6 +58,11 @@ pub struct ApiLimits {
     pub creates: Limiter,
     /// Calls ringing one callee (a flood of calls at one person).
     pub rings: Limiter,
+    /// Report requests per call and device.
+    pub reports: Limiter,
+    /// Once-per-call reports (first audio, ...) per call and device: a
+    /// retried request does not count them twice.
+    pub once_per_call: Limiter,
 }
 
 impl ApiLimits {
@@ -66,6 +71,8 @@ impl ApiLimits {
             requests: Limiter::new(requests),
             creates: Limiter::new(creates),
             rings: Limiter::new(rings),
+            reports: Limiter::new(REPORTS_PER_CALL_AND_DEVICE),
+            once_per_call: Limiter::new(ONCE_PER_CALL),
         }
     }
 
@@ -90,9 +97,25 @@ impl ApiLimits {
             requests: Limiter::new(requests),
             creates: Limiter::shared(creates, "creates", buckets.clone()),
             rings: Limiter::shared(rings, "rings", buckets),
+            // Telemetry: per node. A retry that reaches another node may
+            // count a once-per-call report twice; no round trip is worth it.
+            reports: Limiter::new(REPORTS_PER_CALL_AND_DEVICE),
+            once_per_call: Limiter::new(ONCE_PER_CALL),
         }
     }
 }
+
+/// A device reports quality every few seconds and a handful of one-off
+/// events per call: 30 requests a minute is far above either.
+const REPORTS_PER_CALL_AND_DEVICE: Rate = Rate {
+    count: 30,
+    per: std::time::Duration::from_secs(60),
+};
+/// A once-per-call report seen again within this window is a retry.
+const ONCE_PER_CALL: Rate = Rate {
+    count: 1,
+    per: std::time::Duration::from_secs(600),
+};
 
 /// One route: its method and path, and the handler (made for that method,
 /// so the two cannot disagree).
@@ -139,6 +162,7 @@ pub fn routes() -> Vec<Route> {
         action_route(CallAction::Ack, "/v1/calls/{callId}/ack"),
         action_route(CallAction::Cancel, "/v1/calls/{callId}/cancel"),
         action_route(CallAction::End, "/v1/calls/{callId}/end"),
+        route(Method::POST, "/v1/calls/{callId}/reports", call_reports),
         route(Method::GET, "/v1/events", events::events_socket),
         route(Method::GET, "/v1/nodes", list_nodes),
         route(Method::POST, "/v1/nodes/{nodeId}/drain", drain_node),
@@ -891,6 +915,98 @@ async fn fresh_token(
             ));
         }
         Ok(Json(view))
+    })
+    .await
+}
+
+// ---- reports ----------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ReportsBody {
+    device_id: String,
+    reports: Vec<Value>,
+}
+
+/// `POST /v1/calls/{callId}/reports`: what a device measured about a call it
+/// is in (`crate::reports`). Metrics and a log line; never call state.
+async fn call_reports(
+    State(state): State<ControlState>,
+    Caller(caller): Caller,
+    Path(call_id): Path<String>,
+    req: Result<Json<Value>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    use crate::reports::{MAX_REPORTS_PER_REQUEST, parse};
+    let req: ReportsBody = body(req)?;
+    if !valid_id(&req.device_id) {
+        return Err(ApiError::bad_request(
+            "deviceId must be 1-128 printable characters",
+        ));
+    }
+    if req.reports.is_empty() || req.reports.len() > MAX_REPORTS_PER_REQUEST {
+        return Err(ApiError::bad_request(format!(
+            "reports holds 1-{MAX_REPORTS_PER_REQUEST} reports"
+        )));
+    }
+    let reports = req
+        .reports
+        .iter()
+        .enumerate()
+        .map(|(i, r)| parse(i, r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let user = caller.user_id;
+    let device_id = req.device_id;
+    let key = format!("{call_id}/{user}/{device_id}");
+    state
+        .limits
+        .reports
+        .check(&key, std::time::Instant::now())
+        .map_err(|wait| ApiError::rate_limited("reports for this call", wait))?;
+    blocking(move || {
+        call_of(&state, &call_id, &user)?;
+        let device = state
+            .service
+            .store
+            .devices_of(&user)?
+            .into_iter()
+            .find(|d| d.device_id == device_id)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "unknown_device",
+                    "the deviceId is not one of the user's devices",
+                )
+            })?;
+        let platform = device.platform;
+        let metrics = state.service.metrics.as_ref().map(|m| &m.reports);
+        let (mut accepted, mut skipped) = (0, 0);
+        for report in reports {
+            let Some(report) = report else {
+                skipped += 1;
+                metrics.inspect(|m| m.skipped(platform, "unknown"));
+                continue;
+            };
+            let kind = report.type_name();
+            if report.once_per_call()
+                && state
+                    .limits
+                    .once_per_call
+                    .check(&format!("{key}/{kind}"), std::time::Instant::now())
+                    .is_err()
+            {
+                skipped += 1;
+                metrics.inspect(|m| m.skipped(platform, "duplicate"));
+                continue;
+            }
+            accepted += 1;
+            metrics.inspect(|m| m.observe(platform, &report));
+            tracing::info!(call_id = %call_id, user_id = %user, device_id = %device_id, platform = ?platform, report = kind, detail = ?report, "device report");
+        }
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"accepted": accepted, "skipped": skipped})),
+        ))
     })
     .await
 }
