@@ -29,15 +29,26 @@ const MAX_DELAY_MS: f64 = 60_000.0;
 pub enum Report {
     /// The first decoded audio frame played: time to first audio (TTFA),
     /// from the user's accept (callee) or the callee's answer (caller).
-    FirstAudio { after_accept_ms: u64 },
-    FirstVideo { after_accept_ms: u64 },
+    FirstAudio {
+        after_accept_ms: u64,
+    },
+    FirstVideo {
+        after_accept_ms: u64,
+    },
     /// The user answered on the system UI, this long after it appeared.
-    AnsweredOnDevice { after_ui_shown_ms: u64 },
+    AnsweredOnDevice {
+        after_ui_shown_ms: u64,
+    },
     /// The system call UI refused or failed (CallKit on iOS, Telecom on
     /// Android): `code` is the platform's error, in snake case.
-    CallUiError { system: CallUiSystem, code: String },
+    CallUiError {
+        system: CallUiSystem,
+        code: String,
+    },
     /// The device gave up on the call's media.
-    MediaFailed { reason: String },
+    MediaFailed {
+        reason: String,
+    },
     /// The device's view of its inbound media since its last report.
     Quality {
         loss_ratio: f64,
@@ -75,6 +86,9 @@ pub const CALLKIT_CODES: &[&str] = &[
     "invalid_action",
     "maximum_call_groups_reached",
     "call_is_protected",
+    // The adapter's own: the notification that rings without CallKit
+    // (a region where CallKit is off) could not be posted.
+    "notification_not_added",
 ];
 
 /// `androidx.core.telecom.CallException` error codes in snake case, and
@@ -100,7 +114,9 @@ pub const MEDIA_FAILURE_REASONS: &[&str] = &[
     "no_camera",
     "audio_session",
     "signaling_lost",
+    "join_refused",
     "connect_timeout",
+    "media_unavailable",
 ];
 
 /// Report types as their wire names: the values of the `type` label.
@@ -157,7 +173,7 @@ pub struct InvalidReport {
 struct AfterAccept {
     #[serde(rename = "type")]
     _type: String,
-    after_accept_ms: u64,
+    after_accept_ms: f64,
 }
 
 #[derive(Deserialize)]
@@ -165,7 +181,7 @@ struct AfterAccept {
 struct AfterUiShown {
     #[serde(rename = "type")]
     _type: String,
-    after_ui_shown_ms: u64,
+    after_ui_shown_ms: f64,
 }
 
 #[derive(Deserialize)]
@@ -208,23 +224,31 @@ fn valid_code(code: &str) -> bool {
 pub fn parse(index: usize, value: &Value) -> Result<Option<Report>, InvalidReport> {
     let invalid = |problem: String| InvalidReport { index, problem };
     let Some(kind) = value.get("type").and_then(Value::as_str) else {
-        return Err(invalid("each report is an object with a string `type`".into()));
+        return Err(invalid(
+            "each report is an object with a string `type`".into(),
+        ));
     };
     fn read<T: serde::de::DeserializeOwned>(value: &Value) -> Result<T, String> {
         serde_json::from_value(value.clone()).map_err(|e| e.to_string())
     }
-    let duration = |ms: u64| {
-        if ms > MAX_DURATION_MS {
-            Err(invalid(format!("durations are at most {MAX_DURATION_MS} ms")))
+    // JSON has one number type: `840.0` is the integer 840 (as JSON Schema
+    // says), `840.5` is not.
+    let duration = |ms: f64| {
+        if ms.fract() != 0.0 || !(0.0..=MAX_DURATION_MS as f64).contains(&ms) {
+            Err(invalid(format!(
+                "durations are whole milliseconds, 0-{MAX_DURATION_MS}"
+            )))
         } else {
-            Ok(ms)
+            Ok(ms as u64)
         }
     };
     let code = |code: String| {
         if valid_code(&code) {
             Ok(code)
         } else {
-            Err(invalid("codes and reasons are 1-64 characters of [a-z0-9_]".into()))
+            Err(invalid(
+                "codes and reasons are 1-64 characters of [a-z0-9_]".into(),
+            ))
         }
     };
     let report = match kind {
@@ -261,6 +285,9 @@ pub fn parse(index: usize, value: &Value) -> Result<Option<Report>, InvalidRepor
             }
         }
         "quality" => {
+            if value.get("rttMs").is_some_and(Value::is_null) {
+                return Err(invalid("rttMs is a number, or left out".into()));
+            }
             let body: QualityBody = read(value).map_err(invalid)?;
             let delay_ok = |ms: f64| (0.0..=MAX_DELAY_MS).contains(&ms);
             if !(0.0..=1.0).contains(&body.loss_ratio)
@@ -326,8 +353,10 @@ impl ReportMetrics {
             Ok::<_, prometheus::Error>(c)
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h =
-                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["platform"])?;
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                &["platform"],
+            )?;
             registry.register(Box::new(h.clone()))?;
             Ok::<_, prometheus::Error>(h)
         };
@@ -402,7 +431,9 @@ impl ReportMetrics {
                 }
             }
             for reason in MEDIA_FAILURE_REASONS.iter().chain(&["other"]) {
-                metrics.media_failures.with_label_values(&[platform, reason]);
+                metrics
+                    .media_failures
+                    .with_label_values(&[platform, reason]);
             }
         }
         Ok(metrics)
@@ -452,7 +483,9 @@ impl ReportMetrics {
                     .with_label_values(&[platform])
                     .observe(jitter_ms / 1000.0);
                 if let Some(rtt) = rtt_ms {
-                    self.rtt.with_label_values(&[platform]).observe(rtt / 1000.0);
+                    self.rtt
+                        .with_label_values(&[platform])
+                        .observe(rtt / 1000.0);
                 }
             }
         }
@@ -538,6 +571,8 @@ mod tests {
         let refused = [
             json!({"type": "first_audio", "afterAcceptMs": -1}),
             json!({"type": "first_audio", "afterAcceptMs": 600_001}),
+            json!({"type": "first_audio", "afterAcceptMs": 840.5}),
+            json!({"type": "quality", "lossRatio": 0.1, "jitterMs": 3, "rttMs": null}),
             json!({"type": "first_audio"}),
             json!({"type": "first_audio", "afterAcceptMs": 10, "at": 1}),
             json!({"type": "callkit_error", "code": "Filtered By DND"}),
@@ -553,6 +588,13 @@ mod tests {
             assert_eq!(e.index, i);
         }
         assert_eq!(parse(0, &json!({"type": "hologram_shown"})), Ok(None));
+        let whole = json!({"type": "answered_on_device", "afterUiShownMs": 260.0});
+        assert_eq!(
+            parse(0, &whole),
+            Ok(Some(Report::AnsweredOnDevice {
+                after_ui_shown_ms: 260
+            }))
+        );
     }
 
     fn sample(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -564,18 +606,21 @@ mod tests {
                     .any(|l| l.name() == *k && l.value() == *v)
             })
         })?;
-        Some(if family.get_field_type() == prometheus::proto::MetricType::COUNTER {
-            metric.get_counter().get_value()
-        } else {
-            metric.get_histogram().get_sample_count() as f64
-        })
+        Some(
+            if family.get_field_type() == prometheus::proto::MetricType::COUNTER {
+                metric.get_counter().get_value()
+            } else {
+                metric.get_histogram().get_sample_count() as f64
+            },
+        )
     }
 
     #[test]
     fn labels_stay_bounded_whatever_a_client_sends() {
         let registry = Registry::new();
         let metrics = ReportMetrics::register(&registry).unwrap();
-        let series = |r: &Registry| -> usize { r.gather().iter().map(|f| f.get_metric().len()).sum() };
+        let series =
+            |r: &Registry| -> usize { r.gather().iter().map(|f| f.get_metric().len()).sum() };
         let before = series(&registry);
         for i in 0..100 {
             metrics.observe(
@@ -593,20 +638,37 @@ mod tests {
             );
         }
         assert_eq!(series(&registry), before, "no new series");
-        let other = [("platform", "ios"), ("system", "callkit"), ("code", "other")];
+        let other = [
+            ("platform", "ios"),
+            ("system", "callkit"),
+            ("code", "other"),
+        ];
         assert_eq!(
             sample(&registry, "switchboard_call_ui_errors_total", &other),
             Some(100.0)
         );
         let ttfa = [("platform", "web")];
         assert_eq!(
-            sample(&registry, "switchboard_call_time_to_first_audio_seconds", &ttfa),
+            sample(
+                &registry,
+                "switchboard_call_time_to_first_audio_seconds",
+                &ttfa
+            ),
             Some(0.0),
             "exported before the first report"
         );
-        metrics.observe(Platform::Web, &Report::FirstAudio { after_accept_ms: 700 });
+        metrics.observe(
+            Platform::Web,
+            &Report::FirstAudio {
+                after_accept_ms: 700,
+            },
+        );
         assert_eq!(
-            sample(&registry, "switchboard_call_time_to_first_audio_seconds", &ttfa),
+            sample(
+                &registry,
+                "switchboard_call_time_to_first_audio_seconds",
+                &ttfa
+            ),
             Some(1.0)
         );
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::call_engine::CallReport;
 use crate::client::ClientConfig;
 use crate::credentials::UserToken;
 use crate::ports::{DevicePushTokens, IceServer};
@@ -149,6 +150,20 @@ impl CallApi {
     pub async fn ack(&self, call_id: &str) -> Result<(), ApiError> {
         let body = json!({"deviceId": self.device_id});
         self.post(&format!("/v1/calls/{call_id}/ack"), body)
+            .await
+            .map(drop)
+    }
+
+    /// Telemetry about a call (`POST /v1/calls/{id}/reports`). The system
+    /// UI's error is CallKit's on iOS and Telecom's elsewhere.
+    pub async fn report(
+        &self,
+        call_id: &str,
+        report: &CallReport,
+        platform: Platform,
+    ) -> Result<(), ApiError> {
+        let body = json!({"deviceId": self.device_id, "reports": [report_json(report, platform)]});
+        self.post(&format!("/v1/calls/{call_id}/reports"), body)
             .await
             .map(drop)
     }
@@ -343,4 +358,48 @@ mod tests {
         let config: ClientConfig = serde_json::from_str(saved).unwrap();
         assert!(config.system_call_ui);
     }
+}
+
+/// A report on the wire (`control/API.md` "Call reports").
+fn report_json(report: &CallReport, platform: Platform) -> Value {
+    match report {
+        CallReport::FirstAudio { after_accept_ms } => {
+            json!({"type": "first_audio", "afterAcceptMs": after_accept_ms})
+        }
+        CallReport::FirstVideo { after_accept_ms } => {
+            json!({"type": "first_video", "afterAcceptMs": after_accept_ms})
+        }
+        CallReport::AnsweredOnDevice { after_ui_shown_ms } => {
+            json!({"type": "answered_on_device", "afterUiShownMs": after_ui_shown_ms})
+        }
+        CallReport::SystemUiError { code } => {
+            let kind = match platform {
+                Platform::Ios => "callkit_error",
+                Platform::Android | Platform::Web => "telecom_error",
+            };
+            json!({"type": kind, "code": report_code(code)})
+        }
+        CallReport::MediaFailed { reason } => json!({"type": "media_failed", "reason": reason}),
+        CallReport::Quality(q) => {
+            let mut body = json!({
+                "type": "quality",
+                "lossRatio": q.loss_ratio.clamp(0.0, 1.0),
+                "jitterMs": q.jitter_ms.clamp(0.0, 60_000.0),
+            });
+            if let Some(rtt) = q.rtt_ms {
+                body["rttMs"] = json!(rtt.clamp(0.0, 60_000.0));
+            }
+            body
+        }
+    }
+}
+
+/// The server takes codes of `[a-z0-9_]{1,64}` and refuses the request
+/// otherwise: an adapter's odd code is sent as `unknown` rather than lost.
+fn report_code(code: &str) -> &str {
+    let valid = (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid { code } else { "unknown" }
 }

@@ -40,6 +40,10 @@ pub use crate::remote_tracks::TrackChange;
 /// Unix milliseconds (pushes carry wall-clock deadlines).
 pub type UnixMillis = u64;
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// From accepted to media connected, at most.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// An outgoing call rings the callee first (the server ends it when its
@@ -56,7 +60,7 @@ pub struct Ring {
     pub caller_display_name: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// A ring over the events WebSocket (pushes go through `on_push`).
     Ring(Ring),
@@ -115,6 +119,12 @@ pub enum Input {
         call_uuid: String,
         reason: String,
     },
+    /// The system call UI failed at something that does not end the call
+    /// (Telecom refused to add it and a notification rings instead).
+    SystemUiError {
+        call_uuid: String,
+        code: String,
+    },
     /// The system UI's actions (CallKit / Telecom).
     SystemAnswer {
         call_uuid: String,
@@ -147,6 +157,17 @@ pub enum Input {
     MediaUnavailable {
         call_id: String,
     },
+    /// The first audio (`video` false) or video frame of the call was
+    /// decoded on this device.
+    FirstMedia {
+        call_id: String,
+        video: bool,
+    },
+    /// The platform's periodic view of inbound media (WebRTC stats).
+    MediaQuality {
+        call_id: String,
+        quality: Quality,
+    },
     /// A fresh call token to rejoin with (after a failure or a long drop).
     FreshToken {
         call_id: String,
@@ -169,7 +190,42 @@ pub enum Input {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Inbound media since the last quality report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quality {
+    pub loss_ratio: f64,
+    pub jitter_ms: f64,
+    pub rtt_ms: Option<f64>,
+}
+
+/// What this device tells the server about a call, for operations only
+/// (the server never takes call state from it). Durations are measured on
+/// the engine's monotonic clock: phone wall clocks drift.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallReport {
+    /// Time to first audio: from accept (the user's tap here, or the
+    /// callee answering our call) to the first decoded audio frame.
+    FirstAudio {
+        after_accept_ms: u64,
+    },
+    FirstVideo {
+        after_accept_ms: u64,
+    },
+    /// The user answered on the system UI this long after it appeared.
+    AnsweredOnDevice {
+        after_ui_shown_ms: u64,
+    },
+    /// The system call UI (CallKit / Telecom) refused the call.
+    SystemUiError {
+        code: String,
+    },
+    MediaFailed {
+        reason: &'static str,
+    },
+    Quality(Quality),
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     // SystemCallUi, outward.
     ReportIncoming {
@@ -219,6 +275,11 @@ pub enum Output {
     },
     RequestFreshToken {
         call_id: String,
+    },
+    /// Telemetry for the server (`POST /v1/calls/{id}/reports`).
+    Report {
+        call_id: String,
+        report: CallReport,
     },
     // MediaSession.
     JoinMedia {
@@ -293,6 +354,20 @@ struct Call {
     /// The user's mute, kept across hold.
     muted: bool,
     held: bool,
+    /// When the system showed the incoming call UI.
+    ui_shown_at: Option<Duration>,
+    /// When the call was accepted: the user's tap (incoming), the callee's
+    /// answer (outgoing). Time to first media counts from here.
+    accepted_at: Option<Duration>,
+    first_audio: FirstMedia,
+    first_video: FirstMedia,
+}
+
+/// When one kind of media first played, and whether that was reported.
+#[derive(Debug, Clone, Copy, Default)]
+struct FirstMedia {
+    at: Option<Duration>,
+    reported: bool,
 }
 
 impl Call {
@@ -319,6 +394,10 @@ impl Call {
             audio_routed: false,
             muted: false,
             held: false,
+            ui_shown_at: None,
+            accepted_at: None,
+            first_audio: FirstMedia::default(),
+            first_video: FirstMedia::default(),
         }
     }
 
@@ -509,6 +588,9 @@ impl CallEngine {
                 };
                 let call = self.calls.get_mut(&call_uuid).expect("checked above");
                 call.awaiting_answer = !(answered || accepted_already);
+                if !call.awaiting_answer {
+                    call.accepted_at = Some(now);
+                }
                 call.call_id = Some(call_id.clone());
                 call.phase = Phase::Connecting {
                     token: Some(call_token),
@@ -529,6 +611,7 @@ impl CallEngine {
                     && call.ring_epoch.is_some()
                 {
                     call.displayed = true;
+                    call.ui_shown_at = Some(now);
                     if let Some(call_id) = call.call_id.clone() {
                         self.outputs.push_back(Output::Ack { call_id });
                     }
@@ -540,6 +623,10 @@ impl CallEngine {
                     tracing::info!(call_id = ?call.call_id, %reason, "the system refused the incoming call");
                     // Not declined: the user's other devices keep ringing.
                     if let Some(call_id) = call.call_id {
+                        self.outputs.push_back(Output::Report {
+                            call_id: call_id.clone(),
+                            report: CallReport::SystemUiError { code: reason },
+                        });
                         self.remember_ended(&call_id, EndedReason::Failed);
                     }
                 }
@@ -553,6 +640,15 @@ impl CallEngine {
                     return; // a second tap, or not ringing any more
                 }
                 call.phase = Phase::Answering { sent: false };
+                call.accepted_at = Some(now);
+                if let (Some(shown), Some(call_id)) = (call.ui_shown_at, call.call_id.clone()) {
+                    self.outputs.push_back(Output::Report {
+                        call_id,
+                        report: CallReport::AnsweredOnDevice {
+                            after_ui_shown_ms: millis(now.saturating_sub(shown)),
+                        },
+                    });
+                }
                 self.flush_answers();
             }
             Input::Accepted {
@@ -695,7 +791,10 @@ impl CallEngine {
             }
             Input::RemoteAccepted { call_id } => {
                 if let Some(uuid) = self.call_uuid_of(&call_id) {
-                    self.calls.get_mut(&uuid).expect("found").awaiting_answer = false;
+                    let call = self.calls.get_mut(&uuid).expect("found");
+                    call.awaiting_answer = false;
+                    call.accepted_at.get_or_insert(now);
+                    self.report_first_media(&uuid);
                     self.maybe_connected(&uuid);
                 } else if self.calls.values().any(|c| c.phase == Phase::Creating)
                     && !self.accepted_before_created.contains(&call_id)
@@ -764,8 +863,43 @@ impl CallEngine {
             }
             Input::MediaUnavailable { call_id } => {
                 if let Some(uuid) = self.call_uuid_of(&call_id) {
+                    self.outputs.push_back(Output::Report {
+                        call_id: call_id.clone(),
+                        report: CallReport::MediaFailed {
+                            reason: "media_unavailable",
+                        },
+                    });
                     self.outputs.push_back(Output::End { call_id });
                     self.end(&uuid, EndedReason::Failed);
+                }
+            }
+            Input::SystemUiError { call_uuid, code } => {
+                let call_uuid = push::normalize_uuid(&call_uuid);
+                if let Some(call_id) = self.calls.get(&call_uuid).and_then(|c| c.call_id.clone()) {
+                    self.outputs.push_back(Output::Report {
+                        call_id,
+                        report: CallReport::SystemUiError { code },
+                    });
+                }
+            }
+            Input::FirstMedia { call_id, video } => {
+                if let Some(uuid) = self.call_uuid_of(&call_id) {
+                    let call = self.calls.get_mut(&uuid).expect("found");
+                    let first = if video {
+                        &mut call.first_video
+                    } else {
+                        &mut call.first_audio
+                    };
+                    first.at.get_or_insert(now);
+                    self.report_first_media(&uuid);
+                }
+            }
+            Input::MediaQuality { call_id, quality } => {
+                if self.call_uuid_of(&call_id).is_some() {
+                    self.outputs.push_back(Output::Report {
+                        call_id,
+                        report: CallReport::Quality(quality),
+                    });
                 }
             }
             Input::FreshToken {
@@ -799,9 +933,46 @@ impl CallEngine {
             .collect();
         for (uuid, call_id) in late {
             if let Some(call_id) = call_id {
+                self.outputs.push_back(Output::Report {
+                    call_id: call_id.clone(),
+                    report: CallReport::MediaFailed {
+                        reason: "connect_timeout",
+                    },
+                });
                 self.outputs.push_back(Output::End { call_id });
             }
             self.end(&uuid, EndedReason::Failed);
+        }
+    }
+
+    /// Reports the first audio and video once each, when both the accept
+    /// and the media are known (for a caller, media may play before the
+    /// answer's event arrives: then it counts as at once).
+    fn report_first_media(&mut self, call_uuid: &str) {
+        let Some(call) = self.calls.get_mut(call_uuid) else {
+            return;
+        };
+        let (Some(accepted), Some(call_id)) = (call.accepted_at, call.call_id.clone()) else {
+            return;
+        };
+        for (first, video) in [
+            (&mut call.first_audio, false),
+            (&mut call.first_video, true),
+        ] {
+            let Some(at) = first.at.filter(|_| !first.reported) else {
+                continue;
+            };
+            first.reported = true;
+            let after_accept_ms = millis(at.saturating_sub(accepted));
+            let report = if video {
+                CallReport::FirstVideo { after_accept_ms }
+            } else {
+                CallReport::FirstAudio { after_accept_ms }
+            };
+            self.outputs.push_back(Output::Report {
+                call_id: call_id.clone(),
+                report,
+            });
         }
     }
 

@@ -378,6 +378,13 @@ impl Client {
         self.input(Input::IncomingCallFailed { call_uuid, reason });
     }
 
+    /// The system call UI failed without ending the call (Telecom refused
+    /// to add it; a notification rings instead): reported to the server
+    /// as `code` (snake case: `error_call_not_permitted_at_present_time`).
+    pub fn call_ui_error(&self, call_uuid: String, code: String) {
+        self.input(Input::SystemUiError { call_uuid, code });
+    }
+
     /// CallKit `providerDidReset`: every call ended by the system.
     pub fn system_reset(&self) {
         self.input(Input::SystemReset);
@@ -792,6 +799,12 @@ impl Driver {
             }
             Output::Ack { call_id } => {
                 self.fire("ack", call_id, |api, id| async move { api.ack(&id).await })
+            }
+            Output::Report { call_id, report } => {
+                let platform = self.config.platform;
+                self.fire("report", call_id, move |api, id| async move {
+                    api.report(&id, &report, platform).await
+                })
             }
             Output::Decline { call_id } => self.fire("decline", call_id, |api, id| async move {
                 api.decline(&id).await

@@ -362,9 +362,14 @@ pub struct MediaEvents {
     to_session: mpsc::UnboundedSender<MediaEvent>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum MediaEvent {
     Connected,
+    /// The first remote audio (`video` false) or video frame was decoded.
+    FirstMedia {
+        video: bool,
+    },
+    Quality(crate::call_engine::Quality),
     /// Lost for now (ICE `disconnected`): it may come back by itself.
     Disconnected,
     Failed,
@@ -396,6 +401,32 @@ impl MediaEvents {
     /// A connection failed for good (ICE `failed`).
     pub fn failed(&self) {
         let _ = self.to_session.send(MediaEvent::Failed);
+    }
+
+    /// The first remote audio frame was decoded (time to first audio).
+    /// Once per call is enough; later calls are ignored.
+    pub fn first_audio(&self) {
+        let _ = self
+            .to_session
+            .send(MediaEvent::FirstMedia { video: false });
+    }
+
+    /// The first remote video frame was decoded.
+    pub fn first_video(&self) {
+        let _ = self.to_session.send(MediaEvent::FirstMedia { video: true });
+    }
+
+    /// Inbound media since the last call, from the platform's WebRTC stats
+    /// (every 10 s in a call): packets lost / expected, jitter and the
+    /// round-trip time (`None` when the stats have none yet).
+    pub fn quality(&self, loss_ratio: f64, jitter_ms: f64, rtt_ms: Option<f64>) {
+        let _ = self
+            .to_session
+            .send(MediaEvent::Quality(crate::call_engine::Quality {
+                loss_ratio,
+                jitter_ms,
+                rtt_ms,
+            }));
     }
 
     /// A local ICE candidate to trickle (`candidate:...` line).

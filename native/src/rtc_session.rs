@@ -349,6 +349,18 @@ impl Running {
                 self.media_up = true;
                 let _ = self.session.engine.send(Input::MediaConnected { call_id });
             }
+            MediaEvent::FirstMedia { video } => {
+                let _ = self
+                    .session
+                    .engine
+                    .send(Input::FirstMedia { call_id, video });
+            }
+            MediaEvent::Quality(quality) => {
+                let _ = self
+                    .session
+                    .engine
+                    .send(Input::MediaQuality { call_id, quality });
+            }
             MediaEvent::Disconnected => self.reconnecting(),
             MediaEvent::Failed => {
                 return Err(SocketEnded::Failed("media connection failed".into()));

@@ -15,6 +15,7 @@ use crate::bot::Bot;
 use crate::ports::{
     IceServer, MediaEvents, MediaFactory, MediaSession, MediaStats, PeerConnection, PortError,
 };
+use str0m::media::MediaKind;
 
 /// Makes str0m sessions whose sockets bind to `local_ip`.
 #[derive(Debug)]
@@ -188,6 +189,9 @@ async fn drive(
     let mut publisher_buf = vec![0u8; 2048];
     let mut subscriber_buf = vec![0u8; 2048];
     let mut reported_up = false;
+    // The bot decodes nothing: its first received packet of a kind stands
+    // for the first decoded frame.
+    let (mut first_audio, mut first_video) = (false, false);
     while !session.closed.load(std::sync::atomic::Ordering::Relaxed) {
         let (wake, transmits): (Instant, Vec<_>) = {
             let mut bot = session.bot();
@@ -200,6 +204,19 @@ async fn drive(
                 } else {
                     tracing::info!(call_id = %call_id, "str0m media disconnected");
                     events.disconnected();
+                }
+            }
+            for track in bot.tracks.values().filter(|t| t.packets > 0) {
+                let first = match track.kind {
+                    MediaKind::Audio => &mut first_audio,
+                    MediaKind::Video => &mut first_video,
+                };
+                if !*first {
+                    *first = true;
+                    match track.kind {
+                        MediaKind::Audio => events.first_audio(),
+                        MediaKind::Video => events.first_video(),
+                    }
                 }
             }
             (wake, bot.transmits.drain(..).collect())

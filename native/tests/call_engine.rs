@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use native::call_engine::{
-    ActiveCall, ActiveCallState, AudioRouteKind, AudioRouteState, CallEngine, EndedReason,
-    IncomingCall, Input, Output, Ring, TrackChange, UnixMillis,
+    ActiveCall, ActiveCallState, AudioRouteKind, AudioRouteState, CallEngine, CallReport,
+    EndedReason, IncomingCall, Input, Output, Quality, Ring, TrackChange, UnixMillis,
 };
 use native::ports::{
     AudioEndpoint, CallKitEndedReason, RemoteTrack, TelecomDisconnectCause, callkit_ended_reason,
@@ -187,10 +187,8 @@ fn every_push_is_reported_once_and_a_duplicate_gets_the_same_uuid() {
     assert_eq!(d.count(|o| matches!(o, Output::ReportEnded { .. })), 0);
     // Still answerable.
     d.input(Input::SignalingConnected);
-    assert_eq!(
-        d.input(Input::SystemAnswer { call_uuid: s(C1) }),
-        [Output::Accept { call_id: s(C1) }]
-    );
+    let out = d.input(Input::SystemAnswer { call_uuid: s(C1) });
+    assert_eq!(out.last(), Some(&Output::Accept { call_id: s(C1) }));
 }
 
 #[test]
@@ -255,9 +253,18 @@ fn a_call_the_system_refused_is_not_declined_so_other_devices_keep_ringing() {
     d.push(&ring_push(C1, 7, 30_000), Some(0));
     let out = d.input(Input::IncomingCallFailed {
         call_uuid: s(C1),
-        reason: s("filteredByDoNotDisturb"),
+        reason: s("filtered_by_do_not_disturb"),
     });
-    assert!(out.is_empty(), "{out:?}");
+    // Only the server's telemetry hears of it.
+    assert_eq!(
+        out,
+        [Output::Report {
+            call_id: s(C1),
+            report: CallReport::SystemUiError {
+                code: s("filtered_by_do_not_disturb")
+            }
+        }]
+    );
     assert_eq!(
         d.count(|o| matches!(o, Output::Decline { .. } | Output::Ack { .. })),
         0
@@ -925,6 +932,12 @@ fn a_call_that_does_not_connect_in_time_fails() {
     assert_eq!(
         d.advance(Duration::from_secs(1)),
         [
+            Output::Report {
+                call_id: s(C1),
+                report: CallReport::MediaFailed {
+                    reason: "connect_timeout"
+                }
+            },
             Output::End { call_id: s(C1) },
             Output::LeaveMedia { call_id: s(C1) },
             ended(C1, EndedReason::Failed),
@@ -1029,5 +1042,122 @@ fn active_calls_tell_a_ui_that_loads_late_where_each_call_is() {
             .collect::<Vec<_>>(),
         [C1],
         "an ended call is no longer listed"
+    );
+}
+
+fn reports(outputs: &[Output]) -> Vec<CallReport> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Report { report, .. } => Some(report.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_callee_reports_answering_and_first_media_from_its_own_clock_once_each() {
+    let mut d = Device::new();
+    d.input(Input::SignalingConnected);
+    d.input(Input::AudioSessionActivated);
+    d.input(ring(C1, 7, 30_000));
+    d.now += Duration::from_millis(400);
+    d.input(Input::IncomingCallDisplayed { call_uuid: s(C1) });
+    d.now += Duration::from_millis(3_100);
+    let out = d.input(Input::SystemAnswer { call_uuid: s(C1) });
+    assert_eq!(
+        reports(&out),
+        [CallReport::AnsweredOnDevice {
+            after_ui_shown_ms: 3_100
+        }]
+    );
+    d.input(Input::Accepted {
+        call_id: s(C1),
+        call_token: s("tok"),
+    });
+    d.now += Duration::from_millis(850);
+    let first_audio = Input::FirstMedia {
+        call_id: s(C1),
+        video: false,
+    };
+    assert_eq!(
+        reports(&d.input(first_audio.clone())),
+        [CallReport::FirstAudio {
+            after_accept_ms: 850
+        }]
+    );
+    // A platform that says it twice is reported once.
+    assert!(reports(&d.input(first_audio)).is_empty());
+    d.now += Duration::from_millis(300);
+    let out = d.input(Input::FirstMedia {
+        call_id: s(C1),
+        video: true,
+    });
+    assert_eq!(
+        reports(&out),
+        [CallReport::FirstVideo {
+            after_accept_ms: 1_150
+        }]
+    );
+    let quality = Quality {
+        loss_ratio: 0.01,
+        jitter_ms: 9.0,
+        rtt_ms: Some(40.0),
+    };
+    let out = d.input(Input::MediaQuality {
+        call_id: s(C1),
+        quality,
+    });
+    assert_eq!(reports(&out), [CallReport::Quality(quality)]);
+    // Telecom refused to add the call (a notification rings instead): the
+    // server hears why, and the call goes on.
+    let out = d.input(Input::SystemUiError {
+        call_uuid: s(C1),
+        code: s("error_call_not_permitted_at_present_time"),
+    });
+    assert_eq!(
+        out,
+        [Output::Report {
+            call_id: s(C1),
+            report: CallReport::SystemUiError {
+                code: s("error_call_not_permitted_at_present_time")
+            }
+        }]
+    );
+    // Nothing about calls that are not here.
+    let out = d.input(Input::MediaQuality {
+        call_id: s(C9),
+        quality,
+    });
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_caller_whose_media_plays_before_the_answer_event_reports_it_at_once() {
+    let mut d = Device::new();
+    d.input(Input::SignalingConnected);
+    d.input(Input::StartCall {
+        call_uuid: s(LOCAL),
+        callee_user_id: s("bob"),
+        video: false,
+    });
+    d.input(Input::Created {
+        call_uuid: LOCAL.to_lowercase(),
+        call_id: s(C9),
+        call_token: s("tok"),
+        answered: false,
+    });
+    d.now += Duration::from_secs(5);
+    // The callee's audio overtook the `call.accepted` event.
+    let out = d.input(Input::FirstMedia {
+        call_id: s(C9),
+        video: false,
+    });
+    assert!(reports(&out).is_empty(), "not before the answer is known");
+    d.now += Duration::from_millis(120);
+    let out = d.input(Input::RemoteAccepted { call_id: s(C9) });
+    assert_eq!(
+        reports(&out),
+        [CallReport::FirstAudio { after_accept_ms: 0 }]
     );
 }

@@ -174,6 +174,7 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
     });
     // Telecom added the call: now the server hears it is on screen.
     bob.incoming_call_displayed(call_id.clone());
+    let answered_at = std::time::Instant::now();
     bob.answer(call_id.clone());
     bob.audio_session_activated();
 
@@ -202,6 +203,43 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
             (packets >= 100 && tracks == 2).then_some(())
         });
     }
+
+    // Both cores reported their time to first audio and video: the
+    // callee's counts from its tap, so it lies between the tap and now.
+    let metrics = || {
+        runtime.block_on(async {
+            reqwest::get(format!("{}/metrics", server.base))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()
+        })
+    };
+    let series = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let first_media = |kind: &str, platform: &str, part: &str| {
+        format!("switchboard_call_time_to_first_{kind}_seconds_{part}{{platform=\"{platform}\"}}")
+    };
+    let text = wait_for("both cores' first-media reports", limit, || {
+        let text = metrics()?;
+        let reported = ["ios", "android"].iter().all(|platform| {
+            ["audio", "video"]
+                .iter()
+                .all(|kind| series(&text, &first_media(kind, platform, "count")) == Some(1.0))
+        });
+        reported.then_some(text)
+    });
+    let bobs_ttfa = series(&text, &first_media("audio", "android", "sum")).unwrap();
+    let since_tap = answered_at.elapsed().as_secs_f64();
+    assert!(
+        bobs_ttfa > 0.0 && bobs_ttfa <= since_tap,
+        "bob's TTFA {bobs_ttfa} s, {since_tap} s since his tap"
+    );
+    let answered = "switchboard_call_ui_shown_to_answer_seconds_count{platform=\"android\"}";
+    assert_eq!(series(&text, answered), Some(1.0), "answered on device");
 
     // Each app was told the other's two tracks.
     for (system, other) in [(&alice_ios, "bob"), (&bob_android, "alice")] {

@@ -696,16 +696,7 @@ async fn device_reports_feed_metrics_and_never_the_call() {
         }
     };
     let call_path = format!("/v1/calls/{call_id}");
-    let get_call = || {
-        api(
-            &server,
-            "GET",
-            &call_path,
-            &ben,
-            &[],
-            Value::Null,
-        )
-    };
+    let get_call = || api(&server, "GET", &call_path, &ben, &[], Value::Null);
     let (_, call_before) = get_call().await;
     let ttfa_count = "switchboard_call_time_to_first_audio_seconds_count{platform=\"web\"}";
     let ttfa_sum = "switchboard_call_time_to_first_audio_seconds_sum{platform=\"web\"}";
@@ -726,10 +717,17 @@ async fn device_reports_feed_metrics_and_never_the_call() {
         ]),
     )
     .await;
-    assert_eq!((status, &body), (202, &json!({"accepted": 3, "skipped": 1})));
+    assert_eq!(
+        (status, &body),
+        (202, &json!({"accepted": 3, "skipped": 1}))
+    );
     assert_eq!(series(&server, ttfa_count).await, 1.0);
     assert!((series(&server, ttfa_sum).await - 0.84).abs() < 1e-9);
-    assert_eq!(series(&server, other_code).await, 1.0, "an unknown code counts as other");
+    assert_eq!(
+        series(&server, other_code).await,
+        1.0,
+        "an unknown code counts as other"
+    );
     assert_eq!(series(&server, loss_count).await, 1.0);
 
     // A retried first_audio is not a second call's TTFA.
@@ -739,7 +737,10 @@ async fn device_reports_feed_metrics_and_never_the_call() {
         json!([{"type": "first_audio", "afterAcceptMs": 840}]),
     )
     .await;
-    assert_eq!((status, &body), (202, &json!({"accepted": 0, "skipped": 1})));
+    assert_eq!(
+        (status, &body),
+        (202, &json!({"accepted": 0, "skipped": 1}))
+    );
     assert_eq!(series(&server, ttfa_count).await, 1.0);
 
     // One bad report refuses the request whole: nothing counted.
@@ -754,7 +755,10 @@ async fn device_reports_feed_metrics_and_never_the_call() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "bad_request");
-    assert!(body["message"].as_str().unwrap().contains("report 1"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("report 1"),
+        "{body}"
+    );
     assert_eq!(series(&server, video_count).await, 0.0);
     let (status, _) = report(ben.clone(), "ben-d", json!([])).await;
     assert_eq!(status, 400);
@@ -764,7 +768,10 @@ async fn device_reports_feed_metrics_and_never_the_call() {
     let (status, body) = report(user_token("zed"), "zed-d", first_video.clone()).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
     let (status, body) = report(ben.clone(), "zed-d", first_video.clone()).await;
-    assert_eq!((status, body["code"].as_str()), (403, Some("unknown_device")));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("unknown_device"))
+    );
     assert_eq!(series(&server, video_count).await, 0.0);
 
     // Reports are not call state: the call reads as it did.

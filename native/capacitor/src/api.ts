@@ -50,6 +50,11 @@ export class CallApi {
     await this.post(`/v1/calls/${encodeURIComponent(callId)}/end`, {});
   }
 
+  /** Telemetry about a call (`control/API.md` "Call reports"); never call state. */
+  async report(callId: string, reports: Record<string, unknown>[]): Promise<void> {
+    await this.post(`/v1/calls/${encodeURIComponent(callId)}/reports`, { deviceId: this.deviceId, reports });
+  }
+
   private async post(path: string, body: unknown): Promise<unknown> {
     let response: Response;
     try {

@@ -9,15 +9,33 @@ export interface TrackOwner {
   userId?: string;
 }
 
+/** Inbound media since the last quality sample (`control/API.md` "Call reports"). */
+export interface MediaQuality {
+  lossRatio: number;
+  jitterMs: number;
+  rttMs?: number;
+}
+
 export interface MediaCallbacks {
   connected(): void;
-  failed(reason: string): void;
+  /** `reason`: `ice_failed`, `signaling_lost` or `join_refused`; `detail` says more. */
+  failed(reason: string, detail: string): void;
+  /** The first decoded frame of a kind (once each). */
+  firstMedia(kind: "audio" | "video"): void;
+  quality(quality: MediaQuality): void;
   remoteTrack(track: MediaStreamTrack, trackId: string, stream: MediaStream, owner?: TrackOwner): void;
   remoteTrackRemoved(trackId: string): void;
   remoteTrackMuted(trackId: string, muted: boolean): void;
 }
 
 type Message = Record<string, any>;
+
+/** Stats are read this often until the first audio and video decode... */
+const FIRST_MEDIA_POLL_MS = 250;
+/** ...for at most this long... */
+const FIRST_MEDIA_WATCH_MS = 30000;
+/** ...then this often, for quality. */
+const QUALITY_EVERY_MS = 10000;
 
 /** Redirects (`wrong_node`) a join follows before it gives up. */
 const MAX_MOVES = 3;
@@ -42,6 +60,11 @@ export class WebMedia {
   private reportedConnected = false;
   private offerPending = false;
   private restartQueued = false;
+  private statsTimer?: ReturnType<typeof setTimeout>;
+  private readonly startedAt = performance.now();
+  private firstSeen = { audio: false, video: false };
+  /** Inbound totals at the last quality sample. */
+  private inbound = { lost: 0, received: 0 };
 
   constructor(
     private url: string,
@@ -65,6 +88,63 @@ export class WebMedia {
       this.callbacks.remoteTrack(e.track, trackId, e.streams[0] ?? new MediaStream([e.track]), owner);
     };
     for (const track of local.getTracks()) this.pub.addTransceiver(track, { direction: "sendonly" });
+    this.scheduleStats(FIRST_MEDIA_POLL_MS);
+  }
+
+  private scheduleStats(delayMs: number): void {
+    if (this.closed) return;
+    this.statsTimer = setTimeout(() => {
+      void this.sampleStats().then(
+        (next) => this.scheduleStats(next),
+        () => this.scheduleStats(QUALITY_EVERY_MS),
+      );
+    }, delayMs);
+  }
+
+  /**
+   * One read of the subscriber's stats: the first decoded audio
+   * (`totalSamplesReceived`) and video (`framesDecoded`), and inbound loss,
+   * jitter and the round-trip time. Returns when to read again.
+   */
+  private async sampleStats(): Promise<number> {
+    const stats = await this.sub.getStats();
+    let lost = 0;
+    let received = 0;
+    let jitter = 0;
+    let rttMs: number | undefined;
+    let videoInbound = false;
+    stats.forEach((s: Message) => {
+      if (s.type === "inbound-rtp") {
+        if (s.kind === "audio" && (s.totalSamplesReceived ?? 0) > 0) this.sawFirst("audio");
+        if (s.kind === "video") {
+          videoInbound = true;
+          if ((s.framesDecoded ?? 0) > 0) this.sawFirst("video");
+        }
+        lost += Math.max(0, s.packetsLost ?? 0);
+        received += s.packetsReceived ?? 0;
+        jitter = Math.max(jitter, s.jitter ?? 0);
+      }
+      if (s.type === "candidate-pair" && s.nominated && typeof s.currentRoundTripTime === "number") {
+        rttMs = s.currentRoundTripTime * 1000;
+      }
+    });
+    const watching = performance.now() - this.startedAt < FIRST_MEDIA_WATCH_MS;
+    if (watching && (!this.firstSeen.audio || (videoInbound && !this.firstSeen.video))) {
+      return FIRST_MEDIA_POLL_MS;
+    }
+    const newLost = Math.max(0, lost - this.inbound.lost);
+    const newReceived = Math.max(0, received - this.inbound.received);
+    this.inbound = { lost, received };
+    if (newLost + newReceived > 0) {
+      this.callbacks.quality({ lossRatio: newLost / (newLost + newReceived), jitterMs: jitter * 1000, rttMs });
+    }
+    return QUALITY_EVERY_MS;
+  }
+
+  private sawFirst(kind: "audio" | "video"): void {
+    if (this.firstSeen[kind]) return;
+    this.firstSeen[kind] = true;
+    this.callbacks.firstMedia(kind);
   }
 
   async start(): Promise<void> {
@@ -129,6 +209,7 @@ export class WebMedia {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.statsTimer);
     this.send({ type: "leave" });
     this.ws?.close();
     this.pub.close();
@@ -211,7 +292,7 @@ export class WebMedia {
           if (typeof m.trackId === "string") this.callbacks.remoteTrackMuted(m.trackId, m.muted === true);
           break;
         case "left":
-          this.fail(`removed from the call: ${m.reason}`);
+          this.fail("signaling_lost", `removed from the call: ${m.reason}`);
           break;
         case "error":
           if (this.joinedWaiter && m.code === "wrong_node" && /^wss?:\/\//.test(String(m.rtcUrl ?? "")) && this.moves < MAX_MOVES) {
@@ -226,11 +307,11 @@ export class WebMedia {
             await this.connect();
             break;
           }
-          if (this.joinedWaiter) this.fail(`join refused: ${m.code}`);
+          if (this.joinedWaiter) this.fail("join_refused", `join refused: ${m.code}`);
           break;
       }
     } catch (e) {
-      this.fail(String(e));
+      this.fail("signaling_lost", String(e));
     }
   }
 
@@ -258,7 +339,7 @@ export class WebMedia {
       this.reportedConnected = true;
       this.callbacks.connected();
     }
-    if (states.includes("failed")) this.fail("a peer connection failed");
+    if (states.includes("failed")) this.fail("ice_failed", "a peer connection failed");
   }
 
   /** The socket closed without `leave`: resume within the grace period. */
@@ -274,13 +355,13 @@ export class WebMedia {
         // Still down: try again until the grace period ends.
       }
     }
-    this.fail("could not resume within the grace period");
+    this.fail("signaling_lost", "could not resume within the grace period");
   }
 
-  private fail(reason: string): void {
+  private fail(reason: string, detail: string): void {
     if (this.closed) return;
     this.close();
-    this.callbacks.failed(reason);
+    this.callbacks.failed(reason, detail);
   }
 
   private send(message: Message): void {

@@ -47,6 +47,8 @@ export class SwitchboardWebClient {
   /** Each call's remote streams by track id, for `showVideo`. */
   private remoteStreams = new Map<string, Map<string, MediaStream>>();
   private views = new VideoViews();
+  /** Each call's time to first audio and video, reported once each. */
+  private firstMedia = new Map<string, FirstMediaClock>();
   private listeners = new Map<keyof SwitchboardEvents, Set<Listener<any>>>();
   /** The local camera / microphone stream of the current call (for a preview). */
   localStream?: MediaStream;
@@ -90,6 +92,7 @@ export class SwitchboardWebClient {
     const api = this.requireApi();
     const { accept, effects } = this.calls.answer(callId);
     if (!accept) return;
+    this.firstMediaClock(callId).accepted(performance.now());
     this.apply(effects);
     try {
       const local = await this.localMedia(this.calls.video(callId));
@@ -229,8 +232,11 @@ export class SwitchboardWebClient {
     const wsBase = this.requireApi().base.replace(/^http/, "ws");
     const media = new WebMedia(info.rtcUrl ?? `${wsBase}${info.rtcPath}`, info.callToken, info.iceServers, local, {
       connected: () => this.apply(this.calls.mediaConnected(callId)),
-      failed: (reason) => {
-        console.warn(`switchboard: call ${callId} media failed: ${reason}`);
+      firstMedia: (kind) => this.firstMediaClock(callId).played(kind, performance.now()),
+      quality: (q) => this.report(callId, { type: "quality", ...q }),
+      failed: (reason, detail) => {
+        console.warn(`switchboard: call ${callId} media failed: ${detail}`);
+        this.report(callId, { type: "media_failed", reason });
         this.media.delete(callId);
         this.apply(this.calls.end(callId, "failed"));
         void this.api?.end(callId).catch(() => undefined);
@@ -257,7 +263,22 @@ export class SwitchboardWebClient {
     });
   }
 
+  /** Telemetry for operations: a lost report is not worth a retry or an error. */
+  private report(callId: string, report: Record<string, unknown>): void {
+    void this.api?.report(callId, [report]).catch(() => undefined);
+  }
+
+  private firstMediaClock(callId: string): FirstMediaClock {
+    let clock = this.firstMedia.get(callId);
+    if (!clock) {
+      clock = new FirstMediaClock((kind, afterAcceptMs) => this.report(callId, { type: `first_${kind}`, afterAcceptMs }));
+      this.firstMedia.set(callId, clock);
+    }
+    return clock;
+  }
+
   private leaveMedia(callId: string): void {
+    this.firstMedia.delete(callId);
     this.media.get(callId)?.close();
     this.media.delete(callId);
     this.remoteStreams.delete(callId);
@@ -282,6 +303,10 @@ export class SwitchboardWebClient {
             return resolve();
           }
           if (event.type === "error") return reject(new SwitchboardError(401, event.code, event.message));
+          // The caller's accept is the callee's answer.
+          if (event.type === "accepted" && this.media.has(event.callId)) {
+            this.firstMediaClock(event.callId).accepted(performance.now());
+          }
           this.apply(this.calls.onServerEvent(event, Date.now()));
           if (event.type === "cancelled" || event.type === "ended") this.leaveMedia(event.callId);
         };
@@ -330,6 +355,40 @@ export class SwitchboardWebClient {
       } catch (e) {
         console.error(`switchboard: a ${event} listener threw`, e);
       }
+    }
+  }
+}
+
+/**
+ * Time to first audio and video on the page's monotonic clock: from the
+ * accept (the user's answer here, or the callee's answer to our call) to
+ * the first decoded frame. Media may decode before a caller hears of the
+ * answer: then it counts as at once.
+ */
+class FirstMediaClock {
+  private acceptedAt?: number;
+  private playedAt: { audio?: number; video?: number } = {};
+  private reported = new Set<"audio" | "video">();
+
+  constructor(private send: (kind: "audio" | "video", afterAcceptMs: number) => void) {}
+
+  accepted(at: number): void {
+    this.acceptedAt ??= at;
+    this.flush();
+  }
+
+  played(kind: "audio" | "video", at: number): void {
+    this.playedAt[kind] ??= at;
+    this.flush();
+  }
+
+  private flush(): void {
+    if (this.acceptedAt === undefined) return;
+    for (const kind of ["audio", "video"] as const) {
+      const at = this.playedAt[kind];
+      if (at === undefined || this.reported.has(kind)) continue;
+      this.reported.add(kind);
+      this.send(kind, Math.max(0, Math.round(at - this.acceptedAt)));
     }
   }
 }

@@ -67,7 +67,7 @@ extension SwitchboardCalls {
         let request = UNNotificationRequest(identifier: call.callUuid, content: content, trigger: nil)
         UNUserNotificationCenter.current().add(request) { error in
             if let error {
-                core?.incomingCallFailed(callUuid: call.callUuid, reason: error.localizedDescription)
+                core?.incomingCallFailed(callUuid: call.callUuid, reason: "notification_not_added")
             } else {
                 core?.incomingCallDisplayed(callUuid: call.callUuid)
                 self.emitIncoming(call)

@@ -326,6 +326,19 @@ public final class SwitchboardCalls: NSObject, @unchecked Sendable {
         emit("callStateChanged", ["callId": call.callId, "state": "ringing"])
     }
 
+    /// CallKit's refusal as the snake-case code the server counts
+    /// (`callkit_error` reports; `control/src/reports.rs` lists the codes).
+    static func callKitCode(_ error: Error) -> String {
+        guard let error = error as? CXErrorCodeIncomingCallError else { return "unknown" }
+        switch error.code {
+        case .unentitled: return "unentitled"
+        case .callUUIDAlreadyExists: return "call_uuid_already_exists"
+        case .filteredByDoNotDisturb: return "filtered_by_do_not_disturb"
+        case .filteredByBlockList: return "filtered_by_block_list"
+        default: return "unknown"
+        }
+    }
+
     private static func update(for call: IncomingCall) -> CXCallUpdate {
         let update = CXCallUpdate()
         update.remoteHandle = CXHandle(type: .generic, value: call.handle)
@@ -378,7 +391,7 @@ extension SwitchboardCalls: PKPushRegistryDelegate {
                 } else if let error {
                     // Do Not Disturb, a blocked caller, too many calls: this
                     // device only; the user's other devices keep ringing.
-                    core?.incomingCallFailed(callUuid: call.callUuid, reason: error.localizedDescription)
+                    core?.incomingCallFailed(callUuid: call.callUuid, reason: SwitchboardCalls.callKitCode(error))
                 } else {
                     core?.incomingCallDisplayed(callUuid: call.callUuid)
                     self.emitIncoming(call)
@@ -501,7 +514,7 @@ extension SwitchboardCalls: SystemCallUi {
         let core = currentClient()
         provider.reportNewIncomingCall(with: uuid, update: SwitchboardCalls.update(for: call)) { error in
             if let error {
-                core?.incomingCallFailed(callUuid: call.callUuid, reason: error.localizedDescription)
+                core?.incomingCallFailed(callUuid: call.callUuid, reason: SwitchboardCalls.callKitCode(error))
             } else {
                 core?.incomingCallDisplayed(callUuid: call.callUuid)
                 self.emitIncoming(call)

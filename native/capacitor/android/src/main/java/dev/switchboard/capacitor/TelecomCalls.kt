@@ -15,6 +15,7 @@ import android.telecom.DisconnectCause
 import androidx.core.telecom.CallAttributesCompat
 import androidx.core.telecom.CallControlScope
 import androidx.core.telecom.CallEndpointCompat
+import androidx.core.telecom.CallException
 import androidx.core.telecom.CallsManager
 import dev.switchboard.capacitor.core.CallAttributes
 import dev.switchboard.capacitor.core.DisconnectCodes
@@ -114,7 +115,9 @@ object TelecomCalls {
                 }
             } catch (e: Exception) {
                 // Telecom refused (or is broken on this OEM): the
-                // notification rings on its own; the core is told it shows.
+                // notification rings on its own; the core is told it shows,
+                // and the server's metrics hear why Telecom refused.
+                SwitchboardCalls.currentClient()?.callUiError(callUuid, telecomCode(e))
                 shown()
             }
         }
@@ -182,4 +185,18 @@ object TelecomCalls {
         val inboxes = synchronized(commands) { commands.values.toList() }
         inboxes.forEach { it.trySend(Command.Endpoint(id)) }
     }
+}
+
+/** Telecom's refusal as the snake-case code the server counts (`telecom_error` reports). */
+internal fun telecomCode(e: Exception): String = when (e) {
+    is SecurityException -> "permission_denied"
+    is CallException -> when (e.code) {
+        CallException.ERROR_CANNOT_HOLD_CURRENT_ACTIVE_CALL -> "error_cannot_hold_current_active_call"
+        CallException.ERROR_CALL_IS_NOT_BEING_TRACKED -> "error_call_is_not_being_tracked"
+        CallException.ERROR_CALL_CANNOT_BE_SET_TO_ACTIVE -> "error_call_cannot_be_set_to_active"
+        CallException.ERROR_CALL_NOT_PERMITTED_AT_PRESENT_TIME -> "error_call_not_permitted_at_present_time"
+        CallException.ERROR_OPERATION_TIMED_OUT -> "error_operation_timed_out"
+        else -> "error_unknown"
+    }
+    else -> "error_unknown"
 }
