@@ -326,9 +326,26 @@ def swift_api(path):
     return api
 
 
+def top_level_chunks(source):
+    """Generated Kotlin cut before each line that starts a top-level
+    declaration (a letter, `@` or `/` in column 0; bodies are indented and
+    closing braces stay with their declaration). tree-sitter-kotlin cannot
+    parse some of UniFFI's callback objects, and its error recovery may
+    swallow every declaration after one; parsed one by one, a chunk it
+    cannot read costs only itself."""
+    starts = [m.start() for m in re.finditer(rb"^(?=[A-Za-z@/])", source, re.M)]
+    bounds = zip([0] + starts, starts + [len(source)])
+    return [source[a:b] for a, b in bounds if b > a]
+
+
 def kotlin_api(path):
-    tree = KOTLIN.parse(path.read_bytes())
     api = {"client": set(), "functions": set(), "client_init": [], "ports": {}, "records": {}}
+    for chunk in top_level_chunks(path.read_bytes()):
+        kotlin_declarations(KOTLIN.parse(chunk), api)
+    return api
+
+
+def kotlin_declarations(tree, api):
     for n in walk(tree.root_node):
         if n.type == "class_declaration":
             name_node = next((c for c in n.children if c.type in ("type_identifier", "identifier")), None)
@@ -351,7 +368,6 @@ def kotlin_api(path):
                         for p in walk(constructor) if p.type == "class_parameter"]
         if n.type == "function_declaration" and n.parent == tree.root_node:
             api["functions"].add(signature(n, "kotlin")[0])
-    return api
 
 
 def check(swift_files, kotlin_files, swift_bindings, kotlin_bindings):
