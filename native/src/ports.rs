@@ -12,6 +12,7 @@
 //! method on `Client` or on `MediaEvents`.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -360,6 +361,74 @@ pub trait MediaSession: Send + Sync {
 #[derive(Debug, uniffi::Object)]
 pub struct MediaEvents {
     to_session: mpsc::UnboundedSender<MediaEvent>,
+    inbound: std::sync::Mutex<InboundWatch>,
+}
+
+/// Cumulative inbound totals from the platform's WebRTC stats of the
+/// subscriber connection: its `inbound-rtp` entries summed (jitter: the
+/// largest), and the nominated candidate pair's round-trip time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, uniffi::Record)]
+pub struct InboundStats {
+    /// Audio `totalSamplesReceived`: above 0 once audio has decoded.
+    pub audio_samples_received: u64,
+    /// Video `framesDecoded`.
+    pub video_frames_decoded: u64,
+    /// Whether any video is subscribed (a video `inbound-rtp` exists).
+    pub video_inbound: bool,
+    pub packets_lost: i64,
+    pub packets_received: u64,
+    pub jitter_ms: f64,
+    pub rtt_ms: Option<f64>,
+}
+
+/// Stats are read this often while the first audio and video are awaited...
+pub const FIRST_MEDIA_POLL: Duration = Duration::from_millis(250);
+/// ...for at most this long after the session starts...
+pub const FIRST_MEDIA_WATCH: Duration = Duration::from_secs(30);
+/// ...and then this often, for quality reports.
+pub const QUALITY_EVERY: Duration = Duration::from_secs(10);
+
+/// What [`MediaEvents::inbound_stats`] remembers between reads.
+#[derive(Debug)]
+struct InboundWatch {
+    started: Instant,
+    first_audio: bool,
+    first_video: bool,
+    /// Totals at the last quality report.
+    lost: i64,
+    received: u64,
+}
+
+impl InboundWatch {
+    /// The first-media and quality events one read of the totals gives,
+    /// and how long until the next read.
+    fn read(&mut self, stats: &InboundStats, now: Instant) -> (Vec<MediaEvent>, Duration) {
+        let mut events = Vec::new();
+        if stats.audio_samples_received > 0 && !self.first_audio {
+            self.first_audio = true;
+            events.push(MediaEvent::FirstMedia { video: false });
+        }
+        if stats.video_frames_decoded > 0 && !self.first_video {
+            self.first_video = true;
+            events.push(MediaEvent::FirstMedia { video: true });
+        }
+        let awaiting = !self.first_audio || (stats.video_inbound && !self.first_video);
+        if awaiting && now.duration_since(self.started) < FIRST_MEDIA_WATCH {
+            return (events, FIRST_MEDIA_POLL);
+        }
+        let lost = stats.packets_lost.saturating_sub(self.lost).max(0) as f64;
+        let received = stats.packets_received.saturating_sub(self.received) as f64;
+        self.lost = stats.packets_lost;
+        self.received = stats.packets_received;
+        if lost + received > 0.0 {
+            events.push(MediaEvent::Quality(crate::call_engine::Quality {
+                loss_ratio: lost / (lost + received),
+                jitter_ms: stats.jitter_ms,
+                rtt_ms: stats.rtt_ms,
+            }));
+        }
+        (events, QUALITY_EVERY)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -381,7 +450,16 @@ pub enum MediaEvent {
 
 impl MediaEvents {
     pub fn new(to_session: mpsc::UnboundedSender<MediaEvent>) -> Arc<MediaEvents> {
-        Arc::new(MediaEvents { to_session })
+        Arc::new(MediaEvents {
+            to_session,
+            inbound: std::sync::Mutex::new(InboundWatch {
+                started: Instant::now(),
+                first_audio: false,
+                first_video: false,
+                lost: 0,
+                received: 0,
+            }),
+        })
     }
 }
 
@@ -401,6 +479,22 @@ impl MediaEvents {
     /// A connection failed for good (ICE `failed`).
     pub fn failed(&self) {
         let _ = self.to_session.send(MediaEvent::Failed);
+    }
+
+    /// The subscriber connection's inbound totals (WebRTC `getStats`).
+    /// The core tells the server the first decoded audio and video and,
+    /// every 10 s, the loss, jitter and round-trip time since the last
+    /// report. Returns the milliseconds until the platform should read
+    /// its stats again: 250 while the first media is awaited, then 10,000.
+    pub fn inbound_stats(&self, stats: InboundStats) -> u32 {
+        let Ok(mut watch) = self.inbound.lock() else {
+            return QUALITY_EVERY.as_millis() as u32;
+        };
+        let (events, next) = watch.read(&stats, Instant::now());
+        for event in events {
+            let _ = self.to_session.send(event);
+        }
+        next.as_millis() as u32
     }
 
     /// The first remote audio frame was decoded (time to first audio).
@@ -435,5 +529,66 @@ impl MediaEvents {
             connection,
             candidate,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch(started: Instant) -> InboundWatch {
+        InboundWatch {
+            started,
+            first_audio: false,
+            first_video: false,
+            lost: 0,
+            received: 0,
+        }
+    }
+
+    #[test]
+    fn totals_become_first_media_once_then_quality_since_the_last_report() {
+        let t0 = Instant::now();
+        let mut w = watch(t0);
+        let mut stats = InboundStats {
+            video_inbound: true,
+            ..Default::default()
+        };
+        assert_eq!(w.read(&stats, t0), (vec![], FIRST_MEDIA_POLL));
+        stats.audio_samples_received = 960;
+        stats.packets_received = 50;
+        let (events, next) = w.read(&stats, t0 + Duration::from_millis(250));
+        assert_eq!(events, [MediaEvent::FirstMedia { video: false }]);
+        assert_eq!(next, FIRST_MEDIA_POLL, "video is still awaited");
+        stats.video_frames_decoded = 3;
+        stats.packets_received = 100;
+        let (events, next) = w.read(&stats, t0 + Duration::from_millis(500));
+        assert_eq!(events[0], MediaEvent::FirstMedia { video: true });
+        assert_eq!(next, QUALITY_EVERY);
+        // 10 s later: 20 lost of 400 more.
+        stats.packets_received = 480;
+        stats.packets_lost = 20;
+        stats.jitter_ms = 12.0;
+        stats.rtt_ms = Some(45.0);
+        let (events, _) = w.read(&stats, t0 + Duration::from_secs(11));
+        let MediaEvent::Quality(q) = events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(events.len(), 1, "first media only once");
+        assert!((q.loss_ratio - 20.0 / 400.0).abs() < 1e-9, "{q:?}");
+        assert_eq!((q.jitter_ms, q.rtt_ms), (12.0, Some(45.0)));
+    }
+
+    #[test]
+    fn video_that_never_decodes_stops_the_fast_reads_after_the_watch() {
+        let t0 = Instant::now();
+        let mut w = watch(t0);
+        let stats = InboundStats {
+            audio_samples_received: 1,
+            video_inbound: true,
+            ..Default::default()
+        };
+        assert_eq!(w.read(&stats, t0).1, FIRST_MEDIA_POLL);
+        assert_eq!(w.read(&stats, t0 + FIRST_MEDIA_WATCH).1, QUALITY_EVERY);
     }
 }

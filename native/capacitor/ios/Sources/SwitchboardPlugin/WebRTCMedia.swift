@@ -48,6 +48,8 @@ final class WebRTCMediaSession: NSObject, MediaSession, @unchecked Sendable {
     private var connected: Set<ObjectIdentifier> = []
     private var frontCamera = true
     private(set) var ended = false
+    /// Stats reads for the core's call reports run here, one at a time.
+    private let statsQueue = DispatchQueue(label: "switchboard.media.stats")
 
     /// Remote video by subscriber mid (a native view renders one).
     private(set) var remoteVideo: [String: RTCVideoTrack] = [:]
@@ -82,6 +84,53 @@ final class WebRTCMediaSession: NSObject, MediaSession, @unchecked Sendable {
             capturer = RTCCameraVideoCapturer(delegate: source)
             startCamera(front: true)
         }
+        readStats(after: 250)
+    }
+
+    // MARK: Inbound stats (time to first audio, quality)
+
+    /// Reads the subscriber's stats and hands the totals to the core, which
+    /// says when to read again (often until the first audio and video
+    /// decode, then every 10 s).
+    private func readStats(after milliseconds: UInt32) {
+        statsQueue.asyncAfter(deadline: .now() + .milliseconds(Int(milliseconds))) { [weak self] in
+            guard let self, !self.ended else { return }
+            self.subscriber.statistics { report in
+                self.statsQueue.async {
+                    guard !self.ended else { return }
+                    let next = self.events.inboundStats(stats: WebRTCMediaSession.totals(of: report))
+                    self.readStats(after: next)
+                }
+            }
+        }
+    }
+
+    private static func totals(of report: RTCStatisticsReport) -> InboundStats {
+        var totals = InboundStats(
+            audioSamplesReceived: 0, videoFramesDecoded: 0, videoInbound: false,
+            packetsLost: 0, packetsReceived: 0, jitterMs: 0, rttMs: nil)
+        for stats in report.statistics.values {
+            let number = { (key: String) in (stats.values[key] as? NSNumber) }
+            switch stats.type {
+            case "inbound-rtp":
+                if (stats.values["kind"] as? String) == "video" {
+                    totals.videoInbound = true
+                    totals.videoFramesDecoded += number("framesDecoded")?.uint64Value ?? 0
+                } else {
+                    totals.audioSamplesReceived += number("totalSamplesReceived")?.uint64Value ?? 0
+                }
+                totals.packetsLost += number("packetsLost")?.int64Value ?? 0
+                totals.packetsReceived += number("packetsReceived")?.uint64Value ?? 0
+                totals.jitterMs = max(totals.jitterMs, (number("jitter")?.doubleValue ?? 0) * 1000)
+            case "candidate-pair":
+                if number("nominated")?.boolValue == true, let rtt = number("currentRoundTripTime") {
+                    totals.rttMs = rtt.doubleValue * 1000
+                }
+            default:
+                break
+            }
+        }
+        return totals
     }
 
     // MARK: MediaSession

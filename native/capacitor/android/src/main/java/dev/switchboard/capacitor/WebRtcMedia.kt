@@ -9,6 +9,7 @@ package dev.switchboard.capacitor
 
 import android.content.Context
 import dev.switchboard.core.IceServer
+import dev.switchboard.core.InboundStats
 import dev.switchboard.core.MediaEvents
 import dev.switchboard.core.MediaFactory
 import dev.switchboard.core.MediaSession
@@ -16,6 +17,7 @@ import dev.switchboard.core.MediaStats
 import dev.switchboard.core.PeerConnection as CorePeer
 import dev.switchboard.core.PortException
 import java.util.concurrent.CompletableFuture
+import java.util.concurrent.Executors
 import java.util.concurrent.TimeUnit
 import livekit.org.webrtc.AudioTrack
 import livekit.org.webrtc.Camera2Enumerator
@@ -29,6 +31,7 @@ import livekit.org.webrtc.MediaConstraints
 import livekit.org.webrtc.MediaStream
 import livekit.org.webrtc.PeerConnection
 import livekit.org.webrtc.PeerConnectionFactory
+import livekit.org.webrtc.RTCStatsReport
 import livekit.org.webrtc.RtpReceiver
 import livekit.org.webrtc.RtpTransceiver
 import livekit.org.webrtc.SdpObserver
@@ -94,6 +97,9 @@ internal class Session(
     private val up = mutableSetOf<PeerConnection>()
     private var userMuted = false
     private var held = false
+    /** Stats reads for the core's call reports, one at a time. */
+    private val statsReader = Executors.newSingleThreadScheduledExecutor()
+    @Volatile
     var ended = false
         private set
     private val publisher: PeerConnection
@@ -133,6 +139,7 @@ internal class Session(
                 videoTrack = factory.createVideoTrack("video", source).also { publisher.addTrack(it, listOf("local")) }
             }
         }
+        readStats(afterMs = 250)
     }
 
     override fun createPublisherOffer(iceRestart: Boolean): String {
@@ -188,8 +195,26 @@ internal class Session(
         capturer?.switchCamera(null)
     }
 
+    /**
+     * Reads the subscriber's stats and hands the totals to the core, which
+     * says when to read again (often until the first audio and video
+     * decode, then every 10 s): time to first audio and quality reports.
+     */
+    private fun readStats(afterMs: Long) {
+        val read = Runnable {
+            synchronized(this) {
+                if (ended) return@Runnable
+                subscriber.getStats { report ->
+                    if (!ended) readStats(events.inboundStats(inboundTotals(report)).toLong())
+                }
+            }
+        }
+        statsReader.schedule(read, afterMs, TimeUnit.MILLISECONDS)
+    }
+
     override fun endSession() {
-        ended = true
+        synchronized(this) { ended = true }
+        statsReader.shutdownNow()
         capturer?.stopCapture()
         capturer?.dispose()
         publisher.dispose()
@@ -253,4 +278,31 @@ private class Sdp<T>(private val done: (Result<T>) -> Unit) : SdpObserver {
     override fun onSetSuccess() = done(Result.success(Unit as T))
     override fun onCreateFailure(error: String) = done(Result.failure(IllegalStateException(error)))
     override fun onSetFailure(error: String) = done(Result.failure(IllegalStateException(error)))
+}
+
+/** The subscriber's inbound totals as the core reads them (`MediaEvents.inboundStats`). */
+internal fun inboundTotals(report: RTCStatsReport): InboundStats {
+    var totals = InboundStats(0uL, 0uL, false, 0L, 0uL, 0.0, null)
+    for (stats in report.statsMap.values) {
+        val number = { key: String -> stats.members[key] as? Number }
+        when (stats.type) {
+            "inbound-rtp" -> {
+                val video = stats.members["kind"] == "video"
+                totals = totals.copy(
+                    audioSamplesReceived = totals.audioSamplesReceived +
+                        (if (video) 0uL else (number("totalSamplesReceived")?.toLong() ?: 0L).toULong()),
+                    videoFramesDecoded = totals.videoFramesDecoded +
+                        (if (video) (number("framesDecoded")?.toLong() ?: 0L).toULong() else 0uL),
+                    videoInbound = totals.videoInbound || video,
+                    packetsLost = totals.packetsLost + (number("packetsLost")?.toLong() ?: 0L),
+                    packetsReceived = totals.packetsReceived + (number("packetsReceived")?.toLong() ?: 0L).toULong(),
+                    jitterMs = maxOf(totals.jitterMs, (number("jitter")?.toDouble() ?: 0.0) * 1000),
+                )
+            }
+            "candidate-pair" -> if (stats.members["nominated"] == true) {
+                number("currentRoundTripTime")?.let { totals = totals.copy(rttMs = it.toDouble() * 1000) }
+            }
+        }
+    }
+    return totals
 }
