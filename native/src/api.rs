@@ -302,6 +302,50 @@ fn device_registration(device_id: &str, config: &ClientConfig, tokens: &DevicePu
     body
 }
 
+/// A report on the wire (`control/API.md` "Call reports").
+fn report_json(report: &CallReport, platform: Platform) -> Value {
+    match report {
+        CallReport::FirstAudio { after_accept_ms } => {
+            json!({"type": "first_audio", "afterAcceptMs": after_accept_ms})
+        }
+        CallReport::FirstVideo { after_accept_ms } => {
+            json!({"type": "first_video", "afterAcceptMs": after_accept_ms})
+        }
+        CallReport::AnsweredOnDevice { after_ui_shown_ms } => {
+            json!({"type": "answered_on_device", "afterUiShownMs": after_ui_shown_ms})
+        }
+        CallReport::SystemUiError { code } => {
+            let kind = match platform {
+                Platform::Ios => "callkit_error",
+                Platform::Android | Platform::Web => "telecom_error",
+            };
+            json!({"type": kind, "code": report_code(code)})
+        }
+        CallReport::MediaFailed { reason } => json!({"type": "media_failed", "reason": reason}),
+        CallReport::Quality(q) => {
+            let mut body = json!({
+                "type": "quality",
+                "lossRatio": q.loss_ratio.clamp(0.0, 1.0),
+                "jitterMs": q.jitter_ms.clamp(0.0, 60_000.0),
+            });
+            if let Some(rtt) = q.rtt_ms {
+                body["rttMs"] = json!(rtt.clamp(0.0, 60_000.0));
+            }
+            body
+        }
+    }
+}
+
+/// The server takes codes of `[a-z0-9_]{1,64}` and refuses the request
+/// otherwise: an adapter's odd code is sent as `unknown` rather than lost.
+fn report_code(code: &str) -> &str {
+    let valid = (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid { code } else { "unknown" }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,48 +402,4 @@ mod tests {
         let config: ClientConfig = serde_json::from_str(saved).unwrap();
         assert!(config.system_call_ui);
     }
-}
-
-/// A report on the wire (`control/API.md` "Call reports").
-fn report_json(report: &CallReport, platform: Platform) -> Value {
-    match report {
-        CallReport::FirstAudio { after_accept_ms } => {
-            json!({"type": "first_audio", "afterAcceptMs": after_accept_ms})
-        }
-        CallReport::FirstVideo { after_accept_ms } => {
-            json!({"type": "first_video", "afterAcceptMs": after_accept_ms})
-        }
-        CallReport::AnsweredOnDevice { after_ui_shown_ms } => {
-            json!({"type": "answered_on_device", "afterUiShownMs": after_ui_shown_ms})
-        }
-        CallReport::SystemUiError { code } => {
-            let kind = match platform {
-                Platform::Ios => "callkit_error",
-                Platform::Android | Platform::Web => "telecom_error",
-            };
-            json!({"type": kind, "code": report_code(code)})
-        }
-        CallReport::MediaFailed { reason } => json!({"type": "media_failed", "reason": reason}),
-        CallReport::Quality(q) => {
-            let mut body = json!({
-                "type": "quality",
-                "lossRatio": q.loss_ratio.clamp(0.0, 1.0),
-                "jitterMs": q.jitter_ms.clamp(0.0, 60_000.0),
-            });
-            if let Some(rtt) = q.rtt_ms {
-                body["rttMs"] = json!(rtt.clamp(0.0, 60_000.0));
-            }
-            body
-        }
-    }
-}
-
-/// The server takes codes of `[a-z0-9_]{1,64}` and refuses the request
-/// otherwise: an adapter's odd code is sent as `unknown` rather than lost.
-fn report_code(code: &str) -> &str {
-    let valid = (1..=64).contains(&code.len())
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if valid { code } else { "unknown" }
 }

@@ -901,13 +901,16 @@ fn assert_heard_each_other(a: &loadtest::bot::Bot, b: &loadtest::bot::Bot) {
 }
 
 /// Two node processes on `redis` whose copies of the registry list both.
+/// A node's environment variables.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
 async fn two_listed_nodes(
     redis: &RedisServer,
     namespace: &str,
-    env: &[(&str, &str)],
+    (env_a, env_b): (Env<'_>, Env<'_>),
 ) -> (common::live::ServerProcess, common::live::ServerProcess) {
-    let first = process_node(redis, namespace, "node-a", env).await;
-    let second = process_node(redis, namespace, "node-b", env).await;
+    let first = process_node(redis, namespace, "node-a", env_a).await;
+    let second = process_node(redis, namespace, "node-b", env_b).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while node_ids(&list_nodes(first.http).await.1).len() < 2 {
         assert!(std::time::Instant::now() < deadline, "never both listed");
@@ -1092,7 +1095,7 @@ async fn a_call_is_placed_in_its_region_and_a_join_elsewhere_is_sent_there() {
 async fn a_room_whose_node_died_moves_once_and_the_call_goes_on() {
     use common::live::post_json;
     let redis = RedisServer::start();
-    let (mut first, mut second) = two_listed_nodes(&redis, "failover", &[]).await;
+    let (mut first, mut second) = two_listed_nodes(&redis, "failover", (&[], &[])).await;
     let (created, accepted) = answered_video_call(first.http).await;
     let call_id = created["call"]["callId"].as_str().unwrap().to_string();
     let placed_url = created["rtcUrl"].as_str().unwrap().to_string();
@@ -1196,17 +1199,9 @@ fn phones_follow_their_room_to_a_live_node_when_its_node_dies() {
             ("SWITCHBOARD_RECONNECT_GRACE_SECONDS", "60"),
         ]
     };
-    let (mut room_node, api_node) = runtime.block_on(async {
-        let a = process_node(&redis, "phones", "node-a", &in_region("eu")).await;
-        let b = process_node(&redis, "phones", "node-b", &in_region("us")).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while node_ids(&list_nodes(b.http).await.1).len() < 2 {
-            assert!(std::time::Instant::now() < deadline, "never both listed");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        (a, b)
-    });
+    let (eu, us) = (in_region("eu"), in_region("us"));
+    let (mut room_node, api_node) =
+        runtime.block_on(two_listed_nodes(&redis, "phones", (&eu, &us)));
     let base = format!("http://{}", api_node.http);
     let phone = |user: &str, device: &str| {
         let system = Arc::new(FakeSystem {
@@ -1242,7 +1237,7 @@ fn phones_follow_their_room_to_a_live_node_when_its_node_dies() {
         let _ = system.client.set(Arc::downgrade(&client));
         (client, system)
     };
-    let wait_for = |what: &str, limit: Duration, mut check: Box<dyn FnMut() -> bool + '_>| {
+    fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + limit;
         while !check() {
             assert!(
@@ -1251,7 +1246,7 @@ fn phones_follow_their_room_to_a_live_node_when_its_node_dies() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-    };
+    }
     let received = |client: &Client, uuid: &str| {
         client
             .media_stats(uuid.to_string())
@@ -1260,28 +1255,20 @@ fn phones_follow_their_room_to_a_live_node_when_its_node_dies() {
     let (alice, alice_ui) = phone("alice", "a-phone");
     let (bob, bob_ui) = phone("bob", "b-phone");
     let limit = Duration::from_secs(15);
-    wait_for(
-        "bob's registration",
-        limit,
-        Box::new(|| {
-            let devices = runtime.block_on(api_at(api_node.http, "GET", "/v1/devices", "bob"));
-            devices.1.to_string().contains("b-phone")
-        }),
-    );
+    wait_for("bob's registration", limit, || {
+        let devices = runtime.block_on(api_at(api_node.http, "GET", "/v1/devices", "bob"));
+        devices.1.to_string().contains("b-phone")
+    });
     let call_id = runtime
         .block_on(alice.start_call_async("bob".into(), true, None))
         .expect("the call is created");
     alice.audio_session_activated();
-    wait_for(
-        "bob's incoming call",
-        limit,
-        Box::new(|| {
-            bob_ui
-                .reports()
-                .iter()
-                .any(|r| matches!(r, Report::Incoming { .. }))
-        }),
-    );
+    wait_for("bob's incoming call", limit, || {
+        bob_ui
+            .reports()
+            .iter()
+            .any(|r| matches!(r, Report::Incoming { .. }))
+    });
     bob.incoming_call_displayed(call_id.clone());
     bob.answer(call_id.clone());
     bob.audio_session_activated();
@@ -1293,11 +1280,9 @@ fn phones_follow_their_room_to_a_live_node_when_its_node_dies() {
             _ => None,
         })
         .expect("alice's outgoing call is reported");
-    wait_for(
-        "media both ways on node A",
-        limit,
-        Box::new(|| received(&bob, &call_id) >= 100 && received(&alice, &alice_uuid) >= 100),
-    );
+    wait_for("media both ways on node A", limit, || {
+        received(&bob, &call_id) >= 100 && received(&alice, &alice_uuid) >= 100
+    });
     let _ = room_node.child.kill();
     let _ = room_node.child.wait();
     let killed = std::time::Instant::now();
@@ -1307,22 +1292,18 @@ fn phones_follow_their_room_to_a_live_node_when_its_node_dies() {
     wait_for(
         "both phones reconnected on node B",
         Duration::from_secs(40),
-        Box::new(|| {
+        || {
             [(&alice_ui, &alice_uuid), (&bob_ui, &call_id)]
                 .iter()
                 .all(|(ui, uuid)| ui.has(&Report::Reconnected((*uuid).clone())))
-        }),
+        },
     );
     eprintln!("both reconnected {:?} after node A died", killed.elapsed());
     let (from_alice, from_bob) = (received(&bob, &call_id), received(&alice, &alice_uuid));
-    wait_for(
-        "media both ways on node B",
-        limit,
-        Box::new(|| {
-            received(&bob, &call_id) >= from_alice + 100
-                && received(&alice, &alice_uuid) >= from_bob + 100
-        }),
-    );
+    wait_for("media both ways on node B", limit, || {
+        received(&bob, &call_id) >= from_alice + 100
+            && received(&alice, &alice_uuid) >= from_bob + 100
+    });
     for ui in [&alice_ui, &bob_ui] {
         assert!(
             !ui.reports().iter().any(|r| matches!(r, Report::Ended(..))),
@@ -1336,11 +1317,9 @@ fn phones_follow_their_room_to_a_live_node_when_its_node_dies() {
         );
     }
     bob.end(call_id.clone());
-    wait_for(
-        "alice's call to end",
-        limit,
-        Box::new(|| alice_ui.has(&Report::Ended(alice_uuid.clone(), EndedReason::RemoteEnded))),
-    );
+    wait_for("alice's call to end", limit, || {
+        alice_ui.has(&Report::Ended(alice_uuid.clone(), EndedReason::RemoteEnded))
+    });
     let (status, call) = runtime.block_on(api_at(
         api_node.http,
         "GET",
@@ -1483,7 +1462,7 @@ async fn a_call_whose_node_died_and_nobody_rejoined_is_reaped() {
     use common::live::post_json;
     let redis = RedisServer::start();
     let short = [("SWITCHBOARD_CONNECT_TIMEOUT_SECONDS", "3")];
-    let (mut first, mut second) = two_listed_nodes(&redis, "reaper", &short).await;
+    let (mut first, mut second) = two_listed_nodes(&redis, "reaper", (&short, &short)).await;
     let (created, accepted) = answered_video_call(first.http).await;
     let call_id = created["call"]["callId"].as_str().unwrap().to_string();
     let url = created["rtcUrl"].as_str().unwrap().to_string();

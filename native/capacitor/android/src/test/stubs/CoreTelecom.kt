@@ -71,3 +71,16 @@ class CallsManager(context: Context) {
         const val CAPABILITY_SUPPORTS_CALL_STREAMING = 4
     }
 }
+
+class CallException(val code: Int) : RuntimeException() {
+    companion object {
+        const val ERROR_UNKNOWN = 1
+        const val ERROR_CANNOT_HOLD_CURRENT_ACTIVE_CALL = 2
+        const val ERROR_CALL_IS_NOT_BEING_TRACKED = 3
+        const val ERROR_CALL_CANNOT_BE_SET_TO_ACTIVE = 4
+        const val ERROR_CALL_NOT_PERMITTED_AT_PRESENT_TIME = 5
+        const val ERROR_OPERATION_TIMED_OUT = 6
+        const val ERROR_CALL_DOES_NOT_SUPPORT_HOLD = 7
+        const val ERROR_BLUETOOTH_DEVICE_IS_NULL = 8
+    }
+}

@@ -196,6 +196,8 @@ internal fun telecomCode(e: Exception): String = when (e) {
         CallException.ERROR_CALL_CANNOT_BE_SET_TO_ACTIVE -> "error_call_cannot_be_set_to_active"
         CallException.ERROR_CALL_NOT_PERMITTED_AT_PRESENT_TIME -> "error_call_not_permitted_at_present_time"
         CallException.ERROR_OPERATION_TIMED_OUT -> "error_operation_timed_out"
+        CallException.ERROR_CALL_DOES_NOT_SUPPORT_HOLD -> "error_call_does_not_support_hold"
+        CallException.ERROR_BLUETOOTH_DEVICE_IS_NULL -> "error_bluetooth_device_is_null"
         else -> "error_unknown"
     }
     else -> "error_unknown"
