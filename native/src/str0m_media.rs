@@ -206,7 +206,12 @@ async fn drive(
                     events.disconnected();
                 }
             }
-            for track in bot.tracks.values().filter(|t| t.packets > 0) {
+            let awaiting_first = !(first_audio && first_video);
+            for track in bot
+                .tracks
+                .values()
+                .filter(|t| awaiting_first && t.packets > 0)
+            {
                 let first = match track.kind {
                     MediaKind::Audio => &mut first_audio,
                     MediaKind::Video => &mut first_video,
