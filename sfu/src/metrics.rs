@@ -228,6 +228,9 @@ impl Metrics {
         for kind in ["audio", "video"] {
             metrics.stream_gaps.with_label_values(&[kind]);
         }
+        for code in signaling::ErrorCode::ALL {
+            metrics.signaling_errors.with_label_values(&[code.as_str()]);
+        }
         // Commands label a step by their own name; these three are fixed.
         for woke_by in ["datagram", "timeout", "control"] {
             metrics.engine_slow_steps.with_label_values(&[woke_by]);

@@ -217,6 +217,30 @@ async fn every_documented_error_gets_its_code_and_every_documented_close_its_clo
     let (said, closed) = silent.await.unwrap();
     assert_eq!(said, Next::Error("not_joined".into()));
     assert_eq!(closed, Next::Closed(Some(1008)));
+
+    // Every error sent is counted by code (the session's own and the
+    // engine's alike), and the codes nobody provoked read 0.
+    let (_, metrics) = common::live::request(server.http, "GET", "/metrics", &[], "").await;
+    let sent = |code: &str| -> f64 {
+        let series = format!("switchboard_signaling_errors_total{{code=\"{code}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.parse().ok())
+            .unwrap_or_else(|| panic!("{code} is not exported"))
+    };
+    let expected = [
+        ("bad_message", 3.0),
+        ("message_too_large", 1.0),
+        ("not_joined", 2.0),
+        ("unsupported_version", 1.0),
+        ("invalid_token", 4.0),
+        ("wrong_node", 1.0),
+        ("already_joined", 1.0),
+        ("capacity", 0.0),
+    ];
+    for (code, count) in expected {
+        assert_eq!(sent(code), count, "{code}");
+    }
 }
 
 /// Sends `signal` (`TERM`, `INT`) to the server process.

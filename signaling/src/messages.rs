@@ -116,6 +116,8 @@ pub enum LeaveReason {
 }
 
 /// Every error a client can be sent, as a stable machine-readable code.
+/// A new code goes into [`ErrorCode::ALL`] too (the server's metric
+/// exports each at 0 from the start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -158,6 +160,56 @@ pub enum ErrorCode {
     /// A code a newer server knows and this build does not.
     #[serde(other)]
     Unknown,
+}
+
+impl ErrorCode {
+    /// Every code this build sends (not `Unknown`, which only a client
+    /// reads): the bounded values of the server's error metric.
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::BadMessage,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::NotJoined,
+        ErrorCode::AlreadyJoined,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::PermissionDenied,
+        ErrorCode::InvalidSdp,
+        ErrorCode::InvalidCandidate,
+        ErrorCode::UnknownTrack,
+        ErrorCode::UnsupportedCodec,
+        ErrorCode::Capacity,
+        ErrorCode::RateLimited,
+        ErrorCode::Draining,
+        ErrorCode::SlowConsumer,
+        ErrorCode::WrongNode,
+        ErrorCode::Internal,
+    ];
+
+    /// The wire name (`invalid_token`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::InvalidSdp => "invalid_sdp",
+            ErrorCode::InvalidCandidate => "invalid_candidate",
+            ErrorCode::UnknownTrack => "unknown_track",
+            ErrorCode::UnsupportedCodec => "unsupported_codec",
+            ErrorCode::Capacity => "capacity",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Draining => "draining",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::WrongNode => "wrong_node",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
 }
 
 /// Messages a client sends. The first one on a connection must be `join`.
@@ -301,5 +353,23 @@ impl ServerMessage {
             message: message.into(),
             rtc_url: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `as_str` is the serde name of each code, and `ALL` names each once.
+    #[test]
+    fn every_error_code_is_listed_once_under_its_wire_name() {
+        let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        assert!(!ErrorCode::ALL.contains(&ErrorCode::Unknown));
     }
 }

@@ -189,6 +189,7 @@ async fn serve_joined<S, K, E>(
                     // The engine has detached us already; say why, if the
                     // client ever reads again.
                     let e = ServerMessage::error(ErrorCode::SlowConsumer, "messages were not read in time; resume on a new connection");
+                    count_error(&e, &state);
                     let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Outgoing::Text(encode(&e)))).await;
                     left = true;
                     closing = Some(CloseReason::Policy("slow consumer"));
@@ -267,11 +268,24 @@ fn binary_refused() -> ServerMessage {
 
 /// Sends one message; `false` if the socket is gone or the write stalled
 /// past [`SEND_STALL`] (a client that does not read is cut off, counted).
+/// `switchboard_signaling_errors_total`: every error sent to a client,
+/// the engine's and the session's own, is counted here.
+fn count_error(message: &ServerMessage, state: &AppState) {
+    if let ServerMessage::Error { code, .. } = message {
+        state
+            .metrics
+            .signaling_errors
+            .with_label_values(&[code.as_str()])
+            .inc();
+    }
+}
+
 async fn send<K: Sink<Outgoing> + Unpin>(
     sink: &mut K,
     message: &ServerMessage,
     state: &AppState,
 ) -> bool {
+    count_error(message, state);
     match tokio::time::timeout(SEND_STALL, sink.send(Outgoing::Text(encode(message)))).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,

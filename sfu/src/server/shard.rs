@@ -583,13 +583,8 @@ impl Shard {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Message { conn, message } => {
-                if let ServerMessage::Error { code, .. } = &message {
-                    let code = signaling::encode(code);
-                    self.metrics
-                        .signaling_errors
-                        .with_label_values(&[code.trim_matches('"')])
-                        .inc();
-                }
+                // Errors are counted where every one is sent
+                // (`session::send`), the session's own as well.
                 self.deliver(conn, message);
             }
             Event::ConnClosed { conn } => {
