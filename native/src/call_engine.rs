@@ -923,22 +923,25 @@ impl CallEngine {
 
     /// Connect deadlines: a call not connected in time ends `Failed`.
     pub fn handle_timeout(&mut self, now: Duration) {
-        let late: Vec<(String, Option<String>)> = self
+        let late: Vec<(String, Option<String>, bool)> = self
             .calls
             .iter()
             .filter(
                 |(_, c)| matches!(c.phase, Phase::Connecting { deadline, .. } if deadline <= now),
             )
-            .map(|(uuid, c)| (uuid.clone(), c.call_id.clone()))
+            .map(|(uuid, c)| (uuid.clone(), c.call_id.clone(), c.awaiting_answer))
             .collect();
-        for (uuid, call_id) in late {
+        for (uuid, call_id, awaiting_answer) in late {
             if let Some(call_id) = call_id {
-                self.outputs.push_back(Output::Report {
-                    call_id: call_id.clone(),
-                    report: CallReport::MediaFailed {
-                        reason: "connect_timeout",
-                    },
-                });
+                // An outgoing call nobody answered is not a media failure.
+                if !awaiting_answer {
+                    self.outputs.push_back(Output::Report {
+                        call_id: call_id.clone(),
+                        report: CallReport::MediaFailed {
+                            reason: "connect_timeout",
+                        },
+                    });
+                }
                 self.outputs.push_back(Output::End { call_id });
             }
             self.end(&uuid, EndedReason::Failed);

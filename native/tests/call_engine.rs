@@ -1161,3 +1161,23 @@ fn a_caller_whose_media_plays_before_the_answer_event_reports_it_at_once() {
         [CallReport::FirstAudio { after_accept_ms: 0 }]
     );
 }
+
+#[test]
+fn an_outgoing_call_nobody_answered_is_not_reported_as_a_media_failure() {
+    let mut d = Device::new();
+    d.input(Input::SignalingConnected);
+    d.input(Input::StartCall {
+        call_uuid: s(LOCAL),
+        callee_user_id: s("bob"),
+        video: false,
+    });
+    d.input(Input::Created {
+        call_uuid: LOCAL.to_lowercase(),
+        call_id: s(C9),
+        call_token: s("tok"),
+        answered: false,
+    });
+    let out = d.advance(Duration::from_secs(90));
+    assert!(out.contains(&Output::End { call_id: s(C9) }), "{out:?}");
+    assert!(reports(&out).is_empty(), "{out:?}");
+}
