@@ -52,6 +52,25 @@ impl Device {
         d
     }
 
+    /// Signaling up, an outgoing audio call (the app's `LOCAL` UUID)
+    /// created as `call` and ringing the callee: not answered yet.
+    fn calling(call: &str) -> Device {
+        let mut d = Device::new();
+        d.input(Input::SignalingConnected);
+        d.input(Input::StartCall {
+            call_uuid: s(LOCAL),
+            callee_user_id: s("bob"),
+            video: false,
+        });
+        d.input(Input::Created {
+            call_uuid: LOCAL.to_lowercase(),
+            call_id: s(call),
+            call_token: s("tok"),
+            answered: false,
+        });
+        d
+    }
+
     fn input(&mut self, input: Input) -> Vec<Output> {
         self.engine
             .handle(input, self.now, WALL + self.now.as_millis() as u64);
@@ -1134,19 +1153,7 @@ fn a_callee_reports_answering_and_first_media_from_its_own_clock_once_each() {
 
 #[test]
 fn a_caller_whose_media_plays_before_the_answer_event_reports_it_at_once() {
-    let mut d = Device::new();
-    d.input(Input::SignalingConnected);
-    d.input(Input::StartCall {
-        call_uuid: s(LOCAL),
-        callee_user_id: s("bob"),
-        video: false,
-    });
-    d.input(Input::Created {
-        call_uuid: LOCAL.to_lowercase(),
-        call_id: s(C9),
-        call_token: s("tok"),
-        answered: false,
-    });
+    let mut d = Device::calling(C9);
     d.now += Duration::from_secs(5);
     // The callee's audio overtook the `call.accepted` event.
     let out = d.input(Input::FirstMedia {
@@ -1164,19 +1171,7 @@ fn a_caller_whose_media_plays_before_the_answer_event_reports_it_at_once() {
 
 #[test]
 fn an_outgoing_call_nobody_answered_is_not_reported_as_a_media_failure() {
-    let mut d = Device::new();
-    d.input(Input::SignalingConnected);
-    d.input(Input::StartCall {
-        call_uuid: s(LOCAL),
-        callee_user_id: s("bob"),
-        video: false,
-    });
-    d.input(Input::Created {
-        call_uuid: LOCAL.to_lowercase(),
-        call_id: s(C9),
-        call_token: s("tok"),
-        answered: false,
-    });
+    let mut d = Device::calling(C9);
     let out = d.advance(Duration::from_secs(90));
     assert!(out.contains(&Output::End { call_id: s(C9) }), "{out:?}");
     assert!(reports(&out).is_empty(), "{out:?}");

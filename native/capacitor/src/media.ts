@@ -120,7 +120,7 @@ export class WebMedia {
           videoInbound = true;
           if ((s.framesDecoded ?? 0) > 0) this.sawFirst("video");
         }
-        lost += Math.max(0, s.packetsLost ?? 0);
+        lost += s.packetsLost ?? 0; // may dip below 0 (duplicates); the delta is clamped
         received += s.packetsReceived ?? 0;
         jitter = Math.max(jitter, s.jitter ?? 0);
       }
