@@ -14,6 +14,17 @@ pub enum Platform {
     Web,
 }
 
+impl Platform {
+    /// As in the API, logs, traces and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Ios => "ios",
+            Platform::Android => "android",
+            Platform::Web => "web",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApnsEnvironment {

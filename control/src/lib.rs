@@ -5,12 +5,14 @@
 //! (`push`), TURN credentials for join info (`turn_issuer`), the node's serving /
 //! draining / stopping phase (`lifecycle`), the node registry (`nodes`) and
 //! room placement on it (`placement`), what devices report about
-//! their calls (`reports`), rate limits and metrics. `README.md` says what it owns.
+//! their calls (`reports`), one trace per call (`call_trace`), rate
+//! limits and metrics. `README.md` says what it owns.
 
 pub mod api;
 pub mod auth;
 pub mod call;
 pub mod call_token;
+pub mod call_trace;
 pub mod device;
 pub mod lifecycle;
 pub mod metrics;

@@ -309,14 +309,6 @@ pub fn parse(index: usize, value: &Value) -> Result<Option<Report>, InvalidRepor
     Ok(Some(report))
 }
 
-fn platform_label(platform: Platform) -> &'static str {
-    match platform {
-        Platform::Ios => "ios",
-        Platform::Android => "android",
-        Platform::Web => "web",
-    }
-}
-
 const PLATFORMS: [Platform; 3] = [Platform::Ios, Platform::Android, Platform::Web];
 
 /// `value` if it is on `known`, else `other`: a label stays bounded
@@ -409,7 +401,7 @@ impl ReportMetrics {
             )?,
         };
         // Every bounded label value at 0 from the start, so rates read 0.
-        for platform in PLATFORMS.map(platform_label) {
+        for platform in PLATFORMS.map(Platform::as_str) {
             for kind in REPORT_TYPES.iter().chain(&["duplicate", "unknown"]) {
                 metrics.received.with_label_values(&[kind, platform]);
             }
@@ -440,7 +432,7 @@ impl ReportMetrics {
     }
 
     pub fn observe(&self, platform: Platform, report: &Report) {
-        let platform = platform_label(platform);
+        let platform = platform.as_str();
         self.received
             .with_label_values(&[report.type_name(), platform])
             .inc();
@@ -494,7 +486,7 @@ impl ReportMetrics {
     /// A report skipped: `duplicate` or `unknown`.
     pub fn skipped(&self, platform: Platform, why: &str) {
         self.received
-            .with_label_values(&[why, platform_label(platform)])
+            .with_label_values(&[why, platform.as_str()])
             .inc();
     }
 }

@@ -197,6 +197,7 @@ impl CallService {
         if let Some(m) = &self.metrics {
             m.observe(None, &call);
         }
+        trace_transition(None, &call);
         self.ringer.deliver(&call, &effects);
         Ok(call)
     }
@@ -213,6 +214,16 @@ impl CallService {
         }
         let events = crate::webhooks::events_between(before, after);
         crate::webhooks::for_endpoints(&self.event_webhooks, Some(&after.call_id), events, now)
+    }
+
+    /// The platform `user` registered `device_id` with; None for a device
+    /// not (or no longer) registered, such as a browser without push.
+    pub fn platform_of(&self, user: &str, device_id: &str) -> Option<crate::device::Platform> {
+        let devices = self.store.devices_of(user).ok()?;
+        devices
+            .into_iter()
+            .find(|d| d.device_id == device_id)
+            .map(|d| d.platform)
     }
 
     fn in_connected_call(&self, user: &str) -> Result<bool, ServiceError> {
@@ -251,6 +262,7 @@ impl CallService {
                 if let Some(m) = &self.metrics {
                     m.observe(Some(&read.value), &call);
                 }
+                trace_transition(Some(&read.value), &call);
                 self.ringer.deliver(&call, &effects);
                 return Ok((call, out));
             }
@@ -371,6 +383,37 @@ impl CallService {
 }
 
 /// A fresh participant id; it is stored with the call, so a rejoin reads it.
+/// The moments a call connects and ends, as spans in its trace (on the
+/// node whose write made them, once: effects follow only the write that
+/// won).
+fn trace_transition(before: Option<&Call>, after: &Call) {
+    use crate::call::CallState;
+    let was = before.map(|c| c.state);
+    if after.state == CallState::Connected && was != Some(CallState::Connected) {
+        let after_create_ms = after
+            .connected_at
+            .map(|at| at.saturating_sub(after.created_at));
+        drop(crate::call_span!(
+            "call.connected",
+            &after.call_id,
+            after_create_ms
+        ));
+    }
+    if after.state == CallState::Ended && was != Some(CallState::Ended) {
+        let reason = after.end_reason.map_or("unknown", |r| r.as_str());
+        let connected_ms = after
+            .connected_at
+            .zip(after.ended_at)
+            .map(|(from, to)| to.saturating_sub(from));
+        drop(crate::call_span!(
+            "call.end",
+            &after.call_id,
+            reason,
+            connected_ms
+        ));
+    }
+}
+
 fn participant_id(_call_id: &str, _user_id: &str) -> String {
     format!("PA_{}", uuid::Uuid::new_v4().simple())
 }

@@ -53,6 +53,14 @@ pub struct Config {
     pub dev_demo_dir: Option<std::path::PathBuf>,
     /// Log format: "text" or "json".
     pub log_format: String,
+    /// Where traces go: an OTLP/HTTP collector's base URL (e.g.
+    /// `http://otel-collector:4318`; spans are posted to `/v1/traces`).
+    /// Unset: no traces are exported. One trace per call
+    /// (`control::call_trace`).
+    pub otlp_endpoint: Option<String>,
+    /// The share of calls traced, 0.0-1.0, decided by trace id (so every
+    /// node keeps the same calls whole). Default 1.0.
+    pub trace_sample_ratio: f64,
     /// Where the embedded store keeps its file (`control.db`).
     pub data_dir: std::path::PathBuf,
     /// The store every node of a cluster shares (`redis://host:port/db`, or
@@ -240,6 +248,8 @@ impl Default for Config {
             dev_token_endpoint: false,
             dev_demo_dir: None,
             log_format: "text".into(),
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
             data_dir: "switchboard-data".into(),
             redis_url: None,
             redis_ca_file: None,
@@ -286,6 +296,19 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// This node's name in the registry, on the relay and in traces:
+    /// `node_id`, else the host name.
+    pub fn node_name(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| format!("node-{}", std::process::id()))
+    }
+
     /// The file at `path` (if any), then the environment, then validation.
     pub fn load(path: Option<&str>) -> Result<Config, ConfigError> {
         let mut config = match path {
@@ -366,6 +389,12 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_LOG_FORMAT") {
             self.log_format = v;
+        }
+        if let Some(v) = var("SWITCHBOARD_OTLP_ENDPOINT") {
+            self.otlp_endpoint = Some(v);
+        }
+        if let Some(v) = var("SWITCHBOARD_TRACE_SAMPLE_RATIO") {
+            self.trace_sample_ratio = parse("SWITCHBOARD_TRACE_SAMPLE_RATIO", &v)?;
         }
         if let Some(v) = var("SWITCHBOARD_DATA_DIR") {
             self.data_dir = v.into();
@@ -526,6 +555,18 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid("log_format is text or json".into()));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(
+                "otlp_endpoint is an http(s) URL (OTLP over HTTP)".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err(ConfigError::Invalid(
+                "trace_sample_ratio is between 0.0 and 1.0".into(),
+            ));
         }
         if self
             .api_keys

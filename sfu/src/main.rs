@@ -3,11 +3,6 @@
 //! say otherwise.
 
 use sfu::config::Config;
-use tracing_subscriber::EnvFilter;
-
-/// `stun_proto` logs every expected 401 challenge at ERROR; the relay logs
-/// what matters itself.
-const DEFAULT_LOG_FILTER: &str = "info,str0m=warn,stun_proto=off,turn_server_proto=warn";
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -27,7 +22,13 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(&config.log_format);
+    let telemetry = match sfu::telemetry::init(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     if config.dev_token_endpoint {
         tracing::warn!(
             "POST /dev/token is enabled: anyone can mint call tokens. Development only."
@@ -66,7 +67,7 @@ async fn main() -> std::process::ExitCode {
         }
     }
     let deadline = running.state.config.drain_timeout();
-    tokio::select! {
+    let exit = tokio::select! {
         end = running.drain(deadline) => {
             tracing::info!(?end, "drained; exiting");
             std::process::ExitCode::SUCCESS
@@ -75,7 +76,10 @@ async fn main() -> std::process::ExitCode {
             tracing::warn!(signal = second, "second signal: exiting without finishing the drain");
             std::process::ExitCode::from(130)
         }
-    }
+    };
+    // The last calls' spans; bounded by the exporter's timeout.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    exit
 }
 
 /// SIGTERM (what systemd, Kubernetes and Docker send) and SIGINT (Ctrl-C).
@@ -98,16 +102,5 @@ impl Signals {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
         }
-    }
-}
-
-fn init_logging(format: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -90,26 +90,29 @@ async fn serve(socket: WebSocket, state: ControlState) {
     let store = state.service.store.clone();
     let (user, device) = (user_id.clone(), device_id.clone());
     let registered = tokio::task::spawn_blocking(move || {
-        store
-            .devices_of(&user)
-            .map(|ds| ds.iter().any(|d| d.device_id == device))
-            .unwrap_or(false)
+        store.devices_of(&user).ok().and_then(|ds| {
+            ds.into_iter()
+                .find(|d| d.device_id == device)
+                .map(|d| d.platform)
+        })
     })
     .await
-    .unwrap_or(false);
-    if !registered {
+    .ok()
+    .flatten();
+    let Some(platform) = registered else {
         let _ = sink
             .send(error("unknown_device", "register the device first"))
             .await;
         return;
-    }
+    };
+    let platform = platform.as_str();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     state.events.hub.connect(&user_id, &device_id, tx.clone());
     {
         let (events, user, device) = (state.events.clone(), user_id.clone(), device_id.clone());
         let _ = tokio::task::spawn_blocking(move || events.socket_opened(&user, &device)).await;
     }
-    tracing::info!(user_id = %user_id, device_id = %device_id, "device events connected");
+    tracing::info!(user_id = %user_id, device_id = %device_id, platform, "device events connected");
     // `serverTime` (Unix ms) lets a device judge a push's age by the
     // server's clock, not its own (phone clocks drift).
     let authenticated = serde_json::json!({"type": "authenticated", "expiresAt": expires_at, "serverTime": now_ms()});
@@ -158,6 +161,7 @@ async fn serve(socket: WebSocket, state: ControlState) {
                         let (user, device) = (user_id.clone(), device_id.clone());
                         let now = now_ms();
                         let _ = tokio::task::spawn_blocking(move || {
+                            let _in_span = crate::call_span!("call.ack", &call_id, user_id = %user, device_id = %device, platform, transport = "events_socket").entered();
                             service.update(&call_id, |c, _| c.acknowledge_ring(&user, &device, now))
                         })
                         .await;

@@ -564,6 +564,7 @@ async fn create_call(
             "callerAvatarUrl must be an https URL of at most 512 ASCII characters",
         ));
     }
+    let started = std::time::SystemTime::now();
     // The whole body is valid before any limit is charged: a refused request
     // must not spend anyone's budget (nor cost work per listed callee).
     crate::service::check_callees(&caller.user_id, &req.callee_user_ids)?;
@@ -574,6 +575,15 @@ async fn create_call(
     // and given back, off the async threads.
     blocking(move || {
         let charged = Charged::take(&state.limits, &caller.user_id, &req.callee_user_ids)?;
+        let root = TracedCreate {
+            started,
+            device_id: req.device_id.clone(),
+            call_type: match req.call_type {
+                CallTypeName::Audio => "audio",
+                CallTypeName::Video => "video",
+            },
+            callees: req.callee_user_ids.len(),
+        };
         let call_id = uuid::Uuid::new_v4().to_string();
         let request = format!("POST /v1/calls {raw}");
         let created = reserve_key(&state, &headers, &caller.user_id, &request, &call_id)
@@ -598,7 +608,10 @@ async fn create_call(
                 ))
             });
         match created {
-            Ok((true, body)) => Ok((StatusCode::CREATED, Json(body))),
+            Ok((true, body)) => {
+                trace_created(&state, &call_id, &caller.user_id, root);
+                Ok((StatusCode::CREATED, Json(body)))
+            }
             // A crossed call or an idempotent replay answers with a call
             // that this request did not create: not charged.
             Ok((false, body)) => {
@@ -612,6 +625,31 @@ async fn create_call(
         }
     })
     .await
+}
+
+/// The root span of a call this request created (`call_trace`).
+fn trace_created(state: &ControlState, call_id: &str, caller: &str, root: TracedCreate) {
+    if !crate::call_trace::enabled() {
+        return;
+    }
+    use opentelemetry::KeyValue;
+    let platform = state.service.platform_of(caller, &root.device_id);
+    let mut attributes = vec![
+        KeyValue::new("user_id", caller.to_string()),
+        KeyValue::new("device_id", root.device_id),
+        KeyValue::new("call_type", root.call_type),
+        KeyValue::new("callees", root.callees as i64),
+    ];
+    attributes.extend(platform.map(|p| KeyValue::new("platform", p.as_str())));
+    crate::call_trace::record_root(call_id, root.started, attributes);
+}
+
+/// What a create's root span says, taken before the request is consumed.
+struct TracedCreate {
+    started: std::time::SystemTime,
+    device_id: String,
+    call_type: &'static str,
+    callees: usize,
 }
 
 /// The call this create answers with: the one it creates, or the one the
@@ -824,6 +862,25 @@ impl CallAction {
             CallAction::Accept | CallAction::Decline | CallAction::Ack
         )
     }
+
+    /// Its span in the call's trace (`End` is `call.hangup`: `call.end`
+    /// is the call ending, whoever or whatever ends it).
+    fn span(self, call_id: &str, user: &str, device: &str, platform: &str) -> tracing::Span {
+        use crate::call_span;
+        match self {
+            CallAction::Accept => {
+                call_span!("call.accept", call_id, user_id = %user, device_id = %device, platform)
+            }
+            CallAction::Decline => {
+                call_span!("call.decline", call_id, user_id = %user, device_id = %device, platform)
+            }
+            CallAction::Ack => {
+                call_span!("call.ack", call_id, user_id = %user, device_id = %device, platform, transport = "http")
+            }
+            CallAction::Cancel => call_span!("call.cancel", call_id, user_id = %user),
+            CallAction::End => call_span!("call.hangup", call_id, user_id = %user),
+        }
+    }
 }
 
 /// `POST /v1/calls/{callId}/<action>`: one route per action, one handler.
@@ -871,6 +928,11 @@ async fn call_action(
         let reserved = reserve_key(&state, &headers, &caller.user_id, &request, &reservation)?;
         let now = now_ms();
         let user = caller.user_id.as_str();
+        let platform = (!device.is_empty())
+            .then(|| state.service.platform_of(user, &device))
+            .flatten()
+            .map_or("unknown", |p| p.as_str());
+        let _in_span = action.span(&call_id, user, &device, platform).entered();
         let updated = state.service.update(&call_id, |c, fx| match action {
             CallAction::Accept => c.accept(user, &device, now, fx).map(|_| ()),
             CallAction::Decline => c.decline(user, &device, now, fx),
@@ -889,7 +951,7 @@ async fn call_action(
         let status = answer.as_ref().map_or_else(|e| e.status, |_| StatusCode::OK);
         settle_key(&state, reserved.as_ref(), &reservation, status);
         let (view, call) = answer?;
-        tracing::info!(call_id = %call_id, user_id = %user, device_id = %device, ?action, state = ?call.state, "call action");
+        tracing::info!(call_id = %call_id, user_id = %user, device_id = %device, platform, ?action, state = ?call.state, "call action");
         Ok(Json(view))
     })
     .await
@@ -979,6 +1041,9 @@ async fn call_reports(
                 )
             })?;
         let platform = device.platform;
+        // The device's reports join the call's trace.
+        let span = crate::call_span!("call.report", &call_id, user_id = %user, device_id = %device_id, platform = platform.as_str(), accepted = tracing::field::Empty, skipped = tracing::field::Empty);
+        let _in_span = span.enter();
         let metrics = state.service.metrics.as_ref().map(|m| &m.reports);
         let (mut accepted, mut skipped) = (0, 0);
         for report in reports {
@@ -1001,8 +1066,9 @@ async fn call_reports(
             }
             accepted += 1;
             metrics.inspect(|m| m.observe(platform, &report));
-            tracing::info!(call_id = %call_id, user_id = %user, device_id = %device_id, platform = ?platform, report = kind, detail = ?report, "device report");
+            tracing::info!(call_id = %call_id, user_id = %user, device_id = %device_id, platform = platform.as_str(), report = kind, detail = ?report, "device report");
         }
+        span.record("accepted", accepted).record("skipped", skipped);
         Ok((
             StatusCode::ACCEPTED,
             Json(serde_json::json!({"accepted": accepted, "skipped": skipped})),

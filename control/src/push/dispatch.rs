@@ -205,23 +205,38 @@ impl PushDispatcher {
                 }
                 let dispatch = dispatch.clone();
                 let limiter = limiter.clone();
+                let (user_id, device_id) = who(&queued.push);
+                let span = crate::call_span!(
+                    "push.send",
+                    call_of(&queued.push),
+                    user_id = %user_id,
+                    device_id = %device_id,
+                    platform = tracing::field::Empty,
+                    provider = tracing::field::Empty,
+                    kind = tracing::field::Empty,
+                    attempts = tracing::field::Empty,
+                    outcome = tracing::field::Empty,
+                );
                 // Concurrent: one slow push never holds up the others.
-                tokio::spawn(async move {
-                    let Queued {
-                        push,
-                        queued_at,
-                        _settles,
-                    } = queued;
-                    // Claimed first: a push another node sends must not
-                    // also take one of the device's tokens here.
-                    if dispatch.claimed_elsewhere(&push).await
-                        || !dispatch.within_device_limit(&push, limiter).await
-                    {
-                        return;
-                    }
-                    dispatch.deliver(push, queued_at).await;
-                    drop(slot);
-                });
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        let Queued {
+                            push,
+                            queued_at,
+                            _settles,
+                        } = queued;
+                        // Claimed first: a push another node sends must not
+                        // also take one of the device's tokens here.
+                        if dispatch.claimed_elsewhere(&push).await
+                            || !dispatch.within_device_limit(&push, limiter).await
+                        {
+                            return;
+                        }
+                        dispatch.deliver(push, queued_at).await;
+                        drop(slot);
+                    },
+                    span,
+                ));
             }
         });
         PushDispatcher {
@@ -283,14 +298,6 @@ fn who(push: &PushRequest) -> (&str, &str) {
 fn call_of(push: &PushRequest) -> &str {
     match push {
         PushRequest::Ring { call_id, .. } | PushRequest::Cancel { call_id, .. } => call_id,
-    }
-}
-
-fn platform_label(p: Platform) -> &'static str {
-    match p {
-        Platform::Ios => "ios",
-        Platform::Android => "android",
-        Platform::Web => "web",
     }
 }
 
@@ -464,7 +471,10 @@ impl Dispatch {
         .unwrap_or(false)
     }
 
+    /// A push that ends unsent or refused: counted, and the reason is its
+    /// span's outcome.
     fn count_failed(&self, provider: &str, platform: &str, reason: &str) {
+        tracing::Span::current().record("outcome", reason);
         if let Some(m) = &self.metrics {
             m.failed
                 .with_label_values(&[provider, platform, reason])
@@ -492,7 +502,9 @@ impl Dispatch {
             self.count_failed("none", "unknown", "no_device");
             return;
         };
-        let platform = platform_label(device.platform);
+        let platform = device.platform.as_str();
+        let span = tracing::Span::current();
+        span.record("platform", platform);
         let push = match resolve(push, &device, unix_millis()) {
             Ok(p) => p,
             Err(reason) => {
@@ -508,8 +520,10 @@ impl Dispatch {
         };
         let kind = if push.is_ring() { "ring" } else { "cancel" };
         let label = provider.label();
+        span.record("provider", label).record("kind", kind);
         let mut backoff = self.config.initial_backoff;
         for attempt in 1..=self.config.max_attempts {
+            span.record("attempts", attempt);
             if push.is_ring() && !self.ring_alive(&push).await {
                 tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, attempt, "ring over: push not sent");
                 self.count_failed(label, platform, "ring_over");
@@ -528,6 +542,7 @@ impl Dispatch {
                             .with_label_values(&[label])
                             .observe(queued_at.elapsed().as_secs_f64());
                     }
+                    span.record("outcome", "delivered");
                     tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, provider = label, kind, attempt, "push delivered");
                     return;
                 }

@@ -70,7 +70,7 @@ pub(super) fn open_backend(
         .map_err(|e| StartError::Store(e.to_string()))?
         .with_metrics(metrics),
     );
-    let node_id = node_id(config);
+    let node_id = config.node_name();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     redis.spawn_relay_listener(&node_id, hub.clone(), stop.clone());
     let mut shutdown = shutdown;
@@ -91,19 +91,6 @@ pub(super) fn open_backend(
         push_claims: Some(redis.clone()),
         ack_deadlines: Some(redis),
     })
-}
-
-/// This node's name in the registry and on the relay: `node_id`, else the
-/// host name.
-pub(super) fn node_id(config: &Config) -> String {
-    if !config.node_id.is_empty() {
-        return config.node_id.clone();
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| format!("node-{}", std::process::id()))
 }
 
 /// What this node tells the registry about itself, fixed at start.
@@ -130,7 +117,7 @@ impl NodeIdentity {
             config.public_url.clone()
         };
         NodeIdentity {
-            node_id: node_id(config),
+            node_id: config.node_name(),
             region: config.region.clone(),
             public_url,
             media_addresses: announced.iter().map(ToString::to_string).collect(),

@@ -233,7 +233,7 @@ pub async fn start_with_push(
             None => (None, None),
         };
     let state = AppState {
-        node_id: cluster::node_id(&config).into(),
+        node_id: config.node_name().into(),
         config,
         tokens,
         shards,
@@ -718,6 +718,12 @@ fn apply_media_signal(
         shard::MediaSignal::Connected { call_id, user_id } => (call_id, user_id, true),
         shard::MediaSignal::Left { call_id, user_id } => (call_id, user_id, false),
     };
+    let span = if connected {
+        control::call_span!("media.connected", &call_id, user_id = %user_id)
+    } else {
+        control::call_span!("media.left", &call_id, user_id = %user_id)
+    };
+    let _in_span = span.entered();
     let result = service.update(&call_id, |c, fx| {
         if connected {
             c.media_connected(&user_id, now, fx);

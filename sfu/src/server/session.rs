@@ -121,7 +121,11 @@ where
         }
     };
     let span = tracing::info_span!("session", call_id = %join.room, user_id = %join.user_id, participant = %join.participant_id);
-    serve_joined(conn, join.room, join.command, stream, sink, state, limiter)
+    // In the call's trace: from the token's check to the engine's answer.
+    let joining = Some(
+        control::call_span!("media.join", &join.room, user_id = %join.user_id, participant_id = %join.participant_id, outcome = tracing::field::Empty),
+    );
+    serve_joined(conn, join, joining, stream, sink, state, limiter)
         .instrument(span)
         .await;
 }
@@ -129,8 +133,13 @@ where
 /// After `join`: engine messages out, client messages in, until either ends.
 async fn serve_joined<S, K, E>(
     conn: ConnId,
-    room: String,
-    join: Command,
+    Joined {
+        room,
+        command: join,
+        ..
+    }: Joined,
+    // `media.join`, ended by the engine's first answer.
+    mut joining: Option<tracing::Span>,
     mut stream: S,
     mut sink: K,
     state: AppState,
@@ -180,6 +189,10 @@ async fn serve_joined<S, K, E>(
             }
             out = inbox.recv() => match out {
                 Some(SessionOut::Message(message)) => {
+                    if let Some(span) = joining.take() {
+                        let joined = matches!(message, ServerMessage::Joined { .. });
+                        span.record("outcome", if joined { "joined" } else { "refused" });
+                    }
                     shut_down |= matches!(message, ServerMessage::Left { reason: LeaveReason::ServerShutdown });
                     if !send(&mut sink, &message, &state).await {
                         break;
