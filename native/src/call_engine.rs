@@ -475,6 +475,10 @@ impl CallEngine {
         offset_ms: Option<i64>,
     ) -> PushDecision {
         let call = push::incoming_call(&ring);
+        if ring.test {
+            // No call stands behind it: nothing to remember or acknowledge.
+            return push::test_push_decision(call);
+        }
         if let Some(reason) = self.ended_reason(&ring.ring.call_id) {
             return PushDecision::ReportAndEnd { call, reason };
         }
@@ -1036,6 +1040,7 @@ impl CallEngine {
         }
         let call = push::incoming_call(&RingPush {
             ring: ring.clone(),
+            test: false,
             sent_at: 0,
             avatar_url: None,
         });

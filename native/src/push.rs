@@ -49,6 +49,9 @@ pub enum Push {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RingPush {
     pub ring: Ring,
+    /// `switchboard push-test`: no call stands behind it; reported, then
+    /// ended at once.
+    pub test: bool,
     /// When the server made the push (its clock, Unix ms).
     pub sent_at: UnixMillis,
     pub avatar_url: Option<String>,
@@ -108,6 +111,8 @@ fn parse(v: &Value) -> Result<Push, Unreadable> {
                 caller_display_name: text("callerDisplayName"),
             };
             Ok(Push::Ring(RingPush {
+                // JSON's true, or FCM's "true".
+                test: v["test"] == true || v["test"] == "true",
                 sent_at: number("timestamp").unwrap_or(0),
                 avatar_url: text("callerAvatarUrl"),
                 ring,
@@ -193,6 +198,16 @@ pub fn unreadable_decision(unreadable: Unreadable) -> PushDecision {
     }
 }
 
+/// A test push (`switchboard push-test`) is shown and ended at once: it
+/// reached the phone, and the system call UI accepted it.
+pub fn test_push_decision(call: IncomingCall) -> PushDecision {
+    tracing::info!(call_id = %call.call_id, "test push received: reported and ended");
+    PushDecision::ReportAndEnd {
+        call,
+        reason: EndedReason::RemoteEnded,
+    }
+}
+
 /// The decision for a payload without a `Client` (no call state): a ring is
 /// reported, or reported and ended when stale. `Client::handle_push` gives
 /// the same answers and also knows duplicates and calls already over.
@@ -223,7 +238,9 @@ fn decide_without_state(
     match push {
         Ok(Push::Ring(ring)) => {
             let call = incoming_call(&ring);
-            if is_stale(&ring.ring, device_now, offset) {
+            if ring.test {
+                test_push_decision(call)
+            } else if is_stale(&ring.ring, device_now, offset) {
                 PushDecision::ReportAndEnd {
                     call,
                     reason: EndedReason::Unanswered,

@@ -126,3 +126,68 @@ fn cancels_from_either_sender_are_not_calls() {
         );
     }
 }
+
+/// `switchboard push-test`'s ring, as each provider carries it: reported
+/// (iOS requires it of a VoIP push) and ended at once, by the stateless
+/// decision and by a running engine alike; a ring without the flag rings.
+#[test]
+fn a_test_push_is_reported_and_ended_at_once() {
+    use control::device::{Capabilities, Device, PushTokens};
+    let device = |platform, push| Device {
+        device_id: "phone".into(),
+        user_id: "bob".into(),
+        platform,
+        push,
+        apns_environment: Some(ApnsEnvironment::Sandbox),
+        bundle_id: Some("app.example.calls".into()),
+        app_version: None,
+        capabilities: Capabilities {
+            callkit: platform == Platform::Ios,
+            ..Capabilities::default()
+        },
+        last_seen_at: NOW,
+        region: None,
+    };
+    let iphone = device(
+        Platform::Ios,
+        PushTokens {
+            apns_voip: Some("ab".repeat(32)),
+            ..PushTokens::default()
+        },
+    );
+    let pixel = device(
+        Platform::Android,
+        PushTokens {
+            fcm: Some("f".repeat(64)),
+            ..PushTokens::default()
+        },
+    );
+    let to_iphone = control::push::dispatch::test_ring(&iphone, NOW).unwrap();
+    assert_eq!(to_iphone.token_kind, TokenKind::ApnsVoip);
+    let to_pixel = control::push::dispatch::test_ring(&pixel, NOW).unwrap();
+    let apns_json = apns::body(&to_iphone, "app.example.calls", NOW / 1000).to_string();
+    let decisions = [
+        classify_push(apns_json.clone(), NOW + 500, Some(0)),
+        classify_push_data(fcm_data(&to_pixel), NOW + 500, None),
+        native::call_engine::CallEngine::new().on_push(
+            native::push::parse_json(&apns_json),
+            std::time::Duration::ZERO,
+            NOW + 500,
+            Some(0),
+        ),
+    ];
+    for decision in decisions {
+        match decision {
+            PushDecision::ReportAndEnd { call, reason } => {
+                assert_eq!(reason, EndedReason::RemoteEnded);
+                assert_eq!(call.caller_name, "Switchboard push test");
+            }
+            other => panic!("a test push must be reported and ended: {other:?}"),
+        }
+    }
+    let mut ring = to_pixel;
+    if let PushPayload::IncomingCall { test, .. } = &mut ring.payload {
+        *test = false;
+    }
+    reported(classify_push_data(fcm_data(&ring), NOW + 500, None));
+}

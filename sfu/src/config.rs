@@ -21,6 +21,10 @@ pub struct Config {
     /// route's interface (or 127.0.0.1 without one). Behind 1:1 NAT, list the
     /// public IPs here.
     pub announce_ips: Vec<IpAddr>,
+    /// The announced IPs are the public side of a 1:1 NAT (a cloud VM's
+    /// public IP, forwarded to this host's address): not addresses of this
+    /// host. `switchboard doctor` then does not require them to be local.
+    pub announce_behind_nat: bool,
     /// Engine threads; rooms are sharded across them. 0: one per core.
     pub engine_threads: usize,
     /// Secret for HS256 call tokens. Empty: a random one per process (then
@@ -233,6 +237,7 @@ impl Default for Config {
             metrics_listen: None,
             rtc_udp_bind: "0.0.0.0:7882".parse().expect("valid literal"),
             announce_ips: Vec::new(),
+            announce_behind_nat: false,
             engine_threads: 0,
             call_token_secret: String::new(),
             call_token_issuer: "switchboard".into(),
@@ -311,6 +316,14 @@ impl Config {
 
     /// The file at `path` (if any), then the environment, then validation.
     pub fn load(path: Option<&str>) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The file at `path` (if any), then the environment; not validated
+    /// (`switchboard doctor` checks the secrets and the rest apart).
+    pub fn read(path: Option<&str>) -> Result<Config, ConfigError> {
         let mut config = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -322,7 +335,6 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env(|name| std::env::var(name).ok())?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -348,6 +360,9 @@ impl Config {
                 .filter(|s| !s.trim().is_empty())
                 .map(|s| parse("SWITCHBOARD_ANNOUNCE_IPS", s.trim()))
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = var("SWITCHBOARD_ANNOUNCE_BEHIND_NAT") {
+            self.announce_behind_nat = parse("SWITCHBOARD_ANNOUNCE_BEHIND_NAT", &v)?;
         }
         if let Some(v) = var("SWITCHBOARD_CALL_TOKEN_SECRET") {
             self.call_token_secret = v;
@@ -510,20 +525,18 @@ impl Config {
         Ok(())
     }
 
+    /// Secrets, then everything else.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_message_bytes < 16 * 1024 {
-            return Err(ConfigError::Invalid(
-                "max_message_bytes below 16 KiB cannot carry an SDP".into(),
-            ));
-        }
+        self.validate_secrets()?;
+        self.validate_settings()
+    }
+
+    /// Every secret long enough, and those a cluster's nodes must share
+    /// present.
+    pub fn validate_secrets(&self) -> Result<(), ConfigError> {
         if !self.call_token_secret.is_empty() && self.call_token_secret.len() < 32 {
             return Err(ConfigError::Invalid(
                 "call_token_secret must be at least 32 bytes".into(),
-            ));
-        }
-        if self.announce_ips.iter().any(|ip| ip.is_unspecified()) {
-            return Err(ConfigError::Invalid(
-                "announce_ips cannot hold 0.0.0.0 or ::".into(),
             ));
         }
         // A node mints call tokens and TURN credentials for rooms other
@@ -539,6 +552,54 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "a cluster (redis_url) with TURN needs [turn] secrets, the same on every node"
                     .into(),
+            ));
+        }
+        if self
+            .api_keys
+            .iter()
+            .any(|k| k.id.is_empty() || k.secret.len() < 32)
+        {
+            return Err(ConfigError::Invalid(
+                "every API key needs an id and a secret of at least 32 bytes".into(),
+            ));
+        }
+        if self.push_webhook_url.is_some() && self.push_webhook_secret.len() < 32 {
+            return Err(ConfigError::Invalid(
+                "push_webhook_secret must be at least 32 bytes".into(),
+            ));
+        }
+        for hook in &self.event_webhooks {
+            if hook.secrets.is_empty()
+                || hook
+                    .secrets
+                    .iter()
+                    .any(|s| control::webhooks::secret_key(s).is_err())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "event_webhooks {}: {}",
+                    hook.url,
+                    control::webhooks::BadSecret
+                )));
+            }
+        }
+        if self.turn.secrets.iter().any(|s| s.len() < 32) {
+            return Err(ConfigError::Invalid(
+                "turn secrets must be at least 32 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Everything but the secrets.
+    pub fn validate_settings(&self) -> Result<(), ConfigError> {
+        if self.max_message_bytes < 16 * 1024 {
+            return Err(ConfigError::Invalid(
+                "max_message_bytes below 16 KiB cannot carry an SDP".into(),
+            ));
+        }
+        if self.announce_ips.iter().any(|ip| ip.is_unspecified()) {
+            return Err(ConfigError::Invalid(
+                "announce_ips cannot hold 0.0.0.0 or ::".into(),
             ));
         }
         if !control::placement::valid_region(&self.region)
@@ -569,20 +630,6 @@ impl Config {
             ));
         }
         if self
-            .api_keys
-            .iter()
-            .any(|k| k.id.is_empty() || k.secret.len() < 32)
-        {
-            return Err(ConfigError::Invalid(
-                "every API key needs an id and a secret of at least 32 bytes".into(),
-            ));
-        }
-        if self.push_webhook_url.is_some() && self.push_webhook_secret.len() < 32 {
-            return Err(ConfigError::Invalid(
-                "push_webhook_secret must be at least 32 bytes".into(),
-            ));
-        }
-        if self
             .push_webhook_url
             .as_deref()
             .is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://")))
@@ -596,18 +643,6 @@ impl Config {
                 return Err(ConfigError::Invalid(
                     "event_webhooks url must be http(s)".into(),
                 ));
-            }
-            if hook.secrets.is_empty()
-                || hook
-                    .secrets
-                    .iter()
-                    .any(|s| control::webhooks::secret_key(s).is_err())
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "event_webhooks {}: {}",
-                    hook.url,
-                    control::webhooks::BadSecret
-                )));
             }
         }
         let urls = self
@@ -635,11 +670,6 @@ impl Config {
             ));
         }
         let turn = &self.turn;
-        if turn.secrets.iter().any(|s| s.len() < 32) {
-            return Err(ConfigError::Invalid(
-                "turn secrets must be at least 32 bytes".into(),
-            ));
-        }
         if turn.tls_cert_file.is_some() != turn.tls_key_file.is_some() {
             return Err(ConfigError::Invalid(
                 "turn.tls_cert_file and turn.tls_key_file go together".into(),

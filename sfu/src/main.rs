@@ -1,32 +1,90 @@
 //! `switchboard`: the whole server in one process, on embedded defaults
 //! unless a config file (`--config path.toml`) or `SWITCHBOARD_*` variables
-//! say otherwise.
+//! say otherwise. `switchboard doctor` checks a configuration and this
+//! host; `switchboard push-test` pushes one device.
 
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 use sfu::config::Config;
 
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A calling server: ringing, SFU, TURN"
+)]
+struct Cli {
+    /// A TOML config file; SWITCHBOARD_* variables override it.
+    #[arg(long, global = true, value_name = "path.toml")]
+    config: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the configuration and this host item by item (exit 1 if one fails).
+    Doctor,
+    /// Send one test push to a registered device and print the provider's answer.
+    PushTest {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        device: String,
+    },
+}
+
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let config_path = match args.as_slice() {
-        [_] => None,
-        [_, flag, path] if flag == "--config" => Some(path.as_str()),
-        _ => {
-            eprintln!("usage: switchboard [--config path.toml]");
-            return std::process::ExitCode::from(2);
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = cli.config.as_deref();
+    match cli.command {
+        None => serve(config_path).await,
+        Some(Command::Doctor) => {
+            let checks = sfu::doctor::run(config_path).await;
+            if sfu::doctor::print(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
-    };
+        Some(Command::PushTest { user, device }) => {
+            let config = match Config::load(config_path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("switchboard: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match sfu::push_test::run(&config, &user, &device).await {
+                Ok(answer) => {
+                    println!("{answer}");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    println!("{why}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Runs the node until a signal (or the API) drains it.
+async fn serve(config_path: Option<&str>) -> ExitCode {
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchboard: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     let telemetry = match sfu::telemetry::init(&config) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("switchboard: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     if config.dev_token_endpoint {
@@ -38,7 +96,7 @@ async fn main() -> std::process::ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("switchboard: {e}");
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(1);
         }
     };
     let announced: Vec<String> = running.announced.iter().map(|a| a.to_string()).collect();
@@ -53,7 +111,7 @@ async fn main() -> std::process::ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("switchboard: cannot listen for signals: {e}");
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(1);
         }
     };
     // SIGTERM / SIGINT, or an operator's `POST /v1/nodes/{id}/drain`.
@@ -70,11 +128,11 @@ async fn main() -> std::process::ExitCode {
     let exit = tokio::select! {
         end = running.drain(deadline) => {
             tracing::info!(?end, "drained; exiting");
-            std::process::ExitCode::SUCCESS
+            ExitCode::SUCCESS
         }
         second = signals.next() => {
             tracing::warn!(signal = second, "second signal: exiting without finishing the drain");
-            std::process::ExitCode::from(130)
+            ExitCode::from(130)
         }
     };
     // The last calls' spans; bounded by the exporter's timeout.

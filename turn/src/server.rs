@@ -153,7 +153,9 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-fn tls_acceptor(tls: &TlsListen) -> Result<tokio_rustls::TlsAcceptor, TurnStartError> {
+/// The TLS listener's acceptor: its certificate chain and key load and
+/// match (also `switchboard doctor`'s check).
+pub fn tls_acceptor(tls: &TlsListen) -> Result<tokio_rustls::TlsAcceptor, TurnStartError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_slice_iter(&tls.cert_chain_pem)

@@ -91,15 +91,78 @@ impl Default for DispatchConfig {
     }
 }
 
+/// Where one push goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Provider {
+pub enum Provider {
     Apns,
     Fcm,
     Webhook,
 }
 
+impl Providers {
+    /// Which provider pushes a device of `platform`, if any is configured.
+    pub fn for_platform(&self, platform: Platform) -> Option<Provider> {
+        match platform {
+            Platform::Ios if self.apns.is_some() => Some(Provider::Apns),
+            Platform::Android if self.fcm.is_some() => Some(Provider::Fcm),
+            _ if self.webhook.is_some() => Some(Provider::Webhook),
+            _ => None,
+        }
+    }
+
+    /// One attempt through `provider`: its answer, never retried here.
+    pub async fn send(&self, provider: Provider, push: &Outgoing) -> Outcome {
+        let missing = Outcome::Rejected {
+            reason: "not_configured".into(),
+        };
+        match provider {
+            Provider::Apns => match &self.apns {
+                Some(c) => c.send(push).await,
+                None => missing,
+            },
+            Provider::Fcm => match &self.fcm {
+                Some(c) => c.send(push).await,
+                None => missing,
+            },
+            Provider::Webhook => match &self.webhook {
+                Some(c) => c.send(push).await,
+                None => missing,
+            },
+        }
+    }
+}
+
+/// `switchboard push-test`: a ring for `device` flagged `test`, for no
+/// call (a fresh callId), through the token a real ring would use. Never a
+/// bare VoIP push: the client core reports it to CallKit / Telecom and ends
+/// it at once. Err: why the device cannot be pushed (`web_device`,
+/// `no_token`).
+pub fn test_ring(device: &Device, now: UnixMillis) -> Result<Outgoing, &'static str> {
+    /// Long enough for a phone that is briefly offline; the core ends it
+    /// at once whenever it arrives.
+    const TEST_RING_LIFETIME_MS: u64 = 30_000;
+    let ring = PushRequest::Ring {
+        call_id: uuid::Uuid::new_v4().to_string(),
+        user_id: device.user_id.clone(),
+        device_id: device.device_id.clone(),
+        from_user_id: "switchboard-push-test".into(),
+        call_type: crate::call::CallType::Audio,
+        ring_epoch: now,
+        expires_at: now + TEST_RING_LIFETIME_MS,
+        caller_display: crate::call::CallerDisplay {
+            display_name: Some("Switchboard push test".into()),
+            avatar_url: None,
+        },
+    };
+    let mut push = resolve(ring, device, now)?;
+    if let PushPayload::IncomingCall { test, .. } = &mut push.payload {
+        *test = true;
+    }
+    Ok(push)
+}
+
 impl Provider {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Provider::Apns => "apns",
             Provider::Fcm => "fcm",
@@ -406,35 +469,6 @@ impl Dispatch {
         allowed
     }
 
-    fn provider_for(&self, platform: Platform) -> Option<Provider> {
-        match platform {
-            Platform::Ios if self.providers.apns.is_some() => Some(Provider::Apns),
-            Platform::Android if self.providers.fcm.is_some() => Some(Provider::Fcm),
-            _ if self.providers.webhook.is_some() => Some(Provider::Webhook),
-            _ => None,
-        }
-    }
-
-    async fn attempt(&self, provider: Provider, push: &Outgoing) -> Outcome {
-        let missing = Outcome::Rejected {
-            reason: "not_configured".into(),
-        };
-        match provider {
-            Provider::Apns => match &self.providers.apns {
-                Some(c) => c.send(push).await,
-                None => missing,
-            },
-            Provider::Fcm => match &self.providers.fcm {
-                Some(c) => c.send(push).await,
-                None => missing,
-            },
-            Provider::Webhook => match &self.providers.webhook {
-                Some(c) => c.send(push).await,
-                None => missing,
-            },
-        }
-    }
-
     /// Runs a store call off the async threads (SQLite blocks).
     async fn store<T: Send + 'static>(
         &self,
@@ -513,7 +547,7 @@ impl Dispatch {
                 return;
             }
         };
-        let Some(provider) = self.provider_for(device.platform) else {
+        let Some(provider) = self.providers.for_platform(device.platform) else {
             tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform, "push: no provider configured for this platform");
             self.count_failed("none", platform, "no_provider");
             return;
@@ -532,7 +566,7 @@ impl Dispatch {
             if let Some(m) = &self.metrics {
                 m.sent.with_label_values(&[label, platform, kind]).inc();
             }
-            let wait = match self.attempt(provider, &push).await {
+            let wait = match self.providers.send(provider, &push).await {
                 Outcome::Delivered => {
                     if let Some(m) = &self.metrics {
                         m.delivered

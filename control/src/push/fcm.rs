@@ -87,6 +87,13 @@ impl FcmClient {
         })
     }
 
+    /// Fetches an OAuth access token for FCM (`switchboard doctor`: the
+    /// service account is accepted by its token endpoint).
+    pub async fn fetch_oauth_token(&self) -> Result<(), gcp_auth::Error> {
+        let _one_at_a_time = self.token_gate.lock().await;
+        self.auth.token(&[SCOPE]).await.map(drop)
+    }
+
     pub async fn send(&self, push: &Outgoing) -> Outcome {
         let token = {
             let _one_at_a_time = self.token_gate.lock().await;

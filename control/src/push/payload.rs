@@ -31,6 +31,11 @@ pub enum PushPayload {
         caller_avatar_url: Option<String>,
         /// All media goes through the SFU; kept for clients of the mission's model.
         mode_hint: &'static str,
+        /// `switchboard push-test`: no call stands behind it. The client
+        /// core reports it to CallKit / Telecom (iOS requires that of
+        /// every VoIP push) and ends it at once.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        test: bool,
     },
     /// Stop ringing (a regular push: never VoIP).
     #[serde(rename = "call_cancelled")]
@@ -58,6 +63,7 @@ impl PushPayload {
             caller_display_name: caller.display_name,
             caller_avatar_url: caller.avatar_url,
             mode_hint: "sfu",
+            test: false,
         }
     }
 }

@@ -37,10 +37,9 @@ pub(super) fn open_backend(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Backend, StartError> {
     let hub = Arc::new(control::ringing::DeviceHub::default());
-    let Some(url) = &config.redis_url else {
+    if config.redis_url.is_none() {
         create_private_dir(&config.data_dir)?;
-        let sqlite = control::store::SqliteStore::open(&config.data_dir.join("control.db"))
-            .map_err(|e| StartError::Store(e.to_string()))?;
+        let sqlite = sqlite_store(config).map_err(StartError::Store)?;
         return Ok(Backend {
             store: Arc::new(sqlite),
             nodes: Arc::new(control::nodes::LocalNodes::default()),
@@ -53,22 +52,10 @@ pub(super) fn open_backend(
     };
     let metrics = control::store::RedisMetrics::register(registry)
         .map_err(|e| StartError::Store(e.to_string()))?;
-    let roots = config
-        .redis_ca_file
-        .as_ref()
-        .map(|path| {
-            std::fs::read(path)
-                .map_err(|e| StartError::Store(format!("redis_ca_file {}: {e}", path.display())))
-        })
-        .transpose()?;
     let redis = Arc::new(
-        control::store::RedisStore::connect_trusting(
-            url,
-            &config.redis_namespace,
-            roots.as_deref(),
-        )
-        .map_err(|e| StartError::Store(e.to_string()))?
-        .with_metrics(metrics),
+        redis_store(config)
+            .map_err(StartError::Store)?
+            .with_metrics(metrics),
     );
     let node_id = config.node_name();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -91,6 +78,34 @@ pub(super) fn open_backend(
         push_claims: Some(redis.clone()),
         ack_deadlines: Some(redis),
     })
+}
+
+/// The store the config names, without a node's other machinery (relay,
+/// registry): what `switchboard push-test` reads devices from.
+pub fn open_store(config: &Config) -> Result<Arc<dyn control::store::Store>, String> {
+    Ok(match config.redis_url {
+        Some(_) => Arc::new(redis_store(config)?),
+        None => Arc::new(sqlite_store(config)?),
+    })
+}
+
+fn sqlite_store(config: &Config) -> Result<control::store::SqliteStore, String> {
+    control::store::SqliteStore::open(&config.data_dir.join("control.db"))
+        .map_err(|e| e.to_string())
+}
+
+/// Connects (and pings) the cluster's Redis; `redis_url` must be set.
+pub fn redis_store(config: &Config) -> Result<control::store::RedisStore, String> {
+    let url = config.redis_url.as_deref().unwrap_or_default();
+    let roots = config
+        .redis_ca_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read(path).map_err(|e| format!("redis_ca_file {}: {e}", path.display()))
+        })
+        .transpose()?;
+    control::store::RedisStore::connect_trusting(url, &config.redis_namespace, roots.as_deref())
+        .map_err(|e| e.to_string())
 }
 
 /// What this node tells the registry about itself, fixed at start.

@@ -3,6 +3,7 @@
 //! touches sockets or reads the clock.
 
 mod cluster;
+pub use cluster::{open_store, redis_store};
 mod http;
 mod listener;
 mod relay;
@@ -477,44 +478,8 @@ fn push_dispatcher(
     shared_buckets: Option<Arc<dyn control::rate_limit::SharedBuckets>>,
     metrics: control::push::metrics::PushMetrics,
 ) -> Result<Arc<dyn control::ringing::PushSender>, StartError> {
-    use control::push::{apns, dispatch, fcm, webhook};
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| StartError::Push(format!("{}: {e}", path.display())))
-    };
-    let extra_root = config
-        .push_extra_root_cert
-        .as_deref()
-        .map(read)
-        .transpose()?;
-    let mut providers = dispatch::Providers::default();
-    if let Some(a) = &config.apns {
-        let client = apns::ApnsClient::new(apns::ApnsConfig {
-            key_pem: read(&a.key_file)?,
-            key_id: a.key_id.clone(),
-            team_id: a.team_id.clone(),
-            default_bundle_id: a.bundle_id.clone(),
-            production_url: a.production_url.clone(),
-            sandbox_url: a.sandbox_url.clone(),
-            extra_root_pem: extra_root.clone(),
-        });
-        providers.apns = Some(client.map_err(|e| StartError::Push(format!("APNs: {e}")))?);
-    }
-    if let Some(f) = &config.fcm {
-        let key = String::from_utf8(read(&f.service_account_file)?)
-            .map_err(|_| StartError::Push("FCM service account file is not UTF-8".into()))?;
-        let client = fcm::FcmClient::new(fcm::FcmConfig {
-            service_account_json: key,
-            project_id: f.project_id.clone(),
-            base_url: f.url.clone(),
-            extra_root_pem: extra_root.clone(),
-        });
-        providers.fcm = Some(client.map_err(|e| StartError::Push(format!("FCM: {e}")))?);
-    }
-    if let Some(url) = &config.push_webhook_url {
-        let client = webhook::WebhookClient::new(url.clone(), config.push_webhook_secret.clone());
-        providers.webhook =
-            Some(client.map_err(|e| StartError::Push(format!("push webhook: {e}")))?);
-    }
+    use control::push::dispatch;
+    let providers = push_providers(config).map_err(StartError::Push)?;
     if providers.apns.is_none() && providers.fcm.is_none() && providers.webhook.is_none() {
         return Ok(Arc::new(control::ringing::LoggingPushSender));
     }
@@ -533,7 +498,50 @@ fn push_dispatcher(
     )))
 }
 
-/// The server owns the ring and connect timers: every 250 ms, due ones fire.
+/// The push providers the config names (none configured: all `None`).
+/// The server's dispatcher, `switchboard doctor` and `push-test` use these.
+pub fn push_providers(config: &Config) -> Result<control::push::dispatch::Providers, String> {
+    use control::push::{apns, dispatch, fcm, webhook};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let extra_root = config
+        .push_extra_root_cert
+        .as_deref()
+        .map(read)
+        .transpose()?;
+    let mut providers = dispatch::Providers::default();
+    if let Some(a) = &config.apns {
+        let client = apns::ApnsClient::new(apns::ApnsConfig {
+            key_pem: read(&a.key_file)?,
+            key_id: a.key_id.clone(),
+            team_id: a.team_id.clone(),
+            default_bundle_id: a.bundle_id.clone(),
+            production_url: a.production_url.clone(),
+            sandbox_url: a.sandbox_url.clone(),
+            extra_root_pem: extra_root.clone(),
+        });
+        providers.apns = Some(client.map_err(|e| format!("APNs: {e}"))?);
+    }
+    if let Some(f) = &config.fcm {
+        let key = String::from_utf8(read(&f.service_account_file)?)
+            .map_err(|_| "FCM service account file is not UTF-8".to_string())?;
+        let client = fcm::FcmClient::new(fcm::FcmConfig {
+            service_account_json: key,
+            project_id: f.project_id.clone(),
+            base_url: f.url.clone(),
+            extra_root_pem: extra_root.clone(),
+        });
+        providers.fcm = Some(client.map_err(|e| format!("FCM: {e}"))?);
+    }
+    if let Some(url) = &config.push_webhook_url {
+        let client = webhook::WebhookClient::new(url.clone(), config.push_webhook_secret.clone());
+        providers.webhook = Some(client.map_err(|e| format!("push webhook: {e}"))?);
+    }
+    Ok(providers)
+}
+
+/// Where call-event webhooks go.
 fn event_endpoints(config: &Config) -> Vec<control::webhooks::Endpoint> {
     config
         .event_webhooks
@@ -545,6 +553,7 @@ fn event_endpoints(config: &Config) -> Vec<control::webhooks::Endpoint> {
         .collect()
 }
 
+/// The server owns the ring and connect timers: every 250 ms, due ones fire.
 fn spawn_call_timers(
     service: Arc<control::service::CallService>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
