@@ -418,6 +418,7 @@ mod tests {
             permissions: signaling::Permissions::ALL,
             group: false,
             node: None,
+            device: None,
         });
         assert!(
             auth()

@@ -41,6 +41,17 @@ pub struct CallGrant {
     /// The node hosting the call's room (`crate::placement`): any other
     /// node refuses the join with `wrong_node`. `None`: any node.
     pub node: Option<String>,
+    /// The device that joins with it, for the SFU's logs (never trusted
+    /// for anything else). `None`: not known (development tokens).
+    pub device: Option<GrantDevice>,
+}
+
+/// Which device a call token was minted for, as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantDevice {
+    pub device_id: String,
+    /// `ios`, `android`, `web`; `unknown` for a device not registered.
+    pub platform: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +73,11 @@ struct Claims {
     /// Absent in tokens of unplaced calls: any node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     node: Option<String>,
+    /// Absent in tokens minted before they existed, and in development ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    platform: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -121,6 +137,8 @@ impl CallTokens {
             media_mode: MediaMode::Sfu,
             group: grant.group,
             node: grant.node.clone(),
+            device_id: grant.device.as_ref().map(|d| d.device_id.clone()),
+            platform: grant.device.as_ref().map(|d| d.platform.clone()),
         };
         // HS256 signing of a serializable struct cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -168,6 +186,10 @@ impl CallTokens {
             permissions: claims.permissions,
             group: claims.group,
             node: claims.node,
+            device: claims.device_id.map(|device_id| GrantDevice {
+                device_id,
+                platform: claims.platform.unwrap_or_else(|| "unknown".into()),
+            }),
         })
     }
 }
@@ -202,6 +224,7 @@ mod tests {
             },
             group: false,
             node: None,
+            device: None,
         }
     }
 

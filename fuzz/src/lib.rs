@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sfu::engine::{Command, ConnId, Engine, EngineConfig, Event, Input, JoinRequest, Output};
+use sfu::engine::{
+    Command, ConnId, DeviceLabel, Engine, EngineConfig, Event, Input, JoinRequest, Output,
+};
 use signaling::{ClientMessage, Permissions};
 
 /// A target: whatever the bytes, it returns (or panics on a defect).
@@ -76,6 +78,7 @@ fn engine_with_members(now: Instant) -> (Engine, Vec<String>) {
             participant_id: format!("p-{conn}"),
             permissions: Permissions::ALL,
             auto_subscribe: true,
+            device: DeviceLabel::unknown(),
         };
         engine.handle_input(Input::Command(ConnId(conn), Command::Join(join)), now);
     }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::sim::{Sim, engine_config};
-use sfu::engine::{Command, Event, JoinRequest};
+use sfu::engine::{Command, DeviceLabel, Event, JoinRequest};
 use signaling::{ErrorCode, LeaveReason, ParticipantState, Permissions, ServerMessage, TrackKind};
 use str0m::media::MediaKind;
 
@@ -572,6 +572,7 @@ fn a_track_without_a_common_codec_is_reported_once_not_dropped_silently() {
             participant_id: pid("b"),
             permissions: Permissions::ALL,
             auto_subscribe: true,
+            device: DeviceLabel::unknown(),
         }),
     );
     sim.connect_all();

@@ -25,7 +25,7 @@ use views::{CallView, CallWithToken, DeviceRequest};
 
 use crate::auth::{Authenticator, Principal, valid_id};
 use crate::call::{Call, CallType, CallerDisplay, ParticipantState, Role};
-use crate::call_token::{CallGrant, CallTokens};
+use crate::call_token::{CallGrant, CallTokens, GrantDevice};
 use crate::rate_limit::{Limiter, Rate};
 use crate::service::{CallService, NewCall};
 use crate::store::{IdempotencyRecord, StoreError, TokenMove};
@@ -327,14 +327,14 @@ async fn register_device(
     blocking(move || {
         if let Err(e) = state.service.store.register_device(&device, moves) {
             if matches!(e, StoreError::PushTokenInUse) {
-                tracing::warn!(user_id = %device.user_id, device_id = %device.device_id, platform = ?device.platform, "device registration refused: its push token belongs to another user's device");
+                tracing::warn!(user_id = %device.user_id, device_id = %device.device_id, platform = device.platform.as_str(), "device registration refused: its push token belongs to another user's device");
                 if let Some(m) = &state.service.metrics {
                     m.push_token_conflicts.inc();
                 }
             }
             return Err(e.into());
         }
-        tracing::info!(user_id = %device.user_id, device_id = %device.device_id, platform = ?device.platform, "device registered");
+        tracing::info!(user_id = %device.user_id, device_id = %device.device_id, platform = device.platform.as_str(), "device registered");
         Ok(Json(device))
     })
     .await
@@ -687,7 +687,11 @@ fn create_or_replay(
                 caller_region,
             };
             let call = state.service.create(new, now_ms())?;
-            tracing::info!(call_id = %call.call_id, user_id = %caller, device_id = %req.device_id, state = ?call.state, "call created");
+            let platform = state
+                .service
+                .platform_of(caller, &req.device_id)
+                .map_or("unknown", |p| p.as_str());
+            tracing::info!(call_id = %call.call_id, user_id = %caller, device_id = %req.device_id, platform, state = ?call.state, "call created");
             call
         }
     })
@@ -760,6 +764,15 @@ fn with_token(state: &ControlState, call: &Call, user: &str) -> Result<CallWithT
             },
             group: call.participants.len() > 2,
             node: call.placement.as_ref().map(|p| p.node_id.clone()),
+            // For the SFU's log lines: which device and platform joins.
+            device: p.device_id.as_ref().map(|device_id| GrantDevice {
+                device_id: device_id.clone(),
+                platform: state
+                    .service
+                    .platform_of(user, device_id)
+                    .map_or("unknown", |p| p.as_str())
+                    .to_string(),
+            }),
         })
     });
     // The placed node as the registry last listed it: its signaling URL
@@ -951,6 +964,14 @@ async fn call_action(
         let status = answer.as_ref().map_or_else(|e| e.status, |_| StatusCode::OK);
         settle_key(&state, reserved.as_ref(), &reservation, status);
         let (view, call) = answer?;
+        // A hang-up or cancel names no device: the one holding the call.
+        let (device, platform) = match call.participant(user).and_then(|p| p.device_id.clone()) {
+            Some(held) if device.is_empty() => {
+                let platform = state.service.platform_of(user, &held);
+                (held, platform.map_or("unknown", |p| p.as_str()))
+            }
+            _ => (device, platform),
+        };
         tracing::info!(call_id = %call_id, user_id = %user, device_id = %device, platform, ?action, state = ?call.state, "call action");
         Ok(Json(view))
     })

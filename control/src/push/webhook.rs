@@ -133,7 +133,7 @@ impl WebhookClient {
                 reason: format!("http_{}", r.status().as_u16()),
             },
             Err(e) => {
-                tracing::info!(call_id = %push.call_id, user_id = %push.user_id, device_id = %push.device_id, error = %e, "webhook request failed");
+                tracing::info!(call_id = %push.call_id, user_id = %push.user_id, device_id = %push.device_id, platform = push.platform.as_str(), error = %e, "webhook request failed");
                 Outcome::Retry {
                     reason: "transport".into(),
                     retry_after: None,

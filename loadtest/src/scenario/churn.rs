@@ -54,6 +54,7 @@ pub async fn run(plan: &ChurnPlan) -> Report {
             permissions: Permissions::ALL,
             group: false,
             node: None,
+            device: None,
         });
         let bot = BotPlan {
             name,

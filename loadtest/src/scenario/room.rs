@@ -76,6 +76,7 @@ pub async fn run(plan: &RoomPlan) -> Report {
             // As control mints it for a call created for more than two.
             group: per_room > 2,
             node: None,
+            device: None,
         });
         let bot_plan = BotPlan {
             name,

@@ -65,7 +65,9 @@ impl Engine {
             participant_id,
             permissions,
             auto_subscribe,
+            device,
         } = request;
+        let (device_id, platform) = (device.device_id.clone(), device.platform.clone());
         // The same participant joining again replaces its old session.
         let existing = self.find_participant(&room_id, &participant_id);
         if self.draining && !self.rooms.contains_key(&room_id) {
@@ -96,6 +98,7 @@ impl Engine {
             id: participant_id.clone(),
             user_id: user_id.clone(),
             room: room_id.clone(),
+            device,
             permissions,
             auto_subscribe,
             conn: Some(conn),
@@ -127,7 +130,7 @@ impl Engine {
             .map(|p| participant_info(p, &room_tracks_of(room, p)))
             .collect();
         room.members.push(key);
-        tracing::info!(participant = %participant_id, user_id = %user_id, call_id = %room_id, "joined");
+        tracing::info!(participant = %participant_id, user_id = %user_id, device_id = %device_id, platform = %platform, call_id = %room_id, "joined");
 
         self.send(
             conn,
@@ -190,6 +193,7 @@ impl Engine {
         }
         let old = p.conn.replace(conn);
         let permissions = p.permissions;
+        let device = p.device.clone();
         let resend = p.pending_offer_message.clone();
         self.conns.insert(conn, key);
         if let Some(old) = old.filter(|o| *o != conn) {
@@ -230,7 +234,7 @@ impl Engine {
         if let Some(offer) = resend {
             self.send(conn, offer);
         }
-        tracing::info!(participant = %participant_id, user_id = %user_id, call_id = %room_id, "resumed");
+        tracing::info!(participant = %participant_id, user_id = %user_id, device_id = %device.device_id, platform = %device.platform, call_id = %room_id, "resumed");
         self.update_presence(key, now);
     }
 

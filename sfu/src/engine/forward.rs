@@ -169,7 +169,7 @@ impl Engine {
             .and_then(|r| r.tracks.get(&track_key))
             .map_or_else(String::new, |t| t.id.clone());
         let codec = params.spec().codec;
-        tracing::info!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, track = %track_id, %codec, "no codec in common: track not forwarded");
+        tracing::info!(participant = %p.id, user_id = %p.user_id, device_id = %p.device.device_id, platform = %p.device.platform, call_id = %p.room, track = %track_id, %codec, "no codec in common: track not forwarded");
         self.error(
             conn,
             ErrorCode::UnsupportedCodec,

@@ -235,6 +235,34 @@ pub struct JoinRequest {
     pub participant_id: String,
     pub permissions: Permissions,
     pub auto_subscribe: bool,
+    pub device: DeviceLabel,
+}
+
+/// The device a participant joined from, as its call token names it: for
+/// log lines and call control, never trusted for anything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceLabel {
+    pub device_id: String,
+    /// `ios`, `android`, `web`, or `unknown`.
+    pub platform: String,
+}
+
+impl DeviceLabel {
+    /// A token that names no device (development tokens).
+    pub fn unknown() -> DeviceLabel {
+        DeviceLabel {
+            device_id: "unknown".into(),
+            platform: "unknown".into(),
+        }
+    }
+}
+
+/// A participant as call control knows it: the call, the user, the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub call_id: String,
+    pub user_id: String,
+    pub device: DeviceLabel,
 }
 
 impl Command {
@@ -289,15 +317,9 @@ pub enum Event {
     /// A participant's first connection came up (once per participant).
     IceConnected,
     /// A participant's media first connected (call control's "connected").
-    ParticipantConnected {
-        call_id: String,
-        user_id: String,
-    },
+    ParticipantConnected(Member),
     /// A participant left the room for good (left, or its grace ran out).
-    ParticipantRemoved {
-        call_id: String,
-        user_id: String,
-    },
+    ParticipantRemoved(Member),
     /// A participant was removed without its connections ever coming up.
     IceFailed,
 }
@@ -398,11 +420,11 @@ impl Engine {
         self.participants.len()
     }
 
-    /// (call id, user id) of every participant.
-    pub fn members(&self) -> Vec<(String, String)> {
+    /// Every participant, as call control knows it.
+    pub fn members(&self) -> Vec<Member> {
         self.participants
             .values()
-            .map(|p| (p.room.clone(), p.user_id.clone()))
+            .map(Participant::member)
             .collect()
     }
 
@@ -487,7 +509,7 @@ impl Engine {
         match p.peer_mut(target).guard(|rtc| rtc.handle_input(input)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, error = %e, "input refused by rtc")
+                tracing::debug!(participant = %p.id, user_id = %p.user_id, device_id = %p.device.device_id, platform = %p.device.platform, call_id = %p.room, error = %e, "input refused by rtc")
             }
             Err(RtcPanicked) => self.fail_participant(key),
         }
@@ -658,7 +680,7 @@ impl Engine {
                         events.push((e, extra));
                     }
                     Err(e) => {
-                        tracing::info!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, error = %e, "peer connection failed");
+                        tracing::info!(participant = %p.id, user_id = %p.user_id, device_id = %p.device.device_id, platform = %p.device.platform, call_id = %p.room, error = %e, "peer connection failed");
                         let _ = peer.guard(|rtc| rtc.disconnect());
                     }
                 }
@@ -765,13 +787,10 @@ impl Engine {
                 self.outputs.push_back(Output::Event(Event::IceConnected));
                 p.media_deadline = None;
                 self.outputs
-                    .push_back(Output::Event(Event::ParticipantConnected {
-                        call_id: p.room.clone(),
-                        user_id: p.user_id.clone(),
-                    }));
+                    .push_back(Output::Event(Event::ParticipantConnected(p.member())));
             }
         }
-        tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, ?target, ?state, "ice state");
+        tracing::debug!(participant = %p.id, user_id = %p.user_id, device_id = %p.device.device_id, platform = %p.device.platform, call_id = %p.room, ?target, ?state, "ice state");
         self.update_presence(key, now);
     }
 
@@ -797,7 +816,7 @@ impl Engine {
         if let Some(deadline) = p.grace_deadline {
             self.timers.schedule(deadline, key, TimerKind::Grace);
         }
-        tracing::info!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, ?state, "participant presence");
+        tracing::info!(participant = %p.id, user_id = %p.user_id, device_id = %p.device.device_id, platform = %p.device.platform, call_id = %p.room, ?state, "participant presence");
         let message = ServerMessage::ParticipantStateChanged {
             participant_id: p.id.clone(),
             state,
@@ -874,6 +893,7 @@ impl Engine {
             return;
         };
         let (room_id, participant_id, conn) = (p.room.clone(), p.id.clone(), p.conn);
+        let member = p.member();
         let never_connected = !p.publisher.was_connected && !p.subscriber.was_connected;
         let subscribed: Vec<u64> = p.down.iter().map(|d| d.track_key).collect();
         let owned: Vec<u64> = self
@@ -921,10 +941,7 @@ impl Engine {
         }
         if reason != LeaveReason::Replaced {
             self.outputs
-                .push_back(Output::Event(Event::ParticipantRemoved {
-                    call_id: room_id.clone(),
-                    user_id: p.user_id.clone(),
-                }));
+                .push_back(Output::Event(Event::ParticipantRemoved(member.clone())));
         }
         if let Some(room) = self.rooms.get_mut(&room_id) {
             room.members.retain(|m| *m != key);
@@ -933,7 +950,7 @@ impl Engine {
                 self.rooms.remove(&room_id);
             }
         }
-        tracing::info!(participant = %participant_id, call_id = %room_id, ?reason, "left");
+        tracing::info!(participant = %participant_id, user_id = %member.user_id, device_id = %member.device.device_id, platform = %member.device.platform, call_id = %room_id, ?reason, "left");
         self.broadcast(
             &room_id,
             None,
@@ -975,7 +992,7 @@ impl Engine {
         self.stats.participants_failed += 1;
         self.doomed.push((key, LeaveReason::Failed));
         if let Some(p) = self.participants.get(&key) {
-            tracing::error!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, "str0m panicked in this participant's peer connection; removing it");
+            tracing::error!(participant = %p.id, user_id = %p.user_id, device_id = %p.device.device_id, platform = %p.device.platform, call_id = %p.room, "str0m panicked in this participant's peer connection; removing it");
         }
     }
 

@@ -130,7 +130,7 @@ impl Engine {
             None
         };
         if let Some((code, message)) = refused {
-            tracing::warn!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, ?kind, "media not published: {message}");
+            tracing::warn!(participant = %p.id, user_id = %p.user_id, device_id = %p.device.device_id, platform = %p.device.platform, call_id = %p.room, ?kind, "media not published: {message}");
             if let Some(conn) = p.conn {
                 self.error(conn, code, message);
             }
@@ -154,7 +154,7 @@ impl Engine {
         };
         let info = track_info(&track, &p.id);
         let room_id = p.room.clone();
-        tracing::info!(participant = %p.id, call_id = %room_id, track = %track.id, ?kind, "track published");
+        tracing::info!(participant = %p.id, user_id = %p.user_id, device_id = %p.device.device_id, platform = %p.device.platform, call_id = %room_id, track = %track.id, ?kind, "track published");
         let Some(room) = self.rooms.get_mut(&room_id) else {
             return;
         };
@@ -191,6 +191,7 @@ impl Engine {
             return;
         };
         let (room_id, participant_id) = (p.room.clone(), p.id.clone());
+        let (user_id, device) = (p.user_id.clone(), p.device.clone());
         let Some(track) = self
             .rooms
             .get_mut(&room_id)
@@ -198,7 +199,7 @@ impl Engine {
         else {
             return;
         };
-        tracing::info!(participant = %participant_id, call_id = %room_id, track = %track.id, "track unpublished");
+        tracing::info!(participant = %participant_id, user_id = %user_id, device_id = %device.device_id, platform = %device.platform, call_id = %room_id, track = %track.id, "track unpublished");
         for sub in &track.subscribers {
             self.drop_subscription(*sub, track_key);
             self.offer_due(*sub);

@@ -55,6 +55,8 @@ pub struct Participant {
     pub id: String,
     pub user_id: String,
     pub room: String,
+    /// Where it joined from, for log lines.
+    pub device: super::DeviceLabel,
     pub permissions: Permissions,
     pub auto_subscribe: bool,
     /// The WebSocket that speaks for it; `None` while detached.
@@ -81,6 +83,15 @@ pub struct Participant {
 }
 
 impl Participant {
+    /// Who it is, as call control knows it.
+    pub fn member(&self) -> super::Member {
+        super::Member {
+            call_id: self.room.clone(),
+            user_id: self.user_id.clone(),
+            device: self.device.clone(),
+        }
+    }
+
     pub fn peer_mut(&mut self, target: signaling::PeerTarget) -> &mut Peer {
         match target {
             signaling::PeerTarget::Publisher => &mut self.publisher,

@@ -21,6 +21,7 @@ fn join(engine: &mut Engine, conn: u64, room: &str, now: Instant) -> Participant
         participant_id: format!("p-{conn}"),
         permissions: Permissions::ALL,
         auto_subscribe: true,
+        device: DeviceLabel::unknown(),
     };
     engine.handle_input(Input::Command(ConnId(conn), Command::Join(request)), now);
     engine.conns[&ConnId(conn)]

@@ -215,6 +215,7 @@ async fn dev_token(
         permissions: req.permissions.unwrap_or(Permissions::ALL),
         group: req.group,
         node: None,
+        device: None,
     };
     let ice_servers = state.turn.as_ref().map_or_else(Vec::new, |t| {
         t.ice_servers(&grant.user_id, control::unix_millis())

@@ -699,7 +699,8 @@ fn spawn_media_signals(
             }
             while waiting.len() > MAX_WAITING_MEDIA_SIGNALS {
                 if let Some((signal, _)) = waiting.pop_front() {
-                    tracing::warn!(?signal, "media signal dropped: too many wait for the store");
+                    let (shard::MediaSignal::Connected(m) | shard::MediaSignal::Left(m)) = &signal;
+                    tracing::warn!(call_id = %m.call_id, user_id = %m.user_id, device_id = %m.device.device_id, platform = %m.device.platform, ?signal, "media signal dropped: too many wait for the store");
                     metrics.media_signals_dropped.inc();
                 }
             }
@@ -723,14 +724,20 @@ fn apply_media_signal(
 ) -> bool {
     use control::service::ServiceError;
     use control::store::StoreError;
-    let (call_id, user_id, connected) = match signal {
-        shard::MediaSignal::Connected { call_id, user_id } => (call_id, user_id, true),
-        shard::MediaSignal::Left { call_id, user_id } => (call_id, user_id, false),
+    let (member, connected) = match signal {
+        shard::MediaSignal::Connected(member) => (member, true),
+        shard::MediaSignal::Left(member) => (member, false),
     };
+    let crate::engine::Member {
+        call_id,
+        user_id,
+        device,
+    } = member;
+    let (device_id, platform) = (&device.device_id, &device.platform);
     let span = if connected {
-        control::call_span!("media.connected", &call_id, user_id = %user_id)
+        control::call_span!("media.connected", &call_id, user_id = %user_id, device_id = %device_id, platform = %platform)
     } else {
-        control::call_span!("media.left", &call_id, user_id = %user_id)
+        control::call_span!("media.left", &call_id, user_id = %user_id, device_id = %device_id, platform = %platform)
     };
     let _in_span = span.entered();
     let result = service.update(&call_id, |c, fx| {
@@ -743,15 +750,15 @@ fn apply_media_signal(
     });
     match result {
         Ok((call, ())) => {
-            tracing::info!(call_id = %call_id, user_id = %user_id, connected, state = ?call.state, "media signal")
+            tracing::info!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform = %platform, connected, state = ?call.state, "media signal")
         }
         Err(ServiceError::NotFound) => {}
         Err(ServiceError::Store(StoreError::Unavailable(e))) => {
-            tracing::warn!(call_id = %call_id, user_id = %user_id, connected, error = %e, "media signal waits: the store is unavailable");
+            tracing::warn!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform = %platform, connected, error = %e, "media signal waits: the store is unavailable");
             return false;
         }
         Err(e) => {
-            tracing::warn!(call_id = %call_id, user_id = %user_id, error = %e, "media signal")
+            tracing::warn!(call_id = %call_id, user_id = %user_id, device_id = %device_id, platform = %platform, error = %e, "media signal")
         }
     }
     true

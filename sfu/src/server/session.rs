@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use super::shard::{SessionOut, ShardHandle};
-use crate::engine::{Command, ConnId, JoinRequest};
+use crate::engine::{Command, ConnId, DeviceLabel, JoinRequest};
 use control::call_token::TokenError;
 
 /// A write to the client that takes longer than this (it does not read)
@@ -407,7 +407,15 @@ fn check_join(text: &str, state: &AppState) -> Result<Joined, ServerMessage> {
         TokenError::Invalid(_) => ServerMessage::error(ErrorCode::InvalidToken, e.to_string()),
     })?;
     if let Some(host) = grant.node.as_deref().filter(|n| *n != &*state.node_id) {
-        tracing::info!(call_id = %grant.call_id, user_id = %grant.user_id, room_node = %host, "join sent on: the call's room is on another node");
+        let device = grant.device.as_ref();
+        tracing::info!(
+            call_id = %grant.call_id,
+            user_id = %grant.user_id,
+            device_id = device.map_or("unknown", |d| &d.device_id),
+            platform = device.map_or("unknown", |d| &d.platform),
+            room_node = %host,
+            "join sent on: the call's room is on another node"
+        );
         return Err(wrong_node(state, host));
     }
     let command = match resume_participant_id {
@@ -428,6 +436,12 @@ fn check_join(text: &str, state: &AppState) -> Result<Joined, ServerMessage> {
             participant_id: grant.participant_id.clone(),
             permissions: grant.permissions,
             auto_subscribe,
+            device: grant
+                .device
+                .map_or_else(DeviceLabel::unknown, |d| DeviceLabel {
+                    device_id: d.device_id,
+                    platform: d.platform,
+                }),
         }),
     };
     Ok(Joined {

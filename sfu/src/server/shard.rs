@@ -21,7 +21,9 @@ use tokio::sync::mpsc::{Sender, UnboundedReceiver, UnboundedSender, unbounded_ch
 
 use super::{RouteTable, udp};
 use crate::config::Config;
-use crate::engine::{Command, ConnId, Engine, EngineConfig, EngineStats, Event, Input, Output};
+use crate::engine::{
+    Command, ConnId, Engine, EngineConfig, EngineStats, Event, Input, Member, Output,
+};
 use crate::metrics::Metrics;
 
 /// Messages waiting for one signaling session. A client that stops reading
@@ -265,7 +267,7 @@ struct Shard {
     cert: str0m::config::DtlsCert,
     /// Participants of an engine that panicked, with the time by which they
     /// must have rejoined; call control hears of those who did not.
-    orphans: Vec<(Instant, String, String)>,
+    orphans: Vec<(Instant, Member)>,
     health: Arc<ShardHealth>,
     sessions: HashMap<ConnId, Sender<SessionOut>>,
     /// Sessions whose outbox filled during this flush: detached after it.
@@ -286,8 +288,8 @@ struct Shard {
 /// What call control hears from the media plane.
 #[derive(Debug, Clone)]
 pub enum MediaSignal {
-    Connected { call_id: String, user_id: String },
-    Left { call_id: String, user_id: String },
+    Connected(Member),
+    Left(Member),
 }
 
 impl Shard {
@@ -407,11 +409,8 @@ impl Shard {
             "engine panicked; restarting it empty"
         );
         let rejoin_by = now + self.engine_config.reconnect_grace;
-        self.orphans.extend(
-            members
-                .into_iter()
-                .map(|(call_id, user_id)| (rejoin_by, call_id, user_id)),
-        );
+        self.orphans
+            .extend(members.into_iter().map(|member| (rejoin_by, member)));
         self.orphans.sort_by_key(|o| o.0);
         self.slow.clear();
         for (_, outbox) in self.sessions.drain() {
@@ -439,11 +438,9 @@ impl Shard {
     /// media left, as a grace timeout would have said.
     fn release_orphans(&mut self, now: Instant) {
         let due = self.orphans.partition_point(|o| o.0 <= now);
-        for (_, call_id, user_id) in self.orphans.drain(..due) {
-            if !self.engine.has_member(&call_id, &user_id) {
-                let _ = self
-                    .media_signals
-                    .send(MediaSignal::Left { call_id, user_id });
+        for (_, member) in self.orphans.drain(..due) {
+            if !self.engine.has_member(&member.call_id, &member.user_id) {
+                let _ = self.media_signals.send(MediaSignal::Left(member));
             }
         }
     }
@@ -615,15 +612,11 @@ impl Shard {
                     .observe(elapsed.as_secs_f64());
             }
             Event::IceConnected => self.metrics.ice_connected.inc(),
-            Event::ParticipantConnected { call_id, user_id } => {
-                let _ = self
-                    .media_signals
-                    .send(MediaSignal::Connected { call_id, user_id });
+            Event::ParticipantConnected(member) => {
+                let _ = self.media_signals.send(MediaSignal::Connected(member));
             }
-            Event::ParticipantRemoved { call_id, user_id } => {
-                let _ = self
-                    .media_signals
-                    .send(MediaSignal::Left { call_id, user_id });
+            Event::ParticipantRemoved(member) => {
+                let _ = self.media_signals.send(MediaSignal::Left(member));
             }
             Event::IceFailed => self.metrics.ice_failed.inc(),
         }

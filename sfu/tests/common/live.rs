@@ -113,6 +113,7 @@ pub fn grant(room: &str, name: &str) -> control::call_token::CallGrant {
         permissions: signaling::Permissions::ALL,
         group: false,
         node: None,
+        device: None,
     }
 }
 
@@ -226,6 +227,41 @@ pub async fn spawn_switchboard_under(
     udp_port: u16,
     env: &[(&str, &str)],
 ) -> ServerProcess {
+    spawn_switchboard_with(
+        Spawn {
+            wrapper,
+            ..Spawn::default()
+        },
+        data_dir,
+        (http_port, udp_port),
+        env,
+    )
+    .await
+}
+
+/// How [`spawn_switchboard_with`] starts the server, beyond its ports.
+#[derive(Default)]
+pub struct Spawn<'a> {
+    /// A command that execs the server in its own process.
+    pub wrapper: &'a [&'a str],
+    /// Arguments after the binary (`--config path`).
+    pub args: &'a [&'a str],
+    /// Where its stdout (the log) goes; none: discarded.
+    pub stdout: Option<std::fs::File>,
+}
+
+/// [`spawn_switchboard`] as `how` says.
+pub async fn spawn_switchboard_with(
+    how: Spawn<'_>,
+    data_dir: &std::path::Path,
+    (http_port, udp_port): (u16, u16),
+    env: &[(&str, &str)],
+) -> ServerProcess {
+    let Spawn {
+        wrapper,
+        args,
+        stdout,
+    } = how;
     let binary = env!("CARGO_BIN_EXE_switchboard");
     let mut command = match wrapper.split_first() {
         Some((program, args)) => {
@@ -235,6 +271,7 @@ pub async fn spawn_switchboard_under(
         }
         None => std::process::Command::new(binary),
     };
+    command.args(args);
     command
         .env("SWITCHBOARD_HTTP_LISTEN", format!("127.0.0.1:{http_port}"))
         .env("SWITCHBOARD_RTC_UDP_BIND", format!("127.0.0.1:{udp_port}"))
@@ -253,7 +290,7 @@ pub async fn spawn_switchboard_under(
             "process-turn-secret-process-turn-secret",
         )
         .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null());
+        .stdout(stdout.map_or_else(std::process::Stdio::null, Into::into));
     for (k, v) in env {
         command.env(k, v);
     }

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sfu::engine::{Command, ConnId, Engine, EngineConfig, Event, Input, JoinRequest, Output};
+use sfu::engine::{
+    Command, ConnId, DeviceLabel, Engine, EngineConfig, Event, Input, JoinRequest, Output,
+};
 use signaling::{ClientMessage, Permissions};
 
 use loadtest::bot::{Bot, TICK};
@@ -81,6 +83,7 @@ impl Sim {
                 participant_id: format!("p-{name}"),
                 permissions,
                 auto_subscribe: true,
+                device: DeviceLabel::unknown(),
             }),
         );
         i
