@@ -41,6 +41,11 @@ pub struct Metrics {
     /// Gaps in published streams as the engine received them (see
     /// `Engine::take_stream_gaps`), by kind.
     pub stream_gaps: HistogramVec,
+    /// Loss and jitter of each stream from RTCP receiver reports (every
+    /// `STATS_INTERVAL`), by `link` (uplink: a publisher to us, downlink:
+    /// us to a subscriber) and `kind`.
+    pub stream_loss: HistogramVec,
+    pub stream_jitter: HistogramVec,
     /// Signaling sessions cut off for not reading (outbox full or a write
     /// stalled).
     pub signaling_slow_consumers: IntCounter,
@@ -145,6 +150,36 @@ impl Metrics {
             &[0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0],
             "kind",
         );
+        let link_histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                &["link", "kind"],
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            // Every series from the start: an alert on their rate works.
+            for link in ["uplink", "downlink"] {
+                for kind in ["audio", "video"] {
+                    h.with_label_values(&[link, kind]);
+                }
+            }
+            h
+        };
+        // The buckets of the devices' own reports
+        // (`switchboard_client_packet_loss_ratio`, `_jitter_seconds`), so
+        // the two views compare.
+        let stream_loss = link_histogram(
+            "switchboard_sfu_packet_loss_ratio",
+            "Fraction of a stream's packets lost between two RTCP receiver reports, measured at the SFU, by link (uplink: publisher to SFU; downlink: SFU to subscriber) and kind",
+            &[0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
+        );
+        let stream_jitter = link_histogram(
+            "switchboard_sfu_jitter_seconds",
+            "Interarrival jitter of a stream from RTCP receiver reports at the SFU, by link and kind",
+            &[0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5],
+        );
         let metrics = Metrics {
             rooms: shard_gauge("switchboard_rooms", "Rooms with at least one participant"),
             participants: shard_gauge("switchboard_participants", "Participants in rooms"),
@@ -189,6 +224,8 @@ impl Metrics {
             engine_slow_steps,
             engine_slow_step_cpu,
             stream_gaps,
+            stream_loss,
+            stream_jitter,
             signaling_slow_consumers: counter(
                 "switchboard_signaling_slow_consumers_total",
                 "Signaling connections closed because the client did not read (outbox full or a write stalled)",

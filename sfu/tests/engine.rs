@@ -702,3 +702,60 @@ fn one_step_of_changes_is_one_subscriber_offer() {
         );
     }
 }
+
+/// Receiver reports become stream quality: ours about each publisher's
+/// streams (uplink), the subscribers' about what we forward (downlink).
+/// One publisher's uplink drops every 5th datagram: its streams show about
+/// 20 % loss, the other's none, and the fake network has no jitter to speak
+/// of.
+#[test]
+fn receiver_reports_give_each_streams_loss_and_jitter() {
+    use sfu::engine::Link;
+    let mut config = engine_config();
+    config.stats_interval = Duration::from_secs(1);
+    let mut sim = Sim::publishing(config, "call", &["a", "b"]);
+    sim.lossy.insert(0, 5);
+    sim.events.clear();
+    // Audio receiver reports go every 5 s (video every 1 s).
+    sim.run_for(Duration::from_secs(12));
+    let reports: Vec<(Link, TrackKind, f32, Duration)> = sim
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StreamQuality {
+                link,
+                kind,
+                loss,
+                jitter,
+            } => Some((*link, *kind, *loss, *jitter)),
+            _ => None,
+        })
+        .collect();
+    for link in [Link::Uplink, Link::Downlink] {
+        for kind in [TrackKind::Audio, TrackKind::Video] {
+            assert!(
+                reports.iter().any(|r| r.0 == link && r.1 == kind),
+                "no {link:?} {kind:?} report in {reports:?}"
+            );
+        }
+    }
+    // Settled reports (the first interval holds the connection's start).
+    let uplink: Vec<f32> = reports
+        .iter()
+        .skip(reports.len() / 2)
+        .filter(|r| r.0 == Link::Uplink)
+        .map(|r| r.2)
+        .collect();
+    let lossy = uplink.iter().cloned().fold(0.0, f32::max);
+    let clean = uplink.iter().cloned().fold(1.0, f32::min);
+    assert!(
+        (0.1..=0.35).contains(&lossy),
+        "the lossy uplink: {uplink:?}"
+    );
+    assert!(clean < 0.02, "the clean uplink: {uplink:?}");
+    // No network jitter here: what shows is the bots' own frame pacing.
+    assert!(
+        reports.iter().all(|r| r.3 < Duration::from_millis(250)),
+        "{reports:?}"
+    );
+}

@@ -131,7 +131,14 @@ pub struct EngineConfig {
     pub media_deadline: Duration,
     /// The 1:1 fast path (on by default; off only to compare paths in tests).
     pub fast_path: bool,
+    /// How often each stream's RTCP receiver report figures (loss, jitter)
+    /// become [`Event::StreamQuality`].
+    pub stats_interval: Duration,
 }
+
+/// Stream quality every 5 s: what an operator's dashboards resolve, at a
+/// few observations per stream per scrape.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl EngineConfig {
     pub fn new(host_candidates: Vec<SocketAddr>) -> EngineConfig {
@@ -145,6 +152,7 @@ impl EngineConfig {
             media_deadline: Duration::from_secs(30),
             deny_private_candidates: false,
             fast_path: true,
+            stats_interval: STATS_INTERVAL,
         }
     }
 }
@@ -227,6 +235,24 @@ impl Command {
     }
 }
 
+/// Which way a stream goes, seen from the SFU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// A publisher's stream to us.
+    Uplink,
+    /// A stream we forward to a subscriber.
+    Downlink,
+}
+
+impl Link {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Link::Uplink => "uplink",
+            Link::Downlink => "downlink",
+        }
+    }
+}
+
 /// Who joins which room, as the call token grants it.
 #[derive(Debug, Clone)]
 pub struct JoinRequest {
@@ -294,7 +320,7 @@ pub enum Output {
     Timeout(Instant),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Send `message` on connection `conn`.
     Message {
@@ -322,6 +348,16 @@ pub enum Event {
     ParticipantRemoved(Member),
     /// A participant was removed without its connections ever coming up.
     IceFailed,
+    /// One stream's loss and jitter, from the last RTCP receiver report
+    /// about it: ours about a publisher's stream (`Uplink`), or a
+    /// subscriber's about what we forward (`Downlink`).
+    StreamQuality {
+        link: Link,
+        kind: TrackKind,
+        /// The fraction of packets lost since the report before it (0-1).
+        loss: f32,
+        jitter: Duration,
+    },
 }
 
 /// Counters the shell exports as metrics.
@@ -758,8 +794,42 @@ impl Engine {
             {
                 self.feed_back_estimate(key, estimate);
             }
+            RtcEvent::MediaIngressStats(stats) if target == PeerTarget::Publisher => {
+                let kind = self.published_track(key, stats.mid).and_then(|track_key| {
+                    let room = self.rooms.get(&self.participants.get(&key)?.room)?;
+                    Some(room.tracks.get(&track_key)?.kind)
+                });
+                if let (Some(kind), Some(loss)) = (kind, stats.loss) {
+                    self.stream_quality(Link::Uplink, kind, loss, stats.jitter);
+                }
+            }
+            RtcEvent::MediaEgressStats(stats) if target == PeerTarget::Subscriber => {
+                let kind = self
+                    .participants
+                    .get(&key)
+                    .and_then(|p| p.down_by_mid(stats.mid))
+                    .map(|d| d.kind);
+                if let (Some(kind), Some(loss), Some(remote)) = (kind, stats.loss, stats.remote) {
+                    self.stream_quality(Link::Downlink, kind, loss, remote.jitter);
+                }
+            }
             _ => {}
         }
+    }
+
+    /// One stream's receiver-report figures as an event; jitter comes in
+    /// RTP timestamp units of the stream's clock (Opus 48 kHz, video 90 kHz).
+    fn stream_quality(&mut self, link: Link, kind: TrackKind, loss: f32, jitter_units: u32) {
+        let clock_rate = match kind {
+            TrackKind::Audio => 48_000.0,
+            _ => 90_000.0,
+        };
+        self.outputs.push_back(Output::Event(Event::StreamQuality {
+            link,
+            kind,
+            loss: loss.clamp(0.0, 1.0),
+            jitter: Duration::from_secs_f64(f64::from(jitter_units) / clock_rate),
+        }));
     }
 
     fn on_ice_state(
@@ -828,6 +898,7 @@ impl Engine {
     fn new_peer(&mut self, key: ParticipantKey, target: PeerTarget, now: Instant) -> Peer {
         let mut builder = Rtc::builder()
             .set_rtp_mode(true)
+            .set_stats_interval(Some(self.config.stats_interval))
             .set_dtls_cert(self.dtls_cert.clone())
             .clear_codecs()
             .enable_opus(true, false)

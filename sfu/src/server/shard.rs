@@ -285,6 +285,14 @@ struct Shard {
     draining: bool,
 }
 
+/// A track kind as a metric label.
+fn kind_label(kind: signaling::TrackKind) -> &'static str {
+    match kind {
+        signaling::TrackKind::Audio => "audio",
+        signaling::TrackKind::Video => "video",
+    }
+}
+
 /// What call control hears from the media plane.
 #[derive(Debug, Clone)]
 pub enum MediaSignal {
@@ -619,6 +627,22 @@ impl Shard {
                 let _ = self.media_signals.send(MediaSignal::Left(member));
             }
             Event::IceFailed => self.metrics.ice_failed.inc(),
+            Event::StreamQuality {
+                link,
+                kind,
+                loss,
+                jitter,
+            } => {
+                let labels = [link.as_str(), kind_label(kind)];
+                self.metrics
+                    .stream_loss
+                    .with_label_values(&labels)
+                    .observe(f64::from(loss));
+                self.metrics
+                    .stream_jitter
+                    .with_label_values(&labels)
+                    .observe(jitter.as_secs_f64());
+            }
         }
     }
 
@@ -665,10 +689,7 @@ impl Shard {
             .with_label_values(&["engine"])
             .inc_by(stats.dropped_datagrams - last.dropped_datagrams);
         for gap in self.engine.take_stream_gaps() {
-            let kind = match gap.kind {
-                signaling::TrackKind::Audio => "audio",
-                signaling::TrackKind::Video => "video",
-            };
+            let kind = kind_label(gap.kind);
             let gap_ms = gap.gap.as_millis() as u64;
             // What an operator asks about a frozen picture: whose stream
             // paused, for how long. Debug: a publisher on a poor network

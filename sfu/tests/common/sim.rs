@@ -22,6 +22,10 @@ pub struct Sim {
     pub events: Vec<Event>,
     /// Bots whose datagrams are dropped (a broken path).
     pub cut: Vec<usize>,
+    /// Bots whose every Nth datagram to the server is dropped (a lossy
+    /// uplink), and how many each sent.
+    pub lossy: HashMap<usize, u64>,
+    sent: HashMap<usize, u64>,
     /// RTP packets with padding the engine sent (bandwidth probes: the
     /// forwarded media has none), by destination.
     pub padded_rtp_to: HashMap<SocketAddr, u64>,
@@ -47,6 +51,8 @@ impl Sim {
             start: now,
             events: Vec::new(),
             cut: Vec::new(),
+            lossy: HashMap::new(),
+            sent: HashMap::new(),
             padded_rtp_to: HashMap::new(),
             last_media: now,
         }
@@ -156,6 +162,11 @@ impl Sim {
                 while let Some(t) = self.bots[i].transmits.pop_front() {
                     moved = true;
                     if self.cut.contains(&i) {
+                        continue;
+                    }
+                    let sent = self.sent.entry(i).or_default();
+                    *sent += 1;
+                    if self.lossy.get(&i).is_some_and(|every| *sent % every == 0) {
                         continue;
                     }
                     self.engine.handle_input(
