@@ -14,7 +14,7 @@ mod push_support;
 
 use std::time::{Duration, Instant};
 
-use common::live::{Spawn, free_port, post_json, run_bot, scratch_dir, spawn_switchboard_with};
+use common::live::{Spawn, free_port, post_json, scratch_dir, spawn_switchboard_with};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,59 +47,11 @@ async fn every_line_about_a_call_names_the_call_the_user_the_device_and_the_plat
     .await;
     let node = server.http;
 
-    for (user, device) in [
-        ("alice", json!({"deviceId": "alice-web", "platform": "web"})),
-        (
-            "bob",
-            json!({"deviceId": "bob-phone", "platform": "android", "push": {"fcm": push_support::PIXEL_FCM}}),
-        ),
-    ] {
-        let (status, body) = post_json(node, "/v1/devices", user, device).await;
-        assert_eq!(status, 200, "{body}");
-    }
-    let call = json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "alice-web"});
-    let (status, created) = post_json(node, "/v1/calls", "alice", call).await;
-    assert_eq!(status, 201, "{created}");
-    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fcm.accepted_for(push_support::PIXEL_FCM).is_empty() {
-        assert!(Instant::now() < deadline, "bob's phone was never pushed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let bob_phone = json!({"deviceId": "bob-phone"});
-    let (status, body) = post_json(
-        node,
-        &format!("/v1/calls/{call_id}/ack"),
-        "bob",
-        bob_phone.clone(),
-    )
+    let call = common::live::answered_video_call(node, push_support::PIXEL_FCM, || {
+        !fcm.accepted_for(push_support::PIXEL_FCM).is_empty()
+    })
     .await;
-    assert_eq!(status, 200, "{body}");
-    let (status, accepted) = post_json(
-        node,
-        &format!("/v1/calls/{call_id}/accept"),
-        "bob",
-        bob_phone,
-    )
-    .await;
-    assert_eq!(status, 200, "{accepted}");
-    let url = format!("ws://{node}/v1/rtc");
-    let talk = Duration::from_secs(2);
-    let (a, b) = tokio::join!(
-        run_bot(
-            "alice",
-            &url,
-            created["callToken"].as_str().unwrap().into(),
-            talk
-        ),
-        run_bot(
-            "bob",
-            &url,
-            accepted["callToken"].as_str().unwrap().into(),
-            talk
-        ),
-    );
-    assert!(a.received_from(b.participant_id.as_deref().unwrap()) > 20);
+    let call_id = call.call_id;
     let report = json!({"deviceId": "bob-phone", "reports": [{"type": "first_audio", "afterAcceptMs": 380}]});
     let (status, body) =
         post_json(node, &format!("/v1/calls/{call_id}/reports"), "bob", report).await;
@@ -180,7 +132,7 @@ async fn every_line_about_a_call_names_the_call_the_user_the_device_and_the_plat
         "the callId only in a line's own fields or span"
     );
     // Nothing secret: no tokens, no SDP.
-    let call_token = created["callToken"].as_str().unwrap();
+    let call_token = call.created["callToken"].as_str().unwrap();
     for secret in [
         call_token,
         push_support::PIXEL_FCM,

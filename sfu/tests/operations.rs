@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::live::{free_port, post_json, request, run_bot, scratch_dir};
+use common::live::{free_port, post_json, request, scratch_dir};
 use redis_server::RedisServer;
 use serde_json::{Value, json};
 
@@ -276,45 +276,16 @@ async fn prometheus_scrapes_a_call_and_every_metric_of_the_rules_and_dashboards_
     fcm.script(carol_token, &[(404, "UNREGISTERED", None)]);
     // Bob's first push meets an FCM hiccup and is retried.
     fcm.script(push_support::PIXEL_FCM, &[(500, "INTERNAL", None)]);
-    for (user, token) in [("bob", push_support::PIXEL_FCM), ("carol", carol_token)] {
-        let device = json!({"deviceId": format!("{user}-phone"), "platform": "android", "push": {"fcm": token}});
-        let (status, body) = post_json(node, "/v1/devices", user, device).await;
-        assert_eq!(status, 200, "{body}");
-    }
-
-    let call = json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "a1"});
-    let (status, created) = post_json(node, "/v1/calls", "alice", call).await;
-    assert_eq!(status, 201, "{created}");
-    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fcm.accepted_for(push_support::PIXEL_FCM).is_empty() {
-        assert!(Instant::now() < deadline, "bob's phone was never pushed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let bob_phone = json!({"deviceId": "bob-phone"});
-    let ack = format!("/v1/calls/{call_id}/ack");
-    let (status, body) = post_json(node, &ack, "bob", bob_phone.clone()).await;
+    let carol_phone =
+        json!({"deviceId": "carol-phone", "platform": "android", "push": {"fcm": carol_token}});
+    let (status, body) = post_json(node, "/v1/devices", "carol", carol_phone).await;
     assert_eq!(status, 200, "{body}");
-    let accept = format!("/v1/calls/{call_id}/accept");
-    let (status, accepted) = post_json(node, &accept, "bob", bob_phone).await;
-    assert_eq!(status, 200, "{accepted}");
-    let url = created["rtcUrl"].as_str().unwrap().to_string();
-    let talk = Duration::from_secs(2);
-    let (a, b) = tokio::join!(
-        run_bot(
-            "alice",
-            &url,
-            created["callToken"].as_str().unwrap().into(),
-            talk
-        ),
-        run_bot(
-            "bob",
-            &url,
-            accepted["callToken"].as_str().unwrap().into(),
-            talk
-        ),
-    );
-    assert!(a.received_from(b.participant_id.as_deref().unwrap()) > 20);
+
+    let call_id = common::live::answered_video_call(node, push_support::PIXEL_FCM, || {
+        !fcm.accepted_for(push_support::PIXEL_FCM).is_empty()
+    })
+    .await
+    .call_id;
     let end = format!("/v1/calls/{call_id}/end");
     let (status, body) = post_json(node, &end, "alice", json!({})).await;
     assert_eq!(status, 200, "{body}");

@@ -13,9 +13,8 @@ mod push_support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use common::live::{post_json, run_bot};
+use common::live::post_json;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -106,50 +105,11 @@ async fn a_call_is_one_trace_of_short_spans_under_a_root_named_by_its_call_id() 
     })
     .await;
     let node = server.http_addr;
-    for (user, device) in [
-        ("alice", json!({"deviceId": "alice-web", "platform": "web"})),
-        (
-            "bob",
-            json!({"deviceId": "bob-phone", "platform": "android", "push": {"fcm": push_support::PIXEL_FCM}}),
-        ),
-    ] {
-        let (status, body) = post_json(node, "/v1/devices", user, device).await;
-        assert_eq!(status, 200, "{body}");
-    }
-
-    let call = json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "alice-web"});
-    let (status, created) = post_json(node, "/v1/calls", "alice", call).await;
-    assert_eq!(status, 201, "{created}");
-    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fcm.accepted_for(push_support::PIXEL_FCM).is_empty() {
-        assert!(Instant::now() < deadline, "bob's phone was never pushed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let bob_phone = json!({"deviceId": "bob-phone"});
-    let ack = format!("/v1/calls/{call_id}/ack");
-    let (status, body) = post_json(node, &ack, "bob", bob_phone.clone()).await;
-    assert_eq!(status, 200, "{body}");
-    let accept = format!("/v1/calls/{call_id}/accept");
-    let (status, accepted) = post_json(node, &accept, "bob", bob_phone).await;
-    assert_eq!(status, 200, "{accepted}");
-    let url = common::live::ws_url(&server);
-    let talk = Duration::from_secs(2);
-    let (a, b) = tokio::join!(
-        run_bot(
-            "alice",
-            &url,
-            created["callToken"].as_str().unwrap().into(),
-            talk
-        ),
-        run_bot(
-            "bob",
-            &url,
-            accepted["callToken"].as_str().unwrap().into(),
-            talk
-        ),
-    );
-    assert!(a.received_from(b.participant_id.as_deref().unwrap()) > 20);
+    let call = common::live::answered_video_call(node, push_support::PIXEL_FCM, || {
+        !fcm.accepted_for(push_support::PIXEL_FCM).is_empty()
+    })
+    .await;
+    let call_id = call.call_id;
     let report = json!({"deviceId": "bob-phone", "reports": [{"type": "first_audio", "afterAcceptMs": 420}]});
     let path = format!("/v1/calls/{call_id}/reports");
     let (status, body) = post_json(node, &path, "bob", report).await;

@@ -416,3 +416,66 @@ pub async fn raw_request(
         .unwrap_or(0);
     (status, response)
 }
+
+/// A 1:1 video call as the apps make it, answered and talked on: alice
+/// (web device `alice-web`) calls bob (Android `bob-phone`, FCM token
+/// `bob_fcm`); once `pushed()` says bob's phone got its push, it acks
+/// (call UI shown) and accepts, and both talk through str0m bots for 2 s
+/// (media checked). The call is left connected.
+pub struct AnsweredCall {
+    pub call_id: String,
+    /// `POST /v1/calls`'s answer (alice's call token).
+    pub created: serde_json::Value,
+    /// The accept's answer (bob's call token).
+    pub accepted: serde_json::Value,
+}
+
+pub async fn answered_video_call(
+    node: SocketAddr,
+    bob_fcm: &str,
+    pushed: impl Fn() -> bool,
+) -> AnsweredCall {
+    use serde_json::json;
+    for (user, device) in [
+        ("alice", json!({"deviceId": "alice-web", "platform": "web"})),
+        (
+            "bob",
+            json!({"deviceId": "bob-phone", "platform": "android", "push": {"fcm": bob_fcm}}),
+        ),
+    ] {
+        let (status, body) = post_json(node, "/v1/devices", user, device).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let call = json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "alice-web"});
+    let (status, created) = post_json(node, "/v1/calls", "alice", call).await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pushed() {
+        assert!(Instant::now() < deadline, "bob's phone was never pushed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bob_phone = json!({"deviceId": "bob-phone"});
+    let ack = format!("/v1/calls/{call_id}/ack");
+    let (status, body) = post_json(node, &ack, "bob", bob_phone.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let accept = format!("/v1/calls/{call_id}/accept");
+    let (status, accepted) = post_json(node, &accept, "bob", bob_phone).await;
+    assert_eq!(status, 200, "{accepted}");
+    // A cluster names the room's node; one node is its own.
+    let url = created["rtcUrl"]
+        .as_str()
+        .map_or_else(|| format!("ws://{node}/v1/rtc"), str::to_string);
+    let talk = Duration::from_secs(2);
+    let token = |answer: &serde_json::Value| answer["callToken"].as_str().unwrap().to_string();
+    let (a, b) = tokio::join!(
+        run_bot("alice", &url, token(&created), talk),
+        run_bot("bob", &url, token(&accepted), talk),
+    );
+    assert!(a.received_from(b.participant_id.as_deref().unwrap()) > 20);
+    AnsweredCall {
+        call_id,
+        created,
+        accepted,
+    }
+}

@@ -166,7 +166,11 @@ impl Sim {
                     }
                     let sent = self.sent.entry(i).or_default();
                     *sent += 1;
-                    if self.lossy.get(&i).is_some_and(|every| sent.is_multiple_of(*every)) {
+                    if self
+                        .lossy
+                        .get(&i)
+                        .is_some_and(|every| sent.is_multiple_of(*every))
+                    {
                         continue;
                     }
                     self.engine.handle_input(
