@@ -14,6 +14,7 @@ pub mod call;
 pub mod call_token;
 pub mod call_trace;
 pub mod device;
+pub mod flags;
 pub mod lifecycle;
 pub mod metrics;
 pub mod nodes;
