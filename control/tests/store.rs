@@ -885,3 +885,55 @@ fn over_tls_the_store_trusts_the_ca_it_is_given_and_no_other() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Feature flags: a flag is set by compare-and-set on its version (two
+/// operators changing it from one version: the second is told), each
+/// change is recorded with who made it, and both handles (two nodes) see
+/// the same flags and history, newest first.
+#[test]
+fn conformance_flags_are_compare_and_set_and_every_change_is_recorded() {
+    use control::flags::{Flag, FlagState};
+    use control::store::FlagChange;
+    for (name, a, b) in &conformance_stores("flags").each {
+        assert!(a.flags().unwrap().is_empty(), "{name}");
+        let rollout = |percent| Flag {
+            state: FlagState::Rollout,
+            percent: Some(percent),
+            ..Flag::unset("video_calls")
+        };
+        let change = |by: &str, old: Option<Flag>, new: Flag, at| FlagChange {
+            at,
+            by: by.into(),
+            name: new.name.clone(),
+            old,
+            new,
+        };
+        let first = change("ops-key", None, rollout(1.0), T0);
+        assert!(a.put_flag(&first, 0).unwrap(), "{name}");
+        // Another operator, still looking at version 0: refused.
+        let stale = change("other-key", None, Flag::unset("video_calls"), T0 + 1);
+        assert!(!b.put_flag(&stale, 0).unwrap(), "{name}");
+        let flags = b.flags().unwrap();
+        assert_eq!(flags.len(), 1, "{name}");
+        assert_eq!(
+            (&flags[0].value, flags[0].version),
+            (&rollout(1.0), 1),
+            "{name}"
+        );
+        let second = change("ops-key", Some(rollout(1.0)), rollout(10.0), T0 + 2);
+        assert!(b.put_flag(&second, 1).unwrap(), "{name}");
+        let other = change("ops-key", None, Flag::unset("new_ringtone"), T0 + 3);
+        assert!(a.put_flag(&other, 0).unwrap(), "{name}");
+        let names: Vec<String> = a
+            .flags()
+            .unwrap()
+            .into_iter()
+            .map(|f| f.value.name)
+            .collect();
+        assert_eq!(names, ["new_ringtone", "video_calls"], "{name}");
+        let newest_first = [other.clone(), second, first];
+        assert_eq!(a.flag_changes(10).unwrap(), newest_first, "{name}");
+        assert_eq!(b.flag_changes(1).unwrap(), [other], "{name}");
+        assert!(a.flag_changes(0).unwrap().is_empty(), "{name}");
+    }
+}

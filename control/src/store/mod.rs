@@ -14,6 +14,7 @@ pub use sqlite::SqliteStore;
 
 use crate::call::{Call, CallState, UnixMillis};
 use crate::device::Device;
+use crate::flags::Flag;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -105,6 +106,21 @@ pub struct IdempotencyRecord {
     pub body: String,
     pub expires_at: UnixMillis,
 }
+
+/// One audited change of a feature flag: who (the API key's id), when, the
+/// flag before (`None`: never set, so its default) and after.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlagChange {
+    pub at: UnixMillis,
+    pub by: String,
+    pub name: String,
+    pub old: Option<Flag>,
+    pub new: Flag,
+}
+
+/// Flag changes kept, newest first; older ones are dropped.
+pub const MAX_FLAG_CHANGES: usize = 10_000;
 
 /// An event for the app backend's webhook endpoint, to be queued with the
 /// change it reports (`crate::webhooks`).
@@ -254,4 +270,16 @@ pub trait Store: Send + Sync {
     -> Result<bool, StoreError>;
     /// Drops expired idempotency records; returns how many.
     fn expire_idempotency(&self, now: UnixMillis) -> Result<usize, StoreError>;
+
+    /// The flags operators set, by name, each with its version (a flag
+    /// never set is at its default, version 0).
+    fn flags(&self) -> Result<Vec<Versioned<Flag>>, StoreError>;
+    /// Sets `change.new` if the flag's version is still `expected` (0: never
+    /// set), by compare-and-set: of two operators changing one flag at
+    /// once, one wins and the other is told. Records the change in the same
+    /// atomic step and keeps the newest [`MAX_FLAG_CHANGES`] changes.
+    /// False: it changed meanwhile.
+    fn put_flag(&self, change: &FlagChange, expected: u64) -> Result<bool, StoreError>;
+    /// The newest `limit` flag changes, newest first.
+    fn flag_changes(&self, limit: usize) -> Result<Vec<FlagChange>, StoreError>;
 }

@@ -8,10 +8,12 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    IdempotencyRecord, Insertion, NewEvent, QueuedEvent, Store, StoreError, TokenMove, Versioned,
+    FlagChange, IdempotencyRecord, Insertion, MAX_FLAG_CHANGES, NewEvent, QueuedEvent, Store,
+    StoreError, TokenMove, Versioned,
 };
 use crate::call::{Call, CallState, UnixMillis};
 use crate::device::Device;
+use crate::flags::Flag;
 
 pub struct SqliteStore {
     // rusqlite connections are not Sync; calls are short and never held
@@ -65,6 +67,15 @@ CREATE INDEX IF NOT EXISTS event_outbox_due ON event_outbox(next_attempt_at);
 CREATE TABLE IF NOT EXISTS event_sequence (
     call_id TEXT PRIMARY KEY,
     last INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flags (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flag_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    json TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS idempotency (
     user_id TEXT NOT NULL,
@@ -688,5 +699,71 @@ impl Store for SqliteStore {
                 params![now as i64],
             )
             .map_err(backend)
+    }
+
+    fn flags(&self) -> Result<Vec<Versioned<Flag>>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT json, version FROM flags ORDER BY name")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(backend)?;
+        rows.map(|row| {
+            let (json, version) = row.map_err(backend)?;
+            Ok(Versioned {
+                value: decode(&json)?,
+                version: version as u64,
+            })
+        })
+        .collect()
+    }
+
+    fn put_flag(&self, change: &FlagChange, expected: u64) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let version: i64 = tx
+            .query_row(
+                "SELECT version FROM flags WHERE name = ?1",
+                params![change.name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?
+            .unwrap_or(0);
+        if version as u64 != expected {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO flags (name, version, json) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET version = excluded.version, json = excluded.json",
+            params![change.name, version + 1, encode(&change.new)],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO flag_changes (json) VALUES (?1)",
+            params![encode(change)],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "DELETE FROM flag_changes WHERE id <= (SELECT MAX(id) FROM flag_changes) - ?1",
+            params![MAX_FLAG_CHANGES as i64],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(true)
+    }
+
+    fn flag_changes(&self, limit: usize) -> Result<Vec<FlagChange>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT json FROM flag_changes ORDER BY id DESC LIMIT ?1")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| r.get::<_, String>(0))
+            .map_err(backend)?;
+        rows.map(|json| decode(&json.map_err(backend)?)).collect()
     }
 }

@@ -36,6 +36,8 @@
 //! | `P acks` | zset | rings waiting for their acknowledgement (`<call>\n<user>\n<device>`) by deadline |
 //! | `P socks:<user>` | hash | device id -> the node holding its events socket |
 //! | `P relay:<node>` | channel | device events for the sockets that node holds |
+//! | `P flags` / `P flags:version` | hash | flag name -> its JSON / its version (compare-and-set) |
+//! | `P flags:changes` | list | flag changes (JSON), newest first, trimmed |
 
 use std::time::Duration;
 
@@ -49,10 +51,12 @@ pub use cluster::RedisSockets;
 use scripts::{INDEX_CALL, INSERT_CALL, PRELUDE, Scripts};
 
 use super::{
-    IdempotencyRecord, Insertion, NewEvent, QueuedEvent, Store, StoreError, TokenMove, Versioned,
+    FlagChange, IdempotencyRecord, Insertion, MAX_FLAG_CHANGES, NewEvent, QueuedEvent, Store,
+    StoreError, TokenMove, Versioned,
 };
 use crate::call::{Call, CallState, UnixMillis};
 use crate::device::{Device, PushTokens};
+use crate::flags::Flag;
 
 /// How long a request waits for a pooled connection (or a new one) before
 /// answering `store_unavailable`, and how long one command may take.
@@ -800,5 +804,56 @@ impl Store for RedisStore {
 
     fn expire_idempotency(&self, now: UnixMillis) -> Result<usize, StoreError> {
         self.run(self.scripts.expire_idempotency.arg(&self.prefix).arg(now))
+    }
+
+    fn flags(&self) -> Result<Vec<Versioned<Flag>>, StoreError> {
+        let mut conn = self.conn()?;
+        let (flags, versions): (
+            std::collections::BTreeMap<String, String>,
+            std::collections::HashMap<String, u64>,
+        ) = redis::pipe()
+            .atomic()
+            .cmd("HGETALL")
+            .arg(self.key(&["flags"]))
+            .cmd("HGETALL")
+            .arg(self.key(&["flags:version"]))
+            .query(&mut *conn)
+            .map_err(|e| self.fail(e))?;
+        flags
+            .into_iter()
+            .map(|(name, json)| {
+                Ok(Versioned {
+                    value: decode(&json)?,
+                    version: versions.get(&name).copied().unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    fn put_flag(&self, change: &FlagChange, expected: u64) -> Result<bool, StoreError> {
+        let n: i64 = self.run(
+            self.scripts
+                .put_flag
+                .arg(&self.prefix)
+                .arg(&change.name)
+                .arg(expected)
+                .arg(encode(&change.new))
+                .arg(encode(change))
+                .arg(MAX_FLAG_CHANGES),
+        )?;
+        Ok(n == 1)
+    }
+
+    fn flag_changes(&self, limit: usize) -> Result<Vec<FlagChange>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let changes: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.key(&["flags:changes"]))
+            .arg(0)
+            .arg(limit - 1)
+            .query(&mut *self.conn()?)
+            .map_err(|e| self.fail(e))?;
+        changes.iter().map(|json| decode(json)).collect()
     }
 }

@@ -26,6 +26,7 @@ pub(super) struct Scripts {
     pub(super) finish_idempotency: Script,
     pub(super) release_idempotency: Script,
     pub(super) expire_idempotency: Script,
+    pub(super) put_flag: Script,
     pub(super) node_heartbeat: Script,
     pub(super) live_nodes: Script,
     pub(super) socket_opened: Script,
@@ -420,6 +421,18 @@ end
 return took
 "#;
 
+/// ARGV: P, name, expected version, flag JSON, change JSON, changes kept.
+/// 1: written; 0: the flag's version was not the expected one.
+const PUT_FLAG: &str = r#"
+local version = tonumber(redis.call('HGET', P .. 'flags:version', ARGV[2]) or '0')
+if version ~= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', P .. 'flags', ARGV[2], ARGV[4])
+redis.call('HSET', P .. 'flags:version', ARGV[2], version + 1)
+redis.call('LPUSH', P .. 'flags:changes', ARGV[5])
+redis.call('LTRIM', P .. 'flags:changes', 0, tonumber(ARGV[6]) - 1)
+return 1
+"#;
+
 /// ARGV: P, now.
 const EXPIRE_IDEMPOTENCY: &str = r#"
 local n = 0
@@ -453,6 +466,7 @@ impl Scripts {
             finish_idempotency: script(FINISH_IDEMPOTENCY),
             release_idempotency: script(RELEASE_IDEMPOTENCY),
             expire_idempotency: script(EXPIRE_IDEMPOTENCY),
+            put_flag: script(PUT_FLAG),
             node_heartbeat: script(NODE_HEARTBEAT),
             live_nodes: script(LIVE_NODES),
             socket_opened: script(SOCKET_OPENED),
