@@ -75,10 +75,46 @@ pub enum FlagState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VersionRange {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max: Option<String>,
+}
+
+/// A count or version as JSON has it: a whole number, also when written
+/// `7.0` (JSON does not tell integers apart), up to 2^53 - 1.
+pub(crate) fn whole_number<'de, D>(d: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= 9_007_199_254_740_991.0)
+                .map(|f| f as u64)
+        })
+        .filter(|n| *n <= 9_007_199_254_740_991)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("expected a whole number from 0 to 2^53 - 1"))
+}
+
+/// An optional field is left out when absent: `null` is not a value (as
+/// the contract says), so it is refused rather than read as absent.
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// Who a flag is evaluated for: a user on one device.

@@ -283,7 +283,7 @@ async fn a_redis_outage_is_503_store_unavailable_and_writes_nothing() {
 
 /// `GET /v1/nodes` with the API key alone.
 async fn list_nodes(addr: std::net::SocketAddr) -> (u16, Value) {
-    let auth = operator_auth();
+    let auth = common::live::operator_auth();
     let (status, body) = request(addr, "GET", "/v1/nodes", &[("Authorization", &auth)], "").await;
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
@@ -305,17 +305,6 @@ async fn process_node(
     ];
     all.extend_from_slice(env);
     spawn_switchboard(&scratch_dir(), free_port(), free_port(), &all).await
-}
-
-/// `Authorization` for the API key alone (operator routes).
-fn operator_auth() -> String {
-    use base64::Engine as _;
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        common::live::API_KEY_ID,
-        common::live::API_KEY_SECRET
-    ));
-    format!("Basic {basic}")
 }
 
 fn node_ids(list: &Value) -> Vec<String> {
@@ -768,7 +757,7 @@ async fn a_node_drained_through_the_api_exits_0() {
     let bots = spawn_bots(&leaving_url, &created, &accepted, Duration::from_secs(9));
 
     let drain = |node: &'static str| {
-        let auth = operator_auth();
+        let auth = common::live::operator_auth();
         async move {
             request(
                 staying.http,

@@ -236,6 +236,10 @@ const PROVOKED_ELSEWHERE: &[(&str, &str)] = &[
         "sfu/tests/cluster.rs: requests while Redis is killed",
     ),
     (
+        "too_many_flags",
+        "sfu/tests/flags.rs: the 65th flag of one's own",
+    ),
+    (
         "idempotent_replay",
         "a create refused 409 (its crossed call changed meanwhile) and retried with its key: a race no request stages",
     ),
@@ -474,6 +478,18 @@ async fn every_documented_error_code_is_reachable() {
     // Limits: the third call to zed within a minute.
     for _ in 0..4 {
         create("ann", "zed").await;
+    }
+    // Flags, as an operator: a change decided on a version that is gone.
+    for _ in 0..2 {
+        let auth = common::live::operator_auth();
+        let body = json!({"state": "off", "expectedVersion": 0}).to_string();
+        let headers = [("Authorization", auth.as_str())];
+        let (status, reply) =
+            http_with(&server, "PUT", "/v1/flags/catalogue", &headers, &body).await;
+        let reply: Value = serde_json::from_str(&reply).unwrap_or(Value::Null);
+        if let Some(code) = reply["code"].as_str() {
+            seen.lock().unwrap().push((code.to_string(), status));
+        }
     }
     // Routes.
     call("PUT", "/v1/calls".into(), "ann", vec![], Value::Null).await;

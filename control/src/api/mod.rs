@@ -4,6 +4,7 @@
 
 mod error;
 mod events;
+mod flags;
 mod views;
 
 use std::sync::Arc;
@@ -166,6 +167,9 @@ pub fn routes() -> Vec<Route> {
         route(Method::GET, "/v1/events", events::events_socket),
         route(Method::GET, "/v1/nodes", list_nodes),
         route(Method::POST, "/v1/nodes/{nodeId}/drain", drain_node),
+        route(Method::GET, "/v1/flags", flags::list_flags),
+        route(Method::GET, "/v1/flags/changes", flags::flag_changes),
+        route(Method::PUT, "/v1/flags/{name}", flags::put_flag),
     ]
 }
 
@@ -242,7 +246,9 @@ fn from_object<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
 
 /// An operator: the app backend's API key, acting for nobody
 /// (`X-Switchboard-User` is not needed). A user token is refused (403).
-pub struct Operator;
+/// An operator's request: the API key alone. Holds the key's id (who
+/// changed what, in audit records).
+pub struct Operator(pub String);
 
 impl<S> FromRequestParts<S> for Operator
 where
@@ -267,7 +273,7 @@ where
         }
         let key_id = state.auth.authenticate_api_key(authorization)?;
         state.limits.check_request(&key_id, "")?;
-        Ok(Operator)
+        Ok(Operator(key_id))
     }
 }
 

@@ -90,6 +90,14 @@ fn test_config(adjust: impl FnOnce(&mut Config)) -> Config {
 pub const API_KEY_ID: &str = "test-key";
 pub const API_KEY_SECRET: &str = "test-key-secret-test-key-secret-test";
 
+/// `Authorization` for the API key alone (operator routes).
+pub fn operator_auth() -> String {
+    use base64::Engine as _;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{API_KEY_ID}:{API_KEY_SECRET}"));
+    format!("Basic {basic}")
+}
+
 /// A fresh directory under the system temp dir for one server's store.
 pub fn scratch_dir() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};

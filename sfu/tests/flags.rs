@@ -1,0 +1,181 @@
+//! Feature flags through the operator API, on a real server: the API key
+//! sets and reads them, a user token may not, every change is recorded
+//! with the key that made it, and a change decided on a stale version is
+//! refused. Bad settings get typed errors and change nothing.
+
+mod common;
+
+use common::live::{operator_auth, request, start_server, user_token};
+use serde_json::{Value, json};
+
+async fn operator(
+    server: &sfu::server::Running,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
+    let auth = operator_auth();
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let (status, text) = request(
+        server.http_addr,
+        method,
+        path,
+        &[("Authorization", &auth)],
+        &body,
+    )
+    .await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_set_flags_by_version_and_every_change_is_recorded() {
+    let server = start_server().await;
+    let (status, list) = operator(&server, "GET", "/v1/flags", Value::Null).await;
+    assert_eq!(status, 200, "{list}");
+    for built_in in ["calling", "incoming_call_ui", "audio_calls", "video_calls"] {
+        let flag = named(&list, built_in);
+        assert_eq!(
+            (&flag["state"], &flag["version"], &flag["builtIn"]),
+            (&json!("on"), &json!(0), &json!(true)),
+            "{flag}"
+        );
+    }
+
+    let ten = json!({"state": "rollout", "percent": 10, "platforms": ["ios"], "appVersions": {"min": "2.14"}, "expectedVersion": 0});
+    let (status, set) = operator(&server, "PUT", "/v1/flags/video_calls", ten).await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(
+        (&set["version"], &set["percent"], &set["platforms"]),
+        (&json!(1), &json!(10.0), &json!(["ios"])),
+        "{set}"
+    );
+    // Decided on version 0, which is gone: refused, nothing changes.
+    let stale = json!({"state": "off", "expectedVersion": 0});
+    let (status, body) = operator(&server, "PUT", "/v1/flags/video_calls", stale).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("version_mismatch")),
+        "{body}"
+    );
+    let (status, body) = operator(
+        &server,
+        "PUT",
+        "/v1/flags/video_calls",
+        json!({"state": "on", "percent": 40}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.get("percent").is_none(),
+        "a percent means nothing to `on`: {body}"
+    );
+
+    // Refused with a typed error, and nothing recorded.
+    for (path, bad) in [
+        ("/v1/flags/video_calls", json!({"state": "rollout"})),
+        (
+            "/v1/flags/video_calls",
+            json!({"state": "rollout", "percent": 120}),
+        ),
+        (
+            "/v1/flags/video_calls",
+            json!({"state": "on", "appVersions": {"min": "2.x"}}),
+        ),
+        (
+            "/v1/flags/video_calls",
+            json!({"state": "on", "percent": null}),
+        ),
+        (
+            "/v1/flags/video_calls",
+            json!({"state": "on", "colour": "red"}),
+        ),
+        ("/v1/flags/Video-Calls", json!({"state": "on"})),
+    ] {
+        let (status, body) = operator(&server, "PUT", path, bad.clone()).await;
+        assert_eq!(
+            (status, &body["code"]),
+            (400, &json!("bad_request")),
+            "{bad}: {body}"
+        );
+    }
+    // Devices do not operate flags.
+    let (status, body) = common::live::http_with(
+        &server,
+        "PUT",
+        "/v1/flags/calling",
+        &[("Authorization", &format!("Bearer {}", user_token("alice")))],
+        r#"{"state": "off"}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+
+    let (status, changes) =
+        operator(&server, "GET", "/v1/flags/changes?limit=10", Value::Null).await;
+    assert_eq!(status, 200, "{changes}");
+    let changes = changes["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0]["new"]["state"], "on");
+    assert_eq!(changes[0]["old"]["state"], "rollout");
+    assert_eq!(
+        changes[1]["old"],
+        Value::Null,
+        "first set: from its default"
+    );
+    for change in changes {
+        assert_eq!(change["by"], common::live::API_KEY_ID);
+        assert_eq!(change["name"], "video_calls");
+        assert!(change["at"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    let (_, list) = operator(&server, "GET", "/v1/flags", Value::Null).await;
+    assert_eq!(named(&list, "video_calls")["version"], 2);
+    assert_eq!(named(&list, "calling")["version"], 0);
+    server.shutdown().await;
+}
+
+/// Flags of one's own are bounded (each is read on every registration);
+/// built-in flags do not count, and changing an existing flag is always
+/// allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_64_flags_of_ones_own() {
+    let server = start_server().await;
+    let set = |name: String| {
+        let server = &server;
+        async move {
+            operator(
+                server,
+                "PUT",
+                &format!("/v1/flags/{name}"),
+                json!({"state": "on"}),
+            )
+            .await
+        }
+    };
+    for i in 0..64 {
+        let (status, body) = set(format!("own_{i}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = set("own_64".into()).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("too_many_flags")),
+        "{body}"
+    );
+    for still_fine in ["own_3", "calling"] {
+        let (status, body) = set(still_fine.into()).await;
+        assert_eq!(status, 200, "{still_fine}: {body}");
+    }
+    server.shutdown().await;
+}
