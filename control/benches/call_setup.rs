@@ -45,6 +45,7 @@ fn service(store: Arc<dyn Store>) -> CallService {
         max_ringing_devices: 3,
         event_webhooks: Vec::new(),
         placer: None,
+        flags: Default::default(),
     }
 }
 
@@ -91,6 +92,7 @@ fn setups(c: &mut Criterion) {
                     participant_id: "pb".into(),
                     devices: vec!["b1".into()],
                     busy: false,
+                    unsupported: false,
                 }],
                 Timeouts::default(),
                 T0,

@@ -239,6 +239,28 @@ impl Flag {
     }
 }
 
+/// Every flag as set, and the unset ones at their defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlagSet {
+    pub flags: Vec<Flag>,
+}
+
+impl FlagSet {
+    /// Whether flag `name` is on for `who` (a flag never set: its default).
+    pub fn is_on(&self, name: &str, who: &Subject<'_>) -> bool {
+        match self.flags.iter().find(|f| f.name == name) {
+            Some(flag) => flag.is_on(who),
+            None => Flag::unset(name).is_on(who),
+        }
+    }
+
+    /// Whether a device may ring: calling is on for it and so is its
+    /// system call UI.
+    pub fn may_ring(&self, who: &Subject<'_>) -> bool {
+        self.is_on(CALLING, who) && self.is_on(INCOMING_CALL_UI, who)
+    }
+}
+
 /// A flag name: what clients and metric labels carry.
 pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::call::{
     Accepted, Call, CallError, CallType, Callee, CallerDisplay, Effect, Timeouts, UnixMillis,
 };
+use crate::flags::{FlagSet, Subject};
 use crate::store::{Insertion, Store, StoreError};
 
 /// How many devices of each callee ring (most recently seen first).
@@ -81,6 +82,40 @@ pub struct CallService {
     /// Places new calls' rooms on nodes; `None`: rooms are not placed
     /// (call control on its own, in tests).
     pub placer: Option<Arc<crate::placement::Placer>>,
+    /// The feature flags as this node last read them.
+    pub flags: FlagCache,
+}
+
+/// How old the flags a node acts on may be: a change reaches every node
+/// within this (and at once on the node that made it).
+pub const FLAG_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The feature flags as this node last read them from the store, read
+/// again when older than [`FLAG_REFRESH`].
+#[derive(Default)]
+pub struct FlagCache {
+    read: std::sync::Mutex<Option<(std::time::Instant, Arc<FlagSet>)>>,
+}
+
+impl FlagCache {
+    pub fn get(&self, store: &dyn Store) -> Result<Arc<FlagSet>, ServiceError> {
+        let now = std::time::Instant::now();
+        if let Some((at, set)) = &*self.read.lock().unwrap_or_else(|e| e.into_inner())
+            && now.duration_since(*at) < FLAG_REFRESH
+        {
+            return Ok(set.clone());
+        }
+        let set = Arc::new(FlagSet {
+            flags: store.flags()?.into_iter().map(|f| f.value).collect(),
+        });
+        *self.read.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, set.clone()));
+        Ok(set)
+    }
+
+    /// Read again at the next use (this node changed a flag).
+    pub fn forget(&self) {
+        *self.read.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 /// The most people one call rings.
@@ -144,20 +179,32 @@ impl CallService {
                     .and_then(|d| d.region),
             });
         }
+        let flags = self.flags.get(&*self.store)?;
         for user in callees {
             let devices = self.store.devices_of(user)?;
             if regions_matter {
                 // Their most recently seen device with a hint speaks for them.
                 regions.extend(devices.iter().find_map(|d| d.region.clone()));
             }
-            let devices = devices
+            let registered = !devices.is_empty();
+            // Only devices calling is on for, with their call UI on.
+            let devices: Vec<String> = devices
                 .into_iter()
+                .filter(|d| {
+                    flags.may_ring(&Subject {
+                        user_id: user,
+                        platform: d.platform,
+                        app_version: d.app_version.as_deref(),
+                        region: d.region.as_deref(),
+                    })
+                })
                 .take(self.max_ringing_devices)
                 .map(|d| d.device_id)
                 .collect();
             list.push(Callee {
                 user_id: user.clone(),
                 participant_id: participant_id(&call_id, user),
+                unsupported: registered && devices.is_empty(),
                 devices,
                 busy: self.in_connected_call(user)?,
             });

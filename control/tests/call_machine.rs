@@ -19,6 +19,7 @@ fn callee(user: &str, devices: &[&str]) -> Callee {
         participant_id: format!("p-{user}"),
         devices: devices.iter().map(|d| d.to_string()).collect(),
         busy: false,
+        unsupported: false,
     }
 }
 

@@ -43,6 +43,7 @@ fn call(id: &str, caller: &str, callee: &str, at: UnixMillis) -> Call {
             participant_id: format!("p-{callee}"),
             devices: vec![format!("{callee}-d")],
             busy: false,
+            unsupported: false,
         }],
         Timeouts::default(),
         at,
@@ -360,6 +361,7 @@ fn group_call(id: &str, caller: &str, callees: &[&str], at: UnixMillis) -> Call 
             participant_id: format!("p-{c}"),
             devices: vec![format!("{c}-d")],
             busy: false,
+            unsupported: false,
         })
         .collect();
     Call::create(

@@ -325,6 +325,7 @@ impl CallApi {
             max_ringing_devices: 3,
             event_webhooks: Vec::new(),
             placer: None,
+            flags: Default::default(),
         };
         let unlimited = Rate::per_second(1_000_000);
         let state = control::api::ControlState {

@@ -5,6 +5,9 @@
 
 mod common;
 
+#[path = "../../control/tests/support/mod.rs"]
+mod push_support;
+
 use common::live::{operator_auth, request, start_server, user_token};
 use serde_json::{Value, json};
 
@@ -176,6 +179,104 @@ async fn at_most_64_flags_of_ones_own() {
     for still_fine in ["own_3", "calling"] {
         let (status, body) = set(still_fine.into()).await;
         assert_eq!(status, 200, "{still_fine}: {body}");
+    }
+    server.shutdown().await;
+}
+
+/// The server acts on the flags at once: a callee for whom calling is off
+/// is not pushed and the call ends `unsupported`; with the call UI off on
+/// Android only, the phone is not pushed while the browser still rings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_ring_only_the_devices_the_flags_let_ring() {
+    use common::live::post_as;
+    let fcm = push_support::fcm::FakeFcm::start().await;
+    let server = common::live::start_server_with_configured_push(|c| {
+        common::live::push_through_fcm_stand_in(
+            c,
+            &fcm.server.url,
+            &fcm.service_account_json,
+            &fcm.server.ca_pem,
+        );
+    })
+    .await;
+    for device in [
+        json!({"deviceId": "bob-phone", "platform": "android", "appVersion": "2.14.0", "push": {"fcm": push_support::PIXEL_FCM}}),
+        json!({"deviceId": "bob-laptop", "platform": "web"}),
+    ] {
+        let (status, body) = post_as(&server, "/v1/devices", "bob", device).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let call_bob = || async {
+        let call = json!({"calleeUserIds": ["bob"], "type": "audio", "deviceId": "alice-web"});
+        post_as(&server, "/v1/calls", "alice", call).await
+    };
+
+    let (status, body) = operator(
+        &server,
+        "PUT",
+        "/v1/flags/calling",
+        json!({"state": "on", "denyUsers": ["bob"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, created) = call_bob().await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        (&created["call"]["state"], &created["call"]["endReason"]),
+        (&json!("ended"), &json!("unsupported")),
+        "{created}"
+    );
+
+    let (status, body) =
+        operator(&server, "PUT", "/v1/flags/calling", json!({"state": "on"})).await;
+    assert_eq!(status, 200, "{body}");
+    let ui_on_web_only = json!({"state": "on", "platforms": ["web", "ios"]});
+    let (status, body) =
+        operator(&server, "PUT", "/v1/flags/incoming_call_ui", ui_on_web_only).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, created) = call_bob().await;
+    assert_eq!(
+        (status, &created["call"]["state"]),
+        (201, &json!("ringing")),
+        "{created}"
+    );
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        fcm.accepted_for(push_support::PIXEL_FCM).is_empty(),
+        "the phone's call UI is off: no push"
+    );
+    let (status, body) = post_as(
+        &server,
+        &format!("/v1/calls/{call_id}/cancel"),
+        "alice",
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Back on for Android: the phone rings again (its first push).
+    let (status, body) = operator(
+        &server,
+        "PUT",
+        "/v1/flags/incoming_call_ui",
+        json!({"state": "on"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, created) = call_bob().await;
+    assert_eq!(
+        (status, &created["call"]["state"]),
+        (201, &json!("ringing")),
+        "{created}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fcm.accepted_for(push_support::PIXEL_FCM).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the phone was never pushed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     server.shutdown().await;
 }

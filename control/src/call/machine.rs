@@ -62,10 +62,12 @@ pub enum EndReason {
     DeclinedElsewhere,
     NoDevices,
     Failed,
+    /// Calling is off (feature flags) for every callee on every device.
+    Unsupported,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 9] = [
+    pub const ALL: [EndReason; 10] = [
         EndReason::Completed,
         EndReason::Declined,
         EndReason::Busy,
@@ -75,6 +77,7 @@ impl EndReason {
         EndReason::DeclinedElsewhere,
         EndReason::NoDevices,
         EndReason::Failed,
+        EndReason::Unsupported,
     ];
 
     /// The wire name (`"caller_cancelled"`), also the metric label.
@@ -88,6 +91,7 @@ impl EndReason {
             EndReason::AnsweredElsewhere => "answered_elsewhere",
             EndReason::DeclinedElsewhere => "declined_elsewhere",
             EndReason::NoDevices => "no_devices",
+            EndReason::Unsupported => "unsupported",
             EndReason::Failed => "failed",
         }
     }
@@ -191,6 +195,9 @@ pub struct Callee {
     pub devices: Vec<String>,
     /// Already in a connected call.
     pub busy: bool,
+    /// Calling is off (feature flags) on every device the callee has; none
+    /// is in `devices`.
+    pub unsupported: bool,
 }
 
 /// What happened, for the participants' devices (`call.*` events).
@@ -315,7 +322,7 @@ impl Call {
     }
 
     /// Creates a call and rings the callees' devices. A call nobody can be
-    /// rung for ends at once (`busy` or `no_devices`).
+    /// rung for ends at once (`busy`, `unsupported` or `no_devices`).
     pub fn create(
         call_id: String,
         call_type: CallType,
@@ -335,6 +342,7 @@ impl Call {
             rings: Vec::new(),
         }];
         let mut effects = Vec::new();
+        let unsupported = callees.iter().any(|c| c.unsupported && !c.busy);
         for callee in callees {
             let state = if callee.busy {
                 ParticipantState::Busy
@@ -397,6 +405,8 @@ impl Call {
         } else {
             let reason = if callees().any(|p| p.state == ParticipantState::Busy) {
                 EndReason::Busy
+            } else if unsupported {
+                EndReason::Unsupported
             } else {
                 EndReason::NoDevices
             };

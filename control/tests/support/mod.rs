@@ -170,6 +170,7 @@ pub fn service_with(
         max_ringing_devices: 5,
         event_webhooks: Vec::new(),
         placer: None,
+        flags: Default::default(),
     }
 }
 

@@ -427,6 +427,7 @@ fn start_control(
         max_ringing_devices: config.max_ringing_devices,
         event_webhooks: event_endpoints(config),
         placer,
+        flags: Default::default(),
     };
     let (requests, creates, rings) = (
         control::rate_limit::Rate::per_second(config.api_requests_per_second),
