@@ -254,6 +254,18 @@ impl FlagSet {
         }
     }
 
+    /// Every flag, built-in and set, as it is for `who`: what a device is
+    /// told (at registration and over its events socket).
+    pub fn for_device(&self, who: &Subject<'_>) -> std::collections::BTreeMap<String, bool> {
+        let names = BUILT_IN
+            .iter()
+            .copied()
+            .chain(self.flags.iter().map(|f| f.name.as_str()));
+        names
+            .map(|name| (name.to_string(), self.is_on(name, who)))
+            .collect()
+    }
+
     /// Whether a device may ring: calling is on for it and so is its
     /// system call UI.
     pub fn may_ring(&self, who: &Subject<'_>) -> bool {

@@ -91,13 +91,29 @@ pub struct CallService {
 pub const FLAG_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The feature flags as this node last read them from the store, read
-/// again when older than [`FLAG_REFRESH`].
-#[derive(Default)]
+/// again when older than [`FLAG_REFRESH`]. Each new set is also published
+/// to the events sockets ([`FlagCache::subscribe`]), which tell their
+/// devices what changed for them.
 pub struct FlagCache {
     read: std::sync::Mutex<Option<(std::time::Instant, Arc<FlagSet>)>>,
+    published: tokio::sync::watch::Sender<Arc<FlagSet>>,
+}
+
+impl Default for FlagCache {
+    fn default() -> FlagCache {
+        FlagCache {
+            read: std::sync::Mutex::default(),
+            published: tokio::sync::watch::Sender::new(Arc::default()),
+        }
+    }
 }
 
 impl FlagCache {
+    /// The flags as they change (a set differing from the one before).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<FlagSet>> {
+        self.published.subscribe()
+    }
+
     pub fn get(&self, store: &dyn Store) -> Result<Arc<FlagSet>, ServiceError> {
         let now = std::time::Instant::now();
         if let Some((at, set)) = &*self.read.lock().unwrap_or_else(|e| e.into_inner())
@@ -105,16 +121,25 @@ impl FlagCache {
         {
             return Ok(set.clone());
         }
+        self.refresh(store)
+    }
+
+    /// Reads the flags now, whatever the age of the last read, and
+    /// publishes them if they changed.
+    pub fn refresh(&self, store: &dyn Store) -> Result<Arc<FlagSet>, ServiceError> {
+        let now = std::time::Instant::now();
         let set = Arc::new(FlagSet {
             flags: store.flags()?.into_iter().map(|f| f.value).collect(),
         });
         *self.read.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, set.clone()));
+        self.published.send_if_modified(|published| {
+            let changed = **published != *set;
+            if changed {
+                *published = set.clone();
+            }
+            changed
+        });
         Ok(set)
-    }
-
-    /// Read again at the next use (this node changed a flag).
-    pub fn forget(&self) {
-        *self.read.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 

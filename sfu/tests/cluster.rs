@@ -1501,3 +1501,24 @@ async fn a_call_whose_node_died_and_nobody_rejoined_is_reaped() {
         "{again}"
     );
 }
+
+/// A flag changed through one node reaches a device's events socket on
+/// another node within 5 s (each node reads the flags every 2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_change_reaches_sockets_on_every_node_within_5_s() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, "flags").await, node(&redis, "flags").await);
+    register(&a, "bob", "bob-web").await;
+    let mut ws = events(&b, "bob", "bob-web").await;
+    let (status, body) = request(
+        a.http_addr,
+        "PUT",
+        "/v1/flags/calling",
+        &[("Authorization", &common::live::operator_auth())],
+        &json!({"state": "off"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let told = next_of(&mut ws, "flags").await;
+    assert_eq!(told["flags"]["calling"], false, "{told}");
+}

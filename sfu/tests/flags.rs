@@ -280,3 +280,56 @@ async fn calls_ring_only_the_devices_the_flags_let_ring() {
     }
     server.shutdown().await;
 }
+
+/// A device learns its flags when it registers and when its events socket
+/// authenticates, and is told at once when one changes for it; a change
+/// that does not concern it (another platform) says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_get_their_flags_and_hear_when_they_change() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = start_server().await;
+    let phone = json!({"deviceId": "bob-phone", "platform": "android", "appVersion": "3.1.0"});
+    let (status, registered) = common::live::post_as(&server, "/v1/devices", "bob", phone).await;
+    assert_eq!(status, 200, "{registered}");
+    assert_eq!(
+        registered["flags"],
+        json!({"audio_calls": true, "calling": true, "incoming_call_ui": true, "video_calls": true})
+    );
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/events", server.http_addr))
+            .await
+            .unwrap();
+    let auth = json!({"type": "auth", "token": user_token("bob"), "deviceId": "bob-phone"});
+    ws.send(Message::text(auth.to_string())).await.unwrap();
+    let mut next = async || -> Value {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s");
+        match msg {
+            Some(Ok(Message::Text(t))) => serde_json::from_str(&t).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let authenticated = next().await;
+    assert_eq!(authenticated["type"], "authenticated");
+    assert_eq!(
+        authenticated["flags"]["video_calls"], true,
+        "{authenticated}"
+    );
+
+    // Narrowed to Android: nothing changes for this phone, nothing is said
+    // (the next message is the change below).
+    let android_only = json!({"state": "on", "platforms": ["android"]});
+    let (status, body) = operator(&server, "PUT", "/v1/flags/video_calls", android_only).await;
+    assert_eq!(status, 200, "{body}");
+    // Narrowed to versions below 3: this phone (3.1.0) is out, and hears it.
+    let old_apps = json!({"state": "on", "appVersions": {"max": "3"}});
+    let (status, body) = operator(&server, "PUT", "/v1/flags/video_calls", old_apps).await;
+    assert_eq!(status, 200, "{body}");
+    let told = next().await;
+    assert_eq!(told["type"], "flags", "{told}");
+    assert_eq!(told["flags"]["video_calls"], false, "{told}");
+    assert_eq!(told["flags"]["calling"], true, "{told}");
+    server.shutdown().await;
+}

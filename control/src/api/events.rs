@@ -90,22 +90,21 @@ async fn serve(socket: WebSocket, state: ControlState) {
     let store = state.service.store.clone();
     let (user, device) = (user_id.clone(), device_id.clone());
     let registered = tokio::task::spawn_blocking(move || {
-        store.devices_of(&user).ok().and_then(|ds| {
-            ds.into_iter()
-                .find(|d| d.device_id == device)
-                .map(|d| d.platform)
-        })
+        store
+            .devices_of(&user)
+            .ok()
+            .and_then(|ds| ds.into_iter().find(|d| d.device_id == device))
     })
     .await
     .ok()
     .flatten();
-    let Some(platform) = registered else {
+    let Some(registered) = registered else {
         let _ = sink
             .send(error("unknown_device", "register the device first"))
             .await;
         return;
     };
-    let platform = platform.as_str();
+    let platform = registered.platform.as_str();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     state.events.hub.connect(&user_id, &device_id, tx.clone());
     {
@@ -115,8 +114,22 @@ async fn serve(socket: WebSocket, state: ControlState) {
     tracing::info!(user_id = %user_id, device_id = %device_id, platform, "device events connected");
     // `serverTime` (Unix ms) lets a device judge a push's age by the
     // server's clock, not its own (phone clocks drift).
-    let authenticated = serde_json::json!({"type": "authenticated", "expiresAt": expires_at, "serverTime": now_ms()});
+    // The device's flags come with `authenticated`, then in a `flags`
+    // message whenever they change for it.
+    let mut flag_sets = state.service.flags.subscribe();
+    let current = {
+        let service = state.service.clone();
+        tokio::task::spawn_blocking(move || service.flags.get(&*service.store))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| flag_sets.borrow().clone())
+    };
+    flag_sets.mark_unchanged();
+    let flags = flags_of(&registered, &current);
+    let authenticated = serde_json::json!({"type": "authenticated", "expiresAt": expires_at, "serverTime": now_ms(), "flags": flags});
     let _ = sink.send(Message::text(authenticated.to_string())).await;
+    let mut told = Some(flags);
     let expiry = tokio::time::sleep(time_left(expires_at));
     tokio::pin!(expiry);
     // A device that connects gets what it missed: rings, answers, ends.
@@ -146,6 +159,12 @@ async fn serve(socket: WebSocket, state: ControlState) {
                     .send(error("token_expired", "the user token expired; refresh it before it does"))
                     .await;
                 break;
+            }
+            Ok(()) = flag_sets.changed() => {
+                let current = flag_sets.borrow_and_update().clone();
+                if !tell_flags(&mut sink, &registered, &current, &mut told).await {
+                    break;
+                }
             }
             event = rx.recv() => {
                 let Some(event) = event else { break };
@@ -197,4 +216,38 @@ async fn serve(socket: WebSocket, state: ControlState) {
         let _ = tokio::task::spawn_blocking(move || events.socket_closed(&user, &device)).await;
     }
     tracing::info!(user_id = %user_id, device_id = %device_id, "device events disconnected");
+}
+
+/// Every flag as it is for `device`.
+fn flags_of(
+    device: &crate::device::Device,
+    set: &crate::flags::FlagSet,
+) -> std::collections::BTreeMap<String, bool> {
+    set.for_device(&crate::flags::Subject {
+        user_id: &device.user_id,
+        platform: device.platform,
+        app_version: device.app_version.as_deref(),
+        region: device.region.as_deref(),
+    })
+}
+
+/// Sends the device its flags (`{"type": "flags", "flags": {name: on}}`)
+/// if they differ from what it was last told; false if the socket is gone.
+async fn tell_flags<K>(
+    sink: &mut K,
+    device: &crate::device::Device,
+    set: &crate::flags::FlagSet,
+    told: &mut Option<std::collections::BTreeMap<String, bool>>,
+) -> bool
+where
+    K: futures_util::Sink<Message> + Unpin,
+{
+    let flags = flags_of(device, set);
+    if told.as_ref() == Some(&flags) {
+        return true;
+    }
+    let message = serde_json::json!({"type": "flags", "flags": flags});
+    let sent = sink.send(Message::text(message.to_string())).await.is_ok();
+    *told = Some(flags);
+    sent
 }

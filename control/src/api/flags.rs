@@ -147,8 +147,9 @@ pub(super) async fn put_flag(
         if !store.put_flag(&change, version)? {
             return Err(changed_meanwhile(version + 1));
         }
-        // At once here; other nodes within `service::FLAG_REFRESH`.
-        state.service.flags.forget();
+        // At once here (new calls, and this node's events sockets); other
+        // nodes within `service::FLAG_REFRESH`.
+        let _ = state.service.flags.refresh(&**store);
         tracing::info!(flag = %name, by = %change.by, old = ?change.old.as_ref().map(|f| f.state), new = ?flag.state, percent = ?flag.percent, "flag changed");
         Ok(Json(serde_json::to_value(FlagView::of(flag, version + 1)).unwrap_or_default()))
     })

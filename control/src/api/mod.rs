@@ -323,7 +323,7 @@ async fn register_device(
     State(state): State<ControlState>,
     Caller(caller): Caller,
     req: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<crate::device::Device>, ApiError> {
+) -> Result<Json<views::RegisteredDevice>, ApiError> {
     let device = body::<DeviceRequest>(req)?.into_device(&caller.user_id, now_ms());
     device.validate()?;
     let moves = match caller.via {
@@ -341,7 +341,16 @@ async fn register_device(
             return Err(e.into());
         }
         tracing::info!(user_id = %device.user_id, device_id = %device.device_id, platform = device.platform.as_str(), "device registered");
-        Ok(Json(device))
+        // What the app may offer on this device (the events socket says
+        // when it changes).
+        let flags = state.service.flags.get(&*state.service.store)?;
+        let flags = flags.for_device(&crate::flags::Subject {
+            user_id: &device.user_id,
+            platform: device.platform,
+            app_version: device.app_version.as_deref(),
+            region: device.region.as_deref(),
+        });
+        Ok(Json(views::RegisteredDevice { device, flags }))
     })
     .await
 }

@@ -124,3 +124,12 @@ pub struct CallWithToken {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ice_servers: Vec<crate::turn_issuer::IceServer>,
 }
+
+/// A device as registered, with its feature flags (`POST /v1/devices`).
+#[derive(Serialize)]
+pub struct RegisteredDevice {
+    #[serde(flatten)]
+    pub device: crate::device::Device,
+    /// Every flag, built-in and set, as it is for this device.
+    pub flags: std::collections::BTreeMap<String, bool>,
+}

@@ -289,6 +289,7 @@ pub async fn start_with_push(
         );
     }
     spawn_call_timers(control.service.clone(), shutdown_rx.clone());
+    spawn_flag_refresh(control.service.clone(), shutdown_rx.clone());
     spawn_node_heartbeat(
         control.nodes.clone(),
         NodeIdentity::of(&state.config, http_addr, &announced, &control),
@@ -572,6 +573,31 @@ fn spawn_call_timers(
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "call timers"),
                 Err(e) => tracing::error!(error = %e, "call timer task"),
+            }
+        }
+    });
+}
+
+/// Reads the feature flags every `FLAG_REFRESH`, so a change made on
+/// another node reaches this node's events sockets (and new calls) within
+/// that.
+fn spawn_flag_refresh(
+    service: Arc<control::service::CallService>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(control::service::FLAG_REFRESH);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let service = service.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                service.flags.refresh(&*service.store).map(drop)
+            });
+            if let Ok(Err(e)) = read.await {
+                tracing::warn!(error = %e, "feature flags not read: acting on the last ones read");
             }
         }
     });
