@@ -46,6 +46,8 @@ fn service(store: Arc<dyn Store>) -> CallService {
         event_webhooks: Vec::new(),
         placer: None,
         flags: Default::default(),
+        min_app_version: None,
+        video_fallback: Default::default(),
     }
 }
 
@@ -93,6 +95,7 @@ fn setups(c: &mut Criterion) {
                     devices: vec!["b1".into()],
                     busy: false,
                     unsupported: false,
+                    outdated: Vec::new(),
                 }],
                 Timeouts::default(),
                 T0,

@@ -271,6 +271,46 @@ impl FlagSet {
     pub fn may_ring(&self, who: &Subject<'_>) -> bool {
         self.is_on(CALLING, who) && self.is_on(INCOMING_CALL_UI, who)
     }
+
+    /// What a call (`video` or audio) does with one of the callee's
+    /// devices. The device's `capabilities.video` is not judged: clients
+    /// already in the stores registered without it, and would lose video.
+    pub fn reach(&self, who: &Subject<'_>, video: bool, min_app_version: Option<&str>) -> Reach {
+        if is_outdated(who.app_version, min_app_version) {
+            return Reach::Outdated;
+        }
+        let kind = if video { VIDEO_CALLS } else { AUDIO_CALLS };
+        if self.may_ring(who) && self.is_on(kind, who) {
+            Reach::Ring
+        } else {
+            Reach::Off
+        }
+    }
+}
+
+/// What a new call does with one device of a callee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    Ring,
+    /// Its app is older than `min_app_version`: told `call.unsupported`
+    /// instead of rung.
+    Outdated,
+    /// The flags keep this call from it.
+    Off,
+}
+
+/// Whether `app_version` is below `min`. A device that registered no
+/// version (or an unreadable one) is not judged: it is rung.
+pub fn is_outdated(app_version: Option<&str>, min: Option<&str>) -> bool {
+    match (app_version.and_then(version), min.and_then(version)) {
+        (Some(v), Some(min)) => v < min,
+        _ => false,
+    }
+}
+
+/// A dotted version the flags can compare (`2.14.1`).
+pub fn valid_version(text: &str) -> bool {
+    version(text).is_some()
 }
 
 /// A flag name: what clients and metric labels carry.
@@ -422,6 +462,33 @@ mod tests {
         assert!(!on(Platform::Android, Some("2.14.0"), Some("eu-west")));
         assert!(!on(Platform::Ios, Some("2.14.0"), Some("us-east")));
         assert!(!on(Platform::Ios, Some("2.14.0"), None));
+    }
+
+    #[test]
+    fn a_call_reaches_a_device_by_its_kind_and_app_version() {
+        let mut set = FlagSet::default();
+        let phone = who("ann");
+        assert_eq!(set.reach(&phone, true, None), Reach::Ring);
+        assert_eq!(set.reach(&phone, true, Some("2.14.1")), Reach::Ring);
+        assert_eq!(set.reach(&phone, true, Some("2.14.2")), Reach::Outdated);
+        assert_eq!(set.reach(&phone, false, Some("3")), Reach::Outdated);
+        let unversioned = Subject {
+            app_version: None,
+            ..phone
+        };
+        assert_eq!(set.reach(&unversioned, true, Some("3")), Reach::Ring);
+        set.flags.push(Flag {
+            state: FlagState::Off,
+            ..Flag::unset(VIDEO_CALLS)
+        });
+        assert_eq!(set.reach(&phone, true, None), Reach::Off);
+        assert_eq!(set.reach(&phone, false, None), Reach::Ring);
+        set.flags.push(Flag {
+            state: FlagState::Off,
+            ..Flag::unset(INCOMING_CALL_UI)
+        });
+        assert_eq!(set.reach(&phone, false, None), Reach::Off);
+        assert!(valid_version("2.14") && !valid_version("2.x") && !valid_version(""));
     }
 
     #[test]

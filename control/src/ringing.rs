@@ -37,6 +37,15 @@ pub enum DeviceEvent {
     },
     #[serde(rename = "call.cancelled")]
     Cancelled { call_id: String, reason: StopReason },
+    /// A call this device's app is too old to take (`min_app_version`):
+    /// what an app shows instead of ringing ("update to take calls").
+    #[serde(rename = "call.unsupported")]
+    Unsupported {
+        call_id: String,
+        from_user_id: String,
+        #[serde(rename = "callType")]
+        call_type: CallType,
+    },
     #[serde(rename = "call.event")]
     Event { call_id: String, event: String },
 }
@@ -516,6 +525,16 @@ impl Ringer for HubRinger {
                             reason: *reason,
                         });
                     }
+                }
+                // Over the socket only: no push (an old app would take a
+                // VoIP push for a ring; see API.md).
+                Effect::Unsupported { user_id, device_id } => {
+                    let unsupported = DeviceEvent::Unsupported {
+                        call_id: call.call_id.clone(),
+                        from_user_id: call.initiator_user_id.clone(),
+                        call_type: call.call_type,
+                    };
+                    self.send(user_id, device_id, unsupported);
                 }
                 Effect::Event(event) => {
                     let event = DeviceEvent::Event {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use crate::call::{
     Accepted, Call, CallError, CallType, Callee, CallerDisplay, Effect, Timeouts, UnixMillis,
 };
-use crate::flags::{FlagSet, Subject};
+use crate::device::Device;
+use crate::flags::{FlagSet, Reach, Subject};
 use crate::store::{Insertion, Store, StoreError};
 
 /// How many devices of each callee ring (most recently seen first).
@@ -41,6 +42,9 @@ impl Ringer for LoggingRinger {
                     reason,
                 } => {
                     tracing::info!(call_id = %call.call_id, %user_id, %device_id, ?reason, "stop ring")
+                }
+                Effect::Unsupported { user_id, device_id } => {
+                    tracing::info!(call_id = %call.call_id, %user_id, %device_id, "app too old to ring")
                 }
                 Effect::Event(event) => {
                     tracing::info!(call_id = %call.call_id, ?event, "call event")
@@ -84,6 +88,26 @@ pub struct CallService {
     pub placer: Option<Arc<crate::placement::Placer>>,
     /// The feature flags as this node last read them.
     pub flags: FlagCache,
+    /// Devices on an older app are told `call.unsupported` instead of
+    /// rung (a dotted version, `flags::valid_version`).
+    pub min_app_version: Option<String>,
+    /// What a video call does when the flags keep video from a device
+    /// that could take the call as audio.
+    pub video_fallback: VideoFallback,
+}
+
+/// What a video call does when `video_calls` is off for one of the
+/// callees' devices but audio calls are on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VideoFallback {
+    /// The whole call becomes an audio call (the caller sees `callType`
+    /// `audio` in the answer), so every device can take it.
+    #[default]
+    Audio,
+    /// Devices without video are not rung; a call none is left to ring
+    /// ends `unsupported`.
+    Refuse,
 }
 
 /// How old the flags a node acts on may be: a change reaches every node
@@ -205,32 +229,57 @@ impl CallService {
             });
         }
         let flags = self.flags.get(&*self.store)?;
+        let mut reached = Vec::with_capacity(callees.len());
         for user in callees {
             let devices = self.store.devices_of(user)?;
             if regions_matter {
                 // Their most recently seen device with a hint speaks for them.
                 regions.extend(devices.iter().find_map(|d| d.region.clone()));
             }
-            let registered = !devices.is_empty();
-            // Only devices calling is on for, with their call UI on.
-            let devices: Vec<String> = devices
-                .into_iter()
-                .filter(|d| {
-                    flags.may_ring(&Subject {
-                        user_id: user,
-                        platform: d.platform,
-                        app_version: d.app_version.as_deref(),
-                        region: d.region.as_deref(),
-                    })
+            reached.push((user, devices));
+        }
+        let reach = |user: &str, device: &Device, video: bool| {
+            let who = Subject {
+                user_id: user,
+                platform: device.platform,
+                app_version: device.app_version.as_deref(),
+                region: device.region.as_deref(),
+            };
+            flags.reach(&who, video, self.min_app_version.as_deref())
+        };
+        // A device the flags keep from video but not from audio: offered
+        // as audio (the whole call), or left out, as configured.
+        let call_type = if call_type == CallType::Video
+            && self.video_fallback == VideoFallback::Audio
+            && reached.iter().any(|(user, devices)| {
+                devices.iter().any(|d| {
+                    reach(user, d, true) == Reach::Off && reach(user, d, false) == Reach::Ring
                 })
-                .take(self.max_ringing_devices)
-                .map(|d| d.device_id)
-                .collect();
+            }) {
+            CallType::Audio
+        } else {
+            call_type
+        };
+        let video = call_type == CallType::Video;
+        for (user, devices) in reached {
+            let registered = !devices.is_empty();
+            let mut ring = Vec::new();
+            let mut outdated = Vec::new();
+            for device in devices {
+                match reach(user, &device, video) {
+                    Reach::Ring if ring.len() < self.max_ringing_devices => {
+                        ring.push(device.device_id)
+                    }
+                    Reach::Outdated => outdated.push(device.device_id),
+                    Reach::Ring | Reach::Off => {}
+                }
+            }
             list.push(Callee {
                 user_id: user.clone(),
                 participant_id: participant_id(&call_id, user),
-                unsupported: registered && devices.is_empty(),
-                devices,
+                unsupported: registered && ring.is_empty(),
+                devices: ring,
+                outdated,
                 busy: self.in_connected_call(user)?,
             });
         }
@@ -433,6 +482,64 @@ impl CallService {
         }
         self.fire_timers(now)?;
         Ok(live.len())
+    }
+
+    /// After a flag change: every device still ringing that the flags
+    /// (or `min_app_version`) would not ring now stops, with the reason
+    /// `unsupported` (`Call::withdraw_rings`). Connected calls go on.
+    /// Returns how many calls changed. Run by the node that made the
+    /// change, with the flags just read.
+    pub fn withdraw_forbidden_rings(&self, now: UnixMillis) -> Result<usize, ServiceError> {
+        let flags = self.flags.get(&*self.store)?;
+        let mut changed = 0;
+        for call in self.store.live_calls()? {
+            let call = call.value;
+            if call.state != crate::call::CallState::Ringing {
+                continue;
+            }
+            let video = call.call_type == CallType::Video;
+            let mut withdrawn: Vec<(String, Vec<String>)> = Vec::new();
+            for p in &call.participants {
+                let ringing: Vec<&str> = p
+                    .rings
+                    .iter()
+                    .filter(|r| !r.state.is_done())
+                    .map(|r| r.device_id.as_str())
+                    .collect();
+                if ringing.is_empty() {
+                    continue;
+                }
+                let devices = self.store.devices_of(&p.user_id)?;
+                let forbidden: Vec<String> = devices
+                    .iter()
+                    .filter(|d| ringing.contains(&d.device_id.as_str()))
+                    .filter(|d| {
+                        let who = Subject {
+                            user_id: &p.user_id,
+                            platform: d.platform,
+                            app_version: d.app_version.as_deref(),
+                            region: d.region.as_deref(),
+                        };
+                        flags.reach(&who, video, self.min_app_version.as_deref()) != Reach::Ring
+                    })
+                    .map(|d| d.device_id.clone())
+                    .collect();
+                if !forbidden.is_empty() {
+                    withdrawn.push((p.user_id.clone(), forbidden));
+                }
+            }
+            if withdrawn.is_empty() {
+                continue;
+            }
+            self.update(&call.call_id, |c, fx| {
+                for (user, devices) in &withdrawn {
+                    c.withdraw_rings(user, devices, now, fx);
+                }
+                Ok(())
+            })?;
+            changed += 1;
+        }
+        Ok(changed)
     }
 
     /// Fires due timers of every live call; returns how many calls changed.

@@ -20,6 +20,7 @@ fn callee(user: &str, devices: &[&str]) -> Callee {
         devices: devices.iter().map(|d| d.to_string()).collect(),
         busy: false,
         unsupported: false,
+        outdated: Vec::new(),
     }
 }
 
@@ -48,6 +49,87 @@ fn stops(effects: &[Effect]) -> Vec<(String, StopReason)> {
 
 fn state_of(call: &Call, user: &str) -> ParticipantState {
     call.participant(user).unwrap().state
+}
+
+#[test]
+fn outdated_devices_are_told_instead_of_rung() {
+    let bob = Callee {
+        outdated: vec!["bob-old-phone".into()],
+        ..callee("bob", &["bob-tablet"])
+    };
+    let (call, effects) = Call::create(
+        "call-1".into(),
+        CallType::Audio,
+        ("alice".into(), "p-alice".into(), "alice-phone".into()),
+        vec![bob],
+        Timeouts::default(),
+        T0,
+    );
+    assert_eq!(call.state, CallState::Ringing);
+    assert!(effects.contains(&Effect::Unsupported {
+        user_id: "bob".into(),
+        device_id: "bob-old-phone".into()
+    }));
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Ring { device_id, .. } if device_id == "bob-old-phone"))
+    );
+    // Only outdated devices: told, and the call ends unsupported.
+    let only_old = Callee {
+        unsupported: true,
+        outdated: vec!["bob-old-phone".into()],
+        ..callee("bob", &[])
+    };
+    let (call, effects) = Call::create(
+        "call-2".into(),
+        CallType::Audio,
+        ("alice".into(), "p-alice".into(), "alice-phone".into()),
+        vec![only_old],
+        Timeouts::default(),
+        T0,
+    );
+    assert_eq!(call.end_reason, Some(EndReason::Unsupported));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Unsupported { .. }))
+    );
+}
+
+#[test]
+fn withdrawn_rings_stop_unsupported_and_end_a_call_nobody_is_left_to_ring() {
+    let (mut call, _) = one_to_one(&["bob-phone", "bob-tablet"]);
+    let mut effects = Vec::new();
+    call.withdraw_rings("bob", &["bob-phone".into()], T0 + 1_000, &mut effects);
+    assert_eq!(
+        stops(&effects),
+        vec![("bob-phone".into(), StopReason::Unsupported)]
+    );
+    assert_eq!(call.state, CallState::Ringing);
+    assert_eq!(state_of(&call, "bob"), ParticipantState::Ringing);
+    // Again: nothing more to stop.
+    effects.clear();
+    call.withdraw_rings("bob", &["bob-phone".into()], T0 + 1_500, &mut effects);
+    assert!(effects.is_empty());
+    call.withdraw_rings("bob", &["bob-tablet".into()], T0 + 2_000, &mut effects);
+    assert_eq!(call.state, CallState::Ended);
+    assert_eq!(call.end_reason, Some(EndReason::Unsupported));
+    assert_eq!(state_of(&call, "bob"), ParticipantState::Missed);
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::Event(CallEvent::Missed { .. })))
+    );
+
+    // An answered call is not touched.
+    let (mut call, _) = one_to_one(&["bob-phone"]);
+    call.accept("bob", "bob-phone", T0 + 500, &mut Vec::new())
+        .unwrap();
+    let mut effects = Vec::new();
+    call.withdraw_rings("bob", &["bob-phone".into()], T0 + 1_000, &mut effects);
+    assert!(effects.is_empty());
+    assert_eq!(call.state, CallState::Connecting);
 }
 
 #[test]

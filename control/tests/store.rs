@@ -44,6 +44,7 @@ fn call(id: &str, caller: &str, callee: &str, at: UnixMillis) -> Call {
             devices: vec![format!("{callee}-d")],
             busy: false,
             unsupported: false,
+            outdated: Vec::new(),
         }],
         Timeouts::default(),
         at,
@@ -362,6 +363,7 @@ fn group_call(id: &str, caller: &str, callees: &[&str], at: UnixMillis) -> Call 
             devices: vec![format!("{c}-d")],
             busy: false,
             unsupported: false,
+            outdated: Vec::new(),
         })
         .collect();
     Call::create(

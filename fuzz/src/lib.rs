@@ -326,6 +326,8 @@ impl CallApi {
             event_webhooks: Vec::new(),
             placer: None,
             flags: Default::default(),
+            min_app_version: None,
+            video_fallback: Default::default(),
         };
         let unlimited = Rate::per_second(1_000_000);
         let state = control::api::ControlState {

@@ -99,6 +99,12 @@ pub struct Config {
     pub drain_timeout_seconds: u64,
     /// Devices rung per callee (most recently seen first).
     pub max_ringing_devices: usize,
+    /// Devices on an older app (their registered `appVersion`, dotted)
+    /// get `call.unsupported` instead of a ring.
+    pub min_app_version: Option<String>,
+    /// A video call to a device the flags keep from video: `audio` (the
+    /// call becomes audio) or `refuse` (that device is not rung).
+    pub video_fallback: control::service::VideoFallback,
     /// Rate limits of the call API (429 with Retry-After beyond them).
     pub call_creates_per_minute: u32,
     pub calls_to_one_user_per_minute: u32,
@@ -271,6 +277,8 @@ impl Default for Config {
             connect_timeout_seconds: 20,
             drain_timeout_seconds: 600,
             max_ringing_devices: control::service::DEFAULT_MAX_RINGING_DEVICES,
+            min_app_version: None,
+            video_fallback: Default::default(),
             call_creates_per_minute: 30,
             calls_to_one_user_per_minute: 20,
             api_requests_per_second: 20,
@@ -401,6 +409,20 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_ENGINE_THREADS") {
             self.engine_threads = parse("SWITCHBOARD_ENGINE_THREADS", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_MIN_APP_VERSION") {
+            self.min_app_version = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = var("SWITCHBOARD_VIDEO_FALLBACK") {
+            self.video_fallback = match v.as_str() {
+                "audio" => control::service::VideoFallback::Audio,
+                "refuse" => control::service::VideoFallback::Refuse,
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "SWITCHBOARD_VIDEO_FALLBACK is audio or refuse".into(),
+                    ));
+                }
+            };
         }
         if let Some(v) = var("SWITCHBOARD_LOG_FORMAT") {
             self.log_format = v;
@@ -613,6 +635,13 @@ impl Config {
         let url = &self.public_url;
         if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
             return Err(ConfigError::Invalid("public_url must be http(s)".into()));
+        }
+        if let Some(min) = &self.min_app_version
+            && !control::flags::valid_version(min)
+        {
+            return Err(ConfigError::Invalid(
+                "min_app_version is a dotted version (2.14.1)".into(),
+            ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid("log_format is text or json".into()));

@@ -8,7 +8,7 @@ mod common;
 #[path = "../../control/tests/support/mod.rs"]
 mod push_support;
 
-use common::live::{operator_auth, request, start_server, user_token};
+use common::live::{operator_auth, request, start_server, start_server_with, user_token};
 use serde_json::{Value, json};
 
 async fn operator(
@@ -230,9 +230,14 @@ async fn calls_ring_only_the_devices_the_flags_let_ring() {
     let (status, body) =
         operator(&server, "PUT", "/v1/flags/calling", json!({"state": "on"})).await;
     assert_eq!(status, 200, "{body}");
-    let ui_on_web_only = json!({"state": "on", "platforms": ["web", "ios"]});
-    let (status, body) =
-        operator(&server, "PUT", "/v1/flags/incoming_call_ui", ui_on_web_only).await;
+    let ui_off_on_android = json!({"state": "on", "platforms": ["web", "ios"]});
+    let (status, body) = operator(
+        &server,
+        "PUT",
+        "/v1/flags/incoming_call_ui",
+        ui_off_on_android,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let (status, created) = call_bob().await;
     assert_eq!(
@@ -286,8 +291,6 @@ async fn calls_ring_only_the_devices_the_flags_let_ring() {
 /// that does not concern it (another platform) says nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_get_their_flags_and_hear_when_they_change() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
     let server = start_server().await;
     let phone = json!({"deviceId": "bob-phone", "platform": "android", "appVersion": "3.1.0"});
     let (status, registered) = common::live::post_as(&server, "/v1/devices", "bob", phone).await;
@@ -296,26 +299,11 @@ async fn devices_get_their_flags_and_hear_when_they_change() {
         registered["flags"],
         json!({"audio_calls": true, "calling": true, "incoming_call_ui": true, "video_calls": true})
     );
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/v1/events", server.http_addr))
-            .await
-            .unwrap();
-    let auth = json!({"type": "auth", "token": user_token("bob"), "deviceId": "bob-phone"});
-    ws.send(Message::text(auth.to_string())).await.unwrap();
-    let mut next = async || -> Value {
-        let msg = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message within 5 s");
-        match msg {
-            Some(Ok(Message::Text(t))) => serde_json::from_str(&t).unwrap(),
-            other => panic!("{other:?}"),
-        }
-    };
-    let authenticated = next().await;
-    assert_eq!(authenticated["type"], "authenticated");
+    let mut socket = EventsSocket::open(&server, "bob", "bob-phone").await;
     assert_eq!(
-        authenticated["flags"]["video_calls"], true,
-        "{authenticated}"
+        socket.authenticated["flags"]["video_calls"], true,
+        "{}",
+        socket.authenticated
     );
 
     // Narrowed to Android: nothing changes for this phone, nothing is said
@@ -327,9 +315,192 @@ async fn devices_get_their_flags_and_hear_when_they_change() {
     let old_apps = json!({"state": "on", "appVersions": {"max": "3"}});
     let (status, body) = operator(&server, "PUT", "/v1/flags/video_calls", old_apps).await;
     assert_eq!(status, 200, "{body}");
-    let told = next().await;
+    let told = socket.next().await;
     assert_eq!(told["type"], "flags", "{told}");
     assert_eq!(told["flags"]["video_calls"], false, "{told}");
     assert_eq!(told["flags"]["calling"], true, "{told}");
+    server.shutdown().await;
+}
+
+/// A device's events socket, authenticated.
+struct EventsSocket {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    authenticated: Value,
+}
+
+impl EventsSocket {
+    async fn open(server: &sfu::server::Running, user: &str, device: &str) -> EventsSocket {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let url = format!("ws://{}/v1/events", server.http_addr);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let auth = json!({"type": "auth", "token": user_token(user), "deviceId": device});
+        ws.send(Message::text(auth.to_string())).await.unwrap();
+        let mut socket = EventsSocket {
+            ws,
+            authenticated: Value::Null,
+        };
+        socket.authenticated = socket.next().await;
+        assert_eq!(
+            socket.authenticated["type"], "authenticated",
+            "{}",
+            socket.authenticated
+        );
+        socket
+    }
+
+    /// The next message, within 5 s.
+    async fn next(&mut self) -> Value {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(5), self.ws.next())
+            .await
+            .expect("a message within 5 s");
+        match msg {
+            Some(Ok(Message::Text(t))) => serde_json::from_str(&t).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The next message of `kind`, skipping others (bounded: 20 messages).
+    async fn next_of(&mut self, kind: &str) -> Value {
+        for _ in 0..20 {
+            let message = self.next().await;
+            if message["type"] == kind {
+                return message;
+            }
+        }
+        panic!("no {kind} in 20 messages");
+    }
+}
+
+async fn alice_calls_bob(server: &sfu::server::Running, kind: &str) -> Value {
+    let call = json!({"calleeUserIds": ["bob"], "type": kind, "deviceId": "alice-web"});
+    let (status, created) = common::live::post_as(server, "/v1/calls", "alice", call).await;
+    assert_eq!(status, 201, "{created}");
+    created
+}
+
+async fn call_state(server: &sfu::server::Running, call_id: &str) -> Value {
+    let (status, body) = common::live::http_with(
+        server,
+        "GET",
+        &format!("/v1/calls/{call_id}"),
+        &[("Authorization", &format!("Bearer {}", user_token("alice")))],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Work in flight and old apps: an app below `min_app_version` is told
+/// `call.unsupported` instead of rung; turning video off stops a ringing
+/// video call (`call.cancelled` `unsupported`, the call ends
+/// `unsupported`), the next video call is offered as audio, and a call
+/// already answered goes on when calling is turned off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_reach_calls_in_flight_and_old_apps_are_told() {
+    use common::live::post_as;
+    let server = start_server_with(|c| c.min_app_version = Some("3.0".into())).await;
+    for device in [
+        json!({"deviceId": "bob-old", "platform": "web", "appVersion": "2.9.4"}),
+        json!({"deviceId": "bob-new", "platform": "web", "appVersion": "3.0.1"}),
+    ] {
+        let (status, body) = post_as(&server, "/v1/devices", "bob", device).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut old = EventsSocket::open(&server, "bob", "bob-old").await;
+    let mut new = EventsSocket::open(&server, "bob", "bob-new").await;
+
+    let created = alice_calls_bob(&server, "video").await;
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let ring = new.next_of("call.ringing").await;
+    assert_eq!(ring["callId"], call_id);
+    let told = old.next().await;
+    assert_eq!(
+        told,
+        json!({"type": "call.unsupported", "callId": call_id, "fromUserId": "alice", "callType": "video"})
+    );
+
+    // Video off while it rings: the ring stops, the call ends unsupported.
+    let (status, body) = operator(
+        &server,
+        "PUT",
+        "/v1/flags/video_calls",
+        json!({"state": "off"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let cancelled = new.next_of("call.cancelled").await;
+    assert_eq!(
+        (&cancelled["callId"], &cancelled["reason"]),
+        (&json!(call_id), &json!("unsupported")),
+        "{cancelled}"
+    );
+    let ended = call_state(&server, &call_id).await;
+    assert_eq!(
+        (&ended["state"], &ended["endReason"]),
+        (&json!("ended"), &json!("unsupported")),
+        "{ended}"
+    );
+
+    // The next video call is offered as audio (the default fallback).
+    let created = alice_calls_bob(&server, "video").await;
+    assert_eq!(
+        (&created["call"]["type"], &created["call"]["state"]),
+        (&json!("audio"), &json!("ringing")),
+        "{created}"
+    );
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    let ring = new.next_of("call.ringing").await;
+    assert_eq!(
+        (&ring["callId"], &ring["callType"]),
+        (&json!(call_id), &json!("audio"))
+    );
+    let (status, body) = post_as(
+        &server,
+        &format!("/v1/calls/{call_id}/accept"),
+        "bob",
+        json!({"deviceId": "bob-new"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Answered calls go on to their end whatever the flags say.
+    let (status, body) =
+        operator(&server, "PUT", "/v1/flags/calling", json!({"state": "off"})).await;
+    assert_eq!(status, 200, "{body}");
+    let flags = new.next_of("flags").await;
+    assert_eq!(flags["flags"]["calling"], false, "{flags}");
+    let answered = call_state(&server, &call_id).await;
+    assert_eq!(answered["state"], "connecting", "{answered}");
+    server.shutdown().await;
+
+    // Configured to refuse: a video call nobody can take as video ends.
+    let server = start_server_with(|c| {
+        c.video_fallback = control::service::VideoFallback::Refuse;
+    })
+    .await;
+    let device = json!({"deviceId": "bob-new", "platform": "web"});
+    let (status, body) = post_as(&server, "/v1/devices", "bob", device).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = operator(
+        &server,
+        "PUT",
+        "/v1/flags/video_calls",
+        json!({"state": "off"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let created = alice_calls_bob(&server, "video").await;
+    assert_eq!(
+        (&created["call"]["type"], &created["call"]["endReason"]),
+        (&json!("video"), &json!("unsupported")),
+        "{created}"
+    );
+    let created = alice_calls_bob(&server, "audio").await;
+    assert_eq!(created["call"]["state"], "ringing", "{created}");
     server.shutdown().await;
 }

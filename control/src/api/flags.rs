@@ -150,6 +150,10 @@ pub(super) async fn put_flag(
         // At once here (new calls, and this node's events sockets); other
         // nodes within `service::FLAG_REFRESH`.
         let _ = state.service.flags.refresh(&**store);
+        // Devices ringing that the new flags would not ring stop now.
+        if let Err(e) = state.service.withdraw_forbidden_rings(now_ms()) {
+            tracing::warn!(flag = %name, error = %e, "could not stop rings the flag change forbids");
+        }
         tracing::info!(flag = %name, by = %change.by, old = ?change.old.as_ref().map(|f| f.state), new = ?flag.state, percent = ?flag.percent, "flag changed");
         Ok(Json(serde_json::to_value(FlagView::of(flag, version + 1)).unwrap_or_default()))
     })

@@ -108,6 +108,9 @@ pub enum StopReason {
     Missed,
     /// The call ended for another reason (e.g. the other callee's decline).
     CallEnded,
+    /// The feature flags turned calling (or the call UI) off for this
+    /// device while it rang.
+    Unsupported,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +201,9 @@ pub struct Callee {
     /// Calling is off (feature flags) on every device the callee has; none
     /// is in `devices`.
     pub unsupported: bool,
+    /// Devices whose app is older than `min_app_version`: told
+    /// `call.unsupported` instead of rung.
+    pub outdated: Vec<String>,
 }
 
 /// What happened, for the participants' devices (`call.*` events).
@@ -224,6 +230,12 @@ pub enum Effect {
         user_id: String,
         device_id: String,
         reason: StopReason,
+    },
+    /// The device's app is too old to take the call: it is told so
+    /// (`call.unsupported`) instead of rung.
+    Unsupported {
+        user_id: String,
+        device_id: String,
     },
     /// Tell every participant's devices.
     Event(CallEvent),
@@ -356,6 +368,12 @@ impl Call {
             } else {
                 Vec::new()
             };
+            if !callee.busy {
+                effects.extend(callee.outdated.iter().map(|device| Effect::Unsupported {
+                    user_id: callee.user_id.clone(),
+                    device_id: device.clone(),
+                }));
+            }
             for ring in &rings {
                 effects.push(Effect::Ring {
                     user_id: callee.user_id.clone(),
@@ -622,6 +640,42 @@ impl Call {
             }
             // Declined, missed, busy or already left: nothing to end.
             _ => Ok(()),
+        }
+    }
+
+    /// The feature flags changed: `device_ids` of ringing callee `user_id`
+    /// may ring no more. Each stops with `unsupported`; a callee left with
+    /// no device ringing is out of the call (missed, without a missed-call
+    /// event: nobody was offered it), and a call nobody is left to ring
+    /// ends `unsupported`. Answered and connected calls are not touched.
+    pub fn withdraw_rings(
+        &mut self,
+        user_id: &str,
+        device_ids: &[String],
+        now: UnixMillis,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Ok(i) = self.index_of(user_id) else {
+            return;
+        };
+        let p = &mut self.participants[i];
+        if self.state != CallState::Ringing || p.state != ParticipantState::Ringing {
+            return;
+        }
+        for ring in &mut p.rings {
+            if ring.state.is_done() || !device_ids.contains(&ring.device_id) {
+                continue;
+            }
+            ring.state = RingState::Stopped(StopReason::Unsupported);
+            effects.push(Effect::StopRing {
+                user_id: p.user_id.clone(),
+                device_id: ring.device_id.clone(),
+                reason: StopReason::Unsupported,
+            });
+        }
+        if p.rings.iter().all(|r| r.state.is_done()) {
+            p.state = ParticipantState::Missed;
+            self.end_if_nobody_left(EndReason::Unsupported, now, effects);
         }
     }
 

@@ -171,6 +171,8 @@ pub fn service_with(
         event_webhooks: Vec::new(),
         placer: None,
         flags: Default::default(),
+        min_app_version: None,
+        video_fallback: Default::default(),
     }
 }
 

@@ -429,6 +429,8 @@ fn start_control(
         event_webhooks: event_endpoints(config),
         placer,
         flags: Default::default(),
+        min_app_version: config.min_app_version.clone(),
+        video_fallback: config.video_fallback,
     };
     let (requests, creates, rings) = (
         control::rate_limit::Rate::per_second(config.api_requests_per_second),
