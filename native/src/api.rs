@@ -105,9 +105,11 @@ impl CallApi {
         &self,
         config: &ClientConfig,
         tokens: &DevicePushTokens,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<crate::call_engine::Flags>, ApiError> {
         let body = device_registration(&self.device_id, config, tokens);
-        self.post("/v1/devices", body).await.map(drop)
+        let answer = self.post("/v1/devices", body).await?;
+        // The device's feature flags (a server before them sends none).
+        Ok(crate::events::flags_of(&answer))
     }
 
     /// `call_uuid` is the request's idempotency key: a retry after a lost

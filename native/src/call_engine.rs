@@ -188,7 +188,13 @@ pub enum Input {
     SelectAudioRoute {
         endpoint_id: String,
     },
+    /// The server's feature flags for this device (registration, the
+    /// events socket's `authenticated` and `flags` messages).
+    Flags(Flags),
 }
+
+/// Feature flags by name, as the server decided them for this device.
+pub type Flags = std::collections::HashMap<String, bool>;
 
 /// Inbound media since the last quality report.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -254,6 +260,10 @@ pub enum Output {
     ReportRemoteTrack {
         call_uuid: String,
         change: TrackChange,
+    },
+    /// The device's flags changed (`CallEvents::flags_changed`).
+    FlagsChanged {
+        flags: Flags,
     },
     // The call API.
     CreateCall {
@@ -425,6 +435,8 @@ pub struct CallEngine {
     signaling_up: bool,
     audio_active: bool,
     audio_routes: AudioRouteState,
+    /// The server's flags for this device; empty until it first says.
+    flags: Flags,
     outputs: VecDeque<Output>,
 }
 
@@ -436,6 +448,17 @@ const REMEMBER_EARLY_ACCEPTS: usize = 8;
 impl CallEngine {
     pub fn new() -> CallEngine {
         CallEngine::default()
+    }
+
+    /// The device's feature flags as the server last said.
+    pub fn flags(&self) -> Flags {
+        self.flags.clone()
+    }
+
+    /// Whether a built-in flag is on: until the server says otherwise
+    /// (an older server says nothing), it is.
+    fn feature_on(&self, name: &str) -> bool {
+        self.flags.get(name).copied().unwrap_or(true)
     }
 
     /// Decides what the platform shows for a push, before its callback
@@ -553,6 +576,10 @@ impl CallEngine {
                 if self.calls.contains_key(&call_uuid) {
                     return; // the same start twice
                 }
+                // Video off for this device: the call goes out as audio
+                // (the app hides its video button; a system start, from
+                // Recents or a car, may still ask).
+                let video = video && self.feature_on("video_calls");
                 let mut call = Call::new(None, Phase::Creating, video);
                 call.awaiting_answer = true;
                 call.outgoing = true;
@@ -843,6 +870,12 @@ impl CallEngine {
                         .push_back(Output::ReportRemoteTrack { call_uuid, change });
                 }
             }
+            Input::Flags(flags) => {
+                if flags != self.flags {
+                    self.flags = flags.clone();
+                    self.outputs.push_back(Output::FlagsChanged { flags });
+                }
+            }
             Input::AudioRoutesChanged(routes) => {
                 self.audio_routes = routes;
                 let uuids: Vec<String> = self.calls.keys().cloned().collect();
@@ -1027,6 +1060,11 @@ impl CallEngine {
     fn on_socket_ring(&mut self, ring: Ring, wall: UnixMillis) {
         if self.ended_reason(&ring.call_id).is_some() {
             return; // a late delivery of a call already over here
+        }
+        if !self.feature_on("calling") || !self.feature_on("incoming_call_ui") {
+            // The server rings no such device; a ring that crossed the
+            // change is not shown (pushes must be: Apple requires it).
+            return;
         }
         if let Some(uuid) = self.call_uuid_of(&ring.call_id) {
             // Known call (a push reported it, or the socket replayed it):

@@ -435,6 +435,12 @@ impl Client {
         self.shared.engine().active_calls()
     }
 
+    /// The server's feature flags for this device (empty until it first
+    /// says; `CallEvents::flags_changed` follows each change).
+    pub fn flags(&self) -> HashMap<String, bool> {
+        self.shared.engine().flags()
+    }
+
     /// CallKit `didActivate audioSession` (elsewhere: when audio may start).
     pub fn audio_session_activated(&self) {
         self.input(Input::AudioSessionActivated);
@@ -698,9 +704,12 @@ impl Driver {
                 Default::default()
             }
         };
-        let registered = self.api.register_device(&self.config, &tokens).await;
-        if let Err(e) = registered {
-            tracing::warn!(device_id = %self.config.device_id, error = %e, "device registration failed");
+        match self.api.register_device(&self.config, &tokens).await {
+            Ok(Some(flags)) => self.shared.handle(Input::Flags(flags)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(device_id = %self.config.device_id, error = %e, "device registration failed");
+            }
         }
     }
 
@@ -838,6 +847,10 @@ impl Driver {
             Output::SelectAudioRoute { endpoint_id } => {
                 tracing::info!(device_id = %device_id, endpoint_id = %endpoint_id, "audio route selected");
                 port("select_route", self.ports.audio.select_route(endpoint_id))
+            }
+            Output::FlagsChanged { flags } => {
+                tracing::info!(device_id = %device_id, ?flags, "feature flags changed");
+                port("flags_changed", self.ports.events.flags_changed(flags));
             }
             Output::ReportReconnecting { call_uuid } => {
                 tracing::info!(call_uuid = %call_uuid, device_id = %device_id, "call reconnecting");

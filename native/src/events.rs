@@ -237,6 +237,9 @@ async fn session(
         None => crate::unix_millis(),
     };
     let mut refresh_at = refresh_deadline(&authenticated, server_now);
+    if let Some(flags) = flags_of(&authenticated) {
+        let _ = inputs.send(Input::Flags(flags));
+    }
     let _ = inputs.send(Input::SignalingConnected);
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
@@ -301,9 +304,24 @@ async fn session(
     }
 }
 
+/// The `flags` object of a server message (`authenticated`, `flags`, the
+/// registration answer): names to booleans, anything else left out.
+pub fn flags_of(m: &Value) -> Option<crate::call_engine::Flags> {
+    let flags = m["flags"].as_object()?;
+    Some(
+        flags
+            .iter()
+            .filter_map(|(name, on)| Some((name.clone(), on.as_bool()?)))
+            .collect(),
+    )
+}
+
 /// A server message as a call-engine input; unknown messages and fields
 /// are ignored (newer servers may send more).
 pub fn to_input(m: &Value) -> Option<Input> {
+    if m["type"] == "flags" {
+        return flags_of(m).map(Input::Flags);
+    }
     let call_id = m["callId"].as_str()?.to_string();
     match m["type"].as_str()? {
         "call.ringing" => {
@@ -374,6 +392,18 @@ mod tests {
         assert_eq!(
             to_input(&json!({"type": "something.else", "callId": "c1"})),
             None
+        );
+        assert_eq!(
+            to_input(&json!({"type": "call.unsupported", "callId": "c1", "fromUserId": "a"})),
+            None
+        );
+        let flags =
+            json!({"type": "flags", "flags": {"calling": true, "video_calls": false, "odd": 3}});
+        assert_eq!(
+            to_input(&flags),
+            Some(Input::Flags(
+                [("calling".into(), true), ("video_calls".into(), false)].into()
+            ))
         );
     }
 }

@@ -11,6 +11,7 @@
 //! audio session became active; the tokens changed; media connected) is a
 //! method on `Client` or on `MediaEvents`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -270,6 +271,10 @@ pub trait CallEvents: Send + Sync {
     /// resuming it (the call is not over).
     fn call_reconnecting(&self, call_uuid: String) -> Result<(), PortError>;
     fn call_reconnected(&self, call_uuid: String) -> Result<(), PortError>;
+    /// The server's feature flags for this device changed (the plugin's
+    /// `flagsChanged`): the app hides what is off (no video button with
+    /// `video_calls` off). First called when the server first tells them.
+    fn flags_changed(&self, flags: HashMap<String, bool>) -> Result<(), PortError>;
 }
 
 /// The device's push tokens as the platform last gave them (PushKit's VoIP

@@ -317,6 +317,51 @@ fn a_socket_ring_is_reported_and_acknowledged_once_displayed() {
     assert_eq!(d.count(|o| matches!(o, Output::ReportIncoming { .. })), 1);
 }
 
+/// The server's flags reach the app once per change; with video off a
+/// video call the user starts goes out as audio, and with the call UI off
+/// a ring that crossed the change is not shown.
+#[test]
+fn flags_are_told_once_per_change_and_honoured() {
+    let mut d = Device::new();
+    let flags = |video: bool, ui: bool| -> std::collections::HashMap<String, bool> {
+        [
+            ("calling".to_string(), true),
+            ("incoming_call_ui".to_string(), ui),
+            ("video_calls".to_string(), video),
+        ]
+        .into()
+    };
+    assert_eq!(
+        d.input(Input::Flags(flags(false, true))),
+        [Output::FlagsChanged {
+            flags: flags(false, true)
+        }]
+    );
+    assert!(d.input(Input::Flags(flags(false, true))).is_empty());
+    let out = d.input(Input::StartCall {
+        call_uuid: s(C1),
+        callee_user_id: s("bob"),
+        video: true,
+    });
+    assert_eq!(
+        out,
+        [Output::CreateCall {
+            call_uuid: s(C1),
+            callee_user_id: s("bob"),
+            video: false,
+        }]
+    );
+
+    let mut d = Device::new();
+    d.input(Input::Flags(flags(true, false)));
+    assert!(d.input(ring(C2, 7, 30_000)).is_empty(), "no call UI");
+    d.input(Input::Flags(flags(true, true)));
+    assert_eq!(
+        d.input(ring(C2, 7, 30_000)),
+        [Output::ReportIncoming { call: shown(C2) }]
+    );
+}
+
 #[test]
 fn a_stale_socket_ring_is_reported_then_ended_at_once() {
     let mut d = Device::new();

@@ -387,6 +387,56 @@ fn a_core_refuses_a_server_whose_certificate_no_trusted_ca_signed() {
     runtime.block_on(server.stop());
 }
 
+/// The app learns the device's flags when the core registers, and again
+/// when an operator changes one (over the events socket).
+#[test]
+fn the_app_is_told_its_flags_at_registration_and_on_change() {
+    let runtime = support::runtime();
+    let server = runtime.block_on(support::start_server("client-flags"));
+    let (bob, bob_phone) = client(
+        &runtime,
+        (&server.base, None),
+        "bob",
+        "bob-pixel",
+        Platform::Android,
+        DevicePushTokens::default(),
+    );
+    let told = |video: bool| {
+        Report::Flags(vec![
+            ("audio_calls".into(), true),
+            ("calling".into(), true),
+            ("incoming_call_ui".into(), true),
+            ("video_calls".into(), video),
+        ])
+    };
+    wait_for("the flags at registration", Duration::from_secs(10), || {
+        bob_phone.has(&told(true)).then_some(())
+    });
+    assert_eq!(bob.flags().get("video_calls"), Some(&true));
+
+    let flags_url = format!("{}/v1/flags/video_calls", server.base);
+    let changed = runtime.block_on(async {
+        reqwest::Client::new()
+            .put(&flags_url)
+            .basic_auth(support::operator_key().0, Some(support::operator_key().1))
+            .header("Content-Type", "application/json")
+            .body(r#"{"state": "off"}"#)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(changed, 200);
+    wait_for(
+        "the change, over the socket",
+        Duration::from_secs(5),
+        || bob_phone.has(&told(false)).then_some(()),
+    );
+    assert_eq!(bob.flags().get("video_calls"), Some(&false));
+    bob.shutdown();
+    runtime.block_on(server.stop());
+}
+
 #[test]
 fn messages_from_a_newer_server_are_skipped_and_the_call_goes_on() {
     let _ = tracing_subscriber::fmt()

@@ -163,6 +163,14 @@ export interface TokenRequestedEvent {
   reason: "expired" | "refused";
 }
 
+/**
+ * The server's feature flags for this device changed (also the first time
+ * it says them). Hide what is off: no video button with `video_calls` off.
+ */
+export interface FlagsChangedEvent {
+  flags: Record<string, boolean>;
+}
+
 export interface SwitchboardEvents {
   incomingCall: IncomingCallEvent;
   callStateChanged: CallStateChangedEvent;
@@ -173,6 +181,7 @@ export interface SwitchboardEvents {
   muteChanged: MuteChangedEvent;
   audioRouteChanged: AudioRoutes;
   tokenRequested: TokenRequestedEvent;
+  flagsChanged: FlagsChangedEvent;
 }
 
 /** A rectangle in CSS pixels of the web view (from `getBoundingClientRect`). */
@@ -242,6 +251,12 @@ export interface SwitchboardPlugin {
   hideVideo(options: VideoTrackOptions): Promise<void>;
   /** The calls in progress: what a UI that loads during a call shows first. */
   getActiveCalls(): Promise<{ calls: ActiveCall[] }>;
+  /**
+   * The server's feature flags for this device (`calling`,
+   * `incoming_call_ui`, `audio_calls`, `video_calls` and the operator's
+   * own); empty before the server first said. `flagsChanged` follows.
+   */
+  getFlags(): Promise<{ flags: Record<string, boolean> }>;
   getAudioRoutes(): Promise<AudioRoutes>;
   /** Rejects with code `unknown_route` for an id not in `getAudioRoutes`. */
   selectAudioRoute(options: SelectAudioRouteOptions): Promise<void>;

@@ -26,7 +26,8 @@ import type {
 } from "./definitions.js";
 import { WebMedia } from "./media.js";
 import { VideoViews } from "./video-views.js";
-import { parseEvent } from "./protocol.js";
+import { parseEvent, parseFlags } from "./protocol.js";
+import type { Flags } from "./protocol.js";
 
 export { SwitchboardError };
 
@@ -50,6 +51,8 @@ export class SwitchboardWebClient {
   /** Each call's time to first audio and video, reported once each. */
   private firstMedia = new Map<string, FirstMediaClock>();
   private listeners = new Map<keyof SwitchboardEvents, Set<Listener<any>>>();
+  /** The server's flags for this device; empty until it says. */
+  private flags: Flags = {};
   /** The local camera / microphone stream of the current call (for a preview). */
   localStream?: MediaStream;
 
@@ -68,13 +71,16 @@ export class SwitchboardWebClient {
     this.token = options.userToken;
     this.events?.close(); // registering again replaces the connection
     this.api = new CallApi(options.serverUrl, () => this.token, options.deviceId);
-    await this.api.registerDevice({ platform: "web", push: {}, capabilities: { video: true } });
+    const registered = await this.api.registerDevice({ platform: "web", push: {}, capabilities: { video: true } });
+    this.setFlags(parseFlags((registered as { flags?: unknown } | null)?.flags));
     this.stopped = false;
     await this.connectEvents(options.deviceId);
   }
 
   async startCall({ calleeUserId, video }: StartCallOptions): Promise<{ callId: string }> {
     const api = this.requireApi();
+    // Video off for this device: the call goes out as audio.
+    video = video && this.featureOn("video_calls");
     const local = await this.localMedia(video);
     let info: JoinInfo;
     try {
@@ -157,6 +163,25 @@ export class SwitchboardWebClient {
 
   async getActiveCalls(): Promise<{ calls: ActiveCall[] }> {
     return { calls: this.calls.active() };
+  }
+
+  async getFlags(): Promise<{ flags: Flags }> {
+    return { flags: { ...this.flags } };
+  }
+
+  /** A built-in flag is on until the server says otherwise (an older server says nothing). */
+  private featureOn(name: string): boolean {
+    return this.flags[name] !== false;
+  }
+
+  /** Takes the server's flags; `flagsChanged` when they differ. */
+  private setFlags(flags: Flags | undefined): void {
+    if (!flags) return;
+    const same = (a: Flags, b: Flags) =>
+      Object.keys(a).length === Object.keys(b).length && Object.keys(a).every((k) => a[k] === b[k]);
+    if (same(flags, this.flags)) return;
+    this.flags = flags;
+    this.emit("flagsChanged", { flags: { ...flags } });
   }
 
   /** The browser plays call audio where the page's elements play: no routes here. */
@@ -300,8 +325,12 @@ export class SwitchboardWebClient {
           if (event.type === "authenticated") {
             authenticated = true;
             delay = 250;
+            this.setFlags(event.flags);
             return resolve();
           }
+          if (event.type === "flags") return this.setFlags(event.flags);
+          // Calling or its UI off here: a ring that crossed the change is not shown.
+          if (event.type === "ringing" && !(this.featureOn("calling") && this.featureOn("incoming_call_ui"))) return;
           if (event.type === "error") return reject(new SwitchboardError(401, event.code, event.message));
           // The caller's accept is the callee's answer.
           if (event.type === "accepted" && this.media.has(event.callId)) {

@@ -36,6 +36,7 @@ export class SwitchboardWeb extends WebPlugin implements SwitchboardPlugin {
       "muteChanged",
       "audioRouteChanged",
       "tokenRequested",
+      "flagsChanged",
     ];
     for (const event of events) this.client.on(event, (data) => this.notifyListeners(event, data));
   }
@@ -86,6 +87,10 @@ export class SwitchboardWeb extends WebPlugin implements SwitchboardPlugin {
 
   getActiveCalls(): Promise<{ calls: ActiveCall[] }> {
     return this.client.getActiveCalls();
+  }
+
+  getFlags(): Promise<{ flags: Record<string, boolean> }> {
+    return this.client.getFlags();
   }
 
   getAudioRoutes(): Promise<AudioRoutes> {

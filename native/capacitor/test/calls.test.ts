@@ -100,6 +100,14 @@ test("server messages parse with unknown fields ignored and unknown types droppe
   assert.deepEqual(parseEvent(JSON.stringify({ type: "call.event", callId: "c1", event: "call.accepted" })), { type: "accepted", callId: "c1" });
   assert.deepEqual(parseEvent(JSON.stringify({ type: "call.event", callId: "c1", event: "call.ended" })), { type: "ended", callId: "c1" });
   assert.deepEqual(parseEvent(JSON.stringify({ type: "authenticated", extra: true })), { type: "authenticated" });
+  assert.deepEqual(parseEvent(JSON.stringify({ type: "authenticated", flags: { calling: true, odd: 3 } })), {
+    type: "authenticated",
+    flags: { calling: true },
+  });
+  assert.deepEqual(parseEvent(JSON.stringify({ type: "flags", flags: { video_calls: false } })), {
+    type: "flags",
+    flags: { video_calls: false },
+  });
   for (const raw of [
     "not json",
     "null",
@@ -108,6 +116,8 @@ test("server messages parse with unknown fields ignored and unknown types droppe
     JSON.stringify({ type: "call.ringing", callId: "c1" }),
     JSON.stringify({ type: "something.new", callId: "c1" }),
     JSON.stringify({ type: "call.cancelled", callId: 7, reason: "missed" }),
+    JSON.stringify({ type: "flags", flags: ["video_calls"] }),
+    JSON.stringify({ type: "call.unsupported", callId: "c1", fromUserId: "alice", callType: "video" }),
   ]) {
     assert.equal(parseEvent(raw), null, raw);
   }

@@ -68,6 +68,10 @@ class FakeTelecom(private val routeThrows: Boolean) : SystemCallUi, AudioRoutes,
         reports.add("reconnected $callUuid")
     }
 
+    override fun flagsChanged(flags: Map<String, Boolean>) {
+        reports.add("flags video_calls=${flags["video_calls"]}")
+    }
+
     fun has(report: String) = synchronized(reports) { reports.contains(report) }
 }
 
@@ -139,8 +143,10 @@ fun main() {
         DevicePushTokens(apnsVoip = "aa".repeat(32), apnsAlert = "bb".repeat(32), fcm = null), routeThrows = false)
     val bobTokens = DevicePushTokens(apnsVoip = null, apnsAlert = null, fcm = "f".repeat(40))
     // Bob's app ran once (it registered his phone), then was killed.
-    val (firstRun, _) = client(env("BOB_TOKEN"), "b-pixel", Platform.ANDROID, bobTokens, routeThrows = true)
+    val (firstRun, firstRunUi) = client(env("BOB_TOKEN"), "b-pixel", Platform.ANDROID, bobTokens, routeThrows = true)
     waitFor("bob's device registration") { devices(env("BOB_TOKEN")).contains("b-pixel") }
+    // The server's flags reach the app through the CallEvents port.
+    waitFor("bob's flags") { firstRunUi.has("flags video_calls=true") }
     firstRun.shutdown()
 
     // Alice's app reports the call to CallKit under its own UUID first.

@@ -65,6 +65,9 @@ class FakeSystem(sb.SystemCallUi, sb.AudioRoutes, sb.Credentials, sb.CallEvents)
     def call_reconnected(self, call_uuid):
         self._record("reconnected", call_uuid)
 
+    def flags_changed(self, flags):
+        self._record("flags", flags.get("video_calls"))
+
 
 class Tokens(sb.PushTokens):
     def __init__(self, tokens):
@@ -141,6 +144,7 @@ def main():
     # Bob's core registers his phone in the background (through the
     # PushTokens port); a call to a user without devices ends at once.
     wait("bob's device registration", lambda: "b-pixel" in devices(os.environ["BOB_TOKEN"]))
+    wait("bob's flags", lambda: bob_ui.has("flags", True))
     alice_uuid = "7d3c1b2a-9e8f-4a6b-8c5d-4e3f2a1b0c9d"
     call_id = alice.start_call("bob", True, alice_uuid)
     assert alice_ui.has("outgoing", alice_uuid), alice_ui.reports

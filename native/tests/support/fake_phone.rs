@@ -29,6 +29,8 @@ pub enum Report {
     TrackRemoved(String),
     Reconnecting(String),
     Reconnected(String),
+    /// The flags as told, sorted by name.
+    Flags(Vec<(String, bool)>),
 }
 
 impl Report {
@@ -141,6 +143,15 @@ impl CallEvents for FakeSystem {
     }
     fn call_reconnected(&self, call_uuid: String) -> Result<(), PortError> {
         self.record(Report::Reconnected(call_uuid));
+        Ok(())
+    }
+    fn flags_changed(
+        &self,
+        flags: std::collections::HashMap<String, bool>,
+    ) -> Result<(), PortError> {
+        let mut flags: Vec<(String, bool)> = flags.into_iter().collect();
+        flags.sort();
+        self.record(Report::Flags(flags));
         Ok(())
     }
 }

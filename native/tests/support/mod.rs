@@ -18,6 +18,11 @@ fn key() -> control::auth::ApiKey {
     }
 }
 
+/// The operator API's key (`/v1/flags`): id and secret, for Basic auth.
+pub fn operator_key() -> (&'static str, &'static str) {
+    (KEY_ID, KEY_SECRET)
+}
+
 /// A user token as the app's backend would issue it.
 pub fn token(user: &str) -> String {
     token_for(user, Duration::from_secs(600))

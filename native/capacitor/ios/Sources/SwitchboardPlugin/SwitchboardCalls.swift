@@ -629,4 +629,8 @@ extension SwitchboardCalls: CallEvents {
     public func callReconnected(callUuid: String) throws {
         emit("callStateChanged", ["callId": jsCallId(callUuid), "state": "connected"])
     }
+
+    public func flagsChanged(flags: [String: Bool]) throws {
+        emit("flagsChanged", ["flags": flags])
+    }
 }

@@ -31,6 +31,7 @@ public class SwitchboardPlugin: CAPPlugin, CAPBridgedPlugin {
         CAPPluginMethod(name: "showVideo", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "hideVideo", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "getActiveCalls", returnType: CAPPluginReturnPromise),
+        CAPPluginMethod(name: "getFlags", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "checkPermissions", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "requestPermissions", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "canUseFullScreenIntent", returnType: CAPPluginReturnPromise),
@@ -140,6 +141,11 @@ public class SwitchboardPlugin: CAPPlugin, CAPBridgedPlugin {
                 "muted": c.muted, "held": c.held,
             ]
         }])
+    }
+
+    /// The server's feature flags for this device (empty before it said).
+    @objc func getFlags(_ call: CAPPluginCall) {
+        call.resolve(["flags": calls.currentClient()?.flags() ?? [:]])
     }
 
     static func jsState(_ state: ActiveCallState) -> String {

@@ -242,4 +242,8 @@ object SwitchboardCalls : SystemCallUi, AudioRoutes, PushTokens, Credentials, Ca
     override fun callReconnected(callUuid: String) {
         emit("callStateChanged", mapOf("callId" to ids.jsCallId(callUuid), "state" to "connected"))
     }
+
+    override fun flagsChanged(flags: Map<String, Boolean>) {
+        emit("flagsChanged", mapOf("flags" to flags))
+    }
 }

@@ -132,6 +132,13 @@ class SwitchboardPlugin : Plugin() {
         call.resolve(toJs(mapOf("calls" to calls)))
     }
 
+    /** The server's feature flags for this device (empty before it said). */
+    @PluginMethod
+    fun getFlags(call: PluginCall) {
+        val flags = SwitchboardCalls.currentClient()?.flags().orEmpty()
+        call.resolve(toJs(mapOf("flags" to flags)))
+    }
+
     @PluginMethod
     fun getAudioRoutes(call: PluginCall) {
         call.resolve(toJs(jsAudioRoutes(SwitchboardCalls.currentClient()?.audioRoutes())))
