@@ -124,6 +124,11 @@ fn demo_page_call_declined() {
 }
 
 #[test]
+fn demo_page_follows_its_flags_live() {
+    scenario("demo-flags");
+}
+
+#[test]
 fn demo_page_call_not_answered_times_out() {
     scenario("demo-timeout");
 }

@@ -3,7 +3,7 @@
 // local and remote video. The browser end-to-end test drives this page.
 
 import type { CallState, EndReason } from "./definitions.js";
-import { SwitchboardWebClient } from "./web-client.js";
+import { SwitchboardError, SwitchboardWebClient } from "./web-client.js";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 
@@ -48,6 +48,12 @@ client.on("callEnded", ({ reason }: { reason: EndReason }) => {
   inCall(undefined);
 });
 
+// The server's feature flags for this tab: no video choice with video off
+// (it changes live, over the events socket).
+client.on("flagsChanged", ({ flags }) => {
+  $("video-option").hidden = flags.video_calls === false;
+});
+
 client.on("remoteTrack", ({ kind, stream, userId, trackId }) => {
   if (kind === "video" && stream) {
     $<HTMLVideoElement>("remote").srcObject = stream;
@@ -87,8 +93,14 @@ function act(id: string, action: () => Promise<unknown>): void {
 act("signin", signIn);
 act("call", async () => {
   const calleeUserId = $<HTMLInputElement>("callee").value.trim();
-  const video = $<HTMLInputElement>("video").checked;
-  await client.startCall({ calleeUserId, video });
+  const video = $<HTMLInputElement>("video").checked && !$("video-option").hidden;
+  try {
+    await client.startCall({ calleeUserId, video });
+  } catch (e) {
+    // Calling is off (feature flags) on every device they have.
+    if (e instanceof SwitchboardError && e.code === "unsupported") return status(`${calleeUserId} cannot be called`);
+    throw e;
+  }
 });
 act("answer", async () => currentCall && client.answer({ callId: currentCall }));
 act("decline", async () => currentCall && client.decline({ callId: currentCall }));

@@ -9,6 +9,7 @@
 // on 127.0.0.1.
 
 import { execFileSync, spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { createSocket } from "node:dgram";
 import { readFile } from "node:fs/promises";
@@ -67,6 +68,9 @@ async function freePort(kind) {
   return port;
 }
 
+/** The operator API key of the demo scenarios (`id:secret`). */
+const OPERATOR_KEY = "browser-operator:browser-operator-secret-0123456789abcdef";
+
 async function startSwitchboard(extraEnv = {}) {
   const httpPort = await freePort("tcp");
   const udpPort = await freePort("udp");
@@ -80,7 +84,7 @@ async function startSwitchboard(extraEnv = {}) {
       SWITCHBOARD_ANNOUNCE_IPS: "127.0.0.1",
       SWITCHBOARD_TURN_UDP_LISTEN: `127.0.0.1:${turnPort}`,
       SWITCHBOARD_TURN_TCP_LISTEN: `127.0.0.1:${turnPort}`,
-      SWITCHBOARD_DEV_TOKEN_ENDPOINT: "true",
+      SWITCHBOARD_DEV_TOKEN_ENDPOINT: extraEnv.SWITCHBOARD_API_KEY ? "false" : "true",
       SWITCHBOARD_RECONNECT_GRACE_SECONDS: String(GRACE_SECONDS),
       SWITCHBOARD_DATA_DIR: mkdtempSync(join(tmpdir(), "switchboard-browser-")),
       // Info from the SFU is kept, not shown: printed only if the scenario
@@ -660,6 +664,70 @@ async function demoTimeout() {
   check(!(await bob.page.isVisible("#incoming")), "the incoming call is gone");
 }
 
+// The operator API needs a production node (development mode refuses API
+// keys), which serves no demo page: the page's files and its sign-in are
+// answered by the test (a user token signed with the node's API key, as
+// an app's backend signs them); everything else goes to the node.
+function userToken(user) {
+  const [kid, secret] = OPERATOR_KEY.split(":");
+  const part = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const unsigned = `${part({ alg: "HS256", typ: "JWT", kid })}.${part({ sub: user, aud: "switchboard:user", iat: now, exp: now + 600 })}`;
+  return `${unsigned}.${createHmac("sha256", secret).update(unsigned).digest("base64url")}`;
+}
+
+async function openDemoOnProductionNode(user) {
+  const context = await browser.newContext();
+  await context.route(`${sb.base}/demo/**`, async (route) => {
+    const path = new URL(route.request().url()).pathname;
+    const file = path.startsWith("/demo/esm/")
+      ? join(DEMO_DIR, "dist/esm", path.slice("/demo/esm/".length))
+      : join(DEMO_DIR, "demo", path === "/demo/" ? "index.html" : path.slice("/demo/".length));
+    const type = file.endsWith(".js") ? "text/javascript" : "text/html";
+    await route.fulfill({ status: 200, contentType: type, body: await readFile(file) });
+  });
+  await context.route(`${sb.base}/dev/user-token`, (route) =>
+    route.fulfill({ status: 200, contentType: "application/json", body: JSON.stringify({ token: userToken(user) }) }),
+  );
+  const page = await context.newPage();
+  page.on("pageerror", (e) => log(`${user} page error:`, e.message));
+  await page.goto(`${sb.base}/demo/`);
+  await page.fill("#user", user);
+  await page.click("#signin");
+  await waitFor(`${user} signed in`, () => statusOf({ page }).then((s) => s === "ready"), 15000);
+  return { user, page, context };
+}
+
+// Feature flags reach the demo page live: with video_calls off the video
+// choice goes away (and comes back), and a callee calling is off for
+// "cannot be called" at once.
+async function demoFlags() {
+  const alice = await openDemoOnProductionNode("alice");
+  const bob = await openDemoOnProductionNode("bob");
+  const videoShown = () => alice.page.isVisible("#video-option");
+  check(await videoShown(), "video is offered while video_calls is on");
+  const setFlag = async (name, body) => {
+    const response = await fetch(`${sb.base}/v1/flags/${name}`, {
+      method: "PUT",
+      headers: { authorization: `Basic ${Buffer.from(OPERATOR_KEY).toString("base64")}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    check(response.status === 200, `PUT ${name}: ${response.status} ${await response.text()}`);
+  };
+  await setFlag("video_calls", { state: "off" });
+  await waitFor("the video choice hidden", async () => !(await videoShown()), 5000);
+  const flags = await alice.page.evaluate(async () => (await window.switchboard.getFlags()).flags);
+  check(flags.video_calls === false && flags.calling === true, `getFlags: ${JSON.stringify(flags)}`);
+  await setFlag("video_calls", { state: "on" });
+  await waitFor("the video choice back", videoShown, 5000);
+
+  await setFlag("calling", { state: "on", denyUsers: ["bob"] });
+  await alice.page.fill("#callee", "bob");
+  await alice.page.click("#call");
+  await untilStatus(alice, "bob cannot be called");
+  check(!(await bob.page.isVisible("#incoming")), "bob's page does not ring");
+}
+
 // Two nodes on one Redis: alice's page (and events socket) on the first,
 // bob's on the second. The ring crosses nodes through Redis, the room is
 // placed on one of them, and each page joins it where the join info says.
@@ -702,6 +770,7 @@ const SCENARIOS = {
   "demo-call": demoCall,
   "demo-cluster": demoCluster,
   "demo-decline": demoDecline,
+  "demo-flags": demoFlags,
   "demo-timeout": demoTimeout,
   "relay-udp": () => relayOnly("udp"),
   "relay-tcp": () => relayOnly("tcp"),
@@ -727,9 +796,11 @@ async function main() {
     process.exit(3);
   }, 150000);
   const tls = scenario.startsWith("relay-tls");
-  const demo = scenario.startsWith("demo-")
-    ? { SWITCHBOARD_DEV_DEMO_DIR: DEMO_DIR, SWITCHBOARD_RING_TIMEOUT_SECONDS: scenario === "demo-timeout" ? "4" : "30" }
-    : {};
+  const demo = scenario === "demo-flags"
+    ? { SWITCHBOARD_API_KEY: OPERATOR_KEY, SWITCHBOARD_CALL_TOKEN_SECRET: "browser-call-token-secret-0123456789abcdef" }
+    : scenario.startsWith("demo-")
+      ? { SWITCHBOARD_DEV_DEMO_DIR: DEMO_DIR, SWITCHBOARD_RING_TIMEOUT_SECONDS: scenario === "demo-timeout" ? "4" : "30" }
+      : {};
   if (scenario === "demo-cluster") {
     redis = await startRedis();
     const node = (id) => ({ ...demo, SWITCHBOARD_REDIS_URL: redis.url, SWITCHBOARD_REDIS_NAMESPACE: "demo", SWITCHBOARD_NODE_ID: id });
@@ -742,7 +813,13 @@ async function main() {
   let failed = false;
   try {
     // The TLS relay's certificate is self-signed: trusted only when told to.
-    const args = scenario === "relay-tls" ? [...CHROMIUM_FLAGS, "--ignore-certificate-errors"] : CHROMIUM_FLAGS;
+    let args = scenario === "relay-tls" ? [...CHROMIUM_FLAGS, "--ignore-certificate-errors"] : CHROMIUM_FLAGS;
+    // A page the test fulfils has no address of its own, so Chromium takes
+    // it for a public one and blocks its sockets to loopback (Local
+    // Network Access); the node is on loopback only in the test.
+    if (scenario === "demo-flags") {
+      args = args.map((a) => (a.startsWith("--disable-features=") ? `${a},LocalNetworkAccessChecks` : a));
+    }
     browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args });
     await run();
     log("passed");
