@@ -2,7 +2,9 @@
 //! Observed from a call's state before and after each successful write, so
 //! every transition is counted exactly once, whichever request made it.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 
 use crate::call::{Call, CallState, EndReason, RingState};
 
@@ -17,6 +19,95 @@ pub struct CallMetrics {
     pub push_token_conflicts: IntCounter,
     /// What devices report (`POST /v1/calls/{id}/reports`).
     pub reports: crate::reports::ReportMetrics,
+    /// The rollout stage's measures by cohort of one designated flag.
+    pub rollout: RolloutMetrics,
+}
+
+/// How each callee's part in a call ended, for the rollout's answer rate
+/// (answered / all) and connect success (connected / answered).
+pub const ROLLOUT_OUTCOMES: [&str; 3] = ["connected", "answered_not_connected", "not_answered"];
+
+/// The measures that decide whether a rollout stage goes on (answer rate,
+/// connect success, time to first audio, push to call UI), split by
+/// whether one designated flag (`rollout_metrics_flag`) is on for the
+/// user on the device: its cohort, `on` or `off`. One flag at a time: a
+/// label per flag would double the series for each.
+pub struct RolloutMetrics {
+    flag: Option<String>,
+    /// `{flag, cohort, outcome}`: each callee, once, when the call ends.
+    pub callee_outcomes: IntCounterVec,
+    /// `{flag, cohort}`: device-reported first audio after accept.
+    pub time_to_first_audio: HistogramVec,
+    /// `{flag, cohort}`: a ring sent to the device acknowledging it.
+    pub ring_to_ui_shown: HistogramVec,
+}
+
+impl RolloutMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<RolloutMetrics> {
+        let callee_outcomes = IntCounterVec::new(
+            Opts::new(
+                "switchboard_rollout_callee_outcomes_total",
+                "Each callee's part in an ended call (connected, answered_not_connected, not_answered), by the designated rollout flag's cohort",
+            ),
+            &["flag", "cohort", "outcome"],
+        )?;
+        registry.register(Box::new(callee_outcomes.clone()))?;
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets),
+                &["flag", "cohort"],
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        Ok(RolloutMetrics {
+            flag: None,
+            callee_outcomes,
+            time_to_first_audio: histogram(
+                "switchboard_rollout_time_to_first_audio_seconds",
+                "Device-reported time to first audio, by the designated rollout flag's cohort",
+                vec![0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0],
+            )?,
+            ring_to_ui_shown: histogram(
+                "switchboard_rollout_ring_to_ui_shown_seconds",
+                "From a ring sent to the device showing its call UI, by the designated rollout flag's cohort",
+                vec![0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0],
+            )?,
+        })
+    }
+
+    /// The flag whose cohorts are measured; None: nothing is.
+    pub fn flag(&self) -> Option<&str> {
+        self.flag.as_deref()
+    }
+
+    fn cohort(on: bool) -> &'static str {
+        if on { "on" } else { "off" }
+    }
+
+    pub fn callee_outcome(&self, on: bool, outcome: &str) {
+        if let Some(flag) = &self.flag {
+            self.callee_outcomes
+                .with_label_values(&[flag, Self::cohort(on), outcome])
+                .inc();
+        }
+    }
+
+    pub fn first_audio(&self, on: bool, seconds: f64) {
+        if let Some(flag) = &self.flag {
+            self.time_to_first_audio
+                .with_label_values(&[flag, Self::cohort(on)])
+                .observe(seconds);
+        }
+    }
+
+    pub fn ui_shown(&self, on: bool, seconds: f64) {
+        if let Some(flag) = &self.flag {
+            self.ring_to_ui_shown
+                .with_label_values(&[flag, Self::cohort(on)])
+                .observe(seconds);
+        }
+    }
 }
 
 fn histogram(
@@ -61,6 +152,7 @@ impl CallMetrics {
         let seconds = vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0];
         Ok(CallMetrics {
             reports: crate::reports::ReportMetrics::register(registry)?,
+            rollout: RolloutMetrics::register(registry)?,
             push_token_conflicts,
             created,
             ended,
@@ -83,6 +175,28 @@ impl CallMetrics {
                 vec![10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0],
             )?,
         })
+    }
+
+    /// Measures rollout cohorts of `flag` (a valid flag name), every
+    /// series at 0 from the start so a stage's rates read 0, not nothing.
+    pub fn with_rollout_flag(mut self, flag: Option<String>) -> CallMetrics {
+        if let Some(flag) = &flag {
+            for cohort in ["on", "off"] {
+                for outcome in ROLLOUT_OUTCOMES {
+                    self.rollout
+                        .callee_outcomes
+                        .with_label_values(&[flag, cohort, outcome]);
+                }
+                self.rollout
+                    .time_to_first_audio
+                    .with_label_values(&[flag, cohort]);
+                self.rollout
+                    .ring_to_ui_shown
+                    .with_label_values(&[flag, cohort]);
+            }
+        }
+        self.rollout.flag = flag;
+        self
     }
 
     /// Counts what changed between two versions of one call.

@@ -317,10 +317,88 @@ impl CallService {
         }
         if let Some(m) = &self.metrics {
             m.observe(None, &call);
+            self.observe_rollout(m, None, &call);
         }
         trace_transition(None, &call);
         self.ringer.deliver(&call, &effects);
         Ok(call)
+    }
+
+    /// Whether the designated rollout flag is on for `device` (None: no
+    /// flag is designated, or the flags cannot be read).
+    pub fn rollout_cohort(&self, device: &Device) -> Option<bool> {
+        let flag = self.metrics.as_ref()?.rollout.flag()?;
+        let flags = self.flags.get(&*self.store).ok()?;
+        let who = Subject {
+            user_id: &device.user_id,
+            platform: device.platform,
+            app_version: device.app_version.as_deref(),
+            region: device.region.as_deref(),
+        };
+        Some(flags.is_on(flag, &who))
+    }
+
+    fn rollout_cohort_of(&self, user: &str, device_id: &str) -> Option<bool> {
+        self.metrics.as_ref()?.rollout.flag()?;
+        let devices = self.store.devices_of(user).ok()?;
+        let device = devices.iter().find(|d| d.device_id == device_id)?;
+        self.rollout_cohort(device)
+    }
+
+    /// The rollout measures of one change of a call: each callee's
+    /// outcome when it ends, each ring's time to the call UI. Costs store
+    /// reads only with a rollout flag designated.
+    fn observe_rollout(
+        &self,
+        metrics: &crate::metrics::CallMetrics,
+        before: Option<&Call>,
+        after: &Call,
+    ) {
+        use crate::call::{CallState, RingState, Role};
+        if metrics.rollout.flag().is_none() {
+            return;
+        }
+        let ended_now =
+            after.state == CallState::Ended && before.is_none_or(|b| b.state != CallState::Ended);
+        for (i, p) in after.participants.iter().enumerate() {
+            if p.role != Role::Member {
+                continue;
+            }
+            for (j, ring) in p.rings.iter().enumerate() {
+                let acked_before = before
+                    .and_then(|b| b.participants.get(i))
+                    .and_then(|bp| bp.rings.get(j))
+                    .is_some_and(|r| r.acknowledged_at.is_some());
+                if let Some(at) = ring.acknowledged_at
+                    && !acked_before
+                    && ring.state != RingState::Sent
+                    && let Some(on) = self.rollout_cohort_of(&p.user_id, &ring.device_id)
+                {
+                    let seconds = at.saturating_sub(ring.sent_at) as f64 / 1000.0;
+                    metrics.rollout.ui_shown(on, seconds);
+                }
+            }
+            if !ended_now {
+                continue;
+            }
+            // The device that answered, else the first one rung (a callee
+            // never rung, busy or without devices, is not counted).
+            let Some(device) = p
+                .device_id
+                .as_deref()
+                .or(p.rings.first().map(|r| r.device_id.as_str()))
+            else {
+                continue;
+            };
+            let outcome = match (p.device_id.is_some(), after.connected_at.is_some()) {
+                (true, true) => "connected",
+                (true, false) => "answered_not_connected",
+                (false, _) => "not_answered",
+            };
+            if let Some(on) = self.rollout_cohort_of(&p.user_id, device) {
+                metrics.rollout.callee_outcome(on, outcome);
+            }
+        }
     }
 
     /// The webhook rows for one change of a call (none without endpoints).
@@ -382,6 +460,7 @@ impl CallService {
             {
                 if let Some(m) = &self.metrics {
                     m.observe(Some(&read.value), &call);
+                    self.observe_rollout(m, Some(&read.value), &call);
                 }
                 trace_transition(Some(&read.value), &call);
                 self.ringer.deliver(&call, &effects);

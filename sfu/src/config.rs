@@ -105,6 +105,9 @@ pub struct Config {
     /// A video call to a device the flags keep from video: `audio` (the
     /// call becomes audio) or `refuse` (that device is not rung).
     pub video_fallback: control::service::VideoFallback,
+    /// The one flag whose cohorts (on / off for the user on the device)
+    /// split the rollout metrics (`deploy/ROLLOUT.md`); none: not split.
+    pub rollout_metrics_flag: Option<String>,
     /// Rate limits of the call API (429 with Retry-After beyond them).
     pub call_creates_per_minute: u32,
     pub calls_to_one_user_per_minute: u32,
@@ -279,6 +282,7 @@ impl Default for Config {
             max_ringing_devices: control::service::DEFAULT_MAX_RINGING_DEVICES,
             min_app_version: None,
             video_fallback: Default::default(),
+            rollout_metrics_flag: None,
             call_creates_per_minute: 30,
             calls_to_one_user_per_minute: 20,
             api_requests_per_second: 20,
@@ -412,6 +416,9 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_MIN_APP_VERSION") {
             self.min_app_version = Some(v).filter(|v| !v.is_empty());
+        }
+        if let Some(v) = var("SWITCHBOARD_ROLLOUT_METRICS_FLAG") {
+            self.rollout_metrics_flag = Some(v).filter(|v| !v.is_empty());
         }
         if let Some(v) = var("SWITCHBOARD_VIDEO_FALLBACK") {
             self.video_fallback = match v.as_str() {
@@ -641,6 +648,13 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "min_app_version is a dotted version (2.14.1)".into(),
+            ));
+        }
+        if let Some(flag) = &self.rollout_metrics_flag
+            && !control::flags::valid_name(flag)
+        {
+            return Err(ConfigError::Invalid(
+                "rollout_metrics_flag is a flag name ([a-z0-9_], 1-64)".into(),
             ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {

@@ -504,3 +504,92 @@ async fn flags_reach_calls_in_flight_and_old_apps_are_told() {
     assert_eq!(created["call"]["state"], "ringing", "{created}");
     server.shutdown().await;
 }
+
+async fn series(server: &sfu::server::Running, series: &str) -> f64 {
+    let (_, metrics) = common::live::http(server, "GET", "/metrics", "").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} is not exported"))
+}
+
+/// Rollout cohorts: with `new_ringer` designated, each callee's outcome,
+/// their ring's time to the call UI and their first audio are counted in
+/// the cohort the flag puts them in (bob on, by the allow list; carol
+/// off), and nowhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_metrics_split_by_the_designated_flags_cohort() {
+    use common::live::post_as;
+    let server = start_server_with(|c| c.rollout_metrics_flag = Some("new_ringer".into())).await;
+    let rollout = json!({"state": "rollout", "percent": 0, "allowUsers": ["bob"]});
+    let (status, body) = operator(&server, "PUT", "/v1/flags/new_ringer", rollout).await;
+    assert_eq!(status, 200, "{body}");
+    for (user, device) in [("bob", "bob-web"), ("carol", "carol-web")] {
+        let device = json!({"deviceId": device, "platform": "web"});
+        let (status, body) = post_as(&server, "/v1/devices", user, device).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let outcome = |cohort: &str, outcome: &str| {
+        format!(
+            "switchboard_rollout_callee_outcomes_total{{cohort=\"{cohort}\",flag=\"new_ringer\",outcome=\"{outcome}\"}}"
+        )
+    };
+    assert_eq!(series(&server, &outcome("on", "not_answered")).await, 0.0);
+
+    // Bob (on): acknowledged, answered, first audio reported, hung up
+    // before media connected.
+    let created = alice_calls_bob(&server, "audio").await;
+    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
+    for (path, body) in [
+        ("ack", json!({"deviceId": "bob-web"})),
+        ("accept", json!({"deviceId": "bob-web"})),
+        (
+            "reports",
+            json!({"deviceId": "bob-web", "reports": [{"type": "first_audio", "afterAcceptMs": 700}]}),
+        ),
+        ("end", json!({})),
+    ] {
+        let (status, answer) =
+            post_as(&server, &format!("/v1/calls/{call_id}/{path}"), "bob", body).await;
+        assert!(status < 300, "{path}: {status} {answer}");
+    }
+    // Carol (off): rung, never answered.
+    let call = json!({"calleeUserIds": ["carol"], "type": "audio", "deviceId": "alice-web"});
+    let (status, created) = post_as(&server, "/v1/calls", "alice", call).await;
+    assert_eq!(status, 201, "{created}");
+    let call_id = created["call"]["callId"].as_str().unwrap();
+    let cancel = format!("/v1/calls/{call_id}/cancel");
+    let (status, body) = post_as(&server, &cancel, "alice", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    for (cohort, name, value) in [
+        ("on", "answered_not_connected", 1.0),
+        ("on", "not_answered", 0.0),
+        ("on", "connected", 0.0),
+        ("off", "not_answered", 1.0),
+        ("off", "answered_not_connected", 0.0),
+    ] {
+        assert_eq!(
+            series(&server, &outcome(cohort, name)).await,
+            value,
+            "{cohort} {name}"
+        );
+    }
+    let ttfa = |cohort: &str, part: &str| {
+        format!(
+            "switchboard_rollout_time_to_first_audio_seconds_{part}{{cohort=\"{cohort}\",flag=\"new_ringer\"}}"
+        )
+    };
+    assert_eq!(series(&server, &ttfa("on", "count")).await, 1.0);
+    assert!((series(&server, &ttfa("on", "sum")).await - 0.7).abs() < 1e-9);
+    assert_eq!(series(&server, &ttfa("off", "count")).await, 0.0);
+    let shown = |cohort: &str| {
+        format!(
+            "switchboard_rollout_ring_to_ui_shown_seconds_count{{cohort=\"{cohort}\",flag=\"new_ringer\"}}"
+        )
+    };
+    assert_eq!(series(&server, &shown("on")).await, 1.0);
+    assert_eq!(series(&server, &shown("off")).await, 0.0);
+    server.shutdown().await;
+}

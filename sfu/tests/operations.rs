@@ -117,6 +117,24 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
     queries
 }
 
+/// The queries `deploy/ROLLOUT.md` tells operators to run at each stage
+/// (its `promql` blocks), as (file, heading, query).
+fn rollout_checks() -> Vec<(String, String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ROLLOUT.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let queries: Vec<(String, String, String)> = text
+        .split("```promql\n")
+        .skip(1)
+        .enumerate()
+        .map(|(i, block)| {
+            let query = block.split("```").next().unwrap().trim().to_string();
+            ("ROLLOUT.md".into(), format!("check {}", i + 1), query)
+        })
+        .collect();
+    assert!(queries.len() >= 5, "{queries:?}");
+    queries
+}
+
 /// Every rule of alerts.yml, as JSON.
 fn alert_rules() -> Vec<Value> {
     let text = std::fs::read_to_string(prometheus_dir().join("alerts.yml")).unwrap();
@@ -258,6 +276,7 @@ async fn prometheus_scrapes_a_call_and_every_metric_of_the_rules_and_dashboards_
     let server = common::live::start_server_with_configured_push(|c| {
         c.redis_url = Some(redis_url);
         c.redis_namespace = "operations".into();
+        c.rollout_metrics_flag = Some("calling".into());
         common::live::push_through_fcm_stand_in(
             c,
             &fcm.server.url,
@@ -329,6 +348,13 @@ async fn prometheus_scrapes_a_call_and_every_metric_of_the_rules_and_dashboards_
     prometheus
         .wait_for_value("switchboard_ice_connected_total", 2.0)
         .await;
+    // Bob is in the `calling` cohort (on for everyone until set).
+    prometheus
+        .wait_for_value(
+            r#"switchboard_rollout_callee_outcomes_total{flag="calling",cohort="on",outcome="connected"}"#,
+            1.0,
+        )
+        .await;
     prometheus
         .wait_for_value(
             r#"sum(switchboard_push_delivered_total{provider="fcm",kind="ring"})"#,
@@ -381,7 +407,7 @@ async fn prometheus_scrapes_a_call_and_every_metric_of_the_rules_and_dashboards_
         }
     }
     assert!(read >= 15, "{read}");
-    for (file, title, expr) in dashboard_queries() {
+    for (file, title, expr) in dashboard_queries().into_iter().chain(rollout_checks()) {
         for name in metrics_read_by(&expr) {
             assert!(
                 exported.contains(name.as_str()),

@@ -1102,6 +1102,12 @@ async fn call_reports(
             }
             accepted += 1;
             metrics.inspect(|m| m.observe(platform, &report));
+            if let crate::reports::Report::FirstAudio { after_accept_ms } = report
+                && let Some(m) = &state.service.metrics
+                && let Some(on) = state.service.rollout_cohort(&device)
+            {
+                m.rollout.first_audio(on, after_accept_ms as f64 / 1000.0);
+            }
             tracing::info!(call_id = %call_id, user_id = %user, device_id = %device_id, platform = platform.as_str(), report = kind, detail = ?report, "device report");
         }
         span.record("accepted", accepted).record("skipped", skipped);

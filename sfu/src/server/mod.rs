@@ -244,7 +244,8 @@ pub async fn start_with_push(
         nodes: Arc::default(),
     };
     let call_metrics = control::metrics::CallMetrics::register(&state.metrics.registry)
-        .map_err(|e| StartError::Store(e.to_string()))?;
+        .map_err(|e| StartError::Store(e.to_string()))?
+        .with_rollout_flag(state.config.rollout_metrics_flag.clone());
     let push_metrics = control::push::metrics::PushMetrics::register(&state.metrics.registry)
         .map_err(|e| StartError::Push(e.to_string()))?;
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
