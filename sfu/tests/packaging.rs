@@ -11,9 +11,9 @@
 //!   on a base made here like distroless's (glibc, CA roots, the nonroot
 //!   user; registries are unreachable), with this build's binary standing
 //!   in for the build stage's; started, it runs as the nonroot user,
-//!   answers `/healthz` and `/readyz`, and carries a call between two
-//!   str0m bots to `connected`. The build stage (Rust's image from Docker
-//!   Hub) is not run here.
+//!   answers `/healthz` and `/readyz`, carries a call between two Chromium
+//!   pages (each decodes the other's video), and exits cleanly on SIGTERM.
+//!   The build stage (Rust's image from Docker Hub) is not run here.
 
 mod common;
 
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::live::{API_KEY_ID, API_KEY_SECRET, free_port, post_json, request, run_bot};
+use common::live::{API_KEY_ID, API_KEY_SECRET, free_port, request};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -473,55 +473,30 @@ async fn the_image_runs_as_nonroot_answers_health_and_carries_a_call() {
         "runs as {uid}"
     );
 
-    // A call through it: alice rings bob's browser, he answers, both
-    // bots' media reaches the SFU in the container, the call connects.
-    for (user, device) in [("alice", "alice-web"), ("bob", "bob-web")] {
-        let device = json!({"deviceId": device, "platform": "web"});
-        let (status, body) = post_json(addr, "/v1/devices", user, device).await;
-        assert_eq!(status, 200, "{body}");
-    }
-    let call = json!({"calleeUserIds": ["bob"], "type": "video", "deviceId": "alice-web"});
-    let (status, created) = post_json(addr, "/v1/calls", "alice", call).await;
-    assert_eq!(status, 201, "{created}");
-    let call_id = created["call"]["callId"].as_str().unwrap().to_string();
-    let accept = format!("/v1/calls/{call_id}/accept");
-    let (status, accepted) = post_json(addr, &accept, "bob", json!({"deviceId": "bob-web"})).await;
-    assert_eq!(status, 200, "{accepted}");
-    let url = format!("ws://{addr}/v1/rtc");
-    let bot = |name: &'static str, token: &Value| {
-        let (url, token) = (url.clone(), token.as_str().unwrap().to_string());
-        tokio::spawn(async move { run_bot(name, &url, token, Duration::from_secs(6)).await })
-    };
-    let alice = bot("alice", &created["callToken"]);
-    let bob = bot("bob", &accepted["callToken"]);
-    let auth = format!("Bearer {}", common::live::user_token("alice"));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, call) = request(
-            addr,
-            "GET",
-            &format!("/v1/calls/{call_id}"),
-            &[("Authorization", &auth)],
-            "",
-        )
-        .await;
-        let call: Value = serde_json::from_str(&call).unwrap_or_default();
-        if call["state"] == "connected" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the call never connected: {call}\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (alice, bob) = (alice.await.unwrap(), bob.await.unwrap());
+    // A call through it: two Chromium pages (the demo page, signed in
+    // with user tokens of the node's API key) ring, answer and decode
+    // each other's video (`browser/run.mjs`, scenario `external-call`).
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
-        !alice.received.is_empty() && !bob.received.is_empty(),
-        "media both ways: alice {} bob {}",
-        alice.received.len(),
-        bob.received.len()
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "the call needs `npm ci` in {}: run ./scripts/test",
+        browser_dir.display()
+    );
+    let call = Command::new("timeout")
+        .args(["180", "node", "run.mjs", "-", "external-call"])
+        .current_dir(&browser_dir)
+        .env("SWITCHBOARD_BASE", format!("http://{addr}"))
+        .env(
+            "SWITCHBOARD_OPERATOR_KEY",
+            format!("{API_KEY_ID}:{API_KEY_SECRET}"),
+        )
+        .output()
+        .expect("node runs");
+    assert!(
+        call.status.success(),
+        "the two-page call through the image failed:\n{}\nthe server's log:\n{}",
+        said(&call),
+        logs()
     );
 
     // SIGTERM drains and exits cleanly (no call is left).

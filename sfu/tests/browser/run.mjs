@@ -68,8 +68,13 @@ async function freePort(kind) {
   return port;
 }
 
-/** The operator API key of the demo scenarios (`id:secret`). */
-const OPERATOR_KEY = "browser-operator:browser-operator-secret-0123456789abcdef";
+/**
+ * The operator API key of the scenarios on a production node (`id:secret`);
+ * a node started elsewhere names its own.
+ */
+const OPERATOR_KEY = process.env.SWITCHBOARD_OPERATOR_KEY || "browser-operator:browser-operator-secret-0123456789abcdef";
+/** A node started elsewhere (the container image's test), instead of one of ours. */
+const EXTERNAL_BASE = process.env.SWITCHBOARD_BASE;
 
 async function startSwitchboard(extraEnv = {}) {
   const httpPort = await freePort("tcp");
@@ -728,6 +733,24 @@ async function demoFlags() {
   check(!(await bob.page.isVisible("#incoming")), "bob's page does not ring");
 }
 
+// Two pages call each other through a node started elsewhere (the
+// container image, sfu/tests/packaging.rs): both decode the other's video.
+async function externalCall() {
+  const alice = await openDemoOnProductionNode("alice");
+  const bob = await openDemoOnProductionNode("bob");
+  await alice.page.fill("#callee", "bob");
+  await alice.page.click("#call");
+  await untilStatus(alice, "outgoing");
+  await waitFor("bob's incoming call", () => bob.page.isVisible("#incoming"));
+  await bob.page.click("#answer");
+  await untilStatus(bob, "connected");
+  await untilStatus(alice, "connected");
+  await decodeEachOther(alice, bob);
+  await alice.page.click("#hangup");
+  await untilStatus(alice, "ended: completed");
+  await untilStatus(bob, "ended: completed");
+}
+
 // Two nodes on one Redis: alice's page (and events socket) on the first,
 // bob's on the second. The ring crosses nodes through Redis, the room is
 // placed on one of them, and each page joins it where the join info says.
@@ -771,6 +794,7 @@ const SCENARIOS = {
   "demo-cluster": demoCluster,
   "demo-decline": demoDecline,
   "demo-flags": demoFlags,
+  "external-call": externalCall,
   "demo-timeout": demoTimeout,
   "relay-udp": () => relayOnly("udp"),
   "relay-tcp": () => relayOnly("tcp"),
@@ -786,8 +810,8 @@ const SCENARIOS = {
 
 async function main() {
   const run = SCENARIOS[scenario];
-  if (!serverBin || !run) {
-    console.error(`usage: node run.mjs <switchboard> <${Object.keys(SCENARIOS).join("|")}>`);
+  if (!serverBin || !run || (scenario === "external-call") !== Boolean(EXTERNAL_BASE)) {
+    console.error(`usage: node run.mjs <switchboard> <${Object.keys(SCENARIOS).join("|")}> (external-call: - with SWITCHBOARD_BASE)`);
     process.exit(2);
   }
   const hardStop = setTimeout(() => {
@@ -801,7 +825,9 @@ async function main() {
     : scenario.startsWith("demo-")
       ? { SWITCHBOARD_DEV_DEMO_DIR: DEMO_DIR, SWITCHBOARD_RING_TIMEOUT_SECONDS: scenario === "demo-timeout" ? "4" : "30" }
       : {};
-  if (scenario === "demo-cluster") {
+  if (EXTERNAL_BASE) {
+    sb = { child: null, base: EXTERNAL_BASE, ws: `${EXTERNAL_BASE.replace(/^http/, "ws")}/v1/rtc` };
+  } else if (scenario === "demo-cluster") {
     redis = await startRedis();
     const node = (id) => ({ ...demo, SWITCHBOARD_REDIS_URL: redis.url, SWITCHBOARD_REDIS_NAMESPACE: "demo", SWITCHBOARD_NODE_ID: id });
     sb = await startSwitchboard(node("node-1"));
@@ -817,7 +843,7 @@ async function main() {
     // A page the test fulfils has no address of its own, so Chromium takes
     // it for a public one and blocks its sockets to loopback (Local
     // Network Access); the node is on loopback only in the test.
-    if (scenario === "demo-flags") {
+    if (scenario === "demo-flags" || scenario === "external-call") {
       args = args.map((a) => (a.startsWith("--disable-features=") ? `${a},LocalNetworkAccessChecks` : a));
     }
     browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args });
@@ -830,7 +856,7 @@ async function main() {
   } finally {
     if (browser) await browser.close().catch(() => {});
     web.server.close();
-    sb.child.kill("SIGINT");
+    sb.child?.kill("SIGINT");
     if (sb2) sb2.child.kill("SIGINT");
     if (redis) redis.child.kill("SIGKILL");
     clearTimeout(hardStop);
