@@ -6,6 +6,7 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
 };
 
+use crate::call::machine::{Participant, Ring};
 use crate::call::{Call, CallState, EndReason, RingState};
 
 pub struct CallMetrics {
@@ -221,21 +222,33 @@ impl CallMetrics {
         {
             self.ring_to_answer.observe(secs(after.created_at, a));
         }
-        for (i, p) in after.participants.iter().enumerate() {
-            for (j, ring) in p.rings.iter().enumerate() {
+        for (_, ring, shown_at) in rings_shown(before, after) {
+            self.ring_to_ui_shown.observe(secs(ring.sent_at, shown_at));
+        }
+    }
+}
+
+/// The rings whose device showed its call UI between `before` and
+/// `after` (acknowledged, and acted on: not a bare `Sent`), with their
+/// participant and when it showed.
+pub fn rings_shown<'a>(
+    before: Option<&'a Call>,
+    after: &'a Call,
+) -> impl Iterator<Item = (&'a Participant, &'a Ring, u64)> {
+    after
+        .participants
+        .iter()
+        .enumerate()
+        .flat_map(move |(i, p)| {
+            p.rings.iter().enumerate().filter_map(move |(j, ring)| {
                 let acked_before = before
                     .and_then(|b| b.participants.get(i))
                     .and_then(|bp| bp.rings.get(j))
                     .is_some_and(|r| r.acknowledged_at.is_some());
-                if let Some(at) = ring.acknowledged_at
-                    && !acked_before
-                    && ring.state != RingState::Sent
-                {
-                    self.ring_to_ui_shown.observe(secs(ring.sent_at, at));
-                }
-            }
-        }
-    }
+                let at = ring.acknowledged_at?;
+                (!acked_before && ring.state != RingState::Sent).then_some((p, ring, at))
+            })
+        })
 }
 
 #[cfg(test)]

@@ -354,31 +354,23 @@ impl CallService {
         before: Option<&Call>,
         after: &Call,
     ) {
-        use crate::call::{CallState, RingState, Role};
+        use crate::call::{CallState, Role};
         if metrics.rollout.flag().is_none() {
             return;
         }
+        for (p, ring, shown_at) in crate::metrics::rings_shown(before, after) {
+            if let Some(on) = self.rollout_cohort_of(&p.user_id, &ring.device_id) {
+                let seconds = shown_at.saturating_sub(ring.sent_at) as f64 / 1000.0;
+                metrics.rollout.ui_shown(on, seconds);
+            }
+        }
         let ended_now =
             after.state == CallState::Ended && before.is_none_or(|b| b.state != CallState::Ended);
-        for (i, p) in after.participants.iter().enumerate() {
+        if !ended_now {
+            return;
+        }
+        for p in &after.participants {
             if p.role != Role::Member {
-                continue;
-            }
-            for (j, ring) in p.rings.iter().enumerate() {
-                let acked_before = before
-                    .and_then(|b| b.participants.get(i))
-                    .and_then(|bp| bp.rings.get(j))
-                    .is_some_and(|r| r.acknowledged_at.is_some());
-                if let Some(at) = ring.acknowledged_at
-                    && !acked_before
-                    && ring.state != RingState::Sent
-                    && let Some(on) = self.rollout_cohort_of(&p.user_id, &ring.device_id)
-                {
-                    let seconds = at.saturating_sub(ring.sent_at) as f64 / 1000.0;
-                    metrics.rollout.ui_shown(on, seconds);
-                }
-            }
-            if !ended_now {
                 continue;
             }
             // The device that answered, else the first one rung (a callee

@@ -661,14 +661,6 @@ async fn over_the_limits_is_429_with_retry_after() {
 
 /// The value of one series in `/metrics` (`name{labels}` exactly as exported:
 /// labels in alphabetical order).
-async fn series(server: &Running, series: &str) -> f64 {
-    let (_, metrics) = common::live::http(server, "GET", "/metrics", "").await;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{series} is not exported"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_reports_feed_metrics_and_never_the_call() {
@@ -704,7 +696,7 @@ async fn device_reports_feed_metrics_and_never_the_call() {
     let other_code =
         "switchboard_call_ui_errors_total{code=\"other\",platform=\"web\",system=\"callkit\"}";
     let loss_count = "switchboard_client_packet_loss_ratio_count{platform=\"web\"}";
-    assert_eq!(series(&server, ttfa_count).await, 0.0);
+    assert_eq!(common::live::series(&server, ttfa_count).await, 0.0);
 
     let (status, body) = report(
         ben.clone(),
@@ -721,14 +713,14 @@ async fn device_reports_feed_metrics_and_never_the_call() {
         (status, &body),
         (202, &json!({"accepted": 3, "skipped": 1}))
     );
-    assert_eq!(series(&server, ttfa_count).await, 1.0);
-    assert!((series(&server, ttfa_sum).await - 0.84).abs() < 1e-9);
+    assert_eq!(common::live::series(&server, ttfa_count).await, 1.0);
+    assert!((common::live::series(&server, ttfa_sum).await - 0.84).abs() < 1e-9);
     assert_eq!(
-        series(&server, other_code).await,
+        common::live::series(&server, other_code).await,
         1.0,
         "an unknown code counts as other"
     );
-    assert_eq!(series(&server, loss_count).await, 1.0);
+    assert_eq!(common::live::series(&server, loss_count).await, 1.0);
 
     // A retried first_audio is not a second call's TTFA.
     let (status, body) = report(
@@ -741,7 +733,7 @@ async fn device_reports_feed_metrics_and_never_the_call() {
         (status, &body),
         (202, &json!({"accepted": 0, "skipped": 1}))
     );
-    assert_eq!(series(&server, ttfa_count).await, 1.0);
+    assert_eq!(common::live::series(&server, ttfa_count).await, 1.0);
 
     // One bad report refuses the request whole: nothing counted.
     let (status, body) = report(
@@ -759,7 +751,7 @@ async fn device_reports_feed_metrics_and_never_the_call() {
         body["message"].as_str().unwrap().contains("report 1"),
         "{body}"
     );
-    assert_eq!(series(&server, video_count).await, 0.0);
+    assert_eq!(common::live::series(&server, video_count).await, 0.0);
     let (status, _) = report(ben.clone(), "ben-d", json!([])).await;
     assert_eq!(status, 400);
 
@@ -772,7 +764,7 @@ async fn device_reports_feed_metrics_and_never_the_call() {
         (status, body["code"].as_str()),
         (403, Some("unknown_device"))
     );
-    assert_eq!(series(&server, video_count).await, 0.0);
+    assert_eq!(common::live::series(&server, video_count).await, 0.0);
 
     // Reports are not call state: the call reads as it did.
     let (_, call_after) = get_call().await;
@@ -793,5 +785,5 @@ async fn device_reports_feed_metrics_and_never_the_call() {
     // Another device of the call has its own budget.
     let (status, _) = report(user_token("ann"), "ann-d", first_video).await;
     assert_eq!(status, 202);
-    assert_eq!(series(&server, video_count).await, 1.0);
+    assert_eq!(common::live::series(&server, video_count).await, 1.0);
 }

@@ -34,6 +34,12 @@ async fn operator(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// Sets flag `name` to `body` through the operator API; it must take it.
+async fn set_flag(server: &sfu::server::Running, name: &str, body: Value) {
+    let (status, answer) = operator(server, "PUT", &format!("/v1/flags/{name}"), body).await;
+    assert_eq!(status, 200, "{name}: {answer}");
+}
+
 fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
     list["flags"]
         .as_array()
@@ -73,14 +79,12 @@ async fn operators_set_flags_by_version_and_every_change_is_recorded() {
         (409, &json!("version_mismatch")),
         "{body}"
     );
-    let (status, body) = operator(
+    set_flag(
         &server,
-        "PUT",
-        "/v1/flags/video_calls",
+        "video_calls",
         json!({"state": "on", "percent": 40}),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
     assert!(
         body.get("percent").is_none(),
         "a percent means nothing to `on`: {body}"
@@ -211,14 +215,12 @@ async fn calls_ring_only_the_devices_the_flags_let_ring() {
         post_as(&server, "/v1/calls", "alice", call).await
     };
 
-    let (status, body) = operator(
+    set_flag(
         &server,
-        "PUT",
-        "/v1/flags/calling",
+        "calling",
         json!({"state": "on", "denyUsers": ["bob"]}),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
     let (status, created) = call_bob().await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(
@@ -227,18 +229,9 @@ async fn calls_ring_only_the_devices_the_flags_let_ring() {
         "{created}"
     );
 
-    let (status, body) =
-        operator(&server, "PUT", "/v1/flags/calling", json!({"state": "on"})).await;
-    assert_eq!(status, 200, "{body}");
+    set_flag(&server, "calling", json!({"state": "on"})).await;
     let ui_off_on_android = json!({"state": "on", "platforms": ["web", "ios"]});
-    let (status, body) = operator(
-        &server,
-        "PUT",
-        "/v1/flags/incoming_call_ui",
-        ui_off_on_android,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    set_flag(&server, "incoming_call_ui", ui_off_on_android).await;
     let (status, created) = call_bob().await;
     assert_eq!(
         (status, &created["call"]["state"]),
@@ -261,14 +254,7 @@ async fn calls_ring_only_the_devices_the_flags_let_ring() {
     assert_eq!(status, 200, "{body}");
 
     // Back on for Android: the phone rings again (its first push).
-    let (status, body) = operator(
-        &server,
-        "PUT",
-        "/v1/flags/incoming_call_ui",
-        json!({"state": "on"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    set_flag(&server, "incoming_call_ui", json!({"state": "on"})).await;
     let (status, created) = call_bob().await;
     assert_eq!(
         (status, &created["call"]["state"]),
@@ -309,12 +295,10 @@ async fn devices_get_their_flags_and_hear_when_they_change() {
     // Narrowed to Android: nothing changes for this phone, nothing is said
     // (the next message is the change below).
     let android_only = json!({"state": "on", "platforms": ["android"]});
-    let (status, body) = operator(&server, "PUT", "/v1/flags/video_calls", android_only).await;
-    assert_eq!(status, 200, "{body}");
+    set_flag(&server, "video_calls", android_only).await;
     // Narrowed to versions below 3: this phone (3.1.0) is out, and hears it.
     let old_apps = json!({"state": "on", "appVersions": {"max": "3"}});
-    let (status, body) = operator(&server, "PUT", "/v1/flags/video_calls", old_apps).await;
-    assert_eq!(status, 200, "{body}");
+    set_flag(&server, "video_calls", old_apps).await;
     let told = socket.next().await;
     assert_eq!(told["type"], "flags", "{told}");
     assert_eq!(told["flags"]["video_calls"], false, "{told}");
@@ -426,14 +410,7 @@ async fn flags_reach_calls_in_flight_and_old_apps_are_told() {
     );
 
     // Video off while it rings: the ring stops, the call ends unsupported.
-    let (status, body) = operator(
-        &server,
-        "PUT",
-        "/v1/flags/video_calls",
-        json!({"state": "off"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    set_flag(&server, "video_calls", json!({"state": "off"})).await;
     let cancelled = new.next_of("call.cancelled").await;
     assert_eq!(
         (&cancelled["callId"], &cancelled["reason"]),
@@ -469,9 +446,7 @@ async fn flags_reach_calls_in_flight_and_old_apps_are_told() {
     .await;
     assert_eq!(status, 200, "{body}");
     // Answered calls go on to their end whatever the flags say.
-    let (status, body) =
-        operator(&server, "PUT", "/v1/flags/calling", json!({"state": "off"})).await;
-    assert_eq!(status, 200, "{body}");
+    set_flag(&server, "calling", json!({"state": "off"})).await;
     let flags = new.next_of("flags").await;
     assert_eq!(flags["flags"]["calling"], false, "{flags}");
     let answered = call_state(&server, &call_id).await;
@@ -486,14 +461,7 @@ async fn flags_reach_calls_in_flight_and_old_apps_are_told() {
     let device = json!({"deviceId": "bob-new", "platform": "web"});
     let (status, body) = post_as(&server, "/v1/devices", "bob", device).await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = operator(
-        &server,
-        "PUT",
-        "/v1/flags/video_calls",
-        json!({"state": "off"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    set_flag(&server, "video_calls", json!({"state": "off"})).await;
     let created = alice_calls_bob(&server, "video").await;
     assert_eq!(
         (&created["call"]["type"], &created["call"]["endReason"]),
@@ -505,15 +473,6 @@ async fn flags_reach_calls_in_flight_and_old_apps_are_told() {
     server.shutdown().await;
 }
 
-async fn series(server: &sfu::server::Running, series: &str) -> f64 {
-    let (_, metrics) = common::live::http(server, "GET", "/metrics", "").await;
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{series} is not exported"))
-}
-
 /// Rollout cohorts: with `new_ringer` designated, each callee's outcome,
 /// their ring's time to the call UI and their first audio are counted in
 /// the cohort the flag puts them in (bob on, by the allow list; carol
@@ -523,8 +482,7 @@ async fn rollout_metrics_split_by_the_designated_flags_cohort() {
     use common::live::post_as;
     let server = start_server_with(|c| c.rollout_metrics_flag = Some("new_ringer".into())).await;
     let rollout = json!({"state": "rollout", "percent": 0, "allowUsers": ["bob"]});
-    let (status, body) = operator(&server, "PUT", "/v1/flags/new_ringer", rollout).await;
-    assert_eq!(status, 200, "{body}");
+    set_flag(&server, "new_ringer", rollout).await;
     for (user, device) in [("bob", "bob-web"), ("carol", "carol-web")] {
         let device = json!({"deviceId": device, "platform": "web"});
         let (status, body) = post_as(&server, "/v1/devices", user, device).await;
@@ -535,7 +493,10 @@ async fn rollout_metrics_split_by_the_designated_flags_cohort() {
             "switchboard_rollout_callee_outcomes_total{{cohort=\"{cohort}\",flag=\"new_ringer\",outcome=\"{outcome}\"}}"
         )
     };
-    assert_eq!(series(&server, &outcome("on", "not_answered")).await, 0.0);
+    assert_eq!(
+        common::live::series(&server, &outcome("on", "not_answered")).await,
+        0.0
+    );
 
     // Bob (on): acknowledged, answered, first audio reported, hung up
     // before media connected.
@@ -571,7 +532,7 @@ async fn rollout_metrics_split_by_the_designated_flags_cohort() {
         ("off", "answered_not_connected", 0.0),
     ] {
         assert_eq!(
-            series(&server, &outcome(cohort, name)).await,
+            common::live::series(&server, &outcome(cohort, name)).await,
             value,
             "{cohort} {name}"
         );
@@ -581,15 +542,21 @@ async fn rollout_metrics_split_by_the_designated_flags_cohort() {
             "switchboard_rollout_time_to_first_audio_seconds_{part}{{cohort=\"{cohort}\",flag=\"new_ringer\"}}"
         )
     };
-    assert_eq!(series(&server, &ttfa("on", "count")).await, 1.0);
-    assert!((series(&server, &ttfa("on", "sum")).await - 0.7).abs() < 1e-9);
-    assert_eq!(series(&server, &ttfa("off", "count")).await, 0.0);
+    assert_eq!(
+        common::live::series(&server, &ttfa("on", "count")).await,
+        1.0
+    );
+    assert!((common::live::series(&server, &ttfa("on", "sum")).await - 0.7).abs() < 1e-9);
+    assert_eq!(
+        common::live::series(&server, &ttfa("off", "count")).await,
+        0.0
+    );
     let shown = |cohort: &str| {
         format!(
             "switchboard_rollout_ring_to_ui_shown_seconds_count{{cohort=\"{cohort}\",flag=\"new_ringer\"}}"
         )
     };
-    assert_eq!(series(&server, &shown("on")).await, 1.0);
-    assert_eq!(series(&server, &shown("off")).await, 0.0);
+    assert_eq!(common::live::series(&server, &shown("on")).await, 1.0);
+    assert_eq!(common::live::series(&server, &shown("off")).await, 0.0);
     server.shutdown().await;
 }

@@ -339,6 +339,17 @@ pub async fn http(server: &Running, method: &str, path: &str, body: &str) -> (u1
     http_with(server, method, path, &[], body).await
 }
 
+/// One series' value in the server's `/metrics` (its name with labels,
+/// as exported: labels sorted); panics when it is not exported.
+pub async fn series(server: &Running, series: &str) -> f64 {
+    let (_, metrics) = http(server, "GET", "/metrics", "").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{series} is not exported"))
+}
+
 /// POST `body` as JSON with `user`'s access token: status and JSON answer.
 pub async fn post_as(
     server: &Running,
