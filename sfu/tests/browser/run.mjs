@@ -738,6 +738,14 @@ async function demoFlags() {
 async function externalCall() {
   const alice = await openDemoOnProductionNode("alice");
   const bob = await openDemoOnProductionNode("bob");
+  await callAnsweredAndDecoded(alice, bob);
+  await alice.page.click("#hangup");
+  await untilStatus(alice, "ended: completed");
+  await untilStatus(bob, "ended: completed");
+}
+
+// Alice's demo page calls bob's, he answers, and each decodes the other.
+async function callAnsweredAndDecoded(alice, bob) {
   await alice.page.fill("#callee", "bob");
   await alice.page.click("#call");
   await untilStatus(alice, "outgoing");
@@ -746,9 +754,6 @@ async function externalCall() {
   await untilStatus(bob, "connected");
   await untilStatus(alice, "connected");
   await decodeEachOther(alice, bob);
-  await alice.page.click("#hangup");
-  await untilStatus(alice, "ended: completed");
-  await untilStatus(bob, "ended: completed");
 }
 
 // Two nodes on one Redis: alice's page (and events socket) on the first,
@@ -762,14 +767,7 @@ async function demoCluster() {
   }, 15000);
   const alice = await openDemo("alice", sb.base);
   const bob = await openDemo("bob", sb2.base);
-  await alice.page.fill("#callee", "bob");
-  await alice.page.click("#call");
-  await untilStatus(alice, "outgoing");
-  await waitFor("bob's incoming call on the other node", () => bob.page.isVisible("#incoming"));
-  await bob.page.click("#answer");
-  await untilStatus(bob, "connected");
-  await untilStatus(alice, "connected");
-  await decodeEachOther(alice, bob);
+  await callAnsweredAndDecoded(alice, bob);
   const placed = (await (await fetch(`${sb.base}/metrics`)).text()).split("\n").filter((l) => l.startsWith("switchboard_placements_total"));
   log(`placements by the node alice called through: ${placed.join(" ")}`);
   check(placed.some((l) => l.endsWith(" 1")), "the call's room was placed");
