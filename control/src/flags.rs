@@ -126,6 +126,18 @@ pub struct Subject<'a> {
     pub region: Option<&'a str>,
 }
 
+impl<'a> Subject<'a> {
+    /// The device's owner on it.
+    pub fn of(device: &'a crate::device::Device) -> Subject<'a> {
+        Subject {
+            user_id: &device.user_id,
+            platform: device.platform,
+            app_version: device.app_version.as_deref(),
+            region: device.region.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid flag: {0}")]
 pub struct InvalidFlag(pub &'static str);

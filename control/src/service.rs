@@ -238,24 +238,18 @@ impl CallService {
             }
             reached.push((user, devices));
         }
-        let reach = |user: &str, device: &Device, video: bool| {
-            let who = Subject {
-                user_id: user,
-                platform: device.platform,
-                app_version: device.app_version.as_deref(),
-                region: device.region.as_deref(),
-            };
-            flags.reach(&who, video, self.min_app_version.as_deref())
+        let reach = |device: &Device, video: bool| {
+            flags.reach(&Subject::of(device), video, self.min_app_version.as_deref())
         };
         // A device the flags keep from video but not from audio: offered
         // as audio (the whole call), or left out, as configured.
         let call_type = if call_type == CallType::Video
             && self.video_fallback == VideoFallback::Audio
-            && reached.iter().any(|(user, devices)| {
-                devices.iter().any(|d| {
-                    reach(user, d, true) == Reach::Off && reach(user, d, false) == Reach::Ring
-                })
-            }) {
+            && reached
+                .iter()
+                .flat_map(|(_, devices)| devices)
+                .any(|d| reach(d, true) == Reach::Off && reach(d, false) == Reach::Ring)
+        {
             CallType::Audio
         } else {
             call_type
@@ -266,7 +260,7 @@ impl CallService {
             let mut ring = Vec::new();
             let mut outdated = Vec::new();
             for device in devices {
-                match reach(user, &device, video) {
+                match reach(&device, video) {
                     Reach::Ring if ring.len() < self.max_ringing_devices => {
                         ring.push(device.device_id)
                     }
@@ -329,13 +323,7 @@ impl CallService {
     pub fn rollout_cohort(&self, device: &Device) -> Option<bool> {
         let flag = self.metrics.as_ref()?.rollout.flag()?;
         let flags = self.flags.get(&*self.store).ok()?;
-        let who = Subject {
-            user_id: &device.user_id,
-            platform: device.platform,
-            app_version: device.app_version.as_deref(),
-            region: device.region.as_deref(),
-        };
-        Some(flags.is_on(flag, &who))
+        Some(flags.is_on(flag, &Subject::of(device)))
     }
 
     fn rollout_cohort_of(&self, user: &str, device_id: &str) -> Option<bool> {
@@ -585,13 +573,9 @@ impl CallService {
                     .iter()
                     .filter(|d| ringing.contains(&d.device_id.as_str()))
                     .filter(|d| {
-                        let who = Subject {
-                            user_id: &p.user_id,
-                            platform: d.platform,
-                            app_version: d.app_version.as_deref(),
-                            region: d.region.as_deref(),
-                        };
-                        flags.reach(&who, video, self.min_app_version.as_deref()) != Reach::Ring
+                        let reach =
+                            flags.reach(&Subject::of(d), video, self.min_app_version.as_deref());
+                        reach != Reach::Ring
                     })
                     .map(|d| d.device_id.clone())
                     .collect();
@@ -602,13 +586,20 @@ impl CallService {
             if withdrawn.is_empty() {
                 continue;
             }
-            self.update(&call.call_id, |c, fx| {
+            let withdrawing = self.update(&call.call_id, |c, fx| {
                 for (user, devices) in &withdrawn {
                     c.withdraw_rings(user, devices, now, fx);
                 }
                 Ok(())
-            })?;
-            changed += 1;
+            });
+            // One call that cannot be written now (contended, say) keeps
+            // ringing to its timeout; the others still stop.
+            match withdrawing {
+                Ok(_) => changed += 1,
+                Err(e) => {
+                    tracing::warn!(call_id = %call.call_id, error = %e, "could not stop the rings a flag change forbids")
+                }
+            }
         }
         Ok(changed)
     }

@@ -223,12 +223,7 @@ fn flags_of(
     device: &crate::device::Device,
     set: &crate::flags::FlagSet,
 ) -> std::collections::BTreeMap<String, bool> {
-    set.for_device(&crate::flags::Subject {
-        user_id: &device.user_id,
-        platform: device.platform,
-        app_version: device.app_version.as_deref(),
-        region: device.region.as_deref(),
-    })
+    set.for_device(&crate::flags::Subject::of(device))
 }
 
 /// Sends the device its flags (`{"type": "flags", "flags": {name: on}}`)

@@ -344,12 +344,7 @@ async fn register_device(
         // What the app may offer on this device (the events socket says
         // when it changes).
         let flags = state.service.flags.get(&*state.service.store)?;
-        let flags = flags.for_device(&crate::flags::Subject {
-            user_id: &device.user_id,
-            platform: device.platform,
-            app_version: device.app_version.as_deref(),
-            region: device.region.as_deref(),
-        });
+        let flags = flags.for_device(&crate::flags::Subject::of(&device));
         Ok(Json(views::RegisteredDevice { device, flags }))
     })
     .await
