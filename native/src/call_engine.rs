@@ -191,6 +191,11 @@ pub enum Input {
     /// The server's feature flags for this device (registration, the
     /// events socket's `authenticated` and `flags` messages).
     Flags(Flags),
+    /// The call's active speakers changed (`speakersChanged`).
+    ActiveSpeakers {
+        call_id: String,
+        speakers: Vec<crate::ports::ActiveSpeaker>,
+    },
 }
 
 /// Feature flags by name, as the server decided them for this device.
@@ -264,6 +269,10 @@ pub enum Output {
     /// The device's flags changed (`CallEvents::flags_changed`).
     FlagsChanged {
         flags: Flags,
+    },
+    ReportActiveSpeakers {
+        call_uuid: String,
+        speakers: Vec<crate::ports::ActiveSpeaker>,
     },
     // The call API.
     CreateCall {
@@ -868,6 +877,14 @@ impl CallEngine {
                 if let Some(call_uuid) = self.call_uuid_of(&call_id) {
                     self.outputs
                         .push_back(Output::ReportRemoteTrack { call_uuid, change });
+                }
+            }
+            Input::ActiveSpeakers { call_id, speakers } => {
+                if let Some(call_uuid) = self.call_uuid_of(&call_id) {
+                    self.outputs.push_back(Output::ReportActiveSpeakers {
+                        call_uuid,
+                        speakers,
+                    });
                 }
             }
             Input::Flags(flags) => {

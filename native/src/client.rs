@@ -848,6 +848,15 @@ impl Driver {
                 tracing::info!(device_id = %device_id, endpoint_id = %endpoint_id, "audio route selected");
                 port("select_route", self.ports.audio.select_route(endpoint_id))
             }
+            Output::ReportActiveSpeakers {
+                call_uuid,
+                speakers,
+            } => port(
+                "active_speakers_changed",
+                self.ports
+                    .events
+                    .active_speakers_changed(call_uuid, speakers),
+            ),
             Output::FlagsChanged { flags } => {
                 tracing::info!(device_id = %device_id, ?flags, "feature flags changed");
                 port("flags_changed", self.ports.events.flags_changed(flags));

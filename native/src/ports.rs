@@ -255,6 +255,17 @@ pub struct RemoteTrack {
     pub muted: bool,
 }
 
+/// One of a call's active speakers (`CallEvents::active_speakers_changed`):
+/// level from 0 (silence) to 1.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ActiveSpeaker {
+    pub participant_id: String,
+    /// The participant's user, when the core knows it (not for this
+    /// device's own participant).
+    pub user_id: Option<String>,
+    pub level: f32,
+}
+
 /// What happens inside a call that the app's own UI shows (video tiles,
 /// a "reconnecting" banner; the plugin's `remoteTrack` event).
 #[uniffi::export(with_foreign)]
@@ -275,6 +286,14 @@ pub trait CallEvents: Send + Sync {
     /// `flagsChanged`): the app hides what is off (no video button with
     /// `video_calls` off). First called when the server first tells them.
     fn flags_changed(&self, flags: HashMap<String, bool>) -> Result<(), PortError>;
+    /// Who in the call is speaking, loudest first (empty: nobody); at
+    /// most every 300 ms, when the order changes (the plugin's
+    /// `activeSpeakers`).
+    fn active_speakers_changed(
+        &self,
+        call_uuid: String,
+        speakers: Vec<ActiveSpeaker>,
+    ) -> Result<(), PortError>;
 }
 
 /// The device's push tokens as the platform last gave them (PushKit's VoIP

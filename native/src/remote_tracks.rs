@@ -71,6 +71,11 @@ impl RemoteTracks {
         self.reconcile()
     }
 
+    /// The user of a participant in the room (not this device's own).
+    pub fn user_of(&self, participant_id: &str) -> Option<String> {
+        self.users.get(participant_id).cloned()
+    }
+
     fn add_participant(&mut self, participant: &ParticipantInfo) {
         self.users.insert(
             participant.participant_id.clone(),

@@ -412,6 +412,21 @@ impl Running {
 
     /// The app hears about remote tracks as the room changes.
     fn track_changes(&mut self, message: &ServerMessage) {
+        if let ServerMessage::SpeakersChanged { speakers } = message {
+            let speakers = speakers
+                .iter()
+                .map(|s| crate::ports::ActiveSpeaker {
+                    participant_id: s.participant_id.clone(),
+                    user_id: self.tracks.user_of(&s.participant_id),
+                    level: s.level,
+                })
+                .collect();
+            let _ = self.session.engine.send(Input::ActiveSpeakers {
+                call_id: self.session.call_id.clone(),
+                speakers,
+            });
+            return;
+        }
         for change in self.tracks.on_message(message) {
             let _ = self.session.engine.send(Input::RemoteTrack {
                 call_id: self.session.call_id.clone(),

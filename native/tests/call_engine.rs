@@ -362,6 +362,35 @@ fn flags_are_told_once_per_change_and_honoured() {
     );
 }
 
+/// The room's active speakers reach the app for a call it has, under
+/// its UUID, and nothing for a call it does not.
+#[test]
+fn active_speakers_reach_the_app_for_its_own_calls() {
+    let mut d = Device::answered(C1);
+    let speakers = vec![native::ports::ActiveSpeaker {
+        participant_id: s("PA_alice"),
+        user_id: Some(s("alice")),
+        level: 0.04,
+    }];
+    assert_eq!(
+        d.input(Input::ActiveSpeakers {
+            call_id: s(C1),
+            speakers: speakers.clone(),
+        }),
+        [Output::ReportActiveSpeakers {
+            call_uuid: s(C1),
+            speakers: speakers.clone(),
+        }]
+    );
+    assert!(
+        d.input(Input::ActiveSpeakers {
+            call_id: s(C2),
+            speakers,
+        })
+        .is_empty()
+    );
+}
+
 #[test]
 fn a_stale_socket_ring_is_reported_then_ended_at_once() {
     let mut d = Device::new();

@@ -58,6 +58,19 @@ async fn until(
 /// This test's token outlives it: the app is never asked.
 struct NoCredentials;
 
+/// The socket's first words once authenticated: the device's flags (all
+/// on: nothing was set), then up.
+async fn expect_connected(inputs: &mut mpsc::UnboundedReceiver<Input>) {
+    match inputs.recv().await {
+        Some(Input::Flags(flags)) => {
+            assert_eq!(flags.get("calling"), Some(&true), "{flags:?}");
+            assert_eq!(flags.get("video_calls"), Some(&true), "{flags:?}");
+        }
+        other => panic!("the flags first, not {other:?}"),
+    }
+    assert_eq!(inputs.recv().await, Some(Input::SignalingConnected));
+}
+
 /// An app that counts how often the core asked it for a token; the test
 /// answers for it.
 #[derive(Default)]
@@ -95,7 +108,7 @@ async fn the_socket_refreshes_its_token_before_it_expires_and_stays_up() {
         },
         tx,
     );
-    assert_eq!(inputs.recv().await, Some(Input::SignalingConnected));
+    expect_connected(&mut inputs).await;
     // Half-way through the token's 4 s the core asks the app.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while app.asked.load(Ordering::SeqCst) == 0 {
@@ -142,7 +155,7 @@ async fn a_ring_reaches_the_engine_once_across_a_reconnect_and_a_cancel_ends_it(
         tx,
     );
     let mut engine = CallEngine::new();
-    assert_eq!(inputs.recv().await, Some(Input::SignalingConnected));
+    expect_connected(&mut inputs).await;
     // The server said its time: one clock here, so the offset is small.
     let offset = clock_offset.lock().unwrap().expect("serverTime measured");
     assert!(offset.abs() < 1_000, "{offset}");

@@ -124,6 +124,11 @@ fn demo_page_call_declined() {
 }
 
 #[test]
+fn active_speakers_follow_who_talks() {
+    scenario("active-speakers");
+}
+
+#[test]
 fn demo_page_follows_its_flags_live() {
     scenario("demo-flags");
 }

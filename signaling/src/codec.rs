@@ -97,8 +97,13 @@ mod tests {
     fn clients_read_what_newer_servers_add_as_unknown() {
         // A new message type, new enum values and new fields: an app in the
         // stores decodes them all and goes on.
-        let new_type = r#"{"type":"speakersChanged","speakers":["p1"]}"#;
+        let new_type = r#"{"type":"reactionSent","reaction":["p1"]}"#;
         assert_eq!(decode_server(new_type, 1024), Ok(ServerMessage::Unknown));
+        let new_field = r#"{"type":"speakersChanged","speakers":[{"participantId":"p1","level":0.5,"voice":true}]}"#;
+        assert!(matches!(
+            decode_server(new_field, 1024),
+            Ok(ServerMessage::SpeakersChanged { speakers }) if speakers[0].participant_id == "p1"
+        ));
         let new_reason = r#"{"type":"left","reason":"moved_to_another_node","node":"eu-2"}"#;
         assert_eq!(
             decode_server(new_reason, 1024),

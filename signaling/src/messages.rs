@@ -268,8 +268,17 @@ fn default_true() -> bool {
     true
 }
 
+/// One of a room's active speakers: `level` from 0 (silence) to 1 (the
+/// loudest a client can report), smoothed by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpeakerInfo {
+    pub participant_id: String,
+    pub level: f32,
+}
+
 /// Messages the server sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
     tag = "type",
     rename_all = "camelCase",
@@ -323,6 +332,12 @@ pub enum ServerMessage {
         track_id: String,
         participant_id: String,
         muted: bool,
+    },
+    /// Who in the room is speaking, loudest first (empty: nobody), from
+    /// the audio levels clients put in their RTP; sent when the order
+    /// changes, at most every 300 ms.
+    SpeakersChanged {
+        speakers: Vec<SpeakerInfo>,
     },
     /// This connection's participant was removed from the room; the socket closes after.
     Left {

@@ -64,6 +64,7 @@ fn every_documented_example_decodes_and_every_type_is_documented() {
             "trackPublished",
             "trackUnpublished",
             "trackMuted",
+            "speakersChanged",
             "left",
             "pong",
             "error"

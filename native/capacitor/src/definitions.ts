@@ -171,6 +171,15 @@ export interface FlagsChangedEvent {
   flags: Record<string, boolean>;
 }
 
+/**
+ * Who in a call is speaking, loudest first (empty: nobody), from the audio
+ * levels the server reads; sent when the order changes, at most every
+ * 300 ms. `userId` when known (not for your own participant).
+ */
+export interface ActiveSpeakersEvent extends CallIdOptions {
+  speakers: { participantId: string; userId?: string; level: number }[];
+}
+
 export interface SwitchboardEvents {
   incomingCall: IncomingCallEvent;
   callStateChanged: CallStateChangedEvent;
@@ -182,6 +191,7 @@ export interface SwitchboardEvents {
   audioRouteChanged: AudioRoutes;
   tokenRequested: TokenRequestedEvent;
   flagsChanged: FlagsChangedEvent;
+  activeSpeakers: ActiveSpeakersEvent;
 }
 
 /** A rectangle in CSS pixels of the web view (from `getBoundingClientRect`). */

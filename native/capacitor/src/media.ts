@@ -26,6 +26,15 @@ export interface MediaCallbacks {
   remoteTrack(track: MediaStreamTrack, trackId: string, stream: MediaStream, owner?: TrackOwner): void;
   remoteTrackRemoved(trackId: string): void;
   remoteTrackMuted(trackId: string, muted: boolean): void;
+  /** Who is speaking, loudest first (`speakersChanged`). */
+  activeSpeakers(speakers: ActiveSpeaker[]): void;
+}
+
+/** One of a call's active speakers: level 0 (silence) to 1. */
+export interface ActiveSpeaker {
+  participantId: string;
+  userId?: string;
+  level: number;
 }
 
 type Message = Record<string, any>;
@@ -291,6 +300,15 @@ export class WebMedia {
         case "trackMuted":
           if (typeof m.trackId === "string") this.callbacks.remoteTrackMuted(m.trackId, m.muted === true);
           break;
+        case "speakersChanged": {
+          const speakers: ActiveSpeaker[] = [];
+          for (const s of Array.isArray(m.speakers) ? m.speakers : []) {
+            if (typeof s?.participantId !== "string" || typeof s.level !== "number") continue;
+            speakers.push({ participantId: s.participantId, userId: this.userIds.get(s.participantId), level: s.level });
+          }
+          this.callbacks.activeSpeakers(speakers);
+          break;
+        }
         case "left":
           this.fail("signaling_lost", `removed from the call: ${m.reason}`);
           break;

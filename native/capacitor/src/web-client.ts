@@ -278,6 +278,7 @@ export class SwitchboardWebClient {
         this.emit("remoteTrackRemoved", { callId, trackId });
       },
       remoteTrackMuted: (trackId, muted) => this.emit("remoteTrackMuted", { callId, trackId, muted }),
+      activeSpeakers: (speakers) => this.emit("activeSpeakers", { callId, speakers }),
     });
     this.media.set(callId, media);
     media.start().catch((e) => {

@@ -37,6 +37,7 @@ export class SwitchboardWeb extends WebPlugin implements SwitchboardPlugin {
       "audioRouteChanged",
       "tokenRequested",
       "flagsChanged",
+      "activeSpeakers",
     ];
     for (const event of events) this.client.on(event, (data) => this.notifyListeners(event, data));
   }

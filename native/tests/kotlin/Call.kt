@@ -72,6 +72,10 @@ class FakeTelecom(private val routeThrows: Boolean) : SystemCallUi, AudioRoutes,
         reports.add("flags video_calls=${flags["video_calls"]}")
     }
 
+    override fun activeSpeakersChanged(callUuid: String, speakers: List<ActiveSpeaker>) {
+        reports.add("speakers $callUuid ${speakers.joinToString(",") { it.participantId }}")
+    }
+
     fun has(report: String) = synchronized(reports) { reports.contains(report) }
 }
 

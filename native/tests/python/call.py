@@ -68,6 +68,9 @@ class FakeSystem(sb.SystemCallUi, sb.AudioRoutes, sb.Credentials, sb.CallEvents)
     def flags_changed(self, flags):
         self._record("flags", flags.get("video_calls"))
 
+    def active_speakers_changed(self, call_uuid, speakers):
+        self._record("speakers", call_uuid, tuple(s.participant_id for s in speakers))
+
 
 class Tokens(sb.PushTokens):
     def __init__(self, tokens):

@@ -31,6 +31,8 @@ pub enum Report {
     Reconnected(String),
     /// The flags as told, sorted by name.
     Flags(Vec<(String, bool)>),
+    /// Active speakers' participant ids, loudest first.
+    Speakers(Vec<String>),
 }
 
 impl Report {
@@ -152,6 +154,15 @@ impl CallEvents for FakeSystem {
         let mut flags: Vec<(String, bool)> = flags.into_iter().collect();
         flags.sort();
         self.record(Report::Flags(flags));
+        Ok(())
+    }
+    fn active_speakers_changed(
+        &self,
+        _call_uuid: String,
+        speakers: Vec<native::ports::ActiveSpeaker>,
+    ) -> Result<(), PortError> {
+        let ids = speakers.into_iter().map(|s| s.participant_id).collect();
+        self.record(Report::Speakers(ids));
         Ok(())
     }
 }

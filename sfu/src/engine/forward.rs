@@ -45,6 +45,30 @@ impl Engine {
                 });
             }
         }
+        // An unmuted voice's level: who is speaking (RFC 6464; absent when
+        // the client did not negotiate it). Told to the room in place: the
+        // room and publisher stay borrowed for the forwarding below.
+        if let (TrackKind::Audio, Some(dbov), false) =
+            (track.kind, pkt.header.ext_vals.audio_level, track.muted)
+            && let Some(order) = room.speakers.observe(publisher, &p.id, dbov, now)
+        {
+            let speakers: Vec<SpeakerInfo> = order
+                .into_iter()
+                .map(|(participant_id, level)| SpeakerInfo {
+                    participant_id,
+                    level,
+                })
+                .collect();
+            for member in &room.members {
+                if let Some(conn) = self.participants.get(member).and_then(|m| m.conn) {
+                    let message = ServerMessage::SpeakersChanged {
+                        speakers: speakers.clone(),
+                    };
+                    self.outputs
+                        .push_back(Output::Event(Event::Message { conn, message }));
+                }
+            }
+        }
         let Some(params) = params else { return };
         let kind = track.kind;
         if let Some(direct) = track.direct {

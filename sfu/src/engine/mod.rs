@@ -24,6 +24,7 @@ mod peer;
 mod remote_candidates;
 mod rewrite;
 mod room;
+mod speakers;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use signaling::{
     ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, ParticipantState, PeerTarget,
-    Permissions, ServerMessage, TrackInfo, TrackKind, TrackMid,
+    Permissions, ServerMessage, SpeakerInfo, TrackInfo, TrackKind, TrackMid,
 };
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
@@ -1016,6 +1017,8 @@ impl Engine {
         }
         if let Some(room) = self.rooms.get_mut(&room_id) {
             room.members.retain(|m| *m != key);
+            // Out of the speakers at the next look (their next packet).
+            room.speakers.remove(key);
             room.refresh_routes(self.config.fast_path);
             if room.members.is_empty() {
                 self.rooms.remove(&room_id);

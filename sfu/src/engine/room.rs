@@ -7,6 +7,7 @@ use signaling::TrackKind;
 use str0m::media::Mid;
 
 use super::ParticipantKey;
+use super::speakers::ActiveSpeakers;
 
 /// A published track, owned by one participant's publisher connection.
 pub struct Track {
@@ -36,6 +37,7 @@ pub struct Track {
 pub struct Room {
     pub members: Vec<ParticipantKey>,
     pub tracks: HashMap<u64, Track>,
+    pub speakers: ActiveSpeakers,
 }
 
 impl Room {
@@ -43,6 +45,7 @@ impl Room {
         Room {
             members: Vec::new(),
             tracks: HashMap::new(),
+            speakers: ActiveSpeakers::default(),
         }
     }
 

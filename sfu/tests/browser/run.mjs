@@ -13,7 +13,7 @@ import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { createSocket } from "node:dgram";
 import { readFile } from "node:fs/promises";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createConnection, createServer as createTcpServer } from "node:net";
 import { dirname, join } from "node:path";
@@ -574,6 +574,11 @@ async function demoRing() {
 
 async function demoCall() {
   const { alice, bob } = await demoRing();
+  // The web client's activeSpeakers events (the fake microphones beep).
+  await bob.page.evaluate(() => {
+    window.speakerEvents = [];
+    window.switchboard.on("activeSpeakers", (e) => window.speakerEvents.push(e));
+  });
   const answeredAt = Date.now();
   await bob.page.click("#answer");
   await untilStatus(bob, "connected");
@@ -650,6 +655,13 @@ async function demoCall() {
   await untilStatus(alice, "ended: completed");
   await untilStatus(bob, "ended: completed");
   check(!(await bob.page.isVisible("#hangup")), "bob's call controls are gone");
+  // During the call bob's page heard who spoke: alice by her user id.
+  const heard = await bob.page.evaluate(() => window.speakerEvents);
+  const named = heard.flatMap((e) => e.speakers).find((s) => s.userId === "alice");
+  check(
+    heard.every((e) => e.callId === bobsCall.callId) && named && named.level > 0 && named.level <= 1,
+    `activeSpeakers on bob's page: ${JSON.stringify(heard.slice(0, 3))} (${heard.length} events)`,
+  );
   check((await active(bob)).length === 0, "an ended call is no longer active");
 }
 
@@ -756,6 +768,77 @@ async function callAnsweredAndDecoded(alice, bob) {
   await decodeEachOther(alice, bob);
 }
 
+// A steady tone as every page's microphone (`--use-file-for-fake-audio-capture`;
+// Chromium's default fake microphone beeps 20 ms in 500): 10 s of a 440 Hz
+// sine at half scale, 48 kHz mono 16-bit PCM, which Chromium loops.
+function toneWav() {
+  const rate = 48000;
+  const samples = rate * 10;
+  const wav = Buffer.alloc(44 + samples * 2);
+  wav.write("RIFF", 0);
+  wav.writeUInt32LE(36 + samples * 2, 4);
+  wav.write("WAVEfmt ", 8);
+  wav.writeUInt32LE(16, 16);
+  wav.writeUInt16LE(1, 20); // PCM
+  wav.writeUInt16LE(1, 22); // mono
+  wav.writeUInt32LE(rate, 24);
+  wav.writeUInt32LE(rate * 2, 28);
+  wav.writeUInt16LE(2, 32);
+  wav.writeUInt16LE(16, 34);
+  wav.write("data", 36);
+  wav.writeUInt32LE(samples * 2, 40);
+  for (let i = 0; i < samples; i++) wav.writeInt16LE(Math.round(16000 * Math.sin((2 * Math.PI * 440 * i) / rate)), 44 + i * 2);
+  const path = join(mkdtempSync(join(tmpdir(), "switchboard-tone-")), "tone.wav");
+  writeFileSync(path, wav);
+  return path;
+}
+
+// Active speakers: three pages, each microphone a tone, each muted at
+// first (track disabled: silent frames). Unmuting one makes the others'
+// `speakersChanged` name it first within 1 s; muting it and unmuting
+// another switches the order within 1 s.
+async function activeSpeakers() {
+  const pages = [];
+  for (const [i, c] of ["red", "green", "blue"].entries()) {
+    const p = await openPage(`speaker${i}`, c);
+    await setMic(p, false);
+    await p.page.evaluate(() => {
+      window.speakerLog = [];
+      window.client.addEventListener("speakersChanged", (e) =>
+        window.speakerLog.push([performance.now(), e.detail.speakers.map((s) => s.participantId), e.detail.speakers.map((s) => s.level)]),
+      );
+    });
+    pages.push(p);
+  }
+  await allSeeEachOther(pages);
+  const [a, b, c] = pages;
+  const firstSpeaker = (viewer) => viewer.page.evaluate(() => window.speakerLog.at(-1)?.[1][0] ?? null);
+  // Everyone silent to begin with (a tone that played before the mute faded).
+  await waitFor("silence everywhere", async () => (await Promise.all(pages.map(firstSpeaker))).every((s) => s === null), 10000);
+  for (const [speaker, quiet, viewer] of [[a, null, b], [b, a, c]]) {
+    const started = Date.now();
+    if (quiet) await setMic(quiet, false);
+    await setMic(speaker, true);
+    await waitFor(`${viewer.name} to hear ${speaker.name} first`, async () => (await firstSpeaker(viewer)) === speaker.pid, 5000);
+    const tookMs = Date.now() - started;
+    const last = await viewer.page.evaluate(() => window.speakerLog.at(-1));
+    log(JSON.stringify({ speaker: speaker.name, tookMs, order: last[1], levels: last[2] }));
+    check(tookMs <= 1000, `${speaker.name} listed first after ${tookMs} ms (at most 1000)`);
+  }
+  // No page was told more often than every 300 ms (the server's bound, with
+  // a little slack for delivery jitter).
+  for (const p of pages) {
+    const times = await p.page.evaluate(() => window.speakerLog.map(([at]) => at));
+    for (let i = 1; i < times.length; i++) check(times[i] - times[i - 1] >= 250, `${p.name}: two speakersChanged ${Math.round(times[i] - times[i - 1])} ms apart`);
+  }
+}
+
+async function setMic(p, on) {
+  await p.page.evaluate((on) => {
+    for (const s of window.client.pub.getSenders()) if (s.track?.kind === "audio") s.track.enabled = on;
+  }, on);
+}
+
 // Two nodes on one Redis: alice's page (and events socket) on the first,
 // bob's on the second. The ring crosses nodes through Redis, the room is
 // placed on one of them, and each page joins it where the join info says.
@@ -804,6 +887,7 @@ const SCENARIOS = {
   "leave-and-kill": leaveAndKill,
   "two-three-two": twoThreeTwo,
   "garbage-flood": garbageFlood,
+  "active-speakers": activeSpeakers,
 };
 
 async function main() {
@@ -841,6 +925,7 @@ async function main() {
     // A page the test fulfils has no address of its own, so Chromium takes
     // it for a public one and blocks its sockets to loopback (Local
     // Network Access); the node is on loopback only in the test.
+    if (scenario === "active-speakers") args = [...args, `--use-file-for-fake-audio-capture=${toneWav()}`];
     if (scenario === "demo-flags" || scenario === "external-call") {
       args = args.map((a) => (a.startsWith("--disable-features=") ? `${a},LocalNetworkAccessChecks` : a));
     }

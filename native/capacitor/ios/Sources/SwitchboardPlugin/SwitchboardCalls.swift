@@ -633,4 +633,15 @@ extension SwitchboardCalls: CallEvents {
     public func flagsChanged(flags: [String: Bool]) throws {
         emit("flagsChanged", ["flags": flags])
     }
+
+    public func activeSpeakersChanged(callUuid: String, speakers: [ActiveSpeaker]) throws {
+        emit("activeSpeakers", [
+            "callId": jsCallId(callUuid),
+            "speakers": speakers.map { s -> [String: Any] in
+                var speaker: [String: Any] = ["participantId": s.participantId, "level": s.level]
+                if let userId = s.userId { speaker["userId"] = userId }
+                return speaker
+            },
+        ])
+    }
 }

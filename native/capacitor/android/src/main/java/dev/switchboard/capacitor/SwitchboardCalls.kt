@@ -17,6 +17,7 @@ import dev.switchboard.capacitor.core.incomingAction
 import dev.switchboard.capacitor.core.incomingCallEvent
 import dev.switchboard.capacitor.core.jsAudioRoutes
 import dev.switchboard.capacitor.core.jsEndReason
+import dev.switchboard.core.ActiveSpeaker
 import dev.switchboard.core.AudioEndpoint
 import dev.switchboard.core.AudioRouteState
 import dev.switchboard.core.AudioRoutes
@@ -245,5 +246,14 @@ object SwitchboardCalls : SystemCallUi, AudioRoutes, PushTokens, Credentials, Ca
 
     override fun flagsChanged(flags: Map<String, Boolean>) {
         emit("flagsChanged", mapOf("flags" to flags))
+    }
+
+    override fun activeSpeakersChanged(callUuid: String, speakers: List<ActiveSpeaker>) {
+        emit("activeSpeakers", mapOf(
+            "callId" to ids.jsCallId(callUuid),
+            "speakers" to speakers.map { s ->
+                listOfNotNull("participantId" to s.participantId, "level" to s.level, s.userId?.let { "userId" to it }).toMap()
+            },
+        ))
     }
 }
