@@ -18,6 +18,17 @@ pub enum TrackKind {
     Video,
 }
 
+/// Which of a simulcast track's layers a subscriber wants: `low`, `medium`
+/// or `high` (lowest, middle and highest of the layers the publisher sends;
+/// a track without simulcast has one, which every quality names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoQuality {
+    Low,
+    Medium,
+    High,
+}
+
 /// What a call token allows its holder to do in the room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -255,6 +266,12 @@ pub enum ClientMessage {
     Mute {
         track_id: String,
         muted: bool,
+    },
+    /// Which layer of a subscribed video track to receive (simulcast). The
+    /// server switches at the layer's next keyframe, which it asks for.
+    UpdateSubscription {
+        track_id: String,
+        quality: VideoQuality,
     },
     /// The client's network changed: the server sends a subscriber offer with new ICE credentials.
     RestartIce,

@@ -39,6 +39,9 @@ impl Engine {
             (Command::Mute { track_id, muted }, Some(key)) => {
                 self.mute(conn, key, &track_id, muted)
             }
+            (Command::UpdateSubscription { track_id, quality }, Some(key)) => {
+                self.update_subscription(conn, key, &track_id, quality)
+            }
             (Command::RestartIce, Some(key)) => {
                 if let Some(p) = self.participants.get_mut(&key) {
                     p.ice_restart = true;
@@ -408,6 +411,39 @@ impl Engine {
         }
         self.refresh_routes(key);
         self.offer_due(key);
+    }
+
+    /// The layer a subscriber wants of a track it receives; the switch
+    /// happens at that layer's next keyframe (asked for with the next packet).
+    pub(super) fn update_subscription(
+        &mut self,
+        conn: ConnId,
+        key: ParticipantKey,
+        track_id: &str,
+        quality: VideoQuality,
+    ) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let down = p.down.iter_mut().find(|d| {
+            d.track_id == track_id
+                && matches!(
+                    d.state,
+                    DownState::ToOpen | DownState::Negotiating(_) | DownState::Open(_)
+                )
+        });
+        let Some(down) = down else {
+            self.error(
+                conn,
+                ErrorCode::UnknownTrack,
+                format!("you are not subscribed to track {track_id}"),
+            );
+            return;
+        };
+        if down.stream.wanted != quality {
+            tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, track = %track_id, ?quality, "subscription quality changed");
+            down.stream.wanted = quality;
+        }
     }
 
     pub(super) fn mute(&mut self, conn: ConnId, key: ParticipantKey, track_id: &str, muted: bool) {

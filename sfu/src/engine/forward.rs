@@ -2,7 +2,12 @@
 //! fast path, to the one peer), keyframe requests back to publishers, and the
 //! 1:1 bandwidth-estimate feedback.
 
+use str0m::format::Codec;
+use str0m::media::Rids;
+use str0m::rtp::Vp8Descriptor;
+
 use super::keyframe::starts_keyframe;
+use super::simulcast::{Incoming, LiveLayers};
 use super::*;
 
 impl Engine {
@@ -10,6 +15,7 @@ impl Engine {
         &mut self,
         publisher: ParticipantKey,
         mid: Mid,
+        rid: Option<Rid>,
         params: Option<PayloadParams>,
         pkt: &RtpPacket,
         now: Instant,
@@ -17,9 +23,26 @@ impl Engine {
         let Some(track_key) = self.published_track(publisher, mid) else {
             return;
         };
-        if self.take_keyframe_pending(publisher, track_key) {
+        let Some(p) = self.participants.get(&publisher) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&p.room) else {
+            return;
+        };
+        let Some(track) = room.tracks.get_mut(&track_key) else {
+            return;
+        };
+        let listed = || match p.publisher.rtc.media(mid).map(|m| m.rids_rx()) {
+            Some(Rids::Specific(rids)) => rids.clone(),
+            _ => Vec::new(),
+        };
+        let Some(layer) = track.layers.observe(rid, listed, now) else {
+            return;
+        };
+        let layers = track.layers.last_seen;
+        if std::mem::take(&mut track.keyframe_pending) {
             // The stream exists now: ask for what subscribers waited for.
-            self.request_keyframe(publisher, track_key, KeyframeRequestKind::Pli, now);
+            self.request_keyframe(publisher, track_key, layer, KeyframeRequestKind::Pli, now);
         }
         let Some(p) = self.participants.get(&publisher) else {
             return;
@@ -71,14 +94,39 @@ impl Engine {
         }
         let Some(params) = params else { return };
         let kind = track.kind;
+        let spec = params.spec();
+        let vp8 = match spec.codec {
+            Codec::Vp8 => Vp8Descriptor::parse(&pkt.payload).ok(),
+            _ => None,
+        };
+        let keyframe = match &vp8 {
+            Some(descriptor) => Some(descriptor.starts_keyframe(&pkt.payload)),
+            None => starts_keyframe(spec.codec, &pkt.payload),
+        };
+        let incoming = Incoming {
+            layer,
+            seq: pkt.seq_no,
+            timestamp: pkt.header.timestamp,
+            keyframe,
+            vp8: vp8.as_ref(),
+            clock_rate: spec.clock_rate.get(),
+        };
+        let packet = Packet {
+            track_key,
+            kind,
+            params,
+            pkt,
+            incoming,
+            layers,
+        };
         if let Some(direct) = track.direct {
-            self.write_down(direct, track_key, kind, params, pkt, now);
+            self.write_down(direct, &packet, now);
             return;
         }
         // Take the list out so subscribers can be borrowed mutably; put back after.
         let subscribers = std::mem::take(&mut track.subscribers);
         for sub in &subscribers {
-            self.write_down(*sub, track_key, kind, params, pkt, now);
+            self.write_down(*sub, &packet, now);
         }
         if let Some(track) = self
             .participants
@@ -90,15 +138,15 @@ impl Engine {
         }
     }
 
-    pub(super) fn write_down(
-        &mut self,
-        subscriber: ParticipantKey,
-        track_key: u64,
-        kind: TrackKind,
-        params: PayloadParams,
-        pkt: &RtpPacket,
-        now: Instant,
-    ) {
+    fn write_down(&mut self, subscriber: ParticipantKey, packet: &Packet, now: Instant) {
+        let Packet {
+            track_key,
+            kind,
+            params,
+            pkt,
+            incoming,
+            layers,
+        } = *packet;
         let Some(sub) = self.participants.get_mut(&subscriber) else {
             return;
         };
@@ -123,16 +171,15 @@ impl Engine {
             }
             return;
         };
-        if down.awaiting_keyframe {
-            if starts_keyframe(params.spec().codec, &pkt.payload) == Some(false) {
-                // Still waiting: ask again (rate-limited per track), in case
-                // the keyframe asked for at connect was lost.
-                self.request_keyframe(subscriber, track_key, KeyframeRequestKind::Pli, now);
-                return;
+        let target = layers
+            .target(down.stream.wanted, now)
+            .unwrap_or(incoming.layer);
+        let Some(out) = down.stream.on_packet(incoming, target, now) else {
+            if down.stream.current() != Some(target) {
+                // Waiting for the target layer's keyframe: ask (again, rate
+                // limited per layer, in case the one asked for was lost).
+                self.request_keyframe(subscriber, track_key, target, KeyframeRequestKind::Pli, now);
             }
-            down.awaiting_keyframe = false;
-        }
-        let Some(seq) = down.seq.rewrite(pkt.seq_no) else {
             return;
         };
         let mut ext = pkt.header.ext_vals.clone();
@@ -144,16 +191,19 @@ impl Engine {
         let written = sub.subscriber.guard(|rtc| {
             let mut api = rtc.direct_api();
             let tx = api.stream_tx_by_mid(mid, None)?;
-            let write = RtpWrite::new(
+            let mut write = RtpWrite::new(
                 pt,
-                seq,
-                pkt.header.timestamp,
+                out.seq,
+                out.timestamp,
                 pkt.timestamp,
                 pkt.payload.clone(),
             )
             .marker(pkt.header.marker)
             .ext_vals(ext)
             .nackable(kind == TrackKind::Video);
+            if let Some(patch) = incoming.vp8.and_then(|d| out.vp8_patch(d)) {
+                write = write.vp8_patch(patch);
+            }
             tx.write_rtp(write);
             Some(())
         });
@@ -210,21 +260,39 @@ impl Engine {
             .map(|t| t.key)
     }
 
-    fn take_keyframe_pending(&mut self, owner: ParticipantKey, track_key: u64) -> bool {
-        let Some(room) = self.participants.get(&owner).map(|p| &p.room) else {
-            return false;
+    /// The layer of a track a subscriber is on, or should be on when it is
+    /// on none yet (0 for a track without simulcast).
+    pub(super) fn subscriber_layer(
+        &self,
+        subscriber: ParticipantKey,
+        track_key: u64,
+        now: Instant,
+    ) -> usize {
+        let Some(p) = self.participants.get(&subscriber) else {
+            return 0;
         };
-        self.rooms
-            .get_mut(room)
-            .and_then(|r| r.tracks.get_mut(&track_key))
-            .is_some_and(|t| std::mem::take(&mut t.keyframe_pending))
+        let Some(down) = p.down.iter().find(|d| d.track_key == track_key) else {
+            return 0;
+        };
+        let layers = self
+            .rooms
+            .get(&p.room)
+            .and_then(|r| r.tracks.get(&track_key))
+            .map(|t| t.layers.last_seen)
+            .unwrap_or_default();
+        down.stream
+            .current()
+            .or_else(|| layers.target(down.stream.wanted, now))
+            .unwrap_or(0)
     }
 
-    /// Asks the publisher of a track for a keyframe, at most once per interval.
+    /// Asks the publisher of a track for a keyframe of one layer, at most
+    /// once per interval per layer.
     pub(super) fn request_keyframe(
         &mut self,
         requester: ParticipantKey,
         track_key: u64,
+        layer: usize,
         kind: KeyframeRequestKind,
         now: Instant,
     ) {
@@ -241,13 +309,14 @@ impl Engine {
         if track.kind != TrackKind::Video {
             return;
         }
-        if track.last_keyframe_request.is_some_and(|t| {
+        let last = track.last_keyframe_request.get(layer).copied().flatten();
+        if last.is_some_and(|t| {
             now.saturating_duration_since(t) < self.config.keyframe_request_interval
         }) {
             tracing::debug!(call_id = %room_id, track = %track.id, "keyframe request suppressed (rate limit)");
             return;
         }
-        let (owner, mid) = (track.owner, track.mid);
+        let (owner, mid, rid) = (track.owner, track.mid, track.layers.rid(layer));
         let Some(publisher) = self.participants.get_mut(&owner) else {
             return;
         };
@@ -257,7 +326,7 @@ impl Engine {
         // packet asks (`forward`).
         let connected = publisher.publisher.rtc.is_connected();
         let mut api = publisher.publisher.rtc.direct_api();
-        let Some(rx) = api.stream_rx_by_mid(mid, None).filter(|_| connected) else {
+        let Some(rx) = api.stream_rx_by_mid(mid, rid).filter(|_| connected) else {
             if let Some(track) = self
                 .rooms
                 .get_mut(&room_id)
@@ -275,8 +344,11 @@ impl Engine {
             .get_mut(&room_id)
             .and_then(|r| r.tracks.get_mut(&track_key))
         {
-            tracing::debug!(call_id = %room_id, track = %track.id, ?kind, "keyframe request to publisher");
-            track.last_keyframe_request = Some(now);
+            tracing::debug!(call_id = %room_id, track = %track.id, layer, ?kind, "keyframe request to publisher");
+            if track.last_keyframe_request.len() <= layer {
+                track.last_keyframe_request.resize(layer + 1, None);
+            }
+            track.last_keyframe_request[layer] = Some(now);
         }
     }
 
@@ -320,4 +392,16 @@ impl Engine {
         }
         self.dirty.push((other, PeerTarget::Publisher));
     }
+}
+
+/// One published packet as every subscriber's copy is made from it: parsed
+/// once, rewritten per subscriber.
+#[derive(Clone, Copy)]
+struct Packet<'a> {
+    track_key: u64,
+    kind: TrackKind,
+    params: PayloadParams,
+    pkt: &'a RtpPacket,
+    incoming: Incoming<'a>,
+    layers: LiveLayers,
 }

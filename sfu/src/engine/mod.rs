@@ -24,6 +24,7 @@ mod peer;
 mod remote_candidates;
 mod rewrite;
 mod room;
+mod simulcast;
 mod speakers;
 #[cfg(test)]
 mod tests;
@@ -35,14 +36,14 @@ use std::time::{Duration, Instant};
 
 use signaling::{
     ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, ParticipantState, PeerTarget,
-    Permissions, ServerMessage, SpeakerInfo, TrackInfo, TrackKind, TrackMid,
+    Permissions, ServerMessage, SpeakerInfo, TrackInfo, TrackKind, TrackMid, VideoQuality,
 };
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::config::DtlsCert;
 use str0m::format::PayloadParams;
 use str0m::ice::StunMessage;
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
 use str0m::rtp::{Extension, ExtensionMap, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input as RtcInput};
@@ -51,7 +52,8 @@ use str0m::{Output as RtcOutput, Rtc};
 use participant::{DownState, DownTrack, Participant};
 use peer::{Peer, RtcPanicked};
 use rewrite::resolve_pt;
-use room::{Room, Track};
+use room::{Layers, Room, Track};
+use simulcast::DownStream;
 
 pub use offer_policy::{OfferedSend, offered_sends};
 use timers::TimerKind;
@@ -210,6 +212,10 @@ pub enum Command {
         track_id: String,
         muted: bool,
     },
+    UpdateSubscription {
+        track_id: String,
+        quality: VideoQuality,
+    },
     RestartIce,
     Leave,
     /// The WebSocket closed without `leave`: the participant is reconnecting.
@@ -229,6 +235,7 @@ impl Command {
             Command::Subscribe { .. } => "subscribe",
             Command::Unsubscribe { .. } => "unsubscribe",
             Command::Mute { .. } => "mute",
+            Command::UpdateSubscription { .. } => "update_subscription",
             Command::RestartIce => "restart_ice",
             Command::Leave => "leave",
             Command::Detach => "detach",
@@ -308,6 +315,9 @@ impl Command {
             ClientMessage::Subscribe { track_ids } => Command::Subscribe { track_ids },
             ClientMessage::Unsubscribe { track_ids } => Command::Unsubscribe { track_ids },
             ClientMessage::Mute { track_id, muted } => Command::Mute { track_id, muted },
+            ClientMessage::UpdateSubscription { track_id, quality } => {
+                Command::UpdateSubscription { track_id, quality }
+            }
             ClientMessage::RestartIce => Command::RestartIce,
             ClientMessage::Leave => Command::Leave,
         })
@@ -704,7 +714,9 @@ impl Engine {
                         let extra = match &e {
                             RtcEvent::RtpPacket(pkt) => {
                                 let mut api = peer.rtc.direct_api();
-                                let mid = api.stream_rx(&pkt.header.ssrc).map(|s| s.mid());
+                                let mid = api
+                                    .stream_rx(&pkt.header.ssrc)
+                                    .map(|s| (s.mid(), s.rid()));
                                 let params = peer
                                     .rtc
                                     .codec_config()
@@ -737,7 +749,7 @@ impl Engine {
         key: ParticipantKey,
         target: PeerTarget,
         event: RtcEvent,
-        extra: Option<(Option<Mid>, Option<PayloadParams>)>,
+        extra: Option<(Option<(Mid, Option<Rid>)>, Option<PayloadParams>)>,
         now: Instant,
     ) {
         match event {
@@ -759,8 +771,8 @@ impl Engine {
             }
             RtcEvent::RtpPacket(pkt) if target == PeerTarget::Publisher => {
                 self.stats.rtp_in += 1;
-                if let Some((Some(mid), params)) = extra {
-                    self.forward(key, mid, params, &pkt, now);
+                if let Some((Some((mid, rid)), params)) = extra {
+                    self.forward(key, mid, rid, params, &pkt, now);
                 }
             }
             RtcEvent::Connected if target == PeerTarget::Subscriber => {
@@ -777,7 +789,8 @@ impl Engine {
                     })
                     .unwrap_or_default();
                 for track_key in open_video {
-                    self.request_keyframe(key, track_key, KeyframeRequestKind::Pli, now);
+                    let layer = self.subscriber_layer(key, track_key, now);
+                    self.request_keyframe(key, track_key, layer, KeyframeRequestKind::Pli, now);
                 }
             }
             RtcEvent::KeyframeRequest(req) if target == PeerTarget::Subscriber => {
@@ -787,7 +800,8 @@ impl Engine {
                     .and_then(|p| p.down_by_mid(req.mid))
                     .map(|d| d.track_key);
                 if let Some(track_key) = track {
-                    self.request_keyframe(key, track_key, req.kind, now);
+                    let layer = self.subscriber_layer(key, track_key, now);
+                    self.request_keyframe(key, track_key, layer, req.kind, now);
                 }
             }
             RtcEvent::EgressBitrateEstimate(BweKind::Remb { estimate, .. })

@@ -84,7 +84,8 @@ impl Engine {
             .is_some_and(|p| p.subscriber.rtc.is_connected());
         if connected {
             for track_key in opened {
-                self.request_keyframe(key, track_key, KeyframeRequestKind::Pli, now);
+                let layer = self.subscriber_layer(key, track_key, now);
+                    self.request_keyframe(key, track_key, layer, KeyframeRequestKind::Pli, now);
             }
         }
         self.offer_due(key);
@@ -147,7 +148,8 @@ impl Engine {
             muted: false,
             codec,
             subscribers: Vec::new(),
-            last_keyframe_request: None,
+            layers: Layers::default(),
+            last_keyframe_request: Vec::new(),
             last_packet_at: None,
             keyframe_pending: false,
             direct: None,
@@ -242,9 +244,8 @@ impl Engine {
             publisher_id,
             kind: track.kind,
             state: DownState::ToOpen,
-            seq: Default::default(),
+            stream: DownStream::default(),
             pts: Default::default(),
-            awaiting_keyframe: track.kind == TrackKind::Video,
         });
     }
 

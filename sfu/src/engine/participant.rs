@@ -8,7 +8,8 @@ use str0m::change::SdpPendingOffer;
 use str0m::media::Mid;
 
 use super::peer::Peer;
-use super::rewrite::{PtMap, SeqRewriter};
+use super::rewrite::PtMap;
+use super::simulcast::DownStream;
 use super::{ConnId, ParticipantKey};
 
 /// Where one room track stands on a subscriber connection.
@@ -43,11 +44,10 @@ pub struct DownTrack {
     pub publisher_id: String,
     pub kind: TrackKind,
     pub state: DownState,
-    pub seq: SeqRewriter,
+    /// The layer it receives and the rewriting of its numbers; video is
+    /// held back until a keyframe starts.
+    pub stream: DownStream,
     pub pts: PtMap,
-    /// Video held back until a keyframe starts (set for every new video
-    /// subscription).
-    pub awaiting_keyframe: bool,
 }
 
 pub struct Participant {

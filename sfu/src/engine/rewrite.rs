@@ -1,34 +1,9 @@
-//! Per-subscriber rewriting of a forwarded stream: sequence numbers and
-//! payload types. SSRCs are rewritten by str0m: each subscriber m-line has its
-//! own send stream.
+//! Per-subscriber payload types of a forwarded stream. Sequence numbers,
+//! timestamps and VP8 picture IDs are rewritten by [`super::simulcast`];
+//! SSRCs by str0m (each subscriber m-line has its own send stream).
 
 use str0m::format::{CodecConfig, PayloadParams};
 use str0m::media::Pt;
-use str0m::rtp::SeqNo;
-
-/// Maps the publisher's extended sequence numbers into the subscriber's.
-///
-/// A subscriber that joins late must see a stream that starts near zero (a
-/// first sequence number with a non-zero rollover counter needs out-of-band
-/// signalling, RFC 3711 3.3.1), and gaps must stay gaps so NACKs line up.
-#[derive(Debug, Clone, Default)]
-pub struct SeqRewriter {
-    /// Publisher sequence number that maps to `START`.
-    base: Option<u64>,
-}
-
-impl SeqRewriter {
-    /// The first forwarded packet gets this number (small, ROC 0).
-    const START: u64 = 1;
-
-    /// `None` for packets older than the first one forwarded: the subscriber
-    /// never saw that part of the stream.
-    pub fn rewrite(&mut self, publisher_seq: SeqNo) -> Option<SeqNo> {
-        let seq = *publisher_seq;
-        let base = *self.base.get_or_insert(seq);
-        seq.checked_sub(base).map(|d| SeqNo::from(d + Self::START))
-    }
-}
 
 /// The publisher's payload type for a codec, mapped to the subscriber's.
 #[derive(Debug, Clone, Default)]
@@ -66,21 +41,6 @@ pub fn resolve_pt(subscriber: &CodecConfig, accepted: &[Pt], params: PayloadPara
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn late_subscriber_starts_at_one_and_keeps_gaps() {
-        let mut r = SeqRewriter::default();
-        assert_eq!(r.rewrite(70_000.into()), Some(1.into()));
-        assert_eq!(r.rewrite(70_001.into()), Some(2.into()));
-        assert_eq!(r.rewrite(70_005.into()), Some(6.into()));
-    }
-
-    #[test]
-    fn packets_before_the_first_are_dropped() {
-        let mut r = SeqRewriter::default();
-        r.rewrite(500.into());
-        assert_eq!(r.rewrite(499.into()), None);
-    }
 
     #[test]
     fn pt_map_resolves_once() {

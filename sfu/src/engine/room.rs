@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use signaling::TrackKind;
 use str0m::media::Mid;
+use str0m::media::Rid;
 
 use super::ParticipantKey;
+use super::simulcast::{LiveLayers, MAX_LAYERS};
 use super::speakers::ActiveSpeakers;
 
 /// A published track, owned by one participant's publisher connection.
@@ -21,7 +23,11 @@ pub struct Track {
     pub codec: Option<String>,
     /// Participants that receive it, in the order they subscribed.
     pub subscribers: Vec<ParticipantKey>,
-    pub last_keyframe_request: Option<Instant>,
+    /// Its simulcast layers (one, without a RID, when it has none).
+    pub layers: Layers,
+    /// Per layer: keyframes are asked of each layer at most once per
+    /// interval.
+    pub last_keyframe_request: Vec<Option<Instant>>,
     /// When its latest packet reached the engine (gaps are measured from it).
     pub last_packet_at: Option<Instant>,
     /// A keyframe was wanted before the publisher's stream existed (a
@@ -32,6 +38,56 @@ pub struct Track {
     /// one subscribes, so a packet goes straight to it without walking
     /// `subscribers`. Kept current by [`Room::refresh_routes`].
     pub direct: Option<ParticipantKey>,
+}
+
+/// A track's layers as the engine has seen them, lowest first.
+#[derive(Debug, Default)]
+pub struct Layers {
+    pub rids: Vec<Option<Rid>>,
+    /// When each layer's latest packet arrived.
+    pub last_seen: LiveLayers,
+}
+
+impl Layers {
+    /// The index of the layer a packet with `rid` belongs to, noting that it
+    /// arrived. Layers are learnt as they first arrive, placed in the order
+    /// the publisher's SDP lists (`listed`, read only for an unknown RID);
+    /// `None` past [`MAX_LAYERS`].
+    pub fn observe(
+        &mut self,
+        rid: Option<Rid>,
+        listed: impl FnOnce() -> Vec<Rid>,
+        now: Instant,
+    ) -> Option<usize> {
+        let index = match self.rids.iter().position(|r| *r == rid) {
+            Some(i) => i,
+            None => {
+                if let Some(rid) = rid {
+                    // The SDP order decides, so a top layer arriving first
+                    // does not become "low".
+                    let listed = listed();
+                    if self.rids.is_empty() && listed.contains(&rid) {
+                        self.rids = listed.into_iter().take(MAX_LAYERS).map(Some).collect();
+                    }
+                }
+                match self.rids.iter().position(|r| *r == rid) {
+                    Some(i) => i,
+                    None if self.rids.len() < MAX_LAYERS => {
+                        self.rids.push(rid);
+                        self.rids.len() - 1
+                    }
+                    None => return None,
+                }
+            }
+        };
+        self.last_seen.count = self.rids.len();
+        self.last_seen.seen[index] = Some(now);
+        Some(index)
+    }
+
+    pub fn rid(&self, layer: usize) -> Option<Rid> {
+        self.rids.get(layer).copied().flatten()
+    }
 }
 
 pub struct Room {
