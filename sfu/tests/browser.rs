@@ -129,6 +129,11 @@ fn active_speakers_follow_who_talks() {
 }
 
 #[test]
+fn simulcast_viewers_get_their_layers_and_switch_at_a_keyframe() {
+    scenario("simulcast-layers");
+}
+
+#[test]
 fn demo_page_follows_its_flags_live() {
     scenario("demo-flags");
 }

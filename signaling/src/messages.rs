@@ -21,7 +21,7 @@ pub enum TrackKind {
 /// Which of a simulcast track's layers a subscriber wants: `low`, `medium`
 /// or `high` (lowest, middle and highest of the layers the publisher sends;
 /// a track without simulcast has one, which every quality names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VideoQuality {
     Low,
@@ -349,6 +349,14 @@ pub enum ServerMessage {
         track_id: String,
         participant_id: String,
         muted: bool,
+    },
+    /// Dynacast: the qualities of one of your video tracks that subscribers
+    /// want (empty: nobody receives it). Encode only those layers.
+    QualityUpdate {
+        track_id: String,
+        /// The track's m-line on your publisher connection.
+        mid: String,
+        qualities: Vec<VideoQuality>,
     },
     /// Who in the room is speaking, loudest first (empty: nobody), from
     /// the audio levels clients put in their RTP; sent when the order

@@ -39,6 +39,32 @@ export interface ActiveSpeaker {
 
 type Message = Record<string, any>;
 
+export type VideoQuality = "low" | "medium" | "high";
+
+/**
+ * Camera video goes out in up to three layers (simulcast), lowest first:
+ * quarter, half and full resolution. Chromium sends as many as the capture
+ * allows (three from 960x540); the server forwards each subscriber the one
+ * that fits, and asks (`qualityUpdate`) that layers nobody receives be
+ * turned off.
+ */
+const SIMULCAST: RTCRtpEncodingParameters[] = [
+  { rid: "q", scaleResolutionDownBy: 4 },
+  { rid: "h", scaleResolutionDownBy: 2 },
+  { rid: "f", scaleResolutionDownBy: 1 },
+];
+
+/** The encoding a quality names among `count`, lowest first (PROTOCOL.md `qualityUpdate`). */
+export function encodingFor(quality: VideoQuality, count: number): number {
+  const top = Math.max(0, count - 1);
+  return quality === "low" ? 0 : quality === "high" ? top : Math.ceil(top / 2);
+}
+
+/** The layer to receive for a view this many device pixels high. */
+export function qualityForHeight(devicePixels: number): VideoQuality {
+  return devicePixels <= 180 ? "low" : devicePixels <= 360 ? "medium" : "high";
+}
+
 /** Stats are read this often until the first audio and video decode... */
 const FIRST_MEDIA_POLL_MS = 250;
 /** ...for at most this long... */
@@ -74,6 +100,10 @@ export class WebMedia {
   private firstSeen = { audio: false, video: false };
   /** Inbound totals at the last quality sample. */
   private inbound = { lost: 0, received: 0 };
+  /** The quality asked of each remote video track (`updateSubscription`). */
+  private asked = new Map<string, VideoQuality>();
+  /** `setParameters` calls, one at a time (each needs the last one's transaction). */
+  private encodingsChain: Promise<void> = Promise.resolve();
 
   constructor(
     private url: string,
@@ -96,7 +126,10 @@ export class WebMedia {
       const owner = this.trackOwners.get(trackId);
       this.callbacks.remoteTrack(e.track, trackId, e.streams[0] ?? new MediaStream([e.track]), owner);
     };
-    for (const track of local.getTracks()) this.pub.addTransceiver(track, { direction: "sendonly" });
+    for (const track of local.getTracks()) {
+      const sendEncodings = track.kind === "video" ? SIMULCAST.map((e) => ({ ...e })) : undefined;
+      this.pub.addTransceiver(track, { direction: "sendonly", sendEncodings });
+    }
     this.scheduleStats(FIRST_MEDIA_POLL_MS);
   }
 
@@ -210,6 +243,33 @@ export class WebMedia {
     return true;
   }
 
+  /** Which layer of a remote video track to receive; said once per change. */
+  setVideoQuality(trackId: string, quality: VideoQuality): void {
+    if (this.asked.get(trackId) === quality) return;
+    this.asked.set(trackId, quality);
+    this.send({ type: "updateSubscription", trackId, quality });
+  }
+
+  /**
+   * Dynacast: only the encodings subscribers want stay on (none: the
+   * track is paused). Layers keep their resolution when the CPU is short
+   * (`maintain-resolution`): a layer that shrank would no longer be what a
+   * subscriber asked for.
+   */
+  private applyWantedQualities(mid: string, qualities: VideoQuality[]): void {
+    const sender = this.pub.getTransceivers().find((t) => t.mid === mid)?.sender;
+    if (!sender) return;
+    this.encodingsChain = this.encodingsChain
+      .then(async () => {
+        const params = sender.getParameters();
+        const wanted = new Set(qualities.map((q) => encodingFor(q, params.encodings.length)));
+        params.encodings.forEach((e, i) => (e.active = wanted.has(i)));
+        params.degradationPreference = "maintain-resolution";
+        await sender.setParameters(params);
+      })
+      .catch((e) => console.warn(`switchboard: could not apply the wanted layers: ${String(e)}`));
+  }
+
   private applyLocalTracks(): void {
     for (const t of this.local.getAudioTracks()) t.enabled = !this.muted && !this.held;
     for (const t of this.local.getVideoTracks()) t.enabled = !this.cameraOff && !this.held;
@@ -299,6 +359,12 @@ export class WebMedia {
           break;
         case "trackMuted":
           if (typeof m.trackId === "string") this.callbacks.remoteTrackMuted(m.trackId, m.muted === true);
+          break;
+        case "qualityUpdate":
+          if (typeof m.mid === "string" && Array.isArray(m.qualities)) {
+            const qualities = m.qualities.filter((q: unknown): q is VideoQuality => q === "low" || q === "medium" || q === "high");
+            this.applyWantedQualities(m.mid, qualities);
+          }
           break;
         case "speakersChanged": {
           const speakers: ActiveSpeaker[] = [];

@@ -24,7 +24,7 @@ import type {
   VideoTrackOptions,
   VideoViewOptions,
 } from "./definitions.js";
-import { WebMedia } from "./media.js";
+import { qualityForHeight, WebMedia } from "./media.js";
 import { VideoViews } from "./video-views.js";
 import { parseEvent, parseFlags } from "./protocol.js";
 import type { Flags } from "./protocol.js";
@@ -155,6 +155,11 @@ export class SwitchboardWebClient {
     const stream = trackId === "local" ? this.localStream : this.remoteStreams.get(callId)?.get(trackId);
     if (!stream) throw new SwitchboardError(0, "track_not_found", `no video track ${trackId} in call ${callId}`);
     this.views.show(options, stream);
+    if (trackId !== "local") {
+      // The layer that fits the view: no more pixels than it shows.
+      const height = frame.height * (globalThis.devicePixelRatio || 1);
+      this.media.get(callId)?.setVideoQuality(trackId, qualityForHeight(height));
+    }
   }
 
   async hideVideo({ callId, trackId }: VideoTrackOptions): Promise<void> {

@@ -162,9 +162,7 @@ impl Engine {
                 self.add_subscription(key, track_key);
             }
         }
-        if let Some(room) = self.rooms.get_mut(&room_id) {
-            room.refresh_routes(self.config.fast_path);
-        }
+        self.subscriptions_changed(&room_id);
         // Always offer at join: the subscriber connection comes up now (with
         // a data channel if there is nothing to receive yet), so tracks
         // published later start flowing without waiting for ICE and DTLS.
@@ -237,6 +235,13 @@ impl Engine {
         if let Some(offer) = resend {
             self.send(conn, offer);
         }
+        // Nor what was wanted of its video (dynacast): said again.
+        if let Some(room) = self.rooms.get_mut(room_id) {
+            for track in room.tracks.values_mut().filter(|t| t.owner == key) {
+                track.told_qualities = None;
+            }
+        }
+        self.subscriptions_changed(room_id);
         tracing::info!(participant = %participant_id, user_id = %user_id, device_id = %device.device_id, platform = %device.platform, call_id = %room_id, "resumed");
         self.update_presence(key, now);
     }
@@ -398,7 +403,7 @@ impl Engine {
         for track_key in keys {
             self.add_subscription(key, track_key);
         }
-        self.refresh_routes(key);
+        self.subscriptions_changed_for(key);
         self.offer_due(key);
     }
 
@@ -409,7 +414,7 @@ impl Engine {
         for track_key in keys {
             self.drop_subscription(key, track_key);
         }
-        self.refresh_routes(key);
+        self.subscriptions_changed_for(key);
         self.offer_due(key);
     }
 
@@ -443,6 +448,8 @@ impl Engine {
         if down.stream.wanted != quality {
             tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, track = %track_id, ?quality, "subscription quality changed");
             down.stream.wanted = quality;
+            let room_id = p.room.clone();
+            self.subscriptions_changed(&room_id);
         }
     }
 

@@ -14,6 +14,7 @@
 //! connection only the server offers, so offers never cross (no glare).
 
 mod commands;
+mod dynacast;
 mod forward;
 mod ice_credentials;
 mod keyframe;
@@ -1033,11 +1034,11 @@ impl Engine {
             room.members.retain(|m| *m != key);
             // Out of the speakers at the next look (their next packet).
             room.speakers.remove(key);
-            room.refresh_routes(self.config.fast_path);
             if room.members.is_empty() {
                 self.rooms.remove(&room_id);
             }
         }
+        self.subscriptions_changed(&room_id);
         tracing::info!(participant = %participant_id, user_id = %member.user_id, device_id = %member.device.device_id, platform = %member.device.platform, call_id = %room_id, ?reason, "left");
         self.broadcast(
             &room_id,
@@ -1176,13 +1177,11 @@ impl Engine {
         room_tracks_of(room, p)
     }
 
-    fn refresh_routes(&mut self, key: ParticipantKey) {
-        let Some(p) = self.participants.get(&key) else {
+    fn subscriptions_changed_for(&mut self, key: ParticipantKey) {
+        let Some(room_id) = self.participants.get(&key).map(|p| p.room.clone()) else {
             return;
         };
-        if let Some(room) = self.rooms.get_mut(&p.room) {
-            room.refresh_routes(self.config.fast_path);
-        }
+        self.subscriptions_changed(&room_id);
     }
 
     fn broadcast(&mut self, room_id: &str, except: Option<ParticipantKey>, message: ServerMessage) {

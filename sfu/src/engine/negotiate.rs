@@ -150,6 +150,7 @@ impl Engine {
             subscribers: Vec::new(),
             layers: Layers::default(),
             last_keyframe_request: Vec::new(),
+            told_qualities: None,
             last_packet_at: None,
             keyframe_pending: false,
             direct: None,
@@ -180,9 +181,7 @@ impl Engine {
         for sub in &auto {
             self.add_subscription(*sub, track_key);
         }
-        if let Some(room) = self.rooms.get_mut(&room_id) {
-            room.refresh_routes(self.config.fast_path);
-        }
+        self.subscriptions_changed(&room_id);
         for sub in auto {
             self.offer_due(sub);
         }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use signaling::TrackKind;
+use signaling::{TrackKind, VideoQuality};
 use str0m::media::Mid;
 use str0m::media::Rid;
 
@@ -28,6 +28,9 @@ pub struct Track {
     /// Per layer: keyframes are asked of each layer at most once per
     /// interval.
     pub last_keyframe_request: Vec<Option<Instant>>,
+    /// The qualities its publisher was last told subscribers want
+    /// (dynacast); `None` before the first word, which means all.
+    pub told_qualities: Option<Vec<VideoQuality>>,
     /// When its latest packet reached the engine (gaps are measured from it).
     pub last_packet_at: Option<Instant>,
     /// A keyframe was wanted before the publisher's stream existed (a
@@ -106,7 +109,8 @@ impl Room {
     }
 
     /// Recomputes every track's fast-path target after members or
-    /// subscriptions changed. Switching path never touches a subscriber's
+    /// subscriptions changed (the engine's `subscriptions_changed` also
+    /// tells publishers what is wanted of their video). Switching path never touches a subscriber's
     /// stream state, so 2 -> 3 -> 2 members does not freeze the pair.
     pub fn refresh_routes(&mut self, fast_path: bool) {
         let pair = fast_path && self.members.len() == 2;

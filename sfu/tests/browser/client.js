@@ -135,6 +135,9 @@ export class SwitchboardClient extends EventTarget {
         await this.sub.setLocalDescription(await this.sub.createAnswer());
         this.send({ type: "subscriberAnswer", sdp: this.sub.localDescription.sdp });
         break;
+      case "qualityUpdate":
+        this.applyWantedQualities(m.mid, m.qualities);
+        break;
       case "error":
         console.warn("switchboard error", m.code, m.message);
         this.dispatchEvent(new CustomEvent("servererror", { detail: m }));
@@ -153,10 +156,16 @@ export class SwitchboardClient extends EventTarget {
   }
 
   // Publishes the given tracks; `videoCodec` ("VP8" | "H264") is forced with
-  // setCodecPreferences when given.
-  async publish(tracks, videoCodec) {
+  // setCodecPreferences when given. `simulcast`: video in three layers
+  // (quarter, half and full resolution, lowest first), each kept at its
+  // resolution when the CPU is short (maintain-resolution), so a layer's
+  // width stays what subscribers asked for.
+  async publish(tracks, videoCodec, { simulcast = false } = {}) {
     for (const track of tracks) {
-      const tr = this.pub.addTransceiver(track, { direction: "sendonly" });
+      const sendEncodings = track.kind === "video" && simulcast
+        ? [{ rid: "q", scaleResolutionDownBy: 4 }, { rid: "h", scaleResolutionDownBy: 2 }, { rid: "f", scaleResolutionDownBy: 1 }]
+        : undefined;
+      const tr = this.pub.addTransceiver(track, { direction: "sendonly", sendEncodings });
       if (track.kind === "video" && videoCodec) {
         const codecs = RTCRtpSender.getCapabilities("video").codecs.filter(
           (c) => c.mimeType.toLowerCase() === `video/${videoCodec.toLowerCase()}`,
@@ -169,7 +178,36 @@ export class SwitchboardClient extends EventTarget {
     this.send({ type: "publish", sdp: this.pub.localDescription.sdp });
     const answer = await this.next("publishAnswer");
     await this.pub.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+    if (simulcast) {
+      for (const sender of this.pub.getSenders()) {
+        if (sender.track?.kind !== "video") continue;
+        const params = sender.getParameters();
+        params.degradationPreference = "maintain-resolution";
+        await sender.setParameters(params);
+      }
+    }
     return answer.tracks;
+  }
+
+  // Dynacast: only the encodings subscribers want stay on (the same
+  // arithmetic as the plugin's web client, native/capacitor/src/media.ts).
+  // One setParameters at a time: each needs the previous one's transaction.
+  applyWantedQualities(mid, qualities) {
+    const sender = this.pub.getTransceivers().find((t) => t.mid === mid)?.sender;
+    if (!sender) return;
+    this.encodingsChain = (this.encodingsChain ?? Promise.resolve()).then(async () => {
+      const params = sender.getParameters();
+      const top = Math.max(0, params.encodings.length - 1);
+      const index = { low: 0, medium: Math.ceil(top / 2), high: top };
+      const wanted = new Set(qualities.map((q) => index[q]));
+      params.encodings.forEach((e, i) => (e.active = wanted.has(i)));
+      await sender.setParameters(params);
+    }).catch((e) => console.warn("could not apply the wanted layers", String(e)));
+  }
+
+  // Which layer of a simulcast track to receive: "low" | "medium" | "high".
+  updateSubscription(trackId, quality) {
+    this.send({ type: "updateSubscription", trackId, quality });
   }
 
   leave() {

@@ -181,7 +181,7 @@ const room = `room-${scenario}-${Date.now()}`;
 
 // `relay`: "udp" | "tcp" | "tls": only that TURN URL of the join info, and
 // relay candidates only.
-async function openPage(name, colour, { codec, roomId = room, relay } = {}) {
+async function openPage(name, colour, { codec, roomId = room, relay, simulcast, size, publish } = {}) {
   const res = await fetch(`${sb.base}/dev/token`, {
     method: "POST",
     headers: { "content-type": "application/json" },
@@ -203,7 +203,7 @@ async function openPage(name, colour, { codec, roomId = room, relay } = {}) {
   page.on("pageerror", (e) => log(`${name} page error:`, e.message));
   page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") log(`${name} console:`, m.text()); });
   await page.goto(`${web.base}/page.html`);
-  const pid = await page.evaluate((o) => window.sb.start(o), { url: sb.ws, token, colour, codec, rtcConfig });
+  const pid = await page.evaluate((o) => window.sb.start(o), { url: sb.ws, token, colour, codec, rtcConfig, simulcast, size, publish });
   const handle = { name, colour, page, pid, context };
   opened.push(handle);
   return handle;
@@ -833,6 +833,89 @@ async function activeSpeakers() {
   }
 }
 
+// Simulcast: a publisher page sends three layers of a 960x540 canvas
+// (Chromium's minimum for three); one viewer asks for `low`, one for
+// `high`, and each decodes its layer's width (the publisher's own
+// outbound-rtp per RID says what the widths are). Then the low viewer asks
+// for `high`: it decodes the high width within 2 s, with no gap over 500 ms
+// between presented frames across the switch. Then `medium`; then dynacast
+// (layers nobody asks for are turned off at the publisher, and back on when
+// asked for).
+async function simulcastLayers() {
+  const pub = await openPage("publisher", "red", { simulcast: true, size: [960, 540] });
+  const low = await openPage("lowViewer", "green", { publish: false });
+  const high = await openPage("highViewer", "blue", { publish: false });
+  for (const viewer of [low, high]) await waitFor(`${viewer.name} to see red`, () => seesColours(viewer, [pub]), 30000);
+  const videoTrack = (viewer) => viewer.page.evaluate(() => [...window.client.remote.values()].find((r) => r.kind === "video")?.trackId);
+  const ask = (viewer, quality) => videoTrack(viewer).then((trackId) => viewer.page.evaluate(([t, q]) => window.client.updateSubscription(t, q), [trackId, quality]));
+  const decodedWidth = async (viewer) => (await viewer.page.evaluate(() => window.sb.decodedVideo()))?.frameWidth;
+  const layers = () => pub.page.evaluate(() => window.sb.outboundLayers());
+  await ask(low, "low");
+  await ask(high, "high");
+  // Only what someone asks for is sent (dynacast), so the middle layer is
+  // measured when it is asked for, below.
+  let widths;
+  await waitFor("the low and high layers sent", async () => {
+    const l = await layers();
+    widths = Object.fromEntries(Object.entries(l).map(([rid, e]) => [rid, e.frameWidth]));
+    return ["q", "f"].every((rid) => l[rid]?.frameWidth > 0 && l[rid].bytesSent > 0);
+  }, 30000);
+  log(`layer widths: ${JSON.stringify(widths)}`);
+  check(widths.f === 960 && widths.q === 240, `layers at 1 and 1/4 of 960: ${JSON.stringify(widths)}`);
+  await waitFor("the low viewer to decode the low layer", async () => (await decodedWidth(low)) === widths.q, 10000);
+  await waitFor("the high viewer to decode the high layer", async () => (await decodedWidth(high)) === widths.f, 10000);
+  // Each keeps its own layer while the other has a different one.
+  check((await decodedWidth(low)) === widths.q && (await decodedWidth(high)) === widths.f, "two viewers, two layers");
+
+  await low.page.evaluate(() => window.sb.recordFrames());
+  await new Promise((r) => setTimeout(r, 1000));
+  const askedAt = await low.page.evaluate(() => performance.now());
+  await ask(low, "high");
+  await waitFor("the low viewer to present the high layer", async () => {
+    const frames = await low.page.evaluate(() => window.sb.frameLog());
+    return frames.some(([, w]) => w === widths.f);
+  }, 10000);
+  await new Promise((r) => setTimeout(r, 1000));
+  const frames = await low.page.evaluate(() => window.sb.frameLog());
+  const switchedAt = frames.find(([, w]) => w === widths.f)[0];
+  let worstGap = 0;
+  for (let i = 1; i < frames.length; i++) worstGap = Math.max(worstGap, frames[i][0] - frames[i - 1][0]);
+  const switchMs = Math.round(switchedAt - askedAt);
+  log(JSON.stringify({ switchMs, worstGapMs: Math.round(worstGap), frames: frames.length }));
+  check(switchMs <= 2000, `switched to the high layer ${switchMs} ms after asking (at most 2000)`);
+  check(worstGap <= 500, `longest gap between presented frames across the switch: ${Math.round(worstGap)} ms (at most 500)`);
+  check((await decodedWidth(low)) === widths.f, "the switched viewer stays on the high layer");
+
+  // The middle layer, at half the width.
+  await ask(low, "medium");
+  await waitFor("the low viewer to decode the medium layer", async () => (await decodedWidth(low)) === 480, 10000);
+  check((await layers()).h.frameWidth === 480, "the publisher's middle layer is 480 wide");
+
+  // Dynacast: with both viewers on `low`, the publisher turns the other
+  // encodings off and they stop sending.
+  await ask(low, "low");
+  await ask(high, "low");
+  for (const viewer of [low, high]) {
+    await waitFor(`${viewer.name} to decode the low layer`, async () => (await decodedWidth(viewer)) === widths.q, 10000);
+  }
+  await waitFor("medium and high turned off", async () => {
+    const l = await layers();
+    return l.q.active && !l.h.active && !l.f.active;
+  }, 5000);
+  await new Promise((r) => setTimeout(r, 500)); // what the pacer held goes out
+  const before = (await layers()).f.bytesSent;
+  await new Promise((r) => setTimeout(r, 1500));
+  const after = (await layers()).f.bytesSent;
+  check(after === before, `the high encoding sent nothing while off (${before} -> ${after} bytes)`);
+  // Asked for again, it comes back on and is decoded within 2 s.
+  const askedAgain = Date.now();
+  await ask(high, "high");
+  await waitFor("the high viewer to decode the high layer again", async () => (await decodedWidth(high)) === widths.f, 5000);
+  const backMs = Date.now() - askedAgain;
+  log(JSON.stringify({ highBackOnMs: backMs }));
+  check(backMs <= 2000, `the high layer back on and decoded ${backMs} ms after asking (at most 2000)`);
+}
+
 async function setMic(p, on) {
   await p.page.evaluate((on) => {
     for (const s of window.client.pub.getSenders()) if (s.track?.kind === "audio") s.track.enabled = on;
@@ -888,6 +971,7 @@ const SCENARIOS = {
   "two-three-two": twoThreeTwo,
   "garbage-flood": garbageFlood,
   "active-speakers": activeSpeakers,
+  "simulcast-layers": simulcastLayers,
 };
 
 async function main() {

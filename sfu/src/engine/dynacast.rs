@@ -1,0 +1,59 @@
+//! Dynacast: a video layer nobody receives is not worth encoding or
+//! sending. After every change to who receives what, each video track's
+//! publisher is told the qualities its subscribers want (`qualityUpdate`,
+//! only when that changed), and its client turns the other encodings off
+//! (`RTCRtpSender.setParameters`, `encodings[i].active`): an empty list
+//! pauses the track. A re-enabled encoding starts with a keyframe, so a
+//! subscriber that asks for a layer that was off gets it within one.
+//! Meanwhile [`super::simulcast::pick_layer`] forwards the nearest layer
+//! that is on.
+
+use super::*;
+
+impl Engine {
+    /// Members or subscriptions of a room changed: the 1:1 fast path is
+    /// recomputed and publishers are told what is wanted of their video.
+    pub(super) fn subscriptions_changed(&mut self, room_id: &str) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        room.refresh_routes(self.config.fast_path);
+        for track in room.tracks.values_mut() {
+            if track.kind != TrackKind::Video {
+                continue;
+            }
+            let mut wanted: Vec<VideoQuality> = track
+                .subscribers
+                .iter()
+                .filter_map(|s| self.participants.get(s))
+                .filter_map(|s| s.down.iter().find(|d| d.track_key == track.key))
+                .filter(|d| {
+                    matches!(
+                        d.state,
+                        DownState::ToOpen | DownState::Negotiating(_) | DownState::Open(_)
+                    )
+                })
+                .map(|d| d.stream.wanted)
+                .collect();
+            wanted.sort();
+            wanted.dedup();
+            if track.told_qualities.as_ref() == Some(&wanted) {
+                continue;
+            }
+            // Not recorded as told while the publisher has no socket: its
+            // resume says it again.
+            let Some(conn) = self.participants.get(&track.owner).and_then(|p| p.conn) else {
+                continue;
+            };
+            tracing::debug!(call_id = %room_id, track = %track.id, ?wanted, "dynacast: qualities wanted");
+            track.told_qualities = Some(wanted.clone());
+            let message = ServerMessage::QualityUpdate {
+                track_id: track.id.clone(),
+                mid: track.mid.to_string(),
+                qualities: wanted,
+            };
+            self.outputs
+                .push_back(Output::Event(Event::Message { conn, message }));
+        }
+    }
+}
