@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use signaling::{ClientMessage, IceCandidate, PeerTarget, ServerMessage, TrackInfo};
+use signaling::{ClientMessage, IceCandidate, PeerTarget, ServerMessage, TrackInfo, VideoQuality};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid};
+use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
@@ -30,11 +30,23 @@ pub struct ReceivedPacket {
 }
 
 impl ReceivedPacket {
+    /// The simulcast layer a bot sent this packet in (`q`, `h` or `f`;
+    /// `None` without simulcast), from the tag after its probe.
+    pub fn simulcast_rid(&self) -> Option<String> {
+        let text = String::from_utf8_lossy(&self.payload);
+        let (_, after) = text.split_once(":v")?;
+        let rid: String = after.chars().take_while(|c| *c != ':').collect();
+        (!rid.is_empty()).then_some(rid)
+    }
+
     /// The payload with the probe's send time zeroed: what two runs of the
     /// same scenario started at different times have in common.
     pub fn payload_without_send_time(&self) -> Vec<u8> {
         let mut p = self.payload.clone();
-        let at = if self.kind == MediaKind::Video { 2 } else { 0 } + 8;
+        let at = match self.kind {
+            MediaKind::Video => vp8_descriptor_len(&p) + 1,
+            _ => 0,
+        } + 8;
         if let Some(time) = p.get_mut(at..at + 8) {
             time.fill(0);
         }
@@ -168,6 +180,62 @@ pub struct Bot {
     /// The first publisher offer carries a video track (an audio call's
     /// token allows audio only).
     pub publish_video: bool,
+    /// Video goes out in three simulcast layers (RIDs `q`, `h`, `f`, lowest
+    /// first, a quarter, half and all of the video bytes), each with VP8
+    /// picture IDs and TL0PICIDX of its own, as Chromium sends them. Set
+    /// before [`Bot::publish`].
+    pub simulcast: bool,
+    /// Video the server said nobody receives (`qualityUpdate` with no
+    /// qualities) is not sent, as a browser pauses it.
+    video_paused: bool,
+    layers: [SentLayer; 3],
+}
+
+/// One simulcast layer as this bot sends it.
+#[derive(Debug, Clone, Copy)]
+struct SentLayer {
+    rid: &'static str,
+    seq: u64,
+    picture_id: u16,
+    tl0_pic_idx: u8,
+    keyframe_due: bool,
+    /// Off when no subscriber wants it (dynacast); back on with a keyframe.
+    active: bool,
+}
+
+impl SentLayer {
+    const fn new(rid: &'static str) -> SentLayer {
+        SentLayer {
+            rid,
+            seq: 0,
+            picture_id: 0,
+            tl0_pic_idx: 0,
+            keyframe_due: true,
+            active: true,
+        }
+    }
+}
+
+/// The simulcast layers' RIDs, lowest first.
+pub const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
+
+/// Bytes of a VP8 payload descriptor (RFC 7741 4.2) at the start of `payload`.
+fn vp8_descriptor_len(payload: &[u8]) -> usize {
+    let Some(&first) = payload.first() else {
+        return 0;
+    };
+    if first & 0x80 == 0 {
+        return 1;
+    }
+    let Some(&ext) = payload.get(1) else {
+        return 1;
+    };
+    let picture_id = match ext & 0x80 {
+        0 => 0,
+        _ if payload.get(2).is_some_and(|b| b & 0x80 != 0) => 2,
+        _ => 1,
+    };
+    2 + picture_id + usize::from(ext & 0x40 != 0) + usize::from(ext & 0x30 != 0)
 }
 
 fn rtc(addr: SocketAddr, now: Instant) -> Rtc {
@@ -224,6 +292,9 @@ impl Bot {
             audio_muted: false,
             video_off: false,
             publish_video: true,
+            simulcast: false,
+            video_paused: false,
+            layers: SIMULCAST_RIDS.map(SentLayer::new),
         }
     }
 
@@ -243,8 +314,17 @@ impl Bot {
             self.audio_mid =
                 Some(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
             if self.publish_video {
-                self.video_mid =
-                    Some(api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+                let simulcast = self.simulcast.then(|| Simulcast {
+                    send: SIMULCAST_RIDS.map(SimulcastLayer::new).to_vec(),
+                    recv: Vec::new(),
+                });
+                self.video_mid = Some(api.add_media(
+                    MediaKind::Video,
+                    Direction::SendOnly,
+                    None,
+                    None,
+                    simulcast,
+                ));
             }
         }
         if ice_restart {
@@ -305,6 +385,11 @@ impl Bot {
                     self.trickle_host(PeerTarget::Publisher);
                 }
             }
+            ServerMessage::QualityUpdate { mid, qualities, .. }
+                if self.video_mid.is_some_and(|m| *m == **mid) =>
+            {
+                self.apply_wanted_qualities(qualities);
+            }
             ServerMessage::SubscriberOffer { sdp, tracks } => {
                 for t in tracks {
                     self.mid_track
@@ -322,6 +407,33 @@ impl Bot {
             _ => {}
         }
         self.messages.push(message);
+    }
+
+    /// Dynacast, as a browser applies it: only the layers subscribers want
+    /// are sent (none: the video pauses); a layer turned back on starts
+    /// with a keyframe.
+    fn apply_wanted_qualities(&mut self, qualities: &[VideoQuality]) {
+        self.video_paused = qualities.is_empty();
+        let count = if self.simulcast { self.layers.len() } else { 1 };
+        let top = count - 1;
+        let wanted: Vec<usize> = qualities
+            .iter()
+            .map(|q| match q {
+                VideoQuality::Low => 0,
+                VideoQuality::Medium => top.div_ceil(2),
+                VideoQuality::High => top,
+            })
+            .collect();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let active = wanted.contains(&i);
+            if active && !layer.active {
+                layer.keyframe_due = true;
+            }
+            layer.active = active;
+        }
+        if !self.video_paused {
+            self.keyframe_due = true;
+        }
     }
 
     fn trickle_host(&mut self, target: PeerTarget) {
@@ -420,9 +532,14 @@ impl Bot {
         match event {
             Event::IceConnectionStateChange(s) if publisher => self.publisher_ice = s,
             Event::IceConnectionStateChange(s) => self.subscriber_ice = s,
-            Event::KeyframeRequest(_) if publisher => {
+            Event::KeyframeRequest(req) if publisher => {
                 self.keyframe_requests += 1;
                 self.keyframe_due = true;
+                for layer in &mut self.layers {
+                    if req.rid.is_none_or(|rid| *rid == *layer.rid) {
+                        layer.keyframe_due = true;
+                    }
+                }
             }
             Event::EgressBitrateEstimate(str0m::bwe::BweKind::Remb { estimate, .. })
                 if publisher =>
@@ -510,7 +627,11 @@ impl Bot {
         payload: &[u8],
         now: Instant,
     ) {
-        let skip = if kind == MediaKind::Video { 2 } else { 0 };
+        // Video: the VP8 descriptor and the first byte of the VP8 header.
+        let skip = match kind {
+            MediaKind::Video => vp8_descriptor_len(payload) + 1,
+            _ => 0,
+        };
         let Some(probe) = payload.get(skip..skip + PROBE_LEN) else {
             return;
         };
@@ -556,6 +677,13 @@ impl Bot {
         let video_bytes = self.media.video_bytes_per_tick.max(PROBE_LEN + 2);
         let video_packets = video_bytes.div_ceil(MAX_VIDEO_PACKET);
         // (kind, packets, bytes per packet, RTP clock rate per tick)
+        if self.simulcast {
+            if !self.video_off && !self.video_paused {
+                self.send_simulcast_video(now, n, video_bytes);
+            }
+            // The loop below sends the audio only.
+        }
+        let video_single = !self.simulcast && !self.video_paused;
         for (kind, packets, len, clock) in [
             (MediaKind::Audio, 1, 0, 960),
             (
@@ -567,7 +695,7 @@ impl Bot {
         ] {
             let (mid, codec, off) = match kind {
                 MediaKind::Audio => (self.audio_mid, Codec::Opus, self.audio_muted),
-                MediaKind::Video => (self.video_mid, Codec::Vp8, self.video_off),
+                MediaKind::Video => (self.video_mid, Codec::Vp8, self.video_off || !video_single),
             };
             if off {
                 continue;
@@ -610,6 +738,65 @@ impl Bot {
                     RtpWrite::new(pt, seq.into(), (n * clock) as u32, now, payload)
                         .marker(kind == MediaKind::Video && last)
                         .nackable(kind == MediaKind::Video),
+                );
+            }
+        }
+    }
+
+    /// One tick of video in each active simulcast layer: layer `i` of three
+    /// carries a quarter of the bytes of layer `i + 1`, in packets of at
+    /// most 1,100 bytes, each with a full VP8 descriptor (15-bit picture
+    /// ID, TL0PICIDX, TID 0) that counts in that layer alone.
+    fn send_simulcast_video(&mut self, now: Instant, n: u64, video_bytes: usize) {
+        let Some(mid) = self.video_mid else { return };
+        let Some(pt) = self
+            .publisher
+            .codec_config()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .map(|p| p.pt())
+        else {
+            return;
+        };
+        let sent_us = now.saturating_duration_since(epoch()).as_micros() as u64;
+        let periodic = (n - 1).is_multiple_of(self.media.keyframe_every_ticks.max(1));
+        let top = self.layers.len() - 1;
+        for i in 0..self.layers.len() {
+            let layer = &mut self.layers[i];
+            if !layer.active {
+                continue;
+            }
+            let keyframe = std::mem::take(&mut layer.keyframe_due) || periodic;
+            layer.picture_id = (layer.picture_id + 1) & 0x7fff;
+            layer.tl0_pic_idx = layer.tl0_pic_idx.wrapping_add(1);
+            let bytes = (video_bytes >> (2 * (top - i))).max(PROBE_LEN + 8);
+            let packets = bytes.div_ceil(MAX_VIDEO_PACKET);
+            let rid = Rid::from(layer.rid);
+            for p in 0..packets {
+                let layer = &mut self.layers[i];
+                layer.seq += 1;
+                let start = if p == 0 { 0x10 } else { 0x00 };
+                let mut payload = vec![
+                    0x80 | start,
+                    0xe0, // I, L, T
+                    0x80 | (layer.picture_id >> 8) as u8,
+                    layer.picture_id as u8,
+                    layer.tl0_pic_idx,
+                    0x00, // TID 0
+                    u8::from(!keyframe),
+                ];
+                payload.extend_from_slice(&layer.seq.to_be_bytes());
+                payload.extend_from_slice(&sent_us.to_be_bytes());
+                payload.extend_from_slice(format!("{}:v{}:{n}", self.name, layer.rid).as_bytes());
+                payload.resize(payload.len().max(bytes / packets), 0);
+                let seq = layer.seq;
+                let mut api = self.publisher.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, Some(rid)) else {
+                    continue;
+                };
+                tx.write_rtp(
+                    RtpWrite::new(pt, seq.into(), (n * 1800) as u32, now, payload)
+                        .marker(p + 1 == packets)
+                        .nackable(true),
                 );
             }
         }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::sim::{Sim, engine_config};
 use sfu::engine::{Command, DeviceLabel, Event, JoinRequest};
-use signaling::{ErrorCode, LeaveReason, ParticipantState, Permissions, ServerMessage, TrackKind};
+use signaling::{
+    ErrorCode, LeaveReason, ParticipantState, Permissions, ServerMessage, TrackKind, VideoQuality,
+};
 use str0m::media::MediaKind;
 
 fn pid(name: &str) -> String {
@@ -758,4 +760,103 @@ fn receiver_reports_give_each_streams_loss_and_jitter() {
         reports.iter().all(|r| r.3 < Duration::from_millis(250)),
         "{reports:?}"
     );
+}
+
+/// The track id of `publisher`'s video as `viewer` knows it.
+fn video_track_of(sim: &Sim, viewer: usize, publisher: &str) -> String {
+    sim.bots[viewer]
+        .received
+        .iter()
+        .find(|p| p.from == pid(publisher) && p.kind == MediaKind::Video)
+        .map(|p| p.track_id.clone())
+        .expect("video received")
+}
+
+/// The publisher's `qualityUpdate`s for its video, in order.
+fn quality_updates(sim: &Sim, publisher: usize) -> Vec<Vec<VideoQuality>> {
+    sim.bots[publisher]
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::QualityUpdate { qualities, .. } => Some(qualities.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A simulcast publisher (three layers, each with its own sequence numbers
+/// and VP8 picture IDs) and two viewers: each gets only the layer it asks
+/// for, and a viewer that switches gets one stream whose sequence numbers
+/// and picture IDs go on by one across the switch, which happens at a
+/// keyframe of the new layer. Layers nobody asks for are turned off at the
+/// publisher (dynacast).
+#[test]
+fn simulcast_viewers_get_their_layer_and_switch_seamlessly_at_a_keyframe() {
+    let mut sim = Sim::new(engine_config());
+    let publisher = sim.join("a", "room");
+    sim.bots[publisher].simulcast = true;
+    sim.bots[publisher].publish();
+    sim.deliver();
+    let low = sim.join("b", "room");
+    let high = sim.join("c", "room");
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(500));
+    let track = video_track_of(&sim, low, "a");
+    sim.command(
+        low,
+        Command::UpdateSubscription {
+            track_id: track.clone(),
+            quality: VideoQuality::Low,
+        },
+    );
+    sim.run_for(Duration::from_secs(2));
+    let rids = |sim: &Sim, bot: usize, from: usize| -> Vec<Option<String>> {
+        sim.bots[bot].received[from..]
+            .iter()
+            .filter(|p| p.kind == MediaKind::Video)
+            .map(|p| p.simulcast_rid())
+            .collect()
+    };
+    let high_rids = rids(&sim, high, 0);
+    assert!(high_rids.len() > 50, "high viewer got {}", high_rids.len());
+    assert!(high_rids.iter().all(|r| r.as_deref() == Some("f")), "{high_rids:?}");
+    // The low viewer started on f (the default) and moved to q.
+    let low_rids = rids(&sim, low, 0);
+    assert_eq!(low_rids.last().unwrap().as_deref(), Some("q"));
+    assert!(quality_updates(&sim, publisher).contains(&vec![VideoQuality::Low, VideoQuality::High]));
+
+    // Now up: the switch waits for f's keyframe, and the stream goes on.
+    let from = sim.bots[low].received.len();
+    sim.command(
+        low,
+        Command::UpdateSubscription {
+            track_id: track,
+            quality: VideoQuality::High,
+        },
+    );
+    sim.run_for(Duration::from_secs(2));
+    let video: Vec<_> = sim.bots[low].received[from..]
+        .iter()
+        .filter(|p| p.kind == MediaKind::Video)
+        .collect();
+    let first_high = video
+        .iter()
+        .position(|p| p.simulcast_rid().as_deref() == Some("f"))
+        .expect("switched to f");
+    assert!(video[..first_high].iter().all(|p| p.simulcast_rid().as_deref() == Some("q")));
+    assert!(video[first_high..].iter().all(|p| p.simulcast_rid().as_deref() == Some("f")));
+    let switch = &video[first_high];
+    assert_eq!(switch.payload[0] & 0x10, 0x10, "a frame's first packet");
+    assert_eq!(switch.payload[6] & 0x01, 0, "a keyframe (VP8 P bit 0)");
+    for pair in video.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "a gap in the viewer's sequence numbers");
+        let picture_id = |payload: &[u8]| {
+            str0m::rtp::Vp8Descriptor::parse(payload).unwrap().picture_id().unwrap()
+        };
+        let step = picture_id(&pair[1].payload).wrapping_sub(picture_id(&pair[0].payload)) & 0x7fff;
+        assert!(step <= 1, "picture IDs jumped by {step}");
+        assert!(pair[1].timestamp.wrapping_sub(pair[0].timestamp) < 90_000);
+    }
+    // Nobody wants q now: it is turned off.
+    assert_eq!(quality_updates(&sim, publisher).last().unwrap(), &vec![VideoQuality::High]);
 }

@@ -46,6 +46,11 @@ impl Engine {
                 continue;
             };
             tracing::debug!(call_id = %room_id, track = %track.id, ?wanted, "dynacast: qualities wanted");
+            let paused = |q: &Option<Vec<VideoQuality>>| q.as_ref().is_some_and(Vec::is_empty);
+            if paused(&track.told_qualities) != wanted.is_empty() {
+                // Paused or resumed: that pause is no gap in its stream.
+                track.last_packet_at = None;
+            }
             track.told_qualities = Some(wanted.clone());
             let message = ServerMessage::QualityUpdate {
                 track_id: track.id.clone(),

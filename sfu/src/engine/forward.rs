@@ -58,7 +58,12 @@ impl Engine {
         }
         if let Some(last) = track.last_packet_at.replace(now) {
             let gap = now.saturating_duration_since(last);
-            if gap >= STREAM_GAP && !track.muted && self.stream_gaps.len() < MAX_HELD_GAPS {
+            let paused = track.told_qualities.as_ref().is_some_and(Vec::is_empty);
+            if gap >= STREAM_GAP
+                && !track.muted
+                && !paused
+                && self.stream_gaps.len() < MAX_HELD_GAPS
+            {
                 self.stream_gaps.push(StreamGap {
                     call_id: p.room.clone(),
                     participant_id: p.id.clone(),
