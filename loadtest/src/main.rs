@@ -46,6 +46,11 @@ struct RoomShape {
     seconds: f64,
     #[arg(long, default_value = "127.0.0.1")]
     local_ip: IpAddr,
+    /// Publishers send three simulcast layers; subscribers ask for low,
+    /// medium and high in turn (the SFU only: the baseline relay has no
+    /// layers to choose from).
+    #[arg(long)]
+    simulcast: bool,
 }
 
 /// The server the bots join, and how their call tokens are minted.
@@ -269,6 +274,7 @@ async fn main() -> ExitCode {
                 drop_every,
                 run_tag: format!("{}", std::process::id()),
                 progress: Some(Arc::default()),
+                simulcast: shape.simulcast,
             };
             let shown = plan.progress.clone().map(|p| {
                 let bots = shape.rooms * (shape.publishers + shape.subscribers);

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use std::time::Instant;
 
-use crate::bot::{Bot, TrackStats};
+use crate::bot::{Bot, SIMULCAST_RIDS, TrackStats};
 use crate::server_stats::ProcSample;
 use str0m::media::MediaKind;
 
@@ -73,6 +73,9 @@ pub struct Report {
     pub bots_planned: usize,
     pub bots_joined: usize,
     pub subscribed_video_tracks: usize,
+    /// Simulcast: video packets received per layer (RID), lowest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub video_packets_by_layer: Vec<(String, u64)>,
     pub time_to_first_media_ms: Percentiles,
     pub packets_received: u64,
     pub packets_lost: u64,
@@ -103,6 +106,7 @@ impl Report {
         let (mut received, mut lost, mut video_tracks) = (0, 0, 0);
         let (mut jitter_sum, mut jitter_n) = (0.0, 0u64);
         let (mut plis, mut nacks) = (0, 0);
+        let mut by_layer: std::collections::HashMap<String, u64> = Default::default();
         for bot in bots {
             plis += bot.plis;
             nacks += bot.nacks;
@@ -115,11 +119,17 @@ impl Report {
                         * 1e3,
                 );
             }
+            // One entry per layer received: a track is counted once.
+            let mut video_from: Vec<&str> = Vec::new();
             for t in &bot.tracks {
                 received += t.packets;
                 lost += t.lost();
-                if t.kind == MediaKind::Video {
+                if t.kind == MediaKind::Video && !video_from.contains(&t.from.as_str()) {
+                    video_from.push(&t.from);
                     video_tracks += 1;
+                }
+                if let Some(layer) = &t.layer {
+                    *by_layer.entry(layer.clone()).or_insert(0) += t.packets;
                 }
                 for pair in t.latency_us.windows(2) {
                     jitter_sum += f64::from(pair[0].abs_diff(pair[1])) / 1e3;
@@ -151,6 +161,10 @@ impl Report {
             bots_planned,
             bots_joined: bots.iter().filter(|b| b.joined).count(),
             subscribed_video_tracks: video_tracks,
+            video_packets_by_layer: SIMULCAST_RIDS
+                .iter()
+                .filter_map(|rid| by_layer.get(*rid).map(|n| (rid.to_string(), *n)))
+                .collect(),
             time_to_first_media_ms: Percentiles::of(&mut ttfm),
             packets_received: received,
             packets_lost: lost,
@@ -195,6 +209,14 @@ impl Report {
             ),
         );
         row("packets received", self.packets_received.to_string());
+        if !self.video_packets_by_layer.is_empty() {
+            let layers: Vec<String> = self
+                .video_packets_by_layer
+                .iter()
+                .map(|(rid, n)| format!("{rid} {n}"))
+                .collect();
+            row("video packets by layer", layers.join(", "));
+        }
         row(
             "loss",
             format!("{:.3} % ({} packets)", self.loss_percent, self.packets_lost),

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use signaling::client::SignalingClient;
-use signaling::{ClientMessage, ServerMessage};
+use signaling::{ClientMessage, ServerMessage, VideoQuality};
 use tokio::net::UdpSocket;
 
 use crate::bot::{Bot, MediaShape};
@@ -36,6 +36,10 @@ pub struct BotPlan {
     pub drop_every: Option<u64>,
     /// Live counters for the progress line.
     pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
+    /// Publish video in three simulcast layers.
+    pub simulcast: bool,
+    /// The layer asked of every received video track (`None`: the server's default).
+    pub quality: Option<VideoQuality>,
 }
 
 /// Redirects a join follows before it gives up.
@@ -85,6 +89,8 @@ pub async fn run_bot(plan: BotPlan) -> Result<Bot, RunError> {
     );
     bot.record = plan.record;
     bot.media = plan.media;
+    bot.simulcast = plan.simulcast;
+    bot.quality = plan.quality;
     let signaling = |e: signaling::client::ClientError| RunError::Signaling(e.to_string());
     let (mut ws, answer) = join(&plan.url, &plan.token).await?;
     bot.handle_message(answer);

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use signaling::{ClientMessage, IceCandidate, PeerTarget, ServerMessage, TrackInfo, VideoQuality};
+use signaling::{
+    ClientMessage, IceCandidate, PeerTarget, ServerMessage, TrackInfo, TrackKind, VideoQuality,
+};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
@@ -29,14 +31,23 @@ pub struct ReceivedPacket {
     pub payload: Vec<u8>,
 }
 
+/// The simulcast layer in a bot's tag (`name:v<rid>:n`, after the probe):
+/// `q`, `h` or `f`; `None` without simulcast or for audio.
+fn simulcast_tag(tag: &[u8]) -> Option<&str> {
+    let at = tag.windows(2).position(|w| w == b":v")? + 2;
+    let rest = &tag[at..];
+    let len = rest.iter().position(|b| *b == b':')?;
+    std::str::from_utf8(&rest[..len])
+        .ok()
+        .filter(|r| !r.is_empty())
+}
+
 impl ReceivedPacket {
     /// The simulcast layer a bot sent this packet in (`q`, `h` or `f`;
-    /// `None` without simulcast), from the tag after its probe.
+    /// `None` without simulcast).
     pub fn simulcast_rid(&self) -> Option<String> {
-        let text = String::from_utf8_lossy(&self.payload);
-        let (_, after) = text.split_once(":v")?;
-        let rid: String = after.chars().take_while(|c| *c != ':').collect();
-        (!rid.is_empty()).then_some(rid)
+        let skip = vp8_descriptor_len(&self.payload) + 1 + PROBE_LEN;
+        simulcast_tag(self.payload.get(skip..)?).map(str::to_string)
     }
 
     /// The payload with the probe's send time zeroed: what two runs of the
@@ -59,6 +70,10 @@ impl ReceivedPacket {
 pub struct TrackStats {
     pub from: String,
     pub kind: MediaKind,
+    /// The simulcast layer (RID) these packets came in: each layer has
+    /// probes of its own, so a subscriber that changed layer has one entry
+    /// per layer it received.
+    pub layer: Option<String>,
     pub packets: u64,
     /// Probe sequences seen: lowest and highest (loss = span - packets).
     pub first_probe: u64,
@@ -73,6 +88,7 @@ impl TrackStats {
         TrackStats {
             from: from.to_string(),
             kind,
+            layer: None,
             packets: 0,
             first_probe: u64::MAX,
             last_probe: 0,
@@ -185,6 +201,10 @@ pub struct Bot {
     /// picture IDs and TL0PICIDX of its own, as Chromium sends them. Set
     /// before [`Bot::publish`].
     pub simulcast: bool,
+    /// Asked of every video track this bot receives (`updateSubscription`
+    /// as soon as it learns of the track); `None` takes the server's
+    /// default.
+    pub quality: Option<VideoQuality>,
     /// Video the server said nobody receives (`qualityUpdate` with no
     /// qualities) is not sent, as a browser pauses it.
     video_paused: bool,
@@ -293,6 +313,7 @@ impl Bot {
             video_off: false,
             publish_video: true,
             simulcast: false,
+            quality: None,
             video_paused: false,
             layers: SIMULCAST_RIDS.map(SentLayer::new),
         }
@@ -457,6 +478,12 @@ impl Bot {
         for t in tracks {
             self.track_owner
                 .insert(t.track_id.clone(), t.participant_id.clone());
+            if let (Some(quality), TrackKind::Video) = (self.quality, t.kind) {
+                self.outbox.push_back(ClientMessage::UpdateSubscription {
+                    track_id: t.track_id.clone(),
+                    quality,
+                });
+            }
         }
     }
 
@@ -635,8 +662,16 @@ impl Bot {
         let Some(probe) = payload.get(skip..skip + PROBE_LEN) else {
             return;
         };
-        let entry = self.tracks.entry(track_id.to_string());
-        let stats = entry.or_insert_with(|| TrackStats::new(from, kind, now));
+        let layer = payload.get(skip + PROBE_LEN..).and_then(simulcast_tag);
+        let key = match &layer {
+            Some(rid) => format!("{track_id}/{rid}"),
+            None => track_id.to_string(),
+        };
+        let stats = self.tracks.entry(key).or_insert_with(|| {
+            let mut stats = TrackStats::new(from, kind, now);
+            stats.layer = layer.map(str::to_string);
+            stats
+        });
         stats.note_probe(probe, now);
     }
 
@@ -677,11 +712,9 @@ impl Bot {
         let video_bytes = self.media.video_bytes_per_tick.max(PROBE_LEN + 2);
         let video_packets = video_bytes.div_ceil(MAX_VIDEO_PACKET);
         // (kind, packets, bytes per packet, RTP clock rate per tick)
-        if self.simulcast {
-            if !self.video_off && !self.video_paused {
-                self.send_simulcast_video(now, n, video_bytes);
-            }
-            // The loop below sends the audio only.
+        // With simulcast the loop below sends the audio only.
+        if self.simulcast && !self.video_off && !self.video_paused {
+            self.send_simulcast_video(now, n, video_bytes);
         }
         let video_single = !self.simulcast && !self.video_paused;
         for (kind, packets, len, clock) in [

@@ -819,11 +819,16 @@ fn simulcast_viewers_get_their_layer_and_switch_seamlessly_at_a_keyframe() {
     };
     let high_rids = rids(&sim, high, 0);
     assert!(high_rids.len() > 50, "high viewer got {}", high_rids.len());
-    assert!(high_rids.iter().all(|r| r.as_deref() == Some("f")), "{high_rids:?}");
+    assert!(
+        high_rids.iter().all(|r| r.as_deref() == Some("f")),
+        "{high_rids:?}"
+    );
     // The low viewer started on f (the default) and moved to q.
     let low_rids = rids(&sim, low, 0);
     assert_eq!(low_rids.last().unwrap().as_deref(), Some("q"));
-    assert!(quality_updates(&sim, publisher).contains(&vec![VideoQuality::Low, VideoQuality::High]));
+    assert!(
+        quality_updates(&sim, publisher).contains(&vec![VideoQuality::Low, VideoQuality::High])
+    );
 
     // Now up: the switch waits for f's keyframe, and the stream goes on.
     let from = sim.bots[low].received.len();
@@ -843,20 +848,38 @@ fn simulcast_viewers_get_their_layer_and_switch_seamlessly_at_a_keyframe() {
         .iter()
         .position(|p| p.simulcast_rid().as_deref() == Some("f"))
         .expect("switched to f");
-    assert!(video[..first_high].iter().all(|p| p.simulcast_rid().as_deref() == Some("q")));
-    assert!(video[first_high..].iter().all(|p| p.simulcast_rid().as_deref() == Some("f")));
+    assert!(
+        video[..first_high]
+            .iter()
+            .all(|p| p.simulcast_rid().as_deref() == Some("q"))
+    );
+    assert!(
+        video[first_high..]
+            .iter()
+            .all(|p| p.simulcast_rid().as_deref() == Some("f"))
+    );
     let switch = &video[first_high];
     assert_eq!(switch.payload[0] & 0x10, 0x10, "a frame's first packet");
     assert_eq!(switch.payload[6] & 0x01, 0, "a keyframe (VP8 P bit 0)");
     for pair in video.windows(2) {
-        assert_eq!(pair[1].seq, pair[0].seq + 1, "a gap in the viewer's sequence numbers");
+        assert_eq!(
+            pair[1].seq,
+            pair[0].seq + 1,
+            "a gap in the viewer's sequence numbers"
+        );
         let picture_id = |payload: &[u8]| {
-            str0m::rtp::Vp8Descriptor::parse(payload).unwrap().picture_id().unwrap()
+            str0m::rtp::Vp8Descriptor::parse(payload)
+                .unwrap()
+                .picture_id()
+                .unwrap()
         };
         let step = picture_id(&pair[1].payload).wrapping_sub(picture_id(&pair[0].payload)) & 0x7fff;
         assert!(step <= 1, "picture IDs jumped by {step}");
         assert!(pair[1].timestamp.wrapping_sub(pair[0].timestamp) < 90_000);
     }
     // Nobody wants q now: it is turned off.
-    assert_eq!(quality_updates(&sim, publisher).last().unwrap(), &vec![VideoQuality::High]);
+    assert_eq!(
+        quality_updates(&sim, publisher).last().unwrap(),
+        &vec![VideoQuality::High]
+    );
 }

@@ -16,6 +16,10 @@ use loadtest::scenario::calls::{self, CallsPlan};
 use loadtest::scenario::room::{RoomPlan, run};
 
 async fn room(drop_every: Option<u64>) -> Report {
+    room_with(drop_every, false).await
+}
+
+async fn room_with(drop_every: Option<u64>, simulcast: bool) -> Report {
     let dir = scratch_dir();
     let (http_port, udp_port) = (free_port(), free_port());
     let server = spawn_switchboard(&dir, http_port, udp_port, &[]).await;
@@ -34,6 +38,7 @@ async fn room(drop_every: Option<u64>) -> Report {
         drop_every,
         run_tag: "ci".into(),
         progress: None,
+        simulcast,
     };
     let report = run(&plan).await;
     println!("{}", report.table());
@@ -55,6 +60,28 @@ async fn every_bot_joins_and_media_flows_with_under_one_percent_loss() {
         "{server:?}"
     );
     assert!(r.video_tracks_per_server_core.is_some());
+}
+
+/// Simulcast publishers and subscribers asking for each layer in turn (by
+/// seat: publishers low and medium, subscribers high and low): every layer
+/// is forwarded, and a subscriber that moved off the default layer still
+/// counts as one track.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_rooms_forward_every_layer_asked_for() {
+    let r = room_with(None, true).await;
+    assert_eq!(r.bots_joined, 8, "{r:?}");
+    assert_eq!(r.subscribed_video_tracks, 12, "{r:?}");
+    let layers: Vec<&str> = r
+        .video_packets_by_layer
+        .iter()
+        .map(|(rid, _)| rid.as_str())
+        .collect();
+    assert_eq!(layers, ["q", "h", "f"], "{r:?}");
+    assert!(
+        r.video_packets_by_layer.iter().all(|(_, n)| *n > 50),
+        "{r:?}"
+    );
+    assert!(r.loss_percent < 1.0, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

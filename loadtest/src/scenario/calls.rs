@@ -276,6 +276,8 @@ async fn one_call(api: &Api, plan: &CallsPlan, i: usize, role: Role) -> CallResu
             record: false,
             drop_every: None,
             progress: None,
+            simulcast: false,
+            quality: None,
         };
         let (a, b) = tokio::join!(
             run_bot(bot(&caller, caller_token)),

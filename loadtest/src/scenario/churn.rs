@@ -70,6 +70,8 @@ pub async fn run(plan: &ChurnPlan) -> Report {
             record: false,
             drop_every: None,
             progress: plan.progress.clone(),
+            simulcast: false,
+            quality: None,
         };
         tasks.push(tokio::spawn(run_bot(bot)));
         i += 1;

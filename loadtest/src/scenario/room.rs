@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use control::call_token::{CallGrant, CallTokens};
-use signaling::Permissions;
+use signaling::{Permissions, VideoQuality};
+
+const QUALITIES: [VideoQuality; 3] = [VideoQuality::Low, VideoQuality::Medium, VideoQuality::High];
 
 use crate::bot::MediaShape;
 use crate::report::{Measurement, Report};
@@ -37,6 +39,10 @@ pub struct RoomPlan {
     pub run_tag: String,
     /// Live counters (the CLI shows them).
     pub progress: Option<std::sync::Arc<crate::progress::Progress>>,
+    /// Publishers send three simulcast layers and subscribers ask for
+    /// `low`, `medium` and `high` in turn (seat by seat), so every layer is
+    /// forwarded and the report counts each.
+    pub simulcast: bool,
 }
 
 /// Runs the plan and reports what the bots measured.
@@ -89,6 +95,8 @@ pub async fn run(plan: &RoomPlan) -> Report {
             record: false,
             drop_every: plan.drop_every.filter(|_| publish),
             progress: plan.progress.clone(),
+            simulcast: plan.simulcast && publish,
+            quality: plan.simulcast.then(|| QUALITIES[seat % QUALITIES.len()]),
         };
         let delay = plan.ramp_up.mul_f64(i as f64 / total.max(1) as f64);
         tasks.push(tokio::spawn(async move {
@@ -114,8 +122,16 @@ pub async fn run(plan: &RoomPlan) -> Report {
         }
     }
     let scenario = format!(
-        "room: {} x ({} publishers + {} subscribers), video {} kbit/s",
-        plan.rooms, plan.publishers, plan.subscribers, plan.video_kbps
+        "room: {} x ({} publishers + {} subscribers), video {} kbit/s{}",
+        plan.rooms,
+        plan.publishers,
+        plan.subscribers,
+        plan.video_kbps,
+        if plan.simulcast {
+            " in 3 simulcast layers"
+        } else {
+            ""
+        }
     );
     Report::from_measurements(&scenario, total, &bots, measured, before.zip(after))
 }

@@ -103,6 +103,14 @@ fn without_transport_feedback(exts: ExtensionMap) -> ExtensionMap {
     kept
 }
 
+/// Where a received RTP packet belongs, read from its `Rtc` while that was
+/// at hand: its m-line, its simulcast layer and its codec.
+struct RtpOrigin {
+    mid: Option<Mid>,
+    rid: Option<Rid>,
+    params: Option<PayloadParams>,
+}
+
 /// A signaling connection, numbered by the shell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
@@ -715,15 +723,15 @@ impl Engine {
                         let extra = match &e {
                             RtcEvent::RtpPacket(pkt) => {
                                 let mut api = peer.rtc.direct_api();
-                                let mid = api
+                                let (mid, rid) = api
                                     .stream_rx(&pkt.header.ssrc)
-                                    .map(|s| (s.mid(), s.rid()));
+                                    .map_or((None, None), |s| (Some(s.mid()), s.rid()));
                                 let params = peer
                                     .rtc
                                     .codec_config()
                                     .find(|c| c.pt() == pkt.header.payload_type)
                                     .cloned();
-                                Some((mid, params))
+                                Some(RtpOrigin { mid, rid, params })
                             }
                             _ => None,
                         };
@@ -750,7 +758,7 @@ impl Engine {
         key: ParticipantKey,
         target: PeerTarget,
         event: RtcEvent,
-        extra: Option<(Option<(Mid, Option<Rid>)>, Option<PayloadParams>)>,
+        extra: Option<RtpOrigin>,
         now: Instant,
     ) {
         match event {
@@ -772,7 +780,12 @@ impl Engine {
             }
             RtcEvent::RtpPacket(pkt) if target == PeerTarget::Publisher => {
                 self.stats.rtp_in += 1;
-                if let Some((Some((mid, rid)), params)) = extra {
+                if let Some(RtpOrigin {
+                    mid: Some(mid),
+                    rid,
+                    params,
+                }) = extra
+                {
                     self.forward(key, mid, rid, params, &pkt, now);
                 }
             }

@@ -85,7 +85,7 @@ impl Engine {
         if connected {
             for track_key in opened {
                 let layer = self.subscriber_layer(key, track_key, now);
-                    self.request_keyframe(key, track_key, layer, KeyframeRequestKind::Pli, now);
+                self.request_keyframe(key, track_key, layer, KeyframeRequestKind::Pli, now);
             }
         }
         self.offer_due(key);

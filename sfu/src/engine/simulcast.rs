@@ -60,9 +60,8 @@ pub fn layer_for(quality: VideoQuality, layers: usize) -> usize {
 /// the best live one below it, else the lowest live one above it. `None`
 /// when no layer is live.
 pub fn pick_layer(wanted: usize, last_seen: &[Option<Instant>], now: Instant) -> Option<usize> {
-    let live = |i: &usize| {
-        last_seen[*i].is_some_and(|t| now.saturating_duration_since(t) < LAYER_STALE)
-    };
+    let live =
+        |i: &usize| last_seen[*i].is_some_and(|t| now.saturating_duration_since(t) < LAYER_STALE);
     let wanted = wanted.min(last_seen.len().checked_sub(1)?);
     (0..=wanted)
         .rev()
@@ -419,11 +418,21 @@ mod tests {
         // 33 ms at 90 kHz after the last low packet.
         assert_eq!(switched.timestamp, still_low.timestamp.wrapping_add(2_970));
         assert_eq!(switched.picture_id, Some(still_low.picture_id.unwrap() + 1));
-        assert_eq!(switched.tl0_pic_idx, Some(still_low.tl0_pic_idx.unwrap() + 1));
+        assert_eq!(
+            switched.tl0_pic_idx,
+            Some(still_low.tl0_pic_idx.unwrap() + 1)
+        );
 
         // The old layer is dropped now, the new one continues by one.
         assert_eq!(send(&mut down, &mut low, false, 2, t), None);
-        let next = send(&mut down, &mut high, false, 2, t + Duration::from_millis(33)).unwrap();
+        let next = send(
+            &mut down,
+            &mut high,
+            false,
+            2,
+            t + Duration::from_millis(33),
+        )
+        .unwrap();
         assert_eq!(*next.seq, *switched.seq + 1);
         assert_eq!(next.timestamp, switched.timestamp + VIDEO_CLOCK / 30);
         assert_eq!(next.picture_id, Some(switched.picture_id.unwrap() + 1));

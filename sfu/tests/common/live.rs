@@ -165,6 +165,8 @@ pub async fn run_bot(name: &str, url: &str, token: String, duration: Duration) -
         record: true,
         drop_every: None,
         progress: None,
+        simulcast: false,
+        quality: None,
     })
     .await
     .expect("the bot runs")
