@@ -149,6 +149,7 @@ pub fn engine_datagram(data: &[u8]) {
     for chunk in bytes.split(|b| *b == 0xFE).take(64) {
         engine.handle_input(
             Input::Datagram {
+                proto: str0m::net::Protocol::Udp,
                 source,
                 destination,
                 contents: chunk,

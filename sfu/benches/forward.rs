@@ -64,6 +64,7 @@ fn bench_room(c: &mut Criterion, name: &str, size: usize, fast_path: bool) {
                 for (now, t) in &inputs {
                     sim.engine.handle_input(
                         Input::Datagram {
+                            proto: str0m::net::Protocol::Udp,
                             source: t.source,
                             destination: server,
                             contents: &t.contents,

@@ -17,6 +17,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The one UDP port all participants' media uses.
     pub rtc_udp_bind: SocketAddr,
+    /// ICE over TCP (RFC 6544, RFC 4571 framing): a TCP port announced as
+    /// a passive candidate on every announced IP, for clients whose UDP is
+    /// blocked (they connect without TURN). Off when unset.
+    pub rtc_tcp_bind: Option<SocketAddr>,
     /// IPs announced as host candidates. Empty: the address of the default
     /// route's interface (or 127.0.0.1 without one). Behind 1:1 NAT, list the
     /// public IPs here.
@@ -244,6 +248,7 @@ impl Default for Config {
         Config {
             http_listen: "0.0.0.0:7880".parse().expect("valid literal"),
             metrics_listen: None,
+            rtc_tcp_bind: None,
             rtc_udp_bind: "0.0.0.0:7882".parse().expect("valid literal"),
             announce_ips: Vec::new(),
             announce_behind_nat: false,
@@ -365,6 +370,9 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_RTC_UDP_BIND") {
             self.rtc_udp_bind = parse("SWITCHBOARD_RTC_UDP_BIND", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_RTC_TCP_BIND") {
+            self.rtc_tcp_bind = Some(parse("SWITCHBOARD_RTC_TCP_BIND", &v)?);
         }
         if let Some(v) = var("SWITCHBOARD_ANNOUNCE_IPS") {
             self.announce_ips = v

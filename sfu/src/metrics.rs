@@ -51,6 +51,9 @@ pub struct Metrics {
     pub signaling_slow_consumers: IntCounter,
     /// HTTP connections closed at accept: over the total or per-IP cap.
     pub http_refused: IntCounterVec,
+    /// ICE/TCP connections: open now, and those closed at once, by reason.
+    pub ice_tcp_connections: IntGauge,
+    pub ice_tcp_refused: IntCounterVec,
     /// The caps in force, after fitting them to the open-file limit.
     pub http_connection_limit: IntGaugeVec,
     pub open_files_limit: IntGauge,
@@ -190,7 +193,7 @@ impl Metrics {
             udp_bytes_out: counter("switchboard_udp_bytes_out_total", "Bytes sent"),
             udp_dropped: counter_vec(
                 "switchboard_udp_dropped_total",
-                "Datagrams dropped before or in the engine",
+                "Datagrams (and ICE/TCP frames) dropped before or in the engine",
                 "reason",
             ),
             rtp_forwarded: counter(
@@ -252,15 +255,27 @@ impl Metrics {
                 "HTTP connections closed at accept, by the cap they hit (total, per_ip)",
                 "cap",
             ),
+            ice_tcp_connections: gauge(
+                "switchboard_ice_tcp_connections",
+                "ICE/TCP connections open (clients whose UDP is blocked)",
+            ),
+            ice_tcp_refused: counter_vec(
+                "switchboard_ice_tcp_refused_total",
+                "ICE/TCP connections closed before carrying media, by reason (total, per_ip, no_stun: no STUN naming one of our ufrags first)",
+                "reason",
+            ),
             registry,
         };
         // The bounded label values at 0 from the start: a panel or an
         // alert then reads 0 rather than nothing before the first event.
-        for reason in ["engine_busy", "unroutable"] {
+        for reason in ["engine_busy", "unroutable", "tcp_outbox_full"] {
             metrics.udp_dropped.with_label_values(&[reason]);
         }
         for cap in ["total", "per_ip"] {
             metrics.http_refused.with_label_values(&[cap]);
+        }
+        for reason in ["total", "per_ip", "no_stun"] {
+            metrics.ice_tcp_refused.with_label_values(&[reason]);
         }
         for kind in ["audio", "video"] {
             metrics.stream_gaps.with_label_values(&[kind]);

@@ -1188,3 +1188,55 @@ async fn trickled_candidates_are_bounded_and_filtered() {
     assert!(probed > 0, "the accepted candidates are checked");
     assert_healthy(&server, Duration::from_secs(2)).await;
 }
+
+/// ICE over TCP: a connection whose first frame is not STUN naming one of
+/// our ufrags (garbage, an unknown ufrag, a frame over the datagram size)
+/// is closed at once and counted; the node stays healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_tcp_connections_without_our_stun_are_closed_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = spawn(&[("SWITCHBOARD_RTC_TCP_BIND", &listen)]).await;
+    let framed = |payload: &[u8]| -> Vec<u8> {
+        let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        frame
+    };
+    let first_frames = [
+        framed(b"not a STUN message at all"),
+        framed(&stun_binding_request("nobody:knows")),
+        // Announces 60,000 bytes: more than any datagram accepted.
+        60_000u16.to_be_bytes().to_vec(),
+    ];
+    for first in &first_frames {
+        let mut stream = tokio::net::TcpStream::connect(&listen).await.unwrap();
+        stream.write_all(first).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the connection stayed open: {read:?}"
+        );
+    }
+    assert_healthy(&server, Duration::from_secs(2)).await;
+    // The gauge drops just after the socket closes: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = metrics(&server).await;
+    while metric(&text, "switchboard_ice_tcp_connections ") > 0.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = metrics(&server).await;
+    }
+    assert_eq!(
+        metric(&text, "switchboard_ice_tcp_connections "),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "switchboard_ice_tcp_refused_total{reason=\"no_stun\"}"
+        ),
+        3.0,
+        "{text}"
+    );
+}

@@ -36,6 +36,8 @@ fn scenario(name: &str) {
     let mut command = if isolated {
         let mut c = Command::new("unshare");
         c.args(["-n", "sh", "-c", &format!("ip link set lo up && {script}")]);
+        // Scenarios that change the network (ice-tcp drops UDP) may.
+        c.env("SWITCHBOARD_TEST_NETNS", "1");
         c
     } else {
         let mut c = Command::new("sh");
@@ -131,6 +133,11 @@ fn active_speakers_follow_who_talks() {
 #[test]
 fn simulcast_viewers_get_their_layers_and_switch_at_a_keyframe() {
     scenario("simulcast-layers");
+}
+
+#[test]
+fn with_udp_blocked_and_no_turn_pages_connect_over_ice_tcp() {
+    scenario("ice-tcp");
 }
 
 #[test]

@@ -221,6 +221,7 @@ fn garbage_datagrams_are_dropped_and_media_keeps_flowing() {
             std::net::SocketAddr::from(([203, 0, 113, (n % 250) as u8], 4000 + (n % 1000) as u16));
         sim.engine.handle_input(
             sfu::engine::Input::Datagram {
+                proto: str0m::net::Protocol::Udp,
                 source,
                 destination: server,
                 contents: &garbage,
@@ -232,6 +233,7 @@ fn garbage_datagrams_are_dropped_and_media_keeps_flowing() {
     let a_addr = sim.bots[0].publisher_addr;
     sim.engine.handle_input(
         sfu::engine::Input::Datagram {
+            proto: str0m::net::Protocol::Udp,
             source: a_addr,
             destination: server,
             contents: &[0x80, 0x60, 1, 2, 3],
@@ -532,7 +534,7 @@ mod arbitrary_input {
             };
             for d in &datagrams {
                 sim.engine.handle_input(
-                    sfu::engine::Input::Datagram { source, destination: server, contents: d },
+                    sfu::engine::Input::Datagram { proto: str0m::net::Protocol::Udp, source, destination: server, contents: d },
                     sim.now,
                 );
             }

@@ -45,7 +45,7 @@ use str0m::config::DtlsCert;
 use str0m::format::PayloadParams;
 use str0m::ice::StunMessage;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rid};
-use str0m::net::{DatagramRecv, Protocol, Receive, Transmit};
+use str0m::net::{DatagramRecv, Protocol, Receive, TcpType, Transmit};
 use str0m::rtp::{Extension, ExtensionMap, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input as RtcInput};
 use str0m::{Output as RtcOutput, Rtc};
@@ -127,6 +127,10 @@ pub struct EngineConfig {
     /// Host candidates announced to clients (the public IPs of a server behind
     /// 1:1 NAT). Datagrams are received on the one UDP port these name.
     pub host_candidates: Vec<SocketAddr>,
+    /// Passive TCP host candidates (ICE over TCP, RFC 6544), for clients
+    /// whose UDP is blocked; empty when the node has no ICE/TCP port. Their
+    /// type preference is below UDP's, so a client with both uses UDP.
+    pub tcp_candidates: Vec<SocketAddr>,
     /// How long a participant whose path or WebSocket broke keeps its place.
     pub reconnect_grace: Duration,
     /// At most one keyframe request per track this often: a room of many new
@@ -157,6 +161,7 @@ impl EngineConfig {
         EngineConfig {
             shard: 0,
             host_candidates,
+            tcp_candidates: Vec::new(),
             reconnect_grace: Duration::from_secs(15),
             keyframe_request_interval: Duration::from_millis(500),
             max_participants_per_room: 100,
@@ -171,7 +176,10 @@ impl EngineConfig {
 
 pub enum Input<'a> {
     /// A UDP datagram that arrived on the media port.
+    /// A datagram, or one RFC 4571 frame of an ICE/TCP connection
+    /// (`proto` says which).
     Datagram {
+        proto: Protocol,
         source: SocketAddr,
         destination: SocketAddr,
         contents: &'a [u8],
@@ -351,7 +359,8 @@ pub enum Event {
     ConnClosed {
         conn: ConnId,
     },
-    /// Datagrams from this address belong to this engine now.
+    /// UDP datagrams from this address belong to this engine now (an
+    /// ICE/TCP connection is routed by its first STUN message alone).
     AddressLearned(SocketAddr),
     /// ... and no longer.
     AddressForgotten(SocketAddr),
@@ -401,7 +410,9 @@ pub struct Engine {
     participants: HashMap<ParticipantKey, Participant>,
     timers: timers::Timers<Instant>,
     conns: HashMap<ConnId, ParticipantKey>,
-    by_addr: HashMap<SocketAddr, (ParticipantKey, PeerTarget)>,
+    /// Remote transport addresses by protocol (a client's UDP port and an
+    /// ICE/TCP connection's port may be the same number).
+    by_addr: HashMap<(Protocol, SocketAddr), (ParticipantKey, PeerTarget)>,
     by_ufrag: HashMap<String, (ParticipantKey, PeerTarget)>,
     outputs: VecDeque<Output>,
     /// Peers that took input and must be drained.
@@ -498,10 +509,11 @@ impl Engine {
         self.now = self.now.max(now);
         match input {
             Input::Datagram {
+                proto,
                 source,
                 destination,
                 contents,
-            } => self.handle_datagram(source, destination, contents, now),
+            } => self.handle_datagram(proto, source, destination, contents, now),
             Input::Command(conn, command) => self.handle_command(conn, command, now),
             Input::Timeout => self.handle_timeout(now),
             Input::Drain => self.draining = true,
@@ -533,6 +545,7 @@ impl Engine {
 
     fn handle_datagram(
         &mut self,
+        proto: Protocol,
         source: SocketAddr,
         destination: SocketAddr,
         bytes: &[u8],
@@ -545,15 +558,15 @@ impl Engine {
         let input = RtcInput::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source,
                 destination,
                 contents,
             },
         );
-        let owner = match self.by_addr.get(&source) {
+        let owner = match self.by_addr.get(&(proto, source)) {
             Some(owner) => Some(*owner),
-            None => self.owner_by_stun(bytes, &input, source),
+            None => self.owner_by_stun(bytes, &input, proto, source),
         };
         let Some((key, target)) = owner else {
             self.stats.dropped_datagrams += 1;
@@ -578,6 +591,7 @@ impl Engine {
         &mut self,
         bytes: &[u8],
         input: &RtcInput,
+        proto: Protocol,
         source: SocketAddr,
     ) -> Option<(ParticipantKey, PeerTarget)> {
         let stun = StunMessage::parse(bytes).ok()?;
@@ -595,10 +609,12 @@ impl Engine {
                 return None;
             }
         }
-        peer.addresses.push(source);
-        self.by_addr.insert(source, (key, target));
-        self.outputs
-            .push_back(Output::Event(Event::AddressLearned(source)));
+        peer.addresses.push((proto, source));
+        self.by_addr.insert((proto, source), (key, target));
+        if proto == Protocol::Udp {
+            self.outputs
+                .push_back(Output::Event(Event::AddressLearned(source)));
+        }
         Some((key, target))
     }
 
@@ -953,6 +969,19 @@ impl Engine {
                 Err(e) => tracing::warn!(%addr, error = %e, "host candidate refused"),
             }
         }
+        for addr in &self.config.tcp_candidates {
+            let passive = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(TcpType::Passive)
+                .build();
+            match passive {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "TCP host candidate refused"),
+            }
+        }
         let mut peer = Peer::new(target, rtc);
         self.track_ufrag(key, &mut peer);
         peer
@@ -1025,10 +1054,12 @@ impl Engine {
         for peer in [&mut p.publisher, &mut p.subscriber] {
             // A poisoned Rtc is not touched again.
             let _ = peer.guard(|rtc| rtc.disconnect());
-            for addr in peer.addresses.drain(..) {
-                self.by_addr.remove(&addr);
-                self.outputs
-                    .push_back(Output::Event(Event::AddressForgotten(addr)));
+            for (proto, addr) in peer.addresses.drain(..) {
+                self.by_addr.remove(&(proto, addr));
+                if proto == Protocol::Udp {
+                    self.outputs
+                        .push_back(Output::Event(Event::AddressForgotten(addr)));
+                }
             }
             for ufrag in peer.ufrags.drain(..) {
                 self.by_ufrag.remove(&ufrag);

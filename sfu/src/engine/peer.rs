@@ -6,6 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Instant;
 
 use signaling::PeerTarget;
+use str0m::net::Protocol;
 use str0m::{IceConnectionState, Rtc};
 
 pub struct Peer {
@@ -28,7 +29,7 @@ pub struct Peer {
     /// Ever reached connected: a peer that never connected is not "reconnecting".
     pub was_connected: bool,
     /// Remote addresses this peer has received from (for the address map).
-    pub addresses: Vec<SocketAddr>,
+    pub addresses: Vec<(Protocol, SocketAddr)>,
     /// str0m panicked inside this `Rtc`: its state is unknown, so it is never
     /// touched again and its participant is removed.
     pub poisoned: bool,

@@ -59,16 +59,17 @@ pub fn raise_descriptor_limit() -> u64 {
 }
 
 /// Counts open connections per client IP; a slot is given back on drop.
+/// (The ICE/TCP listener counts its connections the same way.)
 #[derive(Default)]
-struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+pub(super) struct PerIp(Mutex<HashMap<IpAddr, usize>>);
 
-struct IpSlot {
+pub(super) struct IpSlot {
     ips: Arc<PerIp>,
     ip: IpAddr,
 }
 
 impl PerIp {
-    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+    pub(super) fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
         let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(ip).or_default();
         if *n >= max {

@@ -5,6 +5,7 @@
 mod cluster;
 pub use cluster::{open_store, redis_store};
 mod http;
+mod ice_tcp;
 mod listener;
 mod relay;
 mod session;
@@ -195,12 +196,31 @@ pub async fn start_with_push(
         .map(|ip| SocketAddr::new(ip, udp_addr.port()))
         .collect();
 
+    // ICE over TCP, when configured: its port on every announced IP.
+    let ice_tcp = match config.rtc_tcp_bind {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let tcp_announced: Vec<SocketAddr> = match ice_tcp.as_ref().map(TcpListener::local_addr) {
+        Some(Ok(local)) => config
+            .effective_announce_ips()
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, local.port()))
+            .collect(),
+        _ => Vec::new(),
+    };
+
     let routes: RouteTable = Arc::default();
     let socket = Arc::new(socket);
     let (media_signals, media_signals_rx) = tokio::sync::mpsc::unbounded_channel();
     let shards = shard::spawn_all(
         &config,
         &announced,
+        &tcp_announced,
         socket.clone(),
         routes.clone(),
         metrics.clone(),
@@ -208,6 +228,14 @@ pub async fn start_with_push(
     )
     .map_err(StartError::Crypto)?;
     let shards = Arc::new(shards);
+    if let Some(listener) = ice_tcp {
+        tokio::spawn(ice_tcp::serve(
+            listener,
+            routes.clone(),
+            shards.clone(),
+            metrics.clone(),
+        ));
+    }
 
     let listener = TcpListener::bind(config.http_listen)
         .await

@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use signaling::{ErrorCode, LeaveReason, ServerMessage};
+use str0m::net::{Protocol, Transmit};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Sender, UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio_util::bytes::Bytes;
 
 use super::{RouteTable, udp};
 use crate::config::Config;
@@ -69,10 +72,21 @@ impl Woke {
 }
 
 pub enum ShardInput {
+    /// A datagram, or an ICE/TCP frame, another thread read for this shard.
     Datagram {
+        proto: Protocol,
         source: SocketAddr,
         contents: Vec<u8>,
         at: Instant,
+    },
+    /// An ICE/TCP connection from `peer` now belongs to this shard: the
+    /// engine's transmits to `peer` over TCP go into `outbox`.
+    TcpOpened {
+        peer: SocketAddr,
+        outbox: Sender<Bytes>,
+    },
+    TcpClosed {
+        peer: SocketAddr,
     },
     /// Registers where messages for `conn` go; sent before its first command.
     Attach {
@@ -171,6 +185,15 @@ impl ShardHandle {
         self.tx.send(input).is_ok()
     }
 
+    /// Sent before the connection's first frame (one channel keeps the order).
+    pub fn tcp_opened(&self, peer: SocketAddr, outbox: Sender<Bytes>) {
+        let _ = self.tx.send(ShardInput::TcpOpened { peer, outbox });
+    }
+
+    pub fn tcp_closed(&self, peer: SocketAddr) {
+        let _ = self.tx.send(ShardInput::TcpClosed { peer });
+    }
+
     pub fn attach(&self, conn: ConnId, outbox: Sender<SessionOut>) {
         let _ = self.tx.send(ShardInput::Attach { conn, outbox });
     }
@@ -195,6 +218,7 @@ impl ShardHandle {
 pub fn spawn_all(
     config: &Config,
     announced: &[SocketAddr],
+    tcp_announced: &[SocketAddr],
     socket: Arc<UdpSocket>,
     routes: RouteTable,
     metrics: Arc<Metrics>,
@@ -222,6 +246,7 @@ pub fn spawn_all(
     let peers = Arc::new(handles.clone());
     for (index, rx) in receivers.into_iter().enumerate() {
         let mut engine_config = EngineConfig::new(announced.to_vec());
+        engine_config.tcp_candidates = tcp_announced.to_vec();
         engine_config.shard = index as u8;
         engine_config.reconnect_grace = config.reconnect_grace();
         engine_config.keyframe_request_interval =
@@ -250,6 +275,7 @@ pub fn spawn_all(
             last_export: Instant::now(),
             media_signals: media_signals.clone(),
             draining: false,
+            tcp_streams: HashMap::new(),
         };
         std::thread::Builder::new()
             .name(format!("engine-{index}"))
@@ -283,6 +309,8 @@ struct Shard {
     media_signals: UnboundedSender<MediaSignal>,
     /// The node drains; a restarted engine is told again.
     draining: bool,
+    /// ICE/TCP connections routed here, by the client's address.
+    tcp_streams: HashMap<SocketAddr, Sender<Bytes>>,
 }
 
 /// A track kind as a metric label.
@@ -461,9 +489,10 @@ impl Shard {
         self.metrics.udp_bytes_in.inc_by(data.len() as u64);
         match udp::route(&self.routes, source, data) {
             Some(shard) if shard == self.index => {
-                let destination = self.destination_for(source);
+                let destination = self.destination_for(Protocol::Udp, source);
                 self.engine.handle_input(
                     Input::Datagram {
+                        proto: Protocol::Udp,
                         source,
                         destination,
                         contents: data,
@@ -473,6 +502,7 @@ impl Shard {
             }
             Some(shard) => {
                 let input = ShardInput::Datagram {
+                    proto: Protocol::Udp,
                     source,
                     contents: data.to_vec(),
                     at,
@@ -496,20 +526,28 @@ impl Shard {
     fn handle(&mut self, input: ShardInput) {
         match input {
             ShardInput::Datagram {
+                proto,
                 source,
                 contents,
                 at,
             } => {
                 self.queued_datagrams.fetch_sub(1, Ordering::Relaxed);
-                let destination = self.destination_for(source);
+                let destination = self.destination_for(proto, source);
                 self.engine.handle_input(
                     Input::Datagram {
+                        proto,
                         source,
                         destination,
                         contents: &contents,
                     },
                     at,
                 );
+            }
+            ShardInput::TcpOpened { peer, outbox } => {
+                self.tcp_streams.insert(peer, outbox);
+            }
+            ShardInput::TcpClosed { peer } => {
+                self.tcp_streams.remove(&peer);
             }
             ShardInput::Attach { conn, outbox } => {
                 self.sessions.insert(conn, outbox);
@@ -533,8 +571,11 @@ impl Shard {
 
     /// The announced address a datagram was sent to. The socket is bound to
     /// one port; with several announced IPs, the one of the sender's family.
-    fn destination_for(&self, source: SocketAddr) -> SocketAddr {
-        let announced = self.engine.host_candidates();
+    fn destination_for(&self, proto: Protocol, source: SocketAddr) -> SocketAddr {
+        let announced = match proto {
+            Protocol::Tcp => &self.engine_config.tcp_candidates,
+            _ => &self.engine_config.host_candidates,
+        };
         announced
             .iter()
             .copied()
@@ -565,6 +606,7 @@ impl Shard {
         let deadline = loop {
             match self.engine.poll_output() {
                 Output::Timeout(t) => break t,
+                Output::Transmit(t) if t.proto == Protocol::Tcp => self.send_tcp(t),
                 Output::Transmit(t) => match self.socket.send_to(&t.contents, t.destination) {
                     Ok(n) => {
                         self.metrics.udp_packets_out.inc();
@@ -583,6 +625,26 @@ impl Shard {
             .store(self.engine.participant_count(), Ordering::Relaxed);
         self.export_stats();
         deadline
+    }
+
+    /// A transmit for an ICE/TCP connection: into its outbox, or dropped
+    /// when that is full (the client does not keep up) or gone.
+    fn send_tcp(&mut self, t: Transmit) {
+        let Some(outbox) = self.tcp_streams.get(&t.destination) else {
+            return;
+        };
+        match outbox.try_send(Bytes::from(Vec::from(t.contents))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.metrics
+                    .udp_dropped
+                    .with_label_values(&["tcp_outbox_full"])
+                    .inc();
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.tcp_streams.remove(&t.destination);
+            }
+        }
     }
 
     fn on_event(&mut self, event: Event) {

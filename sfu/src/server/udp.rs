@@ -32,6 +32,11 @@ pub fn route(routes: &RouteTable, source: SocketAddr, data: &[u8]) -> Option<usi
         return Some(*shard);
     }
     // Only STUN naming one of our ufrags may introduce a new address.
+    route_by_stun(routes, data)
+}
+
+/// The shard owning the local ufrag a STUN message names.
+pub fn route_by_stun(routes: &RouteTable, data: &[u8]) -> Option<usize> {
     let stun = StunMessage::parse(data).ok()?;
     let (local_ufrag, _) = stun.split_username()?;
     routes.by_ufrag.get(local_ufrag).map(|s| *s)

@@ -494,6 +494,44 @@ async function garbageFlood() {
 }
 
 // Two pages that may only use our TURN relay over `protocol`.
+// ICE over TCP. With UDP open, pages pick it over the node's TCP
+// candidate (lower priority). Then UDP to the node's media port is dropped
+// in this test's network namespace, and with no TURN server offered the
+// only way in is the passive TCP candidate: two new pages connect over it
+// (the selected pair's local candidate is TCP) and decode each other's
+// video.
+async function iceTcp() {
+  check(process.env.SWITCHBOARD_TEST_NETNS === "1", "ice-tcp drops UDP with iptables: it runs only in its own network namespace");
+  const u1 = await openPage("udp1", "blue", { roomId: `${room}-udp` });
+  const u2 = await openPage("udp2", "yellow", { roomId: `${room}-udp` });
+  await allSeeEachOther([u1, u2], 30000);
+  for (const p of [u1, u2]) {
+    const selected = await p.page.evaluate(() => window.sb.selectedCandidates());
+    log(JSON.stringify({ page: p.name, selected }));
+    for (const [pc, local] of Object.entries(selected)) check(local?.protocol === "udp", `${p.name} ${pc} did not prefer UDP: ${JSON.stringify(local)}`);
+  }
+  execFileSync("iptables", ["-A", "OUTPUT", "-p", "udp", "--dport", String(sb.udpPort), "-j", "DROP"]);
+  const a = await openPage("alice", "red");
+  const b = await openPage("bob", "green");
+  await allSeeEachOther([a, b], 30000);
+  for (const p of [a, b]) {
+    const selected = await p.page.evaluate(() => window.sb.selectedCandidates());
+    const before = await framesFrom(p, p === a ? b : a);
+    await sleep(2000);
+    const after = await framesFrom(p, p === a ? b : a);
+    log(JSON.stringify({ page: p.name, selected, framesIn2s: after - before }));
+    for (const [pc, local] of Object.entries(selected)) {
+      // Chromium's side of an active TCP connection is peer-reflexive (its
+      // port is the connection's); relayed would mean TURN.
+      check(local && local.candidateType !== "relay" && local.protocol === "tcp", `${p.name} ${pc} is not direct over TCP: ${JSON.stringify(local)}`);
+    }
+    check(after - before > 10, `${p.name} decoded ${after - before} frames in 2 s over TCP`);
+  }
+  const metrics = await (await fetch(`${sb.base}/metrics`)).text();
+  const open = Number(metrics.match(/^switchboard_ice_tcp_connections (\d+)/m)?.[1]);
+  check(open >= 4, `ICE/TCP connections open: ${open} (at least two pages with two connections each)`);
+}
+
 async function relayOnly(protocol, { trusted = true } = {}) {
   const a = await openPage("alice", "red", { relay: protocol });
   const b = await openPage("bob", "green", { relay: protocol });
@@ -972,6 +1010,7 @@ const SCENARIOS = {
   "garbage-flood": garbageFlood,
   "active-speakers": activeSpeakers,
   "simulcast-layers": simulcastLayers,
+  "ice-tcp": iceTcp,
 };
 
 async function main() {
@@ -998,6 +1037,8 @@ async function main() {
     const node = (id) => ({ ...demo, SWITCHBOARD_REDIS_URL: redis.url, SWITCHBOARD_REDIS_NAMESPACE: "demo", SWITCHBOARD_NODE_ID: id });
     sb = await startSwitchboard(node("node-1"));
     sb2 = await startSwitchboard(node("node-2"));
+  } else if (scenario === "ice-tcp") {
+    sb = await startSwitchboard({ SWITCHBOARD_RTC_TCP_BIND: `127.0.0.1:${await freePort("tcp")}` });
   } else {
     sb = await startSwitchboard(tls ? testCertificate() : demo);
   }

@@ -175,6 +175,7 @@ impl Sim {
                     }
                     self.engine.handle_input(
                         Input::Datagram {
+                            proto: str0m::net::Protocol::Udp,
                             source: t.source,
                             destination: server,
                             contents: &t.contents,
