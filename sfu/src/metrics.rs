@@ -51,6 +51,8 @@ pub struct Metrics {
     pub signaling_slow_consumers: IntCounter,
     /// HTTP connections closed at accept: over the total or per-IP cap.
     pub http_refused: IntCounterVec,
+    /// Subscribers moved between simulcast layers, `up` or `down`.
+    pub layer_switches: IntCounterVec,
     /// ICE/TCP connections: open now, and those closed at once, by reason.
     pub ice_tcp_connections: IntGauge,
     pub ice_tcp_refused: IntCounterVec,
@@ -255,6 +257,11 @@ impl Metrics {
                 "HTTP connections closed at accept, by the cap they hit (total, per_ip)",
                 "cap",
             ),
+            layer_switches: counter_vec(
+                "switchboard_layer_switches_total",
+                "Subscribers moved to a higher (up) or lower (down) simulcast layer, at a keyframe of it",
+                "direction",
+            ),
             ice_tcp_connections: gauge(
                 "switchboard_ice_tcp_connections",
                 "ICE/TCP connections open (clients whose UDP is blocked)",
@@ -273,6 +280,9 @@ impl Metrics {
         }
         for cap in ["total", "per_ip"] {
             metrics.http_refused.with_label_values(&[cap]);
+        }
+        for direction in ["up", "down"] {
+            metrics.layer_switches.with_label_values(&[direction]);
         }
         for reason in ["total", "per_ip", "no_stun"] {
             metrics.ice_tcp_refused.with_label_values(&[reason]);

@@ -884,4 +884,7 @@ fn simulcast_viewers_get_their_layer_and_switch_seamlessly_at_a_keyframe() {
         quality_updates(&sim, publisher).last().unwrap(),
         &vec![VideoQuality::High]
     );
+    // One move down (f to q) and one up (q to f), both by the low viewer.
+    let stats = sim.engine.stats();
+    assert_eq!((stats.layer_switches_down, stats.layer_switches_up), (1, 1));
 }

@@ -179,7 +179,14 @@ impl Engine {
         let target = layers
             .target(down.stream.wanted, now)
             .unwrap_or(incoming.layer);
-        let Some(out) = down.stream.on_packet(incoming, target, now) else {
+        let was_on = down.stream.current();
+        let forwarded = down.stream.on_packet(incoming, target, now);
+        match (was_on, down.stream.current()) {
+            (Some(from), Some(to)) if to > from => self.stats.layer_switches_up += 1,
+            (Some(from), Some(to)) if to < from => self.stats.layer_switches_down += 1,
+            _ => {}
+        }
+        let Some(out) = forwarded else {
             if down.stream.current() != Some(target) {
                 // Waiting for the target layer's keyframe: ask (again, rate
                 // limited per layer, in case the one asked for was lost).

@@ -401,6 +401,9 @@ pub struct EngineStats {
     pub participants_failed: u64,
     /// Receivers' REMB estimates passed on to a 1:1 peer's publisher.
     pub remb_relayed: u64,
+    /// Subscribers moved to a higher / lower simulcast layer (at a keyframe).
+    pub layer_switches_up: u64,
+    pub layer_switches_down: u64,
 }
 
 pub struct Engine {

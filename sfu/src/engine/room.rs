@@ -64,6 +64,8 @@ impl Layers {
     ) -> Option<usize> {
         let index = match self.rids.iter().position(|r| *r == rid) {
             Some(i) => i,
+            // A packet without a RID on a track with RIDs names no layer.
+            None if rid.is_none() && self.rids.iter().any(Option::is_some) => return None,
             None => {
                 if let Some(rid) = rid {
                     // The SDP order decides, so a top layer arriving first
@@ -133,5 +135,35 @@ impl Room {
             return None;
         }
         self.members.iter().copied().find(|m| *m != member)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_follow_the_sdp_order_whatever_arrives_first() {
+        let now = Instant::now();
+        let (q, h, f) = (Rid::from("q"), Rid::from("h"), Rid::from("f"));
+        let listed = || vec![q, h, f];
+        let mut layers = Layers::default();
+        assert_eq!(layers.observe(Some(f), listed, now), Some(2));
+        assert_eq!(layers.observe(Some(q), listed, now), Some(0));
+        assert_eq!(layers.last_seen.count, 3);
+        // No RID on a simulcast track, or a fourth RID: no layer.
+        assert_eq!(layers.observe(None, listed, now), None);
+        assert_eq!(layers.observe(Some(Rid::from("x")), listed, now), None);
+        assert_eq!(layers.rid(1), Some(h));
+    }
+
+    #[test]
+    fn a_track_without_simulcast_is_one_layer() {
+        let now = Instant::now();
+        let mut layers = Layers::default();
+        assert_eq!(layers.observe(None, Vec::new, now), Some(0));
+        assert_eq!(layers.observe(None, Vec::new, now), Some(0));
+        assert_eq!(layers.last_seen.count, 1);
+        assert_eq!(layers.rid(0), None);
     }
 }

@@ -744,6 +744,12 @@ impl Shard {
             .inc_by(stats.keyframe_requests - last.keyframe_requests);
         m.remb_relayed
             .inc_by(stats.remb_relayed - last.remb_relayed);
+        m.layer_switches
+            .with_label_values(&["up"])
+            .inc_by(stats.layer_switches_up - last.layer_switches_up);
+        m.layer_switches
+            .with_label_values(&["down"])
+            .inc_by(stats.layer_switches_down - last.layer_switches_down);
         m.engine_panics
             .with_label_values(&["participant"])
             .inc_by(stats.participants_failed - last.participants_failed);
