@@ -23,24 +23,12 @@ impl Engine {
         let Some(track_key) = self.published_track(publisher, mid) else {
             return;
         };
-        let Some(p) = self.participants.get(&publisher) else {
+        let Some((layer, layers, keyframe_pending)) =
+            self.observe_layer(publisher, track_key, mid, rid, now)
+        else {
             return;
         };
-        let Some(room) = self.rooms.get_mut(&p.room) else {
-            return;
-        };
-        let Some(track) = room.tracks.get_mut(&track_key) else {
-            return;
-        };
-        let listed = || match p.publisher.rtc.media(mid).map(|m| m.rids_rx()) {
-            Some(Rids::Specific(rids)) => rids.clone(),
-            _ => Vec::new(),
-        };
-        let Some(layer) = track.layers.observe(rid, listed, now) else {
-            return;
-        };
-        let layers = track.layers.last_seen;
-        if std::mem::take(&mut track.keyframe_pending) {
+        if keyframe_pending {
             // The stream exists now: ask for what subscribers waited for.
             self.request_keyframe(publisher, track_key, layer, KeyframeRequestKind::Pli, now);
         }
@@ -141,6 +129,29 @@ impl Engine {
         {
             track.subscribers = subscribers;
         }
+    }
+
+    /// Notes a packet of `rid` on a published track: its layer index, the
+    /// track's layers as they stand, and whether a keyframe was wanted before
+    /// the stream existed (taken: asked for now). `None`: no layer (a RID
+    /// past the third, or none on a simulcast track).
+    fn observe_layer(
+        &mut self,
+        publisher: ParticipantKey,
+        track_key: u64,
+        mid: Mid,
+        rid: Option<Rid>,
+        now: Instant,
+    ) -> Option<(usize, LiveLayers, bool)> {
+        let p = self.participants.get(&publisher)?;
+        let track = self.rooms.get_mut(&p.room)?.tracks.get_mut(&track_key)?;
+        let listed = || match p.publisher.rtc.media(mid).map(|m| m.rids_rx()) {
+            Some(Rids::Specific(rids)) => rids.clone(),
+            _ => Vec::new(),
+        };
+        let layer = track.layers.observe(rid, listed, now)?;
+        let pending = std::mem::take(&mut track.keyframe_pending);
+        Some((layer, track.layers.last_seen, pending))
     }
 
     fn write_down(&mut self, subscriber: ParticipantKey, packet: &Packet, now: Instant) {
