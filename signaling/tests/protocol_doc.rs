@@ -48,7 +48,8 @@ fn every_documented_example_decodes_and_every_type_is_documented() {
             "mute",
             "restartIce",
             "leave",
-            "ping"
+            "ping",
+            "updateSubscription"
         ])
     );
     assert_eq!(
@@ -65,6 +66,7 @@ fn every_documented_example_decodes_and_every_type_is_documented() {
             "trackUnpublished",
             "trackMuted",
             "speakersChanged",
+            "qualityUpdate",
             "left",
             "pong",
             "error"

@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn layers_follow_the_sdp_order_whatever_arrives_first() {
-        let now = Instant::now();
+        let now = crate::engine::tests::start();
         let (q, h, f) = (Rid::from("q"), Rid::from("h"), Rid::from("f"));
         let listed = || vec![q, h, f];
         let mut layers = Layers::default();
@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn a_track_without_simulcast_is_one_layer() {
-        let now = Instant::now();
+        let now = crate::engine::tests::start();
         let mut layers = Layers::default();
         assert_eq!(layers.observe(None, Vec::new, now), Some(0));
         assert_eq!(layers.observe(None, Vec::new, now), Some(0));

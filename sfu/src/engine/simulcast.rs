@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn a_silent_layer_is_replaced_by_the_nearest_live_one() {
-        let now = Instant::now();
+        let now = crate::engine::tests::start();
         let stale = now - LAYER_STALE;
         let live = Some(now);
         assert_eq!(pick_layer(2, &[live, live, live], now), Some(2));
@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn the_first_layer_waits_for_a_keyframe_and_starts_at_one() {
-        let start = Instant::now();
+        let start = crate::engine::tests::start();
         let mut down = DownStream::default();
         let mut low = Layer::new(0, 70_000, 1_000, 500, 9);
         assert_eq!(send(&mut down, &mut low, false, 0, start), None);
@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn gaps_stay_gaps_and_older_packets_are_dropped() {
-        let now = Instant::now();
+        let now = crate::engine::tests::start();
         let mut down = DownStream::default();
         let incoming = |seq: u64, keyframe| Incoming {
             layer: 0,
@@ -389,7 +389,7 @@ mod tests {
 
     #[test]
     fn switching_layers_at_a_keyframe_keeps_every_number_continuous() {
-        let start = Instant::now();
+        let start = crate::engine::tests::start();
         let mut down = DownStream::new(VideoQuality::Low);
         let mut low = Layer::new(0, 10_000, 50_000, 100, 7);
         let mut high = Layer::new(2, 60_000, 3_000_000, 20_000, 200);
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn picture_ids_wrap_at_fifteen_bits_across_a_switch() {
-        let start = Instant::now();
+        let start = crate::engine::tests::start();
         let mut down = DownStream::default();
         let mut low = Layer::new(0, 1, 0, PICTURE_ID_MASK - 1, 255);
         let mut high = Layer::new(1, 1, 0, 3, 0);

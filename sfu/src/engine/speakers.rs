@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn the_one_speaking_is_listed_within_a_few_hundred_ms_and_silence_is_not() {
         let mut speakers = ActiveSpeakers::default();
-        let t0 = Instant::now();
+        let t0 = crate::engine::tests::start();
         let sent = talk(
             &mut speakers,
             t0,
@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn switching_speakers_switches_the_order_at_most_every_300_ms() {
         let mut speakers = ActiveSpeakers::default();
-        let t0 = Instant::now();
+        let t0 = crate::engine::tests::start();
         talk(
             &mut speakers,
             t0,
@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn louder_first_and_a_leaver_or_a_quiet_sender_drops_out() {
         let mut speakers = ActiveSpeakers::default();
-        let t0 = Instant::now();
+        let t0 = crate::engine::tests::start();
         let sent = talk(
             &mut speakers,
             t0,
@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn levels_are_between_0_and_1_with_three_decimals() {
         let mut speakers = ActiveSpeakers::default();
-        let t0 = Instant::now();
+        let t0 = crate::engine::tests::start();
         let mut last = None;
         for ms in (0..2_000).step_by(20) {
             let at = t0 + Duration::from_millis(ms);
