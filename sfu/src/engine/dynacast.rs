@@ -26,12 +26,16 @@ impl Engine {
                 .subscribers
                 .iter()
                 .filter_map(|s| self.participants.get(s))
-                .filter_map(|s| s.down.iter().find(|d| d.track_key == track.key))
-                .filter(|d| {
-                    matches!(
-                        d.state,
-                        DownState::ToOpen | DownState::Negotiating(_) | DownState::Open(_)
-                    )
+                // The live one: a stopping m-line of an earlier
+                // subscription to the same track may come first.
+                .filter_map(|s| {
+                    s.down.iter().find(|d| {
+                        d.track_key == track.key
+                            && matches!(
+                                d.state,
+                                DownState::ToOpen | DownState::Negotiating(_) | DownState::Open(_)
+                            )
+                    })
                 })
                 .map(|d| d.stream.wanted)
                 .collect();
