@@ -75,6 +75,7 @@ fn setups(c: &mut Criterion) {
                     callees: &callees,
                     call_type: CallType::Audio,
                     caller_display: Default::default(),
+                    data_channels: false,
                     caller_region: None,
                 };
                 svc.create(new, T0 + n).unwrap();
@@ -155,6 +156,7 @@ fn concurrent_setups(
                         callees: &callees,
                         call_type: CallType::Audio,
                         caller_display: Default::default(),
+                        data_channels: false,
                         caller_region: None,
                     };
                     let now = T0 + i;

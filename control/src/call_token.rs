@@ -221,6 +221,7 @@ mod tests {
                 publish_audio: true,
                 publish_video: false,
                 subscribe: true,
+                publish_data: false,
             },
             group: false,
             node: None,

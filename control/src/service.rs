@@ -194,6 +194,8 @@ pub struct NewCall<'a> {
     pub callees: &'a [String],
     pub call_type: CallType,
     pub caller_display: CallerDisplay,
+    /// Members may send on the room's data channels (`publishData`).
+    pub data_channels: bool,
     /// Where the caller is (`X-Switchboard-Region`); else their device's
     /// registered hint.
     pub caller_region: Option<&'a str>,
@@ -208,6 +210,7 @@ impl CallService {
             callees,
             call_type,
             caller_display,
+            data_channels,
             caller_region,
         } = new;
         check_callees(caller, callees)?;
@@ -290,6 +293,7 @@ impl CallService {
             now,
         );
         call.caller_display = caller_display;
+        call.data_channels = data_channels;
         if let Some(placer) = &self.placer
             && call.state != crate::call::CallState::Ended
         {

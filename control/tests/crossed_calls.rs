@@ -23,6 +23,7 @@ fn create(service: &CallService, caller: &str, callee: &str) -> String {
         callees: &callees,
         call_type: CallType::Audio,
         caller_display: CallerDisplay::default(),
+        data_channels: false,
         caller_region: None,
     };
     service.create(new, support::now_ms()).unwrap().call_id

@@ -178,6 +178,7 @@ mod tests {
                 publish_audio: true,
                 publish_video: true,
                 subscribe: true,
+                publish_data: false,
             },
             participants,
             reconnect_grace_seconds: 15,

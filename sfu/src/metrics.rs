@@ -53,6 +53,10 @@ pub struct Metrics {
     pub http_refused: IntCounterVec,
     /// Subscribers moved between simulcast layers, `up` or `down`.
     pub layer_switches: IntCounterVec,
+    /// Data-channel messages: written by members (`in`), refused, and the
+    /// copies relayed (`out`); copies not written, by reason.
+    pub data_messages: IntCounterVec,
+    pub data_dropped: IntCounterVec,
     /// ICE/TCP connections: open now, and those closed at once, by reason.
     pub ice_tcp_connections: IntGauge,
     pub ice_tcp_refused: IntCounterVec,
@@ -262,6 +266,16 @@ impl Metrics {
                 "Subscribers moved to a higher (up) or lower (down) simulcast layer, at a keyframe of it",
                 "direction",
             ),
+            data_messages: counter_vec(
+                "switchboard_data_messages_total",
+                "Data-channel messages: written by members (in), refused by the server (refused), copies written to recipients (out)",
+                "direction",
+            ),
+            data_dropped: counter_vec(
+                "switchboard_data_dropped_total",
+                "Data-channel copies not written to a recipient, by reason (not_open: its channel is not open; receiver_slow: over 256 KiB waits for it)",
+                "reason",
+            ),
             ice_tcp_connections: gauge(
                 "switchboard_ice_tcp_connections",
                 "ICE/TCP connections open (clients whose UDP is blocked)",
@@ -283,6 +297,12 @@ impl Metrics {
         }
         for direction in ["up", "down"] {
             metrics.layer_switches.with_label_values(&[direction]);
+        }
+        for direction in ["in", "refused", "out"] {
+            metrics.data_messages.with_label_values(&[direction]);
+        }
+        for drop in crate::engine::DataDrop::ALL {
+            metrics.data_dropped.with_label_values(&[drop.label()]);
         }
         for reason in ["total", "per_ip", "no_stun"] {
             metrics.ice_tcp_refused.with_label_values(&[reason]);

@@ -141,6 +141,11 @@ fn with_udp_blocked_and_no_turn_pages_connect_over_ice_tcp() {
 }
 
 #[test]
+fn data_channel_messages_reach_the_room_in_order_and_bad_ones_nobody() {
+    scenario("data-channels");
+}
+
+#[test]
 fn demo_page_follows_its_flags_live() {
     scenario("demo-flags");
 }

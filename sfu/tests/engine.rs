@@ -93,6 +93,7 @@ fn token_without_publish_video_cannot_publish_video() {
         publish_audio: true,
         publish_video: false,
         subscribe: true,
+        publish_data: false,
     };
     let a = sim.join_with("a", "room", audio_only);
     sim.bots[a].publish(); // offers audio and video

@@ -36,6 +36,10 @@ pub struct Permissions {
     pub publish_audio: bool,
     pub publish_video: bool,
     pub subscribe: bool,
+    /// May send on the room's data channels. Absent in tokens minted
+    /// before data channels existed: not allowed.
+    #[serde(default)]
+    pub publish_data: bool,
 }
 
 impl Permissions {
@@ -43,6 +47,7 @@ impl Permissions {
         publish_audio: true,
         publish_video: true,
         subscribe: true,
+        publish_data: true,
     };
 
     pub fn may_publish(&self, kind: TrackKind) -> bool {
@@ -51,6 +56,37 @@ impl Permissions {
             TrackKind::Video => self.publish_video,
         }
     }
+}
+
+/// The label of the subscriber connection's reliable, ordered data channel
+/// (the server opens it with the connection's first offer).
+pub const DATA_CHANNEL_RELIABLE: &str = "switchboard";
+/// The label of its lossy channel: unordered, never retransmitted (for
+/// state that the next message replaces: cursors, positions).
+pub const DATA_CHANNEL_LOSSY: &str = "switchboard-lossy";
+/// The largest payload one data message may carry, in UTF-8 bytes.
+pub const MAX_DATA_PAYLOAD_BYTES: usize = 16 * 1024;
+/// The most participants one data message may name in `to`.
+pub const MAX_DATA_RECIPIENTS: usize = 64;
+
+/// What a client writes, as one text message, on either data channel:
+/// `payload` to the whole room, or only to the participants in `to`. The
+/// server attaches the sender; a `from` here is refused, not trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataSend {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Vec<String>>,
+    pub payload: String,
+}
+
+/// What the server writes on a member's data channel (the channel the
+/// sender used): the payload and who sent it, as the server knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataReceived {
+    pub from: String,
+    pub payload: String,
 }
 
 /// A trickled ICE candidate, in the browser's `RTCIceCandidateInit` shape.

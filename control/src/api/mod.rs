@@ -415,6 +415,9 @@ struct CreateCall {
     /// An `https` URL of the caller's picture (push payload).
     #[serde(default)]
     caller_avatar_url: Option<String>,
+    /// Members may send on the room's data channels (`sendData`).
+    #[serde(default)]
+    data_channels: bool,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -694,6 +697,7 @@ fn create_or_replay(
                     display_name: req.caller_display_name,
                     avatar_url: req.caller_avatar_url,
                 },
+                data_channels: req.data_channels,
                 caller_region,
             };
             let call = state.service.create(new, now_ms())?;
@@ -771,6 +775,7 @@ fn with_token(state: &ControlState, call: &Call, user: &str) -> Result<CallWithT
                 publish_audio: true,
                 publish_video: call.call_type == CallType::Video,
                 subscribe: true,
+                publish_data: call.data_channels,
             },
             group: call.participants.len() > 2,
             node: call.placement.as_ref().map(|p| p.node_id.clone()),

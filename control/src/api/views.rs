@@ -76,6 +76,7 @@ pub struct CallView {
     connected_at: Option<UnixMillis>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ended_at: Option<UnixMillis>,
+    data_channels: bool,
 }
 
 impl CallView {
@@ -102,6 +103,7 @@ impl CallView {
             answered_at: call.answered_at,
             connected_at: call.connected_at,
             ended_at: call.ended_at,
+            data_channels: call.data_channels,
         }
     }
 }

@@ -302,6 +302,10 @@ pub struct Call {
     /// How callees' phones show the caller (push payload only).
     #[serde(default)]
     pub caller_display: CallerDisplay,
+    /// Its members' call tokens allow sending on the room's data channels.
+    /// Absent in calls stored before data channels: not allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_channels: bool,
     /// The node hosting the call's room (`crate::placement`); absent in
     /// calls stored before placement and on nodes without a registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -414,6 +418,7 @@ impl Call {
             connect_deadline: None,
             timeouts,
             caller_display: CallerDisplay::default(),
+            data_channels: false,
             placement: None,
         };
         let callees = || call.participants.iter().filter(|p| p.role == Role::Member);

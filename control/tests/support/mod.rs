@@ -188,6 +188,7 @@ pub fn call_bob(service: &CallService, display_name: Option<&str>) -> Call {
             display_name: display_name.map(str::to_string),
             avatar_url: None,
         },
+        data_channels: false,
         caller_region: None,
     };
     service.create(new, now_ms()).unwrap()

@@ -77,6 +77,7 @@ pub async fn run(plan: &RoomPlan) -> Report {
                     publish_audio: false,
                     publish_video: false,
                     subscribe: true,
+                    publish_data: false,
                 }
             },
             // As control mints it for a call created for more than two.

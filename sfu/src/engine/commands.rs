@@ -104,6 +104,7 @@ impl Engine {
             device,
             permissions,
             auto_subscribe,
+            data: super::data::DataChannels::new(now),
             conn: Some(conn),
             publisher,
             subscriber,

@@ -14,6 +14,7 @@
 //! connection only the server offers, so offers never cross (no glare).
 
 mod commands;
+mod data;
 mod dynacast;
 mod forward;
 mod ice_credentials;
@@ -30,6 +31,7 @@ mod speakers;
 #[cfg(test)]
 mod tests;
 mod timers;
+mod token_bucket;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -56,8 +58,10 @@ use rewrite::resolve_pt;
 use room::{Layers, Room, Track};
 use simulcast::DownStream;
 
+pub use data::DataDrop;
 pub use offer_policy::{OfferedSend, offered_sends};
 use timers::TimerKind;
+pub use token_bucket::TokenBucket;
 
 /// A pause between two packets of a published track that counts as a gap
 /// in its stream: video runs at 15-30 frames a second and audio at 50
@@ -404,6 +408,14 @@ pub struct EngineStats {
     /// Subscribers moved to a higher / lower simulcast layer (at a keyframe).
     pub layer_switches_up: u64,
     pub layer_switches_down: u64,
+    /// Messages members wrote on the room's data channels.
+    pub data_messages_in: u64,
+    /// Of those, refused (rate, permission, size, shape).
+    pub data_refused: u64,
+    /// Copies written to recipients' channels.
+    pub data_messages_out: u64,
+    /// Copies not written, by [`DataDrop`] (its `as usize`).
+    pub data_dropped: [u64; DataDrop::ALL.len()],
 }
 
 pub struct Engine {
@@ -670,8 +682,9 @@ impl Engine {
     /// then removes participants whose time is up.
     /// Removals and drains can change subscriptions, so offers go out last.
     fn settle(&mut self, now: Instant) {
-        // Bounded: each drain empties an Rtc; forwarding only writes to
-        // subscriber peers, whose events never forward again; a removal
+        // Bounded: each drain empties an Rtc; forwarding and data relay
+        // only write to subscriber peers, and writing raises no event that
+        // forwards or relays again; a removal
         // dooms no one else; an offer only dirties its own connection.
         loop {
             while let Some((key, target)) = self.dirty.pop() {
@@ -836,6 +849,9 @@ impl Engine {
                     let layer = self.subscriber_layer(key, track_key, now);
                     self.request_keyframe(key, track_key, layer, req.kind, now);
                 }
+            }
+            RtcEvent::ChannelData(data) if target == PeerTarget::Subscriber => {
+                self.on_channel_data(key, data, now);
             }
             RtcEvent::EgressBitrateEstimate(BweKind::Remb { estimate, .. })
                 if target == PeerTarget::Subscriber =>

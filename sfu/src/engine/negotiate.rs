@@ -293,7 +293,8 @@ impl Engine {
         let first = !p.subscriber.was_offered;
         let mut api = p.subscriber.rtc.sdp_api();
         if first {
-            api.add_channel("switchboard".to_string());
+            // Also brings the connection up with nothing to receive yet.
+            p.data.add_to_offer(&mut api);
         }
         for d in &mut p.down {
             match d.state {

@@ -59,6 +59,8 @@ pub struct Participant {
     pub device: super::DeviceLabel,
     pub permissions: Permissions,
     pub auto_subscribe: bool,
+    /// Its data channels and send budget.
+    pub data: super::data::DataChannels,
     /// The WebSocket that speaks for it; `None` while detached.
     pub conn: Option<ConnId>,
     pub publisher: Peer,

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use super::shard::{SessionOut, ShardHandle};
-use crate::engine::{Command, ConnId, DeviceLabel, JoinRequest};
+use crate::engine::{Command, ConnId, DeviceLabel, JoinRequest, TokenBucket};
 use control::call_token::TokenError;
 
 /// A write to the client that takes longer than this (it does not read)
@@ -505,35 +505,17 @@ pub fn shard_for<'a>(shards: &'a [ShardHandle], room: &str) -> &'a ShardHandle {
     &shards[(h.finish() % shards.len() as u64) as usize]
 }
 
-/// A token bucket: `rate` messages per second, bursts of twice that.
-struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
+/// Signaling messages per socket: `rate` per second, bursts of twice that.
+struct RateLimiter(TokenBucket);
 
 impl RateLimiter {
     fn new(rate: u32) -> RateLimiter {
         let rate = f64::from(rate);
-        RateLimiter {
-            rate,
-            burst: rate * 2.0,
-            tokens: rate * 2.0,
-            last: Instant::now(),
-        }
+        RateLimiter(TokenBucket::new(rate, rate * 2.0, Instant::now()))
     }
 
     fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.0.take(1.0, now)
     }
 }
 
@@ -548,18 +530,4 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
         }
     }
     Guard(Some(f))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limiter_allows_a_burst_then_refills() {
-        let mut l = RateLimiter::new(10);
-        let t0 = l.last;
-        let allowed = (0..100).filter(|_| l.allow(t0)).count();
-        assert_eq!(allowed, 20);
-        assert!(l.allow(t0 + Duration::from_millis(150)));
-    }
 }

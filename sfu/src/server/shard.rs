@@ -25,7 +25,7 @@ use tokio_util::bytes::Bytes;
 use super::{RouteTable, udp};
 use crate::config::Config;
 use crate::engine::{
-    Command, ConnId, Engine, EngineConfig, EngineStats, Event, Input, Member, Output,
+    Command, ConnId, DataDrop, Engine, EngineConfig, EngineStats, Event, Input, Member, Output,
 };
 use crate::metrics::Metrics;
 
@@ -750,6 +750,21 @@ impl Shard {
         m.layer_switches
             .with_label_values(&["down"])
             .inc_by(stats.layer_switches_down - last.layer_switches_down);
+        m.data_messages
+            .with_label_values(&["in"])
+            .inc_by(stats.data_messages_in - last.data_messages_in);
+        m.data_messages
+            .with_label_values(&["refused"])
+            .inc_by(stats.data_refused - last.data_refused);
+        m.data_messages
+            .with_label_values(&["out"])
+            .inc_by(stats.data_messages_out - last.data_messages_out);
+        for drop in DataDrop::ALL {
+            let i = drop as usize;
+            m.data_dropped
+                .with_label_values(&[drop.label()])
+                .inc_by(stats.data_dropped[i] - last.data_dropped[i]);
+        }
         m.engine_panics
             .with_label_values(&["participant"])
             .inc_by(stats.participants_failed - last.participants_failed);

@@ -14,6 +14,7 @@ export class SwitchboardClient extends EventTarget {
     this.participants = new Map(); // participantId -> info
     this.trackOwner = new Map(); // trackId -> participantId
     this.midTrack = new Map(); // subscriber mid -> trackId
+    this.dataChannels = new Map(); // label -> RTCDataChannel (the server's two)
     this.remote = new Map(); // trackId -> { track, participantId, kind, stream }
     this.waiters = [];
     this.log = [];
@@ -35,6 +36,7 @@ export class SwitchboardClient extends EventTarget {
     this.pub = this.newPc("publisher");
     this.sub = this.newPc("subscriber");
     this.sub.ontrack = (e) => this.onTrack(e);
+    this.sub.ondatachannel = (e) => this.onDataChannel(e.channel);
     for (const [name, pc] of [["publisher", this.pub], ["subscriber", this.sub]]) {
       pc.onconnectionstatechange = () => this.timeline.push([`${name}:${pc.connectionState}`, Math.round(performance.now())]);
     }
@@ -153,6 +155,26 @@ export class SwitchboardClient extends EventTarget {
     const entry = { track: e.track, participantId, kind: e.track.kind, trackId, mid, stream: new MediaStream([e.track]) };
     this.remote.set(trackId, entry);
     this.dispatchEvent(new CustomEvent("remotetrack", { detail: entry }));
+  }
+
+  // The server opens `switchboard` (reliable) and `switchboard-lossy` on
+  // the subscriber connection; what arrives is `{from, payload}`, `from`
+  // being the sender as the server knows it.
+  onDataChannel(channel) {
+    this.dataChannels.set(channel.label, channel);
+    const reliable = channel.label === "switchboard";
+    channel.onmessage = (e) => {
+      const { from, payload } = JSON.parse(e.data);
+      this.dispatchEvent(new CustomEvent("data", { detail: { from, payload, reliable } }));
+    };
+  }
+
+  // Sends `payload` (a string) to the room, or to the participants in `to`.
+  // `frame` overrides the whole message, to send what the client would not.
+  sendData(payload, { to, reliable = true, frame } = {}) {
+    const channel = this.dataChannels.get(reliable ? "switchboard" : "switchboard-lossy");
+    if (channel?.readyState !== "open") throw new Error("data channel not open");
+    channel.send(frame ?? JSON.stringify(to ? { to, payload } : { payload }));
   }
 
   // Publishes the given tracks; `videoCodec` ("VP8" | "H264") is forced with

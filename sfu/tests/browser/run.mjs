@@ -181,11 +181,11 @@ const room = `room-${scenario}-${Date.now()}`;
 
 // `relay`: "udp" | "tcp" | "tls": only that TURN URL of the join info, and
 // relay candidates only.
-async function openPage(name, colour, { codec, roomId = room, relay, simulcast, size, publish } = {}) {
+async function openPage(name, colour, { codec, roomId = room, relay, simulcast, size, publish, permissions } = {}) {
   const res = await fetch(`${sb.base}/dev/token`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ room: roomId, userId: name }),
+    body: JSON.stringify({ room: roomId, userId: name, permissions }),
   });
   check(res.ok, `dev token for ${name}: ${res.status}`);
   const { token, iceServers = [] } = await res.json();
@@ -871,6 +871,98 @@ async function activeSpeakers() {
   }
 }
 
+// Data channels: three pages with `publishData` and one without. Reliable
+// messages from two senders at once arrive at every other page complete and
+// in order, each with the sender's id as the server attached it; a message
+// `to` one participant reaches only it; a payload over 16 KiB, a frame
+// naming its own `from`, a send without the permission and a burst over the
+// rate are refused with typed errors and reach nobody; the lossy channel
+// carries messages too.
+async function dataChannels() {
+  const noData = { publishAudio: true, publishVideo: true, subscribe: true, publishData: false };
+  const pages = [];
+  for (const [name, permissions] of [["alice"], ["bob"], ["carol"], ["dave", noData]]) {
+    const p = await openPage(name, "red", { publish: false, permissions });
+    await p.page.evaluate(() => {
+      window.dataLog = [];
+      window.errorLog = [];
+      window.client.addEventListener("data", (e) => window.dataLog.push(e.detail));
+      window.client.addEventListener("servererror", (e) => window.errorLog.push(e.detail.code));
+    });
+    pages.push(p);
+  }
+  const [alice, bob, carol, dave] = pages;
+  for (const p of pages) {
+    await waitFor(`${p.name}'s data channels to open`, () => p.page.evaluate(() =>
+      ["switchboard", "switchboard-lossy"].every((l) => window.client.dataChannels.get(l)?.readyState === "open")), 30000);
+  }
+  const received = (p) => p.page.evaluate(() => window.dataLog);
+  const errors = (p) => p.page.evaluate(() => window.errorLog);
+  const send = (p, payload, options) => p.page.evaluate(([pl, o]) => window.client.sendData(pl, o), [payload, options]);
+  // Within the per-sender burst (100 messages).
+  const count = 60;
+  await Promise.all([alice, bob].map((p) => p.page.evaluate(([n, name]) => {
+    for (let i = 0; i < n; i++) window.client.sendData(`${name}-${i}`);
+  }, [count, p.name])));
+  for (const viewer of pages) {
+    const senders = [alice, bob].filter((s) => s !== viewer);
+    await waitFor(`${viewer.name} to get ${senders.length * count} messages`, async () =>
+      (await received(viewer)).filter((m) => m.reliable).length >= senders.length * count, 20000);
+    const got = await received(viewer);
+    for (const sender of senders) {
+      const theirs = got.filter((m) => m.from === sender.pid).map((m) => m.payload);
+      check(JSON.stringify(theirs) === JSON.stringify([...Array(count).keys()].map((i) => `${sender.name}-${i}`)),
+        `${viewer.name} got ${sender.name}'s ${count} messages in order: ${theirs.slice(0, 3)}... (${theirs.length})`);
+    }
+    check(got.every((m) => m.from === alice.pid || m.from === bob.pid), `${viewer.name}: every sender id is the real sender's`);
+  }
+  log(`${count} reliable messages each from alice and bob reached bob, carol and dave complete and in order`);
+  // Each refusal below is followed by a marker to the room: the reliable
+  // channel keeps one sender's order, so a page that has the marker and not
+  // the refused message never gets it.
+  const marked = async (sender, marker, viewers) => {
+    await send(sender, marker);
+    for (const v of viewers) await waitFor(`${v.name} to get ${marker}`, async () => (await received(v)).some((m) => m.payload === marker), 10000);
+  };
+  await send(carol, "for alice only", { to: [alice.pid] });
+  await marked(carol, "marker-1", [alice, bob]);
+  check((await received(alice)).some((m) => m.payload === "for alice only" && m.from === carol.pid), "alice got carol's message to her");
+  check(!(await received(bob)).some((m) => m.payload === "for alice only"), "bob did not get carol's message to alice");
+  const refusals = [
+    [alice, "x".repeat(16 * 1024 + 1), {}, "message_too_large"],
+    [alice, "spoofed", { frame: JSON.stringify({ from: bob.pid, payload: "spoofed" }) }, "bad_message"],
+    [dave, "from dave", {}, "permission_denied"],
+  ];
+  for (const [sender, payload, options, code] of refusals) {
+    const before = (await errors(sender)).length;
+    await send(sender, payload, options);
+    await waitFor(`${sender.name} to be refused with ${code}`, async () => (await errors(sender)).length > before, 10000);
+    const got = (await errors(sender)).at(-1);
+    check(got === code, `${sender.name}'s ${payload.length}-character message refused with ${got} (want ${code})`);
+  }
+  await marked(alice, "marker-2", [bob, carol, dave]);
+  for (const v of [alice, bob, carol]) {
+    const leaked = (await received(v)).filter((m) => m.payload === "spoofed" || m.payload === "from dave" || m.payload.length > 16384);
+    check(leaked.length === 0, `${v.name} got no refused message (${leaked.length})`);
+  }
+  log("a message to one member reached only it; oversize, spoofed and unpermitted messages were refused with typed errors and reached nobody");
+  // The lossy channel: unordered, never retransmitted (loopback loses
+  // nothing, so every message arrives).
+  await bob.page.evaluate(() => { for (let i = 0; i < 20; i++) window.client.sendData(`lossy-${i}`, { reliable: false }); });
+  await waitFor("carol to get bob's lossy messages", async () =>
+    (await received(carol)).filter((m) => !m.reliable && m.from === bob.pid).length === 20, 10000);
+  // A burst over the rate: refused beyond it, and told so.
+  await new Promise((r) => setTimeout(r, 2500)); // alice's bucket refills
+  const burst = 300;
+  await alice.page.evaluate((n) => { for (let i = 0; i < n; i++) window.client.sendData(`burst-${i}`); }, burst);
+  await waitFor("alice to be told she is rate limited", async () => (await errors(alice)).includes("rate_limited"), 10000);
+  await new Promise((r) => setTimeout(r, 2500));
+  await marked(alice, "marker-3", [carol]);
+  const relayed = (await received(carol)).filter((m) => m.payload.startsWith("burst-")).length;
+  log(`of a burst of ${burst}, ${relayed} were relayed`);
+  check(relayed >= 90 && relayed < burst, `the rate limit let ${relayed} of ${burst} through (a burst of 100 at 50/s)`);
+}
+
 // Simulcast: a publisher page sends three layers of a 960x540 canvas
 // (Chromium's minimum for three); one viewer asks for `low`, one for
 // `high`, and each decodes its layer's width (the publisher's own
@@ -1018,6 +1110,7 @@ const SCENARIOS = {
   "active-speakers": activeSpeakers,
   "simulcast-layers": simulcastLayers,
   "ice-tcp": iceTcp,
+  "data-channels": dataChannels,
 };
 
 async function main() {
