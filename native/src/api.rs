@@ -118,12 +118,14 @@ impl CallApi {
         &self,
         callee: &str,
         video: bool,
+        data_channels: bool,
         call_uuid: &str,
     ) -> Result<JoinInfo, ApiError> {
         let body = json!({
             "calleeUserIds": [callee],
             "type": if video { "video" } else { "audio" },
             "deviceId": self.device_id,
+            "dataChannels": data_channels,
         });
         join_info(self.post_with("/v1/calls", body, Some(call_uuid)).await?)
     }
@@ -363,6 +365,7 @@ mod tests {
             apns_environment: Some("production".into()),
             trusted_ca_pem: None,
             system_call_ui,
+            data_channels: false,
         }
     }
 

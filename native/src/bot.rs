@@ -151,6 +151,10 @@ pub fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// Data messages a bot holds until they are taken (a test or the media
+/// port reads them as they come; this bounds one that does not).
+pub const MAX_HELD_DATA: usize = 4096;
+
 pub struct Bot {
     pub name: String,
     /// When the bot was made (its join): time to first media counts from here.
@@ -181,6 +185,11 @@ pub struct Bot {
     keyframe_due: bool,
     /// REMB estimates the server sent our publisher connection (bits/s).
     pub remb: Vec<u64>,
+    /// The subscriber connection's data channels the server opened, by label.
+    data_channels: HashMap<String, str0m::channel::ChannelId>,
+    /// Text messages that arrived on them, (label, text), oldest first;
+    /// at most [`MAX_HELD_DATA`] wait for whoever takes them.
+    pub data_received: VecDeque<(String, String)>,
     /// Video bytes received per subscriber mid at the last stats report,
     /// for the receive-side REMB this bot sends as Chromium would.
     received_video_bytes: HashMap<Mid, (u64, Instant)>,
@@ -303,6 +312,8 @@ impl Bot {
             keyframe_requests: 0,
             keyframe_due: true,
             remb: Vec::new(),
+            data_channels: HashMap::new(),
+            data_received: VecDeque::new(),
             received_video_bytes: HashMap::new(),
             publisher_ice: IceConnectionState::New,
             subscriber_ice: IceConnectionState::New,
@@ -534,6 +545,23 @@ impl Bot {
     }
 
     /// Drains both connections; returns the earliest time either wants.
+    /// Writes `text` on the subscriber connection's data channel `label`.
+    pub fn send_data(&mut self, label: &str, text: &str) -> Result<(), String> {
+        let id = *self
+            .data_channels
+            .get(label)
+            .ok_or_else(|| format!("no data channel {label}"))?;
+        let mut channel = self
+            .subscriber
+            .channel(id)
+            .ok_or_else(|| format!("data channel {label} is not open"))?;
+        match channel.write(false, text.as_bytes()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("data channel {label} is full")),
+            Err(e) => Err(format!("data channel {label}: {e}")),
+        }
+    }
+
     pub fn poll(&mut self) -> Instant {
         let a = self.poll_one(true);
         let b = self.poll_one(false);
@@ -577,6 +605,21 @@ impl Bot {
                 self.nacks_received = stats.nacks;
             }
             Event::MediaIngressStats(stats) if !publisher => self.report_receive_estimate(&stats),
+            Event::ChannelOpen(id, label) if !publisher => {
+                self.data_channels.insert(label, id);
+            }
+            Event::ChannelData(data) if !publisher && !data.binary => {
+                let label = self
+                    .data_channels
+                    .iter()
+                    .find(|(_, id)| **id == data.id)
+                    .map(|(label, _)| label.clone());
+                if let (Some(label), Ok(text)) = (label, String::from_utf8(data.data))
+                    && self.data_received.len() < MAX_HELD_DATA
+                {
+                    self.data_received.push_back((label, text));
+                }
+            }
             Event::RtpPacket(pkt) if !publisher => {
                 let mid = self
                     .subscriber

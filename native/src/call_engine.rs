@@ -196,6 +196,11 @@ pub enum Input {
         call_id: String,
         speakers: Vec<crate::ports::ActiveSpeaker>,
     },
+    /// Another member's message on the call's data channels.
+    Data {
+        call_id: String,
+        message: crate::ports::DataMessage,
+    },
 }
 
 /// Feature flags by name, as the server decided them for this device.
@@ -273,6 +278,10 @@ pub enum Output {
     ReportActiveSpeakers {
         call_uuid: String,
         speakers: Vec<crate::ports::ActiveSpeaker>,
+    },
+    ReportData {
+        call_uuid: String,
+        message: crate::ports::DataMessage,
     },
     // The call API.
     CreateCall {
@@ -885,6 +894,12 @@ impl CallEngine {
                         call_uuid,
                         speakers,
                     });
+                }
+            }
+            Input::Data { call_id, message } => {
+                if let Some(call_uuid) = self.call_uuid_of(&call_id) {
+                    self.outputs
+                        .push_back(Output::ReportData { call_uuid, message });
                 }
             }
             Input::Flags(flags) => {

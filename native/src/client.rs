@@ -53,6 +53,11 @@ pub struct ClientConfig {
     #[uniffi(default = true)]
     #[serde(default = "system_call_ui_by_default")]
     pub system_call_ui: bool,
+    /// Calls this device starts let their members send on the room's data
+    /// channels (`dataChannels` at create; `Client::send_data`).
+    #[uniffi(default = false)]
+    #[serde(default)]
+    pub data_channels: bool,
 }
 
 fn system_call_ui_by_default() -> bool {
@@ -195,7 +200,7 @@ impl Shared {
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
     token: Arc<UserToken>,
-    sessions: Arc<Mutex<HashMap<String, Arc<dyn MediaSession>>>>,
+    sessions: LiveSessions,
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<EventsCommand>,
 }
@@ -410,6 +415,42 @@ impl Client {
         self.input(Input::SystemHold { call_uuid, held });
     }
 
+    /// Sends `payload` on the call's data channels to the room, or only to
+    /// the participants in `to` (PROTOCOL.md "Data channels"). Refused here
+    /// with the code the server would send (`permission_denied`,
+    /// `message_too_large`, `bad_message`), or `not_connected` before the
+    /// channel is open; the server also limits the rate.
+    pub fn send_data(
+        &self,
+        call_uuid: String,
+        payload: String,
+        reliable: bool,
+        to: Option<Vec<String>>,
+    ) -> Result<(), ClientError> {
+        let refused = |code: &str, detail: &str| ClientError::Refused {
+            code: code.into(),
+            detail: detail.into(),
+        };
+        let live = self
+            .live(&call_uuid)
+            .ok_or_else(|| refused("not_connected", "the call has no media"))?;
+        if !live
+            .may_send_data
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(refused(
+                "permission_denied",
+                "this call does not allow sending data (dataChannels)",
+            ));
+        }
+        let send = signaling::DataSend { to, payload };
+        send.check()
+            .map_err(|(code, detail)| refused(code.as_str(), detail))?;
+        live.session
+            .send_data(reliable, signaling::encode(&send))
+            .map_err(|e| refused("not_connected", &e.to_string()))
+    }
+
     pub fn set_camera_enabled(&self, call_uuid: String, enabled: bool) {
         if let Some(session) = self.session(&call_uuid)
             && let Err(e) = session.set_camera_enabled(enabled)
@@ -524,9 +565,24 @@ impl Client {
 
 impl Client {
     fn session(&self, call_uuid: &str) -> Option<Arc<dyn MediaSession>> {
+        self.live(call_uuid).map(|live| live.session)
+    }
+
+    fn live(&self, call_uuid: &str) -> Option<LiveMedia> {
         let call_id = self.shared.engine().call_id_of(call_uuid)?;
         self.sessions.lock().ok()?.get(&call_id).cloned()
     }
+}
+
+/// The media sessions of the calls in progress, by server call id.
+type LiveSessions = Arc<Mutex<HashMap<String, LiveMedia>>>;
+
+#[derive(Clone)]
+struct LiveMedia {
+    session: Arc<dyn MediaSession>,
+    /// The call token's `publishData`, as `joined` said (the RTC session
+    /// sets it).
+    may_send_data: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A call's I/O beyond the engine.
@@ -545,7 +601,7 @@ struct Driver {
     commands: mpsc::UnboundedSender<Command>,
     config: ClientConfig,
     ports: Ports,
-    sessions: Arc<Mutex<HashMap<String, Arc<dyn MediaSession>>>>,
+    sessions: LiveSessions,
     /// By server call id.
     calls: HashMap<String, CallIo>,
     /// `start_call`s waiting for the server's call id, by call UUID.
@@ -770,8 +826,11 @@ impl Driver {
                 video,
             } => {
                 let (api, commands) = (self.api.clone(), self.commands.clone());
+                let data_channels = self.config.data_channels;
                 tokio::spawn(async move {
-                    let created = api.create_call(&callee_user_id, video, &call_uuid).await;
+                    let created = api
+                        .create_call(&callee_user_id, video, data_channels, &call_uuid)
+                        .await;
                     let command = match created {
                         Ok(info) => Command::JoinInfo(info, JoinKind::Created { call_uuid }),
                         Err(error) => Command::CreateFailed { call_uuid, error },
@@ -857,6 +916,10 @@ impl Driver {
                     .events
                     .active_speakers_changed(call_uuid, speakers),
             ),
+            Output::ReportData { call_uuid, message } => port(
+                "data_received",
+                self.ports.events.data_received(call_uuid, message),
+            ),
             Output::FlagsChanged { flags } => {
                 tracing::info!(device_id = %device_id, ?flags, "feature flags changed");
                 port("flags_changed", self.ports.events.flags_changed(flags));
@@ -892,7 +955,8 @@ impl Driver {
     }
 
     fn session(&self, call_id: &str) -> Option<Arc<dyn MediaSession>> {
-        self.sessions.lock().ok()?.get(call_id).cloned()
+        let sessions = self.sessions.lock().ok()?;
+        Some(sessions.get(call_id)?.session.clone())
     }
 
     /// An API request whose answer the engine does not wait for.
@@ -952,8 +1016,13 @@ impl Driver {
                 return;
             }
         };
+        let may_send_data = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.insert(call_id.clone(), session.clone());
+            let live = LiveMedia {
+                session: session.clone(),
+                may_send_data: may_send_data.clone(),
+            };
+            sessions.insert(call_id.clone(), live);
         }
         let locate_room: crate::rtc_session::LocateRoom = {
             let (api, call_id) = (self.api.clone(), call_id.clone());
@@ -974,6 +1043,7 @@ impl Driver {
             call_token,
             media: session,
             media_events,
+            may_send_data,
             engine: inputs.clone(),
             tls: self.tls.clone(),
             locate_room: Some(locate_room),

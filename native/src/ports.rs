@@ -266,6 +266,19 @@ pub struct ActiveSpeaker {
     pub level: f32,
 }
 
+/// A member's message on the call's data channels
+/// (`CallEvents::data_received`; signaling PROTOCOL.md "Data channels").
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct DataMessage {
+    /// The sender's participant id, as the server attached it.
+    pub from: String,
+    /// The sender's user, when the core knows it.
+    pub user_id: Option<String>,
+    pub payload: String,
+    /// Arrived on the reliable channel (else the lossy one).
+    pub reliable: bool,
+}
+
 /// What happens inside a call that the app's own UI shows (video tiles,
 /// a "reconnecting" banner; the plugin's `remoteTrack` event).
 #[uniffi::export(with_foreign)]
@@ -294,6 +307,9 @@ pub trait CallEvents: Send + Sync {
         call_uuid: String,
         speakers: Vec<ActiveSpeaker>,
     ) -> Result<(), PortError>;
+    /// Another member's message on the call's data channels (the plugin's
+    /// `dataReceived`).
+    fn data_received(&self, call_uuid: String, message: DataMessage) -> Result<(), PortError>;
 }
 
 /// The device's push tokens as the platform last gave them (PushKit's VoIP
@@ -373,6 +389,10 @@ pub trait MediaSession: Send + Sync {
     /// connections); off hold the core restores the user's mute state.
     fn set_held(&self, held: bool) -> Result<(), PortError>;
     fn set_camera_enabled(&self, enabled: bool) -> Result<(), PortError>;
+    /// Writes `frame` (text) on the subscriber connection's data channel
+    /// the server opened: `switchboard` when `reliable`, else
+    /// `switchboard-lossy`. Fails when that channel is not open.
+    fn send_data(&self, reliable: bool, frame: String) -> Result<(), PortError>;
     fn stats(&self) -> Result<MediaStats, PortError>;
     /// Closes both connections and releases the devices.
     // Not `close`: Kotlin objects are `AutoCloseable`, whose `close()` the
@@ -470,6 +490,11 @@ pub enum MediaEvent {
         connection: PeerConnection,
         candidate: String,
     },
+    /// A text message on one of the server's data channels.
+    Data {
+        reliable: bool,
+        frame: String,
+    },
 }
 
 impl MediaEvents {
@@ -545,6 +570,18 @@ impl MediaEvents {
                 jitter_ms,
                 rtt_ms,
             }));
+    }
+
+    /// A text message arrived on a data channel of the subscriber
+    /// connection: `label` `switchboard` or `switchboard-lossy` (others
+    /// are ignored). The core reads it and tells `CallEvents::data_received`.
+    pub fn data_received(&self, label: String, frame: String) {
+        let reliable = match label.as_str() {
+            signaling::DATA_CHANNEL_RELIABLE => true,
+            signaling::DATA_CHANNEL_LOSSY => false,
+            _ => return,
+        };
+        let _ = self.to_session.send(MediaEvent::Data { reliable, frame });
     }
 
     /// A local ICE candidate to trickle (`candidate:...` line).

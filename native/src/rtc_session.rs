@@ -41,6 +41,8 @@ pub struct RtcSession {
     pub call_token: String,
     pub media: Arc<dyn MediaSession>,
     pub media_events: mpsc::UnboundedReceiver<MediaEvent>,
+    /// Set from `joined`: the call token allows sending data.
+    pub may_send_data: Arc<std::sync::atomic::AtomicBool>,
     pub engine: mpsc::UnboundedSender<Input>,
     /// For `wss://` (`crate::tls`).
     pub tls: Arc<rustls::ClientConfig>,
@@ -216,10 +218,16 @@ impl Running {
             )) => {
                 *grace = Duration::from_secs(reconnect_grace_seconds.into());
                 if let ServerMessage::Joined {
-                    participant_id: id, ..
+                    participant_id: id,
+                    permissions,
+                    ..
                 } = &joined
                 {
                     *participant_id = Some(id.clone());
+                    self.session.may_send_data.store(
+                        permissions.publish_data,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                 }
                 self.track_changes(&joined);
             }
@@ -380,6 +388,20 @@ impl Running {
                     username_fragment: None,
                 };
                 send(ws, &ClientMessage::Trickle { target, candidate }).await?;
+            }
+            MediaEvent::Data { reliable, frame } => {
+                // Only the server writes on its channels; anything else
+                // there is not a message for the app.
+                let Ok(received) = serde_json::from_str::<signaling::DataReceived>(&frame) else {
+                    return Ok(());
+                };
+                let message = crate::ports::DataMessage {
+                    user_id: self.tracks.user_of(&received.from),
+                    from: received.from,
+                    payload: received.payload,
+                    reliable,
+                };
+                let _ = self.session.engine.send(Input::Data { call_id, message });
             }
         }
         Ok(())

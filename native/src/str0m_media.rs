@@ -152,6 +152,16 @@ impl MediaSession for Str0mSession {
         Ok(())
     }
 
+    fn send_data(&self, reliable: bool, frame: String) -> Result<(), PortError> {
+        let label = if reliable {
+            signaling::DATA_CHANNEL_RELIABLE
+        } else {
+            signaling::DATA_CHANNEL_LOSSY
+        };
+        let sent = self.bot().send_data(label, &frame);
+        self.changed(sent.map_err(PortError::from))
+    }
+
     fn stats(&self) -> Result<MediaStats, PortError> {
         let bot = self.bot();
         Ok(MediaStats {
@@ -223,6 +233,9 @@ async fn drive(
                         MediaKind::Video => events.first_video(),
                     }
                 }
+            }
+            for (label, frame) in bot.data_received.drain(..) {
+                events.data_received(label, frame);
             }
             (wake, bot.transmits.drain(..).collect())
         };

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use native::api::Platform;
-use native::client::{Client, ClientConfig, Ports};
+use native::client::{Client, ClientConfig, ClientError, Ports};
 use native::ports::{AudioEndpoint, AudioRouteKind, DevicePushTokens, EndedReason};
 use native::str0m_media::Str0mMediaFactory;
 use support::fake_phone::{FakeSystem, FixedTokens, Report};
@@ -63,6 +63,9 @@ fn client(
         apns_environment: (platform == Platform::Ios).then(|| "sandbox".into()),
         trusted_ca_pem: ca_pem.map(str::to_string),
         system_call_ui: true,
+        // Alice's calls carry data channels (and bob's do not, which his
+        // calls to her never need: the caller's create decides).
+        data_channels: user == "alice",
     };
     let client = Client::start(config, ports, runtime.handle()).unwrap();
     let _ = system.client.set(Arc::downgrade(&client));
@@ -251,6 +254,30 @@ fn an_ios_caller_and_an_android_callee_talk_through_the_sfu_and_hang_up() {
             );
         }
     }
+    // Alice's app created the call with data channels: each core's message
+    // reaches the other's app with its sender (the lossy channel too, on
+    // loopback); what the server would refuse is refused in the core, with
+    // the server's code.
+    wait_for("alice's data channel", limit, || {
+        alice
+            .send_data(alice_uuid.clone(), "hello bob".into(), true, None)
+            .ok()
+    });
+    wait_for("bob's data channel", limit, || {
+        bob.send_data(call_id.clone(), "hello alice".into(), false, None)
+            .ok()
+    });
+    wait_for("each app's message at the other", limit, || {
+        let to_bob = Report::Data(Some("alice".into()), "hello bob".into(), true);
+        let to_alice = Report::Data(Some("bob".into()), "hello alice".into(), false);
+        (bob_android.has(&to_bob) && alice_ios.has(&to_alice)).then_some(())
+    });
+    let too_large = alice.send_data(alice_uuid.clone(), "x".repeat(16 * 1024 + 1), true, None);
+    assert!(
+        matches!(&too_large, Err(ClientError::Refused { code, .. }) if code == "message_too_large"),
+        "{too_large:?}"
+    );
+
     // Alice's expired token: her app was asked for a fresh one, once.
     let asked = |system: &FakeSystem| {
         system
@@ -366,6 +393,7 @@ fn a_core_refuses_a_server_whose_certificate_no_trusted_ca_signed() {
         apns_environment: None,
         trusted_ca_pem: Some("not a certificate".into()),
         system_call_ui: true,
+        data_channels: false,
     };
     let system = Arc::new(FakeSystem::default());
     let ports = Ports {

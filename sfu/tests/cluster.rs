@@ -1221,6 +1221,7 @@ fn phones_follow_their_room_to_a_live_node_when_its_node_dies() {
             apns_environment: None,
             trusted_ca_pem: None,
             system_call_ui: true,
+            data_channels: false,
         };
         let client = Client::start(config, ports, runtime.handle()).unwrap();
         let _ = system.client.set(Arc::downgrade(&client));

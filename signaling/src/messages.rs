@@ -80,6 +80,31 @@ pub struct DataSend {
     pub payload: String,
 }
 
+impl DataSend {
+    /// What the server refuses of a well-formed message (beyond the
+    /// token's `publishData` and the rate), with the code it refuses with:
+    /// clients check the same before they send.
+    pub fn check(&self) -> Result<(), (ErrorCode, &'static str)> {
+        if self.payload.len() > MAX_DATA_PAYLOAD_BYTES {
+            return Err((
+                ErrorCode::MessageTooLarge,
+                "data message payload exceeds 16384 bytes",
+            ));
+        }
+        if self
+            .to
+            .as_ref()
+            .is_some_and(|to| to.is_empty() || to.len() > MAX_DATA_RECIPIENTS)
+        {
+            return Err((
+                ErrorCode::BadMessage,
+                "`to` names 1 to 64 participants (leave it out for the whole room)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What the server writes on a member's data channel (the channel the
 /// sender used): the payload and who sent it, as the server knows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

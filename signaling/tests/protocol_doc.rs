@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use signaling::{DEFAULT_MAX_MESSAGE_BYTES, decode_client, decode_server};
+use signaling::{DEFAULT_MAX_MESSAGE_BYTES, DataReceived, DataSend, decode_client, decode_server};
 
 fn examples(section: &str) -> Vec<String> {
     section
@@ -22,7 +22,8 @@ fn type_of(json: &str) -> String {
 fn every_documented_example_decodes_and_every_type_is_documented() {
     let doc = include_str!("../PROTOCOL.md");
     let (_, rest) = doc.split_once("## Client → server").unwrap();
-    let (client, server) = rest.split_once("## Server → client").unwrap();
+    let (client, rest) = rest.split_once("## Server → client").unwrap();
+    let (server, data) = rest.split_once("## Data channels").unwrap();
 
     let mut client_types = BTreeSet::new();
     for ex in examples(client) {
@@ -34,6 +35,13 @@ fn every_documented_example_decodes_and_every_type_is_documented() {
         decode_server(&ex, DEFAULT_MAX_MESSAGE_BYTES).unwrap_or_else(|e| panic!("{ex}: {e}"));
         server_types.insert(type_of(&ex));
     }
+    let data = examples(data);
+    assert_eq!(data.len(), 3, "two sends and one receipt");
+    for ex in &data[..2] {
+        serde_json::from_str::<DataSend>(ex).unwrap_or_else(|e| panic!("{ex}: {e}"));
+    }
+    let received: DataReceived = serde_json::from_str(&data[2]).unwrap();
+    assert!(!received.from.is_empty());
     let want = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
     assert_eq!(
         client_types,

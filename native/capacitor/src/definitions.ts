@@ -180,6 +180,24 @@ export interface ActiveSpeakersEvent extends CallIdOptions {
   speakers: { participantId: string; userId?: string; level: number }[];
 }
 
+export interface SendDataOptions extends CallIdOptions {
+  /** At most 16 KiB (UTF-8); send JSON as a string. */
+  payload: string;
+  /** Ordered and retransmitted (default); `false`: unordered, may be lost. */
+  reliable?: boolean;
+  /** Only these participants (1 to 64); left out: the whole room. */
+  to?: string[];
+}
+
+/** A member's message (`sendData`); `from` as the server attached it. */
+export interface DataReceivedEvent extends CallIdOptions {
+  from: string;
+  /** When known (from the room's participant list). */
+  userId?: string;
+  payload: string;
+  reliable: boolean;
+}
+
 export interface SwitchboardEvents {
   incomingCall: IncomingCallEvent;
   callStateChanged: CallStateChangedEvent;
@@ -192,6 +210,7 @@ export interface SwitchboardEvents {
   tokenRequested: TokenRequestedEvent;
   flagsChanged: FlagsChangedEvent;
   activeSpeakers: ActiveSpeakersEvent;
+  dataReceived: DataReceivedEvent;
 }
 
 /** A rectangle in CSS pixels of the web view (from `getBoundingClientRect`). */
@@ -259,6 +278,14 @@ export interface SwitchboardPlugin {
    */
   showVideo(options: VideoViewOptions): Promise<void>;
   hideVideo(options: VideoTrackOptions): Promise<void>;
+  /**
+   * Sends a message on the call's data channels (calls created with
+   * `dataChannels: true`). Rejects with `permission_denied`,
+   * `message_too_large`, `bad_message` or `not_connected`; the server also
+   * limits the rate (50 messages, 128 KiB per second) and drops the rest.
+   * Web only for now: phones reject with `unimplemented`.
+   */
+  sendData(options: SendDataOptions): Promise<void>;
   /** The calls in progress: what a UI that loads during a call shows first. */
   getActiveCalls(): Promise<{ calls: ActiveCall[] }>;
   /**

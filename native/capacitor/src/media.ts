@@ -4,6 +4,8 @@
 // After the socket drops it reconnects and resumes the same participant
 // (`resumeParticipantId`) with an ICE restart, within the server's grace.
 
+import { SwitchboardError } from "./api.js";
+
 export interface TrackOwner {
   participantId: string;
   userId?: string;
@@ -28,6 +30,47 @@ export interface MediaCallbacks {
   remoteTrackMuted(trackId: string, muted: boolean): void;
   /** Who is speaking, loudest first (`speakersChanged`). */
   activeSpeakers(speakers: ActiveSpeaker[]): void;
+  /** A member's message on the room's data channels. */
+  dataReceived(message: DataMessage): void;
+}
+
+/** A message from another member; `from` as the server attached it. */
+export interface DataMessage {
+  from: string;
+  userId?: string;
+  payload: string;
+  reliable: boolean;
+}
+
+/** Data channel labels and limits (signaling PROTOCOL.md "Data channels"). */
+const DATA_RELIABLE = "switchboard";
+const DATA_LOSSY = "switchboard-lossy";
+const MAX_DATA_PAYLOAD_BYTES = 16 * 1024;
+const MAX_DATA_RECIPIENTS = 64;
+
+/**
+ * The frame `sendData` writes, or a `SwitchboardError` for what the server
+ * would refuse (over 16 KiB; `to` empty or over 64).
+ */
+export function dataFrame(payload: string, to?: string[]): string {
+  if (new TextEncoder().encode(payload).length > MAX_DATA_PAYLOAD_BYTES) {
+    throw new SwitchboardError(0, "message_too_large", `payload over ${MAX_DATA_PAYLOAD_BYTES} bytes`);
+  }
+  if (to && (to.length === 0 || to.length > MAX_DATA_RECIPIENTS)) {
+    throw new SwitchboardError(0, "bad_message", `to names 1 to ${MAX_DATA_RECIPIENTS} participants`);
+  }
+  return JSON.stringify(to ? { to, payload } : { payload });
+}
+
+/** What the server wrote, or `undefined` for anything else. */
+export function parseDataFrame(text: unknown): { from: string; payload: string } | undefined {
+  if (typeof text !== "string") return undefined;
+  try {
+    const m = JSON.parse(text);
+    return typeof m?.from === "string" && typeof m.payload === "string" ? { from: m.from, payload: m.payload } : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** One of a call's active speakers: level 0 (silence) to 1. */
@@ -102,6 +145,10 @@ export class WebMedia {
   private inbound = { lost: 0, received: 0 };
   /** The quality asked of each remote video track (`updateSubscription`). */
   private asked = new Map<string, VideoQuality>();
+  /** The server's two data channels on the subscriber connection, by label. */
+  private dataChannels = new Map<string, RTCDataChannel>();
+  /** The call token's `publishData`, from `joined`. */
+  private mayPublishData = false;
   /** `setParameters` calls, one at a time (each needs the last one's transaction). */
   private encodingsChain: Promise<void> = Promise.resolve();
 
@@ -126,6 +173,7 @@ export class WebMedia {
       const owner = this.trackOwners.get(trackId);
       this.callbacks.remoteTrack(e.track, trackId, e.streams[0] ?? new MediaStream([e.track]), owner);
     };
+    this.sub.ondatachannel = (e) => this.onDataChannel(e.channel);
     for (const track of local.getTracks()) {
       const sendEncodings = track.kind === "video" ? SIMULCAST.map((e) => ({ ...e })) : undefined;
       this.pub.addTransceiver(track, { direction: "sendonly", sendEncodings });
@@ -243,6 +291,31 @@ export class WebMedia {
     return true;
   }
 
+  private onDataChannel(channel: RTCDataChannel): void {
+    if (channel.label !== DATA_RELIABLE && channel.label !== DATA_LOSSY) return;
+    this.dataChannels.set(channel.label, channel);
+    const reliable = channel.label === DATA_RELIABLE;
+    channel.onmessage = (e) => {
+      const m = parseDataFrame(e.data);
+      if (m) this.callbacks.dataReceived({ ...m, userId: this.userIds.get(m.from), reliable });
+    };
+  }
+
+  /**
+   * Sends `payload` to the room, or to the participants in `to`. Refused
+   * here when the server would refuse it; the server also limits the rate
+   * (PROTOCOL.md "Data channels").
+   */
+  sendData(payload: string, { to, reliable = true }: { to?: string[]; reliable?: boolean } = {}): void {
+    if (!this.mayPublishData) {
+      throw new SwitchboardError(0, "permission_denied", "this call does not allow sending data (dataChannels)");
+    }
+    const frame = dataFrame(payload, to);
+    const channel = this.dataChannels.get(reliable ? DATA_RELIABLE : DATA_LOSSY);
+    if (channel?.readyState !== "open") throw new SwitchboardError(0, "not_connected", "the call's data channel is not open");
+    channel.send(frame);
+  }
+
   /** Which layer of a remote video track to receive; said once per change. */
   setVideoQuality(trackId: string, quality: VideoQuality): void {
     if (this.asked.get(trackId) === quality) return;
@@ -319,6 +392,7 @@ export class WebMedia {
           const resuming = this.joinedWaiter?.resuming ?? false;
           this.joinedWaiter = undefined;
           this.participantId = m.participantId;
+          this.mayPublishData = m.permissions?.publishData === true;
           for (const p of m.participants ?? []) this.learnParticipant(p);
           this.graceMs = (m.reconnectGraceSeconds ?? 15) * 1000;
           this.offerPending = false;

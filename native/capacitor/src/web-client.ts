@@ -15,6 +15,7 @@ import type {
   PermissionStatus,
   RegisterDeviceOptions,
   SelectAudioRouteOptions,
+  SendDataOptions,
   SetCameraOptions,
   SetHeldOptions,
   SetMutedOptions,
@@ -162,6 +163,13 @@ export class SwitchboardWebClient {
     }
   }
 
+  async sendData({ callId, payload, reliable, to }: SendDataOptions): Promise<void> {
+    this.requireCall(callId);
+    const media = this.media.get(callId);
+    if (!media) throw new SwitchboardError(0, "not_connected", `call ${callId} has no media yet`);
+    media.sendData(payload, { reliable, to });
+  }
+
   async hideVideo({ callId, trackId }: VideoTrackOptions): Promise<void> {
     this.views.hide(callId, trackId);
   }
@@ -284,6 +292,7 @@ export class SwitchboardWebClient {
       },
       remoteTrackMuted: (trackId, muted) => this.emit("remoteTrackMuted", { callId, trackId, muted }),
       activeSpeakers: (speakers) => this.emit("activeSpeakers", { callId, speakers }),
+      dataReceived: (message) => this.emit("dataReceived", { callId, ...message }),
     });
     this.media.set(callId, media);
     media.start().catch((e) => {

@@ -17,6 +17,7 @@ import type {
   SwitchboardEvents,
   SwitchboardPlugin,
   VideoTrackOptions,
+  SendDataOptions,
   VideoViewOptions,
 } from "./definitions.js";
 import { SwitchboardWebClient } from "./web-client.js";
@@ -38,6 +39,7 @@ export class SwitchboardWeb extends WebPlugin implements SwitchboardPlugin {
       "tokenRequested",
       "flagsChanged",
       "activeSpeakers",
+      "dataReceived",
     ];
     for (const event of events) this.client.on(event, (data) => this.notifyListeners(event, data));
   }
@@ -80,6 +82,10 @@ export class SwitchboardWeb extends WebPlugin implements SwitchboardPlugin {
 
   showVideo(options: VideoViewOptions): Promise<void> {
     return this.client.showVideo(options);
+  }
+
+  sendData(options: SendDataOptions): Promise<void> {
+    return this.client.sendData(options);
   }
 
   hideVideo(options: VideoTrackOptions): Promise<void> {

@@ -2,7 +2,7 @@
 // (signaling/PROTOCOL.md `qualityUpdate` and `updateSubscription`).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { encodingFor, qualityForHeight } from "../src/media.js";
+import { dataFrame, encodingFor, parseDataFrame, qualityForHeight } from "../src/media.js";
 
 test("qualities name encodings lowest first, as the server counts them", () => {
   assert.deepEqual(["low", "medium", "high"].map((q) => encodingFor(q as any, 3)), [0, 1, 2]);
@@ -16,4 +16,21 @@ test("a view gets the layer that fills its height and no more", () => {
   assert.equal(qualityForHeight(181), "medium");
   assert.equal(qualityForHeight(360), "medium");
   assert.equal(qualityForHeight(720), "high");
+});
+
+test("a data frame is what the server relays, refused here when the server would refuse it", () => {
+  assert.equal(dataFrame("hi"), '{"payload":"hi"}');
+  assert.equal(dataFrame("hi", ["PA_1"]), '{"to":["PA_1"],"payload":"hi"}');
+  // 16 KiB of UTF-8, not of UTF-16 code units: 5,462 three-byte characters are over.
+  assert.doesNotThrow(() => dataFrame("x".repeat(16 * 1024)));
+  assert.throws(() => dataFrame("€".repeat(5462)), /message_too_large/);
+  assert.throws(() => dataFrame("hi", []), /bad_message/);
+  assert.throws(() => dataFrame("hi", Array.from({ length: 65 }, (_, i) => `PA_${i}`)), /bad_message/);
+});
+
+test("only the server's {from, payload} is taken from a data channel", () => {
+  assert.deepEqual(parseDataFrame('{"from":"PA_1","payload":"hi"}'), { from: "PA_1", payload: "hi" });
+  for (const bad of ['{"payload":"hi"}', '{"from":1,"payload":"hi"}', "not json", new ArrayBuffer(4)]) {
+    assert.equal(parseDataFrame(bad), undefined);
+  }
 });

@@ -33,6 +33,8 @@ pub enum Report {
     Flags(Vec<(String, bool)>),
     /// Active speakers' participant ids, loudest first.
     Speakers(Vec<String>),
+    /// A data message: (sender's user, payload, reliable).
+    Data(Option<String>, String, bool),
 }
 
 impl Report {
@@ -163,6 +165,18 @@ impl CallEvents for FakeSystem {
     ) -> Result<(), PortError> {
         let ids = speakers.into_iter().map(|s| s.participant_id).collect();
         self.record(Report::Speakers(ids));
+        Ok(())
+    }
+    fn data_received(
+        &self,
+        _call_uuid: String,
+        message: native::ports::DataMessage,
+    ) -> Result<(), PortError> {
+        self.record(Report::Data(
+            message.user_id,
+            message.payload,
+            message.reliable,
+        ));
         Ok(())
     }
 }

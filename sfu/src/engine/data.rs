@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use signaling::{
     DATA_CHANNEL_LOSSY, DATA_CHANNEL_RELIABLE, DataReceived, DataSend, ErrorCode,
-    MAX_DATA_PAYLOAD_BYTES, MAX_DATA_RECIPIENTS,
+    MAX_DATA_PAYLOAD_BYTES,
 };
 use str0m::change::SdpApi;
 use str0m::channel::{ChannelConfig, ChannelData, ChannelId, Reliability};
@@ -170,22 +170,7 @@ impl Engine {
         }
         let send: DataSend = serde_json::from_slice(&data.data)
             .map_err(|_| (ErrorCode::BadMessage, "not a data message: {to?, payload}"))?;
-        if send.payload.len() > MAX_DATA_PAYLOAD_BYTES {
-            return Err((
-                ErrorCode::MessageTooLarge,
-                "data message payload exceeds 16384 bytes",
-            ));
-        }
-        if send
-            .to
-            .as_ref()
-            .is_some_and(|to| to.is_empty() || to.len() > MAX_DATA_RECIPIENTS)
-        {
-            return Err((
-                ErrorCode::BadMessage,
-                "`to` names 1 to 64 participants (leave it out for the whole room)",
-            ));
-        }
+        send.check()?;
         let frame = signaling::encode(&DataReceived {
             from: p.id.clone(),
             payload: send.payload,
