@@ -25,6 +25,8 @@ export class CallApi {
     private token: () => string,
     readonly deviceId: string,
     private fetchImpl: Fetch = (input, init) => fetch(input, init),
+    /** Calls created here allow data channels (`dataChannels` at create). */
+    private dataChannels = false,
   ) {
     this.base = base.replace(/\/+$/, "");
   }
@@ -34,7 +36,7 @@ export class CallApi {
   }
 
   async createCall(calleeUserId: string, video: boolean): Promise<JoinInfo> {
-    const body = { calleeUserIds: [calleeUserId], type: video ? "video" : "audio", deviceId: this.deviceId };
+    const body = { calleeUserIds: [calleeUserId], type: video ? "video" : "audio", deviceId: this.deviceId, dataChannels: this.dataChannels };
     return joinInfo(await this.post("/v1/calls", body));
   }
 

@@ -45,6 +45,11 @@ export interface RegisterDeviceOptions {
   useCallKit?: boolean;
   /** Phones: PEM of a private CA the server's certificate chains to. */
   trustedCaPem?: string;
+  /**
+   * Calls this device starts let their members send on the call's data
+   * channels (`sendData`, `dataReceived`). Default false.
+   */
+  dataChannels?: boolean;
 }
 
 export interface StartCallOptions {

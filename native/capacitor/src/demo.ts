@@ -77,7 +77,8 @@ async function signIn(): Promise<void> {
   if (!response.ok) throw new Error(`sign-in refused: ${await response.text()}`);
   const { token } = (await response.json()) as { token: string };
   const deviceId = `web-${userId}-${Math.random().toString(36).slice(2, 8)}`;
-  await client.registerDevice({ serverUrl: location.origin, userToken: token, deviceId });
+  // Calls from here carry data channels (the browser test sends on them).
+  await client.registerDevice({ serverUrl: location.origin, userToken: token, deviceId, dataChannels: true });
   $("me").textContent = userId;
   $("signin-panel").hidden = true;
   $("call-panel").hidden = false;

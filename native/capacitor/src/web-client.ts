@@ -71,7 +71,7 @@ export class SwitchboardWebClient {
   async registerDevice(options: RegisterDeviceOptions): Promise<void> {
     this.token = options.userToken;
     this.events?.close(); // registering again replaces the connection
-    this.api = new CallApi(options.serverUrl, () => this.token, options.deviceId);
+    this.api = new CallApi(options.serverUrl, () => this.token, options.deviceId, undefined, options.dataChannels ?? false);
     const registered = await this.api.registerDevice({ platform: "web", push: {}, capabilities: { video: true } });
     this.setFlags(parseFlags((registered as { flags?: unknown } | null)?.flags));
     this.stopped = false;

@@ -34,7 +34,14 @@ test("createCall posts the documented body with the user token and returns the j
   });
   assert.equal(seen[0].url, "http://sb.test/v1/calls");
   assert.equal((seen[0].init.headers as Record<string, string>).authorization, "Bearer user-token");
-  assert.deepEqual(JSON.parse(String(seen[0].init.body)), { calleeUserIds: ["bob"], type: "video", deviceId: "web-1" });
+  assert.deepEqual(JSON.parse(String(seen[0].init.body)), { calleeUserIds: ["bob"], type: "video", deviceId: "web-1", dataChannels: false });
+});
+
+test("a device registered with dataChannels creates calls that allow them", async () => {
+  const seen: Seen[] = [];
+  const api = new CallApi("http://sb.test", () => "t", "web-1", fakeFetch(201, { call: { callId: "c1" }, callToken: "ct", rtcPath: "/v1/rtc" }, seen), true);
+  await api.createCall("bob", false);
+  assert.equal(JSON.parse(String(seen[0].init.body)).dataChannels, true);
 });
 
 test("a refusal keeps the server's status and code", async () => {

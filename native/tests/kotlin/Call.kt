@@ -76,6 +76,10 @@ class FakeTelecom(private val routeThrows: Boolean) : SystemCallUi, AudioRoutes,
         reports.add("speakers $callUuid ${speakers.joinToString(",") { it.participantId }}")
     }
 
+    override fun dataReceived(callUuid: String, message: DataMessage) {
+        reports.add("data $callUuid ${message.userId} ${message.payload}")
+    }
+
     fun has(report: String) = synchronized(reports) { reports.contains(report) }
 }
 

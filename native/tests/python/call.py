@@ -71,6 +71,9 @@ class FakeSystem(sb.SystemCallUi, sb.AudioRoutes, sb.Credentials, sb.CallEvents)
     def active_speakers_changed(self, call_uuid, speakers):
         self._record("speakers", call_uuid, tuple(s.participant_id for s in speakers))
 
+    def data_received(self, call_uuid, message):
+        self._record("data", call_uuid, message.user_id, message.payload)
+
 
 class Tokens(sb.PushTokens):
     def __init__(self, tokens):

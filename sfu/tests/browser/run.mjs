@@ -685,6 +685,24 @@ async function demoCall() {
   check(missing === "track_not_found", `an unknown track has no view (${missing})`);
   await bob.page.evaluate(([callId, trackId]) => window.switchboard.hideVideo({ callId, trackId }), [bobsCall.callId, trackId]);
   check((await viewFrames()) === -1, "hideVideo removes the view");
+  // Data channels through the web client (the demo's calls allow them):
+  // bob's message reaches alice's dataReceived with his ids; an oversize
+  // one is refused before it is sent.
+  await alice.page.evaluate(() => {
+    window.dataEvents = [];
+    window.switchboard.on("dataReceived", (e) => window.dataEvents.push(e));
+  });
+  await bob.page.evaluate((callId) => window.switchboard.sendData({ callId, payload: "hi alice" }), bobsCall.callId);
+  const got = await waitFor("alice's dataReceived", async () => (await alice.page.evaluate(() => window.dataEvents))[0], 10000);
+  check(
+    got.callId === callId && got.userId === "bob" && got.payload === "hi alice" && got.reliable && typeof got.from === "string" && got.from !== "",
+    `alice got bob's message with his ids (${JSON.stringify(got)})`,
+  );
+  const oversize = await bob.page.evaluate(
+    (callId) => window.switchboard.sendData({ callId, payload: "x".repeat(16385) }).then(() => "sent", (e) => e.code),
+    bobsCall.callId,
+  );
+  check(oversize === "message_too_large", `an oversize message is refused (${oversize})`);
   const route = await alice.page.evaluate(() =>
     window.switchboard.selectAudioRoute({ id: "speaker" }).then(() => "selected", (e) => e.code),
   );

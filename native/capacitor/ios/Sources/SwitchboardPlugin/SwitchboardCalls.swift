@@ -644,4 +644,13 @@ extension SwitchboardCalls: CallEvents {
             },
         ])
     }
+
+    public func dataReceived(callUuid: String, message: DataMessage) throws {
+        var event: [String: Any] = [
+            "callId": jsCallId(callUuid), "from": message.from, "payload": message.payload,
+            "reliable": message.reliable,
+        ]
+        if let userId = message.userId { event["userId"] = userId }
+        emit("dataReceived", event)
+    }
 }

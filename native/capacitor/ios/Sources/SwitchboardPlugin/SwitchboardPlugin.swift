@@ -30,6 +30,7 @@ public class SwitchboardPlugin: CAPPlugin, CAPBridgedPlugin {
         CAPPluginMethod(name: "switchCamera", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "showVideo", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "hideVideo", returnType: CAPPluginReturnPromise),
+        CAPPluginMethod(name: "sendData", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "getActiveCalls", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "getFlags", returnType: CAPPluginReturnPromise),
         CAPPluginMethod(name: "checkPermissions", returnType: CAPPluginReturnPromise),
@@ -70,7 +71,8 @@ public class SwitchboardPlugin: CAPPlugin, CAPBridgedPlugin {
             serverUrl: serverUrl, userToken: userToken, deviceId: deviceId, platform: .ios,
             video: true, bundleId: call.getString("bundleId") ?? Bundle.main.bundleIdentifier,
             apnsEnvironment: call.getString("apnsEnvironment") ?? "production",
-            trustedCaPem: call.getString("trustedCaPem"), systemCallUi: useCallKit)
+            trustedCaPem: call.getString("trustedCaPem"), systemCallUi: useCallKit,
+            dataChannels: call.getBool("dataChannels") ?? false)
         // A ring answered on a locked phone cannot ask for the microphone:
         // ask now, while the user is in the app. Refused, calls still ring
         // and connect, and the other side hears nothing (IOS.md).
@@ -241,6 +243,30 @@ public class SwitchboardPlugin: CAPPlugin, CAPBridgedPlugin {
     }
 
     /// JS names calls by the server's id; CallKit by UUID.
+    /// On the call's data channels; refused with the server's codes
+    /// (`permission_denied`, `message_too_large`, `bad_message`) or
+    /// `not_connected` (PROTOCOL.md "Data channels").
+    @objc func sendData(_ call: CAPPluginCall) {
+        guard let id = call.getString("callId"), let payload = call.getString("payload") else {
+            call.reject("callId and payload are required", "invalid_request")
+            return
+        }
+        guard let uuid = calls.callUuid(forJsCallId: id), let client = calls.currentClient() else {
+            call.reject("no call \(id) on this device", "call_not_found")
+            return
+        }
+        do {
+            try client.sendData(
+                callUuid: uuid.uuidString, payload: payload, reliable: call.getBool("reliable") ?? true,
+                to: call.getArray("to", String.self))
+            call.resolve()
+        } catch let ClientError.Refused(code, detail) {
+            call.reject(detail, code)
+        } catch {
+            call.reject("\(error)", "not_connected")
+        }
+    }
+
     private func withCall(_ call: CAPPluginCall, _ action: @escaping (UUID) -> Void) {
         guard let id = call.getString("callId") else {
             call.reject("callId is required", "invalid_request")

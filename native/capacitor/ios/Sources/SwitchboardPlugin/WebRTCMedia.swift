@@ -53,6 +53,10 @@ final class WebRTCMediaSession: NSObject, MediaSession, @unchecked Sendable {
 
     /// Remote video by subscriber mid (a native view renders one).
     private(set) var remoteVideo: [String: RTCVideoTrack] = [:]
+    /// The server's data channels on the subscriber connection, by label
+    /// (WebRTC's signaling thread adds them; the core's threads send).
+    private var dataChannels: [String: RTCDataChannel] = [:]
+    private let dataLock = NSLock()
 
     init(factory: RTCPeerConnectionFactory, video: Bool, iceServers: [IceServer], events: MediaEvents) throws {
         self.factory = factory
@@ -185,6 +189,19 @@ final class WebRTCMediaSession: NSObject, MediaSession, @unchecked Sendable {
         if enabled { startCamera(front: true) } else { capturer?.stopCapture() }
     }
 
+    func sendData(reliable: Bool, frame: String) throws {
+        let label = reliable ? "switchboard" : "switchboard-lossy"
+        dataLock.lock()
+        let channel = dataChannels[label]
+        dataLock.unlock()
+        guard let channel, channel.readyState == .open else {
+            throw PortError.Failed(detail: "data channel \(label) is not open")
+        }
+        guard channel.sendData(RTCDataBuffer(data: Data(frame.utf8), isBinary: false)) else {
+            throw PortError.Failed(detail: "data channel \(label) refused the message")
+        }
+    }
+
     func stats() throws -> MediaStats {
         MediaStats(
             connected: connected.count == 2, packetsSent: 0, packetsReceived: 0,
@@ -276,5 +293,23 @@ extension WebRTCMediaSession: RTCPeerConnectionDelegate {
     func peerConnectionShouldNegotiate(_ pc: RTCPeerConnection) {}
     func peerConnection(_ pc: RTCPeerConnection, didChange newState: RTCIceGatheringState) {}
     func peerConnection(_ pc: RTCPeerConnection, didRemove candidates: [RTCIceCandidate]) {}
-    func peerConnection(_ pc: RTCPeerConnection, didOpen dataChannel: RTCDataChannel) {}
+    /// The server opens `switchboard` and `switchboard-lossy` with its
+    /// first subscriber offer (signaling PROTOCOL.md "Data channels").
+    func peerConnection(_ pc: RTCPeerConnection, didOpen dataChannel: RTCDataChannel) {
+        guard pc === subscriber else { return }
+        dataChannel.delegate = self
+        dataLock.lock()
+        dataChannels[dataChannel.label] = dataChannel
+        dataLock.unlock()
+    }
+}
+
+extension WebRTCMediaSession: RTCDataChannelDelegate {
+    func dataChannelDidChangeState(_ dataChannel: RTCDataChannel) {}
+
+    /// The core reads the server's `{from, payload}` and tells the app.
+    func dataChannel(_ dataChannel: RTCDataChannel, didReceiveMessageWith buffer: RTCDataBuffer) {
+        guard !buffer.isBinary, let frame = String(data: buffer.data, encoding: .utf8) else { return }
+        events.dataReceived(label: dataChannel.label, frame: frame)
+    }
 }

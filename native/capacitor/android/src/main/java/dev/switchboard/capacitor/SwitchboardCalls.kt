@@ -22,6 +22,7 @@ import dev.switchboard.core.AudioEndpoint
 import dev.switchboard.core.AudioRouteState
 import dev.switchboard.core.AudioRoutes
 import dev.switchboard.core.CallEvents
+import dev.switchboard.core.DataMessage
 import dev.switchboard.core.Client
 import dev.switchboard.core.ClientConfig
 import dev.switchboard.core.Credentials
@@ -255,5 +256,15 @@ object SwitchboardCalls : SystemCallUi, AudioRoutes, PushTokens, Credentials, Ca
                 listOfNotNull("participantId" to s.participantId, "level" to s.level, s.userId?.let { "userId" to it }).toMap()
             },
         ))
+    }
+
+    override fun dataReceived(callUuid: String, message: DataMessage) {
+        emit("dataReceived", listOfNotNull(
+            "callId" to ids.jsCallId(callUuid),
+            "from" to message.from,
+            "payload" to message.payload,
+            "reliable" to message.reliable,
+            message.userId?.let { "userId" to it },
+        ).toMap())
     }
 }

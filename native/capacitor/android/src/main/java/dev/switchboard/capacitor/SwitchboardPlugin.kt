@@ -21,6 +21,7 @@ import com.getcapacitor.annotation.PermissionCallback
 import dev.switchboard.capacitor.core.jsActiveCall
 import dev.switchboard.capacitor.core.jsAudioRoutes
 import dev.switchboard.core.ClientConfig
+import dev.switchboard.core.ClientException
 import dev.switchboard.core.Platform
 
 @CapacitorPlugin(
@@ -57,6 +58,7 @@ class SwitchboardPlugin : Plugin() {
         }
         val config = ClientConfig(
             serverUrl, userToken, deviceId, Platform.ANDROID, true, null, null, call.getString("trustedCaPem"),
+            dataChannels = call.getBoolean("dataChannels", false) ?: false,
         )
         SwitchboardCalls.register(context, config)
         call.resolve()
@@ -211,6 +213,27 @@ class SwitchboardPlugin : Plugin() {
     }
 
     /** JS names calls by the server's id; the core and Telecom by UUID. */
+    /**
+     * On the call's data channels; refused with the server's codes
+     * (`permission_denied`, `message_too_large`, `bad_message`) or
+     * `not_connected` (PROTOCOL.md "Data channels").
+     */
+    @PluginMethod
+    fun sendData(call: PluginCall) {
+        val id = call.getString("callId") ?: return call.reject("callId is required", "invalid_request")
+        val payload = call.getString("payload") ?: return call.reject("payload is required", "invalid_request")
+        val client = SwitchboardCalls.currentClient() ?: return call.reject("registerDevice first", "not_registered")
+        val to = call.getArray("to", null)?.toList<String>()
+        try {
+            client.sendData(SwitchboardCalls.callUuid(id), payload, call.getBoolean("reliable", true) ?: true, to)
+            call.resolve()
+        } catch (e: ClientException.Refused) {
+            call.reject(e.detail, e.code)
+        } catch (e: Exception) {
+            call.reject(e.message, "not_connected")
+        }
+    }
+
     private fun withCall(call: PluginCall, action: (dev.switchboard.core.Client, String) -> Unit) {
         val id = call.getString("callId") ?: return call.reject("callId is required", "invalid_request")
         val client = SwitchboardCalls.currentClient() ?: return call.reject("registerDevice first", "not_registered")

@@ -107,6 +107,8 @@ internal class Session(
 
     /** Remote video by subscriber mid, for a native renderer. */
     val remoteVideo = mutableMapOf<String, VideoTrack>()
+    /** The server's data channels on the subscriber connection, by label. */
+    private val dataChannels = java.util.concurrent.ConcurrentHashMap<String, DataChannel>()
 
     init {
         val config = PeerConnection.RTCConfiguration(
@@ -187,6 +189,18 @@ internal class Session(
         if (enabled) capturer?.startCapture(1280, 720, 30) else capturer?.stopCapture()
     }
 
+    override fun sendData(reliable: Boolean, frame: String) {
+        val label = if (reliable) "switchboard" else "switchboard-lossy"
+        val channel = dataChannels[label]
+        if (channel == null || channel.state() != DataChannel.State.OPEN) {
+            throw PortException.Failed("data channel $label is not open")
+        }
+        val bytes = java.nio.ByteBuffer.wrap(frame.toByteArray(Charsets.UTF_8))
+        if (!channel.send(DataChannel.Buffer(bytes, false))) {
+            throw PortException.Failed("data channel $label refused the message")
+        }
+    }
+
     override fun stats(): MediaStats = MediaStats(
         up.size == 2, 0UL, 0UL, subscriber.receivers.count { it.track() != null }.toUInt(),
     )
@@ -265,7 +279,23 @@ internal class Session(
         override fun onIceCandidatesRemoved(candidates: Array<out IceCandidate>) {}
         override fun onAddStream(stream: MediaStream) {}
         override fun onRemoveStream(stream: MediaStream) {}
-        override fun onDataChannel(channel: DataChannel) {}
+        /** The server opens `switchboard` and `switchboard-lossy` (PROTOCOL.md "Data channels"). */
+        override fun onDataChannel(channel: DataChannel) {
+            if (which != CorePeer.SUBSCRIBER) return
+            val label = channel.label()
+            dataChannels[label] = channel
+            channel.registerObserver(object : DataChannel.Observer {
+                override fun onBufferedAmountChange(previousAmount: Long) {}
+                override fun onStateChange() {}
+                override fun onMessage(buffer: DataChannel.Buffer) {
+                    if (buffer.binary) return
+                    val bytes = ByteArray(buffer.data.remaining())
+                    buffer.data.get(bytes)
+                    // The core reads the server's {from, payload} and tells the app.
+                    events.dataReceived(label, String(bytes, Charsets.UTF_8))
+                }
+            })
+        }
         override fun onRenegotiationNeeded() {}
         override fun onAddTrack(receiver: RtpReceiver, streams: Array<out MediaStream>) {}
     }
