@@ -273,7 +273,7 @@ impl Metrics {
             ),
             data_dropped: counter_vec(
                 "switchboard_data_dropped_total",
-                "Data-channel copies not written to a recipient, by reason (not_open: its channel is not open; receiver_slow: over 256 KiB waits for it)",
+                "Data-channel copies not written to a recipient, by reason (not_open: its channel is not open; receiver_slow: its 128 KiB SCTP send buffer is full)",
                 "reason",
             ),
             ice_tcp_connections: gauge(

@@ -889,3 +889,91 @@ fn simulcast_viewers_get_their_layer_and_switch_seamlessly_at_a_keyframe() {
     let stats = sim.engine.stats();
     assert_eq!((stats.layer_switches_down, stats.layer_switches_up), (1, 1));
 }
+
+/// The data each bot got on the server's reliable channel, as relayed.
+fn data_from(sim: &Sim, bot: usize) -> Vec<signaling::DataReceived> {
+    sim.bots[bot]
+        .data_received
+        .iter()
+        .filter(|(label, _)| label == signaling::DATA_CHANNEL_RELIABLE)
+        .map(|(_, text)| serde_json::from_str(text).expect("the server writes DataReceived"))
+        .collect()
+}
+
+/// Data channels: a member's messages reach the others in order with its
+/// id attached; one without `publishData` is refused and relays nothing;
+/// a member whose path is cut (it acknowledges nothing) is owed at most
+/// 128 KiB (str0m's SCTP send buffer), its other copies dropped and
+/// counted, while the rest of the room keeps getting every message.
+#[test]
+fn data_reaches_the_room_in_order_and_a_stalled_member_is_owed_a_bounded_buffer() {
+    let mut sim = Sim::new(engine_config());
+    let alice = sim.join("alice", "room-1");
+    let bob = sim.join("bob", "room-1");
+    let carol = sim.join("carol", "room-1");
+    let no_data = Permissions {
+        publish_data: false,
+        ..Permissions::ALL
+    };
+    let dave = sim.join_with("dave", "room-1", no_data);
+    sim.connect_all();
+    // SCTP and the channels' open handshakes follow DTLS.
+    for _ in 0..200 {
+        let sent =
+            sim.bots[alice].send_data(signaling::DATA_CHANNEL_RELIABLE, r#"{"payload":"hello"}"#);
+        if sent.is_ok() {
+            break;
+        }
+        sim.run_for(Duration::from_millis(10));
+    }
+    sim.bots[dave]
+        .send_data(
+            signaling::DATA_CHANNEL_RELIABLE,
+            r#"{"payload":"from dave"}"#,
+        )
+        .expect("dave's channel is open too");
+    sim.run_for(Duration::from_millis(500));
+    for viewer in [bob, carol] {
+        let got = data_from(&sim, viewer);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            (got[0].from.as_str(), got[0].payload.as_str()),
+            ("p-alice", "hello")
+        );
+    }
+    assert_eq!(errors(&sim, dave), vec![ErrorCode::PermissionDenied]);
+    assert!(
+        data_from(&sim, alice).is_empty(),
+        "nothing came back to alice, nothing from dave"
+    );
+
+    // Carol's path is cut; alice sends 2 KiB messages at 40 a second (within
+    // her rate) for 5 s: 400 KiB, more than carol may be owed.
+    sim.cut.push(carol);
+    let payload = "x".repeat(2000);
+    let count = 200;
+    for i in 0..count {
+        let frame = serde_json::json!({ "payload": format!("{i:03}{payload}") }).to_string();
+        sim.bots[alice]
+            .send_data(signaling::DATA_CHANNEL_RELIABLE, &frame)
+            .expect("alice's channel takes it");
+        sim.run_for(Duration::from_millis(25));
+    }
+    sim.run_for(Duration::from_secs(1));
+    let at_bob: Vec<String> = data_from(&sim, bob)[1..]
+        .iter()
+        .map(|m| m.payload[..3].to_string())
+        .collect();
+    let sent: Vec<String> = (0..count).map(|i| format!("{i:03}")).collect();
+    assert_eq!(at_bob, sent, "bob got every message, in order");
+    let stats = sim.engine.stats();
+    let slow = stats.data_dropped[sfu::engine::DataDrop::ReceiverSlow as usize];
+    // What carol could still be owed is bounded: at most 128 KiB of 2 KiB
+    // copies were queued for her (64), the rest dropped.
+    assert!(
+        slow >= count - 66,
+        "{slow} copies to carol dropped of {count}"
+    );
+    assert_eq!(stats.data_messages_in, 2 + count);
+    assert_eq!(stats.data_refused, 1);
+}

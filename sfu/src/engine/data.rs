@@ -7,9 +7,10 @@
 //! server checks it (the token's `publishData`, size, rate), attaches the
 //! sender's participant id and writes one [`DataReceived`] on the same kind
 //! of channel of each recipient. Nothing is stored: a member whose channel is
-//! not open yet misses the message, and so does one that has more than
-//! [`RECEIVER_BUFFER_LIMIT`] bytes waiting (a slow reader cannot make the
-//! server hold a room's messages for it, nor slow the sender down).
+//! not open yet misses the message, and so does one whose connection already
+//! has 128 KiB waiting unacknowledged (str0m's SCTP send buffer per
+//! connection, both channels together: a slow reader cannot make the server
+//! hold a room's messages for it, nor slow the sender down).
 
 use std::time::Instant;
 
@@ -27,9 +28,6 @@ use super::{Engine, ParticipantKey, PeerTarget};
 pub const MESSAGES_PER_SECOND: f64 = 50.0;
 /// Payload bytes a member may send per second, after a burst of twice that.
 pub const BYTES_PER_SECOND: f64 = 128.0 * 1024.0;
-/// Bytes waiting in one recipient's channel above which a message is not
-/// queued for it (dropped for that recipient, counted).
-pub const RECEIVER_BUFFER_LIMIT: usize = 256 * 1024;
 /// A frame longer than this is refused unread: the largest payload plus
 /// room for a full `to` list of long ids and JSON escaping.
 const MAX_FRAME_BYTES: usize = MAX_DATA_PAYLOAD_BYTES + 8 * 1024;
@@ -99,7 +97,7 @@ impl DataChannels {
 pub enum DataDrop {
     /// The recipient's channel is not open (its connection is not up yet).
     NotOpen,
-    /// More than [`RECEIVER_BUFFER_LIMIT`] waits for the recipient.
+    /// The recipient's SCTP send buffer is full (str0m's 128 KiB).
     ReceiverSlow,
 }
 
@@ -211,11 +209,8 @@ impl Engine {
             // The payload is a client's: str0m's SCTP must not take the
             // shard down with it.
             let written = p.subscriber.guard(|rtc| {
-                let mut channel = rtc.channel(id)?;
-                if channel.buffered_amount() + bytes.len() > RECEIVER_BUFFER_LIMIT {
-                    return Some(Err(DataDrop::ReceiverSlow));
-                }
-                match channel.write(false, bytes) {
+                // `write` takes nothing past the send buffer (`Ok(false)`).
+                match rtc.channel(id)?.write(false, bytes) {
                     Ok(true) => Some(Ok(())),
                     Ok(false) | Err(_) => Some(Err(DataDrop::ReceiverSlow)),
                 }
