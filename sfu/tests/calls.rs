@@ -414,6 +414,54 @@ async fn a_call_for_more_than_two_is_a_group_in_its_token() {
     server.shutdown().await;
 }
 
+/// Members may send data only in calls created with `dataChannels`: the
+/// call says so and its tokens carry `publishData`; a non-boolean is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_channels_are_granted_only_in_calls_created_with_them() {
+    let server = start_server().await;
+    for user in ["alice", "bob", "carol"] {
+        register(&server, user, &format!("{user}-d")).await;
+    }
+    let may_send_data = |created: &Value| {
+        let token = created["callToken"].as_str().expect("a call token");
+        let grant = server.state.tokens.verify(token).expect("valid");
+        (
+            created["call"]["dataChannels"].as_bool(),
+            grant.permissions.publish_data,
+        )
+    };
+    let (status, plain) = create(&server, "alice", "bob", None).await;
+    assert_eq!(status, 201, "{plain}");
+    assert_eq!(may_send_data(&plain), (Some(false), false));
+    let with_data = |value: Value| json!({"calleeUserIds": ["alice"], "type": "audio", "deviceId": "carol-d", "dataChannels": value});
+    let (status, refused) = api(
+        &server,
+        "POST",
+        "/v1/calls",
+        &user_token("carol"),
+        &[],
+        with_data(json!("yes")),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{refused}"
+    );
+    let (status, data) = api(
+        &server,
+        "POST",
+        "/v1/calls",
+        &user_token("carol"),
+        &[],
+        with_data(json!(true)),
+    )
+    .await;
+    assert_eq!(status, 201, "{data}");
+    assert_eq!(may_send_data(&data), (Some(true), true));
+    server.shutdown().await;
+}
+
 /// Create -> ring two devices -> one accepts (the other is rung off) -> both
 /// join the SFU with their call tokens -> connected (from the SFU's signal) ->
 /// both leave -> ended, completed.
