@@ -445,7 +445,7 @@ async fn data_channels_are_granted_only_in_calls_created_with_them() {
     .await;
     assert_eq!(
         (status, refused["code"].as_str()),
-        (400, Some("invalid_request")),
+        (400, Some("bad_request")),
         "{refused}"
     );
     let (status, data) = api(
