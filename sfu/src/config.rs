@@ -52,6 +52,11 @@ pub struct Config {
     /// link-local addresses (the server then never checks them). Off by
     /// default: self-hosted LAN deployments connect over them.
     pub deny_private_candidates: bool,
+    /// Estimate each subscriber's downlink (str0m's transport-wide
+    /// congestion control, with probing) and forward each video track the
+    /// simulcast layer that fits it, pausing video a downlink cannot carry.
+    /// Off: layers follow what subscribers ask for alone.
+    pub downlink_estimation: bool,
     /// Development only: `POST /dev/token` mints a call token for any room,
     /// unauthenticated. Off unless set; call creation replaces it.
     pub dev_token_endpoint: bool,
@@ -264,6 +269,7 @@ impl Default for Config {
             max_http_connections: 50_000,
             max_http_connections_per_ip: 1_000,
             deny_private_candidates: false,
+            downlink_estimation: false,
             dev_token_endpoint: false,
             dev_demo_dir: None,
             log_format: "text".into(),
@@ -398,6 +404,9 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_DENY_PRIVATE_CANDIDATES") {
             self.deny_private_candidates = parse("SWITCHBOARD_DENY_PRIVATE_CANDIDATES", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_DOWNLINK_ESTIMATION") {
+            self.downlink_estimation = parse("SWITCHBOARD_DOWNLINK_ESTIMATION", &v)?;
         }
         if let Some(v) = var("SWITCHBOARD_METRICS_LISTEN") {
             self.metrics_listen = Some(parse("SWITCHBOARD_METRICS_LISTEN", &v)?);

@@ -58,6 +58,20 @@ impl Permissions {
     }
 }
 
+/// Whether a subscribed video track is forwarded (`streamStateChanged`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamState {
+    Active,
+    /// Your downlink cannot carry even its lowest layer now: nothing is
+    /// sent until it can (audio keeps flowing). Show a placeholder, not
+    /// the frozen last frame.
+    Paused,
+    /// A state a newer server knows and this build does not.
+    #[serde(other)]
+    Unknown,
+}
+
 /// The label of the subscriber connection's reliable, ordered data channel
 /// (the server opens it with the connection's first offer).
 pub const DATA_CHANNEL_RELIABLE: &str = "switchboard";
@@ -424,6 +438,12 @@ pub enum ServerMessage {
     /// changes, at most every 300 ms.
     SpeakersChanged {
         speakers: Vec<SpeakerInfo>,
+    },
+    /// A subscribed video track paused or resumed because of your
+    /// downlink (servers with downlink estimation): see [`StreamState`].
+    StreamStateChanged {
+        track_id: String,
+        state: StreamState,
     },
     /// This connection's participant was removed from the room; the socket closes after.
     Left {

@@ -40,7 +40,7 @@ impl Engine {
                 self.mute(conn, key, &track_id, muted)
             }
             (Command::UpdateSubscription { track_id, quality }, Some(key)) => {
-                self.update_subscription(conn, key, &track_id, quality)
+                self.update_subscription(conn, key, &track_id, quality, now)
             }
             (Command::RestartIce, Some(key)) => {
                 if let Some(p) = self.participants.get_mut(&key) {
@@ -104,6 +104,7 @@ impl Engine {
             device,
             permissions,
             auto_subscribe,
+            downlink: None,
             data: super::data::DataChannels::new(now),
             conn: Some(conn),
             publisher,
@@ -427,6 +428,7 @@ impl Engine {
         key: ParticipantKey,
         track_id: &str,
         quality: VideoQuality,
+        now: Instant,
     ) {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
@@ -451,6 +453,7 @@ impl Engine {
             down.stream.wanted = quality;
             let room_id = p.room.clone();
             self.subscriptions_changed(&room_id);
+            self.allocate_downlink(key, now);
         }
     }
 

@@ -24,7 +24,7 @@ impl Engine {
             return;
         };
         let Some((layer, layers, keyframe_pending)) =
-            self.observe_layer(publisher, track_key, mid, rid, now)
+            self.observe_layer(publisher, track_key, mid, rid, pkt.payload.len(), now)
         else {
             return;
         };
@@ -141,6 +141,7 @@ impl Engine {
         track_key: u64,
         mid: Mid,
         rid: Option<Rid>,
+        bytes: usize,
         now: Instant,
     ) -> Option<(usize, LiveLayers, bool)> {
         let p = self.participants.get(&publisher)?;
@@ -149,7 +150,7 @@ impl Engine {
             Some(Rids::Specific(rids)) => rids.clone(),
             _ => Vec::new(),
         };
-        let layer = track.layers.observe(rid, listed, now)?;
+        let layer = track.layers.observe(rid, listed, bytes, now)?;
         let pending = std::mem::take(&mut track.keyframe_pending);
         Some((layer, track.layers.last_seen, pending))
     }
@@ -187,8 +188,11 @@ impl Engine {
             }
             return;
         };
+        if down.paused {
+            return;
+        }
         let target = layers
-            .target(down.stream.wanted, now)
+            .target(down.stream.wanted, down.cap, now)
             .unwrap_or(incoming.layer);
         let was_on = down.stream.current();
         let forwarded = down.stream.on_packet(incoming, target, now);
@@ -305,7 +309,7 @@ impl Engine {
             .unwrap_or_default();
         down.stream
             .current()
-            .or_else(|| layers.target(down.stream.wanted, now))
+            .or_else(|| layers.target(down.stream.wanted, down.cap, now))
             .unwrap_or(0)
     }
 

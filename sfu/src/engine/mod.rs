@@ -15,6 +15,7 @@
 
 mod commands;
 mod data;
+mod downlink;
 mod dynacast;
 mod forward;
 mod ice_credentials;
@@ -151,6 +152,11 @@ pub struct EngineConfig {
     pub media_deadline: Duration,
     /// The 1:1 fast path (on by default; off only to compare paths in tests).
     pub fast_path: bool,
+    /// Subscriber connections estimate their downlink (str0m's TWCC
+    /// estimator, pacer and probes) and each video track gets the layer
+    /// that fits (`downlink.rs`). Off: no estimator on them; the browser's
+    /// REMB is relayed on the 1:1 path and layers follow requests alone.
+    pub downlink_estimation: bool,
     /// How often each stream's RTCP receiver report figures (loss, jitter)
     /// become [`Event::StreamQuality`].
     pub stats_interval: Duration,
@@ -173,6 +179,7 @@ impl EngineConfig {
             media_deadline: Duration::from_secs(30),
             deny_private_candidates: false,
             fast_path: true,
+            downlink_estimation: false,
             stats_interval: STATS_INTERVAL,
         }
     }
@@ -853,6 +860,11 @@ impl Engine {
             RtcEvent::ChannelData(data) if target == PeerTarget::Subscriber => {
                 self.on_channel_data(key, data, now);
             }
+            RtcEvent::EgressBitrateEstimate(BweKind::Twcc { estimate, .. })
+                if target == PeerTarget::Subscriber =>
+            {
+                self.on_downlink_estimate(key, estimate, now);
+            }
             RtcEvent::EgressBitrateEstimate(BweKind::Remb { estimate, .. })
                 if target == PeerTarget::Subscriber =>
             {
@@ -968,7 +980,11 @@ impl Engine {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_h264(true);
-        if target == PeerTarget::Subscriber {
+        if target == PeerTarget::Subscriber && self.config.downlink_estimation {
+            // The server estimates each subscriber's downlink itself
+            // (transport-wide feedback from the client) and probes it.
+            builder = builder.enable_bwe(Some(downlink::INITIAL_ESTIMATE));
+        } else if target == PeerTarget::Subscriber {
             // No sender-side estimator (nor its pacer) on the connections we
             // send on: the receiver estimates instead. Without the
             // transport-wide feedback extension, Chromium estimates from

@@ -245,6 +245,8 @@ impl Engine {
             state: DownState::ToOpen,
             stream: DownStream::default(),
             pts: Default::default(),
+            cap: None,
+            paused: false,
         });
     }
 

@@ -48,6 +48,11 @@ pub struct DownTrack {
     /// held back until a keyframe starts.
     pub stream: DownStream,
     pub pts: PtMap,
+    /// The highest layer the subscriber's downlink carries (`downlink.rs`);
+    /// `None`: no limit.
+    pub cap: Option<usize>,
+    /// Video the downlink cannot carry at all: nothing is forwarded.
+    pub paused: bool,
 }
 
 pub struct Participant {
@@ -59,6 +64,9 @@ pub struct Participant {
     pub device: super::DeviceLabel,
     pub permissions: Permissions,
     pub auto_subscribe: bool,
+    /// Its subscriber connection's latest bandwidth estimate (with
+    /// `downlink_estimation`).
+    pub downlink: Option<super::Bitrate>,
     /// Its data channels and send budget.
     pub data: super::data::DataChannels,
     /// The WebSocket that speaks for it; `None` while detached.

@@ -8,7 +8,7 @@ use str0m::media::Mid;
 use str0m::media::Rid;
 
 use super::ParticipantKey;
-use super::simulcast::{LiveLayers, MAX_LAYERS};
+use super::simulcast::{LiveLayers, MAX_LAYERS, RATE_WINDOW};
 use super::speakers::ActiveSpeakers;
 
 /// A published track, owned by one participant's publisher connection.
@@ -47,8 +47,10 @@ pub struct Track {
 #[derive(Debug, Default)]
 pub struct Layers {
     pub rids: Vec<Option<Rid>>,
-    /// When each layer's latest packet arrived.
+    /// When each layer's latest packet arrived, and its bitrate.
     pub last_seen: LiveLayers,
+    /// Per layer: payload bytes since the current rate window started.
+    window: [(u64, Option<Instant>); MAX_LAYERS],
 }
 
 impl Layers {
@@ -60,6 +62,7 @@ impl Layers {
         &mut self,
         rid: Option<Rid>,
         listed: impl FnOnce() -> Vec<Rid>,
+        bytes: usize,
         now: Instant,
     ) -> Option<usize> {
         let index = match self.rids.iter().position(|r| *r == rid) {
@@ -87,7 +90,25 @@ impl Layers {
         };
         self.last_seen.count = self.rids.len();
         self.last_seen.seen[index] = Some(now);
+        self.count_bytes(index, bytes, now);
         Some(index)
+    }
+
+    /// Adds a packet's bytes to its layer's window; a full window becomes
+    /// the layer's bitrate (half the new measure, half the last: one
+    /// keyframe does not make a layer look twice its size).
+    fn count_bytes(&mut self, index: usize, bytes: usize, now: Instant) {
+        let (counted, started) = &mut self.window[index];
+        let start = *started.get_or_insert(now);
+        *counted += bytes as u64;
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= RATE_WINDOW {
+            let measured = *counted * 8 * 1_000_000 / elapsed.as_micros().max(1) as u64;
+            let rate = &mut self.last_seen.bitrate[index];
+            *rate = if *rate == 0 { measured } else { (*rate + measured) / 2 };
+            *counted = 0;
+            *started = Some(now);
+        }
     }
 
     pub fn rid(&self, layer: usize) -> Option<Rid> {
@@ -148,12 +169,12 @@ mod tests {
         let (q, h, f) = (Rid::from("q"), Rid::from("h"), Rid::from("f"));
         let listed = || vec![q, h, f];
         let mut layers = Layers::default();
-        assert_eq!(layers.observe(Some(f), listed, now), Some(2));
-        assert_eq!(layers.observe(Some(q), listed, now), Some(0));
+        assert_eq!(layers.observe(Some(f), listed, 100, now), Some(2));
+        assert_eq!(layers.observe(Some(q), listed, 100, now), Some(0));
         assert_eq!(layers.last_seen.count, 3);
         // No RID on a simulcast track, or a fourth RID: no layer.
-        assert_eq!(layers.observe(None, listed, now), None);
-        assert_eq!(layers.observe(Some(Rid::from("x")), listed, now), None);
+        assert_eq!(layers.observe(None, listed, 100, now), None);
+        assert_eq!(layers.observe(Some(Rid::from("x")), listed, 100, now), None);
         assert_eq!(layers.rid(1), Some(h));
     }
 
@@ -161,8 +182,8 @@ mod tests {
     fn a_track_without_simulcast_is_one_layer() {
         let now = crate::engine::tests::start();
         let mut layers = Layers::default();
-        assert_eq!(layers.observe(None, Vec::new, now), Some(0));
-        assert_eq!(layers.observe(None, Vec::new, now), Some(0));
+        assert_eq!(layers.observe(None, Vec::new, 100, now), Some(0));
+        assert_eq!(layers.observe(None, Vec::new, 100, now), Some(0));
         assert_eq!(layers.last_seen.count, 1);
         assert_eq!(layers.rid(0), None);
     }

@@ -30,19 +30,33 @@ pub const LAYER_STALE: Duration = Duration::from_secs(1);
 /// more for one camera); packets of further RIDs are not forwarded.
 pub const MAX_LAYERS: usize = 3;
 
-/// When each of a track's layers last sent a packet: a copy small enough to
-/// hand to every subscriber's [`DownStream`] while the track is borrowed.
+/// When each of a track's layers last sent a packet, and at what rate: a
+/// copy small enough to hand to every subscriber's [`DownStream`] while the
+/// track is borrowed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LiveLayers {
     pub count: usize,
     pub seen: [Option<Instant>; MAX_LAYERS],
+    /// Bits per second over the last [`RATE_WINDOW`] (0 until measured).
+    pub bitrate: [u64; MAX_LAYERS],
 }
 
+/// A layer's bitrate is measured over windows this long.
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+
 impl LiveLayers {
-    /// The layer a subscriber wanting `quality` should be on now.
-    pub fn target(&self, quality: VideoQuality, now: Instant) -> Option<usize> {
+    /// The layer a subscriber wanting `quality` should be on now, at most
+    /// `cap` (what its downlink carries; `None`: no limit).
+    pub fn target(&self, quality: VideoQuality, cap: Option<usize>, now: Instant) -> Option<usize> {
         let seen = &self.seen[..self.count];
-        pick_layer(layer_for(quality, seen.len()), seen, now)
+        let wanted = layer_for(quality, seen.len());
+        pick_layer(cap.map_or(wanted, |c| c.min(wanted)), seen, now)
+    }
+
+    /// Whether layer `i` sent a packet within [`LAYER_STALE`].
+    pub fn is_live(&self, i: usize, now: Instant) -> bool {
+        i < self.count
+            && self.seen[i].is_some_and(|t| now.saturating_duration_since(t) < LAYER_STALE)
     }
 }
 
@@ -173,6 +187,13 @@ impl DownStream {
     /// The layer being forwarded.
     pub fn current(&self) -> Option<usize> {
         self.current
+    }
+
+    /// Stops forwarding (the downlink cannot carry it); resuming waits for
+    /// a keyframe and continues the numbers where they stopped, as a
+    /// switch does.
+    pub fn pause(&mut self) {
+        self.current = None;
     }
 
     /// Forwards `pkt` (with the numbers to send it with) or drops it.

@@ -254,6 +254,7 @@ pub fn spawn_all(
         engine_config.max_participants_per_room = config.max_participants_per_room;
         engine_config.max_tracks_per_participant = config.max_tracks_per_participant;
         engine_config.deny_private_candidates = config.deny_private_candidates;
+        engine_config.downlink_estimation = config.downlink_estimation;
         // Each shard waits on its own handle to the one socket (readiness is
         // per runtime); the sends go through the shared one.
         let reader = socket.try_clone().map_err(|e| e.to_string())?;

@@ -1,0 +1,261 @@
+//! Downlink allocation: with `downlink_estimation`, each subscriber
+//! connection runs str0m's transport-wide congestion control (estimator,
+//! pacer, probes), and the estimate decides how high a layer of each video
+//! track the subscriber gets, below what it asked for.
+//!
+//! Audio comes first: every audio track is budgeted before any video. Then
+//! each video track gets its lowest layer while the budget lasts (a track
+//! that does not fit is paused and the subscriber told `streamStateChanged`
+//! `paused`, rather than left frozen), then tracks move up a layer at a
+//! time towards what their subscriber asked for. Moving up needs
+//! [`UP_HEADROOM`] over the layer's cost, so an estimate at the edge does
+//! not flap between two layers.
+//!
+//! The estimate only grows past what is sent when the sender probes: str0m
+//! is told the rate the current layers need (`minimum`, kept up with
+//! padding) and the rate of every asked-for layer (`desired`, probed for).
+//! A layer switch itself waits for the layer's keyframe (`simulcast.rs`).
+
+use signaling::{StreamState, TrackKind};
+
+use super::simulcast::{MAX_LAYERS, layer_for};
+use super::*;
+
+/// Of the estimate, this much is spent: the rest absorbs its error, RTCP
+/// and retransmissions.
+const USABLE_SHARE: u64 = 90;
+/// Budgeted per audio track before any video (Opus with FEC, and headers).
+const AUDIO_BITRATE: u64 = 48_000;
+/// A layer not measured yet (just started, or turned off by dynacast) is
+/// budgeted at Chromium's rates for its place among three.
+const NOMINAL_BITRATE: [u64; MAX_LAYERS] = [150_000, 500_000, 1_500_000];
+/// Moving up a layer needs this much more (percent) than its cost.
+const UP_HEADROOM: u64 = 115;
+/// The estimate str0m starts from, before feedback arrives.
+pub const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(1_000);
+
+/// One video track as the allocation sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demand {
+    /// The highest layer wanted: the quality asked for, among the layers
+    /// the track has.
+    pub wanted: usize,
+    /// What each layer up to `wanted` costs, in bits per second.
+    pub costs: [u64; MAX_LAYERS],
+    /// What it was allocated last time (`None`: paused, or new).
+    pub current: Option<usize>,
+}
+
+/// Per demand, the highest layer `budget` carries (`None`: paused).
+pub fn allocate(budget: u64, demands: &[Demand]) -> Vec<Option<usize>> {
+    let mut levels: Vec<Option<usize>> = vec![None; demands.len()];
+    let mut used = 0u64;
+    // Everyone's lowest layer first, in subscription order.
+    for (level, d) in levels.iter_mut().zip(demands) {
+        let cost = d.costs[0];
+        if used + cost <= budget {
+            *level = Some(0);
+            used += cost;
+        }
+    }
+    // Then one layer at a time, round robin, while it fits.
+    loop {
+        let mut moved = false;
+        for (level, d) in levels.iter_mut().zip(demands) {
+            let Some(at) = *level else { continue };
+            if at >= d.wanted {
+                continue;
+            }
+            let extra = d.costs[at + 1].saturating_sub(d.costs[at]);
+            let holding = d.current.is_some_and(|c| c > at);
+            let needed = if holding {
+                extra
+            } else {
+                extra * UP_HEADROOM / 100
+            };
+            if used + needed <= budget {
+                *level = Some(at + 1);
+                used += extra;
+                moved = true;
+            }
+        }
+        if !moved {
+            return levels;
+        }
+    }
+}
+
+impl Engine {
+    /// A subscriber connection's new estimate (TWCC, with
+    /// `downlink_estimation`): its video is allocated anew, and in a 1:1
+    /// call the estimate goes on to the publisher as REMB, as the
+    /// browser's own would without the estimator.
+    pub(super) fn on_downlink_estimate(
+        &mut self,
+        key: ParticipantKey,
+        estimate: Bitrate,
+        now: Instant,
+    ) {
+        if let Some(p) = self.participants.get_mut(&key) {
+            p.downlink = Some(estimate);
+        }
+        self.allocate_downlink(key, now);
+        self.feed_back_estimate(key, estimate);
+    }
+
+    /// Decides each of a subscriber's video tracks' layer cap from its
+    /// estimate, tells it which tracks paused or resumed, and tells str0m
+    /// what to keep sending and what to probe for. Nothing without an
+    /// estimate (`downlink_estimation` off, or none yet).
+    pub(super) fn allocate_downlink(&mut self, key: ParticipantKey, now: Instant) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let Some(estimate) = p.downlink else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&p.room) else {
+            return;
+        };
+        let mut audio = 0u64;
+        // (index into p.down, demand)
+        let mut video = Vec::new();
+        for (i, d) in p.down.iter().enumerate() {
+            if matches!(d.state, DownState::ToStop(_) | DownState::Stopping(_)) {
+                continue;
+            }
+            let Some(track) = room.tracks.get(&d.track_key) else {
+                continue;
+            };
+            match d.kind {
+                TrackKind::Audio => audio += AUDIO_BITRATE,
+                TrackKind::Video => {
+                    let layers = track.layers.last_seen;
+                    // Not sending (muted, paused by dynacast, not started):
+                    // nothing to budget.
+                    if track.muted || !(0..layers.count).any(|l| layers.is_live(l, now)) {
+                        continue;
+                    }
+                    let mut costs = [0; MAX_LAYERS];
+                    for (l, cost) in costs.iter_mut().enumerate().take(layers.count) {
+                        let nominal = NOMINAL_BITRATE[l + MAX_LAYERS - layers.count];
+                        *cost = match layers.bitrate[l] {
+                            0 => nominal,
+                            measured => measured,
+                        };
+                    }
+                    let demand = Demand {
+                        wanted: layer_for(d.stream.wanted, layers.count),
+                        costs,
+                        current: if d.paused { None } else { d.cap },
+                    };
+                    video.push((i, demand));
+                }
+            }
+        }
+        let budget = (estimate.as_u64() * USABLE_SHARE / 100).saturating_sub(audio);
+        let demands: Vec<Demand> = video.iter().map(|(_, d)| *d).collect();
+        let levels = allocate(budget, &demands);
+        let sent: u64 = levels
+            .iter()
+            .zip(&demands)
+            .filter_map(|(l, d)| l.map(|l| d.costs[l]))
+            .sum();
+        let wanted: u64 = demands.iter().map(|d| d.costs[d.wanted]).sum();
+        // The smallest step up a track is waiting for: padding keeps the
+        // rate there, so the estimate can show whether it fits.
+        let next_step = levels
+            .iter()
+            .zip(&demands)
+            .filter_map(|(l, d)| match l {
+                Some(l) if *l < d.wanted => Some(d.costs[l + 1].saturating_sub(d.costs[*l])),
+                None => Some(d.costs[0]),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(0);
+
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let mut told = Vec::new();
+        for ((i, _), level) in video.iter().zip(levels) {
+            let down = &mut p.down[*i];
+            let paused = level.is_none();
+            down.cap = level;
+            if paused != down.paused {
+                down.paused = paused;
+                if paused {
+                    down.stream.pause();
+                }
+                let state = if paused {
+                    StreamState::Paused
+                } else {
+                    StreamState::Active
+                };
+                told.push((down.track_id.clone(), down.track_key, state));
+            }
+        }
+        let minimum = Bitrate::bps(audio + sent + next_step);
+        let desired = Bitrate::bps(audio + wanted);
+        let _ = p.subscriber.guard(|rtc| rtc.bwe().set_bitrate(minimum, desired));
+        self.dirty.push((key, PeerTarget::Subscriber));
+        let conn = p.conn;
+        for (track_id, _, state) in &told {
+            tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, track = %track_id, ?state, estimate = estimate.as_u64(), "video stream state changed for the downlink");
+        }
+        for (track_id, track_key, state) in told {
+            if let Some(conn) = conn {
+                self.send(conn, ServerMessage::StreamStateChanged { track_id, state });
+            }
+            if state == StreamState::Active {
+                let layer = self.subscriber_layer(key, track_key, now);
+                self.request_keyframe(key, track_key, layer, KeyframeRequestKind::Pli, now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAYERS: [u64; MAX_LAYERS] = [150_000, 500_000, 1_200_000];
+
+    fn asking(wanted: usize, current: Option<usize>) -> Demand {
+        Demand {
+            wanted,
+            costs: LAYERS,
+            current,
+        }
+    }
+
+    #[test]
+    fn each_track_gets_its_lowest_layer_before_any_gets_more() {
+        let two_high = [asking(2, None), asking(2, None)];
+        assert_eq!(allocate(300_000, &two_high), vec![Some(0), Some(0)]);
+        // 150 + 150, then 500 - 150 = 350 (402.5 with headroom) for one more.
+        assert_eq!(allocate(702_000, &two_high), vec![Some(0), Some(0)]);
+        assert_eq!(allocate(703_000, &two_high), vec![Some(1), Some(0)]);
+        assert_eq!(allocate(10_000_000, &two_high), vec![Some(2), Some(2)]);
+    }
+
+    #[test]
+    fn what_does_not_fit_is_paused_and_nobody_gets_more_than_asked() {
+        assert_eq!(allocate(100_000, &[asking(2, Some(0))]), vec![None]);
+        assert_eq!(
+            allocate(200_000, &[asking(2, None), asking(0, None)]),
+            vec![Some(0), None]
+        );
+        assert_eq!(allocate(10_000_000, &[asking(1, None)]), vec![Some(1)]);
+    }
+
+    #[test]
+    fn moving_up_needs_headroom_and_staying_does_not() {
+        // The medium layer costs 500 kbit/s in all: 550 holds it but does
+        // not reach it from below (150 + 350 * 1.15 = 552.5).
+        assert_eq!(allocate(550_000, &[asking(2, Some(1))]), vec![Some(1)]);
+        assert_eq!(allocate(550_000, &[asking(2, Some(0))]), vec![Some(0)]);
+        assert_eq!(allocate(553_000, &[asking(2, Some(0))]), vec![Some(1)]);
+    }
+}
