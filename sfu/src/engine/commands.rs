@@ -105,6 +105,7 @@ impl Engine {
             permissions,
             auto_subscribe,
             downlink: None,
+            downlink_lowered_at: None,
             data: super::data::DataChannels::new(now),
             conn: Some(conn),
             publisher,

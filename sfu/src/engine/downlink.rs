@@ -31,6 +31,10 @@ const AUDIO_BITRATE: u64 = 48_000;
 const NOMINAL_BITRATE: [u64; MAX_LAYERS] = [150_000, 500_000, 1_500_000];
 /// Moving up a layer needs this much more (percent) than its cost.
 const UP_HEADROOM: u64 = 115;
+/// After a subscriber's video was lowered, nothing of it moves up (or
+/// resumes) for this long: an estimate swinging around a layer's cost
+/// must not switch layers, each switch a keyframe, every second.
+const UP_COOLDOWN: Duration = Duration::from_secs(4);
 /// The estimate str0m starts from, before feedback arrives.
 pub const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(1_000);
 
@@ -44,6 +48,8 @@ pub struct Demand {
     pub costs: [u64; MAX_LAYERS],
     /// What it was allocated last time (`None`: paused, or new).
     pub current: Option<usize>,
+    /// It may not get more than `current` now (a cool-down after lowering).
+    pub hold: bool,
 }
 
 /// Per demand, the highest layer `budget` carries (`None`: paused).
@@ -53,6 +59,9 @@ pub fn allocate(budget: u64, demands: &[Demand]) -> Vec<Option<usize>> {
     // Everyone's lowest layer first, in subscription order.
     for (level, d) in levels.iter_mut().zip(demands) {
         let cost = d.costs[0];
+        if d.hold && d.current.is_none() {
+            continue;
+        }
         if used + cost <= budget {
             *level = Some(0);
             used += cost;
@@ -63,7 +72,7 @@ pub fn allocate(budget: u64, demands: &[Demand]) -> Vec<Option<usize>> {
         let mut moved = false;
         for (level, d) in levels.iter_mut().zip(demands) {
             let Some(at) = *level else { continue };
-            if at >= d.wanted {
+            if at >= d.wanted || (d.hold && d.current.is_none_or(|c| at >= c)) {
                 continue;
             }
             let extra = d.costs[at + 1].saturating_sub(d.costs[at]);
@@ -83,6 +92,28 @@ pub fn allocate(budget: u64, demands: &[Demand]) -> Vec<Option<usize>> {
             return levels;
         }
     }
+}
+
+/// What each of a track's layers costs: as measured, else nominal; a layer
+/// never costs less than the one below it, nor (when unmeasured) more than
+/// a measured one above it (a flat picture is cheap at any size).
+fn layer_costs(layers: &super::simulcast::LiveLayers) -> [u64; MAX_LAYERS] {
+    let count = layers.count.min(MAX_LAYERS);
+    let mut costs = [0; MAX_LAYERS];
+    for l in 0..count {
+        costs[l] = match layers.bitrate[l] {
+            0 => {
+                let above = (l + 1..count).map(|h| layers.bitrate[h]).find(|b| *b > 0);
+                let nominal = NOMINAL_BITRATE[l + MAX_LAYERS - count];
+                above.map_or(nominal, |a| a.min(nominal))
+            }
+            measured => measured,
+        };
+        if l > 0 {
+            costs[l] = costs[l].max(costs[l - 1]);
+        }
+    }
+    costs
 }
 
 impl Engine {
@@ -117,6 +148,9 @@ impl Engine {
         let Some(room) = self.rooms.get(&p.room) else {
             return;
         };
+        let cooling = p
+            .downlink_lowered_at
+            .is_some_and(|at| now.saturating_duration_since(at) < UP_COOLDOWN);
         let mut audio = 0u64;
         // (index into p.down, demand)
         let mut video = Vec::new();
@@ -136,18 +170,12 @@ impl Engine {
                     if track.muted || !(0..layers.count).any(|l| layers.is_live(l, now)) {
                         continue;
                     }
-                    let mut costs = [0; MAX_LAYERS];
-                    for (l, cost) in costs.iter_mut().enumerate().take(layers.count) {
-                        let nominal = NOMINAL_BITRATE[l + MAX_LAYERS - layers.count];
-                        *cost = match layers.bitrate[l] {
-                            0 => nominal,
-                            measured => measured,
-                        };
-                    }
+                    let costs = layer_costs(&layers);
                     let demand = Demand {
                         wanted: layer_for(d.stream.wanted, layers.count),
                         costs,
                         current: if d.paused { None } else { d.cap },
+                        hold: cooling && (d.paused || d.cap.is_some()),
                     };
                     video.push((i, demand));
                 }
@@ -179,9 +207,19 @@ impl Engine {
             return;
         };
         let mut told = Vec::new();
-        for ((i, _), level) in video.iter().zip(levels) {
+        let mut recapped = false;
+        for ((i, demand), level) in video.iter().zip(levels) {
             let down = &mut p.down[*i];
             let paused = level.is_none();
+            recapped |= down.cap != level;
+            let lowered = match (demand.current, level) {
+                (Some(was), Some(now)) => now < was,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if lowered {
+                p.downlink_lowered_at = Some(now);
+            }
             down.cap = level;
             if paused != down.paused {
                 down.paused = paused;
@@ -201,6 +239,7 @@ impl Engine {
         let _ = p.subscriber.guard(|rtc| rtc.bwe().set_bitrate(minimum, desired));
         self.dirty.push((key, PeerTarget::Subscriber));
         let conn = p.conn;
+        let room_id = p.room.clone();
         for (track_id, _, state) in &told {
             tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, track = %track_id, ?state, estimate = estimate.as_u64(), "video stream state changed for the downlink");
         }
@@ -212,6 +251,10 @@ impl Engine {
                 let layer = self.subscriber_layer(key, track_key, now);
                 self.request_keyframe(key, track_key, layer, KeyframeRequestKind::Pli, now);
             }
+        }
+        if recapped {
+            // Publishers encode only the layers someone receives (dynacast).
+            self.subscriptions_changed(&room_id);
         }
     }
 }
@@ -227,6 +270,7 @@ mod tests {
             wanted,
             costs: LAYERS,
             current,
+            hold: false,
         }
     }
 
@@ -257,5 +301,16 @@ mod tests {
         assert_eq!(allocate(550_000, &[asking(2, Some(1))]), vec![Some(1)]);
         assert_eq!(allocate(550_000, &[asking(2, Some(0))]), vec![Some(0)]);
         assert_eq!(allocate(553_000, &[asking(2, Some(0))]), vec![Some(1)]);
+    }
+
+    #[test]
+    fn while_cooling_down_nothing_moves_up_or_resumes_but_may_go_down() {
+        let held = |current| Demand {
+            hold: true,
+            ..asking(2, current)
+        };
+        assert_eq!(allocate(10_000_000, &[held(Some(0))]), vec![Some(0)]);
+        assert_eq!(allocate(10_000_000, &[held(None)]), vec![None]);
+        assert_eq!(allocate(200_000, &[held(Some(1))]), vec![Some(0)]);
     }
 }

@@ -8,7 +8,25 @@
 //! Meanwhile [`super::simulcast::pick_layer`] forwards the nearest layer
 //! that is on.
 
+use super::simulcast::layer_for;
 use super::*;
+
+/// The quality a subscription is served at: what was asked for, lowered to
+/// what its downlink carries (`downlink.rs`); a paused one waits on the
+/// lowest layer, which must stay on for it to resume.
+fn received_quality(down: &DownTrack, layers: usize) -> VideoQuality {
+    if down.paused {
+        return VideoQuality::Low;
+    }
+    let Some(cap) = down.cap else {
+        return down.stream.wanted;
+    };
+    [VideoQuality::High, VideoQuality::Medium, VideoQuality::Low]
+        .into_iter()
+        .filter(|q| *q <= down.stream.wanted)
+        .find(|q| layer_for(*q, layers) <= cap)
+        .unwrap_or(VideoQuality::Low)
+}
 
 impl Engine {
     /// Members or subscriptions of a room changed: the 1:1 fast path is
@@ -37,7 +55,7 @@ impl Engine {
                             )
                     })
                 })
-                .map(|d| d.stream.wanted)
+                .map(|d| received_quality(d, track.layers.last_seen.count))
                 .collect();
             wanted.sort();
             wanted.dedup();

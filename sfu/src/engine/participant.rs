@@ -67,6 +67,9 @@ pub struct Participant {
     /// Its subscriber connection's latest bandwidth estimate (with
     /// `downlink_estimation`).
     pub downlink: Option<super::Bitrate>,
+    /// When its video was last lowered for the downlink (nothing moves up
+    /// for a while after).
+    pub downlink_lowered_at: Option<Instant>,
     /// Its data channels and send budget.
     pub data: super::data::DataChannels,
     /// The WebSocket that speaks for it; `None` while detached.

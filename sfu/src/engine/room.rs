@@ -8,7 +8,7 @@ use str0m::media::Mid;
 use str0m::media::Rid;
 
 use super::ParticipantKey;
-use super::simulcast::{LiveLayers, MAX_LAYERS, RATE_WINDOW};
+use super::simulcast::{LAYER_STALE, LiveLayers, MAX_LAYERS, RATE_WINDOW};
 use super::speakers::ActiveSpeakers;
 
 /// A published track, owned by one participant's publisher connection.
@@ -89,8 +89,8 @@ impl Layers {
             }
         };
         self.last_seen.count = self.rids.len();
-        self.last_seen.seen[index] = Some(now);
         self.count_bytes(index, bytes, now);
+        self.last_seen.seen[index] = Some(now);
         Some(index)
     }
 
@@ -99,6 +99,13 @@ impl Layers {
     /// keyframe does not make a layer look twice its size).
     fn count_bytes(&mut self, index: usize, bytes: usize, now: Instant) {
         let (counted, started) = &mut self.window[index];
+        // A layer that was off (dynacast) starts a new window: a measure
+        // across the gap would make it look cheap.
+        let resumed = self.last_seen.seen[index]
+            .is_some_and(|seen| now.saturating_duration_since(seen) >= LAYER_STALE);
+        if resumed {
+            (*counted, *started) = (0, None);
+        }
         let start = *started.get_or_insert(now);
         *counted += bytes as u64;
         let elapsed = now.saturating_duration_since(start);

@@ -181,7 +181,7 @@ const room = `room-${scenario}-${Date.now()}`;
 
 // `relay`: "udp" | "tcp" | "tls": only that TURN URL of the join info, and
 // relay candidates only.
-async function openPage(name, colour, { codec, roomId = room, relay, simulcast, size, publish, permissions } = {}) {
+async function openPage(name, colour, { codec, roomId = room, relay, simulcast, size, publish, permissions, busy } = {}) {
   const res = await fetch(`${sb.base}/dev/token`, {
     method: "POST",
     headers: { "content-type": "application/json" },
@@ -203,7 +203,7 @@ async function openPage(name, colour, { codec, roomId = room, relay, simulcast, 
   page.on("pageerror", (e) => log(`${name} page error:`, e.message));
   page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") log(`${name} console:`, m.text()); });
   await page.goto(`${web.base}/page.html`);
-  const pid = await page.evaluate((o) => window.sb.start(o), { url: sb.ws, token, colour, codec, rtcConfig, simulcast, size, publish });
+  const pid = await page.evaluate((o) => window.sb.start(o), { url: sb.ws, token, colour, codec, rtcConfig, simulcast, size, publish, busy });
   const handle = { name, colour, page, pid, context };
   opened.push(handle);
   return handle;
@@ -981,6 +981,82 @@ async function dataChannels() {
   check(relayed >= 90 && relayed < burst, `the rate limit let ${relayed} of ${burst} through (a burst of 100 at 50/s)`);
 }
 
+// A viewer's one remote video: its track id, the layer it asks for, the
+// width it decodes.
+const videoTrack = (viewer) => viewer.page.evaluate(() => [...window.client.remote.values()].find((r) => r.kind === "video")?.trackId);
+const ask = (viewer, quality) => videoTrack(viewer).then((trackId) => viewer.page.evaluate(([t, q]) => window.client.updateSubscription(t, q), [trackId, quality]));
+const decodedWidth = async (viewer) => (await viewer.page.evaluate(() => window.sb.decodedVideo()))?.frameWidth;
+
+// Constrained downlink (the server estimates each subscriber's downlink):
+// two viewers of a three-layer publisher ask for `high`; one's downlink is
+// shaped to 300 kbit/s (an HTB class on loopback for packets to its port).
+// It comes down to the low layer and receives it with under 2 % loss,
+// while the other keeps the high layer; the limit lifted, it is probed back
+// up to the high layer within 20 s.
+async function constrainedDownlink() {
+  check(process.env.SWITCHBOARD_TEST_NETNS === "1", "constrained-downlink shapes loopback: it runs only in its own network namespace");
+  const pub = await openPage("publisher", "red", { simulcast: true, size: [960, 540], busy: true });
+  const slow = await openPage("slowViewer", "green", { publish: false });
+  const fast = await openPage("fastViewer", "blue", { publish: false });
+  for (const viewer of [slow, fast]) {
+    await waitFor(`${viewer.name} to see red`, () => seesColours(viewer, [pub]), 30000);
+    await viewer.page.evaluate(() => {
+      window.streamStates = [];
+      window.client.addEventListener("streamStateChanged", (e) => window.streamStates.push(e.detail.state));
+    });
+    await ask(viewer, "high");
+  }
+  let widths;
+  await waitFor("the publisher's low and high layers", async () => {
+    const l = await pub.page.evaluate(() => window.sb.outboundLayers());
+    widths = { q: l.q?.frameWidth, f: l.f?.frameWidth };
+    return widths.q > 0 && widths.f > 0;
+  }, 30000);
+  for (const viewer of [slow, fast]) {
+    await waitFor(`${viewer.name} to decode the high layer`, async () => (await decodedWidth(viewer)) === widths.f, 30000);
+  }
+  const port = await slow.page.evaluate(async () => {
+    const stats = await window.client.sub.getStats();
+    let pair;
+    stats.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId); });
+    return stats.get(pair.localCandidateId).port;
+  });
+  const tc = (...args) => execFileSync("tc", args);
+  tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10", "r2q", "1000");
+  tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit");
+  tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate", "300kbit", "ceil", "300kbit");
+  // About a second of queue at 300 kbit/s before the link drops.
+  tc("qdisc", "add", "dev", "lo", "parent", "1:20", "handle", "20:", "bfifo", "limit", "40000");
+  tc("filter", "add", "dev", "lo", "protocol", "ip", "parent", "1:", "prio", "1", "u32", "match", "ip", "dport", String(port), "0xffff", "flowid", "1:20");
+  const shapedAt = Date.now();
+  await waitFor("the shaped viewer on the low layer", async () => (await decodedWidth(slow)) === widths.q, 20000);
+  const downMs = Date.now() - shapedAt;
+  // Settled on it: the loss it sees from now on.
+  await sleep(3000);
+  const videoCounts = (viewer) => viewer.page.evaluate(async () => {
+    const stats = await window.client.sub.getStats();
+    let out;
+    stats.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") out = { lost: s.packetsLost, received: s.packetsReceived }; });
+    return out;
+  });
+  const before = await videoCounts(slow);
+  await sleep(5000);
+  const after = await videoCounts(slow);
+  const lost = after.lost - before.lost;
+  const received = after.received - before.received;
+  const lossPct = (100 * lost) / Math.max(1, lost + received);
+  log(JSON.stringify({ downMs, lost, received, lossPct: lossPct.toFixed(2), width: await decodedWidth(slow) }));
+  check(received > 50, `the shaped viewer kept receiving video (${received} packets in 5 s)`);
+  check(lossPct < 2, `loss on the shaped downlink: ${lossPct.toFixed(2)} % (under 2)`);
+  check((await decodedWidth(slow)) === widths.q, "the shaped viewer stays on the low layer");
+  check((await decodedWidth(fast)) === widths.f, "the other viewer keeps the high layer");
+  // The limit lifted: probing finds the room, and it climbs back.
+  tc("class", "change", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate", "10gbit");
+  const liftedAt = Date.now();
+  await waitFor("the viewer back on the high layer", async () => (await decodedWidth(slow)) === widths.f, 20000);
+  log(JSON.stringify({ backUpMs: Date.now() - liftedAt, streamStates: await slow.page.evaluate(() => window.streamStates) }));
+}
+
 // Simulcast: a publisher page sends three layers of a 960x540 canvas
 // (Chromium's minimum for three); one viewer asks for `low`, one for
 // `high`, and each decodes its layer's width (the publisher's own
@@ -994,9 +1070,6 @@ async function simulcastLayers() {
   const low = await openPage("lowViewer", "green", { publish: false });
   const high = await openPage("highViewer", "blue", { publish: false });
   for (const viewer of [low, high]) await waitFor(`${viewer.name} to see red`, () => seesColours(viewer, [pub]), 30000);
-  const videoTrack = (viewer) => viewer.page.evaluate(() => [...window.client.remote.values()].find((r) => r.kind === "video")?.trackId);
-  const ask = (viewer, quality) => videoTrack(viewer).then((trackId) => viewer.page.evaluate(([t, q]) => window.client.updateSubscription(t, q), [trackId, quality]));
-  const decodedWidth = async (viewer) => (await viewer.page.evaluate(() => window.sb.decodedVideo()))?.frameWidth;
   const layers = () => pub.page.evaluate(() => window.sb.outboundLayers());
   await ask(low, "low");
   await ask(high, "high");
@@ -1129,6 +1202,7 @@ const SCENARIOS = {
   "simulcast-layers": simulcastLayers,
   "ice-tcp": iceTcp,
   "data-channels": dataChannels,
+  "constrained-downlink": constrainedDownlink,
 };
 
 async function main() {
@@ -1155,6 +1229,8 @@ async function main() {
     const node = (id) => ({ ...demo, SWITCHBOARD_REDIS_URL: redis.url, SWITCHBOARD_REDIS_NAMESPACE: "demo", SWITCHBOARD_NODE_ID: id });
     sb = await startSwitchboard(node("node-1"));
     sb2 = await startSwitchboard(node("node-2"));
+  } else if (scenario === "constrained-downlink") {
+    sb = await startSwitchboard({ SWITCHBOARD_DOWNLINK_ESTIMATION: "true" });
   } else if (scenario === "ice-tcp") {
     sb = await startSwitchboard({ SWITCHBOARD_RTC_TCP_BIND: `127.0.0.1:${await freePort("tcp")}` });
   } else {
