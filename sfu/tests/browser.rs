@@ -146,6 +146,11 @@ fn data_channel_messages_reach_the_room_in_order_and_bad_ones_nobody() {
 }
 
 #[test]
+fn a_shaped_downlink_gets_the_low_layer_and_climbs_back_when_freed() {
+    scenario("constrained-downlink");
+}
+
+#[test]
 fn demo_page_follows_its_flags_live() {
     scenario("demo-flags");
 }

@@ -89,12 +89,13 @@ export type VideoQuality = "low" | "medium" | "high";
  * quarter, half and full resolution. Chromium sends as many as the capture
  * allows (three from 960x540); the server forwards each subscriber the one
  * that fits, and asks (`qualityUpdate`) that layers nobody receives be
- * turned off.
+ * turned off. Each layer is capped (100 kbit/s, 400 kbit/s, 1.2 Mbit/s):
+ * the low layer must fit a poor downlink beside the audio.
  */
 const SIMULCAST: RTCRtpEncodingParameters[] = [
-  { rid: "q", scaleResolutionDownBy: 4 },
-  { rid: "h", scaleResolutionDownBy: 2 },
-  { rid: "f", scaleResolutionDownBy: 1 },
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 100_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 400_000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_200_000 },
 ];
 
 /** The encoding a quality names among `count`, lowest first (PROTOCOL.md `qualityUpdate`). */

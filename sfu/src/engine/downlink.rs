@@ -191,7 +191,8 @@ impl Engine {
             .sum();
         let wanted: u64 = demands.iter().map(|d| d.costs[d.wanted]).sum();
         // The smallest step up a track is waiting for: padding keeps the
-        // rate there, so the estimate can show whether it fits.
+        // rate there, so the estimate can show whether it fits (not while
+        // cooling down: nothing could move up on what it shows).
         let next_step = levels
             .iter()
             .zip(&demands)
@@ -201,6 +202,7 @@ impl Engine {
                 _ => None,
             })
             .min()
+            .filter(|_| !cooling)
             .unwrap_or(0);
 
         let Some(p) = self.participants.get_mut(&key) else {

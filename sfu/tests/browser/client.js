@@ -185,7 +185,7 @@ export class SwitchboardClient extends EventTarget {
   async publish(tracks, videoCodec, { simulcast = false } = {}) {
     for (const track of tracks) {
       const sendEncodings = track.kind === "video" && simulcast
-        ? [{ rid: "q", scaleResolutionDownBy: 4 }, { rid: "h", scaleResolutionDownBy: 2 }, { rid: "f", scaleResolutionDownBy: 1 }]
+        ? [{ rid: "q", scaleResolutionDownBy: 4, maxBitrate: 100_000 }, { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 400_000 }, { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_200_000 }]
         : undefined;
       const tr = this.pub.addTransceiver(track, { direction: "sendonly", sendEncodings });
       if (track.kind === "video" && videoCodec) {
