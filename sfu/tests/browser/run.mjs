@@ -1139,13 +1139,19 @@ async function simulcastLayers() {
   const backMs = Date.now() - askedAgain;
   log(JSON.stringify({ highBackOnMs: backMs }));
   check(backMs <= 2000, `the high layer back on and decoded ${backMs} ms after asking (at most 2000)`);
-  const metrics = await (await fetch(`${sb.base}/metrics`)).text();
-  const switches = (direction) => Number(metrics.match(new RegExp(`^switchboard_layer_switches_total\\{direction="${direction}"\\} (\\d+)`, "m"))?.[1]);
-  log(`layer switches: up ${switches("up")}, down ${switches("down")}`);
   // Down: the low viewer high to low, then medium to low, and the high
   // viewer high to low; up: the low viewer low to high, the high viewer
   // low to high (and high to medium is down: four down, two up at least).
-  check(switches("up") >= 2 && switches("down") >= 4, "the layer switches are counted");
+  // The shards publish their counts every second or so: the last switch
+  // may not be in the first read.
+  let counted;
+  await waitFor("the layer switches counted", async () => {
+    const metrics = await (await fetch(`${sb.base}/metrics`)).text();
+    const switches = (direction) => Number(metrics.match(new RegExp(`^switchboard_layer_switches_total\\{direction="${direction}"\\} (\\d+)`, "m"))?.[1]);
+    counted = { up: switches("up"), down: switches("down") };
+    return counted.up >= 2 && counted.down >= 4;
+  }, 5000);
+  log(`layer switches: up ${counted.up}, down ${counted.down}`);
 }
 
 async function setMic(p, on) {
