@@ -75,6 +75,7 @@ fn every_documented_example_decodes_and_every_type_is_documented() {
             "trackMuted",
             "speakersChanged",
             "qualityUpdate",
+            "streamStateChanged",
             "left",
             "pong",
             "error"
