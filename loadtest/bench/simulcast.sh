@@ -9,9 +9,14 @@
 #
 #   ./loadtest/bench/simulcast.sh [switchboard]     (default target/release/switchboard)
 #   ROUNDS=5 SECONDS_PER_RUN=8 ./loadtest/bench/simulcast.sh
+#   COMPARE=estimation ./loadtest/bench/simulcast.sh
 #
-# Prints one line per run and, per round, the simulcast run's video tracks
-# per server core as a ratio to the single-stream run's, and their median.
+# Prints one line per run and, per round, the second mode's video tracks
+# per server core as a ratio to the first's, and their median.
+# COMPARE=layers (default): one stream per publisher, then simulcast.
+# COMPARE=estimation: simulcast, then simulcast with the server estimating
+# each subscriber's downlink (`downlink_estimation`: TWCC feedback, pacer,
+# probes, and per-subscriber layer allocation).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 binary=${1:-target/release/switchboard}
@@ -32,15 +37,25 @@ field() {
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get(sys.argv[2]) or 0)' "$1" "$2"
 }
 
+case ${COMPARE:-layers} in
+  layers) modes=(single simulcast) ;;
+  estimation) modes=(simulcast estimation) ;;
+  *) echo "COMPARE is layers or estimation" >&2; exit 2 ;;
+esac
 ratios=()
 for round in $(seq 1 "$ROUNDS"); do
   per_core=()
-  for mode in single simulcast; do
+  for mode in "${modes[@]}"; do
     rm -rf "$data/db"
+    if [ "$mode" = estimation ]; then
+      export SWITCHBOARD_DOWNLINK_ESTIMATION=true
+    else
+      unset SWITCHBOARD_DOWNLINK_ESTIMATION
+    fi
     start_switchboard "$binary" "$data/db" "$out/server-$mode.log"
     json="$out/$mode-$round.json"
     flag=()
-    [ "$mode" = simulcast ] && flag=(--simulcast)
+    [ "$mode" != single ] && flag=(--simulcast)
     target/release/switchboard-loadtest --cpu 1 --server-cpu 0 room --url ws://$BENCH_HTTP/v1/rtc \
       --secret $BENCH_SECRET --rooms "$rooms" --publishers "$pubs" --subscribers "$subs" --video-kbps 500 \
       --ramp-up-seconds 3 --seconds "$RUN" --server-pid $server --max-loss-percent 100 \
@@ -53,6 +68,6 @@ for round in $(seq 1 "$ROUNDS"); do
   done
   ratio=$(python3 -c "print(round(${per_core[1]} / max(${per_core[0]}, 1), 2))")
   ratios+=("$ratio")
-  echo "round $round  simulcast / single: $ratio"
+  echo "round $round  ${modes[1]} / ${modes[0]}: $ratio"
 done
-echo "median simulcast / single: $(printf '%s\n' "${ratios[@]}" | sort -n | sed -n "$(( (${#ratios[@]} + 1) / 2 ))p")"
+echo "median ${modes[1]} / ${modes[0]}: $(printf '%s\n' "${ratios[@]}" | sort -n | sed -n "$(( (${#ratios[@]} + 1) / 2 ))p")"
