@@ -238,7 +238,9 @@ impl Engine {
         }
         let minimum = Bitrate::bps(audio + sent + next_step);
         let desired = Bitrate::bps(audio + wanted);
-        let _ = p.subscriber.guard(|rtc| rtc.bwe().set_bitrate(minimum, desired));
+        let _ = p
+            .subscriber
+            .guard(|rtc| rtc.bwe().set_bitrate(minimum, desired));
         self.dirty.push((key, PeerTarget::Subscriber));
         let conn = p.conn;
         let room_id = p.room.clone();

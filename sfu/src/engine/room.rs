@@ -112,7 +112,11 @@ impl Layers {
         if elapsed >= RATE_WINDOW {
             let measured = *counted * 8 * 1_000_000 / elapsed.as_micros().max(1) as u64;
             let rate = &mut self.last_seen.bitrate[index];
-            *rate = if *rate == 0 { measured } else { (*rate + measured) / 2 };
+            *rate = if *rate == 0 {
+                measured
+            } else {
+                (*rate + measured) / 2
+            };
             *counted = 0;
             *started = Some(now);
         }
