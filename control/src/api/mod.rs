@@ -410,14 +410,20 @@ struct CreateCall {
     call_type: CallTypeName,
     device_id: String,
     /// Shown on the callees' incoming-call screens (push payload).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present_string")]
     caller_display_name: Option<String>,
     /// An `https` URL of the caller's picture (push payload).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present_string")]
     caller_avatar_url: Option<String>,
     /// Members may send on the room's data channels (`sendData`).
     #[serde(default)]
     data_channels: bool,
+}
+
+/// An optional field that, when present, is a string: `null` is refused
+/// (400), as the contract has it, not taken for absent.
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize, Clone, Copy)]

@@ -215,7 +215,7 @@ impl Engine {
             let paused = level.is_none();
             recapped |= down.cap != level;
             let lowered = match (demand.current, level) {
-                (Some(was), Some(now)) => now < was,
+                (Some(was), Some(is)) => is < was,
                 (Some(_), None) => true,
                 _ => false,
             };
