@@ -948,6 +948,9 @@ impl Driver {
                     TrackChange::Muted { track_id, muted } => {
                         events.remote_track_muted(call_uuid, track_id, muted)
                     }
+                    TrackChange::Paused { track_id, paused } => {
+                        events.remote_track_paused(call_uuid, track_id, paused)
+                    }
                 };
                 port("remote_track", result);
             }

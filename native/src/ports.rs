@@ -291,6 +291,15 @@ pub trait CallEvents: Send + Sync {
         track_id: String,
         muted: bool,
     ) -> Result<(), PortError>;
+    /// The server stopped forwarding a remote video track because this
+    /// device's downlink cannot carry it (`paused`), or started again:
+    /// show a placeholder meanwhile, not the frozen frame.
+    fn remote_track_paused(
+        &self,
+        call_uuid: String,
+        track_id: String,
+        paused: bool,
+    ) -> Result<(), PortError>;
     /// A connected call lost its media path or signaling; the core is
     /// resuming it (the call is not over).
     fn call_reconnecting(&self, call_uuid: String) -> Result<(), PortError>;

@@ -7,15 +7,26 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use signaling::{ParticipantInfo, ServerMessage, TrackInfo, TrackKind};
+use signaling::{ParticipantInfo, ServerMessage, StreamState, TrackInfo, TrackKind};
 
 use crate::ports::RemoteTrack;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrackChange {
     Added(RemoteTrack),
-    Removed { track_id: String },
-    Muted { track_id: String, muted: bool },
+    Removed {
+        track_id: String,
+    },
+    Muted {
+        track_id: String,
+        muted: bool,
+    },
+    /// The server stopped (or started again) forwarding a video track the
+    /// device's downlink cannot carry (`streamStateChanged`).
+    Paused {
+        track_id: String,
+        paused: bool,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +70,20 @@ impl RemoteTracks {
                 if let Some(track) = self.published.get_mut(track_id) {
                     track.muted = *muted;
                 }
+            }
+            ServerMessage::StreamStateChanged { track_id, state } => {
+                let paused = match state {
+                    StreamState::Paused => true,
+                    StreamState::Active => false,
+                    StreamState::Unknown => return Vec::new(),
+                };
+                if !self.shown.contains_key(track_id) {
+                    return Vec::new();
+                }
+                return vec![TrackChange::Paused {
+                    track_id: track_id.clone(),
+                    paused,
+                }];
             }
             ServerMessage::SubscriberOffer { tracks, .. } => {
                 self.mids = tracks
@@ -232,6 +257,22 @@ mod tests {
                 muted: true
             }]
         );
+        let paused = room.on_message(&ServerMessage::StreamStateChanged {
+            track_id: "TA".into(),
+            state: signaling::StreamState::Paused,
+        });
+        assert_eq!(
+            paused,
+            [TrackChange::Paused {
+                track_id: "TA".into(),
+                paused: true
+            }]
+        );
+        let unknown_track = ServerMessage::StreamStateChanged {
+            track_id: "TX".into(),
+            state: signaling::StreamState::Active,
+        };
+        assert!(room.on_message(&unknown_track).is_empty());
     }
 
     #[test]

@@ -112,6 +112,18 @@ export interface RemoteTrackMutedEvent {
   muted: boolean;
 }
 
+/**
+ * The server stopped forwarding a remote video track because this device's
+ * downlink cannot carry even its lowest layer (`paused`), or started again
+ * (servers with downlink estimation): show a placeholder, not the frozen
+ * last frame.
+ */
+export interface RemoteTrackPausedEvent {
+  callId: string;
+  trackId: string;
+  paused: boolean;
+}
+
 /** The call's mute changed outside the app's UI (the CallKit screen, a headset button). */
 export interface MuteChangedEvent {
   callId: string;
@@ -210,6 +222,7 @@ export interface SwitchboardEvents {
   remoteTrack: RemoteTrackEvent;
   remoteTrackRemoved: RemoteTrackRemovedEvent;
   remoteTrackMuted: RemoteTrackMutedEvent;
+  remoteTrackPaused: RemoteTrackPausedEvent;
   muteChanged: MuteChangedEvent;
   audioRouteChanged: AudioRoutes;
   tokenRequested: TokenRequestedEvent;

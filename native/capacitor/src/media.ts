@@ -28,6 +28,8 @@ export interface MediaCallbacks {
   remoteTrack(track: MediaStreamTrack, trackId: string, stream: MediaStream, owner?: TrackOwner): void;
   remoteTrackRemoved(trackId: string): void;
   remoteTrackMuted(trackId: string, muted: boolean): void;
+  /** The server paused (or resumed) a video track for this downlink (`streamStateChanged`). */
+  remoteTrackPaused(trackId: string, paused: boolean): void;
   /** Who is speaking, loudest first (`speakersChanged`). */
   activeSpeakers(speakers: ActiveSpeaker[]): void;
   /** A member's message on the room's data channels. */
@@ -434,6 +436,12 @@ export class WebMedia {
           break;
         case "trackMuted":
           if (typeof m.trackId === "string") this.callbacks.remoteTrackMuted(m.trackId, m.muted === true);
+          break;
+        case "streamStateChanged":
+          // A state this build does not know is skipped.
+          if (typeof m.trackId === "string" && (m.state === "paused" || m.state === "active")) {
+            this.callbacks.remoteTrackPaused(m.trackId, m.state === "paused");
+          }
           break;
         case "qualityUpdate":
           if (typeof m.mid === "string" && Array.isArray(m.qualities)) {

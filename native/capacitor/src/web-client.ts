@@ -291,6 +291,7 @@ export class SwitchboardWebClient {
         this.emit("remoteTrackRemoved", { callId, trackId });
       },
       remoteTrackMuted: (trackId, muted) => this.emit("remoteTrackMuted", { callId, trackId, muted }),
+      remoteTrackPaused: (trackId, paused) => this.emit("remoteTrackPaused", { callId, trackId, paused }),
       activeSpeakers: (speakers) => this.emit("activeSpeakers", { callId, speakers }),
       dataReceived: (message) => this.emit("dataReceived", { callId, ...message }),
     });

@@ -34,6 +34,7 @@ export class SwitchboardWeb extends WebPlugin implements SwitchboardPlugin {
       "remoteTrack",
       "remoteTrackRemoved",
       "remoteTrackMuted",
+      "remoteTrackPaused",
       "muteChanged",
       "audioRouteChanged",
       "tokenRequested",

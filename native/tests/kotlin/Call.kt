@@ -60,6 +60,8 @@ class FakeTelecom(private val routeThrows: Boolean) : SystemCallUi, AudioRoutes,
 
     override fun remoteTrackMuted(callUuid: String, trackId: String, muted: Boolean) {}
 
+    override fun remoteTrackPaused(callUuid: String, trackId: String, paused: Boolean) {}
+
     override fun callReconnecting(callUuid: String) {
         reports.add("reconnecting $callUuid")
     }

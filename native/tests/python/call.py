@@ -59,6 +59,9 @@ class FakeSystem(sb.SystemCallUi, sb.AudioRoutes, sb.Credentials, sb.CallEvents)
     def remote_track_muted(self, call_uuid, track_id, muted):
         self._record("track muted", track_id, muted)
 
+    def remote_track_paused(self, call_uuid, track_id, paused):
+        self._record("track paused", track_id, paused)
+
     def call_reconnecting(self, call_uuid):
         self._record("reconnecting", call_uuid)
 

@@ -141,6 +141,9 @@ impl CallEvents for FakeSystem {
     fn remote_track_muted(&self, _: String, _: String, _: bool) -> Result<(), PortError> {
         Ok(())
     }
+    fn remote_track_paused(&self, _: String, _: String, _: bool) -> Result<(), PortError> {
+        Ok(())
+    }
     fn call_reconnecting(&self, call_uuid: String) -> Result<(), PortError> {
         self.record(Report::Reconnecting(call_uuid));
         Ok(())

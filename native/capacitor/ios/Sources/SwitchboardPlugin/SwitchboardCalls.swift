@@ -622,6 +622,10 @@ extension SwitchboardCalls: CallEvents {
         emit("remoteTrackMuted", ["callId": jsCallId(callUuid), "trackId": trackId, "muted": muted])
     }
 
+    public func remoteTrackPaused(callUuid: String, trackId: String, paused: Bool) throws {
+        emit("remoteTrackPaused", ["callId": jsCallId(callUuid), "trackId": trackId, "paused": paused])
+    }
+
     public func callReconnecting(callUuid: String) throws {
         emit("callStateChanged", ["callId": jsCallId(callUuid), "state": "reconnecting"])
     }

@@ -237,6 +237,10 @@ object SwitchboardCalls : SystemCallUi, AudioRoutes, PushTokens, Credentials, Ca
         emit("remoteTrackMuted", mapOf("callId" to ids.jsCallId(callUuid), "trackId" to trackId, "muted" to muted))
     }
 
+    override fun remoteTrackPaused(callUuid: String, trackId: String, paused: Boolean) {
+        emit("remoteTrackPaused", mapOf("callId" to ids.jsCallId(callUuid), "trackId" to trackId, "paused" to paused))
+    }
+
     override fun callReconnecting(callUuid: String) {
         emit("callStateChanged", mapOf("callId" to ids.jsCallId(callUuid), "state" to "reconnecting"))
     }
