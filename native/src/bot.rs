@@ -227,6 +227,8 @@ struct SentLayer {
     seq: u64,
     picture_id: u16,
     tl0_pic_idx: u8,
+    /// Frames since the last keyframe: the place in the temporal pattern.
+    since_keyframe: u64,
     keyframe_due: bool,
     /// Off when no subscriber wants it (dynacast); back on with a keyframe.
     active: bool,
@@ -239,11 +241,26 @@ impl SentLayer {
             seq: 0,
             picture_id: 0,
             tl0_pic_idx: 0,
+            since_keyframe: 0,
             keyframe_due: true,
             active: true,
         }
     }
 }
+
+/// libwebrtc's VP8 pattern for three temporal layers, from a keyframe on:
+/// per frame, its TID and whether it is a layer sync frame (refers to the
+/// base layer only: a TID 2 and then a TID 1 one every eight frames).
+pub const L1T3_PATTERN: [(u8, bool); 8] = [
+    (0, false),
+    (2, true),
+    (1, true),
+    (2, false),
+    (0, false),
+    (2, false),
+    (1, false),
+    (2, false),
+];
 
 /// The simulcast layers' RIDs, lowest first.
 pub const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
@@ -492,7 +509,10 @@ impl Bot {
             if let (Some(quality), TrackKind::Video) = (self.quality, t.kind) {
                 self.outbox.push_back(ClientMessage::UpdateSubscription {
                     track_id: t.track_id.clone(),
-                    quality,
+                    quality: Some(quality),
+                    width: None,
+                    height: None,
+                    fps: None,
                 });
             }
         }
@@ -822,7 +842,8 @@ impl Bot {
     /// One tick of video in each active simulcast layer: layer `i` of three
     /// carries a quarter of the bytes of layer `i + 1`, in packets of at
     /// most 1,100 bytes, each with a full VP8 descriptor (15-bit picture
-    /// ID, TL0PICIDX, TID 0) that counts in that layer alone.
+    /// ID, TL0PICIDX, TID and Y) that counts in that layer alone. Frames
+    /// follow Chromium's three temporal layers ([`L1T3_PATTERN`]).
     fn send_simulcast_video(&mut self, now: Instant, n: u64, video_bytes: usize) {
         let Some(mid) = self.video_mid else { return };
         let Some(pt) = self
@@ -842,8 +863,15 @@ impl Bot {
                 continue;
             }
             let keyframe = std::mem::take(&mut layer.keyframe_due) || periodic;
+            if keyframe {
+                layer.since_keyframe = 0;
+            }
+            let (tid, sync) = L1T3_PATTERN[(layer.since_keyframe % 8) as usize];
+            layer.since_keyframe += 1;
             layer.picture_id = (layer.picture_id + 1) & 0x7fff;
-            layer.tl0_pic_idx = layer.tl0_pic_idx.wrapping_add(1);
+            if tid == 0 {
+                layer.tl0_pic_idx = layer.tl0_pic_idx.wrapping_add(1);
+            }
             let bytes = (video_bytes >> (2 * (top - i))).max(PROBE_LEN + 8);
             let packets = bytes.div_ceil(MAX_VIDEO_PACKET);
             let rid = Rid::from(layer.rid);
@@ -857,7 +885,7 @@ impl Bot {
                     0x80 | (layer.picture_id >> 8) as u8,
                     layer.picture_id as u8,
                     layer.tl0_pic_idx,
-                    0x00, // TID 0
+                    (tid << 6) | (u8::from(sync) << 5),
                     u8::from(!keyframe),
                 ];
                 payload.extend_from_slice(&layer.seq.to_be_bytes());

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub http_refused: IntCounterVec,
     /// Subscribers moved between simulcast layers, `up` or `down`.
     pub layer_switches: IntCounterVec,
+    pub temporal_switches: IntCounterVec,
     /// Data-channel messages: written by members (`in`), refused, and the
     /// copies relayed (`out`); copies not written, by reason.
     pub data_messages: IntCounterVec,
@@ -266,6 +267,11 @@ impl Metrics {
                 "Subscribers moved to a higher (up) or lower (down) simulcast layer, at a keyframe of it",
                 "direction",
             ),
+            temporal_switches: counter_vec(
+                "switchboard_temporal_layer_switches_total",
+                "Subscribers that started (up, at a layer sync frame) or stopped (down) receiving a VP8 temporal layer",
+                "direction",
+            ),
             data_messages: counter_vec(
                 "switchboard_data_messages_total",
                 "Data-channel messages: written by members (in), refused by the server (refused), copies written to recipients (out)",
@@ -297,6 +303,7 @@ impl Metrics {
         }
         for direction in ["up", "down"] {
             metrics.layer_switches.with_label_values(&[direction]);
+            metrics.temporal_switches.with_label_values(&[direction]);
         }
         for direction in ["in", "refused", "out"] {
             metrics.data_messages.with_label_values(&[direction]);

@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::sim::{Sim, engine_config};
 use sfu::engine::{Command, DeviceLabel, Event, JoinRequest};
 use signaling::{
-    ErrorCode, LeaveReason, ParticipantState, Permissions, ServerMessage, TrackKind, VideoQuality,
+    ErrorCode, LayerChoice, LayerRequest, LeaveReason, ParticipantState, Permissions,
+    ServerMessage, TrackKind, VideoQuality,
 };
 use str0m::media::MediaKind;
 
@@ -787,6 +788,13 @@ fn quality_updates(sim: &Sim, publisher: usize) -> Vec<Vec<VideoQuality>> {
         .collect()
 }
 
+fn quality(quality: VideoQuality) -> LayerRequest {
+    LayerRequest {
+        choice: LayerChoice::Quality(quality),
+        max_fps: None,
+    }
+}
+
 /// A simulcast publisher (three layers, each with its own sequence numbers
 /// and VP8 picture IDs) and two viewers: each gets only the layer it asks
 /// for, and a viewer that switches gets one stream whose sequence numbers
@@ -809,7 +817,7 @@ fn simulcast_viewers_get_their_layer_and_switch_seamlessly_at_a_keyframe() {
         low,
         Command::UpdateSubscription {
             track_id: track.clone(),
-            quality: VideoQuality::Low,
+            request: Ok(quality(VideoQuality::Low)),
         },
     );
     sim.run_for(Duration::from_secs(2));
@@ -839,7 +847,7 @@ fn simulcast_viewers_get_their_layer_and_switch_seamlessly_at_a_keyframe() {
         low,
         Command::UpdateSubscription {
             track_id: track,
-            quality: VideoQuality::High,
+            request: Ok(quality(VideoQuality::High)),
         },
     );
     sim.run_for(Duration::from_secs(2));
@@ -888,6 +896,83 @@ fn simulcast_viewers_get_their_layer_and_switch_seamlessly_at_a_keyframe() {
     // One move down (f to q) and one up (q to f), both by the low viewer.
     let stats = sim.engine.stats();
     assert_eq!((stats.layer_switches_down, stats.layer_switches_up), (1, 1));
+}
+
+/// Temporal layers (the bots send libwebrtc's three-layer VP8 pattern): a
+/// viewer that asks for at most 8 fps gets the base layer's frames only
+/// (12.5 of the bots' 50 a second), numbered on by one as if the others
+/// never existed; asking for every frame again brings the other layers
+/// back at their sync frames, without a keyframe.
+#[test]
+fn a_viewer_asking_fewer_frames_gets_the_base_temporal_layer_numbered_on_by_one() {
+    let mut sim = Sim::new(engine_config());
+    let publisher = sim.join("a", "room");
+    sim.bots[publisher].simulcast = true;
+    sim.bots[publisher].publish();
+    sim.deliver();
+    let viewer = sim.join("b", "room");
+    sim.connect_all();
+    // Long enough for a measured frame rate per temporal layer.
+    sim.run_for(Duration::from_millis(2_500));
+    let track = video_track_of(&sim, viewer, "a");
+    let requests_before = sim.engine.stats().keyframe_requests;
+    let ask = |max_fps| {
+        Ok(LayerRequest {
+            choice: LayerChoice::Quality(VideoQuality::High),
+            max_fps,
+        })
+    };
+    let tid = |p: &native::bot::ReceivedPacket| p.payload[5] >> 6;
+    let video_since = |sim: &Sim, from: usize| -> Vec<native::bot::ReceivedPacket> {
+        sim.bots[viewer].received[from..]
+            .iter()
+            .filter(|p| p.kind == MediaKind::Video)
+            .cloned()
+            .collect()
+    };
+    let from = sim.bots[viewer].received.len();
+    sim.command(
+        viewer,
+        Command::UpdateSubscription {
+            track_id: track.clone(),
+            request: ask(Some(8)),
+        },
+    );
+    sim.run_for(Duration::from_millis(100));
+    let settled = sim.bots[viewer].received.len();
+    sim.run_for(Duration::from_secs(2));
+    let slow = video_since(&sim, settled);
+    assert!(!slow.is_empty());
+    assert!(slow.iter().all(|p| tid(p) == 0), "only the base layer");
+    let frames = slow.iter().filter(|p| p.payload[0] & 0x10 != 0).count();
+    assert!((20..=30).contains(&frames), "{frames} frames in 2 s");
+
+    sim.command(
+        viewer,
+        Command::UpdateSubscription {
+            track_id: track,
+            request: ask(None),
+        },
+    );
+    sim.run_for(Duration::from_secs(2));
+    let video = video_since(&sim, from);
+    let tids: std::collections::BTreeSet<u8> = video.iter().map(tid).collect();
+    assert_eq!(tids, [0, 1, 2].into(), "every layer back");
+    let picture_id = |payload: &[u8]| {
+        str0m::rtp::Vp8Descriptor::parse(payload)
+            .unwrap()
+            .picture_id()
+            .unwrap()
+    };
+    for pair in video.windows(2) {
+        assert_eq!(pair[1].seq, pair[0].seq + 1, "a gap in the sequence numbers");
+        let step = picture_id(&pair[1].payload).wrapping_sub(picture_id(&pair[0].payload)) & 0x7fff;
+        assert!(step <= 1, "picture IDs jumped by {step}");
+    }
+    let stats = sim.engine.stats();
+    assert!(stats.temporal_switches_down >= 1, "{stats:?}");
+    assert!(stats.temporal_switches_up >= 2, "one layer at a time: {stats:?}");
+    assert_eq!(stats.keyframe_requests, requests_before, "no keyframe needed");
 }
 
 /// The data each bot got on the server's reliable channel, as relayed.

@@ -29,6 +29,35 @@ pub enum VideoQuality {
     High,
 }
 
+/// Which layer of a video track a subscriber wants: a quality, or the
+/// smallest layer at least as large as where it is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerChoice {
+    Quality(VideoQuality),
+    /// Pixels, as rendered (device pixels on phones).
+    Size { width: u32, height: u32 },
+}
+
+/// A subscriber's wish for one video track (`updateSubscription`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LayerRequest {
+    pub choice: LayerChoice,
+    /// At most this many frames per second; `None`: all the publisher sends.
+    pub max_fps: Option<u32>,
+}
+
+impl LayerRequest {
+    /// What a subscriber gets before it asks: the highest layer, every frame.
+    pub const HIGHEST: LayerRequest = LayerRequest {
+        choice: LayerChoice::Quality(VideoQuality::High),
+        max_fps: None,
+    };
+}
+
+/// `updateSubscription` sizes and frame rates are taken in these bounds.
+pub const MAX_SUBSCRIPTION_PIXELS: u32 = 16_384;
+pub const MAX_SUBSCRIPTION_FPS: u32 = 240;
+
 /// What a call token allows its holder to do in the room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -342,11 +371,21 @@ pub enum ClientMessage {
         track_id: String,
         muted: bool,
     },
-    /// Which layer of a subscribed video track to receive (simulcast). The
-    /// server switches at the layer's next keyframe, which it asks for.
+    /// Which layer of a subscribed video track to receive (simulcast):
+    /// by `quality`, or by the size it is shown at (`width` and `height`);
+    /// `fps` caps the frame rate (temporal layers). The server switches at
+    /// the layer's next keyframe, which it asks for. [`Self::layer_request`]
+    /// reads it.
     UpdateSubscription {
         track_id: String,
-        quality: VideoQuality,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quality: Option<VideoQuality>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        width: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        height: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fps: Option<u32>,
     },
     /// The client's network changed: the server sends a subscriber offer with new ICE credentials.
     RestartIce,
@@ -354,6 +393,43 @@ pub enum ClientMessage {
     Ping {
         timestamp: u64,
     },
+}
+
+impl ClientMessage {
+    /// An `updateSubscription`'s request: exactly one of `quality` or
+    /// `width` and `height`, sizes 1 to 16384 and `fps` 1 to 240; `None`
+    /// for other messages.
+    pub fn layer_request(&self) -> Option<Result<LayerRequest, &'static str>> {
+        let ClientMessage::UpdateSubscription {
+            quality,
+            width,
+            height,
+            fps,
+            ..
+        } = *self
+        else {
+            return None;
+        };
+        let in_bounds = |v: u32, max: u32| (1..=max).contains(&v);
+        let choice = match (quality, width, height) {
+            (Some(quality), None, None) => Ok(LayerChoice::Quality(quality)),
+            (None, Some(width), Some(height))
+                if in_bounds(width, MAX_SUBSCRIPTION_PIXELS)
+                    && in_bounds(height, MAX_SUBSCRIPTION_PIXELS) =>
+            {
+                Ok(LayerChoice::Size { width, height })
+            }
+            (None, Some(_), Some(_)) => Err("`width` and `height` are 1 to 16384 pixels"),
+            _ => Err("give either `quality` or both `width` and `height`"),
+        };
+        let max_fps = match fps {
+            Some(fps) if !in_bounds(fps, MAX_SUBSCRIPTION_FPS) => {
+                return Some(Err("`fps` is 1 to 240"));
+            }
+            fps => fps,
+        };
+        Some(choice.map(|choice| LayerRequest { choice, max_fps }))
+    }
 }
 
 fn default_true() -> bool {

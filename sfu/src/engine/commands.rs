@@ -39,9 +39,16 @@ impl Engine {
             (Command::Mute { track_id, muted }, Some(key)) => {
                 self.mute(conn, key, &track_id, muted)
             }
-            (Command::UpdateSubscription { track_id, quality }, Some(key)) => {
-                self.update_subscription(conn, key, &track_id, quality, now)
+            (Command::UpdateSubscription { request: Err(why), .. }, Some(_)) => {
+                self.error(conn, ErrorCode::BadMessage, why)
             }
+            (
+                Command::UpdateSubscription {
+                    track_id,
+                    request: Ok(request),
+                },
+                Some(key),
+            ) => self.update_subscription(conn, key, &track_id, request, now),
             (Command::RestartIce, Some(key)) => {
                 if let Some(p) = self.participants.get_mut(&key) {
                     p.ice_restart = true;
@@ -428,7 +435,7 @@ impl Engine {
         conn: ConnId,
         key: ParticipantKey,
         track_id: &str,
-        quality: VideoQuality,
+        request: LayerRequest,
         now: Instant,
     ) {
         let Some(p) = self.participants.get_mut(&key) else {
@@ -449,9 +456,9 @@ impl Engine {
             );
             return;
         };
-        if down.stream.wanted != quality {
-            tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, track = %track_id, ?quality, "subscription quality changed");
-            down.stream.wanted = quality;
+        if down.stream.request != request {
+            tracing::debug!(participant = %p.id, user_id = %p.user_id, call_id = %p.room, track = %track_id, ?request, "subscription quality changed");
+            down.stream.request = request;
             let room_id = p.room.clone();
             self.subscriptions_changed(&room_id);
             self.allocate_downlink(key, now);

@@ -16,9 +16,9 @@
 //! padding) and the rate of every asked-for layer (`desired`, probed for).
 //! A layer switch itself waits for the layer's keyframe (`simulcast.rs`).
 
-use signaling::{StreamState, TrackKind};
+use signaling::{LayerRequest, StreamState, TrackKind};
 
-use super::simulcast::{MAX_LAYERS, layer_for};
+use super::simulcast::{Level, LiveLayers, MAX_LAYERS, MAX_TEMPORAL};
 use super::*;
 
 /// Of the estimate, this much is spent: the rest absorbs its error, RTCP
@@ -38,21 +38,25 @@ const UP_COOLDOWN: Duration = Duration::from_secs(4);
 /// The estimate str0m starts from, before feedback arrives.
 pub const INITIAL_ESTIMATE: Bitrate = Bitrate::kbps(1_000);
 
-/// One video track as the allocation sees it.
+/// Levels per track: every temporal layer of every spatial layer.
+const MAX_RUNGS: usize = MAX_LAYERS * MAX_TEMPORAL;
+
+/// One video track as the allocation sees it: a ladder of levels,
+/// cheapest first ([`Ladder`]), and where on it the track is and wants to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Demand {
-    /// The highest layer wanted: the quality asked for, among the layers
-    /// the track has.
+    /// The highest rung wanted: the quality (and frame rate) asked for,
+    /// among the layers the track has.
     pub wanted: usize,
-    /// What each layer up to `wanted` costs, in bits per second.
-    pub costs: [u64; MAX_LAYERS],
-    /// What it was allocated last time (`None`: paused, or new).
+    /// What each rung up to `wanted` costs, in bits per second.
+    pub costs: [u64; MAX_RUNGS],
+    /// The rung it was allocated last time (`None`: paused, or new).
     pub current: Option<usize>,
     /// It may not get more than `current` now (a cool-down after lowering).
     pub hold: bool,
 }
 
-/// Per demand, the highest layer `budget` carries (`None`: paused).
+/// Per demand, the highest rung `budget` carries (`None`: paused).
 pub fn allocate(budget: u64, demands: &[Demand]) -> Vec<Option<usize>> {
     let mut levels: Vec<Option<usize>> = vec![None; demands.len()];
     let mut used = 0u64;
@@ -94,26 +98,80 @@ pub fn allocate(budget: u64, demands: &[Demand]) -> Vec<Option<usize>> {
     }
 }
 
-/// What each of a track's layers costs: as measured, else nominal; a layer
-/// never costs less than the one below it, nor (when unmeasured) more than
-/// a measured one above it (a flat picture is cheap at any size).
-fn layer_costs(layers: &super::simulcast::LiveLayers) -> [u64; MAX_LAYERS] {
-    let count = layers.count.min(MAX_LAYERS);
-    let mut costs = [0; MAX_LAYERS];
-    for l in 0..count {
-        costs[l] = match layers.bitrate[l] {
-            0 => {
-                let above = (l + 1..count).map(|h| layers.bitrate[h]).find(|b| *b > 0);
-                let nominal = NOMINAL_BITRATE[l + MAX_LAYERS - count];
-                above.map_or(nominal, |a| a.min(nominal))
-            }
-            measured => measured,
+/// Of a layer's bitrate, the share its temporal layers up to each carry
+/// when not measured yet: libwebrtc's VP8 allocation for one, two and
+/// three temporal layers (percent, cumulative).
+const TEMPORAL_SHARE: [[u64; MAX_TEMPORAL]; MAX_TEMPORAL] =
+    [[100, 100, 100], [60, 100, 100], [40, 60, 100]];
+
+/// A track's levels up to the one wanted, cheapest first: each spatial
+/// layer one temporal layer at a time, so lowering first drops frames of
+/// the picture being sent (no keyframe needed, the size stays) and only
+/// then moves to a smaller picture.
+#[derive(Debug, Clone, Copy)]
+struct Ladder {
+    levels: [Level; MAX_RUNGS],
+    costs: [u64; MAX_RUNGS],
+    len: usize,
+}
+
+impl Ladder {
+    fn new(layers: &LiveLayers, request: LayerRequest) -> Ladder {
+        let mut ladder = Ladder {
+            levels: [Level::full(0); MAX_RUNGS],
+            costs: [0; MAX_RUNGS],
+            len: 0,
         };
-        if l > 0 {
-            costs[l] = costs[l].max(costs[l - 1]);
+        let count = layers.count.min(MAX_LAYERS);
+        let wanted = layers.wanted_layer(request.choice).min(count.saturating_sub(1));
+        for spatial in 0..=wanted {
+            let temporal_layers = layers.temporal_layers[spatial].clamp(1, MAX_TEMPORAL as u8);
+            let asked = layers.temporal_for(spatial, request.max_fps);
+            let top = asked.min(temporal_layers - 1);
+            let measured = layers.cost(Level::full(spatial)) > 0;
+            for temporal in 0..=top {
+                let level = Level { spatial, temporal };
+                let mut cost = if measured {
+                    layers.cost(level)
+                } else {
+                    let share =
+                        TEMPORAL_SHARE[usize::from(temporal_layers) - 1][usize::from(temporal)];
+                    unmeasured_cost(layers, spatial) * share / 100
+                };
+                if ladder.len > 0 {
+                    // Never cheaper than the rung below.
+                    cost = cost.max(ladder.costs[ladder.len - 1]);
+                }
+                // The top of what was asked is asked as such: temporal
+                // layers the publisher adds later are not held back.
+                ladder.levels[ladder.len] = if temporal == top {
+                    Level { temporal: asked, ..level }
+                } else {
+                    level
+                };
+                ladder.costs[ladder.len] = cost;
+                ladder.len += 1;
+            }
         }
+        ladder
     }
-    costs
+
+    /// The highest rung at or below `level` (`None` below the first).
+    fn rung_of(&self, level: Level) -> Option<usize> {
+        self.levels[..self.len].iter().rposition(|l| *l <= level)
+    }
+}
+
+/// What a layer not measured yet (just started, or turned off by dynacast)
+/// costs: Chromium's rate for its place among three, but no more than a
+/// measured layer above it (a flat picture is cheap at any size).
+fn unmeasured_cost(layers: &LiveLayers, spatial: usize) -> u64 {
+    let count = layers.count.min(MAX_LAYERS);
+    let nominal = NOMINAL_BITRATE[spatial + MAX_LAYERS - count];
+    (spatial + 1..count)
+        .map(|above| layers.cost(Level::full(above)))
+        .find(|b| *b > 0)
+        .map_or(nominal, |above| above.min(nominal))
 }
 
 impl Engine {
@@ -152,7 +210,7 @@ impl Engine {
             .downlink_lowered_at
             .is_some_and(|at| now.saturating_duration_since(at) < UP_COOLDOWN);
         let mut audio = 0u64;
-        // (index into p.down, demand)
+        // (index into p.down, demand, its ladder)
         let mut video = Vec::new();
         for (i, d) in p.down.iter().enumerate() {
             if matches!(d.state, DownState::ToStop(_) | DownState::Stopping(_)) {
@@ -170,19 +228,22 @@ impl Engine {
                     if track.muted || !(0..layers.count).any(|l| layers.is_live(l, now)) {
                         continue;
                     }
-                    let costs = layer_costs(&layers);
+                    let ladder = Ladder::new(&layers, d.stream.request);
+                    if ladder.len == 0 {
+                        continue;
+                    }
                     let demand = Demand {
-                        wanted: layer_for(d.stream.wanted, layers.count),
-                        costs,
-                        current: if d.paused { None } else { d.cap },
+                        wanted: ladder.len - 1,
+                        costs: ladder.costs,
+                        current: d.cap.filter(|_| !d.paused).and_then(|c| ladder.rung_of(c)),
                         hold: cooling && (d.paused || d.cap.is_some()),
                     };
-                    video.push((i, demand));
+                    video.push((i, demand, ladder));
                 }
             }
         }
         let budget = (estimate.as_u64() * USABLE_SHARE / 100).saturating_sub(audio);
-        let demands: Vec<Demand> = video.iter().map(|(_, d)| *d).collect();
+        let demands: Vec<Demand> = video.iter().map(|(_, d, _)| *d).collect();
         let levels = allocate(budget, &demands);
         let sent: u64 = levels
             .iter()
@@ -210,11 +271,12 @@ impl Engine {
         };
         let mut told = Vec::new();
         let mut recapped = false;
-        for ((i, demand), level) in video.iter().zip(levels) {
+        for ((i, demand, ladder), rung) in video.iter().zip(levels) {
             let down = &mut p.down[*i];
-            let paused = level.is_none();
+            let paused = rung.is_none();
+            let level = rung.map(|r| ladder.levels[r]);
             recapped |= down.cap != level;
-            let lowered = match (demand.current, level) {
+            let lowered = match (demand.current, rung) {
                 (Some(was), Some(is)) => is < was,
                 (Some(_), None) => true,
                 _ => false,
@@ -267,7 +329,8 @@ impl Engine {
 mod tests {
     use super::*;
 
-    const LAYERS: [u64; MAX_LAYERS] = [150_000, 500_000, 1_200_000];
+    /// Three layers without temporal layers: one rung each.
+    const LAYERS: [u64; MAX_RUNGS] = [150_000, 500_000, 1_200_000, 0, 0, 0, 0, 0, 0];
 
     fn asking(wanted: usize, current: Option<usize>) -> Demand {
         Demand {
@@ -276,6 +339,71 @@ mod tests {
             current,
             hold: false,
         }
+    }
+
+    fn l1t3_simulcast(measured: bool) -> LiveLayers {
+        let now = crate::engine::tests::start();
+        let mut layers = LiveLayers {
+            count: 3,
+            seen: [Some(now); MAX_LAYERS],
+            temporal_layers: [3; MAX_LAYERS],
+            ..LiveLayers::default()
+        };
+        if measured {
+            // Per temporal layer: 40 / 20 / 40 % of 100, 400, 1200 kbit/s.
+            for (l, total) in [100_000u64, 400_000, 1_200_000].into_iter().enumerate() {
+                layers.bitrate[l] = [total * 4 / 10, total * 2 / 10, total * 4 / 10];
+                layers.frame_rate[l] = [8, 7, 15];
+            }
+        }
+        layers
+    }
+
+    #[test]
+    fn the_ladder_drops_frames_before_it_drops_size() {
+        let request = LayerRequest::HIGHEST;
+        let ladder = Ladder::new(&l1t3_simulcast(true), request);
+        assert_eq!(ladder.len, 9);
+        let (levels, costs) = (&ladder.levels, &ladder.costs);
+        // From the top down: the high layer at 2, then 1, then 0 temporal
+        // layers, and only then the medium layer.
+        assert_eq!(levels[8], Level::full(2));
+        assert_eq!(levels[7], Level { spatial: 2, temporal: 1 });
+        assert_eq!(levels[6], Level { spatial: 2, temporal: 0 });
+        assert_eq!(levels[5], Level::full(1));
+        assert_eq!(costs[8], 1_200_000);
+        assert_eq!(costs[7], 720_000);
+        // The high layer's base (480) costs more than all of medium (400).
+        assert_eq!(costs[6], 480_000);
+        assert_eq!(costs[5], 400_000);
+        assert!(costs[..9].is_sorted());
+        // 700 kbit/s carries the high layer's 15 fps, not its 30.
+        let demand = Demand {
+            wanted: 8,
+            costs: ladder.costs,
+            current: Some(8),
+            hold: false,
+        };
+        assert_eq!(allocate(700_000, &[demand]), vec![Some(6)]);
+        assert_eq!(allocate(730_000, &[demand]), vec![Some(7)]);
+        assert_eq!(ladder.rung_of(Level { spatial: 2, temporal: 1 }), Some(7));
+    }
+
+    #[test]
+    fn unmeasured_temporal_layers_cost_libwebrtcs_shares_and_fps_limits_the_ladder() {
+        let ladder = Ladder::new(&l1t3_simulcast(false), LayerRequest::HIGHEST);
+        assert_eq!(ladder.len, 9);
+        assert_eq!(ladder.costs[6], 600_000, "40 % of the nominal 1.5 Mbit/s");
+        assert_eq!(ladder.costs[8], 1_500_000);
+        // At most 8 fps: the base layer of each (7.5 fps measured).
+        let slow = LayerRequest {
+            max_fps: Some(8),
+            ..LayerRequest::HIGHEST
+        };
+        let ladder = Ladder::new(&l1t3_simulcast(true), slow);
+        assert_eq!(ladder.len, 3);
+        assert_eq!(ladder.levels[2], Level { spatial: 2, temporal: 0 });
+        assert_eq!(ladder.costs[2], 480_000);
     }
 
     #[test]

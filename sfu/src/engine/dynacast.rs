@@ -8,23 +8,21 @@
 //! Meanwhile [`super::simulcast::pick_layer`] forwards the nearest layer
 //! that is on.
 
-use super::simulcast::layer_for;
+use super::simulcast::{LiveLayers, layer_for};
 use super::*;
 
 /// The quality a subscription is served at: what was asked for, lowered to
 /// what its downlink carries (`downlink.rs`); a paused one waits on the
 /// lowest layer, which must stay on for it to resume.
-fn received_quality(down: &DownTrack, layers: usize) -> VideoQuality {
+fn received_quality(down: &DownTrack, layers: &LiveLayers) -> VideoQuality {
     if down.paused {
         return VideoQuality::Low;
     }
-    let Some(cap) = down.cap else {
-        return down.stream.wanted;
-    };
+    let wanted = layers.wanted_layer(down.stream.request.choice);
+    let received = down.cap.map_or(wanted, |cap| cap.spatial.min(wanted));
     [VideoQuality::High, VideoQuality::Medium, VideoQuality::Low]
         .into_iter()
-        .filter(|q| *q <= down.stream.wanted)
-        .find(|q| layer_for(*q, layers) <= cap)
+        .find(|q| layer_for(*q, layers.count) <= received)
         .unwrap_or(VideoQuality::Low)
 }
 
@@ -55,7 +53,7 @@ impl Engine {
                             )
                     })
                 })
-                .map(|d| received_quality(d, track.layers.last_seen.count))
+                .map(|d| received_quality(d, &track.layers.last_seen))
                 .collect();
             wanted.sort();
             wanted.dedup();

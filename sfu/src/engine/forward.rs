@@ -6,8 +6,12 @@ use str0m::format::Codec;
 use str0m::media::Rids;
 use str0m::rtp::Vp8Descriptor;
 
+use std::cmp::Ordering;
+
 use super::keyframe::starts_keyframe;
-use super::simulcast::{Incoming, LiveLayers};
+use super::room::Sample;
+use super::simulcast::{Incoming, Level, LiveLayers};
+use super::vp8;
 use super::*;
 
 impl Engine {
@@ -23,8 +27,16 @@ impl Engine {
         let Some(track_key) = self.published_track(publisher, mid) else {
             return;
         };
+        let is_vp8 = params.is_some_and(|p| p.spec().codec == Codec::Vp8);
+        let temporal = is_vp8.then(|| vp8::temporal(&pkt.payload)).flatten();
+        let sample = Sample {
+            bytes: pkt.payload.len(),
+            timestamp: pkt.header.timestamp,
+            temporal: temporal.map(|t| t.id),
+            size: is_vp8.then(|| vp8::keyframe_size(&pkt.payload)).flatten(),
+        };
         let Some((layer, layers, keyframe_pending)) =
-            self.observe_layer(publisher, track_key, mid, rid, pkt.payload.len(), now)
+            self.observe_layer(publisher, track_key, mid, rid, sample, now)
         else {
             return;
         };
@@ -102,6 +114,7 @@ impl Engine {
             timestamp: pkt.header.timestamp,
             keyframe,
             vp8: vp8.as_ref(),
+            temporal,
             clock_rate: spec.clock_rate.get(),
         };
         let packet = Packet {
@@ -141,7 +154,7 @@ impl Engine {
         track_key: u64,
         mid: Mid,
         rid: Option<Rid>,
-        bytes: usize,
+        sample: Sample,
         now: Instant,
     ) -> Option<(usize, LiveLayers, bool)> {
         let p = self.participants.get(&publisher)?;
@@ -150,7 +163,7 @@ impl Engine {
             Some(Rids::Specific(rids)) => rids.clone(),
             _ => Vec::new(),
         };
-        let layer = track.layers.observe(rid, listed, bytes, now)?;
+        let layer = track.layers.observe(rid, listed, sample, now)?;
         let pending = std::mem::take(&mut track.keyframe_pending);
         Some((layer, track.layers.last_seen, pending))
     }
@@ -192,20 +205,28 @@ impl Engine {
             return;
         }
         let target = layers
-            .target(down.stream.wanted, down.cap, now)
-            .unwrap_or(incoming.layer);
-        let was_on = down.stream.current();
+            .target(down.stream.request, down.cap, now)
+            .unwrap_or(Level::full(incoming.layer));
+        let (was_on, was_temporal) = (down.stream.current(), down.stream.temporal());
         let forwarded = down.stream.on_packet(incoming, target, now);
         match (was_on, down.stream.current()) {
             (Some(from), Some(to)) if to > from => self.stats.layer_switches_up += 1,
             (Some(from), Some(to)) if to < from => self.stats.layer_switches_down += 1,
+            (Some(from), Some(to)) if from == to && incoming.temporal.is_some() => {
+                match down.stream.temporal().cmp(&was_temporal) {
+                    Ordering::Greater => self.stats.temporal_switches_up += 1,
+                    Ordering::Less => self.stats.temporal_switches_down += 1,
+                    Ordering::Equal => {}
+                }
+            }
             _ => {}
         }
         let Some(out) = forwarded else {
-            if down.stream.current() != Some(target) {
+            if down.stream.current() != Some(target.spatial) {
                 // Waiting for the target layer's keyframe: ask (again, rate
                 // limited per layer, in case the one asked for was lost).
-                self.request_keyframe(subscriber, track_key, target, KeyframeRequestKind::Pli, now);
+                let layer = target.spatial;
+                self.request_keyframe(subscriber, track_key, layer, KeyframeRequestKind::Pli, now);
             }
             return;
         };
@@ -309,7 +330,10 @@ impl Engine {
             .unwrap_or_default();
         down.stream
             .current()
-            .or_else(|| layers.target(down.stream.wanted, down.cap, now))
+            .or_else(|| {
+                let target = layers.target(down.stream.request, down.cap, now);
+                target.map(|t| t.spatial)
+            })
             .unwrap_or(0)
     }
 

@@ -33,6 +33,7 @@ mod speakers;
 mod tests;
 mod timers;
 mod token_bucket;
+mod vp8;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 use signaling::{
     ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, ParticipantState, PeerTarget,
     Permissions, ServerMessage, SpeakerInfo, TrackInfo, TrackKind, TrackMid, VideoQuality,
+    LayerRequest,
 };
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
@@ -242,7 +244,8 @@ pub enum Command {
     },
     UpdateSubscription {
         track_id: String,
-        quality: VideoQuality,
+        /// Refused (`bad_message`) with the reason when malformed.
+        request: Result<LayerRequest, &'static str>,
     },
     RestartIce,
     Leave,
@@ -343,8 +346,11 @@ impl Command {
             ClientMessage::Subscribe { track_ids } => Command::Subscribe { track_ids },
             ClientMessage::Unsubscribe { track_ids } => Command::Unsubscribe { track_ids },
             ClientMessage::Mute { track_id, muted } => Command::Mute { track_id, muted },
-            ClientMessage::UpdateSubscription { track_id, quality } => {
-                Command::UpdateSubscription { track_id, quality }
+            ClientMessage::UpdateSubscription { ref track_id, .. } => {
+                Command::UpdateSubscription {
+                    track_id: track_id.clone(),
+                    request: message.layer_request()?,
+                }
             }
             ClientMessage::RestartIce => Command::RestartIce,
             ClientMessage::Leave => Command::Leave,
@@ -415,6 +421,9 @@ pub struct EngineStats {
     /// Subscribers moved to a higher / lower simulcast layer (at a keyframe).
     pub layer_switches_up: u64,
     pub layer_switches_down: u64,
+    /// Subscribers that started or stopped receiving a temporal layer.
+    pub temporal_switches_up: u64,
+    pub temporal_switches_down: u64,
     /// Messages members wrote on the room's data channels.
     pub data_messages_in: u64,
     /// Of those, refused (rate, permission, size, shape).

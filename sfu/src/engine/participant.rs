@@ -50,7 +50,7 @@ pub struct DownTrack {
     pub pts: PtMap,
     /// The highest layer the subscriber's downlink carries (`downlink.rs`);
     /// `None`: no limit.
-    pub cap: Option<usize>,
+    pub cap: Option<super::simulcast::Level>,
     /// Video the downlink cannot carry at all: nothing is forwarded.
     pub paused: bool,
 }

@@ -8,7 +8,7 @@ use str0m::media::Mid;
 use str0m::media::Rid;
 
 use super::ParticipantKey;
-use super::simulcast::{LAYER_STALE, LiveLayers, MAX_LAYERS, RATE_WINDOW};
+use super::simulcast::{LAYER_STALE, LiveLayers, MAX_LAYERS, MAX_TEMPORAL, RATE_WINDOW};
 use super::speakers::ActiveSpeakers;
 
 /// A published track, owned by one participant's publisher connection.
@@ -47,10 +47,34 @@ pub struct Track {
 #[derive(Debug, Default)]
 pub struct Layers {
     pub rids: Vec<Option<Rid>>,
-    /// When each layer's latest packet arrived, and its bitrate.
+    /// When each layer's latest packet arrived, and its rates.
     pub last_seen: LiveLayers,
-    /// Per layer: payload bytes since the current rate window started.
-    window: [(u64, Option<Instant>); MAX_LAYERS],
+    /// Per layer: what its current rate window counted.
+    window: [Window; MAX_LAYERS],
+}
+
+/// One layer's counts since its rate window started.
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    started: Option<Instant>,
+    /// Per temporal layer: payload bytes, and frames begun.
+    bytes: [u64; MAX_TEMPORAL],
+    frames: [u32; MAX_TEMPORAL],
+    /// The highest temporal layer seen in the window.
+    top_temporal: u8,
+    /// The RTP timestamp of the latest frame (a new one begins a frame).
+    last_timestamp: Option<u32>,
+}
+
+/// What one packet tells the rate measurement of its layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub bytes: usize,
+    pub timestamp: u32,
+    /// Its temporal layer (`None`: the stream has none).
+    pub temporal: Option<u8>,
+    /// The size its keyframe announces (VP8 keyframes' first packets).
+    pub size: Option<(u16, u16)>,
 }
 
 impl Layers {
@@ -62,7 +86,7 @@ impl Layers {
         &mut self,
         rid: Option<Rid>,
         listed: impl FnOnce() -> Vec<Rid>,
-        bytes: usize,
+        sample: Sample,
         now: Instant,
     ) -> Option<usize> {
         let index = match self.rids.iter().position(|r| *r == rid) {
@@ -89,36 +113,56 @@ impl Layers {
             }
         };
         self.last_seen.count = self.rids.len();
-        self.count_bytes(index, bytes, now);
+        if sample.size.is_some() {
+            self.last_seen.size[index] = sample.size;
+        }
+        self.count(index, sample, now);
         self.last_seen.seen[index] = Some(now);
         Some(index)
     }
 
-    /// Adds a packet's bytes to its layer's window; a full window becomes
-    /// the layer's bitrate (half the new measure, half the last: one
-    /// keyframe does not make a layer look twice its size).
-    fn count_bytes(&mut self, index: usize, bytes: usize, now: Instant) {
-        let (counted, started) = &mut self.window[index];
+    /// Adds a packet to its layer's window; a full window becomes the
+    /// layer's rates (half the new measure, half the last: one keyframe
+    /// does not make a layer look twice its size) and its count of
+    /// temporal layers.
+    fn count(&mut self, index: usize, sample: Sample, now: Instant) {
+        let window = &mut self.window[index];
+        let live = &mut self.last_seen;
         // A layer that was off (dynacast) starts a new window: a measure
         // across the gap would make it look cheap.
-        let resumed = self.last_seen.seen[index]
+        let resumed = live.seen[index]
             .is_some_and(|seen| now.saturating_duration_since(seen) >= LAYER_STALE);
         if resumed {
-            (*counted, *started) = (0, None);
+            *window = Window::default();
         }
-        let start = *started.get_or_insert(now);
-        *counted += bytes as u64;
+        let start = *window.started.get_or_insert(now);
+        let temporal = sample.temporal.unwrap_or(0);
+        let t = usize::from(temporal).min(MAX_TEMPORAL - 1);
+        window.top_temporal = window.top_temporal.max(t as u8);
+        live.temporal_layers[index] = live.temporal_layers[index].max(t as u8 + 1);
+        window.bytes[t] += sample.bytes as u64;
+        if window.last_timestamp != Some(sample.timestamp) {
+            window.last_timestamp = Some(sample.timestamp);
+            window.frames[t] += 1;
+        }
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= RATE_WINDOW {
-            let measured = *counted * 8 * 1_000_000 / elapsed.as_micros().max(1) as u64;
-            let rate = &mut self.last_seen.bitrate[index];
-            *rate = if *rate == 0 {
-                measured
-            } else {
-                (*rate + measured) / 2
+            let micros = elapsed.as_micros().max(1) as u64;
+            let smooth = |old: u64, new: u64| if old == 0 { new } else { (old + new) / 2 };
+            for t in 0..MAX_TEMPORAL {
+                let bits = window.bytes[t] * 8 * 1_000_000 / micros;
+                live.bitrate[index][t] = smooth(live.bitrate[index][t], bits);
+                let fps = u64::from(window.frames[t]) * 1_000_000 / micros;
+                let old = u64::from(live.frame_rate[index][t]);
+                live.frame_rate[index][t] = smooth(old, fps).min(u64::from(u16::MAX)) as u16;
+            }
+            // A layer the publisher stopped sending counts no more.
+            live.temporal_layers[index] = window.top_temporal + 1;
+            *window = Window {
+                started: Some(now),
+                last_timestamp: window.last_timestamp,
+                ..Window::default()
             };
-            *counted = 0;
-            *started = Some(now);
         }
     }
 
@@ -172,7 +216,52 @@ impl Room {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    fn plain() -> Sample {
+        Sample {
+            bytes: 100,
+            timestamp: 0,
+            temporal: None,
+            size: None,
+        }
+    }
+
+    #[test]
+    fn temporal_layers_are_measured_each_on_its_own() {
+        let start = crate::engine::tests::start();
+        let mut layers = Layers::default();
+        // L1T3 at 30 fps for two seconds: TIDs 0, 2, 1, 2; two 500-byte
+        // packets per base frame, one of 250 otherwise.
+        for frame in 0..60u32 {
+            let tid = [0, 2, 1, 2][frame as usize % 4];
+            let at = start + Duration::from_micros(u64::from(frame) * 33_333);
+            let packets = if tid == 0 { 2 } else { 1 };
+            for _ in 0..packets {
+                let sample = Sample {
+                    bytes: if tid == 0 { 500 } else { 250 },
+                    timestamp: frame * 3_000,
+                    temporal: Some(tid),
+                    size: (frame == 0).then_some((320, 180)),
+                };
+                layers.observe(None, Vec::new, sample, at);
+            }
+        }
+        let live = layers.last_seen;
+        assert_eq!(live.temporal_layers[0], 3);
+        assert_eq!(live.size[0], Some((320, 180)));
+        // 7.5 base frames a second (the window's count, within one frame).
+        let fps = live.frame_rate[0];
+        assert!((7..=8).contains(&fps[0]) && (7..=8).contains(&fps[1]), "{fps:?}");
+        assert!((14..=16).contains(&fps[2]), "{fps:?}");
+        // Base: 7.5 x 1000 bytes = 60 kbit/s; TID 1: 15; TID 2: 30.
+        let rate = live.bitrate[0];
+        assert!(rate[0].abs_diff(60_000) < 9_000, "{rate:?}");
+        assert!(rate[1].abs_diff(15_000) < 3_000, "{rate:?}");
+        assert!(rate[2].abs_diff(30_000) < 5_000, "{rate:?}");
+    }
 
     #[test]
     fn layers_follow_the_sdp_order_whatever_arrives_first() {
@@ -180,12 +269,12 @@ mod tests {
         let (q, h, f) = (Rid::from("q"), Rid::from("h"), Rid::from("f"));
         let listed = || vec![q, h, f];
         let mut layers = Layers::default();
-        assert_eq!(layers.observe(Some(f), listed, 100, now), Some(2));
-        assert_eq!(layers.observe(Some(q), listed, 100, now), Some(0));
+        assert_eq!(layers.observe(Some(f), listed, plain(), now), Some(2));
+        assert_eq!(layers.observe(Some(q), listed, plain(), now), Some(0));
         assert_eq!(layers.last_seen.count, 3);
         // No RID on a simulcast track, or a fourth RID: no layer.
-        assert_eq!(layers.observe(None, listed, 100, now), None);
-        assert_eq!(layers.observe(Some(Rid::from("x")), listed, 100, now), None);
+        assert_eq!(layers.observe(None, listed, plain(), now), None);
+        assert_eq!(layers.observe(Some(Rid::from("x")), listed, plain(), now), None);
         assert_eq!(layers.rid(1), Some(h));
     }
 
@@ -193,8 +282,8 @@ mod tests {
     fn a_track_without_simulcast_is_one_layer() {
         let now = crate::engine::tests::start();
         let mut layers = Layers::default();
-        assert_eq!(layers.observe(None, Vec::new, 100, now), Some(0));
-        assert_eq!(layers.observe(None, Vec::new, 100, now), Some(0));
+        assert_eq!(layers.observe(None, Vec::new, plain(), now), Some(0));
+        assert_eq!(layers.observe(None, Vec::new, plain(), now), Some(0));
         assert_eq!(layers.last_seen.count, 1);
         assert_eq!(layers.rid(0), None);
     }

@@ -18,8 +18,12 @@
 
 use std::time::{Duration, Instant};
 
-use signaling::VideoQuality;
+use std::collections::VecDeque;
+
+use signaling::{LayerChoice, LayerRequest, VideoQuality};
 use str0m::rtp::{SeqNo, Vp8Descriptor, Vp8Patch};
+
+use super::vp8::Temporal;
 
 /// A layer that sent nothing for this long is not offered to subscribers:
 /// the publisher turned it off (CPU or bandwidth adaptation, or dynacast),
@@ -30,33 +34,129 @@ pub const LAYER_STALE: Duration = Duration::from_secs(1);
 /// more for one camera); packets of further RIDs are not forwarded.
 pub const MAX_LAYERS: usize = 3;
 
-/// When each of a track's layers last sent a packet, and at what rate: a
+/// Temporal layers per spatial layer: VP8 sends up to three (L1T3, what
+/// Chromium's VP8 simulcast uses); frames of further TIDs are dropped.
+pub const MAX_TEMPORAL: usize = 3;
+
+/// What a subscriber receives of a track: one spatial layer, and of it the
+/// temporal layers up to `temporal` (every frame when the stream has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Level {
+    pub spatial: usize,
+    pub temporal: u8,
+}
+
+impl Level {
+    /// A spatial layer with all its frames.
+    pub fn full(spatial: usize) -> Level {
+        Level {
+            spatial,
+            temporal: MAX_TEMPORAL as u8 - 1,
+        }
+    }
+}
+
+/// When each of a track's layers last sent a packet, and at what rates: a
 /// copy small enough to hand to every subscriber's [`DownStream`] while the
 /// track is borrowed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LiveLayers {
     pub count: usize,
     pub seen: [Option<Instant>; MAX_LAYERS],
-    /// Bits per second over the last [`RATE_WINDOW`] (0 until measured).
-    pub bitrate: [u64; MAX_LAYERS],
+    /// Per layer, its temporal layers (1 for a stream without them).
+    pub temporal_layers: [u8; MAX_LAYERS],
+    /// Per layer and temporal layer, bits per second over the last
+    /// [`RATE_WINDOW`] (0 until measured).
+    pub bitrate: [[u64; MAX_TEMPORAL]; MAX_LAYERS],
+    /// Per layer and temporal layer, frames per second (0 until measured).
+    pub frame_rate: [[u16; MAX_TEMPORAL]; MAX_LAYERS],
+    /// Per layer, the size its latest keyframe announced (VP8 only).
+    pub size: [Option<(u16, u16)>; MAX_LAYERS],
 }
 
-/// A layer's bitrate is measured over windows this long.
+/// A layer's rates are measured over windows this long.
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 impl LiveLayers {
-    /// The layer a subscriber wanting `quality` should be on now, at most
+    /// The level a subscriber asking `request` should be on now, at most
     /// `cap` (what its downlink carries; `None`: no limit).
-    pub fn target(&self, quality: VideoQuality, cap: Option<usize>, now: Instant) -> Option<usize> {
+    pub fn target(&self, request: LayerRequest, cap: Option<Level>, now: Instant) -> Option<Level> {
         let seen = &self.seen[..self.count];
-        let wanted = layer_for(quality, seen.len());
-        pick_layer(cap.map_or(wanted, |c| c.min(wanted)), seen, now)
+        let wanted = self.wanted_layer(request.choice);
+        let spatial = pick_layer(cap.map_or(wanted, |c| c.spatial.min(wanted)), seen, now)?;
+        let mut temporal = self.temporal_for(spatial, request.max_fps);
+        if let Some(cap) = cap.filter(|c| c.spatial == spatial) {
+            temporal = temporal.min(cap.temporal);
+        }
+        Some(Level { spatial, temporal })
     }
 
     /// Whether layer `i` sent a packet within [`LAYER_STALE`].
     pub fn is_live(&self, i: usize, now: Instant) -> bool {
         i < self.count
             && self.seen[i].is_some_and(|t| now.saturating_duration_since(t) < LAYER_STALE)
+    }
+
+    /// The spatial layer a choice names: for a size, the smallest layer at
+    /// least that large (both ways), else the largest. A layer whose size
+    /// is not known yet (no keyframe seen, or not VP8) is taken as half
+    /// the one above it (Chromium's `scaleResolutionDownBy` 4, 2, 1);
+    /// knowing none, a size names the top layer.
+    pub fn wanted_layer(&self, choice: LayerChoice) -> usize {
+        let (width, height) = match choice {
+            LayerChoice::Quality(quality) => return layer_for(quality, self.count),
+            LayerChoice::Size { width, height } => (width, height),
+        };
+        let top = self.count.saturating_sub(1);
+        let Some((known, (w, h))) = (0..self.count)
+            .rev()
+            .find_map(|l| self.size[l].map(|s| (l, s)))
+        else {
+            return top;
+        };
+        let size_of = |l: usize| -> (u32, u32) {
+            match self.size[l] {
+                Some((w, h)) => (u32::from(w), u32::from(h)),
+                None if l < known => (u32::from(w) >> (known - l), u32::from(h) >> (known - l)),
+                None => (u32::from(w) << (l - known), u32::from(h) << (l - known)),
+            }
+        };
+        (0..self.count)
+            .find(|l| {
+                let (w, h) = size_of(*l);
+                w >= width && h >= height
+            })
+            .unwrap_or(top)
+    }
+
+    /// The fewest temporal layers of `spatial` that give `max_fps` (within
+    /// a tenth: 7.5 fps is what "8" gets from a 30 fps L1T3 stream); all
+    /// of them ([`Level::full`]: also those not seen yet) without a limit
+    /// or before their rates are measured.
+    pub fn temporal_for(&self, spatial: usize, max_fps: Option<u32>) -> u8 {
+        let all = MAX_TEMPORAL as u8 - 1;
+        let layers = self.temporal_layers[spatial].clamp(1, MAX_TEMPORAL as u8);
+        let Some(fps) = max_fps else { return all };
+        let rates = &self.frame_rate[spatial][..usize::from(layers)];
+        if rates.iter().all(|r| *r == 0) {
+            return all;
+        }
+        let mut cumulative = 0u32;
+        for (t, rate) in rates.iter().enumerate() {
+            cumulative += u32::from(*rate);
+            if cumulative * 10 >= fps * 9 {
+                return t as u8;
+            }
+        }
+        all
+    }
+
+    /// What `level` costs, in bits per second (0 when not measured).
+    pub fn cost(&self, level: Level) -> u64 {
+        let spatial = &self.bitrate[level.spatial];
+        spatial[..=usize::from(level.temporal).min(MAX_TEMPORAL - 1)]
+            .iter()
+            .sum()
     }
 }
 
@@ -94,6 +194,8 @@ pub struct Incoming<'a> {
     /// whose packets are all decodable on their own (audio).
     pub keyframe: Option<bool>,
     pub vp8: Option<&'a Vp8Descriptor>,
+    /// Its temporal layer (VP8 with TIDs; `None` for every other stream).
+    pub temporal: Option<Temporal>,
     /// The codec's RTP clock (90 kHz for video).
     pub clock_rate: u32,
 }
@@ -140,14 +242,39 @@ struct Sent {
     tl0_pic_idx: Option<u8>,
 }
 
+/// Packets dropped for their temporal layer, in a run of publisher
+/// sequence numbers: a packet that arrives late, from before the run, is
+/// numbered as if the run had not been dropped yet.
+#[derive(Debug, Clone, Copy)]
+struct DroppedRun {
+    first: u64,
+    last: u64,
+    /// Frames (picture IDs) that started in it.
+    pictures: u16,
+}
+
+/// Dropped runs remembered for late packets; a packet from before the
+/// oldest is dropped too (it is far too late to be played).
+const MAX_DROPPED_RUNS: usize = 64;
+
 /// One published track as sent to one subscriber: the layer it is on, and
 /// the offsets that map that layer's numbers into the subscriber's stream.
 #[derive(Debug, Clone)]
 pub struct DownStream {
-    /// The quality the subscriber asked for.
-    pub wanted: VideoQuality,
+    /// What the subscriber asked for.
+    pub request: LayerRequest,
     /// The layer being forwarded; `None` until the first keyframe.
     current: Option<usize>,
+    /// The highest temporal layer being forwarded; a higher one starts at
+    /// its next layer sync frame (or a keyframe).
+    temporal: u8,
+    /// The frame (RTP timestamp) packets currently belong to, and whether
+    /// it is forwarded: a frame is forwarded whole or not at all.
+    frame: Option<(u32, bool)>,
+    /// The newest publisher sequence number seen of the current layer.
+    newest: u64,
+    /// Runs dropped for their temporal layer, oldest first.
+    dropped: VecDeque<DroppedRun>,
     /// The publisher sequence number the current layer was switched at:
     /// anything older is from before the subscriber saw this layer.
     switched_at: u64,
@@ -166,15 +293,19 @@ const PICTURE_ID_MASK: u16 = 0x7fff;
 
 impl Default for DownStream {
     fn default() -> Self {
-        DownStream::new(VideoQuality::High)
+        DownStream::new(LayerRequest::HIGHEST)
     }
 }
 
 impl DownStream {
-    pub fn new(wanted: VideoQuality) -> DownStream {
+    pub fn new(request: LayerRequest) -> DownStream {
         DownStream {
-            wanted,
+            request,
             current: None,
+            temporal: 0,
+            frame: None,
+            newest: 0,
+            dropped: VecDeque::new(),
             switched_at: 0,
             seq_offset: 0,
             timestamp_offset: 0,
@@ -189,6 +320,11 @@ impl DownStream {
         self.current
     }
 
+    /// The highest temporal layer being forwarded.
+    pub fn temporal(&self) -> u8 {
+        self.temporal
+    }
+
     /// Stops forwarding (the downlink cannot carry it); resuming waits for
     /// a keyframe and continues the numbers where they stopped, as a
     /// switch does.
@@ -197,13 +333,15 @@ impl DownStream {
     }
 
     /// Forwards `pkt` (with the numbers to send it with) or drops it.
-    /// `target` is the layer this subscriber should be on now
-    /// ([`pick_layer`]); the switch to it waits for its keyframe, and until
-    /// then the current layer keeps flowing.
-    pub fn on_packet(&mut self, pkt: Incoming, target: usize, now: Instant) -> Option<Rewritten> {
+    /// `target` is the level this subscriber should be on now
+    /// ([`LiveLayers::target`]); a spatial switch waits for the layer's
+    /// keyframe, and until then the current layer keeps flowing. Temporal
+    /// layers are dropped from the next frame on, and added back from the
+    /// next frame that can start them (a sync frame).
+    pub fn on_packet(&mut self, pkt: Incoming, target: Level, now: Instant) -> Option<Rewritten> {
         let seq = *pkt.seq;
         if self.current != Some(pkt.layer) {
-            let switch = pkt.layer == target && pkt.keyframe != Some(false);
+            let switch = pkt.layer == target.spatial && pkt.keyframe != Some(false);
             if !switch {
                 return None;
             }
@@ -211,16 +349,41 @@ impl DownStream {
         } else if seq < self.switched_at {
             return None;
         }
-        let picture_id = pkt
-            .vp8
-            .and_then(|d| d.picture_id())
-            .map(|p| p.wrapping_add(self.picture_id_offset) & PICTURE_ID_MASK);
+        // How far this packet's numbers are behind the stream's offsets:
+        // the drops after it (a late packet) were not before it.
+        let (mut seq_behind, mut pictures_behind) = (0u64, 0u16);
+        if let Some(temporal) = pkt.temporal {
+            if seq > self.newest {
+                let previous = std::mem::replace(&mut self.newest, seq);
+                if !self.admit(pkt, temporal, target.temporal, previous) {
+                    return None;
+                }
+            } else {
+                if temporal.id > self.temporal
+                    || self.dropped.iter().any(|r| (r.first..=r.last).contains(&seq))
+                {
+                    return None;
+                }
+                for run in self.dropped.iter().rev().take_while(|r| r.first > seq) {
+                    seq_behind += run.last - run.first + 1;
+                    pictures_behind = pictures_behind.wrapping_add(run.pictures);
+                }
+            }
+        }
+        let picture_id = pkt.vp8.and_then(|d| d.picture_id()).map(|p| {
+            p.wrapping_add(self.picture_id_offset)
+                .wrapping_add(pictures_behind)
+                & PICTURE_ID_MASK
+        });
         let tl0_pic_idx = pkt
             .vp8
             .and_then(|d| d.tl0_pic_idx())
             .map(|t| t.wrapping_add(self.tl0_offset));
         let out = Rewritten {
-            seq: seq.wrapping_add(self.seq_offset).into(),
+            seq: seq
+                .wrapping_add(self.seq_offset)
+                .wrapping_add(seq_behind)
+                .into(),
             timestamp: pkt.timestamp.wrapping_add(self.timestamp_offset),
             picture_id,
             tl0_pic_idx,
@@ -237,11 +400,72 @@ impl DownStream {
         Some(out)
     }
 
+    /// Whether the newest packet of the current layer, of temporal layer
+    /// `temporal`, is forwarded: decided at each frame's first packet for
+    /// the whole frame. A dropped packet takes its sequence number (and a
+    /// dropped frame its picture ID) out of the subscriber's stream, so
+    /// the numbers stay continuous. Packets missing between two dropped
+    /// ones (`previous` was the newest before this) are dropped with them.
+    fn admit(&mut self, pkt: Incoming, temporal: Temporal, target: u8, previous: u64) -> bool {
+        let previous_dropped = self.frame.is_some_and(|(_, forwarded)| !forwarded);
+        let new_frame = self.frame.is_none_or(|(t, _)| t != pkt.timestamp);
+        if new_frame {
+            if pkt.keyframe == Some(true) {
+                // A keyframe refers to nothing: every layer starts here.
+                self.temporal = target;
+            } else if target < self.temporal {
+                self.temporal = target;
+            } else if temporal.sync && temporal.id == self.temporal + 1 && temporal.id <= target {
+                // Refers to the base layer only: this layer starts here
+                // (one layer at a time: a higher one refers to this one).
+                self.temporal = temporal.id;
+            }
+            self.frame = Some((pkt.timestamp, temporal.id <= self.temporal));
+        }
+        let forwarded = self.frame.is_some_and(|(_, f)| f);
+        if forwarded {
+            return true;
+        }
+        let seq = *pkt.seq;
+        let picture = u16::from(new_frame && pkt.vp8.is_some_and(|d| d.picture_id().is_some()));
+        // Not yet arrived (lost, or late) between two dropped packets:
+        // dropped with them, so they leave no hole in the numbers.
+        let first = if previous_dropped && self.dropped.back().is_some_and(|r| r.last == previous) {
+            previous + 1
+        } else {
+            seq
+        };
+        self.seq_offset = self.seq_offset.wrapping_sub(seq - first + 1);
+        self.picture_id_offset = self.picture_id_offset.wrapping_sub(picture) & PICTURE_ID_MASK;
+        match self.dropped.back_mut() {
+            Some(run) if run.last + 1 == first => {
+                run.last = seq;
+                run.pictures += picture;
+            }
+            _ => {
+                self.dropped.push_back(DroppedRun {
+                    first,
+                    last: seq,
+                    pictures: picture,
+                });
+                if self.dropped.len() > MAX_DROPPED_RUNS
+                    && let Some(oldest) = self.dropped.pop_front()
+                {
+                    self.switched_at = oldest.last + 1;
+                }
+            }
+        }
+        false
+    }
+
     /// Rebases every number so `pkt` continues the stream the subscriber has.
     fn switch_to(&mut self, pkt: Incoming, now: Instant) {
         let seq = *pkt.seq;
         self.current = Some(pkt.layer);
         self.switched_at = seq;
+        self.newest = seq.saturating_sub(1);
+        self.frame = None;
+        self.dropped.clear();
         let Some(last) = self.last else {
             // The first layer: its timestamps and picture IDs go out as they
             // are; only the sequence numbers start small.
@@ -279,6 +503,10 @@ mod tests {
     /// TL0PICIDX and a TID byte, then one byte of VP8 header (P=0 for a
     /// keyframe).
     fn vp8(picture_id: u16, tl0: u8, keyframe_start: bool) -> Vec<u8> {
+        vp8_temporal(picture_id, tl0, keyframe_start, 0, false)
+    }
+
+    fn vp8_temporal(picture_id: u16, tl0: u8, keyframe_start: bool, tid: u8, sync: bool) -> Vec<u8> {
         let first = if keyframe_start { 0x90 } else { 0x80 };
         let header = if keyframe_start { 0x00 } else { 0x01 };
         vec![
@@ -287,7 +515,7 @@ mod tests {
             0x80 | (picture_id >> 8) as u8,
             picture_id as u8,
             tl0,
-            0x00,
+            (tid << 6) | if sync { 0x20 } else { 0 },
             header,
         ]
     }
@@ -323,6 +551,38 @@ mod tests {
                 self.timestamp,
             )
         }
+
+        /// The next frame, of temporal layer `tid`, two packets long.
+        fn frame_of(&mut self, tid: u8, sync: bool, keyframe: bool) -> (Vec<Vec<u8>>, Vec<u64>, u32) {
+            self.timestamp = self.timestamp.wrapping_add(VIDEO_CLOCK / 30);
+            self.picture_id = (self.picture_id + 1) & PICTURE_ID_MASK;
+            if tid == 0 {
+                self.tl0 = self.tl0.wrapping_add(1);
+            }
+            let first = vp8_temporal(self.picture_id, self.tl0, keyframe, tid, sync);
+            let mut second = vp8_temporal(self.picture_id, self.tl0, false, tid, sync);
+            second[0] &= !0x10;
+            self.seq += 2;
+            (vec![first, second], vec![self.seq - 1, self.seq], self.timestamp)
+        }
+    }
+
+    fn incoming<'a>(
+        layer: &Layer,
+        payload: &[u8],
+        descriptor: &'a Vp8Descriptor,
+        seq: u64,
+        timestamp: u32,
+    ) -> Incoming<'a> {
+        Incoming {
+            layer: layer.index,
+            seq: seq.into(),
+            timestamp,
+            keyframe: Some(descriptor.starts_keyframe(payload)),
+            vp8: Some(descriptor),
+            temporal: super::super::vp8::temporal(payload),
+            clock_rate: VIDEO_CLOCK,
+        }
     }
 
     fn send(
@@ -334,19 +594,182 @@ mod tests {
     ) -> Option<Rewritten> {
         let (payload, seq, timestamp) = layer.frame(keyframe);
         let descriptor = Vp8Descriptor::parse(&payload).unwrap();
-        let keyframe = Some(descriptor.starts_keyframe(&payload));
-        down.on_packet(
-            Incoming {
-                layer: layer.index,
-                seq: seq.into(),
-                timestamp,
-                keyframe,
-                vp8: Some(&descriptor),
-                clock_rate: VIDEO_CLOCK,
-            },
-            target,
-            now,
-        )
+        let pkt = incoming(layer, &payload, &descriptor, seq, timestamp);
+        down.on_packet(pkt, Level::full(target), now)
+    }
+
+    /// Sends a two-packet frame of temporal layer `tid` with the target
+    /// `temporal`; what came out of each packet.
+    fn send_temporal(
+        down: &mut DownStream,
+        layer: &mut Layer,
+        (tid, sync): (u8, bool),
+        temporal: u8,
+        now: Instant,
+    ) -> Vec<Option<Rewritten>> {
+        let keyframe = down.current().is_none();
+        let (payloads, seqs, timestamp) = layer.frame_of(tid, sync, keyframe);
+        let target = Level {
+            spatial: layer.index,
+            temporal,
+        };
+        payloads
+            .iter()
+            .zip(seqs)
+            .map(|(payload, seq)| {
+                let descriptor = Vp8Descriptor::parse(payload).unwrap();
+                let pkt = incoming(layer, payload, &descriptor, seq, timestamp);
+                down.on_packet(pkt, target, now)
+            })
+            .collect()
+    }
+
+    /// L1T3 as Chromium sends it: TIDs 0, 2, 1, 2 over and over.
+    const L1T3: [u8; 4] = [0, 2, 1, 2];
+
+    #[test]
+    fn dropping_temporal_layers_keeps_every_number_continuous() {
+        let now = crate::engine::tests::start();
+        let mut down = DownStream::default();
+        let mut layer = Layer::new(0, 40_000, 0, 1_000, 3);
+        let mut out = Vec::new();
+        // Two cycles with all three layers, then two with TID 2 dropped,
+        // then two with only the base.
+        for (cycle, temporal) in [(0, 2), (1, 2), (2, 1), (3, 1), (4, 0), (5, 0)] {
+            for (i, tid) in L1T3.into_iter().enumerate() {
+                let sync = cycle == 0 && i < 3;
+                let sent = send_temporal(&mut down, &mut layer, (tid, sync), temporal, now);
+                // A frame is forwarded whole or not at all.
+                assert_eq!(sent[0].is_some(), sent[1].is_some(), "cycle {cycle} tid {tid}");
+                if tid <= temporal {
+                    out.extend(sent.into_iter().flatten());
+                } else {
+                    assert_eq!(sent, [None, None], "cycle {cycle}: tid {tid} dropped");
+                }
+            }
+        }
+        assert_eq!(out.len(), 2 * (8 + 4 + 2));
+        assert_eq!(down.temporal(), 0);
+        for pair in out.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert_eq!(*b.seq, *a.seq + 1, "sequence numbers continue");
+            let (pa, pb) = (a.picture_id.unwrap(), b.picture_id.unwrap());
+            // Two packets per frame: the picture ID stays or steps by one.
+            assert!(pb == pa || pb == pa + 1, "picture IDs continue: {pa} then {pb}");
+        }
+        let pictures = out.last().unwrap().picture_id.unwrap() - out[0].picture_id.unwrap();
+        assert_eq!(pictures, 13, "14 frames forwarded, 14 picture IDs");
+        // TL0PICIDX counts the base frames, all of which were sent.
+        let tl0: Vec<u8> = out.iter().filter_map(|o| o.tl0_pic_idx).collect();
+        assert_eq!(tl0.first(), Some(&4));
+        assert_eq!(tl0.last(), Some(&9));
+    }
+
+    #[test]
+    fn a_temporal_layer_starts_again_only_at_its_sync_frame() {
+        let now = crate::engine::tests::start();
+        let mut down = DownStream::default();
+        let mut layer = Layer::new(0, 1, 0, 0, 0);
+        // The keyframe starts the stream on the base layer only.
+        assert!(send_temporal(&mut down, &mut layer, (0, false), 0, now)[0].is_some());
+        // Asked for everything again: frames that refer to layers the
+        // subscriber does not have are not a place to start.
+        let not_sync = send_temporal(&mut down, &mut layer, (1, false), 2, now);
+        assert_eq!(not_sync, [None, None]);
+        let top_sync = send_temporal(&mut down, &mut layer, (2, true), 2, now);
+        assert_eq!(top_sync, [None, None], "layer 2 refers to layer 1, not started");
+        assert_eq!(down.temporal(), 0);
+        let sync = send_temporal(&mut down, &mut layer, (1, true), 2, now);
+        assert!(sync[0].is_some() && sync[1].is_some());
+        assert_eq!(down.temporal(), 1);
+        assert_eq!(send_temporal(&mut down, &mut layer, (2, false), 2, now), [None, None]);
+        assert!(send_temporal(&mut down, &mut layer, (2, true), 2, now)[0].is_some());
+        assert_eq!(down.temporal(), 2);
+        assert!(send_temporal(&mut down, &mut layer, (2, false), 2, now)[0].is_some());
+    }
+
+    #[test]
+    fn a_late_packet_is_numbered_as_before_the_drops_after_it() {
+        let now = crate::engine::tests::start();
+        let mut down = DownStream::default();
+        let mut layer = Layer::new(0, 100, 0, 50, 0);
+        let key = Level::full(0);
+        let base = Level {
+            spatial: 0,
+            temporal: 0,
+        };
+        let packet = |layer: &Layer, payload: &[u8], seq, timestamp, down: &mut DownStream, target| {
+            let descriptor = Vp8Descriptor::parse(payload).unwrap();
+            down.on_packet(incoming(layer, payload, &descriptor, seq, timestamp), target, now)
+        };
+        let (a, a_seq, a_ts) = layer.frame_of(0, false, true);
+        let first = packet(&layer, &a[0], a_seq[0], a_ts, &mut down, key).unwrap();
+        // a's second packet is late; a TID 2 frame is dropped meanwhile.
+        let (b, b_seq, b_ts) = layer.frame_of(2, false, false);
+        for (payload, seq) in b.iter().zip(&b_seq) {
+            assert_eq!(packet(&layer, payload, *seq, b_ts, &mut down, base), None);
+        }
+        let (c, c_seq, c_ts) = layer.frame_of(0, false, false);
+        let c0 = packet(&layer, &c[0], c_seq[0], c_ts, &mut down, base).unwrap();
+        assert_eq!(*c0.seq, *first.seq + 2, "one slot left for the late packet");
+        assert_eq!(c0.picture_id, Some(first.picture_id.unwrap() + 1));
+        let late = packet(&layer, &a[1], a_seq[1], a_ts, &mut down, base).unwrap();
+        assert_eq!(*late.seq, *first.seq + 1);
+        assert_eq!(late.picture_id, first.picture_id);
+        // A retransmission of the dropped frame stays dropped.
+        assert_eq!(packet(&layer, &b[1], b_seq[1], b_ts, &mut down, base), None);
+        let c1 = packet(&layer, &c[1], c_seq[1], c_ts, &mut down, base).unwrap();
+        assert_eq!(*c1.seq, *c0.seq + 1);
+    }
+
+    #[test]
+    fn a_packet_lost_inside_a_dropped_frame_leaves_no_hole() {
+        let now = crate::engine::tests::start();
+        let mut down = DownStream::default();
+        let mut layer = Layer::new(0, 1, 0, 0, 0);
+        let base = Level {
+            spatial: 0,
+            temporal: 0,
+        };
+        let sent = send_temporal(&mut down, &mut layer, (0, false), 0, now);
+        let last = sent[1].unwrap();
+        // A three-packet TID 2 frame whose middle packet never arrives.
+        let (mut b, mut b_seq, b_ts) = layer.frame_of(2, false, false);
+        let mut third = b[1].clone();
+        third[0] &= !0x10;
+        b.push(third);
+        layer.seq += 1;
+        b_seq.push(layer.seq);
+        for i in [0, 2] {
+            let descriptor = Vp8Descriptor::parse(&b[i]).unwrap();
+            let pkt = incoming(&layer, &b[i], &descriptor, b_seq[i], b_ts);
+            assert_eq!(down.on_packet(pkt, base, now), None);
+        }
+        let next = send_temporal(&mut down, &mut layer, (0, false), 0, now);
+        assert_eq!(*next[0].unwrap().seq, *last.seq + 1);
+        // When it does arrive, it is dropped with its frame.
+        let descriptor = Vp8Descriptor::parse(&b[1]).unwrap();
+        let pkt = incoming(&layer, &b[1], &descriptor, b_seq[1], b_ts);
+        assert_eq!(down.on_packet(pkt, base, now), None);
+    }
+
+    #[test]
+    fn a_lower_target_mid_frame_waits_for_the_next_frame() {
+        let now = crate::engine::tests::start();
+        let mut down = DownStream::default();
+        let mut layer = Layer::new(0, 1, 0, 0, 0);
+        send_temporal(&mut down, &mut layer, (0, false), 2, now);
+        let (payloads, seqs, timestamp) = layer.frame_of(2, false, false);
+        let mut target = Level::full(0);
+        let mut sent = Vec::new();
+        for (payload, seq) in payloads.iter().zip(seqs) {
+            let descriptor = Vp8Descriptor::parse(payload).unwrap();
+            let pkt = incoming(&layer, payload, &descriptor, seq, timestamp);
+            sent.push(down.on_packet(pkt, target, now));
+            target.temporal = 0;
+        }
+        assert!(sent.iter().all(Option::is_some), "the frame is not cut");
+        assert_eq!(send_temporal(&mut down, &mut layer, (2, false), 0, now), [None, None]);
     }
 
     #[test]
@@ -357,6 +780,59 @@ mod tests {
         assert_eq!(layer_for(VideoQuality::Medium, 2), 1);
         assert_eq!(layer_for(VideoQuality::Low, 1), 0);
         assert_eq!(layer_for(VideoQuality::High, 1), 0);
+    }
+
+    #[test]
+    fn a_size_names_the_smallest_layer_that_covers_it() {
+        let now = crate::engine::tests::start();
+        let mut layers = LiveLayers {
+            count: 3,
+            seen: [Some(now); MAX_LAYERS],
+            size: [Some((320, 180)), Some((640, 360)), Some((1280, 720))],
+            ..LiveLayers::default()
+        };
+        let size = |width, height| LayerChoice::Size { width, height };
+        assert_eq!(layers.wanted_layer(size(300, 170)), 0);
+        assert_eq!(layers.wanted_layer(size(320, 181)), 1, "both ways");
+        assert_eq!(layers.wanted_layer(size(640, 360)), 1);
+        assert_eq!(layers.wanted_layer(size(1920, 1080)), 2, "none covers: the top");
+        // Only the top's keyframe seen yet: the others are taken as halves.
+        layers.size = [None, None, Some((1280, 720))];
+        assert_eq!(layers.wanted_layer(size(600, 300)), 1);
+        assert_eq!(layers.wanted_layer(size(200, 100)), 0);
+        // Nothing known (H.264): the top.
+        layers.size = [None; MAX_LAYERS];
+        assert_eq!(layers.wanted_layer(size(200, 100)), 2);
+    }
+
+    #[test]
+    fn a_frame_rate_names_the_fewest_temporal_layers_that_give_it() {
+        let now = crate::engine::tests::start();
+        let mut layers = LiveLayers {
+            count: 1,
+            seen: [Some(now); MAX_LAYERS],
+            temporal_layers: [3, 0, 0],
+            ..LiveLayers::default()
+        };
+        let asking = |max_fps| LayerRequest {
+            choice: LayerChoice::Quality(VideoQuality::High),
+            max_fps,
+        };
+        let temporal = |layers: &LiveLayers, fps| layers.target(asking(fps), None, now).unwrap().temporal;
+        // Not measured yet: everything.
+        assert_eq!(temporal(&layers, Some(5)), 2);
+        layers.frame_rate[0] = [8, 7, 15];
+        assert_eq!(temporal(&layers, Some(5)), 0);
+        assert_eq!(temporal(&layers, Some(8)), 0);
+        assert_eq!(temporal(&layers, Some(15)), 1);
+        assert_eq!(temporal(&layers, Some(30)), 2);
+        assert_eq!(temporal(&layers, None), 2);
+        // The downlink's cap lowers it further, on the layer it names.
+        let cap = Level {
+            spatial: 0,
+            temporal: 0,
+        };
+        assert_eq!(layers.target(asking(None), Some(cap), now).unwrap().temporal, 0);
     }
 
     #[test]
@@ -400,18 +876,23 @@ mod tests {
             timestamp: 0,
             keyframe,
             vp8: None,
+            temporal: None,
             clock_rate: 48_000,
         };
+        let audio = Level::full(0);
         // Audio: no keyframe to wait for.
-        assert_eq!(*down.on_packet(incoming(500, None), 0, now).unwrap().seq, 1);
-        assert_eq!(*down.on_packet(incoming(505, None), 0, now).unwrap().seq, 6);
-        assert_eq!(down.on_packet(incoming(499, None), 0, now), None);
+        assert_eq!(*down.on_packet(incoming(500, None), audio, now).unwrap().seq, 1);
+        assert_eq!(*down.on_packet(incoming(505, None), audio, now).unwrap().seq, 6);
+        assert_eq!(down.on_packet(incoming(499, None), audio, now), None);
     }
 
     #[test]
     fn switching_layers_at_a_keyframe_keeps_every_number_continuous() {
         let start = crate::engine::tests::start();
-        let mut down = DownStream::new(VideoQuality::Low);
+        let mut down = DownStream::new(LayerRequest {
+            choice: LayerChoice::Quality(VideoQuality::Low),
+            max_fps: None,
+        });
         let mut low = Layer::new(0, 10_000, 50_000, 100, 7);
         let mut high = Layer::new(2, 60_000, 3_000_000, 20_000, 200);
         send(&mut down, &mut low, true, 0, start).unwrap();

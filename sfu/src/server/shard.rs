@@ -751,6 +751,12 @@ impl Shard {
         m.layer_switches
             .with_label_values(&["down"])
             .inc_by(stats.layer_switches_down - last.layer_switches_down);
+        m.temporal_switches
+            .with_label_values(&["up"])
+            .inc_by(stats.temporal_switches_up - last.temporal_switches_up);
+        m.temporal_switches
+            .with_label_values(&["down"])
+            .inc_by(stats.temporal_switches_down - last.temporal_switches_down);
         m.data_messages
             .with_label_values(&["in"])
             .inc_by(stats.data_messages_in - last.data_messages_in);
