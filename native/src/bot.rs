@@ -461,7 +461,7 @@ impl Bot {
     /// Dynacast, as a browser applies it: only the layers subscribers want
     /// are sent (none: the video pauses); a layer turned back on starts
     /// with a keyframe.
-    fn apply_wanted_qualities(&mut self, qualities: &[VideoQuality]) {
+    pub fn apply_wanted_qualities(&mut self, qualities: &[VideoQuality]) {
         self.video_paused = qualities.is_empty();
         let count = if self.simulcast { self.layers.len() } else { 1 };
         let top = count - 1;

@@ -451,6 +451,19 @@ impl Client {
             .map_err(|e| refused("not_connected", &e.to_string()))
     }
 
+    /// A remote video is shown `width` x `height` device pixels large: the
+    /// server sends the smallest of its simulcast layers that covers that
+    /// (PROTOCOL.md `updateSubscription`). Said again after reconnecting.
+    pub fn set_video_size(&self, call_uuid: String, track_id: String, width: u32, height: u32) {
+        if let Some(live) = self.live(&call_uuid) {
+            let _ = live.rtc.send(RtcCommand::ShowVideo {
+                track_id,
+                width,
+                height,
+            });
+        }
+    }
+
     pub fn set_camera_enabled(&self, call_uuid: String, enabled: bool) {
         if let Some(session) = self.session(&call_uuid)
             && let Err(e) = session.set_camera_enabled(enabled)
@@ -580,6 +593,8 @@ type LiveSessions = Arc<Mutex<HashMap<String, LiveMedia>>>;
 #[derive(Clone)]
 struct LiveMedia {
     session: Arc<dyn MediaSession>,
+    /// The call's RTC session (its signaling).
+    rtc: mpsc::UnboundedSender<RtcCommand>,
     /// The call token's `publishData`, as `joined` said (the RTC session
     /// sets it).
     may_send_data: Arc<std::sync::atomic::AtomicBool>,
@@ -1020,13 +1035,7 @@ impl Driver {
             }
         };
         let may_send_data = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        if let Ok(mut sessions) = self.sessions.lock() {
-            let live = LiveMedia {
-                session: session.clone(),
-                may_send_data: may_send_data.clone(),
-            };
-            sessions.insert(call_id.clone(), live);
-        }
+        let live = (session.clone(), may_send_data.clone(), call_id.clone());
         let locate_room: crate::rtc_session::LocateRoom = {
             let (api, call_id) = (self.api.clone(), call_id.clone());
             Arc::new(move || {
@@ -1051,6 +1060,15 @@ impl Driver {
             tls: self.tls.clone(),
             locate_room: Some(locate_room),
         });
+        let (session, may_send_data, call_id) = live;
+        if let Ok(mut sessions) = self.sessions.lock() {
+            let live = LiveMedia {
+                session,
+                rtc: rtc.clone(),
+                may_send_data,
+            };
+            sessions.insert(call_id, live);
+        }
         call.rtc = Some(rtc);
         self.media_tasks.retain(|t| !t.is_finished());
         self.media_tasks.push(task);

@@ -365,6 +365,25 @@ pub struct MediaStats {
     pub remote_tracks: u32,
 }
 
+/// One of the camera's simulcast encodings, lowest first, as the server's
+/// `qualityUpdate` names them (signaling/PROTOCOL.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum VideoLayer {
+    Low,
+    Medium,
+    High,
+}
+
+impl From<signaling::VideoQuality> for VideoLayer {
+    fn from(quality: signaling::VideoQuality) -> VideoLayer {
+        match quality {
+            signaling::VideoQuality::Low => VideoLayer::Low,
+            signaling::VideoQuality::Medium => VideoLayer::Medium,
+            signaling::VideoQuality::High => VideoLayer::High,
+        }
+    }
+}
+
 /// Makes a call's media session: on phones the platform's libwebrtc with
 /// two `RTCPeerConnection`s and the microphone / camera tracks.
 #[uniffi::export(with_foreign)]
@@ -398,6 +417,13 @@ pub trait MediaSession: Send + Sync {
     /// connections); off hold the core restores the user's mute state.
     fn set_held(&self, held: bool) -> Result<(), PortError>;
     fn set_camera_enabled(&self, enabled: bool) -> Result<(), PortError>;
+    /// Dynacast: only these of the camera's encodings are received by
+    /// anyone; the others are turned off (`RTCRtpEncodingParameters`
+    /// `active`), and none pauses the camera's sending. The phone adapters
+    /// publish video in three encodings (simulcast: a quarter, half and
+    /// full size, as the web client does); a layer turned back on starts
+    /// with a keyframe (libwebrtc sends one).
+    fn set_video_layers(&self, layers: Vec<VideoLayer>) -> Result<(), PortError>;
     /// Writes `frame` (text) on the subscriber connection's data channel
     /// the server opened: `switchboard` when `reliable`, else
     /// `switchboard-lossy`. Fails when that channel is not open.

@@ -6,6 +6,7 @@
 //! period. Past it, or when the server refuses, the call engine hears
 //! `MediaFailed` and rejoins with a fresh token.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::call_engine::Input;
 use crate::events::{Backoff, jitter};
-use crate::ports::{MediaEvent, MediaSession, PeerConnection};
+use crate::ports::{MediaEvent, MediaSession, PeerConnection, VideoLayer};
 use crate::remote_tracks::RemoteTracks;
 
 /// Keepalive on the signaling socket.
@@ -32,6 +33,13 @@ pub enum RtcCommand {
     Reconnect,
     /// Leave the room and close the media session.
     Leave,
+    /// A remote video is shown this large (device pixels): the server
+    /// sends the smallest layer that covers it (`updateSubscription`).
+    ShowVideo {
+        track_id: String,
+        width: u32,
+        height: u32,
+    },
 }
 
 pub struct RtcSession {
@@ -74,6 +82,7 @@ pub fn spawn(
         session,
         tracks: RemoteTracks::default(),
         media_up: false,
+        shown_videos: HashMap::new(),
     };
     (commands, tokio::spawn(running.run(rx)))
 }
@@ -84,6 +93,20 @@ struct Running {
     tracks: RemoteTracks,
     /// The media session last said it is connected.
     media_up: bool,
+    /// The size each remote video is shown at (`RtcCommand::ShowVideo`):
+    /// said again after every join, which a fresh one needs.
+    shown_videos: HashMap<String, (u32, u32)>,
+}
+
+/// The `updateSubscription` for a remote video shown this large.
+fn show_video(track_id: String, (width, height): (u32, u32)) -> ClientMessage {
+    ClientMessage::UpdateSubscription {
+        track_id,
+        quality: None,
+        width: Some(width.clamp(1, signaling::MAX_SUBSCRIPTION_PIXELS)),
+        height: Some(height.clamp(1, signaling::MAX_SUBSCRIPTION_PIXELS)),
+        fps: None,
+    }
 }
 
 /// Why one socket's session ended.
@@ -168,8 +191,12 @@ impl Running {
             let delay = backoff.next_delay(jitter());
             tokio::select! {
                 _ = tokio::time::sleep(delay.min(deadline - Instant::now())) => {}
-                command = commands.recv() => if matches!(command, None | Some(RtcCommand::Leave)) {
-                    break;
+                command = commands.recv() => match command {
+                    None | Some(RtcCommand::Leave) => break,
+                    Some(RtcCommand::ShowVideo { track_id, width, height }) => {
+                        self.shown_videos.insert(track_id, (width, height));
+                    }
+                    Some(RtcCommand::RestartIce | RtcCommand::Reconnect) => {}
                 },
             }
         }
@@ -260,6 +287,11 @@ impl Running {
         if resuming && let Err(e) = send(&mut ws, &ClientMessage::RestartIce).await {
             return e;
         }
+        for (track_id, size) in self.shown_videos.clone() {
+            if let Err(e) = send(&mut ws, &show_video(track_id, size)).await {
+                return e;
+            }
+        }
         let mut ping = tokio::time::interval(PING_EVERY);
         let mut unreadable_logged = false;
         loop {
@@ -280,6 +312,10 @@ impl Running {
                 command = commands.recv() => match command {
                     Some(RtcCommand::RestartIce) => self.restart_ice(&mut ws, &mut publisher).await,
                     Some(RtcCommand::Reconnect) => Err(SocketEnded::Dropped { joined: true }),
+                    Some(RtcCommand::ShowVideo { track_id, width, height }) => {
+                        self.shown_videos.insert(track_id.clone(), (width, height));
+                        send(&mut ws, &show_video(track_id, (width, height))).await
+                    }
                     Some(RtcCommand::Leave) | None => {
                         let _ = ws.send(&ClientMessage::Leave).await;
                         Err(SocketEnded::Left)
@@ -333,6 +369,13 @@ impl Running {
                     .add_remote_candidate(connection, candidate.candidate)
                 {
                     tracing::warn!(call_id = %self.session.call_id, error = %e, "remote candidate refused");
+                }
+            }
+            ServerMessage::QualityUpdate { qualities, .. } => {
+                // The device publishes one video track: the update is its.
+                let layers = qualities.into_iter().map(VideoLayer::from).collect();
+                if let Err(e) = self.session.media.set_video_layers(layers) {
+                    tracing::warn!(call_id = %self.session.call_id, error = %e, "video layers not applied");
                 }
             }
             ServerMessage::Left { reason } => {
@@ -450,6 +493,9 @@ impl Running {
             return;
         }
         for change in self.tracks.on_message(message) {
+            if let crate::remote_tracks::TrackChange::Removed { track_id } = &change {
+                self.shown_videos.remove(track_id);
+            }
             let _ = self.session.engine.send(Input::RemoteTrack {
                 call_id: self.session.call_id.clone(),
                 change,

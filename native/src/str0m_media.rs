@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use crate::bot::Bot;
 use crate::ports::{
     IceServer, MediaEvents, MediaFactory, MediaSession, MediaStats, PeerConnection, PortError,
+    VideoLayer,
 };
 use str0m::media::MediaKind;
 
@@ -149,6 +150,19 @@ impl MediaSession for Str0mSession {
 
     fn set_camera_enabled(&self, enabled: bool) -> Result<(), PortError> {
         self.bot().video_off = !enabled;
+        Ok(())
+    }
+
+    fn set_video_layers(&self, layers: Vec<VideoLayer>) -> Result<(), PortError> {
+        let qualities: Vec<signaling::VideoQuality> = layers
+            .into_iter()
+            .map(|layer| match layer {
+                VideoLayer::Low => signaling::VideoQuality::Low,
+                VideoLayer::Medium => signaling::VideoQuality::Medium,
+                VideoLayer::High => signaling::VideoQuality::High,
+            })
+            .collect();
+        self.bot().apply_wanted_qualities(&qualities);
         Ok(())
     }
 

@@ -958,6 +958,17 @@ fn a_viewer_asking_fewer_frames_gets_the_base_temporal_layer_numbered_on_by_one(
     let video = video_since(&sim, from);
     let tids: std::collections::BTreeSet<u8> = video.iter().map(tid).collect();
     assert_eq!(tids, [0, 1, 2].into(), "every layer back");
+    // Each came back at a frame that refers to the base layer only (Y),
+    // TID 1 first (TID 2 frames refer to it).
+    let first_of = |t: u8| video.iter().position(|p| tid(p) == t).unwrap();
+    for t in [1, 2] {
+        assert_ne!(
+            video[first_of(t)].payload[5] & 0x20,
+            0,
+            "TID {t} started at a sync frame"
+        );
+    }
+    assert!(first_of(1) < first_of(2));
     let picture_id = |payload: &[u8]| {
         str0m::rtp::Vp8Descriptor::parse(payload)
             .unwrap()
@@ -965,14 +976,24 @@ fn a_viewer_asking_fewer_frames_gets_the_base_temporal_layer_numbered_on_by_one(
             .unwrap()
     };
     for pair in video.windows(2) {
-        assert_eq!(pair[1].seq, pair[0].seq + 1, "a gap in the sequence numbers");
+        assert_eq!(
+            pair[1].seq,
+            pair[0].seq + 1,
+            "a gap in the sequence numbers"
+        );
         let step = picture_id(&pair[1].payload).wrapping_sub(picture_id(&pair[0].payload)) & 0x7fff;
         assert!(step <= 1, "picture IDs jumped by {step}");
     }
     let stats = sim.engine.stats();
     assert!(stats.temporal_switches_down >= 1, "{stats:?}");
-    assert!(stats.temporal_switches_up >= 2, "one layer at a time: {stats:?}");
-    assert_eq!(stats.keyframe_requests, requests_before, "no keyframe needed");
+    assert!(
+        stats.temporal_switches_up >= 2,
+        "one layer at a time: {stats:?}"
+    );
+    assert_eq!(
+        stats.keyframe_requests, requests_before,
+        "no keyframe needed"
+    );
 }
 
 /// The data each bot got on the server's reliable channel, as relayed.

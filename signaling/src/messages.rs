@@ -35,7 +35,10 @@ pub enum VideoQuality {
 pub enum LayerChoice {
     Quality(VideoQuality),
     /// Pixels, as rendered (device pixels on phones).
-    Size { width: u32, height: u32 },
+    Size {
+        width: u32,
+        height: u32,
+    },
 }
 
 /// A subscriber's wish for one video track (`updateSubscription`).

@@ -106,9 +106,14 @@ export function encodingFor(quality: VideoQuality, count: number): number {
   return quality === "low" ? 0 : quality === "high" ? top : Math.ceil(top / 2);
 }
 
-/** The layer to receive for a view this many device pixels high. */
-export function qualityForHeight(devicePixels: number): VideoQuality {
-  return devicePixels <= 180 ? "low" : devicePixels <= 360 ? "medium" : "high";
+/**
+ * The size to ask of a remote video shown in a view this large (device
+ * pixels): whole pixels within the server's bounds (PROTOCOL.md
+ * `updateSubscription`), which picks the smallest layer that covers it.
+ */
+export function subscriptionSize(width: number, height: number): { width: number; height: number } {
+  const bound = (v: number) => Math.min(16384, Math.max(1, Math.round(v)));
+  return { width: bound(width), height: bound(height) };
 }
 
 /** Stats are read this often until the first audio and video decode... */
@@ -146,8 +151,8 @@ export class WebMedia {
   private firstSeen = { audio: false, video: false };
   /** Inbound totals at the last quality sample. */
   private inbound = { lost: 0, received: 0 };
-  /** The quality asked of each remote video track (`updateSubscription`). */
-  private asked = new Map<string, VideoQuality>();
+  /** What was asked of each remote video track (`updateSubscription`). */
+  private asked = new Map<string, string>();
   /** The server's two data channels on the subscriber connection, by label. */
   private dataChannels = new Map<string, RTCDataChannel>();
   /** The call token's `publishData`, from `joined`. */
@@ -319,11 +324,16 @@ export class WebMedia {
     channel.send(frame);
   }
 
-  /** Which layer of a remote video track to receive; said once per change. */
-  setVideoQuality(trackId: string, quality: VideoQuality): void {
-    if (this.asked.get(trackId) === quality) return;
-    this.asked.set(trackId, quality);
-    this.send({ type: "updateSubscription", trackId, quality });
+  /**
+   * Which layer of a remote video track to receive: the smallest that
+   * covers a view this many device pixels large. Said once per change.
+   */
+  setVideoSize(trackId: string, width: number, height: number): void {
+    const size = subscriptionSize(width, height);
+    const key = `${size.width}x${size.height}`;
+    if (this.asked.get(trackId) === key) return;
+    this.asked.set(trackId, key);
+    this.send({ type: "updateSubscription", trackId, ...size });
   }
 
   /**

@@ -25,7 +25,7 @@ import type {
   VideoTrackOptions,
   VideoViewOptions,
 } from "./definitions.js";
-import { qualityForHeight, WebMedia } from "./media.js";
+import { WebMedia } from "./media.js";
 import { VideoViews } from "./video-views.js";
 import { parseEvent, parseFlags } from "./protocol.js";
 import type { Flags } from "./protocol.js";
@@ -158,8 +158,8 @@ export class SwitchboardWebClient {
     this.views.show(options, stream);
     if (trackId !== "local") {
       // The layer that fits the view: no more pixels than it shows.
-      const height = frame.height * (globalThis.devicePixelRatio || 1);
-      this.media.get(callId)?.setVideoQuality(trackId, qualityForHeight(height));
+      const ratio = globalThis.devicePixelRatio || 1;
+      this.media.get(callId)?.setVideoSize(trackId, frame.width * ratio, frame.height * ratio);
     }
   }
 

@@ -2,7 +2,7 @@
 // (signaling/PROTOCOL.md `qualityUpdate` and `updateSubscription`).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { dataFrame, encodingFor, parseDataFrame, qualityForHeight } from "../src/media.js";
+import { dataFrame, encodingFor, parseDataFrame, subscriptionSize } from "../src/media.js";
 
 test("qualities name encodings lowest first, as the server counts them", () => {
   assert.deepEqual(["low", "medium", "high"].map((q) => encodingFor(q as any, 3)), [0, 1, 2]);
@@ -10,12 +10,9 @@ test("qualities name encodings lowest first, as the server counts them", () => {
   assert.deepEqual(["low", "medium", "high"].map((q) => encodingFor(q as any, 1)), [0, 0, 0]);
 });
 
-test("a view gets the layer that fills its height and no more", () => {
-  assert.equal(qualityForHeight(120), "low");
-  assert.equal(qualityForHeight(180), "low");
-  assert.equal(qualityForHeight(181), "medium");
-  assert.equal(qualityForHeight(360), "medium");
-  assert.equal(qualityForHeight(720), "high");
+test("a view asks for its size in whole pixels within the server's bounds", () => {
+  assert.deepEqual(subscriptionSize(320.4, 179.6), { width: 320, height: 180 });
+  assert.deepEqual(subscriptionSize(0.2, 40000), { width: 1, height: 16384 });
 });
 
 test("a data frame is what the server relays, refused here when the server would refuse it", () => {

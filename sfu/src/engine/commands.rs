@@ -39,9 +39,12 @@ impl Engine {
             (Command::Mute { track_id, muted }, Some(key)) => {
                 self.mute(conn, key, &track_id, muted)
             }
-            (Command::UpdateSubscription { request: Err(why), .. }, Some(_)) => {
-                self.error(conn, ErrorCode::BadMessage, why)
-            }
+            (
+                Command::UpdateSubscription {
+                    request: Err(why), ..
+                },
+                Some(_),
+            ) => self.error(conn, ErrorCode::BadMessage, why),
             (
                 Command::UpdateSubscription {
                     track_id,

@@ -50,6 +50,11 @@ pub struct Demand {
     pub wanted: usize,
     /// What each rung up to `wanted` costs, in bits per second.
     pub costs: [u64; MAX_RUNGS],
+    /// Where a move up from each rung lands: the next one, except into a
+    /// spatial layer the track is not on, where it is that layer's top. A
+    /// bigger picture is taken at its full frame rate; fewer frames are
+    /// the first step down of the picture being sent, not a way up.
+    pub up: [usize; MAX_RUNGS],
     /// The rung it was allocated last time (`None`: paused, or new).
     pub current: Option<usize>,
     /// It may not get more than `current` now (a cool-down after lowering).
@@ -71,23 +76,27 @@ pub fn allocate(budget: u64, demands: &[Demand]) -> Vec<Option<usize>> {
             used += cost;
         }
     }
-    // Then one layer at a time, round robin, while it fits.
+    // Then one move up at a time, round robin, while it fits.
     loop {
         let mut moved = false;
         for (level, d) in levels.iter_mut().zip(demands) {
             let Some(at) = *level else { continue };
-            if at >= d.wanted || (d.hold && d.current.is_none_or(|c| at >= c)) {
+            if at >= d.wanted {
                 continue;
             }
-            let extra = d.costs[at + 1].saturating_sub(d.costs[at]);
-            let holding = d.current.is_some_and(|c| c > at);
+            let next = d.up[at].clamp(at + 1, d.wanted);
+            if d.hold && d.current.is_none_or(|c| next > c) {
+                continue;
+            }
+            let extra = d.costs[next].saturating_sub(d.costs[at]);
+            let holding = d.current.is_some_and(|c| c >= next);
             let needed = if holding {
                 extra
             } else {
                 extra * UP_HEADROOM / 100
             };
             if used + needed <= budget {
-                *level = Some(at + 1);
+                *level = Some(next);
                 used += extra;
                 moved = true;
             }
@@ -123,7 +132,9 @@ impl Ladder {
             len: 0,
         };
         let count = layers.count.min(MAX_LAYERS);
-        let wanted = layers.wanted_layer(request.choice).min(count.saturating_sub(1));
+        let wanted = layers
+            .wanted_layer(request.choice)
+            .min(count.saturating_sub(1));
         for spatial in 0..=wanted {
             let temporal_layers = layers.temporal_layers[spatial].clamp(1, MAX_TEMPORAL as u8);
             let asked = layers.temporal_for(spatial, request.max_fps);
@@ -145,7 +156,10 @@ impl Ladder {
                 // The top of what was asked is asked as such: temporal
                 // layers the publisher adds later are not held back.
                 ladder.levels[ladder.len] = if temporal == top {
-                    Level { temporal: asked, ..level }
+                    Level {
+                        temporal: asked,
+                        ..level
+                    }
                 } else {
                     level
                 };
@@ -159,6 +173,24 @@ impl Ladder {
     /// The highest rung at or below `level` (`None` below the first).
     fn rung_of(&self, level: Level) -> Option<usize> {
         self.levels[..self.len].iter().rposition(|l| *l <= level)
+    }
+
+    /// [`Demand::up`] for a track on spatial layer `on` (`None`: on none).
+    fn up_moves(&self, on: Option<usize>) -> [usize; MAX_RUNGS] {
+        let mut up = [0; MAX_RUNGS];
+        for (i, slot) in up.iter_mut().enumerate().take(self.len) {
+            *slot = i + 1;
+            let Some(next) = self.levels.get(i + 1).filter(|_| i + 1 < self.len) else {
+                continue;
+            };
+            if next.spatial != self.levels[i].spatial && Some(next.spatial) != on {
+                let top = self.levels[..self.len]
+                    .iter()
+                    .rposition(|l| l.spatial == next.spatial);
+                *slot = top.unwrap_or(i + 1);
+            }
+        }
+        up
     }
 }
 
@@ -232,10 +264,12 @@ impl Engine {
                     if ladder.len == 0 {
                         continue;
                     }
+                    let on = d.cap.filter(|_| !d.paused);
                     let demand = Demand {
                         wanted: ladder.len - 1,
                         costs: ladder.costs,
-                        current: d.cap.filter(|_| !d.paused).and_then(|c| ladder.rung_of(c)),
+                        up: ladder.up_moves(on.map(|c| c.spatial)),
+                        current: on.and_then(|c| ladder.rung_of(c)),
                         hold: cooling && (d.paused || d.cap.is_some()),
                     };
                     video.push((i, demand, ladder));
@@ -258,7 +292,10 @@ impl Engine {
             .iter()
             .zip(&demands)
             .filter_map(|(l, d)| match l {
-                Some(l) if *l < d.wanted => Some(d.costs[l + 1].saturating_sub(d.costs[*l])),
+                Some(l) if *l < d.wanted => {
+                    let next = d.up[*l].clamp(l + 1, d.wanted);
+                    Some(d.costs[next].saturating_sub(d.costs[*l]))
+                }
                 None => Some(d.costs[0]),
                 _ => None,
             })
@@ -336,6 +373,7 @@ mod tests {
         Demand {
             wanted,
             costs: LAYERS,
+            up: std::array::from_fn(|i| i + 1),
             current,
             hold: false,
         }
@@ -368,8 +406,20 @@ mod tests {
         // From the top down: the high layer at 2, then 1, then 0 temporal
         // layers, and only then the medium layer.
         assert_eq!(levels[8], Level::full(2));
-        assert_eq!(levels[7], Level { spatial: 2, temporal: 1 });
-        assert_eq!(levels[6], Level { spatial: 2, temporal: 0 });
+        assert_eq!(
+            levels[7],
+            Level {
+                spatial: 2,
+                temporal: 1
+            }
+        );
+        assert_eq!(
+            levels[6],
+            Level {
+                spatial: 2,
+                temporal: 0
+            }
+        );
         assert_eq!(levels[5], Level::full(1));
         assert_eq!(costs[8], 1_200_000);
         assert_eq!(costs[7], 720_000);
@@ -377,16 +427,40 @@ mod tests {
         assert_eq!(costs[6], 480_000);
         assert_eq!(costs[5], 400_000);
         assert!(costs[..9].is_sorted());
-        // 700 kbit/s carries the high layer's 15 fps, not its 30.
-        let demand = Demand {
+        // On the high layer, 700 kbit/s keeps its 7.5 fps base, 730 its
+        // 15 fps, rather than the medium layer's 30.
+        let on_high = Demand {
             wanted: 8,
             costs: ladder.costs,
+            up: ladder.up_moves(Some(2)),
             current: Some(8),
             hold: false,
         };
-        assert_eq!(allocate(700_000, &[demand]), vec![Some(6)]);
-        assert_eq!(allocate(730_000, &[demand]), vec![Some(7)]);
-        assert_eq!(ladder.rung_of(Level { spatial: 2, temporal: 1 }), Some(7));
+        assert_eq!(allocate(700_000, &[on_high]), vec![Some(6)]);
+        assert_eq!(allocate(730_000, &[on_high]), vec![Some(7)]);
+        assert_eq!(
+            allocate(470_000, &[on_high]),
+            vec![Some(5)],
+            "then down a size"
+        );
+        assert_eq!(
+            ladder.rung_of(Level {
+                spatial: 2,
+                temporal: 1
+            }),
+            Some(7)
+        );
+        // Coming from the low layer, a bigger picture is taken whole or
+        // not at all: 300 kbit/s keeps the low layer at 30 fps, though the
+        // medium layer's base would fit.
+        let on_low = Demand {
+            up: ladder.up_moves(Some(0)),
+            current: Some(2),
+            ..on_high
+        };
+        assert_eq!(allocate(300_000, &[on_low]), vec![Some(2)]);
+        assert_eq!(allocate(1_000_000, &[on_low]), vec![Some(5)]);
+        assert_eq!(allocate(1_500_000, &[on_low]), vec![Some(8)]);
     }
 
     #[test]
@@ -402,7 +476,13 @@ mod tests {
         };
         let ladder = Ladder::new(&l1t3_simulcast(true), slow);
         assert_eq!(ladder.len, 3);
-        assert_eq!(ladder.levels[2], Level { spatial: 2, temporal: 0 });
+        assert_eq!(
+            ladder.levels[2],
+            Level {
+                spatial: 2,
+                temporal: 0
+            }
+        );
         assert_eq!(ladder.costs[2], 480_000);
     }
 

@@ -40,9 +40,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use signaling::{
-    ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, ParticipantState, PeerTarget,
-    Permissions, ServerMessage, SpeakerInfo, TrackInfo, TrackKind, TrackMid, VideoQuality,
-    LayerRequest,
+    ClientMessage, ErrorCode, LayerRequest, LeaveReason, ParticipantInfo, ParticipantState,
+    PeerTarget, Permissions, ServerMessage, SpeakerInfo, TrackInfo, TrackKind, TrackMid,
+    VideoQuality,
 };
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer};
@@ -346,12 +346,10 @@ impl Command {
             ClientMessage::Subscribe { track_ids } => Command::Subscribe { track_ids },
             ClientMessage::Unsubscribe { track_ids } => Command::Unsubscribe { track_ids },
             ClientMessage::Mute { track_id, muted } => Command::Mute { track_id, muted },
-            ClientMessage::UpdateSubscription { ref track_id, .. } => {
-                Command::UpdateSubscription {
-                    track_id: track_id.clone(),
-                    request: message.layer_request()?,
-                }
-            }
+            ClientMessage::UpdateSubscription { ref track_id, .. } => Command::UpdateSubscription {
+                track_id: track_id.clone(),
+                request: message.layer_request()?,
+            },
             ClientMessage::RestartIce => Command::RestartIce,
             ClientMessage::Leave => Command::Leave,
         })

@@ -130,8 +130,8 @@ impl Layers {
         let live = &mut self.last_seen;
         // A layer that was off (dynacast) starts a new window: a measure
         // across the gap would make it look cheap.
-        let resumed = live.seen[index]
-            .is_some_and(|seen| now.saturating_duration_since(seen) >= LAYER_STALE);
+        let resumed =
+            live.seen[index].is_some_and(|seen| now.saturating_duration_since(seen) >= LAYER_STALE);
         if resumed {
             *window = Window::default();
         }
@@ -254,7 +254,10 @@ mod tests {
         assert_eq!(live.size[0], Some((320, 180)));
         // 7.5 base frames a second (the window's count, within one frame).
         let fps = live.frame_rate[0];
-        assert!((7..=8).contains(&fps[0]) && (7..=8).contains(&fps[1]), "{fps:?}");
+        assert!(
+            (7..=8).contains(&fps[0]) && (7..=8).contains(&fps[1]),
+            "{fps:?}"
+        );
         assert!((14..=16).contains(&fps[2]), "{fps:?}");
         // Base: 7.5 x 1000 bytes = 60 kbit/s; TID 1: 15; TID 2: 30.
         let rate = live.bitrate[0];
@@ -274,7 +277,10 @@ mod tests {
         assert_eq!(layers.last_seen.count, 3);
         // No RID on a simulcast track, or a fourth RID: no layer.
         assert_eq!(layers.observe(None, listed, plain(), now), None);
-        assert_eq!(layers.observe(Some(Rid::from("x")), listed, plain(), now), None);
+        assert_eq!(
+            layers.observe(Some(Rid::from("x")), listed, plain(), now),
+            None
+        );
         assert_eq!(layers.rid(1), Some(h));
     }
 

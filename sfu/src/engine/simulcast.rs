@@ -79,11 +79,17 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 impl LiveLayers {
     /// The level a subscriber asking `request` should be on now, at most
-    /// `cap` (what its downlink carries; `None`: no limit).
+    /// `cap` (what its downlink carries; `None`: no limit). Under a cap,
+    /// no layer above it stands in for a silent one: the subscriber waits
+    /// on the capped layer rather than overrun its downlink.
     pub fn target(&self, request: LayerRequest, cap: Option<Level>, now: Instant) -> Option<Level> {
-        let seen = &self.seen[..self.count];
-        let wanted = self.wanted_layer(request.choice);
-        let spatial = pick_layer(cap.map_or(wanted, |c| c.spatial.min(wanted)), seen, now)?;
+        let limit = cap.map_or(self.count, |c| self.count.min(c.spatial + 1));
+        let wanted = self.wanted_layer(request.choice).min(limit.checked_sub(1)?);
+        let spatial = match pick_layer(wanted, &self.seen[..limit], now) {
+            Some(spatial) => spatial,
+            None if cap.is_some() => wanted,
+            None => return None,
+        };
         let mut temporal = self.temporal_for(spatial, request.max_fps);
         if let Some(cap) = cap.filter(|c| c.spatial == spatial) {
             temporal = temporal.min(cap.temporal);
@@ -360,7 +366,10 @@ impl DownStream {
                 }
             } else {
                 if temporal.id > self.temporal
-                    || self.dropped.iter().any(|r| (r.first..=r.last).contains(&seq))
+                    || self
+                        .dropped
+                        .iter()
+                        .any(|r| (r.first..=r.last).contains(&seq))
                 {
                     return None;
                 }
@@ -506,7 +515,13 @@ mod tests {
         vp8_temporal(picture_id, tl0, keyframe_start, 0, false)
     }
 
-    fn vp8_temporal(picture_id: u16, tl0: u8, keyframe_start: bool, tid: u8, sync: bool) -> Vec<u8> {
+    fn vp8_temporal(
+        picture_id: u16,
+        tl0: u8,
+        keyframe_start: bool,
+        tid: u8,
+        sync: bool,
+    ) -> Vec<u8> {
         let first = if keyframe_start { 0x90 } else { 0x80 };
         let header = if keyframe_start { 0x00 } else { 0x01 };
         vec![
@@ -553,7 +568,12 @@ mod tests {
         }
 
         /// The next frame, of temporal layer `tid`, two packets long.
-        fn frame_of(&mut self, tid: u8, sync: bool, keyframe: bool) -> (Vec<Vec<u8>>, Vec<u64>, u32) {
+        fn frame_of(
+            &mut self,
+            tid: u8,
+            sync: bool,
+            keyframe: bool,
+        ) -> (Vec<Vec<u8>>, Vec<u64>, u32) {
             self.timestamp = self.timestamp.wrapping_add(VIDEO_CLOCK / 30);
             self.picture_id = (self.picture_id + 1) & PICTURE_ID_MASK;
             if tid == 0 {
@@ -563,7 +583,11 @@ mod tests {
             let mut second = vp8_temporal(self.picture_id, self.tl0, false, tid, sync);
             second[0] &= !0x10;
             self.seq += 2;
-            (vec![first, second], vec![self.seq - 1, self.seq], self.timestamp)
+            (
+                vec![first, second],
+                vec![self.seq - 1, self.seq],
+                self.timestamp,
+            )
         }
     }
 
@@ -640,7 +664,11 @@ mod tests {
                 let sync = cycle == 0 && i < 3;
                 let sent = send_temporal(&mut down, &mut layer, (tid, sync), temporal, now);
                 // A frame is forwarded whole or not at all.
-                assert_eq!(sent[0].is_some(), sent[1].is_some(), "cycle {cycle} tid {tid}");
+                assert_eq!(
+                    sent[0].is_some(),
+                    sent[1].is_some(),
+                    "cycle {cycle} tid {tid}"
+                );
                 if tid <= temporal {
                     out.extend(sent.into_iter().flatten());
                 } else {
@@ -655,7 +683,10 @@ mod tests {
             assert_eq!(*b.seq, *a.seq + 1, "sequence numbers continue");
             let (pa, pb) = (a.picture_id.unwrap(), b.picture_id.unwrap());
             // Two packets per frame: the picture ID stays or steps by one.
-            assert!(pb == pa || pb == pa + 1, "picture IDs continue: {pa} then {pb}");
+            assert!(
+                pb == pa || pb == pa + 1,
+                "picture IDs continue: {pa} then {pb}"
+            );
         }
         let pictures = out.last().unwrap().picture_id.unwrap() - out[0].picture_id.unwrap();
         assert_eq!(pictures, 13, "14 frames forwarded, 14 picture IDs");
@@ -677,12 +708,19 @@ mod tests {
         let not_sync = send_temporal(&mut down, &mut layer, (1, false), 2, now);
         assert_eq!(not_sync, [None, None]);
         let top_sync = send_temporal(&mut down, &mut layer, (2, true), 2, now);
-        assert_eq!(top_sync, [None, None], "layer 2 refers to layer 1, not started");
+        assert_eq!(
+            top_sync,
+            [None, None],
+            "layer 2 refers to layer 1, not started"
+        );
         assert_eq!(down.temporal(), 0);
         let sync = send_temporal(&mut down, &mut layer, (1, true), 2, now);
         assert!(sync[0].is_some() && sync[1].is_some());
         assert_eq!(down.temporal(), 1);
-        assert_eq!(send_temporal(&mut down, &mut layer, (2, false), 2, now), [None, None]);
+        assert_eq!(
+            send_temporal(&mut down, &mut layer, (2, false), 2, now),
+            [None, None]
+        );
         assert!(send_temporal(&mut down, &mut layer, (2, true), 2, now)[0].is_some());
         assert_eq!(down.temporal(), 2);
         assert!(send_temporal(&mut down, &mut layer, (2, false), 2, now)[0].is_some());
@@ -698,10 +736,15 @@ mod tests {
             spatial: 0,
             temporal: 0,
         };
-        let packet = |layer: &Layer, payload: &[u8], seq, timestamp, down: &mut DownStream, target| {
-            let descriptor = Vp8Descriptor::parse(payload).unwrap();
-            down.on_packet(incoming(layer, payload, &descriptor, seq, timestamp), target, now)
-        };
+        let packet =
+            |layer: &Layer, payload: &[u8], seq, timestamp, down: &mut DownStream, target| {
+                let descriptor = Vp8Descriptor::parse(payload).unwrap();
+                down.on_packet(
+                    incoming(layer, payload, &descriptor, seq, timestamp),
+                    target,
+                    now,
+                )
+            };
         let (a, a_seq, a_ts) = layer.frame_of(0, false, true);
         let first = packet(&layer, &a[0], a_seq[0], a_ts, &mut down, key).unwrap();
         // a's second packet is late; a TID 2 frame is dropped meanwhile.
@@ -769,7 +812,10 @@ mod tests {
             target.temporal = 0;
         }
         assert!(sent.iter().all(Option::is_some), "the frame is not cut");
-        assert_eq!(send_temporal(&mut down, &mut layer, (2, false), 0, now), [None, None]);
+        assert_eq!(
+            send_temporal(&mut down, &mut layer, (2, false), 0, now),
+            [None, None]
+        );
     }
 
     #[test]
@@ -795,7 +841,11 @@ mod tests {
         assert_eq!(layers.wanted_layer(size(300, 170)), 0);
         assert_eq!(layers.wanted_layer(size(320, 181)), 1, "both ways");
         assert_eq!(layers.wanted_layer(size(640, 360)), 1);
-        assert_eq!(layers.wanted_layer(size(1920, 1080)), 2, "none covers: the top");
+        assert_eq!(
+            layers.wanted_layer(size(1920, 1080)),
+            2,
+            "none covers: the top"
+        );
         // Only the top's keyframe seen yet: the others are taken as halves.
         layers.size = [None, None, Some((1280, 720))];
         assert_eq!(layers.wanted_layer(size(600, 300)), 1);
@@ -818,7 +868,8 @@ mod tests {
             choice: LayerChoice::Quality(VideoQuality::High),
             max_fps,
         };
-        let temporal = |layers: &LiveLayers, fps| layers.target(asking(fps), None, now).unwrap().temporal;
+        let temporal =
+            |layers: &LiveLayers, fps| layers.target(asking(fps), None, now).unwrap().temporal;
         // Not measured yet: everything.
         assert_eq!(temporal(&layers, Some(5)), 2);
         layers.frame_rate[0] = [8, 7, 15];
@@ -832,7 +883,32 @@ mod tests {
             spatial: 0,
             temporal: 0,
         };
-        assert_eq!(layers.target(asking(None), Some(cap), now).unwrap().temporal, 0);
+        assert_eq!(
+            layers
+                .target(asking(None), Some(cap), now)
+                .unwrap()
+                .temporal,
+            0
+        );
+    }
+
+    #[test]
+    fn under_a_cap_no_higher_layer_stands_in_for_a_silent_one() {
+        let now = crate::engine::tests::start();
+        let stale = now - LAYER_STALE;
+        let layers = LiveLayers {
+            count: 3,
+            seen: [Some(stale), Some(stale), Some(now)],
+            ..LiveLayers::default()
+        };
+        let high = LayerRequest::HIGHEST;
+        let low_cap = Some(Level::full(0));
+        // Without a cap the live top layer stands in; with one, the
+        // subscriber waits on its layer.
+        assert_eq!(layers.target(high, None, now).unwrap().spatial, 2);
+        assert_eq!(layers.target(high, low_cap, now).unwrap().spatial, 0);
+        let medium_cap = Some(Level::full(1));
+        assert_eq!(layers.target(high, medium_cap, now).unwrap().spatial, 1);
     }
 
     #[test]
@@ -881,8 +957,14 @@ mod tests {
         };
         let audio = Level::full(0);
         // Audio: no keyframe to wait for.
-        assert_eq!(*down.on_packet(incoming(500, None), audio, now).unwrap().seq, 1);
-        assert_eq!(*down.on_packet(incoming(505, None), audio, now).unwrap().seq, 6);
+        assert_eq!(
+            *down.on_packet(incoming(500, None), audio, now).unwrap().seq,
+            1
+        );
+        assert_eq!(
+            *down.on_packet(incoming(505, None), audio, now).unwrap().seq,
+            6
+        );
         assert_eq!(down.on_packet(incoming(499, None), audio, now), None);
     }
 

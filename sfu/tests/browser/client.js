@@ -227,9 +227,10 @@ export class SwitchboardClient extends EventTarget {
     }).catch((e) => console.warn("could not apply the wanted layers", String(e)));
   }
 
-  // Which layer of a simulcast track to receive: "low" | "medium" | "high".
-  updateSubscription(trackId, quality) {
-    this.send({ type: "updateSubscription", trackId, quality });
+  // Which layer of a simulcast track to receive: "low" | "medium" |
+  // "high", or {width, height} and/or {fps} (PROTOCOL.md).
+  updateSubscription(trackId, quality, more = {}) {
+    this.send({ type: "updateSubscription", trackId, ...(quality ? { quality } : {}), ...more });
   }
 
   leave() {

@@ -984,7 +984,7 @@ async function dataChannels() {
 // A viewer's one remote video: its track id, the layer it asks for, the
 // width it decodes.
 const videoTrack = (viewer) => viewer.page.evaluate(() => [...window.client.remote.values()].find((r) => r.kind === "video")?.trackId);
-const ask = (viewer, quality) => videoTrack(viewer).then((trackId) => viewer.page.evaluate(([t, q]) => window.client.updateSubscription(t, q), [trackId, quality]));
+const ask = (viewer, quality, more = {}) => videoTrack(viewer).then((trackId) => viewer.page.evaluate(([t, q, m]) => window.client.updateSubscription(t, q, m), [trackId, quality, more]));
 const decodedWidth = async (viewer) => (await viewer.page.evaluate(() => window.sb.decodedVideo()))?.frameWidth;
 
 // Constrained downlink (the server estimates each subscriber's downlink):
@@ -1115,6 +1115,12 @@ async function simulcastLayers() {
   await ask(low, "medium");
   await waitFor("the low viewer to decode the medium layer", async () => (await decodedWidth(low)) === 480, 10000);
   check((await layers()).h.frameWidth === 480, "the publisher's middle layer is 480 wide");
+  // By the size it is shown at: the smallest layer that covers it (the
+  // server reads each layer's size from its keyframes).
+  await ask(low, null, { width: 200, height: 110 });
+  await waitFor("a 200x110 view to get the 240x135 layer", async () => (await decodedWidth(low)) === widths.q, 10000);
+  await ask(low, null, { width: 481, height: 200 });
+  await waitFor("a 481x200 view to get the 960x540 layer", async () => (await decodedWidth(low)) === widths.f, 10000);
 
   // Dynacast: with both viewers on `low`, the publisher turns the other
   // encodings off and they stop sending.
@@ -1152,6 +1158,43 @@ async function simulcastLayers() {
     return counted.up >= 2 && counted.down >= 4;
   }, 5000);
   log(`layer switches: up ${counted.up}, down ${counted.down}`);
+
+  // Temporal layers: Chromium's VP8 simulcast sends three per layer
+  // (L1T3). Asked for at most 1 fps, the server forwards the high layer's
+  // base temporal layer only (a quarter of its frames); asked for every
+  // frame again, the others come back at their sync frames. Neither needs
+  // a keyframe, and the picture stays the high layer's.
+  const modes = Object.fromEntries(Object.entries(await layers()).map(([rid, e]) => [rid, e.scalabilityMode]));
+  log(`scalability modes: ${JSON.stringify(modes)}`);
+  check(modes.f === "L1T3", `the high layer has three temporal layers (${modes.f})`);
+  const decodeRate = async (viewer, ms) => {
+    const a = await viewer.page.evaluate(() => window.sb.decodedVideo());
+    await sleep(ms);
+    const b = await viewer.page.evaluate(() => window.sb.decodedVideo());
+    return { fps: Math.round(((b.framesDecoded - a.framesDecoded) * 10000) / ms) / 10, keyframes: b.keyFramesDecoded - a.keyFramesDecoded };
+  };
+  await sleep(1000);
+  const every = await decodeRate(high, 3000);
+  await ask(high, "high", { fps: 1 });
+  await sleep(1500);
+  const base = await decodeRate(high, 3000);
+  await ask(high, "high");
+  await sleep(1500);
+  const restored = await decodeRate(high, 3000);
+  const publisherFps = (await layers()).f.framesPerSecond;
+  log(JSON.stringify({ publisherFps, every, base, restored }));
+  check(base.fps > 0 && base.fps <= every.fps * 0.6, `the base temporal layer only: ${base.fps} of ${every.fps} fps`);
+  check(restored.fps >= base.fps * 1.6, `every frame again: ${restored.fps} fps (from ${base.fps})`);
+  check(base.keyframes + restored.keyframes === 0, `no keyframe for a temporal change (${base.keyframes + restored.keyframes})`);
+  check((await decodedWidth(high)) === widths.f, "the high layer's picture throughout");
+  let temporal;
+  await waitFor("the temporal switches counted", async () => {
+    const metrics = await (await fetch(`${sb.base}/metrics`)).text();
+    const switches = (direction) => Number(metrics.match(new RegExp(`^switchboard_temporal_layer_switches_total\\{direction="${direction}"\\} (\\d+)`, "m"))?.[1]);
+    temporal = { up: switches("up"), down: switches("down") };
+    return temporal.up >= 2 && temporal.down >= 1;
+  }, 5000);
+  log(`temporal layer switches: up ${temporal.up}, down ${temporal.down}`);
 }
 
 async function setMic(p, on) {

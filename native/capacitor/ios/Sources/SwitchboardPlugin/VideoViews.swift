@@ -42,6 +42,15 @@ extension SwitchboardPlugin {
             view.0.frame = webView.convert(CGRect(x: x, y: y, width: width, height: height), to: container)
             view.0.videoContentMode = fit == "contain" ? .scaleAspectFit : .scaleAspectFill
             view.0.transform = mirror ? CGAffineTransform(scaleX: -1, y: 1) : .identity
+            if trackId != "local", let uuid = self.calls.callUuid(forJsCallId: callId),
+               let client = self.calls.currentClient() {
+                // The layer that fits the view: no more pixels than it shows.
+                let scale = webView.window?.screen.scale ?? UIScreen.main.scale
+                client.setVideoSize(
+                    callUuid: uuid.uuidString, trackId: trackId,
+                    width: UInt32(min(16384, max(1, (width * scale).rounded()))),
+                    height: UInt32(min(16384, max(1, (height * scale).rounded()))))
+            }
             call.resolve()
         }
     }

@@ -83,7 +83,20 @@ final class WebRTCMediaSession: NSObject, MediaSession, @unchecked Sendable {
         if video {
             let source = factory.videoSource()
             let track = factory.videoTrack(with: source, trackId: "video")
-            publisher.add(track, streamIds: ["local"])
+            // Simulcast, as the web client sends it: the server forwards
+            // each subscriber the layer that fits it.
+            let transceiverInit = RTCRtpTransceiverInit()
+            transceiverInit.direction = .sendOnly
+            transceiverInit.streamIds = ["local"]
+            transceiverInit.sendEncodings = WebRTCMediaSession.simulcast.map { rid, scale, maxBitrate in
+                let encoding = RTCRtpEncodingParameters()
+                encoding.rid = rid
+                encoding.isActive = true
+                encoding.scaleResolutionDownBy = NSNumber(value: scale)
+                encoding.maxBitrateBps = NSNumber(value: maxBitrate)
+                return encoding
+            }
+            publisher.addTransceiver(with: track, init: transceiverInit)
             videoTrack = track
             capturer = RTCCameraVideoCapturer(delegate: source)
             startCamera(front: true)
@@ -187,6 +200,35 @@ final class WebRTCMediaSession: NSObject, MediaSession, @unchecked Sendable {
     func setCameraEnabled(enabled: Bool) throws {
         videoTrack?.isEnabled = enabled
         if enabled { startCamera(front: true) } else { capturer?.stopCapture() }
+    }
+
+    /// The camera's simulcast encodings, lowest first: RID, scale-down,
+    /// max bits per second (as the web client's).
+    static let simulcast: [(String, Double, Int)] = [("q", 4, 100_000), ("h", 2, 400_000), ("f", 1, 1_200_000)]
+
+    /// The encoding a layer names among `count`, lowest first
+    /// (PROTOCOL.md `qualityUpdate`).
+    static func encodingIndex(_ layer: VideoLayer, count: Int) -> Int {
+        let top = max(0, count - 1)
+        switch layer {
+        case .low: return 0
+        case .medium: return (top + 1) / 2
+        case .high: return top
+        }
+    }
+
+    /// Dynacast: only the encodings someone receives stay on (none: the
+    /// camera sends nothing); layers keep their resolution when the CPU is
+    /// short, so a layer stays what a subscriber asked for.
+    func setVideoLayers(layers: [VideoLayer]) throws {
+        guard let sender = publisher.transceivers.first(where: { $0.mediaType == .video })?.sender else { return }
+        let parameters = sender.parameters
+        let wanted = Set(layers.map { WebRTCMediaSession.encodingIndex($0, count: parameters.encodings.count) })
+        for (index, encoding) in parameters.encodings.enumerated() {
+            encoding.isActive = wanted.contains(index)
+        }
+        parameters.degradationPreference = NSNumber(value: RTCDegradationPreference.maintainResolution.rawValue)
+        sender.parameters = parameters
     }
 
     func sendData(reliable: Bool, frame: String) throws {

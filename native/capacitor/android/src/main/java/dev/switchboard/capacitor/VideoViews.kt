@@ -48,6 +48,11 @@ class VideoViews(private val bridge: Bridge) {
             else RendererCommon.ScalingType.SCALE_ASPECT_FILL,
         )
         view.setMirror(call.getBoolean("mirror", false) ?: false)
+        if (trackId != "local") {
+            // The layer that fits the view: no more pixels than it shows.
+            val pixels = { v: Double -> (v * density).toInt().coerceIn(1, 16384).toUInt() }
+            SwitchboardCalls.currentClient()?.setVideoSize(SwitchboardCalls.callUuid(callId), trackId, pixels(width), pixels(height))
+        }
         call.resolve()
     }
 

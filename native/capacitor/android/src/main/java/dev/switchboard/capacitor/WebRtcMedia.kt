@@ -16,6 +16,7 @@ import dev.switchboard.core.MediaSession
 import dev.switchboard.core.MediaStats
 import dev.switchboard.core.PeerConnection as CorePeer
 import dev.switchboard.core.PortException
+import dev.switchboard.core.VideoLayer
 import java.util.concurrent.CompletableFuture
 import java.util.concurrent.Executors
 import java.util.concurrent.TimeUnit
@@ -32,6 +33,7 @@ import livekit.org.webrtc.MediaStream
 import livekit.org.webrtc.PeerConnection
 import livekit.org.webrtc.PeerConnectionFactory
 import livekit.org.webrtc.RTCStatsReport
+import livekit.org.webrtc.RtpParameters
 import livekit.org.webrtc.RtpReceiver
 import livekit.org.webrtc.RtpTransceiver
 import livekit.org.webrtc.SdpObserver
@@ -79,6 +81,23 @@ object WebRtcMedia {
     private class Factory(val context: Context, val factory: PeerConnectionFactory) : MediaFactory {
         override fun createSession(callId: String, video: Boolean, iceServers: List<IceServer>, events: MediaEvents): MediaSession =
             Session(context, factory, video, iceServers, events).also { WebRtcMedia.opened(callId, it) }
+    }
+}
+
+/** The camera's simulcast encodings, lowest first: RID, scale-down, max bits/s (as the web client's). */
+private val SIMULCAST = listOf(
+    Triple("q", 4.0, 100_000),
+    Triple("h", 2.0, 400_000),
+    Triple("f", 1.0, 1_200_000),
+)
+
+/** The encoding a layer names among `count`, lowest first (PROTOCOL.md `qualityUpdate`). */
+internal fun encodingIndex(layer: VideoLayer, count: Int): Int {
+    val top = maxOf(0, count - 1)
+    return when (layer) {
+        VideoLayer.LOW -> 0
+        VideoLayer.MEDIUM -> (top + 1) / 2
+        VideoLayer.HIGH -> top
     }
 }
 
@@ -138,7 +157,17 @@ internal class Session(
                 camera.initialize(SurfaceTextureHelper.create("camera", WebRtcMedia.egl.eglBaseContext), context, source.capturerObserver)
                 camera.startCapture(1280, 720, 30)
                 capturer = camera
-                videoTrack = factory.createVideoTrack("video", source).also { publisher.addTrack(it, listOf("local")) }
+                videoTrack = factory.createVideoTrack("video", source).also { track ->
+                    // Simulcast, as the web client sends it: the server
+                    // forwards each subscriber the layer that fits it.
+                    val encodings = SIMULCAST.map { (rid, scale, maxBitrate) ->
+                        RtpParameters.Encoding(rid, true, scale).apply { maxBitrateBps = maxBitrate }
+                    }
+                    val init = RtpTransceiver.RtpTransceiverInit(
+                        RtpTransceiver.RtpTransceiverDirection.SEND_ONLY, listOf("local"), encodings,
+                    )
+                    publisher.addTransceiver(track, init)
+                }
             }
         }
         readStats(afterMs = 250)
@@ -187,6 +216,22 @@ internal class Session(
     override fun setCameraEnabled(enabled: Boolean) {
         videoTrack?.setEnabled(enabled)
         if (enabled) capturer?.startCapture(1280, 720, 30) else capturer?.stopCapture()
+    }
+
+    /**
+     * Dynacast: only the encodings someone receives stay on (none: the
+     * camera sends nothing); layers keep their resolution when the CPU is
+     * short, so a layer stays what a subscriber asked for.
+     */
+    override fun setVideoLayers(layers: List<VideoLayer>) {
+        val sender = publisher.transceivers
+            .firstOrNull { it.mediaType == livekit.org.webrtc.MediaStreamTrack.MediaType.MEDIA_TYPE_VIDEO }
+            ?.sender ?: return
+        val params = sender.parameters
+        val wanted = layers.map { encodingIndex(it, params.encodings.size) }.toSet()
+        params.encodings.forEachIndexed { i, encoding -> encoding.active = i in wanted }
+        params.degradationPreference = RtpParameters.DegradationPreference.MAINTAIN_RESOLUTION
+        if (!sender.setParameters(params)) throw PortException.Failed("the camera's encodings were not changed")
     }
 
     override fun sendData(reliable: Boolean, frame: String) {
