@@ -558,7 +558,11 @@ fn two_phones_talk_and_hang_up(runtime: &tokio::runtime::Runtime, base: &str, se
             _ => None,
         })
         .unwrap();
-    assert!(received(&erin, &erin_uuid).0 >= 50);
+    // Erin's side too: Frank's camera may have started paused (dynacast:
+    // nobody received it for a moment after he published).
+    wait_for("media to erin", limit, || {
+        (received(&erin, &erin_uuid).0 >= 50).then_some(())
+    });
     for system in [&erin_ui, &frank_ui] {
         assert!(
             !system

@@ -8,22 +8,43 @@
 //! Meanwhile [`super::simulcast::pick_layer`] forwards the nearest layer
 //! that is on.
 
-use super::simulcast::{LiveLayers, layer_for};
+use signaling::LayerChoice;
+
+use super::simulcast::{Level, LiveLayers, layer_for};
 use super::*;
 
 /// The quality a subscription is served at: what was asked for, lowered to
 /// what its downlink carries (`downlink.rs`); a paused one waits on the
 /// lowest layer, which must stay on for it to resume.
 fn received_quality(down: &DownTrack, layers: &LiveLayers) -> VideoQuality {
-    if down.paused {
+    served_quality(down.stream.request.choice, down.cap, down.paused, layers)
+}
+
+fn served_quality(
+    choice: LayerChoice,
+    cap: Option<Level>,
+    paused: bool,
+    layers: &LiveLayers,
+) -> VideoQuality {
+    if paused {
         return VideoQuality::Low;
     }
-    let wanted = layers.wanted_layer(down.stream.request.choice);
-    let received = down.cap.map_or(wanted, |cap| cap.spatial.min(wanted));
-    [VideoQuality::High, VideoQuality::Medium, VideoQuality::Low]
-        .into_iter()
-        .find(|q| layer_for(*q, layers.count) <= received)
-        .unwrap_or(VideoQuality::Low)
+    let highest_within = |layer: usize| {
+        [VideoQuality::High, VideoQuality::Medium, VideoQuality::Low]
+            .into_iter()
+            .find(|q| layer_for(*q, layers.count) <= layer)
+            .unwrap_or(VideoQuality::Low)
+    };
+    // A quality as asked (the layers may not be known yet); a size as the
+    // quality of the layer it needs (all of them while none is known).
+    let wanted = match choice {
+        LayerChoice::Quality(quality) => quality,
+        LayerChoice::Size { .. } => highest_within(layers.wanted_layer(choice)),
+    };
+    let Some(cap) = cap else {
+        return wanted;
+    };
+    highest_within(cap.spatial).min(wanted)
 }
 
 impl Engine {
@@ -80,5 +101,58 @@ impl Engine {
             self.outputs
                 .push_back(Output::Event(Event::Message { conn, message }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOW: LayerChoice = LayerChoice::Quality(VideoQuality::Low);
+
+    #[test]
+    fn a_quality_is_wanted_as_asked_before_any_layer_arrived() {
+        let none_yet = LiveLayers::default();
+        assert_eq!(
+            served_quality(LOW, None, false, &none_yet),
+            VideoQuality::Low
+        );
+        let size = LayerChoice::Size {
+            width: 320,
+            height: 180,
+        };
+        assert_eq!(
+            served_quality(size, None, false, &none_yet),
+            VideoQuality::High,
+            "a size names no layer yet: all stay on"
+        );
+    }
+
+    #[test]
+    fn a_size_wants_the_layer_that_covers_it_and_a_cap_lowers_it() {
+        let layers = LiveLayers {
+            count: 3,
+            size: [Some((240, 135)), Some((480, 270)), Some((960, 540))],
+            ..LiveLayers::default()
+        };
+        let size = LayerChoice::Size {
+            width: 400,
+            height: 200,
+        };
+        assert_eq!(
+            served_quality(size, None, false, &layers),
+            VideoQuality::Medium
+        );
+        let high = LayerChoice::Quality(VideoQuality::High);
+        let capped = Some(Level::full(0));
+        assert_eq!(
+            served_quality(high, capped, false, &layers),
+            VideoQuality::Low
+        );
+        assert_eq!(
+            served_quality(high, None, true, &layers),
+            VideoQuality::Low,
+            "paused"
+        );
     }
 }

@@ -163,8 +163,21 @@ impl Engine {
             Some(Rids::Specific(rids)) => rids.clone(),
             _ => Vec::new(),
         };
+        let before = (track.layers.last_seen.count, track.layers.last_seen.size);
         let layer = track.layers.observe(rid, listed, sample, now)?;
         let pending = std::mem::take(&mut track.keyframe_pending);
+        let after = (track.layers.last_seen.count, track.layers.last_seen.size);
+        if before != after && track.kind == TrackKind::Video {
+            // A new layer, or a layer's new size: what subscribers asking
+            // by quality or size need of the publisher may differ now.
+            let room_id = p.room.clone();
+            self.subscriptions_changed(&room_id);
+        }
+        let track = self
+            .rooms
+            .get(&self.participants.get(&publisher)?.room)?
+            .tracks
+            .get(&track_key)?;
         Some((layer, track.layers.last_seen, pending))
     }
 
