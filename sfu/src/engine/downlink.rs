@@ -6,10 +6,14 @@
 //! Audio comes first: every audio track is budgeted before any video. Then
 //! each video track gets its lowest layer while the budget lasts (a track
 //! that does not fit is paused and the subscriber told `streamStateChanged`
-//! `paused`, rather than left frozen), then tracks move up a layer at a
-//! time towards what their subscriber asked for. Moving up needs
-//! [`UP_HEADROOM`] over the layer's cost, so an estimate at the edge does
-//! not flap between two layers.
+//! `paused`, rather than left frozen), then tracks move up a step at a
+//! time towards what their subscriber asked for. A track's steps are a
+//! ladder of levels ([`Ladder`]): each spatial layer with one, two, then
+//! all three temporal layers, so that going down a track first loses
+//! frames of the picture it has (no keyframe, the size stays) and only
+//! then moves to a smaller picture, while going up a bigger picture is
+//! taken at its full frame rate. Moving up needs [`UP_HEADROOM`] over the
+//! step's cost, so an estimate at the edge does not flap between two.
 //!
 //! The estimate only grows past what is sent when the sender probes: str0m
 //! is told the rate the current layers need (`minimum`, kept up with

@@ -2,11 +2,11 @@
 //! fast path, to the one peer), keyframe requests back to publishers, and the
 //! 1:1 bandwidth-estimate feedback.
 
+use std::cmp::Ordering;
+
 use str0m::format::Codec;
 use str0m::media::Rids;
 use str0m::rtp::Vp8Descriptor;
-
-use std::cmp::Ordering;
 
 use super::keyframe::starts_keyframe;
 use super::room::Sample;
@@ -166,19 +166,14 @@ impl Engine {
         let before = (track.layers.last_seen.count, track.layers.last_seen.size);
         let layer = track.layers.observe(rid, listed, sample, now)?;
         let pending = std::mem::take(&mut track.keyframe_pending);
-        let after = (track.layers.last_seen.count, track.layers.last_seen.size);
-        if before != after && track.kind == TrackKind::Video {
+        let live = track.layers.last_seen;
+        if before != (live.count, live.size) && track.kind == TrackKind::Video {
             // A new layer, or a layer's new size: what subscribers asking
             // by quality or size need of the publisher may differ now.
             let room_id = p.room.clone();
             self.subscriptions_changed(&room_id);
         }
-        let track = self
-            .rooms
-            .get(&self.participants.get(&publisher)?.room)?
-            .tracks
-            .get(&track_key)?;
-        Some((layer, track.layers.last_seen, pending))
+        Some((layer, live, pending))
     }
 
     fn write_down(&mut self, subscriber: ParticipantKey, packet: &Packet, now: Instant) {

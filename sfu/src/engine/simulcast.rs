@@ -16,9 +16,8 @@
 //! stream goes through [`DownStream`], which is also what holds a new
 //! subscriber's video until its first keyframe.
 
-use std::time::{Duration, Instant};
-
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use signaling::{LayerChoice, LayerRequest, VideoQuality};
 use str0m::rtp::{SeqNo, Vp8Descriptor, Vp8Patch};
@@ -449,7 +448,7 @@ impl DownStream {
         match self.dropped.back_mut() {
             Some(run) if run.last + 1 == first => {
                 run.last = seq;
-                run.pictures += picture;
+                run.pictures = run.pictures.wrapping_add(picture);
             }
             _ => {
                 self.dropped.push_back(DroppedRun {
