@@ -17,7 +17,8 @@ cd "$(dirname "$0")/../.."
 builds=("$1" "$2")
 ROUNDS=${ROUNDS:-3}
 RUN=${SECONDS_PER_RUN:-8}
-# name:rooms:publishers:subscribers
+# name:rooms:publishers:subscribers[:simulcast] (the last: publishers send
+# three layers and subscribers ask for one each by seat, as simulcast.sh)
 read -r -a scenarios <<<"${SCENARIOS:-1x200:1:1:200 4-party-rooms:20:4:0 1to1-calls:100:2:0}"
 out=target/loadtest/ab
 mkdir -p "$out"
@@ -33,14 +34,14 @@ tracks_per_core() {
 
 for round in $(seq 1 "$ROUNDS"); do
   for s in "${scenarios[@]}"; do
-    IFS=: read -r name rooms pubs subs <<<"$s"
+    IFS=: read -r name rooms pubs subs layers <<<"$s"
     for side in 0 1; do
       rm -rf "$data/db"
       start_switchboard "${builds[$side]}" "$data/db" "$out/server-$side.log"
       json="$out/$name-$round-$side.json"
       target/release/switchboard-loadtest --cpu 1 --server-cpu 0 room --url ws://$BENCH_HTTP/v1/rtc \
         --secret $BENCH_SECRET --rooms "$rooms" --publishers "$pubs" --subscribers "$subs" --video-kbps 500 \
-        --ramp-up-seconds 3 --seconds "$RUN" --server-pid $server --max-loss-percent 100 \
+        --ramp-up-seconds 3 --seconds "$RUN" --server-pid $server --max-loss-percent 100 ${layers:+--$layers} \
         --json "$json" >/dev/null || true
       kill $server && wait $server 2>/dev/null || true
       server=

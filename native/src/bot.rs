@@ -29,6 +29,9 @@ pub struct ReceivedPacket {
     pub timestamp: u32,
     pub marker: bool,
     pub payload: Vec<u8>,
+    /// Its abs-send-time header extension (when negotiated): when the
+    /// last hop sent it.
+    pub abs_send_time: Option<Instant>,
 }
 
 /// The simulcast layer in a bot's tag (`name:v<rid>:n`, after the probe):
@@ -673,6 +676,7 @@ impl Bot {
                     timestamp: pkt.header.timestamp,
                     marker: pkt.header.marker,
                     payload: pkt.payload.to_vec(),
+                    abs_send_time: pkt.header.ext_vals.abs_send_time,
                 });
             }
             _ => {}

@@ -1035,7 +1035,9 @@ impl Driver {
             }
         };
         let may_send_data = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let live = (session.clone(), may_send_data.clone(), call_id.clone());
+        // Registered once the RTC session (which takes these) exists.
+        let (live_session, live_may_send, live_key) =
+            (session.clone(), may_send_data.clone(), call_id.clone());
         let locate_room: crate::rtc_session::LocateRoom = {
             let (api, call_id) = (self.api.clone(), call_id.clone());
             Arc::new(move || {
@@ -1060,14 +1062,13 @@ impl Driver {
             tls: self.tls.clone(),
             locate_room: Some(locate_room),
         });
-        let (session, may_send_data, call_id) = live;
         if let Ok(mut sessions) = self.sessions.lock() {
             let live = LiveMedia {
-                session,
+                session: live_session,
                 rtc: rtc.clone(),
-                may_send_data,
+                may_send_data: live_may_send,
             };
-            sessions.insert(call_id, live);
+            sessions.insert(live_key, live);
         }
         call.rtc = Some(rtc);
         self.media_tasks.retain(|t| !t.is_finished());

@@ -384,6 +384,16 @@ impl From<signaling::VideoQuality> for VideoLayer {
     }
 }
 
+impl From<VideoLayer> for signaling::VideoQuality {
+    fn from(layer: VideoLayer) -> signaling::VideoQuality {
+        match layer {
+            VideoLayer::Low => signaling::VideoQuality::Low,
+            VideoLayer::Medium => signaling::VideoQuality::Medium,
+            VideoLayer::High => signaling::VideoQuality::High,
+        }
+    }
+}
+
 /// Makes a call's media session: on phones the platform's libwebrtc with
 /// two `RTCPeerConnection`s and the microphone / camera tracks.
 #[uniffi::export(with_foreign)]

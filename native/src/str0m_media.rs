@@ -154,14 +154,7 @@ impl MediaSession for Str0mSession {
     }
 
     fn set_video_layers(&self, layers: Vec<VideoLayer>) -> Result<(), PortError> {
-        let qualities: Vec<signaling::VideoQuality> = layers
-            .into_iter()
-            .map(|layer| match layer {
-                VideoLayer::Low => signaling::VideoQuality::Low,
-                VideoLayer::Medium => signaling::VideoQuality::Medium,
-                VideoLayer::High => signaling::VideoQuality::High,
-            })
-            .collect();
+        let qualities: Vec<signaling::VideoQuality> = layers.into_iter().map(Into::into).collect();
         self.bot().apply_wanted_qualities(&qualities);
         Ok(())
     }

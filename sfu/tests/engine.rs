@@ -996,6 +996,39 @@ fn a_viewer_asking_fewer_frames_gets_the_base_temporal_layer_numbered_on_by_one(
     );
 }
 
+/// abs-send-time is the server's send time, never the publisher's relayed
+/// (receive-side estimates must measure the server-to-subscriber path): a
+/// tick of media held 200 ms between the publisher and the server reaches
+/// the viewer stamped when the server sent it.
+#[test]
+fn abs_send_time_is_stamped_at_the_servers_egress() {
+    let mut sim = Sim::new(engine_config());
+    let publisher = sim.join("a", "room");
+    sim.bots[publisher].publish();
+    sim.deliver();
+    let viewer = sim.join("b", "room");
+    sim.connect_all();
+    sim.run_for(Duration::from_secs(1));
+    let from = sim.bots[viewer].received.len();
+    let sent_at = sim.now;
+    let held = Duration::from_millis(200);
+    sim.send_media_late(publisher, held);
+    let stamps: Vec<_> = sim.bots[viewer].received[from..]
+        .iter()
+        .map(|p| p.abs_send_time)
+        .collect();
+    assert!(!stamps.is_empty(), "the held tick was forwarded");
+    for stamp in stamps {
+        let stamp = stamp.expect("abs-send-time negotiated on the subscriber connection");
+        let after_sent = stamp.saturating_duration_since(sent_at);
+        // 6.18 fixed point: a few microseconds of rounding.
+        assert!(
+            after_sent + Duration::from_millis(1) >= held,
+            "stamped {after_sent:?} after the publisher sent, not at the server's send"
+        );
+    }
+}
+
 /// The data each bot got on the server's reliable channel, as relayed.
 fn data_from(sim: &Sim, bot: usize) -> Vec<signaling::DataReceived> {
     sim.bots[bot]

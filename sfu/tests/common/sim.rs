@@ -191,6 +191,34 @@ impl Sim {
         panic!("the simulation did not settle");
     }
 
+    /// One tick of `bot`'s media whose datagrams reach the server `delay`
+    /// after the bot sent them (fake time moves on meanwhile, nothing else
+    /// is sent); then everything is delivered.
+    pub fn send_media_late(&mut self, bot: usize, delay: Duration) {
+        let now = self.now;
+        self.bots[bot].send_media(now);
+        // str0m sends what was written at its next timeout.
+        self.bots[bot].handle_timeout(now);
+        self.bots[bot].poll();
+        let held: Vec<_> = self.bots[bot].transmits.drain(..).collect();
+        self.now += delay;
+        let server = self.server();
+        for t in &held {
+            self.engine.handle_input(
+                Input::Datagram {
+                    proto: str0m::net::Protocol::Udp,
+                    source: t.source,
+                    destination: server,
+                    contents: &t.contents,
+                },
+                self.now,
+            );
+        }
+        // What the engine's pacers hold goes out at its next timeout.
+        self.engine.handle_input(Input::Timeout, self.now);
+        self.deliver();
+    }
+
     /// Hands one engine transmit to the bot it is addressed to.
     pub fn deliver_to_bot(&mut self, t: &str0m::net::Transmit) {
         let server = self.server();
