@@ -1150,13 +1150,17 @@ async function simulcastLayers() {
   // low to high (and high to medium is down: four down, two up at least).
   // The shards publish their counts every second or so: the last switch
   // may not be in the first read.
-  let counted;
-  await waitFor("the layer switches counted", async () => {
-    const metrics = await (await fetch(`${sb.base}/metrics`)).text();
-    const switches = (direction) => Number(metrics.match(new RegExp(`^switchboard_layer_switches_total\\{direction="${direction}"\\} (\\d+)`, "m"))?.[1]);
-    counted = { up: switches("up"), down: switches("down") };
-    return counted.up >= 2 && counted.down >= 4;
-  }, 5000);
+  const switchesCounted = async (metric, least) => {
+    let counted;
+    await waitFor(`${metric} to count ${JSON.stringify(least)}`, async () => {
+      const metrics = await (await fetch(`${sb.base}/metrics`)).text();
+      const count = (direction) => Number(metrics.match(new RegExp(`^${metric}\\{direction="${direction}"\\} (\\d+)`, "m"))?.[1]);
+      counted = { up: count("up"), down: count("down") };
+      return counted.up >= least.up && counted.down >= least.down;
+    }, 5000);
+    return counted;
+  };
+  const counted = await switchesCounted("switchboard_layer_switches_total", { up: 2, down: 4 });
   log(`layer switches: up ${counted.up}, down ${counted.down}`);
 
   // Temporal layers: Chromium's VP8 simulcast sends three per layer
@@ -1187,13 +1191,7 @@ async function simulcastLayers() {
   check(restored.fps >= base.fps * 1.6, `every frame again: ${restored.fps} fps (from ${base.fps})`);
   check(base.keyframes + restored.keyframes === 0, `no keyframe for a temporal change (${base.keyframes + restored.keyframes})`);
   check((await decodedWidth(high)) === widths.f, "the high layer's picture throughout");
-  let temporal;
-  await waitFor("the temporal switches counted", async () => {
-    const metrics = await (await fetch(`${sb.base}/metrics`)).text();
-    const switches = (direction) => Number(metrics.match(new RegExp(`^switchboard_temporal_layer_switches_total\\{direction="${direction}"\\} (\\d+)`, "m"))?.[1]);
-    temporal = { up: switches("up"), down: switches("down") };
-    return temporal.up >= 2 && temporal.down >= 1;
-  }, 5000);
+  const temporal = await switchesCounted("switchboard_temporal_layer_switches_total", { up: 2, down: 1 });
   log(`temporal layer switches: up ${temporal.up}, down ${temporal.down}`);
 }
 

@@ -173,15 +173,7 @@ impl Sim {
                     {
                         continue;
                     }
-                    self.engine.handle_input(
-                        Input::Datagram {
-                            proto: str0m::net::Protocol::Udp,
-                            source: t.source,
-                            destination: server,
-                            contents: &t.contents,
-                        },
-                        self.now,
-                    );
+                    self.arrive_at_server(&t);
                 }
             }
             if !moved {
@@ -202,21 +194,26 @@ impl Sim {
         self.bots[bot].poll();
         let held: Vec<_> = self.bots[bot].transmits.drain(..).collect();
         self.now += delay;
-        let server = self.server();
         for t in &held {
-            self.engine.handle_input(
-                Input::Datagram {
-                    proto: str0m::net::Protocol::Udp,
-                    source: t.source,
-                    destination: server,
-                    contents: &t.contents,
-                },
-                self.now,
-            );
+            self.arrive_at_server(t);
         }
         // What the engine's pacers hold goes out at its next timeout.
         self.engine.handle_input(Input::Timeout, self.now);
         self.deliver();
+    }
+
+    /// A bot's datagram arrives at the server now.
+    fn arrive_at_server(&mut self, t: &str0m::net::Transmit) {
+        let server = self.server();
+        self.engine.handle_input(
+            Input::Datagram {
+                proto: str0m::net::Protocol::Udp,
+                source: t.source,
+                destination: server,
+                contents: &t.contents,
+            },
+            self.now,
+        );
     }
 
     /// Hands one engine transmit to the bot it is addressed to.
