@@ -10,4 +10,5 @@ pub mod engine;
 pub mod metrics;
 pub mod push_test;
 pub mod server;
+pub mod srtp;
 pub mod telemetry;
