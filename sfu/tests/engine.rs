@@ -1029,6 +1029,109 @@ fn abs_send_time_is_stamped_at_the_servers_egress() {
     }
 }
 
+/// The server keeps each subscriber connection's DTLS-SRTP keying material
+/// (`sfu::srtp::capture`: the own egress will encrypt with it), and the
+/// transmit keys derived from it (`sfu::srtp::keys`) decrypt, byte for
+/// byte, the media str0m sent the viewer. If str0m stopped passing the
+/// material through its crypto provider, or the layout or derivation were
+/// wrong, this fails.
+#[test]
+fn the_servers_subscriber_keys_decrypt_what_it_sent_the_viewer() {
+    let mut sim = Sim::new(engine_config());
+    let publisher = sim.join("a", "room");
+    sim.bots[publisher].publish();
+    sim.deliver();
+    let viewer = sim.join("b", "room");
+    sim.connect_all();
+    sim.run_for(Duration::from_millis(500));
+    let viewer_id = sim.bots[viewer].participant_id.clone().unwrap();
+    let captured = sim
+        .engine
+        .subscriber_keying_material(&viewer_id)
+        .expect("the subscriber connection's keys were captured");
+    // Either DTLS role: the answerer picks it (the str0m bot answers
+    // passive, so here the server is the DTLS client).
+    let crypto = str0m::crypto::from_feature_flags();
+    let keys = sfu::srtp::keys::connection_keys(
+        crypto.srtp_provider,
+        captured.profile,
+        &captured.material,
+        captured.dtls_client,
+    )
+    .unwrap()
+    .transmit
+    .rtp;
+    let from = sim.bots[viewer].received.len();
+    sim.record_sent_to = Some((sim.bots[viewer].subscriber_addr, Vec::new()));
+    sim.run_for(Duration::from_millis(200));
+    let (_, sent) = sim.record_sent_to.take().unwrap();
+    let received = &sim.bots[viewer].received[from..];
+    assert!(received.len() > 10, "media flowed: {}", received.len());
+    let mut decrypted = 0;
+    for datagram in &sent {
+        // RTP (not RTCP: payload types 64-95 with the marker bit are RTCP's
+        // 192-223), version 2.
+        if datagram.len() < 12 || datagram[0] >> 6 != 2 || (64..96).contains(&(datagram[1] & 0x7f))
+        {
+            continue;
+        }
+        let header_len = rtp_header_len(datagram);
+        let seq = u16::from_be_bytes([datagram[2], datagram[3]]);
+        let ssrc = &datagram[8..12];
+        // RFC 7714 section 8.1: 00 00 || SSRC || ROC (0 here) || SEQ, XOR salt.
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(ssrc);
+        iv[10..12].copy_from_slice(&seq.to_be_bytes());
+        for (b, s) in iv.iter_mut().zip(&keys.salt) {
+            *b ^= s;
+        }
+        let (aad, sealed) = datagram.split_at(header_len);
+        let mut plain = vec![0u8; sealed.len()];
+        let opened = match captured.profile {
+            str0m::crypto::dtls::SrtpProfile::AEAD_AES_256_GCM => {
+                let key: [u8; 32] = keys.cipher_key.clone().try_into().unwrap();
+                let mut cipher = crypto
+                    .srtp_provider
+                    .aead_aes_256_gcm()
+                    .create_cipher(key, false);
+                cipher.decrypt(&iv, &[aad], sealed, &mut plain)
+            }
+            str0m::crypto::dtls::SrtpProfile::AEAD_AES_128_GCM => {
+                let key: [u8; 16] = keys.cipher_key.clone().try_into().unwrap();
+                let mut cipher = crypto
+                    .srtp_provider
+                    .aead_aes_128_gcm()
+                    .create_cipher(key, false);
+                cipher.decrypt(&iv, &[aad], sealed, &mut plain)
+            }
+            other => panic!("the server and the bot agreed on {other:?}, not AES-GCM"),
+        };
+        let len = opened.expect("the server's transmit keys open its packet");
+        plain.truncate(len);
+        let seq = u64::from(seq);
+        if let Some(p) = received.iter().find(|p| p.seq == seq && p.payload == plain) {
+            decrypted += 1;
+            assert!(!p.payload.is_empty());
+        }
+    }
+    assert!(
+        decrypted > 10,
+        "{decrypted} of {} packets matched what the viewer got",
+        sent.len()
+    );
+}
+
+/// Bytes of an RTP header with its CSRCs and extension (RFC 3550 5.3.1).
+fn rtp_header_len(packet: &[u8]) -> usize {
+    let csrcs = usize::from(packet[0] & 0x0f);
+    let mut len = 12 + 4 * csrcs;
+    if packet[0] & 0x10 != 0 {
+        let words = usize::from(u16::from_be_bytes([packet[len + 2], packet[len + 3]]));
+        len += 4 + 4 * words;
+    }
+    len
+}
+
 /// The data each bot got on the server's reliable channel, as relayed.
 fn data_from(sim: &Sim, bot: usize) -> Vec<signaling::DataReceived> {
     sim.bots[bot]

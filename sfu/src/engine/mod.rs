@@ -57,6 +57,8 @@ use str0m::{Output as RtcOutput, Rtc};
 
 use participant::{DownState, DownTrack, Participant};
 use peer::{Peer, RtcPanicked};
+
+use crate::srtp::capture::{Captured, KeySlot};
 use rewrite::resolve_pt;
 use room::{Layers, Room, Track};
 use simulcast::DownStream;
@@ -435,6 +437,9 @@ pub struct EngineStats {
 pub struct Engine {
     config: EngineConfig,
     dtls_cert: DtlsCert,
+    /// The crypto of subscriber connections: str0m's, with their DTLS
+    /// keying material kept for the own SRTP egress (`crate::srtp`).
+    subscriber_crypto: std::sync::Arc<str0m::config::CryptoProvider>,
     rooms: HashMap<String, Room>,
     participants: HashMap<ParticipantKey, Participant>,
     timers: timers::Timers<Instant>,
@@ -472,6 +477,9 @@ impl Engine {
         Engine {
             config,
             dtls_cert,
+            subscriber_crypto: std::sync::Arc::new(crate::srtp::capture::provider(
+                str0m::crypto::from_feature_flags(),
+            )),
             rooms: HashMap::new(),
             participants: HashMap::new(),
             timers: timers::Timers::default(),
@@ -1002,7 +1010,14 @@ impl Engine {
             builder =
                 builder.set_extension_map(without_transport_feedback(ExtensionMap::standard()));
         }
-        let mut rtc = builder.build(now);
+        let keys = (target == PeerTarget::Subscriber).then(KeySlot::default);
+        let mut rtc = match &keys {
+            Some(slot) => {
+                let builder = builder.set_crypto_provider(self.subscriber_crypto.clone());
+                crate::srtp::capture::bind(slot, || builder.build(now))
+            }
+            None => builder.build(now),
+        };
         for addr in &self.config.host_candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(c) => {
@@ -1025,8 +1040,20 @@ impl Engine {
             }
         }
         let mut peer = Peer::new(target, rtc);
+        peer.srtp_keys = keys;
         self.track_ufrag(key, &mut peer);
         peer
+    }
+
+    /// The SRTP keying material of a participant's subscriber connection,
+    /// once its DTLS handshake completed (what the own egress will encrypt
+    /// with; `crate::srtp::keys` derives the session keys).
+    pub fn subscriber_keying_material(&self, participant_id: &str) -> Option<Captured> {
+        let p = self
+            .participants
+            .values()
+            .find(|p| p.id == participant_id)?;
+        p.subscriber.srtp_keys.as_ref()?.get()
     }
 
     /// Registers the peer's current local ufrag if it is new (at creation and

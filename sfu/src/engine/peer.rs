@@ -35,6 +35,8 @@ pub struct Peer {
     pub poisoned: bool,
     /// Remote candidates given to str0m (bounded; see `remote_candidates`).
     pub remote_candidates: super::remote_candidates::Seen,
+    /// Subscriber connections: where their DTLS keying material lands.
+    pub srtp_keys: Option<crate::srtp::capture::KeySlot>,
 }
 
 /// str0m panicked inside a peer's `Rtc` (now or earlier).
@@ -55,6 +57,7 @@ impl Peer {
             addresses: Vec::new(),
             poisoned: false,
             remote_candidates: Default::default(),
+            srtp_keys: None,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct Sim {
     /// RTP packets with padding the engine sent (bandwidth probes: the
     /// forwarded media has none), by destination.
     pub padded_rtp_to: HashMap<SocketAddr, u64>,
+    /// Every datagram the engine sent to this address, as sent (set it to
+    /// record).
+    pub record_sent_to: Option<(SocketAddr, Vec<Vec<u8>>)>,
     last_media: Instant,
 }
 
@@ -54,6 +57,7 @@ impl Sim {
             lossy: HashMap::new(),
             sent: HashMap::new(),
             padded_rtp_to: HashMap::new(),
+            record_sent_to: None,
             last_media: now,
         }
     }
@@ -133,6 +137,11 @@ impl Sim {
                         let dest = t.destination;
                         if is_padded_rtp(&t.contents) {
                             *self.padded_rtp_to.entry(dest).or_default() += 1;
+                        }
+                        if let Some((to, sent)) = &mut self.record_sent_to
+                            && *to == dest
+                        {
+                            sent.push(t.contents.to_vec());
                         }
                         if let Some(i) = self.bot_at(dest)
                             && !self.cut.contains(&i)
