@@ -54,6 +54,7 @@ pub struct Metrics {
     /// Subscribers moved between simulcast layers, `up` or `down`.
     pub layer_switches: IntCounterVec,
     pub temporal_switches: IntCounterVec,
+    pub srtp_keys: IntCounterVec,
     /// Data-channel messages: written by members (`in`), refused, and the
     /// copies relayed (`out`); copies not written, by reason.
     pub data_messages: IntCounterVec,
@@ -272,6 +273,11 @@ impl Metrics {
                 "Subscribers that started (up, at a layer sync frame) or stopped (down) receiving a VP8 temporal layer",
                 "direction",
             ),
+            srtp_keys: counter_vec(
+                "switchboard_srtp_keys_captured_total",
+                "Subscriber connections up, by the SRTP profile whose keys the server captured of their DTLS handshake (none: no keys seen)",
+                "profile",
+            ),
             data_messages: counter_vec(
                 "switchboard_data_messages_total",
                 "Data-channel messages: written by members (in), refused by the server (refused), copies written to recipients (out)",
@@ -304,6 +310,9 @@ impl Metrics {
         for direction in ["up", "down"] {
             metrics.layer_switches.with_label_values(&[direction]);
             metrics.temporal_switches.with_label_values(&[direction]);
+        }
+        for profile in crate::engine::SRTP_KEY_LABELS {
+            metrics.srtp_keys.with_label_values(&[profile]);
         }
         for direction in ["in", "refused", "out"] {
             metrics.data_messages.with_label_values(&[direction]);

@@ -1119,6 +1119,11 @@ fn the_servers_subscriber_keys_decrypt_what_it_sent_the_viewer() {
         "{decrypted} of {} packets matched what the viewer got",
         sent.len()
     );
+    // Both subscriber connections counted with their profile, none without.
+    let counted = sim.engine.stats().srtp_keys;
+    let none = sfu::engine::SRTP_KEY_LABELS.len() - 1;
+    assert_eq!(counted[none], 0, "{counted:?}");
+    assert_eq!(counted.iter().sum::<u64>(), 2, "{counted:?}");
 }
 
 /// Bytes of an RTP header with its CSRCs and extension (RFC 3550 5.3.1).

@@ -432,6 +432,31 @@ pub struct EngineStats {
     pub data_messages_out: u64,
     /// Copies not written, by [`DataDrop`] (its `as usize`).
     pub data_dropped: [u64; DataDrop::ALL.len()],
+    /// Subscriber connections up, by the SRTP keys captured of them
+    /// ([`SRTP_KEY_LABELS`]: a profile, or none).
+    pub srtp_keys: [u64; SRTP_KEY_LABELS.len()],
+}
+
+/// `switchboard_srtp_keys_captured_total` labels, [`EngineStats::srtp_keys`]
+/// order: the SRTP profiles, then `none` (the DTLS wrapper saw no keys: the
+/// own egress could not run on that connection).
+pub const SRTP_KEY_LABELS: [&str; 4] = [
+    "aes128_cm_sha1_80",
+    "aead_aes_128_gcm",
+    "aead_aes_256_gcm",
+    "none",
+];
+
+/// Where a subscriber connection's captured keys count in
+/// [`EngineStats::srtp_keys`].
+fn srtp_key_label(captured: Option<&Captured>) -> usize {
+    use str0m::crypto::dtls::SrtpProfile;
+    match captured.map(|c| c.profile) {
+        Some(SrtpProfile::AES128_CM_SHA1_80) => 0,
+        Some(SrtpProfile::AEAD_AES_128_GCM) => 1,
+        Some(SrtpProfile::AEAD_AES_256_GCM) => 2,
+        _ => 3,
+    }
 }
 
 pub struct Engine {
@@ -844,6 +869,11 @@ impl Engine {
                 }
             }
             RtcEvent::Connected if target == PeerTarget::Subscriber => {
+                let captured = self
+                    .participants
+                    .get(&key)
+                    .and_then(|p| p.subscriber.srtp_keys.as_ref()?.get());
+                self.stats.srtp_keys[srtp_key_label(captured.as_ref())] += 1;
                 let open_video: Vec<u64> = self
                     .participants
                     .get(&key)

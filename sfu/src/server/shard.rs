@@ -751,6 +751,11 @@ impl Shard {
         m.layer_switches
             .with_label_values(&["down"])
             .inc_by(stats.layer_switches_down - last.layer_switches_down);
+        for (i, profile) in crate::engine::SRTP_KEY_LABELS.iter().enumerate() {
+            m.srtp_keys
+                .with_label_values(&[profile])
+                .inc_by(stats.srtp_keys[i] - last.srtp_keys[i]);
+        }
         m.temporal_switches
             .with_label_values(&["up"])
             .inc_by(stats.temporal_switches_up - last.temporal_switches_up);

@@ -266,6 +266,15 @@ async function twoPages(codec) {
   const relayed = await metric("switchboard_remb_relayed_total");
   log(JSON.stringify({ rembRelayed: relayed }));
   check(relayed > 0, "no receiver's REMB was relayed to a sender");
+  // The server kept both subscriber connections' SRTP keys (the own
+  // egress, issue 21, will encrypt with them), whatever profile Chromium
+  // and str0m agreed.
+  const keys = {};
+  for (const profile of ["aes128_cm_sha1_80", "aead_aes_128_gcm", "aead_aes_256_gcm", "none"]) {
+    keys[profile] = await metric(`switchboard_srtp_keys_captured_total{profile="${profile}"}`);
+  }
+  log(JSON.stringify({ srtpKeysCaptured: keys }));
+  check(keys.none === 0 && keys.aes128_cm_sha1_80 + keys.aead_aes_128_gcm + keys.aead_aes_256_gcm >= 2, "both subscriber connections' SRTP keys captured");
 }
 
 async function metric(name) {
