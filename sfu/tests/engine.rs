@@ -1061,6 +1061,7 @@ fn the_servers_subscriber_keys_decrypt_what_it_sent_the_viewer() {
     .unwrap()
     .transmit
     .rtp;
+    let mut sealer = sfu::srtp::protect::RtpSealer::new(&crypto, captured.profile, &keys).unwrap();
     let from = sim.bots[viewer].received.len();
     sim.record_sent_to = Some((sim.bots[viewer].subscriber_addr, Vec::new()));
     sim.run_for(Duration::from_millis(200));
@@ -1108,6 +1109,18 @@ fn the_servers_subscriber_keys_decrypt_what_it_sent_the_viewer() {
         };
         let len = opened.expect("the server's transmit keys open its packet");
         plain.truncate(len);
+        // Sealed again with our own sealer: byte for byte what str0m sent.
+        let mut resealed = Vec::new();
+        sealer
+            .seal(
+                aad,
+                u32::from_be_bytes(ssrc.try_into().unwrap()),
+                u64::from(seq),
+                &plain,
+                &mut resealed,
+            )
+            .unwrap();
+        assert_eq!(&resealed, datagram, "our sealer and str0m's agree");
         let seq = u64::from(seq);
         if let Some(p) = received.iter().find(|p| p.seq == seq && p.payload == plain) {
             decrypted += 1;

@@ -11,3 +11,4 @@
 
 pub mod capture;
 pub mod keys;
+pub mod protect;
