@@ -905,13 +905,7 @@ fn simulcast_viewers_get_their_layer_and_switch_seamlessly_at_a_keyframe() {
 /// back at their sync frames, without a keyframe.
 #[test]
 fn a_viewer_asking_fewer_frames_gets_the_base_temporal_layer_numbered_on_by_one() {
-    let mut sim = Sim::new(engine_config());
-    let publisher = sim.join("a", "room");
-    sim.bots[publisher].simulcast = true;
-    sim.bots[publisher].publish();
-    sim.deliver();
-    let viewer = sim.join("b", "room");
-    sim.connect_all();
+    let (mut sim, _, viewer) = publisher_and_viewer(true);
     // Long enough for a measured frame rate per temporal layer.
     sim.run_for(Duration::from_millis(2_500));
     let track = video_track_of(&sim, viewer, "a");
@@ -996,18 +990,26 @@ fn a_viewer_asking_fewer_frames_gets_the_base_temporal_layer_numbered_on_by_one(
     );
 }
 
+/// A room of "a" publishing (`simulcast`: three layers) and "b" watching,
+/// both connected: (the simulation, a's bot, b's bot).
+fn publisher_and_viewer(simulcast: bool) -> (Sim, usize, usize) {
+    let mut sim = Sim::new(engine_config());
+    let publisher = sim.join("a", "room");
+    sim.bots[publisher].simulcast = simulcast;
+    sim.bots[publisher].publish();
+    sim.deliver();
+    let viewer = sim.join("b", "room");
+    sim.connect_all();
+    (sim, publisher, viewer)
+}
+
 /// abs-send-time is the server's send time, never the publisher's relayed
 /// (receive-side estimates must measure the server-to-subscriber path): a
 /// tick of media held 200 ms between the publisher and the server reaches
 /// the viewer stamped when the server sent it.
 #[test]
 fn abs_send_time_is_stamped_at_the_servers_egress() {
-    let mut sim = Sim::new(engine_config());
-    let publisher = sim.join("a", "room");
-    sim.bots[publisher].publish();
-    sim.deliver();
-    let viewer = sim.join("b", "room");
-    sim.connect_all();
+    let (mut sim, publisher, viewer) = publisher_and_viewer(false);
     sim.run_for(Duration::from_secs(1));
     let from = sim.bots[viewer].received.len();
     let sent_at = sim.now;
@@ -1037,12 +1039,7 @@ fn abs_send_time_is_stamped_at_the_servers_egress() {
 /// wrong, this fails.
 #[test]
 fn the_servers_subscriber_keys_decrypt_what_it_sent_the_viewer() {
-    let mut sim = Sim::new(engine_config());
-    let publisher = sim.join("a", "room");
-    sim.bots[publisher].publish();
-    sim.deliver();
-    let viewer = sim.join("b", "room");
-    sim.connect_all();
+    let (mut sim, _, viewer) = publisher_and_viewer(false);
     sim.run_for(Duration::from_millis(500));
     let viewer_id = sim.bots[viewer].participant_id.clone().unwrap();
     let captured = sim
