@@ -940,6 +940,19 @@ fn a_viewer_asking_fewer_frames_gets_the_base_temporal_layer_numbered_on_by_one(
     assert!(slow.iter().all(|p| tid(p) == 0), "only the base layer");
     let frames = slow.iter().filter(|p| p.payload[0] & 0x10 != 0).count();
     assert!((20..=30).contains(&frames), "{frames} frames in 2 s");
+    // A malformed request is refused and changes nothing.
+    let before_bad = sim.bots[viewer].received.len();
+    sim.command(
+        viewer,
+        Command::UpdateSubscription {
+            track_id: track.clone(),
+            request: Err("give either `quality` or both `width` and `height`"),
+        },
+    );
+    sim.run_for(Duration::from_millis(500));
+    assert!(errors(&sim, viewer).contains(&ErrorCode::BadMessage));
+    let after_bad = video_since(&sim, before_bad);
+    assert!(!after_bad.is_empty() && after_bad.iter().all(|p| tid(p) == 0));
 
     sim.command(
         viewer,

@@ -560,6 +560,43 @@ impl ServerMessage {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_update_subscription_names_a_quality_or_a_size_within_bounds() {
+        let request = |json: &str| {
+            let message: ClientMessage = serde_json::from_str(json).unwrap();
+            message.layer_request().unwrap()
+        };
+        let base = r#"{"type":"updateSubscription","trackId":"TR_1""#;
+        assert_eq!(
+            request(&format!(r#"{base},"quality":"low"}}"#)),
+            Ok(LayerRequest {
+                choice: LayerChoice::Quality(VideoQuality::Low),
+                max_fps: None
+            })
+        );
+        assert_eq!(
+            request(&format!(r#"{base},"width":640,"height":360,"fps":15}}"#)),
+            Ok(LayerRequest {
+                choice: LayerChoice::Size {
+                    width: 640,
+                    height: 360
+                },
+                max_fps: Some(15)
+            })
+        );
+        for bad in [
+            r#"}"#,
+            r#","quality":"low","width":640,"height":360}"#,
+            r#","width":640}"#,
+            r#","width":0,"height":360}"#,
+            r#","width":16385,"height":360}"#,
+            r#","quality":"high","fps":0}"#,
+            r#","quality":"high","fps":241}"#,
+        ] {
+            assert!(request(&format!("{base}{bad}")).is_err(), "{bad}");
+        }
+    }
+
     /// `as_str` is the serde name of each code, and `ALL` names each once.
     #[test]
     fn every_error_code_is_listed_once_under_its_wire_name() {
