@@ -32,6 +32,8 @@ pub struct ReceivedPacket {
     /// Its abs-send-time header extension (when negotiated): when the
     /// last hop sent it.
     pub abs_send_time: Option<Instant>,
+    /// The latest sender report of its stream: (NTP time, RTP timestamp).
+    pub sender_report: Option<(std::time::SystemTime, u32)>,
 }
 
 /// The simulcast layer in a bot's tag (`name:v<rid>:n`, after the probe):
@@ -677,6 +679,9 @@ impl Bot {
                     marker: pkt.header.marker,
                     payload: pkt.payload.to_vec(),
                     abs_send_time: pkt.header.ext_vals.abs_send_time,
+                    sender_report: pkt
+                        .last_sender_info
+                        .map(|info| (info.ntp_time, info.rtp_time.numer() as u32)),
                 });
             }
             _ => {}

@@ -57,6 +57,11 @@ pub struct Config {
     /// simulcast layer that fits it, pausing video a downlink cannot carry.
     /// Off: layers follow what subscribers ask for alone.
     pub downlink_estimation: bool,
+    /// Send forwarded media through the server's own SRTP egress (each
+    /// copy sealed by the server with the subscriber connection's keys)
+    /// rather than str0m's per-packet write path. Ignored with
+    /// `downlink_estimation`, whose pacer and probes are str0m's.
+    pub own_egress: bool,
     /// Development only: `POST /dev/token` mints a call token for any room,
     /// unauthenticated. Off unless set; call creation replaces it.
     pub dev_token_endpoint: bool,
@@ -270,6 +275,7 @@ impl Default for Config {
             max_http_connections_per_ip: 1_000,
             deny_private_candidates: false,
             downlink_estimation: false,
+            own_egress: false,
             dev_token_endpoint: false,
             dev_demo_dir: None,
             log_format: "text".into(),
@@ -407,6 +413,9 @@ impl Config {
         }
         if let Some(v) = var("SWITCHBOARD_DOWNLINK_ESTIMATION") {
             self.downlink_estimation = parse("SWITCHBOARD_DOWNLINK_ESTIMATION", &v)?;
+        }
+        if let Some(v) = var("SWITCHBOARD_OWN_EGRESS") {
+            self.own_egress = parse("SWITCHBOARD_OWN_EGRESS", &v)?;
         }
         if let Some(v) = var("SWITCHBOARD_METRICS_LISTEN") {
             self.metrics_listen = Some(parse("SWITCHBOARD_METRICS_LISTEN", &v)?);

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub layer_switches: IntCounterVec,
     pub temporal_switches: IntCounterVec,
     pub srtp_keys: IntCounterVec,
+    pub own_egress: IntCounterVec,
     /// Data-channel messages: written by members (`in`), refused, and the
     /// copies relayed (`out`); copies not written, by reason.
     pub data_messages: IntCounterVec,
@@ -278,6 +279,11 @@ impl Metrics {
                 "Subscriber connections up, by the SRTP profile whose keys the server captured of their DTLS handshake (none: no keys seen)",
                 "profile",
             ),
+            own_egress: counter_vec(
+                "switchboard_own_egress_packets_total",
+                "Own SRTP egress: RTP copies sealed and sent (rtp), sent again for a NACK (resent), sender-report datagrams (sender_report), copies not sent (dropped: no keys or route yet)",
+                "kind",
+            ),
             data_messages: counter_vec(
                 "switchboard_data_messages_total",
                 "Data-channel messages: written by members (in), refused by the server (refused), copies written to recipients (out)",
@@ -313,6 +319,9 @@ impl Metrics {
         }
         for profile in crate::engine::SRTP_KEY_LABELS {
             metrics.srtp_keys.with_label_values(&[profile]);
+        }
+        for kind in ["rtp", "resent", "sender_report", "dropped"] {
+            metrics.own_egress.with_label_values(&[kind]);
         }
         for direction in ["in", "refused", "out"] {
             metrics.data_messages.with_label_values(&[direction]);

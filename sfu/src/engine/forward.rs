@@ -8,6 +8,7 @@ use str0m::format::Codec;
 use str0m::media::Rids;
 use str0m::rtp::Vp8Descriptor;
 
+use super::egress::{OwnCopy, OwnSent};
 use super::keyframe::starts_keyframe;
 use super::room::Sample;
 use super::simulcast::{Incoming, Level, LiveLayers};
@@ -212,6 +213,13 @@ impl Engine {
         if down.paused {
             return;
         }
+        if let Some(own) = &sub.subscriber.own
+            && (own.egress.is_none() || own.route.is_none())
+        {
+            // Nothing can be sent yet: the stream does not move on (its
+            // first packet is still a keyframe when it can).
+            return;
+        }
         let target = layers
             .target(down.stream.request, down.cap, now)
             .unwrap_or(Level::full(incoming.layer));
@@ -238,6 +246,36 @@ impl Engine {
             }
             return;
         };
+        if sub.subscriber.own.is_some() {
+            let mut patched = None;
+            if let Some(d) = incoming.vp8
+                && (out.picture_id.is_some_and(|p| Some(p) != d.picture_id())
+                    || out.tl0_pic_idx.is_some_and(|t| Some(t) != d.tl0_pic_idx()))
+            {
+                let mut copy = pkt.payload.to_vec();
+                vp8::rewrite(&mut copy, out.picture_id, out.tl0_pic_idx);
+                patched = Some(copy);
+            }
+            let copy = OwnCopy {
+                mid,
+                pt: *pt,
+                seq: *out.seq,
+                timestamp: out.timestamp,
+                kind,
+                params,
+                pkt,
+                payload: patched.as_deref().unwrap_or(&pkt.payload),
+            };
+            match self.send_own(subscriber, copy, now) {
+                OwnSent::Sent => self.stats.own_sent += 1,
+                OwnSent::Dropped | OwnSent::NotOwn => {
+                    self.stats.own_dropped += 1;
+                    return;
+                }
+            }
+            self.count_forwarded(subscriber, pkt.payload.len(), now);
+            return;
+        }
         let mut ext = pkt.header.ext_vals.clone();
         // These name the publisher's m-line and transport; str0m writes the subscriber's.
         ext.mid = None;
@@ -271,15 +309,22 @@ impl Engine {
                 return;
             }
         }
+        self.count_forwarded(subscriber, pkt.payload.len(), now);
+        self.dirty.push((subscriber, PeerTarget::Subscriber));
+    }
+
+    fn count_forwarded(&mut self, subscriber: ParticipantKey, bytes: usize, now: Instant) {
         self.stats.rtp_forwarded += 1;
-        self.stats.rtp_forwarded_bytes += pkt.payload.len() as u64;
+        self.stats.rtp_forwarded_bytes += bytes as u64;
+        let Some(sub) = self.participants.get_mut(&subscriber) else {
+            return;
+        };
         if !sub.first_forward_recorded {
             sub.first_forward_recorded = true;
             let elapsed = now.saturating_duration_since(sub.joined_at);
             self.outputs
                 .push_back(Output::Event(Event::FirstForward(elapsed)));
         }
-        self.dirty.push((subscriber, PeerTarget::Subscriber));
     }
 
     /// Tells a subscriber that a track cannot be forwarded to it.

@@ -17,6 +17,7 @@ mod commands;
 mod data;
 mod downlink;
 mod dynacast;
+mod egress;
 mod forward;
 mod ice_credentials;
 mod keyframe;
@@ -56,9 +57,11 @@ use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input as RtcInput}
 use str0m::{Output as RtcOutput, Rtc};
 
 use participant::{DownState, DownTrack, Participant};
-use peer::{Peer, RtcPanicked};
+use peer::{OwnPath, Peer, RtcPanicked};
 
 use crate::srtp::capture::{Captured, KeySlot};
+use crate::srtp::egress::Route;
+use egress::is_stun;
 use rewrite::resolve_pt;
 use room::{Layers, Room, Track};
 use simulcast::DownStream;
@@ -161,6 +164,12 @@ pub struct EngineConfig {
     /// that fits (`downlink.rs`). Off: no estimator on them; the browser's
     /// REMB is relayed on the 1:1 path and layers follow requests alone.
     pub downlink_estimation: bool,
+    /// Subscriber connections send forwarded media through the server's
+    /// own SRTP egress (`crate::srtp::egress`) instead of str0m's write
+    /// path; str0m keeps ICE, DTLS, SCTP and incoming RTCP. Chosen per
+    /// connection when it is made. Not with `downlink_estimation` (whose
+    /// pacer and probes are str0m's).
+    pub own_egress: bool,
     /// How often each stream's RTCP receiver report figures (loss, jitter)
     /// become [`Event::StreamQuality`].
     pub stats_interval: Duration,
@@ -169,6 +178,12 @@ pub struct EngineConfig {
 /// Stream quality every 5 s: what an operator's dashboards resolve, at a
 /// few observations per stream per scrape.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// str0m's sender-report interval on own-egress connections: 50 years.
+/// str0m counts it from its start of time (up to an hour before the
+/// process's first connection), so a shorter one would come due on a
+/// long-running server.
+const NO_STR0M_REPORTS: Duration = Duration::from_secs(50 * 365 * 24 * 3600);
 
 impl EngineConfig {
     pub fn new(host_candidates: Vec<SocketAddr>) -> EngineConfig {
@@ -184,6 +199,7 @@ impl EngineConfig {
             deny_private_candidates: false,
             fast_path: true,
             downlink_estimation: false,
+            own_egress: false,
             stats_interval: STATS_INTERVAL,
         }
     }
@@ -435,6 +451,14 @@ pub struct EngineStats {
     /// Subscriber connections up, by the SRTP keys captured of them
     /// ([`SRTP_KEY_LABELS`]: a profile, or none).
     pub srtp_keys: [u64; SRTP_KEY_LABELS.len()],
+    /// Own egress: RTP copies sealed and sent.
+    pub own_sent: u64,
+    /// Own egress: copies not sent (no keys or route yet, a refused stream).
+    pub own_dropped: u64,
+    /// Own egress: packets sent again for a NACK.
+    pub own_resent: u64,
+    /// Own egress: sender-report datagrams.
+    pub own_sender_reports: u64,
 }
 
 /// `switchboard_srtp_keys_captured_total` labels, [`EngineStats::srtp_keys`]
@@ -637,6 +661,14 @@ impl Engine {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
+        let peer = p.peer_mut(target);
+        if peer.own.is_some() {
+            peer.receiving_from = Some(Route {
+                proto,
+                source: destination,
+                destination: source,
+            });
+        }
         match p.peer_mut(target).guard(|rtc| rtc.handle_input(input)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -797,7 +829,19 @@ impl Engine {
                         }
                         break;
                     }
-                    Ok(RtcOutput::Transmit(t)) => self.outputs.push_back(Output::Transmit(t)),
+                    Ok(RtcOutput::Transmit(t)) => {
+                        if let Some(own) = &mut peer.own
+                            && !is_stun(&t.contents)
+                        {
+                            // DTLS or RTCP: str0m sends those on the selected pair.
+                            own.route = Some(Route {
+                                proto: t.proto,
+                                source: t.source,
+                                destination: t.destination,
+                            });
+                        }
+                        self.outputs.push_back(Output::Transmit(t))
+                    }
                     Ok(RtcOutput::Event(e)) => {
                         let extra = match &e {
                             RtcEvent::RtpPacket(pkt) => {
@@ -857,6 +901,9 @@ impl Engine {
                     }
                 }
             }
+            RtcEvent::RawPacket(raw) if target == PeerTarget::Subscriber => {
+                self.own_egress_rtcp(key, *raw, now)
+            }
             RtcEvent::RtpPacket(pkt) if target == PeerTarget::Publisher => {
                 self.stats.rtp_in += 1;
                 if let Some(RtpOrigin {
@@ -874,6 +921,7 @@ impl Engine {
                     .get(&key)
                     .and_then(|p| p.subscriber.srtp_keys.as_ref()?.get());
                 self.stats.srtp_keys[srtp_key_label(captured.as_ref())] += 1;
+                self.start_own_egress(key);
                 let open_video: Vec<u64> = self
                     .participants
                     .get(&key)
@@ -1040,6 +1088,18 @@ impl Engine {
             builder =
                 builder.set_extension_map(without_transport_feedback(ExtensionMap::standard()));
         }
+        let own_egress = target == PeerTarget::Subscriber
+            && self.config.own_egress
+            && !self.config.downlink_estimation;
+        if own_egress {
+            // NACKs reach us as raw RTCP; str0m's sender reports would
+            // describe streams it never sent, so they are ours (never
+            // str0m's: an interval longer than any connection lives).
+            builder = builder
+                .enable_raw_packets(true)
+                .set_rtcp_report_interval_audio(NO_STR0M_REPORTS)
+                .set_rtcp_report_interval_video(NO_STR0M_REPORTS);
+        }
         let keys = (target == PeerTarget::Subscriber).then(KeySlot::default);
         let mut rtc = match &keys {
             Some(slot) => {
@@ -1071,6 +1131,7 @@ impl Engine {
         }
         let mut peer = Peer::new(target, rtc);
         peer.srtp_keys = keys;
+        peer.own = own_egress.then(OwnPath::default);
         self.track_ufrag(key, &mut peer);
         peer
     }

@@ -317,6 +317,16 @@ impl Engine {
                 DownState::ToStop(mid) => {
                     api.stop_media(mid);
                     d.state = DownState::Stopping(mid);
+                    // Its stream on the own egress ends (its SSRC is never
+                    // sealed under again).
+                    if let Some(egress) = p
+                        .subscriber
+                        .own
+                        .as_mut()
+                        .and_then(|own| own.egress.as_deref_mut())
+                    {
+                        egress.retire_mid(&mid.to_string());
+                    }
                 }
                 _ => {}
             }

@@ -9,6 +9,8 @@ use signaling::PeerTarget;
 use str0m::net::Protocol;
 use str0m::{IceConnectionState, Rtc};
 
+use crate::srtp::egress::{OwnEgress, Route};
+
 pub struct Peer {
     pub target: PeerTarget,
     pub rtc: Rtc,
@@ -37,6 +39,26 @@ pub struct Peer {
     pub remote_candidates: super::remote_candidates::Seen,
     /// Subscriber connections: where their DTLS keying material lands.
     pub srtp_keys: Option<crate::srtp::capture::KeySlot>,
+    /// Subscriber connections that send forwarded media themselves
+    /// (`crate::srtp::egress`), chosen at creation; `None`: str0m writes.
+    pub own: Option<OwnPath>,
+    /// Where the datagram being handled came from (the own egress follows
+    /// the client's authenticated RTCP).
+    pub receiving_from: Option<Route>,
+}
+
+/// A subscriber connection's own egress.
+#[derive(Default)]
+pub struct OwnPath {
+    /// Where str0m's own traffic (DTLS, RTCP) last went, or the client's
+    /// last authenticated RTCP came from: the selected pair, which str0m
+    /// does not expose.
+    pub route: Option<Route>,
+    /// Built once the DTLS handshake gave keys.
+    pub egress: Option<Box<OwnEgress>>,
+    /// The keys could not be used: nothing is forwarded on this connection
+    /// (switching it to str0m's path would reuse SRTP indexes).
+    pub unusable: bool,
 }
 
 /// str0m panicked inside a peer's `Rtc` (now or earlier).
@@ -58,6 +80,8 @@ impl Peer {
             poisoned: false,
             remote_candidates: Default::default(),
             srtp_keys: None,
+            own: None,
+            receiving_from: None,
         }
     }
 

@@ -48,6 +48,45 @@ pub fn keyframe_size(payload: &[u8]) -> Option<(u16, u16)> {
     Some((width, height))
 }
 
+/// Writes a rewritten picture ID and TL0PICIDX into a copy of a VP8
+/// payload, in the fields its descriptor has (a 7-bit picture ID takes
+/// the low 7 bits); a field the descriptor lacks is left out. What
+/// str0m's `Vp8Patch` does on its write path, for the own egress.
+pub fn rewrite(payload: &mut [u8], picture_id: Option<u16>, tl0_pic_idx: Option<u8>) {
+    let Some(&first) = payload.first() else {
+        return;
+    };
+    if first & 0x80 == 0 {
+        return;
+    }
+    let Some(&extension) = payload.get(1) else {
+        return;
+    };
+    let mut at = 2;
+    if extension & 0x80 != 0 {
+        let Some(&high) = payload.get(at) else { return };
+        let long = high & 0x80 != 0;
+        if let Some(pid) = picture_id {
+            if long {
+                if at + 1 >= payload.len() {
+                    return;
+                }
+                let [hi, lo] = (pid & 0x7fff).to_be_bytes();
+                payload[at] = 0x80 | hi;
+                payload[at + 1] = lo;
+            } else {
+                payload[at] = (pid & 0x7f) as u8;
+            }
+        }
+        at += if long { 2 } else { 1 };
+    }
+    if extension & 0x40 != 0
+        && let (Some(tl0), Some(byte)) = (tl0_pic_idx, payload.get_mut(at))
+    {
+        *byte = tl0;
+    }
+}
+
 /// The TID/Y/KEYIDX byte (when T is set) and where the VP8 payload header
 /// starts.
 fn descriptor_tail(payload: &[u8]) -> Option<(Option<u8>, usize)> {
@@ -98,6 +137,24 @@ mod tests {
         assert_eq!(temporal(&[0x80, 0x10, 0x05, 0x01]), None);
         assert_eq!(temporal(&[0x10, 0x00]), None);
         assert_eq!(temporal(&[0x80, 0xe0, 0x81]), None);
+    }
+
+    #[test]
+    fn rewrites_picture_id_and_tl0picidx_in_place() {
+        let mut long = descriptor(true, 1, false);
+        long.push(0x00);
+        rewrite(&mut long, Some(0x1234), Some(9));
+        assert_eq!(&long[2..5], &[0x92, 0x34, 9]);
+        assert_eq!(long[5], descriptor(true, 1, false)[5], "TID byte untouched");
+        // A 7-bit picture ID gets the low bits; no L: no TL0PICIDX written.
+        let mut short = vec![0x90, 0x80, 0x05, 0x00];
+        rewrite(&mut short, Some(0x1ff), Some(3));
+        assert_eq!(short, [0x90, 0x80, 0x7f, 0x00]);
+        // No extension: nothing to write; cut short: nothing panics.
+        let mut plain = vec![0x10, 0x00];
+        rewrite(&mut plain, Some(1), Some(1));
+        assert_eq!(plain, [0x10, 0x00]);
+        rewrite(&mut [0x80, 0x80, 0x81], Some(5), None);
     }
 
     #[test]

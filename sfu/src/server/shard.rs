@@ -255,6 +255,7 @@ pub fn spawn_all(
         engine_config.max_tracks_per_participant = config.max_tracks_per_participant;
         engine_config.deny_private_candidates = config.deny_private_candidates;
         engine_config.downlink_estimation = config.downlink_estimation;
+        engine_config.own_egress = config.own_egress;
         // Each shard waits on its own handle to the one socket (readiness is
         // per runtime); the sends go through the shared one.
         let reader = socket.try_clone().map_err(|e| e.to_string())?;
@@ -751,6 +752,18 @@ impl Shard {
         m.layer_switches
             .with_label_values(&["down"])
             .inc_by(stats.layer_switches_down - last.layer_switches_down);
+        for (kind, now, before) in [
+            ("rtp", stats.own_sent, last.own_sent),
+            ("resent", stats.own_resent, last.own_resent),
+            (
+                "sender_report",
+                stats.own_sender_reports,
+                last.own_sender_reports,
+            ),
+            ("dropped", stats.own_dropped, last.own_dropped),
+        ] {
+            m.own_egress.with_label_values(&[kind]).inc_by(now - before);
+        }
         for (i, profile) in crate::engine::SRTP_KEY_LABELS.iter().enumerate() {
             m.srtp_keys
                 .with_label_values(&[profile])

@@ -10,5 +10,6 @@
 //! ([`keys`]), with the provider's own AES.
 
 pub mod capture;
+pub mod egress;
 pub mod keys;
 pub mod protect;

@@ -32,6 +32,9 @@ pub struct Sim {
     /// Every datagram the engine sent to this address, as sent (set it to
     /// record).
     pub record_sent_to: Option<(SocketAddr, Vec<Vec<u8>>)>,
+    /// Addresses every Nth RTP datagram to which is dropped (a lossy
+    /// downlink), and how many RTP datagrams went to each.
+    pub lossy_to: HashMap<SocketAddr, (u64, u64)>,
     last_media: Instant,
 }
 
@@ -58,6 +61,7 @@ impl Sim {
             sent: HashMap::new(),
             padded_rtp_to: HashMap::new(),
             record_sent_to: None,
+            lossy_to: HashMap::new(),
             last_media: now,
         }
     }
@@ -142,6 +146,14 @@ impl Sim {
                             && *to == dest
                         {
                             sent.push(t.contents.to_vec());
+                        }
+                        if let Some((every, count)) = self.lossy_to.get_mut(&dest)
+                            && is_rtp(&t.contents)
+                        {
+                            *count += 1;
+                            if count.is_multiple_of(*every) {
+                                continue;
+                            }
                         }
                         if let Some(i) = self.bot_at(dest)
                             && !self.cut.contains(&i)
@@ -281,6 +293,15 @@ pub fn to_command(message: ClientMessage) -> Command {
 
 /// An RTP packet (RFC 7983: first byte 128-191; RTCP's packet types are
 /// 192-223 in the second byte) with its padding bit set.
+/// RTP, not RTCP (RFC 5761: RTCP's packet types 192-223 read as a
+/// marker bit and payload types 64-95).
+pub fn is_rtp(datagram: &[u8]) -> bool {
+    match datagram {
+        [first, second, ..] => (128..192).contains(first) && !(192..224).contains(second),
+        _ => false,
+    }
+}
+
 fn is_padded_rtp(datagram: &[u8]) -> bool {
     match datagram {
         [first, second, ..] => {
