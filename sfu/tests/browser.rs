@@ -146,6 +146,11 @@ fn data_channel_messages_reach_the_room_in_order_and_bad_ones_nobody() {
 }
 
 #[test]
+fn the_own_egress_keeps_sync_answers_nacks_and_follows_an_ice_restart() {
+    scenario("own-egress");
+}
+
+#[test]
 fn a_shaped_downlink_gets_the_low_layer_and_climbs_back_when_freed() {
     scenario("constrained-downlink");
 }

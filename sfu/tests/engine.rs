@@ -1450,3 +1450,35 @@ fn the_own_egress_answers_nacks_and_never_reuses_a_nonce() {
         "{rtp_count} RTP, {rtcp_count} RTCP"
     );
 }
+
+/// The server's ICE restart on a subscriber connection: its new ufrag
+/// becomes routable once the client's answer is in (str0m takes the new
+/// credentials with the answer). Without that, STUN from the client's
+/// new candidates (Chromium gathers new ports on a restart) named a ufrag
+/// nobody knew and was dropped, and the restart never completed.
+#[test]
+fn a_subscriber_ice_restarts_new_ufrag_is_routable_after_the_answer() {
+    let mut sim = Sim::publishing(engine_config(), "call", &["a", "b"]);
+    sim.events.clear();
+    sim.bots[1].restart_ice();
+    sim.deliver();
+    let offer_ufrag = sim.bots[1]
+        .messages
+        .iter()
+        .rev()
+        .find_map(|m| match m {
+            ServerMessage::SubscriberOffer { sdp, .. } => sdp
+                .lines()
+                .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+                .map(str::to_string),
+            _ => None,
+        })
+        .expect("a restart offer");
+    assert!(
+        sim.events
+            .iter()
+            .any(|e| matches!(e, Event::UfragLearned(u) if *u == offer_ufrag)),
+        "the restart offer's ufrag {offer_ufrag} was never made routable: {:?}",
+        sim.events
+    );
+}

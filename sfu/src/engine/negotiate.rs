@@ -75,6 +75,10 @@ impl Engine {
             }
         }
         self.dirty.push((key, PeerTarget::Subscriber));
+        // An ICE restart's new local credentials take effect with the
+        // answer (str0m keeps the old ones until then): STUN from the
+        // client's new candidates names the new ufrag.
+        self.refresh_ufrag(key, PeerTarget::Subscriber);
         // New subscribers need a keyframe to start decoding. Before the
         // connection is up a keyframe would be wasted: that waits for
         // `Connected` instead.
@@ -360,9 +364,6 @@ impl Engine {
             self.send(conn, message);
         }
         self.dirty.push((key, PeerTarget::Subscriber));
-        if restart {
-            self.refresh_ufrag(key, PeerTarget::Subscriber);
-        }
     }
 }
 

@@ -277,6 +277,72 @@ async function twoPages(codec) {
   check(keys.none === 0 && keys.aes128_cm_sha1_80 + keys.aead_aes_128_gcm + keys.aead_aes_256_gcm >= 2, "both subscriber connections' SRTP keys captured");
 }
 
+/**
+ * The own SRTP egress (issue 21) carrying a 1:1 call: our sender reports
+ * reach Chromium (remote-outbound-rtp, timestamps near now) and keep audio
+ * and video in sync; with loss on the way to the pages their NACKs are
+ * answered from the server's ring and video keeps decoding; an ICE
+ * restart moves the subscriber connection's pair and the egress follows.
+ */
+async function ownEgress() {
+  check(process.env.SWITCHBOARD_TEST_NETNS === "1", "own-egress drops datagrams with iptables: it runs only in its own network namespace");
+  const a = await openPage("alice", "red", { codec: "VP8" });
+  const b = await openPage("bob", "green", { codec: "VP8" });
+  await allSeeEachOther([a, b]);
+  // The publishers' audio reports come every 5 s; ours follow them.
+  await sleep(6000);
+  for (const p of [a, b]) {
+    const s = await p.page.evaluate(() => window.sb.ownPath());
+    log(JSON.stringify({ page: p.name, ownPath: s }));
+    for (const kind of ["audio", "video"]) {
+      const remote = s.remote[kind];
+      check(remote && remote.reportsSent > 0, `${p.name}: no sender report for ${kind}`);
+      check(Math.abs(remote.remoteTimestamp - Date.now()) < 10000, `${p.name}: ${kind} report's time ${remote.remoteTimestamp} is not near now`);
+      check(s[kind].estimatedPlayoutTimestamp, `${p.name}: no ${kind} playout timestamp`);
+    }
+    const skew = Math.abs(s.audio.estimatedPlayoutTimestamp - s.video.estimatedPlayoutTimestamp);
+    log(JSON.stringify({ page: p.name, playoutSkewMs: skew }));
+    check(skew < 80, `${p.name}: audio and video playout ${skew} ms apart`);
+  }
+  const sent = await metric('switchboard_own_egress_packets_total{kind="rtp"}');
+  check(sent > 500, `the own egress sent ${sent} packets`);
+
+  // One in 10 datagrams from the server's media port is lost.
+  const rule = ["OUTPUT", "-p", "udp", "--sport", String(sb.udpPort), "-m", "statistic", "--mode", "nth", "--every", "10", "--packet", "0", "-j", "DROP"];
+  execFileSync("iptables", ["-A", ...rule]);
+  const before = await Promise.all([a, b].map((p) => p.page.evaluate(() => window.sb.ownPath())));
+  try {
+    await sleep(5000);
+  } finally {
+    execFileSync("iptables", ["-D", ...rule]);
+  }
+  for (const [i, p] of [a, b].entries()) {
+    const after = await p.page.evaluate(() => window.sb.ownPath());
+    const nacks = after.video.nackCount - before[i].video.nackCount;
+    const frames = after.video.framesDecoded - before[i].video.framesDecoded;
+    log(JSON.stringify({ page: p.name, lossy: { nacksSent: nacks, framesDecoded: frames, packetsLost: after.video.packetsLost } }));
+    check(nacks > 0, `${p.name} sent no NACK under loss`);
+    check(frames > 25, `${p.name} decoded only ${frames} frames in 5 s under loss`);
+  }
+  const resent = await metric('switchboard_own_egress_packets_total{kind="resent"}');
+  log(JSON.stringify({ resent }));
+  check(resent > 0, "no NACKed packet was sent again");
+
+  // The server restarts ICE on each subscriber connection: Chromium
+  // gathers new ports, so the pair (and the egress's destination) moves.
+  const ports = await Promise.all([a, b].map(async (p) => (await p.page.evaluate(() => window.sb.ownPath())).localPort));
+  for (const p of [a, b]) await p.page.evaluate(() => window.client.send({ type: "restartIce" }));
+  for (const [i, p] of [a, b].entries()) {
+    await waitFor(`${p.name}'s subscriber pair to move`, async () => (await p.page.evaluate(() => window.sb.ownPath())).localPort !== ports[i], 20000);
+    const before = await p.page.evaluate(() => window.sb.ownPath());
+    await sleep(3000);
+    const after = await p.page.evaluate(() => window.sb.ownPath());
+    const frames = after.video.framesDecoded - before.video.framesDecoded;
+    log(JSON.stringify({ page: p.name, afterIceRestart: { from: ports[i], to: after.localPort, framesIn3s: frames } }));
+    check(frames > 15, `${p.name} decoded only ${frames} frames in 3 s after the ICE restart`);
+  }
+}
+
 async function metric(name) {
   const text = await (await fetch(`${sb.base}/metrics`)).text();
   const line = text.split("\n").find((l) => l.startsWith(`${name} `));
@@ -1263,6 +1329,7 @@ const SCENARIOS = {
   "ice-tcp": iceTcp,
   "data-channels": dataChannels,
   "constrained-downlink": constrainedDownlink,
+  "own-egress": ownEgress,
 };
 
 async function main() {
@@ -1289,6 +1356,8 @@ async function main() {
     const node = (id) => ({ ...demo, SWITCHBOARD_REDIS_URL: redis.url, SWITCHBOARD_REDIS_NAMESPACE: "demo", SWITCHBOARD_NODE_ID: id });
     sb = await startSwitchboard(node("node-1"));
     sb2 = await startSwitchboard(node("node-2"));
+  } else if (scenario === "own-egress") {
+    sb = await startSwitchboard({ SWITCHBOARD_OWN_EGRESS: "true" });
   } else if (scenario === "constrained-downlink") {
     sb = await startSwitchboard({ SWITCHBOARD_DOWNLINK_ESTIMATION: "true" });
   } else if (scenario === "ice-tcp") {
