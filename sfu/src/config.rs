@@ -60,7 +60,8 @@ pub struct Config {
     /// Send forwarded media through the server's own SRTP egress (each
     /// copy sealed by the server with the subscriber connection's keys)
     /// rather than str0m's per-packet write path. Ignored with
-    /// `downlink_estimation`, whose pacer and probes are str0m's.
+    /// `downlink_estimation`, whose pacer and probes are str0m's. On by
+    /// default: 1.4-1.5x the video tracks per core (BENCHMARKS.md).
     pub own_egress: bool,
     /// Development only: `POST /dev/token` mints a call token for any room,
     /// unauthenticated. Off unless set; call creation replaces it.
@@ -275,7 +276,7 @@ impl Default for Config {
             max_http_connections_per_ip: 1_000,
             deny_private_candidates: false,
             downlink_estimation: false,
-            own_egress: false,
+            own_egress: true,
             dev_token_endpoint: false,
             dev_demo_dir: None,
             log_format: "text".into(),

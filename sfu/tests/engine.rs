@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::sim::{Sim, engine_config, is_rtp};
-use sfu::engine::{Command, DeviceLabel, Event, JoinRequest};
+use sfu::engine::{Command, DeviceLabel, EngineConfig, Event, JoinRequest};
 use signaling::{
     ErrorCode, LayerChoice, LayerRequest, LeaveReason, ParticipantState, Permissions,
     ServerMessage, TrackKind, VideoQuality,
@@ -1007,7 +1007,11 @@ fn a_viewer_asking_fewer_frames_gets_the_base_temporal_layer_numbered_on_by_one(
 /// A room of "a" publishing (`simulcast`: three layers) and "b" watching,
 /// both connected: (the simulation, a's bot, b's bot).
 fn publisher_and_viewer(simulcast: bool) -> (Sim, usize, usize) {
-    let mut sim = Sim::new(engine_config());
+    publisher_and_viewer_in(engine_config(), simulcast)
+}
+
+fn publisher_and_viewer_in(config: EngineConfig, simulcast: bool) -> (Sim, usize, usize) {
+    let mut sim = Sim::new(config);
     let publisher = sim.join("a", "room");
     sim.bots[publisher].simulcast = simulcast;
     sim.bots[publisher].publish();
@@ -1053,7 +1057,10 @@ fn abs_send_time_is_stamped_at_the_servers_egress() {
 /// wrong, this fails.
 #[test]
 fn the_servers_subscriber_keys_decrypt_what_it_sent_the_viewer() {
-    let (mut sim, _, viewer) = publisher_and_viewer(false);
+    // str0m's own write path: what it sealed is the reference.
+    let mut config = engine_config();
+    config.own_egress = false;
+    let (mut sim, _, viewer) = publisher_and_viewer_in(config, false);
     sim.run_for(Duration::from_millis(500));
     let viewer_id = sim.bots[viewer].participant_id.clone().unwrap();
     let captured = sim
@@ -1250,17 +1257,11 @@ fn data_reaches_the_room_in_order_and_a_stalled_member_is_owed_a_bounded_buffer(
 }
 
 /// A publisher and a viewer whose subscriber connection is on the own SRTP
-/// egress.
+/// egress (the default; said here so the tests below keep it).
 fn own_egress_pair() -> (Sim, usize, usize) {
     let mut config = engine_config();
     config.own_egress = true;
-    let mut sim = Sim::new(config);
-    let publisher = sim.join("a", "room");
-    sim.bots[publisher].publish();
-    sim.deliver();
-    let viewer = sim.join("b", "room");
-    sim.connect_all();
-    (sim, publisher, viewer)
+    publisher_and_viewer_in(config, false)
 }
 
 /// The packets of one kind a bot received, in order.

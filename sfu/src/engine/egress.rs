@@ -156,10 +156,35 @@ impl Engine {
         if let Some(from) = peer.receiving_from {
             own.route = Some(from);
         }
-        let (Rtcp::Nack(nack), Some(egress), Some(route)) =
-            (rtcp, own.egress.as_deref_mut(), own.route)
-        else {
+        let (Some(egress), Some(route)) = (own.egress.as_deref_mut(), own.route) else {
             return;
+        };
+        let nack = match rtcp {
+            Rtcp::Nack(nack) => nack,
+            Rtcp::ReceiverReport(rr) => {
+                // str0m sent nothing on these streams, so its egress stats
+                // have no loss to give: the receiver's reports do.
+                let interval = self.config.stats_interval;
+                let due: Vec<_> = rr
+                    .reports
+                    .iter()
+                    .filter_map(|r| {
+                        let video = egress.quality_due(*r.ssrc, now, interval)?;
+                        Some((video, r.fraction_lost, r.jitter))
+                    })
+                    .collect();
+                for (video, fraction_lost, jitter) in due {
+                    let kind = if video {
+                        TrackKind::Video
+                    } else {
+                        TrackKind::Audio
+                    };
+                    let loss = f32::from(fraction_lost) / 256.0;
+                    self.stream_quality(Link::Downlink, kind, loss, jitter);
+                }
+                return;
+            }
+            _ => return,
         };
         let mut resent = Vec::new();
         egress.resend(route, *nack.ssrc, nack.reports, now, &mut resent);

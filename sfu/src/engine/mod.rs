@@ -168,7 +168,7 @@ pub struct EngineConfig {
     /// own SRTP egress (`crate::srtp::egress`) instead of str0m's write
     /// path; str0m keeps ICE, DTLS, SCTP and incoming RTCP. Chosen per
     /// connection when it is made. Not with `downlink_estimation` (whose
-    /// pacer and probes are str0m's).
+    /// pacer and probes are str0m's). On by default.
     pub own_egress: bool,
     /// How often each stream's RTCP receiver report figures (loss, jitter)
     /// become [`Event::StreamQuality`].
@@ -199,7 +199,7 @@ impl EngineConfig {
             deny_private_candidates: false,
             fast_path: true,
             downlink_estimation: false,
-            own_egress: false,
+            own_egress: true,
             stats_interval: STATS_INTERVAL,
         }
     }
@@ -988,7 +988,13 @@ impl Engine {
 
     /// One stream's receiver-report figures as an event; jitter comes in
     /// RTP timestamp units of the stream's clock (Opus 48 kHz, video 90 kHz).
-    fn stream_quality(&mut self, link: Link, kind: TrackKind, loss: f32, jitter_units: u32) {
+    pub(super) fn stream_quality(
+        &mut self,
+        link: Link,
+        kind: TrackKind,
+        loss: f32,
+        jitter_units: u32,
+    ) {
         let clock_rate = match kind {
             TrackKind::Audio => 48_000.0,
             _ => 90_000.0,

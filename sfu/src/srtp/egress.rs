@@ -166,6 +166,8 @@ struct Stream {
     /// The latest copy's place on the publisher's clock, with our
     /// timestamp for it and when it was sent.
     sync: Option<(SystemTime, u32, Instant)>,
+    /// When a receiver report last counted for this stream's quality.
+    quality_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -296,6 +298,7 @@ impl OwnEgress {
                         packets: 0,
                         octets: 0,
                         sync: None,
+                        quality_at: None,
                     },
                 );
             }
@@ -305,6 +308,20 @@ impl OwnEgress {
 
     pub fn has_stream(&self, ssrc: u32) -> bool {
         self.streams.contains_key(&ssrc)
+    }
+
+    /// Whether a receiver report about `ssrc` should count now (at most
+    /// once per `interval` per stream), and if so whether it is video.
+    pub fn quality_due(&mut self, ssrc: u32, now: Instant, interval: Duration) -> Option<bool> {
+        let stream = self.streams.get_mut(&ssrc)?;
+        if stream
+            .quality_at
+            .is_some_and(|at| now.saturating_duration_since(at) < interval)
+        {
+            return None;
+        }
+        stream.quality_at = Some(now);
+        Some(stream.spec.nackable)
     }
 
     /// Ends the stream of m-line `mid` (its SSRC is not taken again).
@@ -558,13 +575,23 @@ fn write_header(buf: &mut Vec<u8>, copy: &RtpCopy<'_>, spec: &StreamSpec, now: I
     buf[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
 }
 
-/// abs-send-time: 6.18 fixed-point seconds, 24 bits. Only differences
-/// between packets matter to the receiver's estimator, so any epoch does.
+/// abs-send-time: 6.18 fixed-point seconds of wall-clock time, 24 bits
+/// (it wraps every 64 s). Receivers only take differences, but str0m reads
+/// it as Unix time modulo 64 s, so it is written the way str0m writes it:
+/// `now` on the wall clock by one (monotonic, wall) pair taken once.
 fn abs_send_time(now: Instant) -> [u8; 3] {
-    use std::sync::OnceLock;
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(|| now);
-    let micros = now.saturating_duration_since(epoch).as_micros() as u64;
+    use std::sync::LazyLock;
+    static WALL: LazyLock<(Instant, SystemTime)> =
+        LazyLock::new(|| (Instant::now(), SystemTime::now()));
+    let (mono, wall) = *WALL;
+    let at = match now.checked_duration_since(mono) {
+        Some(ahead) => wall + ahead,
+        None => wall - mono.duration_since(now),
+    };
+    let unix = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let micros = (unix.as_micros() % 64_000_000) as u64;
     let fixed = (micros << 18) / 1_000_000;
     let bytes = (fixed as u32 & 0x00ff_ffff).to_be_bytes();
     [bytes[1], bytes[2], bytes[3]]
