@@ -151,6 +151,11 @@ fn the_own_egress_keeps_sync_answers_nacks_and_follows_an_ice_restart() {
 }
 
 #[test]
+fn one_to_one_adapts_to_a_shaped_downlink_through_the_receivers_remb() {
+    scenario("remb-downlink");
+}
+
+#[test]
 fn a_shaped_downlink_gets_the_low_layer_and_climbs_back_when_freed() {
     scenario("constrained-downlink");
 }

@@ -343,6 +343,61 @@ async function ownEgress() {
   }
 }
 
+/**
+ * 1:1 adapts without a server-side estimator (issue 21 part 2): the
+ * subscriber connection offers no transport-wide feedback, so Chromium
+ * estimates its downlink from abs-send-time (stamped by our egress) and
+ * sends REMB, which the server relays to the other side's publisher. With
+ * bob's downlink shaped, alice's encoder target falls under the shaped
+ * rate; freed, it climbs back.
+ */
+async function rembDownlink() {
+  check(process.env.SWITCHBOARD_TEST_NETNS === "1", "remb-downlink shapes loopback: it runs only in its own network namespace");
+  // Moving pictures: a still canvas needs so few bits that the estimate
+  // never climbs (a receive-side estimator sees only what arrives).
+  const a = await openPage("alice", "red", { codec: "VP8", busy: true });
+  const b = await openPage("bob", "green", { codec: "VP8", busy: true });
+  await allSeeEachOther([a, b]);
+  const target = () => a.page.evaluate(() => window.sb.targetBitrate());
+  await sleep(5000);
+  const free = await target();
+  const port = (await b.page.evaluate(() => window.sb.ownPath())).localPort;
+  const tc = (...args) => execFileSync("tc", args);
+  const shapedKbps = 250;
+  tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10", "r2q", "1000");
+  tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit");
+  tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate", `${shapedKbps}kbit`, "ceil", `${shapedKbps}kbit`);
+  tc("qdisc", "add", "dev", "lo", "parent", "1:20", "handle", "20:", "bfifo", "limit", "30000");
+  tc("filter", "add", "dev", "lo", "protocol", "ip", "parent", "1:", "prio", "1", "u32", "match", "ip", "dport", String(port), "0xffff", "flowid", "1:20");
+  const shapedAt = Date.now();
+  let lowest = free;
+  try {
+    await waitFor("alice's target under bob's shaped downlink", async () => (lowest = Math.min(lowest, await target())) < shapedKbps * 1000, 30000);
+  } finally {
+    log(JSON.stringify({ targetBitrateFree: free, targetBitrateShapedLowest: lowest, downMs: Date.now() - shapedAt }));
+  }
+  tc("class", "change", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate", "10gbit");
+  const freedAt = Date.now();
+  // Chromium's receive-side estimate climbs some 8 % a second once free,
+  // after the shaper's queue has drained (which it first reads as more
+  // congestion), and without probes: climbing is the check here, a third
+  // above the lowest it fell to after the shaper was lifted. How long it
+  // takes to get back above the shaped rate is BENCHMARKS.md's figure.
+  let lowestFreed = lowest;
+  let current = lowest;
+  try {
+    await waitFor("alice's target climbing once freed", async () => {
+      current = await target();
+      lowestFreed = Math.min(lowestFreed, current);
+      return current > (4 / 3) * lowestFreed;
+    }, 45000);
+  } finally {
+    log(JSON.stringify({ targetBitrateLowestFreed: lowestFreed, targetBitrateClimbedTo: current, upMs: Date.now() - freedAt }));
+  }
+  const relayed = await metric("switchboard_remb_relayed_total");
+  check(relayed > 0, "no REMB was relayed");
+}
+
 async function metric(name) {
   const text = await (await fetch(`${sb.base}/metrics`)).text();
   const line = text.split("\n").find((l) => l.startsWith(`${name} `));
@@ -1330,6 +1385,7 @@ const SCENARIOS = {
   "data-channels": dataChannels,
   "constrained-downlink": constrainedDownlink,
   "own-egress": ownEgress,
+  "remb-downlink": rembDownlink,
 };
 
 async function main() {
