@@ -1412,38 +1412,32 @@ fn the_own_egress_answers_nacks_and_never_reuses_a_nonce() {
     );
 
     let (_, sent) = sim.record_sent_to.take().unwrap();
-    let mut rtp: HashMap<(u32, u16), &[u8]> = HashMap::new();
-    let mut rtcp: HashMap<(u32, u32), &[u8]> = HashMap::new();
+    // (RTP?, SSRC, index) -> the datagram sealed under it.
+    let mut nonces: HashMap<(bool, u32, u32), &[u8]> = HashMap::new();
     let (mut rtp_count, mut rtcp_count) = (0, 0);
     for datagram in &sent {
         if datagram.len() < 12 || datagram[0] >> 6 != 2 {
             continue;
         }
-        let ssrc_at = if is_rtp(datagram) { 8 } else { 4 };
+        let rtp = is_rtp(datagram);
+        let ssrc_at = if rtp { 8 } else { 4 };
         let ssrc = u32::from_be_bytes(datagram[ssrc_at..ssrc_at + 4].try_into().unwrap());
-        if is_rtp(datagram) {
+        let index = if rtp {
             // Within 3 s no sequence number wraps: (SSRC, seq) is the nonce.
-            let seq = u16::from_be_bytes([datagram[2], datagram[3]]);
             rtp_count += 1;
-            if let Some(before) = rtp.insert((ssrc, seq), datagram) {
-                assert_eq!(
-                    before,
-                    &datagram[..],
-                    "SRTP ({ssrc}, {seq}) sealed two packets"
-                );
-            }
+            u32::from(u16::from_be_bytes([datagram[2], datagram[3]]))
         } else {
             // SRTCP: E | index ends an AES-GCM packet (the profile here).
-            let tail = &datagram[datagram.len() - 4..];
-            let index = u32::from_be_bytes(tail.try_into().unwrap()) & 0x7fff_ffff;
             rtcp_count += 1;
-            if let Some(before) = rtcp.insert((ssrc, index), datagram) {
-                assert_eq!(
-                    before,
-                    &datagram[..],
-                    "SRTCP ({ssrc}, {index}) sealed two packets"
-                );
-            }
+            let tail = &datagram[datagram.len() - 4..];
+            u32::from_be_bytes(tail.try_into().unwrap()) & 0x7fff_ffff
+        };
+        if let Some(before) = nonces.insert((rtp, ssrc, index), datagram) {
+            assert_eq!(
+                before,
+                &datagram[..],
+                "({ssrc}, {index}) sealed two packets (RTP: {rtp})"
+            );
         }
     }
     assert!(

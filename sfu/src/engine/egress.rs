@@ -30,9 +30,7 @@ pub(super) struct OwnCopy<'a> {
 pub(super) enum OwnSent {
     /// Sealed and queued.
     Sent,
-    /// Not a connection on the own path: str0m writes it.
-    NotOwn,
-    /// On the own path but not sendable now (no keys or route yet, or a
+    /// Not sendable now (no keys or route yet, or a
     /// stream it refuses): dropped.
     Dropped,
 }
@@ -81,7 +79,7 @@ impl Engine {
         };
         let peer = &mut sub.subscriber;
         let Some(own) = &mut peer.own else {
-            return OwnSent::NotOwn;
+            return OwnSent::Dropped;
         };
         let (Some(egress), Some(route)) = (own.egress.as_deref_mut(), own.route) else {
             return OwnSent::Dropped;

@@ -268,7 +268,7 @@ impl Engine {
             };
             match self.send_own(subscriber, copy, now) {
                 OwnSent::Sent => self.stats.own_sent += 1,
-                OwnSent::Dropped | OwnSent::NotOwn => {
+                OwnSent::Dropped => {
                     self.stats.own_dropped += 1;
                     return;
                 }
