@@ -171,8 +171,15 @@ async function reportFailure() {
     if (typeof state === "object") {
       state.videoIn = (await inbound(p).catch(() => ({ video: [] }))).video
         .map((v) => [v.mid, v.packetsReceived, v.framesDecoded]);
+      // What a publisher was sending, by encoding: a layer that did not
+      // come back tells the publisher's side from the server's.
+      state.videoOut = await p.page.evaluate(() => window.sb.outboundLayers()).catch(() => null);
     }
     console.error(`[${scenario}] page ${p.name} (${p.pid}): ${JSON.stringify(state)}`);
+  }
+  if (sb?.base) {
+    const keyframeRequests = await metric("switchboard_keyframe_requests_total").catch(() => null);
+    console.error(`[${scenario}] keyframe requests to publishers: ${keyframeRequests}`);
   }
   console.error(`[${scenario}] the server's last ${serverLog.length} log lines:`);
   for (const line of serverLog) console.error(`  ${line}`);
