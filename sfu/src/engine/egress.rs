@@ -84,30 +84,15 @@ impl Engine {
         let (Some(egress), Some(route)) = (own.egress.as_deref_mut(), own.route) else {
             return OwnSent::Dropped;
         };
-        let Some(ssrc) = peer
-            .rtc
-            .direct_api()
-            .stream_tx_by_mid(copy.mid, None)
-            .map(|tx| *tx.ssrc())
-        else {
-            return OwnSent::Dropped;
+        // str0m finds a stream by m-line with a linear search: asked once
+        // per stream, not per copy.
+        let ssrc = match egress.ssrc_of(copy.mid) {
+            Some(ssrc) => ssrc,
+            None => match declare_stream(&mut peer.rtc, egress, &copy) {
+                Some(ssrc) => ssrc,
+                None => return OwnSent::Dropped,
+            },
         };
-        if !egress.has_stream(ssrc) {
-            let Some(media) = peer.rtc.media(copy.mid) else {
-                return OwnSent::Dropped;
-            };
-            let spec = StreamSpec {
-                ssrc,
-                mid: copy.mid.to_string(),
-                extensions: ExtensionIds::of(media.remote_extmap()),
-                clock_rate: copy.params.spec().clock_rate.get(),
-                nackable: copy.kind == TrackKind::Video,
-                cname: media.cname().to_string(),
-            };
-            if !egress.add_stream(spec) {
-                return OwnSent::Dropped;
-            }
-        }
         let ext = &copy.pkt.header.ext_vals;
         let sync = copy.pkt.last_sender_info.map(|info| PublisherSync {
             report_ntp: info.ntp_time,
@@ -190,4 +175,21 @@ impl Engine {
         self.outputs
             .extend(resent.into_iter().map(Output::Transmit));
     }
+}
+
+/// Declares the stream of a copy's m-line on the egress: str0m's SSRC for
+/// it (as its SDP announced), the extensions the subscriber negotiated.
+/// `None` when the m-line has no stream or its SSRC ended before.
+fn declare_stream(rtc: &mut Rtc, egress: &mut OwnEgress, copy: &OwnCopy<'_>) -> Option<u32> {
+    let ssrc = *rtc.direct_api().stream_tx_by_mid(copy.mid, None)?.ssrc();
+    let media = rtc.media(copy.mid)?;
+    let spec = StreamSpec {
+        ssrc,
+        mid: copy.mid,
+        extensions: ExtensionIds::of(media.remote_extmap()),
+        clock_rate: copy.params.spec().clock_rate.get(),
+        nackable: copy.kind == TrackKind::Video,
+        cname: media.cname().to_string(),
+    };
+    egress.add_stream(spec).then_some(ssrc)
 }

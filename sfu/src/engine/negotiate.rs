@@ -329,7 +329,7 @@ impl Engine {
                         .as_mut()
                         .and_then(|own| own.egress.as_deref_mut())
                     {
-                        egress.retire_mid(&mid.to_string());
+                        egress.retire_mid(mid);
                     }
                 }
                 _ => {}

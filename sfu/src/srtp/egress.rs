@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use str0m::config::CryptoProvider;
+use str0m::media::Mid;
 use str0m::net::{Protocol, Transmit};
 use str0m::rtp::rtcp::NackEntry;
 use str0m::rtp::{Extension, ExtensionMap, VideoOrientation};
@@ -85,7 +86,7 @@ impl ExtensionIds {
 #[derive(Debug, Clone)]
 pub struct StreamSpec {
     pub ssrc: u32,
-    pub mid: String,
+    pub mid: Mid,
     pub extensions: ExtensionIds,
     pub clock_rate: u32,
     /// Kept for NACKs (video).
@@ -142,6 +143,8 @@ pub struct OwnEgress {
     rtp: RtpSealer,
     rtcp: RtpSealer,
     streams: HashMap<u32, Stream>,
+    /// Each stream's SSRC by its m-line: what a copy is found by.
+    by_mid: HashMap<Mid, u32>,
     /// SSRCs of streams that ended: never taken again (their indexes were
     /// used with these keys).
     retired: Vec<u32>,
@@ -258,6 +261,7 @@ impl OwnEgress {
             rtp: RtpSealer::new(crypto, transmit.profile, &transmit.rtp)?,
             rtcp: RtpSealer::new(crypto, transmit.profile, &transmit.rtcp)?,
             streams: HashMap::new(),
+            by_mid: HashMap::new(),
             retired: Vec::new(),
             rtcp_ssrc,
             srtcp_index: SRTCP_INDEX_START,
@@ -280,6 +284,7 @@ impl OwnEgress {
         if self.retired.contains(&spec.ssrc) {
             return false;
         }
+        self.by_mid.insert(spec.mid, spec.ssrc);
         match self.streams.get_mut(&spec.ssrc) {
             Some(stream) => stream.spec = spec,
             None => {
@@ -310,6 +315,11 @@ impl OwnEgress {
         self.streams.contains_key(&ssrc)
     }
 
+    /// The SSRC of the stream on m-line `mid`, once declared.
+    pub fn ssrc_of(&self, mid: Mid) -> Option<u32> {
+        self.by_mid.get(&mid).copied()
+    }
+
     /// Whether a receiver report about `ssrc` should count now (at most
     /// once per `interval` per stream), and if so whether it is video.
     pub fn quality_due(&mut self, ssrc: u32, now: Instant, interval: Duration) -> Option<bool> {
@@ -325,14 +335,8 @@ impl OwnEgress {
     }
 
     /// Ends the stream of m-line `mid` (its SSRC is not taken again).
-    pub fn retire_mid(&mut self, mid: &str) {
-        let ended: Vec<u32> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| s.spec.mid == mid)
-            .map(|(ssrc, _)| *ssrc)
-            .collect();
-        for ssrc in ended {
+    pub fn retire_mid(&mut self, mid: Mid) {
+        if let Some(ssrc) = self.by_mid.remove(&mid) {
             self.streams.remove(&ssrc);
             self.retired.push(ssrc);
         }
@@ -699,7 +703,7 @@ mod tests {
         };
         assert!(egress.add_stream(StreamSpec {
             ssrc: 5,
-            mid: "1".into(),
+            mid: Mid::from("1"),
             extensions: ExtensionIds::default(),
             clock_rate: 90_000,
             nackable: true,
@@ -767,11 +771,11 @@ mod tests {
         );
         assert!(late.is_empty(), "older than the window");
         // An ended stream's SSRC is not taken again.
-        egress.retire_mid("1");
+        egress.retire_mid(Mid::from("1"));
         assert!(!egress.has_stream(5));
         assert!(!egress.add_stream(StreamSpec {
             ssrc: 5,
-            mid: "2".into(),
+            mid: Mid::from("2"),
             extensions: ExtensionIds::default(),
             clock_rate: 90_000,
             nackable: true,
@@ -797,7 +801,7 @@ mod tests {
     fn the_header_carries_the_negotiated_extensions_one_byte_form() {
         let spec = StreamSpec {
             ssrc: 0x0102_0304,
-            mid: "3".into(),
+            mid: Mid::from("3"),
             extensions: ExtensionIds {
                 mid: Some(4),
                 abs_send_time: Some(2),
