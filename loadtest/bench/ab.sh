@@ -8,6 +8,7 @@
 #   (change, rebuild)
 #   ./loadtest/bench/ab.sh /tmp/before target/release/switchboard
 #   ROUNDS=5 SECONDS_PER_RUN=8 ./loadtest/bench/ab.sh A B
+#   ./loadtest/bench/veth.sh ./loadtest/bench/ab.sh A B   # over a veth pair
 #
 # Prints one line per run and, per scenario, B's video tracks per server core
 # as a ratio to A's: every round's ratio and their median.
@@ -39,7 +40,7 @@ for round in $(seq 1 "$ROUNDS"); do
       rm -rf "$data/db"
       start_switchboard "${builds[$side]}" "$data/db" "$out/server-$side.log"
       json="$out/$name-$round-$side.json"
-      target/release/switchboard-loadtest --cpu 1 --server-cpu 0 room --url ws://$BENCH_HTTP/v1/rtc \
+      bots room --url ws://$BENCH_HTTP/v1/rtc \
         --secret $BENCH_SECRET --rooms "$rooms" --publishers "$pubs" --subscribers "$subs" --video-kbps 500 \
         --ramp-up-seconds 3 --seconds "$RUN" --server-pid $server --max-loss-percent 100 ${layers:+--$layers} \
         --json "$json" >/dev/null || true

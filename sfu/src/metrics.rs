@@ -307,7 +307,13 @@ impl Metrics {
         };
         // The bounded label values at 0 from the start: a panel or an
         // alert then reads 0 rather than nothing before the first event.
-        for reason in ["engine_busy", "unroutable", "tcp_outbox_full"] {
+        for reason in [
+            "engine_busy",
+            "unroutable",
+            "unusable",
+            "send_failed",
+            "tcp_outbox_full",
+        ] {
             metrics.udp_dropped.with_label_values(&[reason]);
         }
         for cap in ["total", "per_ip"] {

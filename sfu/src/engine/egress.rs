@@ -112,7 +112,11 @@ impl Engine {
             payload: copy.payload,
             sync,
         };
-        let Some(transmit) = egress.send(route, &rtp, now) else {
+        let buffer = self
+            .spare_buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RECYCLED_CAPACITY));
+        let Some(transmit) = egress.send(route, &rtp, now, buffer) else {
             return OwnSent::Dropped;
         };
         self.outputs.push_back(Output::Transmit(transmit));

@@ -37,6 +37,9 @@ mod token_bucket;
 mod vp8;
 
 use std::collections::{HashMap, VecDeque};
+
+/// A map on the forwarding path: see [`Engine`]'s `rooms`.
+pub(crate) type FastMap<K, V> = foldhash::HashMap<K, V>;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -91,7 +94,7 @@ const MAX_HELD_GAPS: usize = 1024;
 
 /// The timer entry of `kind` a participant has armed, as it stands now.
 fn current_deadline(
-    participants: &HashMap<ParticipantKey, Participant>,
+    participants: &FastMap<ParticipantKey, Participant>,
     key: ParticipantKey,
     kind: TimerKind,
 ) -> Option<Instant> {
@@ -473,6 +476,27 @@ pub const SRTP_KEY_LABELS: [&str; 4] = [
 
 /// Where a subscriber connection's captured keys count in
 /// [`EngineStats::srtp_keys`].
+/// A received datagram: protocol, source, our address it reached, bytes.
+type Datagram<'a> = (Protocol, SocketAddr, SocketAddr, &'a [u8]);
+
+/// str0m's input for a datagram; `None` for bytes that are no datagram it
+/// takes (empty, or longer than it allows).
+fn receive_input(
+    (proto, source, destination, bytes): Datagram<'_>,
+    now: Instant,
+) -> Option<RtcInput<'_>> {
+    let contents = DatagramRecv::try_from(bytes).ok()?;
+    Some(RtcInput::Receive(
+        now,
+        Receive {
+            proto,
+            source,
+            destination,
+            contents,
+        },
+    ))
+}
+
 fn srtp_key_label(captured: Option<&Captured>) -> usize {
     use str0m::crypto::dtls::SrtpProfile;
     match captured.map(|c| c.profile) {
@@ -483,21 +507,34 @@ fn srtp_key_label(captured: Option<&Captured>) -> usize {
     }
 }
 
+/// Buffers kept for reuse hold at least this (any datagram the egress
+/// writes, an MTU-sized packet and its SRTP tag) ...
+const RECYCLED_CAPACITY: usize = 1_500;
+/// ... and at most this many are kept: the copies one step of a 1,000-
+/// member room writes, about 6 MB.
+const MAX_SPARE_BUFFERS: usize = 4_096;
+
 pub struct Engine {
     config: EngineConfig,
     dtls_cert: DtlsCert,
     /// The crypto of subscriber connections: str0m's, with their DTLS
     /// keying material kept for the own SRTP egress (`crate::srtp`).
     subscriber_crypto: std::sync::Arc<str0m::config::CryptoProvider>,
-    rooms: HashMap<String, Room>,
-    participants: HashMap<ParticipantKey, Participant>,
+    // foldhash on the maps every forwarded packet reads (std's SipHash
+    // showed in profiles); its seed is random per map, so keys a client
+    // influences (addresses) cannot be aimed at one bucket.
+    rooms: FastMap<String, Room>,
+    participants: FastMap<ParticipantKey, Participant>,
     timers: timers::Timers<Instant>,
     conns: HashMap<ConnId, ParticipantKey>,
     /// Remote transport addresses by protocol (a client's UDP port and an
     /// ICE/TCP connection's port may be the same number).
-    by_addr: HashMap<(Protocol, SocketAddr), (ParticipantKey, PeerTarget)>,
+    by_addr: FastMap<(Protocol, SocketAddr), (ParticipantKey, PeerTarget)>,
     by_ufrag: HashMap<String, (ParticipantKey, PeerTarget)>,
     outputs: VecDeque<Output>,
+    /// Sent datagrams' buffers, for the own egress's next copies
+    /// ([`Engine::recycle_buffer`]).
+    spare_buffers: Vec<Vec<u8>>,
     /// Peers that took input and must be drained.
     dirty: Vec<(ParticipantKey, PeerTarget)>,
     /// Participants to remove at the end of this input.
@@ -529,13 +566,14 @@ impl Engine {
             subscriber_crypto: std::sync::Arc::new(crate::srtp::capture::provider(
                 str0m::crypto::from_feature_flags(),
             )),
-            rooms: HashMap::new(),
-            participants: HashMap::new(),
+            rooms: FastMap::default(),
+            participants: FastMap::default(),
             timers: timers::Timers::default(),
             conns: HashMap::new(),
-            by_addr: HashMap::new(),
+            by_addr: FastMap::default(),
             by_ufrag: HashMap::new(),
             outputs: VecDeque::new(),
+            spare_buffers: Vec::new(),
             dirty: Vec::new(),
             doomed: Vec::new(),
             offers_due: Vec::new(),
@@ -613,6 +651,16 @@ impl Engine {
         self.settle(now);
     }
 
+    /// A transmit's buffer the shell has sent: kept for a later copy if it
+    /// holds any datagram without growing. Enough are kept for the copies of
+    /// one busy step; the rest are freed.
+    pub fn recycle_buffer(&mut self, mut buffer: Vec<u8>) {
+        if buffer.capacity() >= RECYCLED_CAPACITY && self.spare_buffers.len() < MAX_SPARE_BUFFERS {
+            buffer.clear();
+            self.spare_buffers.push(buffer);
+        }
+    }
+
     pub fn poll_output(&mut self) -> Output {
         if let Some(o) = self.outputs.pop_front() {
             return o;
@@ -629,6 +677,33 @@ impl Engine {
         next.unwrap_or(self.now + Duration::from_secs(1))
     }
 
+    /// A UDP datagram from an address a connection of this engine has
+    /// proven (by ICE) is handled, `true`: the shell's one lookup per
+    /// datagram, as most reach their owner directly. From any other
+    /// address nothing changes, `false`: the shell routes it, and STUN
+    /// naming one of this engine's ufrags comes back through
+    /// [`Engine::handle_input`].
+    pub fn handle_known_datagram(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+        now: Instant,
+    ) -> bool {
+        let Some(&owner) = self.by_addr.get(&(Protocol::Udp, source)) else {
+            return false;
+        };
+        self.now = self.now.max(now);
+        let datagram = (Protocol::Udp, source, destination, contents);
+        if let Some(input) = receive_input(datagram, now) {
+            self.receive(owner, input, datagram);
+        } else {
+            self.stats.dropped_datagrams += 1;
+        }
+        self.settle(now);
+        true
+    }
+
     fn handle_datagram(
         &mut self,
         proto: Protocol,
@@ -637,27 +712,29 @@ impl Engine {
         bytes: &[u8],
         now: Instant,
     ) {
-        let Ok(contents) = DatagramRecv::try_from(bytes) else {
+        let datagram = (proto, source, destination, bytes);
+        let Some(input) = receive_input(datagram, now) else {
             self.stats.dropped_datagrams += 1;
             return;
         };
-        let input = RtcInput::Receive(
-            now,
-            Receive {
-                proto,
-                source,
-                destination,
-                contents,
-            },
-        );
         let owner = match self.by_addr.get(&(proto, source)) {
             Some(owner) => Some(*owner),
             None => self.owner_by_stun(bytes, &input, proto, source),
         };
-        let Some((key, target)) = owner else {
+        let Some(owner) = owner else {
             self.stats.dropped_datagrams += 1;
             return;
         };
+        self.receive(owner, input, datagram);
+    }
+
+    /// A datagram into its owner's `Rtc`.
+    fn receive(
+        &mut self,
+        (key, target): (ParticipantKey, PeerTarget),
+        input: RtcInput<'_>,
+        (proto, source, destination, _): Datagram<'_>,
+    ) {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };

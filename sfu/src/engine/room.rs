@@ -1,6 +1,5 @@
 //! Rooms and their published tracks.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use signaling::{TrackKind, VideoQuality};
@@ -173,7 +172,7 @@ impl Layers {
 
 pub struct Room {
     pub members: Vec<ParticipantKey>,
-    pub tracks: HashMap<u64, Track>,
+    pub tracks: super::FastMap<u64, Track>,
     pub speakers: ActiveSpeakers,
 }
 
@@ -181,7 +180,7 @@ impl Room {
     pub fn new() -> Room {
         Room {
             members: Vec::new(),
-            tracks: HashMap::new(),
+            tracks: Default::default(),
             speakers: ActiveSpeakers::default(),
         }
     }

@@ -38,8 +38,10 @@ pub type RouteTable = Arc<Routes>;
 
 #[derive(Default)]
 pub struct Routes {
-    pub by_addr: DashMap<SocketAddr, usize>,
-    pub by_ufrag: DashMap<String, usize>,
+    /// Read for each datagram its reader's engine does not own (foldhash:
+    /// fast, seeded per map).
+    pub by_addr: DashMap<SocketAddr, usize, foldhash::fast::RandomState>,
+    pub by_ufrag: DashMap<String, usize, foldhash::fast::RandomState>,
 }
 
 /// Shared by every WebSocket session and HTTP handler.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use signaling::{ErrorCode, LeaveReason, ServerMessage};
 use str0m::net::{Protocol, Transmit};
+use tokio::io::Interest;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{Sender, UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_util::bytes::Bytes;
@@ -41,8 +42,8 @@ const MAX_QUEUED_DATAGRAMS: usize = 8192;
 /// What woke a shard's loop.
 enum Woke {
     Input(ShardInput),
-    /// A datagram of this length from this source is in the read buffer.
-    Datagram(usize, SocketAddr),
+    /// The read batch holds datagrams.
+    Datagrams,
     Timeout,
     Nothing,
 }
@@ -63,7 +64,7 @@ impl Woke {
     fn label(&self) -> &'static str {
         match self {
             Woke::Input(ShardInput::Command { command, .. }) => command.name(),
-            Woke::Input(ShardInput::Datagram { .. }) | Woke::Datagram(..) => "datagram",
+            Woke::Input(ShardInput::Datagram { .. }) | Woke::Datagrams => "datagram",
             Woke::Input(_) => "control",
             Woke::Timeout => "timeout",
             Woke::Nothing => "nothing",
@@ -259,29 +260,40 @@ pub fn spawn_all(
         // Each shard waits on its own handle to the one socket (readiness is
         // per runtime); the sends go through the shared one.
         let reader = socket.try_clone().map_err(|e| e.to_string())?;
-        let mut shard = Shard {
-            index,
-            engine: Engine::new(engine_config.clone(), cert.clone(), Instant::now()),
-            engine_config,
-            cert: cert.clone(),
-            orphans: Vec::new(),
-            health: handles[index].health.clone(),
-            sessions: HashMap::new(),
-            slow: Vec::new(),
-            socket: socket.clone(),
-            peers: peers.clone(),
-            routes: routes.clone(),
-            metrics: metrics.clone(),
-            queued_datagrams: handles[index].queued_datagrams.clone(),
-            last_stats: EngineStats::default(),
-            last_export: Instant::now(),
-            media_signals: media_signals.clone(),
-            draining: false,
-            tcp_streams: HashMap::new(),
+        let (health, queued_datagrams) = (
+            handles[index].health.clone(),
+            handles[index].queued_datagrams.clone(),
+        );
+        let (socket, peers, routes) = (socket.clone(), peers.clone(), routes.clone());
+        let (metrics, media_signals, cert) = (metrics.clone(), media_signals.clone(), cert.clone());
+        // Built on its thread: the socket batches' headers hold raw pointers.
+        let run = move || {
+            let mut shard = Shard {
+                index,
+                engine: Engine::new(engine_config.clone(), cert.clone(), Instant::now()),
+                engine_config,
+                cert,
+                orphans: Vec::new(),
+                health,
+                sessions: HashMap::new(),
+                slow: Vec::new(),
+                socket,
+                peers,
+                routes,
+                metrics,
+                queued_datagrams,
+                last_stats: EngineStats::default(),
+                last_export: Instant::now(),
+                media_signals,
+                draining: false,
+                tcp_streams: HashMap::new(),
+                outgoing: udp::SendBatch::default(),
+            };
+            shard.run(rx, reader)
         };
         std::thread::Builder::new()
             .name(format!("engine-{index}"))
-            .spawn(move || shard.run(rx, reader))
+            .spawn(run)
             .map_err(|e| e.to_string())?;
     }
     Ok(handles)
@@ -313,6 +325,8 @@ struct Shard {
     draining: bool,
     /// ICE/TCP connections routed here, by the client's address.
     tcp_streams: HashMap<SocketAddr, Sender<Bytes>>,
+    /// UDP transmits of the flush under way.
+    outgoing: udp::SendBatch,
 }
 
 /// A track kind as a metric label.
@@ -356,15 +370,20 @@ impl Shard {
         reader: tokio::net::UdpSocket,
     ) {
         let mut deadline = Instant::now();
-        let mut buf = vec![0u8; udp::MAX_DATAGRAM];
+        let mut batch = udp::RecvBatch::default();
         loop {
             let woke = tokio::select! {
                 input = rx.recv() => match input {
                     None | Some(ShardInput::Stop) => break,
                     Some(input) => Woke::Input(input),
                 },
-                received = reader.recv_from(&mut buf) => match received {
-                    Ok((n, source)) => Woke::Datagram(n, source),
+                // Everything queued, up to a batch, in one system call; the
+                // engine takes it all before one flush sends its output.
+                ready = reader.readable() => match ready.and_then(|()| {
+                    reader.try_io(Interest::READABLE, || batch.read(&reader))
+                }) {
+                    Ok(_) => Woke::Datagrams,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Woke::Nothing,
                     // ICMP errors surface here on some systems: keep going.
                     Err(e) => {
                         tracing::debug!(error = %e, "udp recv");
@@ -385,7 +404,18 @@ impl Shard {
             let stepped = catch_unwind(AssertUnwindSafe(|| {
                 match woke {
                     Woke::Input(input) => self.handle(input),
-                    Woke::Datagram(n, source) => self.datagram(source, &buf[..n]),
+                    Woke::Datagrams => {
+                        for datagram in batch.datagrams() {
+                            match datagram {
+                                Some((source, data)) => self.datagram(source, data),
+                                None => self
+                                    .metrics
+                                    .udp_dropped
+                                    .with_label_values(&["unusable"])
+                                    .inc(),
+                            }
+                        }
+                    }
                     Woke::Timeout => self.engine.handle_input(Input::Timeout, Instant::now()),
                     Woke::Nothing => {}
                 }
@@ -489,9 +519,15 @@ impl Shard {
         let at = Instant::now();
         self.metrics.udp_packets_in.inc();
         self.metrics.udp_bytes_in.inc_by(data.len() as u64);
+        let destination = self.destination_for(Protocol::Udp, source);
+        if self
+            .engine
+            .handle_known_datagram(source, destination, data, at)
+        {
+            return;
+        }
         match udp::route(&self.routes, source, data) {
             Some(shard) if shard == self.index => {
-                let destination = self.destination_for(Protocol::Udp, source);
                 self.engine.handle_input(
                     Input::Datagram {
                         proto: Protocol::Udp,
@@ -609,16 +645,16 @@ impl Shard {
             match self.engine.poll_output() {
                 Output::Timeout(t) => break t,
                 Output::Transmit(t) if t.proto == Protocol::Tcp => self.send_tcp(t),
-                Output::Transmit(t) => match self.socket.send_to(&t.contents, t.destination) {
-                    Ok(n) => {
-                        self.metrics.udp_packets_out.inc();
-                        self.metrics.udp_bytes_out.inc_by(n as u64);
+                Output::Transmit(t) => {
+                    self.outgoing.push(t.destination, t.contents.into());
+                    if self.outgoing.is_full() {
+                        self.send_outgoing();
                     }
-                    Err(e) => tracing::debug!(destination = %t.destination, error = %e, "udp send"),
-                },
+                }
                 Output::Event(event) => self.on_event(event),
             }
         };
+        self.send_outgoing();
         self.health
             .rooms
             .store(self.engine.room_count(), Ordering::Relaxed);
@@ -627,6 +663,26 @@ impl Shard {
             .store(self.engine.participant_count(), Ordering::Relaxed);
         self.export_stats();
         deadline
+    }
+
+    /// The queued datagrams, in one `sendmmsg` where the kernel takes them
+    /// all; their buffers go back to the engine for its next copies.
+    fn send_outgoing(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let engine = &mut self.engine;
+        let sent = self
+            .outgoing
+            .send(&*self.socket, |buffer| engine.recycle_buffer(buffer));
+        self.metrics.udp_packets_out.inc_by(sent.datagrams);
+        self.metrics.udp_bytes_out.inc_by(sent.bytes);
+        if sent.failed > 0 {
+            self.metrics
+                .udp_dropped
+                .with_label_values(&["send_failed"])
+                .inc_by(sent.failed);
+        }
     }
 
     /// A transmit for an ICE/TCP connection: into its outbox, or dropped

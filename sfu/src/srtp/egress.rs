@@ -344,7 +344,15 @@ impl OwnEgress {
 
     /// Seals one copy and returns its datagram to `route`; `None` when the
     /// stream is unknown or its index was sealed before.
-    pub fn send(&mut self, route: Route, copy: &RtpCopy<'_>, now: Instant) -> Option<Transmit> {
+    /// `buffer` (empty or not) becomes the datagram: the shell hands sent
+    /// ones back, so steady forwarding allocates nothing here.
+    pub fn send(
+        &mut self,
+        route: Route,
+        copy: &RtpCopy<'_>,
+        now: Instant,
+        mut buffer: Vec<u8>,
+    ) -> Option<Transmit> {
         let Some(stream) = self.streams.get_mut(&copy.ssrc) else {
             self.counters.dropped += 1;
             return None;
@@ -361,10 +369,9 @@ impl OwnEgress {
             return None;
         }
         write_header(&mut self.header, copy, &stream.spec, now);
-        let mut out = Vec::with_capacity(self.header.len() + copy.payload.len() + 16);
         if let Err(e) = self
             .rtp
-            .seal(&self.header, copy.ssrc, index, copy.payload, &mut out)
+            .seal(&self.header, copy.ssrc, index, copy.payload, &mut buffer)
         {
             tracing::warn!(error = %e, "own egress: sealing refused");
             self.counters.dropped += 1;
@@ -384,14 +391,14 @@ impl OwnEgress {
             slot.sent_at = Some(now);
             slot.resends = 0;
             slot.bytes.clear();
-            slot.bytes.extend_from_slice(&out);
+            slot.bytes.extend_from_slice(&buffer);
         }
         self.counters.rtp_sent += 1;
         Some(Transmit {
             proto: route.proto,
             source: route.source,
             destination: route.destination,
-            contents: out.into(),
+            contents: buffer.into(),
         })
     }
 
@@ -723,8 +730,11 @@ mod tests {
                 payload: &[1, 2, 3],
                 sync: None,
             };
-            sent.push(egress.send(route, &copy, now).unwrap());
+            sent.push(egress.send(route, &copy, now, vec![0xee; 40]).unwrap());
         }
+        // The reused buffers' old bytes are gone: a 12-byte header, the
+        // sealed payload and its 16-byte tag.
+        assert!(sent.iter().all(|t| t.contents.len() == 12 + 3 + 16));
         // An index is sealed once: refused (and, in debug builds, a panic).
         let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             egress
@@ -735,6 +745,7 @@ mod tests {
                         ..copy_at(5)
                     },
                     now,
+                    Vec::new(),
                 )
                 .is_none()
         }));
