@@ -48,6 +48,23 @@ enum Woke {
     Nothing,
 }
 
+/// Waits for datagrams and reads what is queued, up to a batch. Cancel
+/// safe: it returns as soon as a read took any.
+async fn read_batch(
+    reader: &tokio::net::UdpSocket,
+    batch: &mut udp::RecvBatch,
+) -> std::io::Result<usize> {
+    loop {
+        reader.readable().await?;
+        // A readiness the queue no longer backs (another shard's handle
+        // took the datagrams) is cleared by `try_io`: wait again.
+        match reader.try_io(Interest::READABLE, || batch.read(reader)) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            read => return read,
+        }
+    }
+}
+
 /// CPU time this thread has used, if the clock answers.
 fn thread_cpu_time() -> Option<Duration> {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
@@ -379,11 +396,8 @@ impl Shard {
                 },
                 // Everything queued, up to a batch, in one system call; the
                 // engine takes it all before one flush sends its output.
-                ready = reader.readable() => match ready.and_then(|()| {
-                    reader.try_io(Interest::READABLE, || batch.read(&reader))
-                }) {
+                read = read_batch(&reader, &mut batch) => match read {
                     Ok(_) => Woke::Datagrams,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Woke::Nothing,
                     // ICMP errors surface here on some systems: keep going.
                     Err(e) => {
                         tracing::debug!(error = %e, "udp recv");
