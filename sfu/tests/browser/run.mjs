@@ -13,7 +13,7 @@ import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { createSocket } from "node:dgram";
 import { readFile } from "node:fs/promises";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { createConnection, createServer as createTcpServer } from "node:net";
 import { dirname, join } from "node:path";
@@ -31,6 +31,10 @@ const CHROMIUM_FLAGS = [
   "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
   "--autoplay-policy=no-user-gesture-required",
 ];
+
+// Chromium's stderr in the own-egress scenario (checked for SRTP unprotect
+// failures); the name carries the test's process id: /tmp is shared.
+const CHROMIUM_LOG = join(tmpdir(), `sb-chromium-${process.pid}.log`);
 
 function log(...args) {
   console.log(`[${scenario}]`, ...args);
@@ -348,6 +352,40 @@ async function ownEgress() {
     log(JSON.stringify({ page: p.name, afterIceRestart: { from: ports[i], to: after.localPort, framesIn3s: frames } }));
     check(frames > 15, `${p.name} decoded only ${frames} frames in 3 s after the ICE restart`);
   }
+
+  // Chromium took every packet we sealed: libsrtp's verdicts in its WebRTC
+  // log (the renderers' included) name no failed authentication, no index
+  // out of the window, nothing but duplicates (err=9, replay_fail): a
+  // retransmission is the packet as first sent (same SSRC and index, not
+  // RTX), so when the first copy arrived after all (Chromium asked again
+  // before it came) the second is dropped as a replay. Only resent packets
+  // can arrive twice: the egress never seals an index twice.
+  const verdicts = () => readFileSync(CHROMIUM_LOG, "utf8").split("\n")
+    .map((l) => /Failed to unprotect SRTC?P packet, err=(\d+)/.exec(l)).filter(Boolean).map((m) => Number(m[1]));
+  const replays = verdicts().filter((err) => err === 9).length;
+  const failures = verdicts().filter((err) => err !== 9);
+  log(JSON.stringify({ unprotectFailures: failures, duplicatesDropped: replays, resent }));
+  check(failures.length === 0, `Chromium could not unprotect our packets: libsrtp errors ${failures.join(", ")}`);
+  check(replays <= resent, `${replays} duplicate SRTP indexes but only ${resent} packets resent`);
+  // The check can fail: one RTP-shaped datagram with a wrong tag, sent
+  // from the server's media port to alice's selected port (a raw socket
+  // spoofs the source), is logged as a failure.
+  const alicePort = (await a.page.evaluate(() => window.sb.ownPath())).localPort;
+  spoofRtp(sb.udpPort, alicePort);
+  const authFailed = 7; // libsrtp's srtp_err_status_auth_fail
+  await waitFor("Chromium to log the forged packet's failed authentication", async () => verdicts().includes(authFailed), 5000);
+}
+
+/** Sends one RTP-shaped datagram (garbage tag) from 127.0.0.1:`fromPort` to 127.0.0.1:`toPort`. */
+function spoofRtp(fromPort, toPort) {
+  const script = [
+    "import socket, struct, sys",
+    "src, dst = int(sys.argv[1]), int(sys.argv[2])",
+    "rtp = bytes([0x80, 96]) + struct.pack('!HII', 7, 0, 0x5b5b5b5b) + bytes(60)",
+    "udp = struct.pack('!HHHH', src, dst, 8 + len(rtp), 0) + rtp",
+    "socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP).sendto(udp, ('127.0.0.1', 0))",
+  ].join("\n");
+  execFileSync("python3", ["-c", script, String(fromPort), String(toPort)]);
 }
 
 /**
@@ -1430,17 +1468,28 @@ async function main() {
   }
   web = await startStatic();
   let failed = false;
+  let wrapperDir;
   try {
     // The TLS relay's certificate is self-signed: trusted only when told to.
     let args = scenario === "relay-tls" ? [...CHROMIUM_FLAGS, "--ignore-certificate-errors"] : CHROMIUM_FLAGS;
     // A page the test fulfils has no address of its own, so Chromium takes
     // it for a public one and blocks its sockets to loopback (Local
     // Network Access); the node is on loopback only in the test.
+    let executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+    if (scenario === "own-egress") {
+      // WebRTC logs in the renderers, which write only to stderr (not to
+      // --log-file): a wrapper sends every process's stderr to the file.
+      args = [...args, "--enable-logging=stderr", "--v=0"];
+      wrapperDir = mkdtempSync(join(tmpdir(), "sb-chromium-"));
+      const wrapper = join(wrapperDir, "chromium");
+      writeFileSync(wrapper, `#!/bin/sh\nexec "${executablePath}" "$@" 2>>"${CHROMIUM_LOG}"\n`, { mode: 0o755 });
+      executablePath = wrapper;
+    }
     if (scenario === "active-speakers") args = [...args, `--use-file-for-fake-audio-capture=${toneWav()}`];
     if (scenario === "demo-flags" || scenario === "external-call") {
       args = args.map((a) => (a.startsWith("--disable-features=") ? `${a},LocalNetworkAccessChecks` : a));
     }
-    browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args });
+    browser = await chromium.launch({ executablePath, args });
     await run();
     log("passed");
   } catch (e) {
@@ -1449,6 +1498,8 @@ async function main() {
     await reportFailure().catch((r) => console.error(`[${scenario}] no report: ${r}`));
   } finally {
     if (browser) await browser.close().catch(() => {});
+    if (wrapperDir) rmSync(wrapperDir, { recursive: true, force: true });
+    if (!process.env.KEEP_CHROMIUM_LOG) rmSync(CHROMIUM_LOG, { force: true });
     web.server.close();
     sb.child?.kill("SIGINT");
     if (sb2) sb2.child.kill("SIGINT");
