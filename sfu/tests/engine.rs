@@ -232,8 +232,21 @@ fn garbage_datagrams_are_dropped_and_media_keeps_flowing() {
             sim.now,
         );
     }
+    // An unknown source is not the engine's to take through the known
+    // path: nothing changes, the shell routes it.
+    let dropped = sim.engine.stats().dropped_datagrams;
+    let stranger = std::net::SocketAddr::from(([203, 0, 113, 9], 9));
+    assert!(
+        !sim.engine
+            .handle_known_datagram(stranger, server, &[0x80, 0x60, 1, 2], sim.now)
+    );
+    assert_eq!(sim.engine.stats().dropped_datagrams, dropped);
     // Garbage from a participant's own address is refused by its Rtc, not fatal.
     let a_addr = sim.bots[0].publisher_addr;
+    assert!(
+        sim.engine
+            .handle_known_datagram(a_addr, server, &[0x80, 0x60, 9], sim.now)
+    );
     sim.engine.handle_input(
         sfu::engine::Input::Datagram {
             proto: str0m::net::Protocol::Udp,

@@ -226,6 +226,14 @@ impl Sim {
     /// A bot's datagram arrives at the server now.
     fn arrive_at_server(&mut self, t: &str0m::net::Transmit) {
         let server = self.server();
+        // As the shard does: the engine's own lookup first, then the route
+        // (here: one engine, so straight to it).
+        if self
+            .engine
+            .handle_known_datagram(t.source, server, &t.contents, self.now)
+        {
+            return;
+        }
         self.engine.handle_input(
             Input::Datagram {
                 proto: str0m::net::Protocol::Udp,
