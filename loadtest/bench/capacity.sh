@@ -6,6 +6,7 @@
 #
 #   ./loadtest/bench/capacity.sh                 # all scenarios
 #   SECONDS_PER_RUN=20 ./loadtest/bench/capacity.sh
+#   ./loadtest/bench/veth.sh ./loadtest/bench/capacity.sh   # over a veth pair
 #
 # (The name "1:1-calls 100 2 0" reads: 100 rooms, 2 publishers, 0 subscribers.)
 #
@@ -27,7 +28,6 @@ data=$(mktemp -d)
 start_switchboard target/release/switchboard "$data" "$out/server.log"
 trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
 
-lt() { target/release/switchboard-loadtest --cpu "$BOTS_CPU" --server-cpu "$SERVER_CPU" "$@"; }
 
 # name rooms publishers subscribers
 scenarios=(
@@ -42,11 +42,14 @@ echo "| scenario | run | video tracks | loss % | latency p50 / p99 ms | server C
 echo "|---|---|---|---|---|---|---|---|"
 for s in "${scenarios[@]}"; do
   read -r name rooms pubs subs <<<"$s"
-  lt room --url ws://$BENCH_HTTP/v1/rtc --secret $BENCH_SECRET --rooms "$rooms" --publishers "$pubs" \
+  bots room --url ws://$BENCH_HTTP/v1/rtc --secret $BENCH_SECRET --rooms "$rooms" --publishers "$pubs" \
      --subscribers "$subs" --video-kbps "$KBPS" --ramp-up-seconds 3 --seconds "$RUN" \
      --server-pid $server --max-loss-percent 100 --json "$out/$name-sfu.json" >/dev/null || true
-  lt baseline --rooms "$rooms" --publishers "$pubs" --subscribers "$subs" --video-kbps "$KBPS" \
-     --seconds "$RUN" --json "$out/$name-baseline.json" >/dev/null || true
+  # Over veth (`veth.sh`) the relay stands where the server does: its
+  # address and its network namespace.
+  bots baseline --rooms "$rooms" --publishers "$pubs" --subscribers "$subs" --video-kbps "$KBPS" \
+     --seconds "$RUN" ${SERVER_NETNS_PID:+--relay-ip $BENCH_IP --relay-netns-pid $SERVER_NETNS_PID} \
+     --json "$out/$name-baseline.json" >/dev/null || true
   for kind in sfu baseline; do
     python3 - "$out/$name-$kind.json" "$name" "$kind" <<'EOF'
 import json, sys

@@ -24,5 +24,6 @@ ip link set sb-bots netns "$bots_ns"
 ip addr add 10.77.0.1/24 dev sb-server
 ip link set sb-server up
 nsenter -t "$bots_ns" -n sh -c 'ip link set lo up && ip addr add 10.77.0.2/24 dev sb-bots && ip link set sb-bots up'
-export BENCH_IP=10.77.0.1 BOTS_IP=10.77.0.2 BOTS_NETNS_PID=$bots_ns
+# SERVER_NETNS_PID: where capacity.sh starts the baseline relay.
+export BENCH_IP=10.77.0.1 BOTS_IP=10.77.0.2 BOTS_NETNS_PID=$bots_ns SERVER_NETNS_PID=$$
 "$@"

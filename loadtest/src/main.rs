@@ -171,6 +171,15 @@ enum Command {
     Baseline {
         #[command(flatten)]
         shape: RoomShape,
+        /// Where the relay listens (default: `--local-ip`), e.g. the
+        /// server's end of a veth pair.
+        #[arg(long)]
+        relay_ip: Option<IpAddr>,
+        /// Start the relay in the network namespace of this process (the
+        /// server's, `loadtest/bench/veth.sh`), by `nsenter`, which runs it
+        /// as the same process: its CPU time is still read by its PID.
+        #[arg(long)]
+        relay_netns_pid: Option<u32>,
     },
     /// The baseline's relay itself (what `baseline` starts).
     #[command(hide = true)]
@@ -192,14 +201,27 @@ fn from_file(path: &std::path::Path, json: Option<&PathBuf>) -> Result<Cli, Stri
 }
 
 /// Starts `baseline-relay` as a child process; returns it and its address.
-fn spawn_relay(ip: IpAddr) -> Option<(std::process::Child, std::net::SocketAddr)> {
+fn spawn_relay(
+    ip: IpAddr,
+    netns_pid: Option<u32>,
+) -> Option<(std::process::Child, std::net::SocketAddr)> {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(std::env::current_exe().ok()?)
-        .args([
-            "baseline-relay",
-            "--bind",
-            &std::net::SocketAddr::new(ip, 0).to_string(),
-        ])
+    let exe = std::env::current_exe().ok()?;
+    let relay_args = [
+        "baseline-relay".to_string(),
+        "--bind".to_string(),
+        std::net::SocketAddr::new(ip, 0).to_string(),
+    ];
+    let mut command = match netns_pid {
+        Some(pid) => {
+            let mut nsenter = std::process::Command::new("nsenter");
+            nsenter.args(["-t", &pid.to_string(), "-n"]).arg(&exe);
+            nsenter
+        }
+        None => std::process::Command::new(&exe),
+    };
+    let mut child = command
+        .args(relay_args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .ok()?;
@@ -351,8 +373,13 @@ async fn main() -> ExitCode {
             let ok = report.bots_joined == report.bots_planned;
             (report, ok)
         }
-        Command::Baseline { shape } => {
-            let Some((mut relay, addr)) = spawn_relay(shape.local_ip) else {
+        Command::Baseline {
+            shape,
+            relay_ip,
+            relay_netns_pid,
+        } => {
+            let relay_ip = relay_ip.unwrap_or(shape.local_ip);
+            let Some((mut relay, addr)) = spawn_relay(relay_ip, relay_netns_pid) else {
                 eprintln!("the baseline relay did not start");
                 return ExitCode::FAILURE;
             };
