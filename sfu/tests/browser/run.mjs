@@ -1472,9 +1472,7 @@ async function main() {
   try {
     // The TLS relay's certificate is self-signed: trusted only when told to.
     let args = scenario === "relay-tls" ? [...CHROMIUM_FLAGS, "--ignore-certificate-errors"] : CHROMIUM_FLAGS;
-    // A page the test fulfils has no address of its own, so Chromium takes
-    // it for a public one and blocks its sockets to loopback (Local
-    // Network Access); the node is on loopback only in the test.
+    if (scenario === "active-speakers") args = [...args, `--use-file-for-fake-audio-capture=${toneWav()}`];
     let executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
     if (scenario === "own-egress") {
       // WebRTC logs in the renderers, which write only to stderr (not to
@@ -1485,7 +1483,9 @@ async function main() {
       writeFileSync(wrapper, `#!/bin/sh\nexec "${executablePath}" "$@" 2>>"${CHROMIUM_LOG}"\n`, { mode: 0o755 });
       executablePath = wrapper;
     }
-    if (scenario === "active-speakers") args = [...args, `--use-file-for-fake-audio-capture=${toneWav()}`];
+    // A page the test fulfils has no address of its own, so Chromium takes
+    // it for a public one and blocks its sockets to loopback (Local
+    // Network Access); the node is on loopback only in the test.
     if (scenario === "demo-flags" || scenario === "external-call") {
       args = args.map((a) => (a.startsWith("--disable-features=") ? `${a},LocalNetworkAccessChecks` : a));
     }
