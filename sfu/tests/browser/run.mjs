@@ -359,7 +359,9 @@ async function ownEgress() {
   // retransmission is the packet as first sent (same SSRC and index, not
   // RTX), so when the first copy arrived after all (Chromium asked again
   // before it came) the second is dropped as a replay. Only resent packets
-  // can arrive twice: the egress never seals an index twice.
+  // can arrive twice: the egress never seals an index twice. libwebrtc logs
+  // a session's first failure, then every 100th: each session's first is
+  // what this sees.
   const verdicts = () => readFileSync(CHROMIUM_LOG, "utf8").split("\n")
     .map((l) => /Failed to unprotect SRTC?P packet, err=(\d+)/.exec(l)).filter(Boolean).map((m) => Number(m[1]));
   const replays = verdicts().filter((err) => err === 9).length;
@@ -369,8 +371,9 @@ async function ownEgress() {
   check(replays <= resent, `${replays} duplicate SRTP indexes but only ${resent} packets resent`);
   // The check can fail: one RTP-shaped datagram with a wrong tag, sent
   // from the server's media port to alice's selected port (a raw socket
-  // spoofs the source), is logged as a failure.
-  const alicePort = (await a.page.evaluate(() => window.sb.ownPath())).localPort;
+  // spoofs the source), is logged as a failure. Her publisher connection:
+  // it receives no RTP, so its session has no earlier (throttled) failure.
+  const alicePort = await a.page.evaluate(() => window.sb.publisherPort());
   spoofRtp(sb.udpPort, alicePort);
   const authFailed = 7; // libsrtp's srtp_err_status_auth_fail
   await waitFor("Chromium to log the forged packet's failed authentication", async () => verdicts().includes(authFailed), 5000);
