@@ -2,8 +2,11 @@
 # same way by each (one engine thread, no TURN, rooms of up to 1,000), with
 # its PID in $server; on loopback, or on $BENCH_IP where `veth.sh` set one.
 # `bots` runs the load tool where the bots live (the other end of the veth).
+# `start_janus` starts Debian's Janus the same way (videoroom plugin and
+# WebSocket transport only), with its PID in $janus.
 #
 #   start_switchboard <binary> <data dir> <log file>
+#   start_janus <config dir> <log file>
 #   bots room --url ws://$BENCH_HTTP/v1/rtc ...
 BENCH_SECRET=capacity-secret-capacity-secret-0123
 BENCH_IP=${BENCH_IP:-127.0.0.1}
@@ -27,4 +30,43 @@ start_switchboard() {
     "$binary" --config "$data/bench.toml" >"$log" 2>&1 &
   server=$!
   sleep 1
+}
+
+# Janus gathers no candidates on loopback: it needs $BENCH_IP on a real
+# interface (`veth.sh`). Every other plugin and transport stays unloaded;
+# Janus's event loops are its defaults (a thread per handle).
+BENCH_JANUS_WS=ws://$BENCH_IP:8188
+
+start_janus() {
+  local dir=$1 log=$2 lib=/usr/lib/x86_64-linux-gnu/janus
+  command -v janus >/dev/null || { echo "janus is not installed (apt-get install janus)" >&2; return 1; }
+  mkdir -p "$dir/plugins" "$dir/transports" "$dir/none"
+  ln -sf "$lib/plugins/libjanus_videoroom.so" "$dir/plugins/"
+  ln -sf "$lib/transports/libjanus_websockets.so" "$dir/transports/"
+  cat >"$dir/janus.jcfg" <<EOF
+general: {
+  configs_folder = "$dir"
+  plugins_folder = "$dir/plugins"
+  transports_folder = "$dir/transports"
+  events_folder = "$dir/none"
+  loggers_folder = "$dir/none"
+  debug_level = 3
+  interface = "$BENCH_IP"
+}
+media: { rtp_port_range = "20000-40000" }
+nat: { ice_enforce_list = "$BENCH_IP" }
+EOF
+  printf 'general: {\n}\n' >"$dir/janus.plugin.videoroom.jcfg"
+  printf 'general: {\n  ws = true\n  ws_port = 8188\n  ws_ip = "%s"\n}\n' "$BENCH_IP" \
+    >"$dir/janus.transport.websockets.jcfg"
+  janus -F "$dir" -C "$dir/janus.jcfg" >"$log" 2>&1 &
+  janus=$!
+  # Ready when its WebSocket port takes connections (10 s at most).
+  local tries
+  for tries in $(seq 100); do
+    (exec 3<>"/dev/tcp/$BENCH_IP/8188") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "janus did not listen on $BENCH_IP:8188 (see $log)" >&2
+  return 1
 }

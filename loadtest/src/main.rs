@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use loadtest::scenario::room::{RoomPlan, run, search};
+use loadtest::scenario::room::{RoomPlan, RoomServer, run, search};
 
 #[derive(Parser)]
 #[command(
@@ -89,6 +89,23 @@ enum Command {
         /// latency p99 > 50 ms, up to this many; report the highest passing.
         #[arg(long)]
         search_up_to: Option<usize>,
+    },
+    /// The `room` pattern through Janus's videoroom plugin (WebSocket API),
+    /// with the same bots: the comparison `bench/capacity.sh` runs.
+    Janus {
+        /// Janus's WebSocket API.
+        #[arg(long, default_value = "ws://127.0.0.1:8188")]
+        url: String,
+        #[command(flatten)]
+        shape: RoomShape,
+        #[arg(long, default_value_t = 2.0)]
+        ramp_up_seconds: f64,
+        /// Janus's PID, for its CPU time and memory (`/proc`).
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Fail (exit 1) above this loss.
+        #[arg(long, default_value_t = 1.0)]
+        max_loss_percent: f64,
     },
     /// Participants joining at a steady rate, publishing, leaving.
     Churn {
@@ -200,6 +217,72 @@ fn from_file(path: &std::path::Path, json: Option<&PathBuf>) -> Result<Cli, Stri
     Cli::try_parse_from(args).map_err(|e| e.to_string())
 }
 
+fn room_plan(
+    server: RoomServer,
+    shape: &RoomShape,
+    ramp_up_seconds: f64,
+    server_pid: Option<u32>,
+    drop_every: Option<u64>,
+) -> RoomPlan {
+    RoomPlan {
+        server,
+        rooms: shape.rooms,
+        publishers: shape.publishers,
+        subscribers: shape.subscribers,
+        video_kbps: shape.video_kbps,
+        ramp_up: Duration::from_secs_f64(ramp_up_seconds),
+        duration: Duration::from_secs_f64(shape.seconds),
+        local_ip: shape.local_ip,
+        server_pid,
+        drop_every,
+        run_tag: format!("{}", std::process::id()),
+        progress: Some(Arc::default()),
+        simulcast: shape.simulcast,
+    }
+}
+
+/// Runs the rooms once (ok: every bot joined, loss at most `max_loss_percent`)
+/// or, with `search_up_to`, the capacity search (ok: some level passed).
+async fn run_rooms(
+    plan: &RoomPlan,
+    search_up_to: Option<usize>,
+    max_loss_percent: f64,
+) -> (loadtest::report::Report, bool) {
+    let shown = plan.progress.clone().map(|p| {
+        let bots = plan.rooms * (plan.publishers + plan.subscribers);
+        loadtest::progress::show(p, bots)
+    });
+    let result = if let Some(max) = search_up_to {
+        let steps = search(plan, max).await;
+        for (r, pass) in &steps {
+            println!(
+                "{} bots, {} video tracks: {}",
+                r.bots_planned,
+                r.subscribed_video_tracks,
+                if *pass { "pass" } else { "FAIL" }
+            );
+        }
+        let best = steps
+            .iter()
+            .rev()
+            .find(|(_, pass)| *pass)
+            .map(|(r, _)| r.clone());
+        let ok = best.is_some();
+        let report = best.unwrap_or_else(|| steps[0].0.clone());
+        println!("highest passing level:");
+        (report, ok)
+    } else {
+        let report = run(plan).await;
+        let ok =
+            report.bots_joined == report.bots_planned && report.loss_percent <= max_loss_percent;
+        (report, ok)
+    };
+    if let Some(shown) = shown {
+        shown.abort();
+    }
+    result
+}
+
 /// Starts `baseline-relay` as a child process; returns it and its address.
 fn spawn_relay(
     ip: IpAddr,
@@ -251,7 +334,9 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let server_pid = match &cli.command {
-        Command::Room { server_pid, .. } | Command::Churn { server_pid, .. } => *server_pid,
+        Command::Room { server_pid, .. }
+        | Command::Janus { server_pid, .. }
+        | Command::Churn { server_pid, .. } => *server_pid,
         _ => None,
     };
     let server_cpu = cli.server_cpu;
@@ -281,56 +366,24 @@ async fn main() -> ExitCode {
             drop_every,
             search_up_to,
         } => {
-            let plan = RoomPlan {
+            let server = RoomServer::Switchboard {
                 url,
                 token_secret: secret,
                 token_issuer: issuer,
-                rooms: shape.rooms,
-                publishers: shape.publishers,
-                subscribers: shape.subscribers,
-                video_kbps: shape.video_kbps,
-                ramp_up: Duration::from_secs_f64(ramp_up_seconds),
-                duration: Duration::from_secs_f64(shape.seconds),
-                local_ip: shape.local_ip,
-                server_pid,
-                drop_every,
-                run_tag: format!("{}", std::process::id()),
-                progress: Some(Arc::default()),
-                simulcast: shape.simulcast,
             };
-            let shown = plan.progress.clone().map(|p| {
-                let bots = shape.rooms * (shape.publishers + shape.subscribers);
-                loadtest::progress::show(p, bots)
-            });
-            let result = if let Some(max) = search_up_to {
-                let steps = search(&plan, max).await;
-                for (r, pass) in &steps {
-                    println!(
-                        "{} bots, {} video tracks: {}",
-                        r.bots_planned,
-                        r.subscribed_video_tracks,
-                        if *pass { "pass" } else { "FAIL" }
-                    );
-                }
-                let best = steps
-                    .iter()
-                    .rev()
-                    .find(|(_, pass)| *pass)
-                    .map(|(r, _)| r.clone());
-                let ok = best.is_some();
-                let report = best.unwrap_or_else(|| steps[0].0.clone());
-                println!("highest passing level:");
-                (report, ok)
-            } else {
-                let report = run(&plan).await;
-                let ok = report.bots_joined == report.bots_planned
-                    && report.loss_percent <= max_loss_percent;
-                (report, ok)
-            };
-            if let Some(shown) = shown {
-                shown.abort();
-            }
-            result
+            let plan = room_plan(server, &shape, ramp_up_seconds, server_pid, drop_every);
+            run_rooms(&plan, search_up_to, max_loss_percent).await
+        }
+        Command::Janus {
+            url,
+            shape,
+            ramp_up_seconds,
+            server_pid,
+            max_loss_percent,
+        } => {
+            let server = RoomServer::Janus { url };
+            let plan = room_plan(server, &shape, ramp_up_seconds, server_pid, None);
+            run_rooms(&plan, None, max_loss_percent).await
         }
         Command::Churn {
             target:

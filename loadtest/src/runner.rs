@@ -1,5 +1,6 @@
 //! Runs a [`Bot`] on real sockets: two UDP sockets on the given local IP
-//! and the signaling WebSocket, for a bounded time.
+//! and the signaling WebSocket (switchboard's, or Janus's through
+//! [`crate::janus`]), for a bounded time.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use signaling::{ClientMessage, ServerMessage, VideoQuality};
 use tokio::net::UdpSocket;
 
 use crate::bot::{Bot, MediaShape};
+use crate::janus::{JanusClient, JanusClientError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -16,14 +18,24 @@ pub enum RunError {
     Socket(#[from] std::io::Error),
     #[error("signaling: {0}")]
     Signaling(String),
+    #[error("janus: {0}")]
+    Janus(#[from] JanusClientError),
+}
+
+/// The server a bot joins.
+#[derive(Debug, Clone)]
+pub enum Server {
+    /// Switchboard: `ws://host:port/v1/rtc` and a call token.
+    Switchboard { url: String, token: String },
+    /// A Janus videoroom: Janus's WebSocket API (`ws://host:8188`) and the
+    /// room's number (created by the first bot that gets there).
+    Janus { url: String, room: u64 },
 }
 
 #[derive(Debug, Clone)]
 pub struct BotPlan {
     pub name: String,
-    /// `ws://host:port/v1/rtc`
-    pub url: String,
-    pub token: String,
+    pub server: Server,
     pub local_ip: IpAddr,
     pub publish: bool,
     pub media: MediaShape,
@@ -76,6 +88,63 @@ async fn join(url: &str, token: &str) -> Result<(SignalingClient, ServerMessage)
     Err(RunError::Signaling("sent from node to node".into()))
 }
 
+/// A bot's signaling connection, to either server.
+enum Signaling {
+    Switchboard(SignalingClient),
+    Janus(Box<JanusClient>),
+}
+
+impl Signaling {
+    /// Joins `server`; returns the connection and the answer to the join.
+    async fn join(server: &Server, name: &str) -> Result<(Signaling, ServerMessage), RunError> {
+        match server {
+            Server::Switchboard { url, token } => {
+                let (ws, answer) = join(url, token).await?;
+                Ok((Signaling::Switchboard(ws), answer))
+            }
+            Server::Janus { url, room } => {
+                let mut janus = JanusClient::connect(url, *room, name).await?;
+                let joined = tokio::time::timeout(Duration::from_secs(10), janus.join())
+                    .await
+                    .map_err(|_| RunError::Signaling("janus: no answer to join".into()))??;
+                Ok((Signaling::Janus(Box::new(janus)), joined))
+            }
+        }
+    }
+
+    async fn send(&mut self, message: &ClientMessage) -> Result<(), RunError> {
+        match self {
+            Signaling::Switchboard(ws) => ws
+                .send(message)
+                .await
+                .map_err(|e| RunError::Signaling(e.to_string())),
+            Signaling::Janus(janus) => Ok(janus.send(message).await?),
+        }
+    }
+
+    /// Sends what the connection itself queued (Janus's requests and
+    /// keepalives). Not cancel-safe: outside `select!`.
+    async fn flush(&mut self) -> Result<(), RunError> {
+        match self {
+            Signaling::Switchboard(_) => Ok(()),
+            Signaling::Janus(janus) => Ok(janus.flush().await?),
+        }
+    }
+
+    /// The next message for the bot, if what arrived made one
+    /// (cancel-safe: only reads).
+    async fn recv(&mut self) -> Result<Option<ServerMessage>, RunError> {
+        match self {
+            Signaling::Switchboard(ws) => ws
+                .recv()
+                .await
+                .map(Some)
+                .map_err(|e| RunError::Signaling(e.to_string())),
+            Signaling::Janus(janus) => Ok(janus.recv().await?),
+        }
+    }
+}
+
 /// Joins, publishes if asked, and runs until `plan.until`; returns the bot
 /// with what it measured.
 pub async fn run_bot(plan: BotPlan) -> Result<Bot, RunError> {
@@ -91,8 +160,7 @@ pub async fn run_bot(plan: BotPlan) -> Result<Bot, RunError> {
     bot.media = plan.media;
     bot.simulcast = plan.simulcast;
     bot.quality = plan.quality;
-    let signaling = |e: signaling::client::ClientError| RunError::Signaling(e.to_string());
-    let (mut ws, answer) = join(&plan.url, &plan.token).await?;
+    let (mut ws, answer) = Signaling::join(&plan.server, &plan.name).await?;
     bot.handle_message(answer);
     if plan.publish {
         bot.publish();
@@ -109,8 +177,9 @@ pub async fn run_bot(plan: BotPlan) -> Result<Bot, RunError> {
     let mut report_tick = tokio::time::interval(Duration::from_millis(500));
     while Instant::now() < end {
         while let Some(m) = bot.outbox.pop_front() {
-            ws.send(&m).await.map_err(signaling)?;
+            ws.send(&m).await?;
         }
+        ws.flush().await?;
         while let Some(t) = bot.transmits.pop_front() {
             let socket = if t.source == bot.publisher_addr {
                 published += 1;
@@ -126,7 +195,8 @@ pub async fn run_bot(plan: BotPlan) -> Result<Bot, RunError> {
         let sleep_until = wake.min(end).max(Instant::now() + Duration::from_millis(1));
         tokio::select! {
             m = ws.recv() => match m {
-                Ok(m) => bot.handle_message(m),
+                Ok(Some(m)) => bot.handle_message(m),
+                Ok(None) => {}
                 Err(_) => break,
             },
             r = pub_socket.recv_from(&mut pub_buf) => if let Ok((n, src)) = r {

@@ -13,7 +13,7 @@ use common::live::{
 };
 use loadtest::report::Report;
 use loadtest::scenario::calls::{self, CallsPlan};
-use loadtest::scenario::room::{RoomPlan, run};
+use loadtest::scenario::room::{RoomPlan, RoomServer, run};
 
 async fn room(drop_every: Option<u64>) -> Report {
     room_with(drop_every, false).await
@@ -24,9 +24,11 @@ async fn room_with(drop_every: Option<u64>, simulcast: bool) -> Report {
     let (http_port, udp_port) = (free_port(), free_port());
     let server = spawn_switchboard(&dir, http_port, udp_port, &[]).await;
     let plan = RoomPlan {
-        url: format!("ws://{}/v1/rtc", server.http),
-        token_secret: PROCESS_CALL_TOKEN_SECRET.into(),
-        token_issuer: "switchboard".into(),
+        server: RoomServer::Switchboard {
+            url: format!("ws://{}/v1/rtc", server.http),
+            token_secret: PROCESS_CALL_TOKEN_SECRET.into(),
+            token_issuer: "switchboard".into(),
+        },
         rooms: 2,
         publishers: 2,
         subscribers: 2,

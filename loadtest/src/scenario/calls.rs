@@ -15,7 +15,7 @@ use serde_json::json;
 use super::api::{Api, Events, events, next_json};
 use crate::bot::MediaShape;
 use crate::report::Percentiles;
-use crate::runner::{BotPlan, run_bot};
+use crate::runner::{BotPlan, Server, run_bot};
 
 #[derive(Debug, Clone)]
 pub struct CallsPlan {
@@ -264,8 +264,10 @@ async fn one_call(api: &Api, plan: &CallsPlan, i: usize, role: Role) -> CallResu
         let until = Instant::now() + plan.media;
         let bot = |name: &str, token: String| BotPlan {
             name: name.to_string(),
-            url: ws_url.clone(),
-            token,
+            server: Server::Switchboard {
+                url: ws_url.clone(),
+                token,
+            },
             local_ip: plan.local_ip,
             publish: true,
             media: MediaShape {

@@ -11,7 +11,7 @@ use signaling::Permissions;
 use crate::bot::MediaShape;
 use crate::progress::Progress;
 use crate::report::{Measurement, Report};
-use crate::runner::{BotPlan, run_bot};
+use crate::runner::{BotPlan, Server, run_bot};
 use crate::server_stats;
 
 #[derive(Debug, Clone)]
@@ -58,8 +58,10 @@ pub async fn run(plan: &ChurnPlan) -> Report {
         });
         let bot = BotPlan {
             name,
-            url: plan.url.clone(),
-            token,
+            server: Server::Switchboard {
+                url: plan.url.clone(),
+                token,
+            },
             local_ip: plan.local_ip,
             publish: true,
             media: MediaShape {

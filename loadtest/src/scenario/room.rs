@@ -1,6 +1,7 @@
 //! `room`: R rooms, each with P publishers (audio + video) and S
-//! subscribers, joined over the real protocol with real call tokens,
-//! ramped up, measured for a duration, then stopped hard.
+//! subscribers, joined over the real protocol with real call tokens (or
+//! through a Janus videoroom, the same bots), ramped up, measured for a
+//! duration, then stopped hard.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -12,16 +13,26 @@ const QUALITIES: [VideoQuality; 3] = [VideoQuality::Low, VideoQuality::Medium, V
 
 use crate::bot::MediaShape;
 use crate::report::{Measurement, Report};
-use crate::runner::{BotPlan, run_bot};
+use crate::runner::{BotPlan, Server, run_bot};
 use crate::server_stats;
+
+/// The server the rooms are on.
+#[derive(Debug, Clone)]
+pub enum RoomServer {
+    Switchboard {
+        /// `ws://host:port/v1/rtc`
+        url: String,
+        /// The server's call-token secret and issuer (tokens are real).
+        token_secret: String,
+        token_issuer: String,
+    },
+    /// Janus's videoroom at its WebSocket API (`ws://host:8188`).
+    Janus { url: String },
+}
 
 #[derive(Debug, Clone)]
 pub struct RoomPlan {
-    /// `ws://host:port/v1/rtc`
-    pub url: String,
-    /// The server's call-token secret and issuer (tokens are real).
-    pub token_secret: String,
-    pub token_issuer: String,
+    pub server: RoomServer,
     pub rooms: usize,
     pub publishers: usize,
     pub subscribers: usize,
@@ -47,11 +58,6 @@ pub struct RoomPlan {
 
 /// Runs the plan and reports what the bots measured.
 pub async fn run(plan: &RoomPlan) -> Report {
-    let tokens = CallTokens::new(
-        plan.token_secret.as_bytes(),
-        plan.token_issuer.clone(),
-        control::call_token::DEFAULT_TTL,
-    );
     let media = MediaShape {
         // kbit/s -> bytes per 20 ms tick.
         video_bytes_per_tick: (plan.video_kbps as usize * 1000 / 8) / 50,
@@ -66,29 +72,10 @@ pub async fn run(plan: &RoomPlan) -> Report {
         let (room, seat) = (i / per_room, i % per_room);
         let publish = seat < plan.publishers;
         let name = format!("r{room}-{}{seat}", if publish { "pub" } else { "sub" });
-        let token = tokens.mint(&CallGrant {
-            call_id: format!("loadtest-{}-room-{room}", plan.run_tag),
-            user_id: name.clone(),
-            participant_id: name.clone(),
-            permissions: if publish {
-                Permissions::ALL
-            } else {
-                Permissions {
-                    publish_audio: false,
-                    publish_video: false,
-                    subscribe: true,
-                    publish_data: false,
-                }
-            },
-            // As control mints it for a call created for more than two.
-            group: per_room > 2,
-            node: None,
-            device: None,
-        });
+        let server = bot_server(plan, room, &name, publish, per_room > 2);
         let bot_plan = BotPlan {
             name,
-            url: plan.url.clone(),
-            token,
+            server,
             local_ip: plan.local_ip,
             publish,
             media,
@@ -135,6 +122,58 @@ pub async fn run(plan: &RoomPlan) -> Report {
         }
     );
     Report::from_measurements(&scenario, total, &bots, measured, before.zip(after))
+}
+
+/// Where the bot `name` in room number `room` joins: with a call token
+/// minted for it, or in the Janus room this run numbers `room`.
+fn bot_server(plan: &RoomPlan, room: usize, name: &str, publish: bool, group: bool) -> Server {
+    match &plan.server {
+        RoomServer::Switchboard {
+            url,
+            token_secret,
+            token_issuer,
+        } => {
+            let tokens = CallTokens::new(
+                token_secret.as_bytes(),
+                token_issuer.clone(),
+                control::call_token::DEFAULT_TTL,
+            );
+            let token = tokens.mint(&CallGrant {
+                call_id: format!("loadtest-{}-room-{room}", plan.run_tag),
+                user_id: name.to_string(),
+                participant_id: name.to_string(),
+                permissions: if publish {
+                    Permissions::ALL
+                } else {
+                    Permissions {
+                        publish_audio: false,
+                        publish_video: false,
+                        subscribe: true,
+                        publish_data: false,
+                    }
+                },
+                // As control mints it for a call created for more than two.
+                group,
+                node: None,
+                device: None,
+            });
+            Server::Switchboard {
+                url: url.clone(),
+                token,
+            }
+        }
+        RoomServer::Janus { url } => {
+            // Janus numbers rooms: one per (run, room), below 2^53 so
+            // every JSON reader keeps it exact.
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (&plan.run_tag, room).hash(&mut hasher);
+            Server::Janus {
+                url: url.clone(),
+                room: hasher.finish() >> 11,
+            }
+        }
+    }
 }
 
 /// The capacity search: raises subscribers per room (x1.5 each step) until

@@ -156,8 +156,10 @@ pub fn api_key() -> control::auth::ApiKey {
 pub async fn run_bot(name: &str, url: &str, token: String, duration: Duration) -> Bot {
     loadtest::runner::run_bot(loadtest::runner::BotPlan {
         name: name.into(),
-        url: url.into(),
-        token,
+        server: loadtest::runner::Server::Switchboard {
+            url: url.into(),
+            token,
+        },
         local_ip: "127.0.0.1".parse().unwrap(),
         publish: true,
         media: Default::default(),
