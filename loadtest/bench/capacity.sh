@@ -35,7 +35,7 @@ if [ "${JANUS:-1}" = 1 ] && [ "$BENCH_IP" != 127.0.0.1 ] && command -v janus >/d
   kinds="sfu janus baseline"
 fi
 
-# name rooms publishers subscribers
+# name rooms publishers subscribers (SCENARIOS="a;b" picks others)
 scenarios=(
   "1:1-calls 25 2 0"
   "1:1-calls 100 2 0"
@@ -43,6 +43,7 @@ scenarios=(
   "4-party-rooms 20 4 0"
   "1x200 1 1 200"
 )
+if [ -n "${SCENARIOS:-}" ]; then IFS=';' read -r -a scenarios <<<"$SCENARIOS"; fi
 
 echo "| scenario | run | video tracks | loss % | latency p50 / p99 ms | server CPU s | video tracks per server core | packets per server CPU-second |"
 echo "|---|---|---|---|---|---|---|---|"

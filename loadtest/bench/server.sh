@@ -33,8 +33,10 @@ start_switchboard() {
 }
 
 # Janus gathers no candidates on loopback: it needs $BENCH_IP on a real
-# interface (`veth.sh`). Every other plugin and transport stays unloaded;
-# Janus's event loops are its defaults (a thread per handle).
+# interface (`veth.sh`). Every other plugin and transport stays unloaded.
+# Janus runs its handles on JANUS_EVENT_LOOPS static event loops (default
+# 1: on the one CPU it is pinned to, that measured 1.26x its own default, 0,
+# a thread per handle; BENCHMARKS.md).
 BENCH_JANUS_WS=ws://$BENCH_IP:8188
 
 start_janus() {
@@ -52,6 +54,7 @@ general: {
   loggers_folder = "$dir/none"
   debug_level = 3
   interface = "$BENCH_IP"
+  event_loops = ${JANUS_EVENT_LOOPS:-1}
 }
 media: { rtp_port_range = "20000-40000" }
 nat: { ice_enforce_list = "$BENCH_IP" }
