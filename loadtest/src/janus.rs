@@ -268,10 +268,8 @@ impl JanusSession {
                     );
                 }
             }
-            ClientMessage::Leave => {
-                if self.session_id.is_some() {
-                    self.request(Request::Other, json!({"janus": "destroy"}));
-                }
+            ClientMessage::Leave if self.session_id.is_some() => {
+                self.request(Request::Other, json!({"janus": "destroy"}));
             }
             // Layer choice, mutes, data: nothing the bench asks of Janus.
             _ => {}

@@ -89,8 +89,9 @@ async fn join(url: &str, token: &str) -> Result<(SignalingClient, ServerMessage)
 }
 
 /// A bot's signaling connection, to either server.
+/// (Boxed: each holds a WebSocket stream, over a kilobyte.)
 enum Signaling {
-    Switchboard(SignalingClient),
+    Switchboard(Box<SignalingClient>),
     Janus(Box<JanusClient>),
 }
 
@@ -100,7 +101,7 @@ impl Signaling {
         match server {
             Server::Switchboard { url, token } => {
                 let (ws, answer) = join(url, token).await?;
-                Ok((Signaling::Switchboard(ws), answer))
+                Ok((Signaling::Switchboard(Box::new(ws)), answer))
             }
             Server::Janus { url, room } => {
                 let mut janus = JanusClient::connect(url, *room, name).await?;
