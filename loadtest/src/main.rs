@@ -53,6 +53,20 @@ struct RoomShape {
     simulcast: bool,
 }
 
+/// How a room run starts and is judged, the same for both servers.
+#[derive(clap::Args)]
+struct RoomRun {
+    #[arg(long, default_value_t = 2.0)]
+    ramp_up_seconds: f64,
+    /// The server's PID (switchboard's or Janus's), for its CPU time and
+    /// memory (`/proc`).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Fail (exit 1) above this loss.
+    #[arg(long, default_value_t = 1.0)]
+    max_loss_percent: f64,
+}
+
 /// The server the bots join, and how their call tokens are minted.
 #[derive(clap::Args)]
 struct SignalingTarget {
@@ -74,14 +88,8 @@ enum Command {
         target: SignalingTarget,
         #[command(flatten)]
         shape: RoomShape,
-        #[arg(long, default_value_t = 2.0)]
-        ramp_up_seconds: f64,
-        /// The server's PID, for its CPU time and memory (`/proc`).
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Fail (exit 1) above this loss.
-        #[arg(long, default_value_t = 1.0)]
-        max_loss_percent: f64,
+        #[command(flatten)]
+        run: RoomRun,
         /// Publishers drop every n-th datagram they send (induced loss).
         #[arg(long)]
         drop_every: Option<u64>,
@@ -98,14 +106,8 @@ enum Command {
         url: String,
         #[command(flatten)]
         shape: RoomShape,
-        #[arg(long, default_value_t = 2.0)]
-        ramp_up_seconds: f64,
-        /// Janus's PID, for its CPU time and memory (`/proc`).
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Fail (exit 1) above this loss.
-        #[arg(long, default_value_t = 1.0)]
-        max_loss_percent: f64,
+        #[command(flatten)]
+        run: RoomRun,
     },
     /// Participants joining at a steady rate, publishing, leaving.
     Churn {
@@ -220,8 +222,7 @@ fn from_file(path: &std::path::Path, json: Option<&PathBuf>) -> Result<Cli, Stri
 fn room_plan(
     server: RoomServer,
     shape: &RoomShape,
-    ramp_up_seconds: f64,
-    server_pid: Option<u32>,
+    run: &RoomRun,
     drop_every: Option<u64>,
 ) -> RoomPlan {
     RoomPlan {
@@ -230,10 +231,10 @@ fn room_plan(
         publishers: shape.publishers,
         subscribers: shape.subscribers,
         video_kbps: shape.video_kbps,
-        ramp_up: Duration::from_secs_f64(ramp_up_seconds),
+        ramp_up: Duration::from_secs_f64(run.ramp_up_seconds),
         duration: Duration::from_secs_f64(shape.seconds),
         local_ip: shape.local_ip,
-        server_pid,
+        server_pid: run.server_pid,
         drop_every,
         run_tag: format!("{}", std::process::id()),
         progress: Some(Arc::default()),
@@ -334,9 +335,8 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let server_pid = match &cli.command {
-        Command::Room { server_pid, .. }
-        | Command::Janus { server_pid, .. }
-        | Command::Churn { server_pid, .. } => *server_pid,
+        Command::Room { run, .. } | Command::Janus { run, .. } => run.server_pid,
+        Command::Churn { server_pid, .. } => *server_pid,
         _ => None,
     };
     let server_cpu = cli.server_cpu;
@@ -360,9 +360,7 @@ async fn main() -> ExitCode {
                     issuer,
                 },
             shape,
-            ramp_up_seconds,
-            server_pid,
-            max_loss_percent,
+            run,
             drop_every,
             search_up_to,
         } => {
@@ -371,19 +369,18 @@ async fn main() -> ExitCode {
                 token_secret: secret,
                 token_issuer: issuer,
             };
-            let plan = room_plan(server, &shape, ramp_up_seconds, server_pid, drop_every);
-            run_rooms(&plan, search_up_to, max_loss_percent).await
+            let plan = room_plan(server, &shape, &run, drop_every);
+            run_rooms(&plan, search_up_to, run.max_loss_percent).await
         }
-        Command::Janus {
-            url,
-            shape,
-            ramp_up_seconds,
-            server_pid,
-            max_loss_percent,
-        } => {
+        Command::Janus { url, shape, run } => {
+            if shape.simulcast {
+                // The driver asks Janus for no layers (`updateSubscription` is dropped).
+                eprintln!("janus: --simulcast is not driven");
+                return ExitCode::FAILURE;
+            }
             let server = RoomServer::Janus { url };
-            let plan = room_plan(server, &shape, ramp_up_seconds, server_pid, None);
-            run_rooms(&plan, None, max_loss_percent).await
+            let plan = room_plan(server, &shape, &run, None);
+            run_rooms(&plan, None, run.max_loss_percent).await
         }
         Command::Churn {
             target:
