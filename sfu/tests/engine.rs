@@ -459,7 +459,9 @@ fn a_pause_in_a_publishers_packets_is_reported_as_a_gap_in_its_streams() {
 
 /// 1:1: the subscriber connection's bandwidth estimate reaches the publisher
 /// as REMB, so the sender adapts as if the call were direct. In a group the
-/// fast path is off and no single receiver speaks for the sender.
+/// fast path is off and no single receiver speaks for the sender (the
+/// first two to join were a pair for a moment: their publishers are told
+/// the cap is lifted).
 #[test]
 fn one_to_one_feeds_the_receivers_estimate_back_to_the_sender() {
     let mut sim = Sim::publishing(engine_config(), "call", &["a", "b"]);
@@ -471,8 +473,67 @@ fn one_to_one_feeds_the_receivers_estimate_back_to_the_sender() {
     let mut group = room_of_three();
     group.run_for(Duration::from_secs(3));
     for bot in &group.bots {
-        assert!(bot.remb.is_empty(), "{} got REMB in a group", bot.name);
+        assert!(
+            bot.remb.iter().all(|r| is_lift(*r)),
+            "{} got a receiver's REMB in a group: {:?}",
+            bot.name,
+            bot.remb
+        );
     }
+}
+
+/// A REMB of 0, which libwebrtc reads as "no limit", as str0m 0.25 reads
+/// it: its parser takes a zero mantissa for 2^23 (the wire holds exponent
+/// 0 and mantissa 0).
+const REMB_NO_LIMIT_AS_STR0M_READS_IT: u64 = 1 << 23;
+
+fn is_lift(remb: u64) -> bool {
+    remb == 0 || remb == REMB_NO_LIMIT_AS_STR0M_READS_IT
+}
+
+/// A 1:1 that becomes a group: each publisher was capped by its one
+/// receiver's REMB, which libwebrtc keeps as an upper bound until another
+/// arrives, so it is told "no limit" (a REMB of 0) three times, a second
+/// apart in case RTCP is lost, and nothing else while the room is a group.
+/// Back to a pair, the receiver's estimates are relayed again.
+#[test]
+fn a_one_to_one_that_becomes_a_group_lifts_the_relayed_cap() {
+    let mut sim = Sim::publishing(engine_config(), "call", &["a", "b"]);
+    sim.run_for(Duration::from_secs(3));
+    let before: Vec<usize> = sim.bots.iter().map(|b| b.remb.len()).collect();
+    for (bot, count) in sim.bots.iter().zip(&before) {
+        assert!(*count > 0, "{} got no relayed REMB in the 1:1", bot.name);
+        assert!(
+            !bot.remb.iter().any(|r| is_lift(*r)),
+            "{}: {:?}",
+            bot.name,
+            bot.remb
+        );
+    }
+
+    let c = sim.join_publishing("c", "call");
+    sim.connect_all();
+    sim.run_for(Duration::from_secs(6));
+    for (bot, count) in sim.bots.iter().zip(&before) {
+        // A relayed estimate may have been on its way when c joined.
+        let since: Vec<u64> = bot.remb[*count..]
+            .iter()
+            .copied()
+            .skip_while(|r| !is_lift(*r))
+            .collect();
+        assert_eq!(since.len(), 3, "{} after c joined: {since:?}", bot.name);
+        assert!(since.iter().all(|r| is_lift(*r)), "{}: {since:?}", bot.name);
+    }
+    assert!(sim.bots[2].remb.is_empty(), "c never was in a pair");
+
+    let lifted = sim.bots[0].remb.len();
+    sim.command(c, Command::Leave);
+    sim.run_for(Duration::from_secs(3));
+    let again = &sim.bots[0].remb[lifted..];
+    assert!(
+        !again.is_empty() && !again.iter().any(|r| is_lift(*r)),
+        "a pair again: b's estimates are relayed to a ({again:?})"
+    );
 }
 
 /// Padding-only packets (bandwidth probes) each bot's subscriber connection

@@ -54,7 +54,11 @@ impl Engine {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };
-        room.refresh_routes(self.config.fast_path);
+        room.refresh_routes(self.config.fast_path, self.now);
+        self.lift_remb_caps(room_id, self.now);
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
         for track in room.tracks.values_mut() {
             if track.kind != TrackKind::Video {
                 continue;

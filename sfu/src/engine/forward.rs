@@ -10,7 +10,7 @@ use str0m::rtp::Vp8Descriptor;
 
 use super::egress::{OwnCopy, OwnSent};
 use super::keyframe::starts_keyframe;
-use super::room::Sample;
+use super::room::{REMB_LIFT_INTERVAL, RembLift, Sample};
 use super::simulcast::{Incoming, Level, LiveLayers};
 use super::vp8;
 use super::*;
@@ -459,10 +459,14 @@ impl Engine {
     /// 1:1 fast path: what the receiver estimates its connection can take
     /// (its REMB) is what the publisher should send, as if the call were
     /// direct.
+    /// Its receivers' estimates are also when a room's owed REMB lifts go
+    /// out ([`Engine::lift_remb_caps`]): they arrive about every second
+    /// from each subscriber.
     pub(super) fn feed_back_estimate(&mut self, subscriber: ParticipantKey, estimate: Bitrate) {
         let Some(room_id) = self.participants.get(&subscriber).map(|p| p.room.clone()) else {
             return;
         };
+        self.lift_remb_caps(&room_id, self.now);
         let Some(room) = self.rooms.get(&room_id) else {
             return;
         };
@@ -495,6 +499,42 @@ impl Engine {
             }
         }
         self.dirty.push((other, PeerTarget::Publisher));
+    }
+
+    /// Tells the publishers of a room's tracks that left the 1:1 fast path
+    /// that their receiver limit is gone, as owed by `Track::remb_lift`: a
+    /// REMB of 0, which libwebrtc takes for "no limit" (any other value
+    /// would be a new cap, and a high one would let its start phase jump
+    /// to it).
+    pub(super) fn lift_remb_caps(&mut self, room_id: &str, now: Instant) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let mut due = Vec::new();
+        for track in room.tracks.values_mut() {
+            let Some(lift) = track.remb_lift.filter(|l| l.due <= now) else {
+                continue;
+            };
+            due.push((track.owner, track.mid));
+            track.remb_lift = (lift.left > 1).then(|| RembLift {
+                due: now + REMB_LIFT_INTERVAL,
+                left: lift.left - 1,
+            });
+        }
+        for (owner, mid) in due {
+            let Some(publisher) = self.participants.get_mut(&owner) else {
+                continue;
+            };
+            if let Some(rx) = publisher
+                .publisher
+                .rtc
+                .direct_api()
+                .stream_rx_by_mid(mid, None)
+            {
+                rx.request_remb(Bitrate::ZERO);
+            }
+            self.dirty.push((owner, PeerTarget::Publisher));
+        }
     }
 }
 

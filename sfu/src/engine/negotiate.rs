@@ -158,6 +158,7 @@ impl Engine {
             last_packet_at: None,
             keyframe_pending: false,
             direct: None,
+            remb_lift: None,
         };
         let info = track_info(&track, &p.id);
         let room_id = p.room.clone();

@@ -1,6 +1,6 @@
 //! Rooms and their published tracks.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use signaling::{TrackKind, VideoQuality};
 use str0m::media::Mid;
@@ -40,6 +40,27 @@ pub struct Track {
     /// one subscribes, so a packet goes straight to it without walking
     /// `subscribers`. Kept current by [`Room::refresh_routes`].
     pub direct: Option<ParticipantKey>,
+    /// The 1:1 that relayed its receiver's REMB to this track's publisher
+    /// ended: what is still owed to the publisher of "no limit" (see
+    /// [`RembLift`]).
+    pub remb_lift: Option<RembLift>,
+}
+
+/// How often a publisher whose 1:1 ended is told it has no receiver limit
+/// any more, [`REMB_LIFT_INTERVAL`] apart: RTCP can be lost, and one lost
+/// lift would leave the cap for the rest of the call.
+pub const REMB_LIFTS: u8 = 3;
+pub const REMB_LIFT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Lifts of a relayed REMB cap still to send: libwebrtc keeps the latest
+/// REMB as an upper bound on its send rate until another arrives
+/// (`SendSideBandwidthEstimation::UpdateReceiverEstimate`), so a 1:1 that
+/// became a group would otherwise leave the publisher at the estimate of
+/// the one receiver it had, under every later one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RembLift {
+    pub due: Instant,
+    pub left: u8,
 }
 
 /// A track's layers as the engine has seen them, lowest first.
@@ -189,10 +210,14 @@ impl Room {
     /// subscriptions changed (the engine's `subscriptions_changed` also
     /// tells publishers what is wanted of their video). Switching path never touches a subscriber's
     /// stream state, so 2 -> 3 -> 2 members does not freeze the pair.
-    pub fn refresh_routes(&mut self, fast_path: bool) {
+    /// A video track that leaves the fast path owes its publisher REMB
+    /// lifts from `now` on; one that (re)joins it owes none: its new
+    /// receiver's estimates are relayed instead.
+    pub fn refresh_routes(&mut self, fast_path: bool, now: Instant) {
         let pair = fast_path && self.members.len() == 2;
         let members = self.members.clone();
         for track in self.tracks.values_mut() {
+            let was = track.direct;
             track.direct = if pair {
                 members
                     .iter()
@@ -201,6 +226,14 @@ impl Room {
             } else {
                 None
             };
+            if track.direct.is_some() {
+                track.remb_lift = None;
+            } else if was.is_some() && track.kind == TrackKind::Video {
+                track.remb_lift = Some(RembLift {
+                    due: now,
+                    left: REMB_LIFTS,
+                });
+            }
         }
     }
 

@@ -178,6 +178,7 @@ async function reportFailure() {
       // What a publisher was sending, by encoding: a layer that did not
       // come back tells the publisher's side from the server's.
       state.videoOut = await p.page.evaluate(() => window.sb.outboundLayers()).catch(() => null);
+      state.availableOutgoingBitrate = await p.page.evaluate(() => window.client.pub && window.sb.availableOutgoingBitrate()).catch(() => null);
     }
     console.error(`[${scenario}] page ${p.name} (${p.pid}): ${JSON.stringify(state)}`);
   }
