@@ -398,7 +398,9 @@ function spoofRtp(fromPort, toPort) {
  * estimates its downlink from abs-send-time (stamped by our egress) and
  * sends REMB, which the server relays to the other side's publisher. With
  * bob's downlink shaped, alice's encoder target falls under the shaped
- * rate; freed, it climbs back.
+ * rate; a third member (a group: the cap bob's REMB set is lifted) and
+ * alice's estimate is above it again; a pair again, under it; freed, it
+ * climbs back.
  */
 async function rembDownlink() {
   check(process.env.SWITCHBOARD_TEST_NETNS === "1", "remb-downlink shapes loopback: it runs only in its own network namespace");
@@ -425,6 +427,25 @@ async function rembDownlink() {
   } finally {
     log(JSON.stringify({ targetBitrateFree: free, targetBitrateShapedLowest: lowest, downMs: Date.now() - shapedAt }));
   }
+  // A third member makes the call a group, where no single receiver speaks
+  // for alice: libwebrtc keeps the latest REMB as an upper bound until
+  // another arrives, so the server lifts bob's (a REMB of 0, "no limit")
+  // and alice's estimate goes above bob's shaped rate again. Without the
+  // lift it stays under it for the rest of the call.
+  const estimate = () => a.page.evaluate(() => window.sb.availableOutgoingBitrate());
+  const capped = await estimate();
+  const carol = await openPage("carol", "blue", { publish: false });
+  await waitFor("carol to see alice", () => seesColours(carol, [a]), 30000);
+  const groupAt = Date.now();
+  let uncapped = capped;
+  try {
+    await waitFor("alice's estimate above bob's shaped rate in the group", async () => (uncapped = await estimate()) > 2 * shapedKbps * 1000, 30000);
+  } finally {
+    log(JSON.stringify({ estimateCappedByBob: capped, estimateInTheGroup: uncapped, liftedMs: Date.now() - groupAt }));
+  }
+  // A pair again: bob's REMB speaks for alice again.
+  await carol.page.evaluate(() => window.sb.leave());
+  await waitFor("alice's estimate back under bob's shaped rate", async () => (await estimate()) < shapedKbps * 1000, 30000);
   tc("class", "change", "dev", "lo", "parent", "1:", "classid", "1:20", "htb", "rate", "10gbit");
   const freedAt = Date.now();
   // Chromium's receive-side estimate climbs some 8 % a second once free,
