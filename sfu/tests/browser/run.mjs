@@ -1240,15 +1240,23 @@ async function constrainedDownlink() {
     return out;
   });
   const before = await videoCounts(slow);
-  await sleep(5000);
+  // Its decoded width twice a second meanwhile: a probe that overshoots
+  // on a busy machine can lift it for a moment before the estimate
+  // settles again, so it is judged on most of the window, not one instant.
+  const widthsSeen = [];
+  for (const end = Date.now() + 5000; Date.now() < end;) {
+    widthsSeen.push(await decodedWidth(slow));
+    await sleep(500);
+  }
   const after = await videoCounts(slow);
   const lost = after.lost - before.lost;
   const received = after.received - before.received;
   const lossPct = (100 * lost) / Math.max(1, lost + received);
-  log(JSON.stringify({ downMs, lost, received, lossPct: lossPct.toFixed(2), width: await decodedWidth(slow) }));
+  log(JSON.stringify({ downMs, lost, received, lossPct: lossPct.toFixed(2), widthsSeen }));
   check(received > 50, `the shaped viewer kept receiving video (${received} packets in 5 s)`);
   check(lossPct < 2, `loss on the shaped downlink: ${lossPct.toFixed(2)} % (under 2)`);
-  check((await decodedWidth(slow)) === widths.q, "the shaped viewer stays on the low layer");
+  const onLow = widthsSeen.filter((w) => w === widths.q).length;
+  check(onLow * 4 >= widthsSeen.length * 3, `the shaped viewer stays on the low layer (${onLow} of ${widthsSeen.length} samples)`);
   // The unshaped viewer is on the high layer (a busy machine's scheduling
   // delay can dip its estimate for a moment: it is back within 10 s).
   const fastWidth = await decodedWidth(fast);
