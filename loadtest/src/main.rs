@@ -274,8 +274,14 @@ async fn run_rooms(
         (report, ok)
     } else {
         let report = run(plan).await;
-        let ok =
-            report.bots_joined == report.bots_planned && report.loss_percent <= max_loss_percent;
+        let planned = plan.video_tracks_planned();
+        if report.subscribed_video_tracks < planned {
+            eprintln!(
+                "media arrived on {} of {planned} planned video tracks",
+                report.subscribed_video_tracks
+            );
+        }
+        let ok = plan.delivered(&report, max_loss_percent);
         (report, ok)
     };
     if let Some(shown) = shown {

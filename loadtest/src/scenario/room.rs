@@ -56,6 +56,25 @@ pub struct RoomPlan {
     pub simulcast: bool,
 }
 
+impl RoomPlan {
+    /// Video tracks the bots should receive media on: in every room, each
+    /// publisher's from every other member (a track counts once, whatever
+    /// its layers).
+    pub fn video_tracks_planned(&self) -> usize {
+        self.rooms * self.publishers * (self.publishers.saturating_sub(1) + self.subscribers)
+    }
+
+    /// A run delivered: every bot joined, media arrived on every planned
+    /// video track (a run where everyone joined and nothing was lost can
+    /// still have carried nothing), and loss stayed at most
+    /// `max_loss_percent`.
+    pub fn delivered(&self, report: &Report, max_loss_percent: f64) -> bool {
+        report.bots_joined == report.bots_planned
+            && report.subscribed_video_tracks >= self.video_tracks_planned()
+            && report.loss_percent <= max_loss_percent
+    }
+}
+
 /// Runs the plan and reports what the bots measured.
 pub async fn run(plan: &RoomPlan) -> Report {
     let media = MediaShape {
@@ -177,7 +196,8 @@ fn bot_server(plan: &RoomPlan, room: usize, name: &str, publish: bool, group: bo
 }
 
 /// The capacity search: raises subscribers per room (x1.5 each step) until
-/// loss exceeds 0.5% or latency p99 exceeds 50 ms, or `max_subscribers`.
+/// a step does not deliver ([`RoomPlan::delivered`] with 0.5 % loss) or
+/// latency p99 exceeds 50 ms, or `max_subscribers`.
 /// Returns every step's report; the last passing one is the capacity.
 pub async fn search(plan: &RoomPlan, max_subscribers: usize) -> Vec<(Report, bool)> {
     let mut steps = Vec::new();
@@ -187,9 +207,7 @@ pub async fn search(plan: &RoomPlan, max_subscribers: usize) -> Vec<(Report, boo
         p.subscribers = subscribers;
         p.run_tag = format!("{}-search{step}", plan.run_tag);
         let report = run(&p).await;
-        let pass = report.bots_joined == report.bots_planned
-            && report.loss_percent <= 0.5
-            && report.latency_ms.p99 <= 50.0;
+        let pass = p.delivered(&report, 0.5) && report.latency_ms.p99 <= 50.0;
         steps.push((report, pass));
         if !pass || subscribers >= max_subscribers {
             break;
@@ -199,4 +217,60 @@ pub async fn search(plan: &RoomPlan, max_subscribers: usize) -> Vec<(Report, boo
             .min(max_subscribers);
     }
     steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(rooms: usize, publishers: usize, subscribers: usize) -> RoomPlan {
+        RoomPlan {
+            server: RoomServer::Janus {
+                url: "ws://127.0.0.1:8188".into(),
+            },
+            rooms,
+            publishers,
+            subscribers,
+            video_kbps: 500,
+            ramp_up: Duration::ZERO,
+            duration: Duration::from_secs(1),
+            local_ip: IpAddr::from([127, 0, 0, 1]),
+            server_pid: None,
+            drop_every: None,
+            run_tag: "t".into(),
+            progress: None,
+            simulcast: false,
+        }
+    }
+
+    #[test]
+    fn planned_video_tracks_are_every_publisher_at_every_other_member() {
+        assert_eq!(plan(100, 2, 0).video_tracks_planned(), 200);
+        assert_eq!(plan(20, 4, 0).video_tracks_planned(), 240);
+        assert_eq!(plan(1, 1, 200).video_tracks_planned(), 200);
+        assert_eq!(plan(3, 0, 5).video_tracks_planned(), 0);
+    }
+
+    /// Everyone joined and nothing was lost, but media reached only some
+    /// tracks (or none): not delivered.
+    #[test]
+    fn a_run_short_of_its_tracks_did_not_deliver() {
+        let plan = plan(1, 3, 1);
+        let mut report = Report {
+            bots_planned: 4,
+            bots_joined: 4,
+            subscribed_video_tracks: 9,
+            ..Report::default()
+        };
+        assert!(plan.delivered(&report, 0.0));
+        report.subscribed_video_tracks = 8;
+        assert!(!plan.delivered(&report, 0.0));
+        report.subscribed_video_tracks = 0;
+        assert!(!plan.delivered(&report, 100.0));
+        report.subscribed_video_tracks = 9;
+        report.loss_percent = 1.5;
+        assert!(!plan.delivered(&report, 1.0));
+        report.bots_joined = 3;
+        assert!(!plan.delivered(&report, 100.0));
+    }
 }
