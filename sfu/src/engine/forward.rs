@@ -459,6 +459,7 @@ impl Engine {
     /// 1:1 fast path: what the receiver estimates its connection can take
     /// (its REMB) is what the publisher should send, as if the call were
     /// direct.
+    ///
     /// Its receivers' estimates are also when a room's owed REMB lifts go
     /// out ([`Engine::lift_remb_caps`]): they arrive about every second
     /// from each subscriber.
