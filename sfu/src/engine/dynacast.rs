@@ -49,16 +49,13 @@ fn served_quality(
 
 impl Engine {
     /// Members or subscriptions of a room changed: the 1:1 fast path is
-    /// recomputed and publishers are told what is wanted of their video.
+    /// recomputed, publishers are told what is wanted of their video, and
+    /// those whose pair ended that it no longer caps them.
     pub(super) fn subscriptions_changed(&mut self, room_id: &str) {
         let Some(room) = self.rooms.get_mut(room_id) else {
             return;
         };
         room.refresh_routes(self.config.fast_path, self.now);
-        self.lift_remb_caps(room_id, self.now);
-        let Some(room) = self.rooms.get_mut(room_id) else {
-            return;
-        };
         for track in room.tracks.values_mut() {
             if track.kind != TrackKind::Video {
                 continue;
@@ -105,6 +102,8 @@ impl Engine {
             self.outputs
                 .push_back(Output::Event(Event::Message { conn, message }));
         }
+        // Tracks that just left the fast path owe their publishers a lift.
+        self.lift_remb_caps(room_id, self.now);
     }
 }
 
